@@ -1,0 +1,1 @@
+"""Conversion stage: trained models to verified, signed model bundles."""

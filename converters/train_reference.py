@@ -1,0 +1,354 @@
+"""Train the reference chest X-ray model and write it as the embedded bundle (needs the `train` extra).
+
+    python -m converters.train_reference --data ../shared/data/nih-cxr14-sample -o edge_app/models/cxr-reference
+
+Seeded and deterministic on the CPU. Uses the NIH sample's `train` split only for fitting, model selection and
+thresholds (an internal 80/20 split of it); the `test` split is touched once, for the figures in the manifest.
+Images go through `edge_app.imaging`, the same decode and preprocessing the service runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge_app.bundle import sha256_file, write_manifest
+from edge_app.imaging import decode, preprocess
+from edge_app.manifest import InputSpec, IntendedUse, Manifest, OutputSpec, Preprocessing, Provenance
+
+LABELS = ("Abnormal", "Cardiomegaly", "Effusion", "Emphysema", "Infiltration")
+SIZE = 64
+PREPROCESSING = Preprocessing(intensity="window", geometry="stretch", interpolation="area", scale=(-1.0, 1.0))
+ATTRIBUTION = (
+    "Trained on images from the NIH ChestX-ray14 dataset (https://nihcc.app.box.com/v/ChestXray-NIHCC), "
+    "provided by the NIH Clinical Center. Wang X, Peng Y, Lu L, Lu Z, Bagheri M, Summers R. ChestX-ray8: "
+    "Hospital-scale Chest X-ray Database and Benchmarks on Weakly-Supervised Classification and Localization of "
+    "Common Thorax Diseases. IEEE CVPR 2017, pp. 3462-3471."
+)
+Array = NDArray[np.float32]
+
+
+def load_split(data: Path) -> tuple[list[str], Array, list[str], Array]:
+    """Image names and label matrices of the train and test splits."""
+    with (data / "labels.csv").open() as fh:
+        rows = {r["Image Index"]: r for r in csv.DictReader(fh)}
+    with (data / "split.csv").open() as fh:
+        split = {r["image"]: r["split"] for r in csv.DictReader(fh)}
+
+    def targets(name: str) -> list[float]:
+        row = rows[name]
+        return [1.0 - float(row["No Finding"]), *(float(row[label]) for label in LABELS[1:])]
+
+    out: dict[str, tuple[list[str], list[list[float]]]] = {"train": ([], []), "test": ([], [])}
+    for name in sorted(split):
+        names, ys = out[split[name]]
+        names.append(name)
+        ys.append(targets(name))
+    return (
+        out["train"][0],
+        np.asarray(out["train"][1], np.float32),
+        out["test"][0],
+        np.asarray(out["test"][1], np.float32),
+    )
+
+
+def input_spec(size: int) -> InputSpec:
+    return InputSpec(name="image", layout="NCHW", height=size, width=size, channels=1, dtype="float32")
+
+
+def load_images(folder: Path, names: list[str], spec: InputSpec) -> Array:
+    return np.concatenate(
+        [preprocess(decode(folder / n).pixels, spec, PREPROCESSING) for n in names], axis=0
+    ).astype(np.float32)
+
+
+def auc(y: NDArray[Any], score: NDArray[Any]) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, score)) if 0 < y.sum() < len(y) else float("nan")
+
+
+def auc_ci(y: NDArray[Any], score: NDArray[Any], seed: int, n_boot: int = 2000) -> tuple[float, float, float]:
+    """AUC with a 95% percentile bootstrap interval over images."""
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        if 0 < y[idx].sum() < len(idx):
+            stats.append(auc(y[idx], score[idx]))
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return auc(y, score), float(lo), float(hi)
+
+
+def youden_threshold(y: NDArray[Any], prob: NDArray[Any]) -> float:
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thr = roc_curve(y, prob)
+    best = int(np.argmax(tpr - fpr))
+    return float(np.clip(thr[best], 0.0, 1.0))
+
+
+def linear_baseline(x_train: Array, y_train: Array, x_test: Array, seed: int) -> Array:
+    """The data README's baseline: pixels at 48x48, PCA 40, balanced logistic regression."""
+    import torch
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+
+    def small(x: Array) -> NDArray[Any]:
+        t = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x), 48)
+        return t.reshape(len(x), -1).numpy()
+
+    pca = PCA(40, random_state=seed).fit(small(x_train))
+    a, b = pca.transform(small(x_train)), pca.transform(small(x_test))
+    cols = []
+    for j in range(y_train.shape[1]):
+        clf = LogisticRegression(class_weight="balanced", max_iter=2000).fit(a, y_train[:, j])
+        cols.append(clf.predict_proba(b)[:, 1])
+    return np.stack(cols, axis=1).astype(np.float32)
+
+
+def build_net(n_labels: int) -> Any:
+    import torch
+    from torch import nn
+
+    def block(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+    class CamNet(nn.Module):
+        """Small CNN; the head is a 1x1 conv (a per-location linear layer) whose spatial mean is the logit.
+
+        That is global-average-pool + linear, reordered, so the class activation map is an output of its own.
+        """
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(
+                *block(1, 16, 2),
+                *block(16, 32), nn.MaxPool2d(2),
+                *block(32, 64), nn.MaxPool2d(2),
+                *block(64, 96), nn.MaxPool2d(2),
+                *block(96, 128),
+                nn.Dropout(0.3),
+            )
+            self.head = nn.Conv2d(128, n_labels, 1)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            cam = self.head(self.features(x))
+            return cam.mean(dim=(2, 3)), cam
+
+    return CamNet()
+
+
+def augment(x: Any, gen: Any) -> Any:
+    """Random affine (rotation, scale, shift) and contrast/brightness jitter, on the tensor."""
+    import math
+
+    import torch
+
+    n = x.shape[0]
+    angle = (torch.rand(n, generator=gen) - 0.5) * 2 * math.radians(10)
+    scale = 1.0 + (torch.rand(n, generator=gen) - 0.5) * 0.2
+    shift = (torch.rand(n, 2, generator=gen) - 0.5) * 0.12
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    x = torch.nn.functional.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    contrast = 1.0 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.4
+    bright = (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.2
+    return x * contrast + bright
+
+
+def train(x: Array, y: Array, x_val: Array, y_val: Array, epochs: int, seed: int) -> tuple[Any, int, float]:
+    """Fit; keep the weights of the epoch with the best mean validation AUC."""
+    import copy
+
+    import torch
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    net = build_net(y.shape[1])
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=5e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * ((len(x) + 31) // 32))
+    pos = y.sum(0)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.from_numpy((len(y) - pos) / np.maximum(pos, 1)))
+    xt, yt, xv = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(x_val)
+    best: tuple[float, int, dict[str, Any]] = (-1.0, -1, {})
+    for epoch in range(epochs):
+        net.train()
+        order = torch.randperm(len(xt), generator=gen)
+        for i in range(0, len(order), 32):
+            idx = order[i : i + 32]
+            opt.zero_grad()
+            logits, _ = net(augment(xt[idx], gen))
+            loss = loss_fn(logits, yt[idx])
+            loss.backward()
+            opt.step()
+            sched.step()
+        net.eval()
+        with torch.no_grad():
+            val = torch.sigmoid(net(xv)[0]).numpy()
+        score = float(np.nanmean([auc(y_val[:, j], val[:, j]) for j in range(y.shape[1])]))
+        print(f"epoch {epoch + 1:3d}  loss {loss.item():.3f}  val mean AUC {score:.3f}", flush=True)
+        if score > best[0]:
+            best = (score, epoch + 1, copy.deepcopy(net.state_dict()))
+    net.load_state_dict(best[2])
+    net.eval()
+    return net, best[1], best[0]
+
+
+def export_onnx(net: Any, path: Path, spec: InputSpec) -> None:
+    import torch
+
+    dummy = torch.zeros(1, 1, spec.height, spec.width)
+    torch.onnx.export(
+        net, (dummy,), str(path), input_names=[spec.name], output_names=["logits", "cam"],
+        dynamic_axes={spec.name: {0: "batch"}, "logits": {0: "batch"}, "cam": {0: "batch"}},
+        opset_version=17, dynamo=False,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/nih-cxr14-sample"))
+    parser.add_argument("-o", "--output", type=Path, default=Path("edge_app/models/cxr-reference"))
+    parser.add_argument("--epochs", type=int, default=80)
+    parser.add_argument("--seed", type=int, default=20261122)
+    parser.add_argument("--size", type=int, default=SIZE, help="input height and width in pixels")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    spec = input_spec(args.size)
+
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    names, y_all, test_names, y_test = load_split(args.data)
+    x_all = load_images(args.data / "images", names, spec)
+    x_test = load_images(args.data / "images", test_names, spec)
+    rng = np.random.default_rng(args.seed)
+    # Internal split of the train set, stratified on Abnormal: fit on 80%, select epoch and thresholds on 20%.
+    val_idx = np.concatenate([
+        rng.permutation(np.flatnonzero(y_all[:, 0] == c))[: round(0.2 * (y_all[:, 0] == c).sum())] for c in (0, 1)
+    ])
+    fit_idx = np.setdiff1d(np.arange(len(names)), val_idx)
+    net, best_epoch, best_val = train(x_all[fit_idx], y_all[fit_idx], x_all[val_idx], y_all[val_idx],
+                                      args.epochs, args.seed)
+    with torch.no_grad():
+        p_val = torch.sigmoid(net(torch.from_numpy(x_all[val_idx]))[0]).numpy()
+        p_test = torch.sigmoid(net(torch.from_numpy(x_test))[0]).numpy()
+    p_base = linear_baseline(x_all, y_all, x_test, args.seed)
+
+    thresholds, per_label = {}, {}
+    for j, label in enumerate(LABELS):
+        thr = youden_threshold(y_all[val_idx, j], p_val[:, j])
+        thresholds[label] = round(thr, 4)
+        a, lo, hi = auc_ci(y_test[:, j], p_test[:, j], args.seed + j)
+        b, blo, bhi = auc_ci(y_test[:, j], p_base[:, j], args.seed + j)
+        pos = y_test[:, j] == 1
+        pred = p_test[:, j] >= thr
+        per_label[label] = {
+            "test_auc": round(a, 3), "test_auc_95ci": [round(lo, 3), round(hi, 3)],
+            "baseline_auc": round(b, 3), "baseline_auc_95ci": [round(blo, 3), round(bhi, 3)],
+            "sensitivity": round(float(pred[pos].mean()), 3), "specificity": round(float((~pred[~pos]).mean()), 3),
+            "test_positives": int(pos.sum()), "test_negatives": int((~pos).sum()),
+            "separates": bool(lo > 0.5),
+        }
+        print(f"{label:14s} AUC {a:.3f} [{lo:.3f}, {hi:.3f}]  baseline {b:.3f} [{blo:.3f}, {bhi:.3f}]  thr {thr:.3f}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        export_onnx(net, onnx_path, spec)
+        args.output.mkdir(parents=True, exist_ok=True)
+        for old in args.output.iterdir():
+            old.unlink()
+        shutil.copy(onnx_path, args.output / "model.onnx")
+    write_bundle(args, per_label, thresholds, best_epoch, best_val, len(fit_idx), len(val_idx), len(test_names))
+
+
+def write_bundle(args: argparse.Namespace, per_label: dict[str, Any], thresholds: dict[str, float],
+                 best_epoch: int, best_val: float, n_fit: int, n_val: int, n_test: int) -> None:
+    out: Path = args.output
+    model_sha = sha256_file(out / "model.onnx")
+    claimed = [label for label, m in per_label.items() if m["separates"]]
+    card = model_card(per_label, claimed, thresholds, args.size)
+    (out / "MODEL_CARD.md").write_text(card, encoding="utf-8")
+    script_sha = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    manifest = Manifest(
+        name="cxr-reference",
+        version="1.0.0",
+        task="multilabel",
+        labels=LABELS,
+        thresholds=thresholds,
+        input=input_spec(args.size),
+        preprocessing=PREPROCESSING,
+        output=OutputSpec(name="logits", activation="sigmoid", heatmap="cam"),
+        precision="fp32",
+        intended_use=IntendedUse(
+            modality=("CR", "DX"), body_part="CHEST", views=("PA", "AP"),
+            description="Demonstration of the appliance on frontal chest X-rays. Not for clinical use.",
+        ),
+        provenance=Provenance(
+            source_sha256=model_sha,
+            created_by=f"converters.train_reference (sha256 {script_sha[:16]})",
+            created_at=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+            method=(f"CNN trained from scratch, seed {args.seed}, {args.epochs} epochs, best epoch {best_epoch} "
+                    f"by mean internal-validation AUC {best_val:.3f}; exported with torch.onnx (opset 17)"),
+            calibration=None,
+            validation=(f"NIH ChestX-ray14 sample: fit on {n_fit} and thresholds (Youden) on {n_val} images of the "
+                        f"train split; figures on the {n_test} images of the test split"),
+        ),
+        metrics={"test_split": per_label, "claimed_findings": claimed,
+                 "baseline": "pixels at 48x48, PCA 40, balanced logistic regression, same train split"},
+        attribution=ATTRIBUTION,
+        not_for_clinical_use=True,
+        files={"model.onnx": model_sha, "MODEL_CARD.md": sha256_file(out / "MODEL_CARD.md")},
+    )
+    write_manifest(out, manifest)
+    print(json.dumps(manifest.metrics, indent=1))
+
+
+def model_card(per_label: dict[str, Any], claimed: list[str], thresholds: dict[str, float], size: int) -> str:
+    rows = "\n".join(
+        f"| {label} | {m['test_auc']:.3f} ({m['test_auc_95ci'][0]:.3f}-{m['test_auc_95ci'][1]:.3f}) | "
+        f"{m['baseline_auc']:.3f} | {thresholds[label]:.3f} | {m['sensitivity']:.2f} / {m['specificity']:.2f} | "
+        f"{m['test_positives']} |"
+        for label, m in per_label.items()
+    )
+    return f"""# cxr-reference 1.0.0: model card
+
+**NOT FOR CLINICAL USE.** A demonstration model for the clinic edge-AI appliance, trained on 421 images. It shows
+the appliance working end to end; it must not inform any diagnosis.
+
+- Input: one frontal (PA/AP) chest X-ray, grey, stretched to {size}x{size}, intensities mapped to [-1, 1].
+- Output: a probability per label (sigmoid) and a class activation map per label ({size // 16}x{size // 16}).
+- "Abnormal" means any of the 14 NIH findings, as opposed to "No Finding".
+- Findings whose test AUC interval lies above 0.5: {", ".join(claimed) or "none"}. The others are shown for
+  honesty, not claimed.
+
+Test split (200 images), AUC with 95% bootstrap interval, the linear baseline's AUC, threshold (chosen on train
+data only), sensitivity / specificity at it, and the number of positives:
+
+| label | AUC (95% CI) | baseline | threshold | sens / spec | positives |
+|---|---|---|---|---|---|
+{rows}
+
+## Data and attribution
+{ATTRIBUTION}
+
+NIH labels were mined from reports by NLP (about 90% accurate by NIH's account); the test split is small and the
+intervals are wide.
+"""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Model bundles: a directory with `model.onnx`, other files and a `manifest.json` listing every file's sha256.
+
+Everything that runs a model takes a loaded `Bundle`, never loose paths. Loading verifies every hash and refuses a
+bundle with a missing, changed or unlisted file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from edge_app.errors import BundleError
+from edge_app.manifest import Manifest
+
+MANIFEST_NAME = "manifest.json"
+# Files beside the manifest that its hashes cannot cover (a signature is made over the manifest itself).
+UNLISTED_FILES = frozenset({MANIFEST_NAME, "manifest.sig"})
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle. `sha256` (of the manifest, which holds every file's hash) identifies it."""
+
+    path: Path
+    manifest: Manifest
+    sha256: str
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model.onnx"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem, with the field path, in plain words."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        lines.append(f"{where}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def load_bundle(path: Path | str) -> Bundle:
+    """Load and verify a bundle directory; raise `BundleError` saying what is wrong."""
+    path = Path(path)
+    manifest_path = path / MANIFEST_NAME
+    if not path.is_dir():
+        raise BundleError(f"model bundle {path} is not a directory")
+    try:
+        raw = manifest_path.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"model bundle {path} has no {MANIFEST_NAME}") from None
+    try:
+        manifest = Manifest.model_validate(json.loads(raw))
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{manifest_path} is not valid JSON ({exc})") from None
+    except ValidationError as exc:
+        raise BundleError(f"{manifest_path} is invalid: {format_validation_error(exc)}") from None
+
+    for name, expected in sorted(manifest.files.items()):
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"model bundle {path} is incomplete: {name} is missing")
+        actual = sha256_file(file)
+        if actual != expected:
+            raise BundleError(
+                f"model bundle {path} has been altered: {name} has sha256 {actual}, the manifest says {expected}"
+            )
+    present = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
+    unlisted = sorted(present - set(manifest.files) - UNLISTED_FILES)
+    if unlisted:
+        raise BundleError(f"model bundle {path} holds files its manifest does not list: {', '.join(unlisted)}")
+    return Bundle(path=path, manifest=manifest, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def write_manifest(path: Path, manifest: Manifest) -> None:
+    """Write `manifest.json` into a bundle directory (used by the converters and the training script)."""
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"
+    (path / MANIFEST_NAME).write_text(text, encoding="utf-8")

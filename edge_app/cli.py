@@ -1,0 +1,155 @@
+"""`edge-app`: diagnose files, serve the clinic's tablets, benchmark the pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edge_app import __version__
+from edge_app.bundle import load_bundle
+from edge_app.config import Settings, load_settings
+from edge_app.errors import EdgeAppError, UserError
+from edge_app.imaging import DecodeLimits, decode, preprocess
+from edge_app.pipeline import Diagnoser, check_intended_use
+from edge_app.runtime import open_runner
+
+log = logging.getLogger("edge_app")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edge-app", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"edge-app {__version__}")
+    parser.add_argument("--config", type=Path, help="TOML configuration file (see the README)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("diagnose", help="diagnose image files and print one JSON line per file")
+    p.add_argument("files", nargs="+", type=Path, help="DICOM, PNG or JPEG files, or folders of them")
+    p.add_argument("--bundle", type=Path, help="model bundle (default: the configured one)")
+
+    p = sub.add_parser("serve", help="serve the web UI and JSON API")
+    p.add_argument("--host", help="override server.host")
+    p.add_argument("--port", type=int, help="override server.port")
+
+    p = sub.add_parser("bench", help="latency of decode, preprocess and inference on real images")
+    p.add_argument("files", nargs="+", type=Path, help="image files or folders")
+    p.add_argument("--bundle", type=Path, help="model bundle (default: the configured one)")
+    p.add_argument("--limit", type=int, default=200, help="at most this many images")
+    p.add_argument("--warmup", type=int, default=3)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = load_settings(args.config)
+        if args.command == "diagnose":
+            return _diagnose(settings, args.files, args.bundle)
+        if args.command == "serve":
+            return _serve(settings, args.host, args.port)
+        return _bench(settings, args.files, args.bundle, args.limit, args.warmup)
+    except UserError as exc:
+        print(f"edge-app: {exc}", file=sys.stderr)
+        return 2
+    except EdgeAppError as exc:
+        print(f"edge-app: internal error: {exc}", file=sys.stderr)
+        return 3
+
+
+def _files(paths: Sequence[Path]) -> Iterator[Path]:
+    """Files as given; folders expanded to the files in them (sorted, hidden ones skipped)."""
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        else:
+            yield path
+
+
+def _diagnoser(settings: Settings, bundle_path: Path | None) -> Diagnoser:
+    bundle = load_bundle(bundle_path or settings.model.bundle)
+    runner = open_runner(bundle, settings.model.runner, settings.model.threads)
+    limits = DecodeLimits(max_pixels=settings.imaging.max_pixels, frame=settings.imaging.frame)
+    return Diagnoser(bundle, runner, limits)
+
+
+def _diagnose(settings: Settings, paths: Sequence[Path], bundle_path: Path | None) -> int:
+    diagnoser = _diagnoser(settings, bundle_path)
+    rejected = 0
+    for path in _files(paths):
+        diagnosis = diagnoser.diagnose(path)
+        rejected += diagnosis.status != "ok"
+        print(json.dumps(diagnosis.as_dict()), flush=True)
+    diagnoser.runner.deactivate()
+    return 1 if rejected else 0
+
+
+def _serve(settings: Settings, host: str | None, port: int | None) -> int:
+    import waitress
+
+    from edge_app.config import check_secure
+    from edge_app.web import create_app
+
+    if host is not None:
+        settings.server.host = host
+    if port is not None:
+        settings.server.port = port
+    check_secure(settings)
+    app = create_app(settings)
+    log.info("serving on http://%s:%d (data in %s)", settings.server.host, settings.server.port,
+             settings.storage.data_dir)
+    waitress.serve(app, host=settings.server.host, port=settings.server.port, threads=settings.server.threads,
+                   ident="edge-app")
+    return 0
+
+
+def _bench(settings: Settings, paths: Sequence[Path], bundle_path: Path | None, limit: int, warmup: int) -> int:
+    diagnoser = _diagnoser(settings, bundle_path)
+    manifest = diagnoser.bundle.manifest
+    stages: dict[str, list[float]] = {"decode": [], "preprocess": [], "infer": []}
+    skipped = 0
+    files = list(_files(paths))[:limit]
+    if not files:
+        raise UserError("no image files to benchmark")
+    for i, path in enumerate(files):
+        t0 = time.perf_counter()
+        try:
+            image = decode(path, limits=diagnoser.limits)
+            check_intended_use(manifest, image)
+        except UserError as exc:
+            log.warning("skipped: %s", exc)
+            skipped += 1
+            continue
+        t1 = time.perf_counter()
+        batch = preprocess(image.pixels, manifest.input, manifest.preprocessing)
+        t2 = time.perf_counter()
+        diagnoser.runner.infer(batch)
+        t3 = time.perf_counter()
+        if i >= warmup:
+            for name, dt_ in zip(stages, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+                stages[name].append(dt_ * 1e3)
+    n = len(stages["decode"])
+    if n == 0:
+        raise UserError("every image was skipped or used for warm-up; give more images")
+    total = [sum(v) for v in zip(*stages.values(), strict=True)]
+    info = diagnoser.model_info
+    print(f"model {info['name']} {info['version']} ({info['precision']}, {info['runner']}); "
+          f"{n} images timed, {min(warmup, len(files))} warm-up, {skipped} skipped")
+    print(f"{'stage':<12}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}{'images/s':>10}")
+    for name, values in [*stages.items(), ("total", total)]:
+        arr = np.asarray(values)
+        print(f"{name:<12}{np.percentile(arr, 50):>10.2f}{np.percentile(arr, 95):>10.2f}{arr.mean():>10.2f}"
+              f"{1e3 / arr.mean():>10.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

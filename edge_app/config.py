@@ -1,0 +1,126 @@
+"""Typed settings: one TOML file, documented defaults, `EDGE_APP_<SECTION>_<KEY>` environment overrides.
+
+Validated at start; an invalid or insecure configuration stops the service with a plain-words error.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge_app.bundle import format_validation_error
+from edge_app.errors import ConfigError
+from edge_app.runtime import RUNNER_NAMES
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib
+
+ENV_PREFIX = "EDGE_APP_"
+EMBEDDED_BUNDLE = Path(__file__).parent / "models" / "cxr-reference"
+
+
+def default_data_dir() -> Path:
+    """Per-user data directory: $XDG_DATA_HOME/edge-app, else ~/.local/share/edge-app."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "edge-app"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str = Field("127.0.0.1", description="address to bind; anything but loopback needs a secret_key")
+    port: int = Field(8080, ge=1, le=65535)
+    secret_key: str = Field("", description="at least 32 characters; required when not bound to loopback")
+    max_upload_mb: int = Field(200, ge=1, le=4096, description="largest image upload accepted")
+    threads: int = Field(4, ge=1, le=64, description="request-handling threads")
+
+
+class StorageSettings(_Section):
+    data_dir: Path = Field(default_factory=default_data_dir, description="database and image store")
+
+
+class ModelSettings(_Section):
+    bundle: Path = Field(EMBEDDED_BUNDLE, description="model bundle directory; default: the embedded reference")
+    runner: str = Field("auto", description=f"one of {', '.join(RUNNER_NAMES)}")
+    threads: int = Field(0, ge=0, le=64, description="inference threads; 0 lets ONNX Runtime use every core")
+
+
+class ImagingSettings(_Section):
+    max_pixels: int = Field(50_000_000, ge=1, description="images with more pixels are refused before decoding")
+    frame: Literal["first", "middle", "last"] = Field("middle", description="frame taken from a multi-frame image")
+
+
+class Settings(_Section):
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    imaging: ImagingSettings = Field(default_factory=ImagingSettings)
+
+
+def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file (if any), apply environment overrides, validate; raise `ConfigError` in plain words."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"configuration file {path} cannot be read: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+    _apply_environment(raw, os.environ if environ is None else environ)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {format_validation_error(exc)}") from None
+    check_secure(settings)
+    return settings
+
+
+def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    sections = Settings.model_fields
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        rest = key[len(ENV_PREFIX) :].lower()
+        section = next((s for s in sections if rest.startswith(s + "_")), None)
+        if section is None:
+            continue
+        field = rest[len(section) + 1 :]
+        model = sections[section].annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        if field not in model.model_fields:
+            raise ConfigError(f"environment variable {key} names no setting ({section} has no {field!r})")
+        table = raw.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] in the configuration file must be a table")
+        table[field] = value
+
+
+def check_secure(settings: Settings) -> None:
+    """Refuse to serve beyond this machine without a real secret key."""
+    if not is_loopback(settings.server.host) and len(settings.server.secret_key) < 32:
+        raise ConfigError(
+            f"refusing to listen on {settings.server.host}: serving beyond this machine needs server.secret_key "
+            f"(or {ENV_PREFIX}SERVER_SECRET_KEY) of at least 32 random characters"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

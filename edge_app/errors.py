@@ -1,0 +1,42 @@
+"""The exception tree of `edge_app`.
+
+`EdgeAppError` is the root. Its subclasses under `UserError` are problems of input or configuration that a
+person can fix and that are reported in plain words; anything else is an internal bug.
+"""
+
+
+class EdgeAppError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class UserError(EdgeAppError):
+    """Bad input or configuration: reported to the person, never a traceback."""
+
+
+class ConfigError(UserError):
+    """The configuration is invalid or insecure; the service refuses to start."""
+
+
+class BundleError(UserError):
+    """A model bundle is missing, incomplete, tampered with or malformed."""
+
+
+class ImageRejected(UserError):
+    """An image cannot be used: not an image, unsupported, truncated, too large, or not what the model takes."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class RuntimeUnavailable(EdgeAppError):
+    """An inference backend cannot run on this machine (no GPU, library missing)."""
+
+
+class InferenceError(EdgeAppError):
+    """The model failed on an input it had accepted."""
+
+
+class NotFound(UserError):
+    """A study, image or result that does not exist was asked for."""

@@ -1,0 +1,143 @@
+"""The model bundle's manifest: what a model takes, what it answers, and where it came from.
+
+The schema is the contract between `converters` (which writes it) and the service (which obeys it). Preprocessing
+is declared here, never implied: see `Preprocessing` and the README's examples for the torchxrayvision, Keras,
+ImageNet and MONAI styles.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    """The model's image input tensor."""
+
+    name: str
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    height: int = Field(gt=0, le=4096)
+    width: int = Field(gt=0, le=4096)
+    channels: Literal[1, 3] = 1
+    dtype: Literal["float32", "float16"] = "float32"
+
+
+class Preprocessing(_Strict):
+    """How decoded pixels (in [0, 1], as a viewer shows them) become the input tensor, step by step.
+
+    1. intensity: "window" keeps the decoder's display intensities (DICOM VOI LUT/window, a robust percentile
+       window where none is given, PNG/JPEG divided by their maximum); "minmax" stretches each image's own
+       minimum and maximum to [0, 1] (MONAI's ScaleIntensity).
+    2. channels: grey images are repeated to 3 channels, colour images turned grey (ITU-R 601 luma) for 1.
+    3. geometry: "stretch" resizes to height x width ignoring aspect; "center_crop" keeps the central square
+       (times `crop_fraction`) and resizes it; "letterbox" fits the whole image and pads with zeros.
+    4. interpolation: Pillow's filters ("area" is Pillow's box filter).
+    5. scale: [0, 1] is mapped linearly onto [scale[0], scale[1]].
+    6. mean/std: per channel, (x - mean) / std, after scaling.
+    """
+
+    intensity: Literal["window", "minmax"] = "window"
+    geometry: Literal["stretch", "center_crop", "letterbox"] = "stretch"
+    crop_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
+    interpolation: Literal["nearest", "bilinear", "bicubic", "area"] = "bilinear"
+    scale: tuple[float, float] = (0.0, 1.0)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @model_validator(mode="after")
+    def _mean_std(self) -> Preprocessing:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std must be given together")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        if self.scale[0] == self.scale[1]:
+            raise ValueError("scale must map [0, 1] onto a range of non-zero width")
+        return self
+
+
+class OutputSpec(_Strict):
+    """The model's outputs: scores per label and, optionally, a class activation map."""
+
+    name: str
+    activation: Literal["sigmoid", "softmax", "none"]
+    heatmap: str | None = Field(default=None, description="output name of a (N, labels, h, w) class activation map")
+
+
+class IntendedUse(_Strict):
+    modality: tuple[str, ...] = ()
+    body_part: str = ""
+    views: tuple[str, ...] = ()
+    description: str = ""
+
+
+class Provenance(_Strict):
+    source_sha256: str
+    created_by: str
+    created_at: str
+    method: str
+    calibration: str | None = None
+    validation: str | None = None
+
+
+class Manifest(_Strict):
+    """A bundle's `manifest.json`."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    task: Literal["binary", "multiclass", "multilabel"]
+    labels: tuple[str, ...] = Field(min_length=1)
+    thresholds: dict[str, float]
+    input: InputSpec
+    preprocessing: Preprocessing
+    output: OutputSpec
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    intended_use: IntendedUse = IntendedUse()
+    provenance: Provenance
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    fidelity: dict[str, Any] | None = None
+    attribution: str = ""
+    not_for_clinical_use: bool = True
+    files: dict[str, str]
+
+    @field_validator("files")
+    @classmethod
+    def _files(cls, files: dict[str, str]) -> dict[str, str]:
+        if "model.onnx" not in files:
+            raise ValueError("must list model.onnx")
+        for name, digest in files.items():
+            if name.startswith(("/", "..")) or "/../" in name or "\\" in name:
+                raise ValueError(f"file name {name!r} leaves the bundle")
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError(f"sha256 of {name!r} is not 64 lowercase hex digits")
+        return files
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be unique")
+        if set(self.thresholds) != set(self.labels):
+            raise ValueError("thresholds must give exactly one value per label")
+        if any(not 0.0 <= t <= 1.0 for t in self.thresholds.values()):
+            raise ValueError("thresholds are probabilities in [0, 1]")
+        if self.task == "binary" and len(self.labels) != 1:
+            raise ValueError("a binary task has exactly one label (the positive class)")
+        if self.task == "multiclass" and len(self.labels) < 2:
+            raise ValueError("a multiclass task has at least two labels")
+        if self.task == "multiclass" and self.output.activation == "sigmoid":
+            raise ValueError("a multiclass task takes softmax (or none for probabilities already)")
+        if self.task != "multiclass" and self.output.activation == "softmax":
+            raise ValueError(f"a {self.task} task takes sigmoid (or none for probabilities already)")
+        n = self.input.channels
+        for key in ("mean", "std"):
+            values = getattr(self.preprocessing, key)
+            if values is not None and len(values) not in (1, n):
+                raise ValueError(f"preprocessing.{key} needs 1 or {n} values for {n} input channel(s)")
+        return self

@@ -1,0 +1,84 @@
+"""From a model's raw outputs to findings: probabilities, decisions at the manifest's thresholds, a heatmap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge_app.errors import InferenceError
+from edge_app.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class Finding:
+    label: str
+    probability: float
+    threshold: float
+
+    @property
+    def positive(self) -> bool:
+        return self.probability >= self.threshold
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "label": self.label,
+            "probability": round(self.probability, 6),
+            "threshold": self.threshold,
+            "positive": self.positive,
+        }
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """A class activation map for one label, scaled to [0, 1] (low resolution: the viewer upsamples it)."""
+
+    label: str
+    values: NDArray[np.float32]
+
+
+def findings(manifest: Manifest, outputs: dict[str, NDArray[np.float32]], index: int = 0) -> list[Finding]:
+    """The findings of image `index` of a batch, in the manifest's label order."""
+    scores = outputs[manifest.output.name]
+    row = scores.reshape(scores.shape[0], -1)[index].astype(np.float64)
+    if row.size != len(manifest.labels):
+        raise InferenceError(f"the model gave {row.size} scores for {len(manifest.labels)} labels")
+    probs = _activate(row, manifest.output.activation)
+    if not np.isfinite(probs).all():
+        raise InferenceError("the model gave non-finite scores")
+    return [
+        Finding(label, float(p), manifest.thresholds[label]) for label, p in zip(manifest.labels, probs, strict=True)
+    ]
+
+
+def heatmap(
+    manifest: Manifest, outputs: dict[str, NDArray[np.float32]], label: str, index: int = 0
+) -> Heatmap | None:
+    """The class activation map of `label`, or None where the bundle has no heatmap output."""
+    if manifest.output.heatmap is None:
+        return None
+    cam = outputs[manifest.output.heatmap][index][manifest.labels.index(label)].astype(np.float32)
+    lo, hi = float(cam.min()), float(cam.max())
+    values = (cam - lo) / (hi - lo) if hi > lo else np.zeros_like(cam)
+    return Heatmap(label=label, values=values)
+
+
+def _activate(row: NDArray[np.float64], activation: str) -> NDArray[np.float64]:
+    if activation == "sigmoid":
+        return 0.5 * (1.0 + np.tanh(0.5 * row))  # the numerically stable logistic
+    if activation == "softmax":
+        e = np.exp(row - row.max())
+        return e / e.sum()
+    return row
+
+
+def heatmap_png(hm: Heatmap) -> bytes:
+    """The heatmap as an 8-bit grey PNG at its own (low) resolution."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.round(hm.values * 255).astype(np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
