@@ -17,8 +17,9 @@ from edge_app.errors import UserError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edge-convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="edge-convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="verify a model bundle (every file's hash) and print its manifest")
     p.add_argument("bundle", type=Path)
@@ -28,7 +29,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"edge-convert: {exc}", file=sys.stderr)
         return 2
-    out = {"bundle": str(bundle.path), "sha256": bundle.sha256, "manifest": bundle.manifest.model_dump(mode="json")}
+    out = {
+        "bundle": str(bundle.path),
+        "sha256": bundle.sha256,
+        "manifest": bundle.manifest.model_dump(mode="json"),
+    }
     print(json.dumps(out, indent=2))
     return 0
 

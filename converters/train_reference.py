@@ -67,9 +67,9 @@ def input_spec(size: int) -> InputSpec:
 
 
 def load_images(folder: Path, names: list[str], spec: InputSpec) -> Array:
-    return np.concatenate(
-        [preprocess(decode(folder / n).pixels, spec, PREPROCESSING) for n in names], axis=0
-    ).astype(np.float32)
+    return np.concatenate([preprocess(decode(folder / n).pixels, spec, PREPROCESSING) for n in names], axis=0).astype(
+        np.float32
+    )
 
 
 def auc(y: NDArray[Any], score: NDArray[Any]) -> float:
@@ -134,9 +134,12 @@ def build_net(n_labels: int) -> Any:
             super().__init__()
             self.features = nn.Sequential(
                 *block(1, 16, 2),
-                *block(16, 32), nn.MaxPool2d(2),
-                *block(32, 64), nn.MaxPool2d(2),
-                *block(64, 96), nn.MaxPool2d(2),
+                *block(16, 32),
+                nn.MaxPool2d(2),
+                *block(32, 64),
+                nn.MaxPool2d(2),
+                *block(64, 96),
+                nn.MaxPool2d(2),
                 *block(96, 128),
                 nn.Dropout(0.3),
             )
@@ -211,9 +214,14 @@ def export_onnx(net: Any, path: Path, spec: InputSpec) -> None:
 
     dummy = torch.zeros(1, 1, spec.height, spec.width)
     torch.onnx.export(
-        net, (dummy,), str(path), input_names=[spec.name], output_names=["logits", "cam"],
+        net,
+        (dummy,),
+        str(path),
+        input_names=[spec.name],
+        output_names=["logits", "cam"],
         dynamic_axes={spec.name: {0: "batch"}, "logits": {0: "batch"}, "cam": {0: "batch"}},
-        opset_version=17, dynamo=False,
+        opset_version=17,
+        dynamo=False,
     )
 
 
@@ -237,12 +245,13 @@ def main(argv: list[str] | None = None) -> None:
     x_test = load_images(args.data / "images", test_names, spec)
     rng = np.random.default_rng(args.seed)
     # Internal split of the train set, stratified on Abnormal: fit on 80%, select epoch and thresholds on 20%.
-    val_idx = np.concatenate([
-        rng.permutation(np.flatnonzero(y_all[:, 0] == c))[: round(0.2 * (y_all[:, 0] == c).sum())] for c in (0, 1)
-    ])
+    val_idx = np.concatenate(
+        [rng.permutation(np.flatnonzero(y_all[:, 0] == c))[: round(0.2 * (y_all[:, 0] == c).sum())] for c in (0, 1)]
+    )
     fit_idx = np.setdiff1d(np.arange(len(names)), val_idx)
-    net, best_epoch, best_val = train(x_all[fit_idx], y_all[fit_idx], x_all[val_idx], y_all[val_idx],
-                                      args.epochs, args.seed)
+    net, best_epoch, best_val = train(
+        x_all[fit_idx], y_all[fit_idx], x_all[val_idx], y_all[val_idx], args.epochs, args.seed
+    )
     with torch.no_grad():
         p_val = torch.sigmoid(net(torch.from_numpy(x_all[val_idx]))[0]).numpy()
         p_test = torch.sigmoid(net(torch.from_numpy(x_test))[0]).numpy()
@@ -257,10 +266,14 @@ def main(argv: list[str] | None = None) -> None:
         pos = y_test[:, j] == 1
         pred = p_test[:, j] >= thr
         per_label[label] = {
-            "test_auc": round(a, 3), "test_auc_95ci": [round(lo, 3), round(hi, 3)],
-            "baseline_auc": round(b, 3), "baseline_auc_95ci": [round(blo, 3), round(bhi, 3)],
-            "sensitivity": round(float(pred[pos].mean()), 3), "specificity": round(float((~pred[~pos]).mean()), 3),
-            "test_positives": int(pos.sum()), "test_negatives": int((~pos).sum()),
+            "test_auc": round(a, 3),
+            "test_auc_95ci": [round(lo, 3), round(hi, 3)],
+            "baseline_auc": round(b, 3),
+            "baseline_auc_95ci": [round(blo, 3), round(bhi, 3)],
+            "sensitivity": round(float(pred[pos].mean()), 3),
+            "specificity": round(float((~pred[~pos]).mean()), 3),
+            "test_positives": int(pos.sum()),
+            "test_negatives": int((~pos).sum()),
             "separates": bool(lo > 0.5),
         }
         print(f"{label:14s} AUC {a:.3f} [{lo:.3f}, {hi:.3f}]  baseline {b:.3f} [{blo:.3f}, {bhi:.3f}]  thr {thr:.3f}")
@@ -275,8 +288,16 @@ def main(argv: list[str] | None = None) -> None:
     write_bundle(args, per_label, thresholds, best_epoch, best_val, len(fit_idx), len(val_idx), len(test_names))
 
 
-def write_bundle(args: argparse.Namespace, per_label: dict[str, Any], thresholds: dict[str, float],
-                 best_epoch: int, best_val: float, n_fit: int, n_val: int, n_test: int) -> None:
+def write_bundle(
+    args: argparse.Namespace,
+    per_label: dict[str, Any],
+    thresholds: dict[str, float],
+    best_epoch: int,
+    best_val: float,
+    n_fit: int,
+    n_val: int,
+    n_test: int,
+) -> None:
     out: Path = args.output
     model_sha = sha256_file(out / "model.onnx")
     claimed = [label for label, m in per_label.items() if m["separates"]]
@@ -294,21 +315,30 @@ def write_bundle(args: argparse.Namespace, per_label: dict[str, Any], thresholds
         output=OutputSpec(name="logits", activation="sigmoid", heatmap="cam"),
         precision="fp32",
         intended_use=IntendedUse(
-            modality=("CR", "DX"), body_part="CHEST", views=("PA", "AP"),
+            modality=("CR", "DX"),
+            body_part="CHEST",
+            views=("PA", "AP"),
             description="Demonstration of the appliance on frontal chest X-rays. Not for clinical use.",
         ),
         provenance=Provenance(
             source_sha256=model_sha,
             created_by=f"converters.train_reference (sha256 {script_sha[:16]})",
             created_at=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-            method=(f"CNN trained from scratch, seed {args.seed}, {args.epochs} epochs, best epoch {best_epoch} "
-                    f"by mean internal-validation AUC {best_val:.3f}; exported with torch.onnx (opset 17)"),
+            method=(
+                f"CNN trained from scratch, seed {args.seed}, {args.epochs} epochs, best epoch {best_epoch} "
+                f"by mean internal-validation AUC {best_val:.3f}; exported with torch.onnx (opset 17)"
+            ),
             calibration=None,
-            validation=(f"NIH ChestX-ray14 sample: fit on {n_fit} and thresholds (Youden) on {n_val} images of the "
-                        f"train split; figures on the {n_test} images of the test split"),
+            validation=(
+                f"NIH ChestX-ray14 sample: fit on {n_fit} and thresholds (Youden) on {n_val} images of the "
+                f"train split; figures on the {n_test} images of the test split"
+            ),
         ),
-        metrics={"test_split": per_label, "claimed_findings": claimed,
-                 "baseline": "pixels at 48x48, PCA 40, balanced logistic regression, same train split"},
+        metrics={
+            "test_split": per_label,
+            "claimed_findings": claimed,
+            "baseline": "pixels at 48x48, PCA 40, balanced logistic regression, same train split",
+        },
         attribution=ATTRIBUTION,
         not_for_clinical_use=True,
         files={"model.onnx": model_sha, "MODEL_CARD.md": sha256_file(out / "MODEL_CARD.md")},

@@ -104,10 +104,19 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
         settings.server.port = port
     check_secure(settings)
     app = create_app(settings)
-    log.info("serving on http://%s:%d (data in %s)", settings.server.host, settings.server.port,
-             settings.storage.data_dir)
-    waitress.serve(app, host=settings.server.host, port=settings.server.port, threads=settings.server.threads,
-                   ident="edge-app")
+    log.info(
+        "serving on http://%s:%d (data in %s)",
+        settings.server.host,
+        settings.server.port,
+        settings.storage.data_dir,
+    )
+    waitress.serve(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        threads=settings.server.threads,
+        ident="edge-app",
+    )
     return 0
 
 
@@ -141,13 +150,17 @@ def _bench(settings: Settings, paths: Sequence[Path], bundle_path: Path | None, 
         raise UserError("every image was skipped or used for warm-up; give more images")
     total = [sum(v) for v in zip(*stages.values(), strict=True)]
     info = diagnoser.model_info
-    print(f"model {info['name']} {info['version']} ({info['precision']}, {info['runner']}); "
-          f"{n} images timed, {min(warmup, len(files))} warm-up, {skipped} skipped")
+    print(
+        f"model {info['name']} {info['version']} ({info['precision']}, {info['runner']}); "
+        f"{n} images timed, {min(warmup, len(files))} warm-up, {skipped} skipped"
+    )
     print(f"{'stage':<12}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}{'images/s':>10}")
     for name, values in [*stages.items(), ("total", total)]:
         arr = np.asarray(values)
-        print(f"{name:<12}{np.percentile(arr, 50):>10.2f}{np.percentile(arr, 95):>10.2f}{arr.mean():>10.2f}"
-              f"{1e3 / arr.mean():>10.1f}")
+        print(
+            f"{name:<12}{np.percentile(arr, 50):>10.2f}{np.percentile(arr, 95):>10.2f}{arr.mean():>10.2f}"
+            f"{1e3 / arr.mean():>10.1f}"
+        )
     return 0
 
 

@@ -11,8 +11,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = 1
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -89,7 +87,7 @@ class Provenance(_Strict):
 class Manifest(_Strict):
     """A bundle's `manifest.json`."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     name: str = Field(min_length=1)
     version: str = Field(min_length=1)
     task: Literal["binary", "multiclass", "multilabel"]

@@ -89,6 +89,11 @@ class Diagnoser:
         found = findings(manifest, outputs)
         top = max(found, key=lambda f: f.probability)
         return Diagnosis(
-            source, "ok", self.model_info, findings=found, heatmap=heatmap(manifest, outputs, top.label),
-            image=image, timings_ms=timings,
+            source,
+            "ok",
+            self.model_info,
+            findings=found,
+            heatmap=heatmap(manifest, outputs, top.label),
+            image=image,
+            timings_ms=timings,
         )

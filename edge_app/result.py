@@ -52,9 +52,7 @@ def findings(manifest: Manifest, outputs: dict[str, NDArray[np.float32]], index:
     ]
 
 
-def heatmap(
-    manifest: Manifest, outputs: dict[str, NDArray[np.float32]], label: str, index: int = 0
-) -> Heatmap | None:
+def heatmap(manifest: Manifest, outputs: dict[str, NDArray[np.float32]], label: str, index: int = 0) -> Heatmap | None:
     """The class activation map of `label`, or None where the bundle has no heatmap output."""
     if manifest.output.heatmap is None:
         return None
@@ -66,10 +64,10 @@ def heatmap(
 
 def _activate(row: NDArray[np.float64], activation: str) -> NDArray[np.float64]:
     if activation == "sigmoid":
-        return 0.5 * (1.0 + np.tanh(0.5 * row))  # the numerically stable logistic
+        return np.asarray(0.5 * (1.0 + np.tanh(0.5 * row)), dtype=np.float64)  # the numerically stable logistic
     if activation == "softmax":
         e = np.exp(row - row.max())
-        return e / e.sum()
+        return np.asarray(e / e.sum(), dtype=np.float64)
     return row
 
 

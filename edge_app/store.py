@@ -188,8 +188,16 @@ class Store:
                 "INSERT INTO results (image_id, created_at, status, reason, model, bundle_sha256, findings, "
                 "heatmap_label, heatmap_sha256, timings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    image_id, _now(), status, reason, json.dumps(model), bundle_sha256,
-                    json.dumps(findings or []), heatmap_label, heatmap_sha, json.dumps(timings or {}),
+                    image_id,
+                    _now(),
+                    status,
+                    reason,
+                    json.dumps(model),
+                    bundle_sha256,
+                    json.dumps(findings or []),
+                    heatmap_label,
+                    heatmap_sha,
+                    json.dumps(timings or {}),
                 ),
             )
             return int(cur.lastrowid or 0)
@@ -205,15 +213,17 @@ class Store:
                 results = self._db.execute(
                     "SELECT * FROM results WHERE image_id = ? ORDER BY id", (image["id"],)
                 ).fetchall()
-                out_images.append({
-                    "id": image["id"],
-                    "filename": image["filename"],
-                    "sha256": image["sha256"],
-                    "size": image["size"],
-                    "received_at": image["created_at"],
-                    "metadata": json.loads(image["metadata"]),
-                    "results": [_result_dict(r) for r in results],
-                })
+                out_images.append(
+                    {
+                        "id": image["id"],
+                        "filename": image["filename"],
+                        "sha256": image["sha256"],
+                        "size": image["size"],
+                        "received_at": image["created_at"],
+                        "metadata": json.loads(image["metadata"]),
+                        "results": [_result_dict(r) for r in results],
+                    }
+                )
         return {
             "uid": study["uid"],
             "created_at": study["created_at"],

@@ -72,8 +72,8 @@ def _decode_dicom(stream: BinaryIO, source: str, limits: DecodeLimits) -> Decode
     from pydicom.errors import InvalidDicomError
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             ds = pydicom.dcmread(stream)
     except InvalidDicomError as exc:
         raise ImageRejected(source, f"not a valid DICOM file ({exc})") from None
@@ -81,6 +81,8 @@ def _decode_dicom(stream: BinaryIO, source: str, limits: DecodeLimits) -> Decode
         raise ImageRejected(source, f"damaged or truncated DICOM file ({type(exc).__name__}: {exc})") from None
 
     sop_class = ds.get("SOPClassUID")
+    if "PixelData" not in ds and any("end of file" in str(w.message).lower() for w in caught):
+        raise ImageRejected(source, "truncated DICOM file (the file ends before its data set does)")
     if "PixelData" not in ds:
         kind = getattr(sop_class, "name", None) or str(sop_class or "unknown SOP class")
         raise ImageRejected(source, f"DICOM object holds no image ({kind})")
@@ -89,15 +91,13 @@ def _decode_dicom(stream: BinaryIO, source: str, limits: DecodeLimits) -> Decode
     if rows <= 0 or cols <= 0:
         raise ImageRejected(source, "DICOM image has no Rows/Columns")
     if rows * cols > limits.max_pixels:
-        raise ImageRejected(
-            source, f"image of {cols}x{rows} pixels exceeds the limit of {limits.max_pixels:,} pixels"
-        )
+        raise ImageRejected(source, f"image of {cols}x{rows} pixels exceeds the limit of {limits.max_pixels:,} pixels")
     n_frames = int(ds.get("NumberOfFrames") or 1)
     index = _frame_index(limits.frame, n_frames, source)
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
 
     try:
-        from pydicom.pixels import pixel_array
+        from pydicom.pixels.utils import pixel_array
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -106,9 +106,7 @@ def _decode_dicom(stream: BinaryIO, source: str, limits: DecodeLimits) -> Decode
     except ImageRejected:
         raise
     except Exception as exc:
-        raise ImageRejected(
-            source, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})"
-        ) from None
+        raise ImageRejected(source, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
     if not np.isfinite(pixels).all():
         raise ImageRejected(source, "pixel data decodes to non-finite values")
 
@@ -144,12 +142,16 @@ def _frame_index(choice: FrameChoice, n_frames: int, source: str) -> int:
 
 def _dicom_intensity(arr: NDArray[Any], ds: Any, photometric: str, samples: int) -> Pixels:
     """Map decoded stored values to display intensities in [0, 1]."""
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+    from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
 
     if photometric == "PALETTE COLOR":
         rgb = apply_color_lut(arr, ds)
-        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
-        return (rgb.astype(np.float32) / float(2**bits - 1)).clip(0.0, 1.0)
+        entries, first, bits = (int(v) for v in ds.RedPaletteColorLookupTableDescriptor)
+        # Many palettes declare 16-bit entries but hold 8-bit values (seen in big-endian ultrasound files):
+        # judge the depth by the whole palette, as viewers do, not by one image's pixels.
+        palette = apply_color_lut(np.arange(first, first + (entries or 65536), dtype=np.uint16), ds)
+        top = 255.0 if bits == 8 or palette.max() <= 255 else 65535.0
+        return (rgb.astype(np.float32) / top).clip(0.0, 1.0)
     if samples == 3:
         # pydicom converts YBR_FULL/YBR_FULL_422 to RGB; the JPEG 2000 decoder undoes YBR_ICT/RCT itself.
         bits = int(ds.get("BitsStored") or 8)
@@ -157,10 +159,10 @@ def _dicom_intensity(arr: NDArray[Any], ds: Any, photometric: str, samples: int)
     if samples != 1 or arr.ndim != 2:
         raise ValueError(f"unsupported pixel layout: {samples} samples, array shape {arr.shape}")
 
-    values = apply_modality_lut(arr, ds).astype(np.float64)
+    values = apply_modality_lut(arr, ds).astype(np.float32)
     if "VOILUTSequence" in ds:
         lut_data = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
-        values = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float64)
+        values = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float32)
         out = _linear(values, float(lut_data.min()), float(lut_data.max()))
     elif "WindowCenter" in ds and "WindowWidth" in ds:
         out = _window(values, _first(ds.WindowCenter), _first(ds.WindowWidth), str(ds.get("VOILUTFunction", "")))
@@ -179,13 +181,13 @@ def _first(value: Any) -> float:
         return float(value)
 
 
-def _linear(values: NDArray[np.float64], lo: float, hi: float) -> NDArray[np.float64]:
+def _linear(values: NDArray[np.float32], lo: float, hi: float) -> NDArray[np.float32]:
     if hi <= lo:
         return np.zeros_like(values)
-    return np.clip((values - lo) / (hi - lo), 0.0, 1.0)
+    return np.clip((values - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def _window(values: NDArray[np.float64], center: float, width: float, function: str) -> NDArray[np.float64]:
+def _window(values: NDArray[np.float32], center: float, width: float, function: str) -> NDArray[np.float32]:
     """PS3.3 C.11.2.1.2 windowing onto [0, 1].
 
     Written here rather than taken from pydicom's `apply_windowing`, which maps onto the stored-value range and
@@ -193,12 +195,12 @@ def _window(values: NDArray[np.float64], center: float, width: float, function: 
     """
     function = function.upper()
     if function == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / max(width, 1e-6)))
+        return (1.0 / (1.0 + np.exp(-4.0 * (values - center) / max(width, 1e-6)))).astype(np.float32)
     if function == "LINEAR_EXACT":
         return _linear(values, center - width / 2.0, center + width / 2.0)
     if width <= 1.0:  # LINEAR requires width >= 1; a width of 1 is a threshold
-        return (values > center - 0.5).astype(np.float64)
-    return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+        return (values > center - 0.5).astype(np.float32)
+    return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0).astype(np.float32)
 
 
 # -- PNG and JPEG --------------------------------------------------------------------------------------------------
@@ -211,15 +213,18 @@ def _decode_pillow(data: bytes, source: str, limits: DecodeLimits) -> DecodedIma
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data))  # reads the header only
             width, height = img.size
             if width * height > limits.max_pixels:
                 raise ImageRejected(
-                    source, f"image of {width}x{height} pixels exceeds the limit of {limits.max_pixels:,} pixels"
+                    source,
+                    f"image of {width}x{height} pixels exceeds the limit of {limits.max_pixels:,} pixels",
                 )
             img.load()
     except ImageRejected:
         raise
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected(source, f"image exceeds the limit of {limits.max_pixels:,} pixels ({exc})") from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, DecompressionBombError, ...
         raise ImageRejected(source, f"damaged or truncated {fmt.upper()} file ({exc})") from None
 
@@ -228,7 +233,7 @@ def _decode_pillow(data: bytes, source: str, limits: DecodeLimits) -> DecodedIma
         arr = np.asarray(img, dtype=np.float32)
         pixels = arr / (65535.0 if arr.max(initial=0) > 255 or mode.startswith("I;16") else 255.0)
     elif mode == "F":
-        pixels = _linear(np.asarray(img, dtype=np.float64), *_minmax(np.asarray(img))).astype(np.float32)
+        pixels = _linear(np.asarray(img, dtype=np.float32), *_minmax(np.asarray(img))).astype(np.float32)
     elif mode in ("L", "1", "LA"):
         pixels = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
     else:

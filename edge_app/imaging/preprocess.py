@@ -26,9 +26,9 @@ def preprocess(pixels: Pixels, spec: InputSpec, prep: Preprocessing) -> NDArray[
         x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
     x = _to_channels(x, spec.channels)
     x = _geometry(x, spec.height, spec.width, prep)
-    x = prep.scale[0] + x * (prep.scale[1] - prep.scale[0])
+    x = np.float32(prep.scale[0]) + x * np.float32(prep.scale[1] - prep.scale[0])
     if prep.mean is not None and prep.std is not None:
-        x = (x - np.asarray(prep.mean, dtype=np.float32)) / np.asarray(prep.std, dtype=np.float32)
+        x = ((x - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)).astype(np.float32)
     if spec.layout == "NCHW":
         x = np.transpose(x, (2, 0, 1))
     return np.ascontiguousarray(x[np.newaxis], dtype=np.dtype(spec.dtype))

@@ -39,10 +39,10 @@ def health() -> Any:
 @bp.post("/studies")
 def create_study() -> Any:
     """Take one image (multipart field `file`, or the raw body with ?filename=), keep it, diagnose it."""
-    upload = request.files.get("file")
-    if upload is not None:
-        data, filename = upload.read(), upload.filename or "upload"
-    else:
+    if request.mimetype == "multipart/form-data":
+        upload = request.files.get("file")
+        data, filename = (upload.read(), upload.filename or "upload") if upload else (b"", "")
+    else:  # the raw bytes, whatever Content-Type the sender put on them
         data, filename = request.get_data(cache=False), request.args.get("filename", "upload")
     if not data:
         return jsonify(error="Bad Request", detail="no image: send a multipart field 'file' or the raw bytes"), 400
@@ -62,8 +62,7 @@ def _diagnose(store: Store, diagnoser: Diagnoser, image_id: int, data: bytes, fi
         diagnosis = diagnoser.diagnose(data, source=filename)
     except InferenceError as exc:
         log.exception("inference failed on image %s", image_id)
-        store.add_result(image_id, status="failed", model=info, bundle_sha256=diagnoser.bundle.sha256,
-                         reason=str(exc))
+        store.add_result(image_id, status="failed", model=info, bundle_sha256=diagnoser.bundle.sha256, reason=str(exc))
         raise
     if diagnosis.image is not None:
         meta = diagnosis.image.metadata

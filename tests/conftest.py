@@ -1,0 +1,71 @@
+"""Shared fixtures: real data locations, settings on a temporary data directory, the Flask app and client."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from edge_app.config import Settings
+from edge_app.web import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("EDGE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+NIH = SHARED_DATA / "nih-cxr14-sample"
+
+
+@pytest.fixture(scope="session")
+def nih() -> Path:
+    """The NIH ChestX-ray14 sample (621 PNGs), or a skip saying where it was looked for."""
+    if not (NIH / "images").is_dir():
+        pytest.skip(f"real NIH data not found at {NIH} (set EDGE_SHARED_DATA to the shared/data folder)")
+    return NIH
+
+
+@pytest.fixture(scope="session")
+def nih_png(nih: Path) -> Path:
+    return nih / "images" / "00000075_000.png"
+
+
+def dicom_dirs() -> list[Path]:
+    """Folders of real DICOM files: pydicom-data's store and pydicom's own test files."""
+    import pydicom.data
+
+    dirs = [Path(pydicom.data.__file__).parent / "test_files"]
+    try:
+        import data_store  # the pydicom-data package
+
+        dirs.insert(0, Path(data_store.__file__).parent / "data")
+    except ImportError:
+        pass
+    return dirs
+
+
+def dicom_file(name: str) -> Path:
+    """A real DICOM file by name, found without pydicom's network download; skips if not installed."""
+    for folder in dicom_dirs():
+        if (folder / name).is_file():
+            return folder / name
+    pytest.skip(f"DICOM test file {name} not installed (pip install pydicom-data)")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings.model_validate({"storage": {"data_dir": str(tmp_path / "data")}, "model": {"threads": 1}})
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Flask]:
+    app = create_app(settings)
+    app.config.update(TESTING=True)
+    yield app
+    app.extensions["edge_app"].store.close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()

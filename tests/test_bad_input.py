@@ -1,0 +1,106 @@
+"""Bad input gets a clear `ImageRejected` naming the file and the reason: no crash, traceback or hang."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import pydicom
+import pytest
+from PIL import Image
+
+from conftest import dicom_file
+from edge_app.errors import ImageRejected
+from edge_app.imaging import DecodeLimits, decode
+
+
+def _rejected(data: bytes | Path, source: str = "bad.file", **limits: object) -> str:
+    with pytest.raises(ImageRejected) as info:
+        decode(data, source=source, limits=DecodeLimits(**limits))  # type: ignore[arg-type]
+    assert info.value.source == source
+    assert str(info.value).startswith(source + ": ")
+    return info.value.reason
+
+
+def test_structured_report_is_not_an_image() -> None:
+    assert "holds no image" in _rejected(dicom_file("test-SR.dcm"))
+
+
+def test_rt_plan_is_not_an_image() -> None:
+    assert _rejected(dicom_file("rtplan.dcm")) == "DICOM object holds no image (RT Plan Storage)"
+
+
+def test_truncated_dicom_header() -> None:
+    reason = _rejected(dicom_file("rtplan_truncated.dcm"))
+    assert "truncated" in reason or "no image" in reason
+
+
+def test_truncated_pixel_data() -> None:
+    data = dicom_file("RG1_UNCR.dcm").read_bytes()
+    assert "decoded" in _rejected(data[: len(data) // 2]) or "truncated" in _rejected(data[: len(data) // 2])
+
+
+def test_truncated_jpeg2000() -> None:
+    data = dicom_file("RG1_J2KR.dcm").read_bytes()
+    assert _rejected(data[: len(data) - 200_000]).startswith("truncated DICOM file")
+
+
+def test_non_dicom_bytes() -> None:
+    assert _rejected(b"%PDF-1.7 not an image at all" * 20) == "not a DICOM (Part 10), PNG or JPEG file"
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.dcm"
+    empty.write_bytes(b"")
+    assert _rejected(empty, source="empty.dcm") == "the file is empty"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert "cannot be read" in _rejected(tmp_path / "nope.dcm", source="nope.dcm")
+
+
+def test_dicom_preamble_with_garbage() -> None:
+    assert "DICOM" in _rejected(b"\0" * 128 + b"DICM" + b"\xff" * 64)
+
+
+def test_absurd_dicom_dimensions_refused_before_decoding() -> None:
+    """A header claiming 60000 x 60000 pixels (3.6 G) over a few bytes is refused from the header alone."""
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    ds.Rows = ds.Columns = 60000
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    reason = _rejected(buf.getvalue())
+    assert reason == "image of 60000x60000 pixels exceeds the limit of 50,000,000 pixels"
+
+
+def test_pixel_limit_is_configurable() -> None:
+    assert "exceeds the limit of 1,000,000" in _rejected(dicom_file("RG1_UNCR.dcm"), max_pixels=1_000_000)
+
+
+def test_absurd_png_dimensions_refused_before_decoding() -> None:
+    png = io.BytesIO()
+    Image.new("L", (8, 8)).save(png, format="PNG")
+    data = bytearray(png.getvalue())
+    # Rewrite the IHDR chunk to claim 100000 x 100000 pixels, with a valid CRC.
+    ihdr = bytearray(data[12:29])
+    ihdr[4:12] = struct.pack(">II", 100_000, 100_000)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)) & 0xFFFFFFFF)
+    assert "exceeds the limit of 50,000,000 pixels" in _rejected(bytes(data))
+
+
+def test_truncated_png(nih_png: Path) -> None:
+    data = nih_png.read_bytes()
+    assert "damaged or truncated PNG" in _rejected(data[: len(data) // 3])
+
+
+def test_truncated_jpeg(nih_png: Path) -> None:
+    buf = io.BytesIO()
+    Image.open(nih_png).save(buf, format="JPEG")
+    assert "damaged or truncated JPEG" in _rejected(buf.getvalue()[:2000])
+
+
+def test_frame_out_of_range() -> None:
+    assert "frame 500 asked for" in _rejected(dicom_file("color3d_jpeg_baseline.dcm"), frame=500)

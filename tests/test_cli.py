@@ -1,0 +1,132 @@
+"""`edge-app` as a person runs it: real processes, real files, a real server on a free localhost port."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import dicom_file
+
+SCRIPT = Path(sys.executable).parent / "edge-app"
+EDGE_APP = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "edge_app.cli"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*EDGE_APP, *args], capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
+    )
+
+
+def test_diagnose_prints_one_json_line_per_file(nih_png: Path) -> None:
+    proc = run("diagnose", str(nih_png), str(dicom_file("RG1_J2KR.dcm")))
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [d["status"] for d in lines] == ["ok", "ok"]
+    first = lines[0]
+    assert first["file"] == str(nih_png)
+    assert first["model"] == {
+        "name": "cxr-reference",
+        "version": "1.0.0",
+        "precision": "fp32",
+        "runner": "onnxruntime",
+    }
+    assert {f["label"] for f in first["findings"]} == {
+        "Abnormal",
+        "Cardiomegaly",
+        "Effusion",
+        "Emphysema",
+        "Infiltration",
+    }
+    assert all(set(f) == {"label", "probability", "threshold", "positive"} for f in first["findings"])
+    assert set(first["timings_ms"]) == {"decode", "preprocess", "infer"}
+
+
+def test_diagnose_exits_non_zero_when_a_file_is_rejected(nih_png: Path, tmp_path: Path) -> None:
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not an image")
+    proc = run("diagnose", str(junk), str(nih_png), str(dicom_file("test-SR.dcm")))
+    assert proc.returncode == 1
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [d["status"] for d in lines] == ["rejected", "ok", "rejected"]
+    assert lines[0]["reason"] == "not a DICOM (Part 10), PNG or JPEG file"
+    assert "holds no image" in lines[2]["reason"]
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_configuration_is_a_plain_error(tmp_path: Path, nih_png: Path) -> None:
+    proc = run("diagnose", str(nih_png), env={"EDGE_APP_MODEL_BUNDLE": str(tmp_path)})
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"edge-app: model bundle {tmp_path} has no manifest.json"
+
+
+def test_bench_prints_a_table(nih: Path) -> None:
+    proc = run("bench", str(nih / "images"), "--limit", "12")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "9 images timed, 3 warm-up, 0 skipped" in lines[0]
+    assert lines[1].split() == ["stage", "p50", "ms", "p95", "ms", "mean", "ms", "images/s"]
+    assert [line.split()[0] for line in lines[2:]] == ["decode", "preprocess", "infer", "total"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "data"),
+        "EDGE_APP_SERVER_PORT": str(port),
+    }
+    proc = subprocess.Popen([*EDGE_APP, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}/api/v1"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(base + "/health", timeout=2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"server did not start: {proc.stdout.read() if proc.stdout else ''}")
+            time.sleep(0.2)
+    yield base
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_real_server_end_to_end(server: str, tmp_path: Path) -> None:
+    health = json.load(urllib.request.urlopen(server + "/health", timeout=10))
+    assert health["status"] == "ok" and health["runner"] == "onnxruntime"
+
+    data = dicom_file("RG1_UNCR.dcm").read_bytes()
+    req = urllib.request.Request(
+        server + "/studies?filename=rg1.dcm", data=data, headers={"Content-Type": "application/dicom"}
+    )
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        assert resp.status == 201
+        study = json.load(resp)
+    assert study["images"][0]["results"][0]["status"] == "ok"
+    again = json.load(urllib.request.urlopen(f"{server}/studies/{study['uid']}", timeout=10))
+    assert again["uid"] == study["uid"]
+
+    bad = urllib.request.Request(server + "/studies", data=b"\x00" * 300, headers={"Content-Type": "x/y"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(bad, timeout=10)
+    assert info.value.code == 422
+    assert json.load(info.value)["detail"] == "not a DICOM (Part 10), PNG or JPEG file"
+    assert json.load(urllib.request.urlopen(server + "/health", timeout=10))["status"] == "ok", "still serving"

@@ -1,0 +1,120 @@
+"""Decoding real DICOM, PNG and JPEG files into display intensities."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from conftest import dicom_dirs, dicom_file
+from edge_app.imaging import DecodeLimits, decode
+
+
+def _cr_and_us_files() -> list[Path]:
+    found = []
+    for folder in dicom_dirs():
+        for path in sorted(folder.glob("*.dcm")):
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception:
+                continue
+            if ds.get("Modality") in ("CR", "US") and "PixelData" in pydicom.dcmread(path):
+                found.append(path)
+    return found
+
+
+CR_US = _cr_and_us_files()
+
+
+def test_pydicom_data_is_installed() -> None:
+    names = {p.name for p in CR_US}
+    assert {"RG1_UNCR.dcm", "RG1_J2KR.dcm", "RG3_J2KI.dcm", "US1_J2KR.dcm", "OBXXXX1A_rle.dcm"} <= names
+
+
+@pytest.mark.parametrize("path", CR_US, ids=[p.name for p in CR_US])
+def test_every_cr_and_us_file_decodes(path: Path) -> None:
+    image = decode(path)
+    px = image.pixels
+    assert image.format == "dicom"
+    assert px.dtype == np.float32
+    assert px.ndim in (2, 3) and (px.ndim == 2 or px.shape[2] == 3)
+    assert px.shape[:2] == (image.metadata["rows"], image.metadata["columns"])
+    assert px.min() >= 0.0 and px.max() <= 1.0
+    assert px.std() > 0.01, "a real image is not flat"
+
+
+def test_monochrome1_is_inverted() -> None:
+    """In RG1 (MONOCHROME1) high stored values are dark: the output must be brighter where values are low."""
+    path = dicom_file("RG1_UNCR.dcm")
+    raw = pydicom.dcmread(path).pixel_array.astype(np.float64)
+    px = decode(path).pixels.astype(np.float64)
+    assert np.corrcoef(raw.ravel()[::97], px.ravel()[::97])[0, 1] < -0.95
+
+
+def test_window_from_the_file_is_applied() -> None:
+    path = dicom_file("RG3_UNCR.dcm")  # WindowCenter 550, WindowWidth 1024, MONOCHROME1
+    raw = pydicom.dcmread(path).pixel_array.astype(np.float64)
+    px = decode(path).pixels
+    expected = 1.0 - np.clip((raw - 549.5) / 1023.0 + 0.5, 0.0, 1.0)  # PS3.3 C.11.2.1.2.1, then inverted
+    assert np.allclose(px, expected, atol=1e-6)
+    assert (raw < 550 - 512).any(), "some pixels lie below the window"
+
+
+def test_percentile_window_when_the_file_has_none() -> None:
+    path = dicom_file("CT_small.dcm")
+    assert "WindowCenter" not in pydicom.dcmread(path)
+    px = decode(path).pixels
+    assert px.min() == 0.0 and px.max() == 1.0
+    assert 0.003 < float((px == 1.0).mean()) < 0.05
+
+
+def test_palette_colour_becomes_rgb() -> None:
+    image = decode(dicom_file("OBXXXX1A.dcm"))
+    assert image.metadata["photometric"] == "PALETTE COLOR"
+    assert image.pixels.shape == (600, 800, 3)
+    assert np.abs(image.pixels[..., 0] - image.pixels[..., 2]).max() > 0.05, "a colour palette gives colour"
+
+
+def test_ybr_becomes_the_same_rgb() -> None:
+    rgb = decode(dicom_file("US1_UNCR.dcm")).pixels
+    ybr = decode(dicom_file("US1_J2KR.dcm")).pixels  # YBR_RCT, lossless
+    assert np.array_equal(rgb, ybr)
+    ybr_422 = decode(dicom_file("examples_ybr_color.dcm")).pixels  # YBR_FULL_422, JPEG baseline
+    assert ybr_422.shape[2] == 3 and ybr_422.std() > 0.05
+
+
+def test_multiframe_takes_the_chosen_frame() -> None:
+    path = dicom_file("color3d_jpeg_baseline.dcm")  # 120 frames
+    ds = pydicom.dcmread(path)
+    middle = decode(path)
+    assert middle.metadata["frames"] == 120 and middle.metadata["frame"] == 60
+    first = decode(path, limits=DecodeLimits(frame="first"))
+    assert first.metadata["frame"] == 0
+    assert not np.array_equal(first.pixels, middle.pixels)
+    from pydicom.pixels import pixel_array
+
+    assert np.allclose(first.pixels, pixel_array(ds, index=0) / 255.0)
+
+
+def test_nih_png(nih_png: Path) -> None:
+    image = decode(nih_png)
+    assert image.format == "png" and image.pixels.shape == (512, 512)
+    assert np.allclose(image.pixels * 255, np.asarray(Image.open(nih_png), dtype=np.float32))
+
+
+def test_16_bit_png_and_jpeg(nih_png: Path, tmp_path: Path) -> None:
+    grey8 = np.asarray(Image.open(nih_png))
+    grey16 = grey8.astype(np.uint16) * 257
+    path16 = tmp_path / "x16.png"
+    Image.fromarray(grey16).save(path16)
+    assert np.allclose(decode(path16).pixels, decode(nih_png).pixels, atol=1e-6)
+
+    jpeg = io.BytesIO()
+    Image.open(nih_png).convert("RGB").save(jpeg, format="JPEG", quality=95)
+    decoded = decode(jpeg.getvalue(), source="x.jpg")
+    assert decoded.format == "jpeg" and decoded.pixels.shape == (512, 512, 3)
+    assert np.abs(decoded.pixels.mean(axis=2) - decode(nih_png).pixels).mean() < 0.02

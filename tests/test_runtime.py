@@ -1,0 +1,113 @@
+"""The ONNX Runtime runner and the diagnosis pipeline on real images."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import dicom_file
+from edge_app.bundle import MANIFEST_NAME, load_bundle
+from edge_app.config import EMBEDDED_BUNDLE
+from edge_app.errors import BundleError, InferenceError, RuntimeUnavailable
+from edge_app.imaging import decode, preprocess
+from edge_app.pipeline import Diagnoser
+from edge_app.runtime import open_runner
+from edge_app.runtime.onnx import OnnxRuntimeRunner
+
+
+@pytest.fixture(scope="module")
+def diagnoser() -> Diagnoser:
+    bundle = load_bundle(EMBEDDED_BUNDLE)
+    return Diagnoser(bundle, open_runner(bundle, "auto", threads=1))
+
+
+def test_runner_lifecycle_and_dynamic_batch(nih_png: Path) -> None:
+    bundle = load_bundle(EMBEDDED_BUNDLE)
+    m = bundle.manifest
+    x = preprocess(decode(nih_png).pixels, m.input, m.preprocessing)
+    runner = OnnxRuntimeRunner(bundle, threads=1)
+    with pytest.raises(InferenceError, match="before activate"):
+        runner.infer(x)
+    with runner:
+        one = runner.infer(x)
+        four = runner.infer(np.concatenate([x] * 4))
+    assert not runner.is_active
+    assert one["logits"].shape == (1, len(m.labels))
+    assert four["cam"].shape[:2] == (4, len(m.labels))
+    assert np.allclose(four["logits"], one["logits"], atol=1e-5)
+    # The head is global-average-pool + linear: the logits are the spatial mean of the class activation map.
+    assert np.allclose(one["cam"].mean(axis=(2, 3)), one["logits"], atol=1e-5)
+
+
+def test_unknown_runner_is_refused() -> None:
+    with pytest.raises(RuntimeUnavailable, match="unknown runner 'cuda'"):
+        open_runner(load_bundle(EMBEDDED_BUNDLE), "cuda")
+
+
+def test_manifest_that_disagrees_with_the_model_is_refused(tmp_path: Path) -> None:
+    bundle_dir = Path(shutil.copytree(EMBEDDED_BUNDLE, tmp_path / "b"))
+    manifest = json.loads((bundle_dir / MANIFEST_NAME).read_text())
+    manifest["input"]["height"] = 224
+    manifest["input"]["width"] = 224
+    (bundle_dir / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"has shape .*the manifest implies \(1, 224, 224\)"):
+        open_runner(load_bundle(bundle_dir))
+    manifest["input"].update(height=64, width=64, name="pixels")
+    (bundle_dir / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="no input 'pixels'"):
+        open_runner(load_bundle(bundle_dir))
+
+
+def test_png_diagnosis(diagnoser: Diagnoser, nih_png: Path) -> None:
+    d = diagnoser.diagnose(nih_png)
+    assert d.status == "ok"
+    assert [f.label for f in d.findings] == list(diagnoser.bundle.manifest.labels)
+    assert all(0.0 <= f.probability <= 1.0 for f in d.findings)
+    assert d.heatmap is not None and d.heatmap.values.shape == (4, 4)
+    assert set(d.timings_ms) == {"decode", "preprocess", "infer"}
+    assert d.as_dict()["model"] == {
+        "name": "cxr-reference",
+        "version": "1.0.0",
+        "precision": "fp32",
+        "runner": "onnxruntime",
+    }
+
+
+@pytest.mark.parametrize(("a", "b"), [("RG1_UNCR.dcm", "RG1_J2KR.dcm"), ("RG1_J2KI.dcm", "RG1_UNCI.dcm")])
+def test_lossless_transfer_syntaxes_give_the_same_answer(diagnoser: Diagnoser, a: str, b: str) -> None:
+    pa = [f.probability for f in diagnoser.diagnose(dicom_file(a)).findings]
+    pb = [f.probability for f in diagnoser.diagnose(dicom_file(b)).findings]
+    assert len(pa) == 5
+    assert np.allclose(pa, pb, atol=1e-4, rtol=0)
+
+
+def test_images_the_model_is_not_for_are_rejected(diagnoser: Diagnoser) -> None:
+    us = diagnoser.diagnose(dicom_file("US1_UNCR.dcm"))
+    assert us.status == "rejected" and us.reason == "modality US is not one this model reads (CR, DX)"
+    extremity = diagnoser.diagnose(dicom_file("RG3_UNCR.dcm"))
+    assert extremity.reason == "body part EXTREMITY is not what this model reads (CHEST)"
+
+
+def test_reference_model_performs_as_its_manifest_says(diagnoser: Diagnoser, nih: Path) -> None:
+    """Re-measure test-split AUC through the service's own pipeline; it must match the stored figure."""
+    from edge_app.manifest import Manifest
+
+    with (nih / "split.csv").open() as fh:
+        test = [r["image"] for r in csv.DictReader(fh) if r["split"] == "test"]
+    with (nih / "labels.csv").open() as fh:
+        rows = {r["Image Index"]: r for r in csv.DictReader(fh)}
+    manifest: Manifest = diagnoser.bundle.manifest
+    probs = np.array([[f.probability for f in diagnoser.diagnose(nih / "images" / n).findings] for n in test])
+    truth = {"Abnormal": np.array([1 - int(rows[n]["No Finding"]) for n in test])}
+    for label in manifest.labels[1:]:
+        truth[label] = np.array([int(rows[n][label]) for n in test])
+    for j, label in enumerate(manifest.labels):
+        y, p = truth[label], probs[:, j]
+        pos, neg = p[y == 1], p[y == 0]
+        auc = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+        assert auc == pytest.approx(manifest.metrics["test_split"][label]["test_auc"], abs=0.002), label
