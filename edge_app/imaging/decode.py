@@ -184,7 +184,7 @@ def _first(value: Any) -> float:
 def _linear(values: NDArray[np.float32], lo: float, hi: float) -> NDArray[np.float32]:
     if hi <= lo:
         return np.zeros_like(values)
-    return np.clip((values - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    return np.asarray(np.clip((values - lo) / (hi - lo), 0.0, 1.0), dtype=np.float32)
 
 
 def _window(values: NDArray[np.float32], center: float, width: float, function: str) -> NDArray[np.float32]:
@@ -195,12 +195,12 @@ def _window(values: NDArray[np.float32], center: float, width: float, function: 
     """
     function = function.upper()
     if function == "SIGMOID":
-        return (1.0 / (1.0 + np.exp(-4.0 * (values - center) / max(width, 1e-6)))).astype(np.float32)
+        return np.asarray(1.0 / (1.0 + np.exp(-4.0 * (values - center) / max(width, 1e-6))), dtype=np.float32)
     if function == "LINEAR_EXACT":
         return _linear(values, center - width / 2.0, center + width / 2.0)
     if width <= 1.0:  # LINEAR requires width >= 1; a width of 1 is a threshold
         return (values > center - 0.5).astype(np.float32)
-    return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0).astype(np.float32)
+    return np.asarray(np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0), dtype=np.float32)
 
 
 # -- PNG and JPEG --------------------------------------------------------------------------------------------------
