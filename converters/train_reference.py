@@ -106,7 +106,7 @@ def linear_baseline(x_train: Array, y_train: Array, x_test: Array, seed: int) ->
 
     def small(x: Array) -> NDArray[Any]:
         t = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x), 48)
-        return t.reshape(len(x), -1).numpy()
+        return np.asarray(t.reshape(len(x), -1).numpy())
 
     pca = PCA(40, random_state=seed).fit(small(x_train))
     a, b = pca.transform(small(x_train)), pca.transform(small(x_test))

@@ -54,3 +54,10 @@ def test_refuses_to_serve_the_network_without_a_secret() -> None:
         load_settings(environ={"EDGE_APP_SERVER_HOST": "0.0.0.0"})
     s = load_settings(environ={"EDGE_APP_SERVER_HOST": "0.0.0.0", "EDGE_APP_SERVER_SECRET_KEY": "k" * 40})
     assert s.server.host == "0.0.0.0"
+
+
+def test_the_appliance_configuration_file_is_valid() -> None:
+    from conftest import ROOT
+
+    s = load_settings(ROOT / "firmware_config" / "edge-app.toml", environ={})
+    assert s.storage.data_dir == Path("/var/lib/edge-app") and s.server.host == "127.0.0.1"

@@ -151,7 +151,7 @@ def _dicom_intensity(arr: NDArray[Any], ds: Any, photometric: str, samples: int)
         # judge the depth by the whole palette, as viewers do, not by one image's pixels.
         palette = apply_color_lut(np.arange(first, first + (entries or 65536), dtype=np.uint16), ds)
         top = 255.0 if bits == 8 or palette.max() <= 255 else 65535.0
-        return (rgb.astype(np.float32) / top).clip(0.0, 1.0)
+        return np.asarray(rgb / top, dtype=np.float32).clip(0.0, 1.0)
     if samples == 3:
         # pydicom converts YBR_FULL/YBR_FULL_422 to RGB; the JPEG 2000 decoder undoes YBR_ICT/RCT itself.
         bits = int(ds.get("BitsStored") or 8)
