@@ -118,3 +118,23 @@ def test_16_bit_png_and_jpeg(nih_png: Path, tmp_path: Path) -> None:
     decoded = decode(jpeg.getvalue(), source="x.jpg")
     assert decoded.format == "jpeg" and decoded.pixels.shape == (512, 512, 3)
     assert np.abs(decoded.pixels.mean(axis=2) - decode(nih_png).pixels).mean() < 0.02
+
+
+def test_voi_lut_sequence_is_applied() -> None:
+    from pydicom.pixels.processing import apply_voi_lut
+
+    path = dicom_file("vlut_04.dcm")
+    ds = pydicom.dcmread(path)
+    lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
+    expected = (apply_voi_lut(ds.pixel_array, ds).astype(np.float64) - lut.min()) / (lut.max() - lut.min())
+    assert np.allclose(decode(path).pixels, expected, atol=1e-6)
+
+
+def test_modality_lut_sequence_is_applied() -> None:
+    from pydicom.pixels.processing import apply_modality_lut
+
+    path = dicom_file("mlut_18.dcm")
+    ds = pydicom.dcmread(path)
+    values = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+    lo, hi = np.percentile(values, (0.5, 99.5))
+    assert np.allclose(decode(path).pixels, np.clip((values - lo) / (hi - lo), 0, 1), atol=1e-5)
