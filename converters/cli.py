@@ -1,17 +1,21 @@
-"""`edge-convert`: bring a trained model to the appliance.
+"""`edge-convert`: bring a trained model to the appliance without losing accuracy.
 
-Today: `inspect` verifies a bundle and prints its manifest. `build`, `validate`, `sign` and `engine` arrive with
-the conversion issue.
+build     a model (ONNX) to a checked, simplified, FP32/FP16/INT8 bundle, refused if it drifts
+validate  compare a bundle with its reference model on images; the report as JSON
+inspect   verify a bundle (every file's hash) and print its manifest
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from converters.errors import ConversionError, FidelityGateFailed
+from converters.spec import Tolerance, load_spec
 from edge_app.bundle import load_bundle
 from edge_app.errors import UserError
 
@@ -21,21 +25,99 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="edge-convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build", help="convert a trained model into a gated model bundle")
+    p.add_argument("model", type=Path, help="an .onnx file (opset 13+; external data beside it is read)")
+    p.add_argument("--spec", type=Path, required=True, help="SPEC.toml (see the README)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
+    p.add_argument("--calibration", type=Path, help="folder of the clinic's images for INT8 calibration")
+    p.add_argument("--validation", type=Path, help="folder of images for the fidelity gate")
+    p.add_argument("--labels", type=Path, help="CSV: a file column and a 0/1 column per label")
+    p.add_argument("--file-column", default="file", help="the CSV column naming the image files")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the bundle folder to create")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("validate", help="compare a bundle with its reference model on images")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--reference", type=Path, required=True, help="the original (FP32) ONNX model")
+    p.add_argument("--data", type=Path, required=True, help="folder of images")
+    p.add_argument("--labels", type=Path, help="CSV: a file column and a 0/1 column per label")
+    p.add_argument("--file-column", default="file")
+
     p = sub.add_parser("inspect", help="verify a model bundle (every file's hash) and print its manifest")
     p.add_argument("bundle", type=Path)
+
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="edge-convert: %(levelname)s: %(message)s")
     try:
+        if args.command == "build":
+            return _build(args)
+        if args.command == "validate":
+            return _validate(args)
         bundle = load_bundle(args.bundle)
-    except UserError as exc:
+        out = {"bundle": str(bundle.path), "sha256": bundle.sha256, "manifest": bundle.manifest.model_dump(mode="json")}
+        print(json.dumps(out, indent=2))
+        return 0
+    except FidelityGateFailed as exc:
+        print(json.dumps(exc.report, indent=2))
+        print(f"edge-convert: {exc}; no bundle written", file=sys.stderr)
+        return 1
+    except (ConversionError, UserError) as exc:
         print(f"edge-convert: {exc}", file=sys.stderr)
         return 2
-    out = {
-        "bundle": str(bundle.path),
-        "sha256": bundle.sha256,
-        "manifest": bundle.manifest.model_dump(mode="json"),
-    }
-    print(json.dumps(out, indent=2))
+
+
+def _need_convert_extra() -> None:
+    """Graph tools are an extra: the appliance itself never needs them."""
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxslim", "tqdm", "sklearn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConversionError(
+            "this command needs the convert extra (pip install 'edge-clinic-ai[convert]'); "
+            f"missing: {', '.join(missing)}"
+        )
+
+
+def _build(args: argparse.Namespace) -> int:
+    _need_convert_extra()
+    from converters.build import BuildInputs, Steps, build
+
+    inputs = BuildInputs(
+        model=args.model,
+        spec=load_spec(args.spec),
+        precision=args.precision,
+        output=args.output,
+        calibration=args.calibration,
+        validation=args.validation,
+        labels=args.labels,
+        file_column=args.file_column,
+    )
+    steps = Steps(show=not args.quiet)
+    try:
+        bundle, _ = build(inputs, steps)
+    finally:
+        print(steps.summary(), file=sys.stderr)
+    print(f"bundle written: {bundle}", file=sys.stderr)
     return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    _need_convert_extra()
+    from converters import fidelity
+    from converters.images import load_images, read_labels
+
+    bundle = load_bundle(args.bundle)
+    m = bundle.manifest
+    images = load_images(args.data, m.input, m.preprocessing)
+    truth = read_labels(args.labels, images.names, m.labels, args.file_column) if args.labels else None
+    ref = fidelity.predict(args.reference, m.input, m.output, len(m.labels), images.tensors)
+    cand = fidelity.predict(bundle.model_path, m.input, m.output, len(m.labels), images.tensors)
+    tolerance = Tolerance.model_validate(m.fidelity["tolerance"]) if m.fidelity else Tolerance()
+    report = fidelity.compare(m.labels, dict(m.thresholds), ref, cand, tolerance, truth)
+    report["n_refused"] = len(images.rejected)
+    print(json.dumps(report, indent=2))
+    return 0 if report["passed"] else 1
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_app.errors import InferenceError
-from edge_app.manifest import Manifest
+from edge_app.manifest import Manifest, OutputSpec
 
 
 @dataclass(frozen=True)
@@ -38,15 +38,27 @@ class Heatmap:
     values: NDArray[np.float32]
 
 
-def findings(manifest: Manifest, outputs: dict[str, NDArray[np.float32]], index: int = 0) -> list[Finding]:
-    """The findings of image `index` of a batch, in the manifest's label order."""
-    scores = outputs[manifest.output.name]
-    row = scores.reshape(scores.shape[0], -1)[index].astype(np.float64)
-    if row.size != len(manifest.labels):
-        raise InferenceError(f"the model gave {row.size} scores for {len(manifest.labels)} labels")
-    probs = _activate(row, manifest.output.activation)
+def probabilities(manifest_output: OutputSpec, n_labels: int, scores: NDArray[np.float32]) -> NDArray[np.float64]:
+    """(N, labels) probabilities from a batch of raw scores, by the output's declared activation."""
+    rows = scores.reshape(scores.shape[0], -1).astype(np.float64)
+    if rows.shape[1] != n_labels:
+        raise InferenceError(f"the model gave {rows.shape[1]} scores for {n_labels} labels")
+    activation = manifest_output.activation
+    if activation == "sigmoid":
+        probs = 0.5 * (1.0 + np.tanh(0.5 * rows))  # the numerically stable logistic
+    elif activation == "softmax":
+        e = np.exp(rows - rows.max(axis=1, keepdims=True))
+        probs = e / e.sum(axis=1, keepdims=True)
+    else:
+        probs = rows
     if not np.isfinite(probs).all():
         raise InferenceError("the model gave non-finite scores")
+    return np.asarray(probs, dtype=np.float64)
+
+
+def findings(manifest: Manifest, outputs: dict[str, NDArray[np.float32]], index: int = 0) -> list[Finding]:
+    """The findings of image `index` of a batch, in the manifest's label order."""
+    probs = probabilities(manifest.output, len(manifest.labels), outputs[manifest.output.name])[index]
     return [
         Finding(label, float(p), manifest.thresholds[label]) for label, p in zip(manifest.labels, probs, strict=True)
     ]
@@ -60,15 +72,6 @@ def heatmap(manifest: Manifest, outputs: dict[str, NDArray[np.float32]], label: 
     lo, hi = float(cam.min()), float(cam.max())
     values = (cam - lo) / (hi - lo) if hi > lo else np.zeros_like(cam)
     return Heatmap(label=label, values=values)
-
-
-def _activate(row: NDArray[np.float64], activation: str) -> NDArray[np.float64]:
-    if activation == "sigmoid":
-        return np.asarray(0.5 * (1.0 + np.tanh(0.5 * row)), dtype=np.float64)  # the numerically stable logistic
-    if activation == "softmax":
-        e = np.exp(row - row.max())
-        return np.asarray(e / e.sum(), dtype=np.float64)
-    return row
 
 
 def heatmap_png(hm: Heatmap) -> bytes:

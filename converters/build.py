@@ -1,0 +1,296 @@
+"""`edge-convert build`: a trained model to a checked, converted, gated model bundle."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+from converters import fidelity, graph, quantize
+from converters.errors import ConversionError, FidelityGateFailed
+from converters.images import ImageSet, load_images, read_labels
+from converters.spec import Spec
+from edge_app import __version__
+from edge_app.bundle import load_bundle, sha256_file, write_manifest
+from edge_app.manifest import Manifest, Provenance
+
+log = logging.getLogger(__name__)
+Precision = Literal["fp32", "fp16", "int8"]
+RECOMMENDED_CALIBRATION_IMAGES = 500
+REFERENCE_IMAGES = 8
+T = TypeVar("T")
+
+
+@dataclass
+class BuildInputs:
+    model: Path
+    spec: Spec
+    precision: Precision
+    output: Path
+    calibration: Path | None = None
+    validation: Path | None = None
+    labels: Path | None = None
+    file_column: str = "file"
+
+
+@dataclass
+class Steps:
+    """Each step shown as it runs (a progress bar) and summed up at the end."""
+
+    show: bool = True
+    done: list[tuple[str, float, str]] = field(default_factory=list)
+
+    def run(self, name: str, action: Callable[[], T], note: Callable[[T], str] = lambda _: "") -> T:
+        from tqdm import tqdm
+
+        with tqdm(
+            total=1,
+            desc=f"{name:<28}",
+            disable=None if self.show else True,
+            leave=True,
+            bar_format="{desc} {bar:20} {elapsed}",
+        ) as bar:
+            t0 = time.perf_counter()
+            result = action()
+            bar.update(1)
+        self.done.append((name, time.perf_counter() - t0, note(result)))
+        return result
+
+    def summary(self) -> str:
+        lines = [f"{'step':<28}{'seconds':>9}  result"]
+        lines += [f"{name:<28}{seconds:>9.2f}  {note}" for name, seconds, note in self.done]
+        return "\n".join(lines)
+
+
+def build(inputs: BuildInputs, steps: Steps | None = None) -> tuple[Path, dict[str, Any] | None]:
+    """Convert and gate; write the bundle only if the gate passes. Returns the bundle path and the gate report."""
+    steps = steps or Steps()
+    spec = inputs.spec
+    if inputs.output.exists() and any(inputs.output.iterdir()):
+        raise ConversionError(f"{inputs.output} exists and is not empty; choose a new bundle folder")
+    if inputs.precision != "fp32" and inputs.validation is None:
+        raise ConversionError(f"{inputs.precision} needs --validation images: the fidelity gate is not optional")
+    if inputs.precision == "int8" and inputs.calibration is None:
+        raise ConversionError("int8 needs --calibration images (the clinic's own, DICOM/PNG/JPEG)")
+
+    model = steps.run("load ONNX", lambda: graph.load_model(inputs.model), lambda m: f"opset {_opset(m)}")
+    model = steps.run("check and infer shapes", lambda: graph.check(model), lambda _: "ok")
+    steps.run("match the spec's input", lambda: graph.check_input(model, spec.input), lambda _: spec.input.name)
+    model = steps.run("make batch dynamic", lambda: graph.make_batch_dynamic(model), lambda _: "first dim 'batch'")
+    model = steps.run("simplify (onnxslim)", lambda: graph.simplify(model), lambda m: f"{len(m.graph.node)} nodes")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        fp32 = work / "fp32.onnx"
+        graph.save(model, fp32)
+        steps.run("run at batch 1 and 3", lambda: graph.verify_batches(fp32, spec.input), lambda _: "ok")
+        validation = (
+            steps.run("read validation images", lambda: _images(inputs.validation, spec), _count)
+            if inputs.validation
+            else None
+        )
+        truth = (
+            read_labels(inputs.labels, validation.names, spec.labels, inputs.file_column)
+            if inputs.labels and validation
+            else None
+        )
+        candidate = work / "candidate.onnx"
+        report: dict[str, Any] | None = None
+        if inputs.precision == "fp32":
+            shutil.copy(fp32, candidate)
+            if validation is not None:
+                report = _gate(steps, inputs.model, candidate, spec, validation, truth, speed=False)
+        elif inputs.precision == "fp16":
+            steps.run("convert to FP16", lambda: graph.save(quantize.to_fp16(model), candidate), lambda _: "ok")
+            assert validation is not None
+            report = _gate(steps, inputs.model, candidate, spec, validation, truth, speed=False)
+        else:
+            assert inputs.calibration is not None and validation is not None
+            report = _int8(steps, inputs, fp32, candidate, validation, truth)
+        if report is not None and not report["passed"]:
+            raise FidelityGateFailed(
+                f"{inputs.precision} candidate refused by the fidelity gate: {'; '.join(report['failures'])}", report
+            )
+        reference_inputs = validation.tensors[:REFERENCE_IMAGES] if validation else None
+        bundle = steps.run(
+            "write bundle", lambda: _write(inputs, candidate, fp32, report, truth, reference_inputs), lambda p: str(p)
+        )
+    return bundle, report
+
+
+def _opset(model: Any) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _count(images: ImageSet) -> str:
+    return f"{len(images.names)} images, {len(images.rejected)} refused"
+
+
+def _images(folder: Path | None, spec: Spec) -> ImageSet:
+    assert folder is not None
+    return load_images(folder, spec.input, spec.preprocessing)
+
+
+def _gate(
+    steps: Steps,
+    reference: Path,
+    candidate: Path,
+    spec: Spec,
+    validation: ImageSet,
+    truth: dict[str, Any] | None,
+    speed: bool,
+    label: str = "fidelity gate",
+) -> dict[str, Any]:
+    def run() -> dict[str, Any]:
+        n = len(spec.labels)
+        ref = fidelity.predict(reference, spec.input, spec.output, n, validation.tensors)
+        cand = fidelity.predict(candidate, spec.input, spec.output, n, validation.tensors)
+        report = fidelity.compare(spec.labels, spec.threshold_map(), ref, cand, spec.tolerance, truth)
+        report["n_refused"] = len(validation.rejected)
+        if speed:
+            x = validation.tensors[:1]
+            before = fidelity.latency(reference, spec.input.name, x, runs=200)
+            after = fidelity.latency(candidate, spec.input.name, x, runs=200)
+            report["speedup_batch1"] = before["p50_ms"] / after["p50_ms"]
+            if report["speedup_batch1"] < spec.tolerance.min_speedup:
+                report["failures"].append(
+                    f"INT8 is not faster: speed-up {report['speedup_batch1']:.2f}x < {spec.tolerance.min_speedup}x"
+                )
+                report["passed"] = False
+        return report
+
+    return steps.run(
+        label,
+        run,
+        lambda r: (
+            f"{'PASSED' if r['passed'] else 'FAILED'}: agreement {r['decision_agreement']:.4f}, "
+            f"max diff {r['max_abs_diff']:.4f}"
+            + (f", speed-up {r['speedup_batch1']:.2f}x" if "speedup_batch1" in r else "")
+        ),
+    )
+
+
+def _int8(
+    steps: Steps, inputs: BuildInputs, fp32: Path, candidate: Path, validation: ImageSet, truth: dict[str, Any] | None
+) -> dict[str, Any]:
+    spec = inputs.spec
+    calibration = steps.run("read calibration images", lambda: _images(inputs.calibration, spec), _count)
+    if len(calibration.names) < RECOMMENDED_CALIBRATION_IMAGES:
+        log.warning(
+            "only %d calibration images; %d or more representative images of this clinic are recommended",
+            len(calibration.names),
+            RECOMMENDED_CALIBRATION_IMAGES,
+        )
+    excluded: list[str] = []
+    report: dict[str, Any] = {}
+    for attempt in range(spec.calibration.max_fallback_rounds + 1):
+        steps.run(
+            f"INT8 QDQ, try {attempt + 1}",
+            lambda: quantize.to_int8(fp32, candidate, spec.input.name, calibration.tensors, spec.calibration, excluded),
+            lambda _: f"{spec.calibration.method}, {len(excluded)} node(s) kept in FP32",
+        )
+        report = _gate(
+            steps,
+            inputs.model,
+            candidate,
+            spec,
+            validation,
+            truth,
+            speed=True,
+            label=f"fidelity gate, try {attempt + 1}",
+        )
+        report["nodes_kept_fp32"] = list(excluded)
+        if not quantize.quantized_nodes(candidate):
+            report["failures"].append("no node is left in INT8: this is an FP32 model, build it as fp32")
+            report["passed"] = False
+        report["calibration"] = {"method": spec.calibration.method, "n_images": len(calibration.names)}
+        if report["passed"] or attempt == spec.calibration.max_fallback_rounds:
+            break
+        count = 2 ** (attempt + 1)  # 2, 4, 8, ... more nodes kept in FP32 each round
+
+        def sensitive(count: int = count) -> list[str]:
+            sample = calibration.tensors[:32]
+            return quantize.most_sensitive_nodes(fp32, candidate, spec.input.name, sample, count, set(excluded))
+
+        more = steps.run("find sensitive nodes", sensitive, lambda nodes: ", ".join(nodes) or "none left")
+        if not more:
+            break
+        excluded.extend(more)
+    return report
+
+
+def _write(
+    inputs: BuildInputs,
+    candidate: Path,
+    fp32: Path,
+    report: dict[str, Any] | None,
+    truth: dict[str, Any] | None,
+    reference_inputs: Any,
+) -> Path:
+    """Assemble the bundle in a sibling temporary folder and rename it into place: all or nothing."""
+    spec = inputs.spec
+    out = inputs.output
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        shutil.copy(candidate, staging / "model.onnx")
+        if reference_inputs is not None:
+            sess = fidelity.session(fp32)
+            outputs = sess.run([spec.output.name], {spec.input.name: reference_inputs})[0]
+            np.save(staging / "reference_inputs.npy", reference_inputs)
+            np.save(staging / "reference_outputs.npy", np.asarray(outputs, dtype=np.float32))
+        method = (
+            f"edge-convert build --precision {inputs.precision}: ONNX check, shape inference, dynamic batch, onnxslim"
+        )
+        manifest = Manifest(
+            name=spec.name,
+            version=spec.version,
+            task=spec.task,
+            labels=spec.labels,
+            thresholds=spec.threshold_map(),
+            input=spec.input,
+            preprocessing=spec.preprocessing,
+            output=spec.output,
+            precision=inputs.precision,
+            intended_use=spec.intended_use,
+            provenance=Provenance(
+                source_sha256=sha256_file(inputs.model),
+                created_by=f"edge-convert {__version__}",
+                created_at=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+                method=method,
+                calibration=(
+                    f"{report['calibration']['n_images']} images from {inputs.calibration.name}, "
+                    f"{report['calibration']['method']}"
+                    if report and "calibration" in report and inputs.calibration
+                    else None
+                ),
+                validation=(
+                    f"{report['n_images']} images from {inputs.validation.name}"
+                    if report and inputs.validation
+                    else None
+                ),
+            ),
+            metrics={"validation": {k: v for k, v in report["per_label"].items()}} if report and truth else {},
+            fidelity=report,
+            attribution=spec.attribution,
+            not_for_clinical_use=spec.not_for_clinical_use,
+            files={p.name: sha256_file(p) for p in sorted(staging.iterdir())},
+        )
+        write_manifest(staging, manifest)
+        load_bundle(staging)  # what we hand over must load
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,109 @@
+"""ONNX graph work: load (external data included), check, infer shapes, make the batch dynamic, simplify."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters.errors import ModelError
+from edge_app.manifest import InputSpec
+
+MIN_OPSET = 13
+BATCH = "batch"
+
+
+def load_model(path: Path) -> Any:
+    """Read an ONNX file and any external-data files beside it into one in-memory model."""
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=True)
+    except FileNotFoundError as exc:
+        raise ModelError(f"{path}: cannot be read ({exc.strerror}: {exc.filename})") from None
+    except Exception as exc:  # protobuf DecodeError, onnx's own errors
+        raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+
+
+def check(model: Any) -> Any:
+    """ONNX checker and strict shape inference; refuse opsets older than 13."""
+    import onnx
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        raise ModelError(f"the model uses opset {opset}; export it with opset {MIN_OPSET} or later")
+    try:
+        onnx.checker.check_model(model)
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise ModelError(f"the ONNX checker refuses the model: {exc}") from None
+
+
+def graph_inputs(model: Any) -> list[Any]:
+    """Real inputs (not initializers listed as inputs, as old exporters did)."""
+    initializers = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]
+
+
+def check_input(model: Any, spec: InputSpec) -> None:
+    """The model has exactly the input the spec declares, with matching shape."""
+    inputs = {i.name: i for i in graph_inputs(model)}
+    if spec.name not in inputs:
+        raise ModelError(f"the model has no input {spec.name!r}; its inputs are {', '.join(inputs) or 'none'}")
+    if len(inputs) != 1:
+        raise ModelError(f"the model has {len(inputs)} inputs ({', '.join(inputs)}); one image input is supported")
+    dims = inputs[spec.name].type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    expected = (
+        [spec.channels, spec.height, spec.width] if spec.layout == "NCHW" else [spec.height, spec.width, spec.channels]
+    )
+    if len(shape) != 4 or any(s is not None and s != e for s, e in zip(shape[1:], expected, strict=True)):
+        raise ModelError(f"input {spec.name!r} has shape {shape}; the spec ({spec.layout}) implies [N, {expected}]")
+
+
+def make_batch_dynamic(model: Any) -> Any:
+    """Name the first dimension of every input and output `batch`."""
+    for value in [*graph_inputs(model), *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if len(dims):
+            dims[0].ClearField("dim_value")
+            dims[0].dim_param = BATCH
+    return model
+
+
+def simplify(model: Any) -> Any:
+    """Constant folding and redundant-node removal with onnxslim."""
+    import onnxslim
+
+    try:
+        return onnxslim.slim(model)
+    except Exception as exc:
+        raise ModelError(f"onnxslim could not simplify the model: {exc}") from None
+
+
+def verify_batches(model_path: Path, spec: InputSpec, batches: tuple[int, ...] = (1, 3)) -> None:
+    """Run the saved model at several batch sizes; a graph that hard-codes its batch fails here, plainly."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    shape = (
+        (spec.channels, spec.height, spec.width) if spec.layout == "NCHW" else (spec.height, spec.width, spec.channels)
+    )
+    for n in batches:
+        x = np.zeros((n, *shape), dtype=np.dtype(spec.dtype))
+        try:
+            outputs = session.run(None, {spec.name: x})
+        except Exception as exc:
+            raise ModelError(f"the model does not run at batch {n} (a batch size fixed in the graph?): {exc}") from None
+        if any(np.asarray(o).shape[:1] != (n,) for o in outputs):
+            raise ModelError(f"at batch {n} the model's outputs do not have batch {n} as their first dimension")
+
+
+def save(model: Any, path: Path) -> None:
+    """Write the model as one self-contained file."""
+    import onnx
+
+    if model.ByteSize() > 2**31 - 1:
+        raise ModelError("models over 2 GB are not supported on the appliance")
+    onnx.save(model, str(path))

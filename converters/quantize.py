@@ -1,0 +1,116 @@
+"""Precision conversion: FP16 (FP32 inputs and outputs kept) and static INT8 as a QDQ graph."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from onnxruntime.quantization import CalibrationDataReader
+
+from converters.errors import ModelError
+from converters.spec import Calibration
+
+_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+def to_fp16(model: Any) -> Any:
+    """FP16 weights and compute; inputs and outputs stay FP32, as TensorRT and the manifest expect."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    try:
+        return convert_float_to_float16(model, keep_io_types=True)
+    except Exception as exc:
+        raise ModelError(f"FP16 conversion failed: {exc}") from None
+
+
+class _Reader(CalibrationDataReader):
+    """Preprocessed tensors handed to onnxruntime's calibrators, one image at a time."""
+
+    def __init__(self, input_name: str, tensors: NDArray[np.generic]) -> None:
+        self.input_name = input_name
+        self.tensors = tensors
+        self.rewind()
+
+    def get_next(self) -> dict[str, NDArray[np.generic]] | None:
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = iter({self.input_name: self.tensors[i : i + 1]} for i in range(len(self.tensors)))
+
+
+def to_int8(
+    fp32_path: Path,
+    out_path: Path,
+    input_name: str,
+    calibration: NDArray[np.generic],
+    settings: Calibration,
+    exclude: list[str],
+) -> None:
+    """Static post-training INT8, QDQ format, per-channel symmetric weights, calibrated on real images.
+
+    For TensorRT, activations are symmetric signed INT8 and biases stay float: TensorRT refuses non-zero zero
+    points and quantizes biases itself."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
+
+    tensorrt = settings.target == "tensorrt"
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        try:
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+            quantize_static(
+                str(prepared),
+                str(out_path),
+                _Reader(input_name, calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=getattr(CalibrationMethod, _METHODS[settings.method]),
+                nodes_to_exclude=exclude,
+                extra_options={"ActivationSymmetric": tensorrt, "WeightSymmetric": True, "QuantizeBias": not tensorrt},
+            )
+        except Exception as exc:
+            raise ModelError(f"INT8 quantization failed: {exc}") from None
+
+
+def most_sensitive_nodes(
+    fp32_path: Path, qdq_path: Path, input_name: str, sample: NDArray[np.generic], count: int, skip: set[str]
+) -> list[str]:
+    """Nodes whose own quantization loses the most signal (lowest SQNR of quantize-dequantize), worst first."""
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        aug_fp32, aug_qdq = Path(tmp) / "fp32.onnx", Path(tmp) / "qdq.onnx"
+        modify_model_output_intermediate_tensors(str(fp32_path), str(aug_fp32))
+        modify_model_output_intermediate_tensors(str(qdq_path), str(aug_qdq))
+        float_acts = collect_activations(str(aug_fp32), _Reader(input_name, sample))
+        qdq_acts = collect_activations(str(aug_qdq), _Reader(input_name, sample))
+    errors = compute_activation_error(create_activation_matching(qdq_acts, float_acts))
+    producer = {out: node.name for node in onnx.load(str(fp32_path)).graph.node for out in node.output}
+    ranked = sorted(
+        ((err.get("qdq_err", float("inf")), producer[name]) for name, err in errors.items() if name in producer),
+        key=lambda item: item[0],
+    )
+    picked: list[str] = []
+    for _, node in ranked:
+        if node not in skip and node not in picked:
+            picked.append(node)
+        if len(picked) == count:
+            break
+    return picked
+
+
+def quantized_nodes(qdq_path: Path) -> int:
+    """How many QuantizeLinear nodes the QDQ graph has (0: nothing is computed in INT8)."""
+    import onnx
+
+    return sum(node.op_type == "QuantizeLinear" for node in onnx.load(str(qdq_path)).graph.node)

@@ -1,0 +1,83 @@
+"""SPEC.toml: what the manifest needs that a model file does not say (task, labels, preprocessing, tolerances)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from converters.errors import SpecError
+from edge_app.bundle import format_validation_error
+from edge_app.manifest import InputSpec, IntendedUse, OutputSpec, Preprocessing
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib
+
+
+class Tolerance(BaseModel):
+    """The fidelity gate: how far a converted model may drift from the original on the validation images."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_agreement: float = Field(0.99, ge=0.0, le=1.0, description="share of decisions that must not change")
+    max_abs_diff: float = Field(0.10, ge=0.0, le=1.0, description="largest probability change on any image")
+    mean_abs_diff: float = Field(0.01, ge=0.0, le=1.0, description="mean probability change")
+    max_auc_drop: float = Field(0.01, ge=0.0, le=1.0, description="largest AUC loss per label (labels given)")
+    min_speedup: float = Field(1.1, ge=0.0, description="INT8 only: batch-1 latency ratio FP32 / INT8 on this CPU")
+
+
+class Calibration(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    target: Literal["tensorrt", "onnxruntime"] = Field(
+        "tensorrt",
+        description="tensorrt: symmetric signed INT8, zero points 0, float biases (what TensorRT's explicit "
+        "quantization takes); onnxruntime: UInt8 activations and INT32 biases (the CPU's fast path)",
+    )
+    max_fallback_rounds: int = Field(3, ge=0, le=10)
+
+
+class Spec(BaseModel):
+    """The parsed SPEC.toml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    task: Literal["binary", "multiclass", "multilabel"]
+    labels: tuple[str, ...] = Field(min_length=1)
+    thresholds: dict[str, float] | float = 0.5
+    input: InputSpec
+    preprocessing: Preprocessing = Preprocessing()
+    output: OutputSpec
+    intended_use: IntendedUse = IntendedUse()
+    tolerance: Tolerance = Tolerance()
+    calibration: Calibration = Calibration()
+    attribution: str = ""
+    not_for_clinical_use: bool = True
+
+    def threshold_map(self) -> dict[str, float]:
+        if isinstance(self.thresholds, float):
+            return dict.fromkeys(self.labels, self.thresholds)
+        return dict(self.thresholds)
+
+
+def load_spec(path: Path | str) -> Spec:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError(f"spec {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"spec {path} cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"spec {path} is not valid TOML: {exc}") from None
+    try:
+        return Spec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(f"spec {path} is invalid: {format_validation_error(exc)}") from None

@@ -1,0 +1,252 @@
+"""`edge-convert`: real models through check, simplification, precision conversion and the fidelity gate."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from converters.build import BuildInputs, Steps, build
+from converters.errors import ConversionError, FidelityGateFailed, ModelError, SpecError
+from converters.spec import Spec, load_spec
+from edge_app.bundle import load_bundle
+from edge_app.config import EMBEDDED_BUNDLE
+from edge_app.pipeline import Diagnoser
+from edge_app.runtime import open_runner
+
+REFERENCE = EMBEDDED_BUNDLE / "model.onnx"
+REFERENCE_SPEC = """
+name = "cxr-reference"
+version = "1.0.0-{precision}"
+task = "multilabel"
+labels = ["Abnormal", "Cardiomegaly", "Effusion", "Emphysema", "Infiltration"]
+thresholds = {{ Abnormal = 0.3303, Cardiomegaly = 0.0306, Effusion = 0.082, Emphysema = 0.0664, Infiltration = 0.1773 }}
+input = {{ name = "image", layout = "NCHW", height = 64, width = 64, channels = 1 }}
+preprocessing = {{ geometry = "stretch", interpolation = "area", scale = [-1.0, 1.0] }}
+output = {{ name = "logits", activation = "sigmoid", heatmap = "cam" }}
+intended_use = {{ modality = ["CR", "DX"], body_part = "CHEST" }}
+# Speed is a benchmark's business, not a test's.
+tolerance = {{ min_speedup = 0.0 }}
+"""
+
+
+@pytest.fixture(scope="module")
+def nih_split(nih: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The NIH sample's train and test splits as folders (symbolic links to the real images)."""
+    root = tmp_path_factory.mktemp("nih")
+    with (nih / "split.csv").open() as fh:
+        for row in csv.DictReader(fh):
+            folder = root / row["split"]
+            folder.mkdir(exist_ok=True)
+            (folder / row["image"]).symlink_to(nih / "images" / row["image"])
+    return {"train": root / "train", "test": root / "test"}
+
+
+def reference_spec(tmp_path: Path, precision: str, extra: str = "") -> Spec:
+    path = tmp_path / f"{precision}.toml"
+    path.write_text(REFERENCE_SPEC.format(precision=precision) + extra)
+    return load_spec(path)
+
+
+def test_fp32_bundle_of_a_torch_exported_cnn(nih_split: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    bundle_path, report = build(
+        BuildInputs(REFERENCE, reference_spec(tmp_path, "fp32"), "fp32", out, validation=nih_split["test"]),
+        Steps(show=False),
+    )
+    assert report is not None and report["passed"] and report["decision_agreement"] == 1.0
+    assert report["max_abs_diff"] < 1e-5
+    bundle = load_bundle(bundle_path)
+    assert set(bundle.manifest.files) == {"model.onnx", "reference_inputs.npy", "reference_outputs.npy"}
+    assert bundle.manifest.provenance.source_sha256 == load_bundle(EMBEDDED_BUNDLE).manifest.files["model.onnx"]
+    assert bundle.manifest.fidelity == report
+    inputs = np.load(bundle.path / "reference_inputs.npy")
+    with open_runner(bundle, threads=1) as runner:
+        assert np.allclose(runner.infer(inputs)["logits"], np.load(bundle.path / "reference_outputs.npy"), atol=1e-5)
+
+
+def test_int8_reference_model_passes_the_gate(nih_split: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "int8"
+    spec = reference_spec(tmp_path, "int8")
+    bundle_path, report = build(
+        BuildInputs(REFERENCE, spec, "int8", out, calibration=nih_split["train"], validation=nih_split["test"]),
+        Steps(show=False),
+    )
+    assert report is not None and report["passed"], report["failures"]
+    assert report["n_images"] == 200 and report["decision_agreement"] >= 0.99
+    bundle = load_bundle(bundle_path)
+    assert bundle.manifest.precision == "int8"
+    ops = {n.op_type for n in onnx.load(str(bundle.model_path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    zero_points = [
+        numpy_helper.to_array(i) for i in onnx.load(str(bundle.model_path)).graph.initializer if "zero_point" in i.name
+    ]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points), "symmetric signed INT8"
+    diagnosis = Diagnoser(bundle, open_runner(bundle, threads=1)).diagnose(next(nih_split["test"].iterdir()))
+    assert diagnosis.status == "ok" and diagnosis.model["precision"] == "int8"
+
+
+def test_broken_calibration_is_refused_and_writes_nothing(nih_split: dict[str, Path], tmp_path: Path) -> None:
+    black = tmp_path / "calibration"
+    black.mkdir()
+    Image.new("L", (512, 512)).save(black / "black.png")
+    out = tmp_path / "int8"
+    spec = reference_spec(tmp_path, "int8", "calibration = { max_fallback_rounds = 1 }\n")
+    with pytest.raises(FidelityGateFailed) as info:
+        build(
+            BuildInputs(REFERENCE, spec, "int8", out, calibration=black, validation=nih_split["test"]),
+            Steps(show=False),
+        )
+    report = info.value.report
+    assert not report["passed"] and report["failures"]
+    assert len(report["nodes_kept_fp32"]) == 2, "the per-node fallback was tried"
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".int8")], "no half-written bundle"
+
+
+def _nhwc_model(path: Path, external: bool) -> None:
+    """A small Keras-style NHWC classifier (batch fixed at 1), weights optionally in an external file."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "conv_w")
+    b = numpy_helper.from_array(np.zeros(8, np.float32), "conv_b")
+    fc = numpy_helper.from_array(rng.normal(0, 1.0, (8, 2)).astype(np.float32), "fc_w")
+    nodes = [
+        helper.make_node("Transpose", ["input_1"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "conv_w", "conv_b"], ["conv"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["conv"], ["relu"]),
+        helper.make_node("GlobalAveragePool", ["relu"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "fc_w"], ["scores"]),
+        helper.make_node("Softmax", ["scores"], ["probs"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nhwc",
+        [helper.make_tensor_value_info("input_1", TensorProto.FLOAT, [1, 150, 150, 3])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 2])],
+        [w, b, fc],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(
+        model,
+        str(path),
+        save_as_external_data=external,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
+
+
+NHWC_SPEC = """
+name = "keras-style"
+version = "0.1"
+task = "multiclass"
+labels = ["normal", "abnormal"]
+thresholds = 0.5
+input = { name = "input_1", layout = "NHWC", height = 150, width = 150, channels = 3 }
+preprocessing = { geometry = "stretch", interpolation = "nearest", scale = [-1.0, 1.0] }
+output = { name = "probs", activation = "none" }
+"""
+
+
+def test_fp16_of_an_nhwc_model_with_external_data(nih_split: dict[str, Path], tmp_path: Path) -> None:
+    model = tmp_path / "src" / "keras.onnx"
+    model.parent.mkdir()
+    _nhwc_model(model, external=True)
+    assert (model.parent / "weights.bin").stat().st_size > 0
+    spec_path = tmp_path / "spec.toml"
+    spec_path.write_text(NHWC_SPEC)
+    bundle_path, report = build(
+        BuildInputs(model, load_spec(spec_path), "fp16", tmp_path / "b", validation=nih_split["test"]),
+        Steps(show=False),
+    )
+    assert report is not None and report["passed"] and report["max_abs_diff"] < 0.01
+    bundle = load_bundle(bundle_path)
+    assert set(bundle.manifest.files) == {"model.onnx", "reference_inputs.npy", "reference_outputs.npy"}
+    converted = onnx.load(str(bundle.model_path))
+    assert converted.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT, "FP32 input kept"
+    assert any(i.data_type == TensorProto.FLOAT16 for i in converted.graph.initializer), "FP16 weights"
+    assert converted.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    with open_runner(bundle, threads=1) as runner:
+        out = runner.infer(np.zeros((3, 150, 150, 3), np.float32))
+    assert out["probs"].shape == (3, 2)
+
+
+def test_model_errors_are_plain(tmp_path: Path) -> None:
+    spec_path = tmp_path / "spec.toml"
+    spec_path.write_text(NHWC_SPEC)
+    spec = load_spec(spec_path)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00not protobuf" * 10)
+    with pytest.raises(ModelError, match="not a readable ONNX model"):
+        build(BuildInputs(junk, spec, "fp32", tmp_path / "o"), Steps(show=False))
+    old = tmp_path / "old.onnx"
+    _nhwc_model(old, external=False)
+    m = onnx.load(str(old))
+    m.opset_import[0].version = 11
+    onnx.save(m, str(old))
+    with pytest.raises(ModelError, match="uses opset 11; export it with opset 13 or later"):
+        build(BuildInputs(old, spec, "fp32", tmp_path / "o"), Steps(show=False))
+    good = tmp_path / "good.onnx"
+    _nhwc_model(good, external=False)
+    wrong = spec.model_copy(update={"input": spec.input.model_copy(update={"name": "pixels"})})
+    with pytest.raises(ModelError, match="no input 'pixels'; its inputs are input_1"):
+        build(BuildInputs(good, wrong, "fp32", tmp_path / "o"), Steps(show=False))
+    with pytest.raises(ConversionError, match="int8 needs --validation"):
+        build(BuildInputs(good, spec, "int8", tmp_path / "o"), Steps(show=False))
+    assert not (tmp_path / "o").exists()
+
+
+def test_spec_errors_are_plain(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="does not exist"):
+        load_spec(tmp_path / "none.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(NHWC_SPEC.replace('layout = "NHWC"', 'layout = "HWC"'))
+    with pytest.raises(SpecError, match=r"input.layout"):
+        load_spec(bad)
+
+
+def test_validate_command_reports_as_json(nih: Path, nih_split: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    build(
+        BuildInputs(REFERENCE, reference_spec(tmp_path, "fp16"), "fp16", out, validation=nih_split["test"]),
+        Steps(show=False),
+    )
+    exe = Path(sys.executable).parent / "edge-convert"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "converters.cli"]
+    proc = subprocess.run(
+        [
+            *cmd,
+            "validate",
+            str(out),
+            "--reference",
+            str(REFERENCE),
+            "--data",
+            str(nih_split["test"]),
+            "--labels",
+            str(nih / "labels.csv"),
+            "--file-column",
+            "Image Index",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["n_images"] == 200 and report["decision_agreement"] >= 0.99
+    assert report["max_abs_diff"] >= report["mean_abs_diff"] >= 0.0
+    per = report["per_label"]
+    assert "auc_reference" not in per["Abnormal"], "no 'Abnormal' column in the NIH labels"
+    assert per["Emphysema"]["auc_reference"] == pytest.approx(0.802, abs=0.002)
+    assert abs(per["Emphysema"]["auc_candidate"] - per["Emphysema"]["auc_reference"]) < 0.01
+    assert shutil.which("true")
