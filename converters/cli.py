@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from converters.errors import ConversionError, FidelityGateFailed
+from converters.sign import generate_key, sign_bundle
 from converters.spec import Tolerance, load_spec
 from edge_app.bundle import load_bundle
 from edge_app.errors import UserError
@@ -44,6 +45,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--labels", type=Path, help="CSV: a file column and a 0/1 column per label")
     p.add_argument("--file-column", default="file")
 
+    p = sub.add_parser("keygen", help="make an Ed25519 key pair: KEY (private, 0600) and KEY.pub")
+    p.add_argument("key", type=Path)
+
+    p = sub.add_parser("sign", help="sign a bundle's manifest with an Ed25519 private key")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--key", type=Path, required=True)
+
     p = sub.add_parser("inspect", help="verify a model bundle (every file's hash) and print its manifest")
     p.add_argument("bundle", type=Path)
 
@@ -54,6 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _build(args)
         if args.command == "validate":
             return _validate(args)
+        if args.command == "keygen":
+            print(f"public key (copy it to the appliance's trusted keys): {generate_key(args.key)}")
+            return 0
+        if args.command == "sign":
+            print(f"signed {args.bundle} with key {sign_bundle(args.bundle, args.key)}")
+            return 0
         bundle = load_bundle(args.bundle)
         out = {"bundle": str(bundle.path), "sha256": bundle.sha256, "manifest": bundle.manifest.model_dump(mode="json")}
         print(json.dumps(out, indent=2))

@@ -52,8 +52,11 @@ def format_validation_error(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_bundle(path: Path | str) -> Bundle:
-    """Load and verify a bundle directory; raise `BundleError` saying what is wrong."""
+def load_bundle(path: Path | str, trusted_keys: dict[str, object] | None = None) -> Bundle:
+    """Load and verify a bundle directory; raise `BundleError` saying what is wrong.
+
+    With `trusted_keys` (see `edge_app.signature.load_public_keys`) the bundle must also carry a valid signature
+    by one of them."""
     path = Path(path)
     manifest_path = path / MANIFEST_NAME
     if not path.is_dir():
@@ -82,6 +85,10 @@ def load_bundle(path: Path | str) -> Bundle:
     unlisted = sorted(present - set(manifest.files) - UNLISTED_FILES)
     if unlisted:
         raise BundleError(f"model bundle {path} holds files its manifest does not list: {', '.join(unlisted)}")
+    if trusted_keys is not None:
+        from edge_app.signature import verify
+
+        verify(path, trusted_keys)
     return Bundle(path=path, manifest=manifest, sha256=hashlib.sha256(raw).hexdigest())
 
 

@@ -13,12 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from edge_app import __version__
-from edge_app.bundle import load_bundle
 from edge_app.config import Settings, load_settings
 from edge_app.errors import EdgeAppError, UserError
-from edge_app.imaging import DecodeLimits, decode, preprocess
+from edge_app.imaging import decode, preprocess
 from edge_app.pipeline import Diagnoser, check_intended_use
-from edge_app.runtime import open_runner
 
 log = logging.getLogger("edge_app")
 
@@ -74,15 +72,8 @@ def _files(paths: Sequence[Path]) -> Iterator[Path]:
             yield path
 
 
-def _diagnoser(settings: Settings, bundle_path: Path | None) -> Diagnoser:
-    bundle = load_bundle(bundle_path or settings.model.bundle)
-    runner = open_runner(bundle, settings.model.runner, settings.model.threads)
-    limits = DecodeLimits(max_pixels=settings.imaging.max_pixels, frame=settings.imaging.frame)
-    return Diagnoser(bundle, runner, limits)
-
-
 def _diagnose(settings: Settings, paths: Sequence[Path], bundle_path: Path | None) -> int:
-    diagnoser = _diagnoser(settings, bundle_path)
+    diagnoser = Diagnoser.from_settings(settings, bundle_path)
     rejected = 0
     for path in _files(paths):
         diagnosis = diagnoser.diagnose(path)
@@ -121,7 +112,7 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
 
 
 def _bench(settings: Settings, paths: Sequence[Path], bundle_path: Path | None, limit: int, warmup: int) -> int:
-    diagnoser = _diagnoser(settings, bundle_path)
+    diagnoser = Diagnoser.from_settings(settings, bundle_path)
     manifest = diagnoser.bundle.manifest
     stages: dict[str, list[float]] = {"decode": [], "preprocess": [], "infer": []}
     skipped = 0

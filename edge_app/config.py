@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge_app.bundle import format_validation_error
 from edge_app.errors import ConfigError
@@ -53,6 +53,14 @@ class ModelSettings(_Section):
     bundle: Path = Field(EMBEDDED_BUNDLE, description="model bundle directory; default: the embedded reference")
     runner: str = Field("auto", description=f"one of {', '.join(RUNNER_NAMES)}")
     threads: int = Field(0, ge=0, le=64, description="inference threads; 0 lets ONNX Runtime use every core")
+    require_signature: bool = Field(False, description="accept only bundles signed by a trusted key")
+    trusted_keys: list[Path] = Field(default_factory=list, description="Ed25519 public keys (PEM files or folders)")
+
+    @model_validator(mode="after")
+    def _keys(self) -> ModelSettings:
+        if self.require_signature and not self.trusted_keys:
+            raise ValueError("require_signature needs at least one entry in trusted_keys")
+        return self
 
 
 class ImagingSettings(_Section):

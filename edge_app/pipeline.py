@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_app.bundle import Bundle
+from edge_app.bundle import Bundle, load_bundle
+from edge_app.config import Settings
 from edge_app.errors import ImageRejected
 from edge_app.imaging import DecodedImage, DecodeLimits, decode, preprocess
 from edge_app.manifest import Manifest
@@ -62,6 +63,19 @@ class Diagnoser:
         self.runner = runner
         self.limits = limits or DecodeLimits()
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, bundle_path: Path | None = None) -> Diagnoser:
+        """Load the configured bundle (signature checked where required) and activate its runner."""
+        from edge_app.runtime import open_runner
+        from edge_app.signature import load_public_keys
+
+        model = settings.model
+        trusted = load_public_keys(model.trusted_keys) if model.require_signature else None
+        bundle = load_bundle(bundle_path or model.bundle, trusted_keys=trusted)
+        runner = open_runner(bundle, model.runner, model.threads)
+        limits = DecodeLimits(max_pixels=settings.imaging.max_pixels, frame=settings.imaging.frame)
+        return cls(bundle, runner, limits)
 
     @property
     def model_info(self) -> dict[str, str]:

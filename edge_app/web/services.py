@@ -6,11 +6,8 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app
 
-from edge_app.bundle import load_bundle
 from edge_app.config import Settings
-from edge_app.imaging import DecodeLimits
 from edge_app.pipeline import Diagnoser
-from edge_app.runtime import open_runner
 from edge_app.store import Store
 
 _KEY = "edge_app"
@@ -24,12 +21,13 @@ class Services:
 
 
 def init_app(app: Flask, settings: Settings) -> None:
-    bundle = load_bundle(settings.model.bundle)
-    runner = open_runner(bundle, settings.model.runner, settings.model.threads)
-    limits = DecodeLimits(max_pixels=settings.imaging.max_pixels, frame=settings.imaging.frame)
+    diagnoser = Diagnoser.from_settings(settings)
     store = Store(settings.storage.data_dir)
-    app.extensions[_KEY] = Services(settings, store, Diagnoser(bundle, runner, limits))
-    store.audit("system", "service.start", bundle.manifest.name, f"runner={runner.name} bundle={bundle.sha256}")
+    app.extensions[_KEY] = Services(settings, store, diagnoser)
+    bundle = diagnoser.bundle
+    store.audit(
+        "system", "service.start", bundle.manifest.name, f"runner={diagnoser.runner.name} bundle={bundle.sha256}"
+    )
 
 
 def get() -> Services:

@@ -1,0 +1,101 @@
+"""Ed25519 bundle signatures: signed bundles load where signing is required; tampered or unsigned ones do not."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from converters.errors import ConversionError
+from converters.sign import generate_key, sign_bundle
+from edge_app.bundle import load_bundle
+from edge_app.config import EMBEDDED_BUNDLE, load_settings
+from edge_app.errors import BundleError, ConfigError
+from edge_app.pipeline import Diagnoser
+from edge_app.signature import load_public_keys
+
+
+@pytest.fixture
+def bundle_dir(tmp_path: Path) -> Path:
+    return Path(shutil.copytree(EMBEDDED_BUNDLE, tmp_path / "bundle"))
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> Path:
+    private = tmp_path / "keys" / "clinic"
+    private.parent.mkdir()
+    generate_key(private)
+    assert private.stat().st_mode & 0o777 == 0o600
+    return private
+
+
+def test_signed_bundle_loads_with_its_key(bundle_dir: Path, key: Path) -> None:
+    kid = sign_bundle(bundle_dir, key)
+    trusted = load_public_keys([key.parent])  # a folder of trusted keys
+    assert list(trusted) == [kid]
+    assert load_bundle(bundle_dir, trusted_keys=trusted).manifest.name == "cxr-reference"
+
+
+def test_tampered_manifest_is_refused(bundle_dir: Path, key: Path) -> None:
+    sign_bundle(bundle_dir, key)
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest["thresholds"]["Cardiomegaly"] = 0.9
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="the signature does not match its manifest"):
+        load_bundle(bundle_dir, trusted_keys=load_public_keys([key.with_name("clinic.pub")]))
+    assert load_bundle(bundle_dir).manifest.thresholds["Cardiomegaly"] == 0.9, "hashes alone cannot catch this"
+
+
+def test_unsigned_bundle_is_refused_where_signing_is_required(bundle_dir: Path, key: Path) -> None:
+    with pytest.raises(BundleError, match="is not signed"):
+        load_bundle(bundle_dir, trusted_keys=load_public_keys([key.with_name("clinic.pub")]))
+
+
+def test_bundle_signed_by_an_untrusted_key_is_refused(bundle_dir: Path, key: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    generate_key(other)
+    sign_bundle(bundle_dir, other)
+    with pytest.raises(BundleError, match="which this appliance does not trust"):
+        load_bundle(bundle_dir, trusted_keys=load_public_keys([key.with_name("clinic.pub")]))
+
+
+def test_signing_refuses_a_bundle_whose_files_changed(bundle_dir: Path, key: Path) -> None:
+    (bundle_dir / "MODEL_CARD.md").write_text("changed")
+    with pytest.raises(BundleError, match="altered"):
+        sign_bundle(bundle_dir, key)
+    with pytest.raises(ConversionError, match="never overwritten"):
+        generate_key(key)
+
+
+def test_service_configuration_requires_signed_bundles(bundle_dir: Path, key: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="require_signature needs at least one entry in trusted_keys"):
+        load_settings(environ={"EDGE_APP_MODEL_REQUIRE_SIGNATURE": "true"})
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(f'[model]\nbundle = "{bundle_dir}"\nrequire_signature = true\ntrusted_keys = ["{key}.pub"]\n')
+    settings = load_settings(cfg, environ={})
+    with pytest.raises(BundleError, match="is not signed"):
+        Diagnoser.from_settings(settings)
+    sign_bundle(bundle_dir, key)
+    assert Diagnoser.from_settings(settings).bundle.path == bundle_dir
+
+
+def test_cli_keygen_and_sign(bundle_dir: Path, tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "edge-convert"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "converters.cli"]
+    key = tmp_path / "k"
+    assert subprocess.run([*cmd, "keygen", str(key)], capture_output=True, timeout=60).returncode == 0
+    proc = subprocess.run(
+        [*cmd, "sign", str(bundle_dir), "--key", str(key)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith("signed ")
+    bad = subprocess.run(
+        [*cmd, "sign", str(bundle_dir), "--key", str(bundle_dir / "MODEL_CARD.md")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "cannot be read" in bad.stderr and "Traceback" not in bad.stderr
