@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import numpy as np
-
 from converters import fidelity, graph, quantize
 from converters.errors import ConversionError, FidelityGateFailed
 from converters.images import ImageSet, load_images, read_labels
@@ -244,10 +242,7 @@ def _write(
     try:
         shutil.copy(candidate, staging / "model.onnx")
         if reference_inputs is not None:
-            sess = fidelity.session(fp32)
-            outputs = sess.run([spec.output.name], {spec.input.name: reference_inputs})[0]
-            np.save(staging / "reference_inputs.npy", reference_inputs)
-            np.save(staging / "reference_outputs.npy", np.asarray(outputs, dtype=np.float32))
+            fidelity.save_reference_io(staging, fp32, spec.input.name, spec.output.name, reference_inputs)
         method = (
             f"edge-convert build --precision {inputs.precision}: ONNX check, shape inference, dynamic batch, onnxslim"
         )

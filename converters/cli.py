@@ -18,7 +18,7 @@ from converters.errors import ConversionError, FidelityGateFailed
 from converters.sign import generate_key, sign_bundle
 from converters.spec import Tolerance, load_spec
 from edge_app.bundle import load_bundle
-from edge_app.errors import UserError
+from edge_app.errors import EdgeAppError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,6 +45,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--labels", type=Path, help="CSV: a file column and a 0/1 column per label")
     p.add_argument("--file-column", default="file")
 
+    p = sub.add_parser("engine", help="build and check the TensorRT engine of a bundle, into the engine cache")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--dla-core", type=int, help="build for this DLA core, with GPU fallback")
+    p.add_argument("--workspace", type=int, default=1024, metavar="MIB", help="TensorRT workspace memory limit")
+    p.add_argument("--max-batch", type=int, default=8, help="largest batch of the optimization profile")
+    p.add_argument("--cache", type=Path, help="engine cache folder (default: the appliance's)")
+    p.add_argument("--timing-cache", type=Path, help="persistent TensorRT timing cache (default: in the cache)")
+
     p = sub.add_parser("keygen", help="make an Ed25519 key pair: KEY (private, 0600) and KEY.pub")
     p.add_argument("key", type=Path)
 
@@ -62,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _build(args)
         if args.command == "validate":
             return _validate(args)
+        if args.command == "engine":
+            return _engine(args)
         if args.command == "keygen":
             print(f"public key (copy it to the appliance's trusted keys): {generate_key(args.key)}")
             return 0
@@ -76,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(exc.report, indent=2))
         print(f"edge-convert: {exc}; no bundle written", file=sys.stderr)
         return 1
-    except (ConversionError, UserError) as exc:
+    except (ConversionError, EdgeAppError) as exc:
         print(f"edge-convert: {exc}", file=sys.stderr)
         return 2
 
@@ -113,6 +123,25 @@ def _build(args: argparse.Namespace) -> int:
     finally:
         print(steps.summary(), file=sys.stderr)
     print(f"bundle written: {bundle}", file=sys.stderr)
+    return 0
+
+
+def _engine(args: argparse.Namespace) -> int:
+    from edge_app.config import load_settings
+    from edge_app.runtime.engine_cache import EngineCache
+    from edge_app.runtime.tensorrt_build import BuildOptions, build_engine
+
+    cache = args.cache or load_settings().engine_cache
+    options = BuildOptions(
+        max_batch=args.max_batch,
+        workspace_mib=args.workspace,
+        dla_core=args.dla_core,
+        timing_cache=args.timing_cache or cache / "timing.cache",
+    )
+    engine = build_engine(
+        load_bundle(args.bundle), EngineCache(cache), options, progress=lambda m: print(m, file=sys.stderr)
+    )
+    print(f"engine ready: {engine}")
     return 0
 
 

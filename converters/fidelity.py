@@ -120,3 +120,12 @@ def latency(model_path: Path, input_name: str, x: NDArray[np.generic], runs: int
         "p95_ms": float(np.percentile(ms, 95)),
         "images_per_s": float(len(x) * 1e3 / ms.mean()),
     }
+
+
+def save_reference_io(
+    folder: Path, model_path: Path, input_name: str, output_name: str, inputs: NDArray[np.generic]
+) -> None:
+    """Store inputs and the FP32 model's outputs in a bundle: any engine built from it is checked against them."""
+    outputs = session(model_path).run([output_name], {input_name: inputs})[0]
+    np.save(folder / "reference_inputs.npy", inputs)
+    np.save(folder / "reference_outputs.npy", np.asarray(outputs, dtype=np.float32))

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from converters.fidelity import save_reference_io
 from edge_app.bundle import sha256_file, write_manifest
 from edge_app.imaging import decode, preprocess
 from edge_app.manifest import InputSpec, IntendedUse, Manifest, OutputSpec, Preprocessing, Provenance
@@ -285,6 +286,8 @@ def main(argv: list[str] | None = None) -> None:
         for old in args.output.iterdir():
             old.unlink()
         shutil.copy(onnx_path, args.output / "model.onnx")
+    # Reference inputs and outputs (train-split images): a TensorRT engine built from the bundle is checked on them.
+    save_reference_io(args.output, args.output / "model.onnx", spec.name, "logits", x_all[val_idx][:8])
     write_bundle(args, per_label, thresholds, best_epoch, best_val, len(fit_idx), len(val_idx), len(test_names))
 
 
@@ -341,7 +344,7 @@ def write_bundle(
         },
         attribution=ATTRIBUTION,
         not_for_clinical_use=True,
-        files={"model.onnx": model_sha, "MODEL_CARD.md": sha256_file(out / "MODEL_CARD.md")},
+        files={p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.name != "manifest.json"},
     )
     write_manifest(out, manifest)
     print(json.dumps(manifest.metrics, indent=1))

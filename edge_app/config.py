@@ -53,6 +53,8 @@ class ModelSettings(_Section):
     bundle: Path = Field(EMBEDDED_BUNDLE, description="model bundle directory; default: the embedded reference")
     runner: str = Field("auto", description=f"one of {', '.join(RUNNER_NAMES)}")
     threads: int = Field(0, ge=0, le=64, description="inference threads; 0 lets ONNX Runtime use every core")
+    engine_cache: Path | None = Field(None, description="TensorRT engines; default: <storage.data_dir>/engines")
+    max_batch: int = Field(8, ge=1, le=256, description="largest batch a TensorRT engine is built for")
     require_signature: bool = Field(False, description="accept only bundles signed by a trusted key")
     trusted_keys: list[Path] = Field(default_factory=list, description="Ed25519 public keys (PEM files or folders)")
 
@@ -73,6 +75,10 @@ class Settings(_Section):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
+
+    @property
+    def engine_cache(self) -> Path:
+        return self.model.engine_cache or self.storage.data_dir / "engines"
 
 
 def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Settings:

@@ -30,8 +30,8 @@ class ImageRejected(UserError):
         self.reason = reason
 
 
-class RuntimeUnavailable(EdgeAppError):
-    """An inference backend cannot run on this machine (no GPU, library missing)."""
+class RuntimeUnavailable(UserError):
+    """An inference backend cannot run on this machine (no GPU, library missing, no engine built)."""
 
 
 class InferenceError(EdgeAppError):

@@ -73,7 +73,7 @@ class Diagnoser:
         model = settings.model
         trusted = load_public_keys(model.trusted_keys) if model.require_signature else None
         bundle = load_bundle(bundle_path or model.bundle, trusted_keys=trusted)
-        runner = open_runner(bundle, model.runner, model.threads)
+        runner = open_runner(bundle, model.runner, model.threads, settings.engine_cache, model.max_batch)
         limits = DecodeLimits(max_pixels=settings.imaging.max_pixels, frame=settings.imaging.frame)
         return cls(bundle, runner, limits)
 

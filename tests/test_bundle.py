@@ -31,7 +31,7 @@ def test_embedded_reference_bundle_loads() -> None:
     assert m.name == "cxr-reference" and m.task == "multilabel" and m.not_for_clinical_use
     assert "NIH Clinical Center" in m.attribution and "nihcc.app.box.com" in m.attribution
     assert m.output.heatmap == "cam"
-    assert set(m.files) == {"model.onnx", "MODEL_CARD.md"}
+    assert set(m.files) == {"model.onnx", "MODEL_CARD.md", "reference_inputs.npy", "reference_outputs.npy"}
     assert bundle.model_path.stat().st_size < 5_000_000
     for label in m.labels:
         figures = m.metrics["test_split"][label]

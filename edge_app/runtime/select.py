@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from edge_app.bundle import Bundle
 from edge_app.errors import RuntimeUnavailable
@@ -11,17 +12,50 @@ from edge_app.runtime.onnx import OnnxRuntimeRunner
 
 log = logging.getLogger(__name__)
 
-# "auto" takes the fastest backend this machine can run. The TensorRT runner (Jetson) arrives with the conversion
-# issue: it registers here, and "auto" tries it before ONNX Runtime.
-RUNNER_NAMES = ("auto", "onnxruntime")
+# auto: TensorRT where this machine has it and an engine for this bundle is cached, else ONNX Runtime.
+RUNNER_NAMES = ("auto", "onnxruntime", "tensorrt")
 
 
-def open_runner(bundle: Bundle, preference: str = "auto", threads: int = 0) -> Runner:
-    """Return an activated runner for `bundle`; raise `RuntimeUnavailable` if the preferred one cannot run."""
+def open_runner(
+    bundle: Bundle, preference: str = "auto", threads: int = 0, engine_cache: Path | None = None, max_batch: int = 8
+) -> Runner:
+    """Return an activated runner for `bundle`; raise `RuntimeUnavailable` if the one asked for cannot run."""
     if preference not in RUNNER_NAMES:
         raise RuntimeUnavailable(f"unknown runner {preference!r}; choose one of {', '.join(RUNNER_NAMES)}")
+    runner: Runner
+    if preference in ("auto", "tensorrt"):
+        try:
+            runner = _tensorrt(bundle, engine_cache, max_batch)
+            log.info(
+                "runner tensorrt for %s %s (engine %s)",
+                bundle.manifest.name,
+                bundle.manifest.version,
+                getattr(runner, "engine_path", ""),
+            )
+            return runner
+        except RuntimeUnavailable as exc:
+            if preference == "tensorrt":
+                raise
+            reason = f"TensorRT not used: {exc}"
+    else:
+        reason = "asked for"
     runner = OnnxRuntimeRunner(bundle, threads=threads)
-    reason = "asked for" if preference == "onnxruntime" else "the default on a CPU-only machine"
     runner.activate()
-    log.info("runner %s for %s %s (%s)", runner.name, bundle.manifest.name, bundle.manifest.version, reason)
+    log.info("runner onnxruntime for %s %s (%s)", bundle.manifest.name, bundle.manifest.version, reason)
+    return runner
+
+
+def _tensorrt(bundle: Bundle, engine_cache: Path | None, max_batch: int) -> Runner:
+    from edge_app.runtime.engine_cache import EngineCache
+    from edge_app.runtime.tensorrt import TensorRTRunner, current_platform
+
+    platform = current_platform()
+    engine = EngineCache(engine_cache).lookup(bundle, platform) if engine_cache is not None else None
+    if engine is None:
+        raise RuntimeUnavailable(
+            f"no engine of this bundle for {platform.gpu_name} with TensorRT {platform.tensorrt_version} yet; "
+            f"build it with: edge-convert engine {bundle.path}"
+        )
+    runner = TensorRTRunner(bundle, engine, max_batch)
+    runner.activate()
     return runner

@@ -1,0 +1,143 @@
+"""Build a TensorRT 10 engine from a bundle's ONNX, check it against the bundle's reference outputs, cache it.
+
+Used by `edge-convert engine` and by the service; `tensorrt` is imported only when a build starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_app.bundle import Bundle
+from edge_app.errors import BundleError, EdgeAppError
+from edge_app.result import probabilities
+from edge_app.runtime.engine_cache import EngineCache
+from edge_app.runtime.tensorrt import TensorRTRunner, current_platform, require_tensorrt
+
+log = logging.getLogger(__name__)
+DEFAULT_ENGINE_TOLERANCE = 0.05  # largest probability change against the FP32 reference outputs
+
+
+class EngineBuildError(EdgeAppError):
+    """TensorRT could not build an engine, or the engine drifts from the bundle's reference outputs."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    max_batch: int = 8
+    workspace_mib: int = 1024
+    dla_core: int | None = None
+    timing_cache: Path | None = None
+
+
+def build_engine(
+    bundle: Bundle, cache: EngineCache, options: BuildOptions, progress: Callable[[str], None] | None = None
+) -> Path:
+    """Build (or find) the engine for this bundle on this machine; return its path in the cache."""
+    platform = current_platform(options.dla_core)
+    cached = cache.lookup(bundle, platform)
+    if cached is not None:
+        return cached
+    plan = _build_plan(bundle, options, progress or log.info)
+    with tempfile.TemporaryDirectory() as tmp:
+        candidate = Path(tmp) / "engine.plan"
+        candidate.write_bytes(plan)
+        drift = check_against_reference(bundle, candidate, options.max_batch)
+    return cache.store(
+        bundle,
+        platform,
+        plan,
+        {**asdict(options), "timing_cache": str(options.timing_cache), "reference_max_abs_diff": drift},
+    )
+
+
+def _build_plan(bundle: Bundle, options: BuildOptions, progress: Callable[[str], None]) -> bytes:
+    require_tensorrt()
+    import tensorrt as trt
+
+    m = bundle.manifest
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # TensorRT 10: networks are always explicit-batch
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(bundle.model_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineBuildError(f"TensorRT's ONNX parser refuses {bundle.model_path}: {errors}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
+    if m.precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)
+    if m.precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: scales come from the graph's Q/DQ nodes
+    spec = m.input
+    image = (
+        (spec.channels, spec.height, spec.width) if spec.layout == "NCHW" else (spec.height, spec.width, spec.channels)
+    )
+    profile = builder.create_optimization_profile()
+    one, most = trt.Dims([1, *image]), trt.Dims([options.max_batch, *image])
+    profile.set_shape(spec.name, one, one, most)
+    config.add_optimization_profile(profile)
+    if options.dla_core is not None:
+        if builder.num_DLA_cores <= options.dla_core:
+            raise EngineBuildError(f"DLA core {options.dla_core} asked for; this device has {builder.num_DLA_cores}")
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = options.dla_core
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    timing = options.timing_cache
+    cache_bytes = timing.read_bytes() if timing is not None and timing.is_file() else b""
+    config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
+    config.progress_monitor = _progress_monitor(progress)
+
+    progress(f"building a {m.precision} TensorRT {trt.__version__} engine for {m.name} {m.version}")
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineBuildError("TensorRT could not build the engine (see its log above)")
+    if timing is not None:
+        timing.parent.mkdir(parents=True, exist_ok=True)
+        timing.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return bytes(plan)
+
+
+def _progress_monitor(report: Callable[[str], None]) -> Any:
+    import tensorrt as trt
+
+    class Progress(trt.IProgressMonitor):
+        def phase_start(self, phase_name: str, parent_phase: str, num_steps: int) -> None:
+            report(f"{phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            return True  # never cancel
+
+        def phase_finish(self, phase_name: str) -> None:
+            report(f"{phase_name}: done")
+
+    return Progress()
+
+
+def check_against_reference(bundle: Bundle, engine: Path, max_batch: int) -> float:
+    """Run the bundle's stored reference inputs through the engine; refuse it beyond the bundle's tolerance."""
+    m = bundle.manifest
+    try:
+        inputs = np.load(bundle.path / "reference_inputs.npy")
+        expected = np.load(bundle.path / "reference_outputs.npy")
+    except FileNotFoundError:
+        raise BundleError(f"{bundle.path} has no reference inputs/outputs to check an engine against") from None
+    runner = TensorRTRunner(bundle, engine, max_batch)
+    with runner:
+        got = runner.infer(inputs)[m.output.name]
+    n = len(m.labels)
+    drift = float(np.abs(probabilities(m.output, n, got) - probabilities(m.output, n, expected)).max())
+    tolerance = (m.fidelity or {}).get("tolerance", {}).get("max_abs_diff", DEFAULT_ENGINE_TOLERANCE)
+    if drift > tolerance:
+        raise EngineBuildError(
+            f"the engine drifts from the bundle's reference outputs: max probability difference {drift:.4f} > "
+            f"{tolerance}; engine refused"
+        )
+    return drift

@@ -1,0 +1,138 @@
+"""The TensorRT path where no GPU is: refusals in plain words, the engine cache's keys, the engine I/O check.
+
+GPU tests are marked `gpu` and skipped where no NVIDIA GPU with TensorRT is present.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_app.bundle import load_bundle
+from edge_app.config import EMBEDDED_BUNDLE
+from edge_app.errors import BundleError, RuntimeUnavailable
+from edge_app.runtime import open_runner
+from edge_app.runtime.engine_cache import ENGINE_NAME, META_NAME, EngineCache, Platform, cache_key
+from edge_app.runtime.tensorrt import EngineTensor, check_engine_io, require_tensorrt
+
+ORIN = Platform("10.3.0", "Orin (nvgpu)", "8.7")
+
+
+def _has_tensorrt() -> bool:
+    try:
+        require_tensorrt()
+        import pycuda.driver as cuda
+
+        cuda.init()
+        return bool(cuda.Device.count())
+    except (RuntimeUnavailable, ImportError, Exception):
+        return False
+
+
+def test_without_tensorrt_the_service_runs_on_onnx_runtime_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    if _has_tensorrt():
+        pytest.skip("this machine has TensorRT")
+    with caplog.at_level(logging.INFO):
+        runner = open_runner(load_bundle(EMBEDDED_BUNDLE), "auto", threads=1)
+    assert runner.name == "onnxruntime"
+    assert "TensorRT not used: TensorRT is not available on this machine" in caplog.text
+    with pytest.raises(RuntimeUnavailable, match="TensorRT is not available on this machine"):
+        open_runner(load_bundle(EMBEDDED_BUNDLE), "tensorrt")
+
+
+def test_edge_convert_engine_says_plainly_there_is_no_tensorrt(tmp_path: Path) -> None:
+    if _has_tensorrt():
+        pytest.skip("this machine has TensorRT")
+    exe = Path(sys.executable).parent / "edge-convert"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "converters.cli"]
+    proc = subprocess.run(
+        [*cmd, "engine", str(EMBEDDED_BUNDLE), "--cache", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("edge-convert: TensorRT is not available on this machine")
+    assert "Traceback" not in proc.stderr
+
+
+def test_cache_key_changes_with_every_field() -> None:
+    sha = "a" * 64
+    keys = {
+        cache_key(sha, ORIN),
+        cache_key("b" * 64, ORIN),
+        cache_key(sha, Platform("10.4.0", ORIN.gpu_name, ORIN.compute_capability)),
+        cache_key(sha, Platform(ORIN.tensorrt_version, "Xavier", ORIN.compute_capability)),
+        cache_key(sha, Platform(ORIN.tensorrt_version, ORIN.gpu_name, "7.2")),
+        cache_key(sha, Platform(ORIN.tensorrt_version, ORIN.gpu_name, ORIN.compute_capability, dla_core=0)),
+    }
+    assert len(keys) == 6
+
+
+def test_engine_is_found_only_for_its_own_platform(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bundle = load_bundle(EMBEDDED_BUNDLE)
+    cache = EngineCache(tmp_path)
+    engine = cache.store(bundle, ORIN, b"serialized engine bytes", {"max_batch": 8})
+    assert cache.lookup(bundle, ORIN) == engine
+    meta = json.loads((engine.parent / META_NAME).read_text())
+    assert meta["bundle_sha256"] == bundle.sha256 and meta["tensorrt_version"] == "10.3.0"
+    assert meta["gpu_name"] == "Orin (nvgpu)" and meta["compute_capability"] == "8.7"
+    upgraded = Platform("10.7.0", ORIN.gpu_name, ORIN.compute_capability)
+    assert cache.lookup(bundle, upgraded) is None, "a JetPack upgrade means a rebuild"
+
+    # A manifest that lies about its platform (copied by hand) is refused field by field.
+    meta["tensorrt_version"] = "10.7.0"
+    (engine.parent / META_NAME).write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING):
+        assert cache.lookup(bundle, ORIN) is None
+    assert "built for another tensorrt_version" in caplog.text
+
+
+def test_damaged_engine_is_rebuilt(tmp_path: Path) -> None:
+    bundle = load_bundle(EMBEDDED_BUNDLE)
+    cache = EngineCache(tmp_path)
+    engine = cache.store(bundle, ORIN, b"serialized engine bytes", {})
+    engine.write_bytes(b"serialized engine byteZ")
+    assert cache.lookup(bundle, ORIN) is None
+    (engine.parent / META_NAME).write_text("{ not json")
+    assert cache.lookup(bundle, ORIN) is None
+    assert engine.name == ENGINE_NAME
+
+
+def _io(**change: object) -> list[EngineTensor]:
+    image = {"name": "image", "is_input": True, "dtype": "float32", "shape": (-1, 1, 64, 64), **change}
+    return [
+        EngineTensor(**image),  # type: ignore[arg-type]
+        EngineTensor("logits", False, "float32", (-1, 5)),
+        EngineTensor("cam", False, "float32", (-1, 5, 4, 4)),
+    ]
+
+
+def test_engine_io_is_checked_against_the_manifest() -> None:
+    manifest = load_bundle(EMBEDDED_BUNDLE).manifest
+    check_engine_io(_io(), manifest)
+    with pytest.raises(BundleError, match=r"inputs are \['pixels'\]"):
+        check_engine_io(_io(name="pixels"), manifest)
+    with pytest.raises(BundleError, match="is float16, the manifest says float32"):
+        check_engine_io(_io(dtype="float16"), manifest)
+    with pytest.raises(BundleError, match=r"has shape \(-1, 1, 224, 224\)"):
+        check_engine_io(_io(shape=(-1, 1, 224, 224)), manifest)
+    with pytest.raises(BundleError, match="no output 'cam'"):
+        check_engine_io(_io()[:2], manifest)
+
+
+@pytest.mark.gpu
+def test_engine_build_and_run_on_a_gpu(tmp_path: Path) -> None:
+    if not _has_tensorrt():
+        pytest.skip("needs an NVIDIA GPU with TensorRT and pycuda")
+    from edge_app.runtime.tensorrt import TensorRTRunner
+    from edge_app.runtime.tensorrt_build import BuildOptions, build_engine
+
+    bundle = load_bundle(EMBEDDED_BUNDLE)
+    engine = build_engine(bundle, EngineCache(tmp_path), BuildOptions(max_batch=4))
+    with TensorRTRunner(bundle, engine, 4) as runner:
+        out = runner.infer(np.load(bundle.path / "reference_inputs.npy"))
+    assert np.allclose(out["logits"], np.load(bundle.path / "reference_outputs.npy"), atol=1e-2)
