@@ -250,3 +250,20 @@ def test_validate_command_reports_as_json(nih: Path, nih_split: dict[str, Path],
     assert per["Emphysema"]["auc_reference"] == pytest.approx(0.802, abs=0.002)
     assert abs(per["Emphysema"]["auc_candidate"] - per["Emphysema"]["auc_reference"]) < 0.01
     assert shutil.which("true")
+
+
+def test_readme_spec_examples_are_valid(tmp_path: Path) -> None:
+    """The four worked SPEC.toml examples in the README parse and validate as written."""
+    import re
+
+    from conftest import ROOT
+
+    blocks = [b for b in re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.S) if "name =" in b]
+    assert len(blocks) == 4
+    styles = set()
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"{i}.toml"
+        path.write_text(block)
+        spec = load_spec(path)
+        styles.add((spec.input.layout, spec.preprocessing.intensity, spec.preprocessing.scale))
+    assert len(styles) == 4
