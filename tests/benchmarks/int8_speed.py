@@ -39,8 +39,16 @@ def _nih_split(tmp: Path) -> tuple[Path, Path]:
 
 def _reference_spec() -> Spec:
     m = load_bundle(EMBEDDED_BUNDLE).manifest
-    return Spec(name=m.name, version=m.version, task=m.task, labels=m.labels, thresholds=dict(m.thresholds),
-                input=m.input, preprocessing=m.preprocessing, output=m.output)
+    return Spec(
+        name=m.name,
+        version=m.version,
+        task=m.task,
+        labels=m.labels,
+        thresholds=dict(m.thresholds),
+        input=m.input,
+        preprocessing=m.preprocessing,
+        output=m.output,
+    )
 
 
 def main() -> int:
@@ -67,8 +75,11 @@ def main() -> int:
         thr = np.array([spec.threshold_map()[label] for label in spec.labels])
         reference = fidelity.predict(fp32, spec.input, spec.output, n, validation.tensors)
         rows = []
-        for label, target in [("fp32", None), ("int8 (tensorrt form)", "tensorrt"), ("int8 (onnxruntime form)",
-                                                                                     "onnxruntime")]:
+        for label, target in [
+            ("fp32", None),
+            ("int8 (tensorrt form)", "tensorrt"),
+            ("int8 (onnxruntime form)", "onnxruntime"),
+        ]:
             path = fp32
             if target is not None:
                 path = tmp / f"{target}.onnx"
@@ -80,13 +91,17 @@ def main() -> int:
             eight = fidelity.latency(path, spec.input.name, validation.tensors[:8], args.runs // 4, args.threads)
             rows.append((label, one, eight, agreement))
 
-    print(f"model {args.model.name}; {len(validation.names)} validation and {len(calibration.names)} calibration "
-          f"images; {args.threads} threads; calibration {args.method}")
+    print(
+        f"model {args.model.name}; {len(validation.names)} validation and {len(calibration.names)} calibration "
+        f"images; {args.threads} threads; calibration {args.method}"
+    )
     print(f"{'variant':<26}{'b1 p50 ms':>10}{'b1 p95 ms':>10}{'b8 img/s':>10}{'agreement':>10}{'speed-up':>9}")
     base = rows[0][1]["p50_ms"]
     for label, one, eight, agreement in rows:
-        print(f"{label:<26}{one['p50_ms']:>10.3f}{one['p95_ms']:>10.3f}{eight['images_per_s']:>10.0f}"
-              f"{agreement:>10.4f}{base / one['p50_ms']:>8.2f}x")
+        print(
+            f"{label:<26}{one['p50_ms']:>10.3f}{one['p95_ms']:>10.3f}{eight['images_per_s']:>10.0f}"
+            f"{agreement:>10.4f}{base / one['p50_ms']:>8.2f}x"
+        )
     return 0
 
 
