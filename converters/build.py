@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -14,12 +15,12 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from converters import fidelity, graph, quantize
-from converters.errors import ConversionError, FidelityGateFailed
+from converters.errors import ConversionError, FidelityGateFailed, ModelError
 from converters.images import ImageSet, load_images, read_labels
 from converters.spec import Spec
 from edge_app import __version__
 from edge_app.bundle import load_bundle, sha256_file, write_manifest
-from edge_app.manifest import Manifest, Provenance
+from edge_app.manifest import Manifest, OutputSpec, Provenance
 
 log = logging.getLogger(__name__)
 Precision = Literal["fp32", "fp16", "int8"]
@@ -85,6 +86,9 @@ def build(inputs: BuildInputs, steps: Steps | None = None) -> tuple[Path, dict[s
     steps.run("match the spec's input", lambda: graph.check_input(model, spec.input), lambda _: spec.input.name)
     model = steps.run("make batch dynamic", lambda: graph.make_batch_dynamic(model), lambda _: "first dim 'batch'")
     model = steps.run("simplify (onnxslim)", lambda: graph.simplify(model), lambda m: f"{len(m.graph.node)} nodes")
+    model, output = steps.run("heatmap output", lambda: _heatmap(model, spec.output), _heatmap_note)
+    spec = spec.model_copy(update={"output": output})
+    inputs = dataclasses.replace(inputs, spec=spec)
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -123,6 +127,27 @@ def build(inputs: BuildInputs, steps: Steps | None = None) -> tuple[Path, dict[s
             "write bundle", lambda: _write(inputs, candidate, fp32, report, truth, reference_inputs), lambda p: str(p)
         )
     return bundle, report
+
+
+def _heatmap(model: Any, output: OutputSpec) -> tuple[Any, OutputSpec]:
+    """Keep a declared heatmap output; else add a class activation map where the head is GAP + linear."""
+    outputs = {o.name for o in model.graph.output}
+    if output.name not in outputs:
+        raise ModelError(f"the model has no output {output.name!r}; its outputs are {', '.join(sorted(outputs))}")
+    if output.heatmap in outputs:
+        return model, output
+    model, cam = graph.add_cam(model, output.name, output.heatmap or "cam")
+    if cam is None and output.heatmap is not None:
+        raise ModelError(
+            f"the spec names a heatmap output {output.heatmap!r}, which the model lacks, and its head is not "
+            "global-average-pool + linear, so no class activation map can be added"
+        )
+    return model, output.model_copy(update={"heatmap": cam})
+
+
+def _heatmap_note(result: tuple[Any, OutputSpec]) -> str:
+    heatmap = result[1].heatmap
+    return f"class activation map {heatmap!r}" if heatmap else "none (the head is not GAP + linear)"
 
 
 def _opset(model: Any) -> int:

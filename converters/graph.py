@@ -107,3 +107,77 @@ def save(model: Any, path: Path) -> None:
     if model.ByteSize() > 2**31 - 1:
         raise ModelError("models over 2 GB are not supported on the appliance")
     onnx.save(model, str(path))
+
+
+def add_cam(model: Any, score_output: str, name: str = "cam") -> tuple[Any, str | None]:
+    """Where the scores come from global-average-pool + linear, add the class activation map as an output.
+
+    The linear layer applied at every location of the pooled feature map (a 1x1 convolution with the same weights
+    and bias) gives a (N, labels, h, w) map whose spatial mean is exactly the score: the heatmap costs no second
+    inference. Recognised: GlobalAveragePool (or ReduceMean with axes [2, 3] as an attribute) -> Flatten/Reshape
+    -> Gemm, or -> MatMul [-> Add], optionally followed by the output's activation. Returns the model and the
+    map's name, or None.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    nodes = {out: node for node in model.graph.node for out in node.output}
+    inits = {i.name: i for i in model.graph.initializer}
+
+    def producer(tensor: str) -> Any:
+        return nodes.get(tensor)
+
+    node = producer(score_output)
+    if node is not None and node.op_type in ("Sigmoid", "Softmax"):
+        node = producer(node.input[0])
+    bias = None
+    if node is not None and node.op_type == "Add":
+        const = [i for i in node.input if i in inits]
+        other = [i for i in node.input if i not in inits]
+        if len(const) != 1 or len(other) != 1:
+            return model, None
+        bias = numpy_helper.to_array(inits[const[0]])
+        node = producer(other[0])
+    if node is None or node.op_type not in ("Gemm", "MatMul") or node.input[1] not in inits:
+        return model, None
+    weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+    if node.op_type == "Gemm":
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            return model, None
+        weight = weight if attrs.get("transB", 0) else weight.T  # (labels, channels)
+        if len(node.input) > 2 and node.input[2]:
+            if node.input[2] not in inits:
+                return model, None
+            bias = numpy_helper.to_array(inits[node.input[2]])
+    else:
+        weight = weight.T
+    flat = producer(node.input[0])
+    if flat is None or flat.op_type not in ("Flatten", "Reshape"):
+        return model, None
+    pool = producer(flat.input[0])
+    if pool is None or not (pool.op_type == "GlobalAveragePool" or _mean_over_hw(pool)):
+        return model, None
+    features = pool.input[0]
+    labels, channels = weight.shape
+    w_name, b_name = f"{name}_weight", f"{name}_bias"
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(weight.reshape(labels, channels, 1, 1), w_name),
+            numpy_helper.from_array(
+                np.zeros(labels, np.float32) if bias is None else bias.reshape(labels).astype(np.float32), b_name
+            ),
+        ]
+    )
+    model.graph.node.append(helper.make_node("Conv", [features, w_name, b_name], [name], name=f"{name}_head"))
+    model.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return model, name
+
+
+def _mean_over_hw(node: Any) -> bool:
+    from onnx import helper
+
+    if node.op_type != "ReduceMean":
+        return False
+    axes = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axes"), None)
+    return axes is not None and sorted(axes) in ([2, 3], [-2, -1])

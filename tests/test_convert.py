@@ -67,6 +67,7 @@ def test_fp32_bundle_of_a_torch_exported_cnn(nih_split: dict[str, Path], tmp_pat
     assert report["max_abs_diff"] < 1e-5
     bundle = load_bundle(bundle_path)
     assert set(bundle.manifest.files) == {"model.onnx", "reference_inputs.npy", "reference_outputs.npy"}
+    assert bundle.manifest.output.heatmap == "cam", "the declared heatmap output is kept"
     assert bundle.manifest.provenance.source_sha256 == load_bundle(EMBEDDED_BUNDLE).manifest.files["model.onnx"]
     assert bundle.manifest.fidelity == report
     inputs = np.load(bundle.path / "reference_inputs.npy")
@@ -176,9 +177,14 @@ def test_fp16_of_an_nhwc_model_with_external_data(nih_split: dict[str, Path], tm
     assert converted.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT, "FP32 input kept"
     assert any(i.data_type == TensorProto.FLOAT16 for i in converted.graph.initializer), "FP16 weights"
     assert converted.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert bundle.manifest.output.heatmap == "cam", "GAP + linear head: a class activation map was added"
+    x = np.random.default_rng(1).uniform(-1, 1, (3, 150, 150, 3)).astype(np.float32)
     with open_runner(bundle, threads=1) as runner:
-        out = runner.infer(np.zeros((3, 150, 150, 3), np.float32))
-    assert out["probs"].shape == (3, 2)
+        out = runner.infer(x)
+    assert out["probs"].shape == (3, 2) and out["cam"].shape == (3, 2, 75, 75)
+    scores = out["cam"].mean(axis=(2, 3))
+    softmax = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
+    assert np.allclose(softmax, out["probs"], atol=5e-3), "the map's spatial mean is the score"
 
 
 def test_model_errors_are_plain(tmp_path: Path) -> None:
@@ -267,3 +273,40 @@ def test_readme_spec_examples_are_valid(tmp_path: Path) -> None:
         spec = load_spec(path)
         styles.add((spec.input.layout, spec.preprocessing.intensity, spec.preprocessing.scale))
     assert len(styles) == 4
+
+
+def test_cam_is_added_to_a_gemm_head(tmp_path: Path) -> None:
+    """The torch.nn.Linear form (Gemm, transB=1, bias) after GlobalAveragePool gets an exact class activation map."""
+    import onnxruntime as ort
+
+    from converters.graph import add_cam
+
+    rng = np.random.default_rng(2)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.5, (6, 1, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(0, 1, (3, 6)).astype(np.float32), "fc_w"),
+        numpy_helper.from_array(rng.normal(0, 1, 3).astype(np.float32), "fc_b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["f"], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["f"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["h"]),
+        helper.make_node("Gemm", ["h", "fc_w", "fc_b"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3])],
+        inits,
+    )
+    model, cam = add_cam(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), "logits")
+    assert cam == "cam"
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    logits, maps = ort.InferenceSession(str(path)).run(
+        ["logits", "cam"], {"x": rng.normal(size=(2, 1, 16, 16)).astype(np.float32)}
+    )
+    assert maps.shape == (2, 3, 16, 16)
+    assert np.allclose(maps.mean(axis=(2, 3)), logits, atol=1e-5)
+    assert add_cam(model, "cam")[1] is None, "a map's output is not a GAP + linear head"
