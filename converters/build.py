@@ -31,6 +31,8 @@ T = TypeVar("T")
 
 @dataclass
 class BuildInputs:
+    """What `build` takes. `model` is an ONNX file; `source` is what the engineer gave (a PyTorch file, say)."""
+
     model: Path
     spec: Spec
     precision: Precision
@@ -39,6 +41,7 @@ class BuildInputs:
     validation: Path | None = None
     labels: Path | None = None
     file_column: str = "file"
+    source: Path | None = None
 
 
 @dataclass
@@ -268,7 +271,7 @@ def _write(
         shutil.copy(candidate, staging / "model.onnx")
         if reference_inputs is not None:
             fidelity.save_reference_io(staging, fp32, spec.input.name, spec.output.name, reference_inputs)
-        method = (
+        method = ("PyTorch exported with torch.onnx (opset 17); " if inputs.source else "") + (
             f"edge-convert build --precision {inputs.precision}: ONNX check, shape inference, dynamic batch, onnxslim"
         )
         manifest = Manifest(
@@ -283,7 +286,7 @@ def _write(
             precision=inputs.precision,
             intended_use=spec.intended_use,
             provenance=Provenance(
-                source_sha256=sha256_file(inputs.model),
+                source_sha256=sha256_file(inputs.source or inputs.model),
                 created_by=f"edge-convert {__version__}",
                 created_at=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
                 method=method,

@@ -11,9 +11,11 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from converters import export
 from converters.errors import ConversionError, FidelityGateFailed
 from converters.sign import generate_key, sign_bundle
 from converters.spec import Tolerance, load_spec
@@ -28,7 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("build", help="convert a trained model into a gated model bundle")
-    p.add_argument("model", type=Path, help="an .onnx file (opset 13+; external data beside it is read)")
+    p.add_argument(
+        "model",
+        help="an .onnx file (opset 13+; external data beside it is read), a TorchScript file (.pt, .ts), or "
+        "package.module:factory with --weights (PyTorch needs the train extra)",
+    )
+    p.add_argument("--weights", type=Path, help="state dict for package.module:factory")
     p.add_argument("--spec", type=Path, required=True, help="SPEC.toml (see the README)")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
     p.add_argument("--calibration", type=Path, help="folder of the clinic's images for INT8 calibration")
@@ -107,21 +114,30 @@ def _build(args: argparse.Namespace) -> int:
     _need_convert_extra()
     from converters.build import BuildInputs, Steps, build
 
-    inputs = BuildInputs(
-        model=args.model,
-        spec=load_spec(args.spec),
-        precision=args.precision,
-        output=args.output,
-        calibration=args.calibration,
-        validation=args.validation,
-        labels=args.labels,
-        file_column=args.file_column,
-    )
+    spec = load_spec(args.spec)
     steps = Steps(show=not args.quiet)
-    try:
-        bundle, _ = build(inputs, steps)
-    finally:
-        print(steps.summary(), file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        model, source = Path(args.model), None
+        if export.is_pytorch(args.model):
+            source = args.weights or Path(args.model)
+            net = steps.run("load PyTorch", lambda: export.load_module(args.model, args.weights), lambda _: "ok")
+            model = Path(tmp) / "exported.onnx"
+            steps.run("export to ONNX", lambda: export.export(net, spec.input, spec.output, model), lambda _: "ok")
+        inputs = BuildInputs(
+            model=model,
+            spec=spec,
+            precision=args.precision,
+            output=args.output,
+            calibration=args.calibration,
+            validation=args.validation,
+            labels=args.labels,
+            file_column=args.file_column,
+            source=source,
+        )
+        try:
+            bundle, _ = build(inputs, steps)
+        finally:
+            print(steps.summary(), file=sys.stderr)
     print(f"bundle written: {bundle}", file=sys.stderr)
     return 0
 
