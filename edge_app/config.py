@@ -55,6 +55,7 @@ class ModelSettings(_Section):
     threads: int = Field(0, ge=0, le=64, description="inference threads; 0 lets ONNX Runtime use every core")
     engine_cache: Path | None = Field(None, description="TensorRT engines; default: <storage.data_dir>/engines")
     max_batch: int = Field(8, ge=1, le=256, description="largest batch a TensorRT engine is built for")
+    build_engine_at_start: bool = Field(True, description="with TensorRT and no engine cached, build one meanwhile")
     require_signature: bool = Field(False, description="accept only bundles signed by a trusted key")
     trusted_keys: list[Path] = Field(default_factory=list, description="Ed25519 public keys (PEM files or folders)")
 

@@ -68,6 +68,7 @@ class Diagnoser:
     def from_settings(cls, settings: Settings, bundle_path: Path | None = None) -> Diagnoser:
         """Load the configured bundle (signature checked where required) and activate its runner."""
         from edge_app.runtime import open_runner
+        from edge_app.runtime.select import build_engine_in_background
         from edge_app.signature import load_public_keys
 
         model = settings.model
@@ -75,7 +76,16 @@ class Diagnoser:
         bundle = load_bundle(bundle_path or model.bundle, trusted_keys=trusted)
         runner = open_runner(bundle, model.runner, model.threads, settings.engine_cache, model.max_batch)
         limits = DecodeLimits(max_pixels=settings.imaging.max_pixels, frame=settings.imaging.frame)
-        return cls(bundle, runner, limits)
+        diagnoser = cls(bundle, runner, limits)
+        if model.runner == "auto" and runner.name == "onnxruntime" and model.build_engine_at_start:
+            build_engine_in_background(bundle, settings.engine_cache, model.max_batch, diagnoser.swap_runner)
+        return diagnoser
+
+    def swap_runner(self, runner: Runner) -> None:
+        """Switch to another runner of the same bundle (a freshly built TensorRT engine) between two images."""
+        with self._lock:
+            old, self.runner = self.runner, runner
+        old.deactivate()
 
     @property
     def model_info(self) -> dict[str, str]:

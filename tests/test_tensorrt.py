@@ -136,3 +136,13 @@ def test_engine_build_and_run_on_a_gpu(tmp_path: Path) -> None:
     with TensorRTRunner(bundle, engine, 4) as runner:
         out = runner.infer(np.load(bundle.path / "reference_inputs.npy"))
     assert np.allclose(out["logits"], np.load(bundle.path / "reference_outputs.npy"), atol=1e-2)
+
+
+def test_no_background_engine_build_without_tensorrt(tmp_path: Path) -> None:
+    if _has_tensorrt():
+        pytest.skip("this machine has TensorRT")
+    from edge_app.runtime.select import build_engine_in_background
+
+    started = build_engine_in_background(load_bundle(EMBEDDED_BUNDLE), tmp_path, 8, lambda runner: None)
+    assert started is None
+    assert not any(tmp_path.iterdir()), "nothing is written where nothing can be built"

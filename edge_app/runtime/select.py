@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from edge_app.bundle import Bundle
@@ -59,3 +61,43 @@ def _tensorrt(bundle: Bundle, engine_cache: Path | None, max_batch: int) -> Runn
     runner = TensorRTRunner(bundle, engine, max_batch)
     runner.activate()
     return runner
+
+
+def build_engine_in_background(
+    bundle: Bundle, engine_cache: Path, max_batch: int, on_ready: Callable[[Runner], None]
+) -> threading.Thread | None:
+    """Where this machine has TensorRT but no engine of `bundle` yet, build it in a background thread and hand the
+    activated TensorRT runner to `on_ready`; meanwhile the caller keeps serving on ONNX Runtime. None where there
+    is nothing to build (no TensorRT, or the engine is cached)."""
+    from edge_app.runtime.engine_cache import EngineCache
+    from edge_app.runtime.tensorrt import TensorRTRunner, current_platform
+    from edge_app.runtime.tensorrt_build import BuildOptions, build_engine
+
+    try:
+        platform = current_platform()
+    except RuntimeUnavailable:
+        return None
+    cache = EngineCache(engine_cache)
+    if cache.lookup(bundle, platform) is not None:
+        return None
+
+    def work() -> None:
+        try:
+            options = BuildOptions(max_batch=max_batch, timing_cache=engine_cache / "timing.cache")
+            engine = build_engine(bundle, cache, options)
+            runner = TensorRTRunner(bundle, engine, max_batch)
+            runner.activate()
+        except Exception:
+            log.exception("building the TensorRT engine failed; staying on ONNX Runtime")
+            return
+        log.info("TensorRT engine ready (%s): switching from ONNX Runtime", engine)
+        on_ready(runner)
+
+    log.info(
+        "no TensorRT engine of %s for %s yet: building it in the background, serving on ONNX Runtime meanwhile",
+        bundle.manifest.name,
+        platform.gpu_name,
+    )
+    thread = threading.Thread(target=work, name="engine-build", daemon=True)
+    thread.start()
+    return thread
