@@ -39,6 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--spec", type=Path, required=True, help="SPEC.toml (see the README)")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
     p.add_argument("--calibration", type=Path, help="folder of the clinic's images for INT8 calibration")
+    p.add_argument(
+        "--calibration-method",
+        choices=["minmax", "entropy", "percentile"],
+        help="overrides the spec's calibration.method",
+    )
     p.add_argument("--validation", type=Path, help="folder of images for the fidelity gate")
     p.add_argument("--labels", type=Path, help="CSV: a file column and a 0/1 column per label")
     p.add_argument("--file-column", default="file", help="the CSV column naming the image files")
@@ -115,6 +120,9 @@ def _build(args: argparse.Namespace) -> int:
     from converters.build import BuildInputs, Steps, build
 
     spec = load_spec(args.spec)
+    if args.calibration_method:
+        calibration = spec.calibration.model_copy(update={"method": args.calibration_method})
+        spec = spec.model_copy(update={"calibration": calibration})
     steps = Steps(show=not args.quiet)
     with tempfile.TemporaryDirectory() as tmp:
         model, source = Path(args.model), None

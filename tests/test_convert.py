@@ -310,3 +310,62 @@ def test_cam_is_added_to_a_gemm_head(tmp_path: Path) -> None:
     assert maps.shape == (2, 3, 16, 16)
     assert np.allclose(maps.mean(axis=(2, 3)), logits, atol=1e-5)
     assert add_cam(model, "cam")[1] is None, "a map's output is not a GAP + linear head"
+
+
+def _nchw_model(path: Path, channels: int, size: int) -> None:
+    """A small NCHW classifier (GAP + Gemm head), batch dynamic, opset 13."""
+    rng = np.random.default_rng(3)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (8, channels, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(0, 1, (2, 8)).astype(np.float32), "fc_w"),
+        numpy_helper.from_array(np.zeros(2, np.float32), "fc_b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "w"], ["f"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["f"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["h"]),
+        helper.make_node("Gemm", ["h", "fc_w", "fc_b"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nchw",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", channels, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2])],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+
+
+@pytest.mark.parametrize(
+    ("channels", "preprocessing"),
+    [
+        (
+            3,
+            '{ geometry = "center_crop", crop_fraction = 0.875, mean = [0.485, 0.456, 0.406], '
+            "std = [0.229, 0.224, 0.225] }",
+        ),
+        (1, '{ intensity = "minmax", geometry = "stretch", scale = [0, 1] }'),
+    ],
+    ids=["imagenet", "monai"],
+)
+def test_imagenet_and_monai_styles(
+    nih_split: dict[str, Path], tmp_path: Path, channels: int, preprocessing: str
+) -> None:
+    model = tmp_path / "m.onnx"
+    _nchw_model(model, channels, 96)
+    spec_path = tmp_path / "spec.toml"
+    spec_path.write_text(
+        'name = "s"\nversion = "1"\ntask = "multilabel"\nlabels = ["a", "b"]\n'
+        f'input = {{ name = "input", layout = "NCHW", height = 96, width = 96, channels = {channels} }}\n'
+        f'preprocessing = {preprocessing}\noutput = {{ name = "logits", activation = "sigmoid" }}\n'
+    )
+    bundle_path, report = build(
+        BuildInputs(model, load_spec(spec_path), "fp16", tmp_path / "b", validation=nih_split["test"]),
+        Steps(show=False),
+    )
+    assert report is not None and report["passed"] and report["n_images"] == 200
+    bundle = load_bundle(bundle_path)
+    assert bundle.manifest.output.heatmap == "cam"
+    diagnosis = Diagnoser(bundle, open_runner(bundle, threads=1)).diagnose(next(nih_split["test"].iterdir()))
+    assert diagnosis.status == "ok" and diagnosis.heatmap is not None
