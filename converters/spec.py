@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Literal
 
@@ -10,12 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from converters.errors import SpecError
 from edge_app.bundle import format_validation_error
+from edge_app.fileio import read_toml
 from edge_app.manifest import InputSpec, IntendedUse, OutputSpec, Preprocessing
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 (JetPack 6)
-    import tomli as tomllib
 
 
 class Tolerance(BaseModel):
@@ -69,14 +64,7 @@ class Spec(BaseModel):
 
 def load_spec(path: Path | str) -> Spec:
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SpecError(f"spec {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"spec {path} cannot be read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"spec {path} is not valid TOML: {exc}") from None
+    raw = read_toml(path, f"spec {path}", SpecError)
     try:
         return Spec.model_validate(raw)
     except ValidationError as exc:

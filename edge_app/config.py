@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -16,12 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from edge_app.bundle import format_validation_error
 from edge_app.errors import ConfigError
+from edge_app.fileio import read_toml
 from edge_app.runtime import RUNNER_NAMES
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 (JetPack 6)
-    import tomli as tomllib
 
 ENV_PREFIX = "EDGE_APP_"
 EMBEDDED_BUNDLE = Path(__file__).parent / "models" / "cxr-reference"
@@ -86,14 +81,7 @@ def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | N
     """Read the TOML file (if any), apply environment overrides, validate; raise `ConfigError` in plain words."""
     raw: dict[str, Any] = {}
     if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"configuration file {path} does not exist") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"configuration file {path} cannot be read: {exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+        raw = read_toml(Path(path), f"configuration file {path}", ConfigError)
     _apply_environment(raw, os.environ if environ is None else environ)
     try:
         settings = Settings.model_validate(raw)

@@ -9,15 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import sqlite3
-import tempfile
 import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
 from edge_app.errors import NotFound
+from edge_app.fileio import atomic_write
 
 _SCHEMA = [
     # version 1
@@ -107,21 +106,7 @@ class Store:
         if path.exists():
             return digest
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(path, data)
         return digest
 
     def file_path(self, digest: str) -> Path:

@@ -10,13 +10,12 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from edge_app.bundle import Bundle, sha256_file
+from edge_app.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 ENGINE_NAME = "engine.plan"
@@ -79,7 +78,7 @@ class EngineCache:
         folder = self.folder(bundle, platform)
         folder.mkdir(parents=True, exist_ok=True)
         engine = folder / ENGINE_NAME
-        _atomic_write(engine, plan)
+        atomic_write(engine, plan)
         meta = {
             "bundle_sha256": bundle.sha256,
             **asdict(platform),
@@ -89,18 +88,5 @@ class EngineCache:
             "created_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
             "build": build,
         }
-        _atomic_write(folder / META_NAME, (json.dumps(meta, indent=2) + "\n").encode())
+        atomic_write(folder / META_NAME, (json.dumps(meta, indent=2) + "\n").encode())
         return engine
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
