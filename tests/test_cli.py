@@ -36,7 +36,7 @@ def test_diagnose_prints_one_json_line_per_file(nih_png: Path) -> None:
     assert first["file"] == str(nih_png)
     assert first["model"] == {
         "name": "cxr-reference",
-        "version": "1.0.0",
+        "version": "1.1.0",
         "precision": "fp32",
         "runner": "onnxruntime",
     }

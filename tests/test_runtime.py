@@ -72,7 +72,7 @@ def test_png_diagnosis(diagnoser: Diagnoser, nih_png: Path) -> None:
     assert set(d.timings_ms) == {"decode", "preprocess", "infer"}
     assert d.as_dict()["model"] == {
         "name": "cxr-reference",
-        "version": "1.0.0",
+        "version": "1.1.0",
         "precision": "fp32",
         "runner": "onnxruntime",
     }

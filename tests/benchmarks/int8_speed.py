@@ -1,8 +1,9 @@
 """Benchmark: FP32 vs INT8 under ONNX Runtime on this CPU, with the decision agreement on real images.
 
-    python tests/benchmarks/int8_speed.py [MODEL.onnx --spec SPEC.toml] [--calibration DIR --validation DIR]
+    python tests/benchmarks/int8_speed.py [BUNDLE_DIR | MODEL.onnx --spec SPEC.toml]
+                                          [--calibration DIR --validation DIR]
 
-Defaults: the embedded reference model on the NIH sample (train split calibrates, test split validates). Builds
+Defaults: the embedded reference bundle on the NIH sample (train split calibrates, test split validates). Builds
 both INT8 forms (tensorrt: symmetric signed, what the Jetson takes; onnxruntime: UInt8 activations, the CPU's
 fast path), then prints p50/p95 latency at batch 1, throughput at batch 8, agreement, and the ratios to FP32.
 Targets: INT8 at least 1.5x faster than FP32 at batch 1, with decision agreement of at least 0.99.
@@ -37,8 +38,8 @@ def _nih_split(tmp: Path) -> tuple[Path, Path]:
     return tmp / "train", tmp / "test"
 
 
-def _reference_spec() -> Spec:
-    m = load_bundle(EMBEDDED_BUNDLE).manifest
+def _bundle_spec(folder: Path) -> Spec:
+    m = load_bundle(folder).manifest
     return Spec(
         name=m.name,
         version=m.version,
@@ -53,7 +54,7 @@ def _reference_spec() -> Spec:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", nargs="?", type=Path, default=EMBEDDED_BUNDLE / "model.onnx")
+    parser.add_argument("model", nargs="?", type=Path, default=EMBEDDED_BUNDLE, help="a bundle folder or an ONNX")
     parser.add_argument("--spec", type=Path)
     parser.add_argument("--calibration", type=Path)
     parser.add_argument("--validation", type=Path)
@@ -61,7 +62,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=300)
     args = parser.parse_args()
-    spec = load_spec(args.spec) if args.spec else _reference_spec()
+    if args.model.is_dir():
+        spec, args.model = _bundle_spec(args.model), args.model / "model.onnx"
+    elif args.spec:
+        spec = load_spec(args.spec)
+    else:
+        parser.error("an ONNX model needs --spec")
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
