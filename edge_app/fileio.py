@@ -37,10 +37,11 @@ def atomic_write(path: Path, data: bytes) -> None:
 def read_toml(path: Path, what: str, error: type[Exception]) -> dict[str, Any]:
     """Parse a TOML file; raise `error` saying, in plain words, why `what` (e.g. "spec x.toml") cannot be used."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise error(f"{what} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise error(f"{what} cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{what} is not valid TOML: {exc}") from None
+    return data
