@@ -87,6 +87,7 @@ def build(inputs: BuildInputs, steps: Steps | None = None) -> tuple[Path, dict[s
     model = steps.run("load ONNX", lambda: graph.load_model(inputs.model), lambda m: f"opset {_opset(m)}")
     model = steps.run("check and infer shapes", lambda: graph.check(model), lambda _: "ok")
     steps.run("match the spec's input", lambda: graph.check_input(model, spec.input), lambda _: spec.input.name)
+    original = graph.copy(model)  # the gate's reference: the model as given, external data inlined
     model = steps.run("make batch dynamic", lambda: graph.make_batch_dynamic(model), lambda _: "first dim 'batch'")
     model = steps.run("simplify (onnxslim)", lambda: graph.simplify(model), lambda m: f"{len(m.graph.node)} nodes")
     model, output = steps.run("heatmap output", lambda: _heatmap(model, spec.output), _heatmap_note)
@@ -95,6 +96,8 @@ def build(inputs: BuildInputs, steps: Steps | None = None) -> tuple[Path, dict[s
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        reference = work / "original.onnx"
+        graph.save(original, reference)
         fp32 = work / "fp32.onnx"
         graph.save(model, fp32)
         steps.run("run at batch 1 and 3", lambda: graph.verify_batches(fp32, spec.input), lambda _: "ok")
@@ -113,14 +116,14 @@ def build(inputs: BuildInputs, steps: Steps | None = None) -> tuple[Path, dict[s
         if inputs.precision == "fp32":
             shutil.copy(fp32, candidate)
             if validation is not None:
-                report = _gate(steps, inputs.model, candidate, spec, validation, truth, speed=False)
+                report = _gate(steps, reference, candidate, spec, validation, truth, speed=False)
         elif inputs.precision == "fp16":
             steps.run("convert to FP16", lambda: graph.save(quantize.to_fp16(model), candidate), lambda _: "ok")
             assert validation is not None
-            report = _gate(steps, inputs.model, candidate, spec, validation, truth, speed=False)
+            report = _gate(steps, reference, candidate, spec, validation, truth, speed=False)
         else:
             assert inputs.calibration is not None and validation is not None
-            report = _int8(steps, inputs, fp32, candidate, validation, truth)
+            report = _int8(steps, inputs, reference, fp32, candidate, validation, truth)
         if report is not None and not report["passed"]:
             raise FidelityGateFailed(
                 f"{inputs.precision} candidate refused by the fidelity gate: {'; '.join(report['failures'])}", report
@@ -206,7 +209,13 @@ def _gate(
 
 
 def _int8(
-    steps: Steps, inputs: BuildInputs, fp32: Path, candidate: Path, validation: ImageSet, truth: dict[str, Any] | None
+    steps: Steps,
+    inputs: BuildInputs,
+    reference: Path,
+    fp32: Path,
+    candidate: Path,
+    validation: ImageSet,
+    truth: dict[str, Any] | None,
 ) -> dict[str, Any]:
     spec = inputs.spec
     calibration = steps.run("read calibration images", lambda: _images(inputs.calibration, spec), _count)
@@ -226,7 +235,7 @@ def _int8(
         )
         report = _gate(
             steps,
-            inputs.model,
+            reference,
             candidate,
             spec,
             validation,

@@ -101,12 +101,25 @@ def verify_batches(model_path: Path, spec: InputSpec, batches: tuple[int, ...] =
 
 
 def save(model: Any, path: Path) -> None:
-    """Write the model as one self-contained file."""
+    """Write the model as one self-contained file, with the lowest IR version its opsets allow.
+
+    A newer onnx stamps its own IR version, which an older ONNX Runtime refuses (JetPack 6's Python 3.10 gets
+    onnxruntime 1.23, IR 11 at most); the opsets, not the writer, say what the graph needs."""
     import onnx
 
     if model.ByteSize() > 2**31 - 1:
         raise ModelError("models over 2 GB are not supported on the appliance")
+    needed = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    model.ir_version = min(model.ir_version, max(needed, 7))
     onnx.save(model, str(path))
+
+
+def copy(model: Any) -> Any:
+    import onnx
+
+    clone = onnx.ModelProto()
+    clone.CopyFrom(model)
+    return clone
 
 
 def add_cam(model: Any, score_output: str, name: str = "cam") -> tuple[Any, str | None]:

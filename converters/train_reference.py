@@ -69,9 +69,8 @@ def input_spec(size: int) -> InputSpec:
 
 
 def load_images(folder: Path, names: list[str], spec: InputSpec) -> Array:
-    return np.concatenate([preprocess(decode(folder / n).pixels, spec, PREPROCESSING) for n in names], axis=0).astype(
-        np.float32
-    )
+    tensors = [preprocess(decode(folder / n).pixels, spec, PREPROCESSING) for n in names]
+    return np.asarray(np.concatenate(tensors, axis=0), dtype=np.float32)
 
 
 def auc(y: NDArray[Any], score: NDArray[Any]) -> float:

@@ -299,7 +299,7 @@ def test_cam_is_added_to_a_gemm_head(tmp_path: Path) -> None:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3])],
         inits,
     )
-    model, cam = add_cam(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), "logits")
+    model, cam = add_cam(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), "logits")
     assert cam == "cam"
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
