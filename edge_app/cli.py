@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -15,8 +14,7 @@ import numpy as np
 from edge_app import __version__
 from edge_app.config import Settings, load_settings
 from edge_app.errors import EdgeAppError, UserError
-from edge_app.imaging import decode, preprocess
-from edge_app.pipeline import Diagnoser, check_intended_use
+from edge_app.pipeline import Diagnoser
 
 log = logging.getLogger("edge_app")
 
@@ -112,30 +110,21 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
 
 
 def _bench(settings: Settings, paths: Sequence[Path], bundle_path: Path | None, limit: int, warmup: int) -> int:
+    """Time the service's own pipeline (`Diagnoser.diagnose`, which records each stage) on real images."""
     diagnoser = Diagnoser.from_settings(settings, bundle_path)
-    manifest = diagnoser.bundle.manifest
-    stages: dict[str, list[float]] = {"decode": [], "preprocess": [], "infer": []}
-    skipped = 0
     files = list(_files(paths))[:limit]
     if not files:
         raise UserError("no image files to benchmark")
+    stages: dict[str, list[float]] = {"decode": [], "preprocess": [], "infer": []}
+    skipped = 0
     for i, path in enumerate(files):
-        t0 = time.perf_counter()
-        try:
-            image = decode(path, limits=diagnoser.limits)
-            check_intended_use(manifest, image)
-        except UserError as exc:
-            log.warning("skipped: %s", exc)
+        diagnosis = diagnoser.diagnose(path)
+        if diagnosis.status != "ok":
+            log.warning("skipped: %s: %s", path, diagnosis.reason)
             skipped += 1
-            continue
-        t1 = time.perf_counter()
-        batch = preprocess(image.pixels, manifest.input, manifest.preprocessing)
-        t2 = time.perf_counter()
-        diagnoser.runner.infer(batch)
-        t3 = time.perf_counter()
-        if i >= warmup:
-            for name, dt_ in zip(stages, (t1 - t0, t2 - t1, t3 - t2), strict=True):
-                stages[name].append(dt_ * 1e3)
+        elif i >= warmup:
+            for name, values in stages.items():
+                values.append(diagnosis.timings_ms[name])
     n = len(stages["decode"])
     if n == 0:
         raise UserError("every image was skipped or used for warm-up; give more images")
