@@ -34,15 +34,18 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
-def load_images(folder: Path, spec: InputSpec, prep: Preprocessing, limit: int | None = None) -> ImageSet:
+def load_images(folder: Path, spec: InputSpec, prep: Preprocessing) -> ImageSet:
     """Decode and preprocess every DICOM/PNG/JPEG in `folder` (recursively); refused files are listed, not fatal."""
+    return load_files(image_files(folder), folder, spec, prep)
+
+
+def load_files(files: list[Path], root: Path, spec: InputSpec, prep: Preprocessing) -> ImageSet:
+    """Decode and preprocess `files` (named relative to `root`) through the service's own imaging code."""
     names: list[str] = []
     tensors: list[NDArray[np.generic]] = []
     rejected: dict[str, str] = {}
-    for path in image_files(folder):
-        if limit is not None and len(names) >= limit:
-            break
-        name = path.relative_to(folder).as_posix()
+    for path in files:
+        name = path.relative_to(root).as_posix()
         try:
             tensors.append(preprocess(decode(path).pixels, spec, prep))
         except ImageRejected as exc:
@@ -50,9 +53,9 @@ def load_images(folder: Path, spec: InputSpec, prep: Preprocessing, limit: int |
             continue
         names.append(name)
     if not names:
-        raise ConversionError(f"no usable image in {folder} ({len(rejected)} refused)")
+        raise ConversionError(f"no usable image in {root} ({len(rejected)} refused)")
     if rejected:
-        log.warning("%d file(s) in %s refused, e.g. %s", len(rejected), folder, next(iter(rejected.items())))
+        log.warning("%d file(s) in %s refused, e.g. %s", len(rejected), root, next(iter(rejected.items())))
     return ImageSet(names, np.concatenate(tensors, axis=0), rejected)
 
 

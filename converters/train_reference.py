@@ -23,8 +23,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from converters.fidelity import save_reference_io
+from converters.images import load_files
 from edge_app.bundle import sha256_file, write_manifest
-from edge_app.imaging import decode, preprocess
 from edge_app.manifest import InputSpec, IntendedUse, Manifest, OutputSpec, Preprocessing, Provenance
 
 LABELS = ("Abnormal", "Cardiomegaly", "Effusion", "Emphysema", "Infiltration")
@@ -69,8 +69,10 @@ def input_spec(size: int) -> InputSpec:
 
 
 def load_images(folder: Path, names: list[str], spec: InputSpec) -> Array:
-    tensors = [preprocess(decode(folder / n).pixels, spec, PREPROCESSING) for n in names]
-    return np.asarray(np.concatenate(tensors, axis=0), dtype=np.float32)
+    images = load_files([folder / n for n in names], folder, spec, PREPROCESSING)
+    if images.rejected:
+        raise SystemExit(f"training images refused: {images.rejected}")
+    return np.asarray(images.tensors, dtype=np.float32)
 
 
 def auc(y: NDArray[Any], score: NDArray[Any]) -> float:

@@ -278,35 +278,15 @@ def test_cam_is_added_to_a_gemm_head(tmp_path: Path) -> None:
     """The torch.nn.Linear form (Gemm, transB=1, bias) after GlobalAveragePool gets an exact class activation map."""
     import onnxruntime as ort
 
-    from converters.graph import add_cam
+    from converters.graph import add_cam, save
 
-    rng = np.random.default_rng(2)
-    inits = [
-        numpy_helper.from_array(rng.normal(0, 0.5, (6, 1, 3, 3)).astype(np.float32), "w"),
-        numpy_helper.from_array(rng.normal(0, 1, (3, 6)).astype(np.float32), "fc_w"),
-        numpy_helper.from_array(rng.normal(0, 1, 3).astype(np.float32), "fc_b"),
-    ]
-    nodes = [
-        helper.make_node("Conv", ["x", "w"], ["f"], pads=[1, 1, 1, 1]),
-        helper.make_node("GlobalAveragePool", ["f"], ["g"]),
-        helper.make_node("Flatten", ["g"], ["h"]),
-        helper.make_node("Gemm", ["h", "fc_w", "fc_b"], ["logits"], transB=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 16, 16])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3])],
-        inits,
-    )
-    model, cam = add_cam(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), "logits")
+    _nchw_model(tmp_path / "src.onnx", channels=1, size=16)
+    model, cam = add_cam(onnx.load(str(tmp_path / "src.onnx")), "logits")
     assert cam == "cam"
-    path = tmp_path / "m.onnx"
-    onnx.save(model, str(path))
-    logits, maps = ort.InferenceSession(str(path)).run(
-        ["logits", "cam"], {"x": rng.normal(size=(2, 1, 16, 16)).astype(np.float32)}
-    )
-    assert maps.shape == (2, 3, 16, 16)
+    save(model, tmp_path / "m.onnx")
+    x = np.random.default_rng(2).normal(size=(2, 1, 16, 16)).astype(np.float32)
+    logits, maps = ort.InferenceSession(str(tmp_path / "m.onnx")).run(["logits", "cam"], {"input": x})
+    assert maps.shape == (2, 2, 8, 8)
     assert np.allclose(maps.mean(axis=(2, 3)), logits, atol=1e-5)
     assert add_cam(model, "cam")[1] is None, "a map's output is not a GAP + linear head"
 
@@ -317,7 +297,7 @@ def _nchw_model(path: Path, channels: int, size: int) -> None:
     inits = [
         numpy_helper.from_array(rng.normal(0, 0.3, (8, channels, 3, 3)).astype(np.float32), "w"),
         numpy_helper.from_array(rng.normal(0, 1, (2, 8)).astype(np.float32), "fc_w"),
-        numpy_helper.from_array(np.zeros(2, np.float32), "fc_b"),
+        numpy_helper.from_array(rng.normal(0, 1, 2).astype(np.float32), "fc_b"),
     ]
     nodes = [
         helper.make_node("Conv", ["input", "w"], ["f"], pads=[1, 1, 1, 1], strides=[2, 2]),
