@@ -77,6 +77,8 @@ def build(inputs: BuildInputs, steps: Steps | None = None) -> tuple[Path, dict[s
     """Convert and gate; write the bundle only if the gate passes. Returns the bundle path and the gate report."""
     steps = steps or Steps()
     spec = inputs.spec
+    if inputs.output.exists() and not inputs.output.is_dir():
+        raise ConversionError(f"{inputs.output} is a file; give a new folder for the bundle")
     if inputs.output.exists() and any(inputs.output.iterdir()):
         raise ConversionError(f"{inputs.output} exists and is not empty; choose a new bundle folder")
     if inputs.precision != "fp32" and inputs.validation is None:

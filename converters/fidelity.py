@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from converters.errors import ModelError
 from converters.images import batches
 from converters.spec import Tolerance
 from edge_app.manifest import InputSpec, OutputSpec
@@ -20,7 +21,10 @@ def session(model_path: Path, threads: int = 0) -> Any:
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/NoSuchFile types
+        raise ModelError(f"{model_path}: ONNX Runtime cannot load it ({exc})") from None
 
 
 def predict(

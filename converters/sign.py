@@ -22,7 +22,10 @@ def generate_key(private_path: Path) -> Path:
         raise ConversionError(f"{private_path} or {public_path} exists; keys are never overwritten")
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise ConversionError(f"cannot write the key {private_path}: {exc.strerror}") from None
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
     public_path.write_bytes(

@@ -93,19 +93,13 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
         settings.server.port = port
     check_secure(settings)
     app = create_app(settings)
-    log.info(
-        "serving on http://%s:%d (data in %s)",
-        settings.server.host,
-        settings.server.port,
-        settings.storage.data_dir,
-    )
-    waitress.serve(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        threads=settings.server.threads,
-        ident="edge-app",
-    )
+    host, port = settings.server.host, settings.server.port
+    try:
+        server = waitress.create_server(app, host=host, port=port, threads=settings.server.threads, ident="edge-app")
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    log.info("serving on http://%s:%d (data in %s)", host, port, settings.storage.data_dir)
+    server.run()
     return 0
 
 

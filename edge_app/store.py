@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from edge_app.errors import NotFound
+from edge_app.errors import ConfigError, NotFound
 from edge_app.fileio import atomic_write
 
 _SCHEMA = [
@@ -74,14 +74,19 @@ class Store:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
         self.files_dir = self.data_dir / "files"
-        self.files_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.data_dir / "edge-app.sqlite3", check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        try:
+            self.files_dir.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.data_dir / "edge-app.sqlite3", check_same_thread=False, isolation_level=None
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"data directory {self.data_dir} cannot be used (storage.data_dir): {exc}") from None
 
     def close(self) -> None:
         with self._lock:

@@ -130,3 +130,18 @@ def test_real_server_end_to_end(server: str, tmp_path: Path) -> None:
     assert info.value.code == 422
     assert json.load(info.value)["detail"] == "not a DICOM (Part 10), PNG or JPEG file"
     assert json.load(urllib.request.urlopen(server + "/health", timeout=10))["status"] == "ok", "still serving"
+
+
+def test_serve_refuses_plainly_a_busy_port_and_an_unusable_data_dir(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {"EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "data"), "EDGE_APP_SERVER_PORT": str(port)}
+        proc = run("serve", env=env)
+    assert proc.returncode == 2 and f"edge-app: cannot listen on 127.0.0.1:{port}" in proc.stderr
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = run("serve", env={"EDGE_APP_STORAGE_DATA_DIR": str(blocker / "data"), "EDGE_APP_SERVER_PORT": "1"})
+    assert proc.returncode == 2 and "cannot be used (storage.data_dir)" in proc.stderr
+    assert "Traceback" not in proc.stderr

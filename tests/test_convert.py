@@ -348,3 +348,17 @@ def test_imagenet_and_monai_styles(
     assert bundle.manifest.output.heatmap == "cam"
     diagnosis = Diagnoser(bundle, open_runner(bundle, threads=1)).diagnose(next(nih_split["test"].iterdir()))
     assert diagnosis.status == "ok" and diagnosis.heatmap is not None
+
+
+def test_unusable_reference_and_output_are_plain_errors(nih_split: dict[str, Path], tmp_path: Path) -> None:
+    from converters.fidelity import predict
+
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    m = _M
+    with pytest.raises(ModelError, match="ONNX Runtime cannot load it"):
+        predict(junk, m.input, m.output, len(m.labels), np.zeros((1, 1, 64, 64), np.float32))
+    a_file = tmp_path / "bundle"
+    a_file.write_text("")
+    with pytest.raises(ConversionError, match="is a file; give a new folder"):
+        build(BuildInputs(REFERENCE, reference_spec(tmp_path, "fp32"), "fp32", a_file), Steps(show=False))

@@ -99,3 +99,8 @@ def test_cli_keygen_and_sign(bundle_dir: Path, tmp_path: Path) -> None:
         timeout=60,
     )
     assert bad.returncode == 2 and "cannot be read" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_keygen_into_a_missing_folder_is_a_plain_error(tmp_path: Path) -> None:
+    with pytest.raises(ConversionError, match="cannot write the key"):
+        generate_key(tmp_path / "no" / "such" / "key")

@@ -165,8 +165,13 @@ class TensorRTRunner(Runner):
 
     def _deactivate(self) -> None:
         ctx = self._state.get("ctx")
-        self._state = {}
-        if ctx is not None:
+        if ctx is None:
+            return
+        ctx.push()  # device buffers are freed as their last reference goes: do it inside their context
+        try:
+            self._state = {}
+        finally:
+            ctx.pop()
             ctx.detach()
 
     def _infer(self, batch: NDArray[np.generic]) -> dict[str, NDArray[np.float32]]:
