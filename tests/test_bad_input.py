@@ -73,7 +73,7 @@ def test_absurd_dicom_dimensions_refused_before_decoding() -> None:
     buf = io.BytesIO()
     ds.save_as(buf)
     reason = _rejected(buf.getvalue())
-    assert reason == "image of 60000x60000 pixels exceeds the limit of 50,000,000 pixels"
+    assert reason == "image of 60000x60000 pixels exceeds the limit of 25,000,000 pixels"
 
 
 def test_pixel_limit_is_configurable() -> None:
@@ -89,7 +89,7 @@ def test_absurd_png_dimensions_refused_before_decoding() -> None:
     ihdr[4:12] = struct.pack(">II", 100_000, 100_000)
     data[12:29] = ihdr
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)) & 0xFFFFFFFF)
-    assert "exceeds the limit of 50,000,000 pixels" in _rejected(bytes(data))
+    assert "exceeds the limit of 25,000,000 pixels" in _rejected(bytes(data))
 
 
 def test_truncated_png(nih_png: Path) -> None:

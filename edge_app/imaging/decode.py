@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_app.errors import ImageRejected
+from edge_app.imaging.codestream import frame_size
 
 Pixels = NDArray[np.float32]
 FrameChoice = Literal["first", "middle", "last"] | int
@@ -24,6 +25,8 @@ FrameChoice = Literal["first", "middle", "last"] | int
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PERCENTILE_WINDOW = (0.5, 99.5)
+_FLOAT_COPIES = 3
+_PILLOW_SAMPLE_BYTES = {"I;16": 2, "I;16B": 2, "I;16L": 2, "I": 4, "F": 4}
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,8 @@ class DecodedImage:
 class DecodeLimits:
     """Refusals applied before any pixel is decoded."""
 
-    max_pixels: int = 50_000_000
+    max_pixels: int = 25_000_000
+    max_decode_mb: int = 320
     frame: FrameChoice = "middle"
 
 
@@ -76,56 +80,144 @@ def _decode_dicom(stream: BinaryIO, source: str, limits: DecodeLimits) -> Decode
             warnings.simplefilter("always")
             ds = pydicom.dcmread(stream)
     except InvalidDicomError as exc:
-        raise ImageRejected(source, f"not a valid DICOM file ({exc})") from None
+        raise ImageRejected(source, f"not a valid DICOM file ({exc})") from exc
     except Exception as exc:  # pydicom raises many types on damaged files
-        raise ImageRejected(source, f"damaged or truncated DICOM file ({type(exc).__name__}: {exc})") from None
+        raise ImageRejected(source, f"damaged or truncated DICOM file ({type(exc).__name__}: {exc})") from exc
 
-    sop_class = ds.get("SOPClassUID")
     if "PixelData" not in ds and any("end of file" in str(w.message).lower() for w in caught):
         raise ImageRejected(source, "truncated DICOM file (the file ends before its data set does)")
+    try:  # values are parsed on first access: an unknown VR or a malformed number raises here
+        header = _pixel_header(ds, source, limits)
+    except (ImageRejected, MemoryError):
+        raise
+    except Exception as exc:
+        raise ImageRejected(source, f"damaged DICOM header ({type(exc).__name__}: {exc})") from exc
+    pixels = _dicom_pixels(ds, header, source)
+    if not np.isfinite(pixels).all():
+        raise ImageRejected(source, "pixel data decodes to non-finite values")
+    return DecodedImage(pixels=pixels, source=source, format="dicom", metadata=header)
+
+
+def _pixel_header(ds: Any, source: str, limits: DecodeLimits) -> dict[str, Any]:
+    """Read and check the image pixel module; return the image's metadata."""
+    sop_class = ds.get("SOPClassUID")
     if "PixelData" not in ds:
         kind = getattr(sop_class, "name", None) or str(sop_class or "unknown SOP class")
         raise ImageRejected(source, f"DICOM object holds no image ({kind})")
-    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
-    samples = int(ds.get("SamplesPerPixel") or 1)
+    rows, cols = _number(ds, "Rows", 0, source), _number(ds, "Columns", 0, source)
+    samples, bits = _number(ds, "SamplesPerPixel", 1, source), _number(ds, "BitsAllocated", 8, source)
     if rows <= 0 or cols <= 0:
         raise ImageRejected(source, "DICOM image has no Rows/Columns")
-    if rows * cols > limits.max_pixels:
-        raise ImageRejected(source, f"image of {cols}x{rows} pixels exceeds the limit of {limits.max_pixels:,} pixels")
-    n_frames = int(ds.get("NumberOfFrames") or 1)
+    if samples not in (1, 3):
+        raise ImageRejected(source, f"SamplesPerPixel {samples} is not 1 (grey) or 3 (colour)")
+    if bits not in (1, 8, 16, 32):
+        raise ImageRejected(source, f"BitsAllocated {bits} is not 1, 8, 16 or 32")
+    check_size(rows, cols, samples, max(1, bits // 8), source, limits)
+    n_frames = _number(ds, "NumberOfFrames", 1, source)
+    if n_frames < 1:
+        raise ImageRejected(source, f"NumberOfFrames {n_frames} is not a positive number")
     index = _frame_index(limits.frame, n_frames, source)
-    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
-
-    try:
-        from pydicom.pixels.utils import pixel_array
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            arr = pixel_array(ds, index=index if n_frames > 1 else None)
-            pixels = _dicom_intensity(arr, ds, photometric, samples)
-    except ImageRejected:
-        raise
-    except Exception as exc:
-        raise ImageRejected(source, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from None
-    if not np.isfinite(pixels).all():
-        raise ImageRejected(source, "pixel data decodes to non-finite values")
-
-    metadata = {
+    transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    if ds["PixelData"].is_undefined_length:
+        _check_codestream(ds, transfer_syntax, index, n_frames, (rows, cols, samples, bits), source)
+    return {
         "modality": str(ds.get("Modality", "")),
         "body_part": str(ds.get("BodyPartExamined", "")),
         "view": str(ds.get("ViewPosition", "")),
-        "photometric": photometric,
-        "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", "")),
+        "photometric": str(ds.get("PhotometricInterpretation", "")).upper(),
+        "transfer_syntax": transfer_syntax,
         "sop_class": getattr(sop_class, "name", str(sop_class or "")),
         "rows": rows,
         "columns": cols,
+        "samples": samples,
         "frames": n_frames,
         "frame": index,
         "patient_id": str(ds.get("PatientID", "")),
         "study_uid": str(ds.get("StudyInstanceUID", "")),
         "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
     }
-    return DecodedImage(pixels=pixels, source=source, format="dicom", metadata=metadata)
+
+
+def _number(ds: Any, keyword: str, default: int, source: str) -> int:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ImageRejected(source, f"{keyword} {str(value)[:40]!r} is not a number") from None
+
+
+def check_size(rows: int, cols: int, samples: int, sample_bytes: int, source: str, limits: DecodeLimits) -> None:
+    """Refuse, before decoding, an image over the pixel limit or one that would not fit the decoding budget."""
+    if rows * cols > limits.max_pixels:
+        raise ImageRejected(source, f"image of {cols}x{rows} pixels exceeds the limit of {limits.max_pixels:,} pixels")
+    need = decode_bytes(rows, cols, samples, sample_bytes)
+    if need > limits.max_decode_mb * 2**20:
+        raise ImageRejected(
+            source,
+            f"image of {cols}x{rows} pixels, {samples} sample(s) of {8 * sample_bytes} bits, needs about "
+            f"{need / 2**20:,.0f} MB to decode, over the limit of {limits.max_decode_mb:,} MB",
+        )
+
+
+def decode_bytes(rows: int, cols: int, samples: int, sample_bytes: int) -> int:
+    """Working memory to decode and preprocess one image: the decoded samples, then about three float32 copies of
+    them alive at once (intensity transform, percentile window or resize); measured by
+    tests/benchmarks/hostile_images.py."""
+    return rows * cols * samples * (sample_bytes + _FLOAT_COPIES * 4)
+
+
+def _check_codestream(
+    ds: Any, transfer_syntax: str, index: int, n_frames: int, header: tuple[int, int, int, int], source: str
+) -> None:
+    """Refuse compressed pixel data whose codestream disagrees with the header (a decompression bomb)."""
+    from pydicom.encaps import get_frame
+
+    rows, cols, samples, bits = header
+    try:
+        frame = get_frame(ds.PixelData, index, number_of_frames=n_frames)
+        size = frame_size(transfer_syntax, frame, samples, bits)
+    except Exception as exc:
+        raise ImageRejected(source, f"compressed frame {index} cannot be read ({type(exc).__name__}: {exc})") from exc
+    if size is None:
+        return
+    if size.shape is not None and size.shape != (rows, cols):
+        found = f"an image of {size.shape[1]}x{size.shape[0]}"
+    elif size.pixels != rows * cols:
+        found = f"{size.pixels:,} pixels"
+    else:
+        found = ""
+    if found:
+        raise ImageRejected(source, f"compressed frame {index} holds {found}, but the header says {cols}x{rows}")
+    if size.samples != samples:
+        raise ImageRejected(
+            source, f"compressed frame {index} has {size.samples} sample(s) per pixel, the header says {samples}"
+        )
+
+
+def _dicom_pixels(ds: Any, header: dict[str, Any], source: str) -> Pixels:
+    from pydicom.pixels.utils import pixel_array
+
+    rows, cols, samples = header["rows"], header["columns"], header["samples"]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = pixel_array(ds, index=header["frame"] if header["frames"] > 1 else None)
+            expected = (rows, cols) if samples == 1 else (rows, cols, samples)
+            if arr.shape != expected:
+                raise ImageRejected(
+                    source, f"pixel data decodes to shape {arr.shape}; the header declares {expected} per frame"
+                )
+            return _dicom_intensity(arr, ds, header["photometric"], samples)
+    except (ImageRejected, MemoryError):
+        raise
+    except Exception as exc:
+        raise ImageRejected(source, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
+    except BaseException as exc:  # a native decoder's panic (pyo3's PanicException is a BaseException)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise ImageRejected(source, f"the pixel decoder failed ({type(exc).__name__}: {exc})") from exc
 
 
 def _frame_index(choice: FrameChoice, n_frames: int, source: str) -> int:
@@ -141,28 +233,27 @@ def _frame_index(choice: FrameChoice, n_frames: int, source: str) -> int:
 
 
 def _dicom_intensity(arr: NDArray[Any], ds: Any, photometric: str, samples: int) -> Pixels:
-    """Map decoded stored values to display intensities in [0, 1]."""
+    """Map decoded stored values to display intensities in [0, 1], in float32 and in place where possible."""
     from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
 
     if photometric == "PALETTE COLOR":
-        rgb = apply_color_lut(arr, ds)
         entries, first, bits = (int(v) for v in ds.RedPaletteColorLookupTableDescriptor)
         # Many palettes declare 16-bit entries but hold 8-bit values (seen in big-endian ultrasound files):
         # judge the depth by the whole palette, as viewers do, not by one image's pixels.
         palette = apply_color_lut(np.arange(first, first + (entries or 65536), dtype=np.uint16), ds)
         top = 255.0 if bits == 8 or palette.max() <= 255 else 65535.0
-        return np.asarray(rgb / top, dtype=np.float32).clip(0.0, 1.0)
+        return _scaled(apply_color_lut(arr, ds), top)
     if samples == 3:
         # pydicom converts YBR_FULL/YBR_FULL_422 to RGB; the JPEG 2000 decoder undoes YBR_ICT/RCT itself.
-        bits = int(ds.get("BitsStored") or 8)
-        return (arr.astype(np.float32) / float(2**bits - 1)).clip(0.0, 1.0)
+        return _scaled(arr, float(2 ** int(ds.get("BitsStored") or 8) - 1))
     if samples != 1 or arr.ndim != 2:
         raise ValueError(f"unsupported pixel layout: {samples} samples, array shape {arr.shape}")
 
-    values = apply_modality_lut(arr, ds).astype(np.float32)
+    values = _modality(arr, ds, apply_modality_lut)
+    del arr
     if "VOILUTSequence" in ds:
         lut_data = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
-        values = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float32)
+        values = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float32, copy=False)
         out = _linear(values, float(lut_data.min()), float(lut_data.max()))
     elif "WindowCenter" in ds and "WindowWidth" in ds:
         out = _window(values, _first(ds.WindowCenter), _first(ds.WindowWidth), str(ds.get("VOILUTFunction", "")))
@@ -170,8 +261,28 @@ def _dicom_intensity(arr: NDArray[Any], ds: Any, photometric: str, samples: int)
         lo, hi = np.percentile(values, _PERCENTILE_WINDOW)
         out = _linear(values, float(lo), float(hi))
     if photometric == "MONOCHROME1":
-        out = 1.0 - out
-    return out.astype(np.float32)
+        np.subtract(1.0, out, out=out)
+    return out
+
+
+def _scaled(arr: NDArray[Any], top: float) -> Pixels:
+    out = arr.astype(np.float32)
+    out *= np.float32(1.0 / top)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _modality(arr: NDArray[Any], ds: Any, apply_modality_lut: Any) -> NDArray[np.float32]:
+    """The Modality LUT. A plain rescale is applied here in float32: pydicom's `apply_modality_lut` computes in
+    float64, twice the memory of an image that may be 25 M pixels."""
+    if "ModalityLUTSequence" in ds:
+        return np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+    values = arr.astype(np.float32)
+    slope, intercept = float(ds.get("RescaleSlope") or 1.0), float(ds.get("RescaleIntercept") or 0.0)
+    if slope != 1.0:
+        values *= np.float32(slope)
+    if intercept != 0.0:
+        values += np.float32(intercept)
+    return values
 
 
 def _first(value: Any) -> float:
@@ -182,25 +293,32 @@ def _first(value: Any) -> float:
 
 
 def _linear(values: NDArray[np.float32], lo: float, hi: float) -> NDArray[np.float32]:
+    """Map [lo, hi] onto [0, 1], clipped; overwrites `values`."""
     if hi <= lo:
         return np.zeros_like(values)
-    return np.asarray(np.clip((values - lo) / (hi - lo), 0.0, 1.0), dtype=np.float32)
+    values -= np.float32(lo)
+    values *= np.float32(1.0 / (hi - lo))
+    return np.clip(values, 0.0, 1.0, out=values)
 
 
 def _window(values: NDArray[np.float32], center: float, width: float, function: str) -> NDArray[np.float32]:
-    """PS3.3 C.11.2.1.2 windowing onto [0, 1].
+    """PS3.3 C.11.2.1.2 windowing onto [0, 1]; overwrites `values`.
 
     Written here rather than taken from pydicom's `apply_windowing`, which maps onto the stored-value range and
     would have to be undone; the formulas are the standard's, a few lines each.
     """
     function = function.upper()
     if function == "SIGMOID":
-        return np.asarray(1.0 / (1.0 + np.exp(-4.0 * (values - center) / max(width, 1e-6))), dtype=np.float32)
+        values -= np.float32(center)
+        values *= np.float32(-4.0 / max(width, 1e-6))
+        np.exp(values, out=values)
+        values += np.float32(1.0)
+        return np.reciprocal(values, out=values)
     if function == "LINEAR_EXACT":
         return _linear(values, center - width / 2.0, center + width / 2.0)
     if width <= 1.0:  # LINEAR requires width >= 1; a width of 1 is a threshold
         return (values > center - 0.5).astype(np.float32)
-    return np.asarray(np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0), dtype=np.float32)
+    return _linear(values, center - 0.5 - (width - 1.0) / 2.0, center - 0.5 + (width - 1.0) / 2.0)
 
 
 # -- PNG and JPEG --------------------------------------------------------------------------------------------------
@@ -213,34 +331,27 @@ def _decode_pillow(data: bytes, source: str, limits: DecodeLimits) -> DecodedIma
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))  # reads the header only
+            img = Image.open(io.BytesIO(data))  # reads the header only (PNG IHDR, JPEG SOF)
             width, height = img.size
-            if width * height > limits.max_pixels:
-                raise ImageRejected(
-                    source,
-                    f"image of {width}x{height} pixels exceeds the limit of {limits.max_pixels:,} pixels",
-                )
+            check_size(height, width, len(img.getbands()), _PILLOW_SAMPLE_BYTES.get(img.mode, 1), source, limits)
             img.load()
-    except ImageRejected:
+    except (ImageRejected, MemoryError):
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageRejected(source, f"image exceeds the limit of {limits.max_pixels:,} pixels ({exc})") from None
-    except Exception as exc:  # Pillow raises OSError, SyntaxError, DecompressionBombError, ...
-        raise ImageRejected(source, f"damaged or truncated {fmt.upper()} file ({exc})") from None
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, far above ours, met while opening
+        raise ImageRejected(source, f"image exceeds the limit of {limits.max_pixels:,} pixels ({exc})") from exc
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ...
+        raise ImageRejected(source, f"damaged or truncated {fmt.upper()} file ({exc})") from exc
 
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float32)
-        pixels = arr / (65535.0 if arr.max(initial=0) > 255 or mode.startswith("I;16") else 255.0)
+        pixels = np.asarray(img, dtype=np.float32)
+        pixels *= np.float32(1.0 / (65535.0 if pixels.max(initial=0) > 255 or mode.startswith("I;16") else 255.0))
     elif mode == "F":
-        pixels = _linear(np.asarray(img, dtype=np.float32), *_minmax(np.asarray(img))).astype(np.float32)
-    elif mode in ("L", "1", "LA"):
-        pixels = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+        pixels = np.asarray(img, dtype=np.float32)
+        pixels = _linear(pixels, float(pixels.min()), float(pixels.max()))
     else:
-        pixels = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+        pixels = np.asarray(img.convert("L" if mode in ("L", "1", "LA") else "RGB"), dtype=np.float32)
+        pixels *= np.float32(1.0 / 255.0)
+    del img
     metadata = {"rows": height, "columns": width, "mode": mode, "frames": 1, "frame": 0}
-    return DecodedImage(pixels=np.clip(pixels, 0.0, 1.0), source=source, format=fmt, metadata=metadata)
-
-
-def _minmax(arr: NDArray[Any]) -> tuple[float, float]:
-    return float(arr.min()), float(arr.max())
+    return DecodedImage(pixels=np.clip(pixels, 0.0, 1.0, out=pixels), source=source, format=fmt, metadata=metadata)
