@@ -13,10 +13,14 @@ import numpy as np
 
 from edge_app import __version__
 from edge_app.config import Settings, load_settings
-from edge_app.errors import EdgeAppError, UserError
+from edge_app.errors import UserError
 from edge_app.pipeline import Diagnoser
 
 log = logging.getLogger("edge_app")
+
+EXIT_REJECTED = 1  # diagnose: some file was rejected
+EXIT_USAGE = 2  # a configuration, bundle or command-line error
+EXIT_INTERNAL = 3  # an internal error (a bug), on any command or any file
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,10 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _bench(settings, args.files, args.bundle, args.limit, args.warmup)
     except UserError as exc:
         print(f"edge-app: {exc}", file=sys.stderr)
-        return 2
-    except EdgeAppError as exc:
-        print(f"edge-app: internal error: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_USAGE
+    except Exception as exc:  # a bug: its traceback goes to the log, the exit status says it was not the input
+        log.debug("internal error", exc_info=True)
+        print(f"edge-app: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 def _files(paths: Sequence[Path]) -> Iterator[Path]:
@@ -71,21 +76,27 @@ def _files(paths: Sequence[Path]) -> Iterator[Path]:
 
 
 def _diagnose(settings: Settings, paths: Sequence[Path], bundle_path: Path | None) -> int:
+    """One JSON line per file; exit 0 when every file was diagnosed, 1 when some were rejected, 3 on any internal
+    error (the other files are still diagnosed)."""
     diagnoser = Diagnoser.from_settings(settings, bundle_path)
-    rejected = 0
-    for path in _files(paths):
-        diagnosis = diagnoser.diagnose(path)
-        rejected += diagnosis.status != "ok"
-        print(json.dumps(diagnosis.as_dict()), flush=True)
-    diagnoser.runner.deactivate()
-    return 1 if rejected else 0
+    statuses = set()
+    try:
+        for path in _files(paths):
+            diagnosis = diagnoser.diagnose(path)
+            statuses.add(diagnosis.status)
+            print(json.dumps(diagnosis.as_dict()), flush=True)
+    finally:
+        diagnoser.close()
+    if "failed" in statuses:
+        return EXIT_INTERNAL
+    return EXIT_REJECTED if "rejected" in statuses else 0
 
 
 def _serve(settings: Settings, host: str | None, port: int | None) -> int:
     import waitress
 
     from edge_app.config import check_secure
-    from edge_app.web import create_app
+    from edge_app.web import create_app, services
 
     if host is not None:
         settings.server.host = host
@@ -99,7 +110,10 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
     except OSError as exc:
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     log.info("serving on http://%s:%d (data in %s)", host, port, settings.storage.data_dir)
-    server.run()
+    try:
+        server.run()
+    finally:
+        services.get_from(app).close()
     return 0
 
 
@@ -109,16 +123,19 @@ def _bench(settings: Settings, paths: Sequence[Path], bundle_path: Path | None, 
     files = list(_files(paths))[:limit]
     if not files:
         raise UserError("no image files to benchmark")
-    stages: dict[str, list[float]] = {"decode": [], "preprocess": [], "infer": []}
+    stages: dict[str, list[float]] = {"decode": [], "preprocess": [], "isolation": [], "infer": []}
     skipped = 0
-    for i, path in enumerate(files):
-        diagnosis = diagnoser.diagnose(path)
-        if diagnosis.status != "ok":
-            log.warning("skipped: %s: %s", path, diagnosis.reason)
-            skipped += 1
-        elif i >= warmup:
-            for name, values in stages.items():
-                values.append(diagnosis.timings_ms[name])
+    try:
+        for i, path in enumerate(files):
+            diagnosis = diagnoser.diagnose(path)
+            if diagnosis.status != "ok":
+                log.warning("skipped: %s: %s", path, diagnosis.reason)
+                skipped += 1
+            elif i >= warmup:
+                for name, values in stages.items():
+                    values.append(diagnosis.timings_ms[name])
+    finally:
+        diagnoser.close()
     n = len(stages["decode"])
     if n == 0:
         raise UserError("every image was skipped or used for warm-up; give more images")

@@ -7,18 +7,31 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edge_app.bundle import format_validation_error
 from edge_app.errors import ConfigError
-from edge_app.fileio import read_toml
+from edge_app.fileio import read_toml, toml_value
 from edge_app.runtime import RUNNER_NAMES
 
 ENV_PREFIX = "EDGE_APP_"
+MIN_SECRET_CHARS = 32
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 EMBEDDED_BUNDLE = Path(__file__).parent / "models" / "cxr-reference"
 
 
@@ -34,10 +47,27 @@ class _Section(BaseModel):
 
 class ServerSettings(_Section):
     host: str = Field("127.0.0.1", description="address to bind; anything but loopback needs a secret_key")
-    port: int = Field(8080, ge=1, le=65535)
+    port: StrictInt = Field(8080, ge=1, le=65535)
     secret_key: str = Field("", description="at least 32 characters; required when not bound to loopback")
-    max_upload_mb: int = Field(200, ge=1, le=4096, description="largest image upload accepted")
-    threads: int = Field(4, ge=1, le=64, description="request-handling threads")
+    max_upload_mb: StrictInt = Field(200, ge=1, le=4096, description="largest image upload accepted")
+    threads: StrictInt = Field(4, ge=1, le=64, description="request-handling threads")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, host: str) -> str:
+        if not is_host(host):
+            raise ValueError(f"{host!r} is not an IP address or a host name")
+        return host
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret(cls, key: str) -> str:
+        if key and not is_strong_secret(key):
+            raise ValueError(
+                f"must be at least {MIN_SECRET_CHARS} characters, not counting spaces at either end, "
+                "with at least 8 different ones (or empty, when serving only this machine)"
+            )
+        return key
 
 
 class StorageSettings(_Section):
@@ -47,11 +77,11 @@ class StorageSettings(_Section):
 class ModelSettings(_Section):
     bundle: Path = Field(EMBEDDED_BUNDLE, description="model bundle directory; default: the embedded reference")
     runner: str = Field("auto", description=f"one of {', '.join(RUNNER_NAMES)}")
-    threads: int = Field(0, ge=0, le=64, description="inference threads; 0 lets ONNX Runtime use every core")
+    threads: StrictInt = Field(0, ge=0, le=64, description="inference threads; 0 lets ONNX Runtime use every core")
     engine_cache: Path | None = Field(None, description="TensorRT engines; default: <storage.data_dir>/engines")
-    max_batch: int = Field(8, ge=1, le=256, description="largest batch a TensorRT engine is built for")
-    build_engine_at_start: bool = Field(True, description="with TensorRT and no engine cached, build one meanwhile")
-    require_signature: bool = Field(False, description="accept only bundles signed by a trusted key")
+    max_batch: StrictInt = Field(8, ge=1, le=256, description="largest batch a TensorRT engine is built for")
+    build_engine_at_start: StrictBool = Field(True, description="with TensorRT and no engine, build one meanwhile")
+    require_signature: StrictBool = Field(False, description="accept only bundles signed by a trusted key")
     trusted_keys: list[Path] = Field(default_factory=list, description="Ed25519 public keys (PEM files or folders)")
 
     @model_validator(mode="after")
@@ -62,7 +92,12 @@ class ModelSettings(_Section):
 
 
 class ImagingSettings(_Section):
-    max_pixels: int = Field(50_000_000, ge=1, description="images with more pixels are refused before decoding")
+    max_pixels: StrictInt = Field(25_000_000, ge=1, description="images with more pixels are refused before decoding")
+    max_decode_mb: StrictInt = Field(
+        320, ge=16, le=65536, description="decoding memory one image may need (estimated before, enforced during)"
+    )
+    decode_timeout_s: float = Field(30.0, gt=0, le=3600, strict=True, description="longest one image may decode")
+    decoders: StrictInt = Field(1, ge=1, le=16, description="decoder processes (each may take max_decode_mb)")
     frame: Literal["first", "middle", "last"] = Field("middle", description="frame taken from a multi-frame image")
 
 
@@ -108,16 +143,44 @@ def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
         table = raw.setdefault(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"[{section}] in the configuration file must be a table")
-        table[field] = value
+        table[field] = _environment_value(model.model_fields[field].annotation, value)
+
+
+def _environment_value(annotation: Any, value: str) -> Any:
+    """An environment string as the setting's type: numbers and booleans as TOML writes them, lists as a TOML
+    array or comma-separated; anything unparsable stays a string for the validator to refuse in plain words."""
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        if value.lstrip().startswith("["):
+            return toml_value(value)
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if annotation in (int, float, bool):
+        return toml_value(value)
+    return value
 
 
 def check_secure(settings: Settings) -> None:
     """Refuse to serve beyond this machine without a real secret key."""
-    if not is_loopback(settings.server.host) and len(settings.server.secret_key) < 32:
+    if not is_loopback(settings.server.host) and not is_strong_secret(settings.server.secret_key):
         raise ConfigError(
             f"refusing to listen on {settings.server.host}: serving beyond this machine needs server.secret_key "
-            f"(or {ENV_PREFIX}SERVER_SECRET_KEY) of at least 32 random characters"
+            f"(or {ENV_PREFIX}SERVER_SECRET_KEY) of at least {MIN_SECRET_CHARS} random characters"
         )
+
+
+def is_strong_secret(key: str) -> bool:
+    return len(key.strip()) >= MIN_SECRET_CHARS and len(set(key)) >= 8
+
+
+def is_host(host: str) -> bool:
+    """An IP address, or a host name of RFC 1123 labels."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host.removesuffix(".").split(".")
+    return 0 < len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
 
 
 def is_loopback(host: str) -> bool:

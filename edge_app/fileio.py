@@ -2,30 +2,53 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10 (JetPack 6)
     import tomli as tomllib
 
+INCOMING_PREFIX = ".incoming-"
+
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a power cut leaves the old file or the whole new one: a temporary file in
-    the same folder, fsynced, renamed into place, and the folder fsynced."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".incoming-{path.name[:16]}-")
+    """Write `data` to `path` so that a power cut leaves the old file or the whole new one."""
+    tmp, _, _ = spool(path.parent, io.BytesIO(data), prefix=path.name[:16])
+    commit(tmp, path)
+
+
+def spool(folder: Path, stream: IO[bytes], prefix: str = "") -> tuple[Path, str, int]:
+    """Copy `stream` into a fsynced temporary file in `folder` (named `.incoming-*`, so that one a crash left
+    behind can be told apart); return its path, the sha256 of its bytes and their number."""
+    fd, name = tempfile.mkstemp(dir=folder, prefix=f"{INCOMING_PREFIX}{prefix}-")
+    digest, size = hashlib.sha256(), 0
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+                fh.write(chunk)
+                size += len(chunk)
             fh.flush()
             os.fsync(fh.fileno())
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name), digest.hexdigest(), size
+
+
+def commit(tmp: Path, path: Path) -> None:
+    """Rename a spooled file into place and fsync the folder, so that the name survives a power cut too."""
+    try:
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -45,3 +68,11 @@ def read_toml(path: Path, what: str, error: type[Exception]) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{what} is not valid TOML: {exc}") from None
     return data
+
+
+def toml_value(text: str) -> Any:
+    """`text` read as one TOML value (`9000`, `true`, `["a", "b"]`), or as it is where it is not one."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text

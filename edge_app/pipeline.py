@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -11,10 +12,13 @@ from typing import Any
 from edge_app.bundle import Bundle, load_bundle
 from edge_app.config import Settings
 from edge_app.errors import ImageRejected
-from edge_app.imaging import DecodedImage, DecodeLimits, decode, preprocess
-from edge_app.manifest import Manifest
+from edge_app.imaging import DecodeLimits
+from edge_app.imaging.prepare import prepare
+from edge_app.imaging.sandbox import DecoderPool
 from edge_app.result import Finding, Heatmap, findings, heatmap
 from edge_app.runtime import Runner
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -22,12 +26,12 @@ class Diagnosis:
     """The outcome for one image: findings, or the reason it was rejected."""
 
     source: str
-    status: str  # "ok" or "rejected"
+    status: str  # "ok", "rejected" (the image cannot be used) or "failed" (an internal error)
     model: dict[str, str]
     reason: str | None = None
     findings: list[Finding] = field(default_factory=list)
     heatmap: Heatmap | None = None
-    image: DecodedImage | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -42,41 +46,36 @@ class Diagnosis:
         return out
 
 
-def check_intended_use(manifest: Manifest, image: DecodedImage) -> None:
-    """Refuse a DICOM image whose modality or body part the model was not made for (PNG/JPEG carry neither)."""
-    use = manifest.intended_use
-    modality = str(image.metadata.get("modality", "")).upper()
-    if modality and use.modality and modality not in use.modality:
-        raise ImageRejected(
-            image.source, f"modality {modality} is not one this model reads ({', '.join(use.modality)})"
-        )
-    body_part = str(image.metadata.get("body_part", "")).upper()
-    if body_part and use.body_part and body_part != use.body_part.upper():
-        raise ImageRejected(image.source, f"body part {body_part} is not what this model reads ({use.body_part})")
-
-
 class Diagnoser:
-    """Runs images through one bundle with one activated runner; safe to share between threads."""
+    """Runs images through one bundle with one activated runner; safe to share between threads.
 
-    def __init__(self, bundle: Bundle, runner: Runner, limits: DecodeLimits | None = None) -> None:
+    With a `DecoderPool`, images are decoded and preprocessed in its contained child processes (the service and
+    the CLI); without one, in this process (trusted files: tests and tools).
+    """
+
+    def __init__(
+        self, bundle: Bundle, runner: Runner, limits: DecodeLimits | None = None, decoder: DecoderPool | None = None
+    ) -> None:
         self.bundle = bundle
         self.runner = runner
-        self.limits = limits or DecodeLimits()
+        self.limits = decoder.limits if decoder is not None else limits or DecodeLimits()
+        self.decoder = decoder
         self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings, bundle_path: Path | None = None) -> Diagnoser:
-        """Load the configured bundle (signature checked where required) and activate its runner."""
+        """Load the configured bundle (signature checked where required), activate its runner, start the decoders."""
         from edge_app.runtime import open_runner
         from edge_app.runtime.select import build_engine_in_background
         from edge_app.signature import load_public_keys
 
-        model = settings.model
+        model, imaging = settings.model, settings.imaging
         trusted = load_public_keys(model.trusted_keys) if model.require_signature else None
         bundle = load_bundle(bundle_path or model.bundle, trusted_keys=trusted)
         runner = open_runner(bundle, model.runner, model.threads, settings.engine_cache, model.max_batch)
-        limits = DecodeLimits(max_pixels=settings.imaging.max_pixels, frame=settings.imaging.frame)
-        diagnoser = cls(bundle, runner, limits)
+        limits = DecodeLimits(max_pixels=imaging.max_pixels, max_decode_mb=imaging.max_decode_mb, frame=imaging.frame)
+        decoder = DecoderPool(limits, workers=imaging.decoders, timeout_s=imaging.decode_timeout_s)
+        diagnoser = cls(bundle, runner, decoder=decoder)
         if model.runner == "auto" and runner.name == "onnxruntime" and model.build_engine_at_start:
             build_engine_in_background(bundle, settings.engine_cache, model.max_batch, diagnoser.swap_runner)
         return diagnoser
@@ -87,29 +86,44 @@ class Diagnoser:
             old, self.runner = self.runner, runner
         old.deactivate()
 
+    def close(self) -> None:
+        """Stop the decoders and release the runner."""
+        if self.decoder is not None:
+            self.decoder.close()
+        self.runner.deactivate()
+
     @property
     def model_info(self) -> dict[str, str]:
         m = self.bundle.manifest
         return {"name": m.name, "version": m.version, "precision": m.precision, "runner": self.runner.name}
 
     def diagnose(self, data: bytes | Path | str, source: str | None = None) -> Diagnosis:
-        """Diagnose one image given as a path or its bytes; a bad image gives a rejected `Diagnosis`, not an error."""
+        """Diagnose one image given as a path or its bytes. A bad image gives a rejected `Diagnosis`, an internal
+        error a failed one (logged with its traceback): nothing raises past this boundary."""
         source = source or str(data if not isinstance(data, bytes) else "<bytes>")
-        manifest = self.bundle.manifest
-        timings: dict[str, float] = {}
         try:
-            t0 = time.perf_counter()
-            image = decode(data, source=source, limits=self.limits)
-            check_intended_use(manifest, image)
-            t1 = time.perf_counter()
-            batch = preprocess(image.pixels, manifest.input, manifest.preprocessing)
-            t2 = time.perf_counter()
-            with self._lock:
-                outputs = self.runner.infer(batch)
-            t3 = time.perf_counter()
+            return self._diagnose(data, source)
         except ImageRejected as exc:
-            return Diagnosis(source, "rejected", self.model_info, reason=exc.reason, timings_ms=timings)
-        timings = {"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3, "infer": (t3 - t2) * 1e3}
+            return Diagnosis(source, "rejected", self.model_info, reason=exc.reason)
+        except Exception as exc:
+            log.exception("internal error on %s", source)
+            return Diagnosis(source, "failed", self.model_info, reason=f"internal error: {type(exc).__name__}: {exc}")
+
+    def _diagnose(self, data: bytes | Path | str, source: str) -> Diagnosis:
+        manifest = self.bundle.manifest
+        t0 = time.perf_counter()
+        if self.decoder is not None:
+            prepared = self.decoder.prepare(data, source, manifest)
+        else:
+            prepared = prepare(data, source, self.limits, manifest)
+        t1 = time.perf_counter()
+        with self._lock:
+            outputs = self.runner.infer(prepared.batch)
+        t2 = time.perf_counter()
+        timings = dict(prepared.timings_ms)
+        if self.decoder is not None:  # what the contained child costs: transfer, scheduling
+            timings["isolation"] = max(0.0, (t1 - t0) * 1e3 - sum(timings.values()))
+        timings["infer"] = (t2 - t1) * 1e3
         found = findings(manifest, outputs)
         top = max(found, key=lambda f: f.probability)
         return Diagnosis(
@@ -118,6 +132,6 @@ class Diagnoser:
             self.model_info,
             findings=found,
             heatmap=heatmap(manifest, outputs, top.label),
-            image=image,
+            metadata=prepared.metadata,
             timings_ms=timings,
         )

@@ -7,16 +7,16 @@ before any row refers to it, so whatever the service acknowledged survives a pow
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
+import io
 import json
 import sqlite3
 import threading
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from edge_app.errors import ConfigError, NotFound
-from edge_app.fileio import atomic_write
+from edge_app.fileio import INCOMING_PREFIX, commit, spool
 
 _SCHEMA = [
     # version 1
@@ -106,13 +106,19 @@ class Store:
 
     def put_file(self, data: bytes) -> str:
         """Store bytes durably under their sha256; return it. Storing the same bytes twice is a no-op."""
-        digest = hashlib.sha256(data).hexdigest()
+        return self.put_stream(io.BytesIO(data))[0]
+
+    def put_stream(self, stream: IO[bytes]) -> tuple[str, int]:
+        """Store a stream's bytes durably under their sha256, read in chunks; return (sha256, size). Nothing is
+        kept of an empty stream."""
+        tmp, digest, size = spool(self.files_dir, stream)
         path = self.file_path(digest)
-        if path.exists():
-            return digest
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, data)
-        return digest
+        if size == 0 or path.exists():
+            tmp.unlink()
+            return digest, size
+        path.parent.mkdir(exist_ok=True)
+        commit(tmp, path)
+        return digest, size
 
     def file_path(self, digest: str) -> Path:
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
@@ -127,9 +133,8 @@ class Store:
 
     # -- studies -----------------------------------------------------------------------------------------------
 
-    def ingest(self, data: bytes, filename: str, source: str, patient_id: str = "") -> tuple[str, int]:
-        """Keep an incoming image as a new study; return (study uid, image id). The file is on disk first."""
-        digest = self.put_file(data)
+    def add_study(self, digest: str, size: int, filename: str, source: str, patient_id: str = "") -> tuple[str, int]:
+        """Record a stored file as a new study of one image; return (study uid, image id)."""
         uid = uuid.uuid4().hex
         now = _now()
         with self._lock:
@@ -141,7 +146,7 @@ class Store:
                 )
                 cur = self._db.execute(
                     "INSERT INTO images (study_id, created_at, filename, sha256, size) VALUES (?, ?, ?, ?, ?)",
-                    (cur.lastrowid, now, filename, digest, len(data)),
+                    (cur.lastrowid, now, filename, digest, size),
                 )
                 image_id = int(cur.lastrowid or 0)
                 self._db.execute("COMMIT")
@@ -228,11 +233,42 @@ class Store:
         return [self.get_study(r["uid"]) for r in rows]
 
     def get_result(self, result_id: int) -> dict[str, Any]:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM results WHERE id = ?", (result_id,)).fetchone()
+        row = None
+        if 0 < result_id < 2**63:  # SQLite's INTEGER range
+            with self._lock:
+                row = self._db.execute("SELECT * FROM results WHERE id = ?", (result_id,)).fetchone()
         if row is None:
             raise NotFound(f"no result {result_id}")
         return _result_dict(row)
+
+    # -- recovery at start ---------------------------------------------------------------------------------------
+
+    def fail_unfinished(self, reason: str, model: dict[str, str], bundle_sha256: str) -> int:
+        """Give every image left without a result (the service stopped while diagnosing it) a failed result."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM images WHERE NOT EXISTS (SELECT 1 FROM results WHERE image_id = images.id)"
+            ).fetchall()
+        for row in rows:
+            self.add_result(row["id"], status="failed", model=model, bundle_sha256=bundle_sha256, reason=reason)
+        return len(rows)
+
+    def remove_orphans(self) -> int:
+        """Delete temporaries a crash left behind and stored files no row refers to; call before serving."""
+        with self._lock:
+            wanted = {
+                r[0]
+                for r in self._db.execute(
+                    "SELECT sha256 FROM images "
+                    "UNION SELECT heatmap_sha256 FROM results WHERE heatmap_sha256 IS NOT NULL"
+                )
+            }
+        removed = 0
+        for path in self.files_dir.rglob("*"):
+            if path.is_file() and (path.name.startswith(INCOMING_PREFIX) or path.name not in wanted):
+                path.unlink()
+                removed += 1
+        return removed
 
     def audit(self, actor: str, action: str, subject: str = "", detail: str = "") -> None:
         with self._lock:

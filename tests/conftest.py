@@ -11,7 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from edge_app.config import Settings
-from edge_app.web import create_app
+from edge_app.web import create_app, services
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("EDGE_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -63,7 +63,7 @@ def app(settings: Settings) -> Iterator[Flask]:
     app = create_app(settings)
     app.config.update(TESTING=True)
     yield app
-    app.extensions["edge_app"].store.close()
+    services.get_from(app).close()
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ def test_diagnose_prints_one_json_line_per_file(nih_png: Path) -> None:
         "Infiltration",
     }
     assert all(set(f) == {"label", "probability", "threshold", "positive"} for f in first["findings"])
-    assert set(first["timings_ms"]) == {"decode", "preprocess", "infer"}
+    assert set(first["timings_ms"]) == {"decode", "preprocess", "isolation", "infer"}
 
 
 def test_diagnose_exits_non_zero_when_a_file_is_rejected(nih_png: Path, tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ def test_bench_prints_a_table(nih: Path) -> None:
     lines = proc.stdout.splitlines()
     assert "9 images timed, 3 warm-up, 0 skipped" in lines[0]
     assert lines[1].split() == ["stage", "p50", "ms", "p95", "ms", "mean", "ms", "images/s"]
-    assert [line.split()[0] for line in lines[2:]] == ["decode", "preprocess", "infer", "total"]
+    assert [line.split()[0] for line in lines[2:]] == ["decode", "preprocess", "isolation", "infer", "total"]
 
 
 def _free_port() -> int:

@@ -15,7 +15,7 @@ def test_defaults() -> None:
     assert (s.server.host, s.server.port) == ("127.0.0.1", 8080)
     assert s.storage.data_dir == default_data_dir()
     assert s.model.bundle == EMBEDDED_BUNDLE and s.model.runner == "auto"
-    assert s.imaging.max_pixels == 50_000_000
+    assert s.imaging.max_pixels == 25_000_000 and s.imaging.max_decode_mb == 320 and s.imaging.decoders == 1
 
 
 def test_file_and_environment(tmp_path: Path) -> None:
@@ -52,8 +52,70 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_refuses_to_serve_the_network_without_a_secret() -> None:
     with pytest.raises(ConfigError, match=r"refusing to listen on 0.0.0.0"):
         load_settings(environ={"EDGE_APP_SERVER_HOST": "0.0.0.0"})
-    s = load_settings(environ={"EDGE_APP_SERVER_HOST": "0.0.0.0", "EDGE_APP_SERVER_SECRET_KEY": "k" * 40})
+    s = load_settings(environ={"EDGE_APP_SERVER_HOST": "0.0.0.0", "EDGE_APP_SERVER_SECRET_KEY": SECRET})
     assert s.server.host == "0.0.0.0"
+
+
+SECRET = "Zq8-vR2!mK4pW7xL9nB3cT6yH1jD5fG0"  # 32 characters
+
+
+def test_secret_key_length_boundary() -> None:
+    env = {"EDGE_APP_SERVER_HOST": "0.0.0.0"}
+    assert load_settings(environ={**env, "EDGE_APP_SERVER_SECRET_KEY": SECRET}).server.secret_key == SECRET
+    with pytest.raises(ConfigError, match="at least 32 characters"):
+        load_settings(environ={**env, "EDGE_APP_SERVER_SECRET_KEY": SECRET[:31]})
+
+
+@pytest.mark.parametrize("weak", [" " * 32, " " * 20 + SECRET[:12] + " " * 20, "ab" * 20])
+def test_weak_secret_keys_are_refused(weak: str) -> None:
+    """Spaces do not count, nor a key of a few characters repeated; not even on loopback, where it is still used."""
+    for host in ("0.0.0.0", "127.0.0.1"):
+        with pytest.raises(ConfigError, match="server.secret_key"):
+            load_settings(environ={"EDGE_APP_SERVER_HOST": host, "EDGE_APP_SERVER_SECRET_KEY": weak})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[server]\nport = true\n", "server.port: Input should be a valid integer"),
+        ('[server]\nport = "8080"\n', "server.port: Input should be a valid integer"),
+        ("[server]\nport = 8080.5\n", "server.port: Input should be a valid integer"),
+        ("[model]\nrequire_signature = 1\n", "model.require_signature: Input should be a valid boolean"),
+        ('[server]\nhost = "not a host!"\n', "server.host: .*'not a host!' is not an IP address or a host name"),
+        ('[server]\nhost = "-bad.example"\n', "is not an IP address or a host name"),
+        ("[imaging]\ndecode_timeout_s = 0\n", "imaging.decode_timeout_s: Input should be greater than 0"),
+    ],
+)
+def test_values_of_the_wrong_type_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(cfg, environ={})
+
+
+def test_host_names_and_addresses_are_accepted() -> None:
+    for host in ("localhost", "edge-box.clinic.local", "192.168.1.20", "::1", "fe80::1"):
+        assert load_settings(environ={"EDGE_APP_SERVER_HOST": host, "EDGE_APP_SERVER_SECRET_KEY": SECRET})
+
+
+def test_every_key_can_be_set_from_the_environment(tmp_path: Path) -> None:
+    """Numbers, booleans and lists too: lists as a TOML array or comma-separated."""
+    keys = tmp_path / "keys"
+    s = load_settings(
+        environ={
+            "EDGE_APP_MODEL_REQUIRE_SIGNATURE": "true",
+            "EDGE_APP_MODEL_TRUSTED_KEYS": f"{keys}/a.pub, {keys}/b.pub",
+            "EDGE_APP_IMAGING_DECODE_TIMEOUT_S": "2.5",
+            "EDGE_APP_MODEL_BUILD_ENGINE_AT_START": "false",
+        }
+    )
+    assert s.model.require_signature is True and s.model.build_engine_at_start is False
+    assert s.model.trusted_keys == [keys / "a.pub", keys / "b.pub"]
+    assert s.imaging.decode_timeout_s == 2.5
+    s = load_settings(environ={"EDGE_APP_MODEL_TRUSTED_KEYS": f'["{keys}"]', "EDGE_APP_SERVER_PORT": "9000"})
+    assert s.model.trusted_keys == [keys] and s.server.port == 9000
+    with pytest.raises(ConfigError, match="server.port: Input should be a valid integer"):
+        load_settings(environ={"EDGE_APP_SERVER_PORT": "true"})
 
 
 def test_the_appliance_configuration_file_is_valid() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,8 @@ def test_files_are_content_addressed(tmp_path: Path) -> None:
 
 def test_study_survives_reopening(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    uid, image_id = store.ingest(b"image bytes", filename="a.dcm", source="api")
+    digest, size = store.put_stream(io.BytesIO(b"image bytes"))
+    uid, image_id = store.add_study(digest, size, filename="a.dcm", source="api")
     store.set_image_metadata(image_id, {"modality": "CR"}, patient_id="P1")
     store.add_result(image_id, status="rejected", model={"name": "m"}, bundle_sha256="b" * 64, reason="why")
     store.close()

@@ -24,8 +24,10 @@ def preprocess(pixels: Pixels, spec: InputSpec, prep: Preprocessing) -> NDArray[
     if prep.intensity == "minmax":
         lo, hi = float(x.min()), float(x.max())
         x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
-    x = _to_channels(x, spec.channels)
-    x = _geometry(x, spec.height, spec.width, prep)
+    # Colour becomes grey before resizing, grey becomes colour after it: the same values (per-channel resizing
+    # commutes with repeating a channel), with the full-size image never held three times.
+    x = _to_channels(x, 1) if spec.channels == 1 else _with_axis(x)
+    x = _to_channels(_geometry(x, spec.height, spec.width, prep), spec.channels)
     x = np.float32(prep.scale[0]) + x * np.float32(prep.scale[1] - prep.scale[0])
     if prep.mean is not None and prep.std is not None:
         x = ((x - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)).astype(np.float32)
@@ -34,10 +36,14 @@ def preprocess(pixels: Pixels, spec: InputSpec, prep: Preprocessing) -> NDArray[
     return np.ascontiguousarray(x[np.newaxis], dtype=np.dtype(spec.dtype))
 
 
+def _with_axis(x: Pixels) -> Pixels:
+    """(H, W) to (H, W, 1); (H, W, C) as it is."""
+    return x[:, :, np.newaxis] if x.ndim == 2 else x
+
+
 def _to_channels(x: Pixels, channels: int) -> Pixels:
-    """(H, W) or (H, W, 3) to (H, W, channels)."""
-    if x.ndim == 2:
-        x = x[:, :, np.newaxis]
+    """(H, W) or (H, W, 1 or 3) to (H, W, channels)."""
+    x = _with_axis(x)
     if x.shape[2] == channels:
         return x
     if channels == 3:

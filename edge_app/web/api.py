@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from edge_app.errors import InferenceError, NotFound
+from edge_app.errors import NotFound
 from edge_app.pipeline import Diagnoser, Diagnosis
 from edge_app.result import heatmap_png
 from edge_app.store import Store
@@ -39,39 +39,48 @@ def health() -> Any:
 @bp.post("/studies")
 def create_study() -> Any:
     """Take one image (multipart field `file`, or the raw body with ?filename=), keep it, diagnose it."""
-    if request.mimetype == "multipart/form-data":
-        upload = request.files.get("file")
-        data, filename = (upload.read(), upload.filename or "upload") if upload else (b"", "")
-    else:  # the raw bytes, whatever Content-Type the sender put on them
-        data, filename = request.get_data(cache=False), request.args.get("filename", "upload")
-    if not data:
-        return jsonify(error="Bad Request", detail="no image: send a multipart field 'file' or the raw bytes"), 400
     svc = services.get()
-    uid, image_id = svc.store.ingest(data, filename=filename, source="api")
-    diagnosis = _diagnose(svc.store, svc.diagnoser, image_id, data, filename)
+    if request.mimetype == "multipart/form-data":
+        try:
+            upload = request.files.get("file")
+        except ValueError as exc:  # the parser is strict (see create_app): say what is wrong with the body
+            return _bad_request(
+                f"the multipart body cannot be read ({exc}); a part's headers, such as the file name, must be UTF-8"
+            )
+        if upload is None:
+            return _bad_request("no image: send a multipart field 'file' or the raw bytes")
+        digest, size = svc.store.put_stream(upload.stream)
+        filename = upload.filename or "upload"
+    else:  # the raw bytes, whatever Content-Type the sender put on them
+        digest, size = svc.store.put_stream(request.stream)
+        filename = request.args.get("filename", "upload")
+    if size == 0:
+        return _bad_request("no image (the body is empty): send a multipart field 'file' or the raw bytes")
+    uid, image_id = svc.store.add_study(digest, size, filename=filename, source="api")
+    diagnosis = _diagnose(svc.store, svc.diagnoser, image_id, digest, filename)
     study = svc.store.get_study(uid)
     if diagnosis.status == "rejected":
         return jsonify(error="Unprocessable image", detail=diagnosis.reason, study=study), 422
+    if diagnosis.status == "failed":
+        return jsonify(error="Internal error", detail=diagnosis.reason, study=study), 500
     return jsonify(study), 201, {"Location": f"/api/v1/studies/{uid}"}
 
 
-def _diagnose(store: Store, diagnoser: Diagnoser, image_id: int, data: bytes, filename: str) -> Diagnosis:
-    """Diagnose a stored image and record the outcome; a model failure is recorded and re-raised."""
-    info = diagnoser.model_info
-    try:
-        diagnosis = diagnoser.diagnose(data, source=filename)
-    except InferenceError as exc:
-        log.exception("inference failed on image %s", image_id)
-        store.add_result(image_id, status="failed", model=info, bundle_sha256=diagnoser.bundle.sha256, reason=str(exc))
-        raise
-    if diagnosis.image is not None:
-        meta = diagnosis.image.metadata
+def _bad_request(detail: str) -> Any:
+    return jsonify(error="Bad Request", detail=detail), 400
+
+
+def _diagnose(store: Store, diagnoser: Diagnoser, image_id: int, digest: str, filename: str) -> Diagnosis:
+    """Diagnose a stored image and record the outcome, whatever it is."""
+    diagnosis = diagnoser.diagnose(store.file_path(digest), source=filename)
+    if diagnosis.metadata:
+        meta = diagnosis.metadata
         store.set_image_metadata(image_id, meta, patient_id=str(meta.get("patient_id", "")))
     hm = diagnosis.heatmap
     store.add_result(
         image_id,
         status=diagnosis.status,
-        model=info,
+        model=diagnoser.model_info,
         bundle_sha256=diagnoser.bundle.sha256,
         reason=diagnosis.reason,
         findings=[f.as_dict() for f in diagnosis.findings],

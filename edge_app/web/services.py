@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from flask import Flask, current_app
@@ -11,6 +12,8 @@ from edge_app.pipeline import Diagnoser
 from edge_app.store import Store
 
 _KEY = "edge_app"
+_INTERRUPTED = "the service stopped before this image was diagnosed; send it again"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -19,17 +22,37 @@ class Services:
     store: Store
     diagnoser: Diagnoser
 
+    def close(self) -> None:
+        self.diagnoser.close()
+        self.store.close()
+
 
 def init_app(app: Flask, settings: Settings) -> None:
-    diagnoser = Diagnoser.from_settings(settings)
+    """Open the store, finish what a crash left behind in it, load the model and start the decoders."""
     store = Store(settings.storage.data_dir)
+    try:
+        diagnoser = Diagnoser.from_settings(settings)
+    except BaseException:
+        store.close()
+        raise
     app.extensions[_KEY] = Services(settings, store, diagnoser)
     bundle = diagnoser.bundle
+    failed = store.fail_unfinished(_INTERRUPTED, diagnoser.model_info, bundle.sha256)
+    removed = store.remove_orphans()
+    if failed or removed:
+        log.warning("recovered after a crash: %d image(s) marked failed, %d stray file(s) removed", failed, removed)
     store.audit(
-        "system", "service.start", bundle.manifest.name, f"runner={diagnoser.runner.name} bundle={bundle.sha256}"
+        "system",
+        "service.start",
+        bundle.manifest.name,
+        f"runner={diagnoser.runner.name} bundle={bundle.sha256} unfinished={failed} orphans={removed}",
     )
 
 
 def get() -> Services:
-    services: Services = current_app.extensions[_KEY]
+    return get_from(current_app)
+
+
+def get_from(app: Flask) -> Services:
+    services: Services = app.extensions[_KEY]
     return services

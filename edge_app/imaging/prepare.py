@@ -1,0 +1,53 @@
+"""From a file to a model's input tensor: decode, check the image is one the model is for, preprocess.
+
+`prepare` runs in whatever process calls it; `edge_app.imaging.sandbox` runs it in a contained child process.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge_app.errors import ImageRejected
+from edge_app.imaging.decode import DecodedImage, DecodeLimits, decode
+from edge_app.imaging.preprocess import preprocess
+from edge_app.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One image, ready for inference: its metadata, its input batch and what each step cost."""
+
+    source: str
+    metadata: dict[str, Any]
+    batch: NDArray[np.generic]
+    timings_ms: dict[str, float]
+
+
+def prepare(data: bytes | Path | str, source: str, limits: DecodeLimits, manifest: Manifest) -> Prepared:
+    """Decode, check intended use and preprocess one image; raise `ImageRejected` for an unusable one."""
+    t0 = time.perf_counter()
+    image = decode(data, source=source, limits=limits)
+    check_intended_use(manifest, image)
+    t1 = time.perf_counter()
+    batch = preprocess(image.pixels, manifest.input, manifest.preprocessing)
+    t2 = time.perf_counter()
+    return Prepared(source, image.metadata, batch, {"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3})
+
+
+def check_intended_use(manifest: Manifest, image: DecodedImage) -> None:
+    """Refuse a DICOM image whose modality or body part the model was not made for (PNG/JPEG carry neither)."""
+    use = manifest.intended_use
+    modality = str(image.metadata.get("modality", "")).upper()
+    if modality and use.modality and modality not in use.modality:
+        raise ImageRejected(
+            image.source, f"modality {modality} is not one this model reads ({', '.join(use.modality)})"
+        )
+    body_part = str(image.metadata.get("body_part", "")).upper()
+    if body_part and use.body_part and body_part != use.body_part.upper():
+        raise ImageRejected(image.source, f"body part {body_part} is not what this model reads ({use.body_part})")

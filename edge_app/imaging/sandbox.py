@@ -1,0 +1,123 @@
+"""Decode untrusted images in a child process with a memory limit and a timeout.
+
+Decoders are native code (openjpeg, libjpeg, Rust plugins): one that panics, crashes, spins or allocates without
+end must cost one image, not the service. Pebble's process pool runs `prepare` in a spawned child whose address
+space is capped (RLIMIT_AS) and kills and replaces a child that overruns its time or dies. The child's stderr is
+closed and its log records come back with the answer, logged here at debug level, so a rejected file never
+scatters library tracebacks over the user's terminal.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import resource
+import signal
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+
+from pebble import ProcessExpired, ProcessPool
+
+from edge_app.errors import ImageRejected
+from edge_app.imaging.decode import DecodeLimits
+from edge_app.imaging.prepare import Prepared, prepare
+from edge_app.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+# Address space a child may take beyond what it holds after importing the decoders, on top of the decoding
+# budget (`DecodeLimits.max_decode_mb`): the file itself, the data set, Python objects.
+_HEADROOM_MB = 160
+_notes: list[str] = []  # the child's log records for the image at hand
+
+
+class DecoderPool:
+    """Prepares images in `workers` child processes; safe to share between threads."""
+
+    def __init__(self, limits: DecodeLimits, *, workers: int = 1, timeout_s: float = 30.0) -> None:
+        self.limits = limits
+        self.timeout_s = timeout_s
+        self._pool = ProcessPool(
+            max_workers=workers,
+            initializer=_start_child,
+            initargs=(limits.max_decode_mb + _HEADROOM_MB,),
+            context=multiprocessing.get_context("spawn"),  # never fork a process that runs threads
+        )
+
+    def prepare(self, data: bytes | Path | str, source: str, manifest: Manifest) -> Prepared:
+        """`prepare` in a child; a crash, a timeout or exhausted memory raises `ImageRejected` saying so."""
+        future = self._pool.schedule(
+            _prepare_in_child, args=(data, source, self.limits, manifest), timeout=self.timeout_s
+        )
+        try:
+            outcome, notes = future.result()
+        except FutureTimeout:
+            raise ImageRejected(source, f"decoding took longer than {self.timeout_s:g} s and was stopped") from None
+        except ProcessExpired as exc:
+            raise ImageRejected(
+                source, f"the image decoder crashed on this file ({_exit_reason(exc.exitcode)})"
+            ) from exc
+        for note in notes:
+            log.debug("%s: %s", source, note)
+        if isinstance(outcome, str):
+            raise ImageRejected(source, outcome)
+        return outcome
+
+    def close(self) -> None:
+        """Stop the children (an image being decoded is abandoned)."""
+        self._pool.stop()  # type: ignore[no-untyped-call]
+        self._pool.join()
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+# -- in the child ----------------------------------------------------------------------------------------------
+
+
+class _Collect(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        _notes.append(f"{record.levelname} {record.name}: {record.getMessage()}")
+
+
+def _start_child(memory_mb: int) -> None:
+    """Close stderr, collect log records, load the decoders, then cap the address space."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    logging.basicConfig(level=logging.WARNING, handlers=[_Collect()], force=True)
+    import libjpeg  # noqa: F401  (mapped now, so that the cap counts images, not libraries)
+    import openjpeg  # noqa: F401
+    import pydicom.pixels  # noqa: F401
+    import rle  # noqa: F401
+    from PIL import Image, PngImagePlugin  # noqa: F401
+
+    limit = _address_space() + memory_mb * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _address_space() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    raise OSError("no VmSize in /proc/self/status")
+
+
+def _prepare_in_child(
+    data: bytes | Path | str, source: str, limits: DecodeLimits, manifest: Manifest
+) -> tuple[Prepared | str, list[str]]:
+    """The prepared image, or the reason it was refused; with the log records it left."""
+    _notes.clear()
+    try:
+        return prepare(data, source, limits, manifest), list(_notes)
+    except ImageRejected as exc:
+        return exc.reason, list(_notes)
+    except MemoryError:
+        return f"decoding needs more memory than the decoder is allowed ({limits.max_decode_mb:,} MB)", list(_notes)
