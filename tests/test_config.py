@@ -70,7 +70,7 @@ def test_secret_key_length_boundary() -> None:
 def test_weak_secret_keys_are_refused(weak: str) -> None:
     """Spaces do not count, nor a key of a few characters repeated; not even on loopback, where it is still used."""
     for host in ("0.0.0.0", "127.0.0.1"):
-        with pytest.raises(ConfigError, match="server.secret_key"):
+        with pytest.raises(ConfigError, match=r"server\.secret_key"):
             load_settings(environ={"EDGE_APP_SERVER_HOST": host, "EDGE_APP_SERVER_SECRET_KEY": weak})
 
 
@@ -114,7 +114,7 @@ def test_every_key_can_be_set_from_the_environment(tmp_path: Path) -> None:
     assert s.imaging.decode_timeout_s == 2.5
     s = load_settings(environ={"EDGE_APP_MODEL_TRUSTED_KEYS": f'["{keys}"]', "EDGE_APP_SERVER_PORT": "9000"})
     assert s.model.trusted_keys == [keys] and s.server.port == 9000
-    with pytest.raises(ConfigError, match="server.port: Input should be a valid integer"):
+    with pytest.raises(ConfigError, match=r"server\.port: Input should be a valid integer"):
         load_settings(environ={"EDGE_APP_SERVER_PORT": "true"})
 
 
