@@ -8,6 +8,7 @@ with the metadata routing and the UI need. The intensity transforms are the ones
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,6 @@ FrameChoice = Literal["first", "middle", "last"] | int
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PERCENTILE_WINDOW = (0.5, 99.5)
-_FLOAT_COPIES = 3
 _PILLOW_SAMPLE_BYTES = {"I;16": 2, "I;16B": 2, "I;16L": 2, "I": 4, "F": 4}
 
 
@@ -49,29 +49,37 @@ class DecodeLimits:
 
 
 def decode(data: bytes | Path | str, *, source: str | None = None, limits: DecodeLimits | None = None) -> DecodedImage:
-    """Decode a DICOM, PNG or JPEG image given as a path or its bytes; raise `ImageRejected` on anything else."""
+    """Decode a DICOM, PNG or JPEG image given as a path or its bytes; raise `ImageRejected` on anything else.
+
+    A file is read as it is decoded, never whole into memory first: a 200 MB cine loop costs 200 MB, not 400.
+    """
     limits = limits or DecodeLimits()
-    if isinstance(data, (str, Path)):
-        path = Path(data)
-        source = source or str(path)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ImageRejected(source, f"cannot be read ({exc.strerror or exc})") from None
-    source = source or "<bytes>"
-    if not data:
+    if isinstance(data, bytes):
+        return _decode_stream(io.BytesIO(data), len(data), source or "<bytes>", limits)
+    source = source or str(data)
+    try:
+        with open(data, "rb") as fh:
+            return _decode_stream(fh, os.fstat(fh.fileno()).st_size, source, limits)
+    except OSError as exc:
+        raise ImageRejected(source, f"cannot be read ({exc.strerror or exc})") from exc
+
+
+def _decode_stream(stream: BinaryIO, size: int, source: str, limits: DecodeLimits) -> DecodedImage:
+    if not size:
         raise ImageRejected(source, "the file is empty")
-    if data.startswith(_PNG_MAGIC) or data.startswith(_JPEG_MAGIC):
-        return _decode_pillow(data, source, limits)
-    if len(data) >= 132 and data[128:132] == b"DICM":
-        return _decode_dicom(io.BytesIO(data), source, limits)
+    head = stream.read(132)
+    stream.seek(0)
+    if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
+        return _decode_pillow(stream, size, source, limits)
+    if head[128:132] == b"DICM":
+        return _decode_dicom(stream, size, source, limits)
     raise ImageRejected(source, "not a DICOM (Part 10), PNG or JPEG file")
 
 
 # -- DICOM ---------------------------------------------------------------------------------------------------------
 
 
-def _decode_dicom(stream: BinaryIO, source: str, limits: DecodeLimits) -> DecodedImage:
+def _decode_dicom(stream: BinaryIO, size: int, source: str, limits: DecodeLimits) -> DecodedImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -87,7 +95,7 @@ def _decode_dicom(stream: BinaryIO, source: str, limits: DecodeLimits) -> Decode
     if "PixelData" not in ds and any("end of file" in str(w.message).lower() for w in caught):
         raise ImageRejected(source, "truncated DICOM file (the file ends before its data set does)")
     try:  # values are parsed on first access: an unknown VR or a malformed number raises here
-        header = _pixel_header(ds, source, limits)
+        header = _pixel_header(ds, size, source, limits)
     except (ImageRejected, MemoryError):
         raise
     except Exception as exc:
@@ -98,7 +106,7 @@ def _decode_dicom(stream: BinaryIO, source: str, limits: DecodeLimits) -> Decode
     return DecodedImage(pixels=pixels, source=source, format="dicom", metadata=header)
 
 
-def _pixel_header(ds: Any, source: str, limits: DecodeLimits) -> dict[str, Any]:
+def _pixel_header(ds: Any, size: int, source: str, limits: DecodeLimits) -> dict[str, Any]:
     """Read and check the image pixel module; return the image's metadata."""
     sop_class = ds.get("SOPClassUID")
     if "PixelData" not in ds:
@@ -112,7 +120,7 @@ def _pixel_header(ds: Any, source: str, limits: DecodeLimits) -> dict[str, Any]:
         raise ImageRejected(source, f"SamplesPerPixel {samples} is not 1 (grey) or 3 (colour)")
     if bits not in (1, 8, 16, 32):
         raise ImageRejected(source, f"BitsAllocated {bits} is not 1, 8, 16 or 32")
-    check_size(rows, cols, samples, max(1, bits // 8), source, limits)
+    check_size(rows, cols, samples, max(1, bits // 8), size, source, limits)
     n_frames = _number(ds, "NumberOfFrames", 1, source)
     if n_frames < 1:
         raise ImageRejected(source, f"NumberOfFrames {n_frames} is not a positive number")
@@ -148,11 +156,14 @@ def _number(ds: Any, keyword: str, default: int, source: str) -> int:
         raise ImageRejected(source, f"{keyword} {str(value)[:40]!r} is not a number") from None
 
 
-def check_size(rows: int, cols: int, samples: int, sample_bytes: int, source: str, limits: DecodeLimits) -> None:
-    """Refuse, before decoding, an image over the pixel limit or one that would not fit the decoding budget."""
+def check_size(
+    rows: int, cols: int, samples: int, sample_bytes: int, file_size: int, source: str, limits: DecodeLimits
+) -> None:
+    """Refuse, before decoding, an image over the pixel limit or one that would not fit the decoding budget (the
+    file, held while it is decoded, and the working memory of one frame)."""
     if rows * cols > limits.max_pixels:
         raise ImageRejected(source, f"image of {cols}x{rows} pixels exceeds the limit of {limits.max_pixels:,} pixels")
-    need = decode_bytes(rows, cols, samples, sample_bytes)
+    need = file_size + decode_bytes(rows, cols, samples, sample_bytes)
     if need > limits.max_decode_mb * 2**20:
         raise ImageRejected(
             source,
@@ -162,10 +173,10 @@ def check_size(rows: int, cols: int, samples: int, sample_bytes: int, source: st
 
 
 def decode_bytes(rows: int, cols: int, samples: int, sample_bytes: int) -> int:
-    """Working memory to decode and preprocess one image: the decoded samples, then about three float32 copies of
-    them alive at once (intensity transform, percentile window or resize); measured by
-    tests/benchmarks/hostile_images.py."""
-    return rows * cols * samples * (sample_bytes + _FLOAT_COPIES * 4)
+    """Working memory to decode and preprocess one image, an upper bound: the decoded samples and one float32 copy
+    of them, plus two float32 planes (the percentile window's or the resize's copy). Measured peaks are 0.6 to 0.8
+    of it (tests/benchmarks/decode_memory.py)."""
+    return rows * cols * (samples * (sample_bytes + 4) + 2 * 4)
 
 
 def _check_codestream(
@@ -324,16 +335,18 @@ def _window(values: NDArray[np.float32], center: float, width: float, function: 
 # -- PNG and JPEG --------------------------------------------------------------------------------------------------
 
 
-def _decode_pillow(data: bytes, source: str, limits: DecodeLimits) -> DecodedImage:
+def _decode_pillow(stream: BinaryIO, size: int, source: str, limits: DecodeLimits) -> DecodedImage:
     from PIL import Image
 
-    fmt: Literal["png", "jpeg"] = "png" if data.startswith(_PNG_MAGIC) else "jpeg"
+    fmt: Literal["png", "jpeg"] = "png" if stream.read(8) == _PNG_MAGIC else "jpeg"
+    stream.seek(0)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))  # reads the header only (PNG IHDR, JPEG SOF)
+            img = Image.open(stream)  # reads the header only (PNG IHDR, JPEG SOF)
             width, height = img.size
-            check_size(height, width, len(img.getbands()), _PILLOW_SAMPLE_BYTES.get(img.mode, 1), source, limits)
+            sample_bytes = _PILLOW_SAMPLE_BYTES.get(img.mode, 1)
+            check_size(height, width, len(img.getbands()), sample_bytes, size, source, limits)
             img.load()
     except (ImageRejected, MemoryError):
         raise
