@@ -3,32 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from conftest import dicom_file
 
-SCRIPT = Path(sys.executable).parent / "edge-app"
-EDGE_APP = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "edge_app.cli"]
+Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*EDGE_APP, *args], capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
-    )
-
-
-def test_diagnose_prints_one_json_line_per_file(nih_png: Path) -> None:
-    proc = run("diagnose", str(nih_png), str(dicom_file("RG1_J2KR.dcm")))
+def test_diagnose_prints_one_json_line_per_file(cli: Cli, nih_png: Path) -> None:
+    proc = cli("diagnose", str(nih_png), str(dicom_file("RG1_J2KR.dcm")))
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [d["status"] for d in lines] == ["ok", "ok"]
@@ -51,10 +41,10 @@ def test_diagnose_prints_one_json_line_per_file(nih_png: Path) -> None:
     assert set(first["timings_ms"]) == {"decode", "preprocess", "isolation", "infer"}
 
 
-def test_diagnose_exits_non_zero_when_a_file_is_rejected(nih_png: Path, tmp_path: Path) -> None:
+def test_diagnose_exits_non_zero_when_a_file_is_rejected(cli: Cli, nih_png: Path, tmp_path: Path) -> None:
     junk = tmp_path / "notes.txt"
     junk.write_text("not an image")
-    proc = run("diagnose", str(junk), str(nih_png), str(dicom_file("test-SR.dcm")))
+    proc = cli("diagnose", str(junk), str(nih_png), str(dicom_file("test-SR.dcm")))
     assert proc.returncode == 1
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [d["status"] for d in lines] == ["rejected", "ok", "rejected"]
@@ -63,50 +53,19 @@ def test_diagnose_exits_non_zero_when_a_file_is_rejected(nih_png: Path, tmp_path
     assert "Traceback" not in proc.stderr
 
 
-def test_bad_configuration_is_a_plain_error(tmp_path: Path, nih_png: Path) -> None:
-    proc = run("diagnose", str(nih_png), env={"EDGE_APP_MODEL_BUNDLE": str(tmp_path)})
+def test_bad_configuration_is_a_plain_error(cli: Cli, tmp_path: Path, nih_png: Path) -> None:
+    proc = cli("diagnose", str(nih_png), env={"EDGE_APP_MODEL_BUNDLE": str(tmp_path)})
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"edge-app: model bundle {tmp_path} has no manifest.json"
 
 
-def test_bench_prints_a_table(nih: Path) -> None:
-    proc = run("bench", str(nih / "images"), "--limit", "12")
+def test_bench_prints_a_table(cli: Cli, nih: Path) -> None:
+    proc = cli("bench", str(nih / "images"), "--limit", "12")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert "9 images timed, 3 warm-up, 0 skipped" in lines[0]
     assert lines[1].split() == ["stage", "p50", "ms", "p95", "ms", "mean", "ms", "images/s"]
     assert [line.split()[0] for line in lines[2:]] == ["decode", "preprocess", "isolation", "infer", "total"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "data"),
-        "EDGE_APP_SERVER_PORT": str(port),
-    }
-    proc = subprocess.Popen([*EDGE_APP, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}/api/v1"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(base + "/health", timeout=2).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"server did not start: {proc.stdout.read() if proc.stdout else ''}")
-            time.sleep(0.2)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=20)
 
 
 def test_real_server_end_to_end(server: str, tmp_path: Path) -> None:
@@ -132,16 +91,16 @@ def test_real_server_end_to_end(server: str, tmp_path: Path) -> None:
     assert json.load(urllib.request.urlopen(server + "/health", timeout=10))["status"] == "ok", "still serving"
 
 
-def test_serve_refuses_plainly_a_busy_port_and_an_unusable_data_dir(tmp_path: Path) -> None:
+def test_serve_refuses_plainly_a_busy_port_and_an_unusable_data_dir(cli: Cli, tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         env = {"EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "data"), "EDGE_APP_SERVER_PORT": str(port)}
-        proc = run("serve", env=env)
+        proc = cli("serve", env=env)
     assert proc.returncode == 2 and f"edge-app: cannot listen on 127.0.0.1:{port}" in proc.stderr
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    proc = run("serve", env={"EDGE_APP_STORAGE_DATA_DIR": str(blocker / "data"), "EDGE_APP_SERVER_PORT": "1"})
+    proc = cli("serve", env={"EDGE_APP_STORAGE_DATA_DIR": str(blocker / "data"), "EDGE_APP_SERVER_PORT": "1"})
     assert proc.returncode == 2 and "cannot be used (storage.data_dir)" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -1,0 +1,204 @@
+"""Hostile images cost one image, never the service: each known one refused with its reason through every entry
+point (decoding, the contained decoder, `edge-app diagnose`, the API, a real server), and the decoder process
+contains crashes, overruns and memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+from hostile import HOSTILE, Hostile
+
+from conftest import dicom_file
+from edge_app.bundle import load_bundle
+from edge_app.config import EMBEDDED_BUNDLE
+from edge_app.errors import ImageRejected
+from edge_app.imaging import DecodeLimits, decode
+from edge_app.imaging.sandbox import DecoderPool
+from edge_app.manifest import Manifest
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+IDS = [h.name for h in HOSTILE]
+
+
+@pytest.fixture(scope="module")
+def hostile_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("hostile")
+    for item in HOSTILE:
+        (folder / item.name).write_bytes(item.build())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def manifest() -> Manifest:
+    return load_bundle(EMBEDDED_BUNDLE).manifest
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[DecoderPool]:
+    decoders = DecoderPool(DecodeLimits())
+    yield decoders
+    decoders.close()
+
+
+@pytest.mark.parametrize("item", HOSTILE, ids=IDS)
+def test_decoding_refuses_it_with_its_reason(item: Hostile, hostile_dir: Path) -> None:
+    with pytest.raises(ImageRejected) as info:
+        decode(hostile_dir / item.name, source=item.name)
+    assert item.reason in info.value.reason
+
+
+@pytest.mark.parametrize("item", HOSTILE, ids=IDS)
+def test_the_contained_decoder_refuses_it(
+    item: Hostile, hostile_dir: Path, pool: DecoderPool, manifest: Manifest
+) -> None:
+    with pytest.raises(ImageRejected) as info:
+        pool.prepare(hostile_dir / item.name, item.name, manifest)
+    assert item.reason in info.value.reason
+
+
+def test_diagnose_reports_each_and_goes_on(cli: Cli, hostile_dir: Path) -> None:
+    """One JSON line per file, the good file diagnosed after the bad ones, exit status 1, no traceback or library
+    noise on the terminal (the RLE plugin's panic message included)."""
+    good = dicom_file("RG1_UNCR.dcm")
+    proc = cli("diagnose", str(hostile_dir), str(good))
+    assert proc.returncode == 1, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    by_file = {Path(d["file"]).name: d for d in lines}
+    assert len(lines) == len(HOSTILE) + 1
+    for item in HOSTILE:
+        assert by_file[item.name]["status"] == "rejected"
+        assert item.reason in by_file[item.name]["reason"]
+    assert by_file[good.name]["status"] == "ok"
+    for noise in ("Traceback", "panicked", "ERROR", "WARNING", "pydicom"):
+        assert noise not in proc.stderr
+
+
+def test_diagnose_sends_the_library_messages_to_the_debug_log(cli: Cli, hostile_dir: Path) -> None:
+    """pydicom's warning about the extra frame: in the log with -v, nowhere without it."""
+    path = str(hostile_dir / "two_frames_said_one.dcm")
+    quiet, verbose = cli("diagnose", path), cli("-v", "diagnose", path)
+    assert quiet.returncode == verbose.returncode == 1
+    assert "pydicom" not in quiet.stderr
+    assert (
+        f"DEBUG edge_app.imaging.sandbox: {path}: WARNING pydicom: The number of bytes of pixel data" in verbose.stderr
+    )
+
+
+@pytest.mark.parametrize("item", HOSTILE, ids=IDS)
+def test_the_api_keeps_it_and_answers_422(item: Hostile, hostile_dir: Path, client: FlaskClient) -> None:
+    resp = client.post(f"/api/v1/studies?filename={item.name}", data=(hostile_dir / item.name).read_bytes())
+    assert resp.status_code == 422
+    body = resp.get_json()
+    assert item.reason in body["detail"]
+    (image,) = body["study"]["images"]
+    assert image["results"][0]["status"] == "rejected" and image["size"] == (hostile_dir / item.name).stat().st_size
+
+
+def test_a_real_server_answers_a_decoder_panic_and_lives(server: str, hostile_dir: Path) -> None:
+    """The RLE panic left the request unanswered and its socket in CLOSE-WAIT: now a 422, then a good image."""
+    for _ in range(3):
+        req = urllib.request.Request(
+            server + "/studies?filename=rle.dcm", data=(hostile_dir / "rle_rows_disagree.dcm").read_bytes()
+        )
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req, timeout=30)
+        assert info.value.code == 422
+    req = urllib.request.Request(server + "/studies?filename=rg1.dcm", data=dicom_file("RG1_UNCR.dcm").read_bytes())
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        assert resp.status == 201
+
+
+# -- the decoder process -----------------------------------------------------------------------------------------
+
+
+def _children() -> list[int]:
+    """This process's child processes, from /proc."""
+    me, found = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _address_space_limit(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max address space"):
+            return line.split()[3]
+    raise AssertionError("no address space line")
+
+
+def test_the_decoder_process_has_a_memory_cap(manifest: Manifest) -> None:
+    before = set(_children())
+    decoders = DecoderPool(DecodeLimits(max_decode_mb=100))
+    try:
+        with pytest.raises(ImageRejected):  # starts the child; the model is not for ultrasound
+            decoders.prepare(dicom_file("US1_UNCR.dcm"), "us.dcm", manifest)
+        (child,) = set(_children()) - before - {p for p in _children() if "resource_tracker" in _cmdline(p)}
+        limit = _address_space_limit(child)
+        assert limit != "unlimited"
+        vm_size = _status_kb(child, "VmSize") * 1024
+        assert 100 * 2**20 < int(limit) - vm_size + 50 * 2**20 < 400 * 2**20
+    finally:
+        decoders.close()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise AssertionError(key)
+
+
+def test_an_image_over_its_time_is_stopped_and_the_next_one_decodes(manifest: Manifest, nih_png: Path) -> None:
+    decoders = DecoderPool(DecodeLimits(), timeout_s=0.15)
+    try:
+        decoders.prepare(nih_png, "warm.png", manifest)  # the child has started
+        with pytest.raises(ImageRejected, match=r"decoding took longer than 0.15 s and was stopped"):
+            decoders.prepare(dicom_file("RG1_J2KR.dcm"), "slow.dcm", manifest)  # about 0.5 s here
+        assert decoders.prepare(nih_png, "next.png", manifest).batch.shape == (1, 1, 64, 64)
+    finally:
+        decoders.close()
+
+
+def test_a_decoder_that_dies_costs_one_image(manifest: Manifest, nih_png: Path) -> None:
+    """A native crash, played by SIGKILL to the decoder process in the middle of a JPEG 2000 decode."""
+    decoders = DecoderPool(DecodeLimits())
+    try:
+        decoders.prepare(nih_png, "warm.png", manifest)
+        workers = [p for p in _children() if "resource_tracker" not in _cmdline(p)]
+
+        def kill_soon() -> None:
+            time.sleep(0.15)
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_soon)
+        killer.start()
+        with pytest.raises(ImageRejected, match=r"the image decoder crashed on this file \(killed by SIGKILL\)"):
+            decoders.prepare(dicom_file("RG1_J2KR.dcm"), "crash.dcm", manifest)
+        killer.join()
+        assert decoders.prepare(nih_png, "next.png", manifest).batch.shape == (1, 1, 64, 64)
+    finally:
+        decoders.close()
