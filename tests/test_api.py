@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import dicom_file
 from edge_app.errors import ConfigError
-from edge_app.web import create_app
+from edge_app.web import create_app, services
 
 
 def test_health(client: FlaskClient) -> None:
@@ -69,10 +69,73 @@ def test_unknown_study_and_result(client: FlaskClient) -> None:
     assert client.get("/api/v1/results/999/heatmap.png").get_json()["error"] == "Not Found"
 
 
-def test_upload_over_the_limit(tmp_path: Path) -> None:
+def test_upload_over_the_limit_says_the_limit(tmp_path: Path) -> None:
     app = create_app({"storage": {"data_dir": str(tmp_path)}, "server": {"max_upload_mb": 1}})
-    resp = app.test_client().post("/api/v1/studies", data=b"\0" * (2 * 1024 * 1024))
-    assert resp.status_code == 413 and resp.get_json()["error"] == "Request Entity Too Large"
+    try:
+        client = app.test_client()
+        resp = client.post("/api/v1/studies", data=b"\0" * (1024 * 1024 + 1))
+        assert resp.status_code == 413 and resp.get_json() == {
+            "error": "Request Entity Too Large",
+            "detail": "the upload is larger than the limit of 1 MB (server.max_upload_mb)",
+        }
+        assert client.post("/api/v1/studies", data=b"\0" * (1024 * 1024 - 1000)).status_code == 422, "under it"
+    finally:
+        services.get_from(app).close()
+
+
+def test_result_ids_beyond_sqlite_integers_are_not_found(client: FlaskClient) -> None:
+    for result_id in ("9" * 20, str(2**63), "0"):
+        resp = client.get(f"/api/v1/results/{result_id}/heatmap.png")
+        assert resp.status_code == 404 and resp.get_json()["error"] == "Not Found"
+
+
+def test_a_multipart_file_name_that_is_not_utf8_is_refused_plainly(client: FlaskClient) -> None:
+    body = (
+        b'--XX\r\nContent-Disposition: form-data; name="file"; filename="\xff\xfe.png"\r\n'
+        b"Content-Type: image/png\r\n\r\nDATA\r\n--XX--\r\n"
+    )
+    resp = client.post("/api/v1/studies", data=body, content_type="multipart/form-data; boundary=XX")
+    assert resp.status_code == 400
+    detail = resp.get_json()["detail"]
+    assert detail.startswith("the multipart body cannot be read ('utf-8' codec can't decode byte 0xff")
+    assert "must be UTF-8" in detail
+
+
+def test_a_multipart_body_without_a_file_field(client: FlaskClient) -> None:
+    resp = client.post("/api/v1/studies", data={"other": "x"}, content_type="multipart/form-data")
+    assert resp.status_code == 400 and resp.get_json()["detail"].startswith("no image: send a multipart field")
+
+
+def test_the_service_finishes_what_a_crash_left(tmp_path: Path, nih_png: Path) -> None:
+    """An image stored without a result is marked failed; temporaries and unreferenced files are removed; the
+    files rows refer to are kept."""
+    settings = {"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1}}
+    app = create_app(settings)
+    client = app.test_client()
+    done = client.post("/api/v1/studies?filename=a.png", data=nih_png.read_bytes()).get_json()
+    store = services.get_from(app).store
+    digest, size = store.put_stream(io.BytesIO(b"sent just before the crash"))
+    uid, _ = store.add_study(digest, size, filename="b.dcm", source="api")  # no result: the crash came here
+    orphan = store.put_file(b"stored, but the crash came before its row")
+    incoming = store.files_dir / ".incoming-half-written"
+    incoming.write_bytes(b"half")
+    services.get_from(app).close()
+
+    app = create_app(settings)
+    try:
+        store = services.get_from(app).store
+        (image,) = store.get_study(uid)["images"]
+        (result,) = image["results"]
+        assert result["status"] == "failed"
+        assert result["reason"] == "the service stopped before this image was diagnosed; send it again"
+        assert store.read_file(digest) == b"sent just before the crash", "the image itself is kept"
+        assert not store.file_path(orphan).exists() and not incoming.exists()
+        kept = store.get_study(done["uid"])["images"][0]
+        assert store.read_file(kept["sha256"]) == nih_png.read_bytes()
+        assert store.read_file(kept["results"][0]["heatmap"]["sha256"])
+        assert len(kept["results"]) == 1, "a finished study is left alone"
+    finally:
+        services.get_from(app).close()
 
 
 def test_insecure_app_is_refused(tmp_path: Path) -> None:

@@ -111,3 +111,15 @@ def test_reference_model_performs_as_its_manifest_says(diagnoser: Diagnoser, nih
     for j, label in enumerate(manifest.labels):
         auc = roc_auc_score(truth[label], probs[:, j])
         assert auc == pytest.approx(manifest.metrics["test_split"][label]["test_auc"], abs=0.002), label
+
+
+def test_an_internal_error_is_a_failed_diagnosis_not_an_exception(nih_png: Path) -> None:
+    """The diagnoser is a boundary: a runner that cannot infer (here, one never activated) fails this image with
+    the reason, and the next image with a working runner is diagnosed."""
+    bundle = load_bundle(EMBEDDED_BUNDLE)
+    d = Diagnoser(bundle, OnnxRuntimeRunner(bundle, threads=1))
+    failed = d.diagnose(nih_png)
+    assert failed.status == "failed" and failed.findings == []
+    assert failed.reason == "internal error: InferenceError: onnxruntime runner used before activate()"
+    d.swap_runner(open_runner(bundle, threads=1))
+    assert d.diagnose(nih_png).status == "ok"
