@@ -363,7 +363,8 @@ def _decode_pillow(stream: BinaryIO, size: int, source: str, limits: DecodeLimit
         pixels = np.asarray(img, dtype=np.float32)
         pixels = _linear(pixels, float(pixels.min()), float(pixels.max()))
     else:
-        pixels = np.asarray(img.convert("L" if mode in ("L", "1", "LA") else "RGB"), dtype=np.float32)
+        target = "L" if mode in ("L", "1", "LA") else "RGB"
+        pixels = np.asarray(img if mode == target else img.convert(target), dtype=np.float32)
         pixels *= np.float32(1.0 / 255.0)
     del img
     metadata = {"rows": height, "columns": width, "mode": mode, "frames": 1, "frame": 0}
