@@ -95,13 +95,10 @@ def _diagnose(settings: Settings, paths: Sequence[Path], bundle_path: Path | Non
 def _serve(settings: Settings, host: str | None, port: int | None) -> int:
     import waitress
 
-    from edge_app.config import check_secure
+    from edge_app.config import check_secure, with_overrides
     from edge_app.web import create_app, services
 
-    if host is not None:
-        settings.server.host = host
-    if port is not None:
-        settings.server.port = port
+    settings = with_overrides(settings, "server", {"host": host, "port": port})
     check_secure(settings)
     app = create_app(settings)
     host, port = settings.server.host, settings.server.port

@@ -126,6 +126,17 @@ def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | N
     return settings
 
 
+def with_overrides(settings: Settings, section: str, values: Mapping[str, Any]) -> Settings:
+    """`settings` with some keys of one section replaced (command-line options; None leaves a key alone),
+    validated like the file; raise `ConfigError` in plain words."""
+    raw = settings.model_dump()
+    raw[section].update({key: value for key, value in values.items() if value is not None})
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {format_validation_error(exc)}") from None
+
+
 def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
     sections = Settings.model_fields
     for key, value in environ.items():

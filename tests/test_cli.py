@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import dicom_file
@@ -104,3 +105,47 @@ def test_serve_refuses_plainly_a_busy_port_and_an_unusable_data_dir(cli: Cli, tm
     proc = cli("serve", env={"EDGE_APP_STORAGE_DATA_DIR": str(blocker / "data"), "EDGE_APP_SERVER_PORT": "1"})
     assert proc.returncode == 2 and "cannot be used (storage.data_dir)" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_serve_refuses_a_host_that_is_not_one(cli: Cli, tmp_path: Path) -> None:
+    proc = cli("serve", "--host", "not a host!", env={"EDGE_APP_STORAGE_DATA_DIR": str(tmp_path)})
+    assert proc.returncode == 2
+    assert "server.host: Value error, 'not a host!' is not an IP address or a host name" in proc.stderr
+    assert "secret_key" not in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli("serve", "--port", "0", env={"EDGE_APP_STORAGE_DATA_DIR": str(tmp_path)})
+    assert proc.returncode == 2 and "server.port: Input should be greater than or equal to 1" in proc.stderr
+
+
+def _bundle_whose_model_fails_at_inference(folder: Path) -> Path:
+    """The reference bundle with its logits reshaped to (-1, 7) at the end of the graph: it loads and activates
+    (the batch is symbolic), and ONNX Runtime fails on every image (5 scores do not make rows of 7)."""
+    import hashlib
+    import shutil
+
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from edge_app.config import EMBEDDED_BUNDLE
+
+    bundle = Path(shutil.copytree(EMBEDDED_BUNDLE, folder / "broken"))
+    model = onnx.load(bundle / "model.onnx")
+    for node in model.graph.node:
+        node.output[:] = ["logits_raw" if o == "logits" else o for o in node.output]
+    model.graph.initializer.append(numpy_helper.from_array(np.array([-1, 7], dtype=np.int64), "seven"))
+    model.graph.node.append(helper.make_node("Reshape", ["logits_raw", "seven"], ["logits"]))
+    onnx.save(model, bundle / "model.onnx")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["model.onnx"] = hashlib.sha256((bundle / "model.onnx").read_bytes()).hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return bundle
+
+
+def test_diagnose_exits_3_on_an_internal_error_and_goes_on(cli: Cli, tmp_path: Path, nih_png: Path) -> None:
+    bundle = _bundle_whose_model_fails_at_inference(tmp_path)
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not an image")
+    proc = cli("diagnose", "--bundle", str(bundle), str(nih_png), str(junk), str(nih_png))
+    assert proc.returncode == 3, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [d["status"] for d in lines] == ["failed", "rejected", "failed"]
+    assert lines[0]["reason"].startswith("internal error: InferenceError: ONNX Runtime failed")
