@@ -11,7 +11,7 @@ from typing import Any
 
 from edge_app.bundle import Bundle, load_bundle
 from edge_app.config import Settings
-from edge_app.errors import ImageRejected
+from edge_app.errors import ConfigError, ImageRejected
 from edge_app.imaging import DecodeLimits
 from edge_app.imaging.prepare import prepare
 from edge_app.imaging.sandbox import DecoderPool
@@ -71,6 +71,9 @@ class Diagnoser:
 
         model, imaging = settings.model, settings.imaging
         trusted = load_public_keys(model.trusted_keys) if model.require_signature else None
+        if trusted == {}:
+            where = ", ".join(str(p) for p in model.trusted_keys)
+            raise ConfigError(f"require_signature is set, but model.trusted_keys ({where}) hold no public key")
         bundle = load_bundle(bundle_path or model.bundle, trusted_keys=trusted)
         runner = open_runner(bundle, model.runner, model.threads, settings.engine_cache, model.max_batch)
         limits = DecodeLimits(max_pixels=imaging.max_pixels, max_decode_mb=imaging.max_decode_mb, frame=imaging.frame)

@@ -105,3 +105,23 @@ def test_truncated_jpeg(nih_png: Path) -> None:
 
 def test_frame_out_of_range() -> None:
     assert "frame 500 asked for" in _rejected(dicom_file("color3d_jpeg_baseline.dcm"), frame=500)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_png_and_jpeg_pixel_limit_is_ours(fmt: str) -> None:
+    """A 100x100 image under a 9,999-pixel limit: far below Pillow's own bomb limit, so only ours refuses it."""
+    buf = io.BytesIO()
+    Image.new("L", (100, 100), 128).save(buf, format=fmt)
+    assert _rejected(buf.getvalue(), max_pixels=9_999) == "image of 100x100 pixels exceeds the limit of 9,999 pixels"
+    assert decode(buf.getvalue(), limits=DecodeLimits(max_pixels=10_000)).pixels.shape == (100, 100)
+
+
+def test_memory_budget_boundary() -> None:
+    """The estimate refuses above the budget and accepts at it: a 1000x1000 grey 8-bit PNG needs the file plus
+    1000 * 1000 * (1 * (1 + 4) + 8) bytes."""
+    buf = io.BytesIO()
+    Image.new("L", (1000, 1000), 128).save(buf, format="PNG")
+    need_mb = (len(buf.getvalue()) + 13_000_000) / 2**20
+    assert 12 < need_mb < 13
+    assert "needs about 12 MB to decode, over the limit of 12 MB" in _rejected(buf.getvalue(), max_decode_mb=12)
+    assert decode(buf.getvalue(), limits=DecodeLimits(max_decode_mb=13)).pixels.shape == (1000, 1000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -44,6 +45,23 @@ def test_changed_byte_is_refused(bundle_dir: Path) -> None:
     data[len(data) // 2] ^= 0x01
     model.write_bytes(bytes(data))
     with pytest.raises(BundleError, match=r"has been altered: model.onnx has sha256 [0-9a-f]{64}, the manifest says"):
+        load_bundle(bundle_dir)
+
+
+@pytest.mark.parametrize("name", sorted(load_bundle(EMBEDDED_BUNDLE).manifest.files))
+def test_every_listed_file_is_checked(bundle_dir: Path, name: str) -> None:
+    path = bundle_dir / name
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # the last byte: a check that stops early does not see it
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=rf"has been altered: {re.escape(name)} has sha256"):
+        load_bundle(bundle_dir)
+
+
+def test_a_file_smuggled_into_a_sub_folder_is_refused(bundle_dir: Path) -> None:
+    (bundle_dir / "extra").mkdir()
+    (bundle_dir / "extra" / "model.onnx").write_bytes(b"smuggled")
+    with pytest.raises(BundleError, match=r"does not list: extra/model.onnx"):
         load_bundle(bundle_dir)
 
 

@@ -207,6 +207,8 @@ def test_model_errors_are_plain(tmp_path: Path) -> None:
         build(BuildInputs(good, wrong, "fp32", tmp_path / "o"), Steps(show=False))
     with pytest.raises(ConversionError, match="int8 needs --validation"):
         build(BuildInputs(good, spec, "int8", tmp_path / "o"), Steps(show=False))
+    with pytest.raises(ConversionError, match="fp16 needs --validation images: the fidelity gate is not optional"):
+        build(BuildInputs(good, spec, "fp16", tmp_path / "o"), Steps(show=False))
     assert not (tmp_path / "o").exists()
 
 
@@ -362,3 +364,45 @@ def test_unusable_reference_and_output_are_plain_errors(nih_split: dict[str, Pat
     a_file.write_text("")
     with pytest.raises(ConversionError, match="is a file; give a new folder"):
         build(BuildInputs(REFERENCE, reference_spec(tmp_path, "fp32"), "fp32", a_file), Steps(show=False))
+
+
+def test_the_fallback_keeps_the_most_sensitive_nodes_in_fp32(nih_split: dict[str, Path], tmp_path: Path) -> None:
+    """The nodes picked are those whose own quantization loses the most signal: ORT's per-tensor SQNR of the
+    quantized model against the float one, lowest first."""
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    from converters import quantize
+    from converters.images import load_images
+    from converters.quantize import _Reader
+
+    spec = reference_spec(tmp_path, "int8")
+    images = load_images(nih_split["train"], spec.input, spec.preprocessing)
+    qdq = tmp_path / "qdq.onnx"
+    quantize.to_int8(REFERENCE, qdq, "image", images.tensors[:64], spec.calibration, [])
+    sample = images.tensors[:16]
+    picked = quantize.most_sensitive_nodes(REFERENCE, qdq, "image", sample, 3, set())
+
+    aug_fp32, aug_qdq = tmp_path / "a32.onnx", tmp_path / "aq.onnx"
+    modify_model_output_intermediate_tensors(str(REFERENCE), str(aug_fp32))
+    modify_model_output_intermediate_tensors(str(qdq), str(aug_qdq))
+    errors = compute_activation_error(
+        create_activation_matching(
+            collect_activations(str(aug_qdq), _Reader("image", sample)),
+            collect_activations(str(aug_fp32), _Reader("image", sample)),
+        )
+    )
+    producer = {out: node.name for node in onnx.load(str(REFERENCE)).graph.node for out in node.output}
+    sqnr: dict[str, float] = {}
+    for tensor, err in errors.items():
+        if tensor in producer and "qdq_err" in err:
+            sqnr[producer[tensor]] = min(sqnr.get(producer[tensor], np.inf), err["qdq_err"])
+    worst = sorted(sqnr, key=lambda node: sqnr[node])
+    assert len(picked) == 3 and picked == worst[:3]
+    assert max(sqnr[n] for n in picked) <= min(sqnr[n] for n in worst[3:])
+    again = quantize.most_sensitive_nodes(REFERENCE, qdq, "image", sample, 2, set(picked[:1]))
+    assert again == worst[1:3], "nodes already kept in FP32 are skipped"

@@ -138,3 +138,13 @@ def test_modality_lut_sequence_is_applied() -> None:
     values = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
     lo, hi = np.percentile(values, (0.5, 99.5))
     assert np.allclose(decode(path).pixels, np.clip((values - lo) / (hi - lo), 0, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize(("choice", "index"), [("first", 0), ("middle", 60), ("last", 119), (7, 7)])
+def test_the_chosen_frame_is_the_one_decoded(choice: str | int, index: int) -> None:
+    """color3d_jpeg_baseline: 120 JPEG frames of a moving ultrasound loop, each different."""
+    path = dicom_file("color3d_jpeg_baseline.dcm")
+    image = decode(path, limits=DecodeLimits(frame=choice))  # type: ignore[arg-type]
+    assert image.metadata["frame"] == index and image.metadata["frames"] == 120
+    expected = pydicom.dcmread(path).pixel_array[index].astype(np.float32) / 255.0
+    assert np.allclose(image.pixels, expected)

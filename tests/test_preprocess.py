@@ -90,3 +90,14 @@ def test_on_a_real_xray(nih_png: Path) -> None:
 def test_invalid_preprocessing_is_refused(fields: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Preprocessing.model_validate(fields)
+
+
+def test_centre_crop_keeps_the_central_square_of_a_real_image() -> None:
+    """On a gradient (not flat), centre crop 0.5 of a 100x200 image is rows 25-75, columns 75-125, resized."""
+    ys, xs = np.mgrid[0:100, 0:200].astype(np.float32)
+    image = (ys * 200 + xs) / (100 * 200)
+    spec = InputSpec(name="x", layout="NCHW", height=50, width=50, channels=1)
+    x = preprocess(image, spec, Preprocessing(geometry="center_crop", crop_fraction=0.5, interpolation="nearest"))
+    assert np.array_equal(x[0, 0], image[25:75, 75:125])
+    x = preprocess(image, spec, Preprocessing(geometry="center_crop", crop_fraction=1.0, interpolation="nearest"))
+    assert np.array_equal(x[0, 0], image[0:100, 50:150][1::2, 1::2]), "Pillow samples pixel centres"

@@ -104,3 +104,20 @@ def test_cli_keygen_and_sign(bundle_dir: Path, tmp_path: Path) -> None:
 def test_keygen_into_a_missing_folder_is_a_plain_error(tmp_path: Path) -> None:
     with pytest.raises(ConversionError, match="cannot write the key"):
         generate_key(tmp_path / "no" / "such" / "key")
+
+
+def test_require_signature_with_a_key_folder_holding_no_key(bundle_dir: Path, tmp_path: Path) -> None:
+    """An empty key set must not mean "no check": the service refuses to start, and the loader refuses the bundle."""
+    empty = tmp_path / "no-keys"
+    empty.mkdir()
+    settings = load_settings(
+        environ={
+            "EDGE_APP_MODEL_BUNDLE": str(bundle_dir),
+            "EDGE_APP_MODEL_REQUIRE_SIGNATURE": "true",
+            "EDGE_APP_MODEL_TRUSTED_KEYS": str(empty),
+        }
+    )
+    with pytest.raises(ConfigError, match=r"trusted_keys \(.*no-keys\) hold no public key"):
+        Diagnoser.from_settings(settings)
+    with pytest.raises(BundleError, match="is not signed"):
+        load_bundle(bundle_dir, trusted_keys={})

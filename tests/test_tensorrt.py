@@ -143,3 +143,28 @@ def test_no_background_engine_build_without_tensorrt(tmp_path: Path) -> None:
     started = build_engine_in_background(load_bundle(EMBEDDED_BUNDLE), tmp_path, 8, lambda runner: None)
     assert started is None
     assert not any(tmp_path.iterdir()), "nothing is written where nothing can be built"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("bundle_sha256", "0" * 64),
+        ("tensorrt_version", "10.7.0"),
+        ("gpu_name", "Orin NX (nvgpu)"),
+        ("compute_capability", "8.6"),
+        ("dla_core", 0),
+    ],
+)
+def test_an_engine_manifest_that_misreports_any_field_is_a_miss(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, field: str, value: object
+) -> None:
+    """The engine is stored under its key; a manifest edited by hand (or a copied folder) must still not load."""
+    bundle = load_bundle(EMBEDDED_BUNDLE)
+    cache = EngineCache(tmp_path)
+    engine = cache.store(bundle, ORIN, b"serialized engine bytes", {})
+    meta = json.loads((engine.parent / META_NAME).read_text())
+    meta[field] = value
+    (engine.parent / META_NAME).write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING):
+        assert cache.lookup(bundle, ORIN) is None
+    assert f"built for another {field}" in caplog.text

@@ -1,0 +1,80 @@
+"""From raw outputs to findings: the decision rule at the threshold, each activation, the heatmap of any label."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_app.bundle import load_bundle
+from edge_app.config import EMBEDDED_BUNDLE
+from edge_app.errors import InferenceError
+from edge_app.manifest import OutputSpec
+from edge_app.result import Finding, findings, heatmap, probabilities
+
+MANIFEST = load_bundle(EMBEDDED_BUNDLE).manifest
+
+
+def test_a_probability_at_its_threshold_is_positive() -> None:
+    assert Finding("Effusion", 0.25, 0.25).positive
+    assert not Finding("Effusion", np.nextafter(0.25, 0.0), 0.25).positive
+    assert Finding("Effusion", 0.9, 0.25).as_dict() == {
+        "label": "Effusion",
+        "probability": 0.9,
+        "threshold": 0.25,
+        "positive": True,
+    }
+
+
+def test_sigmoid() -> None:
+    scores = np.array([[0.0, 2.0, -2.0]], dtype=np.float32)
+    probs = probabilities(OutputSpec(name="s", activation="sigmoid"), 3, scores)
+    assert np.allclose(probs, 1.0 / (1.0 + np.exp(-scores.astype(np.float64))))
+
+
+def test_softmax_sums_to_one_per_image() -> None:
+    scores = np.array([[1.0, 2.0, 3.0], [1000.0, 0.0, -1000.0]], dtype=np.float32)
+    probs = probabilities(OutputSpec(name="s", activation="softmax"), 3, scores)
+    assert np.allclose(probs.sum(axis=1), 1.0)
+    e = np.exp([1.0, 2.0, 3.0])
+    assert np.allclose(probs[0], e / e.sum())
+    assert np.allclose(probs[1], [1.0, 0.0, 0.0]), "stable for large scores"
+
+
+def test_none_passes_probabilities_through() -> None:
+    scores = np.array([[0.1, 0.7]], dtype=np.float32)
+    assert np.allclose(probabilities(OutputSpec(name="s", activation="none"), 2, scores), scores)
+
+
+def test_wrong_score_count_and_non_finite_scores_are_inference_errors() -> None:
+    with pytest.raises(InferenceError, match="the model gave 3 scores for 2 labels"):
+        probabilities(OutputSpec(name="s", activation="sigmoid"), 2, np.zeros((1, 3), np.float32))
+    with pytest.raises(InferenceError, match="non-finite"):
+        probabilities(OutputSpec(name="s", activation="none"), 2, np.array([[np.nan, 0.0]], np.float32))
+
+
+def test_findings_follow_the_manifest_label_order_and_thresholds() -> None:
+    n = len(MANIFEST.labels)
+    logits = np.linspace(-2.0, 2.0, n, dtype=np.float32)[np.newaxis]
+    found = findings(MANIFEST, {"logits": logits, "cam": np.zeros((1, n, 4, 4), np.float32)})
+    assert [f.label for f in found] == list(MANIFEST.labels)
+    assert [f.threshold for f in found] == [MANIFEST.thresholds[label] for label in MANIFEST.labels]
+    assert np.allclose([f.probability for f in found], 1.0 / (1.0 + np.exp(-logits[0].astype(np.float64))))
+
+
+def test_the_heatmap_is_the_asked_labels_map_scaled_to_unit_range() -> None:
+    n = len(MANIFEST.labels)
+    cam = np.random.default_rng(0).normal(size=(2, n, 4, 4)).astype(np.float32)
+    outputs = {"logits": np.zeros((2, n), np.float32), "cam": cam}
+    for index in (0, 1):
+        for k, label in enumerate(MANIFEST.labels):
+            hm = heatmap(MANIFEST, outputs, label, index=index)
+            assert hm is not None and hm.label == label
+            m = cam[index, k]
+            assert np.allclose(hm.values, (m - m.min()) / (m.max() - m.min()))
+
+
+def test_a_flat_heatmap_is_zero() -> None:
+    n = len(MANIFEST.labels)
+    outputs = {"logits": np.zeros((1, n), np.float32), "cam": np.full((1, n, 4, 4), 3.0, np.float32)}
+    hm = heatmap(MANIFEST, outputs, MANIFEST.labels[1])
+    assert hm is not None and not hm.values.any()
