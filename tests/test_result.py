@@ -78,3 +78,16 @@ def test_a_flat_heatmap_is_zero() -> None:
     outputs = {"logits": np.zeros((1, n), np.float32), "cam": np.full((1, n, 4, 4), 3.0, np.float32)}
     hm = heatmap(MANIFEST, outputs, MANIFEST.labels[1])
     assert hm is not None and not hm.values.any()
+
+
+def test_the_heatmap_png_spans_the_grey_range() -> None:
+    import io
+
+    from PIL import Image
+
+    from edge_app.result import Heatmap, heatmap_png
+
+    values = np.array([[0.0, 0.5], [0.25, 1.0]], dtype=np.float32)
+    png = Image.open(io.BytesIO(heatmap_png(Heatmap("Effusion", values))))
+    assert png.mode == "L" and png.size == (2, 2)
+    assert np.array_equal(np.asarray(png), [[0, 128], [64, 255]])
