@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -50,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("pydicom").addFilter(_AtDebugLevel(args.verbose))
     try:
         settings = load_settings(args.config)
         if args.command == "diagnose":
@@ -64,6 +66,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("internal error", exc_info=True)
         print(f"edge-app: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+class _AtDebugLevel(logging.Filter):
+    """A library's messages about the files it reads (pydicom's warnings on damaged headers) belong to the debug
+    log, not to the user's terminal: the refusal already says what is wrong."""
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return self.verbose
 
 
 def _files(paths: Sequence[Path]) -> Iterator[Path]:
@@ -107,11 +122,17 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
     except OSError as exc:
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     log.info("serving on http://%s:%d (data in %s)", host, port, settings.storage.data_dir)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # systemd's stop: waitress ends its loop on SystemExit
     try:
         server.run()
     finally:
-        services.get_from(app).close()
+        services.get_from(app).stop()
+        log.info("stopped")
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _bench(settings: Settings, paths: Sequence[Path], bundle_path: Path | None, limit: int, warmup: int) -> int:

@@ -50,6 +50,9 @@ class ServerSettings(_Section):
     port: StrictInt = Field(8080, ge=1, le=65535)
     secret_key: str = Field("", description="at least 32 characters; required when not bound to loopback")
     max_upload_mb: StrictInt = Field(200, ge=1, le=4096, description="largest image upload accepted")
+    result_wait_s: float = Field(
+        60.0, ge=0, le=3600, strict=True, description="how long POST /studies waits for the result (then 202)"
+    )
     threads: StrictInt = Field(4, ge=1, le=64, description="request-handling threads")
 
     @field_validator("host")
@@ -76,6 +79,7 @@ class StorageSettings(_Section):
 
 class ModelSettings(_Section):
     bundle: Path = Field(EMBEDDED_BUNDLE, description="model bundle directory; default: the embedded reference")
+    extra_bundles: list[Path] = Field(default_factory=list, description="more bundles; each image goes to those fit")
     runner: str = Field("auto", description=f"one of {', '.join(RUNNER_NAMES)}")
     threads: StrictInt = Field(0, ge=0, le=64, description="inference threads; 0 lets ONNX Runtime use every core")
     engine_cache: Path | None = Field(None, description="TensorRT engines; default: <storage.data_dir>/engines")

@@ -60,11 +60,15 @@ class Diagnoser:
         self.runner = runner
         self.limits = decoder.limits if decoder is not None else limits or DecodeLimits()
         self.decoder = decoder
+        self._owns_decoder = False
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings, bundle_path: Path | None = None) -> Diagnoser:
-        """Load the configured bundle (signature checked where required), activate its runner, start the decoders."""
+    def from_settings(
+        cls, settings: Settings, bundle_path: Path | None = None, decoder: DecoderPool | None = None
+    ) -> Diagnoser:
+        """Load the configured bundle (signature checked where required) and activate its runner; decode in
+        `decoder`'s processes, or in a pool of its own started for it."""
         from edge_app.runtime import open_runner
         from edge_app.runtime.select import build_engine_in_background
         from edge_app.signature import load_public_keys
@@ -76,9 +80,14 @@ class Diagnoser:
             raise ConfigError(f"require_signature is set, but model.trusted_keys ({where}) hold no public key")
         bundle = load_bundle(bundle_path or model.bundle, trusted_keys=trusted)
         runner = open_runner(bundle, model.runner, model.threads, settings.engine_cache, model.max_batch)
-        limits = DecodeLimits(max_pixels=imaging.max_pixels, max_decode_mb=imaging.max_decode_mb, frame=imaging.frame)
-        decoder = DecoderPool(limits, workers=imaging.decoders, timeout_s=imaging.decode_timeout_s)
+        own = decoder is None
+        if decoder is None:
+            limits = DecodeLimits(
+                max_pixels=imaging.max_pixels, max_decode_mb=imaging.max_decode_mb, frame=imaging.frame
+            )
+            decoder = DecoderPool(limits, workers=imaging.decoders, timeout_s=imaging.decode_timeout_s)
         diagnoser = cls(bundle, runner, decoder=decoder)
+        diagnoser._owns_decoder = own
         if model.runner == "auto" and runner.name == "onnxruntime" and model.build_engine_at_start:
             build_engine_in_background(bundle, settings.engine_cache, model.max_batch, diagnoser.swap_runner)
         return diagnoser
@@ -90,8 +99,8 @@ class Diagnoser:
         old.deactivate()
 
     def close(self) -> None:
-        """Stop the decoders and release the runner."""
-        if self.decoder is not None:
+        """Release the runner, and the decoders where they are this diagnoser's own."""
+        if self.decoder is not None and self._owns_decoder:
             self.decoder.close()
         self.runner.deactivate()
 

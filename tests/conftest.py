@@ -70,7 +70,7 @@ def app(settings: Settings) -> Iterator[Flask]:
     app = create_app(settings)
     app.config.update(TESTING=True)
     yield app
-    services.get_from(app).close()
+    services.get_from(app).stop()
 
 
 @pytest.fixture

@@ -28,9 +28,11 @@ def test_post_png_gives_a_study_with_findings(client: FlaskClient, nih_png: Path
     study = resp.get_json()
     assert resp.headers["Location"] == f"/api/v1/studies/{study['uid']}"
     (image,) = study["images"]
+    assert image["status"] == "done" and image["reason"] is None and image["source"] == "api"
     (result,) = image["results"]
     assert result["status"] == "ok" and len(result["findings"]) == 5
     assert result["model"]["runner"] == "onnxruntime"
+    assert study.pop("image_id") == image["id"] and study.pop("duplicate") is False
     assert client.get(f"/api/v1/studies/{study['uid']}").get_json() == study
 
     heat = client.get(f"/api/v1/results/{result['id']}/heatmap.png")
@@ -54,7 +56,8 @@ def test_bad_image_is_refused_clearly_and_kept(client: FlaskClient, app: Flask) 
     body = resp.get_json()
     assert body["detail"] == "not a DICOM (Part 10), PNG or JPEG file"
     image = body["study"]["images"][0]
-    assert image["results"][0]["status"] == "rejected"
+    assert image["status"] == "rejected" and image["reason"] == "not a DICOM (Part 10), PNG or JPEG file"
+    assert image["results"] == [], "refused as it arrived: no model ran"
     store = app.extensions["edge_app"].store
     assert store.read_file(image["sha256"]) == b"GIF89a nonsense", "what was sent is kept"
 
@@ -80,7 +83,7 @@ def test_upload_over_the_limit_says_the_limit(tmp_path: Path) -> None:
         }
         assert client.post("/api/v1/studies", data=b"\0" * (1024 * 1024 - 1000)).status_code == 422, "under it"
     finally:
-        services.get_from(app).close()
+        services.get_from(app).stop()
 
 
 def test_result_ids_beyond_sqlite_integers_are_not_found(client: FlaskClient) -> None:
@@ -107,35 +110,32 @@ def test_a_multipart_body_without_a_file_field(client: FlaskClient) -> None:
 
 
 def test_the_service_finishes_what_a_crash_left(tmp_path: Path, nih_png: Path) -> None:
-    """An image stored without a result is marked failed; temporaries and unreferenced files are removed; the
-    files rows refer to are kept."""
-    settings = {"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1}}
-    app = create_app(settings)
-    client = app.test_client()
-    done = client.post("/api/v1/studies?filename=a.png", data=nih_png.read_bytes()).get_json()
-    store = services.get_from(app).store
-    digest, size = store.put_stream(io.BytesIO(b"sent just before the crash"))
-    uid, _ = store.add_study(digest, size, filename="b.dcm", source="api")  # no result: the crash came here
+    """An image whose diagnosis a crash interrupted is diagnosed at the next start; temporaries and unreferenced
+    files are removed; the files rows refer to are kept."""
+    from edge_app.imaging.header import read_header
+    from edge_app.store import Store
+
+    store = Store(tmp_path)
+    with nih_png.open("rb") as fh:
+        digest, size = store.put_stream(fh)
+    added = store.add_image(digest, size, "a.png", "api", read_header(store.file_path(digest), "a.png"))
+    assert store.claim_job(lease_s=3600, max_attempts=3) is not None  # the worker took it, then the power went
     orphan = store.put_file(b"stored, but the crash came before its row")
     incoming = store.files_dir / ".incoming-half-written"
     incoming.write_bytes(b"half")
-    services.get_from(app).close()
+    store.close()
 
-    app = create_app(settings)
+    app = create_app({"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1}})
     try:
         store = services.get_from(app).store
-        (image,) = store.get_study(uid)["images"]
+        assert store.wait_for(added.image_id, timeout=60) == ("done", None)
+        (image,) = store.get_study(added.study_uid)["images"]
         (result,) = image["results"]
-        assert result["status"] == "failed"
-        assert result["reason"] == "the service stopped before this image was diagnosed; send it again"
-        assert store.read_file(digest) == b"sent just before the crash", "the image itself is kept"
+        assert result["status"] == "ok" and store.read_file(result["heatmap"]["sha256"])
+        assert store.read_file(digest) == nih_png.read_bytes(), "the image itself is kept"
         assert not store.file_path(orphan).exists() and not incoming.exists()
-        kept = store.get_study(done["uid"])["images"][0]
-        assert store.read_file(kept["sha256"]) == nih_png.read_bytes()
-        assert store.read_file(kept["results"][0]["heatmap"]["sha256"])
-        assert len(kept["results"]) == 1, "a finished study is left alone"
     finally:
-        services.get_from(app).close()
+        services.get_from(app).stop()
 
 
 def test_insecure_app_is_refused(tmp_path: Path) -> None:

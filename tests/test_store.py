@@ -1,22 +1,38 @@
-"""The durable store: SQLite settings, content addressing, studies and results."""
+"""The durable store: SQLite settings, content addressing, studies keyed by DICOM UIDs, jobs with leases, and
+the migration of a version-1 database."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from edge_app.errors import NotFound
-from edge_app.store import Store
+from edge_app.imaging.header import ImageHeader, generated_header
+from edge_app.store import ModelResult, Outcome, Store
+from edge_app.store.schema import _V1
+
+MODEL = {"name": "m", "version": "1", "precision": "fp32", "runner": "onnxruntime"}
+
+
+def _header(study: str = "1.2.3", series: str = "1.2.3.4", sop: str = "1.2.3.4.5") -> ImageHeader:
+    return ImageHeader("dicom", study, series, sop, modality="CR", body_part="CHEST", patient_id="P1")
+
+
+def _add(store: Store, data: bytes, header: ImageHeader, **kw: str):  # type: ignore[no-untyped-def]
+    digest, size = store.put_stream(io.BytesIO(data))
+    return store.add_image(digest, size, "a.dcm", "api", header, **kw)
 
 
 def test_durability_settings(tmp_path: Path) -> None:
     store = Store(tmp_path)
     assert store.pragma("journal_mode") == "wal"
     assert store.pragma("synchronous") == 2  # FULL
-    assert store.pragma("user_version") == 1
+    assert store.pragma("user_version") == 2
     store.close()
 
 
@@ -27,27 +43,125 @@ def test_files_are_content_addressed(tmp_path: Path) -> None:
     assert store.put_file(b"pixels") == digest
     assert store.read_file(digest) == b"pixels"
     assert not list(store.files_dir.rglob(".incoming-*"))
+    assert store.put_stream(io.BytesIO(b"")) == (hashlib.sha256(b"").hexdigest(), 0)
+    assert not store.file_path(hashlib.sha256(b"").hexdigest()).exists(), "nothing is kept of an empty stream"
     with pytest.raises(NotFound):
         store.read_file("../../etc/passwd")
     with pytest.raises(NotFound):
         store.read_file("0" * 64)
 
 
-def test_study_survives_reopening(tmp_path: Path) -> None:
+def test_images_are_grouped_by_their_dicom_uids(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    digest, size = store.put_stream(io.BytesIO(b"image bytes"))
-    uid, image_id = store.add_study(digest, size, filename="a.dcm", source="api")
-    store.set_image_metadata(image_id, {"modality": "CR"}, patient_id="P1")
-    store.add_result(image_id, status="rejected", model={"name": "m"}, bundle_sha256="b" * 64, reason="why")
+    first = _add(store, b"one", _header(sop="1.9.1"))
+    second = _add(store, b"two", _header(sop="1.9.2"))
+    other = _add(store, b"three", _header(study="7.7", series="7.7.1", sop="7.7.1.1"))
+    assert first.study_uid == second.study_uid == "1.2.3" and other.study_uid == "7.7"
+    study = store.get_study("1.2.3")
+    assert [i["sop_instance_uid"] for i in study["images"]] == ["1.9.1", "1.9.2"]
+    assert {i["series_uid"] for i in study["images"]} == {"1.2.3.4"}
+    assert study["patient_id"] == "P1" and all(i["status"] == "queued" for i in study["images"])
+    assert store.queued() == 3
     store.close()
 
-    again = Store(tmp_path)
-    study = again.get_study(uid)
-    assert study["patient_id"] == "P1" and study["source"] == "api"
-    (image,) = study["images"]
-    assert image["metadata"] == {"modality": "CR"}
-    assert image["results"][0]["status"] == "rejected" and image["results"][0]["reason"] == "why"
-    assert again.read_file(image["sha256"]) == b"image bytes"
+
+def test_a_duplicate_sop_instance_is_acknowledged_not_added(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    first = _add(store, b"image", _header())
+    again = _add(store, b"image sent twice, other bytes", _header())
+    assert again.duplicate and again.image_id == first.image_id and again.status == "queued"
+    assert len(store.get_study("1.2.3")["images"]) == 1 and store.queued() == 1
+    store.close()
+
+
+def test_a_refused_arrival_is_kept_without_a_job(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    added = _add(store, b"%PDF", generated_header(), reason="not a DICOM (Part 10), PNG or JPEG file")
+    (image,) = store.get_study(added.study_uid)["images"]
+    assert image["status"] == "rejected" and image["reason"].startswith("not a DICOM")
+    assert store.queued() == 0 and store.claim_job(60, 3) is None
+    store.close()
+
+
+def test_a_job_is_claimed_once_and_its_outcome_recorded(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    added = _add(store, b"image", _header())
+    job = store.claim_job(lease_s=60, max_attempts=3)
+    assert job is not None and job.image_id == added.image_id and job.attempts == 1
+    assert job.header["modality"] == "CR"
+    assert store.claim_job(lease_s=60, max_attempts=3) is None, "leased: no second worker gets it"
+    result = ModelResult("ok", MODEL, "b" * 64, findings=[{"label": "x"}], heatmap=("x", b"png"), timings={"t": 1})
+    store.finish_job(job, Outcome("done", metadata={"rows": 10}, results=[result]))
+    assert store.wait_for(added.image_id, timeout=0) == ("done", None)
+    (image,) = store.get_study("1.2.3")["images"]
+    assert image["metadata"]["rows"] == 10 and image["metadata"]["modality"] == "CR"
+    (r,) = image["results"]
+    assert r["status"] == "ok" and r["bundle_sha256"] == "b" * 64 and store.read_file(r["heatmap"]["sha256"]) == b"png"
+    assert store.get_result(r["id"])["findings"] == [{"label": "x"}]
+    assert store.queued() == 0
+    store.close()
+
+
+def test_a_lease_that_runs_out_is_claimed_again_then_given_up(tmp_path: Path) -> None:
+    """A worker that dies holding a job: the job comes back after its lease; one that kills every worker that
+    takes it fails its image after the last attempt instead of looping for ever."""
+    store = Store(tmp_path)
+    added = _add(store, b"image", _header())
+    for attempt in (1, 2, 3):
+        job = store.claim_job(lease_s=-1, max_attempts=3)  # the lease has run out as soon as it is taken
+        assert job is not None and job.attempts == attempt
+    assert store.claim_job(lease_s=-1, max_attempts=3) is None
+    status, reason = store.image_status(added.image_id)
+    assert status == "failed" and reason is not None and reason.startswith("gave up after 3 attempts")
+    store.close()
+
+
+def test_leases_are_released_at_start(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    _add(store, b"image", _header())
+    assert store.claim_job(lease_s=3600, max_attempts=3) is not None
+    assert store.claim_job(lease_s=3600, max_attempts=3) is None
+    assert store.release_leases() == 1
+    job = store.claim_job(lease_s=3600, max_attempts=3)
+    assert job is not None and job.attempts == 2
+    store.close()
+
+
+def test_waiting_for_a_queued_image_times_out(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    added = _add(store, b"image", _header())
+    assert store.wait_for(added.image_id, timeout=0.05) == ("queued", None)
     with pytest.raises(NotFound):
-        again.get_study("nope")
-    again.close()
+        store.image_status(10**6)
+    store.close()
+
+
+def test_a_version_1_database_is_taken_forward(tmp_path: Path) -> None:
+    """Studies, images and results of version 1 survive; each image gets a series, its SOP Instance UID (from its
+    metadata where it had one) and the status of its last result; an image without a result gets a job."""
+    db = sqlite3.connect(tmp_path / "edge-app.sqlite3")
+    db.executescript(_V1 + "; PRAGMA user_version = 1;")
+    db.execute("INSERT INTO studies VALUES (1, 'abc', 't', 'api', 'P9')")
+    db.execute(
+        "INSERT INTO images VALUES (1, 1, 't', 'a.dcm', ?, 3, ?)", ("a" * 64, json.dumps({"sop_instance_uid": "1.5"}))
+    )
+    db.execute("INSERT INTO images VALUES (2, 1, 't', 'b.png', ?, 3, '{}')", ("b" * 64,))
+    db.execute("INSERT INTO images VALUES (3, 1, 't', 'c.png', ?, 3, '{}')", ("c" * 64,))
+    db.execute(
+        "INSERT INTO results (image_id, created_at, status, reason, model, bundle_sha256) "
+        "VALUES (1, 't', 'ok', NULL, '{}', 'x'), (2, 't', 'rejected', 'why', '{}', 'x')"
+    )
+    db.commit()
+    db.close()
+
+    store = Store(tmp_path)
+    assert store.pragma("user_version") == 2
+    study = store.get_study("abc")
+    assert study["patient_id"] == "P9"
+    a, b, c = study["images"]
+    assert a["sop_instance_uid"] == "1.5" and a["status"] == "done" and a["source"] == "api"
+    assert b["status"] == "rejected" and b["reason"] == "why" and b["sop_instance_uid"]
+    assert c["status"] == "queued" and a["series_uid"] == b["series_uid"] == c["series_uid"]
+    job = store.claim_job(60, 3)
+    assert job is not None and job.image_id == 3
+    store.close()

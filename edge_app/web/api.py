@@ -8,9 +8,6 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from edge_app.errors import NotFound
-from edge_app.pipeline import Diagnoser, Diagnosis
-from edge_app.result import heatmap_png
-from edge_app.store import Store
 from edge_app.web import services
 
 log = logging.getLogger(__name__)
@@ -25,20 +22,33 @@ def _not_found(exc: NotFound) -> Any:
 @bp.get("/health")
 def health() -> Any:
     svc = services.get()
-    info = svc.diagnoser.model_info
+    first = svc.registry.diagnosers[0]
+    info = first.model_info
     return jsonify(
         status="ok",
         runner=info["runner"],
         model=info["name"],
         version=info["version"],
         precision=info["precision"],
-        bundle_sha256=svc.diagnoser.bundle.sha256,
+        bundle_sha256=first.bundle.sha256,
+        models=[{**d.model_info, "bundle_sha256": d.bundle.sha256} for d in svc.registry.diagnosers],
+        queued=svc.store.queued(),
     )
+
+
+_ANSWERS = {
+    "done": (201, None),
+    "queued": (202, None),
+    "rejected": (422, "Unprocessable image"),
+    "no_model": (422, "No model for this image"),
+    "failed": (500, "Internal error"),
+}
 
 
 @bp.post("/studies")
 def create_study() -> Any:
-    """Take one image (multipart field `file`, or the raw body with ?filename=), keep it, diagnose it."""
+    """Take one image (multipart field `file`, or the raw body with ?filename=), hand it to ingest and wait for
+    its result: 201 with the study, 202 while it is still queued, 422 or 500 with the reason and the study."""
     svc = services.get()
     if request.mimetype == "multipart/form-data":
         try:
@@ -49,45 +59,23 @@ def create_study() -> Any:
             )
         if upload is None:
             return _bad_request("no image: send a multipart field 'file' or the raw bytes")
-        digest, size = svc.store.put_stream(upload.stream)
-        filename = upload.filename or "upload"
+        added = svc.ingest.submit(upload.stream, upload.filename or "upload", "api")
     else:  # the raw bytes, whatever Content-Type the sender put on them
-        digest, size = svc.store.put_stream(request.stream)
-        filename = request.args.get("filename", "upload")
-    if size == 0:
+        added = svc.ingest.submit(request.stream, request.args.get("filename", "upload"), "api")
+    if added is None:
         return _bad_request("no image (the body is empty): send a multipart field 'file' or the raw bytes")
-    uid, image_id = svc.store.add_study(digest, size, filename=filename, source="api")
-    diagnosis = _diagnose(svc.store, svc.diagnoser, image_id, digest, filename)
-    study = svc.store.get_study(uid)
-    if diagnosis.status == "rejected":
-        return jsonify(error="Unprocessable image", detail=diagnosis.reason, study=study), 422
-    if diagnosis.status == "failed":
-        return jsonify(error="Internal error", detail=diagnosis.reason, study=study), 500
-    return jsonify(study), 201, {"Location": f"/api/v1/studies/{uid}"}
+    status, reason = svc.store.wait_for(added.image_id, svc.settings.server.result_wait_s)
+    study = svc.store.get_study(added.study_uid)
+    code, error = _ANSWERS[status]
+    headers = {"Location": f"/api/v1/studies/{added.study_uid}"}
+    image = {"image_id": added.image_id, "duplicate": added.duplicate}
+    if error is not None:
+        return jsonify(error=error, detail=reason, study=study, **image), code, headers
+    return jsonify({**study, **image}), code, headers
 
 
 def _bad_request(detail: str) -> Any:
     return jsonify(error="Bad Request", detail=detail), 400
-
-
-def _diagnose(store: Store, diagnoser: Diagnoser, image_id: int, digest: str, filename: str) -> Diagnosis:
-    """Diagnose a stored image and record the outcome, whatever it is."""
-    diagnosis = diagnoser.diagnose(store.file_path(digest), source=filename)
-    if diagnosis.metadata:
-        meta = diagnosis.metadata
-        store.set_image_metadata(image_id, meta, patient_id=str(meta.get("patient_id", "")))
-    hm = diagnosis.heatmap
-    store.add_result(
-        image_id,
-        status=diagnosis.status,
-        model=diagnoser.model_info,
-        bundle_sha256=diagnoser.bundle.sha256,
-        reason=diagnosis.reason,
-        findings=[f.as_dict() for f in diagnosis.findings],
-        heatmap=(hm.label, heatmap_png(hm)) if hm is not None else None,
-        timings=diagnosis.timings_ms,
-    )
-    return diagnosis
 
 
 @bp.get("/studies")

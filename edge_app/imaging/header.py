@@ -1,0 +1,86 @@
+"""What an image says about itself before its pixels are touched: identity (DICOM UIDs) and what it shows.
+
+Read when an image arrives, in the receiving process: pure-Python header parsing (pydicom, stopping before the
+pixel data; large values left unread), never a native decoder. PNG and JPEG carry no identity: they get new UIDs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from edge_app.errors import ImageRejected
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """An image's identity and what routing needs to know of it."""
+
+    format: Literal["dicom", "png", "jpeg", "unknown"]
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    modality: str = ""
+    body_part: str = ""
+    view: str = ""
+    patient_id: str = ""
+    sop_class: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_header(path: Path, source: str) -> ImageHeader:
+    """The header of a stored DICOM, PNG or JPEG file; raise `ImageRejected` for anything else."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError as exc:
+        raise ImageRejected(source, f"cannot be read ({exc.strerror or exc})") from exc
+    if not head:
+        raise ImageRejected(source, "the file is empty")
+    if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
+        return generated_header("png" if head.startswith(_PNG_MAGIC) else "jpeg")
+    if head[128:132] != b"DICM":
+        raise ImageRejected(source, "not a DICOM (Part 10), PNG or JPEG file")
+    return _dicom_header(path, source)
+
+
+def generated_header(fmt: Literal["png", "jpeg", "unknown"] = "unknown") -> ImageHeader:
+    """New UIDs, for an image that carries none (PNG, JPEG) or whose own cannot be read."""
+    from pydicom.uid import generate_uid
+
+    return ImageHeader(fmt, generate_uid(), generate_uid(), generate_uid())
+
+
+def _dicom_header(path: Path, source: str) -> ImageHeader:
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size="1 MB")
+            sop_class = ds.get("SOPClassUID")
+
+            def text(keyword: str) -> str:
+                return str(ds.get(keyword, "") or "").strip()
+
+            return ImageHeader(
+                "dicom",
+                study_uid=text("StudyInstanceUID") or generate_uid(),
+                series_uid=text("SeriesInstanceUID") or generate_uid(),
+                sop_instance_uid=text("SOPInstanceUID") or generate_uid(),
+                modality=text("Modality").upper(),
+                body_part=text("BodyPartExamined").upper(),
+                view=text("ViewPosition").upper(),
+                patient_id=text("PatientID"),
+                sop_class=getattr(sop_class, "name", str(sop_class or "")),
+            )
+    except Exception as exc:  # pydicom raises many types on damaged headers
+        raise ImageRejected(source, f"damaged DICOM header ({type(exc).__name__}: {exc})") from exc

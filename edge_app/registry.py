@@ -1,0 +1,68 @@
+"""The models this appliance holds, and which of them may read a given image."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from edge_app.config import Settings
+from edge_app.imaging import DecodeLimits
+from edge_app.imaging.sandbox import DecoderPool
+from edge_app.manifest import Manifest
+from edge_app.pipeline import Diagnoser
+
+
+def fits(manifest: Manifest, header: Mapping[str, Any]) -> bool:
+    """Whether an image's modality, body part and view are ones the model was made for. What the image does not
+    say (a PNG has no modality) does not exclude it; what the manifest leaves open neither."""
+    use = manifest.intended_use
+    modality = str(header.get("modality") or "").upper()
+    body_part = str(header.get("body_part") or "").upper()
+    view = str(header.get("view") or "").upper()
+    if modality and use.modality and modality not in {m.upper() for m in use.modality}:
+        return False
+    if body_part and use.body_part and body_part != use.body_part.upper():
+        return False
+    return not (view and use.views and view not in {v.upper() for v in use.views})
+
+
+class Registry:
+    """Several bundles, each with its runner, sharing one pool of decoder processes."""
+
+    def __init__(self, diagnosers: list[Diagnoser], decoder: DecoderPool | None = None) -> None:
+        self.diagnosers = diagnosers
+        self.decoder = decoder
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Registry:
+        imaging = settings.imaging
+        limits = DecodeLimits(max_pixels=imaging.max_pixels, max_decode_mb=imaging.max_decode_mb, frame=imaging.frame)
+        decoder = DecoderPool(limits, workers=imaging.decoders, timeout_s=imaging.decode_timeout_s)
+        diagnosers: list[Diagnoser] = []
+        try:
+            for path in [settings.model.bundle, *settings.model.extra_bundles]:
+                diagnosers.append(Diagnoser.from_settings(settings, path, decoder=decoder))
+        except BaseException:
+            for d in diagnosers:
+                d.close()
+            decoder.close()
+            raise
+        return cls(diagnosers, decoder)
+
+    def route(self, header: Mapping[str, Any]) -> list[Diagnoser]:
+        """The models whose intended use fits the image, in the configured order."""
+        return [d for d in self.diagnosers if fits(d.bundle.manifest, header)]
+
+    def describe(self) -> str:
+        """The models, each with the modalities it reads."""
+        parts = []
+        for d in self.diagnosers:
+            m = d.bundle.manifest
+            parts.append(f"{m.name} {m.version} for {', '.join(m.intended_use.modality) or 'any modality'}")
+        return "; ".join(parts)
+
+    def close(self) -> None:
+        for d in self.diagnosers:
+            d.close()
+        if self.decoder is not None:
+            self.decoder.close()

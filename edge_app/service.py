@@ -1,0 +1,44 @@
+"""The one place that wires the appliance together: store, models, worker, ingest; started and stopped here."""
+
+from __future__ import annotations
+
+import logging
+
+from edge_app.config import Settings
+from edge_app.ingest import Ingest
+from edge_app.registry import Registry
+from edge_app.store import Store
+from edge_app.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    """Everything `edge-app serve` runs besides the web server."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Store(settings.storage.data_dir)
+        try:
+            self.registry = Registry.from_settings(settings)
+        except BaseException:
+            self.store.close()
+            raise
+        self.worker = Worker(self.store, self.registry)
+        self.ingest = Ingest(self.store, on_queued=self.worker.wake)
+
+    def start(self) -> None:
+        """Clear what a crash left behind, then start the worker (it first takes the jobs left queued)."""
+        removed = self.store.remove_orphans()
+        self.store.release_leases()  # this service is the only worker on its data directory
+        queued = self.store.queued()
+        if removed or queued:
+            log.info("at start: %d stray file(s) removed, %d image(s) waiting for a result", removed, queued)
+        self.worker.start()
+        self.store.audit("system", "service.start", self.registry.describe(), f"queued={queued} orphans={removed}")
+
+    def stop(self) -> None:
+        """Let the worker finish the image at hand, then release the models and close the store."""
+        self.worker.stop()
+        self.registry.close()
+        self.store.close()

@@ -1,0 +1,411 @@
+"""Durable storage: SQLite (WAL, synchronous=FULL) and a content-addressed file store.
+
+The only module that writes the database. A file is on disk (fsynced, renamed into place, directory fsynced)
+before any row refers to it, so whatever the service acknowledged survives a power cut. Studies, series and
+images are keyed by their DICOM UIDs; each image waiting for a result has a job, which the worker claims with a
+lease: a job claimed when the service stopped is taken again after the lease.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from edge_app.errors import ConfigError, NotFound
+from edge_app.fileio import INCOMING_PREFIX, commit, spool
+from edge_app.imaging.header import ImageHeader
+from edge_app.store.schema import migrate
+
+IMAGE_STATUSES = ("queued", "done", "rejected", "failed", "no_model")
+
+
+@dataclass(frozen=True)
+class Added:
+    """What became of an arriving image: its row, its study, and whether it was there already."""
+
+    image_id: int
+    study_uid: str
+    sop_instance_uid: str
+    status: str
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    """An image the worker has claimed, with what it needs to diagnose it."""
+
+    id: int
+    image_id: int
+    sha256: str
+    filename: str
+    attempts: int
+    header: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """One model's answer for one image."""
+
+    status: str  # "ok", "rejected" or "failed"
+    model: dict[str, str]
+    bundle_sha256: str
+    reason: str | None = None
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    heatmap: tuple[str, bytes] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished job: the image's status, what decoding learnt of it, and each model's result."""
+
+    status: str  # one of IMAGE_STATUSES but "queued"
+    reason: str | None = None
+    metadata: dict[str, Any] | None = None
+    results: list[ModelResult] = field(default_factory=list)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Store:
+    """Studies, images, results and the audit trail under one data directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.files_dir = self.data_dir / "files"
+        self._lock = threading.RLock()
+        self._changed = threading.Condition()
+        try:
+            self.files_dir.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.data_dir / "edge-app.sqlite3", check_same_thread=False, isolation_level=None
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            with self._lock:
+                migrate(self._db, _now())
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"data directory {self.data_dir} cannot be used (storage.data_dir): {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def pragma(self, name: str) -> Any:
+        """Read a PRAGMA (for health checks and tests)."""
+        return self._db.execute(f"PRAGMA {name}").fetchone()[0]
+
+    # -- files -------------------------------------------------------------------------------------------------
+
+    def put_file(self, data: bytes) -> str:
+        """Store bytes durably under their sha256; return it. Storing the same bytes twice is a no-op."""
+        return self.put_stream(io.BytesIO(data))[0]
+
+    def put_stream(self, stream: IO[bytes]) -> tuple[str, int]:
+        """Store a stream's bytes durably under their sha256, read in chunks; return (sha256, size). Nothing is
+        kept of an empty stream."""
+        tmp, digest, size = spool(self.files_dir, stream)
+        path = self.file_path(digest)
+        if size == 0 or path.exists():
+            tmp.unlink()
+            return digest, size
+        path.parent.mkdir(exist_ok=True)
+        commit(tmp, path)
+        return digest, size
+
+    def file_path(self, digest: str) -> Path:
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise NotFound(f"no stored file {digest!r}")
+        return self.files_dir / digest[:2] / digest
+
+    def read_file(self, digest: str) -> bytes:
+        try:
+            return self.file_path(digest).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"no stored file {digest}") from None
+
+    # -- studies -----------------------------------------------------------------------------------------------
+
+    def add_image(
+        self,
+        digest: str,
+        size: int,
+        filename: str,
+        source: str,
+        header: ImageHeader,
+        *,
+        reason: str | None = None,
+        patient_id: str = "",
+    ) -> Added:
+        """Record a stored file as an image of its study and series (created where new) and queue its job; with a
+        `reason`, record it refused instead. An image whose SOP Instance UID is known is not added twice."""
+        now = _now()
+        status = "rejected" if reason else "queued"
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                known = self._db.execute(
+                    "SELECT images.id, images.status, studies.uid FROM images JOIN studies "
+                    "ON studies.id = images.study_id WHERE sop_instance_uid = ?",
+                    (header.sop_instance_uid,),
+                ).fetchone()
+                if known is not None:
+                    self._db.execute("COMMIT")
+                    return Added(known[0], known[2], header.sop_instance_uid, known[1], duplicate=True)
+                study_id = self._id_of("studies", header.study_uid) or self._insert(
+                    "INSERT INTO studies (uid, created_at, source, patient_id) VALUES (?, ?, ?, ?)",
+                    (header.study_uid, now, source, patient_id or header.patient_id),
+                )
+                series_id = self._id_of("series", header.series_uid) or self._insert(
+                    "INSERT INTO series (study_id, uid, modality, created_at) VALUES (?, ?, ?, ?)",
+                    (study_id, header.series_uid, header.modality, now),
+                )
+                image_id = self._insert(
+                    "INSERT INTO images (study_id, series_id, created_at, filename, sha256, size, metadata, "
+                    "sop_instance_uid, status, reason, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        study_id,
+                        series_id,
+                        now,
+                        filename,
+                        digest,
+                        size,
+                        json.dumps(header.as_dict()),
+                        header.sop_instance_uid,
+                        status,
+                        reason,
+                        source,
+                    ),
+                )
+                if status == "queued":
+                    self._db.execute(
+                        "INSERT INTO jobs (image_id, state, updated_at) VALUES (?, 'queued', ?)", (image_id, now)
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return Added(image_id, header.study_uid, header.sop_instance_uid, status)
+
+    def _id_of(self, table: str, uid: str) -> int | None:
+        row = self._db.execute(f"SELECT id FROM {table} WHERE uid = ?", (uid,)).fetchone()
+        return int(row[0]) if row else None
+
+    def _insert(self, sql: str, values: tuple[Any, ...]) -> int:
+        return int(self._db.execute(sql, values).lastrowid or 0)
+
+    def image_status(self, image_id: int) -> tuple[str, str | None]:
+        with self._lock:
+            row = self._db.execute("SELECT status, reason FROM images WHERE id = ?", (image_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no image {image_id}")
+        return str(row[0]), row[1]
+
+    # -- jobs ----------------------------------------------------------------------------------------------------
+
+    def claim_job(self, lease_s: float, max_attempts: int) -> Job | None:
+        """The oldest queued job, or one whose lease ran out (its worker died), now leased for `lease_s`. A job
+        tried `max_attempts` times already fails its image instead: an image that kills the worker is not tried
+        for ever."""
+        while True:
+            now, stamp = time.time(), _now()
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    row = self._db.execute(
+                        "SELECT jobs.id, jobs.image_id, jobs.attempts, images.sha256, images.filename, "
+                        "images.metadata FROM jobs JOIN images ON images.id = jobs.image_id "
+                        "WHERE jobs.state = 'queued' OR (jobs.state = 'running' AND jobs.lease_until < ?) "
+                        "ORDER BY jobs.id LIMIT 1",
+                        (now,),
+                    ).fetchone()
+                    if row is None:
+                        self._db.execute("COMMIT")
+                        return None
+                    job_id, image_id, attempts = int(row[0]), int(row[1]), int(row[2])
+                    if attempts >= max_attempts:
+                        reason = f"gave up after {attempts} attempts: the service stopped while diagnosing it each time"
+                        self._db.execute(
+                            "UPDATE images SET status = 'failed', reason = ? WHERE id = ?", (reason, image_id)
+                        )
+                        self._db.execute("UPDATE jobs SET state = 'done', updated_at = ? WHERE id = ?", (stamp, job_id))
+                        self._db.execute("COMMIT")
+                        continue
+                    self._db.execute(
+                        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?, "
+                        "updated_at = ? WHERE id = ?",
+                        (now + lease_s, stamp, job_id),
+                    )
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            return Job(job_id, image_id, str(row[3]), str(row[4]), attempts + 1, json.loads(row[5]))
+
+    def finish_job(self, job: Job, outcome: Outcome) -> None:
+        """Record a job's outcome in one transaction (heatmap files first), then wake whoever waits for it."""
+        heatmaps = [(r.heatmap[0], self.put_file(r.heatmap[1])) if r.heatmap else (None, None) for r in outcome.results]
+        now = _now()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for result, (heatmap_label, heatmap_sha) in zip(outcome.results, heatmaps, strict=True):
+                    self._db.execute(
+                        "INSERT INTO results (image_id, created_at, status, reason, model, bundle_sha256, "
+                        "findings, heatmap_label, heatmap_sha256, timings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            job.image_id,
+                            now,
+                            result.status,
+                            result.reason,
+                            json.dumps(result.model),
+                            result.bundle_sha256,
+                            json.dumps(result.findings),
+                            heatmap_label,
+                            heatmap_sha,
+                            json.dumps(result.timings),
+                        ),
+                    )
+                metadata = {**job.header, **(outcome.metadata or {})}
+                self._db.execute(
+                    "UPDATE images SET status = ?, reason = ?, metadata = ? WHERE id = ?",
+                    (outcome.status, outcome.reason, json.dumps(metadata), job.image_id),
+                )
+                self._db.execute("UPDATE jobs SET state = 'done', updated_at = ? WHERE id = ?", (now, job.id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, image_id: int, timeout: float) -> tuple[str, str | None]:
+        """The image's status once it is no longer queued, or still queued after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                status, reason = self.image_status(image_id)
+                left = deadline - time.monotonic()
+                if status != "queued" or left <= 0:
+                    return status, reason
+                self._changed.wait(min(left, 1.0))
+
+    def release_leases(self) -> int:
+        """Queue again every job a worker held: at start, when no worker of this data directory can be alive."""
+        with self._lock:
+            cur = self._db.execute("UPDATE jobs SET state = 'queued', lease_until = 0 WHERE state = 'running'")
+            return int(cur.rowcount)
+
+    def queued(self) -> int:
+        """Jobs waiting or running."""
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM jobs WHERE state != 'done'").fetchone()[0])
+
+    def get_study(self, uid: str) -> dict[str, Any]:
+        with self._lock:
+            study = self._db.execute("SELECT * FROM studies WHERE uid = ?", (uid,)).fetchone()
+            if study is None:
+                raise NotFound(f"no study {uid}")
+            images = self._db.execute("SELECT * FROM images WHERE study_id = ? ORDER BY id", (study["id"],)).fetchall()
+            out_images = []
+            for image in images:
+                results = self._db.execute(
+                    "SELECT * FROM results WHERE image_id = ? ORDER BY id", (image["id"],)
+                ).fetchall()
+                series = self._db.execute("SELECT uid FROM series WHERE id = ?", (image["series_id"],)).fetchone()
+                out_images.append(
+                    {
+                        "id": image["id"],
+                        "sop_instance_uid": image["sop_instance_uid"],
+                        "series_uid": series["uid"] if series else None,
+                        "status": image["status"],
+                        "reason": image["reason"],
+                        "source": image["source"],
+                        "filename": image["filename"],
+                        "sha256": image["sha256"],
+                        "size": image["size"],
+                        "received_at": image["created_at"],
+                        "metadata": json.loads(image["metadata"]),
+                        "results": [_result_dict(r) for r in results],
+                    }
+                )
+        return {
+            "uid": study["uid"],
+            "created_at": study["created_at"],
+            "source": study["source"],
+            "patient_id": study["patient_id"],
+            "images": out_images,
+        }
+
+    def list_studies(self, limit: int = 50) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT uid FROM studies ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [self.get_study(r["uid"]) for r in rows]
+
+    def get_result(self, result_id: int) -> dict[str, Any]:
+        row = None
+        if 0 < result_id < 2**63:  # SQLite's INTEGER range
+            with self._lock:
+                row = self._db.execute("SELECT * FROM results WHERE id = ?", (result_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no result {result_id}")
+        return _result_dict(row)
+
+    # -- recovery at start ---------------------------------------------------------------------------------------
+
+    def remove_orphans(self) -> int:
+        """Delete temporaries a crash left behind and stored files no row refers to; call before serving."""
+        with self._lock:
+            wanted = {
+                r[0]
+                for r in self._db.execute(
+                    "SELECT sha256 FROM images "
+                    "UNION SELECT heatmap_sha256 FROM results WHERE heatmap_sha256 IS NOT NULL"
+                )
+            }
+        removed = 0
+        for path in self.files_dir.rglob("*"):
+            if path.is_file() and (path.name.startswith(INCOMING_PREFIX) or path.name not in wanted):
+                path.unlink()
+                removed += 1
+        return removed
+
+    def audit(self, actor: str, action: str, subject: str = "", detail: str = "") -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+                (_now(), actor, action, subject, detail),
+            )
+
+    def audit_trail(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [dict(r) for r in rows]
+
+
+def _result_dict(row: sqlite3.Row) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": row["id"],
+        "created_at": row["created_at"],
+        "status": row["status"],
+        "model": json.loads(row["model"]),
+        "bundle_sha256": row["bundle_sha256"],
+        "findings": json.loads(row["findings"]),
+        "timings_ms": json.loads(row["timings"]),
+    }
+    if row["reason"] is not None:
+        out["reason"] = row["reason"]
+    if row["heatmap_sha256"]:
+        out["heatmap"] = {"label": row["heatmap_label"], "sha256": row["heatmap_sha256"]}
+    return out

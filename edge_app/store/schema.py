@@ -1,0 +1,133 @@
+"""The database schema, version by version; `migrate` takes any earlier version forward in one transaction each."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+
+_V1 = """
+CREATE TABLE studies (
+    id INTEGER PRIMARY KEY,
+    uid TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    source TEXT NOT NULL,
+    patient_id TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE images (
+    id INTEGER PRIMARY KEY,
+    study_id INTEGER NOT NULL REFERENCES studies(id),
+    created_at TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE results (
+    id INTEGER PRIMARY KEY,
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    created_at TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'rejected', 'failed')),
+    reason TEXT,
+    model TEXT NOT NULL,
+    bundle_sha256 TEXT NOT NULL,
+    findings TEXT NOT NULL DEFAULT '[]',
+    heatmap_label TEXT,
+    heatmap_sha256 TEXT,
+    timings TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    subject TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX images_study ON images(study_id);
+CREATE INDEX results_image ON results(image_id)
+"""
+
+# Version 2: studies keyed by the Study Instance UID (the `uid` column), series, images keyed by their SOP
+# Instance UID with a status, and the jobs the worker claims with a lease.
+_V2 = """
+CREATE TABLE series (
+    id INTEGER PRIMARY KEY,
+    study_id INTEGER NOT NULL REFERENCES studies(id),
+    uid TEXT NOT NULL UNIQUE,
+    modality TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL
+);
+ALTER TABLE images ADD COLUMN series_id INTEGER REFERENCES series(id);
+ALTER TABLE images ADD COLUMN sop_instance_uid TEXT;
+ALTER TABLE images ADD COLUMN status TEXT NOT NULL DEFAULT 'queued'
+    CHECK (status IN ('queued', 'done', 'rejected', 'failed', 'no_model'));
+ALTER TABLE images ADD COLUMN reason TEXT;
+ALTER TABLE images ADD COLUMN source TEXT NOT NULL DEFAULT '';
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY,
+    image_id INTEGER NOT NULL UNIQUE REFERENCES images(id),
+    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease_until REAL NOT NULL DEFAULT 0,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX jobs_state ON jobs(state);
+CREATE INDEX images_series ON images(series_id)
+"""
+_STATUS_OF_RESULT = {"ok": "done", "rejected": "rejected", "failed": "failed"}
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _to_v1(db: sqlite3.Connection, now: str) -> None:
+    for statement in _statements(_V1):
+        db.execute(statement)
+
+
+def _to_v2(db: sqlite3.Connection, now: str) -> None:
+    """Each version-1 study gets one series; each image its SOP Instance UID (from its metadata, else a new one)
+    and the status of its last result, or a job where it has none."""
+    from pydicom.uid import generate_uid
+
+    for statement in _statements(_V2):
+        db.execute(statement)
+    for study in db.execute("SELECT id FROM studies").fetchall():
+        db.execute("INSERT INTO series (study_id, uid, created_at) VALUES (?, ?, ?)", (study[0], generate_uid(), now))
+    used: set[str] = set()
+    for image_id, study_id, metadata in db.execute("SELECT id, study_id, metadata FROM images").fetchall():
+        sop = str(json.loads(metadata).get("sop_instance_uid") or "")
+        sop = sop if sop and sop not in used else generate_uid()
+        used.add(sop)
+        last = db.execute(
+            "SELECT status, reason FROM results WHERE image_id = ? ORDER BY id DESC LIMIT 1", (image_id,)
+        ).fetchone()
+        status, reason = (_STATUS_OF_RESULT[last[0]], last[1]) if last else ("queued", None)
+        db.execute(
+            "UPDATE images SET series_id = (SELECT id FROM series WHERE study_id = ?), sop_instance_uid = ?, "
+            "status = ?, reason = ?, source = (SELECT source FROM studies WHERE id = ?) WHERE id = ?",
+            (study_id, sop, status, reason, study_id, image_id),
+        )
+        if last is None:
+            db.execute("INSERT INTO jobs (image_id, state, updated_at) VALUES (?, 'queued', ?)", (image_id, now))
+    db.execute("CREATE UNIQUE INDEX images_sop ON images(sop_instance_uid)")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection, str], None]] = [_to_v1, _to_v2]
+VERSION = len(MIGRATIONS)
+
+
+def migrate(db: sqlite3.Connection, now: str) -> None:
+    """Bring the database to `VERSION`, one transaction per version."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            step(db, now)
+            db.execute(f"PRAGMA user_version = {number}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise

@@ -1,0 +1,105 @@
+"""The inference worker: claim a job, route the image, diagnose it, record the outcome; then the next.
+
+The only writer of results. A failure on one image fails that image with the reason and the worker goes on; a
+job claimed when the service died is claimed again once its lease runs out (the store's `claim_job`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from edge_app.pipeline import Diagnosis
+from edge_app.registry import Registry
+from edge_app.result import heatmap_png
+from edge_app.store import Job, ModelResult, Outcome, Store
+
+log = logging.getLogger(__name__)
+_IMAGE_STATUS = {"ok": "done", "rejected": "rejected", "failed": "failed"}
+
+
+class Worker:
+    """One thread working through the job queue; `wake` when a job is queued, `stop` to drain and end."""
+
+    def __init__(
+        self, store: Store, registry: Registry, *, lease_s: float = 600.0, max_attempts: int = 3, idle_s: float = 30.0
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.lease_s = lease_s
+        self.max_attempts = max_attempts
+        self.idle_s = idle_s  # a look at the queue even unwoken: jobs another process queued
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="edge-worker", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Finish the image at hand and stop."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:  # the store itself failed (disk full, database locked): wait, then try again
+                log.exception("worker: cannot claim or record a job")
+                worked = False
+            if not worked:
+                self._wake.wait(self.idle_s)
+                self._wake.clear()
+
+    def run_once(self) -> bool:
+        """Process one job; False where none was waiting."""
+        job = self.store.claim_job(self.lease_s, self.max_attempts)
+        if job is None:
+            return False
+        self.store.finish_job(job, self._outcome(job))
+        return True
+
+    def _outcome(self, job: Job) -> Outcome:
+        try:
+            diagnosers = self.registry.route(job.header)
+            if not diagnosers:
+                return Outcome("no_model", reason=_no_model_reason(job.header, self.registry))
+            path = self.store.file_path(job.sha256)
+            results, metadata = [], None
+            for diagnoser in diagnosers:
+                diagnosis = diagnoser.diagnose(path, source=job.filename)
+                metadata = metadata or diagnosis.metadata
+                results.append(_model_result(diagnoser.bundle.sha256, diagnosis))
+            first = results[0]
+            status = "done" if any(r.status == "ok" for r in results) else _IMAGE_STATUS[first.status]
+            return Outcome(
+                status, reason=None if status == "done" else first.reason, metadata=metadata, results=results
+            )
+        except Exception as exc:  # a bug: this image fails with the reason, the worker goes on
+            log.exception("worker: internal error on image %d (%s)", job.image_id, job.filename)
+            return Outcome("failed", reason=f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _model_result(bundle_sha256: str, diagnosis: Diagnosis) -> ModelResult:
+    hm = diagnosis.heatmap
+    return ModelResult(
+        status=diagnosis.status,
+        model=diagnosis.model,
+        bundle_sha256=bundle_sha256,
+        reason=diagnosis.reason,
+        findings=[f.as_dict() for f in diagnosis.findings],
+        heatmap=(hm.label, heatmap_png(hm)) if hm is not None else None,
+        timings=diagnosis.timings_ms,
+    )
+
+
+def _no_model_reason(header: dict[str, object], registry: Registry) -> str:
+    said = ", ".join(f"{k} {header[k]}" for k in ("modality", "body_part", "view") if header.get(k)) or "this image"
+    return f"no model on this appliance reads {said} (models: {registry.describe()})"
