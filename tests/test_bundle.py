@@ -115,3 +115,18 @@ def test_invalid_manifest_is_refused_in_plain_words(bundle_dir: Path, change: di
     _edit_manifest(bundle_dir, change)
     with pytest.raises(BundleError, match=message):
         load_bundle(bundle_dir)
+
+
+def test_a_written_manifest_reads_back_the_same(tmp_path: Path) -> None:
+    """The converters' and the training script's writer: indented JSON in the schema's order, a final newline."""
+    import dataclasses
+
+    from edge_app.bundle import write_manifest
+
+    bundle = load_bundle(EMBEDDED_BUNDLE)
+    write_manifest(tmp_path, bundle.manifest)
+    text = (tmp_path / MANIFEST_NAME).read_text(encoding="utf-8")
+    assert text == (EMBEDDED_BUNDLE / MANIFEST_NAME).read_text(encoding="utf-8"), "the embedded one was written so"
+    assert text.startswith('{\n  "schema_version": 1,\n  "name": "cxr-reference",\n') and text.endswith("}\n")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        bundle.sha256 = "0" * 64  # type: ignore[misc]

@@ -121,3 +121,40 @@ def test_require_signature_with_a_key_folder_holding_no_key(bundle_dir: Path, tm
         Diagnoser.from_settings(settings)
     with pytest.raises(BundleError, match="is not signed"):
         load_bundle(bundle_dir, trusted_keys={})
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [
+        "{ not json",
+        '{"key_id": "x"}',
+        '["key_id", "signature"]',
+        '{"key_id": "x", "signature": "not base64 at all!"}',
+    ],
+    ids=["not-json", "no-signature", "a-list", "bad-base64"],
+)
+def test_a_malformed_signature_file_is_refused(bundle_dir: Path, key: Path, signature: str) -> None:
+    (bundle_dir / "manifest.sig").write_text(signature)
+    with pytest.raises(BundleError, match=r"manifest.sig is malformed"):
+        load_bundle(bundle_dir, trusted_keys=load_public_keys([key.with_name("clinic.pub")]))
+
+
+def test_an_untrusted_signer_is_named_by_the_start_of_its_key_id(bundle_dir: Path, key: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    generate_key(other)
+    signer = sign_bundle(bundle_dir, other)
+    with pytest.raises(BundleError) as info:
+        load_bundle(bundle_dir, trusted_keys=load_public_keys([key.with_name("clinic.pub")]))
+    assert f"is signed by key {signer[:16]}..., which this appliance does not trust" in str(info.value)
+    assert signer[:17] not in str(info.value)
+
+
+def test_unreadable_trusted_keys_are_plain_errors(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.pub"
+    garbage.write_text("-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n")
+    with pytest.raises(BundleError, match=r"trusted key .*garbage.pub cannot be read"):
+        load_public_keys([garbage])
+    dangling = tmp_path / "dangling.pub"
+    dangling.symlink_to(tmp_path / "nowhere.pub")
+    with pytest.raises(BundleError, match=r"trusted key .*dangling.pub cannot be read"):
+        load_public_keys([dangling])
