@@ -96,23 +96,37 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
-    """A real `edge-app serve` on a free localhost port; yields the API's base URL."""
-    port = _free_port()
-    env = {**os.environ, "EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "data"), "EDGE_APP_SERVER_PORT": str(port)}
+def _launch(data_dir: Path, port: int) -> subprocess.Popen[str]:
+    env = {**os.environ, "EDGE_APP_STORAGE_DATA_DIR": str(data_dir), "EDGE_APP_SERVER_PORT": str(port)}
     proc = subprocess.Popen([*EDGE_APP, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}/api/v1"
     deadline = time.monotonic() + 60
     while True:
         try:
-            urllib.request.urlopen(base + "/health", timeout=2).close()
-            break
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=2).close()
+            return proc
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 pytest.fail(f"server did not start: {proc.stdout.read() if proc.stdout else ''}")
-            time.sleep(0.2)
-    yield base
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def launch() -> Callable[[Path, int], subprocess.Popen[str]]:
+    """Start a real `edge-app serve` on a data directory and port; returns once it answers /health."""
+    return _launch
+
+
+@pytest.fixture
+def free_port() -> int:
+    return _free_port()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    """A real `edge-app serve` on a free localhost port; yields the API's base URL."""
+    port = _free_port()
+    proc = _launch(tmp_path / "data", port)
+    yield f"http://127.0.0.1:{port}/api/v1"
     proc.terminate()
     proc.wait(timeout=20)

@@ -1,0 +1,85 @@
+"""What the service acknowledged survives kill -9: a real server killed while images pour in, restarted, three
+times over the same data directory. Every acknowledged image is there with its result; no file without a row,
+no row without a file."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def _png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (256, 256), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _get(port: int, path: str) -> dict:  # type: ignore[type-arg]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1{path}", timeout=30) as resp:
+        return json.load(resp)  # type: ignore[no-any-return]
+
+
+@pytest.mark.slow
+def test_kill_9_while_images_arrive_loses_nothing_acknowledged(
+    tmp_path: Path, launch: Callable[[Path, int], subprocess.Popen[str]], free_port: int
+) -> None:
+    data_dir, port = tmp_path / "data", free_port
+    acknowledged: dict[int, str] = {}  # image id -> study uid
+    seed = 0
+    for _round in range(3):
+        proc = launch(data_dir, port)
+
+        def send(stop: threading.Event) -> None:
+            nonlocal seed
+            while not stop.is_set():
+                seed += 1
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/studies?filename={seed}.png", _png(seed))
+                try:
+                    with urllib.request.urlopen(req, timeout=30) as resp:
+                        body = json.load(resp)
+                        acknowledged[body["image_id"]] = body["uid"]
+                except (OSError, urllib.error.HTTPError, ValueError):
+                    return  # the server is gone: whatever was not answered was not acknowledged
+
+        stop = threading.Event()
+        sender = threading.Thread(target=send, args=(stop,))
+        sender.start()
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        stop.set()
+        sender.join()
+
+    proc = launch(data_dir, port)
+    try:
+        deadline = time.monotonic() + 120
+        while _get(port, "/health")["queued"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(acknowledged) >= 10, "the test sent too little to mean anything"
+        for image_id, uid in acknowledged.items():
+            (image,) = [i for i in _get(port, f"/studies/{uid}")["images"] if i["id"] == image_id]
+            assert image["status"] == "done" and image["results"][0]["status"] == "ok"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    db = sqlite3.connect(data_dir / "edge-app.sqlite3")
+    referenced = {r[0] for r in db.execute("SELECT sha256 FROM images UNION SELECT heatmap_sha256 FROM results")}
+    unfinished = db.execute("SELECT count(*) FROM jobs WHERE state != 'done'").fetchone()[0]
+    db.close()
+    stored = {p.name for p in (data_dir / "files").rglob("*") if p.is_file()}
+    assert unfinished == 0
+    assert stored == referenced - {None}, "no file without a row, no row without a file"
