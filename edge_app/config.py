@@ -105,11 +105,63 @@ class ImagingSettings(_Section):
     frame: Literal["first", "middle", "last"] = Field("middle", description="frame taken from a multi-frame image")
 
 
+class DicomCaptureSettings(_Section):
+    """The DICOM receiver (C-STORE and C-ECHO SCP) the X-ray or ultrasound unit sends its images to."""
+
+    enabled: StrictBool = Field(False, description="listen for DICOM associations")
+    ae_title: str = Field("EDGEAPP", description="this appliance's AE title, as configured on the modality")
+    host: str = Field("0.0.0.0", description="address to listen on")
+    port: StrictInt = Field(11112, ge=1, le=65535)
+    allowed_ae_titles: list[str] = Field(default_factory=list, description="calling AE titles let in; [] = any")
+    allowed_addresses: list[str] = Field(default_factory=list, description="peer addresses or networks; [] = any")
+    tls_cert: Path | None = Field(None, description="PEM certificate: with tls_key, DICOM over TLS")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_ca: Path | None = Field(None, description="PEM CA bundle: peers must present a certificate it signed")
+
+    @field_validator("ae_title", "allowed_ae_titles")
+    @classmethod
+    def _ae_titles(cls, value: str | list[str]) -> str | list[str]:
+        for title in [value] if isinstance(value, str) else value:
+            if not 0 < len(title.strip()) <= 16 or "\\" in title or not title.isprintable() or not title.isascii():
+                raise ValueError(f"{title!r} is not an AE title (1 to 16 printable ASCII characters, no backslash)")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, host: str) -> str:
+        if not is_host(host):
+            raise ValueError(f"{host!r} is not an IP address or a host name")
+        return host
+
+    @field_validator("allowed_addresses")
+    @classmethod
+    def _networks(cls, addresses: list[str]) -> list[str]:
+        for address in addresses:
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError:
+                raise ValueError(f"{address!r} is not an IP address or network (192.168.1.20, 10.0.0.0/24)") from None
+        return addresses
+
+    @model_validator(mode="after")
+    def _tls(self) -> DicomCaptureSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_ca needs tls_cert and tls_key")
+        return self
+
+
+class CaptureSettings(_Section):
+    dicom: DicomCaptureSettings = Field(default_factory=DicomCaptureSettings)
+
+
 class Settings(_Section):
     server: ServerSettings = Field(default_factory=ServerSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
+    capture: CaptureSettings = Field(default_factory=CaptureSettings)
 
     @property
     def engine_cache(self) -> Path:
@@ -142,23 +194,32 @@ def with_overrides(settings: Settings, section: str, values: Mapping[str, Any]) 
 
 
 def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
-    sections = Settings.model_fields
+    """EDGE_APP_<SECTION>_<KEY>, and EDGE_APP_<SECTION>_<SUBSECTION>_<KEY> for nested tables ([capture.dicom])."""
     for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX):
-            continue
-        rest = key[len(ENV_PREFIX) :].lower()
-        section = next((s for s in sections if rest.startswith(s + "_")), None)
-        if section is None:
-            continue
-        field = rest[len(section) + 1 :]
-        model = sections[section].annotation
-        assert isinstance(model, type) and issubclass(model, BaseModel)
-        if field not in model.model_fields:
-            raise ConfigError(f"environment variable {key} names no setting ({section} has no {field!r})")
-        table = raw.setdefault(section, {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"[{section}] in the configuration file must be a table")
-        table[field] = _environment_value(model.model_fields[field].annotation, value)
+        if key.startswith(ENV_PREFIX):
+            _set_from_environment(raw, Settings, key[len(ENV_PREFIX) :].lower(), value, key)
+
+
+def _set_from_environment(raw: dict[str, Any], model: type[BaseModel], rest: str, value: str, key: str) -> None:
+    tables = {name: f for name, f in model.model_fields.items() if _is_section(f.annotation)}
+    table = next((t for t in tables if rest.startswith(t + "_")), None)
+    if table is not None:
+        sub = raw.setdefault(table, {})
+        if not isinstance(sub, dict):
+            raise ConfigError(f"[{table}] in the configuration file must be a table")
+        annotation = tables[table].annotation
+        assert isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        _set_from_environment(sub, annotation, rest[len(table) + 1 :], value, key)
+        return
+    if model is Settings:
+        return  # EDGE_APP_CONFIG and other names outside the settings
+    if rest not in model.model_fields:
+        raise ConfigError(f"environment variable {key} names no setting ({rest!r} is not one)")
+    raw[rest] = _environment_value(model.model_fields[rest].annotation, value)
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, _Section)
 
 
 def _environment_value(annotation: Any, value: str) -> Any:

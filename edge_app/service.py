@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from edge_app.capture import Source, open_sources
 from edge_app.config import Settings
 from edge_app.ingest import Ingest
 from edge_app.registry import Registry
@@ -26,6 +27,7 @@ class Service:
             raise
         self.worker = Worker(self.store, self.registry)
         self.ingest = Ingest(self.store, on_queued=self.worker.wake)
+        self.sources = open_sources(settings, self.ingest)
 
     def start(self) -> None:
         """Clear what a crash left behind, then start the worker (it first takes the jobs left queued)."""
@@ -35,10 +37,22 @@ class Service:
         if removed or queued:
             log.info("at start: %d stray file(s) removed, %d image(s) waiting for a result", removed, queued)
         self.worker.start()
+        started: list[Source] = []
+        try:
+            for source in self.sources:
+                source.start()
+                started.append(source)
+        except BaseException:
+            for source in started:
+                source.stop()
+            self.worker.stop()
+            raise
         self.store.audit("system", "service.start", self.registry.describe(), f"queued={queued} orphans={removed}")
 
     def stop(self) -> None:
-        """Let the worker finish the image at hand, then release the models and close the store."""
+        """Stop taking images, let the worker finish the one at hand, release the models, close the store."""
+        for source in self.sources:
+            source.stop()
         self.worker.stop()
         self.registry.close()
         self.store.close()

@@ -1,7 +1,7 @@
 """What an image says about itself before its pixels are touched: identity (DICOM UIDs) and what it shows.
 
-Read when an image arrives, in the receiving process: pure-Python header parsing (pydicom, stopping before the
-pixel data; large values left unread), never a native decoder. PNG and JPEG carry no identity: they get new UIDs.
+Read when an image arrives, in the receiving process: pure-Python header parsing (pydicom; values over 1 KB, the
+pixel data among them, left on disk), never a native decoder. PNG and JPEG carry no identity: they get new UIDs.
 """
 
 from __future__ import annotations
@@ -65,8 +65,12 @@ def _dicom_header(path: Path, source: str) -> ImageHeader:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size="1 MB")
+            ds = pydicom.dcmread(path, defer_size=1024)  # values over 1 KB, the pixels among them, stay on disk
             sop_class = ds.get("SOPClassUID")
+            if "PixelData" not in ds:
+                kind = getattr(sop_class, "name", None) or str(sop_class or "unknown SOP class")
+                raise ImageRejected(source, f"DICOM object holds no image ({kind})")
+            _check_pixel_data_length(ds, path.stat().st_size, source)
 
             def text(keyword: str) -> str:
                 return str(ds.get(keyword, "") or "").strip()
@@ -82,5 +86,28 @@ def _dicom_header(path: Path, source: str) -> ImageHeader:
                 patient_id=text("PatientID"),
                 sop_class=getattr(sop_class, "name", str(sop_class or "")),
             )
+    except ImageRejected:
+        raise
     except Exception as exc:  # pydicom raises many types on damaged headers
         raise ImageRejected(source, f"damaged DICOM header ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_pixel_data_length(ds: Any, file_size: int, source: str) -> None:
+    """Refuse pixel data cut short: a file that ends before its pixel data does, or uncompressed pixel data
+    shorter than the header's image needs. Both are known from the element's header, without reading it."""
+    from pydicom.pixels.utils import get_expected_length
+
+    raw = ds.get_item("PixelData", keep_deferred=True)
+    length, start = int(getattr(raw, "length", 0)), getattr(raw, "value_tell", None)
+    if length == 0xFFFFFFFF:  # encapsulated (compressed): its fragments say their own lengths
+        return
+    if start is not None and start + length > file_size:
+        raise ImageRejected(
+            source, f"truncated DICOM file: its pixel data needs {length:,} bytes, {file_size - start:,} follow"
+        )
+    try:
+        expected = int(get_expected_length(ds))
+    except Exception:  # a header too odd to say: decoding will tell
+        return
+    if length < expected:
+        raise ImageRejected(source, f"truncated pixel data: {length:,} bytes, the header's image needs {expected:,}")

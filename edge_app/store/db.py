@@ -34,6 +34,7 @@ class Added:
     study_uid: str
     sop_instance_uid: str
     status: str
+    reason: str | None = None
     duplicate: bool = False
 
 
@@ -156,13 +157,13 @@ class Store:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 known = self._db.execute(
-                    "SELECT images.id, images.status, studies.uid FROM images JOIN studies "
+                    "SELECT images.id, images.status, images.reason, studies.uid FROM images JOIN studies "
                     "ON studies.id = images.study_id WHERE sop_instance_uid = ?",
                     (header.sop_instance_uid,),
                 ).fetchone()
                 if known is not None:
                     self._db.execute("COMMIT")
-                    return Added(known[0], known[2], header.sop_instance_uid, known[1], duplicate=True)
+                    return Added(known[0], known[3], header.sop_instance_uid, known[1], known[2], duplicate=True)
                 study_id = self._id_of("studies", header.study_uid) or self._insert(
                     "INSERT INTO studies (uid, created_at, source, patient_id) VALUES (?, ?, ?, ?)",
                     (header.study_uid, now, source, patient_id or header.patient_id),
@@ -196,7 +197,7 @@ class Store:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return Added(image_id, header.study_uid, header.sop_instance_uid, status)
+        return Added(image_id, header.study_uid, header.sop_instance_uid, status, reason)
 
     def _id_of(self, table: str, uid: str) -> int | None:
         row = self._db.execute(f"SELECT id FROM {table} WHERE uid = ?", (uid,)).fetchone()

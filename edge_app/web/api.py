@@ -33,6 +33,7 @@ def health() -> Any:
         bundle_sha256=first.bundle.sha256,
         models=[{**d.model_info, "bundle_sha256": d.bundle.sha256} for d in svc.registry.diagnosers],
         queued=svc.store.queued(),
+        sources=[source.state() for source in svc.sources],
     )
 
 

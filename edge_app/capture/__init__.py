@@ -1,0 +1,33 @@
+"""Capture sources: the hardware images come from, each behind one small interface, each handing bytes to ingest.
+
+A source knows its hardware and `Ingest`, nothing else: not the worker, the web or the database.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from edge_app.config import Settings
+from edge_app.ingest import Ingest
+
+
+class Source(Protocol):
+    """Started and stopped by the service; `state` is what /health shows of it."""
+
+    name: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def state(self) -> dict[str, object]: ...
+
+
+def open_sources(settings: Settings, ingest: Ingest) -> list[Source]:
+    """The sources the configuration enables (not started)."""
+    sources: list[Source] = []
+    if settings.capture.dicom.enabled:
+        from edge_app.capture.dicom_scp import DicomReceiver
+
+        sources.append(DicomReceiver(settings.capture.dicom, ingest))
+    return sources

@@ -1,0 +1,218 @@
+"""The DICOM receiver against real peers on localhost: pynetdicom's own SCU, and dcmtk's storescu/echoscu where
+installed. Every CR and US file of pydicom-data arrives and is diagnosed or refused with the right status; bad
+input gets the right failure and the server lives on."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from flask import Flask
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, StoragePresentationContexts
+
+from conftest import dicom_dirs, dicom_file
+from edge_app.service import Service
+from edge_app.web import create_app, services
+
+
+def _cr_and_us() -> list[Path]:
+    found = []
+    for folder in dicom_dirs():
+        for path in sorted(folder.glob("*.dcm")):
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception:
+                continue
+            if ds.get("Modality") in ("CR", "US") and ds.get("SOPInstanceUID"):
+                found.append(path)
+    return found
+
+
+CR_US = _cr_and_us()
+
+
+@pytest.fixture
+def app(tmp_path: Path, free_port: int) -> Iterator[Flask]:
+    app = create_app(
+        {
+            "storage": {"data_dir": str(tmp_path / "data")},
+            "model": {"threads": 1},
+            "capture": {"dicom": {"enabled": True, "host": "127.0.0.1", "port": free_port}},
+        }
+    )
+    yield app
+    services.get_from(app).stop()
+
+
+def _service(app: Flask) -> Service:
+    return services.get_from(app)
+
+
+def _port(app: Flask) -> int:
+    return _service(app).settings.capture.dicom.port
+
+
+def _associate(port: int, calling: str = "MODALITY", contexts: list | None = None):  # type: ignore[no-untyped-def]
+    ae = AE(ae_title=calling)
+    for cx in contexts or StoragePresentationContexts:
+        ae.add_requested_context(cx.abstract_syntax, cx.transfer_syntax)
+    return ae.associate("127.0.0.1", port, ae_title="EDGEAPP")
+
+
+def _send(port: int, datasets: list[Dataset], calling: str = "MODALITY") -> list[int]:
+    ae = AE(ae_title=calling)
+    for sop_class, syntax in {(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID) for ds in datasets}:
+        ae.add_requested_context(sop_class, syntax)
+    for sop_class in {ds.SOPClassUID for ds in datasets}:  # files whose data set is not encoded as its meta says
+        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", port, ae_title="EDGEAPP")
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    finally:
+        assoc.release()
+
+
+def test_every_cr_and_us_file_arrives_and_gets_its_status(app: Flask) -> None:
+    service, port = _service(app), _port(app)
+    datasets = [pydicom.dcmread(p) for p in CR_US]
+    assert len(datasets) >= 15
+    statuses = []
+    for start in range(0, len(datasets), 10):  # 128 presentation contexts at most per association
+        statuses += _send(port, datasets[start : start + 10])
+    assert statuses == [0x0000] * len(datasets)
+    client = app.test_client()
+    for ds in datasets:
+        study = client.get(f"/api/v1/studies/{ds.StudyInstanceUID}").get_json()
+        (image,) = [i for i in study["images"] if i["sop_instance_uid"] == ds.SOPInstanceUID]
+        status, reason = service.store.wait_for(image["id"], timeout=60)
+        chest = ds.Modality == "CR" and str(ds.get("BodyPartExamined") or "CHEST").upper() == "CHEST"
+        expected = "done" if chest else "no_model"
+        assert status == expected, (ds.filename, reason)
+        assert image["source"].startswith("dicom:MODALITY@127.0.0.1")
+
+
+def test_a_duplicate_is_acknowledged_and_not_stored_twice(app: Flask) -> None:
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    port = _port(app)
+    assert _send(port, [ds]) == [0x0000]
+    assert _send(port, [ds]) == [0x0000]
+    study = app.test_client().get(f"/api/v1/studies/{ds.StudyInstanceUID}").get_json()
+    assert [i["sop_instance_uid"] for i in study["images"]] == [ds.SOPInstanceUID]
+
+
+def test_bad_input_gets_a_failure_and_the_server_lives_on(app: Flask) -> None:
+    port = _port(app)
+    good = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+
+    no_pixels = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    del no_pixels.PixelData
+    no_pixels.SOPInstanceUID = "1.2.3.999.1"
+    assert _send(port, [no_pixels]) == [0xA900]
+
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(good.SOPClassUID, good.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="EDGEAPP")
+    truncated = io.BytesIO()
+    good.save_as(truncated, enforce_file_format=True)
+    damaged = pydicom.dcmread(io.BytesIO(truncated.getvalue()[:2000]), force=True)  # the header, a little of it
+    damaged.SOPInstanceUID, damaged.SOPClassUID = "1.2.3.999.2", good.SOPClassUID
+    damaged.file_meta.TransferSyntaxUID = good.file_meta.TransferSyntaxUID
+    status = assoc.send_c_store(damaged)
+    assert int(status.Status) in (0xA900, 0xC210), "a truncated data set is refused"
+    assoc.release()
+
+    sr = pydicom.dcmread(dicom_file("test-SR.dcm"))
+    assoc = _associate(port, contexts=[c for c in StoragePresentationContexts if c.abstract_syntax == sr.SOPClassUID])
+    assert not assoc.is_established or not assoc.accepted_contexts, "no image storage class: not accepted"
+    if assoc.is_established:
+        assoc.release()
+
+    assert _send(port, [good]) == [0x0000], "a good C-STORE still succeeds afterwards"
+
+
+def test_echo(app: Flask) -> None:
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", _port(app), ae_title="EDGEAPP")
+    assert assoc.is_established and int(assoc.send_c_echo().Status) == 0
+    assoc.release()
+
+
+def test_calling_ae_titles_and_addresses_outside_the_allow_lists_are_refused(tmp_path: Path, free_port: int) -> None:
+    app = create_app(
+        {
+            "storage": {"data_dir": str(tmp_path / "data")},
+            "capture": {
+                "dicom": {"enabled": True, "host": "127.0.0.1", "port": free_port, "allowed_ae_titles": ["XRAY1"]}
+            },
+        }
+    )
+    try:
+        ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+        assoc = _associate(free_port, calling="INTRUDER")
+        assert assoc.is_rejected
+        assert _send(free_port, [ds], calling="XRAY1") == [0x0000]
+    finally:
+        services.get_from(app).stop()
+    app = create_app(
+        {
+            "storage": {"data_dir": str(tmp_path / "data2")},
+            "capture": {
+                "dicom": {"enabled": True, "host": "127.0.0.1", "port": free_port, "allowed_addresses": ["10.9.9.0/24"]}
+            },
+        }
+    )
+    try:
+        assoc = _associate(free_port)
+        assert not assoc.is_established, "127.0.0.1 is not in 10.9.9.0/24"
+    finally:
+        services.get_from(app).stop()
+
+
+def test_health_shows_the_receiver(app: Flask) -> None:
+    (source,) = app.test_client().get("/api/v1/health").get_json()["sources"]
+    assert source["name"] == "dicom" and source["connected"] is True
+    assert source["detail"] == f"EDGEAPP on 127.0.0.1:{_port(app)}"
+
+
+_STORESCU_OPTION = {
+    "1.2.840.10008.1.2": "-xi",
+    "1.2.840.10008.1.2.2": "-xb",
+    "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw",
+    "1.2.840.10008.1.2.5": "-xr",
+}
+
+
+@pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed (apt-get install dcmtk)")
+def test_dcmtk_storescu_and_echoscu(app: Flask) -> None:
+    port = str(_port(app))
+    echo = subprocess.run(["echoscu", "-aec", "EDGEAPP", "127.0.0.1", port], capture_output=True, text=True)
+    assert echo.returncode == 0, echo.stderr
+    by_syntax: dict[str, list[str]] = {}
+    for path in CR_US:
+        syntax = str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        by_syntax.setdefault(syntax, []).append(str(path))
+    for syntax, files in by_syntax.items():  # storescu proposes compressed syntaxes only when told which
+        option = _STORESCU_OPTION.get(syntax, "-xe")
+        sent = subprocess.run(
+            ["storescu", option, "-R", "-aec", "EDGEAPP", "-aet", "DCMTK", "127.0.0.1", port, *files],
+            capture_output=True,
+            text=True,
+        )
+        assert sent.returncode == 0, (syntax, sent.stderr)
+    client = app.test_client()
+    for path in CR_US:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        study = client.get(f"/api/v1/studies/{ds.StudyInstanceUID}").get_json()
+        assert ds.SOPInstanceUID in [i["sop_instance_uid"] for i in study["images"]]
