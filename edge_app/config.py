@@ -152,8 +152,24 @@ class DicomCaptureSettings(_Section):
         return self
 
 
+class FolderCaptureSettings(_Section):
+    """A folder (a network share, a USB stick's mount point) images are dropped into."""
+
+    enabled: StrictBool = Field(False, description="watch the folder")
+    path: Path | None = Field(None, description="the folder; done/ and failed/ are made inside it")
+    poll_s: float = Field(2.0, gt=0, le=600, strict=True, description="how often the folder is looked at")
+    stable_s: float = Field(2.0, ge=0, le=600, strict=True, description="unchanged this long: the file is complete")
+
+    @model_validator(mode="after")
+    def _path(self) -> FolderCaptureSettings:
+        if self.enabled and self.path is None:
+            raise ValueError("a watched folder needs its path")
+        return self
+
+
 class CaptureSettings(_Section):
     dicom: DicomCaptureSettings = Field(default_factory=DicomCaptureSettings)
+    folder: FolderCaptureSettings = Field(default_factory=FolderCaptureSettings)
 
 
 class Settings(_Section):

@@ -123,3 +123,15 @@ def test_the_appliance_configuration_file_is_valid() -> None:
 
     s = load_settings(ROOT / "firmware_config" / "edge-app.toml", environ={})
     assert s.storage.data_dir == Path("/var/lib/edge-app") and s.server.host == "127.0.0.1"
+
+
+def test_the_readme_configuration_block_is_valid(tmp_path: Path) -> None:
+    """The defaults the README shows are a configuration the service accepts, every key of it known."""
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("### Configuration", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    cfg = tmp_path / "readme.toml"
+    cfg.write_text(block)
+    s = load_settings(cfg, environ={})
+    assert s.capture.dicom.port == 11112 and s.imaging.max_decode_mb == 320 and s.server.result_wait_s == 60.0

@@ -30,4 +30,8 @@ def open_sources(settings: Settings, ingest: Ingest) -> list[Source]:
         from edge_app.capture.dicom_scp import DicomReceiver
 
         sources.append(DicomReceiver(settings.capture.dicom, ingest))
+    if settings.capture.folder.enabled:
+        from edge_app.capture.folder import FolderWatcher
+
+        sources.append(FolderWatcher(settings.capture.folder, ingest))
     return sources
