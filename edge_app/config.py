@@ -167,9 +167,19 @@ class FolderCaptureSettings(_Section):
         return self
 
 
+class SerialCaptureSettings(_Section):
+    """Serial devices: X-ray generators, footswitches, barcode readers (see firmware_config/devices/)."""
+
+    profiles: list[Path] = Field(default_factory=list, description="device profiles (TOML), one per device")
+    exposure_window_s: float = Field(
+        30.0, gt=0, le=3600, strict=True, description="an exposure report goes to an image arriving within this"
+    )
+
+
 class CaptureSettings(_Section):
     dicom: DicomCaptureSettings = Field(default_factory=DicomCaptureSettings)
     folder: FolderCaptureSettings = Field(default_factory=FolderCaptureSettings)
+    serial: SerialCaptureSettings = Field(default_factory=SerialCaptureSettings)
 
 
 class Settings(_Section):

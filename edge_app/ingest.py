@@ -7,22 +7,75 @@ An image is on disk and in the database before `submit` returns: that is when a 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
-from typing import IO
+from dataclasses import dataclass, field
+from typing import IO, Any
 
 from edge_app.errors import ImageRejected
-from edge_app.imaging.header import generated_header, read_header
+from edge_app.imaging.header import ImageHeader, generated_header, read_header
 from edge_app.store import Added, Store
 
 log = logging.getLogger(__name__)
 
 
-class Ingest:
-    """Stores arriving images and queues them; `on_queued` is called for each image newly queued."""
+@dataclass(frozen=True)
+class Event:
+    """Something a device said: `exposure` (kVp, mAs, time), `capture` (take a frame), `patient_id`, `status`."""
 
-    def __init__(self, store: Store, on_queued: Callable[[], None] | None = None) -> None:
+    kind: str
+    fields: dict[str, str]
+    source: str
+    at: float = field(default_factory=time.monotonic)
+
+
+class Ingest:
+    """Stores arriving images and queues them; `on_queued` is called for each image newly queued.
+
+    Device events meet images here: a patient ID scanned from a barcode goes to the next image that carries none
+    of its own; an exposure report goes to the next image arriving within `exposure_window_s`; a capture trigger
+    is passed to whoever asked for it (the video source)."""
+
+    def __init__(
+        self, store: Store, on_queued: Callable[[], None] | None = None, exposure_window_s: float = 30.0
+    ) -> None:
         self.store = store
         self.on_queued = on_queued
+        self.exposure_window_s = exposure_window_s
+        self._lock = threading.Lock()
+        self._patient: Event | None = None
+        self._exposure: Event | None = None
+        self._triggers: list[Callable[[Event], None]] = []
+
+    def on_capture(self, trigger: Callable[[Event], None]) -> None:
+        """Call `trigger` on every `capture` event."""
+        self._triggers.append(trigger)
+
+    def event(self, event: Event) -> None:
+        """Take a device's event."""
+        log.info("%s from %s: %s", event.kind, event.source, event.fields)
+        if event.kind == "patient_id":
+            with self._lock:
+                self._patient = event
+        elif event.kind == "exposure":
+            with self._lock:
+                self._exposure = event
+        elif event.kind == "capture":
+            for trigger in self._triggers:
+                trigger(event)
+
+    def _pending(self, header: ImageHeader) -> tuple[str, dict[str, Any]]:
+        """The scanned patient ID (where the image has none) and a recent exposure, each used once."""
+        with self._lock:
+            patient, exposure = "", {}
+            if self._patient is not None and not header.patient_id:
+                patient, self._patient = self._patient.fields.get("patient_id", ""), None
+            if self._exposure is not None:
+                if time.monotonic() - self._exposure.at <= self.exposure_window_s:
+                    exposure = {"exposure": {**self._exposure.fields, "source": self._exposure.source}}
+                self._exposure = None
+        return patient, exposure
 
     def submit(self, stream: IO[bytes], filename: str, source: str, patient_id: str = "") -> Added | None:
         """Keep one image; None where the stream held no bytes. A file that is no image is kept too, refused with
@@ -37,7 +90,10 @@ class Ingest:
                 digest, size, filename, source, generated_header(), reason=exc.reason, patient_id=patient_id
             )
         else:
-            added = self.store.add_image(digest, size, filename, source, header, patient_id=patient_id)
+            scanned, extra = self._pending(header)
+            added = self.store.add_image(
+                digest, size, filename, source, header, patient_id=patient_id or scanned, extra=extra
+            )
         log.debug(
             "%s from %s: image %d, %s%s",
             filename,

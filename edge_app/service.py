@@ -26,7 +26,9 @@ class Service:
             self.store.close()
             raise
         self.worker = Worker(self.store, self.registry)
-        self.ingest = Ingest(self.store, on_queued=self.worker.wake)
+        self.ingest = Ingest(
+            self.store, on_queued=self.worker.wake, exposure_window_s=settings.capture.serial.exposure_window_s
+        )
         self.sources = open_sources(settings, self.ingest)
 
     def start(self) -> None:

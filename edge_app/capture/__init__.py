@@ -34,4 +34,9 @@ def open_sources(settings: Settings, ingest: Ingest) -> list[Source]:
         from edge_app.capture.folder import FolderWatcher
 
         sources.append(FolderWatcher(settings.capture.folder, ingest))
+    if settings.capture.serial.profiles:
+        from edge_app.capture.devices import load_profile
+        from edge_app.capture.serial_line import SerialDevice
+
+        sources += [SerialDevice(load_profile(path), ingest) for path in settings.capture.serial.profiles]
     return sources

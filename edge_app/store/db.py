@@ -148,6 +148,7 @@ class Store:
         *,
         reason: str | None = None,
         patient_id: str = "",
+        extra: dict[str, Any] | None = None,
     ) -> Added:
         """Record a stored file as an image of its study and series (created where new) and queue its job; with a
         `reason`, record it refused instead. An image whose SOP Instance UID is known is not added twice."""
@@ -166,7 +167,7 @@ class Store:
                     return Added(known[0], known[3], header.sop_instance_uid, known[1], known[2], duplicate=True)
                 study_id = self._id_of("studies", header.study_uid) or self._insert(
                     "INSERT INTO studies (uid, created_at, source, patient_id) VALUES (?, ?, ?, ?)",
-                    (header.study_uid, now, source, patient_id or header.patient_id),
+                    (header.study_uid, now, source, header.patient_id or patient_id),
                 )
                 series_id = self._id_of("series", header.series_uid) or self._insert(
                     "INSERT INTO series (study_id, uid, modality, created_at) VALUES (?, ?, ?, ?)",
@@ -182,7 +183,7 @@ class Store:
                         filename,
                         digest,
                         size,
-                        json.dumps(header.as_dict()),
+                        json.dumps({**header.as_dict(), **(extra or {})}),
                         header.sop_instance_uid,
                         status,
                         reason,
