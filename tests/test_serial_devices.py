@@ -134,6 +134,7 @@ def test_footswitch_over_a_socket_triggers_capture_and_survives_a_reconnect(stor
     device.start()
     try:
         peer, _ = server.accept()
+        _until(lambda: device.connected)  # pyserial empties the input when it opens a port: send after that
         peer.sendall(b"HB\nPRE")
         peer.sendall(b"SS\n")
         _until(lambda: len(presses) == 1)
