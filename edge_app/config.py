@@ -176,10 +176,21 @@ class SerialCaptureSettings(_Section):
     )
 
 
+class VideoCaptureSettings(_Section):
+    """An ultrasound video feed: a USB HDMI grabber (/dev/video0), or any file or URL OpenCV opens."""
+
+    enabled: StrictBool = Field(False, description="read the video feed")
+    source: str = Field("/dev/video0", description="a V4L2 device, a device number, a file or a URL")
+    modality: str = Field("US", description="the modality the captured frames are stored as")
+    reconnect_s: float = Field(2.0, gt=0, le=600, strict=True, description="wait between attempts to open it")
+    loop_file: StrictBool = Field(False, description="play a file source again when it ends (demonstrations)")
+
+
 class CaptureSettings(_Section):
     dicom: DicomCaptureSettings = Field(default_factory=DicomCaptureSettings)
     folder: FolderCaptureSettings = Field(default_factory=FolderCaptureSettings)
     serial: SerialCaptureSettings = Field(default_factory=SerialCaptureSettings)
+    video: VideoCaptureSettings = Field(default_factory=VideoCaptureSettings)
 
 
 class Settings(_Section):

@@ -52,6 +52,11 @@ class Ingest:
         """Call `trigger` on every `capture` event."""
         self._triggers.append(trigger)
 
+    @property
+    def has_capture(self) -> bool:
+        """Whether anything (a video source) takes `capture` events."""
+        return bool(self._triggers)
+
     def event(self, event: Event) -> None:
         """Take a device's event."""
         log.info("%s from %s: %s", event.kind, event.source, event.fields)

@@ -34,6 +34,10 @@ def open_sources(settings: Settings, ingest: Ingest) -> list[Source]:
         from edge_app.capture.folder import FolderWatcher
 
         sources.append(FolderWatcher(settings.capture.folder, ingest))
+    if settings.capture.video.enabled:
+        from edge_app.capture.video import VideoGrabber
+
+        sources.append(VideoGrabber(settings.capture.video, ingest))
     if settings.capture.serial.profiles:
         from edge_app.capture.devices import load_profile
         from edge_app.capture.serial_line import SerialDevice

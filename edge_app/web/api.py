@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from edge_app.errors import NotFound
+from edge_app.ingest import Event
 from edge_app.web import services
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,16 @@ def create_study() -> Any:
     if error is not None:
         return jsonify(error=error, detail=reason, study=study, **image), code, headers
     return jsonify({**study, **image}), code, headers
+
+
+@bp.post("/capture")
+def capture() -> Any:
+    """Take the current video frame as a study (the tablet's capture button; a footswitch does the same)."""
+    svc = services.get()
+    if not svc.ingest.has_capture:
+        return jsonify(error="Conflict", detail="no video source is configured ([capture.video])"), 409
+    svc.ingest.event(Event("capture", {}, "api"))
+    return jsonify(status="requested"), 202
 
 
 def _bad_request(detail: str) -> Any:

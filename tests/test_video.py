@@ -1,0 +1,111 @@
+"""The video grabber with a video file written here by OpenCV as its source: a trigger (a footswitch's event, the
+API) yields a study holding the right frame; a source that is not there yet is opened once it appears."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+
+from edge_app.config import Settings
+from edge_app.ingest import Event
+from edge_app.service import Service
+from edge_app.web import create_app, services
+
+FRAMES, FPS = 12, 24
+
+
+def _write_video(path: Path) -> None:
+    """Frame i is uniform grey 20 * i, with frame i's number drawn as a white bar i pixels wide."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (64, 48))
+    for i in range(FRAMES):
+        frame = np.full((48, 64, 3), 20 * i, np.uint8)
+        frame[:8, : 4 * (i + 1)] = 255
+        writer.write(frame)
+    writer.release()
+
+
+def _until(check: Callable[[], object], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _service(tmp_path: Path, source: Path) -> Service:
+    settings = Settings.model_validate(
+        {
+            "storage": {"data_dir": str(tmp_path / "data")},
+            "model": {"threads": 1},
+            "capture": {"video": {"enabled": True, "source": str(source), "reconnect_s": 0.1}},
+        }
+    )
+    service = Service(settings)
+    service.start()
+    return service
+
+
+def test_a_trigger_stores_the_current_frame_as_an_ultrasound_image(tmp_path: Path) -> None:
+    video = tmp_path / "loop.avi"
+    _write_video(video)
+    service = _service(tmp_path, video)
+    try:
+        (grabber,) = service.sources
+        _until(lambda: grabber.state()["frame"] == FRAMES - 1)  # the file has ended: the last frame stays
+        service.ingest.event(Event("capture", {}, "serial:footswitch"))
+        (study,) = service.store.list_studies()
+        (image,) = study["images"]
+        assert image["source"] == f"video:{video}" and image["filename"].startswith("frame-")
+        assert service.store.wait_for(image["id"], timeout=30)[0] == "no_model", "a chest model never reads US"
+        ds = pydicom.dcmread(service.store.file_path(image["sha256"]))
+        assert ds.Modality == "US" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.6.1"
+        pixels = ds.pixel_array.astype(int)
+        assert pixels.shape == (48, 64, 3)
+        assert abs(pixels[30:, :, :].mean() - 20 * (FRAMES - 1)) < 4, "the last frame's grey"
+        assert (pixels[:8, : 4 * FRAMES - 2] > 200).all() and (pixels[:8, 4 * FRAMES + 2 :] < 240).all()
+        assert grabber.state()["captured"] == 1
+    finally:
+        service.stop()
+
+
+def test_the_api_capture_button(tmp_path: Path) -> None:
+    video = tmp_path / "clip.avi"
+    _write_video(video)
+    app = create_app(
+        {
+            "storage": {"data_dir": str(tmp_path / "data")},
+            "capture": {"video": {"enabled": True, "source": str(video)}},
+        }
+    )
+    try:
+        service = services.get_from(app)
+        _until(lambda: service.sources[0].state()["frame"] == FRAMES - 1)
+        resp = app.test_client().post("/api/v1/capture")
+        assert resp.status_code == 202
+        (study,) = service.store.list_studies()
+        assert study["images"][0]["source"] == f"video:{video}"
+    finally:
+        services.get_from(app).stop()
+
+
+def test_capture_without_a_video_source_is_a_conflict(client) -> None:  # type: ignore[no-untyped-def]
+    resp = client.post("/api/v1/capture")
+    assert resp.status_code == 409 and "[capture.video]" in resp.get_json()["detail"]
+
+
+def test_a_grabber_that_appears_later_is_opened(tmp_path: Path) -> None:
+    video = tmp_path / "later.avi"
+    service = _service(tmp_path, video)
+    try:
+        (grabber,) = service.sources
+        time.sleep(0.3)
+        assert grabber.state()["connected"] is False and grabber.state()["frame"] == -1
+        assert grabber.capture() is False, "no frame yet: nothing stored"
+        _write_video(video)
+        _until(lambda: grabber.state()["frame"] >= 0)
+    finally:
+        service.stop()
