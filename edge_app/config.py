@@ -122,8 +122,7 @@ class DicomCaptureSettings(_Section):
     @classmethod
     def _ae_titles(cls, value: str | list[str]) -> str | list[str]:
         for title in [value] if isinstance(value, str) else value:
-            if not 0 < len(title.strip()) <= 16 or "\\" in title or not title.isprintable() or not title.isascii():
-                raise ValueError(f"{title!r} is not an AE title (1 to 16 printable ASCII characters, no backslash)")
+            check_ae_title(title)
         return value
 
     @field_validator("host")
@@ -193,12 +192,56 @@ class CaptureSettings(_Section):
     video: VideoCaptureSettings = Field(default_factory=VideoCaptureSettings)
 
 
+def _both_documents() -> list[Literal["sr", "sc"]]:
+    return ["sr", "sc"]
+
+
+class Destination(_Section):
+    """A DICOM node results are sent to: the modality itself, a PACS."""
+
+    ae_title: str
+    host: str
+    port: StrictInt = Field(104, ge=1, le=65535)
+    send: list[Literal["sr", "sc"]] = Field(default_factory=_both_documents, description="what it gets")
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, title: str) -> str:
+        return check_ae_title(title)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, host: str) -> str:
+        if not is_host(host):
+            raise ValueError(f"{host!r} is not an IP address or a host name")
+        return host
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class OutputSettings(_Section):
+    """Results sent back by C-STORE: a Structured Report of the findings, a Secondary Capture with the heatmap."""
+
+    destinations: list[Destination] = Field(default_factory=list, description="where results go; [] = nowhere")
+    calling_ae_title: str = Field("EDGEAPP", description="this appliance's AE title when it sends")
+
+    @field_validator("calling_ae_title")
+    @classmethod
+    def _calling(cls, title: str) -> str:
+        return check_ae_title(title)
+
+    retry_s: float = Field(30.0, gt=0, le=86400, strict=True, description="first wait after a failed send")
+    max_attempts: StrictInt = Field(20, ge=1, le=1000, description="then the item is kept as failed")
+
+
 class Settings(_Section):
     server: ServerSettings = Field(default_factory=ServerSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
     capture: CaptureSettings = Field(default_factory=CaptureSettings)
+    outputs: OutputSettings = Field(default_factory=OutputSettings)
 
     @property
     def engine_cache(self) -> Path:
@@ -279,6 +322,12 @@ def check_secure(settings: Settings) -> None:
             f"refusing to listen on {settings.server.host}: serving beyond this machine needs server.secret_key "
             f"(or {ENV_PREFIX}SERVER_SECRET_KEY) of at least {MIN_SECRET_CHARS} random characters"
         )
+
+
+def check_ae_title(title: str) -> str:
+    if not 0 < len(title.strip()) <= 16 or "\\" in title or not title.isprintable() or not title.isascii():
+        raise ValueError(f"{title!r} is not an AE title (1 to 16 printable ASCII characters, no backslash)")
+    return title
 
 
 def is_strong_secret(key: str) -> bool:

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from edge_app.bundle import Bundle, load_bundle
 from edge_app.config import Settings
 from edge_app.errors import ConfigError, ImageRejected
@@ -33,6 +36,7 @@ class Diagnosis:
     heatmap: Heatmap | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    preview: NDArray[np.uint8] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"file": self.source, "status": self.status}
@@ -146,4 +150,5 @@ class Diagnoser:
             heatmap=heatmap(manifest, outputs, top.label),
             metadata=prepared.metadata,
             timings_ms=timings,
+            preview=prepared.preview,
         )

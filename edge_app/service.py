@@ -7,6 +7,8 @@ import logging
 from edge_app.capture import Source, open_sources
 from edge_app.config import Settings
 from edge_app.ingest import Ingest
+from edge_app.outputs.outbox import Outbox
+from edge_app.outputs.sender import Sender
 from edge_app.registry import Registry
 from edge_app.store import Store
 from edge_app.worker import Worker
@@ -25,7 +27,14 @@ class Service:
         except BaseException:
             self.store.close()
             raise
-        self.worker = Worker(self.store, self.registry)
+        outputs = settings.outputs
+        self.sender = Sender(self.store, outputs) if outputs.destinations else None
+        self.worker = Worker(
+            self.store,
+            self.registry,
+            outbox=Outbox(self.store, outputs) if outputs.destinations else None,
+            on_output=self.sender.wake if self.sender is not None else None,
+        )
         self.ingest = Ingest(
             self.store, on_queued=self.worker.wake, exposure_window_s=settings.capture.serial.exposure_window_s
         )
@@ -39,6 +48,8 @@ class Service:
         if removed or queued:
             log.info("at start: %d stray file(s) removed, %d image(s) waiting for a result", removed, queued)
         self.worker.start()
+        if self.sender is not None:
+            self.sender.start()
         started: list[Source] = []
         try:
             for source in self.sources:
@@ -48,6 +59,8 @@ class Service:
             for source in started:
                 source.stop()
             self.worker.stop()
+            if self.sender is not None:
+                self.sender.stop()
             raise
         self.store.audit("system", "service.start", self.registry.describe(), f"queued={queued} orphans={removed}")
 
@@ -56,5 +69,7 @@ class Service:
         for source in self.sources:
             source.stop()
         self.worker.stop()
+        if self.sender is not None:
+            self.sender.stop()
         self.registry.close()
         self.store.close()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
+from edge_app.outputs.outbox import Outbox
 from edge_app.pipeline import Diagnosis
 from edge_app.registry import Registry
 from edge_app.result import heatmap_png
@@ -22,10 +24,20 @@ class Worker:
     """One thread working through the job queue; `wake` when a job is queued, `stop` to drain and end."""
 
     def __init__(
-        self, store: Store, registry: Registry, *, lease_s: float = 600.0, max_attempts: int = 3, idle_s: float = 30.0
+        self,
+        store: Store,
+        registry: Registry,
+        *,
+        outbox: Outbox | None = None,
+        on_output: Callable[[], None] | None = None,
+        lease_s: float = 600.0,
+        max_attempts: int = 3,
+        idle_s: float = 30.0,
     ) -> None:
         self.store = store
         self.registry = registry
+        self.outbox = outbox
+        self.on_output = on_output
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self.idle_s = idle_s  # a look at the queue even unwoken: jobs another process queued
@@ -72,11 +84,14 @@ class Worker:
             if not diagnosers:
                 return Outcome("no_model", reason=_no_model_reason(job.header, self.registry))
             path = self.store.file_path(job.sha256)
-            results, metadata = [], None
+            results, metadata, diagnoses = [], None, []
             for diagnoser in diagnosers:
                 diagnosis = diagnoser.diagnose(path, source=job.filename)
                 metadata = metadata or diagnosis.metadata
                 results.append(_model_result(diagnoser.bundle.sha256, diagnosis))
+                diagnoses.append((diagnoser.bundle.sha256, diagnosis))
+            if self.outbox is not None and self.outbox.queue(job, diagnoses) and self.on_output is not None:
+                self.on_output()
             first = results[0]
             status = "done" if any(r.status == "ok" for r in results) else _IMAGE_STATUS[first.status]
             return Outcome(

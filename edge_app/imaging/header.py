@@ -30,6 +30,7 @@ class ImageHeader:
     view: str = ""
     patient_id: str = ""
     sop_class: str = ""
+    sop_class_uid: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,6 +86,7 @@ def _dicom_header(path: Path, source: str) -> ImageHeader:
                 view=text("ViewPosition").upper(),
                 patient_id=text("PatientID"),
                 sop_class=getattr(sop_class, "name", str(sop_class or "")),
+                sop_class_uid=str(sop_class or ""),
             )
     except ImageRejected:
         raise

@@ -27,6 +27,10 @@ class Prepared:
     metadata: dict[str, Any]
     batch: NDArray[np.generic]
     timings_ms: dict[str, float]
+    preview: NDArray[np.uint8] | None = None  # the image as shown, at most PREVIEW_SIDE pixels a side
+
+
+PREVIEW_SIDE = 512
 
 
 def prepare(data: bytes | Path | str, source: str, limits: DecodeLimits, manifest: Manifest) -> Prepared:
@@ -37,7 +41,17 @@ def prepare(data: bytes | Path | str, source: str, limits: DecodeLimits, manifes
     t1 = time.perf_counter()
     batch = preprocess(image.pixels, manifest.input, manifest.preprocessing)
     t2 = time.perf_counter()
-    return Prepared(source, image.metadata, batch, {"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3})
+    timings = {"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3}
+    return Prepared(source, image.metadata, batch, timings, preview(image.pixels))
+
+
+def preview(pixels: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """The decoded image (values in [0, 1]) as 8-bit grey or RGB, shrunk to at most PREVIEW_SIDE a side."""
+    from PIL import Image
+
+    img = Image.fromarray(np.round(pixels * 255).astype(np.uint8))
+    img.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.BOX)
+    return np.asarray(img, dtype=np.uint8)
 
 
 def check_intended_use(manifest: Manifest, image: DecodedImage) -> None:

@@ -51,6 +51,18 @@ class Job:
 
 
 @dataclass(frozen=True)
+class OutboxItem:
+    """A DICOM object on its way to a destination."""
+
+    id: int
+    image_id: int
+    destination: str  # AE@host:port
+    kind: str
+    sha256: str
+    attempts: int
+
+
+@dataclass(frozen=True)
 class ModelResult:
     """One model's answer for one image."""
 
@@ -303,6 +315,56 @@ class Store:
                     return status, reason
                 self._changed.wait(min(left, 1.0))
 
+    # -- outbox ----------------------------------------------------------------------------------------------------
+
+    def enqueue_outputs(self, image_id: int, items: list[tuple[str, str, str]]) -> None:
+        """Queue (destination, kind, sha256 of a stored DICOM file) for sending."""
+        now = _now()
+        with self._lock:
+            self._db.executemany(
+                "INSERT INTO outbox (image_id, destination, kind, sha256, state, updated_at) "
+                "VALUES (?, ?, ?, ?, 'queued', ?)",
+                [(image_id, destination, kind, digest, now) for destination, kind, digest in items],
+            )
+
+    def due_output(self, hold_s: float) -> OutboxItem | None:
+        """The oldest queued item whose time has come, held for `hold_s` (so that no other sender takes it)."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT id, image_id, destination, kind, sha256, attempts FROM outbox "
+                    "WHERE state = 'queued' AND next_try <= ? ORDER BY id LIMIT 1",
+                    (now,),
+                ).fetchone()
+                if row is not None:
+                    self._db.execute("UPDATE outbox SET next_try = ? WHERE id = ?", (now + hold_s, row[0]))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return OutboxItem(*row) if row is not None else None
+
+    def output_done(self, item: OutboxItem, error: str | None, retry_at: float | None) -> None:
+        """Sent (no error), to be tried again at `retry_at`, or (no `retry_at`) given up."""
+        state = "sent" if error is None else ("queued" if retry_at is not None else "failed")
+        with self._lock:
+            self._db.execute(
+                "UPDATE outbox SET state = ?, attempts = attempts + 1, next_try = ?, last_error = ?, updated_at = ? "
+                "WHERE id = ?",
+                (state, retry_at or 0, error, _now(), item.id),
+            )
+
+    def outputs(self, image_id: int) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT destination, kind, state, attempts, last_error, updated_at FROM outbox WHERE image_id = ? "
+                "ORDER BY id",
+                (image_id,),
+            ).fetchall()
+        return [dict(r) for r in rows]
+
     def release_leases(self) -> int:
         """Queue again every job a worker held: at start, when no worker of this data directory can be alive."""
         with self._lock:
@@ -340,6 +402,7 @@ class Store:
                         "received_at": image["created_at"],
                         "metadata": json.loads(image["metadata"]),
                         "results": [_result_dict(r) for r in results],
+                        "outputs": self.outputs(image["id"]),
                     }
                 )
         return {
@@ -372,7 +435,7 @@ class Store:
             wanted = {
                 r[0]
                 for r in self._db.execute(
-                    "SELECT sha256 FROM images "
+                    "SELECT sha256 FROM images UNION SELECT sha256 FROM outbox "
                     "UNION SELECT heatmap_sha256 FROM results WHERE heatmap_sha256 IS NOT NULL"
                 )
             }

@@ -115,7 +115,30 @@ def _to_v2(db: sqlite3.Connection, now: str) -> None:
     db.execute("CREATE UNIQUE INDEX images_sop ON images(sop_instance_uid)")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection, str], None]] = [_to_v1, _to_v2]
+# Version 3: the outbox, results on their way to DICOM destinations.
+_V3 = """
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY,
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    destination TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('queued', 'sent', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX outbox_due ON outbox(state, next_try)
+"""
+
+
+def _to_v3(db: sqlite3.Connection, now: str) -> None:
+    for statement in _statements(_V3):
+        db.execute(statement)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection, str], None]] = [_to_v1, _to_v2, _to_v3]
 VERSION = len(MIGRATIONS)
 
 
