@@ -96,8 +96,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _launch(data_dir: Path, port: int) -> subprocess.Popen[str]:
-    env = {**os.environ, "EDGE_APP_STORAGE_DATA_DIR": str(data_dir), "EDGE_APP_SERVER_PORT": str(port)}
+def _launch(data_dir: Path, port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "EDGE_APP_STORAGE_DATA_DIR": str(data_dir),
+        "EDGE_APP_SERVER_PORT": str(port),
+        **(extra_env or {}),
+    }
     proc = subprocess.Popen([*EDGE_APP, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
     while True:
@@ -112,8 +117,9 @@ def _launch(data_dir: Path, port: int) -> subprocess.Popen[str]:
 
 
 @pytest.fixture
-def launch() -> Callable[[Path, int], subprocess.Popen[str]]:
-    """Start a real `edge-app serve` on a data directory and port; returns once it answers /health."""
+def launch() -> Callable[..., subprocess.Popen[str]]:
+    """Start a real `edge-app serve` on a data directory and port (and extra environment variables); returns
+    once it answers /health."""
     return _launch
 
 

@@ -216,3 +216,45 @@ def test_dcmtk_storescu_and_echoscu(app: Flask) -> None:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         study = client.get(f"/api/v1/studies/{ds.StudyInstanceUID}").get_json()
         assert ds.SOPInstanceUID in [i["sop_instance_uid"] for i in study["images"]]
+
+
+def test_each_image_goes_to_the_bundles_whose_intended_use_fits(tmp_path: Path, free_port: int) -> None:
+    """A second bundle for ultrasound (the reference model's copy, its manifest saying US): a US image goes to it,
+    a chest radiograph to the chest model, and a CT image to none (no_model)."""
+    import json
+
+    from edge_app.config import EMBEDDED_BUNDLE
+
+    us_bundle = Path(shutil.copytree(EMBEDDED_BUNDLE, tmp_path / "us-bundle"))
+    manifest = json.loads((us_bundle / "manifest.json").read_text())
+    manifest["name"], manifest["intended_use"] = "us-demo", {"modality": ["US"], "body_part": ""}
+    (us_bundle / "manifest.json").write_text(json.dumps(manifest))
+    app = create_app(
+        {
+            "storage": {"data_dir": str(tmp_path / "data")},
+            "model": {"threads": 1, "extra_bundles": [str(us_bundle)]},
+            "capture": {"dicom": {"enabled": True, "host": "127.0.0.1", "port": free_port}},
+        }
+    )
+    try:
+        service = _service(app)
+        files = {"RG1_UNCR.dcm": "cxr-reference", "US1_UNCR.dcm": "us-demo", "CT_small.dcm": None}
+        datasets = [pydicom.dcmread(dicom_file(name)) for name in files]
+        assert _send(free_port, [ds for ds in datasets if ds.Modality != "CT"]) == [0, 0]
+        ct = datasets[2]
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(ct.SOPClassUID, ct.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP")
+        assert int(assoc.send_c_store(ct).Status) == 0
+        assoc.release()
+        for ds, model in zip(datasets, files.values(), strict=True):
+            study = app.test_client().get(f"/api/v1/studies/{ds.StudyInstanceUID}").get_json()
+            (image,) = study["images"]
+            status, reason = service.store.wait_for(image["id"], timeout=60)
+            image = app.test_client().get(f"/api/v1/studies/{ds.StudyInstanceUID}").get_json()["images"][0]
+            if model is None:
+                assert status == "no_model" and "modality CT" in str(reason) and image["results"] == []
+            else:
+                assert [r["model"]["name"] for r in image["results"]] == [model]
+    finally:
+        services.get_from(app).stop()

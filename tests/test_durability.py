@@ -34,7 +34,7 @@ def _get(port: int, path: str) -> dict:  # type: ignore[type-arg]
 
 @pytest.mark.slow
 def test_kill_9_while_images_arrive_loses_nothing_acknowledged(
-    tmp_path: Path, launch: Callable[[Path, int], subprocess.Popen[str]], free_port: int
+    tmp_path: Path, launch: Callable[..., subprocess.Popen[str]], free_port: int
 ) -> None:
     data_dir, port = tmp_path / "data", free_port
     acknowledged: dict[int, str] = {}  # image id -> study uid
@@ -83,3 +83,65 @@ def test_kill_9_while_images_arrive_loses_nothing_acknowledged(
     stored = {p.name for p in (data_dir / "files").rglob("*") if p.is_file()}
     assert unfinished == 0
     assert stored == referenced - {None}, "no file without a row, no row without a file"
+
+
+@pytest.mark.slow
+def test_kill_9_while_a_modality_sends_loses_no_acknowledged_image(
+    tmp_path: Path, launch: Callable[..., subprocess.Popen[str]], free_port: int
+) -> None:
+    """The same over DICOM: every C-STORE answered Success is there after restart, with its result."""
+    import socket
+
+    import pydicom
+    from pydicom.uid import generate_uid
+    from pynetdicom import AE
+
+    from conftest import dicom_file
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dicom_port = s.getsockname()[1]
+    env = {
+        "EDGE_APP_CAPTURE_DICOM_ENABLED": "true",
+        "EDGE_APP_CAPTURE_DICOM_HOST": "127.0.0.1",
+        "EDGE_APP_CAPTURE_DICOM_PORT": str(dicom_port),
+    }
+    data_dir, port = tmp_path / "data", free_port
+    template = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    acknowledged: list[str] = []  # Study Instance UIDs
+    for _round in range(3):
+        proc = launch(data_dir, port, env)
+
+        def send(stop: threading.Event) -> None:
+            ae = AE(ae_title="MODALITY")
+            ae.add_requested_context(template.SOPClassUID, template.file_meta.TransferSyntaxUID)
+            assoc = ae.associate("127.0.0.1", dicom_port, ae_title="EDGEAPP")
+            while assoc.is_established and not stop.is_set():
+                template.StudyInstanceUID, template.SeriesInstanceUID, template.SOPInstanceUID = (
+                    generate_uid() for _ in range(3)
+                )
+                status = assoc.send_c_store(template)
+                if "Status" in status and int(status.Status) == 0:
+                    acknowledged.append(str(template.StudyInstanceUID))
+
+        stop = threading.Event()
+        sender = threading.Thread(target=send, args=(stop,))
+        sender.start()
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        stop.set()
+        sender.join(60)
+
+    proc = launch(data_dir, port, env)
+    try:
+        deadline = time.monotonic() + 180
+        while _get(port, "/health")["queued"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(acknowledged) >= 5
+        for uid in acknowledged:
+            (image,) = _get(port, f"/studies/{uid}")["images"]
+            assert image["status"] == "done" and image["results"][0]["status"] == "ok"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
