@@ -183,6 +183,7 @@ class VideoCaptureSettings(_Section):
     modality: str = Field("US", description="the modality the captured frames are stored as")
     reconnect_s: float = Field(2.0, gt=0, le=600, strict=True, description="wait between attempts to open it")
     loop_file: StrictBool = Field(False, description="play a file source again when it ends (demonstrations)")
+    infer_every: StrictInt = Field(0, ge=0, le=10000, description="live inference on every Nth frame; 0 = off")
 
 
 class CaptureSettings(_Section):

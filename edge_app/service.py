@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from edge_app.capture import Source, open_sources
 from edge_app.config import Settings
 from edge_app.ingest import Ingest
+from edge_app.live import LiveInference
 from edge_app.outputs.outbox import Outbox
 from edge_app.outputs.sender import Sender
 from edge_app.registry import Registry
@@ -21,6 +23,7 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.stopping = threading.Event()  # set by `stop`: long answers (the video preview) end
         self.store = Store(settings.storage.data_dir)
         try:
             self.registry = Registry.from_settings(settings)
@@ -38,7 +41,9 @@ class Service:
         self.ingest = Ingest(
             self.store, on_queued=self.worker.wake, exposure_window_s=settings.capture.serial.exposure_window_s
         )
-        self.sources = open_sources(settings, self.ingest)
+        video = settings.capture.video
+        self.live = LiveInference(self.registry, video.modality) if video.enabled and video.infer_every else None
+        self.sources = open_sources(settings, self.ingest, self.live.submit if self.live is not None else None)
 
     def start(self) -> None:
         """Clear what a crash left behind, then start the worker (it first takes the jobs left queued)."""
@@ -50,6 +55,8 @@ class Service:
         self.worker.start()
         if self.sender is not None:
             self.sender.start()
+        if self.live is not None:
+            self.live.start()
         started: list[Source] = []
         try:
             for source in self.sources:
@@ -61,15 +68,20 @@ class Service:
             self.worker.stop()
             if self.sender is not None:
                 self.sender.stop()
+            if self.live is not None:
+                self.live.stop()
             raise
         self.store.audit("system", "service.start", self.registry.describe(), f"queued={queued} orphans={removed}")
 
     def stop(self) -> None:
         """Stop taking images, let the worker finish the one at hand, release the models, close the store."""
+        self.stopping.set()
         for source in self.sources:
             source.stop()
         self.worker.stop()
         if self.sender is not None:
             self.sender.stop()
+        if self.live is not None:
+            self.live.stop()
         self.registry.close()
         self.store.close()

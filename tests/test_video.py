@@ -109,3 +109,52 @@ def test_a_grabber_that_appears_later_is_opened(tmp_path: Path) -> None:
         _until(lambda: grabber.state()["frame"] >= 0)
     finally:
         service.stop()
+
+
+def test_live_inference_and_the_mjpeg_preview(tmp_path: Path) -> None:
+    """With infer_every, frames go through the models that read ultrasound (none here: the chest model's result
+    list is empty, and says so); the preview streams JPEG frames."""
+    video = tmp_path / "live.avi"
+    _write_video(video)
+    app = create_app(
+        {
+            "storage": {"data_dir": str(tmp_path / "data")},
+            "capture": {"video": {"enabled": True, "source": str(video), "infer_every": 4, "loop_file": True}},
+        }
+    )
+    try:
+        client = app.test_client()
+        _until(lambda: client.get("/api/v1/video/live").status_code == 200)
+        live = client.get("/api/v1/video/live").get_json()
+        assert live["frame"] % 4 == 0 and live["models"] == [], "no model here reads US"
+        resp = client.get("/api/v1/video.mjpeg", buffered=False)
+        assert resp.mimetype == "multipart/x-mixed-replace"
+        first = next(iter(resp.response))
+        assert first.startswith(b"--frame\r\nContent-Type: image/jpeg\r\n\r\n\xff\xd8")
+        resp.close()
+    finally:
+        services.get_from(app).stop()
+
+
+def test_live_inference_runs_the_model_that_reads_the_feed(tmp_path: Path) -> None:
+    """A video feed stored as modality CR (a digitised radiograph on a frame grabber) goes to the chest model."""
+    video = tmp_path / "cr.avi"
+    _write_video(video)
+    app = create_app(
+        {
+            "storage": {"data_dir": str(tmp_path / "data")},
+            "capture": {"video": {"enabled": True, "source": str(video), "infer_every": 1, "modality": "CR"}},
+        }
+    )
+    try:
+        client = app.test_client()
+        _until(lambda: client.get("/api/v1/video/live").status_code == 200)
+        (model,) = client.get("/api/v1/video/live").get_json()["models"]
+        assert model["model"]["name"] == "cxr-reference" and model["status"] == "ok" and len(model["findings"]) == 5
+    finally:
+        services.get_from(app).stop()
+
+
+def test_no_live_inference_or_preview_without_video(client) -> None:  # type: ignore[no-untyped-def]
+    assert client.get("/api/v1/video/live").status_code == 404
+    assert client.get("/api/v1/video.mjpeg").status_code == 404

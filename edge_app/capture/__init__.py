@@ -5,7 +5,11 @@ A source knows its hardware and `Ingest`, nothing else: not the worker, the web 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
 
 from edge_app.config import Settings
 from edge_app.ingest import Ingest
@@ -23,8 +27,10 @@ class Source(Protocol):
     def state(self) -> dict[str, object]: ...
 
 
-def open_sources(settings: Settings, ingest: Ingest) -> list[Source]:
-    """The sources the configuration enables (not started)."""
+def open_sources(
+    settings: Settings, ingest: Ingest, on_frame: Callable[[int, NDArray[np.uint8]], None] | None = None
+) -> list[Source]:
+    """The sources the configuration enables (not started); `on_frame` gets the video frames to infer live."""
     sources: list[Source] = []
     if settings.capture.dicom.enabled:
         from edge_app.capture.dicom_scp import DicomReceiver
@@ -37,7 +43,7 @@ def open_sources(settings: Settings, ingest: Ingest) -> list[Source]:
     if settings.capture.video.enabled:
         from edge_app.capture.video import VideoGrabber
 
-        sources.append(VideoGrabber(settings.capture.video, ingest))
+        sources.append(VideoGrabber(settings.capture.video, ingest, on_frame))
     if settings.capture.serial.profiles:
         from edge_app.capture.devices import load_profile
         from edge_app.capture.serial_line import SerialDevice

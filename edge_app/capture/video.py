@@ -10,6 +10,7 @@ import io
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,9 +28,15 @@ class VideoGrabber:
 
     name = "video"
 
-    def __init__(self, settings: VideoCaptureSettings, ingest: Ingest) -> None:
+    def __init__(
+        self,
+        settings: VideoCaptureSettings,
+        ingest: Ingest,
+        on_frame: Callable[[int, NDArray[np.uint8]], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.ingest = ingest
+        self.on_frame = on_frame  # every `infer_every`th frame (live inference), where configured
         self._frame: NDArray[np.uint8] | None = None  # RGB
         self._frame_number = -1
         self._lock = threading.Lock()
@@ -88,8 +95,12 @@ class VideoGrabber:
                     ok, bgr = capture.read()
                     if not ok:
                         break
+                    rgb = np.ascontiguousarray(bgr[:, :, ::-1])
                     with self._lock:
-                        self._frame, self._frame_number = np.ascontiguousarray(bgr[:, :, ::-1]), number
+                        self._frame, self._frame_number = rgb, number
+                    every = self.settings.infer_every
+                    if self.on_frame is not None and every and number % every == 0:
+                        self.on_frame(number, rgb)
                     number += 1
                     self._stopping.wait(max(0.0, period - (time.monotonic() - started)))
             finally:

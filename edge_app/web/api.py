@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -84,6 +85,53 @@ def capture() -> Any:
         return jsonify(error="Conflict", detail="no video source is configured ([capture.video])"), 409
     svc.ingest.event(Event("capture", {}, "api"))
     return jsonify(status="requested"), 202
+
+
+@bp.get("/video/live")
+def video_live() -> Any:
+    """The newest live-inference result on the video feed ([capture.video] infer_every)."""
+    live = services.get().live
+    if live is None:
+        raise NotFound("live inference is off ([capture.video] enabled and infer_every)")
+    latest = live.latest()
+    if latest is None:
+        return jsonify(status="waiting for the first frame"), 202
+    return jsonify(latest)
+
+
+@bp.get("/video.mjpeg")
+def video_preview() -> Response:
+    """The video feed as MJPEG for the tablet (multipart/x-mixed-replace), at most PREVIEW_FPS frames a second;
+    each viewer holds one request thread while it watches."""
+    svc = services.get()
+    grabber = next((s for s in svc.sources if s.name == "video"), None)
+    if grabber is None:
+        raise NotFound("no video source is configured ([capture.video])")
+    latest = grabber.latest  # type: ignore[attr-defined]
+
+    def frames() -> Iterator[bytes]:
+        shown = -1
+        while not svc.stopping.is_set():
+            number, rgb = latest()
+            if rgb is not None and number != shown:
+                shown = number
+                yield b"--frame\r\nContent-Type: image/jpeg\r\n\r\n" + _jpeg(rgb) + b"\r\n"
+            svc.stopping.wait(1.0 / PREVIEW_FPS)
+
+    return Response(frames(), mimetype="multipart/x-mixed-replace; boundary=frame")
+
+
+PREVIEW_FPS = 10
+
+
+def _jpeg(rgb: Any) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=70)
+    return buf.getvalue()
 
 
 def _bad_request(detail: str) -> Any:

@@ -1,0 +1,86 @@
+"""Live inference on the ultrasound feed: every Nth frame goes through the models that read it, and the newest
+result is kept for the tablet. Nothing is stored: a frame becomes a study only when someone captures it."""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge_app.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+class LiveInference:
+    """Diagnoses the newest frame handed to it, one at a time, dropping frames it has no time for."""
+
+    def __init__(self, registry: Registry, modality: str) -> None:
+        self.registry = registry
+        self.header = {"modality": modality.upper()}
+        self._frame: tuple[int, NDArray[np.uint8]] | None = None
+        self._latest: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._loop, name="edge-live", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(30)
+            self._thread = None
+
+    def submit(self, number: int, rgb: NDArray[np.uint8]) -> None:
+        """A new frame; an older one not yet taken is dropped."""
+        with self._lock:
+            self._frame = (number, rgb)
+        self._wake.set()
+
+    def latest(self) -> dict[str, Any] | None:
+        """The newest result: the frame's number, when, and each model's findings."""
+        with self._lock:
+            return self._latest
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                taken, self._frame = self._frame, None
+            if taken is None or self._stopping.is_set():
+                continue
+            try:
+                self._diagnose(*taken)
+            except Exception:  # one frame's failure costs that frame
+                log.exception("live inference on frame %d", taken[0])
+
+    def _diagnose(self, number: int, rgb: NDArray[np.uint8]) -> None:
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
+        models = []
+        for diagnoser in self.registry.route(self.header):
+            d = diagnoser.diagnose(buf.getvalue(), source=f"video frame {number}")
+            models.append(
+                {
+                    "model": d.model,
+                    "status": d.status,
+                    "reason": d.reason,
+                    "findings": [f.as_dict() for f in d.findings],
+                }
+            )
+        with self._lock:
+            self._latest = {"frame": number, "at": time.time(), "models": models}
