@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from edge_app.imaging.header import ImageHeader
 from edge_app.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ class LiveInference:
 
     def __init__(self, registry: Registry, modality: str) -> None:
         self.registry = registry
-        self.header = {"modality": modality.upper()}
+        self.header = ImageHeader("unknown", "", "", "", modality=modality.upper())
         self._frame: tuple[int, NDArray[np.uint8]] | None = None
         self._latest: dict[str, Any] | None = None
         self._lock = threading.Lock()

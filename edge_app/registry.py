@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from edge_app.config import Settings
 from edge_app.imaging import DecodeLimits
+from edge_app.imaging.header import ImageHeader
 from edge_app.imaging.sandbox import DecoderPool
 from edge_app.manifest import Manifest
 from edge_app.pipeline import Diagnoser
 
 
-def fits(manifest: Manifest, header: Mapping[str, Any]) -> bool:
+def fits(manifest: Manifest, header: ImageHeader) -> bool:
     """Whether an image's modality, body part and view are ones the model was made for. What the image does not
     say (a PNG has no modality) does not exclude it; what the manifest leaves open neither."""
     use = manifest.intended_use
-    modality = str(header.get("modality") or "").upper()
-    body_part = str(header.get("body_part") or "").upper()
-    view = str(header.get("view") or "").upper()
+    modality, body_part, view = header.modality.upper(), header.body_part.upper(), header.view.upper()
     if modality and use.modality and modality not in {m.upper() for m in use.modality}:
         return False
     if body_part and use.body_part and body_part != use.body_part.upper():
@@ -49,7 +45,7 @@ class Registry:
             raise
         return cls(diagnosers, decoder)
 
-    def route(self, header: Mapping[str, Any]) -> list[Diagnoser]:
+    def route(self, header: ImageHeader) -> list[Diagnoser]:
         """The models whose intended use fits the image, in the configured order."""
         return [d for d in self.diagnosers if fits(d.bundle.manifest, header)]
 

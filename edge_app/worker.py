@@ -10,6 +10,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from edge_app.imaging.header import ImageHeader
 from edge_app.outputs.outbox import Outbox
 from edge_app.pipeline import Diagnosis
 from edge_app.registry import Registry
@@ -115,6 +116,7 @@ def _model_result(bundle_sha256: str, diagnosis: Diagnosis) -> ModelResult:
     )
 
 
-def _no_model_reason(header: dict[str, object], registry: Registry) -> str:
-    said = ", ".join(f"{k} {header[k]}" for k in ("modality", "body_part", "view") if header.get(k)) or "this image"
+def _no_model_reason(header: ImageHeader, registry: Registry) -> str:
+    parts = {"modality": header.modality, "body_part": header.body_part, "view": header.view}
+    said = ", ".join(f"{k} {v}" for k, v in parts.items() if v) or "this image"
     return f"no model on this appliance reads {said} (models: {registry.describe()})"

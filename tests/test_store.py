@@ -88,7 +88,7 @@ def test_a_job_is_claimed_once_and_its_outcome_recorded(tmp_path: Path) -> None:
     added = _add(store, b"image", _header())
     job = store.claim_job(lease_s=60, max_attempts=3)
     assert job is not None and job.image_id == added.image_id and job.attempts == 1
-    assert job.header["modality"] == "CR"
+    assert job.header == _header() and job.metadata["modality"] == "CR"
     assert store.claim_job(lease_s=60, max_attempts=3) is None, "leased: no second worker gets it"
     result = ModelResult("ok", MODEL, "b" * 64, findings=[{"label": "x"}], heatmap=("x", b"png"), timings={"t": 1})
     store.finish_job(job, Outcome("done", metadata={"rows": 10}, results=[result]))

@@ -7,7 +7,7 @@ pixel data among them, left on disk), never a native decoder. PNG and JPEG carry
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +34,16 @@ class ImageHeader:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ImageHeader:
+        """The header stored with an image (its metadata holds more; a migrated one may hold less)."""
+        known = {f.name for f in fields(cls)}
+        given = {k: str(v) for k, v in values.items() if k in known and v is not None}
+        given.setdefault("format", "unknown")
+        for uid in ("study_uid", "series_uid", "sop_instance_uid"):
+            given.setdefault(uid, "")
+        return cls(**given)  # type: ignore[arg-type]
 
 
 def read_header(path: Path, source: str) -> ImageHeader:

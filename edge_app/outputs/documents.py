@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from edge_app.imaging.header import ImageHeader
+
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 _SCHEME = "99EDGEAPP"  # codes of this appliance's own (PS3.16 8.2: a private coding scheme)
@@ -34,7 +36,7 @@ def _text(name: str, meaning: str, text: str) -> Any:
     return item
 
 
-def _base(header: Mapping[str, Any], sop_class: str, modality: str, series_number: int) -> Any:
+def _base(header: ImageHeader, sop_class: str, modality: str, series_number: int) -> Any:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -43,9 +45,9 @@ def _base(header: Mapping[str, Any], sop_class: str, modality: str, series_numbe
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = str(header["study_uid"]), generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = header.study_uid, generate_uid()
     ds.Modality, ds.SeriesNumber, ds.InstanceNumber = modality, series_number, 1
-    ds.PatientID, ds.PatientName = str(header.get("patient_id") or ""), ""
+    ds.PatientID, ds.PatientName = header.patient_id, ""
     ds.StudyDate = ds.ContentDate = now.strftime("%Y%m%d")
     ds.StudyTime = ds.ContentTime = now.strftime("%H%M%S")
     ds.Manufacturer, ds.SeriesDescription = "edge-app", "AI findings (not for clinical use)"
@@ -59,7 +61,7 @@ def _encode(ds: Any) -> bytes:
 
 
 def findings_report(
-    header: Mapping[str, Any], model: Mapping[str, str], bundle_sha256: str, findings: list[dict[str, Any]]
+    header: ImageHeader, model: Mapping[str, str], bundle_sha256: str, findings: list[dict[str, Any]]
 ) -> bytes:
     """A Comprehensive SR: the model, its bundle, the not-for-clinical-use flag, and per label the probability,
     the threshold and the decision; it references the image it reads."""
@@ -85,20 +87,18 @@ def findings_report(
         )
     ds.ContentSequence = items
     reference = Dataset()
-    reference.ReferencedSOPClassUID = str(header.get("sop_class_uid") or SECONDARY_CAPTURE)
-    reference.ReferencedSOPInstanceUID = str(header["sop_instance_uid"])
+    reference.ReferencedSOPClassUID = header.sop_class_uid or SECONDARY_CAPTURE
+    reference.ReferencedSOPInstanceUID = header.sop_instance_uid
     series = Dataset()
-    series.SeriesInstanceUID, series.ReferencedSOPSequence = str(header["series_uid"]), [reference]
+    series.SeriesInstanceUID, series.ReferencedSOPSequence = header.series_uid, [reference]
     evidence = Dataset()
-    evidence.StudyInstanceUID, evidence.ReferencedSeriesSequence = str(header["study_uid"]), [series]
+    evidence.StudyInstanceUID, evidence.ReferencedSeriesSequence = header.study_uid, [series]
     ds.CurrentRequestedProcedureEvidenceSequence = [evidence]
     ds.PerformedProcedureCodeSequence = []
     return _encode(ds)
 
 
-def heatmap_capture(
-    header: Mapping[str, Any], preview: NDArray[np.uint8], heatmap: NDArray[np.float32], label: str
-) -> bytes:
+def heatmap_capture(header: ImageHeader, preview: NDArray[np.uint8], heatmap: NDArray[np.float32], label: str) -> bytes:
     """A Secondary Capture of the image (its preview) with the heatmap laid over it in red."""
     from PIL import Image
     from pydicom.pixels.utils import set_pixel_data

@@ -47,7 +47,8 @@ class Job:
     sha256: str
     filename: str
     attempts: int
-    header: dict[str, Any]
+    header: ImageHeader
+    metadata: dict[str, Any]  # all that is stored of the image so far (the header, an exposure report)
 
 
 @dataclass(frozen=True)
@@ -265,7 +266,9 @@ class Store:
                 except BaseException:
                     self._db.execute("ROLLBACK")
                     raise
-            return Job(job_id, image_id, str(row[3]), str(row[4]), attempts + 1, json.loads(row[5]))
+            metadata = json.loads(row[5])
+            header = ImageHeader.from_dict(metadata)
+            return Job(job_id, image_id, str(row[3]), str(row[4]), attempts + 1, header, metadata)
 
     def finish_job(self, job: Job, outcome: Outcome) -> None:
         """Record a job's outcome in one transaction (heatmap files first), then wake whoever waits for it."""
@@ -291,7 +294,7 @@ class Store:
                             json.dumps(result.timings),
                         ),
                     )
-                metadata = {**job.header, **(outcome.metadata or {})}
+                metadata = {**job.metadata, **(outcome.metadata or {})}
                 self._db.execute(
                     "UPDATE images SET status = ?, reason = ?, metadata = ? WHERE id = ?",
                     (outcome.status, outcome.reason, json.dumps(metadata), job.image_id),
