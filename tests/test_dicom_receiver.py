@@ -258,3 +258,73 @@ def test_each_image_goes_to_the_bundles_whose_intended_use_fits(tmp_path: Path, 
                 assert [r["model"]["name"] for r in image["results"]] == [model]
     finally:
         services.get_from(app).stop()
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge-app")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "edge.pem", folder / "edge.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def test_dicom_over_tls(tmp_path: Path, free_port: int) -> None:
+    """With tls_cert and tls_key the receiver speaks TLS only: a TLS peer trusting the certificate stores an
+    image; a plain peer gets no association."""
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    app = create_app(
+        {
+            "storage": {"data_dir": str(tmp_path / "data")},
+            "capture": {
+                "dicom": {
+                    "enabled": True,
+                    "host": "127.0.0.1",
+                    "port": free_port,
+                    "tls_cert": str(cert),
+                    "tls_key": str(key),
+                }
+            },
+        }
+    )
+    try:
+        ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP", tls_args=(context, "localhost"))
+        assert assoc.is_established
+        assert int(assoc.send_c_store(ds).Status) == 0
+        assoc.release()
+        plain = AE(ae_title="MODALITY")
+        plain.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        plain.acse_timeout = plain.network_timeout = 3
+        assert not plain.associate("127.0.0.1", free_port, ae_title="EDGEAPP").is_established
+        health = app.test_client().get("/api/v1/health").get_json()
+        assert health["sources"][0]["detail"].endswith("(TLS)")
+    finally:
+        services.get_from(app).stop()

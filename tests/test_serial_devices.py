@@ -203,3 +203,72 @@ def test_the_service_shows_each_device_in_health(tmp_path: Path) -> None:
         _until(lambda: "nonexistent0" in str(services.get_from(app).sources[0].state()["detail"]))
     finally:
         services.get_from(app).stop()
+
+
+# Each example profile: bytes a device sends (garbage first, the message split in two), and the effect to see.
+EXAMPLES = {
+    "xray-generator": (b"\x00\xffnoise\r\nEXP KV=7", b"0.0 MAS=8 MS=25\r\n"),
+    "footswitch": (b"\x13\x11zz\nPRE", b"SS\n"),
+    "barcode-reader": (b"junk\x02PAT-", b"0042\x03trailing"),
+}
+
+
+def _effect(name: str, ingest: Ingest, store: Store, presses: list[Event]) -> None:
+    if name == "footswitch":
+        _until(lambda: len(presses) == 1)
+        return
+    added = ingest.submit(io.BytesIO(_png() + name.encode()), f"{name}.png", "api")
+    assert added is not None
+    study = store.get_study(added.study_uid)
+    if name == "xray-generator":
+        assert study["images"][0]["metadata"]["exposure"]["kvp"] == "70.0"
+    else:
+        assert study["patient_id"] == "PAT-0042"
+
+
+def _wait_for_message(device: SerialDevice) -> None:
+    _until(lambda: device.counts["messages"] >= 1)
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_each_example_profile_over_loop(name: str, store: Store) -> None:
+    presses: list[Event] = []
+    ingest = Ingest(store)
+    ingest.on_capture(presses.append)
+    device = SerialDevice(_profile(name, port="loop://", poll=None), ingest)
+    device.start()
+    try:
+        _until(lambda: device.connected)
+        for part in EXAMPLES[name]:
+            device.write(part)
+        _wait_for_message(device)
+        _effect(name, ingest, store, presses)
+    finally:
+        device.stop()
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed (apt-get install socat)")
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_each_example_profile_over_a_socat_pty(name: str, store: Store, tmp_path: Path) -> None:
+    a, b = tmp_path / "ttyA", tmp_path / "ttyB"
+    socat = subprocess.Popen(["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"])
+    presses: list[Event] = []
+    ingest = Ingest(store)
+    ingest.on_capture(presses.append)
+    try:
+        _until(lambda: a.exists() and b.exists())
+        device = SerialDevice(_profile(name, port=str(a), poll=None, reconnect_s=0.1), ingest)
+        device.start()
+        try:
+            _until(lambda: device.connected)
+            with open(b, "wb", buffering=0) as tty:
+                for part in EXAMPLES[name]:
+                    tty.write(part)
+                    time.sleep(0.05)
+                _wait_for_message(device)
+            _effect(name, ingest, store, presses)
+        finally:
+            device.stop()
+    finally:
+        socat.terminate()
+        socat.wait()
