@@ -20,7 +20,7 @@ import pydicom
 from PIL import Image
 from pydicom.dataelem import DataElement
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, generate_uid
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import dicom_file
@@ -34,8 +34,17 @@ class Hostile(NamedTuple):
 
 def _save(ds: pydicom.Dataset) -> bytes:
     """The data set as a file, labelled a chest radiograph so that the service routes it to the chest model's
-    decoder (the regression is in decoding) whatever the base file was."""
+    decoder (the regression is in decoding) whatever the base file was, under a SOP Instance UID of its own (the
+    same for the same file) so that no two hostile files are one image to the service."""
     ds.Modality, ds.BodyPartExamined = "CR", "CHEST"
+    ds.SOPInstanceUID = generate_uid(
+        entropy_srcs=[
+            str(ds.SOPInstanceUID),
+            str(ds.Rows),
+            str(ds.file_meta.TransferSyntaxUID),
+            str(ds.get("NumberOfFrames", "")),
+        ]
+    )
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()

@@ -49,7 +49,9 @@ def preview(pixels: NDArray[np.float32]) -> NDArray[np.uint8]:
     """The decoded image (values in [0, 1]) as 8-bit grey or RGB, shrunk to at most PREVIEW_SIDE a side."""
     from PIL import Image
 
-    img = Image.fromarray(np.round(pixels * 255).astype(np.uint8))
+    # Every step-th pixel first (a view, no copy), so that a 25 M pixel image costs no full-size temporary.
+    step = max(1, max(pixels.shape[:2]) // (2 * PREVIEW_SIDE))
+    img = Image.fromarray(np.round(pixels[::step, ::step] * 255).astype(np.uint8))
     img.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.BOX)
     return np.asarray(img, dtype=np.uint8)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.uid import generate_uid
 
 TARGET_RSS_MB = 600.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,6 +83,7 @@ def worst_accepted(folder: Path) -> list[Path]:
         ramp = np.add.outer(np.arange(side), np.arange(side)) % 4096
         arr = (ramp if j2k else rng.integers(0, 4096, (side, side))).astype(np.uint16)
         ds.Rows = ds.Columns = side
+        ds.SOPInstanceUID = generate_uid()  # a new image, not RG1 again (the service keeps one copy of each)
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
         for keyword in ("WindowCenter", "WindowWidth"):  # the percentile window: the costlier path
             if keyword in ds:
