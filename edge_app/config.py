@@ -11,9 +11,10 @@ import re
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -35,6 +36,22 @@ _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 EMBEDDED_BUNDLE = Path(__file__).parent / "models" / "cxr-reference"
 
 
+def check_host(host: str) -> str:
+    if not is_host(host):
+        raise ValueError(f"{host!r} is not an IP address or a host name")
+    return host
+
+
+def check_ae_title(title: str) -> str:
+    if not 0 < len(title.strip()) <= 16 or "\\" in title or not title.isprintable() or not title.isascii():
+        raise ValueError(f"{title!r} is not an AE title (1 to 16 printable ASCII characters, no backslash)")
+    return title
+
+
+Host = Annotated[str, AfterValidator(check_host)]  # an IP address or a host name
+AETitle = Annotated[str, AfterValidator(check_ae_title)]  # a DICOM Application Entity title
+
+
 def default_data_dir() -> Path:
     """Per-user data directory: $XDG_DATA_HOME/edge-app, else ~/.local/share/edge-app."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -46,7 +63,7 @@ class _Section(BaseModel):
 
 
 class ServerSettings(_Section):
-    host: str = Field("127.0.0.1", description="address to bind; anything but loopback needs a secret_key")
+    host: Host = Field("127.0.0.1", description="address to bind; anything but loopback needs a secret_key")
     port: StrictInt = Field(8080, ge=1, le=65535)
     secret_key: str = Field("", description="at least 32 characters; required when not bound to loopback")
     max_upload_mb: StrictInt = Field(200, ge=1, le=4096, description="largest image upload accepted")
@@ -54,13 +71,6 @@ class ServerSettings(_Section):
         60.0, ge=0, le=3600, strict=True, description="how long POST /studies waits for the result (then 202)"
     )
     threads: StrictInt = Field(4, ge=1, le=64, description="request-handling threads")
-
-    @field_validator("host")
-    @classmethod
-    def _host(cls, host: str) -> str:
-        if not is_host(host):
-            raise ValueError(f"{host!r} is not an IP address or a host name")
-        return host
 
     @field_validator("secret_key")
     @classmethod
@@ -109,28 +119,14 @@ class DicomCaptureSettings(_Section):
     """The DICOM receiver (C-STORE and C-ECHO SCP) the X-ray or ultrasound unit sends its images to."""
 
     enabled: StrictBool = Field(False, description="listen for DICOM associations")
-    ae_title: str = Field("EDGEAPP", description="this appliance's AE title, as configured on the modality")
-    host: str = Field("0.0.0.0", description="address to listen on")
+    ae_title: AETitle = Field("EDGEAPP", description="this appliance's AE title, as configured on the modality")
+    host: Host = Field("0.0.0.0", description="address to listen on")
     port: StrictInt = Field(11112, ge=1, le=65535)
-    allowed_ae_titles: list[str] = Field(default_factory=list, description="calling AE titles let in; [] = any")
+    allowed_ae_titles: list[AETitle] = Field(default_factory=list, description="calling AE titles let in; [] = any")
     allowed_addresses: list[str] = Field(default_factory=list, description="peer addresses or networks; [] = any")
     tls_cert: Path | None = Field(None, description="PEM certificate: with tls_key, DICOM over TLS")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     tls_ca: Path | None = Field(None, description="PEM CA bundle: peers must present a certificate it signed")
-
-    @field_validator("ae_title", "allowed_ae_titles")
-    @classmethod
-    def _ae_titles(cls, value: str | list[str]) -> str | list[str]:
-        for title in [value] if isinstance(value, str) else value:
-            check_ae_title(title)
-        return value
-
-    @field_validator("host")
-    @classmethod
-    def _host(cls, host: str) -> str:
-        if not is_host(host):
-            raise ValueError(f"{host!r} is not an IP address or a host name")
-        return host
 
     @field_validator("allowed_addresses")
     @classmethod
@@ -200,22 +196,10 @@ def _both_documents() -> list[Literal["sr", "sc"]]:
 class Destination(_Section):
     """A DICOM node results are sent to: the modality itself, a PACS."""
 
-    ae_title: str
-    host: str
+    ae_title: AETitle
+    host: Host
     port: StrictInt = Field(104, ge=1, le=65535)
     send: list[Literal["sr", "sc"]] = Field(default_factory=_both_documents, description="what it gets")
-
-    @field_validator("ae_title")
-    @classmethod
-    def _ae_title(cls, title: str) -> str:
-        return check_ae_title(title)
-
-    @field_validator("host")
-    @classmethod
-    def _host(cls, host: str) -> str:
-        if not is_host(host):
-            raise ValueError(f"{host!r} is not an IP address or a host name")
-        return host
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
@@ -225,12 +209,7 @@ class OutputSettings(_Section):
     """Results sent back by C-STORE: a Structured Report of the findings, a Secondary Capture with the heatmap."""
 
     destinations: list[Destination] = Field(default_factory=list, description="where results go; [] = nowhere")
-    calling_ae_title: str = Field("EDGEAPP", description="this appliance's AE title when it sends")
-
-    @field_validator("calling_ae_title")
-    @classmethod
-    def _calling(cls, title: str) -> str:
-        return check_ae_title(title)
+    calling_ae_title: AETitle = Field("EDGEAPP", description="this appliance's AE title when it sends")
 
     retry_s: float = Field(30.0, gt=0, le=86400, strict=True, description="first wait after a failed send")
     max_attempts: StrictInt = Field(20, ge=1, le=1000, description="then the item is kept as failed")
@@ -323,12 +302,6 @@ def check_secure(settings: Settings) -> None:
             f"refusing to listen on {settings.server.host}: serving beyond this machine needs server.secret_key "
             f"(or {ENV_PREFIX}SERVER_SECRET_KEY) of at least {MIN_SECRET_CHARS} random characters"
         )
-
-
-def check_ae_title(title: str) -> str:
-    if not 0 < len(title.strip()) <= 16 or "\\" in title or not title.isprintable() or not title.isascii():
-        raise ValueError(f"{title!r} is not an AE title (1 to 16 printable ASCII characters, no backslash)")
-    return title
 
 
 def is_strong_secret(key: str) -> bool:

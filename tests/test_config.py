@@ -84,6 +84,15 @@ def test_weak_secret_keys_are_refused(weak: str) -> None:
         ('[server]\nhost = "not a host!"\n', "server.host: .*'not a host!' is not an IP address or a host name"),
         ('[server]\nhost = "-bad.example"\n', "is not an IP address or a host name"),
         ("[imaging]\ndecode_timeout_s = 0\n", "imaging.decode_timeout_s: Input should be greater than 0"),
+        ('[capture.dicom]\nae_title = "SEVENTEEN_CHARS_X"\n', "capture.dicom.ae_title: .*is not an AE title"),
+        ('[capture.dicom]\nallowed_ae_titles = ["A\\\\B"]\n', "capture.dicom.allowed_ae_titles.0: .*not an AE title"),
+        ('[capture.dicom]\nallowed_addresses = ["10.0.0.0/33"]\n', "is not an IP address or network"),
+        ('[capture.dicom]\ntls_key = "k.pem"\n', "tls_cert and tls_key go together"),
+        ("[capture.folder]\nenabled = true\n", "a watched folder needs its path"),
+        (
+            '[[outputs.destinations]]\nae_title = "PACS"\nhost = "not a host!"\n',
+            "outputs.destinations.0.host: .*not an IP address or a host name",
+        ),
     ],
 )
 def test_values_of_the_wrong_type_are_refused(tmp_path: Path, text: str, message: str) -> None:
