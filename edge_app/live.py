@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from edge_app.background import Background
 from edge_app.imaging.header import ImageHeader
 from edge_app.registry import Registry
 
@@ -27,27 +28,14 @@ class LiveInference:
         self._frame: tuple[int, NDArray[np.uint8]] | None = None
         self._latest: dict[str, Any] | None = None
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._loop, name="edge-live", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(30)
-            self._thread = None
+        self._loop_thread = Background("edge-live", self._loop)
+        self.start, self.stop = self._loop_thread.start, self._loop_thread.stop
 
     def submit(self, number: int, rgb: NDArray[np.uint8]) -> None:
         """A new frame; an older one not yet taken is dropped."""
         with self._lock:
             self._frame = (number, rgb)
-        self._wake.set()
+        self._loop_thread.wake()
 
     def latest(self) -> dict[str, Any] | None:
         """The newest result: the frame's number, when, and each model's findings."""
@@ -55,12 +43,12 @@ class LiveInference:
             return self._latest
 
     def _loop(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.wait()
-            self._wake.clear()
+        stopping = self._loop_thread.stopping
+        while not stopping.is_set():
+            self._loop_thread.sleep(1.0)
             with self._lock:
                 taken, self._frame = self._frame, None
-            if taken is None or self._stopping.is_set():
+            if taken is None or stopping.is_set():
                 continue
             try:
                 self._diagnose(*taken)

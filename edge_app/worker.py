@@ -7,9 +7,9 @@ job claimed when the service died is claimed again once its lease runs out (the 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
+from edge_app.background import Background
 from edge_app.imaging.header import ImageHeader
 from edge_app.outputs.outbox import Outbox
 from edge_app.pipeline import Diagnosis
@@ -42,34 +42,22 @@ class Worker:
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self.idle_s = idle_s  # a look at the queue even unwoken: jobs another process queued
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="edge-worker", daemon=True)
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
+        self._loop_thread = Background("edge-worker", self._loop)
+        self.start, self.wake = self._loop_thread.start, self._loop_thread.wake
 
     def stop(self, timeout: float = 60.0) -> None:
         """Finish the image at hand and stop."""
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._loop_thread.stop(timeout)
 
     def _loop(self) -> None:
-        while not self._stopping.is_set():
+        while not self._loop_thread.stopping.is_set():
             try:
                 worked = self.run_once()
             except Exception:  # the store itself failed (disk full, database locked): wait, then try again
                 log.exception("worker: cannot claim or record a job")
                 worked = False
             if not worked:
-                self._wake.wait(self.idle_s)
-                self._wake.clear()
+                self._loop_thread.sleep(self.idle_s)
 
     def run_once(self) -> bool:
         """Process one job; False where none was waiting."""

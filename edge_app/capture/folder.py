@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 
+from edge_app.background import Background
 from edge_app.config import FolderCaptureSettings
 from edge_app.ingest import Ingest
 
@@ -34,20 +34,12 @@ class FolderWatcher:
         self.ingest = ingest
         self._seen: dict[Path, tuple[int, int, float]] = {}  # path -> (size, mtime_ns, since)
         self._received = 0
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop_thread = Background("edge-folder", self._loop)
+        self.stop = self._loop_thread.stop
 
     def start(self) -> None:
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._loop, name="edge-folder", daemon=True)
-        self._thread.start()
+        self._loop_thread.start()
         log.info("watching %s for images", self.root)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(30)
-            self._thread = None
 
     def state(self) -> dict[str, object]:
         return {
@@ -58,12 +50,12 @@ class FolderWatcher:
         }
 
     def _loop(self) -> None:
-        while not self._stopping.is_set():
+        while not self._loop_thread.stopping.is_set():
             try:
                 self.scan(time.monotonic())
             except Exception:  # the folder vanished (stick pulled), or a bug: log it, look again later
                 log.exception("watched folder %s", self.root)
-            self._stopping.wait(self.settings.poll_s)
+            self._loop_thread.sleep(self.settings.poll_s)
 
     def scan(self, now: float) -> int:
         """Take every file that has stayed the same for `stable_s`; return how many were taken."""

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from typing import Any
 
+from edge_app.background import Background
 from edge_app.capture.devices import Profile
 from edge_app.capture.framing import Framer
 from edge_app.ingest import Event, Ingest
@@ -26,25 +26,15 @@ class SerialDevice:
         self.ingest = ingest
         self.name = f"serial:{profile.name}"
         self._patterns = [(re.compile(m.pattern), m.event) for m in profile.messages]
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop_thread = Background(self.name, self._keep_connected)
+        self._stopping = self._loop_thread.stopping
+        self.start, self.stop = self._loop_thread.start, self._loop_thread.stop
         self._reader: Any = None
         self.connected = False
         self.counts = {"messages": 0, "unrecognised": 0, "dropped": 0}
         self.last_status: dict[str, str] = {}
         self.last_seen: float | None = None
         self.error = ""
-
-    def start(self) -> None:
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._keep_connected, name=self.name, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
 
     def state(self) -> dict[str, object]:
         return {

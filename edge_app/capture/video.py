@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from edge_app.background import Background
 from edge_app.config import VideoCaptureSettings
 from edge_app.ingest import Event, Ingest
 
@@ -40,22 +41,12 @@ class VideoGrabber:
         self._frame: NDArray[np.uint8] | None = None  # RGB
         self._frame_number = -1
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop_thread = Background("edge-video", self._read)
+        self._stopping = self._loop_thread.stopping
+        self.start, self.stop = self._loop_thread.start, self._loop_thread.stop
         self.connected = False
         self.captured = 0
         ingest.on_capture(self._on_capture)
-
-    def start(self) -> None:
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._read, name="edge-video", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(10)
-            self._thread = None
 
     def state(self) -> dict[str, object]:
         return {

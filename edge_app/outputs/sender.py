@@ -5,9 +5,9 @@ reason, for a person to see. Nothing is lost when the destination is away: the q
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
+from edge_app.background import Background
 from edge_app.config import OutputSettings
 from edge_app.store import OutboxItem, Store
 
@@ -25,28 +25,12 @@ class Sender:
         self.settings = settings
         self.idle_s = idle_s
         self._destinations = {str(d): d for d in settings.destinations}
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop_thread = Background("edge-sender", self._loop)
+        self.start, self.wake, self.stop = self._loop_thread.start, self._loop_thread.wake, self._loop_thread.stop
         self.sent = 0
 
-    def start(self) -> None:
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._loop, name="edge-sender", daemon=True)
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(30)
-            self._thread = None
-
     def _loop(self) -> None:
-        while not self._stopping.is_set():
+        while not self._loop_thread.stopping.is_set():
             try:
                 item = self.store.due_output(_HOLD_S)
                 if item is not None:
@@ -54,8 +38,7 @@ class Sender:
                     continue
             except Exception:
                 log.exception("outbox")
-            self._wake.wait(self.idle_s)
-            self._wake.clear()
+            self._loop_thread.sleep(self.idle_s)
 
     def send(self, item: OutboxItem) -> None:
         destination = self._destinations.get(item.destination)
