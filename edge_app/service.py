@@ -44,6 +44,7 @@ class Service:
         video = settings.capture.video
         self.live = LiveInference(self.registry, video.modality) if video.enabled and video.infer_every else None
         self.sources = open_sources(settings, self.ingest, self.live.submit if self.live is not None else None)
+        self._loops = [loop for loop in (self.worker, self.sender, self.live) if loop is not None]
 
     def start(self) -> None:
         """Clear what a crash left behind, then start the worker (it first takes the jobs left queued)."""
@@ -52,36 +53,21 @@ class Service:
         queued = self.store.queued()
         if removed or queued:
             log.info("at start: %d stray file(s) removed, %d image(s) waiting for a result", removed, queued)
-        self.worker.start()
-        if self.sender is not None:
-            self.sender.start()
-        if self.live is not None:
-            self.live.start()
-        started: list[Source] = []
+        started: list[Source | Worker | Sender | LiveInference] = []
         try:
-            for source in self.sources:
-                source.start()
-                started.append(source)
+            for part in [*self._loops, *self.sources]:  # the loops first: a source's first image finds them running
+                part.start()
+                started.append(part)
         except BaseException:
-            for source in started:
-                source.stop()
-            self.worker.stop()
-            if self.sender is not None:
-                self.sender.stop()
-            if self.live is not None:
-                self.live.stop()
+            for part in reversed(started):
+                part.stop()
             raise
         self.store.audit("system", "service.start", self.registry.describe(), f"queued={queued} orphans={removed}")
 
     def stop(self) -> None:
         """Stop taking images, let the worker finish the one at hand, release the models, close the store."""
         self.stopping.set()
-        for source in self.sources:
-            source.stop()
-        self.worker.stop()
-        if self.sender is not None:
-            self.sender.stop()
-        if self.live is not None:
-            self.live.stop()
+        for part in [*self.sources, *reversed(self._loops)]:
+            part.stop()
         self.registry.close()
         self.store.close()

@@ -52,6 +52,22 @@ def dicom_dirs() -> list[Path]:
     return dirs
 
 
+def cr_and_us_files() -> list[Path]:
+    """Every CR and US image (with pixel data and a SOP Instance UID) among the real DICOM files."""
+    import pydicom
+
+    found = []
+    for folder in dicom_dirs():
+        for path in sorted(folder.glob("*.dcm")):
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception:
+                continue
+            if ds.get("Modality") in ("CR", "US") and ds.get("SOPInstanceUID") and "PixelData" in pydicom.dcmread(path):
+                found.append(path)
+    return found
+
+
 def dicom_file(name: str) -> Path:
     """A real DICOM file by name, found without pydicom's network download; skips if not installed."""
     for folder in dicom_dirs():

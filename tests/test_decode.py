@@ -10,24 +10,10 @@ import pydicom
 import pytest
 from PIL import Image
 
-from conftest import dicom_dirs, dicom_file
+from conftest import cr_and_us_files, dicom_file
 from edge_app.imaging import DecodeLimits, decode
 
-
-def _cr_and_us_files() -> list[Path]:
-    found = []
-    for folder in dicom_dirs():
-        for path in sorted(folder.glob("*.dcm")):
-            try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-            except Exception:
-                continue
-            if ds.get("Modality") in ("CR", "US") and "PixelData" in pydicom.dcmread(path):
-                found.append(path)
-    return found
-
-
-CR_US = _cr_and_us_files()
+CR_US = cr_and_us_files()
 
 
 def test_pydicom_data_is_installed() -> None:

@@ -17,25 +17,11 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, StoragePresentationContexts
 
-from conftest import dicom_dirs, dicom_file
+from conftest import cr_and_us_files, dicom_file
 from edge_app.service import Service
 from edge_app.web import create_app, services
 
-
-def _cr_and_us() -> list[Path]:
-    found = []
-    for folder in dicom_dirs():
-        for path in sorted(folder.glob("*.dcm")):
-            try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-            except Exception:
-                continue
-            if ds.get("Modality") in ("CR", "US") and ds.get("SOPInstanceUID"):
-                found.append(path)
-    return found
-
-
-CR_US = _cr_and_us()
+CR_US = cr_and_us_files()
 
 
 @pytest.fixture
