@@ -168,3 +168,25 @@ def test_an_engine_manifest_that_misreports_any_field_is_a_miss(
     with caplog.at_level(logging.WARNING):
         assert cache.lookup(bundle, ORIN) is None
     assert f"built for another {field}" in caplog.text
+
+
+def test_engine_cache_layout_and_rebuilds(tmp_path: Path) -> None:
+    """Engines under a 32-character key in a cache made on first use; engine.json indented for a technician, its
+    time to the second; a rebuilt engine replaces the old in place; any change to the bytes is a miss."""
+    import dataclasses
+
+    bundle = load_bundle(EMBEDDED_BUNDLE)
+    cache = EngineCache(tmp_path / "not" / "there" / "yet")
+    engine = cache.store(bundle, ORIN, b"first build", {})
+    assert len(engine.parent.name) == 32 and engine.parent.name == cache_key(bundle.sha256, ORIN)
+    text = (engine.parent / META_NAME).read_text()
+    assert text.startswith('{\n  "bundle_sha256": ') and text.endswith("}\n")
+    created = json.loads(text)["created_at"]
+    assert created.endswith("+00:00") and "." not in created, "to the second"
+    engine = cache.store(bundle, ORIN, b"second build", {})
+    assert cache.lookup(bundle, ORIN) == engine and engine.read_bytes() == b"second build"
+    for damaged in (b"", b"\x00", b"second buil", b"second buildX", b"Second build", b"zzzz"):
+        engine.write_bytes(damaged)
+        assert cache.lookup(bundle, ORIN) is None, damaged
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ORIN.gpu_name = "other"  # type: ignore[misc]
