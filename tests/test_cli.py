@@ -149,3 +149,19 @@ def test_diagnose_exits_3_on_an_internal_error_and_goes_on(cli: Cli, tmp_path: P
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [d["status"] for d in lines] == ["failed", "rejected", "failed"]
     assert lines[0]["reason"].startswith("internal error: InferenceError: ONNX Runtime failed")
+
+
+def test_sigterm_drains_and_exits_cleanly(
+    tmp_path: Path, launch: Callable[..., subprocess.Popen[str]], free_port: int, nih_png: Path
+) -> None:
+    """systemd's stop: the server finishes, the worker stops, the store closes, exit status 0."""
+    proc = launch(tmp_path / "data", free_port)
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{free_port}/api/v1/studies?filename=a.png", data=nih_png.read_bytes()
+    )
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        assert resp.status == 201
+    proc.terminate()
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "edge_app: stopped" in out and "Traceback" not in out
