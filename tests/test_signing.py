@@ -158,3 +158,15 @@ def test_unreadable_trusted_keys_are_plain_errors(tmp_path: Path) -> None:
     dangling.symlink_to(tmp_path / "nowhere.pub")
     with pytest.raises(BundleError, match=r"trusted key .*dangling.pub cannot be read"):
         load_public_keys([dangling])
+
+
+def test_a_signature_with_stray_characters_is_refused(bundle_dir: Path, key: Path) -> None:
+    """Base64 is read strictly: a valid signature with characters outside the alphabet slipped in is malformed,
+    not quietly cleaned up."""
+    sign_bundle(bundle_dir, key)
+    sig_path = bundle_dir / "manifest.sig"
+    sig = json.loads(sig_path.read_text())
+    sig["signature"] = "!" + sig["signature"]
+    sig_path.write_text(json.dumps(sig))
+    with pytest.raises(BundleError, match=r"manifest.sig is malformed"):
+        load_bundle(bundle_dir, trusted_keys=load_public_keys([key.with_name("clinic.pub")]))
