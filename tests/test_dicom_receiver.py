@@ -314,3 +314,50 @@ def test_dicom_over_tls(tmp_path: Path, free_port: int) -> None:
         assert health["sources"][0]["detail"].endswith("(TLS)")
     finally:
         services.get_from(app).stop()
+
+
+def test_a_full_disk_is_answered_0xA700_and_nothing_half_written_stays(tmp_path: Path, free_port: int) -> None:
+    """The disk fills up (played by a 2 MB file-size limit on a real server process): a 7 MB image gets
+    0xA700 Out of Resources, a small one still succeeds, and no partial file is left behind."""
+    import os
+    import resource
+    import signal
+    import time
+    import urllib.request
+
+    from conftest import EDGE_APP
+
+    def small_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2 * 2**20, 2 * 2**20))
+
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        http = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "data"),
+        "EDGE_APP_SERVER_PORT": str(http),
+        "EDGE_APP_CAPTURE_DICOM_ENABLED": "true",
+        "EDGE_APP_CAPTURE_DICOM_HOST": "127.0.0.1",
+        "EDGE_APP_CAPTURE_DICOM_PORT": str(free_port),
+    }
+    proc = subprocess.Popen([*EDGE_APP, "serve"], env=env, preexec_fn=small_disk, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{http}/api/v1/health", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "the server did not start"
+                time.sleep(0.1)
+        big, small = pydicom.dcmread(dicom_file("RG1_UNCR.dcm")), pydicom.dcmread(dicom_file("US1_UNCR.dcm"))
+        assert _send(free_port, [big, small]) == [0xA700, 0x0000]
+        leftovers = [p for p in (tmp_path / "data" / "files").rglob("*") if p.name.startswith(".incoming")]
+        assert leftovers == []
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
