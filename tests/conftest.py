@@ -152,3 +152,30 @@ def server(tmp_path: Path) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}/api/v1"
     proc.terminate()
     proc.wait(timeout=20)
+
+
+@pytest.fixture
+def broken_bundle(tmp_path: Path) -> Path:
+    """The reference bundle with its logits reshaped to (-1, 7) at the end of the graph: it loads and activates
+    (the batch is symbolic), and ONNX Runtime fails on every image (5 scores do not make rows of 7)."""
+    import hashlib
+    import json
+    import shutil
+
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from edge_app.config import EMBEDDED_BUNDLE
+
+    bundle = Path(shutil.copytree(EMBEDDED_BUNDLE, tmp_path / "broken"))
+    model = onnx.load(bundle / "model.onnx")
+    for node in model.graph.node:
+        node.output[:] = ["logits_raw" if o == "logits" else o for o in node.output]
+    model.graph.initializer.append(numpy_helper.from_array(np.array([-1, 7], dtype=np.int64), "seven"))
+    model.graph.node.append(helper.make_node("Reshape", ["logits_raw", "seven"], ["logits"]))
+    onnx.save(model, bundle / "model.onnx")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["model.onnx"] = hashlib.sha256((bundle / "model.onnx").read_bytes()).hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return bundle

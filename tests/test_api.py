@@ -151,3 +151,25 @@ def test_raw_body_with_a_form_content_type(client: FlaskClient, nih_png: Path) -
         "/api/v1/studies?filename=c.png", data=nih_png.read_bytes(), content_type="application/x-www-form-urlencoded"
     )
     assert resp.status_code == 201 and resp.get_json()["images"][0]["filename"] == "c.png"
+
+
+def test_an_internal_error_fails_that_image_and_the_worker_goes_on(tmp_path: Path, broken_bundle: Path) -> None:
+    """A model that fails at inference: each image is answered 500 with its reason and marked failed; the worker
+    takes the next one (nothing is left queued)."""
+    app = create_app({"storage": {"data_dir": str(tmp_path / "data")}, "model": {"bundle": str(broken_bundle)}})
+    try:
+        client = app.test_client()
+        for name in ("a.dcm", "b.dcm"):
+            data = (
+                dicom_file("RG1_UNCR.dcm").read_bytes() if name == "a.dcm" else dicom_file("RG1_J2KR.dcm").read_bytes()
+            )
+            resp = client.post(f"/api/v1/studies?filename={name}", data=data)
+            assert resp.status_code == 500
+            body = resp.get_json()
+            assert body["error"] == "Internal error" and body["detail"].startswith("internal error: InferenceError")
+            assert body["duplicate"] is False
+            (image,) = [i for i in body["study"]["images"] if i["id"] == body["image_id"]]
+            assert image["status"] == "failed" and image["results"][0]["status"] == "failed"
+        assert client.get("/api/v1/health").get_json()["queued"] == 0
+    finally:
+        services.get_from(app).stop()

@@ -10,7 +10,6 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import dicom_file
@@ -116,32 +115,10 @@ def test_serve_refuses_a_host_that_is_not_one(cli: Cli, tmp_path: Path) -> None:
     assert proc.returncode == 2 and "server.port: Input should be greater than or equal to 1" in proc.stderr
 
 
-def _bundle_whose_model_fails_at_inference(folder: Path) -> Path:
-    """The reference bundle with its logits reshaped to (-1, 7) at the end of the graph: it loads and activates
-    (the batch is symbolic), and ONNX Runtime fails on every image (5 scores do not make rows of 7)."""
-    import hashlib
-    import shutil
-
-    import onnx
-    from onnx import helper, numpy_helper
-
-    from edge_app.config import EMBEDDED_BUNDLE
-
-    bundle = Path(shutil.copytree(EMBEDDED_BUNDLE, folder / "broken"))
-    model = onnx.load(bundle / "model.onnx")
-    for node in model.graph.node:
-        node.output[:] = ["logits_raw" if o == "logits" else o for o in node.output]
-    model.graph.initializer.append(numpy_helper.from_array(np.array([-1, 7], dtype=np.int64), "seven"))
-    model.graph.node.append(helper.make_node("Reshape", ["logits_raw", "seven"], ["logits"]))
-    onnx.save(model, bundle / "model.onnx")
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["files"]["model.onnx"] = hashlib.sha256((bundle / "model.onnx").read_bytes()).hexdigest()
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
-    return bundle
-
-
-def test_diagnose_exits_3_on_an_internal_error_and_goes_on(cli: Cli, tmp_path: Path, nih_png: Path) -> None:
-    bundle = _bundle_whose_model_fails_at_inference(tmp_path)
+def test_diagnose_exits_3_on_an_internal_error_and_goes_on(
+    cli: Cli, tmp_path: Path, nih_png: Path, broken_bundle: Path
+) -> None:
+    bundle = broken_bundle
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"not an image")
     proc = cli("diagnose", "--bundle", str(bundle), str(nih_png), str(junk), str(nih_png))
