@@ -161,7 +161,26 @@ def test_a_version_1_database_is_taken_forward(tmp_path: Path) -> None:
     a, b, c = study["images"]
     assert a["sop_instance_uid"] == "1.5" and a["status"] == "done" and a["source"] == "api"
     assert b["status"] == "rejected" and b["reason"] == "why" and b["sop_instance_uid"]
-    assert c["status"] == "queued" and a["series_uid"] == b["series_uid"] == c["series_uid"]
+    assert c["status"] == "queued" and a["series_uid"] == b["series_uid"] == c["series_uid"] is not None
     job = store.claim_job(60, 3)
     assert job is not None and job.image_id == 3
     store.close()
+
+
+def test_a_migration_that_fails_leaves_the_database_as_it_was(tmp_path: Path) -> None:
+    """A version-1 row the migration cannot read: the service refuses to start in plain words and the database
+    is still version 1, untouched, for a person to look at."""
+    from edge_app.errors import ConfigError
+
+    db = sqlite3.connect(tmp_path / "edge-app.sqlite3")
+    db.executescript(_V1 + "; PRAGMA user_version = 1;")
+    db.execute("INSERT INTO studies VALUES (1, 'abc', 't', 'api', '')")
+    db.execute("INSERT INTO images VALUES (1, 1, 't', 'a.dcm', ?, 3, '{ damaged')", ("a" * 64,))
+    db.commit()
+    db.close()
+    with pytest.raises(ConfigError, match=r"cannot be used \(storage.data_dir\)"):
+        Store(tmp_path)
+    db = sqlite3.connect(tmp_path / "edge-app.sqlite3")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'series'").fetchone()[0] == 0
+    db.close()

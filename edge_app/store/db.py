@@ -109,8 +109,8 @@ class Store:
             self._db.execute("PRAGMA foreign_keys=ON")
             with self._lock:
                 migrate(self._db, _now())
-        except (OSError, sqlite3.Error) as exc:
-            raise ConfigError(f"data directory {self.data_dir} cannot be used (storage.data_dir): {exc}") from None
+        except (OSError, sqlite3.Error, ValueError) as exc:  # ValueError: a row an upgrade cannot read
+            raise ConfigError(f"data directory {self.data_dir} cannot be used (storage.data_dir): {exc}") from exc
 
     def close(self) -> None:
         with self._lock:

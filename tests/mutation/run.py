@@ -55,6 +55,12 @@ EQUIVALENT = {
         "return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]",
         "core/ReplaceTrueWithFalse",
     ): "the fields are built in one fixed order: sorting them or not gives the same key on every run",
+    (
+        'db.execute("INSERT INTO series (study_id, uid, created_at) VALUES (?, ?, ?)", '
+        "(study[0], generate_uid(), now))",
+        "core/NumberReplacer",
+    ): "a one-column row: its first column is its last",
+    ('version = int(db.execute("PRAGMA user_version").fetchone()[0])', "core/NumberReplacer"): "a one-column row",
 }
 
 
