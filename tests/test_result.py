@@ -14,6 +14,19 @@ from edge_app.result import Finding, findings, heatmap, probabilities
 MANIFEST = load_bundle(EMBEDDED_BUNDLE).manifest
 
 
+def test_findings_and_heatmaps_are_values_rounded_for_reading() -> None:
+    """Probabilities to 6 decimals in JSON; a heatmap, like a finding, cannot be changed once made."""
+    import dataclasses
+
+    from edge_app.result import Heatmap
+
+    assert Finding("Effusion", 0.123456789, 0.5).as_dict()["probability"] == 0.123457
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Heatmap("Effusion", np.zeros((2, 2), np.float32)).label = "other"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Finding("Effusion", 0.1, 0.5).probability = 0.9  # type: ignore[misc]
+
+
 def test_a_probability_at_its_threshold_is_positive() -> None:
     assert Finding("Effusion", 0.25, 0.25).positive
     assert not Finding("Effusion", np.nextafter(0.25, 0.0), 0.25).positive
