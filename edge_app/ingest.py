@@ -59,7 +59,8 @@ class Ingest:
 
     def event(self, event: Event) -> None:
         """Take a device's event."""
-        log.info("%s from %s: %s", event.kind, event.source, event.fields)
+        # A patient ID never goes to the log; the other events' fields are device readings.
+        log.info("%s from %s: %s", event.kind, event.source, "(held)" if event.kind == "patient_id" else event.fields)
         if event.kind == "patient_id":
             with self._lock:
                 self._patient = event
