@@ -22,6 +22,10 @@ class Background:
         self._thread = threading.Thread(target=self.target, name=self.name, daemon=True)
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def wake(self) -> None:
         self.woken.set()
 

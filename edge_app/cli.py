@@ -111,6 +111,7 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
     import waitress
 
     from edge_app.config import check_secure, with_overrides
+    from edge_app.systemd import Watchdog, notify, watchdog_interval
     from edge_app.web import create_app, services
 
     settings = with_overrides(settings, "server", {"host": host, "port": port})
@@ -123,10 +124,19 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     log.info("serving on http://%s:%d (data in %s)", host, port, settings.storage.data_dir)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # systemd's stop: waitress ends its loop on SystemExit
+    service = services.get_from(app)
+    interval = watchdog_interval()
+    watchdog = Watchdog(interval, lambda: service.worker.progressing(2 * interval)) if interval else None
+    if watchdog is not None:
+        watchdog.start()
+    notify("READY=1")  # the store, the models, the sources and the listening socket are all up
     try:
         server.run()
     finally:
-        services.get_from(app).stop()
+        notify("STOPPING=1")
+        if watchdog is not None:
+            watchdog.stop()
+        service.stop()
         log.info("stopped")
     return 0
 

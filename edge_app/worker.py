@@ -7,6 +7,7 @@ job claimed when the service died is claimed again once its lease runs out (the 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from edge_app.background import Background
@@ -44,6 +45,14 @@ class Worker:
         self.idle_s = idle_s  # a look at the queue even unwoken: jobs another process queued
         self._loop_thread = Background("edge-worker", self._loop)
         self.start, self.wake = self._loop_thread.start, self._loop_thread.wake
+        self._busy_since: float | None = None  # when the job at hand was claimed
+
+    def progressing(self, within_s: float) -> bool:
+        """Whether the worker is alive and not stuck: waiting for work, or on a job for less than `within_s`
+        seconds (systemd's watchdog asks)."""
+        busy_since = self._busy_since
+        stuck = busy_since is not None and time.monotonic() - busy_since >= within_s
+        return self._loop_thread.running and not stuck
 
     def stop(self, timeout: float = 60.0) -> None:
         """Finish the image at hand and stop."""
@@ -64,7 +73,11 @@ class Worker:
         job = self.store.claim_job(self.lease_s, self.max_attempts)
         if job is None:
             return False
-        self.store.finish_job(job, self._outcome(job))
+        self._busy_since = time.monotonic()
+        try:
+            self.store.finish_job(job, self._outcome(job))
+        finally:
+            self._busy_since = None
         return True
 
     def _outcome(self, job: Job) -> Outcome:

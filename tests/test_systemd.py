@@ -1,0 +1,128 @@
+"""systemd: the notify and watchdog protocol against a real datagram socket standing in for $NOTIFY_SOCKET, and
+the unit checked by systemd-analyze (verify; the security exposure) where systemd is installed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import EDGE_APP
+from edge_app.systemd import Watchdog, notify, watchdog_interval
+
+UNIT = Path(__file__).resolve().parent.parent / "systemd" / "edge-app.service"
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(10)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    yield sock
+    sock.close()
+
+
+def _messages(sock: socket.socket, until: Callable[[list[str]], bool], timeout: float = 60.0) -> list[str]:
+    got: list[str] = []
+    deadline = time.monotonic() + timeout
+    while not until(got):
+        assert time.monotonic() < deadline, got
+        got.append(sock.recv(4096).decode())
+    return got
+
+
+def test_notify_without_systemd_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert notify("READY=1") is False
+
+
+def test_the_watchdog_interval_is_half_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "120000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    assert watchdog_interval() == 60.0
+    monkeypatch.setenv("WATCHDOG_PID", "1")  # meant for another process
+    assert watchdog_interval() is None
+    monkeypatch.delenv("WATCHDOG_USEC")
+    assert watchdog_interval() is None
+
+
+def test_the_watchdog_is_fed_only_while_there_is_progress(notify_socket: socket.socket) -> None:
+    progress = [True]
+    dog = Watchdog(0.05, lambda: progress[0])
+    dog.start()
+    try:
+        assert _messages(notify_socket, lambda got: len(got) >= 3) == ["WATCHDOG=1"] * 3
+        progress[0] = False  # the worker hangs
+        time.sleep(0.2)
+        notify_socket.settimeout(0.3)
+        while True:  # what was already on its way
+            try:
+                notify_socket.recv(4096)
+            except TimeoutError:
+                break
+        with pytest.raises(TimeoutError):
+            notify_socket.recv(4096)
+    finally:
+        dog.stop()
+
+
+def test_serve_says_ready_feeds_the_watchdog_and_says_stopping(
+    notify_socket: socket.socket, tmp_path: Path, free_port: int
+) -> None:
+    env = {
+        **os.environ,
+        "EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "data"),
+        "EDGE_APP_SERVER_PORT": str(free_port),
+        "WATCHDOG_USEC": "400000",
+    }
+    proc = subprocess.Popen([*EDGE_APP, "serve"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        got = _messages(notify_socket, lambda got: got.count("WATCHDOG=1") >= 2)
+        assert got[0] == "READY=1"
+        proc.terminate()
+        assert _messages(notify_socket, lambda got: "STOPPING=1" in got)[-1] == "STOPPING=1"
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd is not installed")
+def test_the_unit_verifies(tmp_path: Path) -> None:
+    """systemd-analyze verify, with ExecStart pointed at an executable that exists here."""
+    unit = tmp_path / UNIT.name
+    unit.write_text(UNIT.read_text().replace("/opt/edge-app/.venv/bin/edge-app", shutil.which("true") or "/bin/true"))
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    problems = [line for line in result.stderr.splitlines() if UNIT.name in line]
+    assert result.returncode == 0 and problems == [], result.stderr
+
+
+def test_a_worker_on_one_job_too_long_is_not_progressing(tmp_path: Path) -> None:
+    """What the watchdog asks: idle is fine, a job past the limit is stuck (a 0.5 s JPEG 2000 decode against a
+    0.1 s limit), and a stopped worker is not progressing."""
+    from conftest import dicom_file
+    from edge_app.config import Settings
+    from edge_app.service import Service
+
+    service = Service(Settings.model_validate({"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1}}))
+    service.start()
+    try:
+        assert service.worker.progressing(0.1), "waiting for work is not being stuck"
+        seen = set()
+        with dicom_file("RG1_J2KR.dcm").open("rb") as fh:
+            added = service.ingest.submit(fh, "slow.dcm", "test")
+        assert added is not None
+        while service.store.image_status(added.image_id)[0] == "queued":
+            seen.add(service.worker.progressing(0.1))
+            time.sleep(0.01)
+        assert False in seen and service.worker.progressing(0.1)
+    finally:
+        service.stop()
+    assert not service.worker.progressing(0.1)
