@@ -126,3 +126,13 @@ def test_a_worker_on_one_job_too_long_is_not_progressing(tmp_path: Path) -> None
     finally:
         service.stop()
     assert not service.worker.progressing(0.1)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd is not installed")
+def test_the_units_security_exposure_is_at_most_3() -> None:
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(UNIT)], capture_output=True, text=True
+    )
+    line = next(line for line in result.stdout.splitlines() if "Overall exposure level" in line)
+    exposure = float(line.split(":")[1].split()[0])
+    assert exposure <= 3.0, line
