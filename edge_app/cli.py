@@ -39,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--host", help="override server.host")
     p.add_argument("--port", type=int, help="override server.port")
 
+    sub.add_parser("check", help="check the installation: storage, models, ports, devices")
+
     p = sub.add_parser("bench", help="latency of decode, preprocess and inference on real images")
     p.add_argument("files", nargs="+", type=Path, help="image files or folders")
     p.add_argument("--bundle", type=Path, help="model bundle (default: the configured one)")
@@ -58,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _diagnose(settings, args.files, args.bundle)
         if args.command == "serve":
             return _serve(settings, args.host, args.port)
+        if args.command == "check":
+            return _check(settings)
         return _bench(settings, args.files, args.bundle, args.limit, args.warmup)
     except UserError as exc:
         print(f"edge-app: {exc}", file=sys.stderr)
@@ -143,6 +147,18 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+def _check(settings: Settings) -> int:
+    """One line per check; exit 1 where any failed."""
+    from edge_app.check import run_checks
+
+    checks = run_checks(settings)
+    for check in checks:
+        print(check)
+    failed = sum(c.level == "FAIL" for c in checks)
+    print(f"{len(checks)} checks, {failed} failed")
+    return 1 if failed else 0
 
 
 def _bench(settings: Settings, paths: Sequence[Path], bundle_path: Path | None, limit: int, warmup: int) -> int:

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Who may import the top rooms.
 ALLOWED = {
     "edge_app.web": {"edge_app.web", "edge_app.cli"},
-    "edge_app.capture": {"edge_app.capture", "edge_app.service"},
+    "edge_app.capture": {"edge_app.capture", "edge_app.service", "edge_app.check"},
     "edge_app.worker": {"edge_app.service"},
     "edge_app.service": {"edge_app.web", "edge_app.cli"},
 }

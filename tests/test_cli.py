@@ -142,3 +142,26 @@ def test_sigterm_drains_and_exits_cleanly(
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "edge_app: stopped" in out and "Traceback" not in out
+
+
+def test_check_says_what_is_wrong_with_the_installation(cli: Cli, tmp_path: Path) -> None:
+    good = cli("check", env={"EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "data"), "EDGE_APP_SERVER_PORT": "1"})
+    assert "ok    model bundle: cxr-reference 1.1.0 (fp32)" in good.stdout
+    profile = tmp_path / "gen.toml"
+    profile.write_text('name = "gen"\nport = "/dev/ttyNOPE0"\n[[messages]]\npattern = "x"\nevent = "status"\n')
+    broken = tmp_path / "bundle"
+    broken.mkdir()
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[model]\nextra_bundles = ["{broken}"]\n'
+        f'[capture.serial]\nprofiles = ["{profile}"]\n'
+        '[capture.video]\nenabled = true\nsource = "/dev/videoNOPE"\n'
+    )
+    bad = cli("--config", str(cfg), "check")
+    assert bad.returncode == 1, bad.stdout
+    lines = bad.stdout.splitlines()
+    assert f"FAIL  model bundle: model bundle {broken} has no manifest.json" in lines
+    assert "FAIL  serial gen: /dev/ttyNOPE0 is not there: is the adapter plugged in?" in lines
+    assert "FAIL  video: /dev/videoNOPE is not there: is the grabber plugged in?" in lines
+    assert lines[-1].endswith("3 failed") and "Traceback" not in bad.stderr

@@ -1,0 +1,112 @@
+"""`edge-app check`: the whole installation checked the way a technician needs it, in plain words.
+
+Each check says ok, warn or FAIL with what is wrong and what to do; the exit status is 1 where any check failed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_app.config import Settings
+from edge_app.errors import EdgeAppError
+
+MIN_FREE_GB = 2.0
+
+
+@dataclass(frozen=True)
+class Check:
+    level: str  # "ok", "warn" or "FAIL"
+    name: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.level:<5} {self.name}: {self.detail}"
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    return [*_storage(settings), *_models(settings), *_ports(settings), *_capture(settings)]
+
+
+def _storage(settings: Settings) -> Iterator[Check]:
+    data_dir = settings.storage.data_dir
+    probe = data_dir if data_dir.exists() else next((p for p in data_dir.parents if p.exists()), Path("/"))
+    if data_dir.exists() and not os.access(data_dir, os.W_OK):
+        yield Check("FAIL", "storage", f"{data_dir} is not writable by this user")
+    free_gb = shutil.disk_usage(probe).free / 2**30
+    level = "ok" if free_gb >= MIN_FREE_GB else "FAIL"
+    yield Check(level, "disk", f"{free_gb:.1f} GB free for {data_dir} (at least {MIN_FREE_GB:g} GB wanted)")
+
+
+def _models(settings: Settings) -> Iterator[Check]:
+    from edge_app.bundle import load_bundle
+    from edge_app.signature import load_public_keys
+
+    model = settings.model
+    try:
+        trusted = load_public_keys(model.trusted_keys) if model.require_signature else None
+    except EdgeAppError as exc:
+        yield Check("FAIL", "trusted keys", str(exc))
+        return
+    if trusted == {}:
+        yield Check("FAIL", "trusted keys", "require_signature is set but model.trusted_keys hold no public key")
+        return
+    for path in [model.bundle, *model.extra_bundles]:
+        try:
+            bundle = load_bundle(path, trusted_keys=trusted)
+        except EdgeAppError as exc:
+            yield Check("FAIL", "model bundle", str(exc))
+            continue
+        m = bundle.manifest
+        signed = "signature verified" if trusted is not None else "signature not required"
+        yield Check("ok", "model bundle", f"{m.name} {m.version} ({m.precision}) at {path}: hashes verified, {signed}")
+
+
+def _ports(settings: Settings) -> Iterator[Check]:
+    wanted = [("web service", settings.server.host, settings.server.port)]
+    if settings.capture.dicom.enabled:
+        wanted.append(("DICOM receiver", settings.capture.dicom.host, settings.capture.dicom.port))
+    for name, host, port in wanted:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            try:
+                sock.bind((host, port))
+                yield Check("ok", name, f"{host}:{port} is free")
+            except OSError as exc:
+                yield Check("warn", name, f"{host}:{port} cannot be bound ({exc.strerror}): in use, by the service?")
+
+
+def _capture(settings: Settings) -> Iterator[Check]:
+    capture = settings.capture
+    if capture.folder.enabled and capture.folder.path is not None:
+        path = capture.folder.path
+        if not path.is_dir():
+            yield Check("warn", "watched folder", f"{path} is not there now (a USB stick not plugged in?)")
+        elif not os.access(path, os.W_OK):
+            yield Check("FAIL", "watched folder", f"{path} is not writable: taken files could not be moved to done/")
+        else:
+            yield Check("ok", "watched folder", str(path))
+    for profile_path in capture.serial.profiles:
+        yield _serial(profile_path)
+    if capture.video.enabled:
+        source = capture.video.source
+        if source.startswith("/dev/") and not Path(source).exists():
+            yield Check("FAIL", "video", f"{source} is not there: is the grabber plugged in?")
+        else:
+            yield Check("ok", "video", source)
+
+
+def _serial(profile_path: Path) -> Check:
+    from edge_app.capture.devices import load_profile
+
+    try:
+        profile = load_profile(profile_path)
+    except EdgeAppError as exc:
+        return Check("FAIL", "serial device", str(exc))
+    port = profile.port
+    if "://" not in port and not Path(port).exists():
+        return Check("FAIL", f"serial {profile.name}", f"{port} is not there: is the adapter plugged in?")
+    return Check("ok", f"serial {profile.name}", port)
