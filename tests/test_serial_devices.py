@@ -193,7 +193,8 @@ def test_the_service_shows_each_device_in_health(tmp_path: Path) -> None:
     from edge_app.web import create_app, services
 
     profile = tmp_path / "gen.toml"
-    profile.write_text((DEVICES / "xray-generator.toml").read_text().replace('"/dev/ttyUSB0"', '"/dev/nonexistent0"'))
+    text = (DEVICES / "xray-generator.toml").read_text()
+    profile.write_text(text.replace('"/dev/edge/xray-serial"', '"/dev/nonexistent0"'))
     app = create_app(
         {"storage": {"data_dir": str(tmp_path / "data")}, "capture": {"serial": {"profiles": [str(profile)]}}}
     )

@@ -136,3 +136,32 @@ def test_the_units_security_exposure_is_at_most_3() -> None:
     line = next(line for line in result.stdout.splitlines() if "Overall exposure level" in line)
     exposure = float(line.split(":")[1].split()[0])
     assert exposure <= 3.0, line
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd is not installed")
+def test_the_power_unit_verifies(tmp_path: Path) -> None:
+    unit = tmp_path / "edge-app-power.service"
+    text = (UNIT.parent / unit.name).read_text()
+    unit.write_text(text.replace("/opt/edge-app/firmware_config/jetson/power.sh", shutil.which("true") or "/bin/true"))
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert result.returncode == 0 and unit.name not in result.stderr, result.stderr
+
+
+def test_the_power_script_refuses_plainly_off_a_jetson() -> None:
+    script = UNIT.parent.parent / "firmware_config" / "jetson" / "power.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    if shutil.which("nvpmodel") is None:
+        result = subprocess.run([str(script)], capture_output=True, text=True)
+        assert result.returncode == 1 and "not a Jetson with JetPack 6" in result.stderr
+
+
+def test_the_udev_rules_are_well_formed() -> None:
+    """Every rule: comma-separated KEY==value matches and KEY=/KEY+= assignments, quoted values."""
+    import re
+
+    rules = (UNIT.parent.parent / "firmware_config" / "udev" / "99-edge-app.rules").read_text()
+    pair = re.compile(r'^[A-Z_]+(\{[A-Za-z_]+\})?(==|!=|\+=|=)"[^"]*"$')
+    lines = [line for line in rules.splitlines() if line.strip() and not line.startswith("#")]
+    assert len(lines) == 5
+    for line in lines:
+        assert all(pair.match(part.strip()) for part in line.split(",")), line
