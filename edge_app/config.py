@@ -115,6 +115,16 @@ class ImagingSettings(_Section):
     frame: Literal["first", "middle", "last"] = Field("middle", description="frame taken from a multi-frame image")
 
 
+class WorkerSettings(_Section):
+    """The inference worker."""
+
+    lease_s: float = Field(
+        600.0, gt=0, le=86400, strict=True, description="a job held this long by a worker that died is taken again"
+    )
+    max_attempts: StrictInt = Field(3, ge=1, le=100, description="then an image that kills the worker fails")
+    idle_s: float = Field(30.0, gt=0, le=3600, strict=True, description="a look at an idle queue this often")
+
+
 class DicomCaptureSettings(_Section):
     """The DICOM receiver (C-STORE and C-ECHO SCP) the X-ray or ultrasound unit sends its images to."""
 
@@ -220,6 +230,7 @@ class Settings(_Section):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     capture: CaptureSettings = Field(default_factory=CaptureSettings)
     outputs: OutputSettings = Field(default_factory=OutputSettings)
 

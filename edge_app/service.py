@@ -35,6 +35,7 @@ class Service:
         self.worker = Worker(
             self.store,
             self.registry,
+            settings.worker,
             outbox=Outbox(self.store, outputs) if outputs.destinations else None,
             on_output=self.sender.wake if self.sender is not None else None,
         )

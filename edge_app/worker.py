@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 from edge_app.background import Background
+from edge_app.config import WorkerSettings
 from edge_app.imaging.header import ImageHeader
 from edge_app.outputs.outbox import Outbox
 from edge_app.pipeline import Diagnosis
@@ -29,20 +30,15 @@ class Worker:
         self,
         store: Store,
         registry: Registry,
-        *,
+        settings: WorkerSettings | None = None,
         outbox: Outbox | None = None,
         on_output: Callable[[], None] | None = None,
-        lease_s: float = 600.0,
-        max_attempts: int = 3,
-        idle_s: float = 30.0,
     ) -> None:
         self.store = store
         self.registry = registry
+        self.settings = settings or WorkerSettings()
         self.outbox = outbox
         self.on_output = on_output
-        self.lease_s = lease_s
-        self.max_attempts = max_attempts
-        self.idle_s = idle_s  # a look at the queue even unwoken: jobs another process queued
         self._loop_thread = Background("edge-worker", self._loop)
         self.start, self.wake = self._loop_thread.start, self._loop_thread.wake
         self._busy_since: float | None = None  # when the job at hand was claimed
@@ -66,11 +62,11 @@ class Worker:
                 log.exception("worker: cannot claim or record a job")
                 worked = False
             if not worked:
-                self._loop_thread.sleep(self.idle_s)
+                self._loop_thread.sleep(self.settings.idle_s)  # also catches jobs another process queued
 
     def run_once(self) -> bool:
         """Process one job; False where none was waiting."""
-        job = self.store.claim_job(self.lease_s, self.max_attempts)
+        job = self.store.claim_job(self.settings.lease_s, self.settings.max_attempts)
         if job is None:
             return False
         self._busy_since = time.monotonic()
@@ -118,6 +114,7 @@ def _model_result(bundle_sha256: str, diagnosis: Diagnosis) -> ModelResult:
 
 
 def _no_model_reason(header: ImageHeader, registry: Registry) -> str:
+    # An image that says nothing of itself fits every model: one here says something.
     parts = {"modality": header.modality, "body_part": header.body_part, "view": header.view}
-    said = ", ".join(f"{k} {v}" for k, v in parts.items() if v) or "this image"
+    said = ", ".join(f"{k} {v}" for k, v in parts.items() if v)
     return f"no model on this appliance reads {said} (models: {registry.describe()})"

@@ -1,0 +1,139 @@
+"""The worker with a real store and real bundles: what an image's status becomes with one model, several, or one
+that fails; the outbox's sender woken only when there is something to send; a store that fails does not end it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import dicom_file
+from edge_app.config import EMBEDDED_BUNDLE, OutputSettings, Settings, WorkerSettings
+from edge_app.imaging.header import read_header
+from edge_app.outputs.outbox import Outbox
+from edge_app.registry import Registry
+from edge_app.store import Store
+from edge_app.worker import Worker
+
+
+def _registry(tmp_path: Path, *bundles: Path) -> Registry:
+    settings = Settings.model_validate(
+        {
+            "storage": {"data_dir": str(tmp_path / "data")},
+            "model": {"threads": 1, "bundle": str(bundles[0]), "extra_bundles": [str(b) for b in bundles[1:]]},
+        }
+    )
+    return Registry.from_settings(settings)
+
+
+def _queue(store: Store, name: str) -> int:
+    path = dicom_file(name)
+    with path.open("rb") as fh:
+        digest, size = store.put_stream(fh)
+    return store.add_image(digest, size, name, "test", read_header(store.file_path(digest), name)).image_id
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "store")
+
+
+def test_no_job_no_work(tmp_path: Path, store: Store) -> None:
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    try:
+        assert Worker(store, registry).run_once() is False
+    finally:
+        registry.close()
+
+
+def test_one_model_that_fails_fails_the_image_with_its_reason(
+    tmp_path: Path, store: Store, broken_bundle: Path
+) -> None:
+    registry = _registry(tmp_path, broken_bundle)
+    try:
+        image_id = _queue(store, "RG1_UNCR.dcm")
+        assert Worker(store, registry).run_once() is True
+        status, reason = store.image_status(image_id)
+        assert status == "failed" and reason is not None and reason.startswith("internal error: InferenceError")
+    finally:
+        registry.close()
+
+
+def test_an_image_is_done_when_any_model_that_reads_it_succeeded(
+    tmp_path: Path, store: Store, broken_bundle: Path
+) -> None:
+    """The failing model first, the working one second: the image is done, with no reason, and both results."""
+    registry = _registry(tmp_path, broken_bundle, EMBEDDED_BUNDLE)
+    try:
+        image_id = _queue(store, "RG1_UNCR.dcm")
+        Worker(store, registry).run_once()
+        assert store.image_status(image_id) == ("done", None)
+        (image,) = store.get_study(read_header(dicom_file("RG1_UNCR.dcm"), "x").study_uid)["images"]
+        assert [r["status"] for r in image["results"]] == ["failed", "ok"]
+    finally:
+        registry.close()
+
+
+def test_no_model_says_what_the_image_is(tmp_path: Path, store: Store) -> None:
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    try:
+        image_id = _queue(store, "US1_UNCR.dcm")
+        Worker(store, registry).run_once()
+        status, reason = store.image_status(image_id)
+        assert status == "no_model"
+        assert reason == "no model on this appliance reads modality US (models: cxr-reference 1.1.0 for CR, DX)"
+    finally:
+        registry.close()
+
+
+def test_the_sender_is_woken_only_when_something_was_queued(tmp_path: Path, store: Store) -> None:
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    woken: list[bool] = []
+    outputs = OutputSettings.model_validate({"destinations": [{"ae_title": "PACS", "host": "127.0.0.1"}]})
+    worker = Worker(store, registry, outbox=Outbox(store, outputs), on_output=lambda: woken.append(True))
+    try:
+        _queue(store, "US1_UNCR.dcm")  # no model: nothing to send
+        worker.run_once()
+        assert woken == []
+        _queue(store, "RG1_UNCR.dcm")
+        worker.run_once()
+        assert woken == [True]
+    finally:
+        registry.close()
+
+
+def test_a_failing_store_does_not_end_the_worker(tmp_path: Path, store: Store) -> None:
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    worker = Worker(store, registry, WorkerSettings(idle_s=0.05))
+    worker.start()
+    try:
+        store.close()  # every claim now raises
+        time.sleep(0.3)
+        assert worker.progressing(10.0), "still looping, waiting for the store to come back"
+    finally:
+        worker.stop()
+        registry.close()
+
+
+def _cpu_seconds_of_thread(name: str) -> float:
+    import os
+    import threading
+
+    (thread,) = [t for t in threading.enumerate() if t.name == name]
+    fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_an_idle_worker_sleeps(tmp_path: Path, store: Store) -> None:
+    """Idle CPU near zero: with nothing queued the worker's thread waits, it does not spin."""
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    worker = Worker(store, registry, WorkerSettings(idle_s=0.2))
+    worker.start()
+    try:
+        before = _cpu_seconds_of_thread("edge-worker")
+        time.sleep(1.0)
+        assert _cpu_seconds_of_thread("edge-worker") - before < 0.1
+    finally:
+        worker.stop()
+        registry.close()
