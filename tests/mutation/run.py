@@ -30,7 +30,7 @@ MODULES: dict[str, list[str]] = {
     "edge_app/config.py": ["test_config.py", "test_cli.py"],
     "edge_app/store/db.py": ["test_store.py", "test_api.py"],
     "edge_app/store/schema.py": ["test_store.py"],
-    "edge_app/worker.py": ["test_api.py", "test_outputs.py", "test_store.py"],
+    "edge_app/worker.py": ["test_worker.py", "test_store.py"],
     "edge_app/runtime/engine_cache.py": ["test_tensorrt.py"],
     "converters/fidelity.py": ["test_fidelity.py", "test_convert.py"],
     "converters/build.py": ["test_convert.py"],
