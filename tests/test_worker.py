@@ -3,6 +3,7 @@ that fails; the outbox's sender woken only when there is something to send; a st
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 
@@ -136,4 +137,44 @@ def test_an_idle_worker_sleeps(tmp_path: Path, store: Store) -> None:
         assert _cpu_seconds_of_thread("edge-worker") - before < 0.1
     finally:
         worker.stop()
+        registry.close()
+
+
+def test_a_worker_on_one_job_too_long_is_not_progressing(tmp_path: Path) -> None:
+    """What the watchdog asks: idle is fine, a job past the limit is stuck (a 0.5 s JPEG 2000 decode against a
+    0.1 s limit), and a stopped worker is not progressing."""
+    from conftest import dicom_file
+    from edge_app.config import Settings
+    from edge_app.service import Service
+
+    service = Service(Settings.model_validate({"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1}}))
+    service.start()
+    try:
+        assert service.worker.progressing(0.1), "waiting for work is not being stuck"
+        seen = set()
+        with dicom_file("RG1_J2KR.dcm").open("rb") as fh:
+            added = service.ingest.submit(fh, "slow.dcm", "test")
+        assert added is not None
+        while service.store.image_status(added.image_id)[0] == "queued":
+            seen.add(service.worker.progressing(0.1))
+            time.sleep(0.01)
+        assert False in seen and service.worker.progressing(0.1)
+    finally:
+        service.stop()
+    assert not service.worker.progressing(0.1)
+
+
+def test_an_image_a_model_refuses_is_rejected_with_the_reason(tmp_path: Path, store: Store) -> None:
+    """A header that reads at the door (its Rows element is not parsed there) and fails at decoding."""
+    from hostile import unknown_vr
+
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    try:
+        digest, size = store.put_stream(io.BytesIO(unknown_vr()))
+        header = read_header(store.file_path(digest), "vr.dcm")
+        image_id = store.add_image(digest, size, "vr.dcm", "test", header).image_id
+        Worker(store, registry).run_once()
+        status, reason = store.image_status(image_id)
+        assert status == "rejected" and reason is not None and reason.startswith("damaged DICOM header")
+    finally:
         registry.close()

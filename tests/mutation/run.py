@@ -61,6 +61,18 @@ EQUIVALENT = {
         "core/NumberReplacer",
     ): "a one-column row: its first column is its last",
     ('version = int(db.execute("PRAGMA user_version").fetchone()[0])', "core/NumberReplacer"): "a one-column row",
+    (
+        'status = "done" if any(r.status == "ok" for r in results) else _IMAGE_STATUS[first.status]',
+        "core/ReplaceComparisonOperator_Eq_Is",
+    ): "string literals are interned: `is` compares them as `==` does",
+    (
+        'status, reason=None if status == "done" else first.reason, metadata=metadata, results=results',
+        "core/ReplaceComparisonOperator_Eq_LtE",
+    ): "done is the least of the statuses a finished job can have (done, failed, rejected)",
+    (
+        'status, reason=None if status == "done" else first.reason, metadata=metadata, results=results',
+        "core/ReplaceComparisonOperator_Eq_Is",
+    ): "string literals are interned: `is` compares them as `==` does",
 }
 
 
