@@ -34,7 +34,7 @@ MODULES: dict[str, list[str]] = {
     "edge_app/runtime/engine_cache.py": ["test_tensorrt.py"],
     "converters/fidelity.py": ["test_fidelity.py", "test_convert.py"],
     "converters/build.py": ["test_convert.py"],
-    "edge_app/imaging/codestream.py": ["test_hostile.py", "test_decode.py"],
+    "edge_app/imaging/codestream.py": ["test_codestream.py", "test_hostile.py", "test_decode.py"],
     "edge_app/imaging/preprocess.py": ["test_preprocess.py", "test_properties.py", "test_runtime.py"],
     "edge_app/imaging/prepare.py": ["test_runtime.py", "test_hostile.py"],
     "edge_app/imaging/sandbox.py": ["test_hostile.py"],
@@ -73,6 +73,13 @@ EQUIVALENT = {
         'status, reason=None if status == "done" else first.reason, metadata=metadata, results=results',
         "core/ReplaceComparisonOperator_Eq_Is",
     ): "string literals are interned: `is` compares them as `==` does",
+    ("expected = samples * max(1, bits_allocated // 8)", "core/ReplaceBinaryOperator_FloorDiv_Div"): (
+        "bits_allocated is 1, 8, 16 or 32 (checked before): / and // give the same count"
+    ),
+    (
+        "if any(not 64 <= start < end <= len(frame) for start, end in zip(offsets[:count], ends, strict=True)):",
+        "core/ReplaceTrueWithFalse",
+    ): "the two lists are built of one length",
 }
 
 
