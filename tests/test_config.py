@@ -145,3 +145,47 @@ def test_the_readme_configuration_block_is_valid(tmp_path: Path) -> None:
     cfg.write_text(block)
     s = load_settings(cfg, environ={})
     assert s.capture.dicom.port == 11112 and s.imaging.max_decode_mb == 320 and s.server.result_wait_s == 60.0
+
+
+def test_the_readme_defaults_are_the_codes_defaults(tmp_path: Path) -> None:
+    """Every default the README's block shows is the one the code uses (paths aside: they are placeholders)."""
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("### Configuration", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    cfg = tmp_path / "readme.toml"
+    cfg.write_text(block)
+    documented, defaults = load_settings(cfg, environ={}).model_dump(), load_settings(environ={}).model_dump()
+    for section in ("storage", "model"):
+        for placeholder in ("data_dir", "bundle", "engine_cache"):
+            documented[section].pop(placeholder, None)
+            defaults[section].pop(placeholder, None)
+    assert documented == defaults
+
+
+def test_host_names_at_their_limits() -> None:
+    from edge_app.config import is_host, is_loopback
+
+    label = "a" * 63
+    assert is_host(label) and not is_host("a" * 64)
+    name = ".".join([label] * 3 + ["b" * 61])  # 253 characters
+    assert len(name) == 253 and is_host(name) and not is_host(name + "b")
+    assert not is_host("") and not is_host("-a") and not is_host("a-") and is_host("a-b.c")
+    assert is_loopback("localhost") and is_loopback("127.0.0.2") and is_loopback("::1")
+    assert not is_loopback("localhostx") and not is_loopback("edge.local") and not is_loopback("10.0.0.1")
+
+
+def test_secret_keys_at_their_limits() -> None:
+    from edge_app.config import is_strong_secret
+
+    eight = "abcdefgh" * 4  # 32 characters, 8 different
+    assert is_strong_secret(eight) and is_strong_secret(eight + "a")
+    assert not is_strong_secret("abcdefg" * 5), "7 different characters"
+    assert not is_strong_secret(eight[:31])
+
+
+def test_the_engine_cache_lives_in_the_data_directory_unless_set(tmp_path: Path) -> None:
+    s = load_settings(environ={"EDGE_APP_STORAGE_DATA_DIR": str(tmp_path)})
+    assert s.engine_cache == tmp_path / "engines"
+    s = load_settings(environ={"EDGE_APP_STORAGE_DATA_DIR": str(tmp_path), "EDGE_APP_MODEL_ENGINE_CACHE": "/e"})
+    assert s.engine_cache == Path("/e")
