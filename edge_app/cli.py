@@ -40,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--port", type=int, help="override server.port")
 
     sub.add_parser("check", help="check the installation: storage, models, ports, devices")
+    sub.add_parser("engines", help="build the TensorRT engines the configured bundles lack (before serve)")
 
     p = sub.add_parser("bench", help="latency of decode, preprocess and inference on real images")
     p.add_argument("files", nargs="+", type=Path, help="image files or folders")
@@ -62,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(settings, args.host, args.port)
         if args.command == "check":
             return _check(settings)
+        if args.command == "engines":
+            return _engines(settings)
         return _bench(settings, args.files, args.bundle, args.limit, args.warmup)
     except UserError as exc:
         print(f"edge-app: {exc}", file=sys.stderr)
@@ -147,6 +150,15 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+def _engines(settings: Settings) -> int:
+    """One line per bundle; exit 0 even where no engine could be built: the service then runs on ONNX Runtime."""
+    from edge_app.runtime.engines import ensure_engines
+
+    for name, entry in ensure_engines(settings).items():
+        print(f"{name}: {entry['status']}: {entry['detail']}")
+    return 0
 
 
 def _check(settings: Settings) -> int:

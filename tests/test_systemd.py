@@ -141,3 +141,29 @@ def test_the_udev_rules_are_well_formed() -> None:
     assert len(lines) == 5
     for line in lines:
         assert all(pair.match(part.strip()) for part in line.split(",")), line
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd is not installed")
+def test_the_engine_unit_verifies(tmp_path: Path) -> None:
+    unit = tmp_path / "edge-app-engine.service"
+    text = (UNIT.parent / unit.name).read_text()
+    unit.write_text(text.replace("/opt/edge-app/.venv/bin/edge-app", shutil.which("true") or "/bin/true"))
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert result.returncode == 0 and unit.name not in result.stderr, result.stderr
+
+
+def test_engines_without_tensorrt_leave_the_reason_for_health(tmp_path: Path) -> None:
+    """Here (no TensorRT): exit 0, the reason printed and kept; /api/v1/health shows it."""
+    from edge_app.web import create_app, services
+
+    env = {**os.environ, "EDGE_APP_STORAGE_DATA_DIR": str(tmp_path)}
+    proc = subprocess.run([*EDGE_APP, "engines"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("cxr-reference 1.1.0: unavailable: TensorRT is not available on this machine")
+    assert proc.stdout.rstrip().endswith("the service runs it on ONNX Runtime")
+    app = create_app({"storage": {"data_dir": str(tmp_path)}})
+    try:
+        engines = app.test_client().get("/api/v1/health").get_json()["engines"]
+        assert engines["cxr-reference 1.1.0"]["status"] == "unavailable"
+    finally:
+        services.get_from(app).stop()

@@ -10,6 +10,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from edge_app.errors import NotFound
 from edge_app.ingest import Event
+from edge_app.runtime.engines import engine_status
 from edge_app.web import services
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ def health() -> Any:
         models=[{**d.model_info, "bundle_sha256": d.bundle.sha256} for d in svc.registry.diagnosers],
         queued=svc.store.queued(),
         sources=[source.state() for source in svc.sources],
+        engines=engine_status(svc.settings.engine_cache),
     )
 
 
