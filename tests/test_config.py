@@ -189,3 +189,32 @@ def test_the_engine_cache_lives_in_the_data_directory_unless_set(tmp_path: Path)
     assert s.engine_cache == tmp_path / "engines"
     s = load_settings(environ={"EDGE_APP_STORAGE_DATA_DIR": str(tmp_path), "EDGE_APP_MODEL_ENGINE_CACHE": "/e"})
     assert s.engine_cache == Path("/e")
+
+
+LIMITS = [
+    ("server", "port", 1, 65535),
+    ("server", "max_upload_mb", 1, 4096),
+    ("server", "threads", 1, 64),
+    ("model", "threads", 0, 64),
+    ("model", "max_batch", 1, 256),
+    ("imaging", "max_decode_mb", 16, 65536),
+    ("imaging", "decoders", 1, 16),
+    ("worker", "max_attempts", 1, 100),
+]
+
+
+@pytest.mark.parametrize(("section", "key", "lo", "hi"), LIMITS, ids=[f"{s}.{k}" for s, k, _, _ in LIMITS])
+def test_whole_number_settings_at_their_limits(section: str, key: str, lo: int, hi: int) -> None:
+    prefix = f"EDGE_APP_{section.upper()}_{key.upper()}"
+    for accepted in (lo, hi):
+        assert getattr(getattr(load_settings(environ={prefix: str(accepted)}), section), key) == accepted
+    for refused in (lo - 1, hi + 1):
+        with pytest.raises(ConfigError, match=rf"{section}\.{key}: Input should be"):
+            load_settings(environ={prefix: str(refused)})
+
+
+def test_seconds_are_numbers_not_strings(tmp_path: Path) -> None:
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text('[imaging]\ndecode_timeout_s = "30"\n')
+    with pytest.raises(ConfigError, match=r"imaging\.decode_timeout_s: Input should be a valid number"):
+        load_settings(cfg, environ={})
