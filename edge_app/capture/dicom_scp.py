@@ -16,22 +16,8 @@ import logging
 import ssl
 from typing import Any
 
+from pydicom import uid
 from pydicom.dataset import Dataset
-from pydicom.uid import (
-    JPEG2000,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
 
 from edge_app.config import DicomCaptureSettings
 from edge_app.ingest import Ingest
@@ -39,19 +25,19 @@ from edge_app.ingest import Ingest
 log = logging.getLogger(__name__)
 
 TRANSFER_SYNTAXES = [
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    JPEG2000Lossless,
-    JPEG2000,
-    RLELossless,
+    uid.ExplicitVRLittleEndian,
+    uid.ImplicitVRLittleEndian,
+    uid.DeflatedExplicitVRLittleEndian,
+    uid.ExplicitVRBigEndian,
+    uid.JPEGBaseline8Bit,
+    uid.JPEGExtended12Bit,
+    uid.JPEGLossless,
+    uid.JPEGLosslessSV1,
+    uid.JPEGLSLossless,
+    uid.JPEGLSNearLossless,
+    uid.JPEG2000Lossless,
+    uid.JPEG2000,
+    uid.RLELossless,
 ]
 VERIFICATION = "1.2.840.10008.1.1"  # C-ECHO
 _NO_IMAGE, _UNREADABLE, _OUT_OF_RESOURCES, _CANNOT_UNDERSTAND = 0xA900, 0xC210, 0xA700, 0xC211
@@ -71,17 +57,15 @@ def image_storage_classes() -> list[str]:
     from pynetdicom import AllStoragePresentationContexts, register_uid, sop_class
     from pynetdicom.service_class import StorageServiceClass
 
-    for uid, keyword in RETIRED_IMAGE_STORAGE.items():
+    for retired, keyword in RETIRED_IMAGE_STORAGE.items():
         if not hasattr(sop_class, keyword):
-            register_uid(uid, keyword, StorageServiceClass)
+            register_uid(retired, keyword, StorageServiceClass)
     current = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts if "Image Storage" in _name(cx)]
     return current + list(RETIRED_IMAGE_STORAGE)
 
 
 def _name(cx: Any) -> str:
-    from pydicom.uid import UID
-
-    return str(UID(cx.abstract_syntax).name)
+    return str(uid.UID(cx.abstract_syntax).name)
 
 
 class DicomReceiver:
