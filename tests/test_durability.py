@@ -27,6 +27,25 @@ def _png(seed: int) -> bytes:
     return buf.getvalue()
 
 
+def _kill_while_sending(proc: subprocess.Popen[str], send: Callable[[threading.Event], None], seconds: float) -> None:
+    """Run `send` in a thread, kill -9 the server after `seconds`, then let `send` see it gone."""
+    stop = threading.Event()
+    sender = threading.Thread(target=send, args=(stop,))
+    sender.start()
+    time.sleep(seconds)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stop.set()
+    sender.join(60)
+
+
+def _wait_until_idle(port: int, timeout: float) -> None:
+    """Until the restarted service has diagnosed everything queued."""
+    deadline = time.monotonic() + timeout
+    while _get(port, "/health")["queued"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def _get(port: int, path: str) -> dict:  # type: ignore[type-arg]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1{path}", timeout=30) as resp:
         return json.load(resp)  # type: ignore[no-any-return]
@@ -54,20 +73,11 @@ def test_kill_9_while_images_arrive_loses_nothing_acknowledged(
                 except (OSError, urllib.error.HTTPError, ValueError):
                     return  # the server is gone: whatever was not answered was not acknowledged
 
-        stop = threading.Event()
-        sender = threading.Thread(target=send, args=(stop,))
-        sender.start()
-        time.sleep(1.5)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        stop.set()
-        sender.join()
+        _kill_while_sending(proc, send, 1.5)
 
     proc = launch(data_dir, port)
     try:
-        deadline = time.monotonic() + 120
-        while _get(port, "/health")["queued"] and time.monotonic() < deadline:
-            time.sleep(0.2)
+        _wait_until_idle(port, 120)
         assert len(acknowledged) >= 10, "the test sent too little to mean anything"
         for image_id, uid in acknowledged.items():
             (image,) = [i for i in _get(port, f"/studies/{uid}")["images"] if i["id"] == image_id]
@@ -124,20 +134,11 @@ def test_kill_9_while_a_modality_sends_loses_no_acknowledged_image(
                 if "Status" in status and int(status.Status) == 0:
                     acknowledged.append(str(template.StudyInstanceUID))
 
-        stop = threading.Event()
-        sender = threading.Thread(target=send, args=(stop,))
-        sender.start()
-        time.sleep(2.0)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        stop.set()
-        sender.join(60)
+        _kill_while_sending(proc, send, 2.0)
 
     proc = launch(data_dir, port, env)
     try:
-        deadline = time.monotonic() + 180
-        while _get(port, "/health")["queued"] and time.monotonic() < deadline:
-            time.sleep(0.2)
+        _wait_until_idle(port, 180)
         assert len(acknowledged) >= 5
         for uid in acknowledged:
             (image,) = _get(port, f"/studies/{uid}")["images"]
