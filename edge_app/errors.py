@@ -34,6 +34,10 @@ class RuntimeUnavailable(UserError):
     """An inference backend cannot run on this machine (no GPU, library missing, no engine built)."""
 
 
+class DecoderUnavailable(EdgeAppError):
+    """The image decoder's process could not be started (an internal failure, not the image's)."""
+
+
 class InferenceError(EdgeAppError):
     """The model failed on an input it had accepted."""
 

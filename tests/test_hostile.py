@@ -202,3 +202,30 @@ def test_a_decoder_that_dies_costs_one_image(manifest: Manifest, nih_png: Path) 
         assert decoders.prepare(nih_png, "next.png", manifest).batch.shape == (1, 1, 64, 64)
     finally:
         decoders.close()
+
+
+def test_a_decoder_process_that_cannot_start_is_a_clear_internal_error_each_time(tmp_path: Path) -> None:
+    """A script read from standard input (`python -`) is a __main__ a spawned child cannot import, so no decoder
+    process ever starts: each image says so plainly (and the pool is replaced for the next one), where pebble's
+    broken pool otherwise answers "Unexpected error within the Pool" for ever."""
+    import sys
+
+    script = """
+from edge_app.bundle import load_bundle
+from edge_app.config import EMBEDDED_BUNDLE
+from edge_app.errors import DecoderUnavailable
+from edge_app.imaging import DecodeLimits
+from edge_app.imaging.sandbox import DecoderPool
+
+pool = DecoderPool(DecodeLimits(), timeout_s=20)
+manifest = load_bundle(EMBEDDED_BUNDLE).manifest
+for _ in range(2):
+    try:
+        pool.prepare(b"\\\\x89PNG\\\\r\\\\n\\\\x1a\\\\n", "x.png", manifest)
+    except DecoderUnavailable as exc:
+        print("unavailable:", exc)
+pool.close()
+"""
+    proc = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("unavailable:")]
+    assert lines == ["unavailable: the image decoder process could not be started (All workers expired)"] * 2

@@ -14,12 +14,14 @@ import multiprocessing
 import os
 import resource
 import signal
+import threading
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from pebble import ProcessExpired, ProcessPool
 
-from edge_app.errors import ImageRejected
+from edge_app.errors import DecoderUnavailable, ImageRejected
 from edge_app.imaging.decode import DecodeLimits
 from edge_app.imaging.prepare import Prepared, prepare
 from edge_app.manifest import Manifest
@@ -38,20 +40,31 @@ class DecoderPool:
     def __init__(self, limits: DecodeLimits, *, workers: int = 1, timeout_s: float = 30.0) -> None:
         self.limits = limits
         self.timeout_s = timeout_s
-        self._pool = ProcessPool(
-            max_workers=workers,
+        self.workers = workers
+        self._lock = threading.Lock()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPool:
+        return ProcessPool(
+            max_workers=self.workers,
             initializer=_start_child,
-            initargs=(limits.max_decode_mb + _HEADROOM_MB,),
+            initargs=(self.limits.max_decode_mb + _HEADROOM_MB,),
             context=multiprocessing.get_context("spawn"),  # never fork a process that runs threads
         )
 
     def prepare(self, data: bytes | Path | str, source: str, manifest: Manifest) -> Prepared:
-        """`prepare` in a child; a crash, a timeout or exhausted memory raises `ImageRejected` saying so."""
-        future = self._pool.schedule(
-            _prepare_in_child, args=(data, source, self.limits, manifest), timeout=self.timeout_s
-        )
+        """`prepare` in a child; a crash, a timeout or exhausted memory raises `ImageRejected` saying so. A pool
+        whose children cannot even start raises `DecoderUnavailable` and is replaced for the next image."""
         try:
+            with self._lock:
+                pool = self._pool
+            future = pool.schedule(
+                _prepare_in_child, args=(data, source, self.limits, manifest), timeout=self.timeout_s
+            )
             outcome, notes = future.result()
+        except (BrokenProcessPool, RuntimeError) as exc:  # pebble: "All workers expired", "error within the Pool"
+            self._replace(pool)
+            raise DecoderUnavailable(f"the image decoder process could not be started ({exc})") from exc
         except FutureTimeout:
             raise ImageRejected(source, f"decoding took longer than {self.timeout_s:g} s and was stopped") from None
         except ProcessExpired as exc:
@@ -64,10 +77,18 @@ class DecoderPool:
             raise ImageRejected(source, outcome)
         return outcome
 
+    def _replace(self, broken: ProcessPool) -> None:
+        with self._lock:
+            if self._pool is broken:
+                log.error("the decoder pool is broken: starting a new one")
+                broken.stop()  # type: ignore[no-untyped-call]
+                self._pool = self._new_pool()
+
     def close(self) -> None:
         """Stop the children (an image being decoded is abandoned)."""
-        self._pool.stop()  # type: ignore[no-untyped-call]
-        self._pool.join()
+        with self._lock:
+            self._pool.stop()  # type: ignore[no-untyped-call]
+            self._pool.join()
 
 
 def _exit_reason(code: int) -> str:
