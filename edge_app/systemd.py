@@ -1,8 +1,9 @@
 """systemd's service notification protocol (sd_notify): READY once the service is up, WATCHDOG while it works.
 
 Written here rather than taken from a library: the protocol is one datagram to the socket named by
-$NOTIFY_SOCKET (an abstract one where it starts with "@"), and the packages that wrap it (systemd-python) need the
-C library's headers to build. Without $NOTIFY_SOCKET (not started by systemd) every call does nothing.
+$NOTIFY_SOCKET (an abstract one where it starts with "@"); systemd-python and cysystemd build against libsystemd's
+headers (not on a bare JetPack), and sdnotify, the pure-Python one, has had no release since 2017. Without
+$NOTIFY_SOCKET (not started by systemd) every call does nothing.
 """
 
 from __future__ import annotations
