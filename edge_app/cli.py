@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app import __version__
+from edge_app import __version__, cli_accounts
 from edge_app.config import Settings, load_settings
 from edge_app.errors import UserError
 from edge_app.pipeline import Diagnoser
@@ -42,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("check", help="check the installation: storage, models, ports, devices")
     sub.add_parser("engines", help="build the TensorRT engines the configured bundles lack (before serve)")
 
+    cli_accounts.add_parsers(sub)
+
     p = sub.add_parser("bench", help="latency of decode, preprocess and inference on real images")
     p.add_argument("files", nargs="+", type=Path, help="image files or folders")
     p.add_argument("--bundle", type=Path, help="model bundle (default: the configured one)")
@@ -65,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(settings)
         if args.command == "engines":
             return _engines(settings)
+        if args.command in ("user", "token", "tls"):
+            return cli_accounts.run(args.command, args, settings)
         return _bench(settings, args.files, args.bundle, args.limit, args.warmup)
     except UserError as exc:
         print(f"edge-app: {exc}", file=sys.stderr)
@@ -115,7 +119,10 @@ def _diagnose(settings: Settings, paths: Sequence[Path], bundle_path: Path | Non
 
 
 def _serve(settings: Settings, host: str | None, port: int | None) -> int:
-    import waitress
+    import ssl
+
+    from cheroot import wsgi
+    from cheroot.ssl.builtin import BuiltinSSLAdapter
 
     from edge_app.config import check_secure, with_overrides
     from edge_app.systemd import Watchdog, notify, watchdog_interval
@@ -124,23 +131,39 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
     settings = with_overrides(settings, "server", {"host": host, "port": port})
     check_secure(settings)
     app = create_app(settings)
-    host, port = settings.server.host, settings.server.port
-    try:
-        server = waitress.create_server(app, host=host, port=port, threads=settings.server.threads, ident="edge-app")
-    except OSError as exc:
-        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    log.info("serving on http://%s:%d (data in %s)", host, port, settings.storage.data_dir)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # systemd's stop: waitress ends its loop on SystemExit
     service = services.get_from(app)
+    host, port = settings.server.host, settings.server.port
+    server = wsgi.Server((host, port), app, numthreads=settings.server.threads, server_name="edge-app")
+    server.software = "edge-app"
+    scheme = "https" if settings.tls else "http"
+    try:
+        if settings.tls:
+            cert, key = settings.tls_files
+            try:
+                server.ssl_adapter = BuiltinSSLAdapter(str(cert), str(key))
+            except (OSError, ssl.SSLError) as exc:
+                raise UserError(f"cannot serve HTTPS with {cert} and {key}: {exc}") from None
+        try:
+            server.prepare()
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    except UserError:
+        service.stop()
+        raise
+    log.info("serving on %s://%s:%d (data in %s)", scheme, host, port, settings.storage.data_dir)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # systemd's stop: SystemExit ends the serving loop
     interval = watchdog_interval()
     watchdog = Watchdog(interval, lambda: service.worker.progressing(2 * interval)) if interval else None
     if watchdog is not None:
         watchdog.start()
     notify("READY=1")  # the store, the models, the sources and the listening socket are all up
     try:
-        server.run()
+        server.serve()
+    except KeyboardInterrupt:
+        pass
     finally:
         notify("STOPPING=1")
+        server.stop()
         if watchdog is not None:
             watchdog.stop()
         service.stop()

@@ -63,14 +63,30 @@ class _Section(BaseModel):
 
 
 class ServerSettings(_Section):
-    host: Host = Field("127.0.0.1", description="address to bind; anything but loopback needs a secret_key")
+    host: Host = Field("127.0.0.1", description="address to bind; anything but loopback needs TLS and a user")
     port: StrictInt = Field(8080, ge=1, le=65535)
-    secret_key: str = Field("", description="at least 32 characters; required when not bound to loopback")
+    secret_key: str = Field(
+        "", description="signs sessions, at least 32 characters; empty: a random one kept in <data_dir>/secret_key"
+    )
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate; default <data_dir>/tls/cert.pem (edge-app tls init)"
+    )
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert; default <data_dir>/tls/key.pem")
+    idle_logout_min: StrictInt = Field(15, ge=1, le=1440, description="a tablet left untouched this long logs out")
+    login_attempts: StrictInt = Field(5, ge=1, le=100, description="failed logins allowed per name and per address")
+    login_lockout_min: StrictInt = Field(15, ge=1, le=1440, description="... within this window; then refused")
+    language: Literal["en", "fr"] = Field("en", description="the login page's language and new users' default")
     max_upload_mb: StrictInt = Field(200, ge=1, le=4096, description="largest image upload accepted")
     result_wait_s: float = Field(
         60.0, ge=0, le=3600, strict=True, description="how long POST /studies waits for the result (then 202)"
     )
     threads: StrictInt = Field(4, ge=1, le=64, description="request-handling threads")
+
+    @model_validator(mode="after")
+    def _tls(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
 
     @field_validator("secret_key")
     @classmethod
@@ -238,9 +254,21 @@ class Settings(_Section):
     def engine_cache(self) -> Path:
         return self.model.engine_cache or self.storage.data_dir / "engines"
 
+    @property
+    def tls_files(self) -> tuple[Path, Path]:
+        """(certificate, key) the server uses where both exist: the configured ones, else `edge-app tls init`'s."""
+        if self.server.tls_cert is not None and self.server.tls_key is not None:
+            return self.server.tls_cert, self.server.tls_key
+        return self.storage.data_dir / "tls" / "cert.pem", self.storage.data_dir / "tls" / "key.pem"
+
+    @property
+    def tls(self) -> bool:
+        return all(path.is_file() for path in self.tls_files)
+
 
 def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read the TOML file (if any), apply environment overrides, validate; raise `ConfigError` in plain words."""
+    """Read the TOML file (if any), apply environment overrides, validate; raise `ConfigError` in plain words.
+    Whether the settings are safe to serve with is `check_secure`'s question, asked by `create_app`."""
     raw: dict[str, Any] = {}
     if path is not None:
         raw = read_toml(Path(path), f"configuration file {path}", ConfigError)
@@ -249,7 +277,6 @@ def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | N
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"invalid configuration: {format_validation_error(exc)}") from None
-    check_secure(settings)
     return settings
 
 
@@ -307,11 +334,18 @@ def _environment_value(annotation: Any, value: str) -> Any:
 
 
 def check_secure(settings: Settings) -> None:
-    """Refuse to serve beyond this machine without a real secret key."""
-    if not is_loopback(settings.server.host) and not is_strong_secret(settings.server.secret_key):
+    """Refuse to serve beyond this machine without TLS (users are checked once the store is open: `Service`)."""
+    server = settings.server
+    if is_loopback(server.host):
+        return
+    if server.tls_cert is not None and server.tls_key is not None:
+        missing = [str(p) for p in (server.tls_cert, server.tls_key) if not p.is_file()]
+        if missing:
+            raise ConfigError(f"refusing to listen on {server.host}: TLS file(s) not found: {', '.join(missing)}")
+    elif not settings.tls:
         raise ConfigError(
-            f"refusing to listen on {settings.server.host}: serving beyond this machine needs server.secret_key "
-            f"(or {ENV_PREFIX}SERVER_SECRET_KEY) of at least {MIN_SECRET_CHARS} random characters"
+            f"refusing to listen on {server.host}: serving beyond this machine needs TLS: run `edge-app tls init` "
+            "for a self-signed certificate, or set server.tls_cert and server.tls_key"
         )
 
 

@@ -6,13 +6,16 @@ import logging
 import threading
 
 from edge_app.capture import Source, open_sources
-from edge_app.config import Settings
+from edge_app.config import Settings, is_loopback
+from edge_app.errors import ConfigError
 from edge_app.ingest import Ingest
 from edge_app.live import LiveInference
 from edge_app.outputs.outbox import Outbox
 from edge_app.outputs.sender import Sender
 from edge_app.registry import Registry
 from edge_app.store import Store
+from edge_app.store.accounts import Accounts
+from edge_app.store.reviews import Reviews
 from edge_app.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -25,6 +28,8 @@ class Service:
         self.settings = settings
         self.stopping = threading.Event()  # set by `stop`: long answers (the video preview) end
         self.store = Store(settings.storage.data_dir)
+        self.accounts = Accounts(self.store)
+        self.reviews = Reviews(self.store)
         try:
             self.registry = Registry.from_settings(settings)
         except BaseException:
@@ -48,7 +53,14 @@ class Service:
         self._loops = [loop for loop in (self.worker, self.sender, self.live) if loop is not None]
 
     def start(self) -> None:
-        """Clear what a crash left behind, then start the worker (it first takes the jobs left queued)."""
+        """Clear what a crash left behind, then start the worker (it first takes the jobs left queued). Refuse
+        to serve beyond this machine while no one can log in."""
+        host = self.settings.server.host
+        if not is_loopback(host) and self.accounts.active_count() == 0:
+            raise ConfigError(
+                f"refusing to listen on {host}: no user can log in yet; add one first with "
+                "`edge-app user add NAME --role admin`"
+            )
         removed = self.store.remove_orphans()
         self.store.release_leases()  # this service is the only worker on its data directory
         queued = self.store.queued()

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from edge_app.background import Background
 from edge_app.config import WorkerSettings
+from edge_app.imaging.encode import jpeg
 from edge_app.imaging.header import ImageHeader
 from edge_app.outputs.outbox import Outbox
 from edge_app.pipeline import Diagnosis
@@ -92,8 +93,13 @@ class Worker:
                 self.on_output()
             first = results[0]
             status = "done" if any(r.status == "ok" for r in results) else _IMAGE_STATUS[first.status]
+            preview = next((d.preview for _, d in diagnoses if d.preview is not None), None)
             return Outcome(
-                status, reason=None if status == "done" else first.reason, metadata=metadata, results=results
+                status,
+                reason=None if status == "done" else first.reason,
+                metadata=metadata,
+                results=results,
+                view=jpeg(preview) if preview is not None else None,
             )
         except Exception as exc:  # a bug: this image fails with the reason, the worker goes on
             log.exception("worker: internal error on image %d (%s)", job.image_id, job.filename)

@@ -10,12 +10,15 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
 from edge_app.config import Settings
+from edge_app.store import Store
+from edge_app.store.accounts import Accounts, parse_roles
 from edge_app.web import create_app, services
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,9 +92,97 @@ def app(settings: Settings) -> Iterator[Flask]:
     services.get_from(app).stop()
 
 
+def _api_client(app: Flask) -> FlaskClient:
+    secret = services.get_from(app).accounts.create_token(
+        f"tests-{os.urandom(4).hex()}", parse_roles("clinician,technician")
+    )
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {secret}"
+    return client
+
+
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
+    """A client of the API holding a Bearer token with the roles clinician and technician."""
+    return _api_client(app)
+
+
+@pytest.fixture
+def api_client() -> Callable[[Flask], FlaskClient]:
+    """`client` for an app a test made itself."""
+    return _api_client
+
+
+@pytest.fixture
+def anonymous(app: Flask) -> FlaskClient:
+    """A client with no session and no token."""
     return app.test_client()
+
+
+class AuthActions:
+    """Log a browser-like client in and out through the real login form (flaskr's `auth` fixture)."""
+
+    PASSWORD = "a long enough password"
+
+    def __init__(self, app: Flask, client: FlaskClient) -> None:
+        self.app, self.client = app, client
+
+    def user(self, name: str, roles: str, language: str = "en") -> str:
+        accounts = services.get_from(self.app).accounts
+        try:
+            accounts.user(name)
+        except Exception:
+            accounts.add_user(name, parse_roles(roles), self.PASSWORD, language)
+        return name
+
+    def csrf(self, path: str = "/login") -> str:
+        page = self.client.get(path).get_data(as_text=True)
+        marker = 'name="csrf_token" type="hidden" value="'
+        start = page.index(marker) + len(marker)
+        return page[start : page.index('"', start)]
+
+    def login(self, roles: str = "clinician", name: str | None = None, password: str | None = None) -> Any:
+        name = self.user(name or roles.replace(",", "-"), roles)
+        token = self.csrf("/login")
+        return self.client.post(
+            "/login", data={"csrf_token": token, "username": name, "password": password or self.PASSWORD}
+        )
+
+    def logout(self) -> Any:
+        return self.client.post("/logout", data={"csrf_token": self.csrf("/")})
+
+
+@pytest.fixture
+def browser(app: Flask) -> FlaskClient:
+    """A client that keeps cookies, like the tablet's browser (no token)."""
+    return app.test_client()
+
+
+@pytest.fixture
+def auth(app: Flask, browser: FlaskClient) -> AuthActions:
+    return AuthActions(app, browser)
+
+
+def _api_headers(data_dir: Path, roles: str = "clinician,technician") -> dict[str, str]:
+    """A Bearer token made in a data directory, as `edge-app token create` does, as request headers."""
+    store = Store(data_dir)
+    try:
+        secret = Accounts(store).create_token(f"tests-{os.urandom(4).hex()}", parse_roles(roles))
+    finally:
+        store.close()
+    return {"Authorization": f"Bearer {secret}"}
+
+
+@pytest.fixture
+def api_headers(tmp_path: Path) -> dict[str, str]:
+    """The headers of a token for the `server` fixture's data directory."""
+    return _api_headers(tmp_path / "data")
+
+
+@pytest.fixture
+def token_for() -> Callable[..., dict[str, str]]:
+    """Headers of a new token for any data directory (a server started with `launch`)."""
+    return _api_headers
 
 
 @pytest.fixture

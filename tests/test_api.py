@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -72,10 +73,10 @@ def test_unknown_study_and_result(client: FlaskClient) -> None:
     assert client.get("/api/v1/results/999/heatmap.png").get_json()["error"] == "Not Found"
 
 
-def test_upload_over_the_limit_says_the_limit(tmp_path: Path) -> None:
+def test_upload_over_the_limit_says_the_limit(tmp_path: Path, api_client: Callable[[Flask], FlaskClient]) -> None:
     app = create_app({"storage": {"data_dir": str(tmp_path)}, "server": {"max_upload_mb": 1}})
     try:
-        client = app.test_client()
+        client = api_client(app)
         resp = client.post("/api/v1/studies", data=b"\0" * (1024 * 1024 + 1))
         assert resp.status_code == 413 and resp.get_json() == {
             "error": "Request Entity Too Large",
@@ -153,12 +154,14 @@ def test_raw_body_with_a_form_content_type(client: FlaskClient, nih_png: Path) -
     assert resp.status_code == 201 and resp.get_json()["images"][0]["filename"] == "c.png"
 
 
-def test_an_internal_error_fails_that_image_and_the_worker_goes_on(tmp_path: Path, broken_bundle: Path) -> None:
+def test_an_internal_error_fails_that_image_and_the_worker_goes_on(
+    tmp_path: Path, broken_bundle: Path, api_client: Callable[[Flask], FlaskClient]
+) -> None:
     """A model that fails at inference: each image is answered 500 with its reason and marked failed; the worker
     takes the next one (nothing is left queued)."""
     app = create_app({"storage": {"data_dir": str(tmp_path / "data")}, "model": {"bundle": str(broken_bundle)}})
     try:
-        client = app.test_client()
+        client = api_client(app)
         for name in ("a.dcm", "b.dcm"):
             data = (
                 dicom_file("RG1_UNCR.dcm").read_bytes() if name == "a.dcm" else dicom_file("RG1_J2KR.dcm").read_bytes()

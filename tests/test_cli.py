@@ -68,22 +68,26 @@ def test_bench_prints_a_table(cli: Cli, nih: Path) -> None:
     assert [line.split()[0] for line in lines[2:]] == ["decode", "preprocess", "isolation", "infer", "total"]
 
 
-def test_real_server_end_to_end(server: str, tmp_path: Path) -> None:
+def test_real_server_end_to_end(server: str, api_headers: dict[str, str]) -> None:
     health = json.load(urllib.request.urlopen(server + "/health", timeout=10))
     assert health["status"] == "ok" and health["runner"] == "onnxruntime"
 
     data = dicom_file("RG1_UNCR.dcm").read_bytes()
     req = urllib.request.Request(
-        server + "/studies?filename=rg1.dcm", data=data, headers={"Content-Type": "application/dicom"}
+        server + "/studies?filename=rg1.dcm", data=data, headers={"Content-Type": "application/dicom", **api_headers}
     )
     with urllib.request.urlopen(req, timeout=60) as resp:
         assert resp.status == 201
         study = json.load(resp)
     assert study["images"][0]["results"][0]["status"] == "ok"
-    again = json.load(urllib.request.urlopen(f"{server}/studies/{study['uid']}", timeout=10))
+    again = json.load(
+        urllib.request.urlopen(urllib.request.Request(f"{server}/studies/{study['uid']}", headers=api_headers))
+    )
     assert again["uid"] == study["uid"]
 
-    bad = urllib.request.Request(server + "/studies", data=b"\x00" * 300, headers={"Content-Type": "x/y"})
+    bad = urllib.request.Request(
+        server + "/studies", data=b"\x00" * 300, headers={"Content-Type": "x/y", **api_headers}
+    )
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(bad, timeout=10)
     assert info.value.code == 422
@@ -129,12 +133,16 @@ def test_diagnose_exits_3_on_an_internal_error_and_goes_on(
 
 
 def test_sigterm_drains_and_exits_cleanly(
-    tmp_path: Path, launch: Callable[..., subprocess.Popen[str]], free_port: int, nih_png: Path
+    tmp_path: Path,
+    launch: Callable[..., subprocess.Popen[str]],
+    free_port: int,
+    nih_png: Path,
+    api_headers: dict[str, str],
 ) -> None:
     """systemd's stop: the server finishes, the worker stops, the store closes, exit status 0."""
     proc = launch(tmp_path / "data", free_port)
     req = urllib.request.Request(
-        f"http://127.0.0.1:{free_port}/api/v1/studies?filename=a.png", data=nih_png.read_bytes()
+        f"http://127.0.0.1:{free_port}/api/v1/studies?filename=a.png", data=nih_png.read_bytes(), headers=api_headers
     )
     with urllib.request.urlopen(req, timeout=60) as resp:
         assert resp.status == 201

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_app.config import EMBEDDED_BUNDLE, default_data_dir, load_settings
+from edge_app.config import EMBEDDED_BUNDLE, check_secure, default_data_dir, load_settings
 from edge_app.errors import ConfigError
+from edge_app.keys import init_tls
 
 
 def test_defaults() -> None:
@@ -50,11 +51,26 @@ def test_missing_file(tmp_path: Path) -> None:
         load_settings(tmp_path / "none.toml", environ={})
 
 
-def test_refuses_to_serve_the_network_without_a_secret() -> None:
-    with pytest.raises(ConfigError, match=r"refusing to listen on 0.0.0.0"):
-        load_settings(environ={"EDGE_APP_SERVER_HOST": "0.0.0.0"})
-    s = load_settings(environ={"EDGE_APP_SERVER_HOST": "0.0.0.0", "EDGE_APP_SERVER_SECRET_KEY": SECRET})
-    assert s.server.host == "0.0.0.0"
+def test_refuses_to_serve_the_network_without_tls(tmp_path: Path) -> None:
+    env = {"EDGE_APP_SERVER_HOST": "0.0.0.0", "EDGE_APP_STORAGE_DATA_DIR": str(tmp_path)}
+    with pytest.raises(ConfigError, match=r"refusing to listen on 0.0.0.0: .* needs TLS: run `edge-app tls init`"):
+        check_secure(load_settings(environ=env))
+    with pytest.raises(ConfigError, match=r"refusing to listen on 0.0.0.0: TLS file\(s\) not found: .*/none.pem"):
+        check_secure(
+            load_settings(
+                environ={
+                    **env,
+                    "EDGE_APP_SERVER_TLS_CERT": str(tmp_path / "none.pem"),
+                    "EDGE_APP_SERVER_TLS_KEY": str(tmp_path / "none.pem"),
+                }
+            )
+        )
+    with pytest.raises(ConfigError, match="tls_cert and tls_key go together"):
+        load_settings(environ={**env, "EDGE_APP_SERVER_TLS_CERT": str(tmp_path / "cert.pem")})
+    check_secure(load_settings(environ={"EDGE_APP_STORAGE_DATA_DIR": str(tmp_path)}))  # loopback: no TLS needed
+    settings = load_settings(environ=env)
+    init_tls(settings, ["clinic-ai.local"])
+    check_secure(settings)  # `edge-app tls init`'s files are found where they were written
 
 
 SECRET = "Zq8-vR2!mK4pW7xL9nB3cT6yH1jD5fG0"  # 32 characters

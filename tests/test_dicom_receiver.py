@@ -7,12 +7,13 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, StoragePresentationContexts
@@ -66,7 +67,9 @@ def _send(port: int, datasets: list[Dataset], calling: str = "MODALITY") -> list
         assoc.release()
 
 
-def test_every_cr_and_us_file_arrives_and_gets_its_status(app: Flask) -> None:
+def test_every_cr_and_us_file_arrives_and_gets_its_status(
+    app: Flask, api_client: Callable[[Flask], FlaskClient]
+) -> None:
     service, port = _service(app), _port(app)
     datasets = [pydicom.dcmread(p) for p in CR_US]
     assert len(datasets) >= 15
@@ -74,7 +77,7 @@ def test_every_cr_and_us_file_arrives_and_gets_its_status(app: Flask) -> None:
     for start in range(0, len(datasets), 10):  # 128 presentation contexts at most per association
         statuses += _send(port, datasets[start : start + 10])
     assert statuses == [0x0000] * len(datasets)
-    client = app.test_client()
+    client = api_client(app)
     for ds in datasets:
         study = client.get(f"/api/v1/studies/{ds.StudyInstanceUID}").get_json()
         (image,) = [i for i in study["images"] if i["sop_instance_uid"] == ds.SOPInstanceUID]
@@ -85,12 +88,14 @@ def test_every_cr_and_us_file_arrives_and_gets_its_status(app: Flask) -> None:
         assert image["source"].startswith("dicom:MODALITY@127.0.0.1")
 
 
-def test_a_duplicate_is_acknowledged_and_not_stored_twice(app: Flask) -> None:
+def test_a_duplicate_is_acknowledged_and_not_stored_twice(
+    app: Flask, api_client: Callable[[Flask], FlaskClient]
+) -> None:
     ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
     port = _port(app)
     assert _send(port, [ds]) == [0x0000]
     assert _send(port, [ds]) == [0x0000]
-    study = app.test_client().get(f"/api/v1/studies/{ds.StudyInstanceUID}").get_json()
+    study = api_client(app).get(f"/api/v1/studies/{ds.StudyInstanceUID}").get_json()
     assert [i["sop_instance_uid"] for i in study["images"]] == [ds.SOPInstanceUID]
 
 
@@ -163,8 +168,8 @@ def test_calling_ae_titles_and_addresses_outside_the_allow_lists_are_refused(tmp
         services.get_from(app).stop()
 
 
-def test_health_shows_the_receiver(app: Flask) -> None:
-    (source,) = app.test_client().get("/api/v1/health").get_json()["sources"]
+def test_health_shows_the_receiver(app: Flask, api_client: Callable[[Flask], FlaskClient]) -> None:
+    (source,) = api_client(app).get("/api/v1/health").get_json()["sources"]
     assert source["name"] == "dicom" and source["connected"] is True
     assert source["detail"] == f"EDGEAPP on 127.0.0.1:{_port(app)}"
 
@@ -181,7 +186,7 @@ _STORESCU_OPTION = {
 
 
 @pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed (apt-get install dcmtk)")
-def test_dcmtk_storescu_and_echoscu(app: Flask) -> None:
+def test_dcmtk_storescu_and_echoscu(app: Flask, api_client: Callable[[Flask], FlaskClient]) -> None:
     port = str(_port(app))
     echo = subprocess.run(["echoscu", "-aec", "EDGEAPP", "127.0.0.1", port], capture_output=True, text=True)
     assert echo.returncode == 0, echo.stderr
@@ -197,14 +202,16 @@ def test_dcmtk_storescu_and_echoscu(app: Flask) -> None:
             text=True,
         )
         assert sent.returncode == 0, (syntax, sent.stderr)
-    client = app.test_client()
+    client = api_client(app)
     for path in CR_US:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         study = client.get(f"/api/v1/studies/{ds.StudyInstanceUID}").get_json()
         assert ds.SOPInstanceUID in [i["sop_instance_uid"] for i in study["images"]]
 
 
-def test_each_image_goes_to_the_bundles_whose_intended_use_fits(tmp_path: Path, free_port: int) -> None:
+def test_each_image_goes_to_the_bundles_whose_intended_use_fits(
+    tmp_path: Path, free_port: int, api_client: Callable[[Flask], FlaskClient]
+) -> None:
     """A second bundle for ultrasound (the reference model's copy, its manifest saying US): a US image goes to it,
     a chest radiograph to the chest model, and a CT image to none (no_model)."""
     import json
@@ -234,10 +241,10 @@ def test_each_image_goes_to_the_bundles_whose_intended_use_fits(tmp_path: Path, 
         assert int(assoc.send_c_store(ct).Status) == 0
         assoc.release()
         for ds, model in zip(datasets, files.values(), strict=True):
-            study = app.test_client().get(f"/api/v1/studies/{ds.StudyInstanceUID}").get_json()
+            study = api_client(app).get(f"/api/v1/studies/{ds.StudyInstanceUID}").get_json()
             (image,) = study["images"]
             status, reason = service.store.wait_for(image["id"], timeout=60)
-            image = app.test_client().get(f"/api/v1/studies/{ds.StudyInstanceUID}").get_json()["images"][0]
+            image = api_client(app).get(f"/api/v1/studies/{ds.StudyInstanceUID}").get_json()["images"][0]
             if model is None:
                 assert status == "no_model" and "modality CT" in str(reason) and image["results"] == []
             else:
@@ -277,7 +284,7 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def test_dicom_over_tls(tmp_path: Path, free_port: int) -> None:
+def test_dicom_over_tls(tmp_path: Path, free_port: int, api_client: Callable[[Flask], FlaskClient]) -> None:
     """With tls_cert and tls_key the receiver speaks TLS only: a TLS peer trusting the certificate stores an
     image; a plain peer gets no association."""
     import ssl
@@ -310,7 +317,7 @@ def test_dicom_over_tls(tmp_path: Path, free_port: int) -> None:
         plain.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
         plain.acse_timeout = plain.network_timeout = 3
         assert not plain.associate("127.0.0.1", free_port, ae_title="EDGEAPP").is_established
-        health = app.test_client().get("/api/v1/health").get_json()
+        health = api_client(app).get("/api/v1/health").get_json()
         assert health["sources"][0]["detail"].endswith("(TLS)")
     finally:
         services.get_from(app).stop()

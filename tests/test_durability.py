@@ -42,18 +42,19 @@ def _kill_while_sending(proc: subprocess.Popen[str], send: Callable[[threading.E
 def _wait_until_idle(port: int, timeout: float) -> None:
     """Until the restarted service has diagnosed everything queued."""
     deadline = time.monotonic() + timeout
-    while _get(port, "/health")["queued"] and time.monotonic() < deadline:
+    while _get(port, "/health", {})["queued"] and time.monotonic() < deadline:
         time.sleep(0.2)
 
 
-def _get(port: int, path: str) -> dict:  # type: ignore[type-arg]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1{path}", timeout=30) as resp:
+def _get(port: int, path: str, headers: dict[str, str]) -> dict:  # type: ignore[type-arg]
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1{path}", headers=headers)
+    with urllib.request.urlopen(req, timeout=30) as resp:
         return json.load(resp)  # type: ignore[no-any-return]
 
 
 @pytest.mark.slow
 def test_kill_9_while_images_arrive_loses_nothing_acknowledged(
-    tmp_path: Path, launch: Callable[..., subprocess.Popen[str]], free_port: int
+    tmp_path: Path, launch: Callable[..., subprocess.Popen[str]], free_port: int, api_headers: dict[str, str]
 ) -> None:
     data_dir, port = tmp_path / "data", free_port
     acknowledged: dict[int, str] = {}  # image id -> study uid
@@ -65,7 +66,9 @@ def test_kill_9_while_images_arrive_loses_nothing_acknowledged(
             nonlocal seed
             while not stop.is_set():
                 seed += 1
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/studies?filename={seed}.png", _png(seed))
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/api/v1/studies?filename={seed}.png", _png(seed), headers=api_headers
+                )
                 try:
                     with urllib.request.urlopen(req, timeout=30) as resp:
                         body = json.load(resp)
@@ -80,14 +83,19 @@ def test_kill_9_while_images_arrive_loses_nothing_acknowledged(
         _wait_until_idle(port, 120)
         assert len(acknowledged) >= 10, "the test sent too little to mean anything"
         for image_id, uid in acknowledged.items():
-            (image,) = [i for i in _get(port, f"/studies/{uid}")["images"] if i["id"] == image_id]
+            (image,) = [i for i in _get(port, f"/studies/{uid}", api_headers)["images"] if i["id"] == image_id]
             assert image["status"] == "done" and image["results"][0]["status"] == "ok"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
     db = sqlite3.connect(data_dir / "edge-app.sqlite3")
-    referenced = {r[0] for r in db.execute("SELECT sha256 FROM images UNION SELECT heatmap_sha256 FROM results")}
+    referenced = {
+        r[0]
+        for r in db.execute(
+            "SELECT sha256 FROM images UNION SELECT view_sha256 FROM images UNION SELECT heatmap_sha256 FROM results"
+        )
+    }
     unfinished = db.execute("SELECT count(*) FROM jobs WHERE state != 'done'").fetchone()[0]
     db.close()
     stored = {p.name for p in (data_dir / "files").rglob("*") if p.is_file()}
@@ -97,7 +105,7 @@ def test_kill_9_while_images_arrive_loses_nothing_acknowledged(
 
 @pytest.mark.slow
 def test_kill_9_while_a_modality_sends_loses_no_acknowledged_image(
-    tmp_path: Path, launch: Callable[..., subprocess.Popen[str]], free_port: int
+    tmp_path: Path, launch: Callable[..., subprocess.Popen[str]], free_port: int, api_headers: dict[str, str]
 ) -> None:
     """The same over DICOM: every C-STORE answered Success is there after restart, with its result."""
     import socket
@@ -141,7 +149,7 @@ def test_kill_9_while_a_modality_sends_loses_no_acknowledged_image(
         _wait_until_idle(port, 180)
         assert len(acknowledged) >= 5
         for uid in acknowledged:
-            (image,) = _get(port, f"/studies/{uid}")["images"]
+            (image,) = _get(port, f"/studies/{uid}", api_headers)["images"]
             assert image["status"] == "done" and image["results"][0]["status"] == "ok"
     finally:
         proc.terminate()

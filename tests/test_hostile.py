@@ -105,16 +105,22 @@ def test_the_api_keeps_it_and_answers_422(item: Hostile, hostile_dir: Path, clie
     assert image["status"] == "rejected" and image["size"] == (hostile_dir / item.name).stat().st_size
 
 
-def test_a_real_server_answers_a_decoder_panic_and_lives(server: str, hostile_dir: Path) -> None:
+def test_a_real_server_answers_a_decoder_panic_and_lives(
+    server: str, hostile_dir: Path, api_headers: dict[str, str]
+) -> None:
     """The RLE panic left the request unanswered and its socket in CLOSE-WAIT: now a 422, then a good image."""
     for _ in range(3):
         req = urllib.request.Request(
-            server + "/studies?filename=rle.dcm", data=(hostile_dir / "rle_rows_disagree.dcm").read_bytes()
+            server + "/studies?filename=rle.dcm",
+            data=(hostile_dir / "rle_rows_disagree.dcm").read_bytes(),
+            headers=api_headers,
         )
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(req, timeout=30)
         assert info.value.code == 422
-    req = urllib.request.Request(server + "/studies?filename=rg1.dcm", data=dicom_file("RG1_UNCR.dcm").read_bytes())
+    req = urllib.request.Request(
+        server + "/studies?filename=rg1.dcm", data=dicom_file("RG1_UNCR.dcm").read_bytes(), headers=api_headers
+    )
     with urllib.request.urlopen(req, timeout=60) as resp:
         assert resp.status == 201
 

@@ -14,6 +14,7 @@ from typing import Any
 import pydicom
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
@@ -61,8 +62,8 @@ def _app(tmp_path: Path, port: int, retry_s: float = 30.0) -> Flask:
     )
 
 
-def _post(app: Flask) -> dict:  # type: ignore[type-arg]
-    resp = app.test_client().post("/api/v1/studies?filename=rg1.dcm", data=dicom_file("RG1_UNCR.dcm").read_bytes())
+def _post(client: FlaskClient) -> dict:  # type: ignore[type-arg]
+    resp = client.post("/api/v1/studies?filename=rg1.dcm", data=dicom_file("RG1_UNCR.dcm").read_bytes())
     assert resp.status_code == 201
     return resp.get_json()  # type: ignore[no-any-return]
 
@@ -74,10 +75,13 @@ def pacs(free_port: int) -> Iterator[Pacs]:
     p.stop()
 
 
-def test_the_report_and_the_heatmap_capture_reach_the_pacs(tmp_path: Path, pacs: Pacs, free_port: int) -> None:
+def test_the_report_and_the_heatmap_capture_reach_the_pacs(
+    tmp_path: Path, pacs: Pacs, free_port: int, api_client: Callable[[Flask], FlaskClient]
+) -> None:
     app = _app(tmp_path, free_port)
     try:
-        study = _post(app)
+        client = api_client(app)
+        study = _post(client)
         _until(lambda: len(pacs.received) == 2)
         by_class = {str(ds.SOPClassUID): ds for ds in pacs.received}
         sr, sc = by_class[ComprehensiveSRStorage], by_class[SecondaryCaptureImageStorage]
@@ -92,28 +96,31 @@ def test_the_report_and_the_heatmap_capture_reach_the_pacs(tmp_path: Path, pacs:
         evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
         assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
         assert sc.PhotometricInterpretation == "RGB" and sc.pixel_array.shape[2] == 3
-        assert max(sc.pixel_array.shape[:2]) == 512, "the preview, not the 1955x1841 original"
-        _until(lambda: [o["state"] for o in _image(app, study)["outputs"]] == ["sent", "sent"])
+        assert max(sc.pixel_array.shape[:2]) == 1024, "the preview, not the 1955x1841 original"
+        _until(lambda: [o["state"] for o in _image(client, study)["outputs"]] == ["sent", "sent"])
     finally:
         services.get_from(app).stop()
 
 
-def _image(app: Flask, study: dict) -> dict:  # type: ignore[type-arg]
-    body = app.test_client().get(f"/api/v1/studies/{study['uid']}").get_json()
+def _image(client: FlaskClient, study: dict) -> dict:  # type: ignore[type-arg]
+    body = client.get(f"/api/v1/studies/{study['uid']}").get_json()
     return body["images"][0]  # type: ignore[no-any-return]
 
 
-def test_a_destination_that_is_away_gets_them_when_it_is_back(tmp_path: Path, free_port: int) -> None:
+def test_a_destination_that_is_away_gets_them_when_it_is_back(
+    tmp_path: Path, free_port: int, api_client: Callable[[Flask], FlaskClient]
+) -> None:
     app = _app(tmp_path, free_port, retry_s=0.2)
     try:
-        study = _post(app)
-        _until(lambda: any(o["attempts"] >= 1 for o in _image(app, study)["outputs"]))
-        outputs = _image(app, study)["outputs"]
+        client = api_client(app)
+        study = _post(client)
+        _until(lambda: any(o["attempts"] >= 1 for o in _image(client, study)["outputs"]))
+        outputs = _image(client, study)["outputs"]
         assert {o["state"] for o in outputs} == {"queued"} and outputs[0]["last_error"]
         pacs = Pacs(free_port)
         try:
             _until(lambda: len(pacs.received) == 2)
-            _until(lambda: {o["state"] for o in _image(app, study)["outputs"]} == {"sent"})
+            _until(lambda: {o["state"] for o in _image(client, study)["outputs"]} == {"sent"})
         finally:
             pacs.stop()
     finally:
@@ -121,7 +128,9 @@ def test_a_destination_that_is_away_gets_them_when_it_is_back(tmp_path: Path, fr
 
 
 @pytest.mark.skipif(shutil.which("storescp") is None, reason="dcmtk is not installed (apt-get install dcmtk)")
-def test_dcmtk_storescp_receives_and_dsrdump_reads_the_report(tmp_path: Path, free_port: int) -> None:
+def test_dcmtk_storescp_receives_and_dsrdump_reads_the_report(
+    tmp_path: Path, free_port: int, api_client: Callable[[Flask], FlaskClient]
+) -> None:
     received = tmp_path / "received"
     received.mkdir()
     scp = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(received), "+xa", str(free_port)])
@@ -129,7 +138,7 @@ def test_dcmtk_storescp_receives_and_dsrdump_reads_the_report(tmp_path: Path, fr
         time.sleep(0.5)
         app = _app(tmp_path, free_port)
         try:
-            _post(app)
+            _post(api_client(app))
             _until(lambda: len(list(received.iterdir())) == 2)
         finally:
             services.get_from(app).stop()

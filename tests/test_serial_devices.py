@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flask import Flask
+from flask.testing import FlaskClient
 from PIL import Image
 
 from edge_app.capture.devices import Profile, load_profile
@@ -189,7 +191,7 @@ def test_a_real_tty_from_socat_with_an_unplug_and_replug(store: Store, tmp_path:
         socat.wait()
 
 
-def test_the_service_shows_each_device_in_health(tmp_path: Path) -> None:
+def test_the_service_shows_each_device_in_health(tmp_path: Path, api_client: Callable[[Flask], FlaskClient]) -> None:
     from edge_app.web import create_app, services
 
     profile = tmp_path / "gen.toml"
@@ -199,7 +201,7 @@ def test_the_service_shows_each_device_in_health(tmp_path: Path) -> None:
         {"storage": {"data_dir": str(tmp_path / "data")}, "capture": {"serial": {"profiles": [str(profile)]}}}
     )
     try:
-        (state,) = app.test_client().get("/api/v1/health").get_json()["sources"]
+        (state,) = api_client(app).get("/api/v1/health").get_json()["sources"]
         assert state["name"] == "serial:xray-generator" and state["connected"] is False
         _until(lambda: "nonexistent0" in str(services.get_from(app).sources[0].state()["detail"]))
     finally:

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from flask import Flask
+from flask.testing import FlaskClient
 
 from conftest import EDGE_APP
 from edge_app.systemd import Watchdog, notify, watchdog_interval
@@ -138,7 +140,9 @@ def test_the_udev_rules_are_well_formed() -> None:
         assert all(pair.match(part.strip()) for part in line.split(",")), line
 
 
-def test_engines_without_tensorrt_leave_the_reason_for_health(tmp_path: Path) -> None:
+def test_engines_without_tensorrt_leave_the_reason_for_health(
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient]
+) -> None:
     """Here (no TensorRT): exit 0, the reason printed and kept; /api/v1/health shows it."""
     from edge_app.web import create_app, services
 
@@ -149,7 +153,7 @@ def test_engines_without_tensorrt_leave_the_reason_for_health(tmp_path: Path) ->
     assert proc.stdout.rstrip().endswith("the service runs it on ONNX Runtime")
     app = create_app({"storage": {"data_dir": str(tmp_path)}})
     try:
-        engines = app.test_client().get("/api/v1/health").get_json()["engines"]
+        engines = api_client(app).get("/api/v1/health").get_json()["engines"]
         assert engines["cxr-reference 1.1.0"]["status"] == "unavailable"
     finally:
         services.get_from(app).stop()

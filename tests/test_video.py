@@ -10,6 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pydicom
+from flask import Flask
+from flask.testing import FlaskClient
 
 from edge_app.config import Settings
 from edge_app.ingest import Event
@@ -72,7 +74,7 @@ def test_a_trigger_stores_the_current_frame_as_an_ultrasound_image(tmp_path: Pat
         service.stop()
 
 
-def test_the_api_capture_button(tmp_path: Path) -> None:
+def test_the_api_capture_button(tmp_path: Path, api_client: Callable[[Flask], FlaskClient]) -> None:
     video = tmp_path / "clip.avi"
     _write_video(video)
     app = create_app(
@@ -84,7 +86,7 @@ def test_the_api_capture_button(tmp_path: Path) -> None:
     try:
         service = services.get_from(app)
         _until(lambda: service.sources[0].state()["frame"] == FRAMES - 1)
-        resp = app.test_client().post("/api/v1/capture")
+        resp = api_client(app).post("/api/v1/capture")
         assert resp.status_code == 202
         (study,) = service.store.list_studies()
         assert study["images"][0]["source"] == f"video:{video}"
@@ -111,7 +113,7 @@ def test_a_grabber_that_appears_later_is_opened(tmp_path: Path) -> None:
         service.stop()
 
 
-def test_live_inference_and_the_mjpeg_preview(tmp_path: Path) -> None:
+def test_live_inference_and_the_mjpeg_preview(tmp_path: Path, api_client: Callable[[Flask], FlaskClient]) -> None:
     """With infer_every, frames go through the models that read ultrasound (none here: the chest model's result
     list is empty, and says so); the preview streams JPEG frames."""
     video = tmp_path / "live.avi"
@@ -123,7 +125,7 @@ def test_live_inference_and_the_mjpeg_preview(tmp_path: Path) -> None:
         }
     )
     try:
-        client = app.test_client()
+        client = api_client(app)
         _until(lambda: client.get("/api/v1/video/live").status_code == 200)
         live = client.get("/api/v1/video/live").get_json()
         assert live["frame"] % 4 == 0 and live["models"] == [], "no model here reads US"
@@ -136,7 +138,9 @@ def test_live_inference_and_the_mjpeg_preview(tmp_path: Path) -> None:
         services.get_from(app).stop()
 
 
-def test_live_inference_runs_the_model_that_reads_the_feed(tmp_path: Path) -> None:
+def test_live_inference_runs_the_model_that_reads_the_feed(
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient]
+) -> None:
     """A video feed stored as modality CR (a digitised radiograph on a frame grabber) goes to the chest model."""
     video = tmp_path / "cr.avi"
     _write_video(video)
@@ -147,7 +151,7 @@ def test_live_inference_runs_the_model_that_reads_the_feed(tmp_path: Path) -> No
         }
     )
     try:
-        client = app.test_client()
+        client = api_client(app)
         _until(lambda: client.get("/api/v1/video/live").status_code == 200)
         (model,) = client.get("/api/v1/video/live").get_json()["models"]
         assert model["model"]["name"] == "cxr-reference" and model["status"] == "ok" and len(model["findings"]) == 5

@@ -31,6 +31,8 @@ class ImageHeader:
     patient_id: str = ""
     sop_class: str = ""
     sop_class_uid: str = ""
+    patient_name: str = ""  # shown on the tablet and the report; never logged
+    device: str = ""  # the modality that made it: manufacturer, model, station
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +99,10 @@ def _dicom_header(path: Path, source: str) -> ImageHeader:
                 patient_id=text("PatientID"),
                 sop_class=getattr(sop_class, "name", str(sop_class or "")),
                 sop_class_uid=str(sop_class or ""),
+                patient_name=" ".join(text("PatientName").replace("^", " ").split()),
+                device=" ".join(
+                    dict.fromkeys(v for v in map(text, ("Manufacturer", "ManufacturerModelName", "StationName")) if v)
+                ),
             )
     except ImageRejected:
         raise

@@ -30,7 +30,7 @@ class Prepared:
     preview: NDArray[np.uint8] | None = None  # the image as shown, at most PREVIEW_SIDE pixels a side
 
 
-PREVIEW_SIDE = 512
+PREVIEW_SIDE = 1024  # the tablet shows it, zoomable; the heatmap capture is made on it
 
 
 def prepare(data: bytes | Path | str, source: str, limits: DecodeLimits, manifest: Manifest) -> Prepared:

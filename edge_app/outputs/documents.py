@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from edge_app.imaging.encode import heatmap_overlay
 from edge_app.imaging.header import ImageHeader
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
@@ -100,17 +101,9 @@ def findings_report(
 
 def heatmap_capture(header: ImageHeader, preview: NDArray[np.uint8], heatmap: NDArray[np.float32], label: str) -> bytes:
     """A Secondary Capture of the image (its preview) with the heatmap laid over it in red."""
-    from PIL import Image
     from pydicom.pixels.utils import set_pixel_data
 
-    base = preview if preview.ndim == 3 else np.repeat(preview[:, :, np.newaxis], 3, axis=2)
-    height, width = base.shape[:2]
-    heat = np.asarray(
-        Image.fromarray(heatmap.astype(np.float32), mode="F").resize((width, height), Image.Resampling.BILINEAR)
-    )
-    alpha = 0.5 * np.clip(heat, 0.0, 1.0)[:, :, np.newaxis]
-    red = np.array([255.0, 0.0, 0.0])
-    rgb = np.round(base * (1.0 - alpha) + red * alpha).astype(np.uint8)
+    rgb = heatmap_overlay(preview, heatmap)
     ds = _base(header, SECONDARY_CAPTURE, "OT", 902)
     ds.ConversionType, ds.ImageComments = "WSD", f"Heatmap of {label}; not for clinical use"
     set_pixel_data(ds, rgb, "RGB", 8)

@@ -14,6 +14,8 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -84,6 +86,7 @@ class Outcome:
     reason: str | None = None
     metadata: dict[str, Any] | None = None
     results: list[ModelResult] = field(default_factory=list)
+    view: bytes | None = None  # the image as the tablet shows it (JPEG)
 
 
 def _now() -> str:
@@ -119,6 +122,22 @@ class Store:
     def pragma(self, name: str) -> Any:
         """Read a PRAGMA (for health checks and tests)."""
         return self._db.execute(f"PRAGMA {name}").fetchone()[0]
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """The connection inside one immediate transaction: committed at the end, rolled back on any error."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
 
     # -- files -------------------------------------------------------------------------------------------------
 
@@ -273,6 +292,7 @@ class Store:
     def finish_job(self, job: Job, outcome: Outcome) -> None:
         """Record a job's outcome in one transaction (heatmap files first), then wake whoever waits for it."""
         heatmaps = [(r.heatmap[0], self.put_file(r.heatmap[1])) if r.heatmap else (None, None) for r in outcome.results]
+        view = self.put_file(outcome.view) if outcome.view else None
         now = _now()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -296,8 +316,8 @@ class Store:
                     )
                 metadata = {**job.metadata, **(outcome.metadata or {})}
                 self._db.execute(
-                    "UPDATE images SET status = ?, reason = ?, metadata = ? WHERE id = ?",
-                    (outcome.status, outcome.reason, json.dumps(metadata), job.image_id),
+                    "UPDATE images SET status = ?, reason = ?, metadata = ?, view_sha256 = ? WHERE id = ?",
+                    (outcome.status, outcome.reason, json.dumps(metadata), view, job.image_id),
                 )
                 self._db.execute("UPDATE jobs SET state = 'done', updated_at = ? WHERE id = ?", (now, job.id))
                 self._db.execute("COMMIT")
@@ -402,6 +422,7 @@ class Store:
                         "filename": image["filename"],
                         "sha256": image["sha256"],
                         "size": image["size"],
+                        "view_sha256": image["view_sha256"],
                         "received_at": image["created_at"],
                         "metadata": json.loads(image["metadata"]),
                         "results": [_result_dict(r) for r in results],
@@ -439,6 +460,7 @@ class Store:
                 r[0]
                 for r in self._db.execute(
                     "SELECT sha256 FROM images UNION SELECT sha256 FROM outbox "
+                    "UNION SELECT view_sha256 FROM images WHERE view_sha256 IS NOT NULL "
                     "UNION SELECT heatmap_sha256 FROM results WHERE heatmap_sha256 IS NOT NULL"
                 )
             }

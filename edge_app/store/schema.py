@@ -138,7 +138,52 @@ def _to_v3(db: sqlite3.Connection, now: str) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection, str], None]] = [_to_v1, _to_v2, _to_v3]
+# Version 4: the people who use the tablet, API tokens, clinicians' reviews, the image as shown; the audit log
+# becomes append-only (a row can be neither changed nor deleted).
+_V4 = """
+CREATE TABLE users (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    roles TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    language TEXT NOT NULL DEFAULT 'en',
+    created_at TEXT NOT NULL,
+    disabled_at TEXT,
+    epoch INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE tokens (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    roles TEXT NOT NULL,
+    digest TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+);
+CREATE TABLE reviews (
+    id INTEGER PRIMARY KEY,
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    result_id INTEGER NOT NULL REFERENCES results(id),
+    author TEXT NOT NULL,
+    at TEXT NOT NULL,
+    verdicts TEXT NOT NULL,
+    note TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX reviews_image ON reviews(image_id);
+ALTER TABLE images ADD COLUMN view_sha256 TEXT
+"""
+_APPEND_ONLY = [  # one statement each: a trigger's body holds semicolons
+    f"CREATE TRIGGER audit_no_{verb.lower()} BEFORE {verb} ON audit "
+    "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
+    for verb in ("UPDATE", "DELETE")
+]
+
+
+def _to_v4(db: sqlite3.Connection, now: str) -> None:
+    for statement in [*_statements(_V4), *_APPEND_ONLY]:
+        db.execute(statement)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection, str], None]] = [_to_v1, _to_v2, _to_v3, _to_v4]
 VERSION = len(MIGRATIONS)
 
 

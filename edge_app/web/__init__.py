@@ -7,7 +7,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Request, jsonify
+from flask import Flask, Request, jsonify, render_template, request
+from flask_babel import get_locale
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
@@ -15,8 +16,9 @@ from werkzeug.formparser import FormDataParser
 from edge_app.bundle import format_validation_error
 from edge_app.config import Settings, check_secure, load_settings
 from edge_app.errors import ConfigError
-from edge_app.web import services
-from edge_app.web.api import bp as api_bp
+from edge_app.keys import session_secret
+from edge_app.web import admin, api, auth, devices, i18n, security, services, study, worklist
+from edge_app.web.forms import LanguageForm
 
 log = logging.getLogger(__name__)
 
@@ -37,25 +39,46 @@ def create_app(test_config: Mapping[str, Any] | Settings | None = None) -> Flask
 
     app = Flask(__name__)
     app.request_class = _Request
-    app.config.update(
-        SECRET_KEY=settings.server.secret_key or os.urandom(32).hex(),
-        MAX_CONTENT_LENGTH=settings.server.max_upload_mb * 1024 * 1024,
-        JSON_SORT_KEYS=False,
-    )
-    services.init_app(app, settings)
-    app.register_blueprint(api_bp)
+    app.config.update(MAX_CONTENT_LENGTH=settings.server.max_upload_mb * 1024 * 1024, JSON_SORT_KEYS=False)
+    services.init_app(app, settings)  # first: the data directory is checked there, in plain words
+    app.config["SECRET_KEY"] = session_secret(settings)
+    security.init_app(app, settings)
+    i18n.init_app(app, settings)
+    for blueprint in (auth.bp, worklist.bp, study.bp, devices.bp, admin.bp, api.bp):
+        app.register_blueprint(blueprint)
+    app.view_functions["static"] = security.public(app.view_functions["static"])
+
+    @app.context_processor
+    def _page() -> dict[str, Any]:
+        principal = security.current()
+        roles = principal.roles if principal is not None else frozenset()
+        return {
+            "principal": principal,
+            "roles": roles,
+            "can": lambda *wanted: bool(roles & set(wanted)),
+            "locale": str(get_locale()),
+            "idle_s": settings.server.idle_logout_min * 60,
+            "language_form": LanguageForm(language=principal.user.language if principal and principal.user else "en"),
+        }
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge) -> Any:
         limit = settings.server.max_upload_mb
         detail = f"the upload is larger than the limit of {limit} MB (server.max_upload_mb)"
-        return jsonify(error=exc.name, detail=detail), 413
+        return _error(exc, detail, 413)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Any:
-        return jsonify(error=exc.name, detail=exc.description), exc.code or 500
+        return _error(exc, exc.description or "", exc.code or 500)
 
     return app
+
+
+def _error(exc: HTTPException, detail: str, code: int) -> Any:
+    """JSON for the API, a page for the tablet."""
+    if request.path.startswith("/api/"):
+        return jsonify(error=exc.name, detail=detail), code
+    return render_template("error.html", code=code, name=exc.name, detail=detail), code
 
 
 class _Request(Request):

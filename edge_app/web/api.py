@@ -1,4 +1,5 @@
-"""The JSON API for tablets and integrations, under /api/v1."""
+"""The JSON API for tablets and integrations, under /api/v1: a session or a Bearer token (`edge-app token
+create`) for everything but /health, which tells no patient data."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from edge_app.errors import NotFound
+from edge_app.imaging.encode import jpeg
 from edge_app.ingest import Event
 from edge_app.runtime.engines import engine_status
-from edge_app.web import services
+from edge_app.web import security, services
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -23,6 +25,7 @@ def _not_found(exc: NotFound) -> Any:
 
 
 @bp.get("/health")
+@security.public
 def health() -> Any:
     svc = services.get()
     first = svc.registry.diagnosers[0]
@@ -51,6 +54,7 @@ _ANSWERS = {
 
 
 @bp.post("/studies")
+@security.requires("clinician", "technician")
 def create_study() -> Any:
     """Take one image (multipart field `file`, or the raw body with ?filename=), hand it to ingest and wait for
     its result: 201 with the study, 202 while it is still queued, 422 or 500 with the reason and the study."""
@@ -80,6 +84,7 @@ def create_study() -> Any:
 
 
 @bp.post("/capture")
+@security.requires("clinician", "technician")
 def capture() -> Any:
     """Take the current video frame as a study (the tablet's capture button; a footswitch does the same)."""
     svc = services.get()
@@ -90,6 +95,7 @@ def capture() -> Any:
 
 
 @bp.get("/video/live")
+@security.requires("clinician", "technician")
 def video_live() -> Any:
     """The newest live-inference result on the video feed ([capture.video] infer_every)."""
     live = services.get().live
@@ -102,6 +108,7 @@ def video_live() -> Any:
 
 
 @bp.get("/video.mjpeg")
+@security.requires("clinician", "technician")
 def video_preview() -> Response:
     """The video feed as MJPEG for the tablet (multipart/x-mixed-replace), at most PREVIEW_FPS frames a second;
     each viewer holds one request thread while it watches."""
@@ -117,7 +124,7 @@ def video_preview() -> Response:
             number, rgb = latest()
             if rgb is not None and number != shown:
                 shown = number
-                yield b"--frame\r\nContent-Type: image/jpeg\r\n\r\n" + _jpeg(rgb) + b"\r\n"
+                yield b"--frame\r\nContent-Type: image/jpeg\r\n\r\n" + jpeg(rgb, quality=70) + b"\r\n"
             svc.stopping.wait(1.0 / PREVIEW_FPS)
 
     return Response(frames(), mimetype="multipart/x-mixed-replace; boundary=frame")
@@ -126,32 +133,25 @@ def video_preview() -> Response:
 PREVIEW_FPS = 10
 
 
-def _jpeg(rgb: Any) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=70)
-    return buf.getvalue()
-
-
 def _bad_request(detail: str) -> Any:
     return jsonify(error="Bad Request", detail=detail), 400
 
 
 @bp.get("/studies")
+@security.requires("clinician")
 def list_studies() -> Any:
     limit = min(max(request.args.get("limit", 50, type=int) or 50, 1), 500)
     return jsonify(studies=services.get().store.list_studies(limit))
 
 
 @bp.get("/studies/<uid>")
+@security.requires("clinician")
 def get_study(uid: str) -> Any:
     return jsonify(services.get().store.get_study(uid))
 
 
 @bp.get("/results/<int:result_id>/heatmap.png")
+@security.requires("clinician")
 def result_heatmap(result_id: int) -> Response:
     store = services.get().store
     result = store.get_result(result_id)

@@ -13,7 +13,11 @@ _KEY = "edge_app"
 def init_app(app: Flask, settings: Settings) -> None:
     """Start the service (store, models, worker) for this app; `get_from(app).stop()` ends it."""
     service = Service(settings)
-    service.start()
+    try:
+        service.start()
+    except BaseException:
+        service.stop()
+        raise
     app.extensions[_KEY] = service
 
 

@@ -1,0 +1,149 @@
+"""The printable report of a study: one A4 page (reportlab) with the patient, the image and its heatmap, the
+findings, the model and the clinician's review. Built-in PDF fonts only: nothing to download, Latin-1 text."""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from edge_app.imaging.encode import heatmap_overlay, jpeg
+from edge_app.store.reviews import Review
+
+Translate = Callable[..., str]
+_INK, _RED, _GREY = (0.1, 0.1, 0.1), (0.75, 0.05, 0.05), (0.45, 0.45, 0.45)
+
+
+def study_report(
+    study: dict[str, Any],
+    pictures: Mapping[int, bytes],
+    heatmaps: Mapping[int, bytes],
+    reviews: Mapping[int, Sequence[Review]],
+    _: Translate,
+) -> bytes:
+    """The PDF of the study's first image with findings (else its first image), in the language of `_`."""
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.units import mm
+    from reportlab.pdfgen.canvas import Canvas
+
+    images = study["images"]
+    image = next((i for i in images if any(r["status"] == "ok" for r in i["results"])), images[0] if images else None)
+    buf = io.BytesIO()
+    pdf = Canvas(buf, pagesize=A4, pageCompression=1, invariant=1)
+    pdf.setTitle(_("AI triage report"))
+    width, height = A4
+    left, y = 18 * mm, height - 20 * mm
+
+    def line(text: str, size: float = 10, bold: bool = False, color: tuple[float, float, float] = _INK) -> None:
+        nonlocal y
+        pdf.setFillColorRGB(*color)
+        pdf.setFont("Helvetica-Bold" if bold else "Helvetica", size)
+        pdf.drawString(left, y, _latin1(text))
+        y -= size * 1.45
+
+    t = {  # the words of the page, each its own message (the extractor does not look inside f-strings)
+        "patient": _("Patient"),
+        "study": _("Study"),
+        "received": _("Received"),
+        "image": _("Image"),
+        "exposure": _("Exposure"),
+        "no_findings": _("No findings"),
+        "model": _("Model"),
+        "clinician": _("clinician"),
+        "threshold": _("threshold"),
+    }
+    line(_("AI triage report"), 16, bold=True)
+    line(_("AI result: to be confirmed by a clinician. Not a diagnosis."), 11, bold=True, color=_RED)
+    meta = image["metadata"] if image else {}
+    patient = " ".join(
+        x for x in (meta.get("patient_name", ""), f"({study['patient_id']})" if study["patient_id"] else "") if x
+    )
+    line(f"{t['patient']}: {patient or '-'}")
+    line(f"{t['study']}: {study['uid']}   {t['received']}: {study['created_at'][:19].replace('T', ' ')} UTC")
+    if image is not None:
+        details = [meta.get("modality", ""), meta.get("body_part", ""), meta.get("view", ""), meta.get("device", "")]
+        line(f"{t['image']}: {' '.join(d for d in details if d) or image['filename']}")
+        exposure = meta.get("exposure")
+        if exposure:
+            line(f"{t['exposure']}: " + ", ".join(f"{k} {v}" for k, v in exposure.items() if k != "source"))
+    y -= 4 * mm
+    result = next((r for r in reversed(image["results"]) if r["status"] == "ok"), None) if image else None
+    picture = pictures.get(image["id"]) if image else None
+    if picture is not None:
+        y = _pictures(pdf, picture, heatmaps.get(result["id"]) if result else None, left, y, width - 2 * left, _)
+    if image is None or result is None:
+        why = (image["reason"] or image["status"]) if image else _("the study holds no image")
+        line(f"{t['no_findings']}: {why}", 11, bold=True)
+    else:
+        model = result["model"]
+        line(
+            f"{t['model']}: {model.get('name', '')} {model.get('version', '')} "
+            f"({model.get('precision', '')}, {model.get('runner', '')})",
+            color=_GREY,
+        )
+        y -= 2 * mm
+        line(_("Findings"), 12, bold=True)
+        latest = reviews.get(image["id"], [])
+        verdicts = latest[0].verdicts if latest else {}
+        said = {"agree": _("agrees"), "disagree": _("disagrees")}
+        for f in sorted(result["findings"], key=lambda f: -f["probability"]):
+            mark = _("positive") if f["positive"] else _("negative")
+            verdict = f"   {t['clinician']}: {said[verdicts[f['label']]]}" if f["label"] in verdicts else ""
+            line(
+                f"{f['label']}: {f['probability']:.2f} ({t['threshold']} {f['threshold']:.2f}, {mark}){verdict}",
+                bold=f["positive"],
+            )
+        y -= 2 * mm
+        line(_("Review"), 12, bold=True)
+        if latest:
+            line(f"{latest[0].author}, {latest[0].at[:16].replace('T', ' ')} UTC")
+            for chunk in _wrap(latest[0].note, 95):
+                line(chunk)
+        else:
+            line(_("Not reviewed yet."), color=_RED)
+    if len(images) > 1:
+        line(_("%(count)d more image(s) in this study: see the tablet.", count=len(images) - 1), color=_GREY)
+    pdf.setFont("Helvetica", 7)
+    pdf.setFillColorRGB(*_GREY)
+    pdf.drawString(
+        left, 10 * mm, _latin1(_("Made by the clinic's AI appliance. Not for use as the sole basis of care."))
+    )
+    pdf.showPage()
+    pdf.save()
+    return buf.getvalue()
+
+
+def _pictures(
+    pdf: Any, picture: bytes, heatmap: bytes | None, x: float, top: float, width: float, _: Translate
+) -> float:
+    """The image, and beside it the image with its heatmap; return the y below them."""
+    from PIL import Image
+    from reportlab.lib.utils import ImageReader
+
+    base = np.asarray(Image.open(io.BytesIO(picture)).convert("L"))
+    panels = [base]
+    if heatmap is not None:
+        heat = np.asarray(Image.open(io.BytesIO(heatmap)).convert("L"), dtype=np.float32) / 255.0
+        panels.append(heatmap_overlay(base, heat))
+    gap = 6.0
+    side = min((width - gap) / 2, 80 * 72 / 25.4)
+    h, w = base.shape[:2]
+    scale = side / max(h, w)
+    for n, panel in enumerate(panels):
+        # As JPEG: the PDF carries it as it is (DCT), a fraction of the raw pixels' size.
+        picture = ImageReader(io.BytesIO(jpeg(panel, quality=85)))
+        pdf.drawImage(picture, x + n * (side + gap), top - h * scale, w * scale, h * scale)
+    return float(top - h * scale - 14)
+
+
+def _latin1(text: str) -> str:
+    """Helvetica covers Latin-1 (French and Portuguese accents); anything beyond it becomes '?'."""
+    return text.encode("latin-1", "replace").decode("latin-1")
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """The note as lines, at most 8 (the page has room for no more)."""
+    return [line for paragraph in text.splitlines() for line in textwrap.wrap(paragraph, width) or [""]][:8]

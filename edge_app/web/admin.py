@@ -1,0 +1,171 @@
+"""Administration: users and roles, API tokens, the models in service, the audit log (viewed and as CSV)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+
+from edge_app.errors import UserError
+from edge_app.store.accounts import ROLES, parse_roles
+from edge_app.web import security, services
+from edge_app.web.forms import ActionForm, TokenForm, UserForm
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+AUDIT_PAGE = 200
+
+
+def _actor() -> str:
+    principal = security.current()
+    return principal.name if principal else ""
+
+
+@bp.get("/users")
+@security.requires("admin")
+def users() -> Any:
+    svc = services.get()
+    form = UserForm(language=svc.settings.server.language)
+    return render_template("admin/users.html", users=svc.accounts.users(), form=form, action=ActionForm(), roles=ROLES)
+
+
+@bp.post("/users")
+@security.requires("admin")
+def add_user() -> Any:
+    svc = services.get()
+    form = UserForm()
+    if form.validate_on_submit():
+        try:
+            user = svc.accounts.add_user(
+                form.username.data or "",
+                parse_roles(list(form.roles())),
+                form.password.data or "",
+                form.language.data or "en",
+            )
+        except UserError as exc:
+            flash(str(exc), "error")
+        else:
+            svc.store.audit(_actor(), "user.add", user.name, f"roles={','.join(sorted(user.roles))}")
+            flash(_("User %(name)s added.", name=user.name), "info")
+            return redirect(url_for("admin.users"))
+    for messages in form.errors.values():
+        for message in messages:
+            flash(str(message), "error")
+    return render_template(
+        "admin/users.html", users=svc.accounts.users(), form=form, action=ActionForm(), roles=ROLES
+    ), 400
+
+
+@bp.post("/users/<name>/<action>")
+@security.requires("admin")
+def change_user(name: str, action: str) -> Any:
+    """disable, enable, or roles (checkboxes `role-<name>`)."""
+    svc = services.get()
+    if not ActionForm().validate_on_submit() or action not in ("disable", "enable", "roles"):
+        flash(_("Nothing was changed."), "error")
+        return redirect(url_for("admin.users"))
+    try:
+        if action == "roles":
+            roles = parse_roles([role for role in ROLES if request.form.get(f"role-{role}")])
+            svc.accounts.set_roles(name, roles)
+            detail = f"roles={','.join(sorted(roles))}"
+        else:
+            principal = security.current()
+            if action == "disable" and principal is not None and principal.name.lower() == name.lower():
+                raise UserError(_("You cannot disable your own account."))
+            svc.accounts.set_disabled(name, action == "disable")
+            detail = ""
+    except UserError as exc:
+        flash(str(exc), "error")
+    else:
+        svc.store.audit(_actor(), f"user.{action}", name, detail)
+        flash(_("User %(name)s changed.", name=name), "info")
+    return redirect(url_for("admin.users"))
+
+
+@bp.get("/tokens")
+@security.requires("admin")
+def tokens() -> Any:
+    svc = services.get()
+    return render_template("admin/tokens.html", tokens=svc.accounts.tokens(), form=TokenForm(), action=ActionForm())
+
+
+@bp.post("/tokens")
+@security.requires("admin")
+def create_token() -> Any:
+    svc = services.get()
+    form = TokenForm()
+    secret = None
+    if form.validate_on_submit():
+        try:
+            secret = svc.accounts.create_token(form.name.data or "", parse_roles(form.role.data or ""))
+        except UserError as exc:
+            flash(str(exc), "error")
+        else:
+            svc.store.audit(_actor(), "token.create", form.name.data or "", f"roles={form.role.data}")
+    return render_template(
+        "admin/tokens.html", tokens=svc.accounts.tokens(), form=TokenForm(), action=ActionForm(), secret=secret
+    )
+
+
+@bp.post("/tokens/<name>/revoke")
+@security.requires("admin")
+def revoke_token(name: str) -> Any:
+    svc = services.get()
+    if ActionForm().validate_on_submit():
+        try:
+            svc.accounts.revoke_token(name)
+        except UserError as exc:
+            flash(str(exc), "error")
+        else:
+            svc.store.audit(_actor(), "token.revoke", name)
+            flash(_("Token %(name)s revoked.", name=name), "info")
+    return redirect(url_for("admin.tokens"))
+
+
+@bp.get("/models")
+@security.requires("admin")
+def models() -> Any:
+    svc = services.get()
+    return render_template(
+        "admin/models.html",
+        models=[
+            {
+                **d.model_info,
+                "bundle_sha256": d.bundle.sha256,
+                "path": str(d.bundle.path),
+                "labels": d.bundle.manifest.labels,
+            }
+            for d in svc.registry.diagnosers
+        ],
+    )
+
+
+@bp.get("/audit")
+@security.requires("admin")
+def audit() -> Any:
+    return render_template("admin/audit.html", entries=services.get().store.audit_trail(AUDIT_PAGE))
+
+
+@bp.get("/audit.csv")
+@security.requires("admin")
+def audit_csv() -> Response:
+    svc = services.get()
+    entries = svc.store.audit_trail(-1)  # SQLite: LIMIT -1 is no limit
+    svc.store.audit(_actor(), "audit.export", detail=f"{len(entries)} entries")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["id", "at", "actor", "action", "subject", "detail"])
+    writer.writeheader()
+    writer.writerows({k: _cell(v) for k, v in entry.items()} for entry in reversed(entries))
+    return Response(
+        buf.getvalue(), mimetype="text/csv", headers={"Content-Disposition": 'attachment; filename="audit.csv"'}
+    )
+
+
+def _cell(value: object) -> object:
+    """A text cell a spreadsheet would run as a formula (a login name "=HYPERLINK(...)") quoted as text."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value

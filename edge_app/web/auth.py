@@ -1,0 +1,112 @@
+"""Logging in and out, the first administrator (from the box itself only), each user's language."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
+from flask_babel import gettext as _
+
+from edge_app.errors import UserError
+from edge_app.store.accounts import LANGUAGES
+from edge_app.web import security, services
+from edge_app.web.forms import LanguageForm, LoginForm, SetupForm
+
+bp = Blueprint("auth", __name__)
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@security.public
+def login() -> Any:
+    svc = services.get()
+    if svc.accounts.active_count() == 0 and _from_this_box():
+        return redirect(url_for("auth.setup"))
+    form = LoginForm()
+    status = 200
+    if form.validate_on_submit():
+        name, address = form.username.data or "", request.remote_addr or ""
+        limiter = security.throttle()
+        if limiter.blocked(name, address):
+            svc.store.audit(name, "login.refused", detail="too many failed attempts")
+            flash(_("Too many failed attempts. Wait a few minutes, then try again."), "error")
+            status = 429
+        else:
+            user = svc.accounts.authenticate(name, form.password.data or "")
+            if user is None:
+                limiter.failed(name, address)
+                svc.store.audit(name, "login.failure", detail=f"from {address}")
+                flash(_("Wrong user name or password."), "error")
+                status = 401
+            else:
+                security.log_in(user)
+                svc.store.audit(user.name, "login.success", detail=f"from {address}")
+                return redirect(_safe_next(request.args.get("next")))
+    elif request.method == "POST":
+        status = 400
+    return render_template("login.html", form=form), status
+
+
+@bp.post("/logout")
+@security.public
+def logout() -> Any:
+    principal = security.current()
+    if principal is not None:
+        services.get().store.audit(principal.name, "logout")
+    security.log_out()
+    return redirect(url_for("auth.login"))
+
+
+@bp.route("/setup", methods=["GET", "POST"])
+@security.public
+def setup() -> Any:
+    """The first administrator, while there is no user, from a browser on the box itself."""
+    svc = services.get()
+    if svc.accounts.active_count() > 0 or not _from_this_box():
+        abort(404)
+    form = SetupForm()
+    if form.validate_on_submit():
+        try:
+            user = svc.accounts.add_user(
+                form.username.data or "", frozenset({"admin"}), form.password.data or "", svc.settings.server.language
+            )
+        except UserError as exc:
+            flash(str(exc), "error")
+        else:
+            svc.store.audit(user.name, "user.add", user.name, "roles=admin (first-run page)")
+            security.log_in(user)
+            return redirect(url_for("admin.users"))
+    return render_template("setup.html", form=form)
+
+
+@bp.post("/language")
+@security.requires("clinician", "technician", "admin")
+def language() -> Any:
+    form = LanguageForm()
+    principal = security.current()
+    if form.validate_on_submit() and principal is not None and principal.user is not None:
+        services.get().accounts.set_language(principal.user.name, form.language.data or "en")
+    return redirect(_safe_next(request.args.get("next")))
+
+
+@bp.get("/lang/<code>")
+@security.public
+def login_language(code: str) -> Any:
+    """The language of the pages before logging in (kept in the session)."""
+    if code in LANGUAGES:
+        session["lang"] = code
+    return redirect(url_for("auth.login"))
+
+
+def _from_this_box() -> bool:
+    try:
+        return ipaddress.ip_address(request.remote_addr or "").is_loopback
+    except ValueError:
+        return False
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this server (never //host or a scheme): no open redirect."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return url_for("worklist.index")

@@ -1,0 +1,59 @@
+"""The tablet's forms (Flask-WTF: each carries its CSRF token)."""
+
+from __future__ import annotations
+
+from flask_babel import lazy_gettext as _l
+from flask_wtf import FlaskForm
+from wtforms import BooleanField, PasswordField, SelectField, StringField, TextAreaField
+from wtforms.validators import DataRequired, EqualTo, Length
+
+from edge_app.store.accounts import LANGUAGES, MIN_PASSWORD_CHARS, ROLES
+from edge_app.store.reviews import MAX_NOTE_CHARS
+
+LANGUAGE_NAMES = {"en": "English", "fr": "Français"}
+
+
+class LoginForm(FlaskForm):
+    username = StringField(_l("User name"), validators=[DataRequired(), Length(max=64)])
+    password = PasswordField(_l("Password"), validators=[DataRequired(), Length(max=1024)])
+
+
+class NewPasswordMixin:
+    password = PasswordField(_l("Password"), validators=[DataRequired(), Length(min=MIN_PASSWORD_CHARS, max=1024)])
+    confirm = PasswordField(
+        _l("Password again"), validators=[DataRequired(), EqualTo("password", message=_l("The passwords differ."))]
+    )
+
+
+class SetupForm(FlaskForm, NewPasswordMixin):
+    username = StringField(_l("User name"), validators=[DataRequired(), Length(max=64)])
+
+
+class UserForm(FlaskForm, NewPasswordMixin):
+    username = StringField(_l("User name"), validators=[DataRequired(), Length(max=64)])
+    clinician = BooleanField(_l("Clinician"))
+    technician = BooleanField(_l("Technician"))
+    admin = BooleanField(_l("Administrator"))
+    language = SelectField(_l("Language"), choices=[(code, LANGUAGE_NAMES[code]) for code in LANGUAGES])
+
+    def roles(self) -> frozenset[str]:
+        return frozenset(role for role in ROLES if getattr(self, role).data)
+
+
+class TokenForm(FlaskForm):
+    name = StringField(_l("Name"), validators=[DataRequired(), Length(max=64)])
+    role = SelectField(_l("Role"), choices=[(role, role) for role in ROLES])
+
+
+class LanguageForm(FlaskForm):
+    language = SelectField(_l("Language"), choices=[(code, LANGUAGE_NAMES[code]) for code in LANGUAGES])
+
+
+class ReviewForm(FlaskForm):
+    """The note; the verdicts are one radio group per finding (`verdict-<label>`), read by the view."""
+
+    note = TextAreaField(_l("Note"), validators=[Length(max=MAX_NOTE_CHARS)])
+
+
+class ActionForm(FlaskForm):
+    """A button that changes something (log out, disable a user, revoke a token): only its CSRF token."""

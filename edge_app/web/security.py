@@ -1,0 +1,184 @@
+"""Who is asking, and may they: sessions and Bearer tokens, roles, CSRF, idle logout, login throttling, and the
+security headers of every answer."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flask import Flask, Response, g, jsonify, redirect, request, session, url_for
+from flask_wtf.csrf import CSRFProtect
+
+from edge_app.config import Settings
+from edge_app.store.accounts import User
+from edge_app.web import services
+
+F = TypeVar("F", bound=Callable[..., Any])
+csrf = CSRFProtect()
+BACKGROUND_HEADER = "X-Background"  # a page refreshing itself: not a sign that someone is at the tablet
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Whoever a request comes from: a logged-in user or an API token."""
+
+    name: str
+    roles: frozenset[str]
+    user: User | None = None  # None for a token
+
+    @property
+    def is_token(self) -> bool:
+        return self.user is None
+
+
+def current() -> Principal | None:
+    principal: Principal | None = g.get("principal")
+    return principal
+
+
+def requires(*roles: str) -> Callable[[F], F]:
+    """The view answers only someone holding one of `roles`: anyone else gets 401 (API) or the login page, and
+    a wrong role 403. The roles are kept on the view, where the route-by-role test reads them."""
+
+    def decorate(view: F) -> F:
+        @functools.wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            principal = current()
+            if principal is None:
+                if _is_api():
+                    return jsonify(error="Unauthorized", detail="log in, or send an API token (Bearer)"), 401
+                return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+            if not principal.roles & set(roles):
+                return _forbidden(roles)
+            return view(*args, **kwargs)
+
+        wrapped.roles = frozenset(roles)  # type: ignore[attr-defined]
+        return wrapped  # type: ignore[return-value]
+
+    return decorate
+
+
+def public(view: F) -> F:
+    """A view anyone may reach (the login page, health, static files)."""
+    view.roles = None  # type: ignore[attr-defined]
+    return view
+
+
+def log_in(user: User) -> None:
+    session.clear()
+    session.update(uid=user.id, epoch=user.epoch, seen=time.time())
+    session.permanent = False
+
+
+def log_out() -> None:
+    session.clear()
+
+
+class LoginThrottle:
+    """Failed logins counted per account name and per address over a sliding window; past the limit, refused.
+    (Flask-Limiter counts requests; what must be limited here is failures, which only the login view knows.)"""
+
+    def __init__(self, attempts: int, window_s: float) -> None:
+        self.attempts, self.window_s = attempts, window_s
+        self._failures: dict[tuple[str, str], deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _keys(self, name: str, address: str) -> list[tuple[str, str]]:
+        return [("name", name.lower()), ("address", address)]
+
+    def blocked(self, name: str, address: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            for key in self._keys(name, address):
+                times = self._failures.get(key)
+                while times and now - times[0] > self.window_s:
+                    times.popleft()
+                if times is not None and len(times) >= self.attempts:
+                    return True
+        return False
+
+    def failed(self, name: str, address: str) -> None:
+        with self._lock:
+            for key in self._keys(name, address):
+                self._failures.setdefault(key, deque()).append(time.monotonic())
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    """Sessions (idle logout), Bearer tokens, CSRF on every unsafe request of a session, and headers."""
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=settings.tls,
+        SESSION_COOKIE_NAME="edge_session",
+        WTF_CSRF_CHECK_DEFAULT=False,  # checked in `_authenticate`, for sessions only: a token is no cookie
+        WTF_CSRF_TIME_LIMIT=None,  # a token lives as long as the session, which the idle logout ends
+    )
+    csrf.init_app(app)
+    app.extensions["login_throttle"] = LoginThrottle(
+        settings.server.login_attempts, settings.server.login_lockout_min * 60
+    )
+    idle_s = settings.server.idle_logout_min * 60
+
+    @app.before_request
+    def _authenticate() -> Any:
+        g.principal = None
+        header = request.headers.get("Authorization", "")
+        if header[:7].lower() == "bearer " and _is_api():
+            token = services.get().accounts.token(header[7:].strip())
+            if token is None:
+                return jsonify(error="Unauthorized", detail="the API token is not valid, or was revoked"), 401
+            g.principal = Principal(f"token:{token.name}", token.roles)
+            return None
+        uid = session.get("uid")
+        if request.method not in ("GET", "HEAD", "OPTIONS") and (uid is not None or not _is_api()):
+            csrf.protect()  # a form, or the API called from a logged-in page (header X-CSRFToken)
+        if uid is None:
+            return None
+        user = services.get().accounts.user_by_id(int(uid))
+        now = time.time()
+        seen = float(session.get("seen", 0))
+        if user is None or user.disabled or user.epoch != session.get("epoch") or now - seen > idle_s:
+            log_out()
+            return None
+        if not request.headers.get(BACKGROUND_HEADER):
+            session["seen"] = now
+        g.principal = Principal(user.name, user.roles, user)
+        return None
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        if current() is not None:  # patient data: never kept by the tablet's browser cache
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+
+def throttle() -> LoginThrottle:
+    from flask import current_app
+
+    limiter: LoginThrottle = current_app.extensions["login_throttle"]
+    return limiter
+
+
+def _is_api() -> bool:
+    return request.path.startswith("/api/")
+
+
+def _forbidden(roles: tuple[str, ...]) -> Any:
+    from flask import abort
+
+    if _is_api():
+        return jsonify(error="Forbidden", detail=f"this needs the role {' or '.join(roles)}"), 403
+    abort(403)

@@ -1,0 +1,139 @@
+// The study viewer: zoom and pan (touch and mouse), window/level by dragging on greyscale images, the heatmap
+// as a red overlay with on/off and opacity. Plain canvas, no library.
+"use strict";
+
+function loadImage(url) {
+  return new Promise((resolve, reject) => {
+    const img = new Image();
+    img.onload = () => resolve(img);
+    img.onerror = reject;
+    img.src = url;
+  });
+}
+
+function canvasOf(width, height) {
+  const c = document.createElement("canvas");
+  c.width = width; c.height = height;
+  return c;
+}
+
+async function setUp(box) {
+  const canvas = box.querySelector("canvas");
+  const ctx = canvas.getContext("2d");
+  const img = await loadImage(box.dataset.image);
+  const base = canvasOf(img.width, img.height);
+  const bctx = base.getContext("2d", {willReadFrequently: true});
+  bctx.drawImage(img, 0, 0);
+  const original = bctx.getImageData(0, 0, img.width, img.height);
+  const px = original.data;
+  let grey = true;
+  for (let i = 0; i < px.length; i += 4 * 97) { if (px[i] !== px[i + 1] || px[i] !== px[i + 2]) { grey = false; break; } }
+  box.dataset.grey = grey ? "1" : "0";
+
+  let heat = null;
+  if (box.dataset.heatmap) {
+    const h = await loadImage(box.dataset.heatmap);
+    heat = canvasOf(h.width, h.height);
+    const hctx = heat.getContext("2d");
+    hctx.drawImage(h, 0, 0);
+    const d = hctx.getImageData(0, 0, h.width, h.height);
+    for (let i = 0; i < d.data.length; i += 4) { const v = d.data[i]; d.data[i] = 255; d.data[i + 1] = 0; d.data[i + 2] = 0; d.data[i + 3] = v; }
+    hctx.putImageData(d, 0, 0);
+  }
+  const toggle = box.querySelector(".heatmap-toggle");
+  const opacity = box.querySelector(".heatmap-opacity");
+
+  const view = {scale: 1, x: 0, y: 0, width: 255, level: 127.5};
+  const fit = () => {
+    const rect = canvas.getBoundingClientRect();
+    canvas.width = Math.max(1, Math.round(rect.width * devicePixelRatio));
+    canvas.height = Math.max(1, Math.round(canvas.width * img.height / img.width));
+    view.scale = canvas.width / img.width; view.x = 0; view.y = 0;
+  };
+  const applyWindow = () => {
+    const out = bctx.createImageData(original);
+    const lo = view.level - view.width / 2;
+    const lut = new Uint8ClampedArray(256);
+    for (let v = 0; v < 256; v++) lut[v] = ((v - lo) / view.width) * 255;
+    for (let i = 0; i < px.length; i += 4) {
+      out.data[i] = lut[px[i]]; out.data[i + 1] = lut[px[i + 1]]; out.data[i + 2] = lut[px[i + 2]]; out.data[i + 3] = 255;
+    }
+    bctx.putImageData(out, 0, 0);
+  };
+  const draw = () => {
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, canvas.width, canvas.height);
+    ctx.setTransform(view.scale, 0, 0, view.scale, view.x, view.y);
+    ctx.drawImage(base, 0, 0);
+    if (heat && toggle && toggle.checked) {
+      ctx.globalAlpha = Number(opacity ? opacity.value : 45) / 100;
+      ctx.imageSmoothingEnabled = true;
+      ctx.drawImage(heat, 0, 0, img.width, img.height);
+      ctx.globalAlpha = 1;
+    }
+    box.dataset.drawn = String(Date.now());
+  };
+  const zoomAt = (factor, cx, cy) => {
+    const s = Math.min(Math.max(view.scale * factor, 0.1), 40);
+    view.x = cx - (cx - view.x) * (s / view.scale);
+    view.y = cy - (cy - view.y) * (s / view.scale);
+    view.scale = s;
+    draw();
+  };
+
+  const pointers = new Map();
+  let pinch = 0;
+  const local = (e) => {
+    const r = canvas.getBoundingClientRect();
+    return [(e.clientX - r.left) * devicePixelRatio, (e.clientY - r.top) * devicePixelRatio];
+  };
+  canvas.addEventListener("contextmenu", (e) => e.preventDefault());
+  canvas.addEventListener("pointerdown", (e) => {
+    canvas.setPointerCapture(e.pointerId);
+    pointers.set(e.pointerId, {x: e.clientX, y: e.clientY, button: e.button});
+  });
+  canvas.addEventListener("pointermove", (e) => {
+    const p = pointers.get(e.pointerId);
+    if (!p) return;
+    const dx = e.clientX - p.x, dy = e.clientY - p.y;
+    p.x = e.clientX; p.y = e.clientY;
+    if (pointers.size === 2) {
+      const [a, b] = [...pointers.values()];
+      const d = Math.hypot(a.x - b.x, a.y - b.y);
+      if (pinch) { const [cx, cy] = local(e); zoomAt(d / pinch, cx, cy); }
+      pinch = d;
+    } else if (grey && (p.button === 2 || box.classList.contains("wl-mode"))) {
+      view.width = Math.min(Math.max(view.width + dx, 1), 512);
+      view.level = Math.min(Math.max(view.level - dy, -128), 384);
+      applyWindow(); draw();
+    } else {
+      view.x += dx * devicePixelRatio; view.y += dy * devicePixelRatio; draw();
+    }
+  });
+  const up = (e) => { pointers.delete(e.pointerId); if (pointers.size < 2) pinch = 0; };
+  canvas.addEventListener("pointerup", up);
+  canvas.addEventListener("pointercancel", up);
+  canvas.addEventListener("wheel", (e) => {
+    e.preventDefault();
+    const [cx, cy] = local(e);
+    zoomAt(e.deltaY < 0 ? 1.15 : 1 / 1.15, cx, cy);
+  }, {passive: false});
+  if (toggle) toggle.addEventListener("change", draw);
+  if (opacity) opacity.addEventListener("input", draw);
+  const mode = box.querySelector(".wl");
+  if (mode) {
+    mode.hidden = !grey;
+    mode.addEventListener("click", () => { box.classList.toggle("wl-mode"); mode.setAttribute("aria-pressed", String(box.classList.contains("wl-mode"))); });
+  }
+  box.querySelector(".reset").addEventListener("click", () => { view.width = 255; view.level = 127.5; bctx.putImageData(original, 0, 0); fit(); draw(); });
+  window.addEventListener("resize", () => { fit(); draw(); });
+  fit();
+  draw();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  for (const box of document.querySelectorAll(".viewer")) {
+    setUp(box).catch(() => { box.classList.add("broken"); });
+  }
+});

@@ -1,0 +1,124 @@
+"""A study for the clinician: each image with its heatmap and findings, the review, the printable report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+
+from edge_app.errors import NotFound, UserError
+from edge_app.store.reviews import VERDICTS
+from edge_app.web import security, services
+from edge_app.web.forms import ReviewForm
+
+bp = Blueprint("study", __name__, url_prefix="/studies")
+
+
+def _study(uid: str) -> dict[str, Any]:
+    try:
+        return services.get().store.get_study(uid)
+    except NotFound:
+        abort(404)
+
+
+def _image(study: dict[str, Any], image_id: int) -> dict[str, Any]:
+    image: dict[str, Any] | None = next((i for i in study["images"] if i["id"] == image_id), None)
+    if image is None:
+        abort(404)
+    return image
+
+
+def _result(study: dict[str, Any], result_id: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    for image in study["images"]:
+        for result in image["results"]:
+            if result["id"] == result_id:
+                return image, result
+    abort(404)
+
+
+@bp.get("/<uid>")
+@security.requires("clinician")
+def show(uid: str) -> Any:
+    svc = services.get()
+    study = _study(uid)
+    principal = security.current()
+    svc.store.audit(principal.name if principal else "", "study.view", uid)
+    reviews = {image["id"]: svc.reviews.of_image(image["id"]) for image in study["images"]}
+    return render_template("study.html", study=study, reviews=reviews, form=ReviewForm(), verdicts=VERDICTS)
+
+
+@bp.get("/<uid>/images/<int:image_id>/view.jpg")
+@security.requires("clinician")
+def view(uid: str, image_id: int) -> Response:
+    image = _image(_study(uid), image_id)
+    if not image["view_sha256"]:
+        abort(404)
+    return Response(services.get().store.read_file(image["view_sha256"]), mimetype="image/jpeg")
+
+
+@bp.get("/<uid>/results/<int:result_id>/heatmap.png")
+@security.requires("clinician")
+def heatmap(uid: str, result_id: int) -> Response:
+    _, result = _result(_study(uid), result_id)
+    if "heatmap" not in result:
+        abort(404)
+    return Response(services.get().store.read_file(result["heatmap"]["sha256"]), mimetype="image/png")
+
+
+@bp.post("/<uid>/results/<int:result_id>/review")
+@security.requires("clinician")
+def review(uid: str, result_id: int) -> Any:
+    svc = services.get()
+    image, result = _result(_study(uid), result_id)
+    form = ReviewForm()
+    labels = [f["label"] for f in result["findings"]]
+    verdicts = {label: request.form.get(f"verdict-{label}", "") for label in labels}
+    missing = [label for label, verdict in verdicts.items() if verdict not in VERDICTS]
+    principal = security.current()
+    if not form.validate() or principal is None:
+        flash(_("The review could not be saved: %(reason)s", reason="; ".join(_errors(form))), "error")
+    elif missing:
+        flash(_("Agree or disagree with each finding (missing: %(labels)s).", labels=", ".join(missing)), "error")
+    else:
+        try:
+            saved = svc.reviews.add(result_id, principal.name, verdicts, form.note.data or "")
+        except UserError as exc:
+            flash(str(exc), "error")
+        else:
+            svc.store.audit(
+                principal.name, "review.add", uid, f"image={image['id']} result={result_id} review={saved.id}"
+            )
+            flash(_("Review saved."), "info")
+    return redirect(url_for("study.show", uid=uid, _anchor=f"image-{image['id']}"))
+
+
+@bp.get("/<uid>/report.pdf")
+@security.requires("clinician")
+def report(uid: str) -> Response:
+    from edge_app.outputs.report import study_report
+
+    svc = services.get()
+    study = _study(uid)
+    pictures = {
+        image["id"]: svc.store.read_file(image["view_sha256"]) for image in study["images"] if image["view_sha256"]
+    }
+    heatmaps = {
+        result["id"]: svc.store.read_file(result["heatmap"]["sha256"])
+        for image in study["images"]
+        for result in image["results"]
+        if "heatmap" in result
+    }
+    reviews = {image["id"]: svc.reviews.of_image(image["id"]) for image in study["images"]}
+    pdf = study_report(study, pictures, heatmaps, reviews, _)
+    principal = security.current()
+    svc.store.audit(principal.name if principal else "", "report.export", uid)
+    return Response(
+        pdf,
+        mimetype="application/pdf",
+        headers={"Content-Disposition": f'inline; filename="report-{uid[-24:]}.pdf"'},
+    )
+
+
+def _errors(form: ReviewForm) -> list[str]:
+    return [str(message) for messages in form.errors.values() for message in messages]

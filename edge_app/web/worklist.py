@@ -1,0 +1,80 @@
+"""The worklist: recent studies, positive findings first (triage); it refreshes itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, render_template
+
+from edge_app.web import security, services
+
+bp = Blueprint("worklist", __name__)
+LIMIT = 100
+
+
+@dataclass(frozen=True)
+class Row:
+    """One study as the worklist shows it."""
+
+    uid: str
+    received_at: str
+    patient_id: str
+    patient_name: str
+    modality: str
+    status: str  # queued, done, rejected, failed, no_model
+    reason: str | None
+    positive: list[str] = field(default_factory=list)
+    reviewed: bool = False
+
+
+def study_row(study: dict[str, Any], reviewed: bool) -> Row:
+    images = study["images"]
+    statuses = [image["status"] for image in images]
+    if "queued" in statuses:
+        status = "queued"
+    elif "done" in statuses:
+        status = "done"
+    else:
+        status = statuses[-1] if statuses else "queued"
+    reason = next((image["reason"] for image in images if image["status"] == status and image["reason"]), None)
+    positive: dict[str, None] = {}
+    for image in images:
+        ok = [r for r in image["results"] if r["status"] == "ok"]
+        for result in ok[-1:]:
+            positive.update((f["label"], None) for f in result["findings"] if f["positive"])
+    first = images[0]["metadata"] if images else {}
+    return Row(
+        uid=study["uid"],
+        received_at=study["created_at"],
+        patient_id=study["patient_id"] or first.get("patient_id", ""),
+        patient_name=first.get("patient_name", ""),
+        modality=first.get("modality", "") or first.get("format", "").upper(),
+        status=status,
+        reason=reason if status != "done" else None,
+        positive=list(positive),
+        reviewed=reviewed,
+    )
+
+
+def worklist_rows() -> list[Row]:
+    svc = services.get()
+    rows = []
+    for study in svc.store.list_studies(LIMIT):
+        reviewed = any(svc.reviews.of_image(image["id"]) for image in study["images"])
+        rows.append(study_row(study, reviewed))
+    # Positive findings not yet reviewed first, then the rest; newest first within each (the sort is stable).
+    return sorted(rows, key=lambda row: not (row.positive and not row.reviewed))
+
+
+@bp.get("/")
+@security.requires("clinician", "technician")
+def index() -> Any:
+    return render_template("worklist.html", rows=worklist_rows())
+
+
+@bp.get("/worklist/rows")
+@security.requires("clinician", "technician")
+def rows() -> Any:
+    """The table's body alone, for the page to refresh itself."""
+    return render_template("worklist_rows.html", rows=worklist_rows())
