@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, PasswordField, SelectField, StringField, TextAreaField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, EqualTo, Length
 
 from edge_app.store.accounts import LANGUAGES, MIN_PASSWORD_CHARS, ROLES
@@ -34,7 +35,7 @@ class UserForm(FlaskForm, NewPasswordMixin):
     clinician = BooleanField(_l("Clinician"))
     technician = BooleanField(_l("Technician"))
     admin = BooleanField(_l("Administrator"))
-    language = SelectField(_l("Language"), choices=[(code, LANGUAGE_NAMES[code]) for code in LANGUAGES])
+    language = SelectField(_l("Language"), choices=[SelectChoice(code, LANGUAGE_NAMES[code]) for code in LANGUAGES])
 
     def roles(self) -> frozenset[str]:
         return frozenset(role for role in ROLES if getattr(self, role).data)
@@ -42,11 +43,11 @@ class UserForm(FlaskForm, NewPasswordMixin):
 
 class TokenForm(FlaskForm):
     name = StringField(_l("Name"), validators=[DataRequired(), Length(max=64)])
-    role = SelectField(_l("Role"), choices=[(role, role) for role in ROLES])
+    role = SelectField(_l("Role"), choices=[SelectChoice(role, role) for role in ROLES])
 
 
 class LanguageForm(FlaskForm):
-    language = SelectField(_l("Language"), choices=[(code, LANGUAGE_NAMES[code]) for code in LANGUAGES])
+    language = SelectField(_l("Language"), choices=[SelectChoice(code, LANGUAGE_NAMES[code]) for code in LANGUAGES])
 
 
 class ReviewForm(FlaskForm):

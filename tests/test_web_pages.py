@@ -1,0 +1,301 @@
+"""The tablet's pages through the Flask client: the worklist's triage, the study, the review, the PDF report, the
+devices, the administration, the French pages."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from conftest import NIH, dicom_file
+from edge_app.store.accounts import parse_roles
+from edge_app.web import services
+
+
+def _post(client: FlaskClient, data: bytes, filename: str) -> dict[str, Any]:
+    resp = client.post(f"/api/v1/studies?filename={filename}", data=data)
+    assert resp.status_code == 201, resp.get_json()
+    return resp.get_json()  # type: ignore[no-any-return]
+
+
+def _positives(study: dict[str, Any]) -> list[str]:
+    return [f["label"] for f in study["images"][0]["results"][0]["findings"] if f["positive"]]
+
+
+@pytest.fixture
+def studies(client: FlaskClient, nih_png: Path) -> list[dict[str, Any]]:
+    """NIH images until one has no positive finding and one has some (the reference model's decisions)."""
+    found: dict[bool, dict[str, Any]] = {}
+    for path in sorted((NIH / "images").glob("*.png")):
+        study = _post(client, path.read_bytes(), path.name)
+        found.setdefault(bool(_positives(study)), study)
+        if len(found) == 2:
+            return [found[False], found[True]]
+    pytest.skip("no NIH image without a positive finding")
+
+
+def _rows(page: str) -> list[str]:
+    return re.findall(r'<tr class="[^"]*" data-uid="([^"]+)"', page)
+
+
+def test_the_worklist_puts_unreviewed_positives_first(auth: Any, browser: FlaskClient, studies: list[Any]) -> None:
+    negative, positive = studies
+    auth.login("clinician")
+    page = browser.get("/").get_data(as_text=True)
+    rows = _rows(page)
+    assert rows.index(positive["uid"]) < rows.index(negative["uid"]), "positive first, though it came later"
+    assert ", ".join(_positives(positive)) in page and "AI positive" in page
+    body = browser.get("/worklist/rows", headers={"X-Background": "1"}).get_data(as_text=True)
+    assert _rows(body) == rows and "<html" not in body, "the refresh gets the rows alone"
+
+
+def test_the_worklist_shows_each_status_with_its_reason(auth: Any, browser: FlaskClient, client: FlaskClient) -> None:
+    client.post("/api/v1/studies?filename=junk.bin", data=b"\x00" * 300)
+    auth.login("technician")
+    page = browser.get("/").get_data(as_text=True)
+    assert "rejected" in page and "not a DICOM (Part 10), PNG or JPEG file" in page
+    assert "/studies/" not in page, "a technician sees the list, not the studies"
+
+
+def test_the_worklist_names_the_patient_from_the_dicom(auth: Any, browser: FlaskClient, client: FlaskClient) -> None:
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"), stop_before_pixels=True)
+    _post(client, dicom_file("RG1_UNCR.dcm").read_bytes(), "rg1.dcm")
+    auth.login("clinician")
+    page = browser.get("/").get_data(as_text=True)
+    name = " ".join(str(ds.PatientName).replace("^", " ").split())
+    assert name in page and str(ds.PatientID) in page and ">CR<" in page
+
+
+def test_the_study_page_shows_what_a_clinician_needs(
+    app: Flask, auth: Any, browser: FlaskClient, studies: list[Any]
+) -> None:
+    _, study = studies
+    auth.login("clinician")
+    page = browser.get(f"/studies/{study['uid']}").get_data(as_text=True)
+    assert "AI result: to be confirmed by a clinician" in page
+    result = study["images"][0]["results"][0]
+    assert "cxr-reference 1.1.0 · fp32 · onnxruntime" in page
+    for f in result["findings"]:
+        assert f'width="{f["probability"] * 100:.1f}"' in page, "the bar is the probability"
+        assert f'x1="{f["threshold"] * 100:.1f}"' in page, "the threshold is marked on it"
+    view = re.search(r'data-image="([^"]+)"', page)
+    heat = re.search(r'data-heatmap="([^"]+)"', page)
+    assert view and heat
+    picture = browser.get(view.group(1))
+    assert picture.mimetype == "image/jpeg" and picture.data[:3] == b"\xff\xd8\xff"
+    assert browser.get(heat.group(1)).mimetype == "image/png"
+    assert 'class="heatmap-toggle"' in page and f"({result['heatmap']['label']})" in page
+    assert ("clinician", "study.view", study["uid"]) in [
+        (e["actor"], e["action"], e["subject"]) for e in services.get_from(app).store.audit_trail()
+    ]
+
+
+def test_a_study_page_shows_the_exposure_and_the_device(app: Flask, auth: Any, browser: FlaskClient) -> None:
+    """The serial link's exposure report travels with the next image (the capture issue); the page shows it."""
+    from edge_app.ingest import Event
+
+    svc = services.get_from(app)
+    svc.ingest.event(Event("exposure", {"kvp": "85", "mas": "4.0"}, "xray-generator"))
+    with dicom_file("RG1_UNCR.dcm").open("rb") as fh:
+        added = svc.ingest.submit(fh, "rg1.dcm", "dicom")
+    assert added is not None
+    svc.store.wait_for(added.image_id, 60)
+    auth.login("clinician")
+    page = browser.get(f"/studies/{added.study_uid}").get_data(as_text=True)
+    assert "kvp 85, mas 4.0 (xray-generator)" in page
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"), stop_before_pixels=True)
+    assert str(ds.Manufacturer) in page
+
+
+def test_another_study_s_image_is_not_served_under_this_one(
+    auth: Any, browser: FlaskClient, studies: list[Any]
+) -> None:
+    first, second = studies
+    auth.login("clinician")
+    image_id = second["images"][0]["id"]
+    assert browser.get(f"/studies/{first['uid']}/images/{image_id}/view.jpg").status_code == 404
+    result_id = second["images"][0]["results"][0]["id"]
+    assert browser.get(f"/studies/{first['uid']}/results/{result_id}/heatmap.png").status_code == 404
+    assert browser.get("/studies/1.2.3.4/report.pdf").status_code == 404
+
+
+def _review(browser: FlaskClient, auth: Any, study: dict[str, Any], verdicts: dict[str, str], note: str) -> Any:
+    result_id = study["images"][0]["results"][0]["id"]
+    token = auth.csrf(f"/studies/{study['uid']}")
+    data = {"csrf_token": token, "note": note, **{f"verdict-{k}": v for k, v in verdicts.items()}}
+    return browser.post(f"/studies/{study['uid']}/results/{result_id}/review", data=data)
+
+
+def test_a_review_is_kept_with_its_author_time_and_verdicts(
+    app: Flask, auth: Any, browser: FlaskClient, studies: list[Any]
+) -> None:
+    _, study = studies
+    labels = [f["label"] for f in study["images"][0]["results"][0]["findings"]]
+    auth.login("clinician", name="dr-ade")
+    verdicts = {label: "agree" for label in labels} | {labels[0]: "disagree"}
+    resp = _review(browser, auth, study, verdicts, "Heart size normal on my reading.")
+    assert resp.status_code == 302
+    (review,) = services.get_from(app).reviews.of_image(study["images"][0]["id"])
+    assert review.author == "dr-ade" and review.verdicts == verdicts
+    assert review.note == "Heart size normal on my reading." and review.at.startswith("20")
+    page = browser.get(f"/studies/{study['uid']}").get_data(as_text=True)
+    assert "dr-ade" in page and f"{labels[0]} disagrees" in page
+    rows = browser.get("/").get_data(as_text=True)
+    assert "reviewed" in rows and _rows(rows).index(study["uid"]) == len(_rows(rows)) - 1, "reviewed: no longer first"
+    entries = [(e["actor"], e["action"]) for e in services.get_from(app).store.audit_trail()]
+    assert ("dr-ade", "review.add") in entries
+
+
+def test_a_review_needs_a_verdict_on_every_finding(
+    app: Flask, auth: Any, browser: FlaskClient, studies: list[Any]
+) -> None:
+    _, study = studies
+    labels = [f["label"] for f in study["images"][0]["results"][0]["findings"]]
+    auth.login("clinician")
+    for verdicts, note, message in (
+        ({label: "agree" for label in labels[1:]}, "", f"missing: {labels[0]}"),
+        ({label: "maybe" for label in labels}, "", f"missing: {', '.join(labels)}"),
+        ({label: "agree" for label in labels}, "x" * 2001, "The review could not be saved"),
+    ):
+        _review(browser, auth, study, verdicts, note)
+        assert message in browser.get(f"/studies/{study['uid']}").get_data(as_text=True)
+    assert services.get_from(app).reviews.of_image(study["images"][0]["id"]) == []
+
+
+def _pdf_text(data: bytes) -> str:
+    from pypdf import PdfReader
+
+    reader = PdfReader(io.BytesIO(data))
+    assert len(reader.pages) == 1, "one printable page"
+    return reader.pages[0].extract_text()
+
+
+def test_the_report_is_one_page_with_findings_model_and_review(
+    app: Flask, auth: Any, browser: FlaskClient, studies: list[Any]
+) -> None:
+    _, study = studies
+    auth.login("clinician", name="dr-ade")
+    result = study["images"][0]["results"][0]
+    resp = browser.get(f"/studies/{study['uid']}/report.pdf")
+    assert resp.mimetype == "application/pdf"
+    text = _pdf_text(resp.data)
+    assert "AI result: to be confirmed by a clinician" in text and "Not reviewed yet." in text
+    assert "cxr-reference 1.1.0 (fp32, onnxruntime)" in text
+    for f in result["findings"]:
+        assert f"{f['label']}: {f['probability']:.2f} (threshold {f['threshold']:.2f}" in text
+    labels = [f["label"] for f in result["findings"]]
+    _review(browser, auth, study, {label: "agree" for label in labels}, "Agreed, refer.")
+    text = _pdf_text(browser.get(f"/studies/{study['uid']}/report.pdf").data)
+    assert "dr-ade" in text and "Agreed, refer." in text and "clinician: agrees" in text
+    from pypdf import PdfReader
+
+    images = PdfReader(io.BytesIO(browser.get(f"/studies/{study['uid']}/report.pdf").data)).pages[0].images
+    assert len(images) == 2, "the image and the image with its heatmap"
+    assert ("dr-ade", "report.export") in [
+        (e["actor"], e["action"]) for e in services.get_from(app).store.audit_trail()
+    ]
+
+
+def test_the_report_of_a_refused_image_says_why(auth: Any, browser: FlaskClient, client: FlaskClient) -> None:
+    resp = client.post("/api/v1/studies?filename=junk.bin", data=b"\x00" * 300)
+    auth.login("clinician")
+    text = _pdf_text(browser.get(f"/studies/{resp.get_json()['study']['uid']}/report.pdf").data)
+    assert "No findings: not a DICOM (Part 10), PNG or JPEG file" in text
+
+
+def test_the_devices_page(app: Flask, auth: Any, browser: FlaskClient) -> None:
+    auth.login("technician")
+    page = browser.get("/devices").get_data(as_text=True)
+    assert "cxr-reference 1.1.0" in page and "runner <strong>onnxruntime</strong>" in page
+    assert "Images waiting for the model: 0" in page and re.search(r"Free disk: [\d.]+ GB", page)
+    assert "No capture source is configured" in page
+    assert "Capture a frame" not in page, "no video source: no button"
+
+
+def test_users_are_added_changed_and_disabled_by_an_administrator(app: Flask, auth: Any, browser: FlaskClient) -> None:
+    auth.login("admin", name="boss")
+    token = auth.csrf("/admin/users")
+    data = {
+        "csrf_token": token,
+        "username": "nurse.amina",
+        "password": "a long password!",
+        "confirm": "a long password!",
+        "clinician": "y",
+        "technician": "y",
+        "language": "fr",
+    }
+    assert browser.post("/admin/users", data=data).status_code == 302
+    accounts = services.get_from(app).accounts
+    user = accounts.user("nurse.amina")
+    assert user.roles == {"clinician", "technician"} and user.language == "fr"
+    assert browser.post("/admin/users", data=data).status_code == 400, "the name is taken"
+    short = {**data, "username": "x2", "password": "short", "confirm": "short"}
+    assert browser.post("/admin/users", data=short).status_code == 400
+    browser.post("/admin/users/nurse.amina/roles", data={"csrf_token": token, "role-admin": "1"})
+    assert accounts.user("nurse.amina").roles == {"admin"}
+    browser.post("/admin/users/nurse.amina/roles", data={"csrf_token": token})
+    assert accounts.user("nurse.amina").roles == {"admin"}, "no role at all is refused"
+    browser.post("/admin/users/nurse.amina/disable", data={"csrf_token": token})
+    assert accounts.user("nurse.amina").disabled
+    browser.post("/admin/users/boss/disable", data={"csrf_token": token})
+    assert not accounts.user("boss").disabled, "an administrator cannot lock themselves out"
+    actions = [(e["actor"], e["action"], e["subject"]) for e in services.get_from(app).store.audit_trail()]
+    assert ("boss", "user.add", "nurse.amina") in actions and ("boss", "user.disable", "nurse.amina") in actions
+
+
+def test_a_token_is_shown_once_and_revoked_by_an_administrator(app: Flask, auth: Any, browser: FlaskClient) -> None:
+    auth.login("admin")
+    token = auth.csrf("/admin/tokens")
+    page = browser.post("/admin/tokens", data={"csrf_token": token, "name": "ris", "role": "technician"})
+    secret = re.search(r'<code id="new-token">([^<]+)</code>', page.get_data(as_text=True))
+    assert secret and secret.group(1).startswith("eat_")
+    assert secret.group(1) not in browser.get("/admin/tokens").get_data(as_text=True), "shown once"
+    api = app.test_client()
+    assert api.get("/api/v1/studies", headers={"Authorization": f"Bearer {secret.group(1)}"}).status_code == 403
+    browser.post("/admin/tokens/ris/revoke", data={"csrf_token": token})
+    assert api.get("/api/v1/studies", headers={"Authorization": f"Bearer {secret.group(1)}"}).status_code == 401
+
+
+def test_the_audit_log_as_csv_quotes_what_a_spreadsheet_would_run(app: Flask, auth: Any, browser: FlaskClient) -> None:
+    services.get_from(app).store.audit('=HYPERLINK("http://x")', "login.failure")
+    auth.login("admin")
+    assert "login.failure" in browser.get("/admin/audit").get_data(as_text=True)
+    resp = browser.get("/admin/audit.csv")
+    assert resp.mimetype == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(resp.get_data(as_text=True))))
+    assert rows[0]["action"] == "service.start", "oldest first"
+    assert any(r["actor"] == '\'=HYPERLINK("http://x")' for r in rows)
+    assert "audit.export" in [e["action"] for e in services.get_from(app).store.audit_trail()]
+
+
+def test_the_models_page(auth: Any, browser: FlaskClient) -> None:
+    auth.login("admin")
+    page = browser.get("/admin/models").get_data(as_text=True)
+    assert "cxr-reference 1.1.0" in page and "Cardiomegaly" in page
+
+
+def test_french_for_a_french_user_and_on_the_login_page(
+    app: Flask, auth: Any, browser: FlaskClient, studies: list[Any]
+) -> None:
+    _, study = studies
+    services.get_from(app).accounts.add_user("dr-diallo", parse_roles("clinician"), auth.PASSWORD, "fr")
+    auth.login("clinician", name="dr-diallo")
+    page = browser.get("/").get_data(as_text=True)
+    assert '<html lang="fr">' in page and "Liste de travail" in page and "IA positif" in page
+    page = browser.get(f"/studies/{study['uid']}").get_data(as_text=True)
+    assert "Résultat de l'IA : à confirmer par un clinicien" in page.replace("&#39;", "'")
+    text = _pdf_text(browser.get(f"/studies/{study['uid']}/report.pdf").data)
+    assert "Rapport de tri par IA" in text and "seuil" in text
+    browser.post("/language?next=/", data={"csrf_token": auth.csrf("/"), "language": "en"})
+    assert services.get_from(app).accounts.user("dr-diallo").language == "en"
+    assert "Worklist" in browser.get("/").get_data(as_text=True)
+    visitor = app.test_client()
+    visitor.get("/lang/fr")
+    assert "Se connecter" in visitor.get("/login").get_data(as_text=True)
