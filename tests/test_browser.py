@@ -1,0 +1,159 @@
+"""The tablet in a real browser: Debian's Chromium driven by Playwright against a real `edge-app serve` holding a
+study that came in through its DICOM receiver. Screenshots at 800x1280 and 1280x800 are kept in
+tests/artifacts/browser/ (or $EDGE_TEST_ARTIFACTS). Skipped, with the reason, where Chromium or Playwright is
+absent (CI installs both; never `playwright install`, which downloads a browser)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ROOT, dicom_file
+from edge_app.store import Store
+from edge_app.store.accounts import Accounts, parse_roles
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(os.environ.get("EDGE_TEST_ARTIFACTS", ROOT / "tests" / "artifacts")) / "browser"
+PASSWORD = "a long enough password"
+# Chromium must not try to reach anything outside the box (shared/notes/browser-tests.md).
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"),
+    pytest.mark.slow,
+]
+
+
+@pytest.fixture
+def tablet_server(
+    tmp_path: Path, launch: Callable[..., subprocess.Popen[str]], free_port: int, token_for: Callable[..., Any]
+) -> Iterator[tuple[str, str]]:
+    """A served appliance with one clinician and one study received over DICOM; yields (base URL, study UID)."""
+    import pydicom
+    from pynetdicom import AE
+
+    data = tmp_path / "data"
+    store = Store(data)
+    try:
+        Accounts(store).add_user("dr-ade", parse_roles("clinician"), PASSWORD)
+    finally:
+        store.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dicom_port = s.getsockname()[1]
+    env = {
+        "EDGE_APP_CAPTURE_DICOM_ENABLED": "true",
+        "EDGE_APP_CAPTURE_DICOM_HOST": "127.0.0.1",
+        "EDGE_APP_CAPTURE_DICOM_PORT": str(dicom_port),
+    }
+    proc = launch(data, free_port, env)
+    try:
+        ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", dicom_port, ae_title="EDGEAPP")
+        assert assoc.is_established
+        assert int(assoc.send_c_store(ds).Status) == 0
+        assoc.release()
+        base = f"http://127.0.0.1:{free_port}"
+        headers = token_for(data)
+        deadline = time.monotonic() + 60
+        while True:
+            req = urllib.request.Request(f"{base}/api/v1/studies/{ds.StudyInstanceUID}", headers=headers)
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    if b'"status":"done"' in resp.read().replace(b" ", b""):
+                        break
+            except urllib.error.HTTPError:
+                pass  # not received yet
+            assert time.monotonic() < deadline, "the study was not diagnosed"
+            time.sleep(0.3)
+        yield base, str(ds.StudyInstanceUID)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_clinician_reviews_a_study_on_the_tablet(tablet_server: tuple[str, str]) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+    base, uid = tablet_server
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 800, "height": 1280}, accept_downloads=True)
+            page = context.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+
+            page.goto(base + "/")
+            assert page.url.startswith(base + "/login")
+            page.fill("#username", "dr-ade")
+            page.fill("#password", PASSWORD)
+            page.click("#login-form button[type=submit]")
+            page.wait_for_selector(f"tr[data-uid='{uid}']")
+            page.screenshot(path=str(ARTIFACTS / "worklist-800x1280.png"), full_page=True)
+
+            page.click(f"tr[data-uid='{uid}'] a")
+            viewer = page.locator(".viewer").first
+            page.wait_for_selector(".viewer[data-drawn]")
+            with_heatmap = page.evaluate("document.querySelector('.viewer canvas').toDataURL()")
+            page.uncheck(".heatmap-toggle")
+            without = page.evaluate("document.querySelector('.viewer canvas').toDataURL()")
+            assert with_heatmap != without, "the heatmap toggles"
+            page.check(".heatmap-toggle")
+            page.fill(".heatmap-opacity", "90")
+            assert page.evaluate("document.querySelector('.viewer canvas').toDataURL()") != with_heatmap, "opacity"
+            box = viewer.locator("canvas").bounding_box()
+            assert box is not None
+            before = page.evaluate("document.querySelector('.viewer canvas').toDataURL()")
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.wheel(0, -400)
+            assert page.evaluate("document.querySelector('.viewer canvas').toDataURL()") != before, "zoom"
+            page.click(".viewer .wl")
+            before = page.evaluate("document.querySelector('.viewer canvas').toDataURL()")
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] / 2 + 60, box["y"] + box["height"] / 2 + 40, steps=4)
+            page.mouse.up()
+            assert page.evaluate("document.querySelector('.viewer canvas').toDataURL()") != before, "window/level"
+            page.screenshot(path=str(ARTIFACTS / "study-800x1280.png"), full_page=True)
+
+            for radio in page.locator("form.review input[value=agree]").all():
+                radio.check()
+            page.fill("form.review textarea", "Agreed; refer to the district hospital.")
+            page.click("form.review button[type=submit]")
+            page.wait_for_selector("text=Review saved.")
+            assert page.locator(".past-review").first.inner_text().startswith("dr-ade")
+
+            pdf = context.request.get(f"{base}/studies/{uid}/report.pdf")
+            assert pdf.ok and pdf.body()[:5] == b"%PDF-"
+            (ARTIFACTS / "report.pdf").write_bytes(pdf.body())
+
+            page.select_option("select.autosubmit", "fr")
+            page.wait_for_selector("text=Votre relecture")
+            page.set_viewport_size({"width": 1280, "height": 800})
+            page.screenshot(path=str(ARTIFACTS / "study-fr-1280x800.png"), full_page=True)
+            page.click("text=Liste de travail")
+            page.wait_for_selector("text=relu")
+            page.screenshot(path=str(ARTIFACTS / "worklist-fr-1280x800.png"), full_page=True)
+        finally:
+            browser.close()
+    assert not errors, f"the browser reported errors (a CSP violation is one): {errors}"
