@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_app.config import Settings
+from edge_app.config import Settings, is_loopback
 from edge_app.errors import EdgeAppError
 
 MIN_FREE_GB = 2.0
@@ -29,7 +29,37 @@ class Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    return [*_storage(settings), *_models(settings), *_ports(settings), *_capture(settings)]
+    return [*_storage(settings), *_access(settings), *_models(settings), *_ports(settings), *_capture(settings)]
+
+
+def _access(settings: Settings) -> Iterator[Check]:
+    """Tablets beyond this machine need HTTPS and someone who can log in."""
+    host = settings.server.host
+    if is_loopback(host):
+        yield Check("ok", "tablet access", f"this machine only ({host}): no TLS or user needed")
+        return
+    cert, key = settings.tls_files
+    if settings.tls:
+        yield Check("ok", "TLS", f"{cert} and {key}")
+    else:
+        yield Check(
+            "FAIL", "TLS", f"no certificate at {cert}: run `edge-app tls init` (or set server.tls_cert/tls_key)"
+        )
+    if not settings.storage.data_dir.exists():
+        yield Check("FAIL", "users", "no data directory yet, so no user: `edge-app user add NAME --role admin`")
+        return
+    from edge_app.store import Store
+    from edge_app.store.accounts import Accounts
+
+    store = Store(settings.storage.data_dir)
+    try:
+        users = Accounts(store).active_count()
+    finally:
+        store.close()
+    if users:
+        yield Check("ok", "users", f"{users} active account(s)")
+    else:
+        yield Check("FAIL", "users", "no one can log in: `edge-app user add NAME --role admin`")
 
 
 def _storage(settings: Settings) -> Iterator[Check]:

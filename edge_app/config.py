@@ -113,6 +113,7 @@ class ModelSettings(_Section):
     build_engine_at_start: StrictBool = Field(True, description="with TensorRT and no engine, build one meanwhile")
     require_signature: StrictBool = Field(False, description="accept only bundles signed by a trusted key")
     trusted_keys: list[Path] = Field(default_factory=list, description="Ed25519 public keys (PEM files or folders)")
+    import_dir: Path | None = Field(None, description="where bundles are offered for import (a USB stick's mount)")
 
     @model_validator(mode="after")
     def _keys(self) -> ModelSettings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -61,6 +62,7 @@ class Diagnoser:
         self, bundle: Bundle, runner: Runner, limits: DecodeLimits | None = None, decoder: DecoderPool | None = None
     ) -> None:
         self.bundle = bundle
+        self._own_thresholds = bundle.manifest
         self.runner = runner
         self.limits = decoder.limits if decoder is not None else limits or DecodeLimits()
         self.decoder = decoder
@@ -95,6 +97,14 @@ class Diagnoser:
         if model.runner == "auto" and runner.name == "onnxruntime" and model.build_engine_at_start:
             build_engine_in_background(bundle, settings.engine_cache, model.max_batch, diagnoser.swap_runner)
         return diagnoser
+
+    def set_thresholds(self, thresholds: dict[str, float] | None) -> None:
+        """Decide with the site's thresholds (one per label) from the next image on; None: the bundle's own."""
+        manifest = self._own_thresholds
+        if thresholds is not None:
+            manifest = manifest.model_copy(update={"thresholds": dict(thresholds)})
+        with self._lock:
+            self.bundle = dataclasses.replace(self.bundle, manifest=manifest)
 
     def swap_runner(self, runner: Runner) -> None:
         """Switch to another runner of the same bundle (a freshly built TensorRT engine) between two images."""

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 
+from edge_app.bundle import Bundle
 from edge_app.capture import Source, open_sources
-from edge_app.config import Settings, is_loopback
-from edge_app.errors import ConfigError
+from edge_app.config import Settings, is_loopback, with_overrides
+from edge_app.errors import ConfigError, NotFound, UserError
 from edge_app.ingest import Ingest
 from edge_app.live import LiveInference
 from edge_app.outputs.outbox import Outbox
 from edge_app.outputs.sender import Sender
+from edge_app.pipeline import Diagnoser
 from edge_app.registry import Registry
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts
+from edge_app.store.models import ModelHistory
 from edge_app.store.reviews import Reviews
 from edge_app.worker import Worker
 
@@ -30,11 +34,14 @@ class Service:
         self.store = Store(settings.storage.data_dir)
         self.accounts = Accounts(self.store)
         self.reviews = Reviews(self.store)
+        self.models = ModelHistory(self.store)
         try:
-            self.registry = Registry.from_settings(settings)
+            self.registry = Registry.from_settings(self._with_active_model(settings))
         except BaseException:
             self.store.close()
             raise
+        for diagnoser in self.registry.diagnosers:
+            self._apply_thresholds(diagnoser)
         outputs = settings.outputs
         self.sender = Sender(self.store, outputs) if outputs.destinations else None
         self.worker = Worker(
@@ -76,6 +83,55 @@ class Service:
                 part.stop()
             raise
         self.store.audit("system", "service.start", self.registry.describe(), f"queued={queued} orphans={removed}")
+
+    def _with_active_model(self, settings: Settings) -> Settings:
+        """The settings with the model an administrator activated last in place of the configured one."""
+        active = self.models.activations()
+        if not active:
+            return settings
+        if not (active[0].path / "manifest.json").is_file():
+            log.error(
+                "the activated model %s is gone from %s: serving the configured one", active[0].name, active[0].path
+            )
+            return settings
+        return with_overrides(settings, "model", {"bundle": str(active[0].path)})
+
+    def _apply_thresholds(self, diagnoser: Diagnoser) -> None:
+        site = self.models.thresholds(diagnoser.bundle.sha256)
+        diagnoser.set_thresholds(site.thresholds if site is not None else None)
+
+    def activate(self, path: Path, actor: str) -> Bundle:
+        """Serve the bundle at `path` in place of the first model, from the next image on (the one at hand
+        finishes on the old one); recorded, so that it is still the model after a restart."""
+        new = Diagnoser.from_settings(self.settings, path, decoder=self.registry.decoder)
+        self._apply_thresholds(new)
+        with self.worker.between_jobs():
+            old = self.registry.diagnosers[0]
+            self.registry.diagnosers = [new, *self.registry.diagnosers[1:]]
+        old.close()
+        m = new.bundle.manifest
+        self.models.record(actor, "activate", new.bundle.sha256, new.bundle.path, m.name, m.version)
+        self.store.audit(actor, "model.activate", f"{m.name} {m.version}", new.bundle.sha256)
+        return new.bundle
+
+    def rollback(self, actor: str) -> Bundle:
+        """Go back to the model served before the last activation (the configured one before any)."""
+        active = self.models.activations()
+        if not active:
+            raise UserError("no model was activated here: the configured one is in service already")
+        previous = active[1].path if len(active) > 1 else self.settings.model.bundle
+        return self.activate(previous, actor)
+
+    def set_thresholds(self, sha256: str, thresholds: dict[str, float], actor: str) -> int:
+        """A new version of the site's thresholds for a bundle in service, applied from the next image on."""
+        diagnoser = next((d for d in self.registry.diagnosers if d.bundle.sha256 == sha256), None)
+        if diagnoser is None:
+            raise NotFound(f"no model in service has the bundle {sha256[:16]}")
+        version = self.models.set_thresholds(sha256, diagnoser.bundle.manifest.labels, thresholds, actor)
+        self._apply_thresholds(diagnoser)
+        detail = ", ".join(f"{k}={v:g}" for k, v in sorted(thresholds.items()))
+        self.store.audit(actor, "model.thresholds", sha256, f"version {version}: {detail}")
+        return version
 
     def stop(self) -> None:
         """Stop taking images, let the worker finish the one at hand, release the models, close the store."""

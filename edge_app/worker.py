@@ -7,8 +7,10 @@ job claimed when the service died is claimed again once its lease runs out (the 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from edge_app.background import Background
 from edge_app.config import WorkerSettings
@@ -43,6 +45,7 @@ class Worker:
         self._loop_thread = Background("edge-worker", self._loop)
         self.start, self.wake = self._loop_thread.start, self._loop_thread.wake
         self._busy_since: float | None = None  # when the job at hand was claimed
+        self._job = threading.Lock()  # held from a job's claim to its record
 
     def progressing(self, within_s: float) -> bool:
         """Whether the worker is alive and not stuck: waiting for work, or on a job for less than `within_s`
@@ -67,15 +70,22 @@ class Worker:
 
     def run_once(self) -> bool:
         """Process one job; False where none was waiting."""
-        job = self.store.claim_job(self.settings.lease_s, self.settings.max_attempts)
-        if job is None:
-            return False
-        self._busy_since = time.monotonic()
-        try:
-            self.store.finish_job(job, self._outcome(job))
-        finally:
-            self._busy_since = None
+        with self._job:
+            job = self.store.claim_job(self.settings.lease_s, self.settings.max_attempts)
+            if job is None:
+                return False
+            self._busy_since = time.monotonic()
+            try:
+                self.store.finish_job(job, self._outcome(job))
+            finally:
+                self._busy_since = None
         return True
+
+    @contextmanager
+    def between_jobs(self) -> Iterator[None]:
+        """Hold the worker between two jobs (the one at hand finished first): to change the models it uses."""
+        with self._job:
+            yield
 
     def _outcome(self, job: Job) -> Outcome:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import urllib.error
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import dicom_file
+from conftest import EDGE_APP, dicom_file
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -173,3 +174,25 @@ def test_check_says_what_is_wrong_with_the_installation(cli: Cli, tmp_path: Path
     assert "FAIL  serial gen: /dev/ttyNOPE0 is not there: is the adapter plugged in?" in lines
     assert "FAIL  video: /dev/videoNOPE is not there: is the grabber plugged in?" in lines
     assert lines[-1].endswith("3 failed") and "Traceback" not in bad.stderr
+
+
+def test_check_wants_tls_and_a_user_before_the_clinic_s_wi_fi(cli: Cli, tmp_path: Path) -> None:
+    env = {"EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "data"), "EDGE_APP_SERVER_PORT": "1"}
+    assert "ok    tablet access: this machine only (127.0.0.1)" in cli("check", env=env).stdout
+    lan = {**env, "EDGE_APP_SERVER_HOST": "0.0.0.0"}
+    lines = cli("check", env=lan).stdout.splitlines()
+    assert any(line.startswith("FAIL  TLS: no certificate at") and "edge-app tls init" in line for line in lines)
+    assert "FAIL  users: no data directory yet, so no user: `edge-app user add NAME --role admin`" in lines
+    assert cli("tls", "init", env=lan).returncode == 0
+    lines = cli("check", env=lan).stdout.splitlines()
+    assert any(line.startswith("ok    TLS: ") for line in lines)
+    assert "FAIL  users: no one can log in: `edge-app user add NAME --role admin`" in lines
+    add = subprocess.run(
+        [*EDGE_APP, "user", "add", "boss", "--role", "admin", "--password-stdin"],
+        input="a long enough password\n",
+        capture_output=True,
+        text=True,
+        env={**os.environ, **lan},
+    )
+    assert add.returncode == 0, add.stderr
+    assert "ok    users: 1 active account(s)" in cli("check", env=lan).stdout.splitlines()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -148,7 +150,10 @@ def test_the_appliance_configuration_file_is_valid() -> None:
     from conftest import ROOT
 
     s = load_settings(ROOT / "firmware_config" / "edge-app.toml", environ={})
-    assert s.storage.data_dir == Path("/var/lib/edge-app") and s.server.host == "127.0.0.1"
+    assert s.storage.data_dir == Path("/var/lib/edge-app") and s.server.host == "0.0.0.0"
+    assert s.tls_files == (Path("/var/lib/edge-app/tls/cert.pem"), Path("/var/lib/edge-app/tls/key.pem"))
+    with pytest.raises(ConfigError, match="needs TLS"):
+        check_secure(s)  # until `edge-app tls init` has run on the box
 
 
 def test_the_readme_configuration_block_is_valid(tmp_path: Path) -> None:
@@ -186,7 +191,7 @@ def test_host_names_at_their_limits() -> None:
     assert is_host(label) and not is_host("a" * 64)
     name = ".".join([label] * 3 + ["b" * 61])  # 253 characters
     assert len(name) == 253 and is_host(name) and not is_host(name + "b")
-    assert not is_host("") and not is_host("-a") and not is_host("a-") and is_host("a-b.c")
+    assert not is_host("") and not is_host("-a") and not is_host("a-") and is_host("a-b.c") and is_host("a")
     assert is_loopback("localhost") and is_loopback("127.0.0.2") and is_loopback("::1")
     assert not is_loopback("localhostx") and not is_loopback("edge.local") and not is_loopback("10.0.0.1")
 
@@ -207,26 +212,123 @@ def test_the_engine_cache_lives_in_the_data_directory_unless_set(tmp_path: Path)
     assert s.engine_cache == Path("/e")
 
 
-LIMITS = [
+LIMITS = [  # (section, key, lowest accepted, highest accepted or None), whole numbers
     ("server", "port", 1, 65535),
     ("server", "max_upload_mb", 1, 4096),
     ("server", "threads", 1, 64),
+    ("server", "idle_logout_min", 1, 1440),
+    ("server", "login_attempts", 1, 100),
+    ("server", "login_lockout_min", 1, 1440),
     ("model", "threads", 0, 64),
     ("model", "max_batch", 1, 256),
+    ("imaging", "max_pixels", 1, None),
     ("imaging", "max_decode_mb", 16, 65536),
     ("imaging", "decoders", 1, 16),
     ("worker", "max_attempts", 1, 100),
+    ("capture.dicom", "port", 1, 65535),
+    ("capture.video", "infer_every", 0, 10000),
+    ("outputs", "max_attempts", 1, 1000),
+]
+# (section, key, bound, whether the bound itself is accepted, highest accepted), seconds
+SECONDS = [
+    ("server", "result_wait_s", 0.0, True, 3600.0),
+    ("imaging", "decode_timeout_s", 0.0, False, 3600.0),
+    ("worker", "lease_s", 0.0, False, 86400.0),
+    ("worker", "idle_s", 0.0, False, 3600.0),
+    ("capture.folder", "poll_s", 0.0, False, 600.0),
+    ("capture.folder", "stable_s", 0.0, True, 600.0),
+    ("capture.serial", "exposure_window_s", 0.0, False, 3600.0),
+    ("capture.video", "reconnect_s", 0.0, False, 600.0),
+    ("outputs", "retry_s", 0.0, False, 86400.0),
 ]
 
 
+def _setting(section: str, key: str, value: object) -> object:
+    """Load a file holding `[section] key = value` (the value written as TOML) and read the key back."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "edge.toml"
+        cfg.write_text(f"[{section}]\n{key} = {json.dumps(value)}\n")
+        settings = load_settings(cfg, environ={})
+    for name in section.split("."):
+        settings = getattr(settings, name)
+    return getattr(settings, key)
+
+
 @pytest.mark.parametrize(("section", "key", "lo", "hi"), LIMITS, ids=[f"{s}.{k}" for s, k, _, _ in LIMITS])
-def test_whole_number_settings_at_their_limits(section: str, key: str, lo: int, hi: int) -> None:
-    prefix = f"EDGE_APP_{section.upper()}_{key.upper()}"
-    for accepted in (lo, hi):
-        assert getattr(getattr(load_settings(environ={prefix: str(accepted)}), section), key) == accepted
-    for refused in (lo - 1, hi + 1):
+def test_whole_number_settings_at_their_limits(section: str, key: str, lo: int, hi: int | None) -> None:
+    for accepted in (lo, hi if hi is not None else 10**12):
+        assert _setting(section, key, accepted) == accepted
+    for refused in (lo - 1, *((hi + 1,) if hi is not None else ())):
         with pytest.raises(ConfigError, match=rf"{section}\.{key}: Input should be"):
-            load_settings(environ={prefix: str(refused)})
+            _setting(section, key, refused)
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}: Input should be a valid integer"):
+        _setting(section, key, float(lo))
+
+
+@pytest.mark.parametrize(("section", "key", "lo", "closed", "hi"), SECONDS, ids=[f"{s}.{k}" for s, k, *_ in SECONDS])
+def test_seconds_settings_at_their_limits(section: str, key: str, lo: float, closed: bool, hi: float) -> None:
+    tiny = 1e-6
+    assert _setting(section, key, hi) == hi
+    assert _setting(section, key, lo + tiny) == lo + tiny
+    refused = [hi + tiny, lo - tiny] + ([] if closed else [lo])
+    if closed:
+        assert _setting(section, key, lo) == lo
+    for value in refused:
+        with pytest.raises(ConfigError, match=rf"{section}\.{key}: Input should be"):
+            _setting(section, key, value)
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}: Input should be a valid number"):
+        _setting(section, key, "2.5")  # a string, even one that reads as a number: the TOML was written wrong
+
+
+def test_ae_titles_at_their_limits() -> None:
+    for title in ("A", "A" * 16, "EDGE APP"):
+        assert _setting("capture.dicom", "ae_title", title) == title
+    for title in ("", "   ", "A" * 17, "EDGE\\APP", "ÉDGE", "EDGE\tAPP"):
+        with pytest.raises(ConfigError, match="is not an AE title"):
+            _setting("capture.dicom", "ae_title", title)
+
+
+def test_allowed_addresses_take_a_network_written_from_one_of_its_hosts() -> None:
+    assert _setting("capture.dicom", "allowed_addresses", ["192.168.1.7/24"]) == ["192.168.1.7/24"]
+    with pytest.raises(ConfigError, match="is not an IP address or network"):
+        _setting("capture.dicom", "allowed_addresses", ["192.168.1.300"])
+
+
+def test_tls_files_go_together_in_both_sections(tmp_path: Path) -> None:
+    for section in ("server", "capture.dicom"):
+        prefix = f"EDGE_APP_{section.replace('.', '_').upper()}_"
+        for given in ("TLS_CERT", "TLS_KEY"):
+            with pytest.raises(ConfigError, match="tls_cert and tls_key go together"):
+                load_settings(environ={prefix + given: str(tmp_path / "x.pem")})
+    both = {"EDGE_APP_CAPTURE_DICOM_TLS_CERT": "c.pem", "EDGE_APP_CAPTURE_DICOM_TLS_KEY": "k.pem"}
+    assert load_settings(environ={**both, "EDGE_APP_CAPTURE_DICOM_TLS_CA": "ca.pem"}).capture.dicom.tls_ca == Path(
+        "ca.pem"
+    )
+    with pytest.raises(ConfigError, match="tls_ca needs tls_cert and tls_key"):
+        load_settings(environ={"EDGE_APP_CAPTURE_DICOM_TLS_CA": "ca.pem"})
+
+
+def test_a_signature_requirement_needs_a_trusted_key() -> None:
+    with pytest.raises(ConfigError, match="require_signature needs at least one entry in trusted_keys"):
+        load_settings(environ={"EDGE_APP_MODEL_REQUIRE_SIGNATURE": "true"})
+    env = {"EDGE_APP_MODEL_REQUIRE_SIGNATURE": "true", "EDGE_APP_MODEL_TRUSTED_KEYS": "/keys"}
+    assert load_settings(environ=env).model.trusted_keys == [Path("/keys")]
+
+
+def test_a_watched_folder_needs_its_path() -> None:
+    with pytest.raises(ConfigError, match="a watched folder needs its path"):
+        load_settings(environ={"EDGE_APP_CAPTURE_FOLDER_ENABLED": "true"})
+    assert load_settings(environ={"EDGE_APP_CAPTURE_FOLDER_ENABLED": "false"}).capture.folder.path is None
+
+
+def test_a_destination_port_at_its_limits() -> None:
+    for port, ok in ((1, True), (65535, True), (0, False), (65536, False)):
+        value = f'[{{ ae_title = "PACS", host = "10.0.0.2", port = {port} }}]'
+        if ok:
+            assert load_settings(environ={"EDGE_APP_OUTPUTS_DESTINATIONS": value}).outputs.destinations[0].port == port
+        else:
+            with pytest.raises(ConfigError, match=r"outputs\.destinations\.0\.port"):
+                load_settings(environ={"EDGE_APP_OUTPUTS_DESTINATIONS": value})
 
 
 def test_seconds_are_numbers_not_strings(tmp_path: Path) -> None:

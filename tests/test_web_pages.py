@@ -299,3 +299,28 @@ def test_french_for_a_french_user_and_on_the_login_page(
     visitor = app.test_client()
     visitor.get("/lang/fr")
     assert "Se connecter" in visitor.get("/login").get_data(as_text=True)
+
+
+def test_no_patient_name_or_id_reaches_the_application_log(
+    app: Flask, auth: Any, browser: FlaskClient, client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from edge_app.ingest import Event
+
+    caplog.set_level(logging.DEBUG)
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"), stop_before_pixels=True)
+    services.get_from(app).ingest.event(Event("patient_id", {"patient_id": "PID-7731-X"}, "barcode-reader"))
+    png = _post(
+        client, (NIH / "images" / sorted(p.name for p in (NIH / "images").glob("*.png"))[0]).read_bytes(), "a.png"
+    )
+    study = _post(client, dicom_file("RG1_UNCR.dcm").read_bytes(), "rg1.dcm")
+    auth.login("clinician")
+    for uid in (png["uid"], study["uid"]):
+        browser.get(f"/studies/{uid}")
+        browser.get(f"/studies/{uid}/report.pdf")
+    assert "PID-7731-X" in browser.get("/").get_data(as_text=True), "the scanned ID went to the PNG's study"
+    logged = caplog.text
+    assert logged, "something was logged"
+    for secret in ("PID-7731-X", str(ds.PatientID), str(ds.PatientName).split("^")[0]):
+        assert secret not in logged

@@ -47,6 +47,11 @@ EXPECTED: dict[str, set[str] | None] = {
     "admin.create_token": {"admin"},
     "admin.revoke_token": {"admin"},
     "admin.models": {"admin"},
+    "admin.upload_model": {"admin"},
+    "admin.import_model": {"admin"},
+    "admin.activate_model": {"admin"},
+    "admin.rollback_model": {"admin"},
+    "admin.set_thresholds": {"admin"},
     "admin.audit": {"admin"},
     "admin.audit_csv": {"admin"},
     "api.create_study": CLINICAL,
@@ -93,6 +98,7 @@ def _urls(app: Flask, study: dict[str, Any]) -> list[tuple[str, str, str]]:
         "action": "roles",
         "code": "fr",
         "filename": "app.css",
+        "sha256": "0" * 64,
     }
     out = []
     for rule in app.url_map.iter_rules():

@@ -107,7 +107,8 @@ class SerialDevice:
                     self.ingest.event(Event(kind, fields, self.name))
                 return
         self.counts["unrecognised"] += 1
-        log.debug("%s: unrecognised message %r", self.name, text[:80])
+        # Its bytes are not logged: a barcode reader's message is a patient ID.
+        log.debug("%s: unrecognised message of %d characters", self.name, len(text))
 
 
 class _Protocol:
@@ -124,7 +125,7 @@ class _Protocol:
             try:
                 self.device.handle(message)
             except Exception:  # one bad message costs that message, not the link
-                log.exception("%s: message %r", self.device.name, message[:80])
+                log.exception("%s: a message of %d bytes", self.device.name, len(message))
         self.device.counts["dropped"] = self.framer.dropped
 
     def connection_lost(self, exc: BaseException | None) -> None:

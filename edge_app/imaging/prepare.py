@@ -31,6 +31,7 @@ class Prepared:
 
 
 PREVIEW_SIDE = 1024  # the tablet shows it, zoomable; the heatmap capture is made on it
+_BAND = 256
 
 
 def prepare(data: bytes | Path | str, source: str, limits: DecodeLimits, manifest: Manifest) -> Prepared:
@@ -49,9 +50,14 @@ def preview(pixels: NDArray[np.float32]) -> NDArray[np.uint8]:
     """The decoded image (values in [0, 1]) as 8-bit grey or RGB, shrunk to at most PREVIEW_SIDE a side."""
     from PIL import Image
 
-    # Every step-th pixel first (a view, no copy), so that a 25 M pixel image costs no full-size temporary.
+    # Every step-th pixel first (a view, no copy), then to 8 bits a band of rows at a time: no full-size float
+    # temporary, which for a large RGB image would cost more than the decoder's whole budget.
     step = max(1, max(pixels.shape[:2]) // (2 * PREVIEW_SIDE))
-    img = Image.fromarray(np.round(pixels[::step, ::step] * 255).astype(np.uint8))
+    view = pixels[::step, ::step]
+    eight = np.empty(view.shape, np.uint8)
+    for top in range(0, view.shape[0], _BAND):
+        eight[top : top + _BAND] = np.round(view[top : top + _BAND] * 255)
+    img = Image.fromarray(eight)
     img.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.BOX)
     return np.asarray(img, dtype=np.uint8)
 

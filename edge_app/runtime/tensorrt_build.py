@@ -12,16 +12,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edge_app.bundle import Bundle
-from edge_app.errors import BundleError, EdgeAppError
-from edge_app.result import probabilities
+from edge_app.errors import EdgeAppError
 from edge_app.runtime.engine_cache import EngineCache
+from edge_app.runtime.reference import reference_drift, tolerance
 from edge_app.runtime.tensorrt import TensorRTRunner, current_platform, require_tensorrt
 
 log = logging.getLogger(__name__)
-DEFAULT_ENGINE_TOLERANCE = 0.05  # largest probability change against the FP32 reference outputs
 
 
 class EngineBuildError(EdgeAppError):
@@ -123,21 +120,12 @@ def _progress_monitor(report: Callable[[str], None]) -> Any:
 
 def check_against_reference(bundle: Bundle, engine: Path, max_batch: int) -> float:
     """Run the bundle's stored reference inputs through the engine; refuse it beyond the bundle's tolerance."""
-    m = bundle.manifest
-    try:
-        inputs = np.load(bundle.path / "reference_inputs.npy")
-        expected = np.load(bundle.path / "reference_outputs.npy")
-    except FileNotFoundError:
-        raise BundleError(f"{bundle.path} has no reference inputs/outputs to check an engine against") from None
-    runner = TensorRTRunner(bundle, engine, max_batch)
-    with runner:
-        got = runner.infer(inputs)[m.output.name]
-    n = len(m.labels)
-    drift = float(np.abs(probabilities(m.output, n, got) - probabilities(m.output, n, expected)).max())
-    tolerance = (m.fidelity or {}).get("tolerance", {}).get("max_abs_diff", DEFAULT_ENGINE_TOLERANCE)
-    if drift > tolerance:
+    with TensorRTRunner(bundle, engine, max_batch) as runner:
+        drift = reference_drift(bundle, runner)
+    limit = tolerance(bundle)
+    if drift > limit:
         raise EngineBuildError(
             f"the engine drifts from the bundle's reference outputs: max probability difference {drift:.4f} > "
-            f"{tolerance}; engine refused"
+            f"{limit}; engine refused"
         )
     return drift

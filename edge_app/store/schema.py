@@ -183,7 +183,36 @@ def _to_v4(db: sqlite3.Connection, now: str) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection, str], None]] = [_to_v1, _to_v2, _to_v3, _to_v4]
+# Version 5: the models an administrator imported and activated, and per-site thresholds, each version kept.
+_V5 = """
+CREATE TABLE model_changes (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL CHECK (action IN ('import', 'activate')),
+    bundle_sha256 TEXT NOT NULL,
+    path TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL
+);
+CREATE TABLE site_thresholds (
+    id INTEGER PRIMARY KEY,
+    bundle_sha256 TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    thresholds TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    at TEXT NOT NULL,
+    UNIQUE (bundle_sha256, version)
+)
+"""
+
+
+def _to_v5(db: sqlite3.Connection, now: str) -> None:
+    for statement in _statements(_V5):
+        db.execute(statement)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection, str], None]] = [_to_v1, _to_v2, _to_v3, _to_v4, _to_v5]
 VERSION = len(MIGRATIONS)
 
 

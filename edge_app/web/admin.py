@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
+from edge_app.bundle import Bundle
 from edge_app.errors import UserError
+from edge_app.model_import import import_folder, import_zip, imported_bundles, usb_bundles
 from edge_app.store.accounts import ROLES, parse_roles
 from edge_app.web import security, services
 from edge_app.web.forms import ActionForm, TokenForm, UserForm
@@ -129,18 +133,116 @@ def revoke_token(name: str) -> Any:
 @security.requires("admin")
 def models() -> Any:
     svc = services.get()
-    return render_template(
-        "admin/models.html",
-        models=[
+    in_service = []
+    for d in svc.registry.diagnosers:
+        site = svc.models.thresholds(d.bundle.sha256)
+        in_service.append(
             {
                 **d.model_info,
                 "bundle_sha256": d.bundle.sha256,
                 "path": str(d.bundle.path),
-                "labels": d.bundle.manifest.labels,
+                "thresholds": d.bundle.manifest.thresholds,
+                "site_version": site.version if site else None,
+                "history": svc.models.threshold_history(d.bundle.sha256),
             }
-            for d in svc.registry.diagnosers
-        ],
+        )
+    return render_template(
+        "admin/models.html",
+        models=in_service,
+        imported=imported_bundles(svc.settings),
+        usb=usb_bundles(svc.settings),
+        import_dir=svc.settings.model.import_dir,
+        changes=svc.models.changes(),
+        can_roll_back=bool(svc.models.activations()),
+        action=ActionForm(),
     )
+
+
+@bp.post("/models/upload")
+@security.requires("admin")
+def upload_model() -> Any:
+    svc = services.get()
+    upload = request.files.get("bundle")
+    if not ActionForm().validate_on_submit() or upload is None or not upload.filename:
+        flash(_("Choose a bundle (.zip) to upload."), "error")
+        return redirect(url_for("admin.models"))
+    return _imported(lambda: import_zip(upload.stream, svc.settings), upload.filename)
+
+
+@bp.post("/models/import")
+@security.requires("admin")
+def import_model() -> Any:
+    svc = services.get()
+    if not ActionForm().validate_on_submit():
+        return redirect(url_for("admin.models"))
+    folder = Path(request.form.get("path", ""))
+    return _imported(lambda: import_folder(folder, svc.settings), str(folder))
+
+
+def _imported(do: Callable[[], Bundle], source: str) -> Any:
+    svc = services.get()
+    try:
+        bundle = do()
+    except UserError as exc:
+        svc.store.audit(_actor(), "model.import.refused", source, str(exc))
+        flash(_("The bundle was refused: %(reason)s", reason=str(exc)), "error")
+    else:
+        m = bundle.manifest
+        svc.models.record(_actor(), "import", bundle.sha256, bundle.path, m.name, m.version)
+        svc.store.audit(_actor(), "model.import", f"{m.name} {m.version}", bundle.sha256)
+        flash(_("%(name)s %(version)s verified and imported.", name=m.name, version=m.version), "info")
+    return redirect(url_for("admin.models"))
+
+
+@bp.post("/models/<sha256>/activate")
+@security.requires("admin")
+def activate_model(sha256: str) -> Any:
+    svc = services.get()
+    bundle = next((b for b in imported_bundles(svc.settings) if b["sha256"] == sha256), None)
+    if not ActionForm().validate_on_submit() or bundle is None:
+        flash(_("Nothing was changed."), "error")
+        return redirect(url_for("admin.models"))
+    return _activated(lambda: svc.activate(Path(bundle["path"]), _actor()))
+
+
+@bp.post("/models/rollback")
+@security.requires("admin")
+def rollback_model() -> Any:
+    svc = services.get()
+    if not ActionForm().validate_on_submit():
+        return redirect(url_for("admin.models"))
+    return _activated(lambda: svc.rollback(_actor()))
+
+
+def _activated(do: Callable[[], Bundle]) -> Any:
+    try:
+        bundle = do()
+    except UserError as exc:
+        flash(_("The model could not be put in service: %(reason)s", reason=str(exc)), "error")
+    else:
+        m = bundle.manifest
+        flash(_("%(name)s %(version)s is in service.", name=m.name, version=m.version), "info")
+    return redirect(url_for("admin.models"))
+
+
+@bp.post("/models/<sha256>/thresholds")
+@security.requires("admin")
+def set_thresholds(sha256: str) -> Any:
+    svc = services.get()
+    if ActionForm().validate_on_submit():
+        try:
+            given = {k.removeprefix("threshold-"): v for k, v in request.form.items() if k.startswith("threshold-")}
+            thresholds = {label: float(value) for label, value in given.items()}
+        except ValueError:
+            flash(_("A threshold is a number between 0 and 1."), "error")
+        else:
+            try:
+                version = svc.set_thresholds(sha256, thresholds, _actor())
+            except UserError as exc:
+                flash(str(exc), "error")
+            else:
+                flash(_("Site thresholds version %(version)d in use.", version=version), "info")
+    return redirect(url_for("admin.models"))
 
 
 @bp.get("/audit")

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,15 +25,12 @@ from pynetdicom import AE
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
+from appliance import api_headers, free_port, serve  # noqa: E402
+
 from conftest import dicom_file  # noqa: E402
 
 FILES = ["RG1_UNCR.dcm", "RG1_UNCI.dcm", "RG1_J2KR.dcm", "RG1_J2KI.dcm"]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> int:
@@ -44,27 +38,17 @@ def main() -> int:
     parser.add_argument("--sends", type=int, default=100)
     args = parser.parse_args()
     datasets = [pydicom.dcmread(dicom_file(name)) for name in FILES]
-    http, dicom = _port(), _port()
+    http, dicom = free_port(), free_port()
     with tempfile.TemporaryDirectory() as data_dir:
+        headers = api_headers(data_dir)
         env = {
-            **os.environ,
-            "EDGE_APP_STORAGE_DATA_DIR": data_dir,
-            "EDGE_APP_SERVER_PORT": str(http),
             "EDGE_APP_CAPTURE_DICOM_ENABLED": "true",
             "EDGE_APP_CAPTURE_DICOM_HOST": "127.0.0.1",
             "EDGE_APP_CAPTURE_DICOM_PORT": str(dicom),
         }
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "edge-app"), "serve"], env=env, stderr=subprocess.DEVNULL
-        )
+        proc = serve(data_dir, http, env)
         api = f"http://127.0.0.1:{http}/api/v1"
         try:
-            for _ in range(300):
-                try:
-                    urllib.request.urlopen(api + "/health", timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
             ae = AE(ae_title="BENCH")
             for ds in datasets:
                 ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
@@ -76,7 +60,8 @@ def main() -> int:
                 assert int(assoc.send_c_store(ds).Status) == 0
                 sent = time.perf_counter()  # the response follows the last byte by the ingest time
                 while True:
-                    with urllib.request.urlopen(f"{api}/studies/{ds.StudyInstanceUID}", timeout=10) as resp:
+                    req = urllib.request.Request(f"{api}/studies/{ds.StudyInstanceUID}", headers=headers)
+                    with urllib.request.urlopen(req, timeout=10) as resp:
                         (image,) = json.load(resp)["images"]
                     if image["status"] != "queued":
                         break

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +29,9 @@ TARGET_RSS_MB = 600.0
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 from hostile import HOSTILE  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
+from appliance import api_headers, free_port, serve  # noqa: E402
 
 from conftest import dicom_file  # noqa: E402
 
@@ -120,9 +121,7 @@ def main() -> int:
     if not files:
         sys.exit(f"no images in {args.images}")
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory() as data_dir, tempfile.TemporaryDirectory() as extra:
         hostile, worst = [], []
         if not args.no_worst:
@@ -130,15 +129,16 @@ def main() -> int:
                 (Path(extra) / item.name).write_bytes(item.build())
                 hostile.append(Path(extra) / item.name)
             worst = worst_accepted(Path(extra))
-        env = {**os.environ, "EDGE_APP_STORAGE_DATA_DIR": data_dir, "EDGE_APP_SERVER_PORT": str(port)}
-        exe = Path(sys.executable).parent / "edge-app"
-        proc = subprocess.Popen([str(exe), "serve"], env=env, stderr=subprocess.DEVNULL)
+        headers = api_headers(data_dir)
+        proc = serve(data_dir, port)
         base = f"http://127.0.0.1:{port}/api/v1"
         rows: list[tuple[str, tuple[float, float]]] = []
         outcomes: dict[str, str] = {}
 
         def post(path: Path) -> int:
-            req = urllib.request.Request(f"{base}/studies?filename={path.name}", data=path.read_bytes())
+            req = urllib.request.Request(
+                f"{base}/studies?filename={path.name}", data=path.read_bytes(), headers=headers
+            )
             try:
                 with urllib.request.urlopen(req, timeout=120) as resp:
                     return int(resp.status)
@@ -146,12 +146,6 @@ def main() -> int:
                 return exc.code
 
         try:
-            for _ in range(300):
-                try:
-                    urllib.request.urlopen(base + "/health", timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
             rows.append(("after start", _tree_mb(proc.pid, "VmRSS")))
             t0 = time.perf_counter()
             refused = sum(post(f) != 201 for f in files)

@@ -84,6 +84,19 @@ EQUIVALENT = {
         "if any(not 64 <= start < end <= len(frame) for start, end in zip(offsets[:count], ends, strict=True)):",
         "core/ReplaceTrueWithFalse",
     ): "the two lists are built of one length",
+    (
+        'if not 0 < len(title.strip()) <= 16 or "\\\\" in title or not title.isprintable() or not title.isascii():',
+        "core/ReplaceComparisonOperator_Lt_NotEq",
+    ): "a length is never negative: 0 < n and 0 != n are one test",
+    (
+        "return 0 < len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)",
+        "core/ReplaceComparisonOperator_Lt_NotEq",
+    ): "a length is never negative: 0 < n and 0 != n are one test",
+    (
+        "return 0 < len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)",
+        "core/ReplaceComparisonOperator_Lt_LtE",
+    ): "an empty host splits into one empty label, which the label pattern refuses anyway",
+    ("@classmethod", "core/RemoveDecorator"): "pydantic makes a field validator a class method by itself",
 }
 
 

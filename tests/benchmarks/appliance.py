@@ -1,0 +1,61 @@
+"""What every benchmark needs of a running appliance: a free port, `edge-app serve` started and answering, and an
+API token or a user made in its data directory (as `edge-app token create` / `user add` would)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from edge_app.store import Store
+from edge_app.store.accounts import Accounts, parse_roles
+
+EDGE_APP = Path(sys.executable).parent / "edge-app"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def api_headers(data_dir: str | Path, roles: str = "clinician,technician") -> dict[str, str]:
+    store = Store(Path(data_dir))
+    try:
+        secret = Accounts(store).create_token(f"bench-{os.urandom(4).hex()}", parse_roles(roles))
+    finally:
+        store.close()
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def add_user(data_dir: str | Path, name: str, roles: str, password: str) -> None:
+    store = Store(Path(data_dir))
+    try:
+        Accounts(store).add_user(name, parse_roles(roles), password)
+    finally:
+        store.close()
+
+
+def serve(data_dir: str | Path, port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`edge-app serve` on localhost:port, returned once /api/v1/health answers."""
+    env = {
+        **os.environ,
+        "EDGE_APP_STORAGE_DATA_DIR": str(data_dir),
+        "EDGE_APP_SERVER_PORT": str(port),
+        **(extra_env or {}),
+    }
+    proc = subprocess.Popen([str(EDGE_APP), "serve"], env=env, stderr=subprocess.DEVNULL)
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=1).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+    proc.kill()
+    sys.exit("edge-app serve did not start")

@@ -1,0 +1,110 @@
+"""Benchmark: the tablet's two pages on a cheap tablet's budget.
+
+    python tests/benchmarks/tablet_pages.py [--loads 10] [--throttle 4]
+
+Starts `edge-app serve` holding one study (a CR chest image of pydicom-data, received like any other), then loads
+the worklist and that study's page in Debian's Chromium (Playwright) with the CPU slowed 4x (Chrome DevTools'
+CPU throttling), each load in a fresh browser context (nothing cached, as on a tablet that was asleep). Prints,
+per page, the bytes transferred and the time from navigation to the page ready (the worklist's rows; the study's
+image drawn in its viewer): p50 and p95. Targets: under 500 KB and under 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
+from appliance import add_user, api_headers, free_port, serve  # noqa: E402
+
+from conftest import dicom_file  # noqa: E402
+
+PASSWORD = "benchmark password"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+TARGET_BYTES, TARGET_S = 500_000, 1.0
+
+
+def main() -> int:
+    from playwright.sync_api import sync_playwright
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--loads", type=int, default=10)
+    parser.add_argument("--throttle", type=float, default=4.0, help="CPU slow-down factor")
+    args = parser.parse_args()
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        sys.exit("needs Debian's chromium (apt-get install chromium)")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as data_dir:
+        add_user(data_dir, "bench", "clinician", PASSWORD)
+        headers = api_headers(data_dir)
+        proc = serve(data_dir, port)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            req = urllib.request.Request(
+                f"{base}/api/v1/studies?filename=rg1.dcm", data=dicom_file("RG1_UNCR.dcm").read_bytes(), headers=headers
+            )
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                uid = json.load(resp)["uid"]
+            pages = {"worklist": ("/", "tr[data-uid]"), "study": (f"/studies/{uid}", ".viewer[data-drawn]")}
+            results: dict[str, tuple[list[int], list[float]]] = {name: ([], []) for name in pages}
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=chromium, args=ARGS)
+                for _ in range(args.loads):
+                    for name, (path, ready) in pages.items():
+                        size, seconds = _load(browser, base, path, ready, args.throttle)
+                        results[name][0].append(size)
+                        results[name][1].append(seconds)
+                browser.close()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    print(f"{args.loads} cold loads each, CPU throttled {args.throttle:g}x, localhost network")
+    print(f"target: p50 under {TARGET_BYTES // 1000} KB and under {TARGET_S:g} s")
+    print(f"{'page':10} {'KB p50':>8} {'KB p95':>8} {'s p50':>7} {'s p95':>7}")
+    ok = True
+    for name, (sizes, times) in results.items():
+        kb = np.percentile(sizes, [50, 95]) / 1000
+        s = np.percentile(times, [50, 95])
+        ok &= kb[0] * 1000 < TARGET_BYTES and s[0] < TARGET_S
+        print(f"{name:10} {kb[0]:8.0f} {kb[1]:8.0f} {s[0]:7.2f} {s[1]:7.2f}")
+    return 0 if ok else 1
+
+
+def _load(browser: object, base: str, path: str, ready: str, throttle: float) -> tuple[int, float]:
+    """One cold load of `path` in a new, logged-in context: (bytes received, seconds until `ready` shows)."""
+    context = browser.new_context(viewport={"width": 800, "height": 1280})  # type: ignore[attr-defined]
+    page = context.new_page()
+    page.goto(base + "/login")
+    page.fill("#username", "bench")
+    page.fill("#password", PASSWORD)
+    page.click("#login-form button[type=submit]")
+    page.wait_for_load_state("load")
+    page.goto("about:blank")
+    cdp = context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.setCacheDisabled", {"cacheDisabled": True})
+    cdp.send("Emulation.setCPUThrottlingRate", {"rate": throttle})
+    received: list[int] = []
+    cdp.on("Network.loadingFinished", lambda event: received.append(int(event["encodedDataLength"])))
+    t0 = time.perf_counter()
+    page.goto(base + path)
+    page.wait_for_selector(ready)
+    seconds = time.perf_counter() - t0
+    page.wait_for_load_state("networkidle")
+    context.close()
+    return sum(received), seconds
+
+
+if __name__ == "__main__":
+    sys.exit(main())
