@@ -7,6 +7,8 @@ import io
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,7 @@ class LiveInference:
         self._frame: tuple[int, NDArray[np.uint8]] | None = None
         self._latest: dict[str, Any] | None = None
         self._lock = threading.Lock()
+        self._frame_at_hand = threading.Lock()
         self._loop_thread = Background("edge-live", self._loop)
         self.start, self.stop = self._loop_thread.start, self._loop_thread.stop
 
@@ -51,9 +54,16 @@ class LiveInference:
             if taken is None or stopping.is_set():
                 continue
             try:
-                self._diagnose(*taken)
+                with self._frame_at_hand:
+                    self._diagnose(*taken)
             except Exception:  # one frame's failure costs that frame
                 log.exception("live inference on frame %d", taken[0])
+
+    @contextmanager
+    def between_frames(self) -> Iterator[None]:
+        """Hold live inference between two frames (the one at hand finished first): to change the models."""
+        with self._frame_at_hand:
+            yield
 
     def _diagnose(self, number: int, rgb: NDArray[np.uint8]) -> None:
         from PIL import Image

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from pathlib import Path
@@ -105,7 +106,8 @@ class Service:
         finishes on the old one); recorded, so that it is still the model after a restart."""
         new = Diagnoser.from_settings(self.settings, path, decoder=self.registry.decoder)
         self._apply_thresholds(new)
-        with self.worker.between_jobs():
+        live = self.live.between_frames() if self.live is not None else contextlib.nullcontext()
+        with self.worker.between_jobs(), live:
             old = self.registry.diagnosers[0]
             self.registry.diagnosers = [new, *self.registry.diagnosers[1:]]
         old.close()

@@ -1,15 +1,18 @@
 """The tablet in a real browser: Debian's Chromium driven by Playwright against a real `edge-app serve` holding a
 study that came in through its DICOM receiver. Screenshots at 800x1280 and 1280x800 are kept in
 tests/artifacts/browser/ (or $EDGE_TEST_ARTIFACTS). Skipped, with the reason, where Chromium or Playwright is
-absent (CI installs both; never `playwright install`, which downloads a browser)."""
+absent (CI installs both; never `playwright install`, which downloads a browser). Served over HTTPS, as on the
+clinic's Wi-Fi: the Secure cookie and the CSRF check's Referer rule are the browser's to honour."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +20,9 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, dicom_file
+from conftest import EDGE_APP, ROOT, dicom_file
+from edge_app.config import Settings
+from edge_app.keys import init_tls
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
 
@@ -41,14 +46,14 @@ pytestmark = [
 
 
 @pytest.fixture
-def tablet_server(
-    tmp_path: Path, launch: Callable[..., subprocess.Popen[str]], free_port: int, token_for: Callable[..., Any]
-) -> Iterator[tuple[str, str]]:
-    """A served appliance with one clinician and one study received over DICOM; yields (base URL, study UID)."""
+def tablet_server(tmp_path: Path, free_port: int, token_for: Callable[..., Any]) -> Iterator[tuple[str, str]]:
+    """A served appliance as on the clinic's Wi-Fi (HTTPS with the certificate `edge-app tls init` makes, all
+    interfaces), with one clinician and one study received over DICOM; yields (base URL, study UID)."""
     import pydicom
     from pynetdicom import AE
 
     data = tmp_path / "data"
+    cert, _, _ = init_tls(Settings.model_validate({"storage": {"data_dir": str(data)}}), [])
     store = Store(data)
     try:
         Accounts(store).add_user("dr-ade", parse_roles("clinician"), PASSWORD)
@@ -58,12 +63,33 @@ def tablet_server(
         s.bind(("127.0.0.1", 0))
         dicom_port = s.getsockname()[1]
     env = {
+        **os.environ,
+        "EDGE_APP_STORAGE_DATA_DIR": str(data),
+        "EDGE_APP_SERVER_HOST": "0.0.0.0",
+        "EDGE_APP_SERVER_PORT": str(free_port),
         "EDGE_APP_CAPTURE_DICOM_ENABLED": "true",
         "EDGE_APP_CAPTURE_DICOM_HOST": "127.0.0.1",
         "EDGE_APP_CAPTURE_DICOM_PORT": str(dicom_port),
     }
-    proc = launch(data, free_port, env)
+    proc = subprocess.Popen([*EDGE_APP, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"https://localhost:{free_port}"
+    tls = ssl.create_default_context(cafile=str(cert))
+    headers = token_for(data)
+
+    def get(path: str) -> bytes:
+        req = urllib.request.Request(base + path, headers=headers)
+        with urllib.request.urlopen(req, timeout=10, context=tls) as resp:
+            return bytes(resp.read())
+
     try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                get("/api/v1/health")
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.2)
         ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
         ae = AE(ae_title="MODALITY")
         ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
@@ -71,18 +97,13 @@ def tablet_server(
         assert assoc.is_established
         assert int(assoc.send_c_store(ds).Status) == 0
         assoc.release()
-        base = f"http://127.0.0.1:{free_port}"
-        headers = token_for(data)
-        deadline = time.monotonic() + 60
         while True:
-            req = urllib.request.Request(f"{base}/api/v1/studies/{ds.StudyInstanceUID}", headers=headers)
             try:
-                with urllib.request.urlopen(req, timeout=10) as resp:
-                    if b'"status":"done"' in resp.read().replace(b" ", b""):
-                        break
+                if b'"status":"done"' in get(f"/api/v1/studies/{ds.StudyInstanceUID}").replace(b" ", b""):
+                    break
             except urllib.error.HTTPError:
                 pass  # not received yet
-            assert time.monotonic() < deadline, "the study was not diagnosed"
+            assert time.monotonic() < deadline + 60, "the study was not diagnosed"
             time.sleep(0.3)
         yield base, str(ds.StudyInstanceUID)
     finally:
@@ -98,7 +119,8 @@ def test_a_clinician_reviews_a_study_on_the_tablet(tablet_server: tuple[str, str
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
-            context = browser.new_context(viewport={"width": 800, "height": 1280}, accept_downloads=True)
+            # The box's own certificate: the tablet was told to trust it (its fingerprint); this browser is not.
+            context = browser.new_context(viewport={"width": 800, "height": 1280}, ignore_https_errors=True)
             page = context.new_page()
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))

@@ -237,6 +237,7 @@ def test_security_headers_on_every_answer(auth: Any, browser: FlaskClient, anony
         csp = headers["Content-Security-Policy"]
         assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
         assert headers["X-Content-Type-Options"] == "nosniff"
+        assert headers["Referrer-Policy"] == "same-origin", "none would break every form over HTTPS (Flask-WTF)"
     assert browser.get("/").headers["Cache-Control"] == "no-store", "patient data is not cached"
 
 
@@ -382,3 +383,64 @@ def test_the_upload_limit_holds_for_a_logged_in_page(
         assert resp.status_code == 413
     finally:
         services.get_from(app).stop()
+
+
+def test_a_real_server_over_https_with_its_own_certificate(tmp_path: Path, free_port: int) -> None:
+    """`edge-app tls init`, a user, then `edge-app serve` on all interfaces: HTTPS only, verified against the
+    certificate it made, and the session cookie is Secure."""
+    import http.cookiejar
+    import os
+    import ssl
+    import subprocess
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from conftest import EDGE_APP
+
+    data = tmp_path / "data"
+    settings = Settings.model_validate({"storage": {"data_dir": str(data)}})
+    cert, _, _ = init_tls(settings, [])
+    from edge_app.store import Store
+    from edge_app.store.accounts import Accounts
+
+    store = Store(data)
+    Accounts(store).add_user("nurse", parse_roles("clinician"), PASSWORD)
+    store.close()
+    env = {
+        **os.environ,
+        "EDGE_APP_STORAGE_DATA_DIR": str(data),
+        "EDGE_APP_SERVER_PORT": str(free_port),
+        "EDGE_APP_SERVER_HOST": "0.0.0.0",
+    }
+    proc = subprocess.Popen([*EDGE_APP, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    context = ssl.create_default_context(cafile=str(cert))
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPSHandler(context=context), urllib.request.HTTPCookieProcessor(jar)
+    )
+    base = f"https://localhost:{free_port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                opener.open(base + "/api/v1/health", timeout=2).close()
+                break
+            except (OSError, urllib.error.URLError):
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                assert time.monotonic() < deadline, "the HTTPS server did not answer"
+                time.sleep(0.2)
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(f"http://127.0.0.1:{free_port}/api/v1/health", timeout=5)
+        page = opener.open(base + "/login", timeout=10).read().decode()
+        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
+        assert token
+        form = urllib.parse.urlencode({"csrf_token": token.group(1), "username": "nurse", "password": PASSWORD})
+        req = urllib.request.Request(base + "/login", data=form.encode(), headers={"Referer": base + "/login"})
+        with opener.open(req, timeout=30) as resp:
+            assert resp.url == base + "/", "logged in, on the worklist"
+        cookies = {c.name: c for c in jar}
+        assert cookies["edge_session"].secure
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -159,7 +159,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Referrer-Policy"] = "same-origin"  # Flask-WTF checks the Referer of a form posted over HTTPS
         if current() is not None:  # patient data: never kept by the tablet's browser cache
             response.headers["Cache-Control"] = "no-store"
         return response
