@@ -149,6 +149,11 @@ def test_a_clinician_reviews_a_study_on_the_tablet(tablet_server: tuple[str, str
             page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
             page.mouse.wheel(0, -400)
             assert page.evaluate("document.querySelector('.viewer canvas').toDataURL()") != before, "zoom"
+            before = page.evaluate("document.querySelector('.viewer canvas').toDataURL()")
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] / 2 - 80, box["y"] + box["height"] / 2 - 50, steps=4)
+            page.mouse.up()
+            assert page.evaluate("document.querySelector('.viewer canvas').toDataURL()") != before, "pan"
             page.click(".viewer .wl")
             before = page.evaluate("document.querySelector('.viewer canvas').toDataURL()")
             page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)

@@ -324,3 +324,22 @@ def test_no_patient_name_or_id_reaches_the_application_log(
     assert logged, "something was logged"
     for secret in ("PID-7731-X", str(ds.PatientID), str(ds.PatientName).split("^")[0]):
         assert secret not in logged
+
+
+def test_the_administration_speaks_french_too(app: Flask, auth: Any, browser: FlaskClient) -> None:
+    services.get_from(app).accounts.add_user("chef", parse_roles("admin"), auth.PASSWORD, "fr")
+    auth.login("admin", name="chef")
+    token = auth.csrf("/admin/users")
+    form = {"csrf_token": token, "password": "a long password!", "confirm": "a long password!", "language": "fr"}
+    for data, message in (
+        ({**form, "username": "chef", "clinician": "y"}, "Un utilisateur nommé chef existe déjà."),
+        ({**form, "username": "deux mots", "clinician": "y"}, "Un nom compte de 1 à 64 lettres"),
+        ({**form, "username": "infirmier"}, "Choisissez au moins un rôle."),
+    ):
+        page = browser.post("/admin/users", data=data).get_data(as_text=True)
+        assert message in page.replace("&#39;", "'"), data
+    browser.post("/admin/users/chef/roles", data={"csrf_token": token})
+    assert "Choisissez au moins un rôle." in browser.get("/admin/users").get_data(as_text=True)
+    browser.post("/admin/tokens", data={"csrf_token": token, "name": "ris", "role": "technician"})
+    page = browser.post("/admin/tokens", data={"csrf_token": token, "name": "ris", "role": "technician"})
+    assert "Un jeton nommé ris existe" in page.get_data(as_text=True)

@@ -19,7 +19,8 @@ from edge_app.store.db import Store
 ROLES = ("clinician", "technician", "admin")
 LANGUAGES = ("en", "fr")
 MIN_PASSWORD_CHARS = 10
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}"  # user and token names
+_NAME = re.compile(NAME_PATTERN)
 TOKEN_PREFIX = "eat_"  # edge-app token: recognisable in a configuration file or a leak report
 
 

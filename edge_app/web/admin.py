@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
+from flask_wtf import FlaskForm
 
 from edge_app.bundle import Bundle
 from edge_app.errors import UserError
 from edge_app.model_import import import_folder, import_zip, imported_bundles, usb_bundles
-from edge_app.store.accounts import ROLES, parse_roles
+from edge_app.store.accounts import ROLES, Token, User, parse_roles
 from edge_app.web import security, services
 from edge_app.web.forms import ActionForm, TokenForm, UserForm
 
@@ -40,7 +41,11 @@ def users() -> Any:
 def add_user() -> Any:
     svc = services.get()
     form = UserForm()
-    if form.validate_on_submit():
+    if not form.validate_on_submit():
+        _flash_errors(form)
+    elif _taken(svc.accounts.users(), form.username.data or ""):
+        flash(_("A user named %(name)s exists already.", name=form.username.data), "error")
+    else:
         try:
             user = svc.accounts.add_user(
                 form.username.data or "",
@@ -54,9 +59,6 @@ def add_user() -> Any:
             svc.store.audit(_actor(), "user.add", user.name, f"roles={','.join(sorted(user.roles))}")
             flash(_("User %(name)s added.", name=user.name), "info")
             return redirect(url_for("admin.users"))
-    for messages in form.errors.values():
-        for message in messages:
-            flash(str(message), "error")
     return render_template(
         "admin/users.html", users=svc.accounts.users(), form=form, action=ActionForm(), roles=ROLES
     ), 400
@@ -72,7 +74,10 @@ def change_user(name: str, action: str) -> Any:
         return redirect(url_for("admin.users"))
     try:
         if action == "roles":
-            roles = parse_roles([role for role in ROLES if request.form.get(f"role-{role}")])
+            chosen = [role for role in ROLES if request.form.get(f"role-{role}")]
+            if not chosen:
+                raise UserError(_("Choose at least one role."))
+            roles = parse_roles(chosen)
             svc.accounts.set_roles(name, roles)
             detail = f"roles={','.join(sorted(roles))}"
         else:
@@ -102,7 +107,11 @@ def create_token() -> Any:
     svc = services.get()
     form = TokenForm()
     secret = None
-    if form.validate_on_submit():
+    if not form.validate_on_submit():
+        _flash_errors(form)
+    elif _taken(svc.accounts.tokens(), form.name.data or ""):
+        flash(_("A token named %(name)s exists or existed: a name is never reused.", name=form.name.data), "error")
+    else:
         try:
             secret = svc.accounts.create_token(form.name.data or "", parse_roles(form.role.data or ""))
         except UserError as exc:
@@ -264,6 +273,16 @@ def audit_csv() -> Response:
     return Response(
         buf.getvalue(), mimetype="text/csv", headers={"Content-Disposition": 'attachment; filename="audit.csv"'}
     )
+
+
+def _flash_errors(form: FlaskForm) -> None:
+    for messages in form.errors.values():
+        for message in messages:
+            flash(str(message), "error")
+
+
+def _taken(existing: Sequence[User] | Sequence[Token], name: str) -> bool:
+    return any(item.name.lower() == name.lower() for item in existing)
 
 
 def _cell(value: object) -> object:

@@ -6,9 +6,9 @@ from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, PasswordField, SelectField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
-from wtforms.validators import DataRequired, EqualTo, Length
+from wtforms.validators import DataRequired, EqualTo, Length, Regexp
 
-from edge_app.store.accounts import LANGUAGES, MIN_PASSWORD_CHARS, ROLES
+from edge_app.store.accounts import LANGUAGES, MIN_PASSWORD_CHARS, NAME_PATTERN, ROLES
 from edge_app.store.reviews import MAX_NOTE_CHARS
 
 LANGUAGE_NAMES = {"en": "English", "fr": "Français"}
@@ -30,8 +30,14 @@ class SetupForm(FlaskForm, NewPasswordMixin):
     username = StringField(_l("User name"), validators=[DataRequired(), Length(max=64)])
 
 
+_NAME_RULE = Regexp(
+    rf"^{NAME_PATTERN}$",
+    message=_l("A name is 1 to 64 letters, digits, '.', '_', '@' or '-', starting with a letter or a digit."),
+)
+
+
 class UserForm(FlaskForm, NewPasswordMixin):
-    username = StringField(_l("User name"), validators=[DataRequired(), Length(max=64)])
+    username = StringField(_l("User name"), validators=[DataRequired(), _NAME_RULE])
     clinician = BooleanField(_l("Clinician"))
     technician = BooleanField(_l("Technician"))
     admin = BooleanField(_l("Administrator"))
@@ -40,9 +46,17 @@ class UserForm(FlaskForm, NewPasswordMixin):
     def roles(self) -> frozenset[str]:
         return frozenset(role for role in ROLES if getattr(self, role).data)
 
+    def validate(self, extra_validators: object = None) -> bool:
+        valid: bool = super().validate(extra_validators)
+        if not self.roles():
+            self.clinician.errors = [*self.clinician.errors, _l("Choose at least one role.")]
+            self._errors = None  # WTForms caches `errors`: let it see this one
+            return False
+        return valid
+
 
 class TokenForm(FlaskForm):
-    name = StringField(_l("Name"), validators=[DataRequired(), Length(max=64)])
+    name = StringField(_l("Name"), validators=[DataRequired(), _NAME_RULE])
     role = SelectField(_l("Role"), choices=[SelectChoice(role, role) for role in ROLES])
 
 
