@@ -101,6 +101,9 @@ class ServerSettings(_Section):
 
 class StorageSettings(_Section):
     data_dir: Path = Field(default_factory=default_data_dir, description="database and image store")
+    min_free_mb: StrictInt = Field(
+        1024, ge=0, le=1_000_000, description="below this much free disk new images are refused (0: never)"
+    )
 
 
 class ModelSettings(_Section):

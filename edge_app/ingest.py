@@ -6,7 +6,9 @@ An image is on disk and in the database before `submit` returns: that is when a 
 
 from __future__ import annotations
 
+import errno
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -38,11 +40,16 @@ class Ingest:
     is passed to whoever asked for it (the video source)."""
 
     def __init__(
-        self, store: Store, on_queued: Callable[[], None] | None = None, exposure_window_s: float = 30.0
+        self,
+        store: Store,
+        on_queued: Callable[[], None] | None = None,
+        exposure_window_s: float = 30.0,
+        min_free_mb: int = 0,
     ) -> None:
         self.store = store
         self.on_queued = on_queued
         self.exposure_window_s = exposure_window_s
+        self.min_free_mb = min_free_mb
         self._lock = threading.Lock()
         self._patient: Event | None = None
         self._exposure: Event | None = None
@@ -84,8 +91,16 @@ class Ingest:
         return patient, exposure
 
     def submit(self, stream: IO[bytes], filename: str, source: str, patient_id: str = "") -> Added | None:
-        """Keep one image; None where the stream held no bytes. A file that is no image is kept too, refused with
-        the reason; an image already held (the same SOP Instance UID) is acknowledged and not added twice."""
+        """Keep one image; None where the stream held no bytes; `OSError` (ENOSPC) while the disk is nearly
+        full. A file that is no image is kept too, refused with the reason; an image already held (the same SOP
+        Instance UID) is acknowledged and not added twice."""
+        free_mb = shutil.disk_usage(self.store.files_dir).free // 2**20
+        if free_mb < self.min_free_mb:  # refused while there is still room for results, reviews, the database
+            raise OSError(
+                errno.ENOSPC,
+                f"the appliance's disk is nearly full ({free_mb} MB free, storage.min_free_mb is "
+                f"{self.min_free_mb}): new images are refused until space is freed",
+            )
         digest, size = self.store.put_stream(stream)
         if size == 0:
             return None

@@ -53,7 +53,10 @@ class Service:
             on_output=self.sender.wake if self.sender is not None else None,
         )
         self.ingest = Ingest(
-            self.store, on_queued=self.worker.wake, exposure_window_s=settings.capture.serial.exposure_window_s
+            self.store,
+            on_queued=self.worker.wake,
+            exposure_window_s=settings.capture.serial.exposure_window_s,
+            min_free_mb=settings.storage.min_free_mb,
         )
         video = settings.capture.video
         self.live = LiveInference(self.registry, video.modality) if video.enabled and video.infer_every else None

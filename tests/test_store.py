@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_app.errors import NotFound
+from edge_app.errors import ConfigError, NotFound
 from edge_app.imaging.header import ImageHeader, generated_header
 from edge_app.store import ModelResult, Outcome, Store
 from edge_app.store.schema import _V1
@@ -184,3 +184,19 @@ def test_a_migration_that_fails_leaves_the_database_as_it_was(tmp_path: Path) ->
     assert db.execute("PRAGMA user_version").fetchone()[0] == 1
     assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'series'").fetchone()[0] == 0
     db.close()
+
+
+def test_a_damaged_database_stops_the_start_with_the_reason(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.audit("tester", "something")
+    store.close()
+    db = tmp_path / "edge-app.sqlite3"
+    con = sqlite3.connect(db)
+    root, page = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'audit'").fetchone()[0], 4096
+    assert con.execute("PRAGMA page_size").fetchone()[0] == page
+    con.close()
+    data = bytearray(db.read_bytes())
+    data[(root - 1) * page : (root - 1) * page + 8] = b"\xff" * 8  # the audit table's b-tree page header
+    db.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match=r"edge-app.sqlite3 is damaged \(.*malformed.*\): restore it from a backup"):
+        Store(tmp_path)

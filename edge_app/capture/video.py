@@ -114,7 +114,11 @@ class VideoGrabber:
             return False
         data = frame_to_dicom(frame, self.settings.modality)
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.ingest.submit(io.BytesIO(data), f"frame-{stamp}-{number}.dcm", f"video:{self.settings.source}")
+        try:
+            self.ingest.submit(io.BytesIO(data), f"frame-{stamp}-{number}.dcm", f"video:{self.settings.source}")
+        except OSError as exc:  # the disk guard, or the disk itself: this capture is lost, said in the log
+            log.error("capture from %s: frame %d not stored: %s", trigger, number, exc.strerror or exc)
+            return False
         self.captured += 1
         return True
 

@@ -110,6 +110,16 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            try:
+                problems = [str(r[0]) for r in self._db.execute("PRAGMA quick_check").fetchall()]
+            except sqlite3.DatabaseError as exc:  # too damaged to be checked
+                problems = [str(exc)]
+            if problems != ["ok"]:  # a power cut on a disk that lies about fsync, a failing card
+                self._db.close()
+                raise ConfigError(
+                    f"the database {self.data_dir / 'edge-app.sqlite3'} is damaged ({'; '.join(problems[:3])}): "
+                    "restore it from a backup, or move it aside to start afresh"
+                )
             with self._lock:
                 migrate(self._db, _now())
         except (OSError, sqlite3.Error, ValueError) as exc:  # ValueError: a row an upgrade cannot read

@@ -3,6 +3,7 @@ create`) for everything but /health, which tells no patient data."""
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -68,9 +69,15 @@ def create_study() -> Any:
             )
         if upload is None:
             return _bad_request("no image: send a multipart field 'file' or the raw bytes")
-        added = svc.ingest.submit(upload.stream, upload.filename or "upload", "api")
+        stream, filename = upload.stream, upload.filename or "upload"
     else:  # the raw bytes, whatever Content-Type the sender put on them
-        added = svc.ingest.submit(request.stream, request.args.get("filename", "upload"), "api")
+        stream, filename = request.stream, request.args.get("filename", "upload")
+    try:
+        added = svc.ingest.submit(stream, filename, "api")
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        return jsonify(error="Insufficient Storage", detail=exc.strerror or str(exc)), 507
     if added is None:
         return _bad_request("no image (the body is empty): send a multipart field 'file' or the raw bytes")
     status, reason = svc.store.wait_for(added.image_id, svc.settings.server.result_wait_s)
