@@ -43,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("engines", help="build the TensorRT engines the configured bundles lack (before serve)")
 
     cli_accounts.add_parsers(sub)
+    p = sub.add_parser("backup", help="copy the database and the stored files into a new folder in DIR")
+    p.add_argument("dir", type=Path, help="where the backup folder is made (a USB stick's mount point)")
+    p = sub.add_parser("restore", help="check a backup, move the data directory aside, put the backup in place")
+    p.add_argument("backup", type=Path, help="an edge-app-backup-* folder (stop the service first)")
 
     p = sub.add_parser("bench", help="latency of decode, preprocess and inference on real images")
     p.add_argument("files", nargs="+", type=Path, help="image files or folders")
@@ -69,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _engines(settings)
         if args.command in ("user", "token", "tls"):
             return cli_accounts.run(args.command, args, settings)
+        if args.command in ("backup", "restore"):
+            return _backup(settings, args)
         return _bench(settings, args.files, args.bundle, args.limit, args.warmup)
     except UserError as exc:
         print(f"edge-app: {exc}", file=sys.stderr)
@@ -173,6 +179,17 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+def _backup(settings: Settings, args: argparse.Namespace) -> int:
+    from edge_app.backup import backup, restore
+
+    if args.command == "backup":
+        print(f"backup written to {backup(settings, args.dir)}")
+        return 0
+    aside = restore(settings, args.backup)
+    print(f"restored into {settings.storage.data_dir}" + (f"; the previous data is kept in {aside}" if aside else ""))
+    return 0
 
 
 def _engines(settings: Settings) -> int:

@@ -104,6 +104,9 @@ class StorageSettings(_Section):
     min_free_mb: StrictInt = Field(
         1024, ge=0, le=1_000_000, description="below this much free disk new images are refused (0: never)"
     )
+    retention_days: StrictInt = Field(
+        0, ge=0, le=36500, description="images older than this are removed, results and reviews kept (0: never)"
+    )
 
 
 class ModelSettings(_Section):

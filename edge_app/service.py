@@ -17,6 +17,7 @@ from edge_app.outputs.outbox import Outbox
 from edge_app.outputs.sender import Sender
 from edge_app.pipeline import Diagnoser
 from edge_app.registry import Registry
+from edge_app.retention import Retention
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts
 from edge_app.store.models import ModelHistory
@@ -61,7 +62,9 @@ class Service:
         video = settings.capture.video
         self.live = LiveInference(self.registry, video.modality) if video.enabled and video.infer_every else None
         self.sources = open_sources(settings, self.ingest, self.live.submit if self.live is not None else None)
-        self._loops = [loop for loop in (self.worker, self.sender, self.live) if loop is not None]
+        days = settings.storage.retention_days
+        self.retention = Retention(self.store, days) if days else None
+        self._loops = [loop for loop in (self.worker, self.sender, self.live, self.retention) if loop is not None]
 
     def start(self) -> None:
         """Clear what a crash left behind, then start the worker (it first takes the jobs left queued). Refuse
@@ -77,7 +80,7 @@ class Service:
         queued = self.store.queued()
         if removed or queued:
             log.info("at start: %d stray file(s) removed, %d image(s) waiting for a result", removed, queued)
-        started: list[Source | Worker | Sender | LiveInference] = []
+        started: list[Source | Worker | Sender | LiveInference | Retention] = []
         try:
             for part in [*self._loops, *self.sources]:  # the loops first: a source's first image finds them running
                 part.start()

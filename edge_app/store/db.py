@@ -432,7 +432,8 @@ class Store:
                         "filename": image["filename"],
                         "sha256": image["sha256"],
                         "size": image["size"],
-                        "view_sha256": image["view_sha256"],
+                        "view_sha256": image["view_sha256"] if image["purged_at"] is None else None,
+                        "purged_at": image["purged_at"],
                         "received_at": image["created_at"],
                         "metadata": json.loads(image["metadata"]),
                         "results": [_result_dict(r) for r in results],
@@ -461,6 +462,23 @@ class Store:
             raise NotFound(f"no result {result_id}")
         return _result_dict(row)
 
+    def purge_images(self, received_before: str) -> int:
+        """Remove the files (the image and its view) of every finished image received before the ISO time
+        `received_before`; keep its row, results, heatmaps and reviews. Returns how many were removed."""
+        now = _now()
+        with self.transaction() as db:
+            rows = db.execute(
+                "SELECT id, sha256, view_sha256 FROM images WHERE created_at < ? AND purged_at IS NULL "
+                "AND status != 'queued'",
+                (received_before,),
+            ).fetchall()
+            db.executemany("UPDATE images SET purged_at = ? WHERE id = ?", [(now, r[0]) for r in rows])
+        for row in rows:  # once the rows say so: files a crash leaves here are remove_orphans' to delete
+            for digest in (row[1], row[2]):
+                if digest:
+                    self.file_path(digest).unlink(missing_ok=True)
+        return len(rows)
+
     # -- recovery at start ---------------------------------------------------------------------------------------
 
     def remove_orphans(self) -> int:
@@ -469,8 +487,8 @@ class Store:
             wanted = {
                 r[0]
                 for r in self._db.execute(
-                    "SELECT sha256 FROM images UNION SELECT sha256 FROM outbox "
-                    "UNION SELECT view_sha256 FROM images WHERE view_sha256 IS NOT NULL "
+                    "SELECT sha256 FROM images WHERE purged_at IS NULL UNION SELECT sha256 FROM outbox "
+                    "UNION SELECT view_sha256 FROM images WHERE view_sha256 IS NOT NULL AND purged_at IS NULL "
                     "UNION SELECT heatmap_sha256 FROM results WHERE heatmap_sha256 IS NOT NULL"
                 )
             }

@@ -212,7 +212,12 @@ def _to_v5(db: sqlite3.Connection, now: str) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection, str], None]] = [_to_v1, _to_v2, _to_v3, _to_v4, _to_v5]
+def _to_v6(db: sqlite3.Connection, now: str) -> None:
+    """Version 6: when an image's files were removed by the retention policy (its results and reviews stay)."""
+    db.execute("ALTER TABLE images ADD COLUMN purged_at TEXT")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection, str], None]] = [_to_v1, _to_v2, _to_v3, _to_v4, _to_v5, _to_v6]
 VERSION = len(MIGRATIONS)
 
 

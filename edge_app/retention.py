@@ -1,0 +1,37 @@
+"""The retention policy: every few hours, the files of images older than `storage.retention_days` are removed;
+their rows, results, heatmaps and reviews stay (the worklist and the reports still tell what was found)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from edge_app.background import Background
+from edge_app.store import Store
+
+log = logging.getLogger(__name__)
+EVERY_S = 6 * 3600
+
+
+class Retention:
+    def __init__(self, store: Store, days: int) -> None:
+        self.store, self.days = store, days
+        self._loop_thread = Background("edge-retention", self._loop)
+        self.start, self.stop = self._loop_thread.start, self._loop_thread.stop
+
+    def run_once(self, now: dt.datetime | None = None) -> int:
+        """Remove what is due now; return how many images' files were removed."""
+        cutoff = (now or dt.datetime.now(dt.timezone.utc)) - dt.timedelta(days=self.days)
+        removed = self.store.purge_images(cutoff.isoformat(timespec="milliseconds"))
+        if removed:
+            log.info("retention: the files of %d image(s) received before %s removed", removed, cutoff.date())
+            self.store.audit("system", "retention.purge", detail=f"{removed} image(s) before {cutoff.isoformat()}")
+        return removed
+
+    def _loop(self) -> None:
+        while not self._loop_thread.stopping.is_set():
+            try:
+                self.run_once()
+            except Exception:  # the disk or the database failed: try again at the next round
+                log.exception("retention")
+            self._loop_thread.sleep(EVERY_S)

@@ -1,0 +1,88 @@
+"""`edge-app backup` and `restore` as a technician runs them: taken while the service holds data, checked, put
+back into a fresh box, and a damaged backup refused before anything is touched."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from flask import Flask
+from flask.testing import FlaskClient
+
+from conftest import NIH, dicom_file
+from edge_app.config import Settings
+from edge_app.keys import init_tls
+from edge_app.store.accounts import parse_roles
+from edge_app.web import create_app, services
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def test_a_backup_brings_a_box_back(cli: Cli, tmp_path: Path, api_client: Callable[[Flask], FlaskClient]) -> None:
+    data, stick = tmp_path / "data", tmp_path / "usb"
+    settings = Settings.model_validate({"storage": {"data_dir": str(data)}, "model": {"threads": 1}})
+    init_tls(settings, [])
+    app = create_app(settings)
+    try:
+        svc = services.get_from(app)
+        svc.accounts.add_user("dr-ade", parse_roles("clinician"), "a long enough password")
+        client = api_client(app)
+        png = sorted((NIH / "images").glob("*.png"))[0]
+        first = client.post("/api/v1/studies?filename=a.png", data=png.read_bytes()).get_json()
+        second = client.post("/api/v1/studies?filename=rg1.dcm", data=dicom_file("RG1_UNCR.dcm").read_bytes())
+        result_id = first["images"][0]["results"][0]["id"]
+        svc.reviews.add(result_id, "dr-ade", {"Effusion": "disagree"}, "kept")
+        made = cli("backup", str(stick), env={"EDGE_APP_STORAGE_DATA_DIR": str(data)})  # while it runs
+        assert made.returncode == 0, made.stderr
+        client.post("/api/v1/studies?filename=late.png", data=sorted((NIH / "images").glob("*.png"))[1].read_bytes())
+    finally:
+        services.get_from(app).stop()
+    (backup,) = stick.iterdir()
+    assert backup.name.startswith("edge-app-backup-") and f"backup written to {backup}" in made.stdout
+    assert (backup / "tls" / "cert.pem").is_file() and (backup / "secret_key").is_file()
+
+    box = tmp_path / "new-box"
+    restored = cli("restore", str(backup), env={"EDGE_APP_STORAGE_DATA_DIR": str(box)})
+    assert restored.returncode == 0, restored.stderr
+    app = create_app({"storage": {"data_dir": str(box)}, "model": {"threads": 1}})
+    try:
+        svc = services.get_from(app)
+        client = api_client(app)
+        studies = client.get("/api/v1/studies").get_json()["studies"]
+        assert {s["uid"] for s in studies} == {first["uid"], second.get_json()["uid"]}, "as at the backup"
+        (image,) = client.get(f"/api/v1/studies/{first['uid']}").get_json()["images"]
+        assert svc.store.read_file(image["sha256"]) == png.read_bytes()
+        assert svc.reviews.of_image(image["id"])[0].note == "kept"
+        assert svc.accounts.authenticate("dr-ade", "a long enough password") is not None
+    finally:
+        services.get_from(app).stop()
+
+    again = cli("restore", str(backup), env={"EDGE_APP_STORAGE_DATA_DIR": str(box)})
+    assert again.returncode == 0 and "the previous data is kept in" in again.stdout
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("new-box.before-restore-")], "moved, not deleted"
+
+
+def test_a_damaged_backup_is_refused_and_the_box_untouched(cli: Cli, tmp_path: Path, nih_png: Path) -> None:
+    data, stick = tmp_path / "data", tmp_path / "usb"
+    app = create_app({"storage": {"data_dir": str(data)}, "model": {"threads": 1}})
+    svc = services.get_from(app)
+    with nih_png.open("rb") as fh:
+        added = svc.ingest.submit(fh, "a.png", "test")
+    assert added is not None
+    svc.store.wait_for(added.image_id, 60)
+    svc.stop()
+    assert cli("backup", str(stick), env={"EDGE_APP_STORAGE_DATA_DIR": str(data)}).returncode == 0
+    (backup,) = stick.iterdir()
+    stored = next(p for p in (backup / "files").rglob("*") if p.is_file())
+    stored.write_bytes(stored.read_bytes()[:-1] + b"\x00")
+    box = tmp_path / "box"
+    box.mkdir()
+    (box / "marker").write_text("the box's own data")
+    refused = cli("restore", str(backup), env={"EDGE_APP_STORAGE_DATA_DIR": str(box)})
+    assert refused.returncode == 2 and f"the stored file {stored.name} does not match its sha256" in refused.stderr
+    assert (box / "marker").read_text() == "the box's own data"
+    nothing = cli("restore", str(tmp_path), env={"EDGE_APP_STORAGE_DATA_DIR": str(box)})
+    assert nothing.returncode == 2 and "is not an edge-app backup" in nothing.stderr
+    empty = cli("backup", str(stick), env={"EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "none")})
+    assert empty.returncode == 2 and "nothing to back up" in empty.stderr
