@@ -154,3 +154,70 @@ def test_kill_9_while_a_modality_sends_loses_no_acknowledged_image(
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_kill_9_while_clinicians_review_loses_no_saved_review(
+    tmp_path: Path, launch: Callable[..., subprocess.Popen[str]], free_port: int, api_headers: dict[str, str]
+) -> None:
+    """Reviews posted from the tablet's form while the box loses power: each one the tablet was told was saved
+    (the redirect after the form) is there after the restart."""
+    import http.cookiejar
+    import re
+    import urllib.parse
+
+    from edge_app.store import Store
+    from edge_app.store.accounts import Accounts, parse_roles
+    from edge_app.store.reviews import Reviews
+
+    data_dir, port = tmp_path / "data", free_port
+    store = Store(data_dir)
+    Accounts(store).add_user("dr-ade", parse_roles("clinician"), "a long enough password")
+    store.close()
+    base = f"http://127.0.0.1:{port}"
+    saved: list[str] = []  # the notes of the reviews answered with the redirect
+    proc = launch(data_dir, port)
+    req = urllib.request.Request(f"{base}/api/v1/studies?filename=a.png", _png(1), headers=api_headers)
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        study = json.load(resp)
+    result_id = study["images"][0]["results"][0]["id"]
+    labels = [f["label"] for f in study["images"][0]["results"][0]["findings"]]
+    for _round in range(3):
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+
+        def token(page: str) -> str:
+            found = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
+            assert found
+            return found.group(1)
+
+        login = token(opener.open(f"{base}/login", timeout=30).read().decode())
+        form = {"csrf_token": login, "username": "dr-ade", "password": "a long enough password"}
+        opener.open(f"{base}/login", urllib.parse.urlencode(form).encode(), timeout=30).close()
+        csrf = token(opener.open(f"{base}/studies/{study['uid']}", timeout=30).read().decode())
+
+        def send(
+            stop: threading.Event, opener: urllib.request.OpenerDirector = opener, csrf: str = csrf, n: int = _round
+        ) -> None:
+            while not stop.is_set():
+                note = f"review {len(saved)} round {n}"
+                body = {"csrf_token": csrf, "note": note, **{f"verdict-{label}": "agree" for label in labels}}
+                url = f"{base}/studies/{study['uid']}/results/{result_id}/review"
+                try:
+                    with opener.open(url, urllib.parse.urlencode(body).encode(), timeout=30) as resp:
+                        if resp.status == 200 and "Review saved." in resp.read().decode():
+                            saved.append(note)
+                except (OSError, urllib.error.HTTPError):
+                    return
+
+        _kill_while_sending(proc, send, 1.5)
+        proc = launch(data_dir, port)
+    proc.terminate()
+    proc.wait(timeout=30)
+    assert len(saved) >= 10, "the test saved too few reviews to mean anything"
+    store = Store(data_dir)
+    try:
+        kept = {r.note for r in Reviews(store).of_image(study["images"][0]["id"])}
+    finally:
+        store.close()
+    assert set(saved) <= kept
