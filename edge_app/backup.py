@@ -11,6 +11,7 @@ the backup in its place; the service must be stopped.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import shutil
 import sqlite3
@@ -19,15 +20,11 @@ from pathlib import Path
 from edge_app.bundle import sha256_file
 from edge_app.config import Settings
 from edge_app.errors import UserError
+from edge_app.store.db import FILES_IN_USE, SERVICE_LOCK
 
 DATABASE = "edge-app.sqlite3"
 SUMMARY = "backup.json"
 _KEPT = ("bundles", "tls", "secret_key")  # besides the database and files/
-_REFERENCED = (
-    "SELECT sha256 FROM images WHERE purged_at IS NULL UNION SELECT view_sha256 FROM images "
-    "WHERE view_sha256 IS NOT NULL AND purged_at IS NULL UNION SELECT sha256 FROM outbox "
-    "UNION SELECT heatmap_sha256 FROM results WHERE heatmap_sha256 IS NOT NULL"
-)
 
 
 def _stamp() -> str:
@@ -48,7 +45,7 @@ def backup(settings: Settings, parent: Path) -> Path:
     copy = sqlite3.connect(dest / DATABASE)
     try:
         source.backup(copy)
-        digests = sorted(r[0] for r in copy.execute(_REFERENCED))
+        digests = sorted(r[0] for r in copy.execute(FILES_IN_USE))
     finally:
         source.close()
         copy.close()
@@ -71,6 +68,7 @@ def restore(settings: Settings, source: Path) -> Path | None:
     return where the old data went (None where there was none)."""
     check(source)
     data = settings.storage.data_dir
+    _not_served(data)
     aside = data.with_name(f"{data.name}.before-restore-{_stamp()}") if data.exists() else None
     if aside is not None:
         data.rename(aside)
@@ -85,7 +83,7 @@ def check(source: Path) -> None:
     db = sqlite3.connect(f"file:{source / DATABASE}?mode=ro", uri=True)
     try:
         problems = [str(r[0]) for r in db.execute("PRAGMA quick_check")]
-        digests = [r[0] for r in db.execute(_REFERENCED)] if problems == ["ok"] else []
+        digests = [r[0] for r in db.execute(FILES_IN_USE)] if problems == ["ok"] else []
     except sqlite3.DatabaseError as exc:
         problems = [str(exc)]
     finally:
@@ -108,3 +106,17 @@ def _copy_checked(src: Path, dst: Path, digest: str) -> int:
     if sha256_file(dst) != digest:
         raise UserError(f"the stored file {digest} does not match its sha256: the data directory is damaged")
     return dst.stat().st_size
+
+
+def _not_served(data: Path) -> None:
+    """Refuse while a service holds the data directory (its lock): it would go on writing into the old one."""
+    lock = data / SERVICE_LOCK
+    if not lock.exists():
+        return
+    with lock.open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(
+                f"edge-app is serving from {data}: stop the service first (systemctl stop edge-app)"
+            ) from None

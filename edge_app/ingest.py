@@ -106,6 +106,9 @@ class Ingest:
             return None
         try:
             header = read_header(self.store.file_path(digest), filename)
+            known = self.store.study_patient(header.study_uid)
+            if known and header.patient_id and known != header.patient_id:
+                raise ImageRejected(filename, "its Study Instance UID belongs to another patient's study")
         except ImageRejected as exc:
             added = self.store.add_image(
                 digest, size, filename, source, generated_header(), reason=exc.reason, patient_id=patient_id

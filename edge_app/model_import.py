@@ -5,6 +5,7 @@ its reference inputs run through ONNX Runtime here giving its reference outputs 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import stat
 import tempfile
@@ -31,6 +32,8 @@ def imported_bundles(settings: Settings) -> list[dict[str, str]]:
     out = []
     folder = bundles_dir(settings)
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if not re.fullmatch(r"[0-9a-f]{64}", path.name):
+            continue  # an import in progress, or one a crash interrupted: never verified
         try:
             manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
             name, version = str(manifest["name"]), str(manifest["version"])
@@ -54,9 +57,11 @@ def usb_bundles(settings: Settings) -> list[Path]:
 
 def import_zip(stream: IO[bytes], settings: Settings) -> Bundle:
     """A bundle zipped (its files at the top, or in one folder); extracted safely, verified, kept."""
-    with _staging(settings) as staging:
+    with _staging(settings) as staging, tempfile.TemporaryFile(dir=staging.parent) as copy:
+        shutil.copyfileobj(stream, copy)  # zipfile seeks; an upload's stream may not (Python 3.10)
+        copy.seek(0)
         try:
-            archive = zipfile.ZipFile(stream)
+            archive = zipfile.ZipFile(copy)
         except zipfile.BadZipFile:
             raise BundleError("the upload is not a .zip file") from None
         with archive:
@@ -64,6 +69,8 @@ def import_zip(stream: IO[bytes], settings: Settings) -> Bundle:
                 _extract(archive, staging, settings)
             except zipfile.BadZipFile as exc:
                 raise BundleError(f"the .zip is damaged ({exc})") from None
+            except OSError as exc:  # a member named "." or both a file and a folder: no bundle is laid out so
+                raise BundleError(f"the .zip's files cannot be laid out as a folder ({exc.strerror or exc})") from None
         return _keep(_root(staging), settings)
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import threading
 from pathlib import Path
+from typing import IO
 
 from edge_app.bundle import Bundle
 from edge_app.capture import Source, open_sources
@@ -20,6 +22,7 @@ from edge_app.registry import Registry
 from edge_app.retention import Retention
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts
+from edge_app.store.db import SERVICE_LOCK
 from edge_app.store.models import ModelHistory
 from edge_app.store.reviews import Reviews
 from edge_app.worker import Worker
@@ -37,6 +40,8 @@ class Service:
         self.accounts = Accounts(self.store)
         self.reviews = Reviews(self.store)
         self.models = ModelHistory(self.store)
+        self._activating = threading.Lock()
+        self._lock_file: IO[str] | None = None
         try:
             self.registry = Registry.from_settings(self._with_active_model(settings))
         except BaseException:
@@ -69,6 +74,7 @@ class Service:
     def start(self) -> None:
         """Clear what a crash left behind, then start the worker (it first takes the jobs left queued). Refuse
         to serve beyond this machine while no one can log in."""
+        self._hold_data_dir()
         host = self.settings.server.host
         if not is_loopback(host) and self.accounts.active_count() == 0:
             raise ConfigError(
@@ -91,6 +97,18 @@ class Service:
             raise
         self.store.audit("system", "service.start", self.registry.describe(), f"queued={queued} orphans={removed}")
 
+    def _hold_data_dir(self) -> None:
+        """One service per data directory (its worker re-queues whatever another left running), and none while a
+        restore replaces it: an exclusive lock, released when the process ends, however it ends."""
+        self._lock_file = (self.settings.storage.data_dir / SERVICE_LOCK).open("a")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            raise ConfigError(
+                f"another edge-app service is using {self.settings.storage.data_dir}: stop it first"
+            ) from None
+
     def _with_active_model(self, settings: Settings) -> Settings:
         """The settings with the model an administrator activated last in place of the configured one."""
         active = self.models.activations()
@@ -110,6 +128,10 @@ class Service:
     def activate(self, path: Path, actor: str) -> Bundle:
         """Serve the bundle at `path` in place of the first model, from the next image on (the one at hand
         finishes on the old one); recorded, so that it is still the model after a restart."""
+        with self._activating:  # two administrators at once: one after the other, recorded in that order
+            return self._activate(path, actor)
+
+    def _activate(self, path: Path, actor: str) -> Bundle:
         new = Diagnoser.from_settings(self.settings, path, decoder=self.registry.decoder)
         self._apply_thresholds(new)
         live = self.live.between_frames() if self.live is not None else contextlib.nullcontext()
@@ -148,3 +170,5 @@ class Service:
             part.stop()
         self.registry.close()
         self.store.close()
+        if self._lock_file is not None:
+            self._lock_file.close()  # and with it the lock

@@ -95,7 +95,7 @@ class Worker:
             path = self.store.file_path(job.sha256)
             results, metadata, diagnoses = [], None, []
             for diagnoser in diagnosers:
-                diagnosis = diagnoser.diagnose(path, source=job.filename)
+                diagnosis = diagnoser.diagnose(path, source=f"image {job.image_id}")  # a file name may name a patient
                 metadata = metadata or diagnosis.metadata
                 results.append(_model_result(diagnoser.bundle.sha256, diagnosis))
                 diagnoses.append((diagnoser.bundle.sha256, diagnosis))
@@ -112,7 +112,7 @@ class Worker:
                 view=jpeg(preview) if preview is not None else None,
             )
         except Exception as exc:  # a bug: this image fails with the reason, the worker goes on
-            log.exception("worker: internal error on image %d (%s)", job.image_id, job.filename)
+            log.exception("worker: internal error on image %d", job.image_id)
             return Outcome("failed", reason=f"internal error: {type(exc).__name__}: {exc}")
 
 

@@ -86,3 +86,24 @@ def test_a_damaged_backup_is_refused_and_the_box_untouched(cli: Cli, tmp_path: P
     assert nothing.returncode == 2 and "is not an edge-app backup" in nothing.stderr
     empty = cli("backup", str(stick), env={"EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "none")})
     assert empty.returncode == 2 and "nothing to back up" in empty.stderr
+
+
+def test_no_restore_under_a_running_service_and_no_second_service(
+    cli: Cli, tmp_path: Path, api_client: Callable[[Flask], FlaskClient]
+) -> None:
+    import pytest
+
+    from edge_app.errors import ConfigError
+
+    data, stick = tmp_path / "data", tmp_path / "usb"
+    app = create_app({"storage": {"data_dir": str(data)}, "model": {"threads": 1}})
+    try:
+        assert cli("backup", str(stick), env={"EDGE_APP_STORAGE_DATA_DIR": str(data)}).returncode == 0
+        (backup,) = stick.iterdir()
+        refused = cli("restore", str(backup), env={"EDGE_APP_STORAGE_DATA_DIR": str(data)})
+        assert refused.returncode == 2 and "stop the service first" in refused.stderr
+        with pytest.raises(ConfigError, match="another edge-app service is using"):
+            create_app({"storage": {"data_dir": str(data)}, "model": {"threads": 1}})
+    finally:
+        services.get_from(app).stop()
+    assert cli("restore", str(backup), env={"EDGE_APP_STORAGE_DATA_DIR": str(data)}).returncode == 0

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -168,10 +169,13 @@ def test_calling_ae_titles_and_addresses_outside_the_allow_lists_are_refused(tmp
         services.get_from(app).stop()
 
 
-def test_health_shows_the_receiver(app: Flask, api_client: Callable[[Flask], FlaskClient]) -> None:
+def test_health_shows_the_receiver_and_the_devices_page_its_address(
+    app: Flask, api_client: Callable[[Flask], FlaskClient], auth: Any, browser: FlaskClient
+) -> None:
     (source,) = api_client(app).get("/api/v1/health").get_json()["sources"]
-    assert source["name"] == "dicom" and source["connected"] is True
-    assert source["detail"] == f"EDGEAPP on 127.0.0.1:{_port(app)}"
+    assert source == {"name": "dicom", "connected": True}, "health is open to the Wi-Fi: no address in it"
+    auth.login("technician")
+    assert f"EDGEAPP on 127.0.0.1:{_port(app)}" in browser.get("/devices").get_data(as_text=True)
 
 
 _STORESCU_OPTION = {
@@ -317,8 +321,7 @@ def test_dicom_over_tls(tmp_path: Path, free_port: int, api_client: Callable[[Fl
         plain.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
         plain.acse_timeout = plain.network_timeout = 3
         assert not plain.associate("127.0.0.1", free_port, ae_title="EDGEAPP").is_established
-        health = api_client(app).get("/api/v1/health").get_json()
-        assert health["sources"][0]["detail"].endswith("(TLS)")
+        assert str(services.get_from(app).sources[0].state()["detail"]).endswith("(TLS)")
     finally:
         services.get_from(app).stop()
 

@@ -201,3 +201,21 @@ def test_a_rollback_with_nothing_activated_says_so(app: Flask, admin: tuple[Flas
     browser, token = admin
     browser.post("/admin/models/rollback", data={"csrf_token": token})
     assert "no model was activated here" in browser.get("/admin/models").get_data(as_text=True)
+
+
+def test_odd_zips_are_refused_plainly(app: Flask, admin: tuple[FlaskClient, str]) -> None:
+    for members in ((".", "x"), ("a", "a/b")):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as archive:
+            for name in members:
+                archive.writestr(name, "x")
+        page = _upload(admin, buf.getvalue())
+        assert "The bundle was refused:" in page, members
+
+
+def test_an_import_in_progress_is_never_offered(app: Flask, admin: tuple[FlaskClient, str]) -> None:
+    staging = services.get_from(app).settings.storage.data_dir / "bundles" / ".incoming-abc"
+    shutil.copytree(EMBEDDED_BUNDLE, staging)
+    browser, _ = admin
+    assert ".incoming-abc" not in browser.get("/admin/models").get_data(as_text=True)
+    assert "No bundle imported yet." in browser.get("/admin/models").get_data(as_text=True)

@@ -54,3 +54,16 @@ def test_the_cutoff_is_the_number_of_days(app: Flask, client: FlaskClient, nih_p
     now = dt.datetime.now(dt.timezone.utc)
     assert Retention(svc.store, days=2).run_once(now + dt.timedelta(days=1, hours=23)) == 0
     assert Retention(svc.store, days=2).run_once(now + dt.timedelta(days=2, minutes=1)) == 1
+
+
+def test_a_file_two_images_share_stays_while_one_of_them_is_kept(app: Flask, client: FlaskClient, nih_png: Any) -> None:
+    """Files are named by their content: the same picture sent twice (a retry) is one file for two images."""
+    svc = services.get_from(app)
+    old, new = (client.post("/api/v1/studies?filename=a.png", data=nih_png.read_bytes()).get_json() for _ in range(2))
+    assert old["uid"] != new["uid"] and old["images"][0]["sha256"] == new["images"][0]["sha256"]
+    with svc.store.transaction() as db:
+        db.execute("UPDATE images SET created_at = '2020-01-01T00:00:00.000+00:00' WHERE id = ?", (old["image_id"],))
+    assert Retention(svc.store, days=30).run_once() == 1
+    (kept,) = client.get(f"/api/v1/studies/{new['uid']}").get_json()["images"]
+    assert svc.store.read_file(kept["sha256"]) == nih_png.read_bytes()
+    assert svc.store.file_path(kept["view_sha256"]).is_file()

@@ -162,3 +162,23 @@ def test_live_inference_runs_the_model_that_reads_the_feed(
 def test_no_live_inference_or_preview_without_video(client) -> None:  # type: ignore[no-untyped-def]
     assert client.get("/api/v1/video/live").status_code == 404
     assert client.get("/api/v1/video.mjpeg").status_code == 404
+
+
+def test_a_camera_url_s_password_is_never_shown(tmp_path: Path) -> None:
+    from edge_app.capture.video import VideoGrabber
+    from edge_app.config import VideoCaptureSettings
+    from edge_app.ingest import Ingest
+    from edge_app.store import Store
+
+    store = Store(tmp_path)
+    try:
+        for source, shown in (
+            ("rtsp://cam:S3cret@10.1.2.3:554/live", "rtsp://cam:***@10.1.2.3:554/live"),
+            ("rtsp://cam:S3cret@10.1.2.3/live", "rtsp://cam:***@10.1.2.3/live"),
+            ("rtsp://10.1.2.3/live", "rtsp://10.1.2.3/live"),
+            ("/dev/video0", "/dev/video0"),
+        ):
+            grabber = VideoGrabber(VideoCaptureSettings(enabled=True, source=source), Ingest(store))
+            assert grabber.state()["detail"] == shown
+    finally:
+        store.close()

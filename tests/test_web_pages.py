@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import NIH, dicom_file
+from conftest import NIH, AuthActions, dicom_file
 from edge_app.store.accounts import parse_roles
 from edge_app.web import services
 
@@ -343,3 +343,40 @@ def test_the_administration_speaks_french_too(app: Flask, auth: Any, browser: Fl
     browser.post("/admin/tokens", data={"csrf_token": token, "name": "ris", "role": "technician"})
     page = browser.post("/admin/tokens", data={"csrf_token": token, "name": "ris", "role": "technician"})
     assert "Un jeton nommé ris existe" in page.get_data(as_text=True)
+
+
+def test_an_administrator_cannot_lock_the_administration_out(app: Flask, auth: Any, browser: FlaskClient) -> None:
+    auth.login("admin", name="boss")
+    token = auth.csrf("/admin/users")
+    browser.post("/admin/users/boss/roles", data={"csrf_token": token, "role-clinician": "1"})
+    assert "You cannot take away your own administrator role." in browser.get("/admin/users").get_data(as_text=True)
+    assert services.get_from(app).accounts.user("boss").roles == {"admin"}
+    browser.post("/admin/users/boss/roles", data={"csrf_token": token, "role-admin": "1", "role-clinician": "1"})
+    assert services.get_from(app).accounts.user("boss").roles == {"admin", "clinician"}
+
+
+def test_the_report_prints_the_review_of_the_result_it_prints(tmp_path: Path, api_client: Any, nih_png: Path) -> None:
+    """Two models read the image; the report shows the last one's findings: a review of the other's is not
+    printed beside them."""
+    from edge_app.config import EMBEDDED_BUNDLE
+    from edge_app.web import create_app
+
+    app = create_app(
+        {
+            "storage": {"data_dir": str(tmp_path / "data")},
+            "model": {"threads": 1, "extra_bundles": [str(EMBEDDED_BUNDLE)]},
+        }
+    )
+    try:
+        study = api_client(app).post("/api/v1/studies?filename=a.png", data=nih_png.read_bytes()).get_json()
+        first, second = study["images"][0]["results"]
+        services.get_from(app).reviews.add(first["id"], "dr-ade", {"Effusion": "agree"}, "of the first model")
+        auth = AuthActions(app, app.test_client())
+        auth.login("clinician")
+        text = _pdf_text(auth.client.get(f"/studies/{study['uid']}/report.pdf").data)
+        assert "Not reviewed yet." in text and "of the first model" not in text
+        services.get_from(app).reviews.add(second["id"], "dr-ade", {"Effusion": "agree"}, "of the second model")
+        text = _pdf_text(auth.client.get(f"/studies/{study['uid']}/report.pdf").data)
+        assert "of the second model" in text
+    finally:
+        services.get_from(app).stop()

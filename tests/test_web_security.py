@@ -258,14 +258,25 @@ def test_login_failures_are_throttled_and_audited(app: Flask, auth: Any, browser
     assert resp.status_code == 429, "the right password too, once the limit is reached"
     assert browser.get("/").status_code == 302
     actions = [e["action"] for e in services.get_from(app).store.audit_trail()]
-    assert actions.count("login.failure") == 5 and "login.refused" in actions and "login.success" not in actions
+    assert actions.count("login.failure") == 5 and "login.success" not in actions
+    other = app.test_client()
+    data = {"csrf_token": _csrf(other), "username": "nurse", "password": PASSWORD}
+    resp = other.post("/login", data=data, environ_base={"REMOTE_ADDR": "10.0.0.8"})
+    assert resp.status_code == 302, "failures from one tablet do not lock the nurse out of another"
 
 
 def test_the_throttle_counts_per_address_too(app: Flask) -> None:
+    """Spraying one password over many names from one address: 4 x login_attempts failures, then refused."""
     accounts = services.get_from(app).accounts
     accounts.add_user("nurse", parse_roles("clinician"), PASSWORD)
     client = app.test_client()
-    for n in range(5):
+    for n in range(19):
+        data = {"csrf_token": _csrf(client), "username": f"guess{n}", "password": "x" * 12}
+        client.post("/login", data=data)
+    data = {"csrf_token": _csrf(client), "username": "nurse", "password": PASSWORD}
+    assert client.post("/login", data=data).status_code == 302, "19 failures over 19 names: not yet"
+    client.post("/logout", data={"csrf_token": _csrf(client, "/")})
+    for n in range(1):
         data = {"csrf_token": _csrf(client), "username": f"guess{n}", "password": "x" * 12}
         client.post("/login", data=data)
     data = {"csrf_token": _csrf(client), "username": "nurse", "password": PASSWORD}
@@ -318,7 +329,14 @@ def test_login_goes_back_where_it_was_asked_only_on_this_server(app: Flask, stud
     client = app.test_client()
     target = f"/studies/{study['uid']}"
     assert client.get(target).location == f"/login?next={target}"
-    for given, expected in ((target, target), ("//evil.example/x", "/"), ("https://evil.example/", "/")):
+    for given, expected in (
+        (target, target),
+        ("//evil.example/x", "/"),
+        ("https://evil.example/", "/"),
+        ("/%09/evil.example", "/"),  # a browser drops the tab: //evil.example
+        ("/%0d%0aSet-Cookie:%20x=y", "/"),
+        ("/\\evil.example", "/"),
+    ):
         client = app.test_client()
         data = {"csrf_token": _csrf(client), "username": "doc", "password": PASSWORD}
         assert client.post(f"/login?next={given}", data=data).location == expected
@@ -444,3 +462,50 @@ def test_a_real_server_over_https_with_its_own_certificate(tmp_path: Path, free_
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_logging_out_ends_the_session_even_for_a_copied_cookie(app: Flask, auth: Any, browser: FlaskClient) -> None:
+    auth.login("clinician")
+    cookie = browser.get_cookie("edge_session")
+    assert cookie is not None
+    copy = app.test_client()
+    copy.set_cookie("edge_session", cookie.value)
+    assert copy.get("/").status_code == 200
+    auth.logout()
+    resp = copy.get("/")
+    assert resp.status_code == 302 and resp.location.startswith("/login")
+
+
+def test_a_technician_sends_images_and_reads_no_results(
+    app: Flask, client: FlaskClient, anonymous: FlaskClient
+) -> None:
+    """The technician's answer to a POST carries the image's status, not the study: no patient, no findings. An
+    image claiming another patient's study is refused, not slipped into that patient's record."""
+    import pydicom
+
+    from conftest import dicom_file
+
+    first = client.post("/api/v1/studies?filename=rg1.dcm", data=dicom_file("RG1_UNCR.dcm").read_bytes())
+    uid = first.get_json()["uid"]
+    secret = services.get_from(app).accounts.create_token("modality", parse_roles("technician"))
+    bearer = {"Authorization": f"Bearer {secret}"}
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    ds.SOPInstanceUID, ds.PatientID, ds.PatientName = "1.2.3.4.5.6.7", "OTHER-PATIENT", "OTHER^PATIENT"
+    import io
+
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    resp = anonymous.post("/api/v1/studies?filename=x.dcm", data=buf.getvalue(), headers=bearer)
+    body = resp.get_json()
+    assert resp.status_code == 422 and body["reason"] == "its Study Instance UID belongs to another patient's study"
+    assert body["uid"] != uid and "images" not in body and "study" not in body
+    assert str(pydicom.dcmread(dicom_file("RG1_UNCR.dcm")).PatientID) not in resp.get_data(as_text=True)
+    (image,) = client.get(f"/api/v1/studies/{uid}").get_json()["images"]
+    assert image["id"] == first.get_json()["image_id"], "the patient's study holds only its own image"
+    ds.PatientID = pydicom.dcmread(dicom_file("RG1_UNCR.dcm")).PatientID
+    ds.SOPInstanceUID = "1.2.3.4.5.6.8"
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    resp = anonymous.post("/api/v1/studies?filename=y.dcm", data=buf.getvalue(), headers=bearer)
+    assert resp.status_code == 201 and set(resp.get_json()) == {"uid", "status", "image_id", "duplicate"}
+    assert resp.get_json()["uid"] == uid, "the same patient's next image joins the study"

@@ -93,7 +93,8 @@ class FolderWatcher:
             with path.open("rb") as fh:
                 added = self.ingest.submit(fh, relative.as_posix(), f"folder:{self.root}")
         except OSError as exc:  # unreadable for now: leave it, try at the next look
-            log.warning("cannot read %s yet: %s", path, exc)
+            # No file name in the log: it may name a patient (the reason file beside it says which).
+            log.warning("a file in %s cannot be read yet: %s", self.root, exc.strerror or type(exc).__name__)
             return False
         if added is None:
             self._move(path, relative, FAILED, "the file is empty")
@@ -114,4 +115,4 @@ class FolderWatcher:
         shutil.move(path, target)
         if reason is not None:
             target.with_name(target.name + ".reason.txt").write_text(reason + "\n", encoding="utf-8")
-            log.info("%s refused: %s", relative, reason)
+            log.info("a file in %s refused (see failed/): %s", self.root, reason)

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from numpy.typing import NDArray
@@ -52,7 +53,7 @@ class VideoGrabber:
         return {
             "name": self.name,
             "connected": self.connected,
-            "detail": self.settings.source,
+            "detail": _without_password(self.settings.source),
             "frame": self._frame_number,
             "captured": self.captured,
         }
@@ -144,3 +145,13 @@ def frame_to_dicom(rgb: NDArray[np.uint8], modality: str = "US") -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def _without_password(source: str) -> str:
+    """A camera URL as it may be shown (rtsp://user:secret@host/ -> rtsp://user:***@host/)."""
+    parts = urlsplit(source)
+    if parts.password is None:
+        return source
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -86,7 +86,7 @@ def study_report(
         )
         y -= 2 * mm
         line(_("Findings"), 12, bold=True)
-        latest = reviews.get(image["id"], [])
+        latest = [r for r in reviews.get(image["id"], []) if r.result_id == result["id"]]  # of this model's result
         verdicts = latest[0].verdicts if latest else {}
         said = {"agree": _("agrees"), "disagree": _("disagrees")}
         for f in sorted(result["findings"], key=lambda f: -f["probability"]):

@@ -141,6 +141,11 @@ class Accounts:
     def set_disabled(self, name: str, disabled: bool) -> None:
         self._update(name, "disabled_at = ?", (_now() if disabled else None,))
 
+    def end_sessions(self, name: str) -> None:
+        """Every session of the user ends (logging out of one tablet logs out of all: a copied cookie dies)."""
+        with self.store.transaction() as db:
+            db.execute("UPDATE users SET epoch = epoch + 1 WHERE name = ?", (name,))
+
     def _update(self, name: str, assignment: str, values: tuple[object, ...], *, new_epoch: bool = True) -> None:
         epoch = ", epoch = epoch + 1" if new_epoch else ""
         with self.store.transaction() as db:

@@ -26,6 +26,13 @@ from edge_app.imaging.header import ImageHeader
 from edge_app.store.schema import migrate
 
 IMAGE_STATUSES = ("queued", "done", "rejected", "failed", "no_model")
+SERVICE_LOCK = "service.lock"  # in the data directory: held by the one service that uses it
+# Every stored file a row still needs: images (and their views) not purged, results' heatmaps, outgoing objects.
+FILES_IN_USE = (
+    "SELECT sha256 FROM images WHERE purged_at IS NULL UNION SELECT sha256 FROM outbox "
+    "UNION SELECT view_sha256 FROM images WHERE view_sha256 IS NOT NULL AND purged_at IS NULL "
+    "UNION SELECT heatmap_sha256 FROM results WHERE heatmap_sha256 IS NOT NULL"
+)
 
 
 @dataclass(frozen=True)
@@ -241,6 +248,12 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
         return Added(image_id, header.study_uid, header.sop_instance_uid, status, reason)
+
+    def study_patient(self, uid: str) -> str | None:
+        """The patient ID of a study already held (None where there is no such study)."""
+        with self._lock:
+            row = self._db.execute("SELECT patient_id FROM studies WHERE uid = ?", (uid,)).fetchone()
+        return str(row[0]) if row is not None else None
 
     def _id_of(self, table: str, uid: str) -> int | None:
         row = self._db.execute(f"SELECT id FROM {table} WHERE uid = ?", (uid,)).fetchone()
@@ -473,10 +486,11 @@ class Store:
                 (received_before,),
             ).fetchall()
             db.executemany("UPDATE images SET purged_at = ? WHERE id = ?", [(now, r[0]) for r in rows])
-        for row in rows:  # once the rows say so: files a crash leaves here are remove_orphans' to delete
-            for digest in (row[1], row[2]):
-                if digest:
-                    self.file_path(digest).unlink(missing_ok=True)
+            # Files are named by their content: the same bytes sent twice are one file two images use.
+            still_used = {r[0] for r in db.execute(FILES_IN_USE)}
+        for digest in {d for row in rows for d in (row[1], row[2]) if d} - still_used:
+            # Once the rows say so: files a crash leaves here are remove_orphans' to delete.
+            self.file_path(digest).unlink(missing_ok=True)
         return len(rows)
 
     # -- recovery at start ---------------------------------------------------------------------------------------
@@ -484,14 +498,7 @@ class Store:
     def remove_orphans(self) -> int:
         """Delete temporaries a crash left behind and stored files no row refers to; call before serving."""
         with self._lock:
-            wanted = {
-                r[0]
-                for r in self._db.execute(
-                    "SELECT sha256 FROM images WHERE purged_at IS NULL UNION SELECT sha256 FROM outbox "
-                    "UNION SELECT view_sha256 FROM images WHERE view_sha256 IS NOT NULL AND purged_at IS NULL "
-                    "UNION SELECT heatmap_sha256 FROM results WHERE heatmap_sha256 IS NOT NULL"
-                )
-            }
+            wanted = {r[0] for r in self._db.execute(FILES_IN_USE)}
         removed = 0
         for path in self.files_dir.rglob("*"):
             if path.is_file() and (path.name.startswith(INCOMING_PREFIX) or path.name not in wanted):

@@ -77,12 +77,13 @@ def change_user(name: str, action: str) -> Any:
             chosen = [role for role in ROLES if request.form.get(f"role-{role}")]
             if not chosen:
                 raise UserError(_("Choose at least one role."))
+            if "admin" not in chosen and _is_self(name):
+                raise UserError(_("You cannot take away your own administrator role."))
             roles = parse_roles(chosen)
             svc.accounts.set_roles(name, roles)
             detail = f"roles={','.join(sorted(roles))}"
         else:
-            principal = security.current()
-            if action == "disable" and principal is not None and principal.name.lower() == name.lower():
+            if action == "disable" and _is_self(name):
                 raise UserError(_("You cannot disable your own account."))
             svc.accounts.set_disabled(name, action == "disable")
             detail = ""
@@ -273,6 +274,12 @@ def audit_csv() -> Response:
     return Response(
         buf.getvalue(), mimetype="text/csv", headers={"Content-Disposition": 'attachment; filename="audit.csv"'}
     )
+
+
+def _is_self(name: str) -> bool:
+    """Whether `name` is the administrator at hand: who must not lock the box's administration out."""
+    principal = security.current()
+    return principal is not None and principal.name.lower() == name.lower()
 
 
 def _flash_errors(form: FlaskForm) -> None:

@@ -40,7 +40,8 @@ def health() -> Any:
         bundle_sha256=first.bundle.sha256,
         models=[{**d.model_info, "bundle_sha256": d.bundle.sha256} for d in svc.registry.diagnosers],
         queued=svc.store.queued(),
-        sources=[source.state() for source in svc.sources],
+        # Open to anyone on the Wi-Fi: each source's name and state, not its address, path or credentials.
+        sources=[{key: state[key] for key in ("name", "connected")} for state in (s.state() for s in svc.sources)],
         engines=engine_status(svc.settings.engine_cache),
     )
 
@@ -58,7 +59,8 @@ _ANSWERS = {
 @security.requires("clinician", "technician")
 def create_study() -> Any:
     """Take one image (multipart field `file`, or the raw body with ?filename=), hand it to ingest and wait for
-    its result: 201 with the study, 202 while it is still queued, 422 or 500 with the reason and the study."""
+    its result: 201 with the study, 202 while it is still queued, 422 or 500 with the reason and the study. A
+    sender without the clinician role gets the image's status and the study's UID, not the study."""
     svc = services.get()
     if request.mimetype == "multipart/form-data":
         try:
@@ -81,10 +83,14 @@ def create_study() -> Any:
     if added is None:
         return _bad_request("no image (the body is empty): send a multipart field 'file' or the raw bytes")
     status, reason = svc.store.wait_for(added.image_id, svc.settings.server.result_wait_s)
-    study = svc.store.get_study(added.study_uid)
     code, error = _ANSWERS[status]
     headers = {"Location": f"/api/v1/studies/{added.study_uid}"}
     image = {"image_id": added.image_id, "duplicate": added.duplicate}
+    principal = security.current()
+    if principal is None or "clinician" not in principal.roles:  # a technician sends images, reads no results
+        answer = {"uid": added.study_uid, "status": status, **({"reason": reason} if reason else {}), **image}
+        return (jsonify(error=error, **answer) if error else jsonify(answer)), code, headers
+    study = svc.store.get_study(added.study_uid)
     if error is not None:
         return jsonify(error=error, detail=reason, study=study, **image), code, headers
     return jsonify({**study, **image}), code, headers

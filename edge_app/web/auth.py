@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
@@ -27,8 +28,7 @@ def login() -> Any:
     if form.validate_on_submit():
         name, address = form.username.data or "", request.remote_addr or ""
         limiter = security.throttle()
-        if limiter.blocked(name, address):
-            svc.store.audit(name, "login.refused", detail="too many failed attempts")
+        if limiter.blocked(name, address):  # not audited: the failures that led here were, and are bounded
             flash(_("Too many failed attempts. Wait a few minutes, then try again."), "error")
             status = 429
         else:
@@ -51,7 +51,8 @@ def login() -> Any:
 @security.public
 def logout() -> Any:
     principal = security.current()
-    if principal is not None:
+    if principal is not None and principal.user is not None:
+        services.get().accounts.end_sessions(principal.user.name)  # the cookie alone would outlive the logout
         services.get().store.audit(principal.name, "logout")
     security.log_out()
     return redirect(url_for("auth.login"))
@@ -106,7 +107,14 @@ def _from_this_box() -> bool:
 
 
 def _safe_next(target: str | None) -> str:
-    """Only a path on this server (never //host or a scheme): no open redirect."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+    """Only a path on this server: no scheme, no host, no backslash, no control character or space (a browser
+    drops a tab from "/<tab>/evil.example" and goes to //evil.example): no open redirect."""
+    if (
+        target
+        and target.startswith("/")
+        and not any(c <= " " or c in "\\\x7f" for c in target)
+        and not urlsplit(target).netloc
+        and not target.startswith("//")
+    ):
         return target
     return url_for("worklist.index")

@@ -5,13 +5,19 @@ from __future__ import annotations
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, PasswordField, SelectField, StringField, TextAreaField
-from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, EqualTo, Length, Regexp
 
 from edge_app.store.accounts import LANGUAGES, MIN_PASSWORD_CHARS, NAME_PATTERN, ROLES
 from edge_app.store.reviews import MAX_NOTE_CHARS
 
 LANGUAGE_NAMES = {"en": "English", "fr": "Français"}
+
+try:  # WTForms 3.3 takes choices as SelectChoice and deprecates tuples; 3.2 (the last on Python 3.10) has none
+    from wtforms.fields.choices import SelectChoice as _choice
+except ImportError:  # pragma: no cover - Python 3.10 (JetPack 6)
+
+    def _choice(value: str, label: str) -> tuple[str, str]:
+        return value, label
 
 
 class LoginForm(FlaskForm):
@@ -41,7 +47,7 @@ class UserForm(FlaskForm, NewPasswordMixin):
     clinician = BooleanField(_l("Clinician"))
     technician = BooleanField(_l("Technician"))
     admin = BooleanField(_l("Administrator"))
-    language = SelectField(_l("Language"), choices=[SelectChoice(code, LANGUAGE_NAMES[code]) for code in LANGUAGES])
+    language = SelectField(_l("Language"), choices=[_choice(code, LANGUAGE_NAMES[code]) for code in LANGUAGES])
 
     def roles(self) -> frozenset[str]:
         return frozenset(role for role in ROLES if getattr(self, role).data)
@@ -57,11 +63,11 @@ class UserForm(FlaskForm, NewPasswordMixin):
 
 class TokenForm(FlaskForm):
     name = StringField(_l("Name"), validators=[DataRequired(), _NAME_RULE])
-    role = SelectField(_l("Role"), choices=[SelectChoice(role, role) for role in ROLES])
+    role = SelectField(_l("Role"), choices=[_choice(role, role) for role in ROLES])
 
 
 class LanguageForm(FlaskForm):
-    language = SelectField(_l("Language"), choices=[SelectChoice(code, LANGUAGE_NAMES[code]) for code in LANGUAGES])
+    language = SelectField(_l("Language"), choices=[_choice(code, LANGUAGE_NAMES[code]) for code in LANGUAGES])
 
 
 class ReviewForm(FlaskForm):

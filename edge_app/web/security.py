@@ -84,31 +84,35 @@ def log_out() -> None:
 
 
 class LoginThrottle:
-    """Failed logins counted per account name and per address over a sliding window; past the limit, refused.
-    (Flask-Limiter counts requests; what must be limited here is failures, which only the login view knows.)"""
+    """Failed logins over a sliding window: `attempts` per account name from one address, and four times that
+    per address whatever the names (password spraying). Not per name alone: anyone could then lock a colleague
+    out from another tablet. (Flask-Limiter counts requests; what must be limited here is failures, which only
+    the login view knows.)"""
+
+    ADDRESS_FACTOR = 4
 
     def __init__(self, attempts: int, window_s: float) -> None:
         self.attempts, self.window_s = attempts, window_s
         self._failures: dict[tuple[str, str], deque[float]] = {}
         self._lock = threading.Lock()
 
-    def _keys(self, name: str, address: str) -> list[tuple[str, str]]:
-        return [("name", name.lower()), ("address", address)]
+    def _limits(self, name: str, address: str) -> list[tuple[tuple[str, str], int]]:
+        return [((address, name.lower()), self.attempts), ((address, ""), self.ADDRESS_FACTOR * self.attempts)]
 
     def blocked(self, name: str, address: str) -> bool:
         now = time.monotonic()
         with self._lock:
-            for key in self._keys(name, address):
+            for key, limit in self._limits(name, address):
                 times = self._failures.get(key)
                 while times and now - times[0] > self.window_s:
                     times.popleft()
-                if times is not None and len(times) >= self.attempts:
+                if times is not None and len(times) >= limit:
                     return True
         return False
 
     def failed(self, name: str, address: str) -> None:
         with self._lock:
-            for key in self._keys(name, address):
+            for key, _ in self._limits(name, address):
                 self._failures.setdefault(key, deque()).append(time.monotonic())
 
 
