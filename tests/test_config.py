@@ -336,3 +336,16 @@ def test_seconds_are_numbers_not_strings(tmp_path: Path) -> None:
     cfg.write_text('[imaging]\ndecode_timeout_s = "30"\n')
     with pytest.raises(ConfigError, match=r"imaging\.decode_timeout_s: Input should be a valid number"):
         load_settings(cfg, environ={})
+
+
+def test_configured_tls_files_are_the_ones_served(tmp_path: Path) -> None:
+    env = {"EDGE_APP_SERVER_TLS_CERT": "/etc/edge-app/c.pem", "EDGE_APP_SERVER_TLS_KEY": "/etc/edge-app/k.pem"}
+    settings = load_settings(environ={**env, "EDGE_APP_STORAGE_DATA_DIR": str(tmp_path)})
+    assert settings.tls_files == (Path("/etc/edge-app/c.pem"), Path("/etc/edge-app/k.pem"))
+    assert not settings.tls, "configured, but not there"
+
+
+def test_a_destination_s_port_is_dicom_s_own_unless_given() -> None:
+    value = '[{ ae_title = "PACS", host = "10.0.0.2" }]'
+    (destination,) = load_settings(environ={"EDGE_APP_OUTPUTS_DESTINATIONS": value}).outputs.destinations
+    assert destination.port == 104 and destination.send == ["sr", "sc"]

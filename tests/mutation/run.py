@@ -97,6 +97,13 @@ EQUIVALENT = {
         "core/ReplaceComparisonOperator_Lt_LtE",
     ): "an empty host splits into one empty label, which the label pattern refuses anyway",
     ("@classmethod", "core/RemoveDecorator"): "pydantic makes a field validator a class method by itself",
+    ("if (self.tls_cert is None) != (self.tls_key is None):", "core/ReplaceComparisonOperator_NotEq_IsNot"): (
+        "both sides are the bools True or False, which are singletons: `is not` compares them as `!=` does"
+    ),
+    ("if origin is list:", "core/ReplaceComparisonOperator_Is_Eq"): "a class compares equal only to itself",
+    ("return 0 < len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)", "core/NumberReplacer"): (
+        "-1 < n holds for every length, and an empty host fails the label pattern anyway (0 -> 1 is killed)"
+    ),
 }
 
 
