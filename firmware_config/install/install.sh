@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# On the appliance, as root, with no network: install (or update) edge-app from a kit made by build-kit.sh.
+#   KIT/firmware_config/install/install.sh            # from the kit on the USB stick
+# EDGE_ROOT (default /) installs under another root instead (a test, an image being prepared): no user is made
+# and systemd is not told. An existing /etc/edge-app/edge-app.toml is kept.
+set -euo pipefail
+kit="$(cd "$(dirname "$0")/../.." && pwd)"
+root="${EDGE_ROOT:-/}"
+python="${PYTHON:-python3}"
+opt="$root/opt/edge-app"
+mkdir -p "$opt" "$root/etc/edge-app/devices" "$root/etc/systemd/system" "$root/usr/lib/sysusers.d" \
+    "$root/etc/udev/rules.d"
+# JetPack's TensorRT (python3-libnvinfer) is a system package: the venv sees it (EDGE_SYSTEM_SITE=0: not).
+site="--system-site-packages"
+[ "${EDGE_SYSTEM_SITE:-1}" = "1" ] || site=""
+[ -x "$opt/.venv/bin/python" ] || "$python" -m venv $site "$opt/.venv"
+PIP_CONFIG_FILE=/dev/null "$opt/.venv/bin/pip" install --no-index --find-links "$kit/wheelhouse" --upgrade edge-clinic-ai
+cp -r "$kit/firmware_config" "$kit/README.md" "$opt/"
+cp "$kit"/systemd/*.service "$root/etc/systemd/system/"
+cp "$kit/systemd/edge-app.sysusers.conf" "$root/usr/lib/sysusers.d/edge-app.conf"
+cp "$kit/firmware_config/udev/99-edge-app.rules" "$root/etc/udev/rules.d/"
+[ -e "$root/etc/edge-app/edge-app.toml" ] || cp "$kit/firmware_config/edge-app.toml" "$root/etc/edge-app/"
+cp -n "$kit"/firmware_config/devices/*.toml "$root/etc/edge-app/devices/" 2>/dev/null || true
+if [ "$root" = "/" ]; then
+    systemd-sysusers
+    udevadm control --reload
+    systemctl daemon-reload
+    systemctl enable edge-app-power.service edge-app-engine.service edge-app.service
+    echo "installed. Next: edge-app tls init, edge-app user add NAME --role admin, edge-app check, then"
+    echo "systemctl start edge-app (see README: Install on the appliance)"
+else
+    echo "installed under $root"
+fi
