@@ -59,6 +59,20 @@ def test_an_rle_header_cut_short_or_pointing_outside_is_refused() -> None:
         frame_size(RLE, _rle([plane, plane], offsets=[64, 64]), samples=1, bits_allocated=16)
     with pytest.raises(ValueError, match="offsets point outside the frame"):
         frame_size(RLE, _rle([plane], offsets=[64 + 4096]), samples=1, bits_allocated=8)
+    three = _rle([plane] * 3)
+    with pytest.raises(ValueError, match="offsets point outside the frame"):  # a middle segment beyond the end
+        frame_size(
+            RLE, _rle([plane] * 3, offsets=[64, 64 + len(plane), len(three) + 1000]), samples=3, bits_allocated=8
+        )
+
+
+@pytest.mark.parametrize(("bits", "planes"), [(1, 1), (8, 1), (16, 2), (32, 4)])
+def test_rle_has_one_segment_per_byte_plane(bits: int, planes: int) -> None:
+    plane = _packbits(bytes(40))
+    assert frame_size(RLE, _rle([plane] * planes), samples=1, bits_allocated=bits) == FrameSize(40, 1)
+    assert frame_size(RLE, _rle([plane] * planes * 3), samples=3, bits_allocated=bits) == FrameSize(40, 3)
+    with pytest.raises(ValueError, match=f"need {planes}$"):
+        frame_size(RLE, _rle([plane] * (planes + 1)), samples=1, bits_allocated=bits)
 
 
 @pytest.mark.parametrize(

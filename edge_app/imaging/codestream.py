@@ -74,7 +74,7 @@ def _rle_size(frame: bytes, samples: int, bits_allocated: int) -> FrameSize:
     if len(frame) < 64:
         raise ValueError("RLE frame shorter than its 64-byte header")
     count, *offsets = struct.unpack("<16I", frame[:64])
-    expected = samples * max(1, bits_allocated // 8)
+    expected = samples * ((bits_allocated + 7) // 8)  # byte planes: 1 for 1 or 8 bits, 2 for 16, 4 for 32
     if count != expected:
         raise ValueError(
             f"RLE frame has {count} segments; {samples} sample(s) of {bits_allocated} bits need {expected}"

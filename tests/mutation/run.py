@@ -77,8 +77,8 @@ EQUIVALENT = {
         "stuck = busy_since is not None and time.monotonic() - busy_since >= within_s",
         "core/ReplaceComparisonOperator_GtE_Gt",
     ): ("elapsed time equal to the limit to the last bit: no test, and no hung worker, can tell"),
-    ("expected = samples * max(1, bits_allocated // 8)", "core/ReplaceBinaryOperator_FloorDiv_Div"): (
-        "bits_allocated is 1, 8, 16 or 32 (checked before): / and // give the same count"
+    ("if count != expected:", "core/ReplaceComparisonOperator_NotEq_IsNot"): (
+        "at most 15 segments: CPython keeps one object for each small int, `is not` compares them as `!=` does"
     ),
     (
         "if any(not 64 <= start < end <= len(frame) for start, end in zip(offsets[:count], ends, strict=True)):",
