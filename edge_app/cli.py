@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import signal
@@ -47,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("dir", type=Path, help="where the backup folder is made (a USB stick's mount point)")
     p = sub.add_parser("restore", help="check a backup, move the data directory aside, put the backup in place")
     p.add_argument("backup", type=Path, help="an edge-app-backup-* folder (stop the service first)")
+    p = sub.add_parser("export", help="studies, images, reports and a results table into a new folder in DIR")
+    p.add_argument("dir", type=Path, help="where the export folder is made (a USB stick's mount point)")
+    p.add_argument("--deidentify", action="store_true", help="DICOM PS3.15 Annex E basic profile; pseudonyms")
+    p.add_argument("--since", type=dt.date.fromisoformat, help="only studies received on or after YYYY-MM-DD")
 
     p = sub.add_parser("bench", help="latency of decode, preprocess and inference on real images")
     p.add_argument("files", nargs="+", type=Path, help="image files or folders")
@@ -75,6 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_accounts.run(args.command, args, settings)
         if args.command in ("backup", "restore"):
             return _backup(settings, args)
+        if args.command == "export":
+            from edge_app.export import export
+
+            print(f"export written to {export(settings, args.dir, deidentify=args.deidentify, since=args.since)}")
+            return 0
         return _bench(settings, args.files, args.bundle, args.limit, args.warmup)
     except UserError as exc:
         print(f"edge-app: {exc}", file=sys.stderr)

@@ -1,0 +1,169 @@
+"""`edge-app export`: the studies and their results onto a USB stick, as they are or de-identified.
+
+The export is a folder `edge-app-export-<time>[-deidentified]/` holding `results.csv` (one row per finding, with
+the newest review's verdict) and one folder per study: its images and its one-page report. De-identified, it
+follows DICOM PS3.15 Annex E's Basic Application Level Confidentiality Profile (the 2024b table, applied by
+dicom-anonymizer: names, IDs, dates, institution and device identifiers removed or replaced, UIDs replaced
+consistently within the export, private tags removed); studies and reviewers become `study-0001`, `reviewer-1`;
+PNG and JPEG images are written anew without their metadata. Text burned into the pixels is not removed (Annex E's
+Clean Pixel Data option is not applied): look at the images before they leave the clinic.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from pathlib import Path
+from typing import Any
+
+from edge_app.config import Settings
+from edge_app.errors import UserError
+from edge_app.store import Store
+from edge_app.store.reviews import Review, Reviews
+
+FIELDS = [
+    "study", "received", "image", "modality", "status", "model", "label", "probability", "threshold", "positive",
+    "verdict", "reviewer",
+]  # fmt: skip
+
+
+def export(settings: Settings, parent: Path, *, deidentify: bool = False, since: dt.date | None = None) -> Path:
+    """A new export folder in `parent` with every study received since `since` (all without); return it."""
+    data = settings.storage.data_dir
+    if not (data / "edge-app.sqlite3").is_file():
+        raise UserError(f"nothing to export: {data / 'edge-app.sqlite3'} does not exist")
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    dest = parent / f"edge-app-export-{stamp}{'-deidentified' if deidentify else ''}"
+    try:
+        dest.mkdir(parents=True)
+    except OSError as exc:
+        raise UserError(f"cannot make {dest}: {exc.strerror or exc}") from None
+    store = Store(data)
+    try:
+        _write(store, dest, deidentify, since)
+    finally:
+        store.close()
+    return dest
+
+
+def _write(store: Store, dest: Path, deidentify: bool, since: dt.date | None) -> None:
+    from edge_app.outputs.report import study_report
+
+    reviews = Reviews(store)
+    reviewers: dict[str, str] = {}
+    rows: list[dict[str, Any]] = []
+    studies = [
+        s for s in reversed(store.list_studies(-1)) if since is None or s["created_at"][:10] >= since.isoformat()
+    ]
+    for number, study in enumerate(studies, start=1):
+        name = f"study-{number:04d}" if deidentify else study["uid"]
+        folder = dest / name
+        folder.mkdir()
+        pictures, heatmaps, image_reviews = {}, {}, {}
+        for n, image in enumerate(study["images"], start=1):
+            if not image["purged_at"]:
+                _write_image(store.read_file(image["sha256"]), folder / f"image-{n}", deidentify)
+            if image["view_sha256"]:
+                pictures[image["id"]] = store.read_file(image["view_sha256"])
+            for result in image["results"]:
+                if "heatmap" in result:
+                    heatmaps[result["id"]] = store.read_file(result["heatmap"]["sha256"])
+            found = reviews.of_image(image["id"])
+            if deidentify:
+                found = [_pseudonymous(r, reviewers) for r in found]
+            image_reviews[image["id"]] = found
+            rows += _rows(name, study, image, n, found, deidentify)
+        shown = _deidentified_study(study, name) if deidentify else study
+        (folder / "report.pdf").write_bytes(study_report(shown, pictures, heatmaps, image_reviews, _english))
+    with (dest / "results.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _english(text: str, **values: Any) -> str:
+    return text % values if values else text
+
+
+def _rows(
+    name: str, study: dict[str, Any], image: dict[str, Any], n: int, found: list[Review], deidentify: bool
+) -> list[dict[str, Any]]:
+    meta = image["metadata"]
+    base = {
+        "study": name,
+        "received": "" if deidentify else study["created_at"],
+        "image": n,
+        "modality": meta.get("modality", "") or meta.get("format", ""),
+        "status": image["status"],
+    }
+    ok = [r for r in image["results"] if r["status"] == "ok"]
+    if not ok:
+        return [{**base, "model": "", "label": image["reason"] or ""}]
+    out = []
+    for result in ok:
+        review = next((r for r in found if r.result_id == result["id"]), None)
+        model = f"{result['model'].get('name', '')} {result['model'].get('version', '')}"
+        for f in result["findings"]:
+            out.append(
+                {
+                    **base,
+                    "model": model,
+                    "label": f["label"],
+                    "probability": f"{f['probability']:.4f}",
+                    "threshold": f"{f['threshold']:.4f}",
+                    "positive": f["positive"],
+                    "verdict": review.verdicts.get(f["label"], "") if review else "",
+                    "reviewer": review.author if review else "",
+                }
+            )
+    return out
+
+
+def _pseudonymous(review: Review, reviewers: dict[str, str]) -> Review:
+    alias = reviewers.setdefault(review.author, f"reviewer-{len(reviewers) + 1}")
+    return Review(review.id, review.image_id, review.result_id, alias, "", review.verdicts, review.note)
+
+
+def _deidentified_study(study: dict[str, Any], name: str) -> dict[str, Any]:
+    """The study as the report shows it, with nothing that names the patient, the place or the time."""
+    kept_meta = ("modality", "body_part", "view", "format", "exposure")
+    images = [
+        {
+            **image,
+            "filename": f"image {n}",
+            "metadata": {k: v for k, v in image["metadata"].items() if k in kept_meta},
+        }
+        for n, image in enumerate(study["images"], start=1)
+    ]
+    return {**study, "uid": name, "patient_id": "", "created_at": "", "images": images}
+
+
+def _write_image(data: bytes, stem: Path, deidentify: bool) -> None:
+    if data[128:132] == b"DICM":
+        if deidentify:
+            data = _deidentified_dicom(data)
+        stem.with_suffix(".dcm").write_bytes(data)
+        return
+    if not deidentify:
+        stem.with_suffix(".png" if data.startswith(b"\x89PNG") else ".jpg").write_bytes(data)
+        return
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:  # pixels only: text chunks, EXIF and comments stay behind
+        fmt = "PNG" if img.format == "PNG" else "JPEG"
+        clean = Image.frombytes(img.mode, img.size, img.tobytes())
+        clean.save(stem.with_suffix(".png" if fmt == "PNG" else ".jpg"), format=fmt, quality=95)
+
+
+def _deidentified_dicom(data: bytes) -> bytes:
+    import pydicom
+    from dicomanonymizer import anonymize_dataset, initialize_actions_2024b
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    anonymize_dataset(ds, delete_private_tags=True, base_rules_gen=initialize_actions_2024b)
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "DICOM PS3.15 Annex E Basic Profile (2024b), dicom-anonymizer"
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()

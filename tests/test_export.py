@@ -1,0 +1,87 @@
+"""`edge-app export`: as it is for the clinic's own records, and de-identified (DICOM PS3.15 Annex E basic
+profile) for research: then no byte of the export names the patient, the place or the reviewer."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+from flask import Flask
+from flask.testing import FlaskClient
+
+from conftest import NIH, dicom_file
+from edge_app.web import create_app, services
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def _served(tmp_path: Path, api_client: Callable[[Flask], FlaskClient]) -> tuple[dict, dict]:  # type: ignore[type-arg]
+    """A data directory holding a CR DICOM study (reviewed) and a PNG study."""
+    app = create_app({"storage": {"data_dir": str(tmp_path / "data")}, "model": {"threads": 1}})
+    try:
+        client = api_client(app)
+        dicom = client.post("/api/v1/studies?filename=rg1.dcm", data=dicom_file("RG1_UNCR.dcm").read_bytes())
+        png = client.post("/api/v1/studies?filename=p.png", data=sorted((NIH / "images").glob("*.png"))[0].read_bytes())
+        result = dicom.get_json()["images"][0]["results"][0]
+        services.get_from(app).reviews.add(result["id"], "dr-ade", {"Effusion": "disagree"}, "pleura fine")
+        return dicom.get_json(), png.get_json()
+    finally:
+        services.get_from(app).stop()
+
+
+def _bytes_of(folder: Path) -> bytes:
+    """Every file's bytes, and the text of each PDF (its page streams are compressed)."""
+    from pypdf import PdfReader
+
+    out = [p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()]
+    out += [PdfReader(p).pages[0].extract_text().encode() for p in sorted(folder.rglob("*.pdf"))]
+    return b"".join(out)
+
+
+def test_an_export_as_it_is(cli: Cli, tmp_path: Path, api_client: Callable[[Flask], FlaskClient]) -> None:
+    dicom, png = _served(tmp_path, api_client)
+    made = cli("export", str(tmp_path / "usb"), env={"EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "data")})
+    assert made.returncode == 0, made.stderr
+    (export,) = (tmp_path / "usb").iterdir()
+    assert (export / dicom["uid"] / "image-1.dcm").read_bytes() == dicom_file("RG1_UNCR.dcm").read_bytes()
+    assert (export / png["uid"] / "image-1.png").is_file() and (export / png["uid"] / "report.pdf").is_file()
+    rows = list(csv.DictReader((export / "results.csv").open(encoding="utf-8")))
+    effusion = next(r for r in rows if r["study"] == dicom["uid"] and r["label"] == "Effusion")
+    assert effusion["verdict"] == "disagree" and effusion["reviewer"] == "dr-ade"
+    assert {r["study"] for r in rows} == {dicom["uid"], png["uid"]}
+
+
+def test_a_deidentified_export_names_no_one(
+    cli: Cli, tmp_path: Path, api_client: Callable[[Flask], FlaskClient]
+) -> None:
+    dicom, png = _served(tmp_path, api_client)
+    source = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    env = {"EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "data")}
+    made = cli("export", str(tmp_path / "usb"), "--deidentify", env=env)
+    assert made.returncode == 0, made.stderr
+    (export,) = (tmp_path / "usb").iterdir()
+    assert export.name.endswith("-deidentified")
+    assert sorted(p.name for p in export.iterdir()) == ["results.csv", "study-0001", "study-0002"]
+    out = pydicom.dcmread(export / "study-0001" / "image-1.dcm")
+    assert out.PatientIdentityRemoved == "YES" and "Annex E" in out.DeidentificationMethod
+    assert out.StudyInstanceUID != source.StudyInstanceUID and out.SOPInstanceUID != source.SOPInstanceUID
+    assert (out.pixel_array == source.pixel_array).all(), "the image itself is kept"
+    everything = _bytes_of(export)
+    secrets = [
+        str(source.PatientName).split("^")[0],
+        str(source.PatientID),
+        str(source.StudyInstanceUID),
+        str(source.get("InstitutionName", "")) or None,
+        str(source.get("StationName", "")) or None,
+        "dr-ade",
+        dicom["uid"],
+        png["uid"],
+    ]
+    for secret in filter(None, secrets):
+        assert secret.encode() not in everything, secret
+    rows = list(csv.DictReader((export / "results.csv").open(encoding="utf-8")))
+    assert {r["reviewer"] for r in rows} - {""} == {"reviewer-1"} and all(r["received"] == "" for r in rows)
+    assert b"reviewer-1" in everything and b"Cardiomegaly" in everything, "the reports' text was read"
