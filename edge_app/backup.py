@@ -20,7 +20,7 @@ from pathlib import Path
 from edge_app.bundle import sha256_file
 from edge_app.config import Settings
 from edge_app.errors import UserError
-from edge_app.store.db import FILES_IN_USE, SERVICE_LOCK
+from edge_app.store.db import FILES_IN_USE, SERVICE_LOCKS
 
 DATABASE = "edge-app.sqlite3"
 SUMMARY = "backup.json"
@@ -109,14 +109,15 @@ def _copy_checked(src: Path, dst: Path, digest: str) -> int:
 
 
 def _not_served(data: Path) -> None:
-    """Refuse while a service holds the data directory (its lock): it would go on writing into the old one."""
-    lock = data / SERVICE_LOCK
-    if not lock.exists():
-        return
-    with lock.open("a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise UserError(
-                f"edge-app is serving from {data}: stop the service first (systemctl stop edge-app)"
-            ) from None
+    """Refuse while a service holds the data directory (its locks): it would go on writing into the old one."""
+    for name in SERVICE_LOCKS:
+        lock = data / name
+        if not lock.exists():
+            continue
+        with lock.open("a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise UserError(
+                    f"edge-app is serving from {data}: stop the service first (systemctl stop edge-app.target)"
+                ) from None

@@ -39,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("serve", help="serve the web UI and JSON API")
     p.add_argument("--host", help="override server.host")
     p.add_argument("--port", type=int, help="override server.port")
+    p.add_argument("--no-worker", action="store_true", help="the models run in `edge-app worker` (another process)")
+    sub.add_parser("worker", help="the models and the inference worker alone (beside `serve --no-worker`)")
 
     sub.add_parser("check", help="check the installation: storage, models, ports, devices")
     sub.add_parser("engines", help="build the TensorRT engines the configured bundles lack (before serve)")
@@ -71,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "diagnose":
             return _diagnose(settings, args.files, args.bundle)
         if args.command == "serve":
-            return _serve(settings, args.host, args.port)
+            return _serve(settings, args.host, args.port, args.no_worker)
+        if args.command == "worker":
+            return _worker(settings)
         if args.command == "check":
             return _check(settings)
         if args.command == "engines":
@@ -134,7 +138,7 @@ def _diagnose(settings: Settings, paths: Sequence[Path], bundle_path: Path | Non
     return EXIT_REJECTED if "rejected" in statuses else 0
 
 
-def _serve(settings: Settings, host: str | None, port: int | None) -> int:
+def _serve(settings: Settings, host: str | None, port: int | None, no_worker: bool = False) -> int:
     import ssl
 
     from cheroot import wsgi
@@ -146,7 +150,7 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
 
     settings = with_overrides(settings, "server", {"host": host, "port": port})
     check_secure(settings)
-    app = create_app(settings)
+    app = create_app(settings, role="front" if no_worker else "all")
     service = services.get_from(app)
     host, port = settings.server.host, settings.server.port
     server = wsgi.Server((host, port), app, numthreads=settings.server.threads, server_name="edge-app")
@@ -169,7 +173,8 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
     log.info("serving on %s://%s:%d (data in %s)", scheme, host, port, settings.storage.data_dir)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # systemd's stop: SystemExit ends the serving loop
     interval = watchdog_interval()
-    watchdog = Watchdog(interval, lambda: service.worker.progressing(2 * interval)) if interval else None
+    worker = service.worker
+    watchdog = Watchdog(interval, lambda: worker is None or worker.progressing(2 * interval)) if interval else None
     if watchdog is not None:
         watchdog.start()
     notify("READY=1")  # the store, the models, the sources and the listening socket are all up
@@ -189,6 +194,42 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+def _worker(settings: Settings) -> int:
+    """The models, the inference worker, the outputs and retention, in a process of their own."""
+    from edge_app.service import Service
+    from edge_app.systemd import Watchdog, notify, watchdog_interval
+
+    service = Service(settings, role="worker")
+    try:
+        service.start()
+    except BaseException:
+        service.stop()
+        raise
+    worker = service.worker
+    assert worker is not None
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    interval = watchdog_interval()
+    watchdog = Watchdog(interval, lambda: worker.progressing(2 * interval)) if interval else None
+    if watchdog is not None:
+        watchdog.start()
+    log.info(
+        "worker running on %s (%s)", settings.storage.data_dir, service.registry.describe() if service.registry else ""
+    )
+    notify("READY=1")
+    try:
+        while True:
+            service.stopping.wait(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        notify("STOPPING=1")
+        if watchdog is not None:
+            watchdog.stop()
+        service.stop()
+        log.info("stopped")
+    return 0
 
 
 def _backup(settings: Settings, args: argparse.Namespace) -> int:

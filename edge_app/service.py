@@ -1,4 +1,11 @@
-"""The one place that wires the appliance together: store, models, worker, ingest; started and stopped here."""
+"""The one place that wires the appliance together: store, models, worker, ingest; started and stopped here.
+
+One process runs it all (`edge-app serve`), or two share the data directory (the appliance's units): the front
+(`edge-app serve --no-worker`: the web service, the capture sources, ingest) and the worker (`edge-app worker`:
+the models, the inference worker, the outputs, retention), so that a model or a GPU driver that crashes takes
+neither the DICOM receiver nor the tablets down. They meet in the database: the front queues jobs, the worker
+claims them; the worker follows the model an administrator puts in service and says what it runs in worker.json.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +14,13 @@ import fcntl
 import logging
 import threading
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
-from edge_app.bundle import Bundle
+from edge_app.bundle import Bundle, load_bundle
 from edge_app.capture import Source, open_sources
 from edge_app.config import Settings, is_loopback, with_overrides
 from edge_app.errors import ConfigError, NotFound, UserError
+from edge_app.in_service import InService, of_diagnosers, read_status, write_status
 from edge_app.ingest import Ingest
 from edge_app.live import LiveInference
 from edge_app.outputs.outbox import Outbox
@@ -22,71 +30,92 @@ from edge_app.registry import Registry
 from edge_app.retention import Retention
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts
-from edge_app.store.db import SERVICE_LOCK
+from edge_app.store.db import SERVICE_LOCKS
 from edge_app.store.models import ModelHistory
 from edge_app.store.reviews import Reviews
 from edge_app.worker import Worker
 
 log = logging.getLogger(__name__)
+Role = Literal["all", "front", "worker"]
+ORPHAN_AGE_S = 3600.0  # with the front and the worker apart, a stray file is one older than this
+Loop = Worker | Sender | LiveInference | Retention
 
 
 class Service:
-    """Everything `edge-app serve` runs besides the web server."""
+    """Everything `edge-app serve` (or `edge-app worker`) runs besides the web server."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, role: Role = "all") -> None:
         self.settings = settings
+        self.role = role
         self.stopping = threading.Event()  # set by `stop`: long answers (the video preview) end
         self.store = Store(settings.storage.data_dir)
         self.accounts = Accounts(self.store)
         self.reviews = Reviews(self.store)
         self.models = ModelHistory(self.store)
         self._activating = threading.Lock()
-        self._lock_file: IO[str] | None = None
-        try:
-            self.registry = Registry.from_settings(self._with_active_model(settings))
-        except BaseException:
-            self.store.close()
-            raise
-        for diagnoser in self.registry.diagnosers:
-            self._apply_thresholds(diagnoser)
-        outputs = settings.outputs
-        self.sender = Sender(self.store, outputs) if outputs.destinations else None
-        self.worker = Worker(
-            self.store,
-            self.registry,
-            settings.worker,
-            outbox=Outbox(self.store, outputs) if outputs.destinations else None,
-            on_output=self.sender.wake if self.sender is not None else None,
-        )
+        self._lock_files: list[IO[str]] = []
+        self._followed = self.models.latest_change()
+        self.registry: Registry | None = None
+        self.worker: Worker | None = None
+        self.sender: Sender | None = None
+        self.live: LiveInference | None = None
+        self.retention: Retention | None = None
+        if role != "front":
+            try:
+                self.registry = Registry.from_settings(self._with_active_model(settings))
+            except BaseException:
+                self.store.close()
+                raise
+            for diagnoser in self.registry.diagnosers:
+                self._apply_thresholds(diagnoser)
+            outputs = settings.outputs
+            self.sender = Sender(self.store, outputs) if outputs.destinations else None
+            self.worker = Worker(
+                self.store,
+                self.registry,
+                settings.worker,
+                outbox=Outbox(self.store, outputs) if outputs.destinations else None,
+                on_output=self.sender.wake if self.sender is not None else None,
+                before_job=self._follow_models if role == "worker" else None,
+            )
+            days = settings.storage.retention_days
+            self.retention = Retention(self.store, days) if days else None
         self.ingest = Ingest(
             self.store,
-            on_queued=self.worker.wake,
+            on_queued=self.worker.wake if self.worker is not None else None,
             exposure_window_s=settings.capture.serial.exposure_window_s,
             min_free_mb=settings.storage.min_free_mb,
         )
         video = settings.capture.video
-        self.live = LiveInference(self.registry, video.modality) if video.enabled and video.infer_every else None
-        self.sources = open_sources(settings, self.ingest, self.live.submit if self.live is not None else None)
-        days = settings.storage.retention_days
-        self.retention = Retention(self.store, days) if days else None
-        self._loops = [loop for loop in (self.worker, self.sender, self.live, self.retention) if loop is not None]
+        self.sources: list[Source] = []
+        if role != "worker":
+            if video.enabled and video.infer_every and self.registry is not None:
+                self.live = LiveInference(self.registry, video.modality)
+            elif video.enabled and video.infer_every:
+                log.warning("live inference on the video feed needs the models in this process: off (--no-worker)")
+            self.sources = open_sources(settings, self.ingest, self.live.submit if self.live is not None else None)
+        self._loops: list[Loop] = [p for p in (self.worker, self.sender, self.live, self.retention) if p is not None]
 
     def start(self) -> None:
         """Clear what a crash left behind, then start the worker (it first takes the jobs left queued). Refuse
         to serve beyond this machine while no one can log in."""
         self._hold_data_dir()
         host = self.settings.server.host
-        if not is_loopback(host) and self.accounts.active_count() == 0:
+        if self.role != "worker" and not is_loopback(host) and self.accounts.active_count() == 0:
             raise ConfigError(
                 f"refusing to listen on {host}: no user can log in yet; add one first with "
                 "`edge-app user add NAME --role admin`"
             )
-        removed = self.store.remove_orphans()
-        self.store.release_leases()  # this service is the only worker on its data directory
-        queued = self.store.queued()
+        # Alone on the data directory, every stray file goes; beside another process, only the old ones.
+        removed = self.store.remove_orphans(0.0 if self.role == "all" else ORPHAN_AGE_S) if self.role != "worker" else 0
+        queued = 0
+        if self.worker is not None:
+            self.store.release_leases()  # this process is the only worker on its data directory (its lock)
+            queued = self.store.queued()
+            self._say_what_runs()
         if removed or queued:
             log.info("at start: %d stray file(s) removed, %d image(s) waiting for a result", removed, queued)
-        started: list[Source | Worker | Sender | LiveInference | Retention] = []
+        started: list[Source | Loop] = []
         try:
             for part in [*self._loops, *self.sources]:  # the loops first: a source's first image finds them running
                 part.start()
@@ -95,31 +124,73 @@ class Service:
             for part in reversed(started):
                 part.stop()
             raise
-        self.store.audit("system", "service.start", self.registry.describe(), f"queued={queued} orphans={removed}")
+        what = self.registry.describe() if self.registry is not None else "front: web service and capture"
+        self.store.audit("system", f"service.start.{self.role}", what, f"queued={queued} orphans={removed}")
 
     def _hold_data_dir(self) -> None:
-        """One service per data directory (its worker re-queues whatever another left running), and none while a
-        restore replaces it: an exclusive lock, released when the process ends, however it ends."""
-        self._lock_file = (self.settings.storage.data_dir / SERVICE_LOCK).open("a")
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock_file.close()
-            raise ConfigError(
-                f"another edge-app service is using {self.settings.storage.data_dir}: stop it first"
-            ) from None
+        """One front and one worker per data directory (a worker re-queues whatever another left running), and
+        neither while a restore replaces it: exclusive locks, released when the process ends, however it ends."""
+        wanted = {"all": SERVICE_LOCKS, "front": SERVICE_LOCKS[:1], "worker": SERVICE_LOCKS[1:]}[self.role]
+        for name in wanted:
+            lock_file = (self.settings.storage.data_dir / name).open("a")
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                lock_file.close()
+                self._release_data_dir()
+                raise ConfigError(
+                    f"another edge-app service is using {self.settings.storage.data_dir} ({name}): stop it first"
+                ) from None
+            self._lock_files.append(lock_file)
 
-    def _with_active_model(self, settings: Settings) -> Settings:
-        """The settings with the model an administrator activated last in place of the configured one."""
+    def _release_data_dir(self) -> None:
+        for lock_file in self._lock_files:
+            lock_file.close()  # and with it the lock
+        self._lock_files = []
+
+    # -- the models in service ----------------------------------------------------------------------------------
+
+    def in_service(self) -> list[InService]:
+        """The models deciding now, what each runs on and its thresholds; for the front, as the worker said."""
+        if self.registry is not None:
+            return of_diagnosers(self.registry.diagnosers)
+        said = read_status(self.settings.storage.data_dir)
+        if said is not None:
+            return said
+        bundles = [self._active_path() or self.settings.model.bundle, *self.settings.model.extra_bundles]
+        return [
+            InService(
+                b.manifest.name,
+                b.manifest.version,
+                b.manifest.precision,
+                "(worker not running)",
+                b.sha256,
+                str(b.path),
+                list(b.manifest.labels),
+                dict(b.manifest.thresholds),
+            )
+            for b in map(load_bundle, bundles)
+        ]
+
+    def _say_what_runs(self) -> None:
+        if self.registry is not None:
+            write_status(self.settings.storage.data_dir, of_diagnosers(self.registry.diagnosers))
+
+    def _active_path(self) -> Path | None:
         active = self.models.activations()
         if not active:
-            return settings
+            return None
         if not (active[0].path / "manifest.json").is_file():
             log.error(
                 "the activated model %s is gone from %s: serving the configured one", active[0].name, active[0].path
             )
-            return settings
-        return with_overrides(settings, "model", {"bundle": str(active[0].path)})
+            return None
+        return active[0].path
+
+    def _with_active_model(self, settings: Settings) -> Settings:
+        """The settings with the model an administrator activated last in place of the configured one."""
+        path = self._active_path()
+        return settings if path is None else with_overrides(settings, "model", {"bundle": str(path)})
 
     def _apply_thresholds(self, diagnoser: Diagnoser) -> None:
         site = self.models.thresholds(diagnoser.bundle.sha256)
@@ -127,22 +198,49 @@ class Service:
 
     def activate(self, path: Path, actor: str) -> Bundle:
         """Serve the bundle at `path` in place of the first model, from the next image on (the one at hand
-        finishes on the old one); recorded, so that it is still the model after a restart."""
+        finishes on the old one); recorded, so that it is still the model after a restart (and so that a worker
+        in its own process follows)."""
         with self._activating:  # two administrators at once: one after the other, recorded in that order
-            return self._activate(path, actor)
+            if self.registry is None:  # the front: check it, record it; the worker puts it in service
+                from edge_app.signature import load_public_keys
 
-    def _activate(self, path: Path, actor: str) -> Bundle:
+                model = self.settings.model
+                bundle = load_bundle(path, load_public_keys(model.trusted_keys) if model.require_signature else None)
+            else:
+                bundle = self._swap_first(path)
+            m = bundle.manifest
+            self.models.record(actor, "activate", bundle.sha256, bundle.path, m.name, m.version)
+            self.store.audit(actor, "model.activate", f"{m.name} {m.version}", bundle.sha256)
+            self._followed = self.models.latest_change()
+            return bundle
+
+    def _swap_first(self, path: Path, *, held: bool = False) -> Bundle:
+        """Put a new diagnoser for `path` first, between two images (`held`: the worker is between two already)."""
+        assert self.registry is not None and self.worker is not None
         new = Diagnoser.from_settings(self.settings, path, decoder=self.registry.decoder)
         self._apply_thresholds(new)
         live = self.live.between_frames() if self.live is not None else contextlib.nullcontext()
-        with self.worker.between_jobs(), live:
+        with contextlib.nullcontext() if held else self.worker.between_jobs(), live:
             old = self.registry.diagnosers[0]
             self.registry.diagnosers = [new, *self.registry.diagnosers[1:]]
         old.close()
-        m = new.bundle.manifest
-        self.models.record(actor, "activate", new.bundle.sha256, new.bundle.path, m.name, m.version)
-        self.store.audit(actor, "model.activate", f"{m.name} {m.version}", new.bundle.sha256)
+        self._say_what_runs()
         return new.bundle
+
+    def _follow_models(self) -> None:
+        """Between two jobs of a worker in its own process: take up what an administrator changed on the front."""
+        assert self.registry is not None
+        latest = self.models.latest_change()
+        if latest == self._followed:
+            return
+        self._followed = latest
+        wanted = self._active_path() or self.settings.model.bundle
+        if Path(wanted).resolve() != self.registry.diagnosers[0].bundle.path.resolve():
+            log.info("putting the model at %s in service (changed on the web service)", wanted)
+            self._swap_first(Path(wanted), held=True)
+        for diagnoser in self.registry.diagnosers:
+            self._apply_thresholds(diagnoser)
+        self._say_what_runs()
 
     def rollback(self, actor: str) -> Bundle:
         """Go back to the model served before the last activation (the configured one before any)."""
@@ -154,11 +252,14 @@ class Service:
 
     def set_thresholds(self, sha256: str, thresholds: dict[str, float], actor: str) -> int:
         """A new version of the site's thresholds for a bundle in service, applied from the next image on."""
-        diagnoser = next((d for d in self.registry.diagnosers if d.bundle.sha256 == sha256), None)
-        if diagnoser is None:
+        model = next((m for m in self.in_service() if m.bundle_sha256 == sha256), None)
+        if model is None:
             raise NotFound(f"no model in service has the bundle {sha256[:16]}")
-        version = self.models.set_thresholds(sha256, diagnoser.bundle.manifest.labels, thresholds, actor)
-        self._apply_thresholds(diagnoser)
+        version = self.models.set_thresholds(sha256, model.labels, thresholds, actor)
+        for diagnoser in self.registry.diagnosers if self.registry is not None else []:
+            self._apply_thresholds(diagnoser)
+        self._say_what_runs()
+        self._followed = self.models.latest_change()
         detail = ", ".join(f"{k}={v:g}" for k, v in sorted(thresholds.items()))
         self.store.audit(actor, "model.thresholds", sha256, f"version {version}: {detail}")
         return version
@@ -168,7 +269,7 @@ class Service:
         self.stopping.set()
         for part in [*self.sources, *reversed(self._loops)]:
             part.stop()
-        self.registry.close()
+        if self.registry is not None:
+            self.registry.close()
         self.store.close()
-        if self._lock_file is not None:
-            self._lock_file.close()  # and with it the lock
+        self._release_data_dir()

@@ -36,12 +36,14 @@ class Worker:
         settings: WorkerSettings | None = None,
         outbox: Outbox | None = None,
         on_output: Callable[[], None] | None = None,
+        before_job: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.settings = settings or WorkerSettings()
         self.outbox = outbox
         self.on_output = on_output
+        self.before_job = before_job  # between two jobs, before the next claim: follow model changes
         self._loop_thread = Background("edge-worker", self._loop)
         self.start, self.wake = self._loop_thread.start, self._loop_thread.wake
         self._busy_since: float | None = None  # when the job at hand was claimed
@@ -71,6 +73,8 @@ class Worker:
     def run_once(self) -> bool:
         """Process one job; False where none was waiting."""
         with self._job:
+            if self.before_job is not None:
+                self.before_job()
             job = self.store.claim_job(self.settings.lease_s, self.settings.max_attempts)
             if job is None:
                 return False

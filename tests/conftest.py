@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +17,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from edge_app.config import Settings
+from edge_app.bundle import load_bundle, sha256_file, write_manifest
+from edge_app.config import EMBEDDED_BUNDLE, Settings
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
 from edge_app.web import create_app, services
@@ -270,3 +272,18 @@ def broken_bundle(tmp_path: Path) -> Path:
     manifest["files"]["model.onnx"] = hashlib.sha256((bundle / "model.onnx").read_bytes()).hexdigest()
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     return bundle
+
+
+def bundle_variant(tmp_path: Path, version: str, change: Callable[[Path], None] | None = None) -> Path:
+    """The reference bundle as another version (so another sha256), optionally with a file changed and
+    re-listed (a bundle whose hashes hold but whose content is wrong)."""
+    folder = tmp_path / f"bundle-{version}"
+    shutil.copytree(EMBEDDED_BUNDLE, folder)
+    manifest = load_bundle(folder).manifest
+    files = dict(manifest.files)
+    if change is not None:
+        change(folder)
+        files = {name: sha256_file(folder / name) for name in files}
+    write_manifest(folder, manifest.model_copy(update={"version": version, "files": files}))
+    load_bundle(folder)
+    return folder

@@ -14,25 +14,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import AuthActions
-from edge_app.bundle import load_bundle, sha256_file, write_manifest
+from conftest import AuthActions, bundle_variant
+from edge_app.bundle import load_bundle
 from edge_app.config import EMBEDDED_BUNDLE, Settings
 from edge_app.web import create_app, services
-
-
-def _variant(tmp_path: Path, version: str, change: Callable[[Path], None] | None = None) -> Path:
-    """The reference bundle as another version (so another sha256), optionally with a file changed and
-    re-listed (a bundle whose hashes hold but whose content is wrong)."""
-    folder = tmp_path / f"bundle-{version}"
-    shutil.copytree(EMBEDDED_BUNDLE, folder)
-    manifest = load_bundle(folder).manifest
-    files = dict(manifest.files)
-    if change is not None:
-        change(folder)
-        files = {name: sha256_file(folder / name) for name in files}
-    write_manifest(folder, manifest.model_copy(update={"version": version, "files": files}))
-    load_bundle(folder)
-    return folder
 
 
 def _zip(folder: Path, top: str = "") -> bytes:
@@ -65,7 +50,7 @@ def test_an_uploaded_bundle_is_verified_kept_and_put_in_service(
     app: Flask, admin: tuple[FlaskClient, str], tmp_path: Path, client: FlaskClient, nih_png: Path
 ) -> None:
     svc = services.get_from(app)
-    variant = _variant(tmp_path, "1.2.0")
+    variant = bundle_variant(tmp_path, "1.2.0")
     page = _upload(admin, _zip(variant, top="cxr-reference/"))
     assert "cxr-reference 1.2.0 verified and imported." in page
     sha = load_bundle(variant).sha256
@@ -88,7 +73,7 @@ def test_the_model_in_service_and_the_site_thresholds_outlive_a_restart(
     app = create_app(settings)
     svc = services.get_from(app)
     try:
-        bundle = svc.activate(_variant(tmp_path, "1.3.0"), "boss")
+        bundle = svc.activate(bundle_variant(tmp_path, "1.3.0"), "boss")
         labels = bundle.manifest.labels
         assert svc.set_thresholds(bundle.sha256, dict.fromkeys(labels, 0.0), "boss") == 1
         assert svc.set_thresholds(bundle.sha256, dict.fromkeys(labels, 1.0), "boss") == 2
@@ -136,7 +121,7 @@ def _flip_reference(folder: Path) -> None:
 
 
 def _altered(tmp: Path) -> bytes:
-    folder = _variant(tmp, "9.0.0")
+    folder = bundle_variant(tmp, "9.0.0")
     data = bytearray((folder / "model.onnx").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (folder / "model.onnx").write_bytes(bytes(data))
@@ -147,9 +132,12 @@ def _altered(tmp: Path) -> bytes:
     ("build", "reason"),
     [
         (_altered, "has been altered: model.onnx has sha256"),
-        (lambda tmp: _zip(_variant(tmp, "9.0.2")).replace(b"cxr-reference", b"cxr-referencX", 1), "damaged"),
+        (lambda tmp: _zip(bundle_variant(tmp, "9.0.2")).replace(b"cxr-reference", b"cxr-referencX", 1), "damaged"),
         (lambda tmp: b"PK\x03\x04 not really a zip", "the upload is not a .zip file"),
-        (lambda tmp: _zip(_variant(tmp, "9.0.1", _flip_reference)), "does not reproduce its own reference outputs"),
+        (
+            lambda tmp: _zip(bundle_variant(tmp, "9.0.1", _flip_reference)),
+            "does not reproduce its own reference outputs",
+        ),
     ],
     ids=["a-changed-byte", "a-damaged-zip", "not-a-zip", "reference-outputs-wrong"],
 )
@@ -178,7 +166,7 @@ def test_a_zip_that_leaves_its_folder_is_refused(app: Flask, admin: tuple[FlaskC
 def test_a_bundle_from_the_usb_folder(tmp_path: Path, api_client: Callable[[Flask], FlaskClient]) -> None:
     usb = tmp_path / "usb"
     (usb / "models").mkdir(parents=True)
-    variant = _variant(tmp_path, "2.0.0")
+    variant = bundle_variant(tmp_path, "2.0.0")
     shutil.copytree(variant, usb / "models" / "cxr-2")
     app = create_app({"storage": {"data_dir": str(tmp_path / "data")}, "model": {"threads": 1, "import_dir": str(usb)}})
     try:

@@ -40,7 +40,9 @@ def test_the_kit_installs_with_no_network_and_runs(tmp_path: Path, nih_png: Path
     )
     assert installed.returncode == 0, installed.stdout[-2000:] + installed.stderr[-3000:]
     for path in (
-        "etc/systemd/system/edge-app.service",
+        "etc/systemd/system/edge-app.target",
+        "etc/systemd/system/edge-app-web.service",
+        "etc/systemd/system/edge-app-worker.service",
         "etc/systemd/system/edge-app-engine.service",
         "usr/lib/sysusers.d/edge-app.conf",
         "etc/udev/rules.d/99-edge-app.rules",

@@ -18,7 +18,8 @@ from flask.testing import FlaskClient
 from conftest import EDGE_APP
 from edge_app.systemd import Watchdog, notify, watchdog_interval
 
-UNIT = Path(__file__).resolve().parent.parent / "systemd" / "edge-app.service"
+UNITS = Path(__file__).resolve().parent.parent / "systemd"
+SERVICES = ["edge-app-web.service", "edge-app-worker.service"]  # the two long-running ones, under edge-app.target
 
 
 @pytest.fixture
@@ -97,23 +98,29 @@ def test_serve_says_ready_feeds_the_watchdog_and_says_stopping(
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd is not installed")
-@pytest.mark.parametrize("name", ["edge-app.service", "edge-app-engine.service", "edge-app-power.service"])
+@pytest.mark.parametrize(
+    "name", [*SERVICES, "edge-app-engine.service", "edge-app-power.service", "edge-app.target"]
+)
 def test_the_units_verify(tmp_path: Path, name: str) -> None:
     """systemd-analyze verify, with ExecStart pointed at an executable that exists here."""
     unit = tmp_path / name
-    text = (UNIT.parent / name).read_text()
+    text = (UNITS / name).read_text()
     true = shutil.which("true") or "/bin/true"
     for program in ("/opt/edge-app/.venv/bin/edge-app", "/opt/edge-app/firmware_config/jetson/power.sh"):
         text = text.replace(program, true)
     unit.write_text(text)
+    for other in UNITS.iterdir():  # the units it names, beside it
+        if other.name != name and other.suffix in (".service", ".target"):
+            (tmp_path / other.name).write_text(other.read_text().replace("/opt/edge-app/.venv/bin/edge-app", true))
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     assert result.returncode == 0 and name not in result.stderr, result.stderr
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd is not installed")
-def test_the_units_security_exposure_is_at_most_3() -> None:
+@pytest.mark.parametrize("name", SERVICES)
+def test_the_units_security_exposure_is_at_most_3(name: str) -> None:
     result = subprocess.run(
-        ["systemd-analyze", "security", "--offline=true", str(UNIT)], capture_output=True, text=True
+        ["systemd-analyze", "security", "--offline=true", str(UNITS / name)], capture_output=True, text=True
     )
     line = next(line for line in result.stdout.splitlines() if "Overall exposure level" in line)
     exposure = float(line.split(":")[1].split()[0])
@@ -121,7 +128,7 @@ def test_the_units_security_exposure_is_at_most_3() -> None:
 
 
 def test_the_power_script_refuses_plainly_off_a_jetson() -> None:
-    script = UNIT.parent.parent / "firmware_config" / "jetson" / "power.sh"
+    script = UNITS.parent / "firmware_config" / "jetson" / "power.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     if shutil.which("nvpmodel") is None:
         result = subprocess.run([str(script)], capture_output=True, text=True)
@@ -132,7 +139,7 @@ def test_the_udev_rules_are_well_formed() -> None:
     """Every rule: comma-separated KEY==value matches and KEY=/KEY+= assignments, quoted values."""
     import re
 
-    rules = (UNIT.parent.parent / "firmware_config" / "udev" / "99-edge-app.rules").read_text()
+    rules = (UNITS.parent / "firmware_config" / "udev" / "99-edge-app.rules").read_text()
     pair = re.compile(r'^[A-Z_]+(\{[A-Za-z_]+\})?(==|!=|\+=|=)"[^"]*"$')
     lines = [line for line in rules.splitlines() if line.strip() and not line.startswith("#")]
     assert len(lines) == 5

@@ -270,7 +270,7 @@ def test_the_audit_log_as_csv_quotes_what_a_spreadsheet_would_run(app: Flask, au
     resp = browser.get("/admin/audit.csv")
     assert resp.mimetype == "text/csv"
     rows = list(csv.DictReader(io.StringIO(resp.get_data(as_text=True))))
-    assert rows[0]["action"] == "service.start", "oldest first"
+    assert rows[0]["action"] == "service.start.all", "oldest first"
     assert any(r["actor"] == '\'=HYPERLINK("http://x")' for r in rows)
     assert "audit.export" in [e["action"] for e in services.get_from(app).store.audit_trail()]
 

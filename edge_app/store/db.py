@@ -26,7 +26,8 @@ from edge_app.imaging.header import ImageHeader
 from edge_app.store.schema import migrate
 
 IMAGE_STATUSES = ("queued", "done", "rejected", "failed", "no_model")
-SERVICE_LOCK = "service.lock"  # in the data directory: held by the one service that uses it
+# In the data directory: held by the one front (web, capture) and the one worker (models) that use it.
+SERVICE_LOCKS = ("front.lock", "worker.lock")
 # Every stored file a row still needs: images (and their views) not purged, results' heatmaps, outgoing objects.
 FILES_IN_USE = (
     "SELECT sha256 FROM images WHERE purged_at IS NULL UNION SELECT sha256 FROM outbox "
@@ -359,7 +360,7 @@ class Store:
                 left = deadline - time.monotonic()
                 if status != "queued" or left <= 0:
                     return status, reason
-                self._changed.wait(min(left, 1.0))
+                self._changed.wait(min(left, 0.25))  # a worker in another process notifies no one
 
     # -- outbox ----------------------------------------------------------------------------------------------------
 
@@ -495,13 +496,18 @@ class Store:
 
     # -- recovery at start ---------------------------------------------------------------------------------------
 
-    def remove_orphans(self) -> int:
-        """Delete temporaries a crash left behind and stored files no row refers to; call before serving."""
+    def remove_orphans(self, min_age_s: float = 0.0) -> int:
+        """Delete temporaries a crash left behind and stored files no row refers to; call before serving. With
+        another process writing (the front and the worker apart), only files older than `min_age_s`: a file is
+        stored a moment before the row that refers to it."""
         with self._lock:
             wanted = {r[0] for r in self._db.execute(FILES_IN_USE)}
         removed = 0
+        too_new = time.time() - min_age_s
         for path in self.files_dir.rglob("*"):
-            if path.is_file() and (path.name.startswith(INCOMING_PREFIX) or path.name not in wanted):
+            if not path.is_file() or (min_age_s and path.stat().st_mtime > too_new):
+                continue
+            if path.name.startswith(INCOMING_PREFIX) or path.name not in wanted:
                 path.unlink()
                 removed += 1
         return removed

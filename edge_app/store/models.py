@@ -65,6 +65,14 @@ class ModelHistory:
         """Newest first: the first is in service, the second is where a rollback goes."""
         return [c for c in self.changes() if c.action == "activate"]
 
+    def latest_change(self) -> tuple[int, int]:
+        """The newest model change and threshold version, by row: what a worker in its own process follows."""
+        row = self.store.query(
+            "SELECT (SELECT coalesce(max(id), 0) FROM model_changes), "
+            "(SELECT coalesce(max(id), 0) FROM site_thresholds)"
+        )[0]
+        return int(row[0]), int(row[1])
+
     def set_thresholds(self, sha256: str, labels: Sequence[str], thresholds: dict[str, float], actor: str) -> int:
         """A new version of the site's thresholds for a bundle: one in [0, 1] for each of its labels."""
         if sorted(thresholds) != sorted(labels):

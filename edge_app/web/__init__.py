@@ -17,15 +17,17 @@ from edge_app.bundle import format_validation_error
 from edge_app.config import Settings, check_secure, load_settings
 from edge_app.errors import ConfigError
 from edge_app.keys import session_secret
+from edge_app.service import Role
 from edge_app.web import admin, api, auth, devices, i18n, security, services, study, worklist
 from edge_app.web.forms import LanguageForm
 
 log = logging.getLogger(__name__)
 
 
-def create_app(test_config: Mapping[str, Any] | Settings | None = None) -> Flask:
+def create_app(test_config: Mapping[str, Any] | Settings | None = None, role: Role = "all") -> Flask:
     """Build the app from settings: a `Settings`, a mapping shaped like the TOML file, or (None) the file named
-    by $EDGE_APP_CONFIG with environment overrides."""
+    by $EDGE_APP_CONFIG with environment overrides. `role="front"`: the models and the inference worker run in
+    another process (`edge-app worker`)."""
     if test_config is None:
         settings = load_settings(os.environ.get("EDGE_APP_CONFIG"))
     elif isinstance(test_config, Settings):
@@ -40,7 +42,7 @@ def create_app(test_config: Mapping[str, Any] | Settings | None = None) -> Flask
     app = Flask(__name__)
     app.request_class = _Request
     app.config.update(MAX_CONTENT_LENGTH=settings.server.max_upload_mb * 1024 * 1024, JSON_SORT_KEYS=False)
-    services.init_app(app, settings)  # first: the data directory is checked there, in plain words
+    services.init_app(app, settings, role)  # first: the data directory is checked there, in plain words
     app.config["SECRET_KEY"] = session_secret(settings)
     security.init_app(app, settings)
     i18n.init_app(app, settings)

@@ -144,16 +144,16 @@ def revoke_token(name: str) -> Any:
 def models() -> Any:
     svc = services.get()
     in_service = []
-    for d in svc.registry.diagnosers:
-        site = svc.models.thresholds(d.bundle.sha256)
+    for m in svc.in_service():
+        site = svc.models.thresholds(m.bundle_sha256)
+        thresholds = site.thresholds if site else m.thresholds  # the worker takes them up between two images
         in_service.append(
             {
-                **d.model_info,
-                "bundle_sha256": d.bundle.sha256,
-                "path": str(d.bundle.path),
-                "thresholds": d.bundle.manifest.thresholds,
+                **m.info(),
+                "path": m.path,
+                "thresholds": thresholds,
                 "site_version": site.version if site else None,
-                "history": svc.models.threshold_history(d.bundle.sha256),
+                "history": svc.models.threshold_history(m.bundle_sha256),
             }
         )
     return render_template(

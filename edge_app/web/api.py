@@ -29,16 +29,16 @@ def _not_found(exc: NotFound) -> Any:
 @security.public
 def health() -> Any:
     svc = services.get()
-    first = svc.registry.diagnosers[0]
-    info = first.model_info
+    models = svc.in_service()
+    first = models[0]
     return jsonify(
         status="ok",
-        runner=info["runner"],
-        model=info["name"],
-        version=info["version"],
-        precision=info["precision"],
-        bundle_sha256=first.bundle.sha256,
-        models=[{**d.model_info, "bundle_sha256": d.bundle.sha256} for d in svc.registry.diagnosers],
+        runner=first.runner,
+        model=first.name,
+        version=first.version,
+        precision=first.precision,
+        bundle_sha256=first.bundle_sha256,
+        models=[m.info() for m in models],
         queued=svc.store.queued(),
         # Open to anyone on the Wi-Fi: each source's name and state, not its address, path or credentials.
         sources=[{key: state[key] for key in ("name", "connected")} for state in (s.state() for s in svc.sources)],

@@ -25,7 +25,7 @@ def index() -> Any:
     return render_template(
         "devices.html",
         sources=[source.state() for source in svc.sources],
-        models=[{**d.model_info, "bundle_sha256": d.bundle.sha256} for d in svc.registry.diagnosers],
+        models=svc.in_service(),
         engines=engine_status(svc.settings.engine_cache),
         queued=svc.store.queued(),
         free_gb=disk.free / 1e9,

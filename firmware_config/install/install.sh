@@ -16,7 +16,7 @@ site="--system-site-packages"
 [ -x "$opt/.venv/bin/python" ] || "$python" -m venv $site "$opt/.venv"
 PIP_CONFIG_FILE=/dev/null "$opt/.venv/bin/pip" install --no-index --find-links "$kit/wheelhouse" --upgrade edge-clinic-ai
 cp -r "$kit/firmware_config" "$kit/README.md" "$opt/"
-cp "$kit"/systemd/*.service "$root/etc/systemd/system/"
+cp "$kit"/systemd/*.service "$kit"/systemd/*.target "$root/etc/systemd/system/"
 cp "$kit/systemd/edge-app.sysusers.conf" "$root/usr/lib/sysusers.d/edge-app.conf"
 cp "$kit/firmware_config/udev/99-edge-app.rules" "$root/etc/udev/rules.d/"
 [ -e "$root/etc/edge-app/edge-app.toml" ] || cp "$kit/firmware_config/edge-app.toml" "$root/etc/edge-app/"
@@ -25,9 +25,10 @@ if [ "$root" = "/" ]; then
     systemd-sysusers
     udevadm control --reload
     systemctl daemon-reload
-    systemctl enable edge-app-power.service edge-app-engine.service edge-app.service
+    systemctl enable edge-app.target edge-app-power.service edge-app-engine.service edge-app-web.service \
+        edge-app-worker.service
     echo "installed. Next: edge-app tls init, edge-app user add NAME --role admin, edge-app check, then"
-    echo "systemctl start edge-app (see README: Install on the appliance)"
+    echo "systemctl start edge-app.target (see README: Install on the appliance)"
 else
     echo "installed under $root"
 fi

@@ -1,0 +1,72 @@
+"""The models in service as the pages and the health check show them. Where the inference worker runs in its own
+process (`edge-app worker`), it writes them to <data_dir>/worker.json and the web process reads them there."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_app.fileio import atomic_write
+from edge_app.pipeline import Diagnoser
+
+STATUS_NAME = "worker.json"
+
+
+@dataclass(frozen=True)
+class InService:
+    name: str
+    version: str
+    precision: str
+    runner: str
+    bundle_sha256: str
+    path: str
+    labels: list[str] = field(default_factory=list)
+    thresholds: dict[str, float] = field(default_factory=dict)  # the ones deciding now (the site's, if any)
+
+    def info(self) -> dict[str, str]:
+        """What a result records of its model, and its bundle's sha256."""
+        keys = ("name", "version", "precision", "runner", "bundle_sha256")
+        return {key: str(getattr(self, key)) for key in keys}
+
+
+def of_diagnosers(diagnosers: Iterable[Diagnoser]) -> list[InService]:
+    out = []
+    for d in diagnosers:
+        m = d.bundle.manifest
+        info = d.model_info
+        out.append(
+            InService(
+                info["name"],
+                info["version"],
+                info["precision"],
+                info["runner"],
+                d.bundle.sha256,
+                str(d.bundle.path),
+                list(m.labels),
+                dict(m.thresholds),
+            )
+        )
+    return out
+
+
+def write_status(data_dir: Path, models: list[InService]) -> None:
+    status = {
+        "pid": os.getpid(),
+        "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "models": [asdict(m) for m in models],
+    }
+    atomic_write(data_dir / STATUS_NAME, (json.dumps(status, indent=2) + "\n").encode())
+
+
+def read_status(data_dir: Path) -> list[InService] | None:
+    """What the worker process said last, or None where it has said nothing readable."""
+    try:
+        status: dict[str, Any] = json.loads((data_dir / STATUS_NAME).read_text(encoding="utf-8"))
+        return [InService(**m) for m in status["models"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

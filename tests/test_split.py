@@ -1,0 +1,89 @@
+"""The front (web service, capture) and the worker (models) as two processes on one data directory, as the
+appliance's units run them: images flow through the database, a model put in service on the front is taken up by
+the worker, and a worker killed mid-way takes neither the tablets nor the receiver down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from conftest import EDGE_APP, NIH, bundle_variant
+from edge_app.errors import ConfigError
+from edge_app.web import create_app, services
+
+pytestmark = pytest.mark.slow
+
+
+def _start_worker(data: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "EDGE_APP_STORAGE_DATA_DIR": str(data), "EDGE_APP_WORKER_IDLE_S": "0.2"}
+    return subprocess.Popen([*EDGE_APP, "worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _until(check: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def front(tmp_path: Path) -> Iterator[Flask]:
+    app = create_app({"storage": {"data_dir": str(tmp_path / "data")}, "server": {"result_wait_s": 5.0}}, role="front")
+    yield app
+    services.get_from(app).stop()
+
+
+def test_images_flow_from_the_front_to_a_worker_process_and_back(
+    front: Flask, tmp_path: Path, api_client: Callable[[Flask], FlaskClient]
+) -> None:
+    data, client, svc = tmp_path / "data", api_client(front), services.get_from(front)
+    assert svc.worker is None and svc.registry is None, "no model in the front's process"
+    assert client.get("/api/v1/health").get_json()["runner"] == "(worker not running)"
+    worker = _start_worker(data)
+    try:
+        _until(lambda: client.get("/api/v1/health").get_json()["runner"] == "onnxruntime")
+        images = sorted((NIH / "images").glob("*.png"))
+        resp = client.post("/api/v1/studies?filename=a.png", data=images[0].read_bytes())
+        assert resp.status_code == 201, resp.get_json()
+        assert resp.get_json()["images"][0]["results"][0]["model"]["version"] == "1.1.0"
+
+        variant = bundle_variant(tmp_path, "1.4.0")
+        svc.activate(variant, "boss")  # on the front's admin page
+        _until(lambda: client.get("/api/v1/health").get_json()["version"] == "1.4.0")
+        sha = client.get("/api/v1/health").get_json()["bundle_sha256"]
+        labels = next(m.labels for m in svc.in_service() if m.bundle_sha256 == sha)
+        svc.set_thresholds(sha, dict.fromkeys(labels, 0.0), "boss")
+        _until(lambda: all(v == 0.0 for v in svc.in_service()[0].thresholds.values()))
+        resp = client.post("/api/v1/studies?filename=b.png", data=images[1].read_bytes())
+        (result,) = resp.get_json()["images"][0]["results"]
+        assert result["model"]["version"] == "1.4.0" and all(f["positive"] for f in result["findings"])
+
+        second = _start_worker(data)
+        out, _ = second.communicate(timeout=120)
+        assert second.returncode == 2 and "another edge-app service is using" in out, "one worker per data directory"
+
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        assert client.get("/api/v1/health").status_code == 200, "the front keeps answering with no worker"
+        resp = client.post("/api/v1/studies?filename=c.png", data=images[2].read_bytes())
+        assert resp.status_code == 202, "kept and queued: no worker to answer now"
+        image_id = resp.get_json()["image_id"]
+        worker = _start_worker(data)
+        _until(lambda: svc.store.image_status(image_id)[0] == "done")
+    finally:
+        worker.terminate()
+        out, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 0 and "Traceback" not in out
+
+
+def test_a_second_front_on_the_same_data_directory_is_refused(front: Flask, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"another edge-app service is using .* \(front.lock\)"):
+        create_app({"storage": {"data_dir": str(tmp_path / "data")}}, role="front")
