@@ -98,9 +98,7 @@ def test_serve_says_ready_feeds_the_watchdog_and_says_stopping(
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd is not installed")
-@pytest.mark.parametrize(
-    "name", [*SERVICES, "edge-app-engine.service", "edge-app-power.service", "edge-app.target"]
-)
+@pytest.mark.parametrize("name", [*SERVICES, "edge-app-engine.service", "edge-app-power.service", "edge-app.target"])
 def test_the_units_verify(tmp_path: Path, name: str) -> None:
     """systemd-analyze verify, with ExecStart pointed at an executable that exists here."""
     unit = tmp_path / name

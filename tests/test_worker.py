@@ -201,3 +201,55 @@ def test_an_image_a_model_refuses_is_rejected_with_the_reason(tmp_path: Path, st
         assert status == "rejected" and reason is not None and reason.startswith("damaged DICOM header")
     finally:
         registry.close()
+
+
+def test_a_diagnosed_image_gets_its_view_for_the_tablet(tmp_path: Path, store: Store) -> None:
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    try:
+        image_id = _queue(store, "RG1_UNCR.dcm")
+        assert Worker(store, registry).run_once()
+        (row,) = store.query("SELECT view_sha256 FROM images WHERE id = ?", (image_id,))
+        view = store.read_file(row[0])
+        assert view[:3] == b"\xff\xd8\xff", "a JPEG"
+        from PIL import Image
+
+        assert max(Image.open(io.BytesIO(view)).size) == 1024, "the 1955x1841 image, shrunk for the tablet"
+    finally:
+        registry.close()
+
+
+def test_a_row_that_names_no_stored_file_fails_its_image_and_the_worker_goes_on(tmp_path: Path, store: Store) -> None:
+    """A damaged database (a row whose file hash is not one): an internal error fails that image with the reason;
+    the next image is diagnosed."""
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    try:
+        broken = _queue(store, "RG1_UNCR.dcm")
+        with store.transaction() as db:
+            db.execute("UPDATE images SET sha256 = 'not-a-hash' WHERE id = ?", (broken,))
+        good = _queue(store, "RG1_UNCI.dcm")
+        worker = Worker(store, registry)
+        assert worker.run_once() and worker.run_once()
+        status, reason = store.image_status(broken)
+        assert status == "failed" and reason == "internal error: NotFound: no stored file 'not-a-hash'"
+        assert store.image_status(good)[0] == "done"
+    finally:
+        registry.close()
+
+
+def test_between_jobs_waits_for_the_image_at_hand(tmp_path: Path, store: Store) -> None:
+    """What putting a model in service relies on: inside `between_jobs`, no job is half done."""
+    import threading
+
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    try:
+        image_id = _queue(store, "RG1_J2KR.dcm")  # about half a second to decode
+        worker = Worker(store, registry)
+        running = threading.Thread(target=worker.run_once)
+        running.start()
+        while store.query("SELECT state FROM jobs WHERE image_id = ?", (image_id,))[0][0] != "running":
+            time.sleep(0.005)
+        with worker.between_jobs():
+            assert store.image_status(image_id)[0] == "done", "the job at hand finished first"
+        running.join()
+    finally:
+        registry.close()

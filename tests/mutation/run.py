@@ -80,6 +80,9 @@ EQUIVALENT = {
     ('reason=None if status == "done" else first.reason,', "core/ReplaceComparisonOperator_Eq_LtE"): (
         "done is the least of the statuses a finished job can have (done, failed, rejected)"
     ),
+    ('reason=None if status == "done" else first.reason,', "core/ReplaceComparisonOperator_Eq_Is"): (
+        "string literals are interned: `is` compares them as `==` does"
+    ),
     ("first = results[0]", "core/NumberReplacer"): (
         "every model decodes the image alike: when none gives a result, all refused it for one reason or all "
         "failed, so the first and the last say the same"
