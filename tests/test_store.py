@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_app.errors import ConfigError, NotFound
+from edge_app.errors import ConfigError, NotFound, UserError
 from edge_app.imaging.header import ImageHeader, generated_header
 from edge_app.store import ModelResult, Outcome, Store
 from edge_app.store.schema import _V1
@@ -200,3 +200,26 @@ def test_a_damaged_database_stops_the_start_with_the_reason(tmp_path: Path) -> N
     db.write_bytes(bytes(data))
     with pytest.raises(ConfigError, match=r"edge-app.sqlite3 is damaged \(.*malformed.*\): restore it from a backup"):
         Store(tmp_path)
+
+
+def test_model_changes_and_site_thresholds_are_kept_in_order(tmp_path: Path) -> None:
+    from edge_app.store.models import ModelHistory
+
+    store = Store(tmp_path)
+    try:
+        history = ModelHistory(store)
+        assert history.latest_change() == (0, 0) and history.activations() == []
+        history.record("boss", "import", "a" * 64, tmp_path / "a", "cxr", "1.0")
+        history.record("boss", "activate", "a" * 64, tmp_path / "a", "cxr", "1.0")
+        history.record("boss", "activate", "b" * 64, tmp_path / "b", "cxr", "2.0")
+        assert [c.version for c in history.activations()] == ["2.0", "1.0"], "newest first"
+        assert history.set_thresholds("b" * 64, ["x", "y"], {"x": 0.5, "y": 1.0}, "boss") == 1
+        assert history.set_thresholds("b" * 64, ["x", "y"], {"x": 0.25, "y": 0.0}, "boss") == 2
+        assert history.thresholds("b" * 64).thresholds == {"x": 0.25, "y": 0.0}  # type: ignore[union-attr]
+        assert history.thresholds("a" * 64) is None
+        assert history.latest_change() == (3, 2)
+        for bad in ({"x": 0.5}, {"x": 1.5, "y": 0.0}, {"x": -0.1, "y": 0.0}):
+            with pytest.raises(UserError):
+                history.set_thresholds("b" * 64, ["x", "y"], bad, "boss")
+    finally:
+        store.close()

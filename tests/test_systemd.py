@@ -162,3 +162,70 @@ def test_engines_without_tensorrt_leave_the_reason_for_health(
         assert engines["cxr-reference 1.1.0"]["status"] == "unavailable"
     finally:
         services.get_from(app).stop()
+
+
+def _slow_image() -> bytes:
+    """A 3500 x 3500 12-bit JPEG 2000 CR of noise: a few seconds to decode, a hung model's stand-in."""
+    import io
+
+    import numpy as np
+    import pydicom
+    from openjpeg.utils import encode_array
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    from conftest import dicom_file
+
+    pixels = np.random.default_rng(0).integers(0, 4096, (3500, 3500)).astype(np.uint16)
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = encapsulate([encode_array(pixels, use_mct=False)])
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+@pytest.mark.slow
+def test_a_hung_worker_stops_feeding_the_watchdog_20_of_20(notify_socket: socket.socket, tmp_path: Path) -> None:
+    """What systemd sees of `edge-app worker` with WatchdogSec=0.6 s: READY, pings while it waits, and silence
+    once one image holds it past the limit (a decode of a few seconds stands in for a hung model), at which point
+    systemd kills and restarts it. Twenty times in a row, each on a fresh data directory."""
+    import io
+
+    from edge_app.ingest import Ingest
+    from edge_app.store import Store
+
+    slow = _slow_image()
+    caught = 0
+    for attempt in range(20):
+        data = tmp_path / f"data{attempt}"
+        env = {
+            **os.environ,
+            "EDGE_APP_STORAGE_DATA_DIR": str(data),
+            "EDGE_APP_WORKER_IDLE_S": "0.05",
+            "WATCHDOG_USEC": "600000",
+        }
+        proc = subprocess.Popen([*EDGE_APP, "worker"], env=env, stderr=subprocess.DEVNULL)
+        try:
+            notify_socket.settimeout(60)
+            got = _messages(notify_socket, lambda got: got.count("WATCHDOG=1") >= 2)
+            assert got[0] == "READY=1"
+            store = Store(data)
+            added = Ingest(store).submit(io.BytesIO(slow), "slow.dcm", "test")
+            assert added is not None
+            notify_socket.settimeout(0.6)  # WatchdogSec
+            while True:
+                try:
+                    notify_socket.recv(4096)
+                except TimeoutError:
+                    break  # silence: systemd would kill it now
+            state = store.query("SELECT state FROM jobs WHERE image_id = ?", (added.image_id,))[0][0]
+            store.close()
+            assert state == "running", "silent while the worker was on the image, not before nor after"
+            caught += 1
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert caught == 20
