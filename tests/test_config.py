@@ -221,6 +221,8 @@ LIMITS = [  # (section, key, lowest accepted, highest accepted or None), whole n
     ("server", "login_lockout_min", 1, 1440),
     ("model", "threads", 0, 64),
     ("model", "max_batch", 1, 256),
+    ("storage", "min_free_mb", 0, 1_000_000),
+    ("storage", "retention_days", 0, 36500),
     ("imaging", "max_pixels", 1, None),
     ("imaging", "max_decode_mb", 16, 65536),
     ("imaging", "decoders", 1, 16),
@@ -349,3 +351,8 @@ def test_a_destination_s_port_is_dicom_s_own_unless_given() -> None:
     value = '[{ ae_title = "PACS", host = "10.0.0.2" }]'
     (destination,) = load_settings(environ={"EDGE_APP_OUTPUTS_DESTINATIONS": value}).outputs.destinations
     assert destination.port == 104 and destination.send == ["sr", "sc"]
+
+
+def test_what_is_off_unless_asked_for() -> None:
+    s = load_settings(environ={})
+    assert s.capture.video.infer_every == 0 and s.storage.retention_days == 0 and s.storage.min_free_mb == 1024

@@ -38,11 +38,11 @@ def test_imagenet_style() -> None:
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     spec = InputSpec(name="input", layout="NCHW", height=224, width=224, channels=3)
     prep = Preprocessing(geometry="center_crop", crop_fraction=0.875, mean=mean, std=std)
-    flat = np.full((256, 256, 3), 0.5, dtype=np.float32)
-    x = preprocess(flat, spec, prep)
-    assert x.shape == (1, 3, 224, 224)
-    for c in range(3):
-        assert np.allclose(x[0, c], (0.5 - mean[c]) / std[c], atol=1e-5)
+    for value in (0.5, 0.2):  # above and below every channel's mean
+        x = preprocess(np.full((256, 256, 3), value, dtype=np.float32), spec, prep)
+        assert x.shape == (1, 3, 224, 224)
+        for c in range(3):
+            assert np.allclose(x[0, c], (value - mean[c]) / std[c], atol=1e-5)
 
 
 def test_monai_style() -> None:
@@ -57,6 +57,9 @@ def test_letterbox_keeps_aspect() -> None:
     spec = InputSpec(name="x", height=100, width=100, channels=1)
     x = preprocess(np.ones((50, 100), np.float32), spec, Preprocessing(geometry="letterbox"))
     assert np.all(x[0, 0, :25] == 0) and np.all(x[0, 0, 75:] == 0) and np.allclose(x[0, 0, 25:75], 1.0)
+    tall = preprocess(np.ones((100, 40), np.float32), spec, Preprocessing(geometry="letterbox"))
+    assert np.all(tall[0, 0, :, :30] == 0) and np.all(tall[0, 0, :, 70:] == 0), "padded left and right alike"
+    assert np.allclose(tall[0, 0, :, 30:70], 1.0)
 
 
 def test_colour_to_grey_uses_luma() -> None:

@@ -114,6 +114,19 @@ EQUIVALENT = {
         "both sides are the bools True or False, which are singletons: `is not` compares them as `!=` does"
     ),
     ("if origin is list:", "core/ReplaceComparisonOperator_Is_Eq"): "a class compares equal only to itself",
+    ("if model is Settings:", "core/ReplaceComparisonOperator_Is_Eq"): "a class compares equal only to itself",
+    ("if self.server.tls_cert is not None and self.server.tls_key is not None:", "core/ReplaceAndWithOr"): (
+        "tls_cert and tls_key are set together or not at all (a validator refuses one alone)"
+    ),
+    ("if server.tls_cert is not None and server.tls_key is not None:", "core/ReplaceAndWithOr"): (
+        "tls_cert and tls_key are set together or not at all (a validator refuses one alone)"
+    ),
+    ("assert isinstance(annotation, type) and issubclass(annotation, BaseModel)", "core/ReplaceAndWithOr"): (
+        "an assertion for the type checker: every table of the settings is a BaseModel class"
+    ),
+    ('if spec.layout == "NCHW":', "core/ReplaceComparisonOperator_Eq_LtE"): (
+        'the layout is NCHW or NHWC, and "NHWC" sorts after "NCHW": <= holds for NCHW alone'
+    ),
     ("return 0 < len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)", "core/NumberReplacer"): (
         "-1 < n holds for every length, and an empty host fails the label pattern anyway (0 -> 1 is killed)"
     ),
