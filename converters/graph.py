@@ -127,9 +127,10 @@ def add_cam(model: Any, score_output: str, name: str = "cam") -> tuple[Any, str 
 
     The linear layer applied at every location of the pooled feature map (a 1x1 convolution with the same weights
     and bias) gives a (N, labels, h, w) map whose spatial mean is exactly the score: the heatmap costs no second
-    inference. Recognised: GlobalAveragePool (or ReduceMean with axes [2, 3] as an attribute) -> Flatten/Reshape
-    -> Gemm, or -> MatMul [-> Add], optionally followed by the output's activation. Returns the model and the
-    map's name, or None.
+    inference. Recognised: GlobalAveragePool, or ReduceMean over H and W of NCHW (axes 2, 3) or of NHWC (axes
+    1, 2, as Keras and tf2onnx write it), its axes an attribute or (opset 18) an input; then Flatten, Reshape or
+    Squeeze (or nothing, where the mean keeps no dims) -> Gemm, or -> MatMul [-> Add], optionally followed by
+    the output's activation. Returns the model and the map's name, or None.
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -165,32 +166,52 @@ def add_cam(model: Any, score_output: str, name: str = "cam") -> tuple[Any, str 
             bias = numpy_helper.to_array(inits[node.input[2]])
     else:
         weight = weight.T
-    flat = producer(node.input[0])
-    if flat is None or flat.op_type not in ("Flatten", "Reshape"):
-        return model, None
-    pool = producer(flat.input[0])
-    if pool is None or not (pool.op_type == "GlobalAveragePool" or _mean_over_hw(pool)):
+    pool = producer(node.input[0])
+    if pool is not None and pool.op_type in ("Flatten", "Reshape", "Squeeze"):
+        pool = producer(pool.input[0])
+    layout = None if pool is None else "NCHW" if pool.op_type == "GlobalAveragePool" else _mean_over_hw(pool, inits)
+    if pool is None or layout is None:
         return model, None
     features = pool.input[0]
     labels, channels = weight.shape
     w_name, b_name = f"{name}_weight", f"{name}_bias"
-    model.graph.initializer.extend(
-        [
-            numpy_helper.from_array(weight.reshape(labels, channels, 1, 1), w_name),
-            numpy_helper.from_array(
-                np.zeros(labels, np.float32) if bias is None else bias.reshape(labels).astype(np.float32), b_name
-            ),
-        ]
-    )
-    model.graph.node.append(helper.make_node("Conv", [features, w_name, b_name], [name], name=f"{name}_head"))
+    bias_values = np.zeros(labels, np.float32) if bias is None else bias.reshape(labels).astype(np.float32)
+    if layout == "NCHW":  # the linear layer as a 1x1 convolution: (N, labels, h, w)
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(weight.reshape(labels, channels, 1, 1), w_name),
+                numpy_helper.from_array(bias_values, b_name),
+            ]
+        )
+        model.graph.node.append(helper.make_node("Conv", [features, w_name, b_name], [name], name=f"{name}_head"))
+    else:  # NHWC: the linear layer at every location, (N, h, w, labels), then to (N, labels, h, w)
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.ascontiguousarray(weight.T), w_name),
+                numpy_helper.from_array(bias_values, b_name),
+            ]
+        )
+        model.graph.node.extend(
+            [
+                helper.make_node("MatMul", [features, w_name], [f"{name}_hwl"], name=f"{name}_head"),
+                helper.make_node("Add", [f"{name}_hwl", b_name], [f"{name}_hwlb"], name=f"{name}_bias_add"),
+                helper.make_node("Transpose", [f"{name}_hwlb"], [name], name=f"{name}_nchw", perm=[0, 3, 1, 2]),
+            ]
+        )
     model.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     return model, name
 
 
-def _mean_over_hw(node: Any) -> bool:
-    from onnx import helper
+def _mean_over_hw(node: Any, inits: dict[str, Any]) -> str | None:
+    """"NCHW" or "NHWC" where `node` is a ReduceMean over a 4-D tensor's spatial axes, else None."""
+    from onnx import helper, numpy_helper
 
     if node.op_type != "ReduceMean":
-        return False
+        return None
     axes = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axes"), None)
-    return axes is not None and sorted(axes) in ([2, 3], [-2, -1])
+    if axes is None and len(node.input) > 1 and node.input[1] in inits:  # opset 18: the axes are an input
+        axes = numpy_helper.to_array(inits[node.input[1]]).tolist()
+    if axes is None:
+        return None
+    axes = sorted(int(a) % 4 for a in axes)
+    return {(2, 3): "NCHW", (1, 2): "NHWC"}.get(tuple(axes))

@@ -406,3 +406,68 @@ def test_the_fallback_keeps_the_most_sensitive_nodes_in_fp32(nih_split: dict[str
     assert max(sqnr[n] for n in picked) <= min(sqnr[n] for n in worst[3:])
     again = quantize.most_sensitive_nodes(REFERENCE, qdq, "image", sample, 2, set(picked[:1]))
     assert again == worst[1:3], "nodes already kept in FP32 are skipped"
+
+
+@pytest.mark.parametrize(("opset", "keepdims"), [(13, 0), (18, 0), (18, 1)])
+def test_cam_is_added_to_an_nhwc_reduce_mean_head(tmp_path: Path, opset: int, keepdims: int) -> None:
+    """The Keras / tf2onnx form: ReduceMean over H and W of an NHWC feature map (its axes an attribute, or an
+    input from opset 18), then MatMul + Add. The map is (N, labels, h, w) and its spatial mean is the score."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from converters.graph import add_cam, save
+
+    rng = np.random.default_rng(5)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.5, (4, 3)).astype(np.float32), "dense_w"),
+        numpy_helper.from_array(rng.normal(0, 0.5, (3,)).astype(np.float32), "dense_b"),
+    ]
+    if opset >= 18:
+        inits.append(numpy_helper.from_array(np.array([1, 2], np.int64), "hw"))
+        mean = helper.make_node("ReduceMean", ["features", "hw"], ["pooled"], keepdims=keepdims)
+    else:
+        mean = helper.make_node("ReduceMean", ["features"], ["pooled"], axes=[1, 2], keepdims=keepdims)
+    nodes = [helper.make_node("Relu", ["input"], ["features"]), mean]
+    pooled = "pooled"
+    if keepdims:
+        inits.append(numpy_helper.from_array(np.array([-1, 4], np.int64), "flat_shape"))
+        nodes.append(helper.make_node("Reshape", ["pooled", "flat_shape"], ["flat"]))
+        pooled = "flat"
+    nodes += [
+        helper.make_node("MatMul", [pooled, "dense_w"], ["scores"]),
+        helper.make_node("Add", ["scores", "dense_b"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nhwc",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 6, 5, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model, cam = add_cam(model, "logits")
+    assert cam == "cam"
+    save(model, tmp_path / "m.onnx")
+    x = rng.normal(size=(2, 6, 5, 4)).astype(np.float32)
+    logits, maps = ort.InferenceSession(str(tmp_path / "m.onnx")).run(["logits", "cam"], {"input": x})
+    assert maps.shape == (2, 3, 6, 5), "labels first, then the feature map's rows and columns"
+    assert np.allclose(maps.mean(axis=(2, 3)), logits, atol=1e-5)
+
+
+def test_a_mean_over_channels_is_no_spatial_pool(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    from converters.graph import add_cam
+
+    inits = [numpy_helper.from_array(np.ones((5, 2), np.float32), "w")]
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["input"], ["pooled"], axes=[1, 3], keepdims=0),
+            helper.make_node("MatMul", ["pooled", "w"], ["logits"]),
+        ],
+        "odd",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 5, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+        inits,
+    )
+    assert add_cam(helper.make_model(graph), "logits")[1] is None
