@@ -40,15 +40,18 @@ def add_user(data_dir: str | Path, name: str, roles: str, password: str) -> None
         store.close()
 
 
-def serve(data_dir: str | Path, port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """`edge-app serve` on localhost:port, returned once /api/v1/health answers."""
+def serve(
+    data_dir: str | Path, port: int, extra_env: dict[str, str] | None = None, no_worker: bool = False
+) -> subprocess.Popen[bytes]:
+    """`edge-app serve` (`--no-worker`: the front alone) on localhost:port, returned once /api/v1/health answers."""
     env = {
         **os.environ,
         "EDGE_APP_STORAGE_DATA_DIR": str(data_dir),
         "EDGE_APP_SERVER_PORT": str(port),
         **(extra_env or {}),
     }
-    proc = subprocess.Popen([str(EDGE_APP), "serve"], env=env, stderr=subprocess.DEVNULL)
+    command = [str(EDGE_APP), "serve", *(["--no-worker"] if no_worker else [])]
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
     for _ in range(600):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=1).close()
