@@ -51,22 +51,33 @@ def test_monai_style() -> None:
     dim = 0.2 + RAMP * 0.3  # uses only 0.2..0.5 of the range
     x = preprocess(dim, spec, prep)
     assert x.min() == pytest.approx(0.0, abs=1e-6) and x.max() == pytest.approx(1.0, abs=1e-6)
+    assert np.allclose(x[0, 0], RAMP, atol=1e-5), "stretched linearly: the ramp again"
 
 
 def test_letterbox_keeps_aspect() -> None:
     spec = InputSpec(name="x", height=100, width=100, channels=1)
     x = preprocess(np.ones((50, 100), np.float32), spec, Preprocessing(geometry="letterbox"))
     assert np.all(x[0, 0, :25] == 0) and np.all(x[0, 0, 75:] == 0) and np.allclose(x[0, 0, 25:75], 1.0)
-    tall = preprocess(np.ones((100, 40), np.float32), spec, Preprocessing(geometry="letterbox"))
+    tall = preprocess(np.ones((200, 80), np.float32), spec, Preprocessing(geometry="letterbox"))  # halved
     assert np.all(tall[0, 0, :, :30] == 0) and np.all(tall[0, 0, :, 70:] == 0), "padded left and right alike"
     assert np.allclose(tall[0, 0, :, 30:70], 1.0)
+    wide = preprocess(np.ones((60, 150), np.float32), spec, Preprocessing(geometry="letterbox"))  # times 2/3
+    assert np.all(wide[0, 0, :30] == 0) and np.all(wide[0, 0, 70:] == 0) and np.allclose(wide[0, 0, 30:70], 1.0)
 
 
-def test_colour_to_grey_uses_luma() -> None:
-    red = np.zeros((10, 10, 3), np.float32)
+@pytest.mark.parametrize(("channel", "luma"), [(0, 0.299), (1, 0.587), (2, 0.114)])
+def test_colour_to_grey_uses_luma(channel: int, luma: float) -> None:
+    colour = np.zeros((10, 10, 3), np.float32)
+    colour[..., channel] = 1.0
+    x = preprocess(colour, InputSpec(name="x", height=10, width=10, channels=1), Preprocessing())
+    assert np.allclose(x, luma)
+
+
+def test_colour_stays_colour_for_a_three_channel_model() -> None:
+    red = np.zeros((20, 20, 3), np.float32)
     red[..., 0] = 1.0
-    x = preprocess(red, InputSpec(name="x", height=10, width=10, channels=1), Preprocessing())
-    assert np.allclose(x, 0.299)
+    x = preprocess(red, InputSpec(name="x", height=10, width=10, channels=3), Preprocessing())
+    assert np.allclose(x[0, 0], 1.0) and np.allclose(x[0, 1:], 0.0)
 
 
 def test_float16_input() -> None:

@@ -124,6 +124,44 @@ EQUIVALENT = {
     ("assert isinstance(annotation, type) and issubclass(annotation, BaseModel)", "core/ReplaceAndWithOr"): (
         "an assertion for the type checker: every table of the settings is a BaseModel class"
     ),
+    ("x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)", "core/ReplaceComparisonOperator_Gt_NotEq"): (
+        "hi is the image's maximum and lo its minimum: hi >= lo, so > and != agree"
+    ),
+    ("x = _to_channels(x, 1) if spec.channels == 1 else _with_axis(x)", "core/ReplaceComparisonOperator_Eq_Lt"): (
+        "channels is 1 or 3; grey before or after resizing gives the same values (resizing each channel commutes "
+        "with the luma sum): the order only saves memory"
+    ),
+    ("x = _to_channels(x, 1) if spec.channels == 1 else _with_axis(x)", "core/ReplaceComparisonOperator_Eq_LtE"): (
+        "channels is 1 or 3"
+    ),
+    ("return x[:, :, np.newaxis] if x.ndim == 2 else x", "core/ReplaceComparisonOperator_Eq_LtE"): (
+        "an image is 2-D or 3-D"
+    ),
+    ('if prep.geometry == "center_crop":', "core/ReplaceComparisonOperator_Eq_LtE"): (
+        'the geometry is center_crop, letterbox or stretch, and "center_crop" sorts first'
+    ),
+    ('if prep.geometry == "center_crop":', "core/ReplaceComparisonOperator_Eq_Is"): (
+        "pydantic gives back the Literal's own (interned) string: `is` compares it as `==` does"
+    ),
+    ('if prep.geometry == "letterbox":', "core/ReplaceComparisonOperator_Eq_Is"): (
+        "pydantic gives back the Literal's own (interned) string: `is` compares it as `==` does"
+    ),
+    ('if spec.layout == "NCHW":', "core/ReplaceComparisonOperator_Eq_Is"): (
+        "pydantic gives back the Literal's own (interned) string: `is` compares it as `==` does"
+    ),
+    ("if channels == 3:", "core/ReplaceComparisonOperator_Eq_GtE"): "channels is 1 or 3",
+    ("if x.shape[2] == channels:", "core/ReplaceComparisonOperator_Eq_Is"): (
+        "1 and 3: CPython keeps one object for each small int"
+    ),
+    ("if x.shape[:2] == (height, width):", "core/ReplaceComparisonOperator_Eq_Is"): (
+        "never true with `is`: the image is then resized to the size it has, which Pillow does as a copy"
+    ),
+    ("x = pixels.astype(np.float32, copy=False)", "core/ReplaceFalseWithTrue"): (
+        "a copy or not, the same values: the input is never written to"
+    ),
+    ("if prep.mean is not None and prep.std is not None:", "core/ReplaceAndWithOr"): (
+        "mean and std come together (the manifest refuses one alone)"
+    ),
     ('if spec.layout == "NCHW":', "core/ReplaceComparisonOperator_Eq_LtE"): (
         'the layout is NCHW or NHWC, and "NHWC" sorts after "NCHW": <= holds for NCHW alone'
     ),
