@@ -54,19 +54,33 @@ def of_diagnosers(diagnosers: Iterable[Diagnoser]) -> list[InService]:
     return out
 
 
-def write_status(data_dir: Path, models: list[InService]) -> None:
+@dataclass(frozen=True)
+class WorkerStatus:
+    """What the worker process said last: its models, and what went wrong, if anything (a model an administrator
+    put in service that it could not load)."""
+
+    models: list[InService]
+    problem: str | None = None
+
+
+def write_status(data_dir: Path, models: list[InService], problem: str | None = None) -> None:
     status = {
         "pid": os.getpid(),
         "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "models": [asdict(m) for m in models],
+        "problem": problem,
     }
     atomic_write(data_dir / STATUS_NAME, (json.dumps(status, indent=2) + "\n").encode())
 
 
-def read_status(data_dir: Path) -> list[InService] | None:
-    """What the worker process said last, or None where it has said nothing readable."""
+def read_status(data_dir: Path) -> WorkerStatus | None:
+    """What the worker process said last, or None where it has said nothing readable (or named no model)."""
     try:
         status: dict[str, Any] = json.loads((data_dir / STATUS_NAME).read_text(encoding="utf-8"))
-        return [InService(**m) for m in status["models"]]
-    except (OSError, ValueError, KeyError, TypeError):
+        models = [InService(**m) for m in status["models"]]
+        problem = status.get("problem")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+    if not models:
+        return None
+    return WorkerStatus(models, str(problem) if problem else None)

@@ -19,7 +19,7 @@ from typing import IO, Literal
 from edge_app.bundle import Bundle, load_bundle
 from edge_app.capture import Source, open_sources
 from edge_app.config import Settings, is_loopback, with_overrides
-from edge_app.errors import ConfigError, NotFound, UserError
+from edge_app.errors import ConfigError, EdgeAppError, NotFound, UserError
 from edge_app.in_service import InService, of_diagnosers, read_status, write_status
 from edge_app.ingest import Ingest
 from edge_app.live import LiveInference
@@ -48,13 +48,19 @@ class Service:
         self.settings = settings
         self.role = role
         self.stopping = threading.Event()  # set by `stop`: long answers (the video preview) end
-        self.store = Store(settings.storage.data_dir)
+        self._lock_files: list[IO[str]] = []
+        self._hold_data_dir()  # first: a process that may not run here loads nothing and migrates nothing
+        try:
+            self.store = Store(settings.storage.data_dir)
+        except BaseException:
+            self._release_data_dir()
+            raise
         self.accounts = Accounts(self.store)
         self.reviews = Reviews(self.store)
         self.models = ModelHistory(self.store)
         self._activating = threading.Lock()
-        self._lock_files: list[IO[str]] = []
         self._followed = self.models.latest_change()
+        self._problem: str | None = None  # a model put in service on the front that this worker could not load
         self.registry: Registry | None = None
         self.worker: Worker | None = None
         self.sender: Sender | None = None
@@ -62,9 +68,10 @@ class Service:
         self.retention: Retention | None = None
         if role != "front":
             try:
-                self.registry = Registry.from_settings(self._with_active_model(settings))
+                self.registry = self._load_registry()
             except BaseException:
                 self.store.close()
+                self._release_data_dir()
                 raise
             for diagnoser in self.registry.diagnosers:
                 self._apply_thresholds(diagnoser)
@@ -99,7 +106,6 @@ class Service:
     def start(self) -> None:
         """Clear what a crash left behind, then start the worker (it first takes the jobs left queued). Refuse
         to serve beyond this machine while no one can log in."""
-        self._hold_data_dir()
         host = self.settings.server.host
         if self.role != "worker" and not is_loopback(host) and self.accounts.active_count() == 0:
             raise ConfigError(
@@ -130,9 +136,14 @@ class Service:
     def _hold_data_dir(self) -> None:
         """One front and one worker per data directory (a worker re-queues whatever another left running), and
         neither while a restore replaces it: exclusive locks, released when the process ends, however it ends."""
+        data_dir = self.settings.storage.data_dir
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"data directory {data_dir} cannot be used (storage.data_dir): {exc}") from exc
         wanted = {"all": SERVICE_LOCKS, "front": SERVICE_LOCKS[:1], "worker": SERVICE_LOCKS[1:]}[self.role]
         for name in wanted:
-            lock_file = (self.settings.storage.data_dir / name).open("a")
+            lock_file = (data_dir / name).open("a")
             try:
                 fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -154,27 +165,56 @@ class Service:
         """The models deciding now, what each runs on and its thresholds; for the front, as the worker said."""
         if self.registry is not None:
             return of_diagnosers(self.registry.diagnosers)
-        said = read_status(self.settings.storage.data_dir)
+        said = read_status(self.settings.storage.data_dir) if self.worker_running() else None
         if said is not None:
-            return said
-        bundles = [self._active_path() or self.settings.model.bundle, *self.settings.model.extra_bundles]
-        return [
-            InService(
-                b.manifest.name,
-                b.manifest.version,
-                b.manifest.precision,
-                "(worker not running)",
-                b.sha256,
-                str(b.path),
-                list(b.manifest.labels),
-                dict(b.manifest.thresholds),
+            return said.models
+        out = []
+        for path in [self._active_path() or self.settings.model.bundle, *self.settings.model.extra_bundles]:
+            try:
+                b = load_bundle(path)
+            except EdgeAppError as exc:  # the pages must still open: the rollback button is on one of them
+                log.error("model bundle %s cannot be read: %s", path, exc)
+                continue
+            m = b.manifest
+            out.append(
+                InService(
+                    m.name,
+                    m.version,
+                    m.precision,
+                    "(worker not running)",
+                    b.sha256,
+                    str(b.path),
+                    list(m.labels),
+                    dict(m.thresholds),
+                )
             )
-            for b in map(load_bundle, bundles)
-        ]
+        return out
 
     def _say_what_runs(self) -> None:
         if self.registry is not None:
-            write_status(self.settings.storage.data_dir, of_diagnosers(self.registry.diagnosers))
+            write_status(self.settings.storage.data_dir, of_diagnosers(self.registry.diagnosers), self._problem)
+
+    def worker_running(self) -> bool:
+        """Whether an inference worker serves this data directory: this process's, or the one holding the
+        worker's lock (a worker.json left by one that stopped says nothing)."""
+        if self.worker is not None:
+            return self.worker.progressing(float("inf"))
+        with (self.settings.storage.data_dir / SERVICE_LOCKS[1]).open("a") as probe:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return True  # held: a worker runs
+            fcntl.flock(probe, fcntl.LOCK_UN)
+            return False
+
+    def problem(self) -> str | None:
+        """What is wrong with the models in service, in plain words, or None."""
+        if self.registry is not None:
+            return self._problem
+        if not self.worker_running():
+            return "the inference worker is not running (edge-app-worker.service): images wait in the queue"
+        said = read_status(self.settings.storage.data_dir)
+        return said.problem if said is not None else None
 
     def _active_path(self) -> Path | None:
         active = self.models.activations()
@@ -187,10 +227,21 @@ class Service:
             return None
         return active[0].path
 
-    def _with_active_model(self, settings: Settings) -> Settings:
-        """The settings with the model an administrator activated last in place of the configured one."""
+    def _load_registry(self) -> Registry:
+        """The models: the one an administrator put in service last, else the configured one; where the first
+        cannot be loaded (recorded on the web service, it never ran here), the configured one, and the reason is
+        said on the health check and the pages."""
         path = self._active_path()
-        return settings if path is None else with_overrides(settings, "model", {"bundle": str(path)})
+        if path is not None:
+            try:
+                return Registry.from_settings(with_overrides(self.settings, "model", {"bundle": str(path)}))
+            except EdgeAppError as exc:
+                self._problem = (
+                    f"the model put in service ({path}) cannot be loaded here ({exc}): the configured one runs"
+                )
+                log.error("%s", self._problem)
+                self.store.audit("system", "model.fallback", str(path), str(exc))
+        return Registry.from_settings(self.settings)
 
     def _apply_thresholds(self, diagnoser: Diagnoser) -> None:
         site = self.models.thresholds(diagnoser.bundle.sha256)
@@ -233,11 +284,19 @@ class Service:
         latest = self.models.latest_change()
         if latest == self._followed:
             return
-        self._followed = latest
+        self._followed = latest  # tried once: a model that cannot be loaded is reported, not retried each 0.2 s
         wanted = self._active_path() or self.settings.model.bundle
         if Path(wanted).resolve() != self.registry.diagnosers[0].bundle.path.resolve():
             log.info("putting the model at %s in service (changed on the web service)", wanted)
-            self._swap_first(Path(wanted), held=True)
+            try:
+                self._swap_first(Path(wanted), held=True)
+                self._problem = None
+            except EdgeAppError as exc:
+                self._problem = (
+                    f"the model put in service ({wanted}) cannot be loaded here ({exc}): the previous one runs"
+                )
+                log.error("%s", self._problem)
+                self.store.audit("system", "model.fallback", str(wanted), str(exc))
         for diagnoser in self.registry.diagnosers:
             self._apply_thresholds(diagnoser)
         self._say_what_runs()

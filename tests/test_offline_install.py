@@ -35,10 +35,14 @@ def test_the_kit_installs_with_no_network_and_runs(tmp_path: Path, nih_png: Path
         "EDGE_SYSTEM_SITE": "0",  # a clean venv: what the wheelhouse lacks cannot come from elsewhere
         "PYTHON": str(base),
     }
+    old_unit = root / "etc" / "systemd" / "system" / "edge-app.service"  # the one unit of an earlier version
+    old_unit.parent.mkdir(parents=True)
+    old_unit.write_text("[Service]\nExecStart=/opt/edge-app/.venv/bin/edge-app serve\n")
     installed = subprocess.run(
         [str(kit / "firmware_config" / "install" / "install.sh")], env=env, capture_output=True, text=True, timeout=900
     )
     assert installed.returncode == 0, installed.stdout[-2000:] + installed.stderr[-3000:]
+    assert not old_unit.exists(), "an upgrade removes the single unit the two replace"
     for path in (
         "etc/systemd/system/edge-app.target",
         "etc/systemd/system/edge-app-web.service",

@@ -72,9 +72,13 @@ def test_images_flow_from_the_front_to_a_worker_process_and_back(
 
         worker.send_signal(signal.SIGKILL)
         worker.wait()
-        assert client.get("/api/v1/health").status_code == 200, "the front keeps answering with no worker"
+        health = client.get("/api/v1/health").get_json()
+        assert health["status"] == "degraded" and "not running" in health["problem"], "worker.json alone is no worker"
+        assert health["runner"] == "(worker not running)" and health["version"] == "1.4.0"
+        started = time.monotonic()
         resp = client.post("/api/v1/studies?filename=c.png", data=images[2].read_bytes())
         assert resp.status_code == 202, "kept and queued: no worker to answer now"
+        assert time.monotonic() - started < 2.0, "and said at once, not after result_wait_s"
         image_id = resp.get_json()["image_id"]
         worker = _start_worker(data)
         _until(lambda: svc.store.image_status(image_id)[0] == "done")
@@ -87,3 +91,33 @@ def test_images_flow_from_the_front_to_a_worker_process_and_back(
 def test_a_second_front_on_the_same_data_directory_is_refused(front: Flask, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"another edge-app service is using .* \(front.lock\)"):
         create_app({"storage": {"data_dir": str(tmp_path / "data")}}, role="front")
+
+
+def _garbage_model(folder: Path) -> None:
+    (folder / "model.onnx").write_bytes(b"not an ONNX model at all")
+
+
+def test_a_model_the_worker_cannot_load_is_reported_and_the_worker_lives(
+    front: Flask, tmp_path: Path, api_client: Callable[[Flask], FlaskClient]
+) -> None:
+    """Hashes that hold over a model that does not load (or a TensorRT engine that cannot be built): the front
+    records it, the worker keeps the model it has and says why; restarted, it runs the configured one."""
+    data, client, svc = tmp_path / "data", api_client(front), services.get_from(front)
+    worker = _start_worker(data)
+    try:
+        _until(lambda: client.get("/api/v1/health").get_json()["runner"] == "onnxruntime")
+        svc.activate(bundle_variant(tmp_path, "6.6.6", _garbage_model), "boss")
+        _until(lambda: client.get("/api/v1/health").get_json()["status"] == "degraded")
+        health = client.get("/api/v1/health").get_json()
+        assert "cannot be loaded here" in health["problem"] and health["version"] == "1.1.0", "the old one runs"
+        images = sorted((NIH / "images").glob("*.png"))
+        assert client.post("/api/v1/studies?filename=a.png", data=images[0].read_bytes()).status_code == 201
+        worker.terminate()
+        worker.wait(timeout=60)
+        worker = _start_worker(data)  # at start: the recorded model cannot load, the configured one runs
+        _until(lambda: "the configured one runs" in (client.get("/api/v1/health").get_json()["problem"] or ""))
+        assert client.get("/api/v1/health").get_json()["version"] == "1.1.0"
+        assert client.post("/api/v1/studies?filename=b.png", data=images[1].read_bytes()).status_code == 201
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)

@@ -223,3 +223,35 @@ def test_model_changes_and_site_thresholds_are_kept_in_order(tmp_path: Path) -> 
                 history.set_thresholds("b" * 64, ["x", "y"], bad, "boss")
     finally:
         store.close()
+
+
+def test_two_processes_opening_an_old_database_at_once_take_turns(tmp_path: Path) -> None:
+    """The web service and the worker start together on a database of an earlier version: one migrates, the
+    other waits and finds it done (the version is read inside the migration's transaction)."""
+    import threading
+
+    from edge_app.store.schema import _V1, VERSION
+
+    for attempt in range(5):
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        db = sqlite3.connect(folder / "edge-app.sqlite3")
+        db.executescript(_V1 + "; PRAGMA user_version = 1;")
+        db.close()
+        errors: list[BaseException] = []
+
+        def open_store(folder: Path = folder, errors: list[BaseException] = errors) -> None:
+            try:
+                Store(folder).close()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_store) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        store = Store(folder)
+        assert store.pragma("user_version") == VERSION
+        store.close()

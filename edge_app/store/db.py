@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -170,6 +171,8 @@ class Store:
         path = self.file_path(digest)
         if size == 0 or path.exists():
             tmp.unlink()
+            if size:
+                os.utime(path)  # stored again now: not a stray file for another process's remove_orphans
             return digest, size
         path.parent.mkdir(exist_ok=True)
         commit(tmp, path)

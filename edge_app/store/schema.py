@@ -222,13 +222,17 @@ VERSION = len(MIGRATIONS)
 
 
 def migrate(db: sqlite3.Connection, now: str) -> None:
-    """Bring the database to `VERSION`, one transaction per version."""
-    version = int(db.execute("PRAGMA user_version").fetchone()[0])
-    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+    """Bring the database to `VERSION`, one transaction per version. The version is read inside each
+    transaction: two processes opening the database at once (the web service and the worker) take turns."""
+    while True:
         db.execute("BEGIN IMMEDIATE")
         try:
-            step(db, now)
-            db.execute(f"PRAGMA user_version = {number}")
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version >= VERSION:
+                db.execute("COMMIT")
+                return
+            MIGRATIONS[version](db, now)
+            db.execute(f"PRAGMA user_version = {version + 1}")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

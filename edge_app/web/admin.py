@@ -163,6 +163,7 @@ def models() -> Any:
         usb=usb_bundles(svc.settings),
         import_dir=svc.settings.model.import_dir,
         changes=svc.models.changes(),
+        problem=svc.problem(),
         can_roll_back=bool(svc.models.activations()),
         action=ActionForm(),
     )

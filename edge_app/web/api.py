@@ -30,14 +30,16 @@ def _not_found(exc: NotFound) -> Any:
 def health() -> Any:
     svc = services.get()
     models = svc.in_service()
-    first = models[0]
+    first = models[0].info() if models else dict.fromkeys(("name", "version", "precision", "runner", "bundle_sha256"))
+    problem = svc.problem() or (None if models else "no model can be read")
     return jsonify(
-        status="ok",
-        runner=first.runner,
-        model=first.name,
-        version=first.version,
-        precision=first.precision,
-        bundle_sha256=first.bundle_sha256,
+        status="degraded" if problem else "ok",
+        problem=problem,
+        runner=first["runner"],
+        model=first["name"],
+        version=first["version"],
+        precision=first["precision"],
+        bundle_sha256=first["bundle_sha256"],
         models=[m.info() for m in models],
         queued=svc.store.queued(),
         # Open to anyone on the Wi-Fi: each source's name and state, not its address, path or credentials.
@@ -82,7 +84,8 @@ def create_study() -> Any:
         return jsonify(error="Insufficient Storage", detail=exc.strerror or str(exc)), 507
     if added is None:
         return _bad_request("no image (the body is empty): send a multipart field 'file' or the raw bytes")
-    status, reason = svc.store.wait_for(added.image_id, svc.settings.server.result_wait_s)
+    wait = svc.settings.server.result_wait_s if svc.worker_running() else 0.0  # no worker: 202 at once
+    status, reason = svc.store.wait_for(added.image_id, wait)
     code, error = _ANSWERS[status]
     headers = {"Location": f"/api/v1/studies/{added.study_uid}"}
     image = {"image_id": added.image_id, "duplicate": added.duplicate}

@@ -26,6 +26,7 @@ def index() -> Any:
         "devices.html",
         sources=[source.state() for source in svc.sources],
         models=svc.in_service(),
+        problem=svc.problem(),
         engines=engine_status(svc.settings.engine_cache),
         queued=svc.store.queued(),
         free_gb=disk.free / 1e9,

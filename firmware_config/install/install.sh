@@ -16,6 +16,11 @@ site="--system-site-packages"
 [ -x "$opt/.venv/bin/python" ] || "$python" -m venv $site "$opt/.venv"
 PIP_CONFIG_FILE=/dev/null "$opt/.venv/bin/pip" install --no-index --find-links "$kit/wheelhouse" --upgrade edge-clinic-ai
 cp -r "$kit/firmware_config" "$kit/README.md" "$opt/"
+# Before the two units and their target, one edge-app.service ran everything: it goes (it would fight them).
+if [ "$root" = "/" ] && [ -e /etc/systemd/system/edge-app.service ]; then
+    systemctl disable --now edge-app.service || true
+fi
+rm -f "$root/etc/systemd/system/edge-app.service"
 cp "$kit"/systemd/*.service "$kit"/systemd/*.target "$root/etc/systemd/system/"
 cp "$kit/systemd/edge-app.sysusers.conf" "$root/usr/lib/sysusers.d/edge-app.conf"
 cp "$kit/firmware_config/udev/99-edge-app.rules" "$root/etc/udev/rules.d/"
