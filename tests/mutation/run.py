@@ -150,6 +150,15 @@ EQUIVALENT = {
         "pydantic gives back the Literal's own (interned) string: `is` compares it as `==` does"
     ),
     ("if channels == 3:", "core/ReplaceComparisonOperator_Eq_GtE"): "channels is 1 or 3",
+    ('if prep.geometry == "letterbox":', "core/ReplaceComparisonOperator_Eq_LtE"): (
+        'center_crop has returned before: letterbox or stretch is left, and only "letterbox" <= "letterbox"'
+    ),
+    ('if prep.intensity == "minmax":', "core/ReplaceComparisonOperator_Eq_LtE"): (
+        'the intensity is minmax or window, and "minmax" sorts first'
+    ),
+    ('if prep.intensity == "minmax":', "core/ReplaceComparisonOperator_Eq_Is"): (
+        "pydantic gives back the Literal's own (interned) string: `is` compares it as `==` does"
+    ),
     ("if x.shape[2] == channels:", "core/ReplaceComparisonOperator_Eq_Is"): (
         "1 and 3: CPython keeps one object for each small int"
     ),
