@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -81,3 +83,48 @@ def test_decisions_at_the_threshold_count_as_positive(offset: float) -> None:
     ref = np.full((4, 2), 0.5)
     cand = ref + offset
     assert _gate(ref, cand, min_agreement=1.0)["decision_agreement"] == 1.0
+
+
+def test_per_label_agreement_sensitivity_specificity_and_the_auc_message() -> None:
+    """Counted by hand: 6 images, one label; the candidate flips one positive (index 1) to negative."""
+    truth = {"x": np.array([1, 1, 1, 0, 0, 0], np.int8)}
+    reference = np.array([[0.9], [0.8], [0.3], [0.2], [0.6], [0.1]])
+    candidate = np.array([[0.9], [0.2], [0.3], [0.2], [0.6], [0.1]])
+    report = compare(("x",), {"x": 0.5}, reference, candidate, Tolerance(min_agreement=0.0), truth)
+    entry = report["per_label"]["x"]
+    assert entry["decision_agreement"] == pytest.approx(5 / 6)
+    assert entry["sensitivity_reference"] == pytest.approx(2 / 3) and entry["sensitivity_candidate"] == pytest.approx(
+        1 / 3
+    )
+    assert entry["specificity_reference"] == pytest.approx(2 / 3) and entry["specificity_candidate"] == pytest.approx(
+        2 / 3
+    )
+    drop = entry["auc_reference"] - entry["auc_candidate"]
+    assert drop > 0.01
+    assert f"x: AUC drops by {drop:.4f} > 0.01" in report["failures"]
+
+
+def test_sensitivity_and_specificity_where_one_class_is_missing() -> None:
+    reference = np.array([[0.9], [0.2]])
+    only_positives = {"x": np.array([1, 1], np.int8)}
+    entry = compare(("x",), {"x": 0.5}, reference, reference, Tolerance(), only_positives)["per_label"]["x"]
+    assert entry["sensitivity_reference"] == 0.5 and entry["specificity_reference"] is None
+    assert entry["auc_reference"] is None and entry["auc_diff"] is None
+    only_negatives = {"x": np.array([0, 0], np.int8)}
+    entry = compare(("x",), {"x": 0.5}, reference, reference, Tolerance(), only_negatives)["per_label"]["x"]
+    assert entry["sensitivity_reference"] is None and entry["specificity_reference"] == 0.5
+
+
+def test_latency_is_measured_in_milliseconds_of_the_run_itself(tmp_path: Path) -> None:
+    import time
+
+    from converters.fidelity import latency
+    from edge_app.config import EMBEDDED_BUNDLE
+
+    x = np.zeros((4, 1, 64, 64), np.float32)
+    t0 = time.perf_counter()
+    got = latency(EMBEDDED_BUNDLE / "model.onnx", "image", x, runs=20, threads=1)
+    wall_ms = (time.perf_counter() - t0) * 1e3
+    assert 0 < got["p50_ms"] <= got["p95_ms"] and got["p50_ms"] * 20 < wall_ms, "each run's own time, in ms"
+    assert got["images_per_s"] == pytest.approx(4 * 1e3 / got["p50_ms"], rel=0.5), "4 images a run"
+    assert got["images_per_s"] > 4 * 1e3 / wall_ms

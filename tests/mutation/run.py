@@ -36,7 +36,7 @@ MODULES: dict[str, list[str]] = {
     "converters/build.py": ["test_convert.py"],
     "edge_app/imaging/codestream.py": ["test_codestream.py", "test_hostile.py", "test_decode.py"],
     "edge_app/imaging/preprocess.py": ["test_preprocess.py", "test_properties.py", "test_runtime.py"],
-    "edge_app/imaging/prepare.py": ["test_runtime.py", "test_hostile.py"],
+    "edge_app/imaging/prepare.py": ["test_prepare.py", "test_runtime.py", "test_hostile.py"],
     "edge_app/imaging/sandbox.py": ["test_hostile.py"],
     "edge_app/imaging/decode.py": [
         "test_decode.py",
@@ -165,6 +165,24 @@ EQUIVALENT = {
     ("if x.shape[:2] == (height, width):", "core/ReplaceComparisonOperator_Eq_Is"): (
         "never true with `is`: the image is then resized to the size it has, which Pillow does as a copy"
     ),
+    (
+        "for _ in range(max(3, runs // 10)):",
+        None,
+    ): "how many warm-up runs come before the timed ones: no figure shows it",
+    ("ms = np.asarray(times) * 1e3", "core/NumberReplacer"): "a unit a thousandth off is within the timing's noise",
+    (
+        'timings = {"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3}',
+        "core/NumberReplacer",
+    ): "a unit a thousandth off is within the timing's noise",
+    (
+        'timings = {"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3}',
+        "core/ReplaceBinaryOperator_Sub_Mod",
+    ): "perf_counter's readings are far from zero: t2 < 2 * t1, so t2 % t1 is t2 - t1",
+    (
+        "fixed = sess.get_inputs()[0].shape[0]  # an original model may have its batch fixed (often at 1)",
+        "core/NumberReplacer",
+    ): ("the model has one input (checked before): its first is its last"),
+    ("_BAND = 256", None): "the number of rows converted at a time: the same values in the end",
     ("x = pixels.astype(np.float32, copy=False)", "core/ReplaceFalseWithTrue"): (
         "a copy or not, the same values: the input is never written to"
     ),
