@@ -45,9 +45,13 @@ async function setUp(box) {
 
   const view = {scale: 1, x: 0, y: 0, width: 255, level: 127.5};
   const fit = () => {
-    const rect = canvas.getBoundingClientRect();
-    canvas.width = Math.max(1, Math.round(rect.width * devicePixelRatio));
-    canvas.height = Math.max(1, Math.round(canvas.width * img.height / img.width));
+    // The whole image in view, its proportions kept: as wide as the page allows, no taller than 3/4 of the screen.
+    let width = box.clientWidth, height = width * img.height / img.width;
+    const tallest = window.innerHeight * 0.75;
+    if (height > tallest) { height = tallest; width = height * img.width / img.height; }
+    canvas.style.width = `${width}px`; canvas.style.height = `${height}px`;
+    canvas.width = Math.max(1, Math.round(width * devicePixelRatio));
+    canvas.height = Math.max(1, Math.round(height * devicePixelRatio));
     view.scale = canvas.width / img.width; view.x = 0; view.y = 0;
   };
   const applyWindow = () => {
