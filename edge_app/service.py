@@ -33,12 +33,13 @@ from edge_app.store.accounts import Accounts
 from edge_app.store.db import SERVICE_LOCKS
 from edge_app.store.models import ModelHistory
 from edge_app.store.reviews import Reviews
+from edge_app.wakeup import Listener, wake
 from edge_app.worker import Worker
 
 log = logging.getLogger(__name__)
 Role = Literal["all", "front", "worker"]
 ORPHAN_AGE_S = 3600.0  # with the front and the worker apart, a stray file is one older than this
-Loop = Worker | Sender | LiveInference | Retention
+Loop = Worker | Sender | LiveInference | Retention | Listener
 
 
 class Service:
@@ -47,6 +48,7 @@ class Service:
     def __init__(self, settings: Settings, role: Role = "all") -> None:
         self.settings = settings
         self.role = role
+        data_dir = settings.storage.data_dir
         self.stopping = threading.Event()  # set by `stop`: long answers (the video preview) end
         self._lock_files: list[IO[str]] = []
         self._hold_data_dir()  # first: a process that may not run here loads nothing and migrates nothing
@@ -84,12 +86,13 @@ class Service:
                 outbox=Outbox(self.store, outputs) if outputs.destinations else None,
                 on_output=self.sender.wake if self.sender is not None else None,
                 before_job=self._follow_models if role == "worker" else None,
+                after_job=(lambda: wake(data_dir, "front")) if role == "worker" else None,
             )
             days = settings.storage.retention_days
             self.retention = Retention(self.store, days) if days else None
         self.ingest = Ingest(
             self.store,
-            on_queued=self.worker.wake if self.worker is not None else None,
+            on_queued=self.worker.wake if self.worker is not None else (lambda: wake(data_dir, "worker")),
             exposure_window_s=settings.capture.serial.exposure_window_s,
             min_free_mb=settings.storage.min_free_mb,
         )
@@ -101,7 +104,14 @@ class Service:
             elif video.enabled and video.infer_every:
                 log.warning("live inference on the video feed needs the models in this process: off (--no-worker)")
             self.sources = open_sources(settings, self.ingest, self.live.submit if self.live is not None else None)
-        self._loops: list[Loop] = [p for p in (self.worker, self.sender, self.live, self.retention) if p is not None]
+        # Apart, each process listens for the other's wake-ups (an image queued; a result in; a model changed).
+        self.waker: Listener | None = None
+        if role == "worker" and self.worker is not None:
+            self.waker = Listener(data_dir, "worker", self.worker.wake)
+        elif role == "front":
+            self.waker = Listener(data_dir, "front", self.store.notify_changed)
+        parts = (self.worker, self.sender, self.live, self.retention, self.waker)
+        self._loops: list[Loop] = [p for p in parts if p is not None]
 
     def start(self) -> None:
         """Clear what a crash left behind, then start the worker (it first takes the jobs left queued). Refuse
@@ -263,6 +273,8 @@ class Service:
             self.models.record(actor, "activate", bundle.sha256, bundle.path, m.name, m.version)
             self.store.audit(actor, "model.activate", f"{m.name} {m.version}", bundle.sha256)
             self._followed = self.models.latest_change()
+            if self.registry is None:
+                wake(self.settings.storage.data_dir, "worker")  # it takes the change up between two images
             return bundle
 
     def _swap_first(self, path: Path, *, held: bool = False) -> Bundle:
@@ -319,6 +331,8 @@ class Service:
             self._apply_thresholds(diagnoser)
         self._say_what_runs()
         self._followed = self.models.latest_change()
+        if self.registry is None:
+            wake(self.settings.storage.data_dir, "worker")
         detail = ", ".join(f"{k}={v:g}" for k, v in sorted(thresholds.items()))
         self.store.audit(actor, "model.thresholds", sha256, f"version {version}: {detail}")
         return version

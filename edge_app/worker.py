@@ -37,6 +37,7 @@ class Worker:
         outbox: Outbox | None = None,
         on_output: Callable[[], None] | None = None,
         before_job: Callable[[], None] | None = None,
+        after_job: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -44,6 +45,7 @@ class Worker:
         self.outbox = outbox
         self.on_output = on_output
         self.before_job = before_job  # between two jobs, before the next claim: follow model changes
+        self.after_job = after_job  # a job's result recorded: tell a front in another process
         self._loop_thread = Background("edge-worker", self._loop)
         self.start, self.wake = self._loop_thread.start, self._loop_thread.wake
         self._busy_since: float | None = None  # when the job at hand was claimed
@@ -83,6 +85,8 @@ class Worker:
                 self.store.finish_job(job, self._outcome(job))
             finally:
                 self._busy_since = None
+        if self.after_job is not None:
+            self.after_job()
         return True
 
     @contextmanager

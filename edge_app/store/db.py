@@ -354,6 +354,11 @@ class Store:
         with self._changed:
             self._changed.notify_all()
 
+    def notify_changed(self) -> None:
+        """Wake whoever waits for a result (`wait_for`): one came in, from this process or another."""
+        with self._changed:
+            self._changed.notify_all()
+
     def wait_for(self, image_id: int, timeout: float) -> tuple[str, str | None]:
         """The image's status once it is no longer queued, or still queued after `timeout` seconds."""
         deadline = time.monotonic() + timeout
