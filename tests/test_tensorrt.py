@@ -190,3 +190,90 @@ def test_engine_cache_layout_and_rebuilds(tmp_path: Path) -> None:
         assert cache.lookup(bundle, ORIN) is None, damaged
     with pytest.raises(dataclasses.FrozenInstanceError):
         ORIN.gpu_name = "other"  # type: ignore[misc]
+
+
+def _stand_in_gpu(monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
+    """A `tensorrt` and a `pycuda` that say a GPU is there, and whose runtime cannot load the cached engine:
+    `old-engine` (built by another TensorRT version: deserialize_cuda_engine gives None, as on a Jetson whose
+    JetPack was upgraded under its engine cache) or `driver-fault` (it raises). Third-party stand-ins."""
+    import types
+
+    class Context:
+        def push(self) -> None:
+            pass
+
+        def pop(self) -> None:
+            pass
+
+        def detach(self) -> None:
+            pass
+
+    class Device:
+        def __init__(self, index: int) -> None:
+            pass
+
+        @staticmethod
+        def count() -> int:
+            return 1
+
+        def name(self) -> str:
+            return "Orin"
+
+        def compute_capability(self) -> tuple[int, int]:
+            return 8, 7
+
+        def retain_primary_context(self) -> Context:
+            return Context()
+
+    driver = types.ModuleType("pycuda.driver")
+    driver.init = lambda: None  # type: ignore[attr-defined]
+    driver.Device = Device  # type: ignore[attr-defined]
+    driver.Error = RuntimeError  # type: ignore[attr-defined]
+    pycuda = types.ModuleType("pycuda")
+    pycuda.driver = driver  # type: ignore[attr-defined]
+
+    class Runtime:
+        def __init__(self, logger: object) -> None:
+            pass
+
+        def deserialize_cuda_engine(self, plan: bytes) -> None:
+            if failure == "old-engine":
+                return None
+            raise RuntimeError("CUDA error 999: unknown error")
+
+    trt = types.ModuleType("tensorrt")
+    trt.__file__ = "/usr/lib/python3/dist-packages/tensorrt/__init__.py"
+    trt.__version__ = "10.3.0"  # type: ignore[attr-defined]
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})  # type: ignore[attr-defined]
+    trt.Runtime = Runtime  # type: ignore[attr-defined]
+    for name, module in (("tensorrt", trt), ("pycuda", pycuda), ("pycuda.driver", driver)):
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+@pytest.mark.parametrize("failure", ["old-engine", "driver-fault"])
+def test_auto_falls_back_to_onnx_runtime_whatever_stops_tensorrt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, failure: str
+) -> None:
+    """runner = "auto" never stops the service over TensorRT: an engine it cannot load, a CUDA fault; it says why
+    and serves on ONNX Runtime. Asked for TensorRT by name, the same failure is an error."""
+    from edge_app.runtime.engine_cache import EngineCache
+    from edge_app.runtime.select import open_runner
+    from edge_app.runtime.tensorrt import current_platform
+
+    _stand_in_gpu(monkeypatch, failure)
+    bundle = load_bundle(EMBEDDED_BUNDLE)
+    EngineCache(tmp_path).store(bundle, current_platform(), b"a plan", {})
+    caplog.set_level(logging.INFO)
+    runner = open_runner(bundle, "auto", 1, tmp_path)
+    try:
+        assert runner.name == "onnxruntime"
+        said = (
+            "BundleError: TensorRT cannot load the engine"
+            if failure == "old-engine"
+            else "RuntimeError: CUDA error 999"
+        )
+        assert any("TensorRT not used" in r.message and said in r.message for r in caplog.records), caplog.text
+    finally:
+        runner.deactivate()
+    with pytest.raises(Exception, match=r"cannot load the engine|CUDA error 999"):
+        open_runner(bundle, "tensorrt", 1, tmp_path)

@@ -39,6 +39,11 @@ def open_runner(
             if preference == "tensorrt":
                 raise
             reason = f"TensorRT not used: {exc}"
+        except Exception as exc:  # an engine it cannot load, a CUDA fault: under auto the service goes on
+            if preference == "tensorrt":
+                raise
+            reason = f"TensorRT not used: it failed to start ({type(exc).__name__}: {exc})"
+            log.warning("%s %s: %s; ONNX Runtime instead", bundle.manifest.name, bundle.manifest.version, reason)
     else:
         reason = "asked for"
     runner = OnnxRuntimeRunner(bundle, threads=threads)
