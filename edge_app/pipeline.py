@@ -71,10 +71,17 @@ class Diagnoser:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, bundle_path: Path | None = None, decoder: DecoderPool | None = None
+        cls,
+        settings: Settings,
+        bundle_path: Path | None = None,
+        decoder: DecoderPool | None = None,
+        *,
+        build_engine: bool = False,
     ) -> Diagnoser:
         """Load the configured bundle (signature checked where required) and activate its runner; decode in
-        `decoder`'s processes, or in a pool of its own started for it."""
+        `decoder`'s processes, or in a pool of its own started for it. `build_engine` (the service, never
+        `diagnose` or `bench`): with TensorRT and no engine yet, build one in the background
+        (model.build_engine_at_start)."""
         from edge_app.runtime import open_runner
         from edge_app.runtime.select import build_engine_in_background
         from edge_app.signature import load_public_keys
@@ -94,7 +101,7 @@ class Diagnoser:
             decoder = DecoderPool(limits, workers=imaging.decoders, timeout_s=imaging.decode_timeout_s)
         diagnoser = cls(bundle, runner, decoder=decoder)
         diagnoser._owns_decoder = own
-        if model.runner == "auto" and runner.name == "onnxruntime" and model.build_engine_at_start:
+        if build_engine and model.runner == "auto" and runner.name == "onnxruntime" and model.build_engine_at_start:
             build_engine_in_background(bundle, settings.engine_cache, model.max_batch, diagnoser.swap_runner)
         return diagnoser
 

@@ -37,7 +37,7 @@ class Registry:
         diagnosers: list[Diagnoser] = []
         try:
             for path in [settings.model.bundle, *settings.model.extra_bundles]:
-                diagnosers.append(Diagnoser.from_settings(settings, path, decoder=decoder))
+                diagnosers.append(Diagnoser.from_settings(settings, path, decoder=decoder, build_engine=True))
         except BaseException:
             for d in diagnosers:
                 d.close()

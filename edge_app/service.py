@@ -280,7 +280,7 @@ class Service:
     def _swap_first(self, path: Path, *, held: bool = False) -> Bundle:
         """Put a new diagnoser for `path` first, between two images (`held`: the worker is between two already)."""
         assert self.registry is not None and self.worker is not None
-        new = Diagnoser.from_settings(self.settings, path, decoder=self.registry.decoder)
+        new = Diagnoser.from_settings(self.settings, path, decoder=self.registry.decoder, build_engine=True)
         self._apply_thresholds(new)
         live = self.live.between_frames() if self.live is not None else contextlib.nullcontext()
         with contextlib.nullcontext() if held else self.worker.between_jobs(), live:

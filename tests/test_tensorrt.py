@@ -277,3 +277,22 @@ def test_auto_falls_back_to_onnx_runtime_whatever_stops_tensorrt(
         runner.deactivate()
     with pytest.raises(Exception, match=r"cannot load the engine|CUDA error 999"):
         open_runner(bundle, "tensorrt", 1, tmp_path)
+
+
+def test_only_the_service_starts_an_engine_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`edge-app diagnose` and `bench` never start a TensorRT build (minutes, a gigabyte of memory); the service
+    does, in the background, where TensorRT is there and no engine is (stand-in modules, as above)."""
+    from edge_app.config import Settings
+    from edge_app.pipeline import Diagnoser
+
+    _stand_in_gpu(monkeypatch, "old-engine")
+    settings = Settings.model_validate(
+        {"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1, "engine_cache": str(tmp_path / "engines")}}
+    )
+    caplog.set_level(logging.INFO)
+    Diagnoser.from_settings(settings).close()  # as diagnose and bench make it
+    assert "building it in the background" not in caplog.text
+    Diagnoser.from_settings(settings, build_engine=True).close()  # as the service makes it
+    assert "building it in the background, serving on ONNX Runtime meanwhile" in caplog.text
