@@ -49,6 +49,9 @@ def test_max_difference_alone() -> None:
     assert _gate(ref, one_outlier, max_abs_diff=0.041)["passed"]
     (failure,) = _gate(ref, one_outlier, max_abs_diff=0.039)["failures"]
     assert failure.startswith("max |probability difference| 0.0400 > 0.039")
+    exact = np.array([[0.5]]), np.array([[0.25]])  # a difference of exactly 0.25, in binary as in decimal
+    report = compare(("x",), {"x": 0.9}, *exact, Tolerance(max_abs_diff=0.25, mean_abs_diff=1.0))
+    assert report["max_abs_diff"] == 0.25 and report["passed"], "at the tolerance is within it"
 
 
 def test_decision_agreement_alone() -> None:
@@ -86,18 +89,19 @@ def test_decisions_at_the_threshold_count_as_positive(offset: float) -> None:
 
 
 def test_per_label_agreement_sensitivity_specificity_and_the_auc_message() -> None:
-    """Counted by hand: 6 images, one label; the candidate flips one positive (index 1) to negative."""
+    """Counted by hand: 6 images, one label; the candidate flips a positive (index 1) to negative and a negative
+    (index 3) to positive."""
     truth = {"x": np.array([1, 1, 1, 0, 0, 0], np.int8)}
     reference = np.array([[0.9], [0.8], [0.3], [0.2], [0.6], [0.1]])
-    candidate = np.array([[0.9], [0.2], [0.3], [0.2], [0.6], [0.1]])
+    candidate = np.array([[0.9], [0.2], [0.3], [0.7], [0.6], [0.1]])
     report = compare(("x",), {"x": 0.5}, reference, candidate, Tolerance(min_agreement=0.0), truth)
     entry = report["per_label"]["x"]
-    assert entry["decision_agreement"] == pytest.approx(5 / 6)
+    assert entry["decision_agreement"] == pytest.approx(4 / 6) and report["decision_agreement"] == pytest.approx(4 / 6)
     assert entry["sensitivity_reference"] == pytest.approx(2 / 3) and entry["sensitivity_candidate"] == pytest.approx(
         1 / 3
     )
     assert entry["specificity_reference"] == pytest.approx(2 / 3) and entry["specificity_candidate"] == pytest.approx(
-        2 / 3
+        1 / 3
     )
     drop = entry["auc_reference"] - entry["auc_candidate"]
     assert drop > 0.01

@@ -183,6 +183,13 @@ EQUIVALENT = {
         "core/NumberReplacer",
     ): ("the model has one input (checked before): its first is its last"),
     ("_BAND = 256", None): "the number of rows converted at a time: the same values in the end",
+    (
+        "return float(roc_auc_score(y, score)) if 0 < int(y.sum()) < len(y) else None",
+        "core/ReplaceComparisonOperator_Lt_IsNot",
+    ): "a count is never negative, and CPython keeps one 0: `0 is not n` is `0 < n`",
+    ("auc_diff=None if a_ref is None or a_cand is None else a_cand - a_ref,", "core/ReplaceOrWithAnd"): (
+        "both AUCs come from one label column: both exist or neither does"
+    ),
     ("x = pixels.astype(np.float32, copy=False)", "core/ReplaceFalseWithTrue"): (
         "a copy or not, the same values: the input is never written to"
     ),
