@@ -5,7 +5,8 @@ the newest review's verdict) and one folder per study: its images and its one-pa
 follows DICOM PS3.15 Annex E's Basic Application Level Confidentiality Profile (the 2024b table, applied by
 dicom-anonymizer: names, IDs, dates, institution and device identifiers removed or replaced, UIDs replaced
 consistently within the export, private tags removed); studies and reviewers become `study-0001`, `reviewer-1`;
-PNG and JPEG images are written anew without their metadata. Text burned into the pixels is not removed (Annex E's
+PNG and JPEG images are written anew without their metadata; a file that cannot be de-identified (damaged, or no
+image at all) is left out and named in `not-exported.txt`. Text burned into the pixels is not removed (Annex E's
 Clean Pixel Data option is not applied): look at the images before they leave the clinic.
 """
 
@@ -53,6 +54,7 @@ def _write(store: Store, dest: Path, deidentify: bool, since: dt.date | None) ->
     reviews = Reviews(store)
     reviewers: dict[str, str] = {}
     rows: list[dict[str, Any]] = []
+    not_exported: list[str] = []
     studies = [
         s for s in reversed(store.list_studies(-1)) if since is None or s["created_at"][:10] >= since.isoformat()
     ]
@@ -62,8 +64,14 @@ def _write(store: Store, dest: Path, deidentify: bool, since: dt.date | None) ->
         folder.mkdir()
         pictures, heatmaps, image_reviews = {}, {}, {}
         for n, image in enumerate(study["images"], start=1):
-            if not image["purged_at"]:
-                _write_image(store.read_file(image["sha256"]), folder / f"image-{n}", deidentify)
+            fmt = str(image["metadata"].get("format", "unknown"))
+            left_out = (
+                None
+                if image["purged_at"]
+                else _write_image(store.read_file(image["sha256"]), folder / f"image-{n}", fmt, deidentify)
+            )
+            if left_out:
+                not_exported.append(f"{name} image-{n}: {left_out}")
             if image["view_sha256"]:
                 pictures[image["id"]] = store.read_file(image["view_sha256"])
             for result in image["results"]:
@@ -76,6 +84,8 @@ def _write(store: Store, dest: Path, deidentify: bool, since: dt.date | None) ->
             rows += _rows(name, study, image, n, found, deidentify)
         shown = _deidentified_study(study, name) if deidentify else study
         (folder / "report.pdf").write_bytes(study_report(shown, pictures, heatmaps, image_reviews, _english))
+    if not_exported:
+        (dest / "not-exported.txt").write_text("\n".join(not_exported) + "\n", encoding="utf-8")
     with (dest / "results.csv").open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=FIELDS)
         writer.writeheader()
@@ -139,21 +149,31 @@ def _deidentified_study(study: dict[str, Any], name: str) -> dict[str, Any]:
     return {**study, "uid": name, "patient_id": "", "created_at": "", "images": images}
 
 
-def _write_image(data: bytes, stem: Path, deidentify: bool) -> None:
-    if data[128:132] == b"DICM":
-        if deidentify:
-            data = _deidentified_dicom(data)
-        stem.with_suffix(".dcm").write_bytes(data)
-        return
-    if not deidentify:
-        stem.with_suffix(".png" if data.startswith(b"\x89PNG") else ".jpg").write_bytes(data)
-        return
-    from PIL import Image
+_SUFFIX = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg"}
 
-    with Image.open(io.BytesIO(data)) as img:  # pixels only: text chunks, EXIF and comments stay behind
-        fmt = "PNG" if img.format == "PNG" else "JPEG"
-        clean = Image.frombytes(img.mode, img.size, img.tobytes())
-        clean.save(stem.with_suffix(".png" if fmt == "PNG" else ".jpg"), format=fmt, quality=95)
+
+def _write_image(data: bytes, stem: Path, fmt: str, deidentify: bool) -> str | None:
+    """Write one stored image (as received, or de-identified); the reason where it is left out."""
+    if not deidentify:
+        stem.with_suffix(_SUFFIX.get(fmt, ".bin")).write_bytes(data)  # the clinic's own record: what arrived
+        return None
+    if fmt not in _SUFFIX:
+        return "not an image (it was refused when it arrived): nothing to de-identify, left out"
+    try:
+        if fmt == "dicom":
+            stem.with_suffix(".dcm").write_bytes(_deidentified_dicom(data))
+            return None
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as img:  # pixels only: text chunks, EXIF and comments stay behind
+            clean = Image.frombytes(img.mode, img.size, img.tobytes())
+            if img.mode == "P":
+                clean.putpalette(img.getpalette() or [])
+            clean.save(stem.with_suffix(_SUFFIX[fmt]), format="PNG" if fmt == "png" else "JPEG", quality=95)
+        return None
+    except Exception as exc:  # a damaged file: de-identifying it cannot be vouched for, so it stays behind
+        stem.with_suffix(_SUFFIX[fmt]).unlink(missing_ok=True)
+        return f"cannot be de-identified ({type(exc).__name__}: {exc}), left out"
 
 
 def _deidentified_dicom(data: bytes) -> bytes:

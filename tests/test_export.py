@@ -85,3 +85,36 @@ def test_a_deidentified_export_names_no_one(
     rows = list(csv.DictReader((export / "results.csv").open(encoding="utf-8")))
     assert {r["reviewer"] for r in rows} - {""} == {"reviewer-1"} and all(r["received"] == "" for r in rows)
     assert b"reviewer-1" in everything and b"Cardiomegaly" in everything, "the reports' text was read"
+
+
+def test_what_cannot_be_de_identified_is_left_out_and_named(
+    cli: Cli, tmp_path: Path, api_client: Callable[[Flask], FlaskClient]
+) -> None:
+    """A refused upload (no image at all) and a palette PNG: the first is named in not-exported.txt, the second
+    keeps its colours; exported as they are, the refused bytes are kept as .bin."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    palette = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).convert("P", palette=Image.ADAPTIVE)
+    buf = io.BytesIO()
+    palette.save(buf, "PNG")
+    app = create_app({"storage": {"data_dir": str(tmp_path / "data")}, "model": {"threads": 1}})
+    try:
+        client = api_client(app)
+        junk = client.post("/api/v1/studies?filename=junk.bin", data=b"\x00" * 300).get_json()["study"]["uid"]
+        client.post("/api/v1/studies?filename=p.png", data=buf.getvalue())
+    finally:
+        services.get_from(app).stop()
+    env = {"EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "data")}
+    assert cli("export", str(tmp_path / "deid"), "--deidentify", env=env).returncode == 0
+    (export,) = (tmp_path / "deid").iterdir()
+    assert (export / "not-exported.txt").read_text().startswith("study-0001 image-1: not an image")
+    assert not list((export / "study-0001").glob("image-*"))
+    again = Image.open(export / "study-0002" / "image-1.png")
+    assert np.array_equal(np.asarray(again.convert("RGB")), np.asarray(palette.convert("RGB")))
+    assert cli("export", str(tmp_path / "plain"), env=env).returncode == 0
+    (plain,) = (tmp_path / "plain").iterdir()
+    assert (plain / junk / "image-1.bin").read_bytes() == b"\x00" * 300
+    assert not (plain / "not-exported.txt").exists()
