@@ -287,3 +287,24 @@ def bundle_variant(tmp_path: Path, version: str, change: Callable[[Path], None] 
     write_manifest(folder, manifest.model_copy(update={"version": version, "files": files}))
     load_bundle(folder)
     return folder
+
+
+def noisy_j2k(side: int) -> bytes:
+    """A side x side 12-bit JPEG 2000 CR of noise: seconds to decode at 2500 and more, a slow model's stand-in."""
+    import io
+
+    import numpy as np
+    import pydicom
+    from openjpeg.utils import encode_array
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    pixels = np.random.default_rng(0).integers(0, 4096, (side, side)).astype(np.uint16)
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = encapsulate([encode_array(pixels, use_mct=False)])
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()

@@ -164,29 +164,6 @@ def test_engines_without_tensorrt_leave_the_reason_for_health(
         services.get_from(app).stop()
 
 
-def _slow_image() -> bytes:
-    """A 3500 x 3500 12-bit JPEG 2000 CR of noise: a few seconds to decode, a hung model's stand-in."""
-    import io
-
-    import numpy as np
-    import pydicom
-    from openjpeg.utils import encode_array
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEG2000Lossless
-
-    from conftest import dicom_file
-
-    pixels = np.random.default_rng(0).integers(0, 4096, (3500, 3500)).astype(np.uint16)
-    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
-    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = encapsulate([encode_array(pixels, use_mct=False)])
-    buf = io.BytesIO()
-    ds.save_as(buf)
-    return buf.getvalue()
-
-
 @pytest.mark.slow
 def test_a_hung_worker_stops_feeding_the_watchdog_20_of_20(notify_socket: socket.socket, tmp_path: Path) -> None:
     """What systemd sees of `edge-app worker` with WatchdogSec=0.6 s: READY, pings while it waits, and silence
@@ -194,10 +171,11 @@ def test_a_hung_worker_stops_feeding_the_watchdog_20_of_20(notify_socket: socket
     systemd kills and restarts it. Twenty times in a row, each on a fresh data directory."""
     import io
 
+    from conftest import noisy_j2k
     from edge_app.ingest import Ingest
     from edge_app.store import Store
 
-    slow = _slow_image()
+    slow = noisy_j2k(3500)
     caught = 0
     for attempt in range(20):
         data = tmp_path / f"data{attempt}"
