@@ -152,18 +152,26 @@ def _build(args: argparse.Namespace) -> int:
 
 def _engine(args: argparse.Namespace) -> int:
     from edge_app.config import load_settings
+    from edge_app.runtime.build_process import BuildLimits, build_isolated
     from edge_app.runtime.engine_cache import EngineCache
-    from edge_app.runtime.tensorrt_build import BuildOptions, build_engine
+    from edge_app.runtime.tensorrt_build import BuildOptions
 
-    cache = args.cache or load_settings().engine_cache
+    settings = load_settings()
+    cache = args.cache or settings.engine_cache
     options = BuildOptions(
         max_batch=args.max_batch,
         workspace_mib=args.workspace,
         dla_core=args.dla_core,
         timing_cache=args.timing_cache or cache / "timing.cache",
     )
-    engine = build_engine(
-        load_bundle(args.bundle), EngineCache(cache), options, progress=lambda m: print(m, file=sys.stderr)
+    limits = BuildLimits(settings.model.engine_build_memory_mb, settings.model.engine_build_timeout_s)
+    engine = build_isolated(
+        load_bundle(args.bundle),
+        EngineCache(cache),
+        options,
+        limits,
+        progress=lambda m: print(m, file=sys.stderr),
+        retry=True,  # a person asked for it: a build that failed before is tried again
     )
     print(f"engine ready: {engine}")
     return 0

@@ -43,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("worker", help="the models and the inference worker alone (beside `serve --no-worker`)")
 
     sub.add_parser("check", help="check the installation: storage, models, ports, devices")
-    sub.add_parser("engines", help="build the TensorRT engines the configured bundles lack (before serve)")
+    p = sub.add_parser("engines", help="build the TensorRT engines the configured bundles lack (before serve)")
+    p.add_argument("--retry", action="store_true", help="try again the builds that failed before")
 
     cli_accounts.add_parsers(sub)
     p = sub.add_parser("backup", help="copy the database and the stored files into a new folder in DIR")
@@ -79,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return _check(settings)
         if args.command == "engines":
-            return _engines(settings)
+            return _engines(settings, args.retry)
         if args.command in ("user", "token", "tls"):
             return cli_accounts.run(args.command, args, settings)
         if args.command in ("backup", "restore"):
@@ -243,11 +244,11 @@ def _backup(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _engines(settings: Settings) -> int:
+def _engines(settings: Settings, retry: bool) -> int:
     """One line per bundle; exit 0 even where no engine could be built: the service then runs on ONNX Runtime."""
     from edge_app.runtime.engines import ensure_engines
 
-    for name, entry in ensure_engines(settings).items():
+    for name, entry in ensure_engines(settings, retry).items():
         print(f"{name}: {entry['status']}: {entry['detail']}")
     return 0
 

@@ -117,6 +117,13 @@ class ModelSettings(_Section):
     engine_cache: Path | None = Field(None, description="TensorRT engines; default: <storage.data_dir>/engines")
     max_batch: StrictInt = Field(8, ge=1, le=256, description="largest batch a TensorRT engine is built for")
     build_engine_at_start: StrictBool = Field(True, description="with TensorRT and no engine, build one meanwhile")
+    dla_core: StrictInt | None = Field(
+        None, ge=0, le=7, description="run engines on this DLA core (fp16/int8 bundles, one batch size: max_batch)"
+    )
+    engine_build_memory_mb: StrictInt = Field(
+        2048, ge=512, le=1_000_000, description="an engine build using more host memory than this is stopped"
+    )
+    engine_build_timeout_s: StrictInt = Field(1800, ge=60, le=86400, description="an engine build is stopped after")
     require_signature: StrictBool = Field(False, description="accept only bundles signed by a trusted key")
     trusted_keys: list[Path] = Field(default_factory=list, description="Ed25519 public keys (PEM files or folders)")
     import_dir: Path | None = Field(None, description="where bundles are offered for import (a USB stick's mount)")

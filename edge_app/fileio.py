@@ -18,9 +18,12 @@ else:  # pragma: no cover - Python 3.10 (JetPack 6)
 INCOMING_PREFIX = ".incoming-"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a power cut leaves the old file or the whole new one."""
+def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write `data` to `path` so that a power cut leaves the old file or the whole new one; `mode`: its
+    permissions (default: readable by its owner only)."""
     tmp, _, _ = spool(path.parent, io.BytesIO(data), prefix=path.name[:16])
+    if mode is not None:
+        tmp.chmod(mode)
     commit(tmp, path)
 
 

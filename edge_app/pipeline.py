@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -21,6 +21,9 @@ from edge_app.imaging.prepare import prepare
 from edge_app.imaging.sandbox import DecoderPool
 from edge_app.result import Finding, Heatmap, findings, heatmap
 from edge_app.runtime import Runner
+
+if TYPE_CHECKING:
+    from edge_app.runtime.select import BackgroundBuild
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,7 @@ class Diagnoser:
         self.decoder = decoder
         self._owns_decoder = False
         self._lock = threading.Lock()
+        self._build: BackgroundBuild | None = None
 
     @classmethod
     def from_settings(
@@ -83,6 +87,7 @@ class Diagnoser:
         `diagnose` or `bench`): with TensorRT and no engine yet, build one in the background
         (model.build_engine_at_start)."""
         from edge_app.runtime import open_runner
+        from edge_app.runtime.engines import build_limits, build_options
         from edge_app.runtime.select import build_engine_in_background
         from edge_app.signature import load_public_keys
 
@@ -92,7 +97,9 @@ class Diagnoser:
             where = ", ".join(str(p) for p in model.trusted_keys)
             raise ConfigError(f"require_signature is set, but model.trusted_keys ({where}) hold no public key")
         bundle = load_bundle(bundle_path or model.bundle, trusted_keys=trusted)
-        runner = open_runner(bundle, model.runner, model.threads, settings.engine_cache, model.max_batch)
+        runner = open_runner(
+            bundle, model.runner, model.threads, settings.engine_cache, model.max_batch, model.dla_core
+        )
         own = decoder is None
         if decoder is None:
             limits = DecodeLimits(
@@ -102,7 +109,9 @@ class Diagnoser:
         diagnoser = cls(bundle, runner, decoder=decoder)
         diagnoser._owns_decoder = own
         if build_engine and model.runner == "auto" and runner.name == "onnxruntime" and model.build_engine_at_start:
-            build_engine_in_background(bundle, settings.engine_cache, model.max_batch, diagnoser.swap_runner)
+            diagnoser._build = build_engine_in_background(
+                bundle, settings.engine_cache, build_options(settings), build_limits(settings), diagnoser.swap_runner
+            )
         return diagnoser
 
     def set_thresholds(self, thresholds: dict[str, float] | None) -> None:
@@ -120,7 +129,10 @@ class Diagnoser:
         old.deactivate()
 
     def close(self) -> None:
-        """Release the runner, and the decoders where they are this diagnoser's own."""
+        """Cancel an engine build under way; release the runner, and the decoders where they are this
+        diagnoser's own."""
+        if self._build is not None:
+            self._build.cancel()
         if self.decoder is not None and self._owns_decoder:
             self.decoder.close()
         self.runner.deactivate()

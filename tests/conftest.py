@@ -308,3 +308,26 @@ def noisy_j2k(side: int) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf)
     return buf.getvalue()
+
+
+FAKE_GPU = ROOT / "tests" / "fake_gpu"
+_FAKE_MODULES = ("tensorrt", "cuda")
+
+
+def _drop_fake_modules() -> None:
+    for name in [n for n in sys.modules if n.split(".")[0] in _FAKE_MODULES]:
+        del sys.modules[name]
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """This machine as a Jetson Orin Nano with TensorRT 10.3: tests/fake_gpu's `tensorrt` and `cuda-python`,
+    computing with ONNX Runtime, first on sys.path and on PYTHONPATH (engine builds run in a child process).
+    Yields monkeypatch, to set the fake's knobs (FAKE_* environment variables, tests/fake_gpu/README.md)."""
+    for knob in [k for k in os.environ if k.startswith("FAKE_")]:
+        monkeypatch.delenv(knob)
+    monkeypatch.syspath_prepend(str(FAKE_GPU))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(FAKE_GPU), os.environ.get("PYTHONPATH")])))
+    _drop_fake_modules()
+    yield monkeypatch
+    _drop_fake_modules()

@@ -5,6 +5,7 @@ GPU tests are marked `gpu` and skipped where no NVIDIA GPU with TensorRT is pres
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import subprocess
@@ -21,7 +22,7 @@ from edge_app.runtime import open_runner
 from edge_app.runtime.engine_cache import ENGINE_NAME, META_NAME, EngineCache, Platform, cache_key
 from edge_app.runtime.tensorrt import EngineTensor, check_engine_io, current_platform
 
-ORIN = Platform("10.3.0", "Orin (nvgpu)", "8.7")
+ORIN = Platform("10.3.0", "Orin (nvgpu)", "8.7", sm_count=8, memory_mb=7620, l4t_release="R36.3.0")
 
 
 def _has_tensorrt() -> bool:
@@ -64,9 +65,12 @@ def test_cache_key_changes_with_every_field() -> None:
         cache_key(sha, Platform("10.4.0", ORIN.gpu_name, ORIN.compute_capability)),
         cache_key(sha, Platform(ORIN.tensorrt_version, "Xavier", ORIN.compute_capability)),
         cache_key(sha, Platform(ORIN.tensorrt_version, ORIN.gpu_name, "7.2")),
-        cache_key(sha, Platform(ORIN.tensorrt_version, ORIN.gpu_name, ORIN.compute_capability, dla_core=0)),
+        cache_key(sha, dataclasses.replace(ORIN, dla_core=0)),
+        cache_key(sha, dataclasses.replace(ORIN, sm_count=16)),  # an AGX Orin beside a Nano: both "Orin", 8.7
+        cache_key(sha, dataclasses.replace(ORIN, memory_mb=15_600)),  # an Orin NX 16 GB beside an 8 GB
+        cache_key(sha, dataclasses.replace(ORIN, l4t_release="R36.4.0")),  # a JetPack update
     }
-    assert len(keys) == 6
+    assert len(keys) == 9
 
 
 def test_engine_is_found_only_for_its_own_platform(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -77,7 +81,7 @@ def test_engine_is_found_only_for_its_own_platform(tmp_path: Path, caplog: pytes
     meta = json.loads((engine.parent / META_NAME).read_text())
     assert meta["bundle_sha256"] == bundle.sha256 and meta["tensorrt_version"] == "10.3.0"
     assert meta["gpu_name"] == "Orin (nvgpu)" and meta["compute_capability"] == "8.7"
-    upgraded = Platform("10.7.0", ORIN.gpu_name, ORIN.compute_capability)
+    upgraded = dataclasses.replace(ORIN, tensorrt_version="10.7.0")
     assert cache.lookup(bundle, upgraded) is None, "a JetPack upgrade means a rebuild"
 
     # A manifest that lies about its platform (copied by hand) is refused field by field.
@@ -91,7 +95,7 @@ def test_engine_is_found_only_for_its_own_platform(tmp_path: Path, caplog: pytes
 def test_damaged_engine_is_rebuilt(tmp_path: Path) -> None:
     bundle = load_bundle(EMBEDDED_BUNDLE)
     cache = EngineCache(tmp_path)
-    engine = cache.store(bundle, ORIN, b"serialized engine bytes", {})
+    engine = cache.store(bundle, ORIN, b"serialized engine bytes", {"max_batch": 8})
     engine.write_bytes(b"serialized engine byteZ")
     assert cache.lookup(bundle, ORIN) is None
     (engine.parent / META_NAME).write_text("{ not json")
@@ -124,7 +128,7 @@ def test_engine_io_is_checked_against_the_manifest() -> None:
 @pytest.mark.gpu
 def test_engine_build_and_run_on_a_gpu(tmp_path: Path) -> None:
     if not _has_tensorrt():
-        pytest.skip("needs an NVIDIA GPU with TensorRT and pycuda")
+        pytest.skip("needs an NVIDIA GPU with TensorRT and cuda-python")
     from edge_app.runtime.tensorrt import TensorRTRunner
     from edge_app.runtime.tensorrt_build import BuildOptions, build_engine
 
@@ -138,9 +142,12 @@ def test_engine_build_and_run_on_a_gpu(tmp_path: Path) -> None:
 def test_no_background_engine_build_without_tensorrt(tmp_path: Path) -> None:
     if _has_tensorrt():
         pytest.skip("this machine has TensorRT")
+    from edge_app.runtime.build_process import BuildLimits
     from edge_app.runtime.select import build_engine_in_background
+    from edge_app.runtime.tensorrt_build import BuildOptions
 
-    started = build_engine_in_background(load_bundle(EMBEDDED_BUNDLE), tmp_path, 8, lambda runner: None)
+    bundle = load_bundle(EMBEDDED_BUNDLE)
+    started = build_engine_in_background(bundle, tmp_path, BuildOptions(), BuildLimits(), lambda runner: None)
     assert started is None
     assert not any(tmp_path.iterdir()), "nothing is written where nothing can be built"
 
@@ -152,6 +159,9 @@ def test_no_background_engine_build_without_tensorrt(tmp_path: Path) -> None:
         ("tensorrt_version", "10.7.0"),
         ("gpu_name", "Orin NX (nvgpu)"),
         ("compute_capability", "8.6"),
+        ("sm_count", 16),
+        ("memory_mb", 15_600),
+        ("l4t_release", "R36.4.0"),
         ("dla_core", 0),
     ],
 )
@@ -161,7 +171,7 @@ def test_an_engine_manifest_that_misreports_any_field_is_a_miss(
     """The engine is stored under its key; a manifest edited by hand (or a copied folder) must still not load."""
     bundle = load_bundle(EMBEDDED_BUNDLE)
     cache = EngineCache(tmp_path)
-    engine = cache.store(bundle, ORIN, b"serialized engine bytes", {})
+    engine = cache.store(bundle, ORIN, b"serialized engine bytes", {"max_batch": 8})
     meta = json.loads((engine.parent / META_NAME).read_text())
     meta[field] = value
     (engine.parent / META_NAME).write_text(json.dumps(meta))
@@ -173,126 +183,18 @@ def test_an_engine_manifest_that_misreports_any_field_is_a_miss(
 def test_engine_cache_layout_and_rebuilds(tmp_path: Path) -> None:
     """Engines under a 32-character key in a cache made on first use; engine.json indented for a technician, its
     time to the second; a rebuilt engine replaces the old in place; any change to the bytes is a miss."""
-    import dataclasses
-
     bundle = load_bundle(EMBEDDED_BUNDLE)
     cache = EngineCache(tmp_path / "not" / "there" / "yet")
-    engine = cache.store(bundle, ORIN, b"first build", {})
+    engine = cache.store(bundle, ORIN, b"first build", {"max_batch": 8})
     assert len(engine.parent.name) == 32 and engine.parent.name == cache_key(bundle.sha256, ORIN)
     text = (engine.parent / META_NAME).read_text()
     assert text.startswith('{\n  "bundle_sha256": ') and text.endswith("}\n")
     created = json.loads(text)["created_at"]
     assert created.endswith("+00:00") and "." not in created, "to the second"
-    engine = cache.store(bundle, ORIN, b"second build", {})
+    engine = cache.store(bundle, ORIN, b"second build", {"max_batch": 8})
     assert cache.lookup(bundle, ORIN) == engine and engine.read_bytes() == b"second build"
     for damaged in (b"", b"\x00", b"second buil", b"second buildX", b"Second build", b"zzzz"):
         engine.write_bytes(damaged)
         assert cache.lookup(bundle, ORIN) is None, damaged
     with pytest.raises(dataclasses.FrozenInstanceError):
         ORIN.gpu_name = "other"  # type: ignore[misc]
-
-
-def _stand_in_gpu(monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
-    """A `tensorrt` and a `pycuda` that say a GPU is there, and whose runtime cannot load the cached engine:
-    `old-engine` (built by another TensorRT version: deserialize_cuda_engine gives None, as on a Jetson whose
-    JetPack was upgraded under its engine cache) or `driver-fault` (it raises). Third-party stand-ins."""
-    import types
-
-    class Context:
-        def push(self) -> None:
-            pass
-
-        def pop(self) -> None:
-            pass
-
-        def detach(self) -> None:
-            pass
-
-    class Device:
-        def __init__(self, index: int) -> None:
-            pass
-
-        @staticmethod
-        def count() -> int:
-            return 1
-
-        def name(self) -> str:
-            return "Orin"
-
-        def compute_capability(self) -> tuple[int, int]:
-            return 8, 7
-
-        def retain_primary_context(self) -> Context:
-            return Context()
-
-    driver = types.ModuleType("pycuda.driver")
-    driver.init = lambda: None  # type: ignore[attr-defined]
-    driver.Device = Device  # type: ignore[attr-defined]
-    driver.Error = RuntimeError  # type: ignore[attr-defined]
-    pycuda = types.ModuleType("pycuda")
-    pycuda.driver = driver  # type: ignore[attr-defined]
-
-    class Runtime:
-        def __init__(self, logger: object) -> None:
-            pass
-
-        def deserialize_cuda_engine(self, plan: bytes) -> None:
-            if failure == "old-engine":
-                return None
-            raise RuntimeError("CUDA error 999: unknown error")
-
-    trt = types.ModuleType("tensorrt")
-    trt.__file__ = "/usr/lib/python3/dist-packages/tensorrt/__init__.py"
-    trt.__version__ = "10.3.0"  # type: ignore[attr-defined]
-    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})  # type: ignore[attr-defined]
-    trt.Runtime = Runtime  # type: ignore[attr-defined]
-    for name, module in (("tensorrt", trt), ("pycuda", pycuda), ("pycuda.driver", driver)):
-        monkeypatch.setitem(sys.modules, name, module)
-
-
-@pytest.mark.parametrize("failure", ["old-engine", "driver-fault"])
-def test_auto_falls_back_to_onnx_runtime_whatever_stops_tensorrt(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, failure: str
-) -> None:
-    """runner = "auto" never stops the service over TensorRT: an engine it cannot load, a CUDA fault; it says why
-    and serves on ONNX Runtime. Asked for TensorRT by name, the same failure is an error."""
-    from edge_app.runtime.engine_cache import EngineCache
-    from edge_app.runtime.select import open_runner
-    from edge_app.runtime.tensorrt import current_platform
-
-    _stand_in_gpu(monkeypatch, failure)
-    bundle = load_bundle(EMBEDDED_BUNDLE)
-    EngineCache(tmp_path).store(bundle, current_platform(), b"a plan", {})
-    caplog.set_level(logging.INFO)
-    runner = open_runner(bundle, "auto", 1, tmp_path)
-    try:
-        assert runner.name == "onnxruntime"
-        said = (
-            "BundleError: TensorRT cannot load the engine"
-            if failure == "old-engine"
-            else "RuntimeError: CUDA error 999"
-        )
-        assert any("TensorRT not used" in r.message and said in r.message for r in caplog.records), caplog.text
-    finally:
-        runner.deactivate()
-    with pytest.raises(Exception, match=r"cannot load the engine|CUDA error 999"):
-        open_runner(bundle, "tensorrt", 1, tmp_path)
-
-
-def test_only_the_service_starts_an_engine_build(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """`edge-app diagnose` and `bench` never start a TensorRT build (minutes, a gigabyte of memory); the service
-    does, in the background, where TensorRT is there and no engine is (stand-in modules, as above)."""
-    from edge_app.config import Settings
-    from edge_app.pipeline import Diagnoser
-
-    _stand_in_gpu(monkeypatch, "old-engine")
-    settings = Settings.model_validate(
-        {"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1, "engine_cache": str(tmp_path / "engines")}}
-    )
-    caplog.set_level(logging.INFO)
-    Diagnoser.from_settings(settings).close()  # as diagnose and bench make it
-    assert "building it in the background" not in caplog.text
-    Diagnoser.from_settings(settings, build_engine=True).close()  # as the service makes it
-    assert "building it in the background, serving on ONNX Runtime meanwhile" in caplog.text

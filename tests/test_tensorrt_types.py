@@ -17,7 +17,12 @@ import pytest
 
 from conftest import ROOT
 
-TRT_MODULES = ["edge_app/runtime/tensorrt.py", "edge_app/runtime/tensorrt_build.py"]
+TRT_MODULES = [
+    "edge_app/runtime/tensorrt.py",
+    "edge_app/runtime/tensorrt_build.py",
+    "edge_app/runtime/build_process.py",
+    "edge_app/runtime/cuda.py",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +49,7 @@ def _mypy(typings: Path, tmp_path: Path, files: list[str]) -> subprocess.Complet
     config.write_text(
         "[mypy]\npython_version = 3.10\nstrict = True\nplugins = pydantic.mypy\n"
         "[mypy-tensorrt.*,tensorrt_bindings.*]\nignore_errors = True\n"
-        "[mypy-pycuda.*,pydicom.*,onnxruntime.*,PIL.*,tomli]\nignore_missing_imports = True\n"
+        "[mypy-cuda.*,pydicom.*,onnxruntime.*,PIL.*,tomli]\nignore_missing_imports = True\n"
         "[mypy-edge_app.runtime.tensorrt_build]\ndisallow_subclassing_any = False\n"
     )
     return subprocess.run(

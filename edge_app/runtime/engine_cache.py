@@ -1,7 +1,10 @@
 """The TensorRT engine cache: one engine per bundle, TensorRT version and GPU, with a small manifest beside it.
 
-An engine is only ever loaded where every field of its manifest matches this machine and its bytes match their
-hash; anything else (a JetPack upgrade, another GPU, a damaged file) is a miss, and the engine is rebuilt.
+An engine is only ever loaded where every field of its manifest matches this machine, its optimization profile
+covers the configured batch and its bytes match their hash; anything else (a JetPack upgrade, another Orin module,
+a larger max_batch, a damaged file) is a miss, and the engine is rebuilt. A build that failed is remembered for
+its bundle and platform, so that it is not tried again at every start. Engines are readable by every user (the
+service may run as another user than whoever built them); they hold no secret.
 """
 
 from __future__ import annotations
@@ -22,13 +25,21 @@ ENGINE_NAME = "engine.plan"
 META_NAME = "engine.json"
 
 
+FAILED_NAME = "failed.json"
+READABLE = 0o644
+
+
 @dataclass(frozen=True)
 class Platform:
-    """What a serialized engine is tied to."""
+    """What a serialized engine is tied to. Orin Nano, NX and AGX all call themselves "Orin" with compute
+    capability 8.7: the SM count, the memory and the Jetson Linux release tell them (and JetPack updates) apart."""
 
     tensorrt_version: str
     gpu_name: str
     compute_capability: str
+    sm_count: int = 0
+    memory_mb: int = 0
+    l4t_release: str = ""
     dla_core: int | None = None
 
 
@@ -46,8 +57,9 @@ class EngineCache:
     def folder(self, bundle: Bundle, platform: Platform) -> Path:
         return self.root / cache_key(bundle.sha256, platform)
 
-    def lookup(self, bundle: Bundle, platform: Platform) -> Path | None:
-        """The engine built from this bundle for this platform, or None (with the reason logged)."""
+    def lookup(self, bundle: Bundle, platform: Platform, max_batch: int = 1) -> Path | None:
+        """The engine built from this bundle for this platform and batches up to `max_batch`, or None (with the
+        reason logged)."""
         folder = self.folder(bundle, platform)
         try:
             meta = json.loads((folder / META_NAME).read_text(encoding="utf-8"))
@@ -67,6 +79,10 @@ class EngineCache:
         if mismatched:
             log.warning("engine in %s was built for another %s: rebuilding", folder, ", ".join(mismatched))
             return None
+        built_for = meta.get("build", {}).get("max_batch", 0)
+        if not isinstance(built_for, int) or built_for < max_batch:
+            log.warning("engine in %s takes batches up to %s, not %d: rebuilding", folder, built_for, max_batch)
+            return None
         engine = folder / ENGINE_NAME
         if not engine.is_file() or sha256_file(engine) != meta.get("engine_sha256"):
             log.warning("engine in %s is missing or damaged: rebuilding", folder)
@@ -77,8 +93,9 @@ class EngineCache:
         """Write an engine and its manifest atomically (engine first, manifest last); return the engine path."""
         folder = self.folder(bundle, platform)
         folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o755)
         engine = folder / ENGINE_NAME
-        atomic_write(engine, plan)
+        atomic_write(engine, plan, mode=READABLE)
         meta = {
             "bundle_sha256": bundle.sha256,
             **asdict(platform),
@@ -88,5 +105,31 @@ class EngineCache:
             "created_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
             "build": build,
         }
-        atomic_write(folder / META_NAME, (json.dumps(meta, indent=2) + "\n").encode())
+        atomic_write(folder / META_NAME, (json.dumps(meta, indent=2) + "\n").encode(), mode=READABLE)
+        (folder / FAILED_NAME).unlink(missing_ok=True)
         return engine
+
+    def remember_failure(self, bundle: Bundle, platform: Platform, reason: str) -> None:
+        """Keep why a build of this bundle failed on this platform, so that it is not retried at every start."""
+        folder = self.folder(bundle, platform)
+        folder.mkdir(parents=True, exist_ok=True)
+        at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+        record = {"bundle_sha256": bundle.sha256, **asdict(platform), "reason": reason, "at": at}
+        atomic_write(folder / FAILED_NAME, (json.dumps(record, indent=2) + "\n").encode(), mode=READABLE)
+
+    def failure(self, bundle: Bundle, platform: Platform) -> dict[str, Any] | None:
+        """The remembered failure of a build of this bundle on this platform (reason, at), or None."""
+        try:
+            record = json.loads((self.folder(bundle, platform) / FAILED_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or record.get("bundle_sha256") != bundle.sha256:
+            return None
+        return record if all(record.get(k) == v for k, v in asdict(platform).items()) else None
+
+    def forget_failures(self) -> int:
+        """Forget every remembered failure (`edge-app engines --retry`); return how many there were."""
+        records = list(self.root.glob(f"*/{FAILED_NAME}"))
+        for record in records:
+            record.unlink(missing_ok=True)
+        return len(records)

@@ -6,11 +6,16 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_app.bundle import Bundle
 from edge_app.errors import RuntimeUnavailable
 from edge_app.runtime.base import Runner
 from edge_app.runtime.onnx import OnnxRuntimeRunner
+
+if TYPE_CHECKING:
+    from edge_app.runtime.build_process import BuildLimits
+    from edge_app.runtime.tensorrt_build import BuildOptions
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +24,12 @@ RUNNER_NAMES = ("auto", "onnxruntime", "tensorrt")
 
 
 def open_runner(
-    bundle: Bundle, preference: str = "auto", threads: int = 0, engine_cache: Path | None = None, max_batch: int = 8
+    bundle: Bundle,
+    preference: str = "auto",
+    threads: int = 0,
+    engine_cache: Path | None = None,
+    max_batch: int = 8,
+    dla_core: int | None = None,
 ) -> Runner:
     """Return an activated runner for `bundle`; raise `RuntimeUnavailable` if the one asked for cannot run."""
     if preference not in RUNNER_NAMES:
@@ -27,7 +37,7 @@ def open_runner(
     runner: Runner
     if preference in ("auto", "tensorrt"):
         try:
-            runner = _tensorrt(bundle, engine_cache, max_batch)
+            runner = _tensorrt(bundle, engine_cache, max_batch, dla_core)
             log.info(
                 "runner tensorrt for %s %s (engine %s)",
                 bundle.manifest.name,
@@ -52,48 +62,78 @@ def open_runner(
     return runner
 
 
-def _tensorrt(bundle: Bundle, engine_cache: Path | None, max_batch: int) -> Runner:
+def _tensorrt(bundle: Bundle, engine_cache: Path | None, max_batch: int, dla_core: int | None) -> Runner:
     from edge_app.runtime.engine_cache import EngineCache
     from edge_app.runtime.tensorrt import TensorRTRunner, current_platform
 
-    platform = current_platform()
-    engine = EngineCache(engine_cache).lookup(bundle, platform) if engine_cache is not None else None
+    platform = current_platform(dla_core)
+    engine = EngineCache(engine_cache).lookup(bundle, platform, max_batch) if engine_cache is not None else None
     if engine is None:
+        where = f"DLA core {dla_core} of " if dla_core is not None else ""
         raise RuntimeUnavailable(
-            f"no engine of this bundle for {platform.gpu_name} with TensorRT {platform.tensorrt_version} yet; "
-            f"build it with: edge-convert engine {bundle.path}"
+            f"no engine of this bundle for {where}{platform.gpu_name} with TensorRT {platform.tensorrt_version} "
+            f"and batches up to {max_batch} yet; build it with: edge-convert engine {bundle.path}"
         )
-    runner = TensorRTRunner(bundle, engine, max_batch)
+    runner = TensorRTRunner(bundle, engine, max_batch, dla_core)
     runner.activate()
     return runner
 
 
+class BackgroundBuild:
+    """An engine build running in its own process, watched from a thread; `cancel()` stops it."""
+
+    def __init__(self, work: Callable[[threading.Event], None]) -> None:
+        self._cancel = threading.Event()
+        self.thread = threading.Thread(target=work, args=(self._cancel,), name="engine-build", daemon=True)
+        self.thread.start()
+
+    def cancel(self, timeout: float = 30.0) -> None:
+        self._cancel.set()
+        self.thread.join(timeout)
+
+
 def build_engine_in_background(
-    bundle: Bundle, engine_cache: Path, max_batch: int, on_ready: Callable[[Runner], None]
-) -> threading.Thread | None:
-    """Where this machine has TensorRT but no engine of `bundle` yet, build it in a background thread and hand the
-    activated TensorRT runner to `on_ready`; meanwhile the caller keeps serving on ONNX Runtime. None where there
-    is nothing to build (no TensorRT, or the engine is cached)."""
+    bundle: Bundle,
+    engine_cache: Path,
+    options: BuildOptions,
+    limits: BuildLimits,
+    on_ready: Callable[[Runner], None],
+) -> BackgroundBuild | None:
+    """Where this machine has TensorRT but no engine of `bundle` yet, build it in a process of its own and hand
+    the activated TensorRT runner to `on_ready`; meanwhile the caller keeps serving on ONNX Runtime. None where
+    there is nothing to build (no TensorRT, the engine is cached, or its build failed before)."""
+    from edge_app.runtime.build_process import BuildCancelled, build_isolated
     from edge_app.runtime.engine_cache import EngineCache
     from edge_app.runtime.tensorrt import TensorRTRunner, current_platform
-    from edge_app.runtime.tensorrt_build import BuildOptions, build_engine
 
     try:
-        platform = current_platform()
+        platform = current_platform(options.dla_core)
     except RuntimeUnavailable:
         return None
     cache = EngineCache(engine_cache)
-    if cache.lookup(bundle, platform) is not None:
+    if cache.lookup(bundle, platform, options.max_batch) is not None:
+        return None
+    failed = cache.failure(bundle, platform)
+    if failed is not None:
+        log.warning(
+            "the TensorRT engine of %s failed to build before (%s): not tried again until edge-app engines --retry",
+            bundle.manifest.name,
+            failed.get("reason"),
+        )
         return None
 
-    def work() -> None:
+    def work(cancel: threading.Event) -> None:
         try:
-            options = BuildOptions(max_batch=max_batch, timing_cache=engine_cache / "timing.cache")
-            engine = build_engine(bundle, cache, options)
-            runner = TensorRTRunner(bundle, engine, max_batch)
+            engine = build_isolated(bundle, cache, options, limits, cancel=cancel)
+            if cancel.is_set():
+                return
+            runner = TensorRTRunner(bundle, engine, options.max_batch, options.dla_core)
             runner.activate()
-        except Exception:
-            log.exception("building the TensorRT engine failed; staying on ONNX Runtime")
+        except BuildCancelled:
+            log.info("TensorRT engine build of %s cancelled", bundle.manifest.name)
+            return
+        except Exception as exc:
+            log.warning("building the TensorRT engine failed (%s); staying on ONNX Runtime", exc)
             return
         log.info("TensorRT engine ready (%s): switching from ONNX Runtime", engine)
         on_ready(runner)
@@ -103,6 +143,4 @@ def build_engine_in_background(
         bundle.manifest.name,
         platform.gpu_name,
     )
-    thread = threading.Thread(target=work, name="engine-build", daemon=True)
-    thread.start()
-    return thread
+    return BackgroundBuild(work)

@@ -1,7 +1,8 @@
-"""TensorRT 10 + pycuda on the Jetson. `tensorrt` and `pycuda` are imported only when this runner is used.
+"""TensorRT 10 on the Jetson, with CUDA through cuda-python. `tensorrt` and `cuda` are imported only when used.
 
-Buffers are allocated once at activation for the engine's largest batch: page-locked host memory and device
-memory (pycuda), one CUDA stream, tensors bound with `set_tensor_address`, run with `execute_async_v3`.
+Buffers are allocated once at activation for the largest batch of the engine's optimization profile: page-locked
+host memory and device memory, one CUDA stream, tensors bound with `set_tensor_address`, run with
+`execute_async_v3` (after TensorRT 10.3's `samples/python/common_runtime.py`).
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ from numpy.typing import NDArray
 from edge_app.bundle import Bundle
 from edge_app.errors import BundleError, InferenceError, RuntimeUnavailable
 from edge_app.manifest import Manifest
+from edge_app.runtime import cuda
 from edge_app.runtime.base import Runner
 from edge_app.runtime.engine_cache import Platform
 
-_JETSON_HINT = (
-    "on a Jetson, TensorRT comes with JetPack 6 (python3-libnvinfer): create the virtual environment with "
-    "--system-site-packages; pycuda is built on the device with pip install '.[jetson]'"
-)
+_logger: Any = None  # the process's one TensorRT logger, made on first use
 
 
 def require_tensorrt() -> None:
@@ -33,24 +32,21 @@ def require_tensorrt() -> None:
     try:
         import tensorrt
     except ImportError as exc:
-        raise RuntimeUnavailable(f"TensorRT is not available on this machine ({exc}); {_JETSON_HINT}") from None
+        raise RuntimeUnavailable(f"TensorRT is not available on this machine ({exc}); {cuda.JETSON_HINT}") from None
     if getattr(tensorrt, "__file__", None) is None:  # only the type stubs (tensorrt-stubs): a namespace package
-        raise RuntimeUnavailable(f"TensorRT is not available on this machine (only its type stubs); {_JETSON_HINT}")
+        raise RuntimeUnavailable(
+            f"TensorRT is not available on this machine (only its type stubs); {cuda.JETSON_HINT}"
+        )
 
 
-def import_cuda() -> Any:
-    """`pycuda.driver`, initialised, or `RuntimeUnavailable` where there is no pycuda or no CUDA GPU."""
-    try:
-        import pycuda.driver as cuda
-    except ImportError as exc:
-        raise RuntimeUnavailable(f"pycuda is not available on this machine ({exc}); {_JETSON_HINT}") from None
-    try:
-        cuda.init()
-        if cuda.Device.count() == 0:
-            raise RuntimeUnavailable("no CUDA GPU on this machine")
-    except cuda.Error as exc:
-        raise RuntimeUnavailable(f"no usable CUDA GPU on this machine ({exc})") from None
-    return cuda
+def trt_logger() -> Any:
+    """The one `tensorrt.Logger` of this process (TensorRT keeps a logger per process; warnings and up)."""
+    global _logger
+    import tensorrt as trt
+
+    if _logger is None or not isinstance(_logger, trt.Logger):
+        _logger = trt.Logger(trt.Logger.WARNING)
+    return _logger
 
 
 def current_platform(dla_core: int | None = None) -> Platform:
@@ -58,10 +54,16 @@ def current_platform(dla_core: int | None = None) -> Platform:
     require_tensorrt()
     import tensorrt as trt
 
-    cuda = import_cuda()
-    device = cuda.Device(0)
-    major, minor = device.compute_capability()
-    return Platform(str(trt.__version__), str(device.name()), f"{major}.{minor}", dla_core)
+    gpu = cuda.device()
+    return Platform(
+        tensorrt_version=str(trt.__version__),
+        gpu_name=gpu.name,
+        compute_capability=gpu.compute_capability,
+        sm_count=gpu.sm_count,
+        memory_mb=gpu.memory_mb,
+        l4t_release=cuda.l4t_release(),
+        dla_core=dla_core,
+    )
 
 
 @dataclass(frozen=True)
@@ -96,113 +98,130 @@ def check_engine_io(tensors: list[EngineTensor], manifest: Manifest) -> None:
             raise BundleError(f"engine output {name!r} is {outputs[name].dtype}; a float output is expected")
 
 
+def _dims(dims: Any) -> tuple[int, ...]:
+    return tuple(int(dims[j]) for j in range(len(dims)))
+
+
 class TensorRTRunner(Runner):
-    """Runs a serialized engine built from the bundle (see `edge_app.runtime.tensorrt_build`)."""
+    """Runs a serialized engine built from the bundle (see `edge_app.runtime.tensorrt_build`).
+
+    A DLA engine (`dla_core`) is loaded with `IRuntime.DLA_core` set. An engine with a fixed batch (DLA engines
+    have min = opt = max) gets smaller batches padded to it."""
 
     name = "tensorrt"
 
-    def __init__(self, bundle: Bundle, engine_path: Path, max_batch: int = 8) -> None:
+    def __init__(self, bundle: Bundle, engine_path: Path, max_batch: int = 8, dla_core: int | None = None) -> None:
         super().__init__(bundle)
         self.engine_path = engine_path
         self.max_batch = max_batch
+        self.dla_core = dla_core
         self._lock = threading.Lock()
         self._state: dict[str, Any] = {}
+        self._batch = (1, max_batch)
 
     def _activate(self) -> None:
         require_tensorrt()
         import tensorrt as trt
 
-        cuda = import_cuda()
-        ctx = cuda.Device(0).retain_primary_context()
-        ctx.push()
-        try:
-            logger = trt.Logger(trt.Logger.WARNING)
-            engine = trt.Runtime(logger).deserialize_cuda_engine(self.engine_path.read_bytes())
-            if engine is None:
-                raise BundleError(f"TensorRT cannot load the engine {self.engine_path} (built by another version?)")
-            dtypes = {
-                trt.DataType.FLOAT: "float32",
-                trt.DataType.HALF: "float16",
-                trt.DataType.INT8: "int8",
-                trt.DataType.INT32: "int32",
-                trt.DataType.INT64: "int64",
-                trt.DataType.BOOL: "bool",
-            }
-            tensors = []
-            for i in range(engine.num_io_tensors):
-                name = engine.get_tensor_name(i)
-                dims = engine.get_tensor_shape(name)
-                dtype = engine.get_tensor_dtype(name)
-                if dtype not in dtypes:
-                    raise BundleError(f"engine tensor {name!r} has type {dtype}, which the runner does not handle")
-                tensors.append(
-                    EngineTensor(
-                        name=name,
-                        is_input=engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
-                        dtype=dtypes[dtype],
-                        shape=tuple(dims[j] for j in range(len(dims))),
-                    )
+        rt = cuda.cudart()
+        cuda.device()
+        runtime = trt.Runtime(trt_logger())
+        if self.dla_core is not None:
+            runtime.DLA_core = self.dla_core
+        engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+        if engine is None:
+            raise BundleError(f"TensorRT cannot load the engine {self.engine_path} (built by another version?)")
+        dtypes = {
+            trt.DataType.FLOAT: "float32",
+            trt.DataType.HALF: "float16",
+            trt.DataType.INT8: "int8",
+            trt.DataType.INT32: "int32",
+            trt.DataType.INT64: "int64",
+            trt.DataType.BOOL: "bool",
+        }
+        tensors = []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            dtype = engine.get_tensor_dtype(name)
+            if dtype not in dtypes:
+                raise BundleError(f"engine tensor {name!r} has type {dtype}, which the runner does not handle")
+            tensors.append(
+                EngineTensor(
+                    name=name,
+                    is_input=engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+                    dtype=dtypes[dtype],
+                    shape=_dims(engine.get_tensor_shape(name)),
                 )
-            check_engine_io(tensors, self.bundle.manifest)
-            context = engine.create_execution_context()
-            buffers = {}
+            )
+        check_engine_io(tensors, self.bundle.manifest)
+        image = self.bundle.manifest.input.name
+        smallest, _, largest = (_dims(d) for d in engine.get_tensor_profile_shape(image, 0))
+        if largest[0] < self.max_batch and smallest[0] != largest[0]:
+            raise BundleError(
+                f"the engine's profile takes batches up to {largest[0]}, model.max_batch is {self.max_batch}: "
+                "it must be rebuilt"
+            )
+        context = engine.create_execution_context()
+        if not context.set_input_shape(image, largest):
+            raise BundleError(f"the engine refuses its own largest input shape {largest}")
+        buffers: dict[str, tuple[EngineTensor, cuda.Buffer]] = {}
+        try:
             for t in tensors:
-                shape = tuple(self.max_batch if d < 0 else d for d in t.shape)
-                host = cuda.pagelocked_empty(int(np.prod(shape)), np.dtype(t.dtype))
-                device = cuda.mem_alloc(host.nbytes)
-                context.set_tensor_address(t.name, int(device))
-                buffers[t.name] = (t, host, device)
-            self._state = {
-                "cuda": cuda,
-                "ctx": ctx,
-                "engine": engine,
-                "context": context,
-                "buffers": buffers,
-                "stream": cuda.Stream(),
-            }
-        finally:
-            ctx.pop()
+                shape = _dims(context.get_tensor_shape(t.name))
+                buffer = cuda.Buffer(np.dtype(t.dtype), int(np.prod(shape)))
+                buffers[t.name] = (t, buffer)
+                if not context.set_tensor_address(t.name, buffer.device):
+                    raise BundleError(f"TensorRT refuses the address of tensor {t.name!r}")
+            stream = cuda.check(rt.cudaStreamCreate())
+        except BaseException:
+            for _, buffer in buffers.values():
+                buffer.free()
+            raise
+        self._state = {
+            "engine": engine,
+            "context": context,
+            "buffers": buffers,
+            "stream": stream,
+        }
+        self._batch = (smallest[0], largest[0])
 
     def _deactivate(self) -> None:
-        ctx = self._state.get("ctx")
-        if ctx is None:
-            return
-        ctx.push()  # device buffers are freed as their last reference goes: do it inside their context
-        try:
-            self._state = {}
-        finally:
-            ctx.pop()
-            ctx.detach()
+        with self._lock:  # never under an inference of another thread
+            s, self._state = self._state, {}
+        for _, buffer in s.get("buffers", {}).values():
+            buffer.free()
+        if "stream" in s:
+            cuda.cudart().cudaStreamDestroy(s["stream"])
 
     def _infer(self, batch: NDArray[np.generic]) -> dict[str, NDArray[np.float32]]:
-        if batch.shape[0] > self.max_batch:
-            parts = [self._infer(batch[i : i + self.max_batch]) for i in range(0, batch.shape[0], self.max_batch)]
+        smallest, largest = self._batch
+        if batch.shape[0] > largest:
+            parts = [self._infer(batch[i : i + largest]) for i in range(0, batch.shape[0], largest)]
             return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        s = self._state
-        cuda, context, stream = s["cuda"], s["context"], s["stream"]
-        name = self.bundle.manifest.input.name
+        count = batch.shape[0]
+        if count < smallest:  # a fixed-batch (DLA) engine: pad, then keep the real rows
+            batch = np.concatenate([batch, np.zeros((smallest - count, *batch.shape[1:]), batch.dtype)])
         with self._lock:
-            s["ctx"].push()
-            try:
-                _, host_in, dev_in = s["buffers"][name]
-                flat = np.ascontiguousarray(batch, dtype=host_in.dtype).ravel()
-                host_in[: flat.size] = flat
-                if not context.set_input_shape(name, tuple(batch.shape)):
-                    raise InferenceError(f"the engine refuses input shape {batch.shape}")
-                cuda.memcpy_htod_async(dev_in, host_in, stream)
-                if not context.execute_async_v3(stream.handle):
-                    raise InferenceError("TensorRT execution failed")
-                results = {}
-                for tensor, host, device in s["buffers"].values():
-                    if tensor.is_input:
-                        continue
-                    dims = context.get_tensor_shape(tensor.name)
-                    shape = tuple(dims[j] for j in range(len(dims)))
-                    cuda.memcpy_dtoh_async(host, device, stream)
-                    results[tensor.name] = (host, shape)
-                stream.synchronize()
-            finally:
-                s["ctx"].pop()
-        return {
-            k: np.array(h[: int(np.prod(shape))].reshape(shape), dtype=np.float32) for k, (h, shape) in results.items()
-        }
+            s = self._state
+            if not s:
+                raise InferenceError("the TensorRT runner was deactivated")
+            context, stream = s["context"], int(s["stream"])
+            name = self.bundle.manifest.input.name
+            _, image = s["buffers"][name]
+            flat = np.ascontiguousarray(batch, dtype=image.host.dtype).ravel()
+            image.host[: flat.size] = flat
+            if not context.set_input_shape(name, tuple(batch.shape)):
+                raise InferenceError(f"the engine refuses input shape {batch.shape}")
+            image.to_device(stream, flat.nbytes)
+            if not context.execute_async_v3(stream):
+                raise InferenceError("TensorRT execution failed")
+            shapes = {}
+            for tensor, buffer in s["buffers"].values():
+                if not tensor.is_input:
+                    shapes[tensor.name] = _dims(context.get_tensor_shape(tensor.name))
+                    buffer.to_host(stream, int(np.prod(shapes[tensor.name])) * buffer.host.itemsize)
+            cuda.check(cuda.cudart().cudaStreamSynchronize(stream))
+            return {
+                k: np.array(s["buffers"][k][1].host[: int(np.prod(shape))].reshape(shape)[:count], dtype=np.float32)
+                for k, shape in shapes.items()
+            }

@@ -1,12 +1,14 @@
 """Build a TensorRT 10 engine from a bundle's ONNX, check it against the bundle's reference outputs, cache it.
 
-Used by `edge-convert engine` and by the service; `tensorrt` is imported only when a build starts.
+Runs in the process of `edge_app.runtime.build_process` (a build of its own, with its own memory limit);
+`tensorrt` is imported only when a build starts.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ from edge_app.bundle import Bundle
 from edge_app.errors import EdgeAppError
 from edge_app.runtime.engine_cache import EngineCache
 from edge_app.runtime.reference import reference_drift, tolerance
-from edge_app.runtime.tensorrt import TensorRTRunner, current_platform, require_tensorrt
+from edge_app.runtime.tensorrt import TensorRTRunner, current_platform, require_tensorrt, trt_logger
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +36,23 @@ class BuildOptions:
 
 
 def build_engine(
-    bundle: Bundle, cache: EngineCache, options: BuildOptions, progress: Callable[[str], None] | None = None
+    bundle: Bundle,
+    cache: EngineCache,
+    options: BuildOptions,
+    progress: Callable[[str], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> Path:
-    """Build (or find) the engine for this bundle on this machine; return its path in the cache."""
+    """Build (or find) the engine for this bundle on this machine, check it against the bundle's reference
+    outputs, and return its path in the cache. `cancel` set stops the build at its next step."""
     platform = current_platform(options.dla_core)
-    cached = cache.lookup(bundle, platform)
+    cached = cache.lookup(bundle, platform, options.max_batch)
     if cached is not None:
         return cached
-    plan = _build_plan(bundle, options, progress or log.info)
+    plan = _build_plan(bundle, options, progress or log.info, cancel or threading.Event())
     with tempfile.TemporaryDirectory() as tmp:
         candidate = Path(tmp) / "engine.plan"
         candidate.write_bytes(plan)
-        drift = check_against_reference(bundle, candidate, options.max_batch)
+        drift = check_against_reference(bundle, candidate, options.max_batch, options.dla_core)
     return cache.store(
         bundle,
         platform,
@@ -54,15 +61,22 @@ def build_engine(
     )
 
 
-def _build_plan(bundle: Bundle, options: BuildOptions, progress: Callable[[str], None]) -> bytes:
+def _build_plan(
+    bundle: Bundle, options: BuildOptions, progress: Callable[[str], None], cancel: threading.Event
+) -> bytes:
     require_tensorrt()
     import tensorrt as trt
 
     m = bundle.manifest
-    logger = trt.Logger(trt.Logger.WARNING)
+    if options.dla_core is not None and m.precision == "fp32":
+        raise EngineBuildError(
+            "the DLA runs FP16 or INT8 only and this bundle is fp32: convert it with --precision fp16 (or int8), "
+            "or build for the GPU"
+        )
+    logger = trt_logger()
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 10: networks are always explicit-batch
-    parser = trt.OnnxParser(network, logger)
+    parser = trt.OnnxParser(network, logger)  # keeps a reference to the network it fills
     if not parser.parse_from_file(str(bundle.model_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineBuildError(f"TensorRT's ONNX parser refuses {bundle.model_path}: {errors}")
@@ -78,8 +92,10 @@ def _build_plan(bundle: Bundle, options: BuildOptions, progress: Callable[[str],
         (spec.channels, spec.height, spec.width) if spec.layout == "NCHW" else (spec.height, spec.width, spec.channels)
     )
     profile = builder.create_optimization_profile()
-    one, most = trt.Dims([1, *image]), trt.Dims([options.max_batch, *image])
-    profile.set_shape(spec.name, one, one, most)
+    most = trt.Dims([options.max_batch, *image])
+    # The DLA takes no dynamic shapes (min = opt = max): a DLA engine has one batch size, max_batch.
+    least = most if options.dla_core is not None else trt.Dims([1, *image])
+    profile.set_shape(spec.name, least, least, most)
     config.add_optimization_profile(profile)
     if options.dla_core is not None:
         if builder.num_DLA_cores <= options.dla_core:
@@ -90,11 +106,13 @@ def _build_plan(bundle: Bundle, options: BuildOptions, progress: Callable[[str],
     timing = options.timing_cache
     cache_bytes = timing.read_bytes() if timing is not None and timing.is_file() else b""
     config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
-    config.progress_monitor = _progress_monitor(progress)
+    config.progress_monitor = _progress_monitor(progress, cancel)
 
     progress(f"building a {m.precision} TensorRT {trt.__version__} engine for {m.name} {m.version}")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
+        if cancel.is_set():
+            raise EngineBuildError("the engine build was cancelled")
         raise EngineBuildError("TensorRT could not build the engine (see its log above)")
     if timing is not None:
         timing.parent.mkdir(parents=True, exist_ok=True)
@@ -102,15 +120,18 @@ def _build_plan(bundle: Bundle, options: BuildOptions, progress: Callable[[str],
     return bytes(plan)
 
 
-def _progress_monitor(report: Callable[[str], None]) -> Any:
+def _progress_monitor(report: Callable[[str], None], cancel: threading.Event) -> Any:
     import tensorrt as trt
 
     class Progress(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+
         def phase_start(self, phase_name: str, parent_phase: str, num_steps: int) -> None:
             report(f"{phase_name} ({num_steps} steps)")
 
         def step_complete(self, phase_name: str, step: int) -> bool:
-            return True  # never cancel
+            return not cancel.is_set()  # False: TensorRT stops the build
 
         def phase_finish(self, phase_name: str) -> None:
             report(f"{phase_name}: done")
@@ -118,9 +139,9 @@ def _progress_monitor(report: Callable[[str], None]) -> Any:
     return Progress()
 
 
-def check_against_reference(bundle: Bundle, engine: Path, max_batch: int) -> float:
+def check_against_reference(bundle: Bundle, engine: Path, max_batch: int, dla_core: int | None = None) -> float:
     """Run the bundle's stored reference inputs through the engine; refuse it beyond the bundle's tolerance."""
-    with TensorRTRunner(bundle, engine, max_batch) as runner:
+    with TensorRTRunner(bundle, engine, max_batch, dla_core) as runner:
         drift = reference_drift(bundle, runner)
     limit = tolerance(bundle)
     if drift > limit:

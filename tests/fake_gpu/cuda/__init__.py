@@ -1,0 +1,1 @@
+"""A fake of NVIDIA's cuda-python (see tests/fake_gpu/README.md)."""

@@ -1,0 +1,1 @@
+"""A fake of cuda-python's `cuda.bindings` (see tests/fake_gpu/README.md)."""

@@ -1,0 +1,316 @@
+"""The Jetson path in CI: runner, engine builds, cache, DLA and fallbacks against tests/fake_gpu, a `tensorrt` and
+`cuda-python` that compute with ONNX Runtime (real memory at real addresses; builds in a real child process)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import EDGE_APP, bundle_variant
+from edge_app.bundle import Bundle, load_bundle, write_manifest
+from edge_app.config import EMBEDDED_BUNDLE, Settings
+from edge_app.errors import BundleError, RuntimeUnavailable
+from edge_app.runtime import open_runner
+from edge_app.runtime.build_process import BuildCancelled, BuildLimits, build_isolated
+from edge_app.runtime.cuda import l4t_release
+from edge_app.runtime.engine_cache import FAILED_NAME, META_NAME, EngineCache
+from edge_app.runtime.engines import ensure_engines
+from edge_app.runtime.onnx import OnnxRuntimeRunner
+from edge_app.runtime.tensorrt import TensorRTRunner, current_platform
+from edge_app.runtime.tensorrt_build import BuildOptions, EngineBuildError
+
+pytestmark = pytest.mark.usefixtures("fake_gpu")
+
+
+@pytest.fixture
+def bundle() -> Bundle:
+    return load_bundle(EMBEDDED_BUNDLE)
+
+
+def _batch(bundle: Bundle, n: int, seed: int = 0) -> np.ndarray:
+    m = bundle.manifest.input
+    return np.random.default_rng(seed).random((n, m.channels, m.height, m.width), dtype=np.float32)
+
+
+def _settings(tmp_path: Path, **model: object) -> Settings:
+    return Settings.model_validate({"storage": {"data_dir": str(tmp_path / "data")}, "model": {"threads": 1, **model}})
+
+
+def test_an_engine_built_in_its_own_process_runs_like_onnx_runtime(tmp_path: Path, bundle: Bundle) -> None:
+    """Built by a child process, checked against the bundle's reference outputs, cached readable by every user,
+    and run with buffers from the profile: a batch of max_batch, and one larger than it in parts."""
+    cache = EngineCache(tmp_path / "engines")
+    lines: list[str] = []
+    engine = build_isolated(bundle, cache, BuildOptions(max_batch=4), progress=lines.append)
+    assert any(line.startswith("building a fp32 TensorRT 10.3.0 engine for cxr-reference") for line in lines)
+    assert lines[-1].startswith("engine built in ") and "peak host memory" in lines[-1]
+    meta = json.loads((engine.parent / META_NAME).read_text())
+    assert meta["build"]["max_batch"] == 4 and meta["build"]["reference_max_abs_diff"] < 1e-6
+    assert (meta["gpu_name"], meta["sm_count"], meta["memory_mb"]) == ("Orin", 8, 7620)
+    for path in (engine, engine.parent / META_NAME):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    assert stat.S_IMODE(engine.parent.stat().st_mode) == 0o755
+    with TensorRTRunner(bundle, engine, 4) as trt, OnnxRuntimeRunner(bundle, threads=1) as ort:
+        for n in (1, 4, 9):
+            got, want = trt.infer(_batch(bundle, n, n)), ort.infer(_batch(bundle, n, n))
+            assert set(got) == set(want)
+            for name in want:
+                assert got[name].shape == want[name].shape and got[name].dtype == np.float32
+                assert np.allclose(got[name], want[name], atol=1e-6), (name, n)
+
+
+def test_inference_from_eight_threads_gives_each_its_own_answer(tmp_path: Path, bundle: Bundle) -> None:
+    """The runner's lock covers the copy-in, the run and the copy-out: no thread gets another's outputs."""
+    engine = build_isolated(bundle, EngineCache(tmp_path), BuildOptions(max_batch=2))
+    with OnnxRuntimeRunner(bundle, threads=1) as ort:
+        expected = [ort.infer(_batch(bundle, 1 + i % 2, i))["logits"] for i in range(8)]
+    errors: list[str] = []
+    with TensorRTRunner(bundle, engine, 2) as trt:
+
+        def work(i: int) -> None:
+            for _ in range(15):
+                got = trt.infer(_batch(bundle, 1 + i % 2, i))["logits"]
+                if got.shape != expected[i].shape or not np.allclose(got, expected[i], atol=1e-6):
+                    errors.append(f"thread {i} got another batch's outputs")
+                    return
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert not errors, errors
+
+
+def test_an_engine_whose_profile_is_smaller_than_max_batch_is_rebuilt_never_used(
+    tmp_path: Path, bundle: Bundle, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = EngineCache(tmp_path)
+    small = build_isolated(bundle, cache, BuildOptions(max_batch=2))
+    platform = current_platform()
+    assert cache.lookup(bundle, platform, 2) == small
+    with caplog.at_level(logging.WARNING):
+        assert cache.lookup(bundle, platform, 3) is None
+    assert "takes batches up to 2, not 3: rebuilding" in caplog.text
+    with pytest.raises(BundleError, match=r"takes batches up to 2, model\.max_batch is 3: it must be rebuilt"):
+        TensorRTRunner(bundle, small, 3).activate()
+    runner = open_runner(bundle, "auto", 1, tmp_path, max_batch=3)
+    assert runner.name == "onnxruntime", "never the small engine"
+    runner.deactivate()
+    larger = build_isolated(bundle, cache, BuildOptions(max_batch=3))
+    assert larger == small, "the same cache folder, rebuilt in place"
+    assert json.loads((larger.parent / META_NAME).read_text())["build"]["max_batch"] == 3
+    runner = open_runner(bundle, "auto", 1, tmp_path, max_batch=3)
+    assert runner.name == "tensorrt"
+    runner.deactivate()
+
+
+def _fp16(tmp_path: Path) -> Bundle:
+    folder = bundle_variant(tmp_path, "1.1.0-fp16")
+    manifest = load_bundle(folder).manifest
+    write_manifest(folder, manifest.model_copy(update={"precision": "fp16"}))
+    return load_bundle(folder)
+
+
+def test_dla_engines_have_one_batch_size_need_fp16_or_int8_and_are_looked_up_by_core(
+    tmp_path: Path, bundle: Bundle, fake_gpu: pytest.MonkeyPatch
+) -> None:
+    fake_gpu.setenv("FAKE_TRT_DLA_CORES", "2")
+    cache = EngineCache(tmp_path / "engines")
+    with pytest.raises(EngineBuildError, match="the DLA runs FP16 or INT8 only and this bundle is fp32"):
+        build_isolated(bundle, cache, BuildOptions(max_batch=2, dla_core=1))
+    with pytest.raises(EngineBuildError, match="DLA core 2 asked for; this device has 2"):
+        build_isolated(_fp16(tmp_path / "a"), cache, BuildOptions(max_batch=2, dla_core=2))
+    half = _fp16(tmp_path / "b")
+    engine = build_isolated(half, cache, BuildOptions(max_batch=2, dla_core=1))
+    assert cache.lookup(half, current_platform(1), 2) == engine
+    assert cache.lookup(half, current_platform(None), 2) is None, "a GPU lookup never finds a DLA engine"
+    assert cache.lookup(half, current_platform(0), 2) is None, "nor another core's"
+    with pytest.raises(BundleError, match="cannot load the engine"):
+        TensorRTRunner(half, engine, 2).activate()  # without IRuntime.DLA_core TensorRT refuses a DLA engine
+    with TensorRTRunner(half, engine, 2, dla_core=1) as runner, OnnxRuntimeRunner(half, threads=1) as ort:
+        for n in (1, 2, 3):  # one image padded to the engine's fixed batch; three in two runs
+            got, want = runner.infer(_batch(half, n, n))["logits"], ort.infer(_batch(half, n, n))["logits"]
+            assert got.shape == want.shape and np.allclose(got, want, atol=2e-3), n
+    runner = open_runner(half, "tensorrt", 1, tmp_path / "engines", max_batch=2, dla_core=1)
+    assert runner.name == "tensorrt"
+    runner.deactivate()
+    with pytest.raises(RuntimeUnavailable, match="no engine of this bundle for DLA core 0 of Orin"):
+        open_runner(half, "tensorrt", 1, tmp_path / "engines", max_batch=2, dla_core=0)
+
+
+def test_orin_modules_and_jetpack_releases_get_their_own_engines(
+    tmp_path: Path, bundle: Bundle, fake_gpu: pytest.MonkeyPatch
+) -> None:
+    nano = current_platform()
+    fake_gpu.setenv("FAKE_GPU_SMS", "16")
+    fake_gpu.setenv("FAKE_GPU_MEMORY_MB", "62800")
+    agx = current_platform()
+    assert (nano.gpu_name, nano.compute_capability) == (agx.gpu_name, agx.compute_capability) == ("Orin", "8.7")
+    assert (nano.sm_count, nano.memory_mb, agx.sm_count, agx.memory_mb) == (8, 7620, 16, 62800)
+    cache = EngineCache(tmp_path)
+    cache.store(bundle, nano, b"plan", {"max_batch": 8})
+    assert cache.lookup(bundle, agx, 8) is None
+    release = tmp_path / "nv_tegra_release"
+    release.write_text(
+        "# R36 (release), REVISION: 3.0, GCID: 36923193, BOARD: generic, EABI: aarch64, "
+        "DATE: Fri Jul 19 23:24:25 UTC 2024\n"
+    )
+    assert l4t_release(release) == "R36.3.0"
+    release.write_text("# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64\n")
+    assert l4t_release(release) == "R35.4.1"
+    assert l4t_release(tmp_path / "absent") == ""
+
+
+@pytest.mark.parametrize("fault", ["old-engine", "cuda"])
+def test_auto_falls_back_to_onnx_runtime_whatever_stops_tensorrt(
+    tmp_path: Path, bundle: Bundle, fake_gpu: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, fault: str
+) -> None:
+    """runner = "auto" never stops over TensorRT: an engine of another TensorRT version (JetPack upgraded under
+    the cache), CUDA failing; it says why and serves on ONNX Runtime. Asked for by name, it is an error."""
+    if fault == "old-engine":  # a plan of TensorRT 10.2 filed under 10.3 (a folder copied from another box)
+        fake_gpu.setenv("FAKE_TRT_VERSION", "10.2.0")
+        old = build_isolated(bundle, EngineCache(tmp_path / "old"), BuildOptions(max_batch=8))
+        fake_gpu.setenv("FAKE_TRT_VERSION", "10.3.0")
+        fake_gpu.delitem(sys.modules, "tensorrt")
+        EngineCache(tmp_path).store(bundle, current_platform(), old.read_bytes(), {"max_batch": 8})
+        said = "BundleError: TensorRT cannot load the engine"
+    else:
+        build_isolated(bundle, EngineCache(tmp_path), BuildOptions(max_batch=8))
+        fake_gpu.setenv("FAKE_TRT_FAULT", "cuda")
+        said = "no usable CUDA GPU on this machine (CUDA error cudaErrorUnknown)"
+    caplog.set_level(logging.INFO)
+    runner = open_runner(bundle, "auto", 1, tmp_path)
+    try:
+        assert runner.name == "onnxruntime"
+        assert any("TensorRT not used" in r.message and said in r.message for r in caplog.records), caplog.text
+    finally:
+        runner.deactivate()
+    with pytest.raises(Exception, match=r"cannot load the engine|cudaErrorUnknown"):
+        open_runner(bundle, "tensorrt", 1, tmp_path)
+
+
+def test_a_failed_build_is_remembered_and_not_retried_at_every_start(
+    tmp_path: Path, fake_gpu: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(tmp_path)
+    fake_gpu.setenv("FAKE_TRT_FAULT", "build")
+    (entry,) = ensure_engines(settings).values()
+    assert entry["status"] == "failed"
+    assert entry["detail"].startswith("TensorRT could not build the engine (see its log above)")
+    assert entry["detail"].endswith(": the service runs it on ONNX Runtime")
+    (record,) = settings.engine_cache.glob(f"*/{FAILED_NAME}")
+    assert json.loads(record.read_text())["tensorrt_version"] == "10.3.0"
+
+    fake_gpu.delenv("FAKE_TRT_FAULT")  # would now succeed, but is not tried at the next start
+    started = time.monotonic()
+    (entry,) = ensure_engines(settings).values()
+    assert entry["status"] == "failed" and "failed before (TensorRT could not build" in entry["detail"]
+    assert "edge-app engines --retry" in entry["detail"] and time.monotonic() - started < 2
+
+    (entry,) = ensure_engines(settings, retry=True).values()
+    assert entry["status"] == "built" and not record.exists()
+    (entry,) = ensure_engines(settings).values()
+    assert entry["status"] == "cached"
+
+
+def test_an_engine_that_drifts_from_the_reference_outputs_is_refused(
+    tmp_path: Path, bundle: Bundle, fake_gpu: pytest.MonkeyPatch
+) -> None:
+    fake_gpu.setenv("FAKE_TRT_FAULT", "drift")
+    cache = EngineCache(tmp_path)
+    with pytest.raises(EngineBuildError, match=r"drifts from the bundle's reference outputs: max probability"):
+        build_isolated(bundle, cache, BuildOptions(max_batch=2))
+    assert not list(tmp_path.glob("*/engine.plan")), "a refused engine is never cached"
+    assert cache.failure(bundle, current_platform()) is not None
+
+
+def test_a_build_past_its_memory_or_time_is_stopped(
+    tmp_path: Path, bundle: Bundle, fake_gpu: pytest.MonkeyPatch
+) -> None:
+    cache = EngineCache(tmp_path)
+    fake_gpu.setenv("FAKE_TRT_BUILD_MB", "700")
+    fake_gpu.setenv("FAKE_TRT_BUILD_S", "20")
+    with pytest.raises(EngineBuildError, match="took more than 512 MB of memory and was stopped"):
+        build_isolated(bundle, cache, BuildOptions(), BuildLimits(memory_mb=512, timeout_s=60))
+    fake_gpu.setenv("FAKE_TRT_BUILD_MB", "0")
+    started = time.monotonic()
+    with pytest.raises(EngineBuildError, match="took longer than 2 s and was stopped"):
+        build_isolated(bundle, cache, BuildOptions(), BuildLimits(memory_mb=2048, timeout_s=2), retry=True)
+    assert time.monotonic() - started < 10
+    assert "took longer than 2 s" in str(cache.failure(bundle, current_platform()))
+
+
+def test_the_service_builds_in_the_background_swaps_and_cancels_at_stop(
+    tmp_path: Path, fake_gpu: pytest.MonkeyPatch, nih_png: Path
+) -> None:
+    from edge_app.pipeline import Diagnoser
+
+    settings = _settings(tmp_path, max_batch=2)
+    diagnoser = Diagnoser.from_settings(settings, build_engine=True)
+    try:
+        assert diagnoser.runner.name == "onnxruntime"
+        first = diagnoser.diagnose(nih_png)
+        deadline = time.monotonic() + 60
+        while diagnoser.runner.name != "tensorrt" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert diagnoser.runner.name == "tensorrt", "the built engine is put in service between two images"
+        second = diagnoser.diagnose(nih_png)
+        assert second.model["runner"] == "tensorrt"
+        assert [f.probability for f in first.findings] == pytest.approx([f.probability for f in second.findings])
+    finally:
+        diagnoser.close()
+
+    fake_gpu.setenv("FAKE_TRT_BUILD_S", "60")
+    other = _settings(tmp_path / "other", max_batch=2)
+    diagnoser = Diagnoser.from_settings(other, build_engine=True)
+    time.sleep(1.5)  # the build process is running
+    started = time.monotonic()
+    diagnoser.close()
+    assert time.monotonic() - started < 15, "a stopping service does not wait for a build"
+    assert not list(other.engine_cache.glob("*/engine.plan"))
+    assert not list(other.engine_cache.glob(f"*/{FAILED_NAME}")), "a cancelled build is not a failed one"
+
+
+def test_a_cancelled_build_raises_and_leaves_nothing(
+    tmp_path: Path, bundle: Bundle, fake_gpu: pytest.MonkeyPatch
+) -> None:
+    fake_gpu.setenv("FAKE_TRT_BUILD_S", "60")
+    cancel = threading.Event()
+    threading.Timer(1.0, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(BuildCancelled, match="cancelled"):
+        build_isolated(bundle, EngineCache(tmp_path), BuildOptions(), cancel=cancel)
+    assert time.monotonic() - started < 15
+    assert not list(tmp_path.glob("*/*"))
+
+
+def test_one_tensorrt_logger_per_process(tmp_path: Path, bundle: Bundle) -> None:
+    import tensorrt
+
+    engine = build_isolated(bundle, EngineCache(tmp_path), BuildOptions(max_batch=1))
+    made = tensorrt.LOGGERS_MADE
+    for _ in range(3):
+        TensorRTRunner(bundle, engine, 1).activate()
+    assert tensorrt.LOGGERS_MADE - made <= 1
+
+
+def test_edge_app_engines_on_a_jetson(tmp_path: Path) -> None:
+    """What the appliance's edge-app-engine.service runs: built, then cached."""
+    config = tmp_path / "edge-app.toml"
+    config.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\n[model]\nmax_batch = 2\n')
+    run = [*EDGE_APP, "--config", str(config), "engines"]
+    first = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("cxr-reference 1.1.0: built: ")
+    second = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert second.stdout.startswith("cxr-reference 1.1.0: cached: ")
