@@ -28,6 +28,7 @@ from edge_app.outputs.sender import Sender
 from edge_app.pipeline import Diagnoser
 from edge_app.registry import Registry
 from edge_app.retention import Retention
+from edge_app.runtime.select import BackgroundBuild
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts
 from edge_app.store.db import SERVICE_LOCKS
@@ -63,6 +64,7 @@ class Service:
         self._activating = threading.Lock()
         self._followed = self.models.latest_change()
         self._problem: str | None = None  # a model put in service on the front that this worker could not load
+        self._update: BackgroundBuild | None = None  # a model waiting for its TensorRT engine before it serves
         self.registry: Registry | None = None
         self.worker: Worker | None = None
         self.sender: Sender | None = None
@@ -278,8 +280,15 @@ class Service:
             return bundle
 
     def _swap_first(self, path: Path, *, held: bool = False) -> Bundle:
-        """Put a new diagnoser for `path` first, between two images (`held`: the worker is between two already)."""
+        """Put a new diagnoser for `path` first, between two images (`held`: the worker is between two already).
+        Where this machine runs TensorRT and the bundle has no engine yet, its engine is built and checked
+        against the bundle's reference outputs first, the running model serving meanwhile; a failure leaves the
+        running model in service (and recorded so), with the reason."""
         assert self.registry is not None and self.worker is not None
+        bundle = self._engine_to_build(path)
+        if bundle is not None:
+            self._build_then_swap(bundle)
+            return bundle
         new = Diagnoser.from_settings(self.settings, path, decoder=self.registry.decoder, build_engine=True)
         self._apply_thresholds(new)
         live = self.live.between_frames() if self.live is not None else contextlib.nullcontext()
@@ -289,6 +298,60 @@ class Service:
         old.close()
         self._say_what_runs()
         return new.bundle
+
+    def _engine_to_build(self, path: Path) -> Bundle | None:
+        """The bundle at `path` where TensorRT may run it here and its engine is not built yet, else None."""
+        from edge_app.runtime.engine_cache import EngineCache
+        from edge_app.runtime.tensorrt import current_platform
+        from edge_app.signature import load_public_keys
+
+        model = self.settings.model
+        if model.runner == "onnxruntime":
+            return None
+        try:
+            platform = current_platform(model.dla_core)
+        except EdgeAppError:
+            return None
+        bundle = load_bundle(path, load_public_keys(model.trusted_keys) if model.require_signature else None)
+        missing = EngineCache(self.settings.engine_cache).lookup(bundle, platform, model.max_batch) is None
+        return bundle if missing else None
+
+    def _build_then_swap(self, bundle: Bundle) -> None:
+        from edge_app.runtime.build_process import BuildCancelled, build_isolated
+        from edge_app.runtime.engine_cache import EngineCache
+        from edge_app.runtime.engines import build_limits, build_options
+
+        assert self.registry is not None
+        running = self.registry.diagnosers[0].bundle
+        m = bundle.manifest
+        log.info(
+            "%s %s: building and checking its TensorRT engine; %s serves meanwhile",
+            m.name,
+            m.version,
+            running.manifest.name,
+        )
+        if self._update is not None:
+            self._update.cancel()
+
+        def work(cancel: threading.Event) -> None:
+            cache = EngineCache(self.settings.engine_cache)
+            options, limits = build_options(self.settings), build_limits(self.settings)
+            try:
+                build_isolated(bundle, cache, options, limits, cancel=cancel, retry=True)
+                self._swap_first(bundle.path)
+                self._problem = None
+            except BuildCancelled:
+                return
+            except EdgeAppError as exc:
+                self._problem = f"{m.name} {m.version} was not put in service ({exc}): the previous model runs"
+                log.error("%s", self._problem)
+                self.store.audit("system", "model.fallback", str(bundle.path), str(exc))
+                r = running.manifest
+                self.models.record("system", "activate", running.sha256, running.path, r.name, r.version)
+                self._followed = self.models.latest_change()
+                self._say_what_runs()
+
+        self._update = BackgroundBuild(work)
 
     def _follow_models(self) -> None:
         """Between two jobs of a worker in its own process: take up what an administrator changed on the front."""
@@ -340,6 +403,8 @@ class Service:
     def stop(self) -> None:
         """Stop taking images, let the worker finish the one at hand, release the models, close the store."""
         self.stopping.set()
+        if self._update is not None:
+            self._update.cancel()
         for part in [*self.sources, *reversed(self._loops)]:
             part.stop()
         if self.registry is not None:

@@ -10,10 +10,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from flask import Flask
+from flask.testing import FlaskClient
 
 from conftest import EDGE_APP, bundle_variant
 from edge_app.bundle import Bundle, load_bundle, write_manifest
@@ -27,6 +30,7 @@ from edge_app.runtime.engines import ensure_engines
 from edge_app.runtime.onnx import OnnxRuntimeRunner
 from edge_app.runtime.tensorrt import TensorRTRunner, current_platform
 from edge_app.runtime.tensorrt_build import BuildOptions, EngineBuildError
+from edge_app.web import create_app, services
 
 pytestmark = pytest.mark.usefixtures("fake_gpu")
 
@@ -314,3 +318,44 @@ def test_edge_app_engines_on_a_jetson(tmp_path: Path) -> None:
     assert first.stdout.startswith("cxr-reference 1.1.0: built: ")
     second = subprocess.run(run, capture_output=True, text=True, timeout=120)
     assert second.stdout.startswith("cxr-reference 1.1.0: cached: ")
+
+
+def _wait(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_a_model_update_is_put_in_service_only_with_an_engine_that_passes_its_check(
+    tmp_path: Path, fake_gpu: pytest.MonkeyPatch, api_client: Callable[[Flask], FlaskClient], nih_png: Path
+) -> None:
+    """On a Jetson a new model serves once its engine is built and reproduces the bundle's reference outputs;
+    the running model serves meanwhile. An engine that fails its check leaves the running model in service (and
+    recorded so: a restart keeps it), with the reason on /api/v1/health."""
+    settings = _settings(tmp_path, max_batch=2)
+    app = create_app(settings)
+    svc = services.get_from(app)
+    client = api_client(app)
+    try:
+        health = lambda: client.get("/api/v1/health").get_json()  # noqa: E731
+        _wait(lambda: health()["runner"] == "tensorrt", "the configured model's engine")
+
+        fake_gpu.setenv("FAKE_TRT_FAULT", "drift")  # engines built from now on compute wrong
+        svc.activate(bundle_variant(tmp_path, "1.2.0"), "boss")
+        _wait(lambda: health()["problem"] is not None, "the update's engine check")
+        now = health()
+        assert (now["status"], now["version"], now["runner"]) == ("degraded", "1.1.0", "tensorrt")
+        assert now["problem"].startswith("cxr-reference 1.2.0 was not put in service (the engine drifts from the ")
+        assert now["problem"].endswith("engine refused): the previous model runs")
+        result = client.post("/api/v1/studies?filename=a.png", data=nih_png.read_bytes()).get_json()
+        assert result["images"][0]["results"][0]["model"]["version"] == "1.1.0"
+        assert svc.models.activations()[0].version == "1.1.0", "recorded: a restart keeps the running model"
+
+        fake_gpu.delenv("FAKE_TRT_FAULT")
+        svc.activate(bundle_variant(tmp_path, "1.3.0"), "boss")
+        _wait(lambda: health()["version"] == "1.3.0", "the good update")
+        now = health()
+        assert (now["status"], now["runner"], now["problem"]) == ("ok", "tensorrt", None)
+    finally:
+        svc.stop()

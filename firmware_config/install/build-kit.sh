@@ -3,7 +3,8 @@
 #   firmware_config/install/build-kit.sh OUT [--jetson]
 # OUT gets wheelhouse/ (the project's wheel and every dependency's), systemd/, firmware_config/ and README.md.
 # --jetson: the dependencies for the Jetson (aarch64, CPython 3.10, JetPack 6) instead of this machine's own
-# platform. TensorRT is not among them: JetPack provides it (the venv is made with --system-site-packages).
+# platform, with the `jetson` extra (cuda-python). TensorRT is not among them: JetPack provides it (the venv is made
+# with --system-site-packages).
 set -euo pipefail
 out="${1:?usage: build-kit.sh OUT [--jetson]}"
 here="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -14,7 +15,7 @@ project_wheel="$(ls "$out"/wheelhouse/edge_clinic_ai-*.whl)"
 if [ "${2:-}" = "--jetson" ]; then
     "$python" -m pip download --dest "$out/wheelhouse" --only-binary=:all: \
         --platform manylinux2014_aarch64 --platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64 \
-        --python-version 3.10 --implementation cp --abi cp310 "$project_wheel"
+        --python-version 3.10 --implementation cp --abi cp310 "$project_wheel[jetson]"
 else
     "$python" -m pip download --dest "$out/wheelhouse" --only-binary=:all: "$project_wheel"
 fi

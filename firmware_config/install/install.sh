@@ -14,7 +14,10 @@ mkdir -p "$opt" "$root/etc/edge-app/devices" "$root/etc/systemd/system" "$root/u
 site="--system-site-packages"
 [ "${EDGE_SYSTEM_SITE:-1}" = "1" ] || site=""
 [ -x "$opt/.venv/bin/python" ] || "$python" -m venv $site "$opt/.venv"
-PIP_CONFIG_FILE=/dev/null "$opt/.venv/bin/pip" install --no-index --find-links "$kit/wheelhouse" --upgrade edge-clinic-ai
+# On a Jetson kit (built with --jetson) the wheelhouse holds cuda-python: install the `jetson` extra with it.
+project="edge-clinic-ai"
+if ls "$kit"/wheelhouse/cuda_python-*.whl >/dev/null 2>&1; then project="edge-clinic-ai[jetson]"; fi
+PIP_CONFIG_FILE=/dev/null "$opt/.venv/bin/pip" install --no-index --find-links "$kit/wheelhouse" --upgrade "$project"
 cp -r "$kit/firmware_config" "$kit/README.md" "$opt/"
 # Before the two units and their target, one edge-app.service ran everything: it goes (it would fight them).
 if [ "$root" = "/" ] && [ -e /etc/systemd/system/edge-app.service ]; then

@@ -204,6 +204,7 @@ class Builder:
             "fp16": BuilderFlag.FP16 in config.flags,
             "int8": BuilderFlag.INT8 in config.flags,
             "dla_core": config.DLA_core if dla else None,
+            "drift": os.environ.get("FAKE_TRT_FAULT") == "drift",  # an engine that computes wrong, built so
             "profile": profile,
         }
         blob = json.dumps(header).encode()
@@ -310,7 +311,7 @@ class IExecutionContext:
             value = np.ascontiguousarray(value, np.float32)
             if self.engine.header["fp16"]:
                 value = value.astype(np.float16).astype(np.float32)
-            if os.environ.get("FAKE_TRT_FAULT") == "drift":
+            if self.engine.header["drift"]:
                 value = value + np.float32(0.25)
             address = self.addresses.get(meta.name)
             if address is None or not _cuda.within(address, value.nbytes):
