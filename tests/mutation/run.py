@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -230,6 +231,22 @@ def _annotations(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     return spans
 
 
+def _skip(session: Path, uncounted: Callable[[tuple[int, int], str], bool]) -> None:
+    """Mark the mutants that are not counted as skipped before they run: each would cost a whole test run."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        skipped = [
+            item.job_id
+            for item in db.work_items
+            if uncounted(tuple(item.mutations[0].start_pos), item.mutations[0].operator_name)
+        ]
+        if skipped:
+            db.set_multiple_results(skipped, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
+    print(f"{len(skipped)} mutants inside type annotations or listed as equivalent: skipped", flush=True)
+
+
 def run_module(module: str, clone: Path, data: Path, *, report_only: bool = False) -> tuple[int, int, list[str]]:
     """(mutants counted, killed, survivor descriptions) for one module; equivalent mutants are not counted."""
     tests = " ".join(f"tests/{name}" for name in MODULES[module])
@@ -238,19 +255,25 @@ def run_module(module: str, clone: Path, data: Path, *, report_only: bool = Fals
     config.write_text(
         "[cosmic-ray]\n"
         f'module-path = "{module}"\n'
-        "timeout = 600.0\n"
+        "timeout = 120.0\n"
         "excluded-modules = []\n"
         f'test-command = "{sys.executable} -m pytest -x -q -p no:cacheprovider {tests}"\n'
         '[cosmic-ray.distributor]\nname = "local"\n'
     )
     env = {**os.environ, "PYTHONPATH": str(clone), "EDGE_SHARED_DATA": str(data)}
     cosmic = [sys.executable, "-m", "cosmic_ray.cli"]
-    if not report_only:
-        subprocess.run([*cosmic, "init", str(config), str(session)], cwd=clone, env=env, check=True)
-        subprocess.run([*cosmic, "exec", str(config), str(session)], cwd=clone, env=env, check=True)
     source = (clone / module).read_text()
     lines = source.splitlines()
     annotations = _annotations(source)
+
+    def uncounted(start: tuple[int, int], operator: str) -> bool:
+        line = lines[start[0] - 1].strip()
+        return any(a <= start < b for a, b in annotations) or bool({(line, None), (line, operator)} & EQUIVALENT.keys())
+
+    if not report_only:
+        subprocess.run([*cosmic, "init", str(config), str(session)], cwd=clone, env=env, check=True)
+        _skip(session, uncounted)
+        subprocess.run([*cosmic, "exec", str(config), str(session)], cwd=clone, env=env, check=True)
     dump = subprocess.run(
         [*cosmic, "dump", str(session)], cwd=clone, env=env, check=True, capture_output=True, text=True
     )
@@ -262,10 +285,7 @@ def run_module(module: str, clone: Path, data: Path, *, report_only: bool = Fals
             continue
         total += 1
         m = item["mutations"][0]
-        line = lines[m["start_pos"][0] - 1].strip()
-        start = tuple(m["start_pos"])
-        operator = m["operator_name"]
-        if any(a <= start < b for a, b in annotations) or {(line, None), (line, operator)} & EQUIVALENT.keys():
+        if uncounted((m["start_pos"][0], m["start_pos"][1]), m["operator_name"]):
             total -= 1
             continue
         if result["test_outcome"] == "killed":
