@@ -3,6 +3,7 @@
 build     a model (ONNX) to a checked, simplified, FP32/FP16/INT8 bundle, refused if it drifts
 validate  compare a bundle with its reference model on images; the report as JSON
 inspect   verify a bundle (every file's hash) and print its manifest
+export-triton  bundles as a Triton Inference Server model repository (a district hub)
 """
 
 from __future__ import annotations
@@ -65,6 +66,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, help="engine cache folder (default: the appliance's)")
     p.add_argument("--timing-cache", type=Path, help="persistent TensorRT timing cache (default: in the cache)")
 
+    p = sub.add_parser("export-triton", help="bundles as a Triton model repository (one version per bundle)")
+    p.add_argument("bundles", type=Path, nargs="+")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the model repository (made, or added to)")
+    p.add_argument(
+        "--form",
+        choices=["onnx", "python", "tensorrt"],
+        default="onnx",
+        help="onnx: Triton's ONNX Runtime backend; python: its Python backend running ONNX Runtime; "
+        "tensorrt: engines built for the hub's GPU (--engines)",
+    )
+    p.add_argument("--max-batch", type=int, default=8, help="max_batch_size of the model")
+    p.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batching's wait for more requests")
+    p.add_argument("--instances", type=int, default=1, help="model instances on the hub")
+    p.add_argument("--engines", type=Path, help="engine cache holding the bundles' engines (tensorrt form)")
+    p.add_argument("--gpu", help="the GPU whose engines to take, where the cache holds several")
+
     p = sub.add_parser("keygen", help="make an Ed25519 key pair: KEY (private, 0600) and KEY.pub")
     p.add_argument("key", type=Path)
 
@@ -84,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args)
         if args.command == "engine":
             return _engine(args)
+        if args.command == "export-triton":
+            return _export_triton(args)
         if args.command == "keygen":
             print(f"public key (copy it to the appliance's trusted keys): {generate_key(args.key)}")
             return 0
@@ -174,6 +193,26 @@ def _engine(args: argparse.Namespace) -> int:
         retry=True,  # a person asked for it: a build that failed before is tried again
     )
     print(f"engine ready: {engine}")
+    return 0
+
+
+def _export_triton(args: argparse.Namespace) -> int:
+    from converters.triton_export import ExportOptions, export_triton
+
+    if args.form == "tensorrt" and args.engines is None:
+        raise ConversionError("the tensorrt form needs --engines (an engine cache with engines built on the hub)")
+    if not 1 <= args.max_batch <= 1024 or args.max_queue_delay_us < 0 or args.instances < 1:
+        raise ConversionError("--max-batch is 1 to 1024, --max-queue-delay-us 0 or more, --instances 1 or more")
+    options = ExportOptions(
+        form=args.form,
+        max_batch=args.max_batch,
+        max_queue_delay_us=args.max_queue_delay_us,
+        instances=args.instances,
+        engines=args.engines,
+        gpu=args.gpu,
+    )
+    for folder in export_triton([load_bundle(b) for b in args.bundles], args.output, options):
+        print(f"{folder.parent.name} version {folder.name}: {folder}")
     return 0
 
 

@@ -203,7 +203,7 @@ def add_cam(model: Any, score_output: str, name: str = "cam") -> tuple[Any, str 
 
 
 def _mean_over_hw(node: Any, inits: dict[str, Any]) -> str | None:
-    """"NCHW" or "NHWC" where `node` is a ReduceMean over a 4-D tensor's spatial axes, else None."""
+    """ "NCHW" or "NHWC" where `node` is a ReduceMean over a 4-D tensor's spatial axes, else None."""
     from onnx import helper, numpy_helper
 
     if node.op_type != "ReduceMean":

@@ -109,6 +109,26 @@ class StorageSettings(_Section):
     )
 
 
+class TritonSettings(_Section):
+    """A Triton Inference Server (a district hub) that runs the bundle for this box (`model.runner = "triton"`)."""
+
+    url: str = Field("", description="the hub's address, host:port (HTTP 8000, gRPC 8001); required for triton")
+    protocol: Literal["http", "grpc"] = Field("http", description="http, or grpc (needs tritonclient[grpc])")
+    timeout_s: float = Field(5.0, gt=0, le=600, description="a request to the hub taking longer fails over")
+    retry_s: float = Field(30.0, gt=0, le=3600, description="while the hub is away, how often it is tried again")
+    ssl: StrictBool = Field(False, description="TLS to the hub (or to the proxy in front of it)")
+    ca_file: Path | None = Field(None, description="certificate authority for the hub's certificate")
+    token: str = Field("", description="sent in token_header on every request, where the hub restricts access")
+    token_header: str = Field("triton-access-token", description="the header Triton's restricted API checks")
+
+    @model_validator(mode="after")
+    def _token_in_clear(self) -> TritonSettings:
+        host = self.url.rsplit(":", 1)[0].strip("[]")
+        if self.token and not self.ssl and host and not is_loopback(host):
+            raise ValueError("model.triton.token would cross the network in clear: set model.triton.ssl = true")
+        return self
+
+
 class ModelSettings(_Section):
     bundle: Path = Field(EMBEDDED_BUNDLE, description="model bundle directory; default: the embedded reference")
     extra_bundles: list[Path] = Field(default_factory=list, description="more bundles; each image goes to those fit")
@@ -127,11 +147,14 @@ class ModelSettings(_Section):
     require_signature: StrictBool = Field(False, description="accept only bundles signed by a trusted key")
     trusted_keys: list[Path] = Field(default_factory=list, description="Ed25519 public keys (PEM files or folders)")
     import_dir: Path | None = Field(None, description="where bundles are offered for import (a USB stick's mount)")
+    triton: TritonSettings = Field(default_factory=TritonSettings)
 
     @model_validator(mode="after")
     def _keys(self) -> ModelSettings:
         if self.require_signature and not self.trusted_keys:
             raise ValueError("require_signature needs at least one entry in trusted_keys")
+        if self.runner == "triton" and not self.triton.url:
+            raise ValueError('runner = "triton" needs model.triton.url (the hub\'s host:port)')
         return self
 
 

@@ -98,7 +98,7 @@ class Diagnoser:
             raise ConfigError(f"require_signature is set, but model.trusted_keys ({where}) hold no public key")
         bundle = load_bundle(bundle_path or model.bundle, trusted_keys=trusted)
         runner = open_runner(
-            bundle, model.runner, model.threads, settings.engine_cache, model.max_batch, model.dla_core
+            bundle, model.runner, model.threads, settings.engine_cache, model.max_batch, model.dla_core, model.triton
         )
         own = decoder is None
         if decoder is None:
@@ -140,7 +140,10 @@ class Diagnoser:
     @property
     def model_info(self) -> dict[str, str]:
         m = self.bundle.manifest
-        return {"name": m.name, "version": m.version, "precision": m.precision, "runner": self.runner.name}
+        info = {"name": m.name, "version": m.version, "precision": m.precision, "runner": self.runner.name}
+        if self.runner.where is not None:
+            info["server"] = self.runner.where
+        return info
 
     def diagnose(self, data: bytes | Path | str, source: str | None = None) -> Diagnosis:
         """Diagnose one image given as a path or its bytes. A bad image gives a rejected `Diagnosis`, an internal

@@ -65,6 +65,7 @@ class Service:
         self._followed = self.models.latest_change()
         self._problem: str | None = None  # a model put in service on the front that this worker could not load
         self._update: BackgroundBuild | None = None  # a model waiting for its TensorRT engine before it serves
+        self._said: str | None = None  # the problem worker.json holds
         self.registry: Registry | None = None
         self.worker: Worker | None = None
         self.sender: Sender | None = None
@@ -204,7 +205,8 @@ class Service:
 
     def _say_what_runs(self) -> None:
         if self.registry is not None:
-            write_status(self.settings.storage.data_dir, of_diagnosers(self.registry.diagnosers), self._problem)
+            self._said = self.problem()
+            write_status(self.settings.storage.data_dir, of_diagnosers(self.registry.diagnosers), self._said)
 
     def worker_running(self) -> bool:
         """Whether an inference worker serves this data directory: this process's, or the one holding the
@@ -221,8 +223,8 @@ class Service:
 
     def problem(self) -> str | None:
         """What is wrong with the models in service, in plain words, or None."""
-        if self.registry is not None:
-            return self._problem
+        if self.registry is not None:  # a model that could not be put in service, else a runner's (a hub away)
+            return self._problem or next((d.runner.problem for d in self.registry.diagnosers if d.runner.problem), None)
         if not self.worker_running():
             return "the inference worker is not running (edge-app-worker.service): images wait in the queue"
         said = read_status(self.settings.storage.data_dir)
@@ -358,6 +360,8 @@ class Service:
         assert self.registry is not None
         latest = self.models.latest_change()
         if latest == self._followed:
+            if self.problem() != self._said:  # a runner's state changed (a hub gone or back): the front shows it
+                self._say_what_runs()
             return
         self._followed = latest  # tried once: a model that cannot be loaded is reported, not retried each 0.2 s
         wanted = self._active_path() or self.settings.model.bundle

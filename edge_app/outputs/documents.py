@@ -73,7 +73,7 @@ def findings_report(
     ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
     ds.ConceptNameCodeSequence = [_code("AIFINDINGS", "AI findings")]
     items = [
-        _text("MODEL", "Model", f"{model['name']} {model['version']} ({model['precision']}, {model['runner']})"),
+        _text("MODEL", "Model", f"{model['name']} {model['version']} ({model['precision']}, {_where(model)})"),
         _text("BUNDLE", "Model bundle SHA-256", bundle_sha256),
         _text("NOTCLINICAL", "Intended use", "Not for clinical use: a demonstration, not a diagnosis"),
     ]
@@ -108,3 +108,8 @@ def heatmap_capture(header: ImageHeader, preview: NDArray[np.uint8], heatmap: ND
     ds.ConversionType, ds.ImageComments = "WSD", f"Heatmap of {label}; not for clinical use"
     set_pixel_data(ds, rgb, "RGB", 8)
     return _encode(ds)
+
+
+def _where(model: Mapping[str, str]) -> str:
+    """The runner that computed a result, and the server where it was not this box."""
+    return f"{model['runner']} at {model['server']}" if model.get("server") else model["runner"]

@@ -81,7 +81,8 @@ def study_report(
         model = result["model"]
         line(
             f"{t['model']}: {model.get('name', '')} {model.get('version', '')} "
-            f"({model.get('precision', '')}, {model.get('runner', '')})",
+            f"({model.get('precision', '')}, {model.get('runner', '')}"
+            + (f" {model['server']})" if model.get("server") else ")"),
             color=_GREY,
         )
         y -= 2 * mm

@@ -16,6 +16,8 @@ class Runner(abc.ABC):
     """Runs one bundle's model: `activate()` once, `infer()` many times, `deactivate()` to free it."""
 
     name: str
+    where: str | None = None  # the server that computed the last batch, where it was not this box
+    problem: str | None = None  # what keeps the runner from working as configured, in plain words
 
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle

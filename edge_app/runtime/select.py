@@ -14,13 +14,15 @@ from edge_app.runtime.base import Runner
 from edge_app.runtime.onnx import OnnxRuntimeRunner
 
 if TYPE_CHECKING:
+    from edge_app.config import TritonSettings
     from edge_app.runtime.build_process import BuildLimits
     from edge_app.runtime.tensorrt_build import BuildOptions
 
 log = logging.getLogger(__name__)
 
 # auto: TensorRT where this machine has it and an engine for this bundle is cached, else ONNX Runtime.
-RUNNER_NAMES = ("auto", "onnxruntime", "tensorrt")
+# triton: a Triton hub (model.triton), with what auto gives as the fallback while the hub cannot.
+RUNNER_NAMES = ("auto", "onnxruntime", "tensorrt", "triton")
 
 
 def open_runner(
@@ -30,11 +32,25 @@ def open_runner(
     engine_cache: Path | None = None,
     max_batch: int = 8,
     dla_core: int | None = None,
+    triton: TritonSettings | None = None,
 ) -> Runner:
     """Return an activated runner for `bundle`; raise `RuntimeUnavailable` if the one asked for cannot run."""
     if preference not in RUNNER_NAMES:
         raise RuntimeUnavailable(f"unknown runner {preference!r}; choose one of {', '.join(RUNNER_NAMES)}")
     runner: Runner
+    if preference == "triton":
+        from edge_app.runtime.triton import TritonRunner
+
+        if triton is None or not triton.url:
+            raise RuntimeUnavailable('runner = "triton" needs model.triton.url')
+        local = open_runner(bundle, "auto", threads, engine_cache, max_batch, dla_core)
+        try:
+            runner = TritonRunner(bundle, triton, local)
+            runner.activate()
+        except BaseException:
+            local.deactivate()
+            raise
+        return runner
     if preference in ("auto", "tensorrt"):
         try:
             runner = _tensorrt(bundle, engine_cache, max_batch, dla_core)

@@ -34,9 +34,7 @@ def require_tensorrt() -> None:
     except ImportError as exc:
         raise RuntimeUnavailable(f"TensorRT is not available on this machine ({exc}); {cuda.JETSON_HINT}") from None
     if getattr(tensorrt, "__file__", None) is None:  # only the type stubs (tensorrt-stubs): a namespace package
-        raise RuntimeUnavailable(
-            f"TensorRT is not available on this machine (only its type stubs); {cuda.JETSON_HINT}"
-        )
+        raise RuntimeUnavailable(f"TensorRT is not available on this machine (only its type stubs); {cuda.JETSON_HINT}")
 
 
 def trt_logger() -> Any:
