@@ -255,3 +255,97 @@ def test_two_processes_opening_an_old_database_at_once_take_turns(tmp_path: Path
         store = Store(folder)
         assert store.pragma("user_version") == VERSION
         store.close()
+
+
+def test_a_job_given_up_does_not_stop_the_next_being_claimed(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    first = _add(store, b"first", _header(sop="1.1"))
+    second = _add(store, b"second", _header(sop="1.2"))
+    for _ in range(3):
+        job = store.claim_job(lease_s=-1, max_attempts=3)
+        assert job is not None and job.image_id == first.image_id
+    # The first is given up; the same call goes on to the second.
+    job = store.claim_job(lease_s=60, max_attempts=3)
+    assert job is not None and job.image_id == second.image_id and job.attempts == 1
+    assert store.image_status(first.image_id)[0] == "failed"
+    store.close()
+
+
+def test_waiting_with_no_time_left_answers_at_once(tmp_path: Path) -> None:
+    import time
+
+    store = Store(tmp_path)
+    added = _add(store, b"image", _header())
+    started = time.monotonic()
+    assert store.wait_for(added.image_id, timeout=0) == ("queued", None)
+    assert time.monotonic() - started < 0.2
+    store.close()
+
+
+def test_an_output_taken_by_a_sender_is_held_from_the_others(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    added = _add(store, b"image", _header())
+    store.enqueue_outputs(added.image_id, [("pacs", "sr", "c" * 64)])
+    item = store.due_output(hold_s=60)
+    assert item is not None and (item.destination, item.kind) == ("pacs", "sr")
+    assert store.due_output(hold_s=60) is None, "held for the sender that has it"
+    store.output_done(item, "refused", retry_at=0.0)
+    again = store.due_output(hold_s=60)
+    assert again is not None and again.id == item.id and again.attempts == 1
+    store.output_done(again, None, None)
+    assert store.due_output(hold_s=60) is None
+    assert [o["state"] for o in store.outputs(added.image_id)] == ["sent"]
+    store.close()
+
+
+def test_a_result_says_its_reason_only_when_it_has_one(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    added = _add(store, b"image", _header())
+    job = store.claim_job(lease_s=60, max_attempts=3)
+    assert job is not None
+    ok = ModelResult("ok", MODEL, "b" * 64, findings=[{"label": "x"}])
+    refused = ModelResult("rejected", MODEL, "c" * 64, reason="not a chest")
+    store.finish_job(job, Outcome("done", results=[ok, refused]))
+    (image,) = store.get_study("1.2.3")["images"]
+    by_status = {r["status"]: r for r in image["results"]}
+    assert "reason" not in by_status["ok"] and by_status["rejected"]["reason"] == "not a chest"
+    assert image["id"] == added.image_id
+    store.close()
+
+
+def test_results_are_found_by_any_id_sqlite_can_hold(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    _add(store, b"image", _header())
+    job = store.claim_job(lease_s=60, max_attempts=3)
+    assert job is not None
+    store.finish_job(job, Outcome("done", results=[ModelResult("ok", MODEL, "b" * 64)]))
+    (row,) = store.query("SELECT id FROM results")
+    big = 2**63 - 1
+    with store.transaction() as db:
+        db.execute("UPDATE results SET id = ? WHERE id = ?", (big, row[0]))
+    assert store.get_result(big)["bundle_sha256"] == "b" * 64
+    for missing in (0, -1, 2**63, 10**30):
+        with pytest.raises(NotFound):
+            store.get_result(missing)
+    store.close()
+
+
+def test_orphans_are_removed_by_age_and_counted(tmp_path: Path) -> None:
+    import os
+    import time
+
+    store = Store(tmp_path)
+    kept = _add(store, b"image", _header())
+    young = store.put_file(b"young orphan")
+    old = store.put_file(b"old orphan")
+    ahead = store.put_file(b"an orphan stamped by a clock ahead")
+    hour_ago = time.time() - 3600
+    os.utime(store.file_path(old), (hour_ago, hour_ago))
+    later = time.time() + 30
+    os.utime(store.file_path(ahead), (later, later))
+    assert store.remove_orphans(min_age_s=600) == 1, "only the old one: the young may be about to get its row"
+    assert not store.file_path(old).exists() and store.file_path(young).exists()
+    assert store.remove_orphans() == 2, "at start, with no other writer: every orphan, whatever its time"
+    assert not store.file_path(young).exists() and not store.file_path(ahead).exists()
+    assert store.read_file(store.get_study("1.2.3")["images"][0]["sha256"]) == b"image" and kept.image_id
+    store.close()

@@ -58,6 +58,20 @@ MODULES: dict[str, list[str]] = {
 
 # Survivors that cannot be killed, by the source line they change and the operator (None: any), with the reason.
 EQUIVALENT = {
+    (
+        'problems = [str(r[0]) for r in self._db.execute("PRAGMA quick_check").fetchall()]',
+        "core/NumberReplacer",
+    ): "quick_check answers one-column rows: their first column is their last",
+    ("return int(row[0]) if row else None", "core/NumberReplacer"): "a one-column row",
+    ("(state, retry_at or 0, error, _now(), item.id),", "core/NumberReplacer"): (
+        "next_try of an item sent or given up: only queued items are ever read by it"
+    ),
+    ("*,", "core/ReplaceBinaryOperator_Mul_Div"): (
+        "keyword-only made positional-only for the leading arguments: every caller passes those by position"
+    ),
+    ("if 0 < result_id < 2**63:  # SQLite's INTEGER range", "core/ReplaceComparisonOperator_Lt_IsNot"): (
+        "`0 is not id < 2**63`: for 0 and the negatives the query finds no row either, NotFound all the same"
+    ),
     ("_CHUNK = 1 << 20", None): "the read size: any positive size reads the same bytes",
     (
         "return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]",
