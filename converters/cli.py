@@ -4,6 +4,10 @@ build     a model (ONNX) to a checked, simplified, FP32/FP16/INT8 bundle, refuse
 validate  compare a bundle with its reference model on images; the report as JSON
 inspect   verify a bundle (every file's hash) and print its manifest
 export-triton  bundles as a Triton Inference Server model repository (a district hub)
+
+Exit status: 0 done; 1 refused (the model or the bundle: the reason, and the gate's numbers as JSON where there
+are some; nothing written); 2 bad usage (an option, SPEC.toml, a path, what this machine lacks); 3 an internal
+error of edge-convert itself (a bug: the traceback is printed).
 """
 
 from __future__ import annotations
@@ -13,15 +17,17 @@ import json
 import logging
 import sys
 import tempfile
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from converters import export
-from converters.errors import ConversionError, FidelityGateFailed
+from converters.errors import ConversionError, FidelityGateFailed, Refused
 from converters.sign import generate_key, sign_bundle
 from converters.spec import Tolerance, load_spec
 from edge_app.bundle import load_bundle
-from edge_app.errors import EdgeAppError
+from edge_app.errors import BundleError, EdgeAppError
+from edge_app.runtime.tensorrt_build import EngineBuildError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,9 +123,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(exc.report, indent=2))
         print(f"edge-convert: {exc}; no bundle written", file=sys.stderr)
         return 1
-    except (ConversionError, EdgeAppError) as exc:
+    except (Refused, BundleError, EngineBuildError) as exc:  # the model or bundle is refused
+        print(f"edge-convert: {exc}", file=sys.stderr)
+        return 1
+    except EdgeAppError as exc:  # bad usage: an option, a spec, a path, this machine
         print(f"edge-convert: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug of edge-convert's own, not the user's: say so, keep the traceback
+        traceback.print_exc()
+        print(f"edge-convert: internal error ({type(exc).__name__}: {exc}); please report it", file=sys.stderr)
+        return 3
 
 
 def _need_convert_extra() -> None:

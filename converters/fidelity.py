@@ -53,6 +53,27 @@ def _sens_spec(y: NDArray[np.int8], decision: NDArray[np.bool_]) -> tuple[float 
     return sens, spec
 
 
+class GateReport(dict[str, Any]):
+    """The fidelity gate's report (a dict, as it is printed and kept in the manifest), and every criterion it
+    applies: agreement, probability differences and AUC drop (`compare`), speed-up, INT8 left in the graph."""
+
+    def fail(self, reason: str) -> None:
+        self.setdefault("failures", []).append(reason)
+        self["passed"] = False
+
+    def check_speedup(self, speedup: float, tolerance: Tolerance, gated: bool) -> None:
+        """Record the batch-1 speed-up on this CPU; it decides only where the CPU is what will run the model
+        (target onnxruntime). TensorRT's INT8 form is not what a CPU runs fast: reported, not gated."""
+        self["speedup_batch1"] = speedup
+        self["speedup_gated"] = gated
+        if gated and speedup < tolerance.min_speedup:
+            self.fail(f"INT8 is not faster: speed-up {speedup:.2f}x < {tolerance.min_speedup}x")
+
+    def check_quantized(self, quantize_nodes: int) -> None:
+        if quantize_nodes == 0:
+            self.fail("no node is left in INT8: this is an FP32 model, build it as fp32")
+
+
 def compare(
     labels: tuple[str, ...],
     thresholds: dict[str, float],
@@ -60,19 +81,21 @@ def compare(
     candidate: NDArray[np.float64],
     tolerance: Tolerance,
     truth: dict[str, NDArray[np.int8]] | None = None,
-) -> dict[str, Any]:
+) -> GateReport:
     """The report: decision agreement, probability differences, and AUC/sensitivity/specificity where labels are
     given; `passed` with the `failures` that stop it."""
     thr = np.array([thresholds[label] for label in labels])
     ref_dec, cand_dec = reference >= thr, candidate >= thr
     diff = np.abs(reference - candidate)
-    report: dict[str, Any] = {
-        "n_images": int(reference.shape[0]),
-        "decision_agreement": float((ref_dec == cand_dec).mean()),
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
-        "per_label": {},
-    }
+    report = GateReport(
+        {
+            "n_images": int(reference.shape[0]),
+            "decision_agreement": float((ref_dec == cand_dec).mean()),
+            "max_abs_diff": float(diff.max()),
+            "mean_abs_diff": float(diff.mean()),
+            "per_label": {},
+        }
+    )
     failures = []
     for j, label in enumerate(labels):
         entry: dict[str, Any] = {

@@ -77,29 +77,44 @@ def to_int8(
 
 
 def most_sensitive_nodes(
-    fp32_path: Path, qdq_path: Path, input_name: str, sample: NDArray[np.generic], count: int, skip: set[str]
+    qdq_path: Path, input_name: str, sample: NDArray[np.generic], count: int, skip: set[str]
 ) -> list[str]:
-    """Nodes whose own quantization loses the most signal (lowest SQNR of quantize-dequantize), worst first."""
+    """Nodes of the QDQ graph whose output loses the most signal to its own quantize-dequantize (lowest SQNR of
+    the tensor before vs after its Q/DQ pair), worst first.
+
+    Everything is read from the QDQ graph alone: its tensor and node names are the ones `nodes_to_exclude` will
+    be matched against, whatever exporter named them (torch.onnx dynamo, Keras, tf2onnx), and a tensor of the
+    original graph that pre-processing renamed or fused away is simply not ranked."""
     import onnx
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
-        compute_activation_error,
+        compute_signal_to_quantization_noice_ratio,
         create_activation_matching,
         modify_model_output_intermediate_tensors,
     )
 
     with tempfile.TemporaryDirectory() as tmp:
-        aug_fp32, aug_qdq = Path(tmp) / "fp32.onnx", Path(tmp) / "qdq.onnx"
-        modify_model_output_intermediate_tensors(str(fp32_path), str(aug_fp32))
-        modify_model_output_intermediate_tensors(str(qdq_path), str(aug_qdq))
-        float_acts = collect_activations(str(aug_fp32), _Reader(input_name, sample))
-        qdq_acts = collect_activations(str(aug_qdq), _Reader(input_name, sample))
-    errors = compute_activation_error(create_activation_matching(qdq_acts, float_acts))
-    producer = {out: node.name for node in onnx.load(str(fp32_path)).graph.node for out in node.output}
-    ranked = sorted(
-        ((err.get("qdq_err", float("inf")), producer[name]) for name, err in errors.items() if name in producer),
-        key=lambda item: item[0],
-    )
+        augmented = Path(tmp) / "qdq.onnx"
+        modify_model_output_intermediate_tensors(str(qdq_path), str(augmented))
+        activations = collect_activations(str(augmented), _Reader(input_name, sample))
+    matching = create_activation_matching(activations)
+    nodes = {out: node for node in onnx.load(str(qdq_path)).graph.node for out in node.output}
+
+    def computing(tensor: str) -> str | None:
+        """The node that computes `tensor`, looking through the quantizer's own Q/DQ pairs."""
+        node = nodes.get(tensor)
+        while node is not None and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            node = nodes.get(node.input[0])
+        return node.name if node is not None else None
+
+    producer = {name: node for name in matching if (node := computing(name)) is not None}
+    ranked = []
+    for name, match in matching.items():
+        before, after = match.get("pre_qdq"), match.get("post_qdq")
+        if before is None or after is None or name not in producer:
+            continue
+        ranked.append((float(compute_signal_to_quantization_noice_ratio(before, after)), producer[name]))
+    ranked.sort(key=lambda item: item[0])
     picked: list[str] = []
     for _, node in ranked:
         if node not in skip and node not in picked:

@@ -367,14 +367,9 @@ def test_unusable_reference_and_output_are_plain_errors(nih_split: dict[str, Pat
 
 
 def test_the_fallback_keeps_the_most_sensitive_nodes_in_fp32(nih_split: dict[str, Path], tmp_path: Path) -> None:
-    """The nodes picked are those whose own quantization loses the most signal: ORT's per-tensor SQNR of the
-    quantized model against the float one, lowest first."""
-    from onnxruntime.quantization.qdq_loss_debug import (
-        collect_activations,
-        compute_activation_error,
-        create_activation_matching,
-        modify_model_output_intermediate_tensors,
-    )
+    """The nodes picked are those whose own quantization loses the most signal: the SQNR of each tensor of the
+    QDQ graph before vs after its quantize-dequantize pair, lowest first (computed here with numpy)."""
+    from onnxruntime.quantization.qdq_loss_debug import collect_activations, modify_model_output_intermediate_tensors
 
     from converters import quantize
     from converters.images import load_images
@@ -385,27 +380,94 @@ def test_the_fallback_keeps_the_most_sensitive_nodes_in_fp32(nih_split: dict[str
     qdq = tmp_path / "qdq.onnx"
     quantize.to_int8(REFERENCE, qdq, "image", images.tensors[:64], spec.calibration, [])
     sample = images.tensors[:16]
-    picked = quantize.most_sensitive_nodes(REFERENCE, qdq, "image", sample, 3, set())
+    picked = quantize.most_sensitive_nodes(qdq, "image", sample, 3, set())
 
-    aug_fp32, aug_qdq = tmp_path / "a32.onnx", tmp_path / "aq.onnx"
-    modify_model_output_intermediate_tensors(str(REFERENCE), str(aug_fp32))
-    modify_model_output_intermediate_tensors(str(qdq), str(aug_qdq))
-    errors = compute_activation_error(
-        create_activation_matching(
-            collect_activations(str(aug_qdq), _Reader("image", sample)),
-            collect_activations(str(aug_fp32), _Reader("image", sample)),
-        )
-    )
-    producer = {out: node.name for node in onnx.load(str(REFERENCE)).graph.node for out in node.output}
+    augmented = tmp_path / "aq.onnx"
+    modify_model_output_intermediate_tensors(str(qdq), str(augmented))
+    acts = collect_activations(str(augmented), _Reader("image", sample))
+    graph = onnx.load(str(qdq)).graph
+    producer = {out: node.name for node in graph.node for out in node.output}
+    quantized = {node.input[0]: node.output[0] for node in graph.node if node.op_type == "QuantizeLinear"}
+    dequantized = {node.input[0]: node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
     sqnr: dict[str, float] = {}
-    for tensor, err in errors.items():
-        if tensor in producer and "qdq_err" in err:
-            sqnr[producer[tensor]] = min(sqnr.get(producer[tensor], np.inf), err["qdq_err"])
+    for tensor, q in quantized.items():
+        if tensor not in producer or tensor not in acts or dequantized.get(q) not in acts:
+            continue
+        before = np.concatenate([a.ravel() for a in acts[tensor]])
+        after = np.concatenate([a.ravel() for a in acts[dequantized[q]]])
+        noise = np.sum((before - after) ** 2)
+        value = 10 * np.log10(np.sum(before**2) / noise) if noise else np.inf
+        sqnr[producer[tensor]] = min(sqnr.get(producer[tensor], np.inf), value)
     worst = sorted(sqnr, key=lambda node: sqnr[node])
     assert len(picked) == 3 and picked == worst[:3]
     assert max(sqnr[n] for n in picked) <= min(sqnr[n] for n in worst[3:])
-    again = quantize.most_sensitive_nodes(REFERENCE, qdq, "image", sample, 2, set(picked[:1]))
+    again = quantize.most_sensitive_nodes(qdq, "image", sample, 2, set(picked[:1]))
     assert again == worst[1:3], "nodes already kept in FP32 are skipped"
+
+
+EXPORTER_NAMES = {
+    # tf2onnx: scoped names with ":0" outputs; Keras 3 on torch through torch.onnx's dynamo exporter: short
+    # generated names, one of them "float" (the name that crashed onnxruntime's matching); onnx.helper: plain.
+    "tf2onnx": lambda name: f"StatefulPartitionedCall/model/{name}/BiasAdd:0",
+    "dynamo": lambda name: {"conv": "convolution", "relu": "float", "gap": "mean", "flat": "view"}.get(name, name),
+    "keras": lambda name: f"functional_1/{name}_1/{name.capitalize()}",
+}
+
+
+@pytest.mark.parametrize("exporter", sorted(EXPORTER_NAMES))
+def test_the_int8_fallback_works_on_every_exporters_names_and_refuses_with_numbers(
+    nih_split: dict[str, Path], tmp_path: Path, exporter: str
+) -> None:
+    """An INT8 gate that cannot pass (a tolerance of nothing): the fallback ranks and keeps nodes named as that
+    exporter names them, then the build is refused with its numbers; edge-convert exits 1, no traceback."""
+    path = tmp_path / "model.onnx"
+    _nhwc_model(path, external=False)
+    model = onnx.load(str(path))
+    rename = EXPORTER_NAMES[exporter]
+    keep = {"input_1", "probs", "conv_w", "conv_b", "fc_w"}
+    for node in model.graph.node:
+        node.name = rename(node.output[0])
+        node.input[:] = [i if i in keep else rename(i) for i in node.input]
+        node.output[:] = [o if o in keep else rename(o) for o in node.output]
+    onnx.save(model, str(path))
+    spec_path = tmp_path / "spec.toml"
+    spec_path.write_text(
+        NHWC_SPEC + "calibration = { max_fallback_rounds = 2 }\n"
+        "tolerance = { max_abs_diff = 0.0, mean_abs_diff = 0.0, min_agreement = 1.0 }\n"
+    )
+    exe = Path(sys.executable).parent / "edge-convert"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "converters.cli"]
+    out = tmp_path / "bundle"
+    proc = subprocess.run(
+        [
+            *cmd,
+            "build",
+            str(path),
+            "--spec",
+            str(spec_path),
+            "--precision",
+            "int8",
+            "-q",
+            "--calibration",
+            str(nih_split["train"]),
+            "--validation",
+            str(nih_split["test"]),
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "no bundle written" in proc.stderr
+    report = json.loads(proc.stdout[proc.stdout.index("{") :])
+    assert not report["passed"] and report["failures"]
+    assert 0.0 < report["decision_agreement"] <= 1.0 and report["max_abs_diff"] >= 0.0 and report["n_images"] == 200
+    assert report["nodes_kept_fp32"], "the fallback ranked and kept nodes"
+    computing = {node.name for node in model.graph.node} | {"cam_head"}  # the heatmap head the converter adds
+    assert set(report["nodes_kept_fp32"]) <= computing, "nodes that compute, never the quantizer's own Q/DQ"
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(("opset", "keepdims"), [(13, 0), (18, 0), (18, 1)])

@@ -132,3 +132,22 @@ def test_latency_is_measured_in_milliseconds_of_the_run_itself(tmp_path: Path) -
     assert 0 < got["p50_ms"] <= got["p95_ms"] and got["p50_ms"] * 20 < wall_ms, "each run's own time, in ms"
     assert got["images_per_s"] == pytest.approx(4 * 1e3 / got["p50_ms"], rel=0.5), "4 images a run"
     assert got["images_per_s"] > 4 * 1e3 / wall_ms
+
+
+def test_the_cpu_speed_up_decides_only_where_the_cpu_runs_the_model() -> None:
+    from converters.fidelity import GateReport
+    from converters.spec import Tolerance
+
+    tolerance = Tolerance(min_speedup=1.1)
+    for gated, speedup, passed in ((True, 1.09, False), (True, 1.1, True), (False, 0.5, True)):
+        report = GateReport(passed=True, failures=[])
+        report.check_speedup(speedup, tolerance, gated)
+        assert report["speedup_batch1"] == speedup and report["speedup_gated"] is gated
+        assert report["passed"] is passed, (gated, speedup)
+        if not passed:
+            assert report["failures"] == ["INT8 is not faster: speed-up 1.09x < 1.1x"]
+    report = GateReport(passed=True, failures=[])
+    report.check_quantized(3)
+    assert report["passed"]
+    report.check_quantized(0)
+    assert not report["passed"] and "no node is left in INT8" in report["failures"][0]

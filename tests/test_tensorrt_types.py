@@ -49,7 +49,7 @@ def _mypy(typings: Path, tmp_path: Path, files: list[str]) -> subprocess.Complet
     config.write_text(
         "[mypy]\npython_version = 3.10\nstrict = True\nplugins = pydantic.mypy\n"
         "[mypy-tensorrt.*,tensorrt_bindings.*]\nignore_errors = True\n"
-        "[mypy-cuda.*,pydicom.*,onnxruntime.*,PIL.*,tomli]\nignore_missing_imports = True\n"
+        "[mypy-cuda.*,tritonclient.*,pydicom.*,onnxruntime.*,PIL.*,tomli]\nignore_missing_imports = True\n"
         "[mypy-edge_app.runtime.tensorrt_build]\ndisallow_subclassing_any = False\n"
     )
     return subprocess.run(
