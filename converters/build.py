@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -15,11 +14,12 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from converters import fidelity, graph, quantize
+from converters.bundle_writer import check_target, listed_files, staged_bundle
 from converters.errors import ConversionError, FidelityGateFailed, ModelError
 from converters.images import ImageSet, load_images, read_labels
 from converters.spec import Spec
 from edge_app import __version__
-from edge_app.bundle import load_bundle, sha256_file, write_manifest
+from edge_app.bundle import sha256_file, write_manifest
 from edge_app.errors import EdgeAppError
 from edge_app.manifest import Manifest, OutputSpec, Provenance
 
@@ -84,10 +84,7 @@ def build(inputs: BuildInputs, steps: Steps | None = None) -> tuple[Path, dict[s
     """Convert and gate; write the bundle only if the gate passes. Returns the bundle path and the gate report."""
     steps = steps or Steps()
     spec = inputs.spec
-    if inputs.output.exists() and not inputs.output.is_dir():
-        raise ConversionError(f"{inputs.output} is a file; give a new folder for the bundle")
-    if inputs.output.exists() and any(inputs.output.iterdir()):
-        raise ConversionError(f"{inputs.output} exists and is not empty; choose a new bundle folder")
+    check_target(inputs.output)  # before the long work, as well as when writing
     if inputs.precision != "fp32" and inputs.validation is None:
         raise ConversionError(f"{inputs.precision} needs --validation images: the fidelity gate is not optional")
     if inputs.precision == "int8" and inputs.calibration is None:
@@ -278,12 +275,10 @@ def _write(
     truth: dict[str, Any] | None,
     reference_inputs: Any,
 ) -> Path:
-    """Assemble the bundle in a sibling temporary folder and rename it into place: all or nothing."""
+    """Assemble the bundle with the one bundle writer: all or nothing."""
     spec = inputs.spec
     out = inputs.output
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with staged_bundle(out) as staging:
         shutil.copy(candidate, staging / "model.onnx")
         if reference_inputs is not None:
             fidelity.save_reference_io(staging, fp32, spec.input.name, spec.output.name, reference_inputs)
@@ -322,14 +317,7 @@ def _write(
             fidelity=report,
             attribution=spec.attribution,
             not_for_clinical_use=spec.not_for_clinical_use,
-            files={p.name: sha256_file(p) for p in sorted(staging.iterdir())},
+            files=listed_files(staging),
         )
         write_manifest(staging, manifest)
-        load_bundle(staging)  # what we hand over must load
-        if out.exists():
-            out.rmdir()
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out

@@ -14,14 +14,13 @@ import csv
 import datetime as dt
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from converters.bundle_writer import listed_files, staged_bundle
 from converters.fidelity import save_reference_io
 from converters.images import load_files
 from edge_app.bundle import sha256_file, write_manifest
@@ -287,19 +286,17 @@ def main(argv: list[str] | None = None) -> None:
         }
         print(f"{label:14s} AUC {a:.3f} [{lo:.3f}, {hi:.3f}]  baseline {b:.3f} [{blo:.3f}, {bhi:.3f}]  thr {thr:.3f}")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = Path(tmp) / "model.onnx"
-        export_onnx(net, onnx_path, spec)
-        args.output.mkdir(parents=True, exist_ok=True)
-        for old in args.output.iterdir():
-            old.unlink()
-        shutil.copy(onnx_path, args.output / "model.onnx")
-    # Reference inputs and outputs (train-split images): a TensorRT engine built from the bundle is checked on them.
-    save_reference_io(args.output, args.output / "model.onnx", spec.name, "logits", x_all[val_idx][:8])
-    write_bundle(args, per_label, thresholds, best_epoch, best_val, len(fit_idx), len(val_idx), len(test_names))
+    with staged_bundle(args.output, replace=True) as staging:
+        export_onnx(net, staging / "model.onnx", spec)
+        # Reference inputs and outputs (train-split images): an engine built from the bundle is checked on them.
+        save_reference_io(staging, staging / "model.onnx", spec.name, "logits", x_all[val_idx][:8])
+        write_bundle(
+            staging, args, per_label, thresholds, best_epoch, best_val, len(fit_idx), len(val_idx), len(test_names)
+        )
 
 
 def write_bundle(
+    out: Path,
     args: argparse.Namespace,
     per_label: dict[str, Any],
     thresholds: dict[str, float],
@@ -309,7 +306,6 @@ def write_bundle(
     n_val: int,
     n_test: int,
 ) -> None:
-    out: Path = args.output
     model_sha = sha256_file(out / "model.onnx")
     claimed = [label for label, m in per_label.items() if m["separates"]]
     card = model_card(per_label, claimed, thresholds, args.size)
@@ -353,7 +349,7 @@ def write_bundle(
         },
         attribution=ATTRIBUTION,
         not_for_clinical_use=True,
-        files={p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.name != "manifest.json"},
+        files=listed_files(out),
     )
     write_manifest(out, manifest)
     print(json.dumps(manifest.metrics, indent=1))
