@@ -1,0 +1,101 @@
+"""Graph cleaning before INT8: scale/shift chains folded into their Conv, Transpose pairs removed, the outputs
+unchanged (to float rounding)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from converters.fold import cancel_transposes, fold_scale_shift
+
+RNG = np.random.default_rng(0)
+
+
+def _const(name: str, shape: tuple[int, ...], low: float = 0.5, high: float = 1.5) -> onnx.TensorProto:
+    return numpy_helper.from_array(RNG.uniform(low, high, shape).astype(np.float32), name)
+
+
+def _model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], outputs: list[str]) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8, 8, 4])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})
+
+
+def _keras_style() -> onnx.ModelProto:
+    """NHWC in; Transpose, Conv, BatchNorm as Sub/Mul/Add, ReLU, Transpose back; a depthwise Conv the same way
+    with a Div and a reversed Sub; a bias-free Conv."""
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t0"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["t0", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Sub", ["c1", "mean1"], ["s1"]),
+        helper.make_node("Mul", ["s1", "scale1"], ["m1"]),
+        helper.make_node("Add", ["m1", "beta1"], ["a1"]),
+        helper.make_node("Relu", ["a1"], ["r1"]),
+        helper.make_node("Transpose", ["r1"], ["t1"], perm=[0, 2, 3, 1]),
+        helper.make_node("Transpose", ["t1"], ["t2"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["t2", "w2"], ["c2"], pads=[1, 1, 1, 1], group=6),
+        helper.make_node("Div", ["c2", "div2"], ["d2"]),
+        helper.make_node("Sub", ["shift2", "d2"], ["s2"]),
+        helper.make_node("Relu", ["s2"], ["r2"]),
+        helper.make_node("Transpose", ["r2"], ["y"], perm=[0, 2, 3, 1]),
+    ]
+    inits = [
+        _const("w1", (6, 4, 3, 3), -1, 1),
+        _const("b1", (6,), -1, 1),
+        _const("mean1", (1, 6, 1, 1), -1, 1),
+        _const("scale1", (1, 6, 1, 1)),
+        _const("beta1", (1, 6, 1, 1), -1, 1),
+        _const("w2", (6, 1, 3, 3), -1, 1),
+        _const("div2", (6, 1, 1)),
+        _const("shift2", (), -1, 1),
+    ]
+    return _model(nodes, inits, ["y"])
+
+
+def test_batchnorm_chains_and_transpose_pairs_fold_away_exactly() -> None:
+    model = _keras_style()
+    x = RNG.uniform(-1, 1, (3, 8, 8, 4)).astype(np.float32)
+    (before,) = _run(model, x)
+    folded, count = fold_scale_shift(onnx.ModelProto.FromString(model.SerializeToString()))
+    assert count == 5, "Sub, Mul, Add after the first Conv; Div, reversed Sub after the depthwise one"
+    cleaned, removed = cancel_transposes(folded)
+    assert removed == 2, "the pair between the two convolutions; the outer two stay"
+    ops = [n.op_type for n in cleaned.graph.node]
+    assert ops == ["Transpose", "Conv", "Relu", "Conv", "Relu", "Transpose"]
+    (after,) = _run(cleaned, x)
+    assert np.abs(before - after).max() < 1e-5
+    assert {i.name for i in cleaned.graph.initializer} == {
+        n.input[i] for n in cleaned.graph.node for i in (1, 2) if n.op_type == "Conv"
+    }, "no initializer left unused"
+
+
+@pytest.mark.parametrize(
+    ("case", "shape"),
+    [("per last axis (NHWC), not per channel", (6,)), ("read twice", (1, 6, 1, 1)), ("varies in space", (1, 6, 8, 8))],
+)
+def test_what_is_not_a_per_channel_chain_is_left_alone(case: str, shape: tuple[int, ...]) -> None:
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t0"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["t0", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["c1", "k"], ["m1"]),
+    ]
+    outputs = ["m1"]
+    if case == "read twice":
+        nodes.append(helper.make_node("Relu", ["c1"], ["r1"]))
+        outputs.append("r1")
+    model = _model(nodes, [_const("w1", (6, 4, 3, 3), -1, 1), _const("k", shape)], outputs)
+    _, count = fold_scale_shift(model)
+    assert count == 0, case
