@@ -350,7 +350,7 @@ def tritonserver_dist() -> Path:
 class TritonServer:
     """A real Triton server on 127.0.0.1 serving `repository`, its Python backend running in this environment."""
 
-    def __init__(self, repository: Path, work: Path) -> None:
+    def __init__(self, repository: Path, work: Path, *extra: str) -> None:
         dist = tritonserver_dist()
         version = f"{sys.version_info[0]}.{sys.version_info[1]}"
         backend = work / "backends" / "python"
@@ -369,6 +369,7 @@ class TritonServer:
             "--grpc-address=127.0.0.1",
             "--allow-metrics=false",
             "--exit-timeout-secs=5",
+            *extra,
         ]
         libs = [str(dist.parent.parent / "nvidia_pytriton.libs"), str(Path(sys.base_prefix) / "lib")]
         self.env = {
@@ -377,15 +378,15 @@ class TritonServer:
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         }
         self.log = work / "tritonserver.log"
-        self.port = 0
+        self.port = self.grpc_port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, port: int | None = None) -> TritonServer:
         self.port = port or _free_port()
-        grpc = _free_port()
+        self.grpc_port = _free_port()
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [*self.command, f"--http-port={self.port}", f"--grpc-port={grpc}"],
+                [*self.command, f"--http-port={self.port}", f"--grpc-port={self.grpc_port}"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,

@@ -4,6 +4,7 @@ on 127.0.0.1, including the hub going away and coming back."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import subprocess
@@ -148,9 +149,7 @@ def test_a_real_triton_runs_the_bundle_version_this_box_has(hub: TritonServer, v
 
     config = http.InferenceServerClient(hub.url).get_model_config("cxr-reference")
     assert config["max_batch_size"] == 4 and config["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
-    assert [(i["name"], i["data_type"], i["dims"]) for i in config["input"]] == [
-        ("image", "TYPE_FP32", [1, 64, 64])
-    ]
+    assert [(i["name"], i["data_type"], i["dims"]) for i in config["input"]] == [("image", "TYPE_FP32", [1, 64, 64])]
     bundle = versions[1]
     settings = TritonSettings(url=hub.url)
     with (
@@ -255,3 +254,101 @@ def test_triton_settings_are_checked() -> None:
         TritonSettings(url="hub.clinic.lan:8000", token="secret")
     TritonSettings(url="hub.clinic.lan:8000", token="secret", ssl=True)
     TritonSettings(url="127.0.0.1:8000", token="secret")
+
+
+def test_grpc_as_well_as_http(hub: TritonServer, versions: list[Bundle]) -> None:
+    bundle = versions[0]
+    settings = TritonSettings(url=f"127.0.0.1:{hub.grpc_port}", protocol="grpc")
+    with (
+        TritonRunner(bundle, settings, OnnxRuntimeRunner(bundle, threads=1)) as runner,
+        OnnxRuntimeRunner(bundle, threads=1) as local,
+    ):
+        got, want = runner.infer(_batch(bundle, 3, 5)), local.infer(_batch(bundle, 3, 5))
+        assert (runner.name, runner.problem) == ("triton", None)
+        assert np.allclose(got["logits"], want["logits"], atol=1e-6) and np.allclose(got["cam"], want["cam"], atol=1e-6)
+
+
+class _TlsProxy:
+    """TLS in front of a plain TCP port (as a hub's reverse proxy would be): one thread per connection."""
+
+    def __init__(self, target: int, cert: Path, key: Path) -> None:
+        import socket
+        import ssl
+        import threading
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+
+        def pipe(a: socket.socket, b: socket.socket) -> None:
+            try:
+                while data := a.recv(65536):
+                    b.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (a, b):
+                    with contextlib.suppress(OSError):
+                        s.shutdown(socket.SHUT_RDWR)
+
+        def serve() -> None:
+            while True:
+                try:
+                    raw, _ = self.listener.accept()
+                except OSError:
+                    return
+                try:
+                    client = context.wrap_socket(raw, server_side=True)
+                except (OSError, ssl.SSLError):
+                    raw.close()
+                    continue
+                upstream = socket.create_connection(("127.0.0.1", target))
+                threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+                threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_tls_to_the_hub_with_the_clinics_certificate(hub: TritonServer, versions: list[Bundle], tmp_path: Path) -> None:
+    from edge_app.keys import init_tls
+
+    settings = Settings.model_validate({"storage": {"data_dir": str(tmp_path)}})
+    cert, key, _ = init_tls(settings, ["127.0.0.1"])
+    proxy = _TlsProxy(hub.port, cert, key)
+    bundle = versions[0]
+    try:
+        trusted = TritonSettings(url=f"127.0.0.1:{proxy.port}", ssl=True, ca_file=cert)
+        with TritonRunner(bundle, trusted, OnnxRuntimeRunner(bundle, threads=1)) as runner:
+            runner.infer(_batch(bundle, 1, 0))
+            assert (runner.name, runner.problem) == ("triton", None)
+        unknown = TritonSettings(url=f"127.0.0.1:{proxy.port}", ssl=True)  # the system's CAs: not the clinic's
+        with TritonRunner(bundle, unknown, OnnxRuntimeRunner(bundle, threads=1)) as runner:
+            runner.infer(_batch(bundle, 1, 0))
+            assert runner.name == "onnxruntime" and runner.problem is not None
+            assert "CERTIFICATE_VERIFY_FAILED" in runner.problem
+    finally:
+        proxy.close()
+
+
+def test_a_hub_that_asks_for_a_token(tmp_path: Path, versions: list[Bundle]) -> None:
+    repository = tmp_path / "repository"
+    export_triton(versions[:1], repository, ExportOptions(form="python"))
+    restricted = "--http-restricted-api=inference,model-config,metadata:triton-access-token=s3cret"
+    server = TritonServer(repository, tmp_path / "triton", restricted).start()
+    bundle = versions[0]
+    try:
+        with TritonRunner(
+            bundle, TritonSettings(url=server.url, token="s3cret"), OnnxRuntimeRunner(bundle, threads=1)
+        ) as runner:
+            runner.infer(_batch(bundle, 1, 0))
+            assert (runner.name, runner.problem) == ("triton", None)
+        with TritonRunner(bundle, TritonSettings(url=server.url), OnnxRuntimeRunner(bundle, threads=1)) as runner:
+            runner.infer(_batch(bundle, 1, 0))
+            assert runner.name == "onnxruntime" and runner.problem is not None
+            assert "triton-access-token" in runner.problem or "restricted" in runner.problem.lower(), runner.problem
+    finally:
+        server.stop()

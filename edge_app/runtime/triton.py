@@ -95,11 +95,9 @@ class TritonRunner(Runner):
             return module.InferenceServerClient(
                 s.url, ssl=s.ssl, root_certificates=str(s.ca_file) if s.ca_file else None
             )
-        import ssl
-
-        factory = (lambda: ssl.create_default_context(cafile=str(s.ca_file))) if s.ca_file else None
+        ssl_options = {"ca_certs": str(s.ca_file)} if s.ca_file else None
         return module.InferenceServerClient(
-            s.url, connection_timeout=s.timeout_s, network_timeout=s.timeout_s, ssl=s.ssl, ssl_context_factory=factory
+            s.url, connection_timeout=s.timeout_s, network_timeout=s.timeout_s, ssl=s.ssl, ssl_options=ssl_options
         )
 
     def _client_here(self) -> Any:

@@ -7,8 +7,9 @@ softmax over normal / abnormal) on the NIH train split, and exports it the way K
 through `torch.onnx.export(dynamo=True, external_data=True)`: every BatchNorm as Sub/Mul/Add with [1, C, 1, 1]
 constants after its Conv, an NHWC/NCHW Transpose pair around every Conv, the head a ReduceMean over H and W.
 Then `edge-convert build` makes INT8 bundles of it (calibrated on the train split, gated on the 200 test
-images) with each calibration and target, and prints decision agreement, max difference, CPU speed-up and
-whether the gate passed; and the same for the reference model.
+images) with each calibration and target, and prints decision agreement, max difference, CPU speed-up, whether
+the gate passed and how many nodes the fallback kept in FP32. The reference model's figures:
+tests/benchmarks/int8_speed.py.
 """
 
 from __future__ import annotations
@@ -193,6 +194,10 @@ def main() -> int:
         model = train_and_export(args.work, args.epochs)
     spec = args.work / "spec.toml"
     variants = {
+        "tensorrt-minmax-try1": 'calibration = { method = "minmax", max_fallback_rounds = 0 }\n',
+        "onnxruntime-minmax-try1": (
+            'calibration = { method = "minmax", target = "onnxruntime", max_fallback_rounds = 0 }\n'
+        ),
         "tensorrt-minmax": 'calibration = { method = "minmax", target = "tensorrt" }\n',
         "tensorrt-percentile": 'calibration = { method = "percentile", target = "tensorrt" }\n',
         "onnxruntime-minmax": 'calibration = { method = "minmax", target = "onnxruntime" }\n',
