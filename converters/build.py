@@ -125,11 +125,11 @@ def build(inputs: BuildInputs, steps: Steps | None = None) -> tuple[Path, dict[s
         if inputs.precision == "fp32":
             shutil.copy(fp32, candidate)
             if validation is not None:
-                report = _gate(steps, reference, candidate, spec, validation, truth, speed=False)
+                report = _gate(steps, reference, candidate, spec, validation, truth, speed_against=None)
         elif inputs.precision == "fp16":
             steps.run("convert to FP16", lambda: graph.save(quantize.to_fp16(model), candidate), lambda _: "ok")
             assert validation is not None
-            report = _gate(steps, reference, candidate, spec, validation, truth, speed=False)
+            report = _gate(steps, reference, candidate, spec, validation, truth, speed_against=None)
         else:
             assert inputs.calibration is not None and validation is not None
             report = _int8(steps, inputs, reference, fp32, candidate, validation, truth)
@@ -210,7 +210,7 @@ def _gate(
     spec: Spec,
     validation: ImageSet,
     truth: dict[str, Any] | None,
-    speed: bool,
+    speed_against: Path | None,
     label: str = "fidelity gate",
 ) -> fidelity.GateReport:
     def run() -> fidelity.GateReport:
@@ -219,9 +219,9 @@ def _gate(
         cand = fidelity.predict(candidate, spec.input, spec.output, n, validation.tensors)
         report = fidelity.compare(spec.labels, spec.threshold_map(), ref, cand, spec.tolerance, truth)
         report["n_refused"] = len(validation.rejected)
-        if speed:
+        if speed_against is not None:  # the FP32 graph as it would be bundled (cleaned), not the one given
             x = validation.tensors[:1]
-            before = fidelity.latency(reference, spec.input.name, x, runs=200)
+            before = fidelity.latency(speed_against, spec.input.name, x, runs=200)
             after = fidelity.latency(candidate, spec.input.name, x, runs=200)
             gated = spec.calibration.target == "onnxruntime"
             report.check_speedup(before["p50_ms"] / after["p50_ms"], spec.tolerance, gated)
@@ -270,7 +270,7 @@ def _int8(
             spec,
             validation,
             truth,
-            speed=True,
+            speed_against=fp32,
             label=f"fidelity gate, try {attempt + 1}",
         )
         report["nodes_kept_fp32"] = list(excluded)
