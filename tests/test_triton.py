@@ -19,7 +19,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import ROOT, TritonServer, bundle_variant
+from conftest import ROOT, AuthActions, TritonServer, bundle_variant
 from converters.triton_export import ExportOptions, export_triton
 from edge_app.bundle import Bundle, load_bundle
 from edge_app.config import EMBEDDED_BUNDLE, Settings, TritonSettings
@@ -233,6 +233,10 @@ def test_the_service_on_a_hub_names_it_in_the_study_and_the_sr_and_health_says_w
         health = client.get("/api/v1/health").get_json()
         assert health["status"] == "degraded"
         assert health["problem"].startswith(f"the Triton hub {server.url} cannot run cxr-reference")
+        tablet = AuthActions(app, app.test_client())
+        tablet.login("technician")
+        page = tablet.client.get("/devices").get_data(as_text=True)
+        assert f"the Triton hub {server.url} cannot run cxr-reference" in page, "the devices page says so too"
     finally:
         services.get_from(app).stop()
         server.stop()
