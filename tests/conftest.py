@@ -310,6 +310,18 @@ def noisy_j2k(side: int) -> bytes:
     return buf.getvalue()
 
 
+# A Keras export's spec (an Xception-style CXR classifier: NHWC 150x150x3, x/127.5 - 1, softmax of two classes).
+KERAS_SPEC = """
+name = "keras-style"
+version = "0.1"
+task = "multiclass"
+labels = ["normal", "abnormal"]
+thresholds = 0.5
+input = { name = "input_1", layout = "NHWC", height = 150, width = 150, channels = 3 }
+preprocessing = { geometry = "stretch", interpolation = "nearest", scale = [-1.0, 1.0] }
+output = { name = "probs", activation = "none" }
+"""
+
 FAKE_GPU = ROOT / "tests" / "fake_gpu"
 _FAKE_MODULES = ("tensorrt", "cuda")
 

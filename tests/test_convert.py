@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from conftest import KERAS_SPEC
 from converters.build import BuildInputs, Steps, build
 from converters.errors import ConversionError, FidelityGateFailed, ModelError, SpecError
 from converters.spec import Spec, load_spec
@@ -145,16 +146,7 @@ def _nhwc_model(path: Path, external: bool) -> None:
     )
 
 
-NHWC_SPEC = """
-name = "keras-style"
-version = "0.1"
-task = "multiclass"
-labels = ["normal", "abnormal"]
-thresholds = 0.5
-input = { name = "input_1", layout = "NHWC", height = 150, width = 150, channels = 3 }
-preprocessing = { geometry = "stretch", interpolation = "nearest", scale = [-1.0, 1.0] }
-output = { name = "probs", activation = "none" }
-"""
+NHWC_SPEC = KERAS_SPEC
 
 
 def test_fp16_of_an_nhwc_model_with_external_data(nih_split: dict[str, Path], tmp_path: Path) -> None:

@@ -25,16 +25,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "nih-cxr14-sample"
-SPEC = """
-name = "ds-keras-style"
-version = "0.1"
-task = "multiclass"
-labels = ["normal", "abnormal"]
-thresholds = 0.5
-input = { name = "input_1", layout = "NHWC", height = 150, width = 150, channels = 3 }
-preprocessing = { geometry = "stretch", interpolation = "nearest", scale = [-1.0, 1.0] }
-output = { name = "probs", activation = "none" }
-"""
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import KERAS_SPEC  # noqa: E402
 
 
 def train_and_export(work: Path, epochs: int) -> Path:
@@ -46,7 +38,7 @@ def train_and_export(work: Path, epochs: int) -> Path:
 
     torch.manual_seed(0)
     spec_path = work / "spec.toml"
-    spec_path.write_text(SPEC)
+    spec_path.write_text(KERAS_SPEC.replace('"keras-style"', '"ds-keras-style"'))
     spec = load_spec(spec_path)
     split = {r["image"]: r["split"] for r in csv.DictReader((DATA / "split.csv").open())}
     labels = {r["Image Index"]: r["No Finding"] == "0" for r in csv.DictReader((DATA / "labels.csv").open())}
