@@ -26,8 +26,9 @@ def check_target(out: Path, replace: bool = False) -> None:
     """A bundle may be written at `out`: a new or empty folder (or, with `replace`, a folder to swap out)."""
     if out.exists() and not out.is_dir():
         raise ConversionError(f"{out} is a file; give a new folder for the bundle")
-    if out.exists() and any(out.iterdir()) and not replace:
-        raise ConversionError(f"{out} exists and is not empty; choose a new bundle folder")
+    if out.exists() and any(out.iterdir()) and not (replace and (out / MANIFEST).is_file()):
+        what = "is not a bundle" if replace else "exists and is not empty"
+        raise ConversionError(f"{out} {what}; choose a new bundle folder")
 
 
 @contextlib.contextmanager

@@ -5,9 +5,9 @@ validate  compare a bundle with its reference model on images; the report as JSO
 inspect   verify a bundle (every file's hash) and print its manifest
 export-triton  bundles as a Triton Inference Server model repository (a district hub)
 
-Exit status: 0 done; 1 refused (the model or the bundle: the reason, and the gate's numbers as JSON where there
-are some; nothing written); 2 bad usage (an option, SPEC.toml, a path, what this machine lacks); 3 an internal
-error of edge-convert itself (a bug: the traceback is printed).
+Exit status: 0 done; 1 refused (the model, or a bundle that is missing, damaged or tampered with: the reason, and
+the gate's numbers as JSON where there are some; nothing written); 2 bad usage (an option, SPEC.toml, a path that
+cannot be written, what this machine lacks); 3 an internal error of edge-convert itself (the traceback is printed).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (Refused, BundleError, EngineBuildError) as exc:  # the model or bundle is refused
         print(f"edge-convert: {exc}", file=sys.stderr)
         return 1
-    except EdgeAppError as exc:  # bad usage: an option, a spec, a path, this machine
+    except (EdgeAppError, OSError) as exc:  # bad usage: an option, a spec, a path, this machine
         print(f"edge-convert: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # a bug of edge-convert's own, not the user's: say so, keep the traceback

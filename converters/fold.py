@@ -18,14 +18,15 @@ import numpy as np
 _ELEMENTWISE = ("Add", "Sub", "Mul", "Div")
 
 
-def _per_channel(value: np.ndarray, channels: int) -> np.ndarray | None:
-    """`value` as one number per output channel, where it broadcasts as [1, C, 1, 1] (or [C, 1, 1], or scalar)."""
-    if value.size == 1:
+def _per_channel(value: np.ndarray, channels: int, spatial: int) -> np.ndarray | None:
+    """`value` as one number per output channel of a Conv with `spatial` spatial axes, where it broadcasts so
+    against its output (N, C, *spatial): [1, C, 1, 1] or [C, 1, 1] for a 2-D Conv, or a scalar."""
+    if value.size == 1 and value.ndim <= spatial + 2:
         return np.full(channels, float(value.reshape(-1)[0]), np.float64)
     shape = list(value.shape)
-    while shape and shape[0] == 1 and len(shape) > 3:
+    if len(shape) == spatial + 2 and shape[0] == 1:
         shape.pop(0)
-    if len(shape) == 3 and shape[0] == channels and shape[1:] == [1, 1]:
+    if len(shape) == spatial + 1 and shape[0] == channels and all(d == 1 for d in shape[1:]):
         return value.reshape(channels).astype(np.float64)
     return None
 
@@ -59,7 +60,7 @@ def fold_scale_shift(model: Any) -> tuple[Any, int]:
                 continue
             weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
             channels = weight.shape[0]
-            c = _per_channel(numpy_helper.to_array(inits[const_name]), channels)
+            c = _per_channel(numpy_helper.to_array(inits[const_name]), channels, weight.ndim - 2)
             if c is None or (op.op_type == "Div" and (op.input[0] != out or np.any(c == 0))):
                 continue
             bias_name = conv.input[2] if len(conv.input) > 2 and conv.input[2] else None

@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     StrictBool,
     StrictInt,
     ValidationError,
@@ -118,13 +119,16 @@ class TritonSettings(_Section):
     retry_s: float = Field(30.0, gt=0, le=3600, description="while the hub is away, how often it is tried again")
     ssl: StrictBool = Field(False, description="TLS to the hub (or to the proxy in front of it)")
     ca_file: Path | None = Field(None, description="certificate authority for the hub's certificate")
-    token: str = Field("", description="sent in token_header on every request, where the hub restricts access")
+    model: str = Field("", description="the hub's model name; default: the bundle's name (<name>_tensorrt: engine)")
+    token: SecretStr = Field(
+        SecretStr(""), description="sent in token_header on every request, where the hub restricts access"
+    )
     token_header: str = Field("triton-access-token", description="the header Triton's restricted API checks")
 
     @model_validator(mode="after")
     def _token_in_clear(self) -> TritonSettings:
         host = self.url.rsplit(":", 1)[0].strip("[]")
-        if self.token and not self.ssl and host and not is_loopback(host):
+        if self.token.get_secret_value() and not self.ssl and host and not is_loopback(host):
             raise ValueError("model.triton.token would cross the network in clear: set model.triton.ssl = true")
         return self
 

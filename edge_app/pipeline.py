@@ -167,6 +167,7 @@ class Diagnoser:
         t1 = time.perf_counter()
         with self._lock:
             outputs = self.runner.infer(prepared.batch)
+            model = self.model_info  # what computed these outputs (a hub, or this box), before another batch
         t2 = time.perf_counter()
         timings = dict(prepared.timings_ms)
         if self.decoder is not None:  # what the contained child costs: transfer, scheduling
@@ -177,7 +178,7 @@ class Diagnoser:
         return Diagnosis(
             source,
             "ok",
-            self.model_info,
+            model,
             findings=found,
             heatmap=heatmap(manifest, outputs, top.label),
             metadata=prepared.metadata,

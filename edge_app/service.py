@@ -65,6 +65,8 @@ class Service:
         self._followed = self.models.latest_change()
         self._problem: str | None = None  # a model put in service on the front that this worker could not load
         self._update: BackgroundBuild | None = None  # a model waiting for its TensorRT engine before it serves
+        self._update_sha: str | None = None
+        self._pending_at_start: Bundle | None = None  # such a model, found recorded at start
         self._said: str | None = None  # the problem worker.json holds
         self.registry: Registry | None = None
         self.worker: Worker | None = None
@@ -145,6 +147,8 @@ class Service:
             raise
         what = self.registry.describe() if self.registry is not None else "front: web service and capture"
         self.store.audit("system", f"service.start.{self.role}", what, f"queued={queued} orphans={removed}")
+        if self._pending_at_start is not None:  # its engine first, as when it was put in service
+            self._build_then_swap(self._pending_at_start)
 
     def _hold_data_dir(self) -> None:
         """One front and one worker per data directory (a worker re-queues whatever another left running), and
@@ -248,6 +252,10 @@ class Service:
         path = self._active_path()
         if path is not None:
             try:
+                pending = self._engine_to_build(path)
+                if pending is not None:  # put in service, never checked on this GPU: the model before it serves
+                    self._pending_at_start = pending
+                    path = self._previous_path()
                 return Registry.from_settings(with_overrides(self.settings, "model", {"bundle": str(path)}))
             except EdgeAppError as exc:
                 self._problem = (
@@ -256,6 +264,16 @@ class Service:
                 log.error("%s", self._problem)
                 self.store.audit("system", "model.fallback", str(path), str(exc))
         return Registry.from_settings(self.settings)
+
+    def _previous_path(self) -> Path:
+        """The model served before the last activation (the configured one before any)."""
+        active = self.models.activations()
+        return active[1].path if len(active) > 1 else self.settings.model.bundle
+
+    def _still_wanted(self, bundle: Bundle) -> bool:
+        """Whether `bundle` is still the model an administrator put in service last (else the configured one)."""
+        wanted = self._active_path() or self.settings.model.bundle
+        return Path(wanted).resolve() == bundle.path.resolve()
 
     def _apply_thresholds(self, diagnoser: Diagnoser) -> None:
         site = self.models.thresholds(diagnoser.bundle.sha256)
@@ -291,6 +309,7 @@ class Service:
         if bundle is not None:
             self._build_then_swap(bundle)
             return bundle
+        self._drop_pending()  # another model was chosen meanwhile: the update waiting for its engine is off
         new = Diagnoser.from_settings(self.settings, path, decoder=self.registry.decoder, build_engine=True)
         self._apply_thresholds(new)
         live = self.live.between_frames() if self.live is not None else contextlib.nullcontext()
@@ -318,42 +337,59 @@ class Service:
         missing = EngineCache(self.settings.engine_cache).lookup(bundle, platform, model.max_batch) is None
         return bundle if missing else None
 
+    def _drop_pending(self) -> None:
+        """Cancel the update waiting for its engine, without waiting for it (its thread checks before it swaps)."""
+        update, self._update, self._update_sha = self._update, None, None
+        if update is not None:
+            update.cancel(timeout=0)
+
     def _build_then_swap(self, bundle: Bundle) -> None:
+        """Build and check `bundle`'s engine in the background, the running model serving meanwhile; then put it
+        in service, if it is still the one wanted. A failure leaves the running model, recorded as in service."""
         from edge_app.runtime.build_process import BuildCancelled, build_isolated
         from edge_app.runtime.engine_cache import EngineCache
         from edge_app.runtime.engines import build_limits, build_options
 
         assert self.registry is not None
-        running = self.registry.diagnosers[0].bundle
+        if self._update is not None and self._update_sha == bundle.sha256 and self._update.thread.is_alive():
+            return  # already under way: a second look at the model history does not start it again
+        self._drop_pending()
         m = bundle.manifest
         log.info(
-            "%s %s: building and checking its TensorRT engine; %s serves meanwhile",
-            m.name,
-            m.version,
-            running.manifest.name,
+            "%s %s: building and checking its TensorRT engine; the running model serves meanwhile", m.name, m.version
         )
-        if self._update is not None:
-            self._update.cancel()
 
         def work(cancel: threading.Event) -> None:
             cache = EngineCache(self.settings.engine_cache)
             options, limits = build_options(self.settings), build_limits(self.settings)
             try:
                 build_isolated(bundle, cache, options, limits, cancel=cancel, retry=True)
-                self._swap_first(bundle.path)
-                self._problem = None
             except BuildCancelled:
                 return
             except EdgeAppError as exc:
-                self._problem = f"{m.name} {m.version} was not put in service ({exc}): the previous model runs"
-                log.error("%s", self._problem)
-                self.store.audit("system", "model.fallback", str(bundle.path), str(exc))
-                r = running.manifest
-                self.models.record("system", "activate", running.sha256, running.path, r.name, r.version)
-                self._followed = self.models.latest_change()
+                with self._activating:
+                    if cancel.is_set() or not self._still_wanted(bundle):
+                        return
+                    self._problem = f"{m.name} {m.version} was not put in service ({exc}): the previous model runs"
+                    log.error("%s", self._problem)
+                    self.store.audit("system", "model.fallback", str(bundle.path), str(exc))
+                    assert self.registry is not None
+                    running = self.registry.diagnosers[0].bundle  # recorded: a restart keeps it too
+                    r = running.manifest
+                    self.models.record("system", "activate", running.sha256, running.path, r.name, r.version)
+                    self._followed = self.models.latest_change()
+                    self._say_what_runs()
+                return
+            with self._activating:
+                if cancel.is_set() or not self._still_wanted(bundle):
+                    return
+                self._update = self._update_sha = None
+                self._swap_first(bundle.path)  # its engine is cached now: it serves from the next image
+                self._problem = None
                 self._say_what_runs()
 
         self._update = BackgroundBuild(work)
+        self._update_sha = bundle.sha256
 
     def _follow_models(self) -> None:
         """Between two jobs of a worker in its own process: take up what an administrator changed on the front."""

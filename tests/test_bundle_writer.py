@@ -47,3 +47,12 @@ def test_a_bundle_appears_whole_or_not_at_all(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConversionError, match="is a file"), staged_bundle(tmp_path / "file"):
         pass
+
+
+def test_replace_never_swaps_out_a_folder_that_is_not_a_bundle(tmp_path: Path) -> None:
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("not a bundle")
+    with pytest.raises(ConversionError, match="is not a bundle"), staged_bundle(out, replace=True):
+        pass
+    assert (out / "notes.txt").read_text() == "not a bundle"

@@ -99,3 +99,28 @@ def test_what_is_not_a_per_channel_chain_is_left_alone(case: str, shape: tuple[i
     model = _model(nodes, [_const("w1", (6, 4, 3, 3), -1, 1), _const("k", shape)], outputs)
     _, count = fold_scale_shift(model)
     assert count == 0, case
+
+
+def test_a_constant_shaped_for_a_2d_conv_is_not_folded_into_a_3d_one() -> None:
+    """[1, C, 1, 1] after a Conv3d broadcasts over depth, not over channels: left alone."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1, 1, 1]),
+            helper.make_node("Mul", ["c", "k"], ["y"]),
+        ],
+        "g3",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [_const("w", (4, 2, 3, 3, 3), -1, 1), _const("k", (1, 4, 1, 1))],
+    )
+    _, count = fold_scale_shift(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert count == 0
+    per_channel = helper.make_graph(
+        list(graph.node),
+        "g3",
+        list(graph.input),
+        list(graph.output),
+        [_const("w", (4, 2, 3, 3, 3)), _const("k", (1, 4, 1, 1, 1))],
+    )
+    _, count = fold_scale_shift(helper.make_model(per_channel, opset_imports=[helper.make_opsetid("", 17)]))
+    assert count == 1, "[1, C, 1, 1, 1] is per channel for a Conv3d"

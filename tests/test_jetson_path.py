@@ -359,3 +359,82 @@ def test_a_model_update_is_put_in_service_only_with_an_engine_that_passes_its_ch
         assert (now["status"], now["runner"], now["problem"]) == ("ok", "tensorrt", None)
     finally:
         svc.stop()
+
+
+def test_a_model_chosen_while_another_waits_for_its_engine_wins(
+    tmp_path: Path, fake_gpu: pytest.MonkeyPatch, api_client: Callable[[Flask], FlaskClient]
+) -> None:
+    """An administrator puts 1.2.0 in service (its engine takes a while), then changes their mind for 1.1.0
+    (engine ready): 1.1.0 serves, and 1.2.0's build finishing later changes nothing."""
+    settings = _settings(tmp_path, max_batch=2)
+    app = create_app(settings)
+    svc = services.get_from(app)
+    client = api_client(app)
+    try:
+        health = lambda: client.get("/api/v1/health").get_json()  # noqa: E731
+        _wait(lambda: health()["runner"] == "tensorrt", "the configured model's engine")
+        fake_gpu.setenv("FAKE_TRT_BUILD_S", "3")
+        svc.activate(bundle_variant(tmp_path, "1.2.0"), "boss")
+        svc.activate(EMBEDDED_BUNDLE, "boss")
+        time.sleep(6)  # 1.2.0's build is over (or cancelled)
+        assert (health()["version"], health()["problem"]) == ("1.1.0", None)
+        assert svc.models.activations()[0].version == "1.1.0"
+    finally:
+        svc.stop()
+
+
+def test_a_restart_while_an_update_waits_for_its_engine_serves_the_previous_model_first(
+    tmp_path: Path, fake_gpu: pytest.MonkeyPatch, api_client: Callable[[Flask], FlaskClient]
+) -> None:
+    """Never an unchecked model after a restart: the one before it serves until its engine passes."""
+    settings = _settings(tmp_path, max_batch=2)
+    app = create_app(settings)
+    svc = services.get_from(app)
+    client = api_client(app)
+    health = lambda: client.get("/api/v1/health").get_json()  # noqa: E731
+    try:
+        _wait(lambda: health()["runner"] == "tensorrt", "the configured model's engine")
+        fake_gpu.setenv("FAKE_TRT_BUILD_S", "60")
+        svc.activate(bundle_variant(tmp_path, "1.2.0"), "boss")
+        time.sleep(1)
+    finally:
+        svc.stop()  # a power cut, a restart: the build never finished
+    fake_gpu.setenv("FAKE_TRT_BUILD_S", "2")
+    app = create_app(settings)
+    client = api_client(app)
+    try:
+        assert health()["version"] == "1.1.0", "the model before it, with its checked engine"
+        _wait(lambda: health()["version"] == "1.2.0", "1.2.0 once its engine passed")
+        assert health()["runner"] == "tensorrt"
+    finally:
+        services.get_from(app).stop()
+
+
+def test_builds_take_turns_and_a_stale_timing_cache_is_replaced(
+    tmp_path: Path, bundle: Bundle, fake_gpu: pytest.MonkeyPatch
+) -> None:
+    """Two builds of the same engine at once (the first-boot unit and the service): the second waits, then finds
+    the first's engine; a timing cache left by another TensorRT is replaced, not a reason to fail."""
+    cache = EngineCache(tmp_path / "engines")
+    timing = tmp_path / "engines" / "timing.cache"
+    timing.parent.mkdir(parents=True)
+    timing.write_bytes(b"fake timing cache 10.2.0")
+    fake_gpu.setenv("FAKE_TRT_BUILD_S", "2")
+    said: list[list[str]] = [[], []]
+    results: list[Path] = []
+
+    def build(i: int) -> None:
+        options = BuildOptions(max_batch=2, timing_cache=timing)
+        results.append(build_isolated(bundle, cache, options, progress=said[i].append))
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+        time.sleep(0.3)
+    for t in threads:
+        t.join(60)
+    assert len(results) == 2 and results[0] == results[1]
+    assert sum(any(line.startswith("building a fp32") for line in lines) for lines in said) == 1, said
+    assert "another engine build is under way: this one waits for it" in said[1]
+    assert any("the timing cache is of another TensorRT or GPU: starting a new one" in line for line in said[0])
+    assert timing.read_bytes() == b"fake timing cache 10.3.0"

@@ -4,13 +4,18 @@ TensorRT's builder alone takes 1.2-1.4 GB of host memory, and an 8 GB Orin Nano 
 GPU: a build runs in a child process (`python -m edge_app.runtime.build_process`) whose resident memory the parent
 watches and which it kills past `memory_mb`, so that neither the build nor a crash in TensorRT takes the service
 down. The limit is enforced by watching /proc rather than with RLIMIT_AS because CUDA reserves far more address
-space than it uses, which an address-space limit would refuse. Cancellation asks first (SIGTERM: TensorRT stops at
-its next step through the progress monitor), then kills. A failed build is remembered in the engine cache for its
-bundle and platform, and not tried again until `edge-app engines --retry` or `edge-convert engine`.
+space than it uses, which an address-space limit would refuse; it counts host memory only (a Jetson's GPU
+allocations are the unit's MemoryMax's to bound). Builds take turns (a lock file in the engine cache), across
+processes too: two at once would not fit an Orin Nano. Cancellation asks first (the child's stdin is closed: a
+thread of its own sees it and TensorRT stops at its next step through the progress monitor), then kills. A failed
+build is remembered in the engine cache for its bundle and platform, and not tried again until
+`edge-app engines --retry` or `edge-convert engine`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import signal
@@ -18,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -83,7 +88,12 @@ def build_isolated(
         "cache": str(cache.root),
         "options": {**asdict(options), "timing_cache": str(options.timing_cache) if options.timing_cache else None},
     }
-    reason = _run_child(request, limits, report, cancel or threading.Event())
+    cancel = cancel or threading.Event()
+    with _one_at_a_time(cache.root, cancel, report):
+        cached = cache.lookup(bundle, platform, options.max_batch)  # built meanwhile by the one before?
+        if cached is not None:
+            return cached
+        reason = _run_child(request, limits, report, cancel)
     if reason is None:
         engine = cache.lookup(bundle, platform, options.max_batch)
         if engine is not None:
@@ -91,6 +101,29 @@ def build_isolated(
         reason = "the build process ended without an engine in the cache"
     cache.remember_failure(bundle, platform, reason)
     raise EngineBuildError(reason)
+
+
+@contextlib.contextmanager
+def _one_at_a_time(root: Path, cancel: threading.Event, report: Callable[[str], None]) -> Iterator[None]:
+    """Hold the engine cache's build lock (waiting for another build to end, unless cancelled)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / "build.lock").open("a") as lock:
+        said = False
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if cancel.is_set():
+                    raise BuildCancelled("the engine build was cancelled") from None
+                if not said:
+                    report("another engine build is under way: this one waits for it")
+                    said = True
+                time.sleep(_POLL_S)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _run_child(
@@ -101,7 +134,7 @@ def _run_child(
         [sys.executable, "-m", "edge_app.runtime.build_process", json.dumps(request)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,  # closed: cancel
         text=True,
         errors="replace",
     )
@@ -134,6 +167,9 @@ def _run_child(
             break
         time.sleep(_POLL_S)
     reader.join(5)
+    if child.stdin is not None:
+        with contextlib.suppress(OSError):
+            child.stdin.close()
     if stopped:
         return stopped
     if child.returncode == 0:
@@ -146,7 +182,14 @@ def _run_child(
 
 
 def _stop(child: subprocess.Popen[str]) -> None:
-    child.terminate()
+    if child.stdin is not None:
+        with contextlib.suppress(OSError):
+            child.stdin.close()  # the child's watcher sets its cancel: TensorRT stops at its next step
+    try:
+        child.wait(_GRACE_S)
+        return
+    except subprocess.TimeoutExpired:
+        child.terminate()
     try:
         child.wait(_GRACE_S)
     except subprocess.TimeoutExpired:
@@ -161,6 +204,12 @@ def main(argv: list[str]) -> int:
 
     cancel = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: cancel.set())
+
+    def watch() -> None:  # the parent closes our stdin to cancel (a thread: TensorRT may call back from its own)
+        sys.stdin.read()
+        cancel.set()
+
+    threading.Thread(target=watch, name="cancel-watch", daemon=True).start()
     request = json.loads(argv[0])
     opts = request["options"]
     options = BuildOptions(

@@ -104,8 +104,10 @@ class BackgroundBuild:
         self.thread.start()
 
     def cancel(self, timeout: float = 30.0) -> None:
+        """Stop the build; wait up to `timeout` seconds for its thread (0: not at all)."""
         self._cancel.set()
-        self.thread.join(timeout)
+        if timeout:
+            self.thread.join(timeout)
 
 
 def build_engine_in_background(

@@ -16,6 +16,7 @@ from typing import Any
 
 from edge_app.bundle import Bundle
 from edge_app.errors import EdgeAppError
+from edge_app.fileio import atomic_write
 from edge_app.runtime.engine_cache import EngineCache
 from edge_app.runtime.reference import reference_drift, tolerance
 from edge_app.runtime.tensorrt import TensorRTRunner, current_platform, require_tensorrt, trt_logger
@@ -105,7 +106,9 @@ def _build_plan(
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
     timing = options.timing_cache
     cache_bytes = timing.read_bytes() if timing is not None and timing.is_file() else b""
-    config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
+    if not config.set_timing_cache(config.create_timing_cache(cache_bytes), False):
+        progress("the timing cache is of another TensorRT or GPU: starting a new one")
+        config.set_timing_cache(config.create_timing_cache(b""), False)
     config.progress_monitor = _progress_monitor(progress, cancel)
 
     progress(f"building a {m.precision} TensorRT {trt.__version__} engine for {m.name} {m.version}")
@@ -114,9 +117,10 @@ def _build_plan(
         if cancel.is_set():
             raise EngineBuildError("the engine build was cancelled")
         raise EngineBuildError("TensorRT could not build the engine (see its log above)")
-    if timing is not None:
+    learnt = config.get_timing_cache()
+    if timing is not None and learnt is not None:  # a help for the next build, never a reason to fail this one
         timing.parent.mkdir(parents=True, exist_ok=True)
-        timing.write_bytes(bytes(config.get_timing_cache().serialize()))
+        atomic_write(timing, bytes(learnt.serialize()), mode=0o644)
     return bytes(plan)
 
 

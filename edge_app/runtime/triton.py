@@ -10,6 +10,7 @@ tried again every `retry_s`. `name` and `where` tell what computed the last batc
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -87,6 +88,9 @@ class TritonRunner(Runner):
             ) from None
         return module
 
+    def _model_name(self) -> str:
+        return self.settings.model or model_name(self.bundle.manifest)
+
     def _open(self) -> Any:
         """A client of the hub. tritonclient's HTTP client (gevent) cannot cross threads: one per thread."""
         s = self.settings
@@ -109,7 +113,8 @@ class TritonRunner(Runner):
     def _connect(self) -> None:
         """Check the hub's model; on any failure, say why and go on locally."""
         s = self.settings
-        self._headers = {s.token_header: s.token} if s.token else None
+        token = s.token.get_secret_value()
+        self._headers = {s.token_header: token} if token else None
         try:
             self._version, self._max_batch = self._check(self._client_here(), self._headers)
         except Exception as exc:  # away, refusing, or serving another model: the box goes on by itself
@@ -122,9 +127,10 @@ class TritonRunner(Runner):
     def _check(self, client: Any, headers: dict[str, str] | None) -> tuple[str, int]:
         """The hub's version of this bundle and its largest batch; `BundleError` where it serves another."""
         m = self.bundle.manifest
-        name = model_name(m)
+        name = self._model_name()
         grpc = self.settings.protocol == "grpc"
-        kwargs: dict[str, Any] = {"headers": headers, **({"as_json": True} if grpc else {})}
+        deadline = {"client_timeout": self.settings.timeout_s} if grpc else {}  # HTTP: the client's own timeouts
+        kwargs: dict[str, Any] = {"headers": headers, **deadline, **({"as_json": True} if grpc else {})}
         config = client.get_model_config(name, **kwargs)
         config = config.get("config", config)  # gRPC wraps it
         raw = config.get("parameters", {}).get(BUNDLES_PARAMETER, {}).get("string_value", "{}")
@@ -136,7 +142,7 @@ class TritonRunner(Runner):
                 f"the hub's model {name!r} holds no version of this bundle ({m.version}, {self.bundle.sha256[:12]}); "
                 f"it holds: {offered or 'no edge bundle'}"
             )
-        if not client.is_model_ready(name, version, headers=headers):
+        if not client.is_model_ready(name, version, headers=headers, **deadline):
             raise RuntimeUnavailable(f"the hub's model {name!r} version {version} is not ready")
         meta = client.get_model_metadata(name, version, **kwargs)
         image, outputs = io_shapes(m)
@@ -157,7 +163,11 @@ class TritonRunner(Runner):
         )
         log.warning("%s", self.problem)
         self._ready = False
-        self._clients = threading.local()  # a fresh connection next time
+        client = getattr(self._clients, "client", None)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+        self._clients = threading.local()  # a fresh connection next time (clients of other threads: dropped)
         self._next_try = time.monotonic() + self.settings.retry_s
 
     def _infer(self, batch: NDArray[np.generic]) -> dict[str, NDArray[np.float32]]:
@@ -189,6 +199,6 @@ class TritonRunner(Runner):
         asked = [module.InferRequestedOutput(name) for name in outputs]
         timeout = {"client_timeout": self.settings.timeout_s} if self.settings.protocol == "grpc" else {}
         result = self._client_here().infer(
-            model_name(m), [given], model_version=self._version, outputs=asked, headers=self._headers, **timeout
+            self._model_name(), [given], model_version=self._version, outputs=asked, headers=self._headers, **timeout
         )
         return {name: np.asarray(result.as_numpy(name), dtype=np.float32) for name in outputs}

@@ -117,7 +117,9 @@ class IOptimizationProfile:
 
 class ITimingCache:
     def __init__(self, data: bytes) -> None:
-        self.data = data or b"fake timing cache"
+        mine = f"fake timing cache {__version__}".encode()
+        self.valid = not data or data == mine  # one of another version is refused by set_timing_cache
+        self.data = mine
 
     def serialize(self) -> IHostMemory:
         return IHostMemory(self.data)
@@ -147,11 +149,13 @@ class IBuilderConfig:
         return ITimingCache(bytes(data))
 
     def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
+        if not cache.valid and not ignore_mismatch:
+            return False
         self.timing = cache
         return True
 
-    def get_timing_cache(self) -> ITimingCache:
-        return self.timing or ITimingCache(b"")
+    def get_timing_cache(self) -> ITimingCache | None:
+        return self.timing
 
 
 class Builder:
