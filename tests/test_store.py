@@ -349,3 +349,55 @@ def test_orphans_are_removed_by_age_and_counted(tmp_path: Path) -> None:
     assert not store.file_path(young).exists() and not store.file_path(ahead).exists()
     assert store.read_file(store.get_study("1.2.3")["images"][0]["sha256"]) == b"image" and kept.image_id
     store.close()
+
+
+def test_waiting_ends_when_its_time_is_up_not_later(tmp_path: Path) -> None:
+    import time
+
+    store = Store(tmp_path)
+    added = _add(store, b"image", _header())
+    started = time.monotonic()
+    assert store.wait_for(added.image_id, timeout=0.05) == ("queued", None)
+    assert 0.04 <= time.monotonic() - started < 0.2
+    store.close()
+
+
+def test_a_failed_transaction_leaves_nothing_and_the_store_usable(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    with pytest.raises(RuntimeError, match="halfway"), store.transaction() as db:
+        db.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES ('t', 'a', 'x', '', '')")
+        raise RuntimeError("halfway")
+    assert store.audit_trail() == []
+    store.audit("a", "y")
+    assert [e["action"] for e in store.audit_trail()] == ["y"]
+    store.close()
+
+
+def test_stored_file_names_are_exactly_sha256_digests(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    digest = store.put_file(b"x")
+    assert store.file_path(digest).is_file()
+    for bad in (digest + "0", digest[:-1], digest.upper(), "../" + digest[3:], ""):
+        with pytest.raises(NotFound):
+            store.file_path(bad)
+    store.close()
+
+
+def test_the_worklist_lists_fifty_studies_by_default(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    for i in range(51):
+        _add(store, f"image {i}".encode(), _header(study=f"1.2.{i}", series=f"1.2.{i}.1", sop=f"1.2.{i}.1.1"))
+    assert len(store.list_studies()) == 50 and len(store.list_studies(limit=51)) == 51
+    store.close()
+
+
+def test_records_handed_out_are_frozen(tmp_path: Path) -> None:
+    import dataclasses
+
+    store = Store(tmp_path)
+    added = _add(store, b"image", _header())
+    result = ModelResult("ok", MODEL, "b" * 64)
+    for record, field in ((added, "status"), (result, "status")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(record, field, "done")
+    store.close()

@@ -58,6 +58,21 @@ MODULES: dict[str, list[str]] = {
 
 # Survivors that cannot be killed, by the source line they change and the operator (None: any), with the reason.
 EQUIVALENT = {
+    ('if status == "queued":', "core/ReplaceComparisonOperator_Eq_LtE"): (
+        "an arrival's status is queued or rejected, and rejected sorts after queued: <= is == for both"
+    ),
+    (
+        "for result, (heatmap_label, heatmap_sha) in zip(outcome.results, heatmaps, strict=True):",
+        "core/ReplaceTrueWithFalse",
+    ): "heatmaps is built from outcome.results one for one: the two are always of the same length",
+    ("return str(row[0]) if row is not None else None", "core/NumberReplacer"): "a one-column row",
+    ("return int(self._db.execute(sql, values).lastrowid or 0)", "core/NumberReplacer"): (
+        "lastrowid after an INSERT is the new row's id, never 0 or None: the fallback is never taken"
+    ),
+    (
+        "return int(self._db.execute(\"SELECT count(*) FROM jobs WHERE state != 'done'\").fetchone()[0])",
+        "core/NumberReplacer",
+    ): "a one-column row",
     (
         'problems = [str(r[0]) for r in self._db.execute("PRAGMA quick_check").fetchall()]',
         "core/NumberReplacer",
