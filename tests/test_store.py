@@ -401,3 +401,14 @@ def test_records_handed_out_are_frozen(tmp_path: Path) -> None:
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(record, field, "done")
     store.close()
+
+
+def test_an_image_that_cannot_be_recorded_leaves_no_half_study(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    with pytest.raises(TypeError):
+        _add(store, b"image", _header(), extra={"not json": object()})  # type: ignore[arg-type]
+    with pytest.raises(NotFound):
+        store.get_study("1.2.3")  # the study row went with the rest
+    added = _add(store, b"image", _header())
+    assert store.get_study("1.2.3")["images"][0]["id"] == added.image_id
+    store.close()

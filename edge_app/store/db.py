@@ -144,7 +144,8 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """The connection inside one immediate transaction: committed at the end, rolled back on any error."""
+        """The connection inside one immediate transaction: committed at the end (a return or a `continue` inside
+        too), rolled back on any error."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -207,50 +208,41 @@ class Store:
         `reason`, record it refused instead. An image whose SOP Instance UID is known is not added twice."""
         now = _now()
         status = "rejected" if reason else "queued"
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                known = self._db.execute(
-                    "SELECT images.id, images.status, images.reason, studies.uid FROM images JOIN studies "
-                    "ON studies.id = images.study_id WHERE sop_instance_uid = ?",
-                    (header.sop_instance_uid,),
-                ).fetchone()
-                if known is not None:
-                    self._db.execute("COMMIT")
-                    return Added(known[0], known[3], header.sop_instance_uid, known[1], known[2], duplicate=True)
-                study_id = self._id_of("studies", header.study_uid) or self._insert(
-                    "INSERT INTO studies (uid, created_at, source, patient_id) VALUES (?, ?, ?, ?)",
-                    (header.study_uid, now, source, header.patient_id or patient_id),
-                )
-                series_id = self._id_of("series", header.series_uid) or self._insert(
-                    "INSERT INTO series (study_id, uid, modality, created_at) VALUES (?, ?, ?, ?)",
-                    (study_id, header.series_uid, header.modality, now),
-                )
-                image_id = self._insert(
-                    "INSERT INTO images (study_id, series_id, created_at, filename, sha256, size, metadata, "
-                    "sop_instance_uid, status, reason, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        study_id,
-                        series_id,
-                        now,
-                        filename,
-                        digest,
-                        size,
-                        json.dumps({**header.as_dict(), **(extra or {})}),
-                        header.sop_instance_uid,
-                        status,
-                        reason,
-                        source,
-                    ),
-                )
-                if status == "queued":
-                    self._db.execute(
-                        "INSERT INTO jobs (image_id, state, updated_at) VALUES (?, 'queued', ?)", (image_id, now)
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self.transaction() as db:
+            known = db.execute(
+                "SELECT images.id, images.status, images.reason, studies.uid FROM images JOIN studies "
+                "ON studies.id = images.study_id WHERE sop_instance_uid = ?",
+                (header.sop_instance_uid,),
+            ).fetchone()
+            if known is not None:
+                return Added(known[0], known[3], header.sop_instance_uid, known[1], known[2], duplicate=True)
+            study_id = self._id_of("studies", header.study_uid) or self._insert(
+                "INSERT INTO studies (uid, created_at, source, patient_id) VALUES (?, ?, ?, ?)",
+                (header.study_uid, now, source, header.patient_id or patient_id),
+            )
+            series_id = self._id_of("series", header.series_uid) or self._insert(
+                "INSERT INTO series (study_id, uid, modality, created_at) VALUES (?, ?, ?, ?)",
+                (study_id, header.series_uid, header.modality, now),
+            )
+            image_id = self._insert(
+                "INSERT INTO images (study_id, series_id, created_at, filename, sha256, size, metadata, "
+                "sop_instance_uid, status, reason, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    study_id,
+                    series_id,
+                    now,
+                    filename,
+                    digest,
+                    size,
+                    json.dumps({**header.as_dict(), **(extra or {})}),
+                    header.sop_instance_uid,
+                    status,
+                    reason,
+                    source,
+                ),
+            )
+            if status == "queued":
+                db.execute("INSERT INTO jobs (image_id, state, updated_at) VALUES (?, 'queued', ?)", (image_id, now))
         return Added(image_id, header.study_uid, header.sop_instance_uid, status, reason)
 
     def study_patient(self, uid: str) -> str | None:
@@ -281,37 +273,27 @@ class Store:
         for ever."""
         while True:
             now, stamp = time.time(), _now()
-            with self._lock:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    row = self._db.execute(
-                        "SELECT jobs.id, jobs.image_id, jobs.attempts, images.sha256, images.filename, "
-                        "images.metadata FROM jobs JOIN images ON images.id = jobs.image_id "
-                        "WHERE jobs.state = 'queued' OR (jobs.state = 'running' AND jobs.lease_until < ?) "
-                        "ORDER BY jobs.id LIMIT 1",
-                        (now,),
-                    ).fetchone()
-                    if row is None:
-                        self._db.execute("COMMIT")
-                        return None
-                    job_id, image_id, attempts = int(row[0]), int(row[1]), int(row[2])
-                    if attempts >= max_attempts:
-                        reason = f"gave up after {attempts} attempts: the service stopped while diagnosing it each time"
-                        self._db.execute(
-                            "UPDATE images SET status = 'failed', reason = ? WHERE id = ?", (reason, image_id)
-                        )
-                        self._db.execute("UPDATE jobs SET state = 'done', updated_at = ? WHERE id = ?", (stamp, job_id))
-                        self._db.execute("COMMIT")
-                        continue
-                    self._db.execute(
-                        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?, "
-                        "updated_at = ? WHERE id = ?",
-                        (now + lease_s, stamp, job_id),
-                    )
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
+            with self.transaction() as db:
+                row = db.execute(
+                    "SELECT jobs.id, jobs.image_id, jobs.attempts, images.sha256, images.filename, "
+                    "images.metadata FROM jobs JOIN images ON images.id = jobs.image_id "
+                    "WHERE jobs.state = 'queued' OR (jobs.state = 'running' AND jobs.lease_until < ?) "
+                    "ORDER BY jobs.id LIMIT 1",
+                    (now,),
+                ).fetchone()
+                if row is None:
+                    return None
+                job_id, image_id, attempts = int(row[0]), int(row[1]), int(row[2])
+                if attempts >= max_attempts:
+                    reason = f"gave up after {attempts} attempts: the service stopped while diagnosing it each time"
+                    db.execute("UPDATE images SET status = 'failed', reason = ? WHERE id = ?", (reason, image_id))
+                    db.execute("UPDATE jobs SET state = 'done', updated_at = ? WHERE id = ?", (stamp, job_id))
+                    continue
+                db.execute(
+                    "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = ?, "
+                    "updated_at = ? WHERE id = ?",
+                    (now + lease_s, stamp, job_id),
+                )
             metadata = json.loads(row[5])
             header = ImageHeader.from_dict(metadata)
             return Job(job_id, image_id, str(row[3]), str(row[4]), attempts + 1, header, metadata)
@@ -321,36 +303,30 @@ class Store:
         heatmaps = [(r.heatmap[0], self.put_file(r.heatmap[1])) if r.heatmap else (None, None) for r in outcome.results]
         view = self.put_file(outcome.view) if outcome.view else None
         now = _now()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for result, (heatmap_label, heatmap_sha) in zip(outcome.results, heatmaps, strict=True):
-                    self._db.execute(
-                        "INSERT INTO results (image_id, created_at, status, reason, model, bundle_sha256, "
-                        "findings, heatmap_label, heatmap_sha256, timings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            job.image_id,
-                            now,
-                            result.status,
-                            result.reason,
-                            json.dumps(result.model),
-                            result.bundle_sha256,
-                            json.dumps(result.findings),
-                            heatmap_label,
-                            heatmap_sha,
-                            json.dumps(result.timings),
-                        ),
-                    )
-                metadata = {**job.metadata, **(outcome.metadata or {})}
-                self._db.execute(
-                    "UPDATE images SET status = ?, reason = ?, metadata = ?, view_sha256 = ? WHERE id = ?",
-                    (outcome.status, outcome.reason, json.dumps(metadata), view, job.image_id),
+        with self.transaction() as db:
+            for result, (heatmap_label, heatmap_sha) in zip(outcome.results, heatmaps, strict=True):
+                db.execute(
+                    "INSERT INTO results (image_id, created_at, status, reason, model, bundle_sha256, "
+                    "findings, heatmap_label, heatmap_sha256, timings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        job.image_id,
+                        now,
+                        result.status,
+                        result.reason,
+                        json.dumps(result.model),
+                        result.bundle_sha256,
+                        json.dumps(result.findings),
+                        heatmap_label,
+                        heatmap_sha,
+                        json.dumps(result.timings),
+                    ),
                 )
-                self._db.execute("UPDATE jobs SET state = 'done', updated_at = ? WHERE id = ?", (now, job.id))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            metadata = {**job.metadata, **(outcome.metadata or {})}
+            db.execute(
+                "UPDATE images SET status = ?, reason = ?, metadata = ?, view_sha256 = ? WHERE id = ?",
+                (outcome.status, outcome.reason, json.dumps(metadata), view, job.image_id),
+            )
+            db.execute("UPDATE jobs SET state = 'done', updated_at = ? WHERE id = ?", (now, job.id))
         with self._changed:
             self._changed.notify_all()
 
@@ -385,20 +361,14 @@ class Store:
     def due_output(self, hold_s: float) -> OutboxItem | None:
         """The oldest queued item whose time has come, held for `hold_s` (so that no other sender takes it)."""
         now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute(
-                    "SELECT id, image_id, destination, kind, sha256, attempts FROM outbox "
-                    "WHERE state = 'queued' AND next_try <= ? ORDER BY id LIMIT 1",
-                    (now,),
-                ).fetchone()
-                if row is not None:
-                    self._db.execute("UPDATE outbox SET next_try = ? WHERE id = ?", (now + hold_s, row[0]))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT id, image_id, destination, kind, sha256, attempts FROM outbox "
+                "WHERE state = 'queued' AND next_try <= ? ORDER BY id LIMIT 1",
+                (now,),
+            ).fetchone()
+            if row is not None:
+                db.execute("UPDATE outbox SET next_try = ? WHERE id = ?", (now + hold_s, row[0]))
         return OutboxItem(*row) if row is not None else None
 
     def output_done(self, item: OutboxItem, error: str | None, retry_at: float | None) -> None:
