@@ -39,7 +39,7 @@ MODULES: dict[str, list[str]] = {
     ],
     "edge_app/store/schema.py": ["test_store.py"],
     "edge_app/worker.py": ["test_worker.py", "test_store.py"],
-    "edge_app/runtime/engine_cache.py": ["test_tensorrt.py"],
+    "edge_app/runtime/engine_cache.py": ["test_tensorrt.py", "test_jetson_path.py"],
     "converters/fidelity.py": ["test_fidelity.py", "test_convert.py"],
     "converters/build.py": ["test_convert.py"],
     "edge_app/imaging/codestream.py": ["test_codestream.py", "test_hostile.py", "test_decode.py"],
