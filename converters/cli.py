@@ -189,22 +189,21 @@ def _engine(args: argparse.Namespace) -> int:
     from edge_app.runtime.tensorrt_build import BuildOptions
 
     settings = load_settings()
-    cache = args.cache or settings.engine_cache
+    cache = EngineCache(args.cache or settings.engine_cache)
     options = BuildOptions(
         max_batch=args.max_batch,
         workspace_mib=args.workspace,
         dla_core=args.dla_core,
-        timing_cache=args.timing_cache or cache / "timing.cache",
+        timing_cache=args.timing_cache or cache.root / "timing.cache",
     )
     limits = BuildLimits(settings.model.engine_build_memory_mb, settings.model.engine_build_timeout_s)
-    engine = build_isolated(
-        load_bundle(args.bundle),
-        EngineCache(cache),
-        options,
-        limits,
-        progress=lambda m: print(m, file=sys.stderr),
-        retry=True,  # a person asked for it: a build that failed before is tried again
-    )
+    bundle = load_bundle(args.bundle)
+    say = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    engine = build_isolated(bundle, cache, options, limits, say, retry=True)  # asked by a person: tried again
+    if bundle.manifest.precision == "int8":  # INT8 is done when it is faster, here where it will run
+        from converters.engine_speed import gate_int8_engine
+
+        gate_int8_engine(bundle, cache, engine, options, limits, say)
     print(f"engine ready: {engine}")
     return 0
 

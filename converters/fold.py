@@ -136,3 +136,44 @@ def _drop_unused(model: Any) -> None:
     keep = [i for i in model.graph.initializer if i.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
+
+
+def strip_qdq(model: Any) -> Any:
+    """The float graph under a QDQ graph: weights dequantized, activation QuantizeLinear/DequantizeLinear pairs
+    bypassed. What the INT8 engine is measured against (an FP16 engine of the same network)."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    nodes = {out: node for node in graph.node for out in node.output}
+    renamed: dict[str, str] = {}
+    dropped = []
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear":
+            continue
+        source = node.input[0]
+        if source in inits:  # a quantized weight: its float values, under the DequantizeLinear's output name
+            q = numpy_helper.to_array(inits[source]).astype(np.float64)
+            scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+            zero = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64) if len(node.input) > 2 else 0.0
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            if np.ndim(scale) == 1 and q.ndim > 1:
+                shape = [1] * q.ndim
+                shape[axis] = -1
+                scale, zero = scale.reshape(shape), np.reshape(zero, shape) if np.ndim(zero) else zero
+            graph.initializer.append(numpy_helper.from_array(((q - zero) * scale).astype(np.float32), node.output[0]))
+            dropped.append(node)
+        elif (quant := nodes.get(source)) is not None and quant.op_type == "QuantizeLinear":
+            renamed[node.output[0]] = quant.input[0]  # DQ(Q(x)) is x
+            dropped += [node, quant]
+    for node in {id(n): n for n in dropped}.values():
+        graph.node.remove(node)
+    for node in graph.node:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+    for output in graph.output:
+        if output.name in renamed:  # a graph output produced by a DQ: keep its name with an Identity
+            from onnx import helper
+
+            graph.node.append(helper.make_node("Identity", [renamed[output.name]], [output.name]))
+    _drop_unused(model)
+    return model

@@ -3,6 +3,8 @@ unchanged (to float rounding)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -124,3 +126,28 @@ def test_a_constant_shaped_for_a_2d_conv_is_not_folded_into_a_3d_one() -> None:
     )
     _, count = fold_scale_shift(helper.make_model(per_channel, opset_imports=[helper.make_opsetid("", 17)]))
     assert count == 1, "[1, C, 1, 1, 1] is per channel for a Conv3d"
+
+
+def test_the_float_graph_under_a_qdq_graph(tmp_path: Path) -> None:
+    """strip_qdq gives back the float network: weights dequantized, activation Q/DQ pairs gone, outputs those of
+    the float model up to the weights' rounding."""
+    from converters.fold import strip_qdq
+    from converters.quantize import to_int8
+    from converters.spec import Calibration
+    from edge_app.config import EMBEDDED_BUNDLE
+
+    calibration = np.load(EMBEDDED_BUNDLE / "reference_inputs.npy")
+    qdq = tmp_path / "qdq.onnx"
+    to_int8(EMBEDDED_BUNDLE / "model.onnx", qdq, "image", calibration, Calibration(), [])
+    model = onnx.load(str(qdq))
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    stripped = strip_qdq(model)
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in stripped.graph.node)
+    x = calibration[:4]
+    session = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])  # noqa: E731
+    float_out = ort.InferenceSession(str(EMBEDDED_BUNDLE / "model.onnx")).run(None, {"image": x})
+    got = session(stripped).run(None, {"image": x})
+    quantized = session(onnx.load(str(qdq))).run(None, {"image": x})
+    for f, g, q in zip(float_out, got, quantized, strict=True):
+        assert np.abs(f - g).max() <= np.abs(f - q).max(), "nearer the float model than the INT8 one is"
+        assert np.abs(f - g).max() < 0.05 * max(1.0, float(np.abs(f).max()))

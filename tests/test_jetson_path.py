@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import stat
 import subprocess
 import sys
@@ -55,7 +57,7 @@ def test_an_engine_built_in_its_own_process_runs_like_onnx_runtime(tmp_path: Pat
     cache = EngineCache(tmp_path / "engines")
     lines: list[str] = []
     engine = build_isolated(bundle, cache, BuildOptions(max_batch=4), progress=lines.append)
-    assert any(line.startswith("building a fp32 TensorRT 10.3.0 engine for cxr-reference") for line in lines)
+    assert any(line.startswith("building the FP32 TensorRT 10.3.0 engine of cxr-reference 1.1.0") for line in lines)
     assert lines[-1].startswith("engine built in ") and "peak host memory" in lines[-1]
     meta = json.loads((engine.parent / META_NAME).read_text())
     assert meta["build"]["max_batch"] == 4 and meta["build"]["reference_max_abs_diff"] < 1e-6
@@ -434,7 +436,60 @@ def test_builds_take_turns_and_a_stale_timing_cache_is_replaced(
     for t in threads:
         t.join(60)
     assert len(results) == 2 and results[0] == results[1]
-    assert sum(any(line.startswith("building a fp32") for line in lines) for lines in said) == 1, said
+    assert sum(any(line.startswith("building the FP32") for line in lines) for lines in said) == 1, said
     assert "another engine build is under way: this one waits for it" in said[1]
     assert any("the timing cache is of another TensorRT or GPU: starting a new one" in line for line in said[0])
     assert timing.read_bytes() == b"fake timing cache 10.3.0"
+
+
+def _int8_bundle(tmp_path: Path) -> Path:
+    """The reference bundle quantized (TensorRT's symmetric QDQ form, calibrated on its own reference inputs)."""
+    from converters.quantize import to_int8
+    from converters.spec import Calibration
+
+    def quantize(folder: Path) -> None:
+        calibration = np.load(folder / "reference_inputs.npy")
+        qdq = tmp_path / "qdq.onnx"
+        to_int8(folder / "model.onnx", qdq, "image", calibration, Calibration(), [])
+        (folder / "model.onnx").write_bytes(qdq.read_bytes())
+
+    folder = bundle_variant(tmp_path, "1.1.0-int8", quantize)
+    manifest = load_bundle(folder).manifest
+    fidelity = {"tolerance": {"max_abs_diff": 0.1, "min_speedup": 1.2}}
+    write_manifest(folder, manifest.model_copy(update={"precision": "int8", "fidelity": fidelity}))
+    return folder
+
+
+@pytest.mark.parametrize(("timings", "passes"), [("fp16=2,int8=1", True), ("fp16=1,int8=1", False)])
+def test_edge_convert_engine_gates_an_int8_engine_on_its_speed_against_fp16(
+    tmp_path: Path, fake_gpu: pytest.MonkeyPatch, timings: str, passes: bool
+) -> None:
+    """The INT8 form's speed is measured where it runs: against an FP16 engine of the same network (its float
+    graph under the QDQ nodes), at batch 1; below the bundle's min_speedup it is refused and not cached."""
+    folder = _int8_bundle(tmp_path)
+    fake_gpu.setenv("FAKE_TRT_MS", timings)
+    cache = tmp_path / "engines"
+    exe = Path(sys.executable).parent / "edge-convert"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "converters.cli"]
+    proc = subprocess.run(
+        [*cmd, "engine", str(folder), "--cache", str(cache), "--max-batch", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "data")},
+    )
+    assert "building an FP16 engine of the same network" in proc.stderr, proc.stderr
+    bundle = load_bundle(folder)
+    engines = EngineCache(cache)
+    if passes:
+        assert proc.returncode == 0, proc.stderr
+        said = re.search(r"at batch 1: speed-up (\d+\.\d+)x", proc.stderr)
+        assert said is not None and 1.4 < float(said.group(1)) < 2.4, proc.stderr
+        meta = json.loads(next(cache.glob(f"*/{META_NAME}")).read_text())
+        assert meta["precision"] == "int8" and 1.6 < meta["measured"]["speedup_vs_fp16"] < 2.4
+        assert engines.lookup(bundle, current_platform(), 2) is not None
+    else:
+        assert proc.returncode == 1, proc.stderr
+        assert "the INT8 engine is not faster than FP16 on this GPU" in proc.stderr and "< 1.2x" in proc.stderr
+        assert engines.lookup(bundle, current_platform(), 2) is None, "a refused engine is never used"
+        assert "not faster than FP16" in str(engines.failure(bundle, current_platform()))

@@ -109,6 +109,20 @@ class EngineCache:
         (folder / FAILED_NAME).unlink(missing_ok=True)
         return engine
 
+    def annotate(self, bundle: Bundle, platform: Platform, measured: dict[str, Any]) -> None:
+        """Add what was measured of a cached engine (its speed) to its engine.json."""
+        path = self.folder(bundle, platform) / META_NAME
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta["measured"] = {**meta.get("measured", {}), **measured}
+        atomic_write(path, (json.dumps(meta, indent=2) + "\n").encode(), mode=READABLE)
+
+    def discard(self, bundle: Bundle, platform: Platform, reason: str) -> None:
+        """Remove a cached engine that was refused after its build, and remember why."""
+        folder = self.folder(bundle, platform)
+        for name in (META_NAME, ENGINE_NAME):  # the manifest first: never an engine.json without its engine
+            (folder / name).unlink(missing_ok=True)
+        self.remember_failure(bundle, platform, reason)
+
     def remember_failure(self, bundle: Bundle, platform: Platform, reason: str) -> None:
         """Keep why a build of this bundle failed on this platform, so that it is not retried at every start."""
         folder = self.folder(bundle, platform)

@@ -111,7 +111,7 @@ def _build_plan(
         config.set_timing_cache(config.create_timing_cache(b""), False)
     config.progress_monitor = _progress_monitor(progress, cancel)
 
-    progress(f"building a {m.precision} TensorRT {trt.__version__} engine for {m.name} {m.version}")
+    progress(f"building the {m.precision.upper()} TensorRT {trt.__version__} engine of {m.name} {m.version}")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         if cancel.is_set():
