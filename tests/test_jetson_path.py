@@ -12,8 +12,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,6 +33,7 @@ from edge_app.runtime.engines import ensure_engines
 from edge_app.runtime.onnx import OnnxRuntimeRunner
 from edge_app.runtime.tensorrt import TensorRTRunner, current_platform
 from edge_app.runtime.tensorrt_build import BuildOptions, EngineBuildError
+from edge_app.service import Service
 from edge_app.web import create_app, services
 
 pytestmark = pytest.mark.usefixtures("fake_gpu")
@@ -329,60 +331,64 @@ def _wait(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> No
         time.sleep(0.1)
 
 
+@pytest.fixture
+def jetson_service(
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient]
+) -> Iterator[tuple[Service, Callable[[], dict[str, Any]], FlaskClient]]:
+    """The service on the fake Jetson, once the configured model runs on its engine: (service, health, client)."""
+    app = create_app(_settings(tmp_path, max_batch=2))
+    svc = services.get_from(app)
+    client = api_client(app)
+    health = lambda: client.get("/api/v1/health").get_json()  # noqa: E731
+    try:
+        _wait(lambda: health()["runner"] == "tensorrt", "the configured model's engine")
+        yield svc, health, client
+    finally:
+        svc.stop()
+
+
 def test_a_model_update_is_put_in_service_only_with_an_engine_that_passes_its_check(
-    tmp_path: Path, fake_gpu: pytest.MonkeyPatch, api_client: Callable[[Flask], FlaskClient], nih_png: Path
+    tmp_path: Path,
+    fake_gpu: pytest.MonkeyPatch,
+    jetson_service: tuple[Service, Callable[[], dict[str, Any]], FlaskClient],
+    nih_png: Path,
 ) -> None:
     """On a Jetson a new model serves once its engine is built and reproduces the bundle's reference outputs;
     the running model serves meanwhile. An engine that fails its check leaves the running model in service (and
     recorded so: a restart keeps it), with the reason on /api/v1/health."""
-    settings = _settings(tmp_path, max_batch=2)
-    app = create_app(settings)
-    svc = services.get_from(app)
-    client = api_client(app)
-    try:
-        health = lambda: client.get("/api/v1/health").get_json()  # noqa: E731
-        _wait(lambda: health()["runner"] == "tensorrt", "the configured model's engine")
+    svc, health, client = jetson_service
+    fake_gpu.setenv("FAKE_TRT_FAULT", "drift")  # engines built from now on compute wrong
+    svc.activate(bundle_variant(tmp_path, "1.2.0"), "boss")
+    _wait(lambda: health()["problem"] is not None, "the update's engine check")
+    now = health()
+    assert (now["status"], now["version"], now["runner"]) == ("degraded", "1.1.0", "tensorrt")
+    assert now["problem"].startswith("cxr-reference 1.2.0 was not put in service (the engine drifts from the ")
+    assert now["problem"].endswith("engine refused): the previous model runs")
+    result = client.post("/api/v1/studies?filename=a.png", data=nih_png.read_bytes()).get_json()
+    assert result["images"][0]["results"][0]["model"]["version"] == "1.1.0"
+    assert svc.models.activations()[0].version == "1.1.0", "recorded: a restart keeps the running model"
 
-        fake_gpu.setenv("FAKE_TRT_FAULT", "drift")  # engines built from now on compute wrong
-        svc.activate(bundle_variant(tmp_path, "1.2.0"), "boss")
-        _wait(lambda: health()["problem"] is not None, "the update's engine check")
-        now = health()
-        assert (now["status"], now["version"], now["runner"]) == ("degraded", "1.1.0", "tensorrt")
-        assert now["problem"].startswith("cxr-reference 1.2.0 was not put in service (the engine drifts from the ")
-        assert now["problem"].endswith("engine refused): the previous model runs")
-        result = client.post("/api/v1/studies?filename=a.png", data=nih_png.read_bytes()).get_json()
-        assert result["images"][0]["results"][0]["model"]["version"] == "1.1.0"
-        assert svc.models.activations()[0].version == "1.1.0", "recorded: a restart keeps the running model"
-
-        fake_gpu.delenv("FAKE_TRT_FAULT")
-        svc.activate(bundle_variant(tmp_path, "1.3.0"), "boss")
-        _wait(lambda: health()["version"] == "1.3.0", "the good update")
-        now = health()
-        assert (now["status"], now["runner"], now["problem"]) == ("ok", "tensorrt", None)
-    finally:
-        svc.stop()
+    fake_gpu.delenv("FAKE_TRT_FAULT")
+    svc.activate(bundle_variant(tmp_path, "1.3.0"), "boss")
+    _wait(lambda: health()["version"] == "1.3.0", "the good update")
+    now = health()
+    assert (now["status"], now["runner"], now["problem"]) == ("ok", "tensorrt", None)
 
 
 def test_a_model_chosen_while_another_waits_for_its_engine_wins(
-    tmp_path: Path, fake_gpu: pytest.MonkeyPatch, api_client: Callable[[Flask], FlaskClient]
+    tmp_path: Path,
+    fake_gpu: pytest.MonkeyPatch,
+    jetson_service: tuple[Service, Callable[[], dict[str, Any]], FlaskClient],
 ) -> None:
     """An administrator puts 1.2.0 in service (its engine takes a while), then changes their mind for 1.1.0
     (engine ready): 1.1.0 serves, and 1.2.0's build finishing later changes nothing."""
-    settings = _settings(tmp_path, max_batch=2)
-    app = create_app(settings)
-    svc = services.get_from(app)
-    client = api_client(app)
-    try:
-        health = lambda: client.get("/api/v1/health").get_json()  # noqa: E731
-        _wait(lambda: health()["runner"] == "tensorrt", "the configured model's engine")
-        fake_gpu.setenv("FAKE_TRT_BUILD_S", "3")
-        svc.activate(bundle_variant(tmp_path, "1.2.0"), "boss")
-        svc.activate(EMBEDDED_BUNDLE, "boss")
-        time.sleep(6)  # 1.2.0's build is over (or cancelled)
-        assert (health()["version"], health()["problem"]) == ("1.1.0", None)
-        assert svc.models.activations()[0].version == "1.1.0"
-    finally:
-        svc.stop()
+    svc, health, _ = jetson_service
+    fake_gpu.setenv("FAKE_TRT_BUILD_S", "3")
+    svc.activate(bundle_variant(tmp_path, "1.2.0"), "boss")
+    svc.activate(EMBEDDED_BUNDLE, "boss")
+    time.sleep(6)  # 1.2.0's build is over (or cancelled)
+    assert (health()["version"], health()["problem"]) == ("1.1.0", None)
+    assert svc.models.activations()[0].version == "1.1.0"
 
 
 def test_a_restart_while_an_update_waits_for_its_engine_serves_the_previous_model_first(
