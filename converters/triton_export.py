@@ -145,8 +145,17 @@ def _engine_for(bundle: Bundle, o: ExportOptions) -> Path:
     found = []
     for meta_path in sorted(o.engines.glob(f"*/{META_NAME}")):
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("bundle_sha256") == bundle.sha256 and (o.gpu is None or meta.get("gpu_name") == o.gpu):
-            found.append((meta_path.parent / ENGINE_NAME, meta))
+        if meta.get("bundle_sha256") != bundle.sha256 or (o.gpu is not None and meta.get("gpu_name") != o.gpu):
+            continue
+        if meta.get("dla_core") is not None:
+            continue  # a DLA engine has one batch size: not for a hub's dynamic batching
+        built_for = meta.get("build", {}).get("max_batch", 0)
+        if built_for < o.max_batch:
+            raise ConversionError(
+                f"the engine of {bundle.manifest.name} in {meta_path.parent} takes batches up to {built_for}, "
+                f"--max-batch is {o.max_batch}: build it with --max-batch {o.max_batch}, or export with less"
+            )
+        found.append((meta_path.parent / ENGINE_NAME, meta))
     if not found:
         raise ConversionError(
             f"no engine of {bundle.manifest.name} {bundle.manifest.version} in {o.engines}"

@@ -135,6 +135,13 @@ def test_the_tensorrt_form_takes_the_hubs_engine(tmp_path: Path, versions: list[
     cache.store(versions[0], Platform("10.3.0", "NVIDIA A100", "8.0"), b"plan for the A100", {"max_batch": 8})
     with pytest.raises(Exception, match=r"several GPUs \(NVIDIA A100, NVIDIA L4\): choose one with --gpu"):
         export_triton(versions[:1], tmp_path / "r", ExportOptions(form="tensorrt", engines=cache.root))
+    with pytest.raises(Exception, match=r"takes batches up to 8, --max-batch is 16"):
+        export_triton(
+            versions[:1],
+            tmp_path / "r",
+            ExportOptions(form="tensorrt", engines=cache.root, gpu="NVIDIA L4", max_batch=16),
+        )
+    cache.store(versions[0], Platform("10.3.0", "NVIDIA L4", "8.9", dla_core=0), b"a DLA plan", {"max_batch": 8})
     options = ExportOptions(form="tensorrt", engines=cache.root, gpu="NVIDIA L4")
     (folder,) = export_triton(versions[:1], tmp_path / "r", options)
     assert folder == tmp_path / "r" / "cxr-reference_tensorrt" / "1"
