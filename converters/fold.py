@@ -18,15 +18,16 @@ import numpy as np
 _ELEMENTWISE = ("Add", "Sub", "Mul", "Div")
 
 
-def _per_channel(value: np.ndarray, channels: int, spatial: int) -> np.ndarray | None:
-    """`value` as one number per output channel of a Conv with `spatial` spatial axes, where it broadcasts so
-    against its output (N, C, *spatial): [1, C, 1, 1] or [C, 1, 1] for a 2-D Conv, or a scalar."""
-    if value.size == 1 and value.ndim <= spatial + 2:
+def _per_channel(value: np.ndarray, channels: int, rank: int, axis: int) -> np.ndarray | None:
+    """`value` as one number per channel, where it broadcasts against a tensor of `rank` dimensions whose
+    channels are on `axis` (1 right after a Conv; the last after a Transpose to NHWC): one value, or `channels`
+    values on that axis and 1 on every other."""
+    if value.ndim > rank:
+        return None
+    shape = [1] * (rank - value.ndim) + list(value.shape)
+    if all(d == 1 for d in shape):
         return np.full(channels, float(value.reshape(-1)[0]), np.float64)
-    shape = list(value.shape)
-    if len(shape) == spatial + 2 and shape[0] == 1:
-        shape.pop(0)
-    if len(shape) == spatial + 1 and shape[0] == channels and all(d == 1 for d in shape[1:]):
+    if shape[axis] == channels and all(d == 1 for i, d in enumerate(shape) if i != axis):
         return value.reshape(channels).astype(np.float64)
     return None
 
@@ -52,15 +53,25 @@ def fold_scale_shift(model: Any) -> tuple[Any, int]:
                 continue
             out = conv.output[0]
             after = readers.get(out, [])
-            if len(after) != 1 or out in graph_outputs or after[0].op_type not in _ELEMENTWISE:
+            if len(after) != 1 or out in graph_outputs:
                 continue
+            weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+            channels, axis, between = weight.shape[0], 1, None
+            if after[0].op_type == "Transpose":  # Keras on torch: Conv, Transpose to NHWC, then the scale/shift
+                perm = next((list(a.ints) for a in after[0].attribute if a.name == "perm"), None)
+                out = after[0].output[0]
+                if perm is None or len(perm) != weight.ndim or out in graph_outputs:
+                    continue
+                between, axis, after = after[0], perm.index(1), readers.get(out, [])
+                if len(after) != 1:
+                    continue
             op = after[0]
+            if op.op_type not in _ELEMENTWISE:
+                continue
             const_name = op.input[1] if op.input[0] == out else op.input[0]
             if const_name not in inits or out not in op.input[:2]:
                 continue
-            weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
-            channels = weight.shape[0]
-            c = _per_channel(numpy_helper.to_array(inits[const_name]), channels, weight.ndim - 2)
+            c = _per_channel(numpy_helper.to_array(inits[const_name]), channels, weight.ndim, axis)
             if c is None or (op.op_type == "Div" and (op.input[0] != out or np.any(c == 0))):
                 continue
             bias_name = conv.input[2] if len(conv.input) > 2 and conv.input[2] else None
@@ -86,7 +97,8 @@ def fold_scale_shift(model: Any) -> tuple[Any, int]:
             graph.initializer.extend([new_w, new_b])
             inits[new_w.name], inits[new_b.name] = new_w, new_b
             conv.input[:] = [conv.input[0], new_w.name, new_b.name]
-            conv.output[0] = op.output[0]  # the Conv now gives what the elementwise node gave
+            # The Conv (or the Transpose after it) now gives what the elementwise node gave.
+            (between or conv).output[0] = op.output[0]
             graph.node.remove(op)
             folded += 1
             changed = True

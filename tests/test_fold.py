@@ -151,3 +151,32 @@ def test_the_float_graph_under_a_qdq_graph(tmp_path: Path) -> None:
     for f, g, q in zip(float_out, got, quantized, strict=True):
         assert np.abs(f - g).max() <= np.abs(f - q).max(), "nearer the float model than the INT8 one is"
         assert np.abs(f - g).max() < 0.05 * max(1.0, float(np.abs(f).max()))
+
+
+def test_a_chain_after_the_transpose_to_nhwc_folds_too() -> None:
+    """Keras 3 on torch exports BatchNorm after the Transpose back to NHWC: Sub/Mul/Add by [C] or [1, 1, 1, C]
+    constants on the last axis (found on keras.applications.Xception exported with torch.onnx dynamo)."""
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t0"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["t0", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Transpose", ["c"], ["t1"], perm=[0, 2, 3, 1]),
+        helper.make_node("Sub", ["t1", "mean"], ["s"]),
+        helper.make_node("Mul", ["s", "scale"], ["m"]),
+        helper.make_node("Add", ["m", "beta"], ["y"]),
+    ]
+    inits = [
+        _const("w", (6, 4, 3, 3), -1, 1),
+        _const("mean", (6,), -1, 1),
+        _const("scale", (1, 1, 1, 6)),
+        _const("beta", (1, 1, 1, 6), -1, 1),
+    ]
+    model = _model(nodes, inits, ["y"])
+    x = RNG.uniform(-1, 1, (2, 8, 8, 4)).astype(np.float32)
+    (before,) = _run(model, x)
+    folded, count = fold_scale_shift(onnx.ModelProto.FromString(model.SerializeToString()))
+    assert count == 3 and [n.op_type for n in folded.graph.node] == ["Transpose", "Conv", "Transpose"]
+    (after,) = _run(folded, x)
+    assert np.abs(before - after).max() < 1e-5
+    # On the NHWC side a [1, C, 1, 1] constant is not per channel (it broadcasts over rows): left alone.
+    wrong = _model(nodes[:4], [inits[0], _const("mean", (1, 6, 1, 1))], ["s"])
+    assert fold_scale_shift(wrong)[1] == 0
