@@ -397,7 +397,11 @@ def test_records_handed_out_are_frozen(tmp_path: Path) -> None:
     store = Store(tmp_path)
     added = _add(store, b"image", _header())
     result = ModelResult("ok", MODEL, "b" * 64)
-    for record, field in ((added, "status"), (result, "status")):
+    job = store.claim_job(lease_s=60, max_attempts=3)
+    store.enqueue_outputs(added.image_id, [("pacs", "sr", "c" * 64)])
+    item = store.due_output(hold_s=60)
+    records = ((added, "status"), (result, "status"), (job, "attempts"), (item, "attempts"))
+    for record, field in records:
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(record, field, "done")
     store.close()
@@ -411,4 +415,36 @@ def test_an_image_that_cannot_be_recorded_leaves_no_half_study(tmp_path: Path) -
         store.get_study("1.2.3")  # the study row went with the rest
     added = _add(store, b"image", _header())
     assert store.get_study("1.2.3")["images"][0]["id"] == added.image_id
+    store.close()
+
+
+def test_a_lease_holds_for_its_time_then_lapses(tmp_path: Path) -> None:
+    import time
+
+    store = Store(tmp_path)
+    _add(store, b"image", _header())
+    job = store.claim_job(lease_s=0.5, max_attempts=3)
+    assert job is not None and job.filename == "a.dcm" and job.sha256 == hashlib.sha256(b"image").hexdigest()
+    assert store.claim_job(lease_s=0.5, max_attempts=3) is None, "held by its worker for 0.5 s"
+    time.sleep(0.6)
+    again = store.claim_job(lease_s=0.5, max_attempts=3)
+    assert again is not None and again.id == job.id and again.attempts == 2
+    store.close()
+
+
+def test_a_duplicate_answers_with_the_original_study(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    first = _add(store, b"image", _header(study="9.8.7"))
+    again = _add(store, b"image", _header(study="9.8.7"))
+    assert again.duplicate and (again.image_id, again.study_uid, again.status) == (first.image_id, "9.8.7", "queued")
+    store.close()
+
+
+def test_the_audit_trail_shows_a_hundred_entries_by_default(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    for i in range(101):
+        store.audit("a", f"act{i}")
+    trail = store.audit_trail()
+    assert len(trail) == 100 and trail[0]["action"] == "act100", "newest first"
+    assert len(store.audit_trail(limit=101)) == 101
     store.close()
