@@ -363,3 +363,17 @@ def test_a_hub_that_asks_for_a_token(tmp_path: Path, versions: list[Bundle]) -> 
             assert "triton-access-token" in runner.problem or "restricted" in runner.problem.lower(), runner.problem
     finally:
         server.stop()
+
+
+def test_the_hub_model_can_be_named(hub: TritonServer, versions: list[Bundle]) -> None:
+    """model.triton.model picks the hub's model (the `<name>_tensorrt` form of an export, say)."""
+    bundle = versions[0]
+    named = TritonSettings(url=hub.url, model="cxr-reference")
+    with TritonRunner(bundle, named, OnnxRuntimeRunner(bundle, threads=1)) as runner:
+        runner.infer(_batch(bundle, 1, 0))
+        assert (runner.name, runner.problem) == ("triton", None)
+    missing = TritonSettings(url=hub.url, model="cxr-reference_tensorrt")
+    with TritonRunner(bundle, missing, OnnxRuntimeRunner(bundle, threads=1)) as runner:
+        runner.infer(_batch(bundle, 1, 0))
+        assert runner.name == "onnxruntime" and runner.problem is not None
+        assert "cxr-reference_tensorrt" in runner.problem
