@@ -466,7 +466,7 @@ def _int8_bundle(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize(("timings", "passes"), [("fp16=2,int8=1", True), ("fp16=1,int8=1", False)])
+@pytest.mark.parametrize(("timings", "passes"), [("fp16=4,int8=1", True), ("fp16=1,int8=3", False)])
 def test_edge_convert_engine_gates_an_int8_engine_on_its_speed_against_fp16(
     tmp_path: Path, fake_gpu: pytest.MonkeyPatch, timings: str, passes: bool
 ) -> None:
@@ -490,9 +490,11 @@ def test_edge_convert_engine_gates_an_int8_engine_on_its_speed_against_fp16(
     if passes:
         assert proc.returncode == 0, proc.stderr
         said = re.search(r"at batch 1: speed-up (\d+\.\d+)x", proc.stderr)
-        assert said is not None and 1.4 < float(said.group(1)) < 2.4, proc.stderr
+        assert said is not None and 1.5 < float(said.group(1)) < 5.0, proc.stderr
         meta = json.loads(next(cache.glob(f"*/{META_NAME}")).read_text())
-        assert meta["precision"] == "int8" and 1.6 < meta["measured"]["speedup_vs_fp16"] < 2.4
+        assert meta["precision"] == "int8" and meta["measured"]["speedup_vs_fp16"] == pytest.approx(
+            float(said.group(1)), abs=0.01
+        )
         assert engines.lookup(bundle, current_platform(), 2) is not None
     else:
         assert proc.returncode == 1, proc.stderr
