@@ -448,3 +448,61 @@ def test_the_audit_trail_shows_a_hundred_entries_by_default(tmp_path: Path) -> N
     assert len(trail) == 100 and trail[0]["action"] == "act100", "newest first"
     assert len(store.audit_trail(limit=101)) == 101
     store.close()
+
+
+def test_the_file_store_layout_is_fixed(tmp_path: Path) -> None:
+    """files/<first two hex digits>/<sha256>: a data directory of an earlier version must still be read, and two
+    files under one prefix share its folder."""
+    store = Store(tmp_path)
+    by_prefix: dict[str, bytes] = {}
+    n = 0
+    while True:  # two contents whose digests share their first two hex digits
+        data = f"content {n}".encode()
+        prefix = hashlib.sha256(data).hexdigest()[:2]
+        if prefix in by_prefix:
+            break
+        by_prefix[prefix] = data
+        n += 1
+    for content in (by_prefix[prefix], data):
+        digest = store.put_file(content)
+        assert store.file_path(digest) == tmp_path / "files" / digest[:2] / digest
+        assert store.read_file(digest) == content
+    store.close()
+
+
+def test_purging_a_file_already_gone_is_no_error(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    added = _add(store, b"image", _header())
+    job = store.claim_job(lease_s=60, max_attempts=3)
+    assert job is not None
+    store.finish_job(job, Outcome("done", results=[ModelResult("ok", MODEL, "b" * 64)]))
+    store.file_path(hashlib.sha256(b"image").hexdigest()).unlink()  # removed by hand, or by a crash halfway
+    assert store.purge_images("9999-01-01T00:00:00+00:00") == 1
+    assert store.get_study("1.2.3")["images"][0]["id"] == added.image_id
+    store.close()
+
+
+def test_a_result_from_another_process_is_seen_within_a_poll_without_burning_the_cpu(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    store = Store(tmp_path)
+    added = _add(store, b"image", _header())
+    other = Store(tmp_path)  # the worker in its own process: it notifies no one in this one
+    job = other.claim_job(lease_s=60, max_attempts=3)
+    assert job is not None
+    done_at: list[float] = []
+
+    def finish() -> None:
+        time.sleep(0.3)
+        other.finish_job(job, Outcome("done", results=[ModelResult("ok", MODEL, "b" * 64)]))
+        done_at.append(time.monotonic())
+
+    threading.Thread(target=finish).start()
+    cpu = time.process_time()
+    assert store.wait_for(added.image_id, timeout=5)[0] == "done"
+    seen = time.monotonic()
+    assert seen - done_at[0] < 0.35, "polled every 0.25 s"
+    assert time.process_time() - cpu < 0.25, "waiting, not spinning"
+    store.close()
+    other.close()

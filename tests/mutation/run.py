@@ -58,6 +58,13 @@ MODULES: dict[str, list[str]] = {
 
 # Survivors that cannot be killed, by the source line they change and the operator (None: any), with the reason.
 EQUIVALENT = {
+    ("if size == 0 or path.exists():", "core/ReplaceComparisonOperator_Eq_LtE"): "a byte count is never negative",
+    ("if attempts >= max_attempts:", "core/ReplaceComparisonOperator_GtE_Is"): (
+        "attempts rise one at a time, so >= is first true at equality; small ints are interned: `is` is =="
+    ),
+    ("wanted = {r[0] for r in self._db.execute(FILES_IN_USE)}", "core/NumberReplacer"): (
+        "a UNION of one-column selects: a one-column row"
+    ),
     ('if status == "queued":', "core/ReplaceComparisonOperator_Eq_LtE"): (
         "an arrival's status is queued or rejected, and rejected sorts after queued: <= is == for both"
     ),
