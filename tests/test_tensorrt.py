@@ -198,3 +198,17 @@ def test_engine_cache_layout_and_rebuilds(tmp_path: Path) -> None:
         assert cache.lookup(bundle, ORIN) is None, damaged
     with pytest.raises(dataclasses.FrozenInstanceError):
         ORIN.gpu_name = "other"  # type: ignore[misc]
+
+
+def test_an_engine_without_its_batch_record_is_stale_and_failures_are_stamped_to_the_second(tmp_path: Path) -> None:
+    bundle = load_bundle(EMBEDDED_BUNDLE)
+    cache = EngineCache(tmp_path)
+    cache.store(bundle, ORIN, b"plan of an older edge-app", {})
+    assert cache.lookup(bundle, ORIN) is None, "no max_batch recorded: its profile is unknown, so it is rebuilt"
+    cache.remember_failure(bundle, ORIN, "it did not build")
+    record = cache.failure(bundle, ORIN)
+    assert record is not None and record["reason"] == "it did not build"
+    assert record["at"].endswith("+00:00") and "." not in record["at"], "to the second"
+    assert cache.failure(bundle, dataclasses.replace(ORIN, tensorrt_version="10.4.0")) is None
+    cache.store(bundle, ORIN, b"plan", {"max_batch": 8})
+    assert cache.failure(bundle, ORIN) is None, "a successful build forgets the failure"

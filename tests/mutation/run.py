@@ -58,6 +58,9 @@ MODULES: dict[str, list[str]] = {
 
 # Survivors that cannot be killed, by the source line they change and the operator (None: any), with the reason.
 EQUIVALENT = {
+    ("(folder / name).unlink(missing_ok=True)", "core/ReplaceTrueWithFalse"): (
+        "discard is called on an engine just built into the cache: both its files are there"
+    ),
     ("if size == 0 or path.exists():", "core/ReplaceComparisonOperator_Eq_LtE"): "a byte count is never negative",
     ("if attempts >= max_attempts:", "core/ReplaceComparisonOperator_GtE_Is"): (
         "attempts rise one at a time, so >= is first true at equality; small ints are interned: `is` is =="
