@@ -506,3 +506,16 @@ def test_a_result_from_another_process_is_seen_within_a_poll_without_burning_the
     assert time.process_time() - cpu < 0.25, "waiting, not spinning"
     store.close()
     other.close()
+
+
+def test_jobs_and_images_are_numbered_apart(tmp_path: Path) -> None:
+    """A refused arrival has an image but no job: from then on a job's id is not its image's."""
+    store = Store(tmp_path)
+    _add(store, b"%PDF", generated_header(), reason="not an image")
+    added = _add(store, b"image", _header())
+    job = store.claim_job(lease_s=60, max_attempts=3)
+    assert job is not None and job.image_id == added.image_id and job.id != job.image_id
+    store.finish_job(job, Outcome("done", results=[ModelResult("ok", MODEL, "b" * 64)]))
+    assert store.claim_job(lease_s=0, max_attempts=3) is None, "the job claimed is the job finished"
+    assert store.image_status(added.image_id)[0] == "done"
+    store.close()
