@@ -58,7 +58,10 @@ MODULES: dict[str, list[str]] = {
 
 # Survivors that cannot be killed, by the source line they change and the operator (None: any), with the reason.
 EQUIVALENT = {
-    ('if problems != ["ok"]:  # a power cut on a disk that lies about fsync, a failing card', None): (
+    (
+        'if problems != ["ok"]:  # a power cut on a disk that lies about fsync, a failing card',
+        "core/ReplaceComparisonOperator_NotEq_Lt",
+    ): (
         "quick_check's problem lines begin with '*', a capital or a digit, which all sort before 'ok'"
     ),
     ("(folder / name).unlink(missing_ok=True)", "core/ReplaceTrueWithFalse"): (
