@@ -202,6 +202,9 @@ def test_engine_cache_layout_and_rebuilds(tmp_path: Path) -> None:
 
 def test_an_engine_without_its_batch_record_is_stale_and_failures_are_stamped_to_the_second(tmp_path: Path) -> None:
     bundle = load_bundle(EMBEDDED_BUNDLE)
+    fresh = EngineCache(tmp_path / "not" / "made" / "yet")
+    fresh.remember_failure(bundle, ORIN, "the first build on a new box failed")
+    assert fresh.failure(bundle, ORIN) is not None, "the cache folder is made for it"
     cache = EngineCache(tmp_path)
     cache.store(bundle, ORIN, b"plan of an older edge-app", {})
     assert cache.lookup(bundle, ORIN) is None, "no max_batch recorded: its profile is unknown, so it is rebuilt"

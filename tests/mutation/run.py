@@ -58,6 +58,36 @@ MODULES: dict[str, list[str]] = {
 
 # Survivors that cannot be killed, by the source line they change and the operator (None: any), with the reason.
 EQUIVALENT = {
+    ("if attempts >= max_attempts:", "core/ReplaceComparisonOperator_GtE_Eq"): (
+        "attempts rise one at a time from 0, so >= is first true at equality"
+    ),
+    ("if 0 < result_id < 2**63:  # SQLite's INTEGER range", "core/ReplaceComparisonOperator_Lt_LtE"): (
+        "no row has id 0 (SQLite's rowids start at 1): 0 is not found either way"
+    ),
+    (
+        "if not path.is_file() or (min_age_s and path.stat().st_mtime > too_new):",
+        "core/ReplaceComparisonOperator_Gt_GtE",
+    ): "a file's time equal to the limit to the nanosecond: no test, and no crash, can tell",
+    (
+        "f\"the database {self.data_dir / 'edge-app.sqlite3'} is damaged ({'; '.join(problems[:3])}): \"",
+        "core/NumberReplacer",
+    ): (
+        "NOT equivalent, listed as not worth a test: how many of quick_check's lines the message quotes; no test "
+        "builds a file damaged so that quick_check reports three lines (SQLite refuses such files outright)"
+    ),
+    ("sm_count: int = 0", "core/NumberReplacer"): (
+        "the default of a Platform named without it (tests): current_platform always gives the SM count"
+    ),
+    ("memory_mb: int = 0", "core/NumberReplacer"): (
+        "the default of a Platform named without it (tests): current_platform always gives the memory"
+    ),
+    ('built_for = meta.get("build", {}).get("max_batch", 0)', "core/NumberReplacer"): (
+        "a missing record read as 0 or -1 is below every max_batch (1 at least): a miss either way"
+    ),
+    (
+        "atomic_write(folder / FAILED_NAME, (json.dumps(record, indent=2) + \"\\n\").encode(), mode=READABLE)",
+        "core/NumberReplacer",
+    ): "the indentation of failed.json, for a person's eyes: the record reads the same",
     (
         'if problems != ["ok"]:  # a power cut on a disk that lies about fsync, a failing card',
         "core/ReplaceComparisonOperator_NotEq_Lt",
