@@ -400,7 +400,13 @@ def test_records_handed_out_are_frozen(tmp_path: Path) -> None:
     job = store.claim_job(lease_s=60, max_attempts=3)
     store.enqueue_outputs(added.image_id, [("pacs", "sr", "c" * 64)])
     item = store.due_output(hold_s=60)
-    records = ((added, "status"), (result, "status"), (job, "attempts"), (item, "attempts"))
+    records = (
+        (added, "status"),
+        (result, "status"),
+        (job, "attempts"),
+        (item, "attempts"),
+        (Outcome("done"), "status"),
+    )
     for record, field in records:
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(record, field, "done")
@@ -518,4 +524,13 @@ def test_jobs_and_images_are_numbered_apart(tmp_path: Path) -> None:
     store.finish_job(job, Outcome("done", results=[ModelResult("ok", MODEL, "b" * 64)]))
     assert store.claim_job(lease_s=0, max_attempts=3) is None, "the job claimed is the job finished"
     assert store.image_status(added.image_id)[0] == "done"
+    store.close()
+
+
+def test_a_refused_arrival_sent_again_answers_with_its_reason(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    first = _add(store, b"%PDF", generated_header(), reason="not a DICOM (Part 10), PNG or JPEG file")
+    header = ImageHeader("unknown", first.study_uid, "1.9", first.sop_instance_uid)
+    again = _add(store, b"%PDF", header, reason="not a DICOM (Part 10), PNG or JPEG file")
+    assert again.duplicate and (again.status, again.reason) == ("rejected", "not a DICOM (Part 10), PNG or JPEG file")
     store.close()

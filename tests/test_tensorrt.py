@@ -19,7 +19,7 @@ from edge_app.bundle import load_bundle
 from edge_app.config import EMBEDDED_BUNDLE
 from edge_app.errors import BundleError, RuntimeUnavailable
 from edge_app.runtime import open_runner
-from edge_app.runtime.engine_cache import ENGINE_NAME, META_NAME, EngineCache, Platform, cache_key
+from edge_app.runtime.engine_cache import ENGINE_NAME, FAILED_NAME, META_NAME, EngineCache, Platform, cache_key
 from edge_app.runtime.tensorrt import EngineTensor, check_engine_io, current_platform
 
 ORIN = Platform("10.3.0", "Orin (nvgpu)", "8.7", sm_count=8, memory_mb=7620, l4t_release="R36.3.0")
@@ -213,5 +213,12 @@ def test_an_engine_without_its_batch_record_is_stale_and_failures_are_stamped_to
     assert record is not None and record["reason"] == "it did not build"
     assert record["at"].endswith("+00:00") and "." not in record["at"], "to the second"
     assert cache.failure(bundle, dataclasses.replace(ORIN, tensorrt_version="10.4.0")) is None
+    failed = cache.folder(bundle, ORIN) / FAILED_NAME
+    record = json.loads(failed.read_text())
+    failed.write_text(json.dumps({**record, "bundle_sha256": "0" * 64}))  # another bundle's, copied here
+    assert cache.failure(bundle, ORIN) is None
+    failed.write_text(json.dumps([record]))
+    assert cache.failure(bundle, ORIN) is None, "not a record at all"
+    failed.write_text(json.dumps(record))
     cache.store(bundle, ORIN, b"plan", {"max_batch": 8})
     assert cache.failure(bundle, ORIN) is None, "a successful build forgets the failure"

@@ -58,6 +58,7 @@ MODULES: dict[str, list[str]] = {
 
 # Survivors that cannot be killed, by the source line they change and the operator (None: any), with the reason.
 EQUIVALENT = {
+    ('return self._db.execute(f"PRAGMA {name}").fetchone()[0]', "core/NumberReplacer"): "a one-column row",
     ("if attempts >= max_attempts:", "core/ReplaceComparisonOperator_GtE_Eq"): (
         "attempts rise one at a time from 0, so >= is first true at equality"
     ),
