@@ -534,3 +534,16 @@ def test_a_refused_arrival_sent_again_answers_with_its_reason(tmp_path: Path) ->
     again = _add(store, b"%PDF", header, reason="not a DICOM (Part 10), PNG or JPEG file")
     assert again.duplicate and (again.status, again.reason) == ("rejected", "not a DICOM (Part 10), PNG or JPEG file")
     store.close()
+
+
+def test_an_output_held_by_a_sender_that_died_is_due_again_after_the_hold(tmp_path: Path) -> None:
+    import time
+
+    store = Store(tmp_path)
+    added = _add(store, b"image", _header())
+    store.enqueue_outputs(added.image_id, [("pacs", "sr", "c" * 64)])
+    assert store.due_output(hold_s=0.3) is not None
+    assert store.due_output(hold_s=0.3) is None, "held for 0.3 s"
+    time.sleep(0.4)
+    assert store.due_output(hold_s=0.3) is not None, "its sender never answered: another takes it"
+    store.close()
