@@ -58,6 +58,16 @@ MODULES: dict[str, list[str]] = {
 
 # Survivors that cannot be killed, by the source line they change and the operator (None: any), with the reason.
 EQUIVALENT = {
+    ("if 0 < result_id < 2**63:  # SQLite's INTEGER range", "core/ReplaceComparisonOperator_Lt_NotEq"): (
+        "`0 != id < 2**63`: the negatives pass to the query, which finds no row: NotFound all the same"
+    ),
+    ("if 0 < result_id < 2**63:  # SQLite's INTEGER range", "core/NumberReplacer"): (
+        "-1 < id lets 0 through to a query that finds no row (rowids start at 1); the bounds' other numbers are "
+        "killed by the test of the whole id range"
+    ),
+    ('if status != "queued" or left <= 0:', "core/ReplaceComparisonOperator_LtE_Lt"): (
+        "time left exactly 0.0: the next pass finds it negative; no test can tell"
+    ),
     ('return self._db.execute(f"PRAGMA {name}").fetchone()[0]', "core/NumberReplacer"): "a one-column row",
     ("if attempts >= max_attempts:", "core/ReplaceComparisonOperator_GtE_Eq"): (
         "attempts rise one at a time from 0, so >= is first true at equality"
