@@ -58,6 +58,9 @@ MODULES: dict[str, list[str]] = {
 
 # Survivors that cannot be killed, by the source line they change and the operator (None: any), with the reason.
 EQUIVALENT = {
+    ("record.unlink(missing_ok=True)", "core/ReplaceTrueWithFalse"): (
+        "the file was just found by glob: only another process removing it in between could tell"
+    ),
     ("if 0 < result_id < 2**63:  # SQLite's INTEGER range", "core/ReplaceComparisonOperator_Lt_NotEq"): (
         "`0 != id < 2**63`: the negatives pass to the query, which finds no row: NotFound all the same"
     ),
