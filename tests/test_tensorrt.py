@@ -208,6 +208,8 @@ def test_an_engine_without_its_batch_record_is_stale_and_failures_are_stamped_to
     cache = EngineCache(tmp_path)
     cache.store(bundle, ORIN, b"plan of an older edge-app", {})
     assert cache.lookup(bundle, ORIN) is None, "no max_batch recorded: its profile is unknown, so it is rebuilt"
+    single = cache.store(bundle, ORIN, b"plan for one image at a time", {"max_batch": 1})
+    assert cache.lookup(bundle, ORIN) == single, "a lookup without a batch asks for one image"
     cache.remember_failure(bundle, ORIN, "it did not build")
     record = cache.failure(bundle, ORIN)
     assert record is not None and record["reason"] == "it did not build"
