@@ -211,6 +211,8 @@ def _engine(args: argparse.Namespace) -> int:
 def _export_triton(args: argparse.Namespace) -> int:
     from converters.triton_export import ExportOptions, export_triton
 
+    if args.output.exists() and not args.output.is_dir():
+        raise ConversionError(f"{args.output} is a file; give a folder for the model repository")
     if args.form == "tensorrt" and args.engines is None:
         raise ConversionError("the tensorrt form needs --engines (an engine cache with engines built on the hub)")
     if not 1 <= args.max_batch <= 1024 or args.max_queue_delay_us < 0 or args.instances < 1:

@@ -125,6 +125,14 @@ def test_export_refusals(tmp_path: Path, versions: list[Bundle]) -> None:
         timeout=60,
     )
     assert proc.returncode == 2 and "did not write" in proc.stderr
+    (tmp_path / "a file").write_text("x")
+    proc = subprocess.run(
+        [*cli, "export-triton", str(EMBEDDED_BUNDLE), "-o", str(tmp_path / "a file")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "is a file; give a folder for the model repository" in proc.stderr
 
 
 def test_the_tensorrt_form_takes_the_hubs_engine(tmp_path: Path, versions: list[Bundle]) -> None:
