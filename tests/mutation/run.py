@@ -5,8 +5,9 @@
 Installs nothing: needs `pip install cosmic-ray` in the environment that runs the tests. cosmic-ray changes the
 files it mutates, so the project is cloned into the work directory (default: a temporary one) and the tests run
 there with PYTHONPATH pointing at the clone, the real data found through EDGE_SHARED_DATA. Each module is tested
-by the test files that exercise it (`MODULES` below), stopping at the first failure. Prints, per module, the
-mutants, the killed and the survivors with their diff, and the overall score; exits 1 under 85 %.
+by the test files that exercise it (`MODULES` below), stopping at the first failure: each mutant first against the
+tests that run the line it changes (`covering.py`), then each survivor against all of them. Prints, per module,
+the mutants, the killed and the survivors with their diff, and the overall score; exits 1 under 85 %.
 Takes hours for every module on two cores: name modules to run a few.
 """
 
@@ -16,14 +17,18 @@ import argparse
 import ast
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import covering
+
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = 0.85
+TIMEOUT_S = 120.0  # a mutant whose tests run longer hangs them: killed
 MODULES: dict[str, list[str]] = {
     "edge_app/result.py": ["test_result.py", "test_properties.py", "test_runtime.py"],
     "edge_app/bundle.py": ["test_bundle.py", "test_signing.py"],
@@ -339,19 +344,15 @@ def _skip(session: Path, uncounted: Callable[[tuple[int, int], str], bool]) -> N
     print(f"{len(skipped)} mutants inside type annotations or listed as equivalent: skipped", flush=True)
 
 
-def run_module(module: str, clone: Path, data: Path, *, report_only: bool = False) -> tuple[int, int, list[str]]:
-    """(mutants counted, killed, survivor descriptions) for one module; equivalent mutants are not counted."""
-    tests = " ".join(f"tests/{name}" for name in MODULES[module])
+def run_module(
+    module: str, clones: list[Path], data: Path, *, report_only: bool = False
+) -> tuple[int, int, list[str]]:
+    """(mutants counted, killed, survivor descriptions) for one module; equivalent mutants are not counted. A
+    session already in the clone goes on where it stopped; more than one clone runs that many mutants at a time."""
+    tests = [f"tests/{name}" for name in MODULES[module]]
     name = module.replace("/", "_").removesuffix(".py")
+    clone = clones[0]
     config, session = clone / f"cr-{name}.toml", clone / f"cr-{name}.sqlite"
-    config.write_text(
-        "[cosmic-ray]\n"
-        f'module-path = "{module}"\n'
-        "timeout = 120.0\n"
-        "excluded-modules = []\n"
-        f'test-command = "{sys.executable} -m pytest -x -q -p no:cacheprovider {tests}"\n'
-        '[cosmic-ray.distributor]\nname = "local"\n'
-    )
     env = {**os.environ, "PYTHONPATH": str(clone), "EDGE_SHARED_DATA": str(data)}
     cosmic = [sys.executable, "-m", "cosmic_ray.cli"]
     source = (clone / module).read_text()
@@ -363,9 +364,40 @@ def run_module(module: str, clone: Path, data: Path, *, report_only: bool = Fals
         return any(a <= start < b for a, b in annotations) or bool({(line, None), (line, operator)} & EQUIVALENT.keys())
 
     if not report_only:
-        subprocess.run([*cosmic, "init", str(config), str(session)], cwd=clone, env=env, check=True)
+        line_map = clone / f"cr-{name}.lines.json"
+        if not line_map.exists():
+            covering.record(clone, module, tests, env)
+        covering_tests = [sys.executable, str(Path(covering.__file__)), str(line_map), module, *tests]
+        ports = range(9876, 9876 + len(clones))
+        distributor = (
+            '[cosmic-ray.distributor]\nname = "http"\n[cosmic-ray.distributor.http]\n'
+            f"worker-urls = {json.dumps([f'http://127.0.0.1:{port}' for port in ports])}\n"
+            if len(clones) > 1
+            else '[cosmic-ray.distributor]\nname = "local"\n'
+        )
+        config.write_text(
+            "[cosmic-ray]\n"
+            f'module-path = "{module}"\n'
+            f"timeout = {TIMEOUT_S}\n"
+            "excluded-modules = []\n"
+            f"test-command = {json.dumps(shlex.join(covering_tests))}\n" + distributor
+        )
+        if not session.exists():
+            subprocess.run([*cosmic, "init", str(config), str(session)], cwd=clone, env=env, check=True)
         _skip(session, uncounted)
-        subprocess.run([*cosmic, "exec", str(config), str(session)], cwd=clone, env=env, check=True)
+        workers = [
+            subprocess.Popen(
+                [*cosmic, "http-worker", "--port", str(port)], cwd=c, env={**env, "PYTHONPATH": str(c)}
+            )
+            for c, port in zip(clones, ports, strict=True)
+            if len(clones) > 1
+        ]
+        try:
+            subprocess.run([*cosmic, "exec", str(config), str(session)], cwd=clone, env=env, check=True)
+        finally:
+            for worker in workers:
+                worker.terminate()
+                worker.wait()
     dump = subprocess.run(
         [*cosmic, "dump", str(session)], cwd=clone, env=env, check=True, capture_output=True, text=True
     )
@@ -393,6 +425,7 @@ def main() -> int:
     parser.add_argument("modules", nargs="*", default=list(MODULES), help="modules to mutate (default: all)")
     parser.add_argument("--workdir", type=Path, help="where to clone the project (default: a temporary folder)")
     parser.add_argument("--report-only", action="store_true", help="report the sessions already in --workdir")
+    parser.add_argument("--workers", type=int, default=1, help="mutants run at a time, each in a clone of its own")
     args = parser.parse_args()
     unknown = sorted(set(args.modules) - set(MODULES))
     if unknown:
@@ -400,12 +433,13 @@ def main() -> int:
     data = Path(os.environ.get("EDGE_SHARED_DATA", ROOT.parent / "shared" / "data")).resolve()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
-        clone = work / "project"
-        if not clone.exists():
-            subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        clones = [work / ("project" if i == 0 else f"project-{i + 1}") for i in range(args.workers)]
+        for clone in clones:
+            if not clone.exists():
+                subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
         grand_total = grand_killed = 0
         for module in args.modules:
-            total, killed, survivors = run_module(module, clone, data, report_only=args.report_only)
+            total, killed, survivors = run_module(module, clones, data, report_only=args.report_only)
             grand_total, grand_killed = grand_total + total, grand_killed + killed
             print(f"== {module}: {killed}/{total} killed ({killed / max(total, 1):.0%})", flush=True)
             for survivor in survivors:
