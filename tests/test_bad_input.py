@@ -7,6 +7,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from PIL import Image
@@ -125,3 +126,43 @@ def test_memory_budget_boundary() -> None:
     assert 12 < need_mb < 13
     assert "needs about 12 MB to decode, over the limit of 12 MB" in _rejected(buf.getvalue(), max_decode_mb=12)
     assert decode(buf.getvalue(), limits=DecodeLimits(max_decode_mb=13)).pixels.shape == (1000, 1000)
+
+
+def test_memory_budget_of_a_16_bit_dicom() -> None:
+    """1024 x 1024 16-bit grey, uncompressed: 2 MiB of pixel data plus a header, and 1024 * 1024 * (1 * (2 + 4) + 8)
+    bytes = 14 MiB to decode: just over 16 MB, refused at 16 and decoded at 17."""
+    ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    ds.Rows = ds.Columns = 1024
+    ds.PixelData = np.arange(1024 * 1024, dtype=np.uint16).tobytes()
+    out = io.BytesIO()
+    ds.save_as(out)
+    data = out.getvalue()
+    need_mb = (len(data) + 1024 * 1024 * 14) / 2**20
+    assert 16 < need_mb < 16.01
+    reason = _rejected(data, max_decode_mb=16)
+    assert reason == (
+        "image of 1024x1024 pixels, 1 sample(s) of 16 bits, needs about 16 MB to decode, over the limit of 16 MB"
+    )
+    assert decode(data, limits=DecodeLimits(max_decode_mb=17)).pixels.shape == (1024, 1024)
+
+
+def test_memory_budget_of_a_16_bit_png() -> None:
+    """A 16-bit grey PNG counts two bytes a sample: 1024 * 1024 * (1 * (2 + 4) + 8) bytes = 14 MiB and the file."""
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(1024 * 1024, dtype=np.uint16).reshape(1024, 1024)).save(buf, format="PNG")
+    need_mb = (len(buf.getvalue()) + 1024 * 1024 * 14) / 2**20
+    limit = int(need_mb)
+    assert _rejected(buf.getvalue(), max_decode_mb=limit) == (
+        f"image of 1024x1024 pixels, 1 sample(s) of 16 bits, needs about {need_mb:,.0f} MB to decode, "
+        f"over the limit of {limit} MB"
+    )
+    assert decode(buf.getvalue(), limits=DecodeLimits(max_decode_mb=limit + 1)).pixels.shape == (1024, 1024)
+
+
+@pytest.mark.parametrize(("rows", "columns"), [(0, 64), (64, 0)])
+def test_an_image_without_rows_or_columns(rows: int, columns: int) -> None:
+    ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    ds.Rows, ds.Columns = rows, columns
+    out = io.BytesIO()
+    ds.save_as(out)
+    assert _rejected(out.getvalue()) == "DICOM image has no Rows/Columns"

@@ -130,7 +130,104 @@ def test_modality_lut_sequence_is_applied() -> None:
 def test_the_chosen_frame_is_the_one_decoded(choice: str | int, index: int) -> None:
     """color3d_jpeg_baseline: 120 JPEG frames of a moving ultrasound loop, each different."""
     path = dicom_file("color3d_jpeg_baseline.dcm")
+    if isinstance(choice, str):
+        choice = "".join(reversed(choice[::-1]))  # an equal string, not the literal itself (as read from a file)
     image = decode(path, limits=DecodeLimits(frame=choice))  # type: ignore[arg-type]
     assert image.metadata["frame"] == index and image.metadata["frames"] == 120
     expected = pydicom.dcmread(path).pixel_array[index].astype(np.float32) / 255.0
     assert np.allclose(image.pixels, expected)
+
+
+def _ct(**attributes: object) -> bytes:
+    """CT_small (signed 16-bit, stored 128..2191) with the given attributes, as a file's bytes."""
+    ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("function", "slope", "intercept", "center", "width"),
+    [
+        ("LINEAR", 1.0, -1024.0, 40.0, 400.0),  # a CT soft-tissue window in Hounsfield units
+        ("LINEAR", 2.0, 1.0, 2000.0, 1200.0),
+        ("LINEAR", 2.0, -1.0, 2000.5, 1.0),  # a width of 1: a threshold
+        ("LINEAR", 0.5, 0.0, 500.0, 300.0),
+        ("LINEAR_EXACT", 2.0, 1.0, 2000.0, 1200.0),
+        ("LINEAR_EXACT", 1.0, -1024.0, 40.0, 400.0),
+        ("SIGMOID", 2.0, 1.0, 2000.0, 1200.0),
+        ("SIGMOID", 1.0, -1024.0, 40.0, 400.0),
+    ],
+)
+def test_rescale_then_window_as_pydicom_does(
+    function: str, slope: float, intercept: float, center: float, width: float
+) -> None:
+    """The Modality LUT (slope, intercept) then the VOI window of each function, against pydicom's own
+    `apply_windowing` mapped from its output range onto [0, 1]."""
+    from pydicom.pixels.processing import apply_modality_lut, apply_windowing
+
+    data = _ct(
+        RescaleSlope=slope, RescaleIntercept=intercept, WindowCenter=center, WindowWidth=width, VOILUTFunction=function
+    )
+    ds = pydicom.dcmread(io.BytesIO(data))
+    windowed = apply_windowing(apply_modality_lut(ds.pixel_array, ds), ds)
+    with np.errstate(over="ignore"):
+        y_min, y_max = apply_windowing(np.array([-1e9, 1e9]), ds)
+    expected = (windowed - y_min) / (y_max - y_min)
+    px = decode(data).pixels
+    assert np.allclose(px, expected, atol=2e-6)
+    assert px.min() < 0.05 and px.max() > 0.95 and ((px > 0.1) & (px < 0.9)).any() == (width > 1.0)
+
+
+def test_a_cmyk_jpeg_becomes_rgb(nih_png: Path) -> None:
+    """Print workflows write CMYK JPEGs; the model sees the RGB a viewer shows."""
+    out = io.BytesIO()
+    Image.open(nih_png).convert("CMYK").save(out, format="JPEG", quality=95)
+    decoded = decode(out.getvalue())
+    assert decoded.metadata["mode"] == "CMYK" and decoded.pixels.shape == (512, 512, 3)
+    expected = np.asarray(Image.open(io.BytesIO(out.getvalue())).convert("RGB"), dtype=np.float32) / 255.0
+    assert np.allclose(decoded.pixels, expected)
+
+
+@pytest.mark.parametrize("blank", [False, True])
+def test_a_bilevel_png_is_black_and_white(blank: bool) -> None:
+    """Mode "1" (one bit a pixel): white is 1.0 and black 0.0, also on a blank page."""
+    img = Image.new("1", (40, 30), 1)
+    if not blank:
+        img.paste(0, (0, 0, 20, 30))
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    px = decode(out.getvalue()).pixels
+    assert px.shape == (30, 40)
+    assert (px[:, 20:] == 1.0).all() and (px[:, :20] == (1.0 if blank else 0.0)).all()
+
+
+@pytest.mark.parametrize("width", [1.0, 0.5])
+def test_a_linear_window_of_width_one_or_less_is_a_threshold(width: float) -> None:
+    """LINEAR asks for a width of at least 1 (files hold less); 1 or less is a threshold at center - 0.5."""
+    from pydicom.pixels.processing import apply_modality_lut
+
+    data = _ct(RescaleSlope=2.0, RescaleIntercept=1.0, WindowCenter=2000.0, WindowWidth=width)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    values = apply_modality_lut(ds.pixel_array, ds)
+    expected = (values > 1999.5).astype(np.float32)
+    assert 0.1 < expected.mean() < 0.9
+    assert np.array_equal(decode(data).pixels, expected)
+
+
+def test_the_first_of_several_voi_luts_is_applied() -> None:
+    """A file may carry several VOI LUTs (presets); the first is the default, as pydicom and viewers take it."""
+    from pydicom.pixels.processing import apply_voi_lut
+
+    ds = pydicom.dcmread(dicom_file("vlut_04.dcm"))
+    second = pydicom.Dataset()
+    second.add_new(0x00283002, "US", list(ds.VOILUTSequence[0].LUTDescriptor))  # LUT Descriptor
+    second.add_new(0x00283006, "US", [v // 4 for v in ds.VOILUTSequence[0].LUTData][::-1])  # LUT Data
+    ds.VOILUTSequence.append(second)
+    out = io.BytesIO()
+    ds.save_as(out)
+    lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
+    expected = (apply_voi_lut(ds.pixel_array, ds, index=0).astype(np.float64) - lut.min()) / (lut.max() - lut.min())
+    assert np.allclose(decode(out.getvalue()).pixels, expected, atol=1e-6)

@@ -26,7 +26,7 @@ FrameChoice = Literal["first", "middle", "last"] | int
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PERCENTILE_WINDOW = (0.5, 99.5)
-_PILLOW_SAMPLE_BYTES = {"I;16": 2, "I;16B": 2, "I;16L": 2, "I": 4, "F": 4}
+_PILLOW_SAMPLE_BYTES = {"I;16": 2, "I;16B": 2, "I;16L": 2, "I": 4}
 
 
 @dataclass(frozen=True)
@@ -257,8 +257,6 @@ def _dicom_intensity(arr: NDArray[Any], ds: Any, photometric: str, samples: int)
     if samples == 3:
         # pydicom converts YBR_FULL/YBR_FULL_422 to RGB; the JPEG 2000 decoder undoes YBR_ICT/RCT itself.
         return _scaled(arr, float(2 ** int(ds.get("BitsStored") or 8) - 1))
-    if samples != 1 or arr.ndim != 2:
-        raise ValueError(f"unsupported pixel layout: {samples} samples, array shape {arr.shape}")
 
     values = _modality(arr, ds, apply_modality_lut)
     del arr
@@ -356,12 +354,9 @@ def _decode_pillow(stream: BinaryIO, size: int, source: str, limits: DecodeLimit
         raise ImageRejected(source, f"damaged or truncated {fmt.upper()} file ({exc})") from exc
 
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
+    if mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey PNG: "I" or "I;16" by Pillow version
         pixels = np.asarray(img, dtype=np.float32)
-        pixels *= np.float32(1.0 / (65535.0 if pixels.max(initial=0) > 255 or mode.startswith("I;16") else 255.0))
-    elif mode == "F":
-        pixels = np.asarray(img, dtype=np.float32)
-        pixels = _linear(pixels, float(pixels.min()), float(pixels.max()))
+        pixels *= np.float32(1.0 / 65535.0)
     else:
         target = "L" if mode in ("L", "1", "LA") else "RGB"
         pixels = np.asarray(img if mode == target else img.convert(target), dtype=np.float32)

@@ -1,14 +1,15 @@
-"""Run a mutant first against the tests that run the line it changes, then, if they all pass, against all.
+"""Run a mutant against the tests that run the line it changes, not against every test of its module.
 
     python covering.py MAP MODULE TEST_FILE...      (cosmic-ray's test command, in the clone)
 
 `record` runs the module's test files once under coverage (with the `contexts` plugin) and writes MAP: for each
 line of the module, the tests that ran it. A mutant's changed lines are read from `git diff` against the clone's
-commit and widened to their whole statement (a multi-line call records its lines unevenly). Its first tests are
-the node ids, the whole files whose fixtures ran those lines, or every file (a line run at import or outside any
-test); none where no test runs them in its own process (they may run in a child). A mutant those tests kill is
-killed in seconds, not after every test before them; one they do not kill runs against every test of the module,
-so the outcome is a full run's.
+commit and widened to their whole statement (a multi-line call records its lines unevenly). Its tests are the node
+ids that ran those lines, the whole files whose fixtures ran them, or every file (a line run at import or outside
+any test), and every file too where no test runs them in its own process (they may run in a child process, which
+records no test). A test that does not run a mutant's line cannot tell it from the original, short of state kept
+from one test to the next; a test left out by mistake can only make a mutant survive, never kill one, so the score
+is at worst an underestimate, and each survivor is read anyway.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def _statement_lines(source: str, line: int) -> range:
 
 
 def select(map_path: Path, module: str, test_files: list[str]) -> list[str]:
-    """The pytest arguments for the mutant in the working tree: [] when no test runs its lines."""
+    """The pytest arguments for the mutant in the working tree: [] when no test runs its lines here."""
     covered: dict[str, list[str]] = json.loads(map_path.read_text())
     original = subprocess.run(["git", "show", f"HEAD:{module}"], capture_output=True, text=True, check=True).stdout
     contexts: set[str] = set()
@@ -88,13 +89,9 @@ def select(map_path: Path, module: str, test_files: list[str]) -> list[str]:
 
 def main() -> int:
     map_path, module, *test_files = sys.argv[1:]
-    selected = select(Path(map_path), module, test_files)
-    pytest = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
-    if not selected:
-        print(f"no test runs the lines this mutant changes in {module} in the tests' own process")
-    elif (failed := subprocess.run([*pytest, *selected], check=False).returncode) or selected == test_files:
-        return failed
-    return subprocess.run([*pytest, *test_files], check=False).returncode
+    selected = select(Path(map_path), module, test_files) or test_files
+    pytest = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *selected]
+    return subprocess.run(pytest, check=False).returncode
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@
 Installs nothing: needs `pip install cosmic-ray` in the environment that runs the tests. cosmic-ray changes the
 files it mutates, so the project is cloned into the work directory (default: a temporary one) and the tests run
 there with PYTHONPATH pointing at the clone, the real data found through EDGE_SHARED_DATA. Each module is tested
-by the test files that exercise it (`MODULES` below), stopping at the first failure: each mutant first against the
-tests that run the line it changes (`covering.py`), then each survivor against all of them. Prints, per module,
-the mutants, the killed and the survivors with their diff, and the overall score; exits 1 under 85 %.
+by the test files that exercise it (`MODULES` below), stopping at the first failure: each mutant against those of
+their tests that run the line it changes (`covering.py`). Prints, per module, the mutants, the killed and the
+survivors with their diff, and the overall score; exits 1 under 85 %.
 Takes hours for every module on two cores: name modules to run a few.
 """
 
