@@ -128,22 +128,34 @@ def test_memory_budget_boundary() -> None:
     assert decode(buf.getvalue(), limits=DecodeLimits(max_decode_mb=13)).pixels.shape == (1000, 1000)
 
 
-def test_memory_budget_of_a_16_bit_dicom() -> None:
-    """1024 x 1024 16-bit grey, uncompressed: 2 MiB of pixel data plus a header, and 1024 * 1024 * (1 * (2 + 4) + 8)
-    bytes = 14 MiB to decode: just over 16 MB, refused at 16 and decoded at 17."""
+@pytest.mark.parametrize("bits", [8, 16, 32])
+def test_memory_budget_of_a_dicom_image(bits: int) -> None:
+    """1024 x 1024 grey, uncompressed, of 1, 2 or 4 bytes a sample: a MiB each of pixel data plus a header, and
+    1024 * 1024 * (1 * (bytes + 4) + 8) to decode: just over 14, 16 or 20 MB, refused at that and decoded above."""
+    sample_bytes = bits // 8
     ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
     ds.Rows = ds.Columns = 1024
-    ds.PixelData = np.arange(1024 * 1024, dtype=np.uint16).tobytes()
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+    ds.PixelData = (np.arange(1024 * 1024) % 251).astype(f"uint{bits}").tobytes()
     out = io.BytesIO()
     ds.save_as(out)
     data = out.getvalue()
-    need_mb = (len(data) + 1024 * 1024 * 14) / 2**20
-    assert 16 < need_mb < 16.01
-    reason = _rejected(data, max_decode_mb=16)
-    assert reason == (
-        "image of 1024x1024 pixels, 1 sample(s) of 16 bits, needs about 16 MB to decode, over the limit of 16 MB"
+    limit = 2 * sample_bytes + 12
+    assert limit < (len(data) + 1024 * 1024 * (sample_bytes + 12)) / 2**20 < limit + 0.01
+    assert _rejected(data, max_decode_mb=limit) == (
+        f"image of 1024x1024 pixels, 1 sample(s) of {bits} bits, needs about {limit} MB to decode, "
+        f"over the limit of {limit} MB"
     )
-    assert decode(data, limits=DecodeLimits(max_decode_mb=17)).pixels.shape == (1024, 1024)
+    assert decode(data, limits=DecodeLimits(max_decode_mb=limit + 1)).pixels.shape == (1024, 1024)
+
+
+@pytest.mark.parametrize("keyword", ["BitsAllocated", "SamplesPerPixel"])
+def test_an_image_without_its_pixel_format(keyword: str) -> None:
+    ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    delattr(ds, keyword)
+    out = io.BytesIO()
+    ds.save_as(out)
+    assert _rejected(out.getvalue()).startswith(f"{keyword} absent is not 1")
 
 
 def test_memory_budget_of_a_16_bit_png() -> None:

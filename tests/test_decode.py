@@ -89,6 +89,7 @@ def test_multiframe_takes_the_chosen_frame() -> None:
 def test_nih_png(nih_png: Path) -> None:
     image = decode(nih_png)
     assert image.format == "png" and image.pixels.shape == (512, 512)
+    assert image.metadata == {"rows": 512, "columns": 512, "mode": "L", "frames": 1, "frame": 0}
     assert np.allclose(image.pixels * 255, np.asarray(Image.open(nih_png), dtype=np.float32))
 
 
@@ -126,7 +127,7 @@ def test_modality_lut_sequence_is_applied() -> None:
     assert np.allclose(decode(path).pixels, np.clip((values - lo) / (hi - lo), 0, 1), atol=1e-5)
 
 
-@pytest.mark.parametrize(("choice", "index"), [("first", 0), ("middle", 60), ("last", 119), (7, 7)])
+@pytest.mark.parametrize(("choice", "index"), [("first", 0), ("middle", 60), ("last", 119), (0, 0), (7, 7), (119, 119)])
 def test_the_chosen_frame_is_the_one_decoded(choice: str | int, index: int) -> None:
     """color3d_jpeg_baseline: 120 JPEG frames of a moving ultrasound loop, each different."""
     path = dicom_file("color3d_jpeg_baseline.dcm")
@@ -206,15 +207,25 @@ def test_a_bilevel_png_is_black_and_white(blank: bool) -> None:
 
 @pytest.mark.parametrize("width", [1.0, 0.5])
 def test_a_linear_window_of_width_one_or_less_is_a_threshold(width: float) -> None:
-    """LINEAR asks for a width of at least 1 (files hold less); 1 or less is a threshold at center - 0.5."""
-    from pydicom.pixels.processing import apply_modality_lut
-
-    data = _ct(RescaleSlope=2.0, RescaleIntercept=1.0, WindowCenter=2000.0, WindowWidth=width)
-    ds = pydicom.dcmread(io.BytesIO(data))
-    values = apply_modality_lut(ds.pixel_array, ds)
-    expected = (values > 1999.5).astype(np.float32)
-    assert 0.1 < expected.mean() < 0.9
+    """LINEAR asks for a width of at least 1 (files hold less); 1 or less is a threshold at center - 0.5: a value
+    equal to the center is above it."""
+    raw = pydicom.dcmread(dicom_file("CT_small.dcm")).pixel_array
+    center = float(np.median(raw))
+    data = _ct(RescaleSlope=1.0, RescaleIntercept=0.0, WindowCenter=center, WindowWidth=width)
+    expected = (raw >= center).astype(np.float32)
+    assert (raw == center).any() and 0.1 < expected.mean() < 0.9
     assert np.array_equal(decode(data).pixels, expected)
+
+
+def test_the_first_of_several_windows_is_applied() -> None:
+    """WindowCenter/WindowWidth may hold several windows (presets); the first is the default."""
+    from pydicom.pixels.processing import apply_modality_lut, apply_windowing
+
+    data = _ct(WindowCenter=[40.0, 400.0], WindowWidth=[400.0, 2000.0])
+    ds = pydicom.dcmread(io.BytesIO(data))
+    windowed = apply_windowing(apply_modality_lut(ds.pixel_array, ds), ds, index=0)
+    y_min, y_max = apply_windowing(np.array([-1e9, 1e9]), ds, index=0)
+    assert np.allclose(decode(data).pixels, (windowed - y_min) / (y_max - y_min), atol=2e-6)
 
 
 def test_the_first_of_several_voi_luts_is_applied() -> None:
@@ -231,3 +242,14 @@ def test_the_first_of_several_voi_luts_is_applied() -> None:
     lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
     expected = (apply_voi_lut(ds.pixel_array, ds, index=0).astype(np.float64) - lut.min()) / (lut.max() - lut.min())
     assert np.allclose(decode(out.getvalue()).pixels, expected, atol=1e-6)
+
+
+def test_what_decoding_gives_and_takes_cannot_be_changed(nih_png: Path) -> None:
+    """Limits are shared by every thread of the service, and a decoded image by the steps after it."""
+    import dataclasses
+
+    image = decode(nih_png)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        image.source = "other.png"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DecodeLimits().max_pixels = 1  # type: ignore[misc]

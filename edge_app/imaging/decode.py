@@ -113,13 +113,13 @@ def _pixel_header(ds: Any, size: int, source: str, limits: DecodeLimits) -> dict
         kind = getattr(sop_class, "name", None) or str(sop_class or "unknown SOP class")
         raise ImageRejected(source, f"DICOM object holds no image ({kind})")
     rows, cols = _number(ds, "Rows", 0, source), _number(ds, "Columns", 0, source)
-    samples, bits = _number(ds, "SamplesPerPixel", 1, source), _number(ds, "BitsAllocated", 8, source)
     if rows <= 0 or cols <= 0:
         raise ImageRejected(source, "DICOM image has no Rows/Columns")
+    samples, bits = _number(ds, "SamplesPerPixel", 0, source), _number(ds, "BitsAllocated", 0, source)
     if samples not in (1, 3):
-        raise ImageRejected(source, f"SamplesPerPixel {samples} is not 1 (grey) or 3 (colour)")
+        raise ImageRejected(source, f"SamplesPerPixel {samples or 'absent'} is not 1 (grey) or 3 (colour)")
     if bits not in (1, 8, 16, 32):
-        raise ImageRejected(source, f"BitsAllocated {bits} is not 1, 8, 16 or 32")
+        raise ImageRejected(source, f"BitsAllocated {bits or 'absent'} is not 1, 8, 16 or 32")
     check_size(rows, cols, samples, max(1, bits // 8), size, source, limits)
     n_frames = _number(ds, "NumberOfFrames", 1, source)
     if n_frames < 1:
