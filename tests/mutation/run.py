@@ -385,6 +385,8 @@ def run_module(
         if not session.exists():
             subprocess.run([*cosmic, "init", str(config), str(session)], cwd=clone, env=env, check=True)
         _skip(session, uncounted)
+        for c in clones:  # a run stopped mid-mutant leaves its module mutated
+            subprocess.run(["git", "checkout", "-q", "--", module], cwd=c, check=True)
         workers = [
             subprocess.Popen(
                 [*cosmic, "http-worker", "--port", str(port)], cwd=c, env={**env, "PYTHONPATH": str(c)}
