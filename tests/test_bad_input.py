@@ -180,7 +180,9 @@ def test_an_image_without_rows_or_columns(rows: int, columns: int) -> None:
     assert _rejected(out.getvalue()) == "DICOM image has no Rows/Columns"
 
 
-@pytest.mark.parametrize(("name", "samples", "photometric"), [("US1_J2KR.dcm", 1, "MONOCHROME2"), ("RG1_J2KR.dcm", 3, "RGB")])
+@pytest.mark.parametrize(
+    ("name", "samples", "photometric"), [("US1_J2KR.dcm", 1, "MONOCHROME2"), ("RG1_J2KR.dcm", 3, "RGB")]
+)
 def test_a_codestream_whose_colour_disagrees_with_the_header(name: str, samples: int, photometric: str) -> None:
     """A JPEG 2000 frame of 3 components under a header that says grey, and of 1 under one that says colour."""
     ds = pydicom.dcmread(dicom_file(name))

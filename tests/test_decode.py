@@ -154,7 +154,9 @@ def _ct(**attributes: object) -> bytes:
     [
         ("LINEAR", 1.0, -1024.0, 40.0, 400.0),  # a CT soft-tissue window in Hounsfield units
         ("LINEAR", 2.0, 1.0, 2000.0, 1200.0),
+        ("LINEAR", 2.0, -1.0, 2000.0, 1200.0),
         ("LINEAR", 2.0, -1.0, 2000.5, 1.0),  # a width of 1: a threshold
+        ("UNKNOWN", 2.0, -1.0, 2000.0, 1200.0),  # a function the standard does not define: LINEAR, as viewers do
         ("LINEAR", 0.5, 0.0, 500.0, 300.0),
         ("LINEAR_EXACT", 2.0, 1.0, 2000.0, 1200.0),
         ("LINEAR_EXACT", 1.0, -1024.0, 40.0, 400.0),
@@ -173,6 +175,8 @@ def test_rescale_then_window_as_pydicom_does(
         RescaleSlope=slope, RescaleIntercept=intercept, WindowCenter=center, WindowWidth=width, VOILUTFunction=function
     )
     ds = pydicom.dcmread(io.BytesIO(data))
+    if function == "UNKNOWN":
+        ds.VOILUTFunction = "LINEAR"
     windowed = apply_windowing(apply_modality_lut(ds.pixel_array, ds), ds)
     with np.errstate(over="ignore"):
         y_min, y_max = apply_windowing(np.array([-1e9, 1e9]), ds)
@@ -253,3 +257,48 @@ def test_what_decoding_gives_and_takes_cannot_be_changed(nih_png: Path) -> None:
         image.source = "other.png"  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         DecodeLimits().max_pixels = 1  # type: ignore[misc]
+
+
+def test_a_sigmoid_window_of_width_zero_is_a_step() -> None:
+    raw = pydicom.dcmread(dicom_file("CT_small.dcm")).pixel_array
+    center = float(np.median(raw))
+    data = _ct(RescaleSlope=1.0, RescaleIntercept=0.0, WindowCenter=center, WindowWidth=0.0, VOILUTFunction="SIGMOID")
+    with np.errstate(over="ignore"):
+        px = decode(data).pixels
+    assert np.array_equal(px, np.where(raw > center, 1.0, np.where(raw < center, 0.0, 0.5)).astype(np.float32))
+
+
+@pytest.mark.parametrize(("rows", "columns"), [(1, 64), (64, 1), (1, 1)])
+def test_an_image_of_one_row_or_one_column(rows: int, columns: int) -> None:
+    ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    ds.Rows, ds.Columns = rows, columns
+    ds.PixelData = np.arange(rows * columns, dtype=np.int16).tobytes()
+    out = io.BytesIO()
+    ds.save_as(out)
+    assert decode(out.getvalue()).pixels.shape == (rows, columns)
+
+
+@pytest.mark.parametrize(
+    ("mode", "target"), [("1", "L"), ("L", "L"), ("LA", "L"), ("P", "RGB"), ("RGB", "RGB"), ("RGBA", "RGB")]
+)
+def test_each_png_mode_becomes_grey_or_rgb(nih_png: Path, mode: str, target: str) -> None:
+    """Whatever a PNG holds (bilevel, grey with alpha, palette, colour with alpha), the model gets grey or RGB as
+    Pillow converts it: alpha dropped, a palette looked up."""
+    out = io.BytesIO()
+    Image.open(nih_png).convert("RGB").convert(mode).save(out, format="PNG")
+    opened = Image.open(io.BytesIO(out.getvalue()))
+    assert opened.mode == mode
+    expected = np.asarray(opened.convert(target), dtype=np.float32) / 255.0
+    decoded = decode(out.getvalue()).pixels
+    assert decoded.shape == expected.shape and np.allclose(decoded, expected, rtol=0, atol=1e-6)
+
+
+def test_a_palette_of_16_bit_entries() -> None:
+    """OBXXXX1A's palette has 16-bit entries spanning the full range: each colour is its entry / 65535."""
+    from pydicom.pixels.processing import apply_color_lut
+
+    ds = pydicom.dcmread(dicom_file("OBXXXX1A.dcm"))
+    assert ds.RedPaletteColorLookupTableDescriptor[2] == 16
+    expected = apply_color_lut(ds.pixel_array, ds).astype(np.float64) / 65535.0
+    assert expected.max() > 255 / 65535.0
+    assert np.allclose(decode(dicom_file("OBXXXX1A.dcm")).pixels, expected, rtol=0, atol=1e-7)

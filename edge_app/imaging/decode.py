@@ -81,14 +81,11 @@ def _decode_stream(stream: BinaryIO, size: int, source: str, limits: DecodeLimit
 
 def _decode_dicom(stream: BinaryIO, size: int, source: str, limits: DecodeLimits) -> DecodedImage:
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             ds = pydicom.dcmread(stream)
-    except InvalidDicomError as exc:
-        raise ImageRejected(source, f"not a valid DICOM file ({exc})") from exc
     except Exception as exc:  # pydicom raises many types on damaged files
         raise ImageRejected(source, f"damaged or truncated DICOM file ({type(exc).__name__}: {exc})") from exc
 
@@ -256,7 +253,7 @@ def _dicom_intensity(arr: NDArray[Any], ds: Any, photometric: str, samples: int)
         return _scaled(apply_color_lut(arr, ds), top)
     if samples == 3:
         # pydicom converts YBR_FULL/YBR_FULL_422 to RGB; the JPEG 2000 decoder undoes YBR_ICT/RCT itself.
-        return _scaled(arr, float(2 ** int(ds.get("BitsStored") or 8) - 1))
+        return _scaled(arr, float(2 ** int(ds.BitsStored) - 1))  # pydicom has decoded it: BitsStored is there
 
     values = _modality(arr, ds, apply_modality_lut)
     del arr
