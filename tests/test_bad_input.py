@@ -171,10 +171,13 @@ def test_memory_budget_of_a_16_bit_png() -> None:
     assert decode(buf.getvalue(), limits=DecodeLimits(max_decode_mb=limit + 1)).pixels.shape == (1024, 1024)
 
 
-@pytest.mark.parametrize(("rows", "columns"), [(0, 64), (64, 0)])
-def test_an_image_without_rows_or_columns(rows: int, columns: int) -> None:
+@pytest.mark.parametrize(("rows", "columns"), [(0, 64), (64, 0), (None, 64), (64, None)])
+def test_an_image_without_rows_or_columns(rows: int | None, columns: int | None) -> None:
     ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
     ds.Rows, ds.Columns = rows, columns
+    for keyword, value in (("Rows", rows), ("Columns", columns)):
+        if value is None:
+            delattr(ds, keyword)
     out = io.BytesIO()
     ds.save_as(out)
     assert _rejected(out.getvalue()) == "DICOM image has no Rows/Columns"
@@ -193,3 +196,11 @@ def test_a_codestream_whose_colour_disagrees_with_the_header(name: str, samples:
     assert _rejected(out.getvalue()) == (
         f"compressed frame 0 has {found} sample(s) per pixel, the header says {samples}"
     )
+
+
+def test_a_number_that_is_not_one_is_quoted_shortened() -> None:
+    ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    ds[0x00280008] = pydicom.DataElement(0x00280008, "LT", "seven" * 12)  # NumberOfFrames, written as text
+    out = io.BytesIO()
+    ds.save_as(out)
+    assert _rejected(out.getvalue()) == f"NumberOfFrames {('seven' * 8)!r} is not a number"

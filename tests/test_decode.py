@@ -302,3 +302,22 @@ def test_a_palette_of_16_bit_entries() -> None:
     expected = apply_color_lut(ds.pixel_array, ds).astype(np.float64) / 65535.0
     assert expected.max() > 255 / 65535.0
     assert np.allclose(decode(dicom_file("OBXXXX1A.dcm")).pixels, expected, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("width", [0.0, -5.0])
+def test_a_linear_exact_window_of_no_width_is_a_threshold_at_its_center(width: float) -> None:
+    raw = pydicom.dcmread(dicom_file("CT_small.dcm")).pixel_array
+    center = float(np.median(raw))
+    data = _ct(
+        RescaleSlope=1.0, RescaleIntercept=0.0, WindowCenter=center, WindowWidth=width, VOILUTFunction="LINEAR_EXACT"
+    )
+    assert np.array_equal(decode(data).pixels, (raw > center).astype(np.float32))
+
+
+def test_a_window_center_without_a_width_is_no_window() -> None:
+    """Half a window is none: the percentile window applies, as for a file without any."""
+    ds = pydicom.dcmread(io.BytesIO(_ct(WindowCenter=40.0)))
+    assert "WindowWidth" not in ds
+    out = io.BytesIO()
+    ds.save_as(out)
+    assert np.array_equal(decode(out.getvalue()).pixels, decode(dicom_file("CT_small.dcm")).pixels)

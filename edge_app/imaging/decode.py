@@ -26,7 +26,7 @@ FrameChoice = Literal["first", "middle", "last"] | int
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PERCENTILE_WINDOW = (0.5, 99.5)
-_PILLOW_SAMPLE_BYTES = {"I;16": 2, "I;16B": 2, "I;16L": 2, "I": 4}
+_PILLOW_SAMPLE_BYTES = {"I;16": 2, "I": 4}  # 16-bit grey PNG, named by Pillow's version; other modes: 1 byte
 
 
 @dataclass(frozen=True)
@@ -245,11 +245,11 @@ def _dicom_intensity(arr: NDArray[Any], ds: Any, photometric: str, samples: int)
     from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
 
     if photometric == "PALETTE COLOR":
-        entries, first, bits = (int(v) for v in ds.RedPaletteColorLookupTableDescriptor)
+        entries, first, _ = (int(v) for v in ds.RedPaletteColorLookupTableDescriptor)
         # Many palettes declare 16-bit entries but hold 8-bit values (seen in big-endian ultrasound files):
         # judge the depth by the whole palette, as viewers do, not by one image's pixels.
         palette = apply_color_lut(np.arange(first, first + (entries or 65536), dtype=np.uint16), ds)
-        top = 255.0 if bits == 8 or palette.max() <= 255 else 65535.0
+        top = 255.0 if palette.max() <= 255 else 65535.0
         return _scaled(apply_color_lut(arr, ds), top)
     if samples == 3:
         # pydicom converts YBR_FULL/YBR_FULL_422 to RGB; the JPEG 2000 decoder undoes YBR_ICT/RCT itself.
@@ -321,6 +321,8 @@ def _window(values: NDArray[np.float32], center: float, width: float, function: 
         values += np.float32(1.0)
         return np.reciprocal(values, out=values)
     if function == "LINEAR_EXACT":
+        if width <= 0.0:  # the standard asks for more; its limit is a threshold at the center
+            return (values > center).astype(np.float32)
         return _linear(values, center - width / 2.0, center + width / 2.0)
     if width <= 1.0:  # LINEAR requires width >= 1; a width of 1 is a threshold
         return (values > center - 0.5).astype(np.float32)
@@ -351,7 +353,7 @@ def _decode_pillow(stream: BinaryIO, size: int, source: str, limits: DecodeLimit
         raise ImageRejected(source, f"damaged or truncated {fmt.upper()} file ({exc})") from exc
 
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey PNG: "I" or "I;16" by Pillow version
+    if mode in _PILLOW_SAMPLE_BYTES:
         pixels = np.asarray(img, dtype=np.float32)
         pixels *= np.float32(1.0 / 65535.0)
     else:

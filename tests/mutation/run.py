@@ -171,14 +171,6 @@ EQUIVALENT = {
         "core/ReplaceComparisonOperator_Eq_Is",
     ): "string literals are interned: `is` compares them as `==` does",
     (
-        'status, reason=None if status == "done" else first.reason, metadata=metadata, results=results',
-        "core/ReplaceComparisonOperator_Eq_LtE",
-    ): "done is the least of the statuses a finished job can have (done, failed, rejected)",
-    (
-        'status, reason=None if status == "done" else first.reason, metadata=metadata, results=results',
-        "core/ReplaceComparisonOperator_Eq_Is",
-    ): "string literals are interned: `is` compares them as `==` does",
-    (
         "stuck = busy_since is not None and time.monotonic() - busy_since >= within_s",
         "core/ReplaceComparisonOperator_GtE_Gt",
     ): ("elapsed time equal to the limit to the last bit: no test, and no hung worker, can tell"),
@@ -306,6 +298,44 @@ EQUIVALENT = {
     ),
     ("return 0 < len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)", "core/NumberReplacer"): (
         "-1 < n holds for every length, and an empty host fails the label pattern anyway (0 -> 1 is killed)"
+    ),
+    ("head = stream.read(132)", "core/NumberReplacer"): (
+        "the head read and sought back: 132 bytes is the least that holds the DICM marker (131 is killed), more "
+        "reads the same file"
+    ),
+    ("if rows <= 0 or cols <= 0:", "core/ReplaceComparisonOperator_LtE_Eq"): (
+        "Rows and Columns are US (unsigned 16-bit): never negative, so <= 0 is == 0"
+    ),
+    ('rows, cols = _number(ds, "Rows", 0, source), _number(ds, "Columns", 0, source)', "core/NumberReplacer"): (
+        "a missing Rows or Columns read as 0 or -1 is refused alike (read as 1, it is killed by the missing-Rows test)"
+    ),
+    (
+        "pixels = np.asarray(img if mode == target else img.convert(target), dtype=np.float32)",
+        "core/ReplaceComparisonOperator_Eq_Is",
+    ): "an image converted to the mode it has keeps its pixels: the test only saves a copy",
+    (
+        'fmt: Literal["png", "jpeg"] = "png" if stream.read(8) == _PNG_MAGIC else "jpeg"',
+        "core/ReplaceComparisonOperator_Eq_LtE",
+    ): "only PNG or JPEG come here, and JPEG's first byte 0xFF sorts after PNG's 0x89",
+    ("if size.samples != samples:", "core/ReplaceComparisonOperator_NotEq_IsNot"): (
+        "1 and 3: CPython keeps one object for each small int"
+    ),
+    ("if samples == 3:", "core/ReplaceComparisonOperator_Eq_GtE"): "SamplesPerPixel is 1 or 3 (checked before)",
+    ("return np.clip(out, 0.0, 1.0, out=out)", "core/NumberReplacer"): (
+        "colour samples and palette entries are unsigned: nothing falls below 0 (0 -> 1 is killed); the upper "
+        "bound guards float rounding and bits above BitsStored"
+    ),
+    (
+        "return DecodedImage(pixels=np.clip(pixels, 0.0, 1.0, out=pixels), source=source, format=fmt, "
+        "metadata=metadata)",
+        "core/NumberReplacer",
+    ): "PNG and JPEG samples are unsigned: nothing falls below 0 (0 -> 1 is killed); the upper bound guards rounding",
+    ("check_size(rows, cols, samples, max(1, bits // 8), size, source, limits)", "core/NumberReplacer"): (
+        "// 7 gives the same bytes for each depth allowed (1, 8, 16, 32 bits); the other numbers are killed by the "
+        "budget tests of 8, 16 and 32 bits"
+    ),
+    ("if hi <= lo:", "core/ReplaceComparisonOperator_LtE_Eq"): (
+        "lo <= hi in every call (a window of no width is a threshold before it): only a flat range reaches it"
     ),
 }
 
