@@ -107,15 +107,13 @@ EQUIVALENT = {
         "a missing record read as 0 or -1 is below every max_batch (1 at least): a miss either way"
     ),
     (
-        "atomic_write(folder / FAILED_NAME, (json.dumps(record, indent=2) + \"\\n\").encode(), mode=READABLE)",
+        'atomic_write(folder / FAILED_NAME, (json.dumps(record, indent=2) + "\\n").encode(), mode=READABLE)',
         "core/NumberReplacer",
     ): "the indentation of failed.json, for a person's eyes: the record reads the same",
     (
         'if problems != ["ok"]:  # a power cut on a disk that lies about fsync, a failing card',
         "core/ReplaceComparisonOperator_NotEq_Lt",
-    ): (
-        "quick_check's problem lines begin with '*', a capital or a digit, which all sort before 'ok'"
-    ),
+    ): ("quick_check's problem lines begin with '*', a capital or a digit, which all sort before 'ok'"),
     ("(folder / name).unlink(missing_ok=True)", "core/ReplaceTrueWithFalse"): (
         "discard is called on an engine just built into the cache: both its files are there"
     ),
@@ -374,9 +372,7 @@ def _skip(session: Path, uncounted: Callable[[tuple[int, int], str], bool]) -> N
     print(f"{len(skipped)} mutants inside type annotations or listed as equivalent: skipped", flush=True)
 
 
-def run_module(
-    module: str, clones: list[Path], data: Path, *, report_only: bool = False
-) -> tuple[int, int, list[str]]:
+def run_module(module: str, clones: list[Path], data: Path, *, report_only: bool = False) -> tuple[int, int, list[str]]:
     """(mutants counted, killed, survivor descriptions) for one module; equivalent mutants are not counted. A
     session already in the clone goes on where it stopped; more than one clone runs that many mutants at a time."""
     tests = [f"tests/{name}" for name in MODULES[module]]
@@ -418,9 +414,7 @@ def run_module(
         for c in clones:  # a run stopped mid-mutant leaves its module mutated
             subprocess.run(["git", "checkout", "-q", "--", module], cwd=c, check=True)
         workers = [
-            subprocess.Popen(
-                [*cosmic, "http-worker", "--port", str(port)], cwd=c, env={**env, "PYTHONPATH": str(c)}
-            )
+            subprocess.Popen([*cosmic, "http-worker", "--port", str(port)], cwd=c, env={**env, "PYTHONPATH": str(c)})
             for c, port in zip(clones, ports, strict=True)
             if len(clones) > 1
         ]
@@ -452,12 +446,66 @@ def run_module(
     return total, killed, survivors
 
 
+def recheck(module: str, clone: Path, data: Path) -> tuple[int, int, int, list[str]]:
+    """Each survivor of the session in `clone` applied again, as the line it changed, to the module as it is now
+    (the clone brought to the project's commit) and run against the tests as they are now: (killed, surviving,
+    on lines since changed or removed, the survivors' descriptions). Equivalent mutants listed since are left out."""
+    name = module.replace("/", "_").removesuffix(".py")
+    session, line_map = clone / f"cr-{name}.sqlite", clone / f"cr-{name}.lines.json"
+    env = {**os.environ, "PYTHONPATH": str(clone), "EDGE_SHARED_DATA": str(data)}
+    subprocess.run(["git", "checkout", "-q", "--", "."], cwd=clone, check=True)
+    subprocess.run(["git", "pull", "-q", "--ff-only"], cwd=clone, check=True)
+    tests = [f"tests/{test}" for test in MODULES[module]]
+    line_map.unlink(missing_ok=True)
+    covering.record(clone, module, tests, env)
+    dump = subprocess.run(
+        [sys.executable, "-m", "cosmic_ray.cli", "dump", str(session)],
+        cwd=clone,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    source = (clone / module).read_text()
+    killed = gone = 0
+    surviving = []
+    for record in dump.stdout.splitlines():
+        item, result = json.loads(record)
+        if not result or result["test_outcome"] != "survived":
+            continue
+        diff = result.get("diff", "").splitlines()
+        before = next(line[1:] for line in diff if line.startswith("-") and not line.startswith("---"))
+        after = next(line[1:] for line in diff if line.startswith("+") and not line.startswith("+++"))
+        if {(before.strip(), item["mutations"][0]["operator_name"]), (before.strip(), None)} & EQUIVALENT.keys():
+            continue
+        if source.count(before + "\n") != 1:
+            gone += 1
+            continue
+        (clone / module).write_text(source.replace(before + "\n", after + "\n"))
+        command = [sys.executable, str(Path(covering.__file__)), str(line_map), module, *tests]
+        try:
+            run = subprocess.run(command, cwd=clone, env=env, capture_output=True, timeout=TIMEOUT_S)
+            survived = run.returncode == 0
+        except subprocess.TimeoutExpired:
+            survived = False
+        finally:
+            (clone / module).write_text(source)
+        if survived:
+            surviving.append(f"{module} {item['mutations'][0]['operator_name']}\n-{before}\n+{after}")
+        else:
+            killed += 1
+    return killed, len(surviving), gone, surviving
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("modules", nargs="*", default=list(MODULES), help="modules to mutate (default: all)")
     parser.add_argument("--workdir", type=Path, help="where to clone the project (default: a temporary folder)")
     parser.add_argument("--report-only", action="store_true", help="report the sessions already in --workdir")
     parser.add_argument("--workers", type=int, default=1, help="mutants run at a time, each in a clone of its own")
+    parser.add_argument(
+        "--recheck", action="store_true", help="run the survivors in --workdir again on the code and tests of now"
+    )
     args = parser.parse_args()
     unknown = sorted(set(args.modules) - set(MODULES))
     if unknown:
@@ -469,6 +517,13 @@ def main() -> int:
         for clone in clones:
             if not clone.exists():
                 subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        if args.recheck:
+            for module in args.modules:
+                killed, left, gone, surviving = recheck(module, clones[0], data)
+                print(f"== {module}: of its survivors, {killed} killed now, {left} survive, {gone} on lines changed")
+                for survivor in surviving:
+                    print(survivor, flush=True)
+            return 0
         grand_total = grand_killed = 0
         for module in args.modules:
             total, killed, survivors = run_module(module, clones, data, report_only=args.report_only)
