@@ -204,3 +204,58 @@ def test_a_number_that_is_not_one_is_quoted_shortened() -> None:
     out = io.BytesIO()
     ds.save_as(out)
     assert _rejected(out.getvalue()) == f"NumberOfFrames {('seven' * 8)!r} is not a number"
+
+
+def test_a_file_that_cannot_be_read(tmp_path: Path) -> None:
+    assert _rejected(tmp_path / "gone.dcm") == "cannot be read (No such file or directory)"
+
+
+def test_no_frames() -> None:
+    ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    ds.NumberOfFrames = 0
+    out = io.BytesIO()
+    ds.save_as(out)
+    assert _rejected(out.getvalue()) == "NumberOfFrames 0 is not a positive number"
+
+
+def test_more_frames_said_than_the_compressed_data_holds() -> None:
+    ds = pydicom.dcmread(dicom_file("RG1_J2KR.dcm"))
+    ds.NumberOfFrames = 2  # the middle frame asked for is the second, which is not there
+    out = io.BytesIO()
+    ds.save_as(out)
+    assert _rejected(out.getvalue()) == (
+        "compressed frame 1 cannot be read (ValueError: There is insufficient pixel data to contain 2 frames)"
+    )
+
+
+def test_a_codestream_smaller_than_the_header_says() -> None:
+    ds = pydicom.dcmread(dicom_file("RG1_J2KR.dcm"))
+    rows, columns = ds.Rows, ds.Columns
+    ds.Rows, ds.Columns = 2000, 2100
+    out = io.BytesIO()
+    ds.save_as(out)
+    assert rows != columns
+    assert _rejected(out.getvalue()) == (
+        f"compressed frame 0 holds an image of {columns}x{rows}, but the header says 2100x2000"
+    )
+
+
+def test_an_empty_number_of_frames_is_not_a_number() -> None:
+    """Written as text and left empty (seen in converted files): pydicom cannot decode such a file either."""
+    ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    ds[0x00280008] = pydicom.DataElement(0x00280008, "LO", "")
+    out = io.BytesIO()
+    ds.save_as(out)
+    assert _rejected(out.getvalue()) == "NumberOfFrames '' is not a number"
+
+
+def test_a_native_decoder_panic_is_a_refusal() -> None:
+    """One byte of MR_small_RLE's run-length data changed (found by fuzzing): the segment's runs overrun its plane,
+    which passes the codestream checks and makes the Rust RLE decoder panic (pyo3's PanicException, a
+    BaseException): the file is refused, the process goes on."""
+    data = bytearray(dicom_file("MR_small_RLE.dcm").read_bytes())
+    assert data[4589] == 63
+    data[4589] = 66
+    assert _rejected(bytes(data)) == (
+        "the pixel decoder failed (PanicException: index out of bounds: the len is 8192 but the index is 8192)"
+    )

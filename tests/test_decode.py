@@ -321,3 +321,33 @@ def test_a_window_center_without_a_width_is_no_window() -> None:
     out = io.BytesIO()
     ds.save_as(out)
     assert np.array_equal(decode(out.getvalue()).pixels, decode(dicom_file("CT_small.dcm")).pixels)
+
+
+def test_a_one_bit_image_is_black_and_white() -> None:
+    """BitsAllocated 1 (bilevel images, segmentations): eight pixels a byte, the first in the lowest bit."""
+    from pydicom.pixels import pack_bits
+
+    bits = (np.arange(16 * 16).reshape(16, 16) % 3 == 0).astype(np.uint8)
+    ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    ds.Rows = ds.Columns = 16
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    ds.PixelData = pack_bits(bits)
+    out = io.BytesIO()
+    ds.save_as(out)
+    assert np.array_equal(decode(out.getvalue()).pixels, bits.astype(np.float32))
+
+
+def test_a_voi_lut_wins_over_a_window() -> None:
+    """A file with both: the LUT is the more exact of the two, as pydicom and viewers prefer it."""
+    from pydicom.pixels.processing import apply_voi_lut
+
+    ds = pydicom.dcmread(dicom_file("vlut_04.dcm"))
+    ds.WindowCenter, ds.WindowWidth = 100.0, 20.0
+    out = io.BytesIO()
+    ds.save_as(out)
+    lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
+    expected = (apply_voi_lut(ds.pixel_array, ds, prefer_lut=True).astype(np.float64) - lut.min()) / (
+        lut.max() - lut.min()
+    )
+    assert np.allclose(decode(out.getvalue()).pixels, expected, atol=1e-6)

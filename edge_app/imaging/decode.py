@@ -145,7 +145,7 @@ def _pixel_header(ds: Any, size: int, source: str, limits: DecodeLimits) -> dict
 
 def _number(ds: Any, keyword: str, default: int, source: str) -> int:
     value = ds.get(keyword)
-    if value is None or value == "":
+    if value is None:
         return default
     try:
         return int(value)
@@ -245,10 +245,10 @@ def _dicom_intensity(arr: NDArray[Any], ds: Any, photometric: str, samples: int)
     from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
 
     if photometric == "PALETTE COLOR":
-        entries, first, _ = (int(v) for v in ds.RedPaletteColorLookupTableDescriptor)
         # Many palettes declare 16-bit entries but hold 8-bit values (seen in big-endian ultrasound files):
-        # judge the depth by the whole palette, as viewers do, not by one image's pixels.
-        palette = apply_color_lut(np.arange(first, first + (entries or 65536), dtype=np.uint16), ds)
+        # judge the depth by the whole palette, as viewers do, not by one image's pixels. Every 16-bit value
+        # looked up gives every entry (those outside the palette's range take its first or last).
+        palette = apply_color_lut(np.arange(65536, dtype=np.uint16), ds)
         top = 255.0 if palette.max() <= 255 else 65535.0
         return _scaled(apply_color_lut(arr, ds), top)
     if samples == 3:
