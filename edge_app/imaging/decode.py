@@ -336,11 +336,10 @@ def _decode_pillow(stream: BinaryIO, size: int, source: str, limits: DecodeLimit
     from PIL import Image
 
     fmt: Literal["png", "jpeg"] = "png" if stream.read(8) == _PNG_MAGIC else "jpeg"
-    stream.seek(0)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(stream)  # reads the header only (PNG IHDR, JPEG SOF)
+            img = Image.open(stream)  # from the start; reads the header only (PNG IHDR, JPEG SOF)
             width, height = img.size
             sample_bytes = _PILLOW_SAMPLE_BYTES.get(img.mode, 1)
             check_size(height, width, len(img.getbands()), sample_bytes, size, source, limits)

@@ -332,6 +332,12 @@ EQUIVALENT = {
         "// 7 gives the same bytes for each depth allowed (1, 8, 16, 32 bits); the other numbers are killed by the "
         "budget tests of 8, 16 and 32 bits"
     ),
+    ('if head[128:132] == b"DICM":', "core/NumberReplacer"): (
+        "the head is 132 bytes long: a slice to 133 ends at 132 (the other numbers are killed)"
+    ),
+    ("expected = (rows, cols) if samples == 1 else (rows, cols, samples)", "core/ReplaceComparisonOperator_Eq_LtE"): (
+        "SamplesPerPixel is 1 or 3 (checked before)"
+    ),
     ("if hi <= lo:", "core/ReplaceComparisonOperator_LtE_Eq"): (
         "lo <= hi in every call (a window of no width is a threshold before it): only a flat range reaches it"
     ),
