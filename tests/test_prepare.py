@@ -53,3 +53,32 @@ def test_a_view_keeps_the_intensities_from_black_to_white_in_every_row() -> None
         assert view.shape == (600, 700) and (view == expected).all(), value
     colour = preview(np.full((300, 400, 3), 1.0, np.float32))
     assert colour.shape == (300, 400, 3) and (colour == 255).all()
+
+
+def test_a_wide_view_is_1024_pixels_across_and_never_holds_the_image_whole() -> None:
+    """2048 x 8192: only every fourth pixel is turned to 8 bits (a band at a time) before the box filter, so the
+    decoder process, near its memory cap after a large decode, allocates a few MB here rather than 32."""
+    import tracemalloc
+
+    pixels = np.zeros((2048, 8192), np.float32)
+    tracemalloc.start()
+    try:
+        view = preview(pixels)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert view.shape == (256, 1024)
+    assert peak < 8 * 2**20, f"{peak / 2**20:.1f} MB"
+
+
+@pytest.mark.parametrize("body_part", ["ABDOMEN", "SKULL", "chest wall"])
+def test_a_body_part_the_model_is_not_for_is_refused(body_part: str) -> None:
+    from edge_app.errors import ImageRejected
+    from edge_app.imaging.decode import DecodedImage
+    from edge_app.imaging.prepare import check_intended_use
+
+    manifest = load_bundle(EMBEDDED_BUNDLE).manifest
+    image = DecodedImage(np.zeros((4, 4), np.float32), "x.dcm", "dicom", {"modality": "CR", "body_part": body_part})
+    with pytest.raises(ImageRejected, match=f"body part {body_part.upper()} is not what this model reads"):
+        check_intended_use(manifest, image)
+    check_intended_use(manifest, DecodedImage(image.pixels, "x.dcm", "dicom", {"modality": "CR", "body_part": "chest"}))
