@@ -259,3 +259,9 @@ def test_a_native_decoder_panic_is_a_refusal() -> None:
     assert _rejected(bytes(data)) == (
         "the pixel decoder failed (PanicException: index out of bounds: the len is 8192 but the index is 8192)"
     )
+
+
+def test_a_file_cut_inside_its_meta_header() -> None:
+    """pydicom raises (struct.error) reading a file cut 21 bytes after DICM: refused as damaged, with its words."""
+    data = dicom_file("CT_small.dcm").read_bytes()[:153]
+    assert _rejected(data) == "damaged or truncated DICOM file (error: unpack requires a buffer of 4 bytes)"

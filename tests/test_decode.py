@@ -351,3 +351,12 @@ def test_a_voi_lut_wins_over_a_window() -> None:
         lut.max() - lut.min()
     )
     assert np.allclose(decode(out.getvalue()).pixels, expected, atol=1e-6)
+
+
+def test_a_file_without_its_sop_class_names_none() -> None:
+    ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    del ds.SOPClassUID
+    out = io.BytesIO()
+    ds.save_as(out)
+    assert decode(out.getvalue()).metadata["sop_class"] == ""
+    assert decode(dicom_file("CT_small.dcm")).metadata["sop_class"] == "CT Image Storage"

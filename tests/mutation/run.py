@@ -338,6 +338,14 @@ EQUIVALENT = {
     ("expected = (rows, cols) if samples == 1 else (rows, cols, samples)", "core/ReplaceComparisonOperator_Eq_LtE"): (
         "SamplesPerPixel is 1 or 3 (checked before)"
     ),
+    (
+        'arr = pixel_array(ds, index=header["frame"] if header["frames"] > 1 else None)',
+        "core/ReplaceComparisonOperator_Gt_NotEq",
+    ): "NumberOfFrames is at least 1 (checked before): > 1 and != 1 are one test",
+    ('if photometric == "MONOCHROME1":', "core/ReplaceComparisonOperator_Eq_LtE"): (
+        "a grey image here is MONOCHROME1 or MONOCHROME2 (pydicom decodes none without it), and only MONOCHROME1 "
+        "sorts at or before MONOCHROME1"
+    ),
     ("if hi <= lo:", "core/ReplaceComparisonOperator_LtE_Eq"): (
         "lo <= hi in every call (a window of no width is a threshold before it): only a flat range reaches it"
     ),
