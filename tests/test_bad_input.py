@@ -265,3 +265,29 @@ def test_a_file_cut_inside_its_meta_header() -> None:
     """pydicom raises (struct.error) reading a file cut 21 bytes after DICM: refused as damaged, with its words."""
     data = dicom_file("CT_small.dcm").read_bytes()[:153]
     assert _rejected(data) == "damaged or truncated DICOM file (error: unpack requires a buffer of 4 bytes)"
+
+
+def test_the_memory_budget_is_inclusive() -> None:
+    """A file padded so that it and its decoding need exactly 16 MiB decodes under a 16 MB budget; two bytes
+    more are refused."""
+
+    def padded(extra: int) -> bytes:
+        ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
+        ds.Rows = ds.Columns = 1000
+        ds.PixelData = np.zeros(1000 * 1000, np.uint16).tobytes()
+        ds.add_new(0x00090010, "LO", "EDGE TEST")
+        ds.add_new(0x00091000, "OB", b"")
+        out = io.BytesIO()
+        ds.save_as(out)
+        ds[0x00091000].value = bytes(16 * 2**20 - 1000 * 1000 * 14 - len(out.getvalue()) + extra)
+        out = io.BytesIO()
+        ds.save_as(out)
+        assert len(out.getvalue()) + 1000 * 1000 * 14 == 16 * 2**20 + extra
+        return out.getvalue()
+
+    assert decode(padded(0), limits=DecodeLimits(max_decode_mb=16)).pixels.shape == (1000, 1000)
+    assert "over the limit of 16 MB" in _rejected(padded(2), max_decode_mb=16)
+
+
+def test_a_file_of_no_sop_class_and_no_image() -> None:
+    assert _rejected(b"\0" * 128 + b"DICM") == "DICOM object holds no image (unknown SOP class)"

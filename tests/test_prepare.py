@@ -82,3 +82,12 @@ def test_a_body_part_the_model_is_not_for_is_refused(body_part: str) -> None:
     with pytest.raises(ImageRejected, match=f"body part {body_part.upper()} is not what this model reads"):
         check_intended_use(manifest, image)
     check_intended_use(manifest, DecodedImage(image.pixels, "x.dcm", "dicom", {"modality": "CR", "body_part": "chest"}))
+
+
+def test_a_prepared_image_cannot_be_changed(nih_png: Path) -> None:
+    """It crosses from the decoder process to the worker and on to the store: one value, never edited."""
+    import dataclasses
+
+    prepared = prepare(nih_png, "x.png", DecodeLimits(), load_bundle(EMBEDDED_BUNDLE).manifest)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        prepared.source = "other.png"  # type: ignore[misc]

@@ -346,6 +346,11 @@ EQUIVALENT = {
         "a grey image here is MONOCHROME1 or MONOCHROME2 (pydicom decodes none without it), and only MONOCHROME1 "
         "sorts at or before MONOCHROME1"
     ),
+    (
+        "def decode(data: bytes | Path | str, *, source: str | None = None, limits: DecodeLimits | None = None) -> "
+        "DecodedImage:",
+        "core/ReplaceBinaryOperator_Mul_Div",
+    ): "keyword-only made positional-or-keyword: every caller names source and limits",
     ("if hi <= lo:", "core/ReplaceComparisonOperator_LtE_Eq"): (
         "lo <= hi in every call (a window of no width is a threshold before it): only a flat range reaches it"
     ),
