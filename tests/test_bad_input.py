@@ -291,3 +291,14 @@ def test_the_memory_budget_is_inclusive() -> None:
 
 def test_a_file_of_no_sop_class_and_no_image() -> None:
     assert _rejected(b"\0" * 128 + b"DICM") == "DICOM object holds no image (unknown SOP class)"
+
+
+def test_pixel_data_of_more_frames_than_the_header_says() -> None:
+    """SC_rgb_2frame's two 100 x 100 RGB frames under a header of one frame of one row: pydicom reads 200 rows."""
+    ds = pydicom.dcmread(dicom_file("SC_rgb_2frame.dcm"))
+    ds.NumberOfFrames, ds.Rows = 1, 1
+    out = io.BytesIO()
+    ds.save_as(out)
+    assert _rejected(out.getvalue()) == (
+        "pixel data decodes to shape (200, 1, 100, 3); the header declares (1, 100, 3) per frame"
+    )

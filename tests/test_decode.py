@@ -56,6 +56,12 @@ def test_percentile_window_when_the_file_has_none() -> None:
     px = decode(path).pixels
     assert px.min() == 0.0 and px.max() == 1.0
     assert 0.003 < float((px == 1.0).mean()) < 0.05
+    from pydicom.pixels.processing import apply_modality_lut
+
+    ds = pydicom.dcmread(path)
+    values = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+    lo, hi = np.percentile(values, (0.5, 99.5))
+    assert np.allclose(px, np.clip((values - lo) / (hi - lo), 0, 1), atol=1e-6)
 
 
 def test_palette_colour_becomes_rgb() -> None:

@@ -51,6 +51,8 @@ def test_a_view_keeps_the_intensities_from_black_to_white_in_every_row() -> None
     for value, expected in ((0.0, 0), (0.5, 128), (1.0, 255)):
         view = preview(np.full((600, 700), value, np.float32))
         assert view.shape == (600, 700) and (view == expected).all(), value
+        tall = preview(np.full((700, 300), value, np.float32))
+        assert tall.shape == (700, 300) and (tall == expected).all(), value
     colour = preview(np.full((300, 400, 3), 1.0, np.float32))
     assert colour.shape == (300, 400, 3) and (colour == 255).all()
 
