@@ -46,7 +46,7 @@ def manifest() -> Manifest:
 
 @pytest.fixture(scope="module")
 def pool() -> Iterator[DecoderPool]:
-    decoders = DecoderPool(DecodeLimits())
+    decoders = DecoderPool(DecodeLimits(), timeout_s=30)
     yield decoders
     decoders.close()
 
@@ -149,18 +149,37 @@ def _address_space_limit(pid: int) -> str:
 
 
 def test_the_decoder_process_has_a_memory_cap(manifest: Manifest) -> None:
+    """The child's address space is capped at what it held once its decoders were loaded, plus the decoding
+    budget (160 MB here) and 160 MB of headroom; its stderr is closed (/dev/null)."""
     before = set(_children())
-    decoders = DecoderPool(DecodeLimits(max_decode_mb=100))
+    decoders = DecoderPool(DecodeLimits(max_decode_mb=160), timeout_s=30)
     try:
         with pytest.raises(ImageRejected):  # starts the child; the model is not for ultrasound
             decoders.prepare(dicom_file("US1_UNCR.dcm"), "us.dcm", manifest)
         (child,) = set(_children()) - before - {p for p in _children() if "resource_tracker" in _cmdline(p)}
         limit = _address_space_limit(child)
         assert limit != "unlimited"
-        vm_size = _status_kb(child, "VmSize") * 1024
-        assert 100 * 2**20 < int(limit) - vm_size + 50 * 2**20 < 400 * 2**20
+        left = int(limit) - _status_kb(child, "VmSize") * 1024  # less what one small image took since
+        assert (320 - 48) * 2**20 < left <= 320 * 2**20, f"{left / 2**20:.0f} MB left"
+        assert os.readlink(f"/proc/{child}/fd/2") == "/dev/null"
     finally:
         decoders.close()
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (-9, "killed by SIGKILL"),
+        (-1, "killed by SIGHUP"),
+        (-200, "killed by signal 200"),
+        (0, "exit status 0"),
+        (3, "exit status 3"),
+    ],
+)
+def test_how_a_decoder_process_ended_is_said_plainly(code: int, reason: str) -> None:
+    from edge_app.imaging.sandbox import _exit_reason
+
+    assert _exit_reason(code) == reason
 
 
 def _cmdline(pid: int) -> str:
@@ -190,7 +209,7 @@ def test_an_image_over_its_time_is_stopped_and_the_next_one_decodes(manifest: Ma
 
 def test_a_decoder_that_dies_costs_one_image(manifest: Manifest, nih_png: Path) -> None:
     """A native crash, played by SIGKILL to the decoder process in the middle of a JPEG 2000 decode."""
-    decoders = DecoderPool(DecodeLimits())
+    decoders = DecoderPool(DecodeLimits(), timeout_s=30)
     try:
         decoders.prepare(nih_png, "warm.png", manifest)
         workers = [p for p in _children() if "resource_tracker" not in _cmdline(p)]
@@ -235,3 +254,30 @@ pool.close()
     proc = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("unavailable:")]
     assert lines == ["unavailable: the image decoder process could not be started (All workers expired)"] * 2
+
+
+def test_a_decoder_process_out_of_memory_says_so() -> None:
+    """What the child runs, in a process of its own whose address space has 20 MB to spare: a 1955 x 1841 16-bit
+    image needs more, the MemoryError is the answer, said plainly, and the process goes on to print it."""
+    import sys
+
+    script = """
+import resource, sys
+from pathlib import Path
+from edge_app.bundle import load_bundle
+from edge_app.config import EMBEDDED_BUNDLE
+from edge_app.imaging import DecodeLimits
+from edge_app.imaging.sandbox import _address_space, _prepare_in_child
+import libjpeg, openjpeg, pydicom.pixels, rle
+from PIL import Image, PngImagePlugin
+
+manifest = load_bundle(EMBEDDED_BUNDLE).manifest
+data = Path(sys.argv[1]).read_bytes()
+limit = _address_space() + 20 * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+outcome, notes = _prepare_in_child(data, "big.dcm", DecodeLimits(), manifest)
+print(outcome if isinstance(outcome, str) else "prepared")
+"""
+    args = [sys.executable, "-c", script, str(dicom_file("RG1_UNCR.dcm"))]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "decoding needs more memory than the decoder is allowed (320 MB)", proc.stderr

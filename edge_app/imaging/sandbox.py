@@ -37,7 +37,7 @@ _notes: list[str] = []  # the child's log records for the image at hand
 class DecoderPool:
     """Prepares images in `workers` child processes; safe to share between threads."""
 
-    def __init__(self, limits: DecodeLimits, *, workers: int = 1, timeout_s: float = 30.0) -> None:
+    def __init__(self, limits: DecodeLimits, *, workers: int = 1, timeout_s: float) -> None:
         self.limits = limits
         self.timeout_s = timeout_s
         self.workers = workers
