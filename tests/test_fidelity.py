@@ -52,6 +52,8 @@ def test_max_difference_alone() -> None:
     exact = np.array([[0.5]]), np.array([[0.25]])  # a difference of exactly 0.25, in binary as in decimal
     report = compare(("x",), {"x": 0.9}, *exact, Tolerance(max_abs_diff=0.25, mean_abs_diff=1.0))
     assert report["max_abs_diff"] == 0.25 and report["passed"], "at the tolerance is within it"
+    report = compare(("x",), {"x": 0.9}, *exact, Tolerance(max_abs_diff=1.0, mean_abs_diff=0.25))
+    assert report["mean_abs_diff"] == 0.25 and report["passed"], "at the tolerance is within it"
 
 
 def test_decision_agreement_alone() -> None:
@@ -150,7 +152,7 @@ def test_the_cpu_speed_up_decides_only_where_the_cpu_runs_the_model() -> None:
     from converters.spec import Tolerance
 
     tolerance = Tolerance(min_speedup=1.1)
-    for gated, speedup, passed in ((True, 1.09, False), (True, 1.1, True), (False, 0.5, True)):
+    for gated, speedup, passed in ((True, 1.09, False), (True, 1.1, True), (True, 1.5, True), (False, 0.5, True)):
         report = GateReport(passed=True, failures=[])
         report.check_speedup(speedup, tolerance, gated)
         assert report["speedup_batch1"] == speedup and report["speedup_gated"] is gated

