@@ -389,6 +389,10 @@ EQUIVALENT = {
     ('"images_per_s": float(len(x) * 1e3 / ms.mean()),', "core/NumberReplacer"): (
         "a unit a thousandth off is within the timing's noise"
     ),
+    ("_HEADROOM_MB = 160", "core/NumberReplacer"): (
+        "NOT equivalent, listed as beyond a test: a megabyte of headroom more or less is within what decoding one "
+        "small image moves the child's size (the cap itself is checked to 48 MB)"
+    ),
     ("if hi <= lo:", "core/ReplaceComparisonOperator_LtE_Eq"): (
         "lo <= hi in every call (a window of no width is a threshold before it): only a flat range reaches it"
     ),
