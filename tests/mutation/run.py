@@ -393,6 +393,13 @@ EQUIVALENT = {
         "NOT equivalent, listed as beyond a test: a megabyte of headroom more or less is within what decoding one "
         "small image moves the child's size (the cap itself is checked to 48 MB)"
     ),
+    ("if self._pool is broken:", "core/ReplaceComparisonOperator_Is_Eq"): (
+        "a pebble pool has no __eq__: it compares equal only to itself"
+    ),
+    (
+        "logging.basicConfig(level=logging.WARNING, handlers=[_Collect()], force=True)",
+        "core/ReplaceTrueWithFalse",
+    ): "a freshly spawned child's root logger has no handler yet: force replaces none",
     ("if hi <= lo:", "core/ReplaceComparisonOperator_LtE_Eq"): (
         "lo <= hi in every call (a window of no width is a threshold before it): only a flat range reaches it"
     ),
