@@ -407,6 +407,10 @@ EQUIVALENT = {
     ('"p95_ms": float(np.percentile(ms, 95)),', "core/NumberReplacer"): (
         "the 94th or 96th percentile of a few hundred timings for their 95th: within the timings' own noise"
     ),
+    ("step = max(1, max(pixels.shape[:2]) // (2 * PREVIEW_SIDE))", "core/NumberReplacer"): (
+        "shape[:3] adds a colour image's 3 to the sides it compares: never the largest where the step is over 1 "
+        "(the other numbers are killed by the wide-view test)"
+    ),
     ("if hi <= lo:", "core/ReplaceComparisonOperator_LtE_Eq"): (
         "lo <= hi in every call (a window of no width is a threshold before it): only a flat range reaches it"
     ),
