@@ -302,3 +302,24 @@ def test_pixel_data_of_more_frames_than_the_header_says() -> None:
     assert _rejected(out.getvalue()) == (
         "pixel data decodes to shape (200, 1, 100, 3); the header declares (1, 100, 3) per frame"
     )
+
+
+@pytest.mark.parametrize("data", [b"A" * 200, b"GIF89a"], ids=["text", "short"])
+def test_neither_dicom_png_nor_jpeg(data: bytes) -> None:
+    """Bytes 128-132 that sort before DICM, or a file shorter than that: not read as DICOM at all."""
+    assert _rejected(data) == "not a DICOM (Part 10), PNG or JPEG file"
+
+
+@pytest.mark.parametrize("frame", [120, -1])
+def test_a_frame_just_out_of_range(frame: int) -> None:
+    assert _rejected(dicom_file("color3d_jpeg_baseline.dcm"), frame=frame) == (
+        f"frame {frame} asked for, but the image has 120 frame(s)"
+    )
+
+
+def test_an_rle_frame_of_fewer_pixels_than_the_header_says() -> None:
+    ds = pydicom.dcmread(dicom_file("MR_small_RLE.dcm"))
+    ds.Rows = 128
+    out = io.BytesIO()
+    ds.save_as(out)
+    assert _rejected(out.getvalue()) == "compressed frame 0 holds 4,096 pixels, but the header says 64x128"

@@ -164,7 +164,7 @@ def _ct(**attributes: object) -> bytes:
         ("LINEAR", 2.0, -1.0, 2000.5, 1.0),  # a width of 1: a threshold
         ("UNKNOWN", 2.0, -1.0, 2000.0, 1200.0),  # a function the standard does not define: LINEAR, as viewers do
         ("LINEAR", 0.5, 0.0, 500.0, 300.0),
-        ("LINEAR_EXACT", 2.0, 1.0, 2000.0, 1200.0),
+        ("LINEAR_EXACT", 2.0, 1.0, 2000.0, 1201.0),  # an odd width: its half is not a whole number
         ("LINEAR_EXACT", 1.0, -1024.0, 40.0, 400.0),
         ("SIGMOID", 2.0, 1.0, 2000.0, 1200.0),
         ("SIGMOID", 1.0, -1024.0, 40.0, 400.0),
@@ -366,3 +366,37 @@ def test_a_file_without_its_sop_class_names_none() -> None:
     ds.save_as(out)
     assert decode(out.getvalue()).metadata["sop_class"] == ""
     assert decode(dicom_file("CT_small.dcm")).metadata["sop_class"] == "CT Image Storage"
+
+
+def test_a_linear_window_of_width_two_is_a_ramp_not_a_threshold() -> None:
+    """Width 2 spans one unit: a value half-way (half-units come from a slope of 0.5) maps to 0.5."""
+    from pydicom.pixels.processing import apply_modality_lut, apply_windowing
+
+    raw = pydicom.dcmread(dicom_file("CT_small.dcm")).pixel_array
+    odd = int(raw[raw % 2 == 1][0])
+    center = odd * 0.5 + 0.5
+    data = _ct(RescaleSlope=0.5, RescaleIntercept=0.0, WindowCenter=center, WindowWidth=2.0)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    windowed = apply_windowing(apply_modality_lut(ds.pixel_array, ds), ds)
+    y_min, y_max = apply_windowing(np.array([-1e9, 1e9]), ds)
+    px = decode(data).pixels
+    assert np.allclose(px, (windowed - y_min) / (y_max - y_min), atol=2e-6)
+    assert (px == 0.5).any()
+
+
+def test_a_threshold_keeps_a_value_at_it_below() -> None:
+    """LINEAR of width 1 at center c: a value of exactly c - 0.5 is below the threshold (black)."""
+    raw = pydicom.dcmread(dicom_file("CT_small.dcm")).pixel_array
+    value = float(np.median(raw))
+    data = _ct(RescaleSlope=1.0, RescaleIntercept=0.5, WindowCenter=value + 1.0, WindowWidth=1.0)
+    px = decode(data).pixels
+    assert np.array_equal(px, (raw + 0.5 > value + 0.5).astype(np.float32))
+    assert (raw == value).any()
+
+
+def test_a_rescale_slope_of_zero_is_read_as_none() -> None:
+    """A slope of 0 (which the standard does not allow) would make every image flat: read as absent, 1."""
+    assert np.array_equal(
+        decode(_ct(RescaleSlope=0.0, RescaleIntercept=0.0)).pixels,
+        decode(_ct(RescaleSlope=1.0, RescaleIntercept=0.0)).pixels,
+    )

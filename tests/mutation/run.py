@@ -411,6 +411,14 @@ EQUIVALENT = {
         "shape[:3] adds a colour image's 3 to the sides it compares: never the largest where the step is over 1 "
         "(the other numbers are killed by the wide-view test)"
     ),
+    ("if slope != 1.0:", "core/NumberReplacer"): (
+        "a slope of 0 is read as 1 the line before, so != 0.0 always holds and multiplying by 1 changes nothing "
+        "(!= 2.0 is killed by the slope-2 windows)"
+    ),
+    (
+        "values = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float32, copy=False)",
+        "core/ReplaceFalseWithTrue",
+    ): ("a copy or not, the same values: the array is only read after"),
     ("if hi <= lo:", "core/ReplaceComparisonOperator_LtE_Eq"): (
         "lo <= hi in every call (a window of no width is a threshold before it): only a flat range reaches it"
     ),
