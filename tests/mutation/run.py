@@ -1,6 +1,6 @@
 """Mutation testing of the safety-critical modules with cosmic-ray: the score, and every surviving mutant.
 
-    python tests/mutation/run.py [MODULE ...] [--workdir DIR]
+    python tests/mutation/run.py [MODULE ...] [--workdir DIR] [--workers N] [--recheck]
 
 Installs nothing: needs `pip install cosmic-ray` in the environment that runs the tests. cosmic-ray changes the
 files it mutates, so the project is cloned into the work directory (default: a temporary one) and the tests run
