@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
@@ -429,3 +430,10 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def dicom_bytes(ds: Any) -> bytes:
+    """A data set, as edited by a test, written as a DICOM file's bytes."""
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from conftest import dicom_file
+from conftest import dicom_bytes, dicom_file
 from edge_app.errors import ImageRejected
 from edge_app.imaging import DecodeLimits, decode
 
@@ -137,9 +137,7 @@ def test_memory_budget_of_a_dicom_image(bits: int) -> None:
     ds.Rows = ds.Columns = 1024
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
     ds.PixelData = (np.arange(1024 * 1024) % 251).astype(f"uint{bits}").tobytes()
-    out = io.BytesIO()
-    ds.save_as(out)
-    data = out.getvalue()
+    data = dicom_bytes(ds)
     limit = 2 * sample_bytes + 12
     assert limit < (len(data) + 1024 * 1024 * (sample_bytes + 12)) / 2**20 < limit + 0.01
     assert _rejected(data, max_decode_mb=limit) == (
@@ -153,9 +151,7 @@ def test_memory_budget_of_a_dicom_image(bits: int) -> None:
 def test_an_image_without_its_pixel_format(keyword: str) -> None:
     ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
     delattr(ds, keyword)
-    out = io.BytesIO()
-    ds.save_as(out)
-    assert _rejected(out.getvalue()).startswith(f"{keyword} absent is not 1")
+    assert _rejected(dicom_bytes(ds)).startswith(f"{keyword} absent is not 1")
 
 
 def test_memory_budget_of_a_16_bit_png() -> None:
@@ -178,9 +174,7 @@ def test_an_image_without_rows_or_columns(rows: int | None, columns: int | None)
     for keyword, value in (("Rows", rows), ("Columns", columns)):
         if value is None:
             delattr(ds, keyword)
-    out = io.BytesIO()
-    ds.save_as(out)
-    assert _rejected(out.getvalue()) == "DICOM image has no Rows/Columns"
+    assert _rejected(dicom_bytes(ds)) == "DICOM image has no Rows/Columns"
 
 
 @pytest.mark.parametrize(
@@ -191,9 +185,7 @@ def test_a_codestream_whose_colour_disagrees_with_the_header(name: str, samples:
     ds = pydicom.dcmread(dicom_file(name))
     found = ds.SamplesPerPixel
     ds.SamplesPerPixel, ds.PhotometricInterpretation = samples, photometric
-    out = io.BytesIO()
-    ds.save_as(out)
-    assert _rejected(out.getvalue()) == (
+    assert _rejected(dicom_bytes(ds)) == (
         f"compressed frame 0 has {found} sample(s) per pixel, the header says {samples}"
     )
 
@@ -201,9 +193,7 @@ def test_a_codestream_whose_colour_disagrees_with_the_header(name: str, samples:
 def test_a_number_that_is_not_one_is_quoted_shortened() -> None:
     ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
     ds[0x00280008] = pydicom.DataElement(0x00280008, "LT", "seven" * 12)  # NumberOfFrames, written as text
-    out = io.BytesIO()
-    ds.save_as(out)
-    assert _rejected(out.getvalue()) == f"NumberOfFrames {('seven' * 8)!r} is not a number"
+    assert _rejected(dicom_bytes(ds)) == f"NumberOfFrames {('seven' * 8)!r} is not a number"
 
 
 def test_a_file_that_cannot_be_read(tmp_path: Path) -> None:
@@ -213,17 +203,13 @@ def test_a_file_that_cannot_be_read(tmp_path: Path) -> None:
 def test_no_frames() -> None:
     ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
     ds.NumberOfFrames = 0
-    out = io.BytesIO()
-    ds.save_as(out)
-    assert _rejected(out.getvalue()) == "NumberOfFrames 0 is not a positive number"
+    assert _rejected(dicom_bytes(ds)) == "NumberOfFrames 0 is not a positive number"
 
 
 def test_more_frames_said_than_the_compressed_data_holds() -> None:
     ds = pydicom.dcmread(dicom_file("RG1_J2KR.dcm"))
     ds.NumberOfFrames = 2  # the middle frame asked for is the second, which is not there
-    out = io.BytesIO()
-    ds.save_as(out)
-    assert _rejected(out.getvalue()) == (
+    assert _rejected(dicom_bytes(ds)) == (
         "compressed frame 1 cannot be read (ValueError: There is insufficient pixel data to contain 2 frames)"
     )
 
@@ -232,10 +218,8 @@ def test_a_codestream_smaller_than_the_header_says() -> None:
     ds = pydicom.dcmread(dicom_file("RG1_J2KR.dcm"))
     rows, columns = ds.Rows, ds.Columns
     ds.Rows, ds.Columns = 2000, 2100
-    out = io.BytesIO()
-    ds.save_as(out)
     assert rows != columns
-    assert _rejected(out.getvalue()) == (
+    assert _rejected(dicom_bytes(ds)) == (
         f"compressed frame 0 holds an image of {columns}x{rows}, but the header says 2100x2000"
     )
 
@@ -244,9 +228,7 @@ def test_an_empty_number_of_frames_is_not_a_number() -> None:
     """Written as text and left empty (seen in converted files): pydicom cannot decode such a file either."""
     ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
     ds[0x00280008] = pydicom.DataElement(0x00280008, "LO", "")
-    out = io.BytesIO()
-    ds.save_as(out)
-    assert _rejected(out.getvalue()) == "NumberOfFrames '' is not a number"
+    assert _rejected(dicom_bytes(ds)) == "NumberOfFrames '' is not a number"
 
 
 def test_a_native_decoder_panic_is_a_refusal() -> None:
@@ -297,9 +279,7 @@ def test_pixel_data_of_more_frames_than_the_header_says() -> None:
     """SC_rgb_2frame's two 100 x 100 RGB frames under a header of one frame of one row: pydicom reads 200 rows."""
     ds = pydicom.dcmread(dicom_file("SC_rgb_2frame.dcm"))
     ds.NumberOfFrames, ds.Rows = 1, 1
-    out = io.BytesIO()
-    ds.save_as(out)
-    assert _rejected(out.getvalue()) == (
+    assert _rejected(dicom_bytes(ds)) == (
         "pixel data decodes to shape (200, 1, 100, 3); the header declares (1, 100, 3) per frame"
     )
 
@@ -320,6 +300,4 @@ def test_a_frame_just_out_of_range(frame: int) -> None:
 def test_an_rle_frame_of_fewer_pixels_than_the_header_says() -> None:
     ds = pydicom.dcmread(dicom_file("MR_small_RLE.dcm"))
     ds.Rows = 128
-    out = io.BytesIO()
-    ds.save_as(out)
-    assert _rejected(out.getvalue()) == "compressed frame 0 holds 4,096 pixels, but the header says 64x128"
+    assert _rejected(dicom_bytes(ds)) == "compressed frame 0 holds 4,096 pixels, but the header says 64x128"

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from conftest import cr_and_us_files, dicom_file
+from conftest import cr_and_us_files, dicom_bytes, dicom_file
 from edge_app.imaging import DecodeLimits, decode
 
 CR_US = cr_and_us_files()
@@ -150,9 +150,7 @@ def _ct(**attributes: object) -> bytes:
     ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
     for keyword, value in attributes.items():
         setattr(ds, keyword, value)
-    out = io.BytesIO()
-    ds.save_as(out)
-    return out.getvalue()
+    return dicom_bytes(ds)
 
 
 @pytest.mark.parametrize(
@@ -247,11 +245,9 @@ def test_the_first_of_several_voi_luts_is_applied() -> None:
     second.add_new(0x00283002, "US", list(ds.VOILUTSequence[0].LUTDescriptor))  # LUT Descriptor
     second.add_new(0x00283006, "US", [v // 4 for v in ds.VOILUTSequence[0].LUTData][::-1])  # LUT Data
     ds.VOILUTSequence.append(second)
-    out = io.BytesIO()
-    ds.save_as(out)
     lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
     expected = (apply_voi_lut(ds.pixel_array, ds, index=0).astype(np.float64) - lut.min()) / (lut.max() - lut.min())
-    assert np.allclose(decode(out.getvalue()).pixels, expected, atol=1e-6)
+    assert np.allclose(decode(dicom_bytes(ds)).pixels, expected, atol=1e-6)
 
 
 def test_what_decoding_gives_and_takes_cannot_be_changed(nih_png: Path) -> None:
@@ -279,9 +275,7 @@ def test_an_image_of_one_row_or_one_column(rows: int, columns: int) -> None:
     ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
     ds.Rows, ds.Columns = rows, columns
     ds.PixelData = np.arange(rows * columns, dtype=np.int16).tobytes()
-    out = io.BytesIO()
-    ds.save_as(out)
-    assert decode(out.getvalue()).pixels.shape == (rows, columns)
+    assert decode(dicom_bytes(ds)).pixels.shape == (rows, columns)
 
 
 @pytest.mark.parametrize(
@@ -324,9 +318,7 @@ def test_a_window_center_without_a_width_is_no_window() -> None:
     """Half a window is none: the percentile window applies, as for a file without any."""
     ds = pydicom.dcmread(io.BytesIO(_ct(WindowCenter=40.0)))
     assert "WindowWidth" not in ds
-    out = io.BytesIO()
-    ds.save_as(out)
-    assert np.array_equal(decode(out.getvalue()).pixels, decode(dicom_file("CT_small.dcm")).pixels)
+    assert np.array_equal(decode(dicom_bytes(ds)).pixels, decode(dicom_file("CT_small.dcm")).pixels)
 
 
 def test_a_one_bit_image_is_black_and_white() -> None:
@@ -339,9 +331,7 @@ def test_a_one_bit_image_is_black_and_white() -> None:
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
     ds.RescaleSlope, ds.RescaleIntercept = 1, 0
     ds.PixelData = pack_bits(bits)
-    out = io.BytesIO()
-    ds.save_as(out)
-    assert np.array_equal(decode(out.getvalue()).pixels, bits.astype(np.float32))
+    assert np.array_equal(decode(dicom_bytes(ds)).pixels, bits.astype(np.float32))
 
 
 def test_a_voi_lut_wins_over_a_window() -> None:
@@ -350,21 +340,17 @@ def test_a_voi_lut_wins_over_a_window() -> None:
 
     ds = pydicom.dcmread(dicom_file("vlut_04.dcm"))
     ds.WindowCenter, ds.WindowWidth = 100.0, 20.0
-    out = io.BytesIO()
-    ds.save_as(out)
     lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
     expected = (apply_voi_lut(ds.pixel_array, ds, prefer_lut=True).astype(np.float64) - lut.min()) / (
         lut.max() - lut.min()
     )
-    assert np.allclose(decode(out.getvalue()).pixels, expected, atol=1e-6)
+    assert np.allclose(decode(dicom_bytes(ds)).pixels, expected, atol=1e-6)
 
 
 def test_a_file_without_its_sop_class_names_none() -> None:
     ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
     del ds.SOPClassUID
-    out = io.BytesIO()
-    ds.save_as(out)
-    assert decode(out.getvalue()).metadata["sop_class"] == ""
+    assert decode(dicom_bytes(ds)).metadata["sop_class"] == ""
     assert decode(dicom_file("CT_small.dcm")).metadata["sop_class"] == "CT Image Storage"
 
 
