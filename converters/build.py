@@ -92,7 +92,7 @@ def build(inputs: BuildInputs, steps: Steps | None = None) -> tuple[Path, dict[s
     if inputs.precision == "int8" and inputs.calibration is None:
         raise ConversionError("int8 needs --calibration images (the clinic's own, DICOM/PNG/JPEG)")
 
-    model = steps.run("load ONNX", lambda: graph.load_model(inputs.model), lambda m: f"opset {_opset(m)}")
+    model = steps.run("load ONNX", lambda: graph.load_model(inputs.model), lambda m: f"opset {graph.opset_of(m)}")
     model = steps.run("check and infer shapes", lambda: graph.check(model), lambda _: "ok")
     steps.run("match the spec's input", lambda: graph.check_input(model, spec.input), lambda _: spec.input.name)
     original = graph.copy(model)  # the gate's reference: the model as given, external data inlined
@@ -125,11 +125,11 @@ def build(inputs: BuildInputs, steps: Steps | None = None) -> tuple[Path, dict[s
         if inputs.precision == "fp32":
             shutil.copy(fp32, candidate)
             if validation is not None:
-                report = _gate(steps, reference, candidate, spec, validation, truth, speed_against=None)
+                report = _gate(steps, reference, candidate, spec, validation, truth, int8_of=None)
         elif inputs.precision == "fp16":
             steps.run("convert to FP16", lambda: graph.save(quantize.to_fp16(model), candidate), lambda _: "ok")
             assert validation is not None
-            report = _gate(steps, reference, candidate, spec, validation, truth, speed_against=None)
+            report = _gate(steps, reference, candidate, spec, validation, truth, int8_of=None)
         else:
             assert inputs.calibration is not None and validation is not None
             report = _int8(steps, inputs, reference, fp32, candidate, validation, truth)
@@ -195,10 +195,6 @@ def _heatmap_note(result: tuple[Any, OutputSpec]) -> str:
     return f"class activation map {heatmap!r}" if heatmap else "none (the head is not GAP + linear)"
 
 
-def _opset(model: Any) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
 def _count(images: ImageSet) -> str:
     return f"{len(images.names)} images, {len(images.rejected)} refused"
 
@@ -215,20 +211,25 @@ def _gate(
     spec: Spec,
     validation: ImageSet,
     truth: dict[str, Any] | None,
-    speed_against: Path | None,
+    int8_of: Path | None,
     label: str = "fidelity gate",
 ) -> fidelity.GateReport:
+    """The gate's report; for an INT8 candidate (`int8_of` its FP32 graph, cleaned, as it would be bundled) also
+    its speed-up over that graph and whether any node is left in INT8."""
+
     def run() -> fidelity.GateReport:
         n = len(spec.labels)
         ref = fidelity.predict(reference, spec.input, spec.output, n, validation.tensors)
         cand = fidelity.predict(candidate, spec.input, spec.output, n, validation.tensors)
         report = fidelity.compare(spec.labels, spec.threshold_map(), ref, cand, spec.tolerance, truth)
         report["n_refused"] = len(validation.rejected)
-        if speed_against is not None:  # the FP32 graph as it would be bundled (cleaned), not the one given
+        if int8_of is not None:
+            report.check_quantized(quantize.quantized_nodes(candidate))
             x = validation.tensors[:1]
-            before = fidelity.latency(speed_against, spec.input.name, x, runs=200)
+            before = fidelity.latency(int8_of, spec.input.name, x, runs=200)
             after = fidelity.latency(candidate, spec.input.name, x, runs=200)
             gated = spec.calibration.target == "onnxruntime"
+            report["latency_ms"] = {"batch": len(x), "fp32_p50": before["p50_ms"], "int8_p50": after["p50_ms"]}
             report.check_speedup(before["p50_ms"] / after["p50_ms"], spec.tolerance, gated)
         return report
 
@@ -275,11 +276,10 @@ def _int8(
             spec,
             validation,
             truth,
-            speed_against=fp32,
+            int8_of=fp32,
             label=f"fidelity gate, try {attempt + 1}",
         )
         report["nodes_kept_fp32"] = list(excluded)
-        report.check_quantized(quantize.quantized_nodes(candidate))
         report["calibration"] = {"method": spec.calibration.method, "n_images": len(calibration.names)}
         if report["passed"] or attempt == spec.calibration.max_fallback_rounds:
             break

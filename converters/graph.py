@@ -26,12 +26,16 @@ def load_model(path: Path) -> Any:
         raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
 
 
+def opset_of(model: Any) -> int:
+    """The model's ONNX opset (0 where it imports none of the default domain)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
 def check(model: Any) -> Any:
     """ONNX checker and strict shape inference; refuse opsets older than 13."""
     import onnx
 
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < MIN_OPSET:
+    if (opset := opset_of(model)) < MIN_OPSET:
         raise ModelError(f"the model uses opset {opset}; export it with opset {MIN_OPSET} or later")
     try:
         onnx.checker.check_model(model)
@@ -73,13 +77,28 @@ def make_batch_dynamic(model: Any) -> Any:
 
 
 def simplify(model: Any) -> Any:
-    """Constant folding and redundant-node removal with onnxslim."""
+    """Constant folding and redundant-node removal with onnxslim; then every node named."""
     import onnxslim
 
     try:
-        return onnxslim.slim(model)
+        slim = onnxslim.slim(model)
     except Exception as exc:
         raise ModelError(f"onnxslim could not simplify the model: {exc}") from None
+    return _name_nodes(slim)
+
+
+def _name_nodes(model: Any) -> Any:
+    """A unique name for every unnamed node (`Conv_3`): the INT8 fallback keeps nodes in FP32 by name, and ONNX
+    Runtime's quantizer, told to keep the name "", would keep every unnamed node at once."""
+    taken = {node.name for node in model.graph.node}
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+    return model
 
 
 def verify_batches(model_path: Path, spec: InputSpec, batches: tuple[int, ...] = (1, 3)) -> None:

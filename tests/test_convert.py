@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -34,8 +35,9 @@ REFERENCE_SPEC = (
     'output = {{ name = "logits", activation = "sigmoid", heatmap = "cam" }}\n'
     'intended_use = {{ modality = ["CR", "DX"], body_part = "CHEST" }}\n'
     "# Speed is a benchmark's business, not a test's.\n"
-    "tolerance = {{ min_speedup = 0.0 }}\n"
+    "tolerance = {{ {tolerance} }}\n"
 )
+NO_TOLERANCE = "max_abs_diff = 0.0, mean_abs_diff = 0.0, min_agreement = 1.0, min_speedup = 0.0"
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +52,9 @@ def nih_split(nih: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     return {"train": root / "train", "test": root / "test"}
 
 
-def reference_spec(tmp_path: Path, precision: str, extra: str = "") -> Spec:
+def reference_spec(tmp_path: Path, precision: str, extra: str = "", tolerance: str = "min_speedup = 0.0") -> Spec:
     path = tmp_path / f"{precision}.toml"
-    path.write_text(REFERENCE_SPEC.format(precision=precision) + extra)
+    path.write_text(REFERENCE_SPEC.format(precision=precision, tolerance=tolerance) + extra)
     return load_spec(path)
 
 
@@ -525,3 +527,438 @@ def test_a_mean_over_channels_is_no_spatial_pool(tmp_path: Path) -> None:
         inits,
     )
     assert add_cam(helper.make_model(graph), "logits")[1] is None
+
+
+# The build's own steps: its fold check, its INT8 rounds and what it records, on small graphs and few images.
+
+
+@pytest.fixture(scope="module")
+def nih_few(nih_split: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Ten calibration and twelve validation images of the NIH sample: enough to run every step quickly."""
+    root = tmp_path_factory.mktemp("few")
+    for split, count in (("train", 10), ("test", 12)):
+        (root / split).mkdir()
+        for image in sorted(nih_split[split].iterdir())[:count]:
+            (root / split / image.name).symlink_to(image.resolve())
+    return {"train": root / "train", "test": root / "test"}
+
+
+def _fresh(text: str) -> Any:
+    """`text` as a string made at run time, as argparse gives it: never the interned literal of the code."""
+    return "".join(list(text))
+
+
+def _names(steps: Steps) -> list[str]:
+    return [name for name, _, _ in steps.done]
+
+
+def _notes(steps: Steps, name: str) -> list[str]:
+    return [note for step, _, note in steps.done if step == name]
+
+
+def _conv_sub_model(scale: float, shift: float) -> Any:
+    """Conv (bias `shift`) then Sub of the same `shift`: folded, the two cancel exactly; as given, the Conv's
+    float32 sum is rounded at the magnitude of `shift` first. Outputs of magnitude about `scale`."""
+    inits = [
+        numpy_helper.from_array(np.full((2, 1, 3, 3), scale / 9, np.float32), "w"),
+        numpy_helper.from_array(np.full(2, shift, np.float32), "b"),
+        numpy_helper.from_array(np.full((1, 2, 1, 1), shift, np.float32), "c"),
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w", "b"], ["conv"], pads=[1, 1, 1, 1]),
+            helper.make_node("Sub", ["conv", "c"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 6, 5])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(
+    ("scale", "shift", "kept"),
+    [
+        (1000.0, 2.0**17, True),  # differences up to 0.0078, the tolerance 1e-4 x 312 = 0.031
+        (1000.0, 2.0**20, False),  # up to 0.0625 against 0.031
+        (0.5, 2.0**10, True),  # up to 6.1e-5 against 1e-4 (outputs under 1: the tolerance's floor)
+        (0.5, 2.0**11, False),  # up to 1.2e-4 against 1e-4
+    ],
+)
+def test_a_fold_is_kept_only_where_it_computes_what_the_graph_did(scale: float, shift: float, kept: bool) -> None:
+    """The folded graph is compared with the given one on random inputs, to 1e-4 of the outputs' largest
+    magnitude (at least 1e-4): a fold that changes the outputs more is dropped, the given graph kept."""
+    from converters.build import _clean
+    from edge_app.manifest import InputSpec
+
+    model = _conv_sub_model(scale, shift)
+    cleaned, note = _clean(model, InputSpec(name="x", height=6, width=5))
+    if kept:
+        assert note == "1 scale/shift node(s) folded into Conv, 0 Transpose node(s) removed"
+        assert [n.op_type for n in cleaned.graph.node] == ["Conv"]
+    else:
+        assert note == "not folded: the folded graph computes otherwise"
+        assert cleaned is model and [n.op_type for n in model.graph.node] == ["Conv", "Sub"]
+
+
+def test_what_the_fold_check_says_of_each_graph() -> None:
+    """Nothing to fold; a Transpose pair alone; an NHWC graph (the probe's inputs laid out as the spec says);
+    a graph ONNX Runtime cannot run: the given graph is kept and the build goes on."""
+    from converters.build import _clean
+    from edge_app.manifest import InputSpec
+
+    nchw = InputSpec(name="x", height=6, width=5)
+    plain = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "plain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 6, 5])],
+    )
+    model = helper.make_model(plain, opset_imports=[helper.make_opsetid("", 17)])
+    assert _clean(model, nchw) == (model, "nothing to fold")
+
+    pair = helper.make_graph(
+        [
+            helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+            helper.make_node("Transpose", ["t"], ["u"], perm=[0, 3, 1, 2]),
+            helper.make_node("Relu", ["u"], ["y"]),
+        ],
+        "pair",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 6, 5])],
+    )
+    cleaned, note = _clean(helper.make_model(pair, opset_imports=[helper.make_opsetid("", 17)]), nchw)
+    assert note == "0 scale/shift node(s) folded into Conv, 2 Transpose node(s) removed"
+    assert [n.op_type for n in cleaned.graph.node] == ["Relu"]
+
+    rng = np.random.default_rng(4)
+    nhwc = helper.make_graph(
+        [
+            helper.make_node("Transpose", ["x"], ["nchw"], perm=[0, 3, 1, 2]),
+            helper.make_node("Conv", ["nchw", "w"], ["conv"], pads=[1, 1, 1, 1]),
+            helper.make_node("Mul", ["conv", "scale"], ["y"]),
+        ],
+        "nhwc",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 7, 5, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 7, 5])],
+        [
+            numpy_helper.from_array(rng.normal(0, 1, (4, 3, 3, 3)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.uniform(0.5, 2, (1, 4, 1, 1)).astype(np.float32), "scale"),
+        ],
+    )
+    model = helper.make_model(nhwc, opset_imports=[helper.make_opsetid("", 17)])
+    spec = InputSpec(name="x", layout="NHWC", height=7, width=5, channels=3)
+    cleaned, note = _clean(model, spec)
+    assert note == "1 scale/shift node(s) folded into Conv, 0 Transpose node(s) removed"
+    assert [n.op_type for n in cleaned.graph.node] == ["Transpose", "Conv"]
+
+    unknown = helper.make_model(nhwc, opset_imports=[helper.make_opsetid("", 17)])
+    unknown.graph.node.append(helper.make_node("Blur", ["y"], ["z"], domain="clinic.custom"))
+    unknown.graph.output[0].name = "z"
+    unknown.opset_import.append(helper.make_opsetid("clinic.custom", 1))
+    cleaned, note = _clean(unknown, spec)
+    assert cleaned is unknown and note.startswith("not folded (")
+
+
+def test_each_step_shows_a_bar_and_a_library_failure_names_its_step(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a terminal each step is a bar, left full when done; its seconds are its own; a library's exception is
+    a refusal that names the step (the traceback at debug level), and our own errors pass as they are."""
+    import io
+    import logging
+    import re
+    import time
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    steps = Steps()
+    assert steps.run("load ONNX", lambda: time.sleep(0.05) or 7, lambda r: f"got {r}") == 7
+    assert re.search(r"\rload ONNX {20}#{20} \d\d:\d\d\n$", terminal.getvalue()), repr(terminal.getvalue())
+    [(name, seconds, note)] = steps.done
+    assert (name, note) == ("load ONNX", "got 7") and 0.05 <= seconds < 1.0
+    assert steps.summary().splitlines()[1].split() == ["load", "ONNX", f"{seconds:.2f}", "got", "7"]
+    quiet = Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    Steps(show=False).run("load ONNX", lambda: 7)
+    assert quiet.getvalue() == ""
+
+    caplog.set_level(logging.DEBUG, logger="converters.build")
+    failure = r"^simplify \(onnxslim\) failed on this model: ZeroDivisionError: integer division"
+    with pytest.raises(ModelError, match=failure):
+        Steps(show=False).run("simplify (onnxslim)", lambda: 1 // 0)
+    [record] = [r for r in caplog.records if r.name == "converters.build"]
+    assert record.levelno == logging.DEBUG and record.exc_info and record.exc_info[0] is ZeroDivisionError
+
+    def refuse() -> None:
+        raise SpecError("spec says no")
+
+    with pytest.raises(SpecError, match=r"^spec says no$"):
+        Steps(show=False).run("load ONNX", refuse)
+
+
+def test_an_fp32_build_records_its_steps_and_provenance(nih_split: dict[str, Path], tmp_path: Path) -> None:
+    """Without validation images: no gate, no reference outputs; calibration images given to an fp32 build are
+    not used and not claimed. The precision as the command line gives it (a string made at run time)."""
+    import datetime as dt
+
+    steps = Steps(show=False)
+    spec = reference_spec(tmp_path, "fp32")
+    bundle_path, report = build(
+        BuildInputs(REFERENCE, spec, _fresh("fp32"), tmp_path / "b", calibration=nih_split["train"]), steps
+    )
+    assert report is None
+    assert _names(steps) == [
+        "load ONNX",
+        "check and infer shapes",
+        "match the spec's input",
+        "make batch dynamic",
+        "simplify (onnxslim)",
+        "fold BatchNorm chains",
+        "heatmap output",
+        "run at batch 1 and 3",
+        "write bundle",
+    ]
+    assert [note for _, _, note in steps.done][:3] == ["opset 17", "ok", "image"]
+    assert _notes(steps, "fold BatchNorm chains") == ["nothing to fold"]
+    assert _notes(steps, "heatmap output") == ["class activation map 'cam'"]
+    manifest = load_bundle(bundle_path).manifest
+    assert set(manifest.files) == {"model.onnx"} and manifest.fidelity is None and manifest.metrics == {}
+    provenance = manifest.provenance
+    assert provenance.method == (
+        "edge-convert build --precision fp32: ONNX check, shape inference, dynamic batch, onnxslim"
+    )
+    assert provenance.calibration is None and provenance.validation is None
+    created = dt.datetime.fromisoformat(provenance.created_at)
+    assert created.microsecond == 0 and created.tzinfo is not None
+    assert abs((dt.datetime.now(dt.timezone.utc) - created).total_seconds()) < 120
+
+
+def test_an_fp16_build_with_labels_keeps_their_metrics(nih: Path, nih_few: dict[str, Path], tmp_path: Path) -> None:
+    steps = Steps(show=False)
+    bundle_path, report = build(
+        BuildInputs(
+            REFERENCE,
+            reference_spec(tmp_path, "fp16"),
+            _fresh("fp16"),
+            tmp_path / "b",
+            validation=nih_few["test"],
+            labels=nih / "labels.csv",
+            file_column="Image Index",
+        ),
+        steps,
+    )
+    assert report is not None and report["passed"] and report["n_images"] == 12
+    assert _names(steps)[-4:] == ["read validation images", "convert to FP16", "fidelity gate", "write bundle"]
+    assert _notes(steps, "fidelity gate")[0].startswith("PASSED: agreement 1.0000, max diff 0.0")
+    bundle = load_bundle(bundle_path)
+    assert bundle.manifest.metrics == {"validation": report["per_label"]}
+    assert "auc_reference" in report["per_label"]["Emphysema"]
+    assert bundle.manifest.provenance.validation == "12 images from test"
+    assert bundle.manifest.provenance.calibration is None
+    assert np.load(bundle.path / "reference_inputs.npy").shape == (8, 1, 64, 64), "eight of the twelve"
+
+
+def test_int8_without_calibration_is_refused_before_any_work(nih_few: dict[str, Path], tmp_path: Path) -> None:
+    steps = Steps(show=False)
+    with pytest.raises(ConversionError, match=r"^int8 needs --calibration images"):
+        build(
+            BuildInputs(
+                REFERENCE, reference_spec(tmp_path, "int8"), _fresh("int8"), tmp_path / "b", validation=nih_few["test"]
+            ),
+            steps,
+        )
+    assert steps.done == [] and not (tmp_path / "b").exists()
+
+
+def test_a_spec_heatmap_the_model_cannot_give_is_refused(tmp_path: Path) -> None:
+    """A head that is not global-average-pool + linear gets no class activation map: refused where the spec
+    names a heatmap, built without one where it does not."""
+    inits = [numpy_helper.from_array(np.ones((5, 2), np.float32), "w")]
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["input"], ["pooled"], axes=[1, 3], keepdims=0),
+            helper.make_node("MatMul", ["pooled", "w"], ["logits"]),
+        ],
+        "odd",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 5, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+        inits,
+    )
+    model = tmp_path / "odd.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    text = (
+        'name = "odd"\nversion = "1"\ntask = "multilabel"\nlabels = ["a", "b"]\n'
+        'input = { name = "input", layout = "NCHW", height = 5, width = 4, channels = 3 }\n'
+        'output = { name = "logits", activation = "sigmoid"%s }\n'
+    )
+    named, plain = tmp_path / "named.toml", tmp_path / "plain.toml"
+    named.write_text(text % ', heatmap = "cam"')
+    plain.write_text(text % "")
+    with pytest.raises(ModelError, match="names a heatmap output 'cam', which the model lacks, and its head is not"):
+        build(BuildInputs(model, load_spec(named), "fp32", tmp_path / "a"), Steps(show=False))
+    steps = Steps(show=False)
+    bundle_path, _ = build(BuildInputs(model, load_spec(plain), "fp32", tmp_path / "b"), steps)
+    assert _notes(steps, "heatmap output") == ["none (the head is not GAP + linear)"]
+    assert load_bundle(bundle_path).manifest.output.heatmap is None
+
+
+def _deep_model(path: Path, layers: int = 8) -> None:
+    """A 32x32 grey-level classifier of `layers` Conv + Relu pairs, a GAP + Gemm head, names as onnx.helper
+    leaves them (none)."""
+    rng = np.random.default_rng(6)
+    inits, nodes, x = [], [], "input"
+    for i in range(layers):
+        w = numpy_helper.from_array(rng.normal(0, 0.5, (4, 1 if i == 0 else 4, 3, 3)).astype(np.float32), f"w{i}")
+        inits.append(w)
+        nodes += [
+            helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
+        ]
+        x = f"r{i}"
+    inits += [
+        numpy_helper.from_array(rng.normal(0, 1, (2, 4)).astype(np.float32), "fc_w"),
+        numpy_helper.from_array(np.zeros(2, np.float32), "fc_b"),
+    ]
+    nodes += [
+        helper.make_node("GlobalAveragePool", [x], ["g"]),
+        helper.make_node("Flatten", ["g"], ["h"]),
+        helper.make_node("Gemm", ["h", "fc_w", "fc_b"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "deep",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 1, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2])],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+DEEP_SPEC = (
+    'name = "deep"\nversion = "1"\ntask = "multilabel"\nlabels = ["a", "b"]\n'
+    'input = { name = "input", layout = "NCHW", height = 32, width = 32, channels = 1 }\n'
+    'output = { name = "logits", activation = "sigmoid" }\n'
+)
+
+
+def _build_int8(
+    model: Path, spec: Path, out: Path, images: dict[str, Path], steps: Steps
+) -> tuple[Path, dict[str, Any] | None]:
+    return build(
+        BuildInputs(model, load_spec(spec), "int8", out, calibration=images["train"], validation=images["test"]), steps
+    )
+
+
+def test_each_int8_round_keeps_twice_as_many_nodes_and_the_last_refuses(
+    nih_few: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gate that cannot pass, three fallback rounds: 2, then 4, then 8 more nodes kept in FP32, each round's
+    steps named by its try, the last gate's numbers the refusal's; ten calibration images are warned of."""
+    model = tmp_path / "deep.onnx"
+    _deep_model(model, layers=12)
+    spec_path = tmp_path / "spec.toml"
+    spec_path.write_text(DEEP_SPEC + f"calibration = {{ max_fallback_rounds = 3 }}\ntolerance = {{ {NO_TOLERANCE} }}\n")
+    steps = Steps(show=False)
+    with pytest.raises(FidelityGateFailed) as info:
+        _build_int8(model, spec_path, tmp_path / "b", nih_few, steps)
+    report = info.value.report
+    rounds = [
+        "INT8 QDQ, try 1", "fidelity gate, try 1", "find sensitive nodes",
+        "INT8 QDQ, try 2", "fidelity gate, try 2", "find sensitive nodes",
+        "INT8 QDQ, try 3", "fidelity gate, try 3", "find sensitive nodes",
+        "INT8 QDQ, try 4", "fidelity gate, try 4",
+    ]  # fmt: skip
+    assert _names(steps)[-12:] == ["read calibration images", *rounds]
+    kept = report["nodes_kept_fp32"]
+    assert len(kept) == 14 and len(set(kept)) == 14 and all(kept)
+    assert _notes(steps, "INT8 QDQ, try 4") == ["minmax, 14 node(s) kept in FP32"]
+    assert _notes(steps, "find sensitive nodes") == [", ".join(kept[:2]), ", ".join(kept[2:6]), ", ".join(kept[6:])]
+    assert all(note.startswith("FAILED: agreement") for note in _notes(steps, "fidelity gate, try 4"))
+    assert report["calibration"] == {"method": "minmax", "n_images": 10}
+    latency = report["latency_ms"]
+    assert latency["batch"] == 1 and report["speedup_batch1"] == latency["fp32_p50"] / latency["int8_p50"]
+    assert report["speedup_gated"] is False, "target tensorrt: the CPU's speed-up is reported, not gated"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "only 10 calibration images; 500 or more representative images of this clinic are recommended" in warnings
+
+
+def test_the_fallback_stops_when_no_node_is_left_and_names_every_node(nih_few: dict[str, Path], tmp_path: Path) -> None:
+    """Unnamed nodes (onnx.helper's default) get names, so keeping one in FP32 keeps that one: ONNX Runtime's
+    quantizer told to keep "" would keep every unnamed node. When no node is left to keep, the rounds stop."""
+    model = tmp_path / "keras.onnx"
+    _nhwc_model(model, external=False)
+    spec_path = tmp_path / "spec.toml"
+    spec_path.write_text(NHWC_SPEC + f"calibration = {{ max_fallback_rounds = 8 }}\ntolerance = {{ {NO_TOLERANCE} }}\n")
+    steps = Steps(show=False)
+    with pytest.raises(FidelityGateFailed) as info:
+        _build_int8(model, spec_path, tmp_path / "b", nih_few, steps)
+    kept = info.value.report["nodes_kept_fp32"]
+    assert len(kept) == 6 and all(kept) and "cam_head" in kept
+    assert set(kept) <= {"Conv_1", "Relu_2", "GlobalAveragePool_3", "Flatten_4", "MatMul_5", "Softmax_6", "cam_head"}
+    assert steps.done[-1][0::2] == ("find sensitive nodes", "none left")
+    assert _notes(steps, "fidelity gate, try 3")[0].startswith("FAILED"), "the step says what the gate decided"
+    assert _names(steps).count("INT8 QDQ, try 3") == 1 and "INT8 QDQ, try 4" not in _names(steps)
+    assert info.value.report["failures"] == ["no node is left in INT8: this is an FP32 model, build it as fp32"]
+
+
+def test_the_cpu_speed_up_decides_only_for_an_onnxruntime_target(
+    nih_few: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No INT8 graph is 1000 times faster: refused for target onnxruntime (no fallback round can make it
+    faster), built for target tensorrt where the gate passes at its first try; the bundle says what it was
+    calibrated and validated on. As many calibration images as recommended, or more: no warning."""
+    import converters.build
+
+    model = tmp_path / "keras.onnx"
+    _nhwc_model(model, external=False)
+    monkeypatch.setattr(converters.build, "RECOMMENDED_CALIBRATION_IMAGES", 9)
+    fast = tmp_path / "fast.toml"
+    fast.write_text(
+        NHWC_SPEC + 'calibration = { target = "onnxruntime", max_fallback_rounds = 0 }\n'
+        "tolerance = { min_speedup = 1000.0 }\n"
+    )
+    steps = Steps(show=False)
+    with pytest.raises(FidelityGateFailed) as info:
+        _build_int8(model, fast, tmp_path / "a", nih_few, steps)
+    report = info.value.report
+    assert report["speedup_gated"] is True
+    assert [f for f in report["failures"] if f.startswith("INT8 is not faster: speed-up ")], report["failures"]
+    assert _names(steps)[-2:] == ["INT8 QDQ, try 1", "fidelity gate, try 1"]
+
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], "ten images, nine recommended"
+    monkeypatch.setattr(converters.build, "RECOMMENDED_CALIBRATION_IMAGES", 10)
+    reported = tmp_path / "reported.toml"
+    reported.write_text(NHWC_SPEC + "tolerance = { min_speedup = 1000.0 }\n")
+    steps = Steps(show=False)
+    bundle_path, report = _build_int8(model, reported, tmp_path / "b", nih_few, steps)
+    assert report is not None and report["passed"] and report["speedup_gated"] is False
+    assert _names(steps)[-3:] == ["INT8 QDQ, try 1", "fidelity gate, try 1", "write bundle"]
+    manifest = load_bundle(bundle_path).manifest
+    assert manifest.metrics == {}, "no labels given: no metrics"
+    provenance = manifest.provenance
+    assert provenance.calibration == "10 images from train, minmax"
+    assert provenance.validation == "12 images from test"
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], "ten images, ten recommended"
+
+
+def test_simplify_names_every_unnamed_node_uniquely() -> None:
+    from converters.graph import simplify
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["a"], name="Relu_1"),
+            helper.make_node("Relu", ["a"], ["b"]),
+            helper.make_node("Neg", ["b"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+    )
+    model = simplify(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert [n.name for n in model.graph.node] == ["Relu_1", "Relu_1_", "Neg_2"]
