@@ -427,6 +427,57 @@ EQUIVALENT = {
     ("if hi <= lo:", "core/ReplaceComparisonOperator_LtE_Eq"): (
         "lo <= hi in every call (a window of no width is a threshold before it): only a flat range reaches it"
     ),
+    # converters/build.py
+    ("self.done.append((name, time.perf_counter() - t0, note(result)))", "core/ReplaceBinaryOperator_Sub_Mod"): (
+        "perf_counter() % t0 is perf_counter() - t0 until twice t0 has passed since the clock's origin: the same"
+    ),
+    ('gated = spec.calibration.target == "onnxruntime"', "core/ReplaceComparisonOperator_Eq_Is"): (
+        "pydantic validates a Literal field to the literal's own (interned) string: `is` and `==` agree"
+    ),
+    ('gated = spec.calibration.target == "onnxruntime"', "core/ReplaceComparisonOperator_Eq_LtE"): (
+        "the target is 'tensorrt' or 'onnxruntime': of the two only 'onnxruntime' <= 'onnxruntime'"
+    ),
+    ("before = fidelity.latency(int8_of, spec.input.name, x, runs=200)", "core/NumberReplacer"): (
+        "timing repetitions: the median of 199 or 201 runs of one image is the median of 200"
+    ),
+    ("after = fidelity.latency(candidate, spec.input.name, x, runs=200)", "core/NumberReplacer"): (
+        "timing repetitions: the median of 199 or 201 runs of one image is the median of 200"
+    ),
+    ("for attempt in range(spec.calibration.max_fallback_rounds + 1):", "core/NumberReplacer"): (
+        "one more in the range is never reached: the last round breaks (`attempt == max_fallback_rounds`); one "
+        "less is killed by the rounds' test"
+    ),
+    (
+        'if report["passed"] or attempt == spec.calibration.max_fallback_rounds:',
+        "core/ReplaceComparisonOperator_Eq_GtE",
+    ): ("attempt runs to max_fallback_rounds and no further (the range's last): >= is =="),
+    (
+        'if report["passed"] or attempt == spec.calibration.max_fallback_rounds:',
+        "core/ReplaceComparisonOperator_Eq_Is",
+    ): ("CPython keeps one object per small int (max_fallback_rounds is 0 to 10): `is` is =="),
+    ("assert inputs.calibration is not None and validation is not None", "core/ReplaceAndWithOr"): (
+        "for the type checker: build refuses int8 without either before any work"
+    ),
+    ("if report and inputs.validation", "core/ReplaceAndWithOr"): (
+        "a gate report exists exactly when validation images were given: `or` and `and` agree"
+    ),
+    ("for a, b in zip(*outs, strict=True):", "core/ReplaceTrueWithFalse"): (
+        "both lists are the outputs of one graph's outputs (folding keeps them): always as many"
+    ),
+    ('elif inputs.precision == "fp16":', "core/ReplaceComparisonOperator_Eq_LtE"): (
+        "precision is fp32, fp16 or int8 and fp32 was taken before: only 'fp16' <= 'fp16'"
+    ),
+    ('if inputs.precision == "int8" and inputs.calibration is None:', "core/ReplaceComparisonOperator_Eq_GtE"): (
+        "precision is fp32, fp16 or int8: only 'int8' >= 'int8'"
+    ),
+    ("sample = calibration.tensors[:32]", "core/NumberReplacer"): (
+        "NOT equivalent, listed as beyond a test: 31 or 33 images may rank two nodes of nearly equal loss the other "
+        "way round; the ranking itself is tested against numpy's (the fallback's test)"
+    ),
+    ("except ModelError as exc:  # the fallback cannot go on: the last gate's numbers are the answer", None): (
+        "NOT equivalent, listed as beyond a test: ONNX Runtime's debug tooling failing on a QDQ graph it made "
+        "itself; no model here makes it fail"
+    ),
 }
 
 
