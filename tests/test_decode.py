@@ -304,6 +304,44 @@ def test_a_palette_of_16_bit_entries() -> None:
     assert np.allclose(decode(dicom_file("OBXXXX1A.dcm")).pixels, expected, rtol=0, atol=1e-7)
 
 
+def _palette(entries: list[int], first_mapped: int) -> bytes:
+    """OBXXXX1A (8-bit stored values) with the same 16-bit palette for red, green and blue."""
+    ds = pydicom.dcmread(dicom_file("OBXXXX1A.dcm"))
+    for colour in ("Red", "Green", "Blue"):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [len(entries), first_mapped, 16])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", np.asarray(entries, "<u2").tobytes())
+    return dicom_bytes(ds)
+
+
+@pytest.mark.parametrize(
+    ("entries", "first_mapped", "top"),
+    [
+        (list(range(256)), 0, 255.0),  # 16-bit entries holding 8-bit values: scaled by 255
+        (list(range(1, 257)), 0, 65535.0),  # one entry over 255: 16-bit values
+        ([10, 300], 65534, 65535.0),  # only the stored value 65535 looks up the entry over 255
+    ],
+)
+def test_a_palettes_depth_is_judged_by_every_entry(entries: list[int], first_mapped: int, top: float) -> None:
+    from pydicom.pixels.processing import apply_color_lut
+
+    data = _palette(entries, first_mapped)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    expected = apply_color_lut(ds.pixel_array, ds).astype(np.float64) / top
+    assert np.allclose(decode(data).pixels, expected, rtol=0, atol=1e-7)
+
+
+def test_a_linear_exact_window_narrower_than_one_is_still_a_line() -> None:
+    """LINEAR_EXACT takes any width above 0 (LINEAR's below 1 are a threshold): a pixel at its center is mid-grey."""
+    raw = pydicom.dcmread(dicom_file("CT_small.dcm")).pixel_array.astype(np.float64)
+    center = float(np.median(raw))
+    data = _ct(
+        RescaleSlope=1.0, RescaleIntercept=0.0, WindowCenter=center, WindowWidth=0.5, VOILUTFunction="LINEAR_EXACT"
+    )
+    px = decode(data).pixels
+    assert (raw == center).any() and np.all(px[raw == center] == 0.5)
+    assert np.array_equal(px, np.clip((raw - center) / 0.5 + 0.5, 0, 1).astype(np.float32))
+
+
 @pytest.mark.parametrize("width", [0.0, -5.0])
 def test_a_linear_exact_window_of_no_width_is_a_threshold_at_its_center(width: float) -> None:
     raw = pydicom.dcmread(dicom_file("CT_small.dcm")).pixel_array
