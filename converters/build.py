@@ -293,7 +293,7 @@ def _int8(
             more = steps.run("find sensitive nodes", sensitive, lambda nodes: ", ".join(nodes) or "none left")
         except ModelError as exc:  # the fallback cannot go on: the last gate's numbers are the answer
             report.fail(f"the fallback stopped: {exc}")
-            break
+            more = []
         if not more:
             break
         excluded.extend(more)

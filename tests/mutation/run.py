@@ -489,6 +489,23 @@ EQUIVALENT = {
     ('if inputs.precision == "int8" and inputs.calibration is None:', "core/ReplaceComparisonOperator_Eq_GtE"): (
         "precision is fp32, fp16 or int8: only 'int8' >= 'int8'"
     ),
+    (
+        "x = np.random.default_rng(0).uniform(-1, 1, (2, *shape)).astype(np.dtype(spec_input.dtype))",
+        "core/NumberReplacer",
+    ): (
+        "the fold probe's seed and batch: another draw of random inputs tells the same folds apart (the range, on "
+        "this line too, is pinned by the fold tests and uncounted with it)"
+    ),
+    (
+        "if np.abs(np.asarray(a, np.float64) - b).max() > 1e-4 * max(1.0, float(np.abs(a).max())):",
+        "core/ReplaceComparisonOperator_Gt_GtE",
+    ): ("a largest difference exactly equal to its tolerance: float sums of a random probe never land on it"),
+    ('if spec_input.layout == "NCHW"', "core/ReplaceComparisonOperator_Eq_LtE"): (
+        "the layout is NCHW or NHWC: of the two only 'NCHW' <= 'NCHW'"
+    ),
+    ('if spec_input.layout == "NCHW"', "core/ReplaceComparisonOperator_Eq_Is"): (
+        "pydantic validates a Literal field to the literal's own (interned) string: `is` and `==` agree"
+    ),
     ("sample = calibration.tensors[:32]", "core/NumberReplacer"): (
         "NOT equivalent, listed as beyond a test: 31 or 33 images may rank two nodes of nearly equal loss the other "
         "way round; the ranking itself is tested against numpy's (the fallback's test)"
