@@ -510,11 +510,8 @@ def test_cam_is_added_to_an_nhwc_reduce_mean_head(tmp_path: Path, opset: int, ke
     assert np.allclose(maps.mean(axis=(2, 3)), logits, atol=1e-5)
 
 
-def test_a_mean_over_channels_is_no_spatial_pool(tmp_path: Path) -> None:
-    from onnx import TensorProto, helper
-
-    from converters.graph import add_cam
-
+def _channel_mean_head() -> Any:
+    """A head that averages over channels and columns (axes 1 and 3) before its MatMul: no spatial pool."""
     inits = [numpy_helper.from_array(np.ones((5, 2), np.float32), "w")]
     graph = helper.make_graph(
         [
@@ -526,7 +523,13 @@ def test_a_mean_over_channels_is_no_spatial_pool(tmp_path: Path) -> None:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
         inits,
     )
-    assert add_cam(helper.make_model(graph), "logits")[1] is None
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_mean_over_channels_is_no_spatial_pool() -> None:
+    from converters.graph import add_cam
+
+    assert add_cam(_channel_mean_head(), "logits")[1] is None
 
 
 # The build's own steps: its fold check, its INT8 rounds and what it records, on small graphs and few images.
@@ -779,19 +782,8 @@ def test_int8_without_calibration_is_refused_before_any_work(nih_few: dict[str, 
 def test_a_spec_heatmap_the_model_cannot_give_is_refused(tmp_path: Path) -> None:
     """A head that is not global-average-pool + linear gets no class activation map: refused where the spec
     names a heatmap, built without one where it does not."""
-    inits = [numpy_helper.from_array(np.ones((5, 2), np.float32), "w")]
-    graph = helper.make_graph(
-        [
-            helper.make_node("ReduceMean", ["input"], ["pooled"], axes=[1, 3], keepdims=0),
-            helper.make_node("MatMul", ["pooled", "w"], ["logits"]),
-        ],
-        "odd",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 5, 4])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
-        inits,
-    )
     model = tmp_path / "odd.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    onnx.save(_channel_mean_head(), str(model))
     text = (
         'name = "odd"\nversion = "1"\ntask = "multilabel"\nlabels = ["a", "b"]\n'
         'input = { name = "input", layout = "NCHW", height = 5, width = 4, channels = 3 }\n'
