@@ -77,9 +77,7 @@ def fold_scale_shift(model: Any) -> tuple[Any, int]:
             bias_name = conv.input[2] if len(conv.input) > 2 and conv.input[2] else None
             if bias_name is not None and bias_name not in inits:
                 continue
-            bias = (
-                numpy_helper.to_array(inits[bias_name]).astype(np.float64) if bias_name else np.zeros(channels)
-            )
+            bias = numpy_helper.to_array(inits[bias_name]).astype(np.float64) if bias_name else np.zeros(channels)
             scale = c.reshape(-1, *([1] * (weight.ndim - 1)))
             if op.op_type == "Mul":
                 weight, bias = weight * scale, bias * c

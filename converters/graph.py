@@ -88,16 +88,19 @@ def simplify(model: Any) -> Any:
 
 
 def _name_nodes(model: Any) -> Any:
-    """A unique name for every unnamed node (`Conv_3`): the INT8 fallback keeps nodes in FP32 by name, and ONNX
-    Runtime's quantizer, told to keep the name "", would keep every unnamed node at once."""
+    """A name of its own for every node: the INT8 fallback keeps nodes in FP32 by name, and ONNX Runtime's
+    quantizer, told to keep a name, keeps every node of that name (told "", every unnamed node). An unnamed node
+    is named after its op (`Conv_3`); a name already taken gets a suffix."""
     taken = {node.name for node in model.graph.node}
+    seen: set[str] = set()
     for index, node in enumerate(model.graph.node):
-        if not node.name:
-            name = f"{node.op_type}_{index}"
+        if not node.name or node.name in seen:
+            name = node.name or f"{node.op_type}_{index}"
             while name in taken:
                 name += "_"
             node.name = name
             taken.add(name)
+        seen.add(node.name)
     return model
 
 

@@ -340,7 +340,7 @@ def test_a_linear_exact_window_narrower_than_one_is_still_a_line() -> None:
     )
     px = decode(data).pixels
     assert (raw == center).any() and np.all(px[raw == center] == 0.5)
-    assert np.array_equal(px, np.clip((raw - center) / 0.5 + 0.5, 0, 1).astype(np.float32))
+    assert np.allclose(px, np.clip((raw - center) / 0.5 + 0.5, 0, 1), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("width", [0.0, -5.0])

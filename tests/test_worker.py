@@ -187,6 +187,38 @@ def test_a_worker_on_one_job_too_long_is_not_progressing(tmp_path: Path) -> None
     assert not service.worker.progressing(0.1)
 
 
+def test_a_job_begun_soon_after_boot_is_stuck_by_its_own_duration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The appliance starts at boot and clears its queue: a job claimed 100 s after boot is stuck 60 s later
+    against a 60 s limit, however small the clock was when it began (the clock faked, the job real)."""
+    import types
+
+    import edge_app.worker
+    from conftest import dicom_file
+    from edge_app.config import Settings
+    from edge_app.service import Service
+
+    now = [100.0]
+    monkeypatch.setattr(edge_app.worker, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    service = Service(Settings.model_validate({"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1}}))
+    service.start()
+    try:
+        with dicom_file("RG1_J2KR.dcm").open("rb") as fh:
+            assert service.ingest.submit(fh, "slow.dcm", "test") is not None
+        deadline = time.monotonic() + 30
+        while service.worker.progressing(0.0) and time.monotonic() < deadline:  # busy: stuck against no limit
+            time.sleep(0.001)
+        now[0] = 130.0
+        thirty_seconds_in = service.worker.progressing(60.0)
+        now[0] = 250.0
+        late = service.worker.progressing(60.0)
+        assert not service.worker.progressing(0.0), "the job (a 0.5 s decode) was still running throughout"
+        assert thirty_seconds_in and not late
+    finally:
+        service.stop()
+
+
 def test_an_image_a_model_refuses_is_rejected_with_the_reason(tmp_path: Path, store: Store) -> None:
     """A header that reads at the door (its Rows element is not parsed there) and fails at decoding."""
     from hostile import unknown_vr
