@@ -124,6 +124,12 @@ EQUIVALENT = {
     ("wanted = {r[0] for r in self._db.execute(FILES_IN_USE)}", "core/NumberReplacer"): (
         "a UNION of one-column selects: a one-column row"
     ),
+    ("still_used = {r[0] for r in db.execute(FILES_IN_USE)}", "core/NumberReplacer"): (
+        "a UNION of one-column selects: a one-column row"
+    ),
+    ('if status == "queued":', "core/ReplaceComparisonOperator_Eq_Is"): (
+        'status is one of two literals a line above (`"rejected" if reason else "queued"`): interned, `is` is =='
+    ),
     ('if status == "queued":', "core/ReplaceComparisonOperator_Eq_LtE"): (
         "an arrival's status is queued or rejected, and rejected sorts after queued: <= is == for both"
     ),
