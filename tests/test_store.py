@@ -264,6 +264,25 @@ def test_two_processes_opening_an_old_database_at_once_take_turns(tmp_path: Path
         store.close()
 
 
+def test_a_database_of_a_newer_edge_app_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    """An older edge-app installed over a newer one's data (a rollback of the kit) must not guess its schema."""
+    from edge_app.store.schema import VERSION
+
+    Store(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "edge-app.sqlite3")
+    db.execute(f"PRAGMA user_version = {VERSION + 1}")
+    db.close()
+    with pytest.raises(
+        ConfigError,
+        match=rf"its schema is version {VERSION + 1}, written by a newer edge-app "
+        rf"\(this one knows up to {VERSION}\): install that edge-app again, or restore a backup",
+    ):
+        Store(tmp_path)
+    db = sqlite3.connect(tmp_path / "edge-app.sqlite3")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == VERSION + 1
+    db.close()
+
+
 def test_a_job_given_up_does_not_stop_the_next_being_claimed(tmp_path: Path) -> None:
     store = Store(tmp_path)
     first = _add(store, b"first", _header(sop="1.1"))

@@ -223,12 +223,18 @@ VERSION = len(MIGRATIONS)
 
 def migrate(db: sqlite3.Connection, now: str) -> None:
     """Bring the database to `VERSION`, one transaction per version. The version is read inside each
-    transaction: two processes opening the database at once (the web service and the worker) take turns."""
+    transaction: two processes opening the database at once (the web service and the worker) take turns. A
+    database of a later version is refused (ValueError), left as it is."""
     while True:
         db.execute("BEGIN IMMEDIATE")
         try:
             version = int(db.execute("PRAGMA user_version").fetchone()[0])
-            if version >= VERSION:
+            if version > VERSION:  # an older edge-app installed over a newer one's data: never guess its schema
+                raise ValueError(
+                    f"its schema is version {version}, written by a newer edge-app (this one knows up to {VERSION}): "
+                    "install that edge-app again, or restore a backup made with this one"
+                )
+            if version == VERSION:
                 db.execute("COMMIT")
                 return
             MIGRATIONS[version](db, now)

@@ -442,6 +442,12 @@ EQUIVALENT = {
     ("palette = apply_color_lut(np.arange(65536, dtype=np.uint16), ds)", "core/NumberReplacer"): (
         "65537 values as uint16 wrap the last to 0: the same values looked up (65535 is killed by the palette test)"
     ),
+    ("if version == VERSION:", "core/ReplaceComparisonOperator_Eq_GtE"): (
+        "a later version was refused on the line before: >= is == here"
+    ),
+    ("if version == VERSION:", "core/ReplaceComparisonOperator_Eq_Is"): (
+        "CPython keeps one object per small int (versions 0 to 6): `is` is =="
+    ),
     # converters/build.py
     ('gated = spec.calibration.target == "onnxruntime"', "core/ReplaceComparisonOperator_Eq_Is"): (
         "pydantic validates a Literal field to the literal's own (interned) string: `is` and `==` agree"
