@@ -115,8 +115,12 @@ class TritonSettings(_Section):
 
     url: str = Field("", description="the hub's address, host:port (HTTP 8000, gRPC 8001); required for triton")
     protocol: Literal["http", "grpc"] = Field("http", description="http or grpc")
-    timeout_s: float = Field(5.0, gt=0, le=600, description="a request to the hub taking longer fails over")
-    retry_s: float = Field(30.0, gt=0, le=3600, description="while the hub is away, how often it is tried again")
+    timeout_s: float = Field(
+        5.0, gt=0, le=600, strict=True, description="a request to the hub taking longer fails over"
+    )
+    retry_s: float = Field(
+        30.0, gt=0, le=3600, strict=True, description="while the hub is away, how often it is tried again"
+    )
     ssl: StrictBool = Field(False, description="TLS to the hub (or to the proxy in front of it)")
     ca_file: Path | None = Field(None, description="certificate authority for the hub's certificate")
     model: str = Field("", description="the hub's model name; default: the bundle's name (<name>_tensorrt: engine)")

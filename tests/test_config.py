@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -230,6 +231,8 @@ LIMITS = [  # (section, key, lowest accepted, highest accepted or None), whole n
     ("capture.dicom", "port", 1, 65535),
     ("capture.video", "infer_every", 0, 10000),
     ("outputs", "max_attempts", 1, 1000),
+    ("model", "engine_build_memory_mb", 512, 1_000_000),
+    ("model", "engine_build_timeout_s", 60, 86400),
 ]
 # (section, key, bound, whether the bound itself is accepted, highest accepted), seconds
 SECONDS = [
@@ -242,6 +245,8 @@ SECONDS = [
     ("capture.serial", "exposure_window_s", 0.0, False, 3600.0),
     ("capture.video", "reconnect_s", 0.0, False, 600.0),
     ("outputs", "retry_s", 0.0, False, 86400.0),
+    ("model.triton", "timeout_s", 0.0, False, 600.0),
+    ("model.triton", "retry_s", 0.0, False, 3600.0),
 ]
 
 
@@ -356,3 +361,38 @@ def test_a_destination_s_port_is_dicom_s_own_unless_given() -> None:
 def test_what_is_off_unless_asked_for() -> None:
     s = load_settings(environ={})
     assert s.capture.video.infer_every == 0 and s.storage.retention_days == 0 and s.storage.min_free_mb == 1024
+
+
+def _load(tmp_path: Path, text: str) -> Any:
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(text)
+    return load_settings(cfg, environ={})
+
+
+@pytest.mark.parametrize(
+    ("url", "ssl", "refused"),
+    [
+        ("hub.clinic.lan:8000", False, True),  # a token in clear across the network
+        ("hub.clinic.lan:8000", True, False),
+        ("10.0.0.5:8001", False, True),
+        ("127.0.0.1:8000", False, False),  # loopback: a TLS proxy on the box itself
+        ("[::1]:8001", False, False),
+        ("localhost:8000", False, False),
+        ("", False, False),  # no hub: the token is never sent
+    ],
+)
+def test_a_hub_token_never_crosses_the_network_in_clear(tmp_path: Path, url: str, ssl: bool, refused: bool) -> None:
+    section = f'[model.triton]\nurl = "{url}"\nssl = {str(ssl).lower()}\n'
+    if refused:
+        with pytest.raises(ConfigError, match=r"model.triton.token would cross the network in clear: set model"):
+            _load(tmp_path, section + 'token = "s3cret"\n')
+    else:
+        assert _load(tmp_path, section + 'token = "s3cret"\n').model.triton.token.get_secret_value() == "s3cret"
+    assert _load(tmp_path, section).model.triton.url == url, "no token: nothing to protect"
+
+
+def test_the_triton_runner_needs_a_hub(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r'runner = "triton" needs model.triton.url'):
+        _load(tmp_path, '[model]\nrunner = "triton"\n')
+    settings = _load(tmp_path, '[model]\nrunner = "triton"\n[model.triton]\nurl = "hub.clinic.lan:8001"\n')
+    assert settings.model.runner == "triton" and settings.model.triton.url == "hub.clinic.lan:8001"

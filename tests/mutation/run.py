@@ -210,6 +210,14 @@ EQUIVALENT = {
         "return 0 < len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)",
         "core/ReplaceComparisonOperator_Lt_LtE",
     ): "an empty host splits into one empty label, which the label pattern refuses anyway",
+    (
+        'if not 0 < len(title.strip()) <= 16 or "\\\\" in title or not title.isprintable() or not title.isascii():',
+        "core/ReplaceComparisonOperator_Lt_IsNot",
+    ): "a length is never negative and CPython keeps one object per small int: 0 is not n is 0 < n",
+    (
+        "return 0 < len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)",
+        "core/ReplaceComparisonOperator_Lt_IsNot",
+    ): "a length is never negative and CPython keeps one object per small int: 0 is not n is 0 < n",
     ("@classmethod", "core/RemoveDecorator"): "pydantic makes a field validator a class method by itself",
     ("if (self.tls_cert is None) != (self.tls_key is None):", "core/ReplaceComparisonOperator_NotEq_IsNot"): (
         "both sides are the bools True or False, which are singletons: `is not` compares them as `!=` does"
