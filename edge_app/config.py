@@ -157,6 +157,13 @@ class ModelSettings(_Section):
     import_dir: Path | None = Field(None, description="where bundles are offered for import (a USB stick's mount)")
     triton: TritonSettings = Field(default_factory=TritonSettings)
 
+    @field_validator("runner")
+    @classmethod
+    def _known_runner(cls, value: str) -> str:
+        if value not in RUNNER_NAMES:
+            raise ValueError(f"unknown runner {value!r}; choose one of {', '.join(RUNNER_NAMES)}")
+        return value
+
     @model_validator(mode="after")
     def _keys(self) -> ModelSettings:
         if self.require_signature and not self.trusted_keys:

@@ -233,6 +233,7 @@ LIMITS = [  # (section, key, lowest accepted, highest accepted or None), whole n
     ("outputs", "max_attempts", 1, 1000),
     ("model", "engine_build_memory_mb", 512, 1_000_000),
     ("model", "engine_build_timeout_s", 60, 86400),
+    ("model", "dla_core", 0, 7),
 ]
 # (section, key, bound, whether the bound itself is accepted, highest accepted), seconds
 SECONDS = [
@@ -389,6 +390,15 @@ def test_a_hub_token_never_crosses_the_network_in_clear(tmp_path: Path, url: str
     else:
         assert _load(tmp_path, section + 'token = "s3cret"\n').model.triton.token.get_secret_value() == "s3cret"
     assert _load(tmp_path, section).model.triton.url == url, "no token: nothing to protect"
+
+
+def test_an_unknown_runner_is_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"model.runner: Value error, unknown runner 'onnxruntim'; choose one of auto,"
+    ):
+        _load(tmp_path, '[model]\nrunner = "onnxruntim"\n')
+    for name in ("auto", "onnxruntime", "tensorrt"):
+        assert _load(tmp_path, f'[model]\nrunner = "{name}"\n').model.runner == name
 
 
 def test_the_triton_runner_needs_a_hub(tmp_path: Path) -> None:

@@ -456,6 +456,9 @@ EQUIVALENT = {
     ("if version == VERSION:", "core/ReplaceComparisonOperator_Eq_Is"): (
         "CPython keeps one object per small int (versions 0 to 6): `is` is =="
     ),
+    ('if self.runner == "triton" and not self.triton.url:', "core/ReplaceComparisonOperator_Eq_GtE"): (
+        "the runner is one of auto, onnxruntime, tensorrt, triton (checked before): none sorts after triton"
+    ),
     # converters/build.py
     ('gated = spec.calibration.target == "onnxruntime"', "core/ReplaceComparisonOperator_Eq_Is"): (
         "pydantic validates a Literal field to the literal's own (interned) string: `is` and `==` agree"
