@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_app.backup import DATABASE
 from edge_app.config import Settings, is_loopback
 from edge_app.errors import EdgeAppError
 
@@ -51,7 +52,11 @@ def _access(settings: Settings) -> Iterator[Check]:
     from edge_app.store import Store
     from edge_app.store.accounts import Accounts
 
-    store = Store(settings.storage.data_dir)
+    try:
+        store = Store(settings.storage.data_dir)
+    except EdgeAppError:
+        yield Check("FAIL", "users", "the database cannot be read (see database above)")
+        return
     try:
         users = Accounts(store).active_count()
     finally:
@@ -70,6 +75,15 @@ def _storage(settings: Settings) -> Iterator[Check]:
     free_gb = shutil.disk_usage(probe).free / 2**30
     level = "ok" if free_gb >= MIN_FREE_GB else "FAIL"
     yield Check(level, "disk", f"{free_gb:.1f} GB free for {data_dir} (at least {MIN_FREE_GB:g} GB wanted)")
+    if (data_dir / DATABASE).exists():  # damaged, or written by a newer edge-app: the service would not start
+        from edge_app.store import Store
+
+        try:
+            Store(data_dir).close()
+        except EdgeAppError as exc:
+            yield Check("FAIL", "database", str(exc))
+        else:
+            yield Check("ok", "database", f"{data_dir / DATABASE}: intact, its schema this edge-app's")
 
 
 def _models(settings: Settings) -> Iterator[Check]:

@@ -176,6 +176,28 @@ def test_check_says_what_is_wrong_with_the_installation(cli: Cli, tmp_path: Path
     assert lines[-1].endswith("3 failed") and "Traceback" not in bad.stderr
 
 
+def test_check_reads_the_database_the_service_would_open(cli: Cli, tmp_path: Path) -> None:
+    """A database written by a newer edge-app (an older kit installed over its data) fails the check, in the
+    words the service would refuse with, instead of at the service's start."""
+    import sqlite3
+
+    from edge_app.store import Store
+    from edge_app.store.schema import VERSION
+
+    env = {"EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "data"), "EDGE_APP_SERVER_PORT": "1"}
+    assert "database:" not in cli("check", env=env).stdout, "no database yet: nothing to read"
+    Store(tmp_path / "data").close()
+    assert "ok    database: " in cli("check", env=env).stdout
+    db = sqlite3.connect(tmp_path / "data" / "edge-app.sqlite3")
+    db.execute(f"PRAGMA user_version = {VERSION + 1}")
+    db.close()
+    lan = cli("check", env={**env, "EDGE_APP_SERVER_HOST": "0.0.0.0"})
+    lines = lan.stdout.splitlines()
+    assert lan.returncode == 1 and "Traceback" not in lan.stderr
+    assert any(line.startswith("FAIL  database: ") and "written by a newer edge-app" in line for line in lines)
+    assert "FAIL  users: the database cannot be read (see database above)" in lines
+
+
 def test_check_wants_tls_and_a_user_before_the_clinic_s_wi_fi(cli: Cli, tmp_path: Path) -> None:
     env = {"EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "data"), "EDGE_APP_SERVER_PORT": "1"}
     assert "ok    tablet access: this machine only (127.0.0.1)" in cli("check", env=env).stdout
