@@ -852,6 +852,25 @@ def _build_int8(
     )
 
 
+def _refused_int8(model: Path, spec: Path, out: Path, images: dict[str, Path]) -> tuple[dict[str, Any], Steps]:
+    """An INT8 build the gate refuses: its report and its steps (nothing written)."""
+    steps = Steps(show=False)
+    with pytest.raises(FidelityGateFailed) as info:
+        _build_int8(model, spec, out, images, steps)
+    assert not out.exists()
+    return info.value.report, steps
+
+
+def _keras_model(tmp_path: Path, spec_tail: str, spec_name: str = "spec.toml") -> tuple[Path, Path]:
+    """The small Keras-style model (unnamed nodes) and its spec with `spec_tail` appended."""
+    model = tmp_path / "keras.onnx"
+    if not model.exists():
+        _nhwc_model(model, external=False)
+    spec = tmp_path / spec_name
+    spec.write_text(NHWC_SPEC + spec_tail)
+    return model, spec
+
+
 def test_each_int8_round_keeps_twice_as_many_nodes_and_the_last_refuses(
     nih_few: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -861,10 +880,7 @@ def test_each_int8_round_keeps_twice_as_many_nodes_and_the_last_refuses(
     _deep_model(model, layers=12)
     spec_path = tmp_path / "spec.toml"
     spec_path.write_text(DEEP_SPEC + f"calibration = {{ max_fallback_rounds = 3 }}\ntolerance = {{ {NO_TOLERANCE} }}\n")
-    steps = Steps(show=False)
-    with pytest.raises(FidelityGateFailed) as info:
-        _build_int8(model, spec_path, tmp_path / "b", nih_few, steps)
-    report = info.value.report
+    report, steps = _refused_int8(model, spec_path, tmp_path / "b", nih_few)
     rounds = [
         "INT8 QDQ, try 1", "fidelity gate, try 1", "find sensitive nodes",
         "INT8 QDQ, try 2", "fidelity gate, try 2", "find sensitive nodes",
@@ -890,20 +906,17 @@ def test_the_fallback_stops_when_no_node_is_left_and_names_every_node(nih_few: d
     quantizer told to keep "" would keep every unnamed node. When no node is left to keep, the rounds stop."""
     from converters.graph import simplify
 
-    model = tmp_path / "keras.onnx"
-    _nhwc_model(model, external=False)
-    spec_path = tmp_path / "spec.toml"
-    spec_path.write_text(NHWC_SPEC + f"calibration = {{ max_fallback_rounds = 8 }}\ntolerance = {{ {NO_TOLERANCE} }}\n")
-    steps = Steps(show=False)
-    with pytest.raises(FidelityGateFailed) as info:
-        _build_int8(model, spec_path, tmp_path / "b", nih_few, steps)
-    kept = info.value.report["nodes_kept_fp32"]
+    model, spec = _keras_model(
+        tmp_path, f"calibration = {{ max_fallback_rounds = 8 }}\ntolerance = {{ {NO_TOLERANCE} }}\n"
+    )
+    report, steps = _refused_int8(model, spec, tmp_path / "b", nih_few)
+    kept = report["nodes_kept_fp32"]
     named = {node.name for node in simplify(onnx.load(str(model))).graph.node}
     assert all(kept) and len(set(kept)) == len(kept) > 2 and set(kept) <= named | {"cam_head"}
     assert steps.done[-1][0::2] == ("find sensitive nodes", "none left")
     assert _notes(steps, "fidelity gate, try 3")[0].startswith("FAILED"), "the step says what the gate decided"
     assert _names(steps).count("INT8 QDQ, try 3") == 1 and "INT8 QDQ, try 4" not in _names(steps)
-    assert "no node is left in INT8: this is an FP32 model, build it as fp32" in info.value.report["failures"]
+    assert "no node is left in INT8: this is an FP32 model, build it as fp32" in report["failures"]
 
 
 def test_a_ranking_that_fails_ends_the_rounds_with_the_last_gates_numbers(
@@ -916,14 +929,9 @@ def test_a_ranking_that_fails_ends_the_rounds_with_the_last_gates_numbers(
         raise RuntimeError("no activations")
 
     monkeypatch.setattr(qdq_loss_debug, "collect_activations", fail)
-    model = tmp_path / "keras.onnx"
-    _nhwc_model(model, external=False)
-    spec_path = tmp_path / "spec.toml"
-    spec_path.write_text(NHWC_SPEC + f"tolerance = {{ {NO_TOLERANCE} }}\n")
-    steps = Steps(show=False)
-    with pytest.raises(FidelityGateFailed) as info:
-        _build_int8(model, spec_path, tmp_path / "b", nih_few, steps)
-    failures = info.value.report["failures"]
+    model, spec = _keras_model(tmp_path, f"tolerance = {{ {NO_TOLERANCE} }}\n")
+    report, steps = _refused_int8(model, spec, tmp_path / "b", nih_few)
+    failures = report["failures"]
     assert failures[-1] == (
         "the fallback stopped: find sensitive nodes failed on this model: RuntimeError: no activations"
     )
@@ -939,26 +947,16 @@ def test_the_cpu_speed_up_decides_only_for_an_onnxruntime_target(
     calibrated and validated on. As many calibration images as recommended, or more: no warning."""
     import converters.build
 
-    model = tmp_path / "keras.onnx"
-    _nhwc_model(model, external=False)
     monkeypatch.setattr(converters.build, "RECOMMENDED_CALIBRATION_IMAGES", 9)
-    fast = tmp_path / "fast.toml"
-    fast.write_text(
-        NHWC_SPEC + 'calibration = { target = "onnxruntime", max_fallback_rounds = 0 }\n'
-        "tolerance = { min_speedup = 1000.0 }\n"
-    )
-    steps = Steps(show=False)
-    with pytest.raises(FidelityGateFailed) as info:
-        _build_int8(model, fast, tmp_path / "a", nih_few, steps)
-    report = info.value.report
+    fast = 'calibration = { target = "onnxruntime", max_fallback_rounds = 0 }\ntolerance = { min_speedup = 1000.0 }\n'
+    report, steps = _refused_int8(*_keras_model(tmp_path, fast, "fast.toml"), tmp_path / "a", nih_few)
     assert report["speedup_gated"] is True
     assert [f for f in report["failures"] if f.startswith("INT8 is not faster: speed-up ")], report["failures"]
     assert _names(steps)[-2:] == ["INT8 QDQ, try 1", "fidelity gate, try 1"]
 
     assert not [r for r in caplog.records if r.name == "converters.build"], "ten images, nine recommended"
     monkeypatch.setattr(converters.build, "RECOMMENDED_CALIBRATION_IMAGES", 10)
-    reported = tmp_path / "reported.toml"
-    reported.write_text(NHWC_SPEC + "tolerance = { min_speedup = 1000.0 }\n")
+    model, reported = _keras_model(tmp_path, "tolerance = { min_speedup = 1000.0 }\n", "reported.toml")
     steps = Steps(show=False)
     bundle_path, report = _build_int8(model, reported, tmp_path / "b", nih_few, steps)
     assert report is not None and report["passed"] and report["speedup_gated"] is False
