@@ -1,5 +1,8 @@
 """The printable report of a study: one A4 page (reportlab) with the patient, the image and its heatmap, the
-findings, the model and the clinician's review. Built-in PDF fonts only: nothing to download, Latin-1 text."""
+findings, the model and the clinician's review. Its text is in the system's Unicode TrueType fonts, embedded
+(`fonts.py`: DejaVu Sans, then Noto; Helvetica and Latin-1 only where none is installed). A character no font has is
+never printed as '?': it shows as its code point (<U+13000>), the page says the text is not printed in full, and where
+it is in the patient's name, the patient ID is printed large near the top."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from edge_app.imaging.encode import heatmap_overlay, jpeg
+from edge_app.outputs.fonts import Fonts, fonts
 from edge_app.store.reviews import Review
 
 Translate = Callable[..., str]
@@ -23,8 +27,10 @@ def study_report(
     heatmaps: Mapping[int, bytes],
     reviews: Mapping[int, Sequence[Review]],
     _: Translate,
+    typeface: Fonts | None = None,
 ) -> bytes:
-    """The PDF of the study's first image with findings (else its first image), in the language of `_`."""
+    """The PDF of the study's first image with findings (else its first image), in the language of `_`, its text in
+    `typeface` (default: the system's fonts, `fonts()`)."""
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.units import mm
     from reportlab.pdfgen.canvas import Canvas
@@ -36,12 +42,12 @@ def study_report(
     pdf.setTitle(_("AI triage report"))
     width, height = A4
     left, y = 18 * mm, height - 20 * mm
+    typeface = typeface or fonts()
+    unprinted: list[str] = []  # characters no font has, on any line
 
     def line(text: str, size: float = 10, bold: bool = False, color: tuple[float, float, float] = _INK) -> None:
         nonlocal y
-        pdf.setFillColorRGB(*color)
-        pdf.setFont("Helvetica-Bold" if bold else "Helvetica", size)
-        pdf.drawString(left, y, _latin1(text))
+        unprinted.append(_draw(pdf, typeface, left, y, text, size, bold, color))
         y -= size * 1.45
 
     t = {  # the words of the page, each its own message (the extractor does not look inside f-strings)
@@ -54,10 +60,14 @@ def study_report(
         "model": _("Model"),
         "clinician": _("clinician"),
         "threshold": _("threshold"),
+        "patient_id": _("Patient ID"),
     }
     line(_("AI triage report"), 16, bold=True)
     line(_("AI result: to be confirmed by a clinician. Not a diagnosis."), 11, bold=True, color=_RED)
     meta = image["metadata"] if image else {}
+    if typeface.missing(meta.get("patient_name") or ""):  # the name as printed could be another patient's
+        line(_("The name could not be printed in full: use the patient ID."), 11, bold=True, color=_RED)
+        line(f"{t['patient_id']}: {study['patient_id'] or '-'}", 14, bold=True)
     patient = " ".join(
         x for x in (meta.get("patient_name", ""), f"({study['patient_id']})" if study["patient_id"] else "") if x
     )
@@ -107,11 +117,11 @@ def study_report(
             line(_("Not reviewed yet."), color=_RED)
     if len(images) > 1:
         line(_("%(count)d more image(s) in this study: see the tablet.", count=len(images) - 1), color=_GREY)
-    pdf.setFont("Helvetica", 7)
-    pdf.setFillColorRGB(*_GREY)
-    pdf.drawString(
-        left, 10 * mm, _latin1(_("Made by the clinic's AI appliance. Not for use as the sole basis of care."))
-    )
+    footer = _("Made by the clinic's AI appliance. Not for use as the sole basis of care.")
+    unprinted.append(_draw(pdf, typeface, left, 10 * mm, footer, 7, False, _GREY))
+    if any(unprinted):
+        notice = _("Characters shown as <U+code> could not be printed: this appliance has no font for them.")
+        _draw(pdf, typeface, left, 14 * mm, notice, 8, True, _RED)
     pdf.showPage()
     pdf.save()
     return buf.getvalue()
@@ -140,9 +150,18 @@ def _pictures(
     return float(top - h * scale - 14)
 
 
-def _latin1(text: str) -> str:
-    """Helvetica covers Latin-1 (French and Portuguese accents); anything beyond it becomes '?'."""
-    return text.encode("latin-1", "replace").decode("latin-1")
+def _draw(
+    pdf: Any, typeface: Fonts, x: float, y: float, text: str, size: float, bold: bool, color: tuple[float, float, float]
+) -> str:
+    """One line of text, each character in the first font that has it; return the characters no font has."""
+    runs, missing = typeface.runs(text, bold)
+    pdf.setFillColorRGB(*color)
+    out = pdf.beginText(x, y)
+    for name, run in runs:
+        out.setFont(name, size)
+        out.textOut(run)
+    pdf.drawText(out)
+    return missing
 
 
 def _wrap(text: str, width: int) -> list[str]:

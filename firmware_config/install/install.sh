@@ -10,6 +10,18 @@ python="${PYTHON:-python3}"
 opt="$root/opt/edge-app"
 mkdir -p "$opt" "$root/etc/edge-app/devices" "$root/etc/systemd/system" "$root/usr/lib/sysusers.d" \
     "$root/etc/udev/rules.d"
+# The kit's Debian packages (debs/: fonts-dejavu-core, the report's font), those the system lacks; under another
+# root, their files only (dpkg's own record of them is that image's business).
+debs=()
+for deb in "$kit"/debs/*.deb; do
+    [ -e "$deb" ] || continue
+    if [ "$root" != "/" ]; then
+        dpkg-deb -x "$deb" "$root"
+    elif ! dpkg-query -W -f='${Status}' "$(dpkg-deb -f "$deb" Package)" 2>/dev/null | grep -q "ok installed"; then
+        debs+=("$deb")
+    fi
+done
+[ "${#debs[@]}" -eq 0 ] || dpkg -i "${debs[@]}"
 # JetPack's TensorRT (python3-libnvinfer) is a system package: the venv sees it (EDGE_SYSTEM_SITE=0: not).
 site="--system-site-packages"
 [ "${EDGE_SYSTEM_SITE:-1}" = "1" ] || site=""
