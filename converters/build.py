@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from converters import fidelity, fold, graph, quantize
+from converters import fidelity, fold, graph, guard, quantize
 from converters.bundle_writer import check_target, listed_files, staged_bundle
 from converters.errors import ConversionError, FidelityGateFailed, ModelError
 from converters.images import ImageSet, load_images, read_labels
@@ -23,7 +23,7 @@ from converters.spec import Spec
 from edge_app import __version__
 from edge_app.bundle import sha256_file, write_manifest
 from edge_app.errors import EdgeAppError
-from edge_app.manifest import Manifest, OutputSpec, Provenance
+from edge_app.manifest import InputGuard, Manifest, OutputSpec, Provenance
 
 log = logging.getLogger(__name__)
 Precision = Literal["fp32", "fp16", "int8"]
@@ -89,8 +89,11 @@ def build(inputs: BuildInputs, steps: Steps | None = None) -> tuple[Path, dict[s
     check_target(inputs.output)  # before the long work, as well as when writing
     if inputs.precision != "fp32" and inputs.validation is None:
         raise ConversionError(f"{inputs.precision} needs --validation images: the fidelity gate is not optional")
-    if inputs.precision == "int8" and inputs.calibration is None:
-        raise ConversionError("int8 needs --calibration images (the clinic's own, DICOM/PNG/JPEG)")
+    if inputs.calibration is None:
+        raise ConversionError(
+            "--calibration images are needed (the clinic's own or the training images, DICOM/PNG/JPEG): the input "
+            "guard is fitted on them" + (", and INT8 is calibrated on them" if inputs.precision == "int8" else "")
+        )
 
     model = steps.run("load ONNX", lambda: graph.load_model(inputs.model), lambda m: f"opset {graph.opset_of(m)}")
     model = steps.run("check and infer shapes", lambda: graph.check(model), lambda _: "ok")
@@ -102,6 +105,24 @@ def build(inputs: BuildInputs, steps: Steps | None = None) -> tuple[Path, dict[s
     model, output = steps.run("heatmap output", lambda: _heatmap(model, spec.output), _heatmap_note)
     spec = spec.model_copy(update={"output": output})
     inputs = dataclasses.replace(inputs, spec=spec)
+    calibration = steps.run("read calibration images", lambda: _images(inputs.calibration, spec), _count)
+    validation = (
+        steps.run("read validation images", lambda: _images(inputs.validation, spec), _count)
+        if inputs.validation
+        else None
+    )
+    model, input_guard = steps.run(
+        "input guard",
+        lambda: guard.fit(
+            model,
+            spec.input,
+            spec.preprocessing,
+            spec.output,
+            calibration.tensors,
+            validation.tensors if validation is not None else None,
+        ),
+        _guard_note,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -110,11 +131,6 @@ def build(inputs: BuildInputs, steps: Steps | None = None) -> tuple[Path, dict[s
         fp32 = work / "fp32.onnx"
         graph.save(model, fp32)
         steps.run("run at batch 1 and 3", lambda: graph.verify_batches(fp32, spec.input), lambda _: "ok")
-        validation = (
-            steps.run("read validation images", lambda: _images(inputs.validation, spec), _count)
-            if inputs.validation
-            else None
-        )
         truth = (
             read_labels(inputs.labels, validation.names, spec.labels, inputs.file_column)
             if inputs.labels and validation
@@ -127,19 +143,23 @@ def build(inputs: BuildInputs, steps: Steps | None = None) -> tuple[Path, dict[s
             if validation is not None:
                 report = _gate(steps, reference, candidate, spec, validation, truth, int8_of=None)
         elif inputs.precision == "fp16":
-            steps.run("convert to FP16", lambda: graph.save(quantize.to_fp16(model), candidate), lambda _: "ok")
+            keep = guard.guard_nodes(model)
+            steps.run("convert to FP16", lambda: graph.save(quantize.to_fp16(model, keep), candidate), lambda _: "ok")
             assert validation is not None
             report = _gate(steps, reference, candidate, spec, validation, truth, int8_of=None)
         else:
-            assert inputs.calibration is not None and validation is not None
-            report = _int8(steps, inputs, reference, fp32, candidate, validation, truth)
+            assert validation is not None
+            keep = guard.guard_nodes(model)
+            report = _int8(steps, inputs, reference, fp32, candidate, calibration, validation, truth, keep)
         if report is not None and not report["passed"]:
             raise FidelityGateFailed(
                 f"{inputs.precision} candidate refused by the fidelity gate: {'; '.join(report['failures'])}", report
             )
         reference_inputs = validation.tensors[:REFERENCE_IMAGES] if validation else None
         bundle = steps.run(
-            "write bundle", lambda: _write(inputs, candidate, fp32, report, truth, reference_inputs), lambda p: str(p)
+            "write bundle",
+            lambda: _write(inputs, candidate, fp32, report, truth, reference_inputs, input_guard),
+            lambda p: str(p),
         )
     return bundle, report
 
@@ -193,6 +213,12 @@ def _heatmap(model: Any, output: OutputSpec) -> tuple[Any, OutputSpec]:
 def _heatmap_note(result: tuple[Any, OutputSpec]) -> str:
     heatmap = result[1].heatmap
     return f"class activation map {heatmap!r}" if heatmap else "none (the head is not GAP + linear)"
+
+
+def _guard_note(result: tuple[Any, Any]) -> str:
+    rates = result[1].rates
+    held = f", held-out images refused {rates['held_out_refused']:.1%}" if "held_out_refused" in rates else ""
+    return f"fitting images refused {rates['fitting_images_refused_cv']:.1%} (cross-validated){held}"
 
 
 def _count(images: ImageSet) -> str:
@@ -250,11 +276,13 @@ def _int8(
     reference: Path,
     fp32: Path,
     candidate: Path,
+    calibration: ImageSet,
     validation: ImageSet,
     truth: dict[str, Any] | None,
+    keep: list[str],
 ) -> dict[str, Any]:
+    """INT8 calibration, gate and fallback rounds; the `keep` nodes (the input guard's) stay FP32 throughout."""
     spec = inputs.spec
-    calibration = steps.run("read calibration images", lambda: _images(inputs.calibration, spec), _count)
     if len(calibration.names) < RECOMMENDED_CALIBRATION_IMAGES:
         log.warning(
             "only %d calibration images; %d or more representative images of this clinic are recommended",
@@ -266,7 +294,9 @@ def _int8(
     for attempt in range(spec.calibration.max_fallback_rounds + 1):
         steps.run(
             f"INT8 QDQ, try {attempt + 1}",
-            lambda: quantize.to_int8(fp32, candidate, spec.input.name, calibration.tensors, spec.calibration, excluded),
+            lambda: quantize.to_int8(
+                fp32, candidate, spec.input.name, calibration.tensors, spec.calibration, [*keep, *excluded]
+            ),
             lambda _: f"{spec.calibration.method}, {len(excluded)} node(s) kept in FP32",
         )
         report = _gate(
@@ -307,6 +337,7 @@ def _write(
     report: dict[str, Any] | None,
     truth: dict[str, Any] | None,
     reference_inputs: Any,
+    input_guard: InputGuard,
 ) -> Path:
     """Assemble the bundle with the one bundle writer: all or nothing."""
     spec = inputs.spec
@@ -348,6 +379,7 @@ def _write(
             ),
             metrics={"validation": {k: v for k, v in report["per_label"].items()}} if report and truth else {},
             fidelity=report,
+            guard=input_guard,
             attribution=spec.attribution,
             not_for_clinical_use=spec.not_for_clinical_use,
             files=listed_files(staging),

@@ -191,7 +191,7 @@ def add_cam(model: Any, score_output: str, name: str = "cam") -> tuple[Any, str 
     pool = producer(node.input[0])
     if pool is not None and pool.op_type in ("Flatten", "Reshape", "Squeeze"):
         pool = producer(pool.input[0])
-    layout = None if pool is None else "NCHW" if pool.op_type == "GlobalAveragePool" else _mean_over_hw(pool, inits)
+    layout = None if pool is None else "NCHW" if pool.op_type == "GlobalAveragePool" else mean_over_hw(pool, inits)
     if pool is None or layout is None:
         return model, None
     features = pool.input[0]
@@ -224,7 +224,7 @@ def add_cam(model: Any, score_output: str, name: str = "cam") -> tuple[Any, str 
     return model, name
 
 
-def _mean_over_hw(node: Any, inits: dict[str, Any]) -> str | None:
+def mean_over_hw(node: Any, inits: dict[str, Any]) -> str | None:
     """ "NCHW" or "NHWC" where `node` is a ReduceMean over a 4-D tensor's spatial axes, else None."""
     from onnx import helper, numpy_helper
 

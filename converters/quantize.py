@@ -16,12 +16,13 @@ from converters.spec import Calibration
 _METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
-def to_fp16(model: Any) -> Any:
-    """FP16 weights and compute; inputs and outputs stay FP32, as TensorRT and the manifest expect."""
+def to_fp16(model: Any, keep: list[str] | None = None) -> Any:
+    """FP16 weights and compute; inputs and outputs stay FP32, as TensorRT and the manifest expect, and so do the
+    `keep` nodes (the input guard's: its distances need FP32's range)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     try:
-        return convert_float_to_float16(model, keep_io_types=True)
+        return convert_float_to_float16(model, keep_io_types=True, node_block_list=keep or None)
     except Exception as exc:
         raise ModelError(f"FP16 conversion failed: {exc}") from None
 

@@ -20,7 +20,7 @@ from edge_app.pipeline import Diagnoser
 
 log = logging.getLogger("edge_app")
 
-EXIT_REJECTED = 1  # diagnose: some file was rejected
+EXIT_REJECTED = 1  # diagnose: some file was rejected, or outside what the model reads
 EXIT_USAGE = 2  # a configuration, bundle or command-line error
 EXIT_INTERNAL = 3  # an internal error (a bug), on any command or any file
 
@@ -123,8 +123,8 @@ def _files(paths: Sequence[Path]) -> Iterator[Path]:
 
 
 def _diagnose(settings: Settings, paths: Sequence[Path], bundle_path: Path | None) -> int:
-    """One JSON line per file; exit 0 when every file was diagnosed, 1 when some were rejected, 3 on any internal
-    error (the other files are still diagnosed)."""
+    """One JSON line per file; exit 0 when every file was diagnosed, 1 when some were rejected or outside what the
+    model reads (not diagnosed), 3 on any internal error (the other files are still diagnosed)."""
     diagnoser = Diagnoser.from_settings(settings, bundle_path)
     statuses = set()
     try:
@@ -136,7 +136,7 @@ def _diagnose(settings: Settings, paths: Sequence[Path], bundle_path: Path | Non
         diagnoser.close()
     if "failed" in statuses:
         return EXIT_INTERNAL
-    return EXIT_REJECTED if "rejected" in statuses else 0
+    return EXIT_REJECTED if statuses & {"rejected", "outside"} else 0
 
 
 def _serve(settings: Settings, host: str | None, port: int | None, no_worker: bool = False) -> int:

@@ -84,6 +84,24 @@ class Provenance(_Strict):
     validation: str | None = None
 
 
+class GuardComponent(_Strict):
+    """One score of the input guard: an image whose score is above `threshold` is outside what the model reads."""
+
+    name: str = Field(min_length=1)
+    method: str = Field(min_length=1, description="how the score is computed, in a sentence")
+    threshold: float
+
+
+class InputGuard(_Strict):
+    """The out-of-distribution check that runs with the model: an output of the same graph, one column per
+    component, fitted by `edge-convert build` on the calibration (or training) images alone."""
+
+    output: str = Field(min_length=1, description="output name of the (N, components) guard scores")
+    components: tuple[GuardComponent, ...] = Field(min_length=1)
+    fitted_on: str = Field(description="which images, how many")
+    rates: dict[str, Any] = Field(default_factory=dict, description="refusal rates measured when it was fitted")
+
+
 class Manifest(_Strict):
     """A bundle's `manifest.json`."""
 
@@ -101,6 +119,7 @@ class Manifest(_Strict):
     provenance: Provenance
     metrics: dict[str, Any] = Field(default_factory=dict)
     fidelity: dict[str, Any] | None = None
+    guard: InputGuard | None = None
     attribution: str = ""
     not_for_clinical_use: bool = True
     files: dict[str, str]
@@ -133,9 +152,24 @@ class Manifest(_Strict):
             raise ValueError("a multiclass task takes softmax (or none for probabilities already)")
         if self.task != "multiclass" and self.output.activation == "softmax":
             raise ValueError(f"a {self.task} task takes sigmoid (or none for probabilities already)")
+        if self.guard is not None and self.guard.output in (self.output.name, self.output.heatmap):
+            raise ValueError("the guard's output must be an output of its own")
         n = self.input.channels
         for key in ("mean", "std"):
             values = getattr(self.preprocessing, key)
             if values is not None and len(values) not in (1, n):
                 raise ValueError(f"preprocessing.{key} needs 1 or {n} values for {n} input channel(s)")
         return self
+
+    def output_names(self) -> list[str]:
+        """Every output a runner must give: the scores, then the heatmap and the guard where there are."""
+        guard = self.guard.output if self.guard is not None else None
+        return [n for n in (self.output.name, self.output.heatmap, guard) if n]
+
+    def reads(self) -> str:
+        """What the model reads, in words: "frontal chest X-ray", from its intended use."""
+        use = self.intended_use
+        frontal = "frontal " if use.views and {v.upper() for v in use.views} <= {"PA", "AP"} else ""
+        xray = {m.upper() for m in use.modality} <= {"CR", "DX", "DR", "RG"} and bool(use.modality)
+        what = f"{frontal}{use.body_part.lower()} {'X-ray' if xray else 'image'}".strip()
+        return what if what != "image" else "image of the kind"

@@ -19,7 +19,7 @@ from edge_app.errors import ConfigError, ImageRejected
 from edge_app.imaging import DecodeLimits
 from edge_app.imaging.prepare import prepare
 from edge_app.imaging.sandbox import DecoderPool
-from edge_app.result import Finding, Heatmap, findings, heatmap
+from edge_app.result import Finding, GuardCheck, Heatmap, findings, guard_check, heatmap
 from edge_app.runtime import Runner
 
 if TYPE_CHECKING:
@@ -33,9 +33,12 @@ class Diagnosis:
     """The outcome for one image: findings, or the reason it was rejected."""
 
     source: str
-    status: str  # "ok", "rejected" (the image cannot be used) or "failed" (an internal error)
+    # "ok"; "outside" (the input guard says the image is not what the model reads: no findings); "rejected" (the
+    # image cannot be used); "failed" (an internal error)
+    status: str
     model: dict[str, str]
     reason: str | None = None
+    guard: GuardCheck | None = None  # None: the bundle has no guard, the image was not checked
     findings: list[Finding] = field(default_factory=list)
     heatmap: Heatmap | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -47,6 +50,8 @@ class Diagnosis:
         if self.reason is not None:
             out["reason"] = self.reason
         out["model"] = self.model
+        if self.status in ("ok", "outside"):
+            out["guard"] = self.guard.as_dict() if self.guard is not None else None
         if self.status == "ok":
             out["findings"] = [f.as_dict() for f in self.findings]
             out["positive"] = [f.label for f in self.findings if f.positive]
@@ -173,6 +178,18 @@ class Diagnoser:
         if self.decoder is not None:  # what the contained child costs: transfer, scheduling
             timings["isolation"] = max(0.0, (t1 - t0) * 1e3 - sum(timings.values()))
         timings["infer"] = (t2 - t1) * 1e3
+        check = guard_check(manifest, outputs)
+        if check is not None and check.outside:
+            return Diagnosis(
+                source,
+                "outside",
+                model,
+                reason=outside_reason(manifest.reads(), check),
+                guard=check,
+                metadata=prepared.metadata,
+                timings_ms=timings,
+                preview=prepared.preview,
+            )
         found = findings(manifest, outputs)
         top = max(found, key=lambda f: f.probability)
         return Diagnosis(
@@ -181,7 +198,16 @@ class Diagnoser:
             model,
             findings=found,
             heatmap=heatmap(manifest, outputs, top.label),
+            guard=check,
             metadata=prepared.metadata,
             timings_ms=timings,
             preview=prepared.preview,
         )
+
+
+def outside_reason(reads: str, check: GuardCheck) -> str:
+    """Why an image is not diagnosed, in plain words, with the guard's score."""
+    return (
+        f"does not look like a {reads} this model was made for: not diagnosed "
+        f"(input guard: {check.component} score {check.score:.2f} above its limit)"
+    )

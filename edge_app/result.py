@@ -38,6 +38,37 @@ class Heatmap:
     values: NDArray[np.float32]
 
 
+@dataclass(frozen=True)
+class GuardCheck:
+    """The input guard's verdict on one image: its largest margin over a component's threshold (above 0: outside
+    what the model reads) and which component that is."""
+
+    score: float
+    component: str
+
+    @property
+    def outside(self) -> bool:
+        return self.score > 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {"score": round(self.score, 4), "component": self.component, "outside": self.outside}
+
+
+def guard_check(manifest: Manifest, outputs: dict[str, NDArray[np.float32]], index: int = 0) -> GuardCheck | None:
+    """The guard's verdict on image `index` of a batch; None where the bundle has no guard (an older bundle)."""
+    guard = manifest.guard
+    if guard is None:
+        return None
+    values = np.asarray(outputs[guard.output][index], dtype=np.float64).reshape(-1)
+    if len(values) != len(guard.components):
+        raise InferenceError(f"the guard gave {len(values)} scores for {len(guard.components)} components")
+    thresholds = np.asarray([c.threshold for c in guard.components], dtype=np.float64)
+    # A score that is not a number, or infinite, is no evidence the image is what the model reads: outside.
+    margins = np.nan_to_num(values - thresholds, nan=1e9, posinf=1e9, neginf=-1e9)
+    worst = int(np.argmax(margins))
+    return GuardCheck(float(margins[worst]), guard.components[worst].name)
+
+
 def probabilities(manifest_output: OutputSpec, n_labels: int, scores: NDArray[np.float32]) -> NDArray[np.float64]:
     """(N, labels) probabilities from a batch of raw scores, by the output's declared activation."""
     rows = scores.reshape(scores.shape[0], -1).astype(np.float64)

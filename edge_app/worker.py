@@ -23,7 +23,7 @@ from edge_app.result import heatmap_png
 from edge_app.store import Job, ModelResult, Outcome, Store
 
 log = logging.getLogger(__name__)
-_IMAGE_STATUS = {"ok": "done", "rejected": "rejected", "failed": "failed"}
+_IMAGE_STATUS = {"ok": "done", "outside": "outside", "rejected": "rejected", "failed": "failed"}
 
 
 class Worker:
@@ -134,6 +134,7 @@ def _model_result(bundle_sha256: str, diagnosis: Diagnosis) -> ModelResult:
         findings=[f.as_dict() for f in diagnosis.findings],
         heatmap=(hm.label, heatmap_png(hm)) if hm is not None else None,
         timings=diagnosis.timings_ms,
+        guard=diagnosis.guard.as_dict() if diagnosis.guard is not None else None,
     )
 
 

@@ -58,7 +58,7 @@ class OnnxRuntimeRunner(Runner):
         shape = tuple(inputs[spec.name].shape[1:])
         if len(shape) != 3 or any(isinstance(d, int) and d != e for d, e in zip(shape, expected, strict=True)):
             raise BundleError(f"input {spec.name!r} has shape {shape}, the manifest implies {expected}")
-        for name in filter(None, (manifest.output.name, manifest.output.heatmap)):
+        for name in manifest.output_names():
             if name not in outputs:
                 raise BundleError(f"the model has no output {name!r} (it has {', '.join(sorted(outputs))})")
 

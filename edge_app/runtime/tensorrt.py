@@ -89,7 +89,7 @@ def check_engine_io(tensors: list[EngineTensor], manifest: Manifest) -> None:
     )
     if len(image.shape) != 4 or image.shape[1:] != expected:
         raise BundleError(f"engine input {spec.name!r} has shape {image.shape}, the manifest implies (N, {expected})")
-    for name in filter(None, (manifest.output.name, manifest.output.heatmap)):
+    for name in manifest.output_names():
         if name not in outputs:
             raise BundleError(f"the engine has no output {name!r} (it has {', '.join(sorted(outputs))})")
         if outputs[name].dtype not in ("float32", "float16"):

@@ -40,12 +40,13 @@ def model_name(manifest: Manifest) -> str:
 
 
 def io_shapes(manifest: Manifest) -> tuple[list[int], list[str]]:
-    """The input's dims without the batch, and the output names (scores, then the heatmap where there is one)."""
+    """The input's dims without the batch, and the output names (scores, then the heatmap and the guard where there
+    are)."""
     spec = manifest.input
     image = [spec.height, spec.width, spec.channels]
     if spec.layout == "NCHW":
         image = [spec.channels, spec.height, spec.width]
-    return image, [n for n in (manifest.output.name, manifest.output.heatmap) if n]
+    return image, manifest.output_names()
 
 
 class TritonRunner(Runner):

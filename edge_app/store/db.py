@@ -26,7 +26,7 @@ from edge_app.fileio import INCOMING_PREFIX, commit, spool
 from edge_app.imaging.header import ImageHeader
 from edge_app.store.schema import migrate
 
-IMAGE_STATUSES = ("queued", "done", "rejected", "failed", "no_model")
+IMAGE_STATUSES = ("queued", "done", "rejected", "failed", "no_model", "outside")
 # In the data directory: held by the one front (web, capture) and the one worker (models) that use it.
 SERVICE_LOCKS = ("front.lock", "worker.lock")
 # Every stored file a row still needs: images (and their views) not purged, results' heatmaps, outgoing objects.
@@ -78,13 +78,14 @@ class OutboxItem:
 class ModelResult:
     """One model's answer for one image."""
 
-    status: str  # "ok", "rejected" or "failed"
+    status: str  # "ok", "outside", "rejected" or "failed"
     model: dict[str, str]
     bundle_sha256: str
     reason: str | None = None
     findings: list[dict[str, Any]] = field(default_factory=list)
     heatmap: tuple[str, bytes] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    guard: dict[str, Any] | None = None  # the input guard's verdict; None: not checked (a bundle without a guard)
 
 
 @dataclass(frozen=True)
@@ -307,7 +308,7 @@ class Store:
             for result, (heatmap_label, heatmap_sha) in zip(outcome.results, heatmaps, strict=True):
                 db.execute(
                     "INSERT INTO results (image_id, created_at, status, reason, model, bundle_sha256, "
-                    "findings, heatmap_label, heatmap_sha256, timings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "findings, heatmap_label, heatmap_sha256, timings, guard) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         job.image_id,
                         now,
@@ -319,6 +320,7 @@ class Store:
                         heatmap_label,
                         heatmap_sha,
                         json.dumps(result.timings),
+                        json.dumps(result.guard) if result.guard is not None else None,
                     ),
                 )
             metadata = {**job.metadata, **(outcome.metadata or {})}
@@ -512,6 +514,7 @@ def _result_dict(row: sqlite3.Row) -> dict[str, Any]:
         "bundle_sha256": row["bundle_sha256"],
         "findings": json.loads(row["findings"]),
         "timings_ms": json.loads(row["timings"]),
+        "guard": json.loads(row["guard"]) if row["guard"] is not None else None,
     }
     if row["reason"] is not None:
         out["reason"] = row["reason"]

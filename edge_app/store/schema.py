@@ -217,14 +217,61 @@ def _to_v6(db: sqlite3.Connection, now: str) -> None:
     db.execute("ALTER TABLE images ADD COLUMN purged_at TEXT")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection, str], None]] = [_to_v1, _to_v2, _to_v3, _to_v4, _to_v5, _to_v6]
+def _to_v7(db: sqlite3.Connection, now: str) -> None:
+    """Version 7: "outside", an image the input guard says the model does not read (a status of its own, for results
+    and images), and the guard's verdict on each result (JSON; NULL where the bundle had no guard)."""
+    _rebuild(db, "results", "'rejected', 'failed')", "'rejected', 'failed', 'outside')")
+    _rebuild(db, "images", "'failed', 'no_model')", "'failed', 'no_model', 'outside')")
+    db.execute("ALTER TABLE results ADD COLUMN guard TEXT")
+
+
+def _rebuild(db: sqlite3.Connection, table: str, old: str, new: str) -> None:
+    """A table made anew with `old` replaced by `new` in its definition (SQLite cannot change a CHECK in place: its
+    documented twelve steps, foreign keys off from `migrate`), rows, indexes and ids kept."""
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
+    if old not in sql:
+        raise ValueError(f"table {table} is not as this edge-app wrote it ({old} not found)")
+    indexes = [
+        r[0]
+        for r in db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL", (table,)
+        )
+    ]
+    columns = ", ".join(r[1] for r in db.execute(f"PRAGMA table_info({table})"))
+    db.execute(sql.replace(f"CREATE TABLE {table}", f"CREATE TABLE {table}_new", 1).replace(old, new))
+    db.execute(f"INSERT INTO {table}_new ({columns}) SELECT {columns} FROM {table}")
+    db.execute(f"DROP TABLE {table}")
+    db.execute(f"ALTER TABLE {table}_new RENAME TO {table}")
+    for index in indexes:
+        db.execute(index)
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection, str], None]] = [
+    _to_v1,
+    _to_v2,
+    _to_v3,
+    _to_v4,
+    _to_v5,
+    _to_v6,
+    _to_v7,
+]
 VERSION = len(MIGRATIONS)
 
 
 def migrate(db: sqlite3.Connection, now: str) -> None:
     """Bring the database to `VERSION`, one transaction per version. The version is read inside each
     transaction: two processes opening the database at once (the web service and the worker) take turns. A
-    database of a later version is refused (ValueError), left as it is."""
+    database of a later version is refused (ValueError), left as it is. Foreign keys are off while it works (a
+    table made anew is dropped with rows pointing at it), checked before each version commits, and on again after."""
+    enforced = int(db.execute("PRAGMA foreign_keys").fetchone()[0])
+    db.execute("PRAGMA foreign_keys=OFF")
+    try:
+        _migrate(db, now)
+    finally:
+        db.execute(f"PRAGMA foreign_keys={'ON' if enforced else 'OFF'}")
+
+
+def _migrate(db: sqlite3.Connection, now: str) -> None:
     while True:
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -238,6 +285,9 @@ def migrate(db: sqlite3.Connection, now: str) -> None:
                 db.execute("COMMIT")
                 return
             MIGRATIONS[version](db, now)
+            broken = db.execute("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise ValueError(f"version {version + 1} would leave {len(broken)} row(s) pointing at nothing")
             db.execute(f"PRAGMA user_version = {version + 1}")
             db.execute("COMMIT")
         except BaseException:

@@ -53,6 +53,7 @@ _ANSWERS = {
     "queued": (202, None),
     "rejected": (422, "Unprocessable image"),
     "no_model": (422, "No model for this image"),
+    "outside": (422, "Not what the model reads"),
     "failed": (500, "Internal error"),
 }
 
