@@ -403,6 +403,19 @@ def _with_guard(model: Any, views: dict[str, str], gaussians: dict[str, _Gaussia
     g.output([total, orientation], OUTPUT)
 
 
+def strip(model: Any) -> Any:
+    """The model without its guard: the guard's nodes, constants and output taken out (in place)."""
+    for field, keep in (
+        (model.graph.node, lambda n: not n.name.startswith(PREFIX)),
+        (model.graph.initializer, lambda i: not i.name.startswith(PREFIX)),
+        (model.graph.output, lambda o: o.name != OUTPUT),
+    ):
+        kept = [item for item in field if keep(item)]
+        del field[:]
+        field.extend(kept)
+    return model
+
+
 def guard_nodes(model: Any) -> list[str]:
     """The names of the guard's nodes: the precision conversions keep them in FP32."""
     return [n.name for n in model.graph.node if n.name.startswith(PREFIX)]

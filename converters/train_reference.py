@@ -1,6 +1,7 @@
 """Train the reference chest X-ray model and write it as the embedded bundle (needs the `train` extra).
 
     python -m converters.train_reference --data ../shared/data/nih-cxr14-sample -o edge_app/models/cxr-reference
+    python -m converters.train_reference --guard-only      # refit the input guard of the bundle there, weights kept
 
 Seeded and deterministic on the CPU. Uses the NIH sample's `train` split only for fitting, model selection and
 thresholds (an internal 80/20 split of it); the `test` split is touched once, for the figures in the manifest.
@@ -20,15 +21,16 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from converters import graph, guard
 from converters.bundle_writer import listed_files, staged_bundle
 from converters.fidelity import save_reference_io
 from converters.images import load_files
 from edge_app.bundle import sha256_file, write_manifest
-from edge_app.manifest import InputSpec, IntendedUse, Manifest, OutputSpec, Preprocessing, Provenance
+from edge_app.manifest import InputGuard, InputSpec, IntendedUse, Manifest, OutputSpec, Preprocessing, Provenance
 
 LABELS = ("Abnormal", "Cardiomegaly", "Effusion", "Emphysema", "Infiltration")
 SIZE = 64
-VERSION = "1.1.0"
+VERSION = "1.1.1"
 PREPROCESSING = Preprocessing(intensity="window", geometry="stretch", interpolation="area", scale=(-1.0, 1.0))
 ATTRIBUTION = (
     "Trained on images from the NIH ChestX-ray14 dataset (https://nihcc.app.box.com/v/ChestXray-NIHCC), "
@@ -230,8 +232,6 @@ def export_onnx(net: Any, path: Path, spec: InputSpec) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import torch
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/nih-cxr14-sample"))
     parser.add_argument("-o", "--output", type=Path, default=Path("edge_app/models/cxr-reference"))
@@ -243,8 +243,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=SIZE, help="input height and width in pixels")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--width", type=int, default=2, help="channel multiplier of the CNN")
+    parser.add_argument(
+        "--guard-only", action="store_true", help="refit the input guard of the bundle in --output, its weights kept"
+    )
     args = parser.parse_args(argv)
     spec = input_spec(args.size)
+    if args.guard_only:
+        refit_guard(args.data, args.output)
+        return
+    import torch
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
@@ -288,11 +295,51 @@ def main(argv: list[str] | None = None) -> None:
 
     with staged_bundle(args.output, replace=True) as staging:
         export_onnx(net, staging / "model.onnx", spec)
+        input_guard = add_guard(staging / "model.onnx", x_all, x_test)
         # Reference inputs and outputs (train-split images): an engine built from the bundle is checked on them.
         save_reference_io(staging, staging / "model.onnx", spec.name, "logits", x_all[val_idx][:8])
         write_bundle(
-            staging, args, per_label, thresholds, best_epoch, best_val, len(fit_idx), len(val_idx), len(test_names)
+            staging,
+            args,
+            per_label,
+            thresholds,
+            best_epoch,
+            best_val,
+            (len(fit_idx), len(val_idx), len(test_names)),
+            input_guard,
         )
+
+
+def add_guard(model_path: Path, x_train: Array, x_test: Array) -> InputGuard:
+    """Fit the input guard on the train split (its rates measured on the test split) into the model file."""
+    model = graph.load_model(model_path)
+    output = OutputSpec(name="logits", activation="sigmoid", heatmap="cam")
+    model, input_guard = guard.fit(model, input_spec(SIZE), PREPROCESSING, output, x_train, held_out=x_test)
+    graph.save(model, model_path)
+    return input_guard
+
+
+def refit_guard(data: Path, folder: Path) -> None:
+    """The bundle in `folder` with its input guard fitted anew (the model's weights, thresholds and figures kept):
+    the guard's own nodes and output replaced, the version and hashes brought up to date."""
+    manifest = Manifest.model_validate_json((folder / "manifest.json").read_text(encoding="utf-8"))
+    names, _, test_names, _ = load_split(data)
+    x_all = load_images(data / "images", names, manifest.input)
+    x_test = load_images(data / "images", test_names, manifest.input)
+    with staged_bundle(folder, replace=True) as staging:
+        model = guard.strip(graph.load_model(folder / "model.onnx"))
+        graph.save(model, staging / "model.onnx")
+        input_guard = add_guard(staging / "model.onnx", x_all, x_test)
+        for name in ("reference_inputs.npy", "reference_outputs.npy"):
+            (staging / name).write_bytes((folder / name).read_bytes())
+        per_label = manifest.metrics["test_split"]
+        card = model_card(per_label, manifest.metrics["claimed_findings"], manifest.thresholds, SIZE, input_guard)
+        (staging / "MODEL_CARD.md").write_text(card, encoding="utf-8")
+        provenance = manifest.provenance.model_copy(update={"source_sha256": sha256_file(staging / "model.onnx")})
+        updated = manifest.model_copy(
+            update={"version": VERSION, "guard": input_guard, "provenance": provenance, "files": listed_files(staging)}
+        )
+        write_manifest(staging, updated)
 
 
 def write_bundle(
@@ -302,13 +349,13 @@ def write_bundle(
     thresholds: dict[str, float],
     best_epoch: int,
     best_val: float,
-    n_fit: int,
-    n_val: int,
-    n_test: int,
+    counts: tuple[int, int, int],
+    input_guard: InputGuard,
 ) -> None:
+    n_fit, n_val, n_test = counts
     model_sha = sha256_file(out / "model.onnx")
     claimed = [label for label, m in per_label.items() if m["separates"]]
-    card = model_card(per_label, claimed, thresholds, args.size)
+    card = model_card(per_label, claimed, thresholds, args.size, input_guard)
     (out / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     script_sha = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
     manifest = Manifest(
@@ -347,6 +394,7 @@ def write_bundle(
             "claimed_findings": claimed,
             "baseline": "pixels at 48x48, PCA 40, balanced logistic regression, same train split",
         },
+        guard=input_guard,
         attribution=ATTRIBUTION,
         not_for_clinical_use=True,
         files=listed_files(out),
@@ -355,12 +403,20 @@ def write_bundle(
     print(json.dumps(manifest.metrics, indent=1))
 
 
-def model_card(per_label: dict[str, Any], claimed: list[str], thresholds: dict[str, float], size: int) -> str:
+def model_card(
+    per_label: dict[str, Any], claimed: list[str], thresholds: dict[str, float], size: int, input_guard: InputGuard
+) -> str:
     rows = "\n".join(
         f"| {label} | {m['test_auc']:.3f} ({m['test_auc_95ci'][0]:.3f}-{m['test_auc_95ci'][1]:.3f}) | "
         f"{m['baseline_auc']:.3f} | {thresholds[label]:.3f} | {m['sensitivity']:.2f} / {m['specificity']:.2f} | "
         f"{m['test_positives']} |"
         for label, m in per_label.items()
+    )
+    guard_text = "; ".join(f"{c.name} above {c.threshold:.3f}" for c in input_guard.components)
+    rates = ", ".join(
+        f"{k.replace('_', ' ')} {v:.1%}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+        for k, v in input_guard.rates.items()
+        if not isinstance(v, dict)
     )
     return f"""# cxr-reference {VERSION}: model card
 
@@ -379,6 +435,10 @@ data only), sensitivity / specificity at it, and the number of positives:
 | label | AUC (95% CI) | baseline | threshold | sens / spec | positives |
 |---|---|---|---|---|---|
 {rows}
+
+## Input guard
+Images that do not look like a frontal chest X-ray are not diagnosed (status "outside"): {guard_text}
+Fitted on the {input_guard.fitted_on}. Share refused: {rates}.
 
 ## Data and attribution
 {ATTRIBUTION}

@@ -1,0 +1,429 @@
+"""The input guard: fitted into the graph by the converter, run with the model by every runner, and an image it
+refuses is stored, listed with its reason and viewable, never diagnosed."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from flask.testing import FlaskClient
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from converters import graph, guard
+from converters.build import BuildInputs, Steps, build
+from converters.errors import ConversionError, ModelError
+from converters.spec import load_spec
+from edge_app.bundle import load_bundle, write_manifest
+from edge_app.config import EMBEDDED_BUNDLE
+from edge_app.errors import InferenceError
+from edge_app.manifest import GuardComponent, InputGuard, InputSpec, OutputSpec, Preprocessing
+from edge_app.pipeline import Diagnoser
+from edge_app.result import guard_check
+from edge_app.runtime import open_runner
+from edge_app.store.schema import MIGRATIONS, migrate
+
+MANIFEST = load_bundle(EMBEDDED_BUNDLE).manifest
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _noise() -> bytes:
+    return _png(np.random.default_rng(3).integers(0, 256, (300, 280), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def diagnoser() -> Diagnoser:
+    bundle = load_bundle(EMBEDDED_BUNDLE)
+    runner = open_runner(bundle, threads=1)
+    runner.activate()
+    return Diagnoser(bundle, runner)
+
+
+def unguarded(tmp_path: Path) -> Path:
+    """The reference bundle as a bundle of before the guard: no guard output, no `guard` in its manifest."""
+    folder = Path(shutil.copytree(EMBEDDED_BUNDLE, tmp_path / "unguarded"))
+    graph.save(guard.strip(graph.load_model(folder / "model.onnx")), folder / "model.onnx")
+    manifest = load_bundle(EMBEDDED_BUNDLE).manifest
+    from edge_app.bundle import sha256_file
+
+    files = {name: sha256_file(folder / name) for name in manifest.files}
+    write_manifest(folder, manifest.model_copy(update={"guard": None, "version": "1.1.0", "files": files}))
+    return folder
+
+
+# -- the reference bundle's guard, through the service's own diagnoser ----------------------------------------------
+
+
+def test_the_reference_bundle_carries_a_guard_as_an_output_of_its_graph() -> None:
+    guard_spec = MANIFEST.guard
+    assert guard_spec is not None and guard_spec.output == "input_guard"
+    assert [c.name for c in guard_spec.components] == ["density", "orientation"]
+    assert MANIFEST.output_names() == ["logits", "cam", "input_guard"]
+    model = onnx.load(str(EMBEDDED_BUNDLE / "model.onnx"))
+    assert "input_guard" in [o.name for o in model.graph.output]
+    assert guard_spec.rates["held_out_refused"] <= 0.02 and guard_spec.rates["held_out_images"] == 200
+    assert all(v == 1.0 for v in guard_spec.rates["synthetic_refused"].values())
+
+
+def test_noise_is_outside_and_gets_no_findings(diagnoser: Diagnoser) -> None:
+    diagnosis = diagnoser.diagnose(_noise(), source="noise.png")
+    assert diagnosis.status == "outside" and diagnosis.findings == [] and diagnosis.heatmap is None
+    assert diagnosis.guard is not None and diagnosis.guard.outside and diagnosis.guard.score > 0
+    assert diagnosis.reason is not None
+    assert diagnosis.reason.startswith(
+        "does not look like a frontal chest X-ray this model was made for: not diagnosed"
+    )
+    assert f"score {diagnosis.guard.score:.2f} above its limit" in diagnosis.reason
+    assert diagnosis.preview is not None, "the image can still be shown"
+    out = diagnosis.as_dict()
+    assert out["status"] == "outside" and "findings" not in out and out["guard"]["outside"] is True
+
+
+def test_a_turned_chest_is_outside_by_its_orientation(diagnoser: Diagnoser, nih_png: Path) -> None:
+    chest = np.asarray(Image.open(nih_png).convert("L"))
+    upright = diagnoser.diagnose(_png(chest), source="chest.png")
+    assert upright.status == "ok" and upright.guard is not None and not upright.guard.outside
+    assert upright.as_dict()["guard"] == upright.guard.as_dict()
+    turned = diagnoser.diagnose(_png(np.rot90(chest).copy()), source="turned.png")
+    assert turned.status == "outside" and turned.guard is not None
+    assert turned.guard.component == "orientation"
+
+
+def test_a_blank_image_is_outside(diagnoser: Diagnoser) -> None:
+    """A constant image has no layout: its normalised views are not numbers, which is read as outside."""
+    diagnosis = diagnoser.diagnose(_png(np.full((200, 200), 128, np.uint8)), source="grey.png")
+    assert diagnosis.status == "outside"
+
+
+def test_the_guard_meets_its_targets_on_images_it_was_not_fitted_on(diagnoser: Diagnoser, nih: Path) -> None:
+    """The benchmark's sets: at least 99 % of non-target images refused, at most 2 % of real chest X-rays."""
+    from ood_samples import chest_samples, outside_samples
+
+    def refused(samples: list) -> list[bool]:  # type: ignore[type-arg]
+        return [diagnoser.diagnose(s.data, source=s.name).status != "ok" for s in samples]
+
+    outside = refused(outside_samples(nih_dir=nih))
+    chest = refused(chest_samples(nih_dir=nih))
+    assert len(outside) > 300 and np.mean(outside) >= 0.99
+    assert len(chest) > 200 and np.mean(chest) <= 0.02
+
+
+def test_an_older_bundle_without_a_guard_still_loads_and_says_so(tmp_path: Path, nih_png: Path) -> None:
+    bundle = load_bundle(unguarded(tmp_path))
+    assert bundle.manifest.guard is None and bundle.manifest.output_names() == ["logits", "cam"]
+    with open_runner(bundle, threads=1) as runner:
+        diagnosis = Diagnoser(bundle, runner).diagnose(_noise(), source="noise.png")
+    assert diagnosis.status == "ok" and diagnosis.guard is None, "not checked: diagnosed as before"
+    assert diagnosis.as_dict()["guard"] is None
+
+
+def test_a_model_without_the_guard_output_its_manifest_names_is_refused(tmp_path: Path) -> None:
+    folder = Path(shutil.copytree(EMBEDDED_BUNDLE, tmp_path / "b"))
+    graph.save(guard.strip(graph.load_model(folder / "model.onnx")), folder / "model.onnx")
+    from edge_app.bundle import sha256_file
+
+    write_manifest(folder, MANIFEST.model_copy(update={"files": {n: sha256_file(folder / n) for n in MANIFEST.files}}))
+    from edge_app.errors import BundleError
+
+    with pytest.raises(BundleError, match="the model has no output 'input_guard'"), open_runner(load_bundle(folder)):
+        pass
+
+
+# -- the verdict ------------------------------------------------------------------------------------------------------
+
+
+def _with_guard(thresholds: tuple[float, float]) -> object:
+    components = tuple(
+        GuardComponent(name=n, method="m", threshold=t) for n, t in zip(("a", "b"), thresholds, strict=True)
+    )
+    return MANIFEST.model_copy(update={"guard": InputGuard(output="g", components=components, fitted_on="x")})
+
+
+@pytest.mark.parametrize(
+    ("scores", "score", "component"),
+    [
+        ((1.0, -3.0), -1.0, "a"),  # both inside: the larger margin, still below 0
+        ((2.5, -3.0), 0.5, "a"),
+        ((1.0, 2.0), 1.0, "b"),
+        ((2.0, -2.0), 0.0, "a"),  # at the threshold: inside
+        ((float("nan"), -3.0), 1e9, "a"),  # not a number: outside
+        ((1.0, float("inf")), 1e9, "b"),
+    ],
+)
+def test_the_verdict_is_the_largest_margin(scores: tuple[float, float], score: float, component: str) -> None:
+    manifest = _with_guard((2.0, 1.0))
+    outputs = {"g": np.asarray([[0.0, 0.0], scores], np.float32)}
+    check = guard_check(manifest, outputs, index=1)  # type: ignore[arg-type]
+    assert check is not None and check.score == pytest.approx(score) and check.component == component
+    assert check.outside is (score > 0)
+
+
+def test_a_guard_output_of_the_wrong_width_is_an_inference_error() -> None:
+    with pytest.raises(InferenceError, match="the guard gave 3 scores for 2 components"):
+        guard_check(_with_guard((1.0, 1.0)), {"g": np.zeros((1, 3), np.float32)})  # type: ignore[arg-type]
+    assert guard_check(MANIFEST.model_copy(update={"guard": None}), {}) is None
+
+
+def test_the_guard_output_must_be_its_own() -> None:
+    with pytest.raises(ValueError, match="the guard's output must be an output of its own"):
+        MANIFEST.model_validate({**MANIFEST.model_dump(), "guard": {**MANIFEST.guard.model_dump(), "output": "cam"}})  # type: ignore[union-attr]
+
+
+# -- fitting: the feature map the head reads, and small models of other shapes ---------------------------------------
+
+
+def _conv_net(head: str, side: int = 16, channels: int = 1) -> onnx.ModelProto:
+    """Conv -> Relu -> Conv -> Relu -> a head: "gap" (GlobalAveragePool, Flatten, Gemm), "two" (mean over H and W,
+    MatMul, Relu, MatMul: Dense -> ReLU -> Dense) or "none" (Flatten of the whole map, Gemm)."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.5, (4, channels, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (6, 4, 3, 3)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+    ]
+    if head == "gap":
+        inits.append(numpy_helper.from_array(rng.normal(0, 1, (2, 6)).astype(np.float32), "wd"))
+        nodes += [
+            helper.make_node("GlobalAveragePool", ["r2"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["f"]),
+            helper.make_node("Gemm", ["f", "wd"], ["logits"], transB=1),
+        ]
+    elif head == "two":
+        inits += [
+            numpy_helper.from_array(rng.normal(0, 1, (6, 5)).astype(np.float32), "wa"),
+            numpy_helper.from_array(rng.normal(0, 1, (5, 2)).astype(np.float32), "wb"),
+        ]
+        nodes += [
+            helper.make_node("ReduceMean", ["r2"], ["p"], axes=[2, 3], keepdims=0),
+            helper.make_node("MatMul", ["p", "wa"], ["h"]),
+            helper.make_node("Relu", ["h"], ["hr"]),
+            helper.make_node("MatMul", ["hr", "wb"], ["logits"]),
+        ]
+    else:
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.1, (6 * side * side, 2)).astype(np.float32), "wd"))
+        nodes += [helper.make_node("Flatten", ["r2"], ["f"]), helper.make_node("MatMul", ["f", "wd"], ["logits"])]
+    g = helper.make_graph(
+        nodes,
+        "net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", channels, side, side])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        inits,
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_head_features_are_found_through_the_head() -> None:
+    out = OutputSpec(name="logits", activation="sigmoid")
+    assert guard.head_features(_conv_net("gap"), out) == ("r2", "NCHW")
+    assert guard.head_features(_conv_net("two"), out) == ("r2", "NCHW"), "through Dense -> ReLU -> Dense"
+    assert guard.head_features(_conv_net("none"), out) is None
+    reference = onnx.load(str(EMBEDDED_BUNDLE / "model.onnx"))
+    head = guard.head_features(reference, MANIFEST.output)
+    assert head == ("/features/features.17/Relu_output_0", "NCHW"), "past the 1x1 convolution of a CAM head"
+    layers = guard.feature_layers(reference, MANIFEST.output)
+    assert [t for t, _ in layers] == [
+        "/features/features.2/Relu_output_0",
+        "/features/features.9/Relu_output_0",
+        "/features/features.17/Relu_output_0",
+    ]
+
+
+def _blobs(n: int, side: int, seed: int) -> np.ndarray:
+    """Images of one kind: a bright disc upper left, a dark bar below, noise; values in [-1, 1], (n, 1, side, side)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:side, 0:side] / side
+    out = []
+    for _ in range(n):
+        cy, cx = 0.3 + rng.normal(0, 0.03, 2)
+        img = 0.8 * ((yy - cy) ** 2 + (xx - cx) ** 2 < 0.04) - 0.6 * ((yy > 0.65) & (yy < 0.8))
+        out.append(img + rng.normal(0, 0.1, (side, side)))
+    return np.clip(np.asarray(out, np.float32), -1, 1)[:, None]
+
+
+@pytest.mark.parametrize("head", ["gap", "two", "none"])
+def test_a_small_model_of_each_head_gets_a_guard_that_tells_its_images_from_others(head: str) -> None:
+    spec = InputSpec(name="x", height=16, width=16, channels=1)
+    prep = Preprocessing(scale=(-1.0, 1.0))
+    model, fitted = guard.fit(
+        _conv_net(head), spec, prep, OutputSpec(name="logits", activation="sigmoid"), _blobs(60, 16, 1)
+    )
+    onnx.checker.check_model(model)
+    limits = np.asarray([c.threshold for c in fitted.components], np.float32)
+    assert fitted.fitted_on.startswith("60 images") and 0.0 < fitted.rates["fitting_images_refused_cv"] <= 0.05
+    same = guard.scores(model, spec, _blobs(40, 16, 2))
+    assert same.shape == (40, 2) and guard.outside(same, limits).mean() <= 0.1
+    rng = np.random.default_rng(5)
+    others = np.concatenate(
+        [rng.uniform(-1, 1, (10, 1, 16, 16)), np.rot90(_blobs(10, 16, 3), 2, axes=(2, 3)), -_blobs(10, 16, 4)]
+    ).astype(np.float32)
+    assert guard.outside(guard.scores(model, spec, others), limits).all()
+    assert all(n.startswith(guard.PREFIX) for n in guard.guard_nodes(model)) and guard.guard_nodes(model)
+
+
+def test_too_few_images_to_fit_are_refused() -> None:
+    spec = InputSpec(name="x", height=16, width=16, channels=1)
+    with pytest.raises(ModelError, match="the input guard needs at least 20 images to fit; 19 given"):
+        guard.fit(
+            _conv_net("gap"), spec, Preprocessing(), OutputSpec(name="logits", activation="sigmoid"), _blobs(19, 16, 0)
+        )
+
+
+def test_inversion_follows_the_preprocessing() -> None:
+    """Black becomes white in the input's own terms: scale, then mean and std."""
+    spec = InputSpec(name="x", height=2, width=2, channels=3, layout="NHWC")
+    prep = Preprocessing(scale=(0.0, 255.0), mean=(100.0, 120.0, 140.0), std=(50.0, 60.0, 70.0))
+    pixels = np.asarray([[0.0, 0.25], [0.5, 1.0]])[None, :, :, None].repeat(3, axis=3)
+    x = ((pixels * 255.0 - np.asarray(prep.mean)) / np.asarray(prep.std)).astype(np.float32)
+    expected = (((1 - pixels) * 255.0 - np.asarray(prep.mean)) / np.asarray(prep.std)).astype(np.float32)
+    assert np.allclose(guard._inverted(x, spec, prep), expected, atol=1e-5)
+    plain = Preprocessing(scale=(-1.0, 1.0))
+    assert np.allclose(guard._inverted(np.float32([[[[-1.0, 0.5]]]]), spec, plain), [[[[1.0, -0.5]]]])
+
+
+# -- the converter ----------------------------------------------------------------------------------------------------
+
+
+def test_a_build_without_calibration_images_is_refused_before_any_work(tmp_path: Path) -> None:
+    spec_path = tmp_path / "spec.toml"
+    spec_path.write_text(
+        'name = "n"\nversion = "1"\ntask = "multilabel"\nlabels = ["a", "b"]\n'
+        'input = { name = "x", height = 16, width = 16, channels = 1 }\n'
+        'output = { name = "logits", activation = "sigmoid" }\n'
+    )
+    model = tmp_path / "m.onnx"
+    onnx.save(_conv_net("gap"), str(model))
+    steps = Steps(show=False)
+    with pytest.raises(
+        ConversionError, match=r"^--calibration images are needed .*: the input guard is fitted on them$"
+    ):
+        build(BuildInputs(model, load_spec(spec_path), "fp32", tmp_path / "o"), steps)
+    assert steps.done == [] and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_a_converted_bundle_keeps_its_guard_in_fp32(precision: str, tmp_path: Path) -> None:
+    """FP16 and INT8 leave the guard's nodes alone (no FP16 constant, no Q/DQ node on a guard tensor), and the
+    bundle's guard refuses what the FP32 guard refuses."""
+    folder = tmp_path / "images"
+    for split, seed in (("cal", 1), ("val", 2)):
+        (folder / split).mkdir(parents=True)
+        for i, img in enumerate(_blobs(40, 32, seed)):
+            Image.fromarray(((img[0] + 1) * 127.5).astype(np.uint8)).save(folder / split / f"{i}.png")
+    spec_path = tmp_path / "spec.toml"
+    spec_path.write_text(
+        'name = "n"\nversion = "1"\ntask = "multilabel"\nlabels = ["a", "b"]\n'
+        'input = { name = "x", height = 16, width = 16, channels = 1 }\n'
+        "preprocessing = { scale = [-1.0, 1.0] }\n"
+        'output = { name = "logits", activation = "sigmoid" }\n'
+        "tolerance = { min_agreement = 0.0, max_abs_diff = 1.0, mean_abs_diff = 1.0, min_speedup = 0.0 }\n"
+        'calibration = { target = "onnxruntime", max_fallback_rounds = 0 }\n'
+    )
+    model = tmp_path / "m.onnx"
+    onnx.save(_conv_net("gap"), str(model))
+    steps = Steps(show=False)
+    out, _ = build(
+        BuildInputs(
+            model,
+            load_spec(spec_path),
+            precision,
+            tmp_path / "b",
+            calibration=folder / "cal",  # type: ignore[arg-type]
+            validation=folder / "val",
+        ),
+        steps,
+    )
+    assert "input guard" in [name for name, _, _ in steps.done]
+    bundle = load_bundle(out)
+    assert bundle.manifest.guard is not None and bundle.manifest.guard.rates["held_out_images"] == 40
+    converted = onnx.load(str(bundle.model_path))
+    guard_inputs = {i for n in converted.graph.node if n.name.startswith(guard.PREFIX) for i in n.input}
+    fp16 = {i.name for i in converted.graph.initializer if i.data_type == TensorProto.FLOAT16}
+    assert not guard_inputs & fp16, "no guard constant in FP16"
+    qdq = [n for n in converted.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert not [n for n in qdq if any(i.startswith(guard.PREFIX) for i in n.input)], "no guard tensor quantized"
+    if precision == "int8":
+        assert qdq, "the model itself is quantized"
+    limits = np.asarray([c.threshold for c in bundle.manifest.guard.components], np.float32)
+    spec = bundle.manifest.input
+    assert guard.outside(
+        guard.scores(converted, spec, np.random.default_rng(0).uniform(-1, 1, (8, 1, 16, 16)).astype(np.float32)),
+        limits,
+    ).all()
+
+
+# -- the store: a status of its own ------------------------------------------------------------------------------------
+
+
+def test_a_version_6_database_takes_outside_and_keeps_its_rows(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "old.sqlite3", isolation_level=None)
+    db.execute("PRAGMA foreign_keys=ON")
+    for version, step in enumerate(MIGRATIONS[:6]):
+        db.execute("BEGIN")
+        step(db, "2026-01-01T00:00:00")
+        db.execute(f"PRAGMA user_version = {version + 1}")
+        db.execute("COMMIT")
+    db.execute("INSERT INTO studies (uid, created_at, source) VALUES ('1.2', 't', 'test')")
+    db.execute("INSERT INTO series (study_id, uid, created_at) VALUES (1, '1.2.3', 't')")
+    db.execute(
+        "INSERT INTO images (study_id, created_at, filename, sha256, size, series_id, sop_instance_uid, status) "
+        "VALUES (1, 't', 'a.dcm', 'ab', 1, 1, '1.2.3.4', 'done')"
+    )
+    db.execute(
+        "INSERT INTO results (image_id, created_at, status, model, bundle_sha256) VALUES (1, 't', 'ok', '{}', 'cd')"
+    )
+    db.execute("INSERT INTO reviews (image_id, result_id, author, at, verdicts) VALUES (1, 1, 'dr', 't', '{}')")
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute("UPDATE images SET status = 'outside'")
+    migrate(db, "2026-12-01T00:00:00")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 7
+    assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1, "foreign keys on again"
+    assert db.execute("SELECT id, status, guard FROM results").fetchall() == [(1, "ok", None)]
+    db.execute("UPDATE images SET status = 'outside'")
+    db.execute("UPDATE results SET status = 'outside', guard = '{}'")
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute("UPDATE images SET status = 'elsewhere'")
+    with pytest.raises(sqlite3.IntegrityError):  # the reviews still point at results
+        db.execute("DELETE FROM results")
+    indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
+    assert {"images_study", "images_series", "images_sop", "results_image"} <= indexes
+
+
+def test_an_outside_image_is_stored_listed_with_its_reason_and_viewable(
+    client: FlaskClient, auth: Any, browser: FlaskClient
+) -> None:
+    answer = client.post("/api/v1/studies", data={"file": (io.BytesIO(_noise()), "noise.png")})
+    assert answer.status_code == 422
+    body = answer.get_json()
+    assert body["error"] == "Not what the model reads"
+    assert body["detail"].startswith("does not look like a frontal chest X-ray this model was made for")
+    [image] = body["study"]["images"]
+    assert image["status"] == "outside" and image["reason"] == body["detail"]
+    assert image["view_sha256"], "stored, and viewable"
+    [result] = image["results"]
+    assert result["status"] == "outside" and result["findings"] == [] and result["guard"]["outside"] is True
+    assert "heatmap" not in result
+    auth.login("clinician")
+    uid = body["study"]["uid"]
+    view = browser.get(f"/studies/{uid}/images/{image['id']}/view.jpg")
+    assert view.status_code == 200 and view.mimetype == "image/jpeg"
+    page = browser.get(f"/studies/{uid}").get_data(as_text=True)
+    assert "Not diagnosed: the image does not look like what the model was made for." in page
+    assert "does not look like a frontal chest X-ray this model was made for" in page
+    worklist = browser.get("/").get_data(as_text=True)
+    assert "not diagnosed" in worklist and "AI positive" not in worklist
