@@ -19,7 +19,7 @@ from edge_app.web import create_app, services
 def test_health(client: FlaskClient) -> None:
     body = client.get("/api/v1/health").get_json()
     assert body["status"] == "ok" and body["runner"] == "onnxruntime"
-    assert body["model"] == "cxr-reference" and body["version"] == "1.1.0"
+    assert body["model"] == "cxr-reference" and body["version"] == "1.1.1"
 
 
 def test_post_png_gives_a_study_with_findings(client: FlaskClient, nih_png: Path) -> None:

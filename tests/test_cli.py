@@ -27,7 +27,7 @@ def test_diagnose_prints_one_json_line_per_file(cli: Cli, nih_png: Path) -> None
     assert first["file"] == str(nih_png)
     assert first["model"] == {
         "name": "cxr-reference",
-        "version": "1.1.0",
+        "version": "1.1.1",
         "precision": "fp32",
         "runner": "onnxruntime",
     }
@@ -155,7 +155,7 @@ def test_sigterm_drains_and_exits_cleanly(
 
 def test_check_says_what_is_wrong_with_the_installation(cli: Cli, tmp_path: Path) -> None:
     good = cli("check", env={"EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "data"), "EDGE_APP_SERVER_PORT": "1"})
-    assert "ok    model bundle: cxr-reference 1.1.0 (fp32)" in good.stdout
+    assert "ok    model bundle: cxr-reference 1.1.1 (fp32)" in good.stdout
     profile = tmp_path / "gen.toml"
     profile.write_text('name = "gen"\nport = "/dev/ttyNOPE0"\n[[messages]]\npattern = "x"\nevent = "status"\n')
     broken = tmp_path / "bundle"

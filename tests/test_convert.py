@@ -61,7 +61,14 @@ def reference_spec(tmp_path: Path, precision: str, extra: str = "", tolerance: s
 def test_fp32_bundle_of_a_torch_exported_cnn(nih_split: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "bundle"
     bundle_path, report = build(
-        BuildInputs(REFERENCE, reference_spec(tmp_path, "fp32"), "fp32", out, validation=nih_split["test"]),
+        BuildInputs(
+            REFERENCE,
+            reference_spec(tmp_path, "fp32"),
+            "fp32",
+            out,
+            calibration=nih_split["train"],
+            validation=nih_split["test"],
+        ),
         Steps(show=False),
     )
     assert report is not None and report["passed"] and report["decision_agreement"] == 1.0
@@ -98,9 +105,7 @@ def test_int8_reference_model_passes_the_gate(nih_split: dict[str, Path], tmp_pa
 
 
 def test_broken_calibration_is_refused_and_writes_nothing(nih_split: dict[str, Path], tmp_path: Path) -> None:
-    black = tmp_path / "calibration"
-    black.mkdir()
-    Image.new("L", (512, 512)).save(black / "black.png")
+    black = _noise_pngs(tmp_path / "calibration", 24, (512, 512), "L", top=4)  # all but black
     out = tmp_path / "int8"
     spec = reference_spec(tmp_path, "int8", "calibration = { max_fallback_rounds = 1 }\n")
     with pytest.raises(FidelityGateFailed) as info:
@@ -159,7 +164,14 @@ def test_fp16_of_an_nhwc_model_with_external_data(nih_split: dict[str, Path], tm
     spec_path = tmp_path / "spec.toml"
     spec_path.write_text(NHWC_SPEC)
     bundle_path, report = build(
-        BuildInputs(model, load_spec(spec_path), "fp16", tmp_path / "b", validation=nih_split["test"]),
+        BuildInputs(
+            model,
+            load_spec(spec_path),
+            "fp16",
+            tmp_path / "b",
+            calibration=nih_split["train"],
+            validation=nih_split["test"],
+        ),
         Steps(show=False),
     )
     assert report is not None and report["passed"] and report["max_abs_diff"] < 0.01
@@ -186,19 +198,19 @@ def test_model_errors_are_plain(tmp_path: Path) -> None:
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00not protobuf" * 10)
     with pytest.raises(ModelError, match="not a readable ONNX model"):
-        build(BuildInputs(junk, spec, "fp32", tmp_path / "o"), Steps(show=False))
+        build(BuildInputs(junk, spec, "fp32", tmp_path / "o", calibration=tmp_path), Steps(show=False))
     old = tmp_path / "old.onnx"
     _nhwc_model(old, external=False)
     m = onnx.load(str(old))
     m.opset_import[0].version = 11
     onnx.save(m, str(old))
     with pytest.raises(ModelError, match="uses opset 11; export it with opset 13 or later"):
-        build(BuildInputs(old, spec, "fp32", tmp_path / "o"), Steps(show=False))
+        build(BuildInputs(old, spec, "fp32", tmp_path / "o", calibration=tmp_path), Steps(show=False))
     good = tmp_path / "good.onnx"
     _nhwc_model(good, external=False)
     wrong = spec.model_copy(update={"input": spec.input.model_copy(update={"name": "pixels"})})
     with pytest.raises(ModelError, match="no input 'pixels'; its inputs are input_1"):
-        build(BuildInputs(good, wrong, "fp32", tmp_path / "o"), Steps(show=False))
+        build(BuildInputs(good, wrong, "fp32", tmp_path / "o", calibration=tmp_path), Steps(show=False))
     with pytest.raises(ConversionError, match="int8 needs --validation"):
         build(BuildInputs(good, spec, "int8", tmp_path / "o"), Steps(show=False))
     with pytest.raises(ConversionError, match="fp16 needs --validation images: the fidelity gate is not optional"):
@@ -218,7 +230,14 @@ def test_spec_errors_are_plain(tmp_path: Path) -> None:
 def test_validate_command_reports_as_json(nih: Path, nih_split: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "b"
     build(
-        BuildInputs(REFERENCE, reference_spec(tmp_path, "fp16"), "fp16", out, validation=nih_split["test"]),
+        BuildInputs(
+            REFERENCE,
+            reference_spec(tmp_path, "fp16"),
+            "fp16",
+            out,
+            calibration=nih_split["train"],
+            validation=nih_split["test"],
+        ),
         Steps(show=False),
     )
     exe = Path(sys.executable).parent / "edge-convert"
@@ -336,7 +355,14 @@ def test_imagenet_and_monai_styles(
         f'preprocessing = {preprocessing}\noutput = {{ name = "logits", activation = "sigmoid" }}\n'
     )
     bundle_path, report = build(
-        BuildInputs(model, load_spec(spec_path), "fp16", tmp_path / "b", validation=nih_split["test"]),
+        BuildInputs(
+            model,
+            load_spec(spec_path),
+            "fp16",
+            tmp_path / "b",
+            calibration=nih_split["train"],
+            validation=nih_split["test"],
+        ),
         Steps(show=False),
     )
     assert report is not None and report["passed"] and report["n_images"] == 200
@@ -537,9 +563,10 @@ def test_a_mean_over_channels_is_no_spatial_pool() -> None:
 
 @pytest.fixture(scope="module")
 def nih_few(nih_split: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Ten calibration and twelve validation images of the NIH sample: enough to run every step quickly."""
+    """24 calibration and 12 validation images of the NIH sample: enough to run every step quickly (the input guard
+    needs 20 to fit)."""
     root = tmp_path_factory.mktemp("few")
-    for split, count in (("train", 10), ("test", 12)):
+    for split, count in (("train", 24), ("test", 12)):
         (root / split).mkdir()
         for image in sorted(nih_split[split].iterdir())[:count]:
             (root / split / image.name).symlink_to(image.resolve())
@@ -710,8 +737,8 @@ def test_each_step_shows_a_bar_and_a_library_failure_names_its_step(
 
 
 def test_an_fp32_build_records_its_steps_and_provenance(nih_split: dict[str, Path], tmp_path: Path) -> None:
-    """Without validation images: no gate, no reference outputs; calibration images given to an fp32 build are
-    not used and not claimed. The precision as the command line gives it (a string made at run time)."""
+    """Without validation images: no gate, no reference outputs; the calibration images fit the input guard only
+    (no INT8 calibration is claimed). The precision as the command line gives it (a string made at run time)."""
     import datetime as dt
 
     steps = Steps(show=False)
@@ -728,6 +755,8 @@ def test_an_fp32_build_records_its_steps_and_provenance(nih_split: dict[str, Pat
         "simplify (onnxslim)",
         "fold BatchNorm chains",
         "heatmap output",
+        "read calibration images",
+        "input guard",
         "run at batch 1 and 3",
         "write bundle",
     ]
@@ -754,6 +783,7 @@ def test_an_fp16_build_with_labels_keeps_their_metrics(nih: Path, nih_few: dict[
             reference_spec(tmp_path, "fp16"),
             _fresh("fp16"),
             tmp_path / "b",
+            calibration=nih_few["train"],
             validation=nih_few["test"],
             labels=nih / "labels.csv",
             file_column="Image Index",
@@ -761,7 +791,15 @@ def test_an_fp16_build_with_labels_keeps_their_metrics(nih: Path, nih_few: dict[
         steps,
     )
     assert report is not None and report["passed"] and report["n_images"] == 12
-    assert _names(steps)[-4:] == ["read validation images", "convert to FP16", "fidelity gate", "write bundle"]
+    assert _names(steps)[-7:] == [
+        "read calibration images",
+        "read validation images",
+        "input guard",
+        "run at batch 1 and 3",
+        "convert to FP16",
+        "fidelity gate",
+        "write bundle",
+    ]
     assert _notes(steps, "fidelity gate")[0].startswith("PASSED: agreement 1.0000, max diff 0.0")
     bundle = load_bundle(bundle_path)
     assert bundle.manifest.metrics == {"validation": report["per_label"]}
@@ -774,7 +812,7 @@ def test_an_fp16_build_with_labels_keeps_their_metrics(nih: Path, nih_few: dict[
 
 def test_int8_without_calibration_is_refused_before_any_work(nih_few: dict[str, Path], tmp_path: Path) -> None:
     steps = Steps(show=False)
-    with pytest.raises(ConversionError, match=r"^int8 needs --calibration images"):
+    with pytest.raises(ConversionError, match=r"^--calibration images are needed .* and INT8 is calibrated on them$"):
         build(
             BuildInputs(
                 REFERENCE, reference_spec(tmp_path, "int8"), _fresh("int8"), tmp_path / "b", validation=nih_few["test"]
@@ -795,12 +833,13 @@ def test_a_spec_heatmap_the_model_cannot_give_is_refused(tmp_path: Path) -> None
         'output = { name = "logits", activation = "sigmoid"%s }\n'
     )
     named, plain = tmp_path / "named.toml", tmp_path / "plain.toml"
+    images = _noise_pngs(tmp_path / "images", 24, (5, 4), "RGB")
     named.write_text(text % ', heatmap = "cam"')
     plain.write_text(text % "")
     with pytest.raises(ModelError, match="names a heatmap output 'cam', which the model lacks, and its head is not"):
-        build(BuildInputs(model, load_spec(named), "fp32", tmp_path / "a"), Steps(show=False))
+        build(BuildInputs(model, load_spec(named), "fp32", tmp_path / "a", calibration=images), Steps(show=False))
     steps = Steps(show=False)
-    bundle_path, _ = build(BuildInputs(model, load_spec(plain), "fp32", tmp_path / "b"), steps)
+    bundle_path, _ = build(BuildInputs(model, load_spec(plain), "fp32", tmp_path / "b", calibration=images), steps)
     assert _notes(steps, "heatmap output") == ["none (the head is not GAP + linear)"]
     assert load_bundle(bundle_path).manifest.output.heatmap is None
 
@@ -985,3 +1024,15 @@ def test_simplify_gives_every_node_a_name_of_its_own() -> None:
     )
     model = simplify(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert [n.name for n in model.graph.node] == ["Relu_1", "Relu_1_", "Neg_2", "Relu_1__"]
+
+
+def _noise_pngs(folder: Path, count: int, size: tuple[int, int], mode: str, top: int = 256) -> Path:
+    """`count` PNGs of noise in [0, top), (height, width) `size`: images to fit an input guard on, where the images
+    do not matter."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    channels = {"L": (), "RGB": (3,)}[mode]
+    for i in range(count):
+        pixels = rng.integers(0, top, (*size, *channels), dtype=np.uint8)
+        Image.fromarray(pixels, mode=mode).save(folder / f"{i:02d}.png")
+    return folder

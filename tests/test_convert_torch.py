@@ -63,7 +63,17 @@ def test_torchscript_file(small_net: Path, nih: Path) -> None:
     traced = torch.jit.trace(smallnet.make().eval(), torch.zeros(1, 1, 96, 96))
     traced.save(str(small_net / "net.pt"))
     proc = _convert(
-        small_net, "build", "net.pt", "--spec", "spec.toml", "--validation", str(nih / "images"), "-o", "bundle"
+        small_net,
+        "build",
+        "net.pt",
+        "--spec",
+        "spec.toml",
+        "--calibration",
+        str(nih / "images"),
+        "--validation",
+        str(nih / "images"),
+        "-o",
+        "bundle",
     )
     assert proc.returncode == 0, proc.stderr
     bundle = load_bundle(small_net / "bundle")
@@ -89,6 +99,8 @@ def test_module_factory_with_state_dict(small_net: Path, nih: Path) -> None:
         "spec.toml",
         "--precision",
         "fp16",
+        "--calibration",
+        str(nih / "images"),
         "--validation",
         str(nih / "images"),
         "-o",

@@ -59,7 +59,7 @@ def test_an_engine_built_in_its_own_process_runs_like_onnx_runtime(tmp_path: Pat
     cache = EngineCache(tmp_path / "engines")
     lines: list[str] = []
     engine = build_isolated(bundle, cache, BuildOptions(max_batch=4), progress=lines.append)
-    assert any(line.startswith("building the FP32 TensorRT 10.3.0 engine of cxr-reference 1.1.0") for line in lines)
+    assert any(line.startswith("building the FP32 TensorRT 10.3.0 engine of cxr-reference 1.1.1") for line in lines)
     assert lines[-1].startswith("engine built in ") and "peak host memory" in lines[-1]
     meta = json.loads((engine.parent / META_NAME).read_text())
     assert meta["build"]["max_batch"] == 4 and meta["build"]["reference_max_abs_diff"] < 1e-6
@@ -123,7 +123,7 @@ def test_an_engine_whose_profile_is_smaller_than_max_batch_is_rebuilt_never_used
 
 
 def _fp16(tmp_path: Path) -> Bundle:
-    folder = bundle_variant(tmp_path, "1.1.0-fp16")
+    folder = bundle_variant(tmp_path, "1.1.1-fp16")
     manifest = load_bundle(folder).manifest
     write_manifest(folder, manifest.model_copy(update={"precision": "fp16"}))
     return load_bundle(folder)
@@ -319,9 +319,9 @@ def test_edge_app_engines_on_a_jetson(tmp_path: Path) -> None:
     run = [*EDGE_APP, "--config", str(config), "engines"]
     first = subprocess.run(run, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.startswith("cxr-reference 1.1.0: built: ")
+    assert first.stdout.startswith("cxr-reference 1.1.1: built: ")
     second = subprocess.run(run, capture_output=True, text=True, timeout=120)
-    assert second.stdout.startswith("cxr-reference 1.1.0: cached: ")
+    assert second.stdout.startswith("cxr-reference 1.1.1: cached: ")
 
 
 def _wait(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
@@ -361,12 +361,12 @@ def test_a_model_update_is_put_in_service_only_with_an_engine_that_passes_its_ch
     svc.activate(bundle_variant(tmp_path, "1.2.0"), "boss")
     _wait(lambda: health()["problem"] is not None, "the update's engine check")
     now = health()
-    assert (now["status"], now["version"], now["runner"]) == ("degraded", "1.1.0", "tensorrt")
+    assert (now["status"], now["version"], now["runner"]) == ("degraded", "1.1.1", "tensorrt")
     assert now["problem"].startswith("cxr-reference 1.2.0 was not put in service (the engine drifts from the ")
     assert now["problem"].endswith("engine refused): the previous model runs")
     result = client.post("/api/v1/studies?filename=a.png", data=nih_png.read_bytes()).get_json()
-    assert result["images"][0]["results"][0]["model"]["version"] == "1.1.0"
-    assert svc.models.activations()[0].version == "1.1.0", "recorded: a restart keeps the running model"
+    assert result["images"][0]["results"][0]["model"]["version"] == "1.1.1"
+    assert svc.models.activations()[0].version == "1.1.1", "recorded: a restart keeps the running model"
 
     fake_gpu.delenv("FAKE_TRT_FAULT")
     svc.activate(bundle_variant(tmp_path, "1.3.0"), "boss")
@@ -380,15 +380,15 @@ def test_a_model_chosen_while_another_waits_for_its_engine_wins(
     fake_gpu: pytest.MonkeyPatch,
     jetson_service: tuple[Service, Callable[[], dict[str, Any]], FlaskClient],
 ) -> None:
-    """An administrator puts 1.2.0 in service (its engine takes a while), then changes their mind for 1.1.0
-    (engine ready): 1.1.0 serves, and 1.2.0's build finishing later changes nothing."""
+    """An administrator puts 1.2.0 in service (its engine takes a while), then changes their mind for 1.1.1
+    (engine ready): 1.1.1 serves, and 1.2.0's build finishing later changes nothing."""
     svc, health, _ = jetson_service
     fake_gpu.setenv("FAKE_TRT_BUILD_S", "3")
     svc.activate(bundle_variant(tmp_path, "1.2.0"), "boss")
     svc.activate(EMBEDDED_BUNDLE, "boss")
     time.sleep(6)  # 1.2.0's build is over (or cancelled)
-    assert (health()["version"], health()["problem"]) == ("1.1.0", None)
-    assert svc.models.activations()[0].version == "1.1.0"
+    assert (health()["version"], health()["problem"]) == ("1.1.1", None)
+    assert svc.models.activations()[0].version == "1.1.1"
 
 
 def test_a_restart_while_an_update_waits_for_its_engine_serves_the_previous_model_first(
@@ -411,7 +411,7 @@ def test_a_restart_while_an_update_waits_for_its_engine_serves_the_previous_mode
     app = create_app(settings)
     client = api_client(app)
     try:
-        assert health()["version"] == "1.1.0", "the model before it, with its checked engine"
+        assert health()["version"] == "1.1.1", "the model before it, with its checked engine"
         _wait(lambda: health()["version"] == "1.2.0", "1.2.0 once its engine passed")
         assert health()["runner"] == "tensorrt"
     finally:
@@ -459,7 +459,7 @@ def _int8_bundle(tmp_path: Path) -> Path:
         to_int8(folder / "model.onnx", qdq, "image", calibration, Calibration(), [])
         (folder / "model.onnx").write_bytes(qdq.read_bytes())
 
-    folder = bundle_variant(tmp_path, "1.1.0-int8", quantize)
+    folder = bundle_variant(tmp_path, "1.1.1-int8", quantize)
     manifest = load_bundle(folder).manifest
     fidelity = {"tolerance": {"max_abs_diff": 0.1, "min_speedup": 1.2}}
     write_manifest(folder, manifest.model_copy(update={"precision": "int8", "fidelity": fidelity}))

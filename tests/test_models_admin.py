@@ -64,7 +64,7 @@ def test_an_uploaded_bundle_is_verified_kept_and_put_in_service(
     actions = [(e["actor"], e["action"]) for e in svc.store.audit_trail()]
     assert ("boss", "model.import") in actions and ("boss", "model.activate") in actions
     browser.post("/admin/models/rollback", data={"csrf_token": token})
-    assert client.get("/api/v1/health").get_json()["version"] == "1.1.0", "back to the configured model"
+    assert client.get("/api/v1/health").get_json()["version"] == "1.1.1", "back to the configured model"
 
 
 def test_the_model_in_service_and_the_site_thresholds_outlive_a_restart(

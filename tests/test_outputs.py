@@ -88,7 +88,7 @@ def test_the_report_and_the_heatmap_capture_reach_the_pacs(
         source = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"), stop_before_pixels=True)
         assert sr.StudyInstanceUID == sc.StudyInstanceUID == source.StudyInstanceUID, "they join the image's study"
         texts = [item.TextValue for item in sr.ContentSequence]
-        assert texts[0] == "cxr-reference 1.1.0 (fp32, onnxruntime)"
+        assert texts[0] == "cxr-reference 1.1.1 (fp32, onnxruntime)"
         assert "Not for clinical use" in texts[2]
         (image,) = study["images"]
         for finding, text in zip(image["results"][0]["findings"], texts[3:], strict=True):
@@ -145,7 +145,7 @@ def test_dcmtk_storescp_receives_and_dsrdump_reads_the_report(
         (sr,) = [p for p in received.iterdir() if p.name.startswith("SR")]
         dump = subprocess.run(["dsrdump", str(sr)], capture_output=True, text=True)
         assert dump.returncode == 0, dump.stderr
-        assert "Comprehensive SR" in dump.stdout and "cxr-reference 1.1.0" in dump.stdout
+        assert "Comprehensive SR" in dump.stdout and "cxr-reference 1.1.1" in dump.stdout
         assert "Not for clinical use" in dump.stdout and "Cardiomegaly: probability" in dump.stdout
         (sc,) = [p for p in received.iterdir() if p.name.startswith("SC")]
         assert pydicom.dcmread(sc).Modality == "OT"

@@ -56,7 +56,7 @@ def test_images_flow_from_the_front_to_a_worker_process_and_back(
         resp = client.post("/api/v1/studies?filename=a.png", data=images[0].read_bytes())
         assert resp.status_code == 201, resp.get_json()
         assert time.monotonic() - started < 3.0, "woken both ways: no waiting for a poll"
-        assert resp.get_json()["images"][0]["results"][0]["model"]["version"] == "1.1.0"
+        assert resp.get_json()["images"][0]["results"][0]["model"]["version"] == "1.1.1"
 
         variant = bundle_variant(tmp_path, "1.4.0")
         svc.activate(variant, "boss")  # on the front's admin page
@@ -112,14 +112,14 @@ def test_a_model_the_worker_cannot_load_is_reported_and_the_worker_lives(
         svc.activate(bundle_variant(tmp_path, "6.6.6", _garbage_model), "boss")
         _until(lambda: client.get("/api/v1/health").get_json()["status"] == "degraded")
         health = client.get("/api/v1/health").get_json()
-        assert "cannot be loaded here" in health["problem"] and health["version"] == "1.1.0", "the old one runs"
+        assert "cannot be loaded here" in health["problem"] and health["version"] == "1.1.1", "the old one runs"
         images = sorted((NIH / "images").glob("*.png"))
         assert client.post("/api/v1/studies?filename=a.png", data=images[0].read_bytes()).status_code == 201
         worker.terminate()
         worker.wait(timeout=60)
         worker = _start_worker(data)  # at start: the recorded model cannot load, the configured one runs
         _until(lambda: "the configured one runs" in (client.get("/api/v1/health").get_json()["problem"] or ""))
-        assert client.get("/api/v1/health").get_json()["version"] == "1.1.0"
+        assert client.get("/api/v1/health").get_json()["version"] == "1.1.1"
         assert client.post("/api/v1/studies?filename=b.png", data=images[1].read_bytes()).status_code == 201
     finally:
         worker.terminate()

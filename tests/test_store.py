@@ -39,7 +39,7 @@ def test_durability_settings(tmp_path: Path) -> None:
     store = Store(tmp_path)
     assert store.pragma("journal_mode") == "wal"
     assert store.pragma("synchronous") == 2  # FULL
-    assert store.pragma("user_version") == 6
+    assert store.pragma("user_version") == 7
     store.close()
 
 
@@ -162,7 +162,7 @@ def test_a_version_1_database_is_taken_forward(tmp_path: Path) -> None:
     db.close()
 
     store = Store(tmp_path)
-    assert store.pragma("user_version") == 6
+    assert store.pragma("user_version") == 7
     study = store.get_study("abc")
     assert study["patient_id"] == "P9"
     a, b, c = study["images"]

@@ -154,12 +154,12 @@ def test_engines_without_tensorrt_leave_the_reason_for_health(
     env = {**os.environ, "EDGE_APP_STORAGE_DATA_DIR": str(tmp_path)}
     proc = subprocess.run([*EDGE_APP, "engines"], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("cxr-reference 1.1.0: unavailable: TensorRT is not available on this machine")
+    assert proc.stdout.startswith("cxr-reference 1.1.1: unavailable: TensorRT is not available on this machine")
     assert proc.stdout.rstrip().endswith("the service runs it on ONNX Runtime")
     app = create_app({"storage": {"data_dir": str(tmp_path)}})
     try:
         engines = api_client(app).get("/api/v1/health").get_json()["engines"]
-        assert engines["cxr-reference 1.1.0"]["status"] == "unavailable"
+        assert engines["cxr-reference 1.1.1"]["status"] == "unavailable"
     finally:
         services.get_from(app).stop()
 

@@ -109,6 +109,7 @@ def _io(**change: object) -> list[EngineTensor]:
         EngineTensor(**image),  # type: ignore[arg-type]
         EngineTensor("logits", False, "float32", (-1, 5)),
         EngineTensor("cam", False, "float32", (-1, 5, 4, 4)),
+        EngineTensor("input_guard", False, "float32", (-1, 2)),
     ]
 
 

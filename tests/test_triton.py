@@ -115,7 +115,7 @@ def test_export_refusals(tmp_path: Path, versions: list[Bundle]) -> None:
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 2 and "no engine of cxr-reference 1.1.0 in" in proc.stderr
+    assert proc.returncode == 2 and "no engine of cxr-reference 1.1.1 in" in proc.stderr
     (tmp_path / "foreign" / "cxr-reference").mkdir(parents=True)
     (tmp_path / "foreign" / "cxr-reference" / "config.pbtxt").write_text('name: "cxr-reference"\n')
     proc = subprocess.run(
@@ -190,7 +190,7 @@ def test_a_bundle_the_hub_does_not_hold_runs_here_and_says_why(
         assert runner.problem is not None
         assert "the hub's model 'cxr-reference' holds no version of this bundle (1.9.0," in runner.problem
         assert (
-            "it holds: 1.1.0 (" in runner.problem and "images are diagnosed on this box (onnxruntime)" in runner.problem
+            "it holds: 1.1.1 (" in runner.problem and "images are diagnosed on this box (onnxruntime)" in runner.problem
         )
 
 
@@ -238,7 +238,7 @@ def test_the_service_on_a_hub_names_it_in_the_study_and_the_sr_and_health_says_w
         result = client.post("/api/v1/studies?filename=a.png", data=nih_png.read_bytes()).get_json()
         model = result["images"][0]["results"][0]["model"]
         assert (model["runner"], model["server"]) == ("triton", server.url)
-        assert _sr_model_line(result) == f"cxr-reference 1.1.0 (fp32, triton at {server.url})"
+        assert _sr_model_line(result) == f"cxr-reference 1.1.1 (fp32, triton at {server.url})"
         assert client.get("/api/v1/health").get_json()["status"] == "ok"
 
         server.stop()

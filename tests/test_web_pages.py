@@ -81,7 +81,7 @@ def test_the_study_page_shows_what_a_clinician_needs(
     page = browser.get(f"/studies/{study['uid']}").get_data(as_text=True)
     assert "AI result: to be confirmed by a clinician" in page
     result = study["images"][0]["results"][0]
-    assert "cxr-reference 1.1.0 · fp32 · onnxruntime" in page
+    assert "cxr-reference 1.1.1 · fp32 · onnxruntime" in page
     for f in result["findings"]:
         assert f'width="{f["probability"] * 100:.1f}"' in page, "the bar is the probability"
         assert f'x1="{f["threshold"] * 100:.1f}"' in page, "the threshold is marked on it"
@@ -187,7 +187,7 @@ def test_the_report_is_one_page_with_findings_model_and_review(
     assert resp.mimetype == "application/pdf"
     text = _pdf_text(resp.data)
     assert "AI result: to be confirmed by a clinician" in text and "Not reviewed yet." in text
-    assert "cxr-reference 1.1.0 (fp32, onnxruntime)" in text
+    assert "cxr-reference 1.1.1 (fp32, onnxruntime)" in text
     for f in result["findings"]:
         assert f"{f['label']}: {f['probability']:.2f} (threshold {f['threshold']:.2f}" in text
     labels = [f["label"] for f in result["findings"]]
@@ -213,7 +213,7 @@ def test_the_report_of_a_refused_image_says_why(auth: Any, browser: FlaskClient,
 def test_the_devices_page(app: Flask, auth: Any, browser: FlaskClient) -> None:
     auth.login("technician")
     page = browser.get("/devices").get_data(as_text=True)
-    assert "cxr-reference 1.1.0" in page and "runner <strong>onnxruntime</strong>" in page
+    assert "cxr-reference 1.1.1" in page and "runner <strong>onnxruntime</strong>" in page
     assert "Images waiting for the model: 0" in page and re.search(r"Free disk: [\d.]+ GB", page)
     assert "No capture source is configured" in page
     assert "Capture a frame" not in page, "no video source: no button"
@@ -278,7 +278,7 @@ def test_the_audit_log_as_csv_quotes_what_a_spreadsheet_would_run(app: Flask, au
 def test_the_models_page(auth: Any, browser: FlaskClient) -> None:
     auth.login("admin")
     page = browser.get("/admin/models").get_data(as_text=True)
-    assert "cxr-reference 1.1.0" in page and "Cardiomegaly" in page
+    assert "cxr-reference 1.1.1" in page and "Cardiomegaly" in page
 
 
 def test_french_for_a_french_user_and_on_the_login_page(

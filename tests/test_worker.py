@@ -84,7 +84,7 @@ def test_no_model_says_what_the_image_is(tmp_path: Path, store: Store) -> None:
         Worker(store, registry).run_once()
         status, reason = store.image_status(image_id)
         assert status == "no_model"
-        assert reason == "no model on this appliance reads modality US (models: cxr-reference 1.1.0 for CR, DX)"
+        assert reason == "no model on this appliance reads modality US (models: cxr-reference 1.1.1 for CR, DX)"
     finally:
         registry.close()
 

@@ -103,6 +103,21 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
+def _write_ahead_log(db: sqlite3.Connection, wait_s: float = 10.0) -> None:
+    """Put the database in WAL mode. Switching needs the database to itself and SQLite does not wait for that (no
+    busy handler): where another process holds it (the worker migrating a new database as the front starts), try
+    again for up to `wait_s` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
 class Store:
     """Studies, images, results and the audit trail under one data directory."""
 
@@ -117,7 +132,7 @@ class Store:
                 self.data_dir / "edge-app.sqlite3", check_same_thread=False, isolation_level=None
             )
             self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
+            _write_ahead_log(self._db)
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             try:

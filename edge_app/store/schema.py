@@ -263,7 +263,9 @@ def migrate(db: sqlite3.Connection, now: str) -> None:
     transaction: two processes opening the database at once (the web service and the worker) take turns. A
     database of a later version is refused (ValueError), left as it is. Foreign keys are off while it works (a
     table made anew is dropped with rows pointing at it), checked before each version commits, and on again after."""
-    enforced = int(db.execute("PRAGMA foreign_keys").fetchone()[0])
+    # fetchall: a statement left unfinished would hold a read snapshot, and BEGIN IMMEDIATE after another
+    # process's migration would then fail at once ("database is locked") instead of waiting its turn.
+    enforced = int(db.execute("PRAGMA foreign_keys").fetchall()[0][0])
     db.execute("PRAGMA foreign_keys=OFF")
     try:
         _migrate(db, now)

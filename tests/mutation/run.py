@@ -486,9 +486,6 @@ EQUIVALENT = {
         'if report["passed"] or attempt == spec.calibration.max_fallback_rounds:',
         "core/ReplaceComparisonOperator_Eq_Is",
     ): ("CPython keeps one object per small int (max_fallback_rounds is 0 to 10): `is` is =="),
-    ("assert inputs.calibration is not None and validation is not None", "core/ReplaceAndWithOr"): (
-        "for the type checker: build refuses int8 without either before any work"
-    ),
     ("if report and inputs.validation", "core/ReplaceAndWithOr"): (
         "a gate report exists exactly when validation images were given: `or` and `and` agree"
     ),
@@ -497,9 +494,6 @@ EQUIVALENT = {
     ),
     ('elif inputs.precision == "fp16":', "core/ReplaceComparisonOperator_Eq_LtE"): (
         "precision is fp32, fp16 or int8 and fp32 was taken before: only 'fp16' <= 'fp16'"
-    ),
-    ('if inputs.precision == "int8" and inputs.calibration is None:', "core/ReplaceComparisonOperator_Eq_GtE"): (
-        "precision is fp32, fp16 or int8: only 'int8' >= 'int8'"
     ),
     (
         "x = np.random.default_rng(0).uniform(-1, 1, (2, *shape)).astype(np.dtype(spec_input.dtype))",
