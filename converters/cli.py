@@ -45,7 +45,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--weights", type=Path, help="state dict for package.module:factory")
     p.add_argument("--spec", type=Path, required=True, help="SPEC.toml (see the README)")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
-    p.add_argument("--calibration", type=Path, help="folder of the clinic's images for INT8 calibration")
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        required=True,
+        help="folder of the clinic's own (or the training) images: the input guard is fitted on them, and INT8 "
+        "calibrated",
+    )
     p.add_argument(
         "--calibration-method",
         choices=["minmax", "entropy", "percentile"],

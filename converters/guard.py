@@ -124,6 +124,7 @@ def fit(
 
     if len(images) < 4 * FOLDS:
         raise ModelError(f"the input guard needs at least {4 * FOLDS} images to fit; {len(images)} given")
+    strip(model)  # a guard already there (a bundle's model converted again) is fitted anew
     layers = feature_layers(model, output)
     view_tensors = _with_views(model, spec, layers)
     views = _views(model, view_tensors, spec, images)

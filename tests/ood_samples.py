@@ -474,25 +474,55 @@ def _hand(pen: _Pen, rng: np.random.Generator, tissue: int, cortex: int, marrow:
     pen.ellipse(0.0, 0.15, 0.24, 0.24, tissue)
     pen.capsule((0.0, 0.3), (0.0, 0.8), 0.34, tissue)  # forearm
     pen.capsule((-0.15, 0.26), (-0.34, 0.02), 0.1, tissue)  # thumb
-    _digits(pen, rng, tissue, cortex, marrow, base_v=0.24, long_bone=0.2, phalanges=(0.13, 0.08, 0.06),
-            spread=rng.uniform(0.1, 0.22), width=0.045)
+    _digits(
+        pen,
+        rng,
+        tissue,
+        cortex,
+        marrow,
+        base_v=0.24,
+        long_bone=0.2,
+        phalanges=(0.13, 0.08, 0.06),
+        spread=rng.uniform(0.1, 0.22),
+        width=0.045,
+    )
     pen.bone((-0.15, 0.28), (-0.25, 0.13), 0.05, cortex, marrow)  # thumb metacarpal and phalanges
     pen.bone((-0.27, 0.1), (-0.32, 0.02), 0.045, cortex, marrow)
     pen.bone((-0.33, 0.0), (-0.36, -0.05), 0.04, cortex, marrow)
     for _ in range(8):  # carpals
-        pen.ellipse(rng.uniform(-0.12, 0.12), rng.uniform(0.28, 0.38), rng.uniform(0.03, 0.05),
-                    rng.uniform(0.025, 0.04), cortex - 15)
+        pen.ellipse(
+            rng.uniform(-0.12, 0.12),
+            rng.uniform(0.28, 0.38),
+            rng.uniform(0.03, 0.05),
+            rng.uniform(0.025, 0.04),
+            cortex - 15,
+        )
     pen.bone((-0.07, 0.42), (-0.06, 0.85), 0.1, cortex, marrow)  # radius
     pen.bone((0.09, 0.43), (0.08, 0.85), 0.065, cortex, marrow)  # ulna
 
 
 def _foot(pen: _Pen, rng: np.random.Generator, tissue: int, cortex: int, marrow: int) -> None:
     pen.ellipse(0.0, 0.3, 0.22, 0.4, tissue)
-    _digits(pen, rng, tissue, cortex, marrow, base_v=0.1, long_bone=0.27, phalanges=(0.07, 0.045, 0.035),
-            spread=rng.uniform(0.04, 0.09), width=0.05)
+    _digits(
+        pen,
+        rng,
+        tissue,
+        cortex,
+        marrow,
+        base_v=0.1,
+        long_bone=0.27,
+        phalanges=(0.07, 0.045, 0.035),
+        spread=rng.uniform(0.04, 0.09),
+        width=0.05,
+    )
     for _ in range(7):  # tarsals
-        pen.ellipse(rng.uniform(-0.12, 0.12), rng.uniform(0.18, 0.45), rng.uniform(0.045, 0.08),
-                    rng.uniform(0.04, 0.07), cortex - 10)
+        pen.ellipse(
+            rng.uniform(-0.12, 0.12),
+            rng.uniform(0.18, 0.45),
+            rng.uniform(0.045, 0.08),
+            rng.uniform(0.04, 0.07),
+            cortex - 10,
+        )
     pen.ellipse(0.0, 0.6, 0.11, 0.12, cortex - 5)  # calcaneus (talus over it)
     pen.ellipse(0.0, 0.6, 0.07, 0.08, marrow)
 
@@ -530,8 +560,15 @@ def _spine(pen: _Pen, rng: np.random.Generator, tissue: int, cortex: int, marrow
         x1, y1 = pen.xy(u + wu * 0.8, v + hv * 0.75)
         pen.draw.rounded_rectangle((x0, y0, x1, y1), radius=(x1 - x0) * 0.15, fill=marrow)
         if lateral:  # pedicle and spinous process behind the body
-            pen.polygon([(u + wu, v - hv * 0.4), (u + wu + 0.22, v + hv * 0.2), (u + wu + 0.2, v + hv * 0.6),
-                         (u + wu, v + hv * 0.3)], cortex - 20)
+            pen.polygon(
+                [
+                    (u + wu, v - hv * 0.4),
+                    (u + wu + 0.22, v + hv * 0.2),
+                    (u + wu + 0.2, v + hv * 0.6),
+                    (u + wu, v + hv * 0.3),
+                ],
+                cortex - 20,
+            )
         else:  # pedicles seen end-on and the spinous process
             for side in (-1, 1):
                 pen.ellipse(u + side * wu * 0.7, v - hv * 0.3, 0.028, 0.04, min(255, cortex + 5))
@@ -627,8 +664,9 @@ def _document(rng: np.random.Generator, style: str) -> Image.Image:
                     x = margin + 160 + k * 110
                     draw.rectangle((x, y, x + size, y + size), outline=ink, width=2)
                     if rng.random() < 0.4:
-                        draw.line((x + 3, y + size // 2, x + size // 2, y + size - 3, x + size - 2, y + 2), fill=ink,
-                                  width=2)
+                        draw.line(
+                            (x + 3, y + size // 2, x + size // 2, y + size - 3, x + size - 2, y + 2), fill=ink, width=2
+                        )
                     draw.text((x + size + 6, y), _text_line(rng, 1), fill=ink, font=font)
             else:
                 draw.rectangle((margin + 150, y - 4, w - margin, y + size + 8), outline=ink, width=1)

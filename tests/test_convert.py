@@ -914,7 +914,7 @@ def test_each_int8_round_keeps_twice_as_many_nodes_and_the_last_refuses(
     nih_few: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A gate that cannot pass, three fallback rounds: 2, then 4, then 8 more nodes kept in FP32, each round's
-    steps named by its try, the last gate's numbers the refusal's; ten calibration images are warned of."""
+    steps named by its try, the last gate's numbers the refusal's; 24 calibration images are warned of."""
     model = tmp_path / "deep.onnx"
     _deep_model(model, layers=12)
     spec_path = tmp_path / "spec.toml"
@@ -926,18 +926,18 @@ def test_each_int8_round_keeps_twice_as_many_nodes_and_the_last_refuses(
         "INT8 QDQ, try 3", "fidelity gate, try 3", "find sensitive nodes",
         "INT8 QDQ, try 4", "fidelity gate, try 4",
     ]  # fmt: skip
-    assert _names(steps)[-12:] == ["read calibration images", *rounds]
+    assert _names(steps)[-12:] == ["run at batch 1 and 3", *rounds]
     kept = report["nodes_kept_fp32"]
     assert len(kept) == 14 and len(set(kept)) == 14 and all(kept)
     assert _notes(steps, "INT8 QDQ, try 4") == ["minmax, 14 node(s) kept in FP32"]
     assert _notes(steps, "find sensitive nodes") == [", ".join(kept[:2]), ", ".join(kept[2:6]), ", ".join(kept[6:])]
     assert all(note.startswith("FAILED: agreement") for note in _notes(steps, "fidelity gate, try 4"))
-    assert report["calibration"] == {"method": "minmax", "n_images": 10}
+    assert report["calibration"] == {"method": "minmax", "n_images": 24}
     latency = report["latency_ms"]
     assert latency["batch"] == 1 and report["speedup_batch1"] == latency["fp32_p50"] / latency["int8_p50"]
     assert report["speedup_gated"] is False, "target tensorrt: the CPU's speed-up is reported, not gated"
     warnings = [r.getMessage() for r in caplog.records if r.name == "converters.build" and r.levelname == "WARNING"]
-    assert "only 10 calibration images; 500 or more representative images of this clinic are recommended" in warnings
+    assert "only 24 calibration images; 500 or more representative images of this clinic are recommended" in warnings
 
 
 def test_the_fallback_stops_when_no_node_is_left_and_names_every_node(nih_few: dict[str, Path], tmp_path: Path) -> None:
@@ -986,15 +986,15 @@ def test_the_cpu_speed_up_decides_only_for_an_onnxruntime_target(
     calibrated and validated on. As many calibration images as recommended, or more: no warning."""
     import converters.build
 
-    monkeypatch.setattr(converters.build, "RECOMMENDED_CALIBRATION_IMAGES", 9)
+    monkeypatch.setattr(converters.build, "RECOMMENDED_CALIBRATION_IMAGES", 23)
     fast = 'calibration = { target = "onnxruntime", max_fallback_rounds = 0 }\ntolerance = { min_speedup = 1000.0 }\n'
     report, steps = _refused_int8(*_keras_model(tmp_path, fast, "fast.toml"), tmp_path / "a", nih_few)
     assert report["speedup_gated"] is True
     assert [f for f in report["failures"] if f.startswith("INT8 is not faster: speed-up ")], report["failures"]
     assert _names(steps)[-2:] == ["INT8 QDQ, try 1", "fidelity gate, try 1"]
 
-    assert not [r for r in caplog.records if r.name == "converters.build"], "ten images, nine recommended"
-    monkeypatch.setattr(converters.build, "RECOMMENDED_CALIBRATION_IMAGES", 10)
+    assert not [r for r in caplog.records if r.name == "converters.build"], "24 images, 23 recommended"
+    monkeypatch.setattr(converters.build, "RECOMMENDED_CALIBRATION_IMAGES", 24)
     model, reported = _keras_model(tmp_path, "tolerance = { min_speedup = 1000.0 }\n", "reported.toml")
     steps = Steps(show=False)
     bundle_path, report = _build_int8(model, reported, tmp_path / "b", nih_few, steps)
@@ -1003,9 +1003,9 @@ def test_the_cpu_speed_up_decides_only_for_an_onnxruntime_target(
     manifest = load_bundle(bundle_path).manifest
     assert manifest.metrics == {}, "no labels given: no metrics"
     provenance = manifest.provenance
-    assert provenance.calibration == "10 images from train, minmax"
+    assert provenance.calibration == "24 images from train, minmax"
     assert provenance.validation == "12 images from test"
-    assert not [r for r in caplog.records if r.name == "converters.build"], "ten images, ten recommended"
+    assert not [r for r in caplog.records if r.name == "converters.build"], "24 images, 24 recommended"
 
 
 def test_simplify_gives_every_node_a_name_of_its_own() -> None:

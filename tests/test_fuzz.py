@@ -33,13 +33,14 @@ def test_mutants_through_the_pipeline(diagnoser: Diagnoser) -> None:
     statuses: dict[str, int] = {}
     for name, data in mutants(300, seed=20261125):
         diagnosis = diagnoser.diagnose(data, source=name)
-        assert diagnosis.status in ("ok", "rejected"), (name, diagnosis.reason)
-        if diagnosis.status == "rejected":
-            assert diagnosis.reason and "Traceback" not in diagnosis.reason
-        else:
+        assert diagnosis.status in ("ok", "rejected", "outside"), (name, diagnosis.reason)
+        if diagnosis.status == "ok":
             assert len(diagnosis.findings) == 5
+        else:  # refused by the decoder, or by the input guard (a mutant that decodes but is no chest any more)
+            assert diagnosis.reason and "Traceback" not in diagnosis.reason and diagnosis.findings == []
         statuses[diagnosis.status] = statuses.get(diagnosis.status, 0) + 1
-    assert statuses.get("ok", 0) >= 5, "some mutants are still images: the mutations are not all fatal"
+    decoded = statuses.get("ok", 0) + statuses.get("outside", 0)  # a mangled chest X-ray is seldom one still
+    assert decoded >= 5, "some mutants are still images: the mutations are not all fatal"
 
 
 def test_mutants_through_diagnose(cli: Cli, tmp_path: Path) -> None:
@@ -48,7 +49,7 @@ def test_mutants_through_diagnose(cli: Cli, tmp_path: Path) -> None:
     proc = cli("diagnose", str(tmp_path))
     assert proc.returncode in (0, 1), proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert len(lines) == 60 and {d["status"] for d in lines} <= {"ok", "rejected"}
+    assert len(lines) == 60 and {d["status"] for d in lines} <= {"ok", "rejected", "outside"}
     assert "Traceback" not in proc.stderr and "pydicom" not in proc.stderr
 
 
@@ -59,5 +60,5 @@ def test_mutants_through_the_api(client: FlaskClient) -> None:
         body = resp.get_json()
         study = body if resp.status_code == 201 else body["study"]
         (image,) = [i for i in study["images"] if i["id"] == body["image_id"]]
-        assert image["status"] in ("done", "rejected", "no_model")
+        assert image["status"] in ("done", "rejected", "no_model", "outside")
         assert body["duplicate"] or image["size"] == len(data)

@@ -141,7 +141,8 @@ def test_live_inference_and_the_mjpeg_preview(tmp_path: Path, api_client: Callab
 def test_live_inference_runs_the_model_that_reads_the_feed(
     tmp_path: Path, api_client: Callable[[Flask], FlaskClient]
 ) -> None:
-    """A video feed stored as modality CR (a digitised radiograph on a frame grabber) goes to the chest model."""
+    """A video feed stored as modality CR (a digitised radiograph on a frame grabber) goes to the chest model, whose
+    input guard says these frames (drawn shapes) are no chest X-ray: not diagnosed, with the reason."""
     video = tmp_path / "cr.avi"
     _write_video(video)
     app = create_app(
@@ -154,7 +155,8 @@ def test_live_inference_runs_the_model_that_reads_the_feed(
         client = api_client(app)
         _until(lambda: client.get("/api/v1/video/live").status_code == 200)
         (model,) = client.get("/api/v1/video/live").get_json()["models"]
-        assert model["model"]["name"] == "cxr-reference" and model["status"] == "ok" and len(model["findings"]) == 5
+        assert model["model"]["name"] == "cxr-reference" and model["status"] == "outside" and model["findings"] == []
+        assert model["reason"].startswith("does not look like a frontal chest X-ray this model was made for")
     finally:
         services.get_from(app).stop()
 
