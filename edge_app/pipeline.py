@@ -19,6 +19,7 @@ from edge_app.errors import ConfigError, ImageRejected
 from edge_app.imaging import DecodeLimits
 from edge_app.imaging.prepare import prepare
 from edge_app.imaging.sandbox import DecoderPool
+from edge_app.manifest import IntendedUse
 from edge_app.result import Finding, GuardCheck, Heatmap, findings, guard_check, heatmap
 from edge_app.runtime import Runner
 
@@ -150,25 +151,32 @@ class Diagnoser:
             info["server"] = self.runner.where
         return info
 
-    def diagnose(self, data: bytes | Path | str, source: str | None = None) -> Diagnosis:
+    def diagnose(
+        self, data: bytes | Path | str, source: str | None = None, *, header_overruled: bool = False
+    ) -> Diagnosis:
         """Diagnose one image given as a path or its bytes. A bad image gives a rejected `Diagnosis`, an internal
-        error a failed one (logged with its traceback): nothing raises past this boundary."""
+        error a failed one (logged with its traceback): nothing raises past this boundary. `header_overruled`: a
+        clinician sent the image to this model, whatever its DICOM header says of modality and body part; a model
+        with an input guard then reads it (the guard judges the pixels), one without still goes by the header."""
         source = source or str(data if not isinstance(data, bytes) else "<bytes>")
         try:
-            return self._diagnose(data, source)
+            return self._diagnose(data, source, header_overruled)
         except ImageRejected as exc:
             return Diagnosis(source, "rejected", self.model_info, reason=exc.reason)
         except Exception as exc:
             log.exception("internal error on %s", source)
             return Diagnosis(source, "failed", self.model_info, reason=f"internal error: {type(exc).__name__}: {exc}")
 
-    def _diagnose(self, data: bytes | Path | str, source: str) -> Diagnosis:
+    def _diagnose(self, data: bytes | Path | str, source: str, header_overruled: bool) -> Diagnosis:
         manifest = self.bundle.manifest
+        read_as = manifest
+        if header_overruled and manifest.guard is not None:
+            read_as = manifest.model_copy(update={"intended_use": IntendedUse()})
         t0 = time.perf_counter()
         if self.decoder is not None:
-            prepared = self.decoder.prepare(data, source, manifest)
+            prepared = self.decoder.prepare(data, source, read_as)
         else:
-            prepared = prepare(data, source, self.limits, manifest)
+            prepared = prepare(data, source, self.limits, read_as)
         t1 = time.perf_counter()
         with self._lock:
             outputs = self.runner.infer(prepared.batch)

@@ -178,6 +178,18 @@ class Service:
 
     # -- the models in service ----------------------------------------------------------------------------------
 
+    def send_to_model(self, image_id: int, bundle_sha256: str, actor: str) -> InService:
+        """Queue a finished image again for one of the models in service (a clinician's choice, audited); wake
+        the worker, here or in its own process."""
+        model = next((m for m in self.in_service() if m.bundle_sha256 == bundle_sha256), None)
+        if model is None:
+            raise UserError("that model is not in service on this appliance")
+        self.store.send_to_model(image_id, bundle_sha256)
+        self.store.audit(actor, "image.send_to_model", str(image_id), f"{model.name} {model.version} {bundle_sha256}")
+        if self.ingest.on_queued is not None:
+            self.ingest.on_queued()
+        return model
+
     def in_service(self) -> list[InService]:
         """The models deciding now, what each runs on and its thresholds; for the front, as the worker said."""
         if self.registry is not None:

@@ -97,13 +97,23 @@ class Worker:
 
     def _outcome(self, job: Job) -> Outcome:
         try:
-            diagnosers = self.registry.route(job.header)
+            if job.bundle_sha256 is not None:  # sent to this model by a clinician, whatever the header says
+                diagnosers = [d for d in self.registry.diagnosers if d.bundle.sha256 == job.bundle_sha256]
+                if not diagnosers:
+                    reason = (
+                        f"the model it was sent to is no longer on this appliance (models: {self.registry.describe()})"
+                    )
+                    return Outcome("no_model", reason=reason)
+            else:
+                diagnosers = self.registry.route(job.header)
             if not diagnosers:
                 return Outcome("no_model", reason=_no_model_reason(job.header, self.registry))
             path = self.store.file_path(job.sha256)
             results, metadata, diagnoses = [], None, []
             for diagnoser in diagnosers:
-                diagnosis = diagnoser.diagnose(path, source=f"image {job.image_id}")  # a file name may name a patient
+                diagnosis = diagnoser.diagnose(  # "image N": a file name may name a patient
+                    path, source=f"image {job.image_id}", header_overruled=job.bundle_sha256 is not None
+                )
                 metadata = metadata or diagnosis.metadata
                 results.append(_model_result(diagnoser.bundle.sha256, diagnosis))
                 diagnoses.append((diagnoser.bundle.sha256, diagnosis))

@@ -22,11 +22,12 @@ from converters.errors import ConversionError, ModelError
 from converters.spec import load_spec
 from edge_app.bundle import load_bundle, write_manifest
 from edge_app.config import EMBEDDED_BUNDLE
-from edge_app.errors import InferenceError
+from edge_app.errors import InferenceError, NotFound
 from edge_app.manifest import GuardComponent, InputGuard, InputSpec, OutputSpec, Preprocessing
 from edge_app.pipeline import Diagnoser
 from edge_app.result import guard_check
 from edge_app.runtime import open_runner
+from edge_app.store import Store
 from edge_app.store.schema import MIGRATIONS, migrate
 
 MANIFEST = load_bundle(EMBEDDED_BUNDLE).manifest
@@ -427,3 +428,138 @@ def test_an_outside_image_is_stored_listed_with_its_reason_and_viewable(
     assert "does not look like a frontal chest X-ray this model was made for" in page
     worklist = browser.get("/").get_data(as_text=True)
     assert "not diagnosed" in worklist and "AI positive" not in worklist
+
+
+# -- sent to another model ---------------------------------------------------------------------------------------------
+
+
+def _knee_model(tmp_path: Path, guarded: bool) -> Path:
+    """A second model on the box, for knees by its header: the reference's network and guard, or without a guard."""
+    from edge_app.bundle import sha256_file
+
+    folder = unguarded(tmp_path) if not guarded else Path(shutil.copytree(EMBEDDED_BUNDLE, tmp_path / "knee"))
+    manifest = load_bundle(folder).manifest
+    use = manifest.intended_use.model_copy(update={"body_part": "KNEE"})
+    files = {name: sha256_file(folder / name) for name in manifest.files}
+    write_manifest(folder, manifest.model_copy(update={"intended_use": use, "version": "9.0.0", "files": files}))
+    return folder
+
+
+def _add(store: Store, ds: object, name: str) -> int:
+    from edge_app.imaging.header import read_header
+
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)  # type: ignore[attr-defined]
+    digest, size = store.put_stream(io.BytesIO(buf.getvalue()))
+    return store.add_image(digest, size, name, "test", read_header(store.file_path(digest), name)).image_id
+
+
+def _chest_header_noise() -> object:
+    """Noise labelled a chest CR: the header sends it to the chest model, whose guard refuses it."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = pydicom.uid.ComputedRadiographyImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.BodyPartExamined, ds.PatientID = "CR", "CHEST", "P1"
+    ds.Rows = ds.Columns = 128
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.random.default_rng(4).integers(0, 256, (128, 128), dtype=np.uint8).tobytes()
+    return ds
+
+
+def _results(store: Store, image_id: int) -> list[tuple[str, str, int]]:
+    image = next(i for s in store.list_studies() for i in s["images"] if i["id"] == image_id)
+    return [(r["status"], r["model"]["version"], len(r["findings"])) for r in image["results"]]
+
+
+def test_an_image_sent_to_another_model_is_read_by_that_one_its_guard_still_judging(tmp_path: Path) -> None:
+    """A chest X-ray labelled SKULL reaches no model; sent to the chest model it is diagnosed (a person overrules
+    the header, the guard judges the pixels). Noise labelled CHEST is outside; sent to the knee model (the same
+    guard) it is outside again. A model without a guard still goes by the header."""
+    import pydicom
+
+    from conftest import dicom_file
+    from edge_app.config import Settings
+    from edge_app.errors import UserError
+    from edge_app.registry import Registry
+    from edge_app.worker import Worker
+
+    knee, bare = load_bundle(_knee_model(tmp_path, True)), load_bundle(_knee_model(tmp_path / "bare", False))
+    settings = Settings.model_validate(
+        {
+            "storage": {"data_dir": str(tmp_path / "data")},
+            "model": {"threads": 1, "bundle": str(EMBEDDED_BUNDLE), "extra_bundles": [str(knee.path), str(bare.path)]},
+        }
+    )
+    registry = Registry.from_settings(settings)
+    store = Store(tmp_path / "store")
+    chest = registry.diagnosers[0].bundle
+    try:
+        worker = Worker(store, registry)
+        skull = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+        skull.BodyPartExamined = "SKULL"
+        image_id = _add(store, skull, "skull.dcm")
+        assert worker.run_once() and store.image_status(image_id)[0] == "no_model"
+        store.send_to_model(image_id, chest.sha256)
+        assert store.image_status(image_id) == ("queued", None)
+        with pytest.raises(UserError, match="already waiting for a model"):
+            store.send_to_model(image_id, chest.sha256)
+        assert worker.run_once() and store.image_status(image_id) == ("done", None)
+        assert _results(store, image_id) == [("ok", "1.1.1", 5)]
+        store.send_to_model(image_id, bare.sha256)
+        assert worker.run_once()
+        status, reason = store.image_status(image_id)
+        assert (status, reason) == ("rejected", "body part SKULL is not what this model reads (KNEE)")
+
+        noise = _add(store, _chest_header_noise(), "noise.dcm")
+        assert worker.run_once() and store.image_status(noise)[0] == "outside"
+        store.send_to_model(noise, knee.sha256)
+        assert worker.run_once() and store.image_status(noise)[0] == "outside"
+        assert _results(store, noise) == [("outside", "1.1.1", 0), ("outside", "9.0.0", 0)], "both kept"
+
+        store.send_to_model(noise, "0" * 64)
+        assert worker.run_once()
+        status, reason = store.image_status(noise)
+        assert status == "no_model" and reason is not None
+        assert reason.startswith("the model it was sent to is no longer on this appliance (models: cxr-reference")
+        with pytest.raises(NotFound):
+            store.send_to_model(10**6, knee.sha256)
+        store.purge_images("9999")
+        with pytest.raises(UserError, match="the image's file was removed"):
+            store.send_to_model(noise, knee.sha256)
+    finally:
+        registry.close()
+        store.close()
+
+
+def test_the_study_page_sends_an_outside_image_to_a_model_in_service(
+    client: FlaskClient, auth: Any, browser: FlaskClient, app: Any
+) -> None:
+    from edge_app.web import services
+
+    body = client.post("/api/v1/studies", data={"file": (io.BytesIO(_noise()), "noise.png")}).get_json()
+    uid, image_id = body["study"]["uid"], body["image_id"]
+    auth.login("clinician")
+    page = browser.get(f"/studies/{uid}").get_data(as_text=True)
+    assert "Send to another model" in page and load_bundle(EMBEDDED_BUNDLE).sha256 in page
+    token = auth.csrf(f"/studies/{uid}")
+    sent = browser.post(f"/studies/{uid}/images/{image_id}/model", data={"csrf_token": token, "bundle": "0" * 64})
+    assert sent.status_code == 302
+    assert "that model is not in service on this appliance" in browser.get(f"/studies/{uid}").get_data(as_text=True)
+    token = auth.csrf(f"/studies/{uid}")
+    sha = load_bundle(EMBEDDED_BUNDLE).sha256
+    browser.post(f"/studies/{uid}/images/{image_id}/model", data={"csrf_token": token, "bundle": sha})
+    store = services.get_from(app).store
+    assert store.wait_for(image_id, 30)[0] == "outside"
+    assert [r["status"] for r in store.get_study(uid)["images"][0]["results"]] == ["outside", "outside"]
+    trail = store.audit_trail()
+    assert any(a["action"] == "image.send_to_model" and a["subject"] == str(image_id) for a in trail)
+    missing = browser.post(f"/studies/{uid}/images/{image_id}/model", data={"bundle": sha})
+    assert missing.status_code == 400 and store.image_status(image_id)[0] == "outside", "no CSRF token: nothing"

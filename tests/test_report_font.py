@@ -50,6 +50,7 @@ def _study(name: str, note: str | None = None) -> tuple[dict[str, Any], dict[int
                 "status": "ok",
                 "model": {"name": "cxr", "version": "1", "precision": "fp32", "runner": "onnxruntime"},
                 "findings": [{"label": "Cardiomegaly", "probability": 0.8, "threshold": 0.5, "positive": True}],
+                "guard": {"score": -3.0, "component": "density", "outside": False},
             }
         ]
     image = {
@@ -271,3 +272,14 @@ def test_right_to_left_text_is_drawn_in_visual_order() -> None:
     assert visual("علي 12 محمد") == "دمحم 12 يلع"  # the number keeps its own order
     assert visual("علي (بن) محمد x") == "دمحم (نب) يلع x"  # brackets mirrored within the stretch
     assert visual("ƐSI ƆKƆ 12") == "ƐSI ƆKƆ 12"
+
+
+def test_a_result_of_a_model_without_an_input_guard_says_its_image_was_not_checked(tmp_path: Path) -> None:
+    study, reviews = _study("ADE", "fine")
+    unchecked = "This model has no input check: nothing confirmed that the image is one it was made for."
+    path = tmp_path / "checked.pdf"
+    path.write_bytes(study_report(study, {}, {}, reviews, _english))
+    assert unchecked not in _lines(path)
+    del study["images"][0]["results"][0]["guard"]
+    path.write_bytes(study_report(study, {}, {}, reviews, _english))
+    assert unchecked in _lines(path)

@@ -95,6 +95,8 @@ def study_report(
             + (f" {model['server']})" if model.get("server") else ")"),
             color=_GREY,
         )
+        if result.get("guard") is None:  # a bundle of before the input guard
+            line(_("This model has no input check: nothing confirmed that the image is one it was made for."), 9)
         y -= 2 * mm
         line(_("Findings"), 12, bold=True)
         latest = [r for r in reviews.get(image["id"], []) if r.result_id == result["id"]]  # of this model's result

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from edge_app.errors import ConfigError, NotFound
+from edge_app.errors import ConfigError, NotFound, UserError
 from edge_app.fileio import INCOMING_PREFIX, commit, spool
 from edge_app.imaging.header import ImageHeader
 from edge_app.store.schema import migrate
@@ -60,6 +60,7 @@ class Job:
     attempts: int
     header: ImageHeader
     metadata: dict[str, Any]  # all that is stored of the image so far (the header, an exposure report)
+    bundle_sha256: str | None = None  # the model a clinician sent it to; None: the models its header fits
 
 
 @dataclass(frozen=True)
@@ -292,7 +293,7 @@ class Store:
             with self.transaction() as db:
                 row = db.execute(
                     "SELECT jobs.id, jobs.image_id, jobs.attempts, images.sha256, images.filename, "
-                    "images.metadata FROM jobs JOIN images ON images.id = jobs.image_id "
+                    "images.metadata, jobs.bundle_sha256 FROM jobs JOIN images ON images.id = jobs.image_id "
                     "WHERE jobs.state = 'queued' OR (jobs.state = 'running' AND jobs.lease_until < ?) "
                     "ORDER BY jobs.id LIMIT 1",
                     (now,),
@@ -312,7 +313,7 @@ class Store:
                 )
             metadata = json.loads(row[5])
             header = ImageHeader.from_dict(metadata)
-            return Job(job_id, image_id, str(row[3]), str(row[4]), attempts + 1, header, metadata)
+            return Job(job_id, image_id, str(row[3]), str(row[4]), attempts + 1, header, metadata, row[6])
 
     def finish_job(self, job: Job, outcome: Outcome) -> None:
         """Record a job's outcome in one transaction (heatmap files first), then wake whoever waits for it."""
@@ -346,6 +347,24 @@ class Store:
             db.execute("UPDATE jobs SET state = 'done', updated_at = ? WHERE id = ?", (now, job.id))
         with self._changed:
             self._changed.notify_all()
+
+    def send_to_model(self, image_id: int, bundle_sha256: str) -> None:
+        """Queue a finished image again, for one model (a clinician's choice: an image another model refused or
+        none read); its earlier results stay."""
+        with self.transaction() as db:
+            row = db.execute("SELECT status, purged_at FROM images WHERE id = ?", (image_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no image {image_id}")
+            if row[0] == "queued":
+                raise UserError("the image is already waiting for a model")
+            if row[1] is not None:
+                raise UserError("the image's file was removed (the retention policy): it cannot be read again")
+            db.execute("UPDATE images SET status = 'queued', reason = NULL WHERE id = ?", (image_id,))
+            db.execute(
+                "UPDATE jobs SET state = 'queued', attempts = 0, lease_until = 0, bundle_sha256 = ?, updated_at = ? "
+                "WHERE image_id = ?",
+                (bundle_sha256, _now(), image_id),
+            )
 
     def notify_changed(self) -> None:
         """Wake whoever waits for a result (`wait_for`): one came in, from this process or another."""

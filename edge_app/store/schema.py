@@ -219,10 +219,12 @@ def _to_v6(db: sqlite3.Connection, now: str) -> None:
 
 def _to_v7(db: sqlite3.Connection, now: str) -> None:
     """Version 7: "outside", an image the input guard says the model does not read (a status of its own, for results
-    and images), and the guard's verdict on each result (JSON; NULL where the bundle had no guard)."""
+    and images); the guard's verdict on each result (JSON; NULL where the bundle had no guard); the model a job is
+    for, where a clinician chose one (NULL: the models whose intended use fits the image)."""
     _rebuild(db, "results", "'rejected', 'failed')", "'rejected', 'failed', 'outside')")
     _rebuild(db, "images", "'failed', 'no_model')", "'failed', 'no_model', 'outside')")
     db.execute("ALTER TABLE results ADD COLUMN guard TEXT")
+    db.execute("ALTER TABLE jobs ADD COLUMN bundle_sha256 TEXT")
 
 
 def _rebuild(db: sqlite3.Connection, table: str, old: str, new: str) -> None:

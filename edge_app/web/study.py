@@ -10,7 +10,7 @@ from flask_babel import gettext as _
 from edge_app.errors import NotFound, UserError
 from edge_app.store.reviews import VERDICTS
 from edge_app.web import security, services
-from edge_app.web.forms import ReviewForm
+from edge_app.web.forms import ActionForm, ReviewForm
 
 bp = Blueprint("study", __name__, url_prefix="/studies")
 
@@ -45,7 +45,15 @@ def show(uid: str) -> Any:
     principal = security.current()
     svc.store.audit(principal.name if principal else "", "study.view", uid)
     reviews = {image["id"]: svc.reviews.of_image(image["id"]) for image in study["images"]}
-    return render_template("study.html", study=study, reviews=reviews, form=ReviewForm(), verdicts=VERDICTS)
+    return render_template(
+        "study.html",
+        study=study,
+        reviews=reviews,
+        form=ReviewForm(),
+        action=ActionForm(),
+        models=svc.in_service(),
+        verdicts=VERDICTS,
+    )
 
 
 @bp.get("/<uid>/images/<int:image_id>/view.jpg")
@@ -64,6 +72,25 @@ def heatmap(uid: str, result_id: int) -> Response:
     if "heatmap" not in result:
         abort(404)
     return Response(services.get().store.read_file(result["heatmap"]["sha256"]), mimetype="image/png")
+
+
+@bp.post("/<uid>/images/<int:image_id>/model")
+@security.requires("clinician")
+def send_to_model(uid: str, image_id: int) -> Any:
+    """Send an image another model refused, or none read, to a model the clinician picks."""
+    svc = services.get()
+    image = _image(_study(uid), image_id)
+    principal = security.current()
+    if not ActionForm().validate() or principal is None:
+        flash(_("The request could not be used. Reload the page and try again."), "error")
+    else:
+        try:
+            model = svc.send_to_model(image["id"], request.form.get("bundle", ""), principal.name)
+        except UserError as exc:
+            flash(str(exc), "error")
+        else:
+            flash(_("Sent to %(model)s.", model=f"{model.name} {model.version}"), "info")
+    return redirect(url_for("study.show", uid=uid, _anchor=f"image-{image['id']}"))
 
 
 @bp.post("/<uid>/results/<int:result_id>/review")
