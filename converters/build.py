@@ -20,10 +20,11 @@ from converters.bundle_writer import check_target, listed_files, staged_bundle
 from converters.errors import ConversionError, FidelityGateFailed, ModelError
 from converters.images import ImageSet, load_images, read_labels
 from converters.spec import Spec
+from converters.validation import validate
 from edge_app import __version__
 from edge_app.bundle import sha256_file, write_manifest
 from edge_app.errors import EdgeAppError
-from edge_app.manifest import InputGuard, Manifest, OutputSpec, Provenance
+from edge_app.manifest import InputGuard, Manifest, OutputSpec, Provenance, Validation
 
 log = logging.getLogger(__name__)
 Precision = Literal["fp32", "fp16", "int8"]
@@ -111,18 +112,6 @@ def build(inputs: BuildInputs, steps: Steps | None = None) -> tuple[Path, dict[s
         if inputs.validation
         else None
     )
-    model, input_guard = steps.run(
-        "input guard",
-        lambda: guard.fit(
-            model,
-            spec.input,
-            spec.preprocessing,
-            spec.output,
-            calibration.tensors,
-            validation.tensors if validation is not None else None,
-        ),
-        _guard_note,
-    )
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -131,6 +120,19 @@ def build(inputs: BuildInputs, steps: Steps | None = None) -> tuple[Path, dict[s
         fp32 = work / "fp32.onnx"
         graph.save(model, fp32)
         steps.run("run at batch 1 and 3", lambda: graph.verify_batches(fp32, spec.input), lambda _: "ok")
+        model, input_guard = steps.run(
+            "input guard",
+            lambda: guard.fit(
+                model,
+                spec.input,
+                spec.preprocessing,
+                spec.output,
+                calibration.tensors,
+                validation.tensors if validation is not None else None,
+            ),
+            _guard_note,
+        )
+        graph.save(model, fp32)
         truth = (
             read_labels(inputs.labels, validation.names, spec.labels, inputs.file_column)
             if inputs.labels and validation
@@ -156,9 +158,12 @@ def build(inputs: BuildInputs, steps: Steps | None = None) -> tuple[Path, dict[s
                 f"{inputs.precision} candidate refused by the fidelity gate: {'; '.join(report['failures'])}", report
             )
         reference_inputs = validation.tensors[:REFERENCE_IMAGES] if validation else None
+        thresholds, figures = steps.run(
+            "validation figures", lambda: _figures(candidate, spec, validation, truth, inputs), _figures_note
+        )
         bundle = steps.run(
             "write bundle",
-            lambda: _write(inputs, candidate, fp32, report, truth, reference_inputs, input_guard),
+            lambda: _write(inputs, candidate, fp32, report, truth, reference_inputs, input_guard, thresholds, figures),
             lambda p: str(p),
         )
     return bundle, report
@@ -213,6 +218,27 @@ def _heatmap(model: Any, output: OutputSpec) -> tuple[Any, OutputSpec]:
 def _heatmap_note(result: tuple[Any, OutputSpec]) -> str:
     heatmap = result[1].heatmap
     return f"class activation map {heatmap!r}" if heatmap else "none (the head is not GAP + linear)"
+
+
+def _figures(
+    candidate: Path, spec: Spec, images: ImageSet | None, truth: dict[str, Any] | None, inputs: BuildInputs
+) -> tuple[dict[str, float], Validation | None]:
+    """Thresholds at the spec's operating point and each label's figures, on the validation images, of the model
+    as bundled; without labelled validation images, the spec's thresholds and no figures (nothing validated)."""
+    if not truth or images is None:
+        return spec.threshold_map(), None
+    probs = fidelity.predict(candidate, spec.input, spec.output, len(spec.labels), images.tensors)
+    where = inputs.validation.name if inputs.validation else "validation"
+    data = f"{len(images.names)} images from {where}"
+    return validate(spec.labels, truth, probs, spec.threshold_map(), spec.validation, data)
+
+
+def _figures_note(result: tuple[dict[str, float], Validation | None]) -> str:
+    if result[1] is None:
+        return "none (no --labels): no finding of this bundle will be shown as positive"
+    labels = result[1].labels
+    shown = [label for label, v in labels.items() if v.validated]
+    return f"{len(shown)} of {len(labels)} label(s) validated: {', '.join(shown) or 'none'}"
 
 
 def _guard_note(result: tuple[Any, Any]) -> str:
@@ -338,6 +364,8 @@ def _write(
     truth: dict[str, Any] | None,
     reference_inputs: Any,
     input_guard: InputGuard,
+    thresholds: dict[str, float],
+    figures: Validation | None,
 ) -> Path:
     """Assemble the bundle with the one bundle writer: all or nothing."""
     spec = inputs.spec
@@ -354,7 +382,7 @@ def _write(
             version=spec.version,
             task=spec.task,
             labels=spec.labels,
-            thresholds=spec.threshold_map(),
+            thresholds=thresholds,
             input=spec.input,
             preprocessing=spec.preprocessing,
             output=spec.output,
@@ -380,6 +408,7 @@ def _write(
             metrics={"validation": {k: v for k, v in report["per_label"].items()}} if report and truth else {},
             fidelity=report,
             guard=input_guard,
+            validation=figures,
             attribution=spec.attribution,
             not_for_clinical_use=spec.not_for_clinical_use,
             files=listed_files(staging),

@@ -71,7 +71,10 @@ def feature_layers(model: Any, output: OutputSpec) -> list[tuple[str, str]]:
         spatial.append((tensor, "NCHW"))
     head = head_features(model, output)
     if head is not None:
-        cut = next((i for i, (name, _) in enumerate(spatial) if name == head[0]), len(spatial))
+        producers = {out: node for node in model.graph.node for out in node.output}
+        source = producers.get(head[0])  # an NHWC head reads the last activation through a Transpose
+        same = {head[0], source.input[0]} if source is not None and source.op_type == "Transpose" else {head[0]}
+        cut = next((i for i, (name, _) in enumerate(spatial) if name in same), len(spatial))
         spatial = [*spatial[:cut], head]
     if len(spatial) <= 3:
         return spatial
@@ -128,6 +131,14 @@ def fit(
     layers = feature_layers(model, output)
     view_tensors = _with_views(model, spec, layers)
     views = _views(model, view_tensors, spec, images)
+    usable = np.all([np.isfinite(v).all(axis=1) for v in views.values()], axis=0)  # a constant image has no layout
+    if usable.sum() < 4 * FOLDS:
+        raise ModelError(
+            f"the input guard needs at least {4 * FOLDS} images to fit; {int(usable.sum())} of {len(images)} are "
+            "usable (a constant image, all black or all white, is not)"
+        )
+    images = images[usable]
+    views = {name: v[usable] for name, v in views.items()}
     names = [name for name in views if name != "image_16"]  # the 16x16 image is the orientation's view
     rng = np.random.default_rng(seed)
     folds = np.array_split(rng.permutation(len(images)), FOLDS)
@@ -182,6 +193,8 @@ def fit(
     )
     refused_cv = float(np.mean((density_cv > thresholds[0]) | (orientation_cv > thresholds[1])))
     rates: dict[str, Any] = {"fitting_images_refused_cv": round(refused_cv, 4)}
+    if not usable.all():
+        rates["fitting_images_left_out"] = int((~usable).sum())
     if held_out is not None and len(held_out):
         rates.update(_measure(model, spec, prep, held_out, thresholds))
     guard = InputGuard(
@@ -342,10 +355,11 @@ def _with_views(model: Any, spec: InputSpec, layers: list[tuple[str, str]]) -> d
     from converters.graph import opset_of
 
     g = _Nodes(model)
-    float32 = spec.dtype == "float32"  # the graph as the guard is added (FP16 comes later, guard excluded)
+    float32 = spec.dtype == "float32"
+    types = _elem_types(model)  # a model may compute in FP16 inside, its inputs and outputs FP32
     views: dict[str, str] = {}
     for i, (tensor, layout) in enumerate(layers):
-        x = tensor if float32 else g.op("Cast", [tensor], to=TensorProto.FLOAT)
+        x = tensor if types.get(tensor) == TensorProto.FLOAT else g.op("Cast", [tensor], to=TensorProto.FLOAT)
         axes = [2, 3] if layout == "NCHW" else [1, 2]
         if opset_of(model) >= 18:  # ReduceMean's axes became an input in opset 18
             views[f"layer{i}"] = g.op("ReduceMean", [x, g.const(f"axes{i}", np.asarray(axes, np.int64))], keepdims=0)
@@ -405,16 +419,37 @@ def _with_guard(model: Any, views: dict[str, str], gaussians: dict[str, _Gaussia
 
 
 def strip(model: Any) -> Any:
-    """The model without its guard: the guard's nodes, constants and output taken out (in place)."""
-    for field, keep in (
-        (model.graph.node, lambda n: not n.name.startswith(PREFIX)),
-        (model.graph.initializer, lambda i: not i.name.startswith(PREFIX)),
-        (model.graph.output, lambda o: o.name != OUTPUT),
-    ):
-        kept = [item for item in field if keep(item)]
-        del field[:]
-        field.extend(kept)
+    """The model without its guard (in place): the guard's output, its nodes and constants, and what only they
+    used (the Cast nodes an FP16 conversion put around them)."""
+    outputs = [o for o in model.graph.output if o.name != OUTPUT]
+    del model.graph.output[:]
+    model.graph.output.extend(outputs)
+    nodes = [n for n in model.graph.node if not n.name.startswith(PREFIX) and OUTPUT not in n.output]
+    while True:  # nodes whose outputs nothing reads and that are no graph output: the guard's leftovers
+        wanted = {o.name for o in model.graph.output} | {i for n in nodes for i in n.input}
+        alive = [n for n in nodes if any(out in wanted for out in n.output)]
+        if len(alive) == len(nodes):
+            break
+        nodes = alive
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    used = {i for n in nodes for i in n.input} | {i.name for i in model.graph.input}
+    inits = [i for i in model.graph.initializer if i.name in used and not i.name.startswith(PREFIX)]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(inits)
     return model
+
+
+def _elem_types(model: Any) -> dict[str, int]:
+    """Each tensor's element type, as shape inference finds it."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # a model shape inference cannot read: every tensor cast (one node each, harmless)
+        return {}
+    values = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    return {v.name: v.type.tensor_type.elem_type for v in values}
 
 
 def guard_nodes(model: Any) -> list[str]:

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from converters.errors import SpecError
+from converters.validation import ValidationRule
 from edge_app.bundle import format_validation_error
 from edge_app.fileio import read_toml
 from edge_app.manifest import InputSpec, IntendedUse, OutputSpec, Preprocessing
@@ -53,6 +54,7 @@ class Spec(BaseModel):
     intended_use: IntendedUse = IntendedUse()
     tolerance: Tolerance = Tolerance()
     calibration: Calibration = Calibration()
+    validation: ValidationRule = ValidationRule()
     attribution: str = ""
     not_for_clinical_use: bool = True
 

@@ -1,7 +1,7 @@
 """Train the reference chest X-ray model and write it as the embedded bundle (needs the `train` extra).
 
     python -m converters.train_reference --data ../shared/data/nih-cxr14-sample -o edge_app/models/cxr-reference
-    python -m converters.train_reference --guard-only      # refit the input guard of the bundle there, weights kept
+    python -m converters.train_reference --refresh   # thresholds, figures and guard anew, the weights kept
 
 Seeded and deterministic on the CPU. Uses the NIH sample's `train` split only for fitting, model selection and
 thresholds (an internal 80/20 split of it); the `test` split is touched once, for the figures in the manifest.
@@ -25,8 +25,18 @@ from converters import graph, guard
 from converters.bundle_writer import listed_files, staged_bundle
 from converters.fidelity import save_reference_io
 from converters.images import load_files
+from converters.validation import OperatingPoint, ValidationRule, threshold_at, validate
 from edge_app.bundle import sha256_file, write_manifest
-from edge_app.manifest import InputGuard, InputSpec, IntendedUse, Manifest, OutputSpec, Preprocessing, Provenance
+from edge_app.manifest import (
+    InputGuard,
+    InputSpec,
+    IntendedUse,
+    Manifest,
+    OutputSpec,
+    Preprocessing,
+    Provenance,
+    Validation,
+)
 
 LABELS = ("Abnormal", "Cardiomegaly", "Effusion", "Emphysema", "Infiltration")
 SIZE = 64
@@ -39,6 +49,9 @@ ATTRIBUTION = (
     "Common Thorax Diseases. IEEE CVPR 2017, pp. 3462-3471."
 )
 Array = NDArray[np.float32]
+# Thresholds where no more than one in five images without the finding is flagged (chosen on the internal
+# validation part of the train split); a label is shown as a finding where its test AUC's interval lies above 0.5.
+RULE = ValidationRule(operating_point=OperatingPoint(specificity=0.80), min_auc_lower=0.5, min_positives=10)
 
 
 def load_split(data: Path) -> tuple[list[str], Array, list[str], Array]:
@@ -94,12 +107,34 @@ def auc_ci(y: NDArray[Any], score: NDArray[Any], seed: int, n_boot: int = 2000) 
     return auc(y, score), float(lo), float(hi)
 
 
-def youden_threshold(y: NDArray[Any], prob: NDArray[Any]) -> float:
-    from sklearn.metrics import roc_curve
+def internal_split(y_all: Array, seed: int) -> tuple[NDArray[Any], NDArray[Any]]:
+    """The train split's fit and internal-validation indices, stratified on Abnormal: 80 % and 20 %."""
+    rng = np.random.default_rng(seed)
+    val_idx = np.concatenate(
+        [rng.permutation(np.flatnonzero(y_all[:, 0] == c))[: round(0.2 * (y_all[:, 0] == c).sum())] for c in (0, 1)]
+    )
+    return np.setdiff1d(np.arange(len(y_all)), val_idx), val_idx
 
-    fpr, tpr, thr = roc_curve(y, prob)
-    best = int(np.argmax(tpr - fpr))
-    return float(np.clip(thr[best], 0.0, 1.0))
+
+def operating_point(
+    p_val: Array, y_val: Array, p_test: Array, y_test: Array, n_val: int
+) -> tuple[dict[str, float], Validation]:
+    """Thresholds at the operating point on the internal validation images; figures on the test split."""
+    start = dict.fromkeys(LABELS, 0.5)
+    chosen = {
+        label: threshold_at(y_val[:, j], p_val[:, j], RULE.operating_point, 0.5) for j, label in enumerate(LABELS)
+    }
+    del start
+    truth = {label: y_test[:, j] for j, label in enumerate(LABELS)}
+    return validate(
+        LABELS,
+        truth,
+        p_test,
+        chosen,
+        RULE,
+        data=f"the {len(y_test)} images of the NIH sample's test split",
+        chosen_on=f"{n_val} images of the train split (its internal validation part)",
+    )
 
 
 def linear_baseline(x_train: Array, y_train: Array, x_test: Array, seed: int) -> Array:
@@ -244,12 +279,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--width", type=int, default=2, help="channel multiplier of the CNN")
     parser.add_argument(
-        "--guard-only", action="store_true", help="refit the input guard of the bundle in --output, its weights kept"
+        "--refresh",
+        action="store_true",
+        help="the bundle in --output made anew from its weights: thresholds, validation figures, input guard",
     )
     args = parser.parse_args(argv)
     spec = input_spec(args.size)
-    if args.guard_only:
-        refit_guard(args.data, args.output)
+    if args.refresh:
+        refresh(args.data, args.output, args.seed)
         return
     import torch
 
@@ -258,12 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     names, y_all, test_names, y_test = load_split(args.data)
     x_all = load_images(args.data / "images", names, spec)
     x_test = load_images(args.data / "images", test_names, spec)
-    rng = np.random.default_rng(args.seed)
-    # Internal split of the train set, stratified on Abnormal: fit on 80%, select epoch and thresholds on 20%.
-    val_idx = np.concatenate(
-        [rng.permutation(np.flatnonzero(y_all[:, 0] == c))[: round(0.2 * (y_all[:, 0] == c).sum())] for c in (0, 1)]
-    )
-    fit_idx = np.setdiff1d(np.arange(len(names)), val_idx)
+    # Internal split of the train set: fit on 80%, select epoch and thresholds on 20%.
+    fit_idx, val_idx = internal_split(y_all, args.seed)
     net, best_epoch, best_val = train(
         x_all[fit_idx], y_all[fit_idx], x_all[val_idx], y_all[val_idx], args.epochs, args.seed, args.width
     )
@@ -272,10 +305,10 @@ def main(argv: list[str] | None = None) -> None:
         p_test = torch.sigmoid(net(torch.from_numpy(x_test))[0]).numpy()
     p_base = linear_baseline(x_all, y_all, x_test, args.seed)
 
-    thresholds, per_label = {}, {}
+    thresholds, validation = operating_point(p_val, y_all[val_idx], p_test, y_test, len(val_idx))
+    per_label = {}
     for j, label in enumerate(LABELS):
-        thr = youden_threshold(y_all[val_idx, j], p_val[:, j])
-        thresholds[label] = round(thr, 4)
+        thr = thresholds[label]
         a, lo, hi = auc_ci(y_test[:, j], p_test[:, j], args.seed + j)
         b, blo, bhi = auc_ci(y_test[:, j], p_base[:, j], args.seed + j)
         pos = y_test[:, j] == 1
@@ -307,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
             best_val,
             (len(fit_idx), len(val_idx), len(test_names)),
             input_guard,
+            validation,
         )
 
 
@@ -319,27 +353,73 @@ def add_guard(model_path: Path, x_train: Array, x_test: Array) -> InputGuard:
     return input_guard
 
 
-def refit_guard(data: Path, folder: Path) -> None:
-    """The bundle in `folder` with its input guard fitted anew (the model's weights, thresholds and figures kept):
-    the guard's own nodes and output replaced, the version and hashes brought up to date."""
+def refresh(data: Path, folder: Path, seed: int) -> None:
+    """The bundle in `folder` made anew from its weights: thresholds at the operating point, validation figures and
+    input guard (the guard's own nodes replaced), the version and hashes brought up to date. The baseline's figures
+    and the training's provenance are kept."""
+    from converters.fidelity import session
+
     manifest = Manifest.model_validate_json((folder / "manifest.json").read_text(encoding="utf-8"))
-    names, _, test_names, _ = load_split(data)
+    names, y_all, test_names, y_test = load_split(data)
     x_all = load_images(data / "images", names, manifest.input)
     x_test = load_images(data / "images", test_names, manifest.input)
+    _, val_idx = internal_split(y_all, seed)
     with staged_bundle(folder, replace=True) as staging:
-        model = guard.strip(graph.load_model(folder / "model.onnx"))
-        graph.save(model, staging / "model.onnx")
+        graph.save(guard.strip(graph.load_model(folder / "model.onnx")), staging / "model.onnx")
+        run = session(staging / "model.onnx")
+
+        def probs(x: Array) -> Array:
+            logits = run.run(["logits"], {"image": x})[0]
+            return np.asarray(0.5 * (1.0 + np.tanh(0.5 * logits)), dtype=np.float32)
+
+        thresholds, validation = operating_point(
+            probs(x_all[val_idx]), y_all[val_idx], probs(x_test), y_test, len(val_idx)
+        )
+        p_test = probs(x_test)
+        per_label = {label: dict(m) for label, m in manifest.metrics["test_split"].items()}
+        for j, label in enumerate(LABELS):
+            pos, pred = y_test[:, j] == 1, p_test[:, j] >= thresholds[label]
+            per_label[label]["sensitivity"] = round(float(pred[pos].mean()), 3)
+            per_label[label]["specificity"] = round(float((~pred[~pos]).mean()), 3)
         input_guard = add_guard(staging / "model.onnx", x_all, x_test)
         for name in ("reference_inputs.npy", "reference_outputs.npy"):
             (staging / name).write_bytes((folder / name).read_bytes())
-        per_label = manifest.metrics["test_split"]
-        card = model_card(per_label, manifest.metrics["claimed_findings"], manifest.thresholds, SIZE, input_guard)
+        claimed = [label for label, v in validation.labels.items() if v.validated]
+        card = model_card(per_label, claimed, thresholds, SIZE, input_guard)
         (staging / "MODEL_CARD.md").write_text(card, encoding="utf-8")
-        provenance = manifest.provenance.model_copy(update={"source_sha256": sha256_file(staging / "model.onnx")})
+        provenance = manifest.provenance.model_copy(
+            update={
+                "source_sha256": sha256_file(staging / "model.onnx"),
+                "validation": _validation_text(len(names) - len(val_idx), len(val_idx), len(test_names)),
+            }
+        )
+        metrics = {**manifest.metrics, "test_split": per_label, "claimed_findings": claimed}
         updated = manifest.model_copy(
-            update={"version": VERSION, "guard": input_guard, "provenance": provenance, "files": listed_files(staging)}
+            update={
+                "version": VERSION,
+                "thresholds": thresholds,
+                "metrics": metrics,
+                "guard": input_guard,
+                "validation": validation,
+                "provenance": provenance,
+                "files": listed_files(staging),
+            }
         )
         write_manifest(staging, updated)
+    flagged = np.mean(
+        [
+            any(p >= thresholds[lb] and validation.labels[lb].validated for lb, p in zip(LABELS, row, strict=True))
+            for row in p_test
+        ]
+    )
+    print(f"test split images with a positive finding: {flagged:.1%}")
+
+
+def _validation_text(n_fit: int, n_val: int, n_test: int) -> str:
+    return (
+        f"NIH ChestX-ray14 sample: fit on {n_fit} and thresholds on {n_val} images of the train split "
+        f"({RULE.operating_point.describe()}); figures on the {n_test} images of the test split"
+    )
 
 
 def write_bundle(
@@ -351,10 +431,11 @@ def write_bundle(
     best_val: float,
     counts: tuple[int, int, int],
     input_guard: InputGuard,
+    validation: Validation,
 ) -> None:
     n_fit, n_val, n_test = counts
     model_sha = sha256_file(out / "model.onnx")
-    claimed = [label for label, m in per_label.items() if m["separates"]]
+    claimed = [label for label, v in validation.labels.items() if v.validated]
     card = model_card(per_label, claimed, thresholds, args.size, input_guard)
     (out / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     script_sha = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
@@ -384,10 +465,7 @@ def write_bundle(
                 f"by mean internal-validation AUC {best_val:.3f}; exported with torch.onnx (opset 17)"
             ),
             calibration=None,
-            validation=(
-                f"NIH ChestX-ray14 sample: fit on {n_fit} and thresholds (Youden) on {n_val} images of the "
-                f"train split; figures on the {n_test} images of the test split"
-            ),
+            validation=_validation_text(n_fit, n_val, n_test),
         ),
         metrics={
             "test_split": per_label,
@@ -395,6 +473,7 @@ def write_bundle(
             "baseline": "pixels at 48x48, PCA 40, balanced logistic regression, same train split",
         },
         guard=input_guard,
+        validation=validation,
         attribution=ATTRIBUTION,
         not_for_clinical_use=True,
         files=listed_files(out),

@@ -35,6 +35,18 @@ class Bundle:
         return self.path / "model.onnx"
 
 
+def read_manifest_of(folder: Path, sha256: str) -> Manifest | None:
+    """The manifest in `folder` where it is the one of the bundle `sha256` identifies (a result's model, to show
+    its card); None where it is absent, another or unreadable. Its files are not checked: nothing is run."""
+    try:
+        raw = (folder / MANIFEST_NAME).read_bytes()
+        if hashlib.sha256(raw).hexdigest() != sha256:
+            return None
+        return Manifest.model_validate_json(raw)
+    except (OSError, ValueError):
+        return None
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:

@@ -102,6 +102,30 @@ class InputGuard(_Strict):
     rates: dict[str, Any] = Field(default_factory=dict, description="refusal rates measured when it was fitted")
 
 
+class LabelValidation(_Strict):
+    """One label's validation figures, shown beside its finding: a label not `validated` is never a positive
+    finding (the tablet shows it greyed, "not validated")."""
+
+    auc: float | None = Field(default=None, ge=0.0, le=1.0)
+    auc_95ci: tuple[float, float] | None = None
+    sensitivity: float | None = Field(default=None, ge=0.0, le=1.0, description="at the threshold")
+    specificity: float | None = Field(default=None, ge=0.0, le=1.0, description="at the threshold")
+    threshold: float = Field(ge=0.0, le=1.0)
+    positives: int = Field(ge=0)
+    negatives: int = Field(ge=0)
+    validated: bool
+    why: str = Field(default="", description="why a label is not validated, in plain words")
+
+
+class Validation(_Strict):
+    """How good the model is, per label, and how its thresholds were chosen."""
+
+    data: str = Field(min_length=1, description="the images the figures were measured on")
+    operating_point: str = Field(min_length=1, description="how each threshold was chosen")
+    rule: str = Field(min_length=1, description="what a label needs to be validated")
+    labels: dict[str, LabelValidation]
+
+
 class Manifest(_Strict):
     """A bundle's `manifest.json`."""
 
@@ -120,6 +144,7 @@ class Manifest(_Strict):
     metrics: dict[str, Any] = Field(default_factory=dict)
     fidelity: dict[str, Any] | None = None
     guard: InputGuard | None = None
+    validation: Validation | None = None
     attribution: str = ""
     not_for_clinical_use: bool = True
     files: dict[str, str]
@@ -152,6 +177,8 @@ class Manifest(_Strict):
             raise ValueError("a multiclass task takes softmax (or none for probabilities already)")
         if self.task != "multiclass" and self.output.activation == "softmax":
             raise ValueError(f"a {self.task} task takes sigmoid (or none for probabilities already)")
+        if self.validation is not None and set(self.validation.labels) != set(self.labels):
+            raise ValueError("validation must give figures for exactly the model's labels")
         if self.guard is not None and self.guard.output in (self.output.name, self.output.heatmap):
             raise ValueError("the guard's output must be an output of its own")
         n = self.input.channels
@@ -160,6 +187,11 @@ class Manifest(_Strict):
             if values is not None and len(values) not in (1, n):
                 raise ValueError(f"preprocessing.{key} needs 1 or {n} values for {n} input channel(s)")
         return self
+
+    def validated(self, label: str) -> bool:
+        """Whether `label` may be shown as a positive finding: its validation supports it. A bundle that says
+        nothing of its validation supports none."""
+        return self.validation is not None and self.validation.labels[label].validated
 
     def output_names(self) -> list[str]:
         """Every output a runner must give: the scores, then the heatmap and the guard where there are."""

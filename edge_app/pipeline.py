@@ -20,7 +20,7 @@ from edge_app.imaging import DecodeLimits
 from edge_app.imaging.prepare import prepare
 from edge_app.imaging.sandbox import DecoderPool
 from edge_app.manifest import IntendedUse
-from edge_app.result import Finding, GuardCheck, Heatmap, findings, guard_check, heatmap
+from edge_app.result import Finding, GuardCheck, Heatmap, findings, guard_check, heatmap, triage_score
 from edge_app.runtime import Runner
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ class Diagnosis:
     model: dict[str, str]
     reason: str | None = None
     guard: GuardCheck | None = None  # None: the bundle has no guard, the image was not checked
+    triage: float = 0.0  # how urgent: `result.triage_score` (0 where no validated finding is positive)
     findings: list[Finding] = field(default_factory=list)
     heatmap: Heatmap | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -56,6 +57,7 @@ class Diagnosis:
         if self.status == "ok":
             out["findings"] = [f.as_dict() for f in self.findings]
             out["positive"] = [f.label for f in self.findings if f.positive]
+            out["triage"] = self.triage
         out["timings_ms"] = {k: round(v, 2) for k, v in self.timings_ms.items()}
         return out
 
@@ -199,13 +201,15 @@ class Diagnoser:
                 preview=prepared.preview,
             )
         found = findings(manifest, outputs)
-        top = max(found, key=lambda f: f.probability)
+        positive = [f for f in found if f.positive]  # a heatmap only where something is found
+        top = max(positive, key=lambda f: f.probability) if positive else None
         return Diagnosis(
             source,
             "ok",
             model,
             findings=found,
-            heatmap=heatmap(manifest, outputs, top.label),
+            heatmap=heatmap(manifest, outputs, top.label) if top is not None else None,
+            triage=triage_score(found),
             guard=check,
             metadata=prepared.metadata,
             timings_ms=timings,

@@ -13,13 +13,17 @@ from edge_app.manifest import Manifest, OutputSpec
 
 @dataclass(frozen=True)
 class Finding:
+    """One label's answer. Positive only where the label is validated and the probability reaches its threshold;
+    a label the bundle does not validate is shown, greyed, and never positive."""
+
     label: str
     probability: float
     threshold: float
+    validated: bool = True
 
     @property
     def positive(self) -> bool:
-        return self.probability >= self.threshold
+        return self.validated and self.probability >= self.threshold
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -27,7 +31,15 @@ class Finding:
             "probability": round(self.probability, 6),
             "threshold": self.threshold,
             "positive": self.positive,
+            "validated": self.validated,
         }
+
+
+def triage_score(found: list[Finding]) -> float:
+    """One number a worklist sorts by: how far the most urgent validated finding is past its threshold, as a
+    share of the room above it ((p - t) / (1 - t), in [0, 1]); 0 where no finding is positive."""
+    margins = [(f.probability - f.threshold) / max(1e-9, 1.0 - f.threshold) for f in found if f.positive]
+    return round(max(margins, default=0.0), 4)
 
 
 @dataclass(frozen=True)
@@ -91,7 +103,8 @@ def findings(manifest: Manifest, outputs: dict[str, NDArray[np.float32]], index:
     """The findings of image `index` of a batch, in the manifest's label order."""
     probs = probabilities(manifest.output, len(manifest.labels), outputs[manifest.output.name])[index]
     return [
-        Finding(label, float(p), manifest.thresholds[label]) for label, p in zip(manifest.labels, probs, strict=True)
+        Finding(label, float(p), manifest.thresholds[label], manifest.validated(label))
+        for label, p in zip(manifest.labels, probs, strict=True)
     ]
 
 

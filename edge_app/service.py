@@ -16,13 +16,15 @@ import threading
 from pathlib import Path
 from typing import IO, Literal
 
-from edge_app.bundle import Bundle, load_bundle
+from edge_app.bundle import Bundle, load_bundle, read_manifest_of
 from edge_app.capture import Source, open_sources
 from edge_app.config import Settings, is_loopback, with_overrides
 from edge_app.errors import ConfigError, EdgeAppError, NotFound, UserError
 from edge_app.in_service import InService, of_diagnosers, read_status, write_status
 from edge_app.ingest import Ingest
 from edge_app.live import LiveInference
+from edge_app.manifest import Manifest
+from edge_app.model_import import bundles_dir
 from edge_app.outputs.outbox import Outbox
 from edge_app.outputs.sender import Sender
 from edge_app.pipeline import Diagnoser
@@ -61,6 +63,7 @@ class Service:
         self.accounts = Accounts(self.store)
         self.reviews = Reviews(self.store)
         self.models = ModelHistory(self.store)
+        self._manifests: dict[str, Manifest] = {}  # by bundle sha256: a manifest never changes
         self._activating = threading.Lock()
         self._followed = self.models.latest_change()
         self._problem: str | None = None  # a model put in service on the front that this worker could not load
@@ -189,6 +192,19 @@ class Service:
         if self.ingest.on_queued is not None:
             self.ingest.on_queued()
         return model
+
+    def manifest_of(self, sha256: str) -> Manifest | None:
+        """The manifest of the bundle that made a result (a model in service, configured or kept), to show its card
+        beside the result; None where that bundle is no longer on the box."""
+        if sha256 not in self._manifests:
+            folders = [Path(m.path) for m in self.in_service()]
+            folders += [self.settings.model.bundle, *self.settings.model.extra_bundles]
+            folders.append(bundles_dir(self.settings) / sha256)
+            found = next((m for m in (read_manifest_of(f, sha256) for f in folders) if m is not None), None)
+            if found is None:
+                return None
+            self._manifests[sha256] = found
+        return self._manifests[sha256]
 
     def in_service(self) -> list[InService]:
         """The models deciding now, what each runs on and its thresholds; for the front, as the worker said."""

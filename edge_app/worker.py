@@ -17,8 +17,8 @@ from edge_app.config import WorkerSettings
 from edge_app.imaging.encode import jpeg
 from edge_app.imaging.header import ImageHeader
 from edge_app.outputs.outbox import Outbox
-from edge_app.pipeline import Diagnosis
-from edge_app.registry import Registry
+from edge_app.pipeline import Diagnoser, Diagnosis
+from edge_app.registry import Registry, fits
 from edge_app.result import heatmap_png
 from edge_app.store import Job, ModelResult, Outcome, Store
 
@@ -99,6 +99,9 @@ class Worker:
         try:
             if job.bundle_sha256 is not None:  # sent to this model by a clinician, whatever the header says
                 diagnosers = [d for d in self.registry.diagnosers if d.bundle.sha256 == job.bundle_sha256]
+                unchecked = [d for d in diagnosers if d.bundle.manifest.guard is None]
+                if unchecked and not fits(unchecked[0].bundle.manifest, job.header):
+                    return Outcome("no_model", reason=_no_check_reason(job.header, unchecked[0]))
                 if not diagnosers:
                     reason = (
                         f"the model it was sent to is no longer on this appliance (models: {self.registry.describe()})"
@@ -145,11 +148,23 @@ def _model_result(bundle_sha256: str, diagnosis: Diagnosis) -> ModelResult:
         heatmap=(hm.label, heatmap_png(hm)) if hm is not None else None,
         timings=diagnosis.timings_ms,
         guard=diagnosis.guard.as_dict() if diagnosis.guard is not None else None,
+        triage=diagnosis.triage,
     )
+
+
+def _no_check_reason(header: ImageHeader, diagnoser: Diagnoser) -> str:
+    m = diagnoser.bundle.manifest
+    return (
+        f"{m.name} {m.version} has no input check: it reads only what its header says it reads, and this image's "
+        f"does not ({_said(header)})"
+    )
+
+
+def _said(header: ImageHeader) -> str:
+    parts = {"modality": header.modality, "body_part": header.body_part, "view": header.view}
+    return ", ".join(f"{k} {v}" for k, v in parts.items() if v)
 
 
 def _no_model_reason(header: ImageHeader, registry: Registry) -> str:
     # An image that says nothing of itself fits every model: one here says something.
-    parts = {"modality": header.modality, "body_part": header.body_part, "view": header.view}
-    said = ", ".join(f"{k} {v}" for k, v in parts.items() if v)
-    return f"no model on this appliance reads {said} (models: {registry.describe()})"
+    return f"no model on this appliance reads {_said(header)} (models: {registry.describe()})"

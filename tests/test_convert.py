@@ -756,15 +756,20 @@ def test_an_fp32_build_records_its_steps_and_provenance(nih_split: dict[str, Pat
         "fold BatchNorm chains",
         "heatmap output",
         "read calibration images",
-        "input guard",
         "run at batch 1 and 3",
+        "input guard",
+        "validation figures",
         "write bundle",
     ]
     assert [note for _, _, note in steps.done][:3] == ["opset 17", "ok", "image"]
+    assert _notes(steps, "validation figures") == [
+        "none (no --labels): no finding of this bundle will be shown as positive"
+    ]
     assert _notes(steps, "fold BatchNorm chains") == ["nothing to fold"]
     assert _notes(steps, "heatmap output") == ["class activation map 'cam'"]
     manifest = load_bundle(bundle_path).manifest
     assert set(manifest.files) == {"model.onnx"} and manifest.fidelity is None and manifest.metrics == {}
+    assert manifest.validation is None and not any(manifest.validated(label) for label in manifest.labels)
     provenance = manifest.provenance
     assert provenance.method == (
         "edge-convert build --precision fp32: ONNX check, shape inference, dynamic batch, onnxslim"
@@ -791,13 +796,14 @@ def test_an_fp16_build_with_labels_keeps_their_metrics(nih: Path, nih_few: dict[
         steps,
     )
     assert report is not None and report["passed"] and report["n_images"] == 12
-    assert _names(steps)[-7:] == [
+    assert _names(steps)[-8:] == [
         "read calibration images",
         "read validation images",
-        "input guard",
         "run at batch 1 and 3",
+        "input guard",
         "convert to FP16",
         "fidelity gate",
+        "validation figures",
         "write bundle",
     ]
     assert _notes(steps, "fidelity gate")[0].startswith("PASSED: agreement 1.0000, max diff 0.0")
@@ -806,6 +812,13 @@ def test_an_fp16_build_with_labels_keeps_their_metrics(nih: Path, nih_few: dict[
     infiltration = report["per_label"]["Infiltration"]  # three of the twelve images
     assert infiltration["auc_reference"] is not None and infiltration["auc_candidate"] is not None
     assert bundle.manifest.provenance.validation == "12 images from test"
+    figures = bundle.manifest.validation
+    assert figures is not None and figures.data == "12 images from test"
+    assert figures.operating_point == "the spec's thresholds" and bundle.manifest.thresholds == _M.thresholds
+    too_few = figures.labels["Infiltration"]  # three of the twelve images are positive
+    assert not too_few.validated and too_few.positives == 3 and too_few.negatives == 9
+    assert "too few validation images (3 positive, 9 negative)" in too_few.why
+    assert _notes(steps, "validation figures") == ["0 of 5 label(s) validated: none"]
     assert bundle.manifest.provenance.calibration is None
     assert np.load(bundle.path / "reference_inputs.npy").shape == (8, 1, 64, 64), "eight of the twelve"
 
@@ -926,7 +939,7 @@ def test_each_int8_round_keeps_twice_as_many_nodes_and_the_last_refuses(
         "INT8 QDQ, try 3", "fidelity gate, try 3", "find sensitive nodes",
         "INT8 QDQ, try 4", "fidelity gate, try 4",
     ]  # fmt: skip
-    assert _names(steps)[-12:] == ["run at batch 1 and 3", *rounds]
+    assert _names(steps)[-12:] == ["input guard", *rounds]
     kept = report["nodes_kept_fp32"]
     assert len(kept) == 14 and len(set(kept)) == 14 and all(kept)
     assert _notes(steps, "INT8 QDQ, try 4") == ["minmax, 14 node(s) kept in FP32"]
@@ -999,7 +1012,7 @@ def test_the_cpu_speed_up_decides_only_for_an_onnxruntime_target(
     steps = Steps(show=False)
     bundle_path, report = _build_int8(model, reported, tmp_path / "b", nih_few, steps)
     assert report is not None and report["passed"] and report["speedup_gated"] is False
-    assert _names(steps)[-3:] == ["INT8 QDQ, try 1", "fidelity gate, try 1", "write bundle"]
+    assert _names(steps)[-4:] == ["INT8 QDQ, try 1", "fidelity gate, try 1", "validation figures", "write bundle"]
     manifest = load_bundle(bundle_path).manifest
     assert manifest.metrics == {}, "no labels given: no metrics"
     provenance = manifest.provenance

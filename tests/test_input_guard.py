@@ -277,6 +277,66 @@ def test_a_small_model_of_each_head_gets_a_guard_that_tells_its_images_from_othe
     assert all(n.startswith(guard.PREFIX) for n in guard.guard_nodes(model)) and guard.guard_nodes(model)
 
 
+def test_constant_images_are_left_out_of_the_fit_and_counted() -> None:
+    spec = InputSpec(name="x", height=16, width=16, channels=1)
+    images = np.concatenate([_blobs(40, 16, 1), np.full((3, 1, 16, 16), -1.0, np.float32)])
+    _, fitted = guard.fit(
+        _conv_net("gap"), spec, Preprocessing(), OutputSpec(name="logits", activation="sigmoid"), images
+    )
+    assert fitted.rates["fitting_images_left_out"] == 3 and fitted.fitted_on.startswith("40 images")
+    blank = np.concatenate([_blobs(19, 16, 1), np.zeros((5, 1, 16, 16), np.float32)])
+    with pytest.raises(ModelError, match="needs at least 20 images to fit; 19 of 24 are usable"):
+        guard.fit(_conv_net("gap"), spec, Preprocessing(), OutputSpec(name="logits", activation="sigmoid"), blank)
+
+
+def test_an_nhwc_head_counts_its_last_activation_once() -> None:
+    """Keras: the head reads the last activation through a Transpose back to NHWC; one layer, not two."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["t", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Transpose", ["r"], ["back"], perm=[0, 2, 3, 1]),
+        helper.make_node("ReduceMean", ["back"], ["p"], axes=[1, 2], keepdims=0),
+        helper.make_node("MatMul", ["p", "wd"], ["logits"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "nhwc",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16, 16, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        [
+            numpy_helper.from_array(rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.normal(0, 1, (4, 2)).astype(np.float32), "wd"),
+        ],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    out = OutputSpec(name="logits", activation="sigmoid")
+    assert guard.head_features(model, out) == ("back", "NHWC")
+    assert guard.feature_layers(model, out) == [("back", "NHWC")]
+
+
+def test_strip_takes_out_an_fp16_model_s_guard_and_what_only_it_used() -> None:
+    from converters.quantize import to_fp16
+
+    spec = InputSpec(name="x", height=16, width=16, channels=1)
+    model, _ = guard.fit(
+        _conv_net("gap"), spec, Preprocessing(), OutputSpec(name="logits", activation="sigmoid"), _blobs(30, 16, 1)
+    )
+    half = to_fp16(model, guard.guard_nodes(model))
+    stripped = guard.strip(half)
+    assert [o.name for o in stripped.graph.output] == ["logits"]
+    assert not [n for n in stripped.graph.node if n.name.startswith(guard.PREFIX) or guard.OUTPUT in n.output]
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(stripped.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"x": _blobs(2, 16, 3)})[0].shape == (2, 2)
+    again, _ = guard.fit(
+        stripped, spec, Preprocessing(), OutputSpec(name="logits", activation="sigmoid"), _blobs(30, 16, 1)
+    )
+    assert [o.name for o in again.graph.output] == ["logits", "input_guard"], "an FP16 model's guard fitted anew"
+
+
 def test_too_few_images_to_fit_are_refused() -> None:
     spec = InputSpec(name="x", height=16, width=16, channels=1)
     with pytest.raises(ModelError, match="the input guard needs at least 20 images to fit; 19 given"):
@@ -513,10 +573,19 @@ def test_an_image_sent_to_another_model_is_read_by_that_one_its_guard_still_judg
             store.send_to_model(image_id, chest.sha256)
         assert worker.run_once() and store.image_status(image_id) == ("done", None)
         assert _results(store, image_id) == [("ok", "1.1.1", 5)]
-        store.send_to_model(image_id, bare.sha256)
+        with pytest.raises(UserError, match=r"only an image no model read or the input guard refused .* \(done\)"):
+            store.send_to_model(image_id, knee.sha256)  # a diagnosed image keeps its findings
+
+        skull.SOPInstanceUID = skull.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        other = _add(store, skull, "skull-2.dcm")
+        assert worker.run_once() and store.image_status(other)[0] == "no_model"
+        store.send_to_model(other, bare.sha256)
         assert worker.run_once()
-        status, reason = store.image_status(image_id)
-        assert (status, reason) == ("rejected", "body part SKULL is not what this model reads (KNEE)")
+        status, reason = store.image_status(other)
+        assert status == "no_model" and reason == (
+            "cxr-reference 9.0.0 has no input check: it reads only what its header says it reads, and this "
+            "image's does not (modality CR, body_part SKULL, view PA)"
+        )
 
         noise = _add(store, _chest_header_noise(), "noise.dcm")
         assert worker.run_once() and store.image_status(noise)[0] == "outside"

@@ -35,7 +35,37 @@ def test_a_probability_at_its_threshold_is_positive() -> None:
         "probability": 0.9,
         "threshold": 0.25,
         "positive": True,
+        "validated": True,
     }
+
+
+def test_a_label_its_validation_does_not_support_is_never_positive() -> None:
+    """Infiltration's AUC interval reaches below 0.5 in the reference bundle: shown, never positive."""
+    unvalidated = Finding("Infiltration", 0.99, 0.25, validated=False)
+    assert not unvalidated.positive and unvalidated.as_dict()["validated"] is False
+    assert unvalidated.as_dict()["positive"] is False
+    assert MANIFEST.validation is not None and not MANIFEST.validated("Infiltration") and MANIFEST.validated("Effusion")
+    logits = np.full((1, len(MANIFEST.labels)), 8.0, np.float32)  # every probability near 1
+    found = {f.label: f for f in findings(MANIFEST, {"logits": logits})}
+    assert not found["Infiltration"].positive and found["Effusion"].positive
+    assert not MANIFEST.model_copy(update={"validation": None}).validated("Effusion"), "no validation: none"
+
+
+@pytest.mark.parametrize(
+    ("found", "score"),
+    [
+        ([], 0.0),
+        ([Finding("a", 0.4, 0.5)], 0.0),  # nothing positive
+        ([Finding("a", 0.75, 0.5), Finding("b", 0.6, 0.2)], 0.5),  # (0.75 - 0.5) / 0.5 and (0.6 - 0.2) / 0.8
+        ([Finding("a", 0.9, 0.5, validated=False), Finding("b", 0.6, 0.2)], 0.5),  # the unvalidated one not counted
+        ([Finding("a", 1.0, 1.0)], 0.0),
+        ([Finding("a", 0.55, 0.1)], 0.5),
+    ],
+)
+def test_the_triage_score_is_the_largest_share_past_a_threshold(found: list[Finding], score: float) -> None:
+    from edge_app.result import triage_score
+
+    assert triage_score(found) == pytest.approx(score)
 
 
 def test_sigmoid() -> None:

@@ -27,6 +27,7 @@ from edge_app.imaging.header import ImageHeader
 from edge_app.store.schema import migrate
 
 IMAGE_STATUSES = ("queued", "done", "rejected", "failed", "no_model", "outside")
+SENDABLE = ("no_model", "outside")  # the statuses of an image a clinician may send to another model
 # In the data directory: held by the one front (web, capture) and the one worker (models) that use it.
 SERVICE_LOCKS = ("front.lock", "worker.lock")
 # Every stored file a row still needs: images (and their views) not purged, results' heatmaps, outgoing objects.
@@ -87,6 +88,7 @@ class ModelResult:
     heatmap: tuple[str, bytes] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     guard: dict[str, Any] | None = None  # the input guard's verdict; None: not checked (a bundle without a guard)
+    triage: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,8 @@ class Store:
         self._changed = threading.Condition()
         try:
             self.files_dir.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                self.data_dir / "edge-app.sqlite3", check_same_thread=False, isolation_level=None
+            self._db = sqlite3.connect(  # timeout: the other process may hold it a while (an upgrade migrating)
+                self.data_dir / "edge-app.sqlite3", check_same_thread=False, isolation_level=None, timeout=60.0
             )
             self._db.row_factory = sqlite3.Row
             _write_ahead_log(self._db)
@@ -324,7 +326,8 @@ class Store:
             for result, (heatmap_label, heatmap_sha) in zip(outcome.results, heatmaps, strict=True):
                 db.execute(
                     "INSERT INTO results (image_id, created_at, status, reason, model, bundle_sha256, "
-                    "findings, heatmap_label, heatmap_sha256, timings, guard) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "findings, heatmap_label, heatmap_sha256, timings, guard, triage) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         job.image_id,
                         now,
@@ -337,6 +340,7 @@ class Store:
                         heatmap_sha,
                         json.dumps(result.timings),
                         json.dumps(result.guard) if result.guard is not None else None,
+                        result.triage,
                     ),
                 )
             metadata = {**job.metadata, **(outcome.metadata or {})}
@@ -357,13 +361,16 @@ class Store:
                 raise NotFound(f"no image {image_id}")
             if row[0] == "queued":
                 raise UserError("the image is already waiting for a model")
+            if row[0] not in SENDABLE:  # a diagnosed image keeps its findings; an unreadable one stays unreadable
+                raise UserError(f"only an image no model read or the input guard refused can be sent ({row[0]})")
             if row[1] is not None:
                 raise UserError("the image's file was removed (the retention policy): it cannot be read again")
             db.execute("UPDATE images SET status = 'queued', reason = NULL WHERE id = ?", (image_id,))
-            db.execute(
-                "UPDATE jobs SET state = 'queued', attempts = 0, lease_until = 0, bundle_sha256 = ?, updated_at = ? "
-                "WHERE image_id = ?",
-                (bundle_sha256, _now(), image_id),
+            db.execute(  # an image of schema version 1 may have no job row yet
+                "INSERT INTO jobs (image_id, state, attempts, lease_until, bundle_sha256, updated_at) "
+                "VALUES (?, 'queued', 0, 0, ?, ?) ON CONFLICT (image_id) DO UPDATE SET state = 'queued', attempts = 0, "
+                "lease_until = 0, bundle_sha256 = excluded.bundle_sha256, updated_at = excluded.updated_at",
+                (image_id, bundle_sha256, _now()),
             )
 
     def notify_changed(self) -> None:
@@ -549,6 +556,7 @@ def _result_dict(row: sqlite3.Row) -> dict[str, Any]:
         "findings": json.loads(row["findings"]),
         "timings_ms": json.loads(row["timings"]),
         "guard": json.loads(row["guard"]) if row["guard"] is not None else None,
+        "triage": row["triage"],
     }
     if row["reason"] is not None:
         out["reason"] = row["reason"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Callable
 
@@ -220,11 +221,13 @@ def _to_v6(db: sqlite3.Connection, now: str) -> None:
 def _to_v7(db: sqlite3.Connection, now: str) -> None:
     """Version 7: "outside", an image the input guard says the model does not read (a status of its own, for results
     and images); the guard's verdict on each result (JSON; NULL where the bundle had no guard); the model a job is
-    for, where a clinician chose one (NULL: the models whose intended use fits the image)."""
+    for, where a clinician chose one (NULL: the models whose intended use fits the image); each result's triage
+    score (what the worklist sorts by)."""
     _rebuild(db, "results", "'rejected', 'failed')", "'rejected', 'failed', 'outside')")
     _rebuild(db, "images", "'failed', 'no_model')", "'failed', 'no_model', 'outside')")
     db.execute("ALTER TABLE results ADD COLUMN guard TEXT")
     db.execute("ALTER TABLE jobs ADD COLUMN bundle_sha256 TEXT")
+    db.execute("ALTER TABLE results ADD COLUMN triage REAL NOT NULL DEFAULT 0")
 
 
 def _rebuild(db: sqlite3.Connection, table: str, old: str, new: str) -> None:
@@ -240,7 +243,11 @@ def _rebuild(db: sqlite3.Connection, table: str, old: str, new: str) -> None:
         )
     ]
     columns = ", ".join(r[1] for r in db.execute(f"PRAGMA table_info({table})"))
-    db.execute(sql.replace(f"CREATE TABLE {table}", f"CREATE TABLE {table}_new", 1).replace(old, new))
+    # After a rename SQLite keeps the name quoted ('CREATE TABLE "images"'): either way.
+    head = re.match(rf'CREATE TABLE\s+"?{table}"?', sql)
+    if head is None:
+        raise ValueError(f"table {table} is not as this edge-app wrote it")
+    db.execute(f"CREATE TABLE {table}_new" + sql[head.end() :].replace(old, new))
     db.execute(f"INSERT INTO {table}_new ({columns}) SELECT {columns} FROM {table}")
     db.execute(f"DROP TABLE {table}")
     db.execute(f"ALTER TABLE {table}_new RENAME TO {table}")

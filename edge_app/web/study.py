@@ -45,8 +45,11 @@ def show(uid: str) -> Any:
     principal = security.current()
     svc.store.audit(principal.name if principal else "", "study.view", uid)
     reviews = {image["id"]: svc.reviews.of_image(image["id"]) for image in study["images"]}
+    shas = {result["bundle_sha256"] for image in study["images"] for result in image["results"]}
+    cards = {sha: svc.manifest_of(sha) for sha in shas}  # each result's model card, where its bundle is still here
     return render_template(
         "study.html",
+        cards=cards,
         study=study,
         reviews=reviews,
         form=ReviewForm(),

@@ -26,6 +26,7 @@ class Row:
     reason: str | None
     positive: list[str] = field(default_factory=list)
     reviewed: bool = False
+    triage: float = 0.0  # the most urgent image's: what the list sorts by
 
 
 def study_row(study: dict[str, Any], reviewed: bool) -> Row:
@@ -39,10 +40,12 @@ def study_row(study: dict[str, Any], reviewed: bool) -> Row:
         status = statuses[-1] if statuses else "queued"
     reason = next((image["reason"] for image in images if image["status"] == status and image["reason"]), None)
     positive: dict[str, None] = {}
+    triage = 0.0
     for image in images:
         ok = [r for r in image["results"] if r["status"] == "ok"]
         for result in ok[-1:]:
             positive.update((f["label"], None) for f in result["findings"] if f["positive"])
+            triage = max(triage, result.get("triage") or 0.0)
     first = images[0]["metadata"] if images else {}
     return Row(
         uid=study["uid"],
@@ -54,6 +57,7 @@ def study_row(study: dict[str, Any], reviewed: bool) -> Row:
         reason=reason if status != "done" else None,
         positive=list(positive),
         reviewed=reviewed,
+        triage=triage,
     )
 
 
@@ -63,8 +67,13 @@ def worklist_rows() -> list[Row]:
     for study in svc.store.list_studies(LIMIT):
         reviewed = any(svc.reviews.of_image(image["id"]) for image in study["images"])
         rows.append(study_row(study, reviewed))
-    # Positive findings not yet reviewed first, then the rest; newest first within each (the sort is stable).
-    return sorted(rows, key=lambda row: not (row.positive and not row.reviewed))
+    # Positive findings not yet reviewed first, the most urgent (triage score) first among them; then the rest,
+    # newest first (the sort is stable).
+    def order(row: Row) -> tuple[bool, float]:
+        urgent = bool(row.positive) and not row.reviewed
+        return not urgent, -row.triage if urgent else 0.0
+
+    return sorted(rows, key=order)
 
 
 @bp.get("/")

@@ -1,0 +1,111 @@
+"""How good the model is, said where the result is shown: thresholds at a stated operating point, each label's
+figures, labels their validation does not support never positive, one triage score per study."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flask.testing import FlaskClient
+from PIL import Image
+from pydantic import ValidationError
+
+from converters.validation import OperatingPoint, ValidationRule, figures, threshold_at, validate
+from edge_app.bundle import load_bundle
+from edge_app.config import EMBEDDED_BUNDLE
+
+MANIFEST = load_bundle(EMBEDDED_BUNDLE).manifest
+# Ten images: scores of the five negatives 0.1-0.5, of the five positives 0.3-0.7.
+Y = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+P = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.3, 0.4, 0.5, 0.6, 0.7])
+
+
+@pytest.mark.parametrize(
+    ("point", "expected"),
+    [
+        (OperatingPoint(specificity=0.8), 0.5),  # 0.5: four of five negatives below it, four positives at or above
+        (OperatingPoint(specificity=0.6), 0.4),
+        (OperatingPoint(sensitivity=1.0), 0.3),  # every positive found, the fewest negatives with it
+        (OperatingPoint(sensitivity=0.6), 0.5),
+        (OperatingPoint(youden=True), 0.6),  # every threshold from 0.3 to 0.6 ties at 0.4: the highest
+        (OperatingPoint(), 0.77),  # no operating point: the spec's threshold
+    ],
+)
+def test_the_threshold_is_chosen_at_the_operating_point(point: OperatingPoint, expected: float) -> None:
+    assert threshold_at(Y, P, point, 0.77) == pytest.approx(expected)
+
+
+def test_one_class_keeps_the_given_threshold_and_one_point_at_a_time() -> None:
+    assert threshold_at(np.zeros(5), P[:5], OperatingPoint(specificity=0.8), 0.42) == 0.42
+    with pytest.raises(ValidationError, match="give one of specificity, sensitivity or youden"):
+        OperatingPoint(specificity=0.8, youden=True)
+    assert OperatingPoint(specificity=0.8).describe() == "the highest sensitivity at specificity 0.80 or more"
+    assert OperatingPoint(sensitivity=0.9).describe() == "the highest specificity at sensitivity 0.90 or more"
+
+
+def test_a_label_is_validated_only_where_its_figures_support_it() -> None:
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(60), np.ones(40)].astype(int)
+    strong = np.r_[rng.uniform(0, 0.6, 60), rng.uniform(0.4, 1.0, 40)]
+    rule = ValidationRule(min_positives=10)
+    good = figures("a", y, strong, 0.5, rule, seed=0)
+    assert good.validated and good.why == "" and good.positives == 40 and good.negatives == 60
+    assert good.auc is not None and good.auc_95ci is not None and good.auc_95ci[0] > 0.5
+    decided = strong >= 0.5
+    assert good.sensitivity == round(float(decided[y == 1].mean()), 3)
+    assert good.specificity == round(float((~decided[y == 0]).mean()), 3)
+    chance = figures("a", y, rng.uniform(0, 1, 100), 0.5, rule, seed=0)
+    assert not chance.validated and chance.why.startswith("its AUC's 95 % interval does not lie above 0.50")
+    few = figures("a", y, strong, 0.5, ValidationRule(min_positives=41), seed=0)
+    assert few.why == "too few validation images (40 positive, 60 negative)"
+    unclaimed = figures("a", y, strong, 0.5, ValidationRule(claimed=("b",)), seed=0)
+    assert unclaimed.why == "not claimed by its makers"
+
+
+def test_validate_chooses_on_one_set_or_measures_only() -> None:
+    truth = {"a": Y}
+    probs = np.stack([P, P], axis=1)
+    chosen, figs = validate(("a", "b"), truth, probs, {"a": 0.9, "b": 0.9}, ValidationRule(min_positives=1), "ten")
+    assert chosen == {"a": 0.9, "b": 0.9} and figs.data == "ten", "no operating point: the spec's thresholds"
+    assert figs.labels["b"].why == "no ground truth given" and not figs.labels["b"].validated
+    assert figs.operating_point == "the spec's thresholds"
+    rule = ValidationRule(operating_point=OperatingPoint(specificity=0.8), min_positives=1)
+    kept, measured = validate(("a",), truth, P[:, None], {"a": 0.35}, rule, "ten", chosen_on="85 others")
+    assert kept == {"a": 0.35} and measured.labels["a"].threshold == 0.35
+    assert measured.operating_point == "the highest sensitivity at specificity 0.80 or more on 85 others"
+
+
+def test_the_reference_bundle_states_its_figures_and_operating_point() -> None:
+    validation = MANIFEST.validation
+    assert validation is not None
+    assert validation.operating_point.startswith("the highest sensitivity at specificity 0.80 or more on 85 images")
+    assert [label for label, v in validation.labels.items() if v.validated] == MANIFEST.metrics["claimed_findings"]
+    assert not validation.labels["Infiltration"].validated
+    for label, v in validation.labels.items():
+        assert v.threshold == MANIFEST.thresholds[label] and v.positives + v.negatives == 200
+
+
+def _png(path: Path) -> bytes:
+    buf = io.BytesIO()
+    Image.open(path).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_the_study_page_shows_each_finding_s_figures_and_the_model_s_card(
+    client: FlaskClient, auth: Any, browser: FlaskClient, nih_png: Path
+) -> None:
+    body = client.post("/api/v1/studies", data={"file": (io.BytesIO(_png(nih_png)), "chest.png")}).get_json()
+    [result] = body["images"][0]["results"]
+    infiltration = next(f for f in result["findings"] if f["label"] == "Infiltration")
+    assert infiltration["validated"] is False and infiltration["positive"] is False
+    assert result["triage"] >= 0.0
+    auth.login("clinician")
+    page = browser.get(f"/studies/{body['uid']}").get_data(as_text=True)
+    assert page.count("not validated") == 1, "Infiltration alone"
+    assert "Demonstration model: not for clinical use." in page and "About this model" in page
+    v = MANIFEST.validation.labels["Effusion"]  # type: ignore[union-attr]
+    assert f"AUC {v.auc:.2f} ({v.auc_95ci[0]:.2f}-{v.auc_95ci[1]:.2f})" in page  # type: ignore[index]
+    assert "thresholds at the highest sensitivity at specificity 0.80 or more" in page
