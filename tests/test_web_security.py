@@ -37,6 +37,7 @@ EXPECTED: dict[str, set[str] | None] = {
     "study.view": {"clinician"},
     "study.heatmap": {"clinician"},
     "study.review": {"clinician"},
+    "study.send_to_model": {"clinician"},
     "study.report": {"clinician"},
     "devices.index": {"technician", "admin"},
     "devices.capture": {"technician"},
