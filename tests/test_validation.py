@@ -109,3 +109,22 @@ def test_the_study_page_shows_each_finding_s_figures_and_the_model_s_card(
     v = MANIFEST.validation.labels["Effusion"]  # type: ignore[union-attr]
     assert f"AUC {v.auc:.2f} ({v.auc_95ci[0]:.2f}-{v.auc_95ci[1]:.2f})" in page  # type: ignore[index]
     assert "thresholds at the highest sensitivity at specificity 0.80 or more" in page
+    pdf = browser.get(f"/studies/{body['uid']}/report.pdf")
+    assert pdf.status_code == 200 and pdf.mimetype == "application/pdf"
+    text = _pdf_text(pdf.data)
+    assert "Demonstration model: not for clinical use." in text
+    infiltration_line = next(line for line in text.splitlines() if line.startswith("Infiltration:"))
+    assert "not validated" in infiltration_line and "positive" not in infiltration_line
+    assert f"AUC {v.auc:.2f} ({v.auc_95ci[0]:.2f}-{v.auc_95ci[1]:.2f}), sens. {v.sensitivity:.2f}" in text  # type: ignore[index]
+    assert "Made for: CR/DX CHEST PA/AP." in text
+
+
+def _pdf_text(data: bytes) -> str:
+    """The PDF's text as pdftotext reads it, runs of spaces as one (skips where poppler-utils is absent)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("pdftotext") is None:
+        pytest.skip("pdftotext (poppler-utils) is not installed")
+    out = subprocess.run(["pdftotext", "-layout", "-", "-"], input=data, capture_output=True, check=True).stdout
+    return "\n".join(" ".join(line.split()) for line in out.decode().splitlines() if line.strip())

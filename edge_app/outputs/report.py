@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from edge_app.imaging.encode import heatmap_overlay, jpeg
+from edge_app.manifest import Manifest
 from edge_app.outputs.fonts import Fonts, fonts
 from edge_app.store.reviews import Review
 
@@ -28,9 +29,11 @@ def study_report(
     reviews: Mapping[int, Sequence[Review]],
     _: Translate,
     typeface: Fonts | None = None,
+    cards: Mapping[str, Manifest | None] | None = None,
 ) -> bytes:
     """The PDF of the study's first image with findings (else its first image), in the language of `_`, its text in
-    `typeface` (default: the system's fonts, `fonts()`)."""
+    `typeface` (default: the system's fonts, `fonts()`); `cards`: the manifest of each result's bundle (by sha256),
+    for the model's card and each finding's validation figures, where the bundle is still on the box."""
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.units import mm
     from reportlab.pdfgen.canvas import Canvas
@@ -64,6 +67,9 @@ def study_report(
     }
     line(_("AI triage report"), 16, bold=True)
     line(_("AI result: to be confirmed by a clinician. Not a diagnosis."), 11, bold=True, color=_RED)
+    shown = [c for c in (cards or {}).values() if c is not None]
+    if any(c.not_for_clinical_use for c in shown):
+        line(_("Demonstration model: not for clinical use."), 11, bold=True, color=_RED)
     meta = image["metadata"] if image else {}
     if typeface.missing(meta.get("patient_name") or ""):  # the name as printed could be another patient's
         line(_("The name could not be printed in full: use the patient ID."), 11, bold=True, color=_RED)
@@ -102,13 +108,35 @@ def study_report(
         latest = [r for r in reviews.get(image["id"], []) if r.result_id == result["id"]]  # of this model's result
         verdicts = latest[0].verdicts if latest else {}
         said = {"agree": _("agrees"), "disagree": _("disagrees")}
+        card = (cards or {}).get(result.get("bundle_sha256", ""))
+        checked = card.validation.labels if card is not None and card.validation is not None else {}
         for f in sorted(result["findings"], key=lambda f: -f["probability"]):
-            mark = _("positive") if f["positive"] else _("negative")
+            unvalidated = f.get("validated") is False
+            mark = _("not validated") if unvalidated else _("positive") if f["positive"] else _("negative")
             verdict = f"   {t['clinician']}: {said[verdicts[f['label']]]}" if f["label"] in verdicts else ""
             line(
                 f"{f['label']}: {f['probability']:.2f} ({t['threshold']} {f['threshold']:.2f}, {mark}){verdict}",
                 bold=f["positive"],
+                color=_GREY if unvalidated else _INK,
             )
+            v = checked.get(f["label"])
+            if v is not None and v.auc is not None and v.auc_95ci is not None:
+                figures = f"{_('AUC')} {v.auc:.2f} ({v.auc_95ci[0]:.2f}-{v.auc_95ci[1]:.2f})"
+                if v.sensitivity is not None and v.specificity is not None:
+                    figures += f", {_('sens.')} {v.sensitivity:.2f} / {_('spec.')} {v.specificity:.2f}"
+                line("      " + figures + ", " + _("%(count)d images", count=v.positives + v.negatives), 8, color=_GREY)
+        if card is not None:
+            use = card.intended_use
+            made_for = " ".join(x for x in ("/".join(use.modality), use.body_part, "/".join(use.views)) if x)
+            line(f"{_('Made for')}: {made_for}. {use.description}", 8, color=_GREY)
+            if card.validation is not None:
+                text = _(
+                    "Figures measured on %(data)s; thresholds at %(point)s.",
+                    data=card.validation.data,
+                    point=card.validation.operating_point,
+                )
+                for chunk in _wrap(text, 120):
+                    line(chunk, 8, color=_GREY)
         y -= 2 * mm
         line(_("Review"), 12, bold=True)
         if latest:

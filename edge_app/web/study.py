@@ -140,7 +140,8 @@ def report(uid: str) -> Response:
         if "heatmap" in result
     }
     reviews = {image["id"]: svc.reviews.of_image(image["id"]) for image in study["images"]}
-    pdf = study_report(study, pictures, heatmaps, reviews, _)
+    shas = {result["bundle_sha256"] for image in study["images"] for result in image["results"]}
+    pdf = study_report(study, pictures, heatmaps, reviews, _, cards={sha: svc.manifest_of(sha) for sha in shas})
     principal = security.current()
     svc.store.audit(principal.name if principal else "", "report.export", uid)
     return Response(

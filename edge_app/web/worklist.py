@@ -67,6 +67,7 @@ def worklist_rows() -> list[Row]:
     for study in svc.store.list_studies(LIMIT):
         reviewed = any(svc.reviews.of_image(image["id"]) for image in study["images"])
         rows.append(study_row(study, reviewed))
+
     # Positive findings not yet reviewed first, the most urgent (triage score) first among them; then the rest,
     # newest first (the sort is stable).
     def order(row: Row) -> tuple[bool, float]:
