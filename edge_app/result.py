@@ -44,7 +44,8 @@ def triage_score(found: list[Finding]) -> float:
 
 @dataclass(frozen=True)
 class Heatmap:
-    """A class activation map for one label, scaled to [0, 1] (low resolution: the viewer upsamples it)."""
+    """A class activation map for one label as each location's probability, in [0, 1], never scaled per image: a
+    faint map is a low probability (low resolution: the viewer upsamples it)."""
 
     label: str
     values: NDArray[np.float32]
@@ -109,13 +110,24 @@ def findings(manifest: Manifest, outputs: dict[str, NDArray[np.float32]], index:
 
 
 def heatmap(manifest: Manifest, outputs: dict[str, NDArray[np.float32]], label: str, index: int = 0) -> Heatmap | None:
-    """The class activation map of `label`, or None where the bundle has no heatmap output."""
+    """The class activation map of `label` as local probabilities, or None where the bundle has no heatmap output.
+
+    The map holds each location's score (its spatial mean is the image's score): through the output's own
+    activation, a location gives the probability the model would give an image that looked like it everywhere.
+    The same scale for every image and label, so the map's strength is the finding's, not the image's contrast."""
     if manifest.output.heatmap is None:
         return None
-    cam = outputs[manifest.output.heatmap][index][manifest.labels.index(label)].astype(np.float32)
-    lo, hi = float(cam.min()), float(cam.max())
-    values = (cam - lo) / (hi - lo) if hi > lo else np.zeros_like(cam)
-    return Heatmap(label=label, values=values)
+    cam = outputs[manifest.output.heatmap][index].astype(np.float64)  # (labels, h, w)
+    k = manifest.labels.index(label)
+    activation = manifest.output.activation
+    if activation == "sigmoid":
+        local = 0.5 * (1.0 + np.tanh(0.5 * cam[k]))
+    elif activation == "softmax":  # across the labels, at each location
+        e = np.exp(cam - cam.max(axis=0, keepdims=True))
+        local = (e / e.sum(axis=0, keepdims=True))[k]
+    else:
+        local = np.clip(cam[k], 0.0, 1.0)
+    return Heatmap(label=label, values=np.nan_to_num(local, nan=0.0).astype(np.float32))
 
 
 def heatmap_png(hm: Heatmap) -> bytes:

@@ -104,23 +104,43 @@ def test_findings_follow_the_manifest_label_order_and_thresholds() -> None:
     assert np.allclose([f.probability for f in found], 1.0 / (1.0 + np.exp(-logits[0].astype(np.float64))))
 
 
-def test_the_heatmap_is_the_asked_labels_map_scaled_to_unit_range() -> None:
+def test_the_heatmap_is_the_asked_labels_local_probability_never_scaled_per_image() -> None:
     n = len(MANIFEST.labels)
     cam = np.random.default_rng(0).normal(size=(2, n, 4, 4)).astype(np.float32)
     outputs = {"logits": np.zeros((2, n), np.float32), "cam": cam}
     for index in (0, 1):
         for k, label in enumerate(MANIFEST.labels):
             hm = heatmap(MANIFEST, outputs, label, index=index)
-            assert hm is not None and hm.label == label
-            m = cam[index, k]
-            assert np.allclose(hm.values, (m - m.min()) / (m.max() - m.min()))
+            assert hm is not None and hm.label == label and hm.values.dtype == np.float32
+            assert np.allclose(hm.values, 1.0 / (1.0 + np.exp(-cam[index, k].astype(np.float64))), atol=1e-6)
+    faint = {"logits": np.zeros((1, n), np.float32), "cam": np.full((1, n, 4, 4), -4.0, np.float32)}
+    faint["cam"][0, 1, 0, 0] = -3.0  # the strongest place of an image with nothing there is still faint
+    hm = heatmap(MANIFEST, faint, MANIFEST.labels[1])
+    assert hm is not None and hm.values.max() < 0.05, "not stretched to full strength"
 
 
-def test_a_flat_heatmap_is_zero() -> None:
-    n = len(MANIFEST.labels)
-    outputs = {"logits": np.zeros((1, n), np.float32), "cam": np.full((1, n, 4, 4), 3.0, np.float32)}
-    hm = heatmap(MANIFEST, outputs, MANIFEST.labels[1])
-    assert hm is not None and not hm.values.any()
+@pytest.mark.parametrize(
+    ("activation", "expected"),
+    [
+        ("softmax", np.exp([1.0, 3.0]) / np.exp([1.0, 3.0]).sum()),  # across the labels at each place
+        ("none", np.array([1.0, 1.0])),  # probabilities already: clipped to [0, 1]
+    ],
+)
+def test_the_heatmap_follows_the_output_s_activation(activation: str, expected: np.ndarray) -> None:
+    task = "multiclass" if activation == "softmax" else "multilabel"
+    manifest = MANIFEST.model_copy(
+        update={
+            "labels": ("a", "b"),
+            "task": task,
+            "thresholds": {"a": 0.5, "b": 0.5},
+            "validation": None,
+            "output": OutputSpec(name="s", activation=activation, heatmap="m"),  # type: ignore[arg-type]
+        }
+    )
+    cam = np.array([[[[1.0]], [[3.0]]]], np.float32)  # (1, labels, 1, 1)
+    for k, label in enumerate(("a", "b")):
+        hm = heatmap(manifest, {"s": np.zeros((1, 2), np.float32), "m": cam}, label)
+        assert hm is not None and np.allclose(hm.values, expected[k])
 
 
 def test_the_heatmap_png_spans_the_grey_range() -> None:

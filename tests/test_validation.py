@@ -117,6 +117,32 @@ def test_the_study_page_shows_each_finding_s_figures_and_the_model_s_card(
     assert "not validated" in infiltration_line and "positive" not in infiltration_line
     assert f"AUC {v.auc:.2f} ({v.auc_95ci[0]:.2f}-{v.auc_95ci[1]:.2f}), sens. {v.sensitivity:.2f}" in text  # type: ignore[index]
     assert "Made for: CR/DX CHEST PA/AP." in text
+    heat = result["heatmap"]["label"]
+    assert next(f for f in result["findings"] if f["label"] == heat)["positive"], "a heatmap of a positive finding"
+    assert f"Heatmap of {heat}: red where the model's local probability is high" in text
+    assert "the model's local probability, 0 to 1" in page, "the tablet's legend"
+
+
+def test_no_heatmap_where_nothing_is_positive_and_the_page_says_why(
+    client: FlaskClient, auth: Any, browser: FlaskClient, nih: Path
+) -> None:
+    from edge_app.pipeline import Diagnoser
+    from edge_app.runtime import open_runner
+
+    bundle = load_bundle(EMBEDDED_BUNDLE)
+    diagnoser = Diagnoser(bundle, open_runner(bundle, threads=1))
+    negative = next(
+        p
+        for p in sorted((nih / "images").glob("*.png"))
+        if (d := diagnoser.diagnose(p)).status == "ok" and not any(f.positive for f in d.findings)
+    )
+    assert diagnoser.diagnose(negative).heatmap is None
+    body = client.post("/api/v1/studies", data={"file": (io.BytesIO(_png(negative)), "n.png")}).get_json()
+    [result] = body["images"][0]["results"]
+    assert "heatmap" not in result and result["triage"] == 0.0
+    auth.login("clinician")
+    page = browser.get(f"/studies/{body['uid']}").get_data(as_text=True)
+    assert "No heatmap: no finding is positive." in page and "heatmap-toggle" not in page
 
 
 def _pdf_text(data: bytes) -> str:

@@ -89,7 +89,15 @@ def study_report(
     result = next((r for r in reversed(image["results"]) if r["status"] == "ok"), None) if image else None
     picture = pictures.get(image["id"]) if image else None
     if picture is not None:
-        y = _pictures(pdf, picture, heatmaps.get(result["id"]) if result else None, left, y, width - 2 * left, _)
+        heat = heatmaps.get(result["id"]) if result else None
+        y = _pictures(pdf, picture, heat, left, y, width - 2 * left, _)
+        if heat is not None and result is not None and "heatmap" in result:
+            label = result["heatmap"]["label"]
+            caption = _(
+                "Heatmap of %(label)s: red where the model's local probability is high (0 clear, 1 full red).",
+                label=label,
+            )
+            line(caption, 8, color=_GREY)
     if image is None or result is None:
         why = (image["reason"] or image["status"]) if image else _("the study holds no image")
         line(f"{t['no_findings']}: {why}", 11, bold=True)
