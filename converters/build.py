@@ -200,24 +200,30 @@ def _clean(model: Any, spec_input: Any) -> tuple[Any, str]:
 
 
 def _heatmap(model: Any, output: OutputSpec) -> tuple[Any, OutputSpec]:
-    """Keep a declared heatmap output; else add a class activation map where the head is GAP + linear."""
+    """Keep a declared heatmap output; else add a class activation map where the head is GAP + linear, or Grad-CAM
+    where it is GAP + dense, ReLU, dense."""
     outputs = {o.name for o in model.graph.output}
     if output.name not in outputs:
         raise ModelError(f"the model has no output {output.name!r}; its outputs are {', '.join(sorted(outputs))}")
     if output.heatmap in outputs:
         return model, output
     model, cam = graph.add_cam(model, output.name, output.heatmap or "cam")
+    if cam is None:  # a dense -> ReLU -> dense head (Keras): Grad-CAM, in the graph
+        model, cam = graph.add_gradcam(model, output.name, output.heatmap or "cam")
     if cam is None and output.heatmap is not None:
         raise ModelError(
-            f"the spec names a heatmap output {output.heatmap!r}, which the model lacks, and its head is not "
-            "global-average-pool + linear, so no class activation map can be added"
+            f"the spec names a heatmap output {output.heatmap!r}, which the model lacks, and its head is neither "
+            "global-average-pool + linear nor + dense, ReLU, dense, so no heatmap can be added"
         )
     return model, output.model_copy(update={"heatmap": cam})
 
 
 def _heatmap_note(result: tuple[Any, OutputSpec]) -> str:
     heatmap = result[1].heatmap
-    return f"class activation map {heatmap!r}" if heatmap else "none (the head is not GAP + linear)"
+    if heatmap is None:
+        return "none (the head is neither GAP + linear nor GAP + dense, ReLU, dense)"
+    gradcam = any(n.name == f"{heatmap}_grad" for n in result[0].graph.node)
+    return f"{'Grad-CAM' if gradcam else 'class activation map'} {heatmap!r}"
 
 
 def _figures(

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from converters.errors import ModelError
 from edge_app.manifest import InputSpec
@@ -164,40 +165,21 @@ def add_cam(model: Any, score_output: str, name: str = "cam") -> tuple[Any, str 
         return nodes.get(tensor)
 
     node = producer(score_output)
-    if node is not None and node.op_type in ("Sigmoid", "Softmax"):
+    activation = node.op_type if node is not None and node.op_type in ("Sigmoid", "Softmax") else None
+    if activation is not None:
         node = producer(node.input[0])
-    bias = None
-    if node is not None and node.op_type == "Add":
-        const = [i for i in node.input if i in inits]
-        other = [i for i in node.input if i not in inits]
-        if len(const) != 1 or len(other) != 1:
-            return model, None
-        bias = numpy_helper.to_array(inits[const[0]])
-        node = producer(other[0])
-    if node is None or node.op_type not in ("Gemm", "MatMul") or node.input[1] not in inits:
+    raw = f"{name}_raw" if activation else name  # the map in the score's units, before the graph's activation
+    dense = _dense(node, nodes, inits)
+    if dense is None:
         return model, None
-    weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-    if node.op_type == "Gemm":
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
-            return model, None
-        weight = weight if attrs.get("transB", 0) else weight.T  # (labels, channels)
-        if len(node.input) > 2 and node.input[2]:
-            if node.input[2] not in inits:
-                return model, None
-            bias = numpy_helper.to_array(inits[node.input[2]])
-    else:
-        weight = weight.T
-    pool = producer(node.input[0])
-    if pool is not None and pool.op_type in ("Flatten", "Reshape", "Squeeze"):
-        pool = producer(pool.input[0])
-    layout = None if pool is None else "NCHW" if pool.op_type == "GlobalAveragePool" else mean_over_hw(pool, inits)
-    if pool is None or layout is None:
+    weight, bias, node = dense
+    pooled = _pooled(node.input[0], nodes, inits)
+    if pooled is None:
         return model, None
-    features = pool.input[0]
+    features, layout = pooled
     labels, channels = weight.shape
     w_name, b_name = f"{name}_weight", f"{name}_bias"
-    bias_values = np.zeros(labels, np.float32) if bias is None else bias.reshape(labels).astype(np.float32)
+    bias_values = bias
     if layout == "NCHW":  # the linear layer as a 1x1 convolution: (N, labels, h, w)
         model.graph.initializer.extend(
             [
@@ -205,7 +187,7 @@ def add_cam(model: Any, score_output: str, name: str = "cam") -> tuple[Any, str 
                 numpy_helper.from_array(bias_values, b_name),
             ]
         )
-        model.graph.node.append(helper.make_node("Conv", [features, w_name, b_name], [name], name=f"{name}_head"))
+        model.graph.node.append(helper.make_node("Conv", [features, w_name, b_name], [raw], name=f"{name}_head"))
     else:  # NHWC: the linear layer at every location, (N, h, w, labels), then to (N, labels, h, w)
         model.graph.initializer.extend(
             [
@@ -217,11 +199,134 @@ def add_cam(model: Any, score_output: str, name: str = "cam") -> tuple[Any, str 
             [
                 helper.make_node("MatMul", [features, w_name], [f"{name}_hwl"], name=f"{name}_head"),
                 helper.make_node("Add", [f"{name}_hwl", b_name], [f"{name}_hwlb"], name=f"{name}_bias_add"),
-                helper.make_node("Transpose", [f"{name}_hwlb"], [name], name=f"{name}_nchw", perm=[0, 3, 1, 2]),
+                helper.make_node("Transpose", [f"{name}_hwlb"], [raw], name=f"{name}_nchw", perm=[0, 3, 1, 2]),
             ]
         )
+    _activate(model, raw, name, activation)
     model.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     return model, name
+
+
+def _dense(
+    node: Any, nodes: dict[str, Any], inits: dict[str, Any]
+) -> tuple[NDArray[np.float32], NDArray[np.float32], Any] | None:
+    """A linear layer ending at `node`: Gemm, or MatMul [-> Add], with constant weights. Returns its weight
+    (outputs, inputs), its bias (zeros where it has none) and its Gemm/MatMul node, or None."""
+    from onnx import helper, numpy_helper
+
+    bias = None
+    if node is not None and node.op_type == "Add":
+        const = [i for i in node.input if i in inits]
+        other = [i for i in node.input if i not in inits]
+        if len(const) != 1 or len(other) != 1:
+            return None
+        bias = numpy_helper.to_array(inits[const[0]])
+        node = nodes.get(other[0])
+    if node is None or node.op_type not in ("Gemm", "MatMul") or node.input[1] not in inits:
+        return None
+    weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+    if node.op_type == "Gemm":
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            return None
+        weight = weight if attrs.get("transB", 0) else weight.T  # (outputs, inputs)
+        if len(node.input) > 2 and node.input[2]:
+            if node.input[2] not in inits:
+                return None
+            bias = numpy_helper.to_array(inits[node.input[2]])
+    else:
+        weight = weight.T
+    outputs = weight.shape[0]
+    if bias is not None and bias.size != outputs:
+        return None
+    values = np.zeros(outputs, np.float32) if bias is None else bias.reshape(outputs).astype(np.float32)
+    return np.ascontiguousarray(weight), values, node
+
+
+def _pooled(tensor: str, nodes: dict[str, Any], inits: dict[str, Any]) -> tuple[str, str] | None:
+    """The feature map a global average pool reads, and its layout, where `tensor` is that pool's output
+    (through Flatten, Reshape or Squeeze)."""
+    pool = nodes.get(tensor)
+    if pool is not None and pool.op_type in ("Flatten", "Reshape", "Squeeze"):
+        pool = nodes.get(pool.input[0])
+    layout = None if pool is None else "NCHW" if pool.op_type == "GlobalAveragePool" else mean_over_hw(pool, inits)
+    return None if pool is None or layout is None else (pool.input[0], layout)
+
+
+def add_gradcam(model: Any, score_output: str, name: str = "cam") -> tuple[Any, str | None]:
+    """Where the scores come from global-average-pool -> dense -> ReLU -> dense (a Keras head), add Grad-CAM as an
+    output, computed in the graph: the gradient of each score with respect to the pooled features (the second
+    layer's weights through the first layer's active units, W1 diag(z > 0) W2: a few nodes for such a head) weighs
+    the feature map at every location, plus the constant that makes the map's spatial mean the score exactly. Like
+    the class activation map, (N, labels, h, w) in the score's units, from the same inference. Returns the model
+    and the map's name, or None where the head is not of this form."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    nodes = {out: node for node in model.graph.node for out in node.output}
+    inits = {i.name: i for i in model.graph.initializer}
+    top: Any = nodes.get(score_output)
+    activation = top.op_type if top is not None and top.op_type in ("Sigmoid", "Softmax") else None
+    if activation is not None:
+        top = nodes.get(top.input[0])
+    raw = f"{name}_raw" if activation else name
+    second = _dense(top, nodes, inits)
+    relu = nodes.get(second[2].input[0]) if second is not None else None
+    if second is None or top is None or relu is None or relu.op_type != "Relu":
+        return model, None
+    first = _dense(nodes.get(relu.input[0]), nodes, inits)
+    pooled = _pooled(first[2].input[0], nodes, inits) if first is not None else None
+    if first is None or pooled is None:
+        return model, None
+    (w2, _, _), (w1, _, _), (features, layout) = second, first, pooled
+    scores, z, p = top.output[0], relu.input[0], first[2].input[0]  # (N, L) before activation, (N, H), (N, C)
+    labels, channels = w2.shape[0], w1.shape[1]
+    consts = {
+        f"{name}_w1": w1.T.astype(np.float32),  # (C, H)
+        f"{name}_w2": w2.T.astype(np.float32),  # (H, L)
+        f"{name}_ax1": np.asarray([1], np.int64),
+        f"{name}_ax2": np.asarray([2], np.int64),
+        f"{name}_flat_shape": np.asarray([0, channels, -1] if layout == "NCHW" else [0, -1, channels], np.int64),
+        f"{name}_hw_from": np.asarray([2] if layout == "NCHW" else [1], np.int64),
+        f"{name}_hw_to": np.asarray([4] if layout == "NCHW" else [3], np.int64),
+        f"{name}_nl": np.asarray([0, labels], np.int64),
+        f"{name}_zero": np.asarray(0.0, np.float32),
+    }
+    model.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+
+    def op(kind: str, inputs: list[str], out: str, **attrs: Any) -> str:
+        model.graph.node.append(helper.make_node(kind, inputs, [f"{name}_{out}"], name=f"{name}_{out}", **attrs))
+        return f"{name}_{out}"
+
+    active = op("Cast", [op("Greater", [z, f"{name}_zero"], "active_bool")], "active", to=onnx.TensorProto.FLOAT)
+    routed = op("Mul", [op("Unsqueeze", [active, f"{name}_ax2"], "active_nh1"), f"{name}_w2"], "routed")  # (N,H,L)
+    grad = op("MatMul", [f"{name}_w1", routed], "grad")  # (N, C, L): d score / d pooled feature
+    flat = op("Reshape", [features, f"{name}_flat_shape"], "flat")
+    at = op("Transpose", [flat], "at", perm=[0, 2, 1]) if layout == "NCHW" else flat  # (N, HW, C)
+    local = op("Transpose", [op("MatMul", [at, grad], "local_hwl")], "local", perm=[0, 2, 1])  # (N, L, HW)
+    through = op("MatMul", [op("Unsqueeze", [p, f"{name}_ax1"], "p_1c"), grad], "through")  # (N, 1, L)
+    offset = op("Sub", [op("Unsqueeze", [scores, f"{name}_ax1"], "s_1l"), through], "offset")  # mean = score
+    shifted = op("Add", [local, op("Transpose", [offset], "offset_l1", perm=[0, 2, 1])], "shifted")
+    hw = op("Slice", [op("Shape", [features], "shape"), f"{name}_hw_from", f"{name}_hw_to"], "hw")
+    model.graph.node.append(
+        helper.make_node(
+            "Reshape", [shifted, op("Concat", [f"{name}_nl", hw], "nlhw", axis=0)], [raw], name=f"{name}_map"
+        )
+    )
+    _activate(model, raw, name, activation)
+    shape = ["batch", labels, f"{name}_h", f"{name}_w"]
+    model.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape))
+    return model, name
+
+
+def _activate(model: Any, raw: str, name: str, activation: str | None) -> None:
+    """Where the graph puts its scores through Sigmoid or Softmax, the map goes through the same (Softmax across the
+    labels at each location): the map is then in the output's units, whatever the manifest's activation says."""
+    from onnx import helper
+
+    if activation is not None:
+        attrs: dict[str, Any] = {"axis": 1} if activation == "Softmax" else {}
+        model.graph.node.append(helper.make_node(activation, [raw], [name], name=f"{name}_activation", **attrs))
 
 
 def mean_over_hw(node: Any, inits: dict[str, Any]) -> str | None:

@@ -186,9 +186,9 @@ def test_fp16_of_an_nhwc_model_with_external_data(nih_split: dict[str, Path], tm
     with open_runner(bundle, threads=1) as runner:
         out = runner.infer(x)
     assert out["probs"].shape == (3, 2) and out["cam"].shape == (3, 2, 75, 75)
-    scores = out["cam"].mean(axis=(2, 3))
-    softmax = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
-    assert np.allclose(softmax, out["probs"], atol=5e-3), "the map's spatial mean is the score"
+    # The graph ends in Softmax and the spec says "none": the map goes through the same Softmax, across the
+    # labels at each place (tests/test_heatmaps.py checks the map before it, whose spatial mean is the score).
+    assert np.allclose(out["cam"].sum(axis=1), 1.0, atol=1e-5) and (out["cam"] >= 0).all()
 
 
 def test_model_errors_are_plain(tmp_path: Path) -> None:
@@ -369,7 +369,8 @@ def test_imagenet_and_monai_styles(
     bundle = load_bundle(bundle_path)
     assert bundle.manifest.output.heatmap == "cam"
     diagnosis = Diagnoser(bundle, open_runner(bundle, threads=1)).diagnose(next(nih_split["test"].iterdir()))
-    assert diagnosis.status == "ok" and diagnosis.heatmap is not None
+    assert diagnosis.status in ("ok", "outside")
+    assert diagnosis.heatmap is None, "no --labels: no label validated, nothing positive, no heatmap"
 
 
 def test_unusable_reference_and_output_are_plain_errors(nih_split: dict[str, Path], tmp_path: Path) -> None:
@@ -849,11 +850,12 @@ def test_a_spec_heatmap_the_model_cannot_give_is_refused(tmp_path: Path) -> None
     images = _noise_pngs(tmp_path / "images", 24, (5, 4), "RGB")
     named.write_text(text % ', heatmap = "cam"')
     plain.write_text(text % "")
-    with pytest.raises(ModelError, match="names a heatmap output 'cam', which the model lacks, and its head is not"):
+    refused = "names a heatmap output 'cam', which the model lacks, and its head is neither"
+    with pytest.raises(ModelError, match=refused):
         build(BuildInputs(model, load_spec(named), "fp32", tmp_path / "a", calibration=images), Steps(show=False))
     steps = Steps(show=False)
     bundle_path, _ = build(BuildInputs(model, load_spec(plain), "fp32", tmp_path / "b", calibration=images), steps)
-    assert _notes(steps, "heatmap output") == ["none (the head is not GAP + linear)"]
+    assert _notes(steps, "heatmap output") == ["none (the head is neither GAP + linear nor GAP + dense, ReLU, dense)"]
     assert load_bundle(bundle_path).manifest.output.heatmap is None
 
 
