@@ -154,3 +154,22 @@ def _pdf_text(data: bytes) -> str:
         pytest.skip("pdftotext (poppler-utils) is not installed")
     out = subprocess.run(["pdftotext", "-layout", "-", "-"], input=data, capture_output=True, check=True).stdout
     return "\n".join(" ".join(line.split()) for line in out.decode().splitlines() if line.strip())
+
+
+def test_the_worklist_puts_the_most_urgent_unreviewed_positive_first(
+    client: FlaskClient, auth: Any, browser: FlaskClient, nih: Path
+) -> None:
+    """Two positive studies: the one whose finding is further past its threshold first, though it came first."""
+    import re
+
+    posted = []
+    for path in sorted((nih / "images").glob("*.png"))[:12]:
+        body = client.post("/api/v1/studies", data={"file": (io.BytesIO(_png(path)), path.name)}).get_json()
+        result = body["images"][0]["results"][0] if body["images"][0]["results"] else None
+        if result is not None and result["status"] == "ok" and result["triage"] > 0:
+            posted.append((result["triage"], body["uid"]))
+    assert len({t for t, _ in posted}) >= 2, "two positives of different urgency among twelve images"
+    auth.login("clinician")
+    rows = re.findall(r'<tr class="[^"]*" data-uid="([^"]+)"', browser.get("/").get_data(as_text=True))
+    urgent = [uid for _, uid in sorted(posted, key=lambda p: -p[0])]
+    assert rows[: len(urgent)] == urgent, "by triage score, highest first, before every other study"
