@@ -38,7 +38,7 @@ def test_diagnose_prints_one_json_line_per_file(cli: Cli, nih_png: Path) -> None
         "Emphysema",
         "Infiltration",
     }
-    assert all(set(f) == {"label", "probability", "threshold", "positive"} for f in first["findings"])
+    assert all(set(f) == {"label", "probability", "threshold", "positive", "validated"} for f in first["findings"])
     assert set(first["timings_ms"]) == {"decode", "preprocess", "isolation", "infer"}
 
 

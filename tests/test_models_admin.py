@@ -101,7 +101,8 @@ def test_site_thresholds_from_the_admin_page(
     form = {"csrf_token": token, **{f"threshold-{label}": "0" for label in labels}}
     browser.post(f"/admin/models/{sha}/thresholds", data=form)
     findings = client.post("/api/v1/studies?filename=a.png", data=nih_png.read_bytes()).get_json()
-    assert all(f["positive"] and f["threshold"] == 0.0 for f in findings["images"][0]["results"][0]["findings"])
+    every = findings["images"][0]["results"][0]["findings"]
+    assert all(f["positive"] == f["validated"] and f["threshold"] == 0.0 for f in every), "not validated: never"
     for bad in ({**form, f"threshold-{labels[0]}": "1.5"}, {**form, f"threshold-{labels[0]}": "x"}):
         browser.post(f"/admin/models/{sha}/thresholds", data=bad)
     page = browser.get("/admin/models").get_data(as_text=True)

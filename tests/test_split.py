@@ -67,7 +67,8 @@ def test_images_flow_from_the_front_to_a_worker_process_and_back(
         _until(lambda: all(v == 0.0 for v in svc.in_service()[0].thresholds.values()))
         resp = client.post("/api/v1/studies?filename=b.png", data=images[1].read_bytes())
         (result,) = resp.get_json()["images"][0]["results"]
-        assert result["model"]["version"] == "1.4.0" and all(f["positive"] for f in result["findings"])
+        assert result["model"]["version"] == "1.4.0"
+        assert all(f["positive"] == f["validated"] for f in result["findings"]), "threshold 0: every validated one"
 
         second = _start_worker(data)
         out, _ = second.communicate(timeout=120)
