@@ -25,7 +25,7 @@ from converters import graph, guard
 from converters.bundle_writer import listed_files, staged_bundle
 from converters.fidelity import save_reference_io
 from converters.images import load_files
-from converters.validation import OperatingPoint, ValidationRule, threshold_at, validate
+from converters.validation import OperatingPoint, ValidationRule, auc_interval, threshold_at, validate
 from edge_app.bundle import sha256_file, write_manifest
 from edge_app.manifest import (
     InputGuard,
@@ -93,18 +93,6 @@ def auc(y: NDArray[Any], score: NDArray[Any]) -> float:
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(y, score)) if 0 < y.sum() < len(y) else float("nan")
-
-
-def auc_ci(y: NDArray[Any], score: NDArray[Any], seed: int, n_boot: int = 2000) -> tuple[float, float, float]:
-    """AUC with a 95% percentile bootstrap interval over images."""
-    rng = np.random.default_rng(seed)
-    stats = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
-        if 0 < y[idx].sum() < len(idx):
-            stats.append(auc(y[idx], score[idx]))
-    lo, hi = np.percentile(stats, [2.5, 97.5])
-    return auc(y, score), float(lo), float(hi)
 
 
 def internal_split(y_all: Array, seed: int) -> tuple[NDArray[Any], NDArray[Any]]:
@@ -309,8 +297,9 @@ def main(argv: list[str] | None = None) -> None:
     per_label = {}
     for j, label in enumerate(LABELS):
         thr = thresholds[label]
-        a, lo, hi = auc_ci(y_test[:, j], p_test[:, j], args.seed + j)
-        b, blo, bhi = auc_ci(y_test[:, j], p_base[:, j], args.seed + j)
+        measured, baseline = (auc_interval(y_test[:, j], p[:, j], args.seed + j) for p in (p_test, p_base))
+        assert measured is not None and baseline is not None, "both classes in every test label"
+        (a, (lo, hi)), (b, (blo, bhi)) = measured, baseline
         pos = y_test[:, j] == 1
         pred = p_test[:, j] >= thr
         per_label[label] = {

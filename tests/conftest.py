@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from ood_samples import NIH, ROOT, dicom_dirs  # where the real data lies: said once, there
 
 from edge_app.bundle import load_bundle, sha256_file, write_manifest
 from edge_app.config import EMBEDDED_BUNDLE, Settings
@@ -24,9 +25,6 @@ from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
 from edge_app.web import create_app, services
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("EDGE_SHARED_DATA", ROOT.parent / "shared" / "data"))
-NIH = SHARED_DATA / "nih-cxr14-sample"
 _SCRIPT = Path(sys.executable).parent / "edge-app"
 EDGE_APP = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "edge_app.cli"]
 
@@ -42,20 +40,6 @@ def nih() -> Path:
 @pytest.fixture(scope="session")
 def nih_png(nih: Path) -> Path:
     return nih / "images" / "00000075_000.png"
-
-
-def dicom_dirs() -> list[Path]:
-    """Folders of real DICOM files: pydicom-data's store and pydicom's own test files."""
-    import pydicom.data
-
-    dirs = [Path(pydicom.data.__file__).parent / "test_files"]
-    try:
-        import data_store  # the pydicom-data package
-
-        dirs.insert(0, Path(data_store.__file__).parent / "data")
-    except ImportError:
-        pass
-    return dirs
 
 
 def cr_and_us_files() -> list[Path]:

@@ -23,7 +23,6 @@ from ood_samples import (
     outside_samples,
 )
 
-import conftest
 from edge_app.imaging.decode import decode
 
 _MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".jpg": b"\xff\xd8\xff"}
@@ -53,13 +52,6 @@ def _undecodable(samples: list[Sample]) -> list[str]:
         if image.format != _FORMAT[s.suffix]:
             failures.append(f"{s.kind} {s.name}: decoded as {image.format}, named {s.suffix}")
     return failures
-
-
-def test_the_data_locations_are_conftests() -> None:
-    import ood_samples
-
-    assert ood_samples.NIH == conftest.NIH
-    assert ood_samples.dicom_dirs() == conftest.dicom_dirs()
 
 
 @pytest.mark.parametrize("kind", [k for k in OUTSIDE_KINDS if k not in NIH_KINDS])
@@ -111,9 +103,7 @@ def test_only_known_refusals_are_left_out(outside: list[Sample]) -> None:
     assert "pydicom-data/OT-PAL-8-face.dcm:part10.dcm" in names
 
 
-def test_without_nih_data_its_kinds_are_left_out_with_a_note(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_without_nih_data_its_kinds_are_left_out_with_a_note(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="ood_samples"):
         samples = outside_samples(seed=0, per_kind=2, nih_dir=tmp_path)
     assert not [s.name for s in samples if s.name.startswith("nih/")]
