@@ -25,7 +25,7 @@ from edge_app.store.reviews import Review, Reviews
 
 FIELDS = [
     "study", "received", "image", "modality", "status", "model", "label", "probability", "threshold", "positive",
-    "verdict", "reviewer",
+    "validated", "verdict", "reviewer",
 ]  # fmt: skip
 
 
@@ -123,6 +123,7 @@ def _rows(
                     "probability": f"{f['probability']:.4f}",
                     "threshold": f"{f['threshold']:.4f}",
                     "positive": f["positive"],
+                    "validated": f.get("validated", ""),
                     "verdict": review.verdicts.get(f["label"], "") if review else "",
                     "reviewer": review.author if review else "",
                 }

@@ -50,7 +50,9 @@ def test_an_export_as_it_is(cli: Cli, tmp_path: Path, api_client: Callable[[Flas
     assert (export / png["uid"] / "image-1.png").is_file() and (export / png["uid"] / "report.pdf").is_file()
     rows = list(csv.DictReader((export / "results.csv").open(encoding="utf-8")))
     effusion = next(r for r in rows if r["study"] == dicom["uid"] and r["label"] == "Effusion")
-    assert effusion["verdict"] == "disagree" and effusion["reviewer"] == "dr-ade"
+    assert effusion["verdict"] == "disagree" and effusion["reviewer"] == "dr-ade" and effusion["validated"] == "True"
+    infiltration = next(r for r in rows if r["study"] == dicom["uid"] and r["label"] == "Infiltration")
+    assert (infiltration["validated"], infiltration["positive"]) == ("False", "False")
     assert {r["study"] for r in rows} == {dicom["uid"], png["uid"]}
 
 

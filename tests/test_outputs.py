@@ -93,6 +93,9 @@ def test_the_report_and_the_heatmap_capture_reach_the_pacs(
         (image,) = study["images"]
         for finding, text in zip(image["results"][0]["findings"], texts[3:], strict=True):
             assert text.startswith(f"{finding['label']}: probability {finding['probability']:.4f}, threshold")
+            said = "not validated" if not finding["validated"] else "positive" if finding["positive"] else "negative"
+            assert text.endswith(f", {said}"), "an unvalidated label is neither positive nor negative in the PACS"
+        assert texts[-1].startswith("Infiltration:") and texts[-1].endswith(", not validated")
         evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
         assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
         assert sc.PhotometricInterpretation == "RGB" and sc.pixel_array.shape[2] == 3

@@ -78,7 +78,8 @@ def findings_report(
         _text("NOTCLINICAL", "Intended use", "Not for clinical use: a demonstration, not a diagnosis"),
     ]
     for f in findings:
-        decision = "positive" if f["positive"] else "negative"
+        # A label its validation does not support is neither: say so, as the tablet does.
+        decision = "not validated" if f.get("validated") is False else "positive" if f["positive"] else "negative"
         items.append(
             _text(
                 "FINDING",
