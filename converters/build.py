@@ -180,11 +180,7 @@ def _clean(model: Any, spec_input: Any) -> tuple[Any, str]:
         cleaned, cancelled = fold.cancel_transposes(cleaned)
         if not folded and not cancelled:
             return model, "nothing to fold"
-        shape = (
-            (spec_input.channels, spec_input.height, spec_input.width)
-            if spec_input.layout == "NCHW"
-            else (spec_input.height, spec_input.width, spec_input.channels)
-        )
+        shape = spec_input.image_shape
         x = np.random.default_rng(0).uniform(-1, 1, (2, *shape)).astype(np.dtype(spec_input.dtype))
         outs = []
         for m in (model, cleaned):

@@ -55,10 +55,7 @@ def load_module(model: str, weights: Path | None) -> Any:
 def export(net: Any, spec: InputSpec, output: OutputSpec, path: Path) -> None:
     """Export to ONNX with the spec's input name and output names and a dynamic batch dimension."""
     torch = _torch()
-    shape = (
-        (spec.channels, spec.height, spec.width) if spec.layout == "NCHW" else (spec.height, spec.width, spec.channels)
-    )
-    dummy = torch.zeros(1, *shape)
+    dummy = torch.zeros(1, *spec.image_shape)
     with torch.no_grad():
         result = net(dummy)
     n_outputs = len(result) if isinstance(result, (tuple, list)) else 1

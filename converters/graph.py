@@ -60,9 +60,7 @@ def check_input(model: Any, spec: InputSpec) -> None:
         raise ModelError(f"the model has {len(inputs)} inputs ({', '.join(inputs)}); one image input is supported")
     dims = inputs[spec.name].type.tensor_type.shape.dim
     shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    expected = (
-        [spec.channels, spec.height, spec.width] if spec.layout == "NCHW" else [spec.height, spec.width, spec.channels]
-    )
+    expected = list(spec.image_shape)
     if len(shape) != 4 or any(s is not None and s != e for s, e in zip(shape[1:], expected, strict=True)):
         raise ModelError(f"input {spec.name!r} has shape {shape}; the spec ({spec.layout}) implies [N, {expected}]")
 
@@ -110,11 +108,8 @@ def verify_batches(model_path: Path, spec: InputSpec, batches: tuple[int, ...] =
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    shape = (
-        (spec.channels, spec.height, spec.width) if spec.layout == "NCHW" else (spec.height, spec.width, spec.channels)
-    )
     for n in batches:
-        x = np.zeros((n, *shape), dtype=np.dtype(spec.dtype))
+        x = np.zeros((n, *spec.image_shape), dtype=np.dtype(spec.dtype))
         try:
             outputs = session.run(None, {spec.name: x})
         except Exception as exc:

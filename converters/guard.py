@@ -231,7 +231,7 @@ def _measure(
 
     rng = np.random.default_rng(1)
     n = min(len(held_out), 64)
-    shape = (n, *_shape(spec))
+    shape = (n, *spec.image_shape)
     lo, hi = _tensor_range(prep)
     noise = (lo + (hi - lo) * rng.uniform(0.0, 1.0, shape)).astype(held_out.dtype)
     blank = np.stack([np.full(shape[1:], lo + (hi - lo) * v) for v in np.linspace(0, 1, n)]).astype(held_out.dtype)
@@ -271,12 +271,6 @@ def _inverted(x: NDArray[np.generic], spec: InputSpec, prep: Preprocessing) -> N
         std = np.asarray(prep.std, np.float64).reshape(shape)
         return np.asarray(((a + b - (v * std + mean)) - mean) / std, dtype=x.dtype)
     return np.asarray(a + b - v, dtype=x.dtype)
-
-
-def _shape(spec: InputSpec) -> tuple[int, int, int]:
-    if spec.layout == "NCHW":
-        return spec.channels, spec.height, spec.width
-    return spec.height, spec.width, spec.channels
 
 
 def _is_1x1(model: Any, conv: Any) -> bool:

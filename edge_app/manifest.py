@@ -26,6 +26,13 @@ class InputSpec(_Strict):
     channels: Literal[1, 3] = 1
     dtype: Literal["float32", "float16"] = "float32"
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """One image's dimensions in the tensor, the batch left out: (C, H, W) or (H, W, C) by the layout."""
+        if self.layout == "NCHW":
+            return self.channels, self.height, self.width
+        return self.height, self.width, self.channels
+
 
 class Preprocessing(_Strict):
     """How decoded pixels (in [0, 1], as a viewer shows them) become the input tensor, step by step.

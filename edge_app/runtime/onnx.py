@@ -50,11 +50,7 @@ class OnnxRuntimeRunner(Runner):
         declared = _ORT_DTYPES.get(inputs[spec.name].type)
         if declared != spec.dtype:
             raise BundleError(f"input {spec.name!r} is {inputs[spec.name].type}, the manifest says {spec.dtype}")
-        expected = (
-            (spec.channels, spec.height, spec.width)
-            if spec.layout == "NCHW"
-            else (spec.height, spec.width, spec.channels)
-        )
+        expected = spec.image_shape
         shape = tuple(inputs[spec.name].shape[1:])
         if len(shape) != 3 or any(isinstance(d, int) and d != e for d, e in zip(shape, expected, strict=True)):
             raise BundleError(f"input {spec.name!r} has shape {shape}, the manifest implies {expected}")

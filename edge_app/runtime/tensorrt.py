@@ -84,9 +84,7 @@ def check_engine_io(tensors: list[EngineTensor], manifest: Manifest) -> None:
     (image,) = inputs
     if image.dtype != spec.dtype:
         raise BundleError(f"engine input {spec.name!r} is {image.dtype}, the manifest says {spec.dtype}")
-    expected = (
-        (spec.channels, spec.height, spec.width) if spec.layout == "NCHW" else (spec.height, spec.width, spec.channels)
-    )
+    expected = spec.image_shape
     if len(image.shape) != 4 or image.shape[1:] != expected:
         raise BundleError(f"engine input {spec.name!r} has shape {image.shape}, the manifest implies (N, {expected})")
     for name in manifest.output_names():

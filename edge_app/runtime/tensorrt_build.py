@@ -89,9 +89,7 @@ def _build_plan(
     if m.precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: scales come from the graph's Q/DQ nodes
     spec = m.input
-    image = (
-        (spec.channels, spec.height, spec.width) if spec.layout == "NCHW" else (spec.height, spec.width, spec.channels)
-    )
+    image = spec.image_shape
     profile = builder.create_optimization_profile()
     most = trt.Dims([options.max_batch, *image])
     # The DLA takes no dynamic shapes (min = opt = max): a DLA engine has one batch size, max_batch.

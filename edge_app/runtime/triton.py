@@ -42,11 +42,7 @@ def model_name(manifest: Manifest) -> str:
 def io_shapes(manifest: Manifest) -> tuple[list[int], list[str]]:
     """The input's dims without the batch, and the output names (scores, then the heatmap and the guard where there
     are)."""
-    spec = manifest.input
-    image = [spec.height, spec.width, spec.channels]
-    if spec.layout == "NCHW":
-        image = [spec.channels, spec.height, spec.width]
-    return image, manifest.output_names()
+    return list(manifest.input.image_shape), manifest.output_names()
 
 
 class TritonRunner(Runner):
