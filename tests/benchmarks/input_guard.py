@@ -34,7 +34,8 @@ from edge_app.runtime import open_runner  # noqa: E402
 
 
 def refusals(diagnoser: Diagnoser, samples: list) -> dict[str, list[bool]]:  # type: ignore[type-arg]
-    """Per kind, whether each image was refused by the guard (decoder refusals counted apart, as refused)."""
+    """Per kind, whether each image was refused: by the guard, or by the decoder (the sets hold only files the
+    decoder reads, so none is)."""
     out: dict[str, list[bool]] = defaultdict(list)
     for sample in samples:
         diagnosis = diagnoser.diagnose(sample.data, source=sample.name)
