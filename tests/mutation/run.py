@@ -506,12 +506,6 @@ EQUIVALENT = {
         "if np.abs(np.asarray(a, np.float64) - b).max() > 1e-4 * max(1.0, float(np.abs(a).max())):",
         "core/ReplaceComparisonOperator_Gt_GtE",
     ): ("a largest difference exactly equal to its tolerance: float sums of a random probe never land on it"),
-    ('if spec_input.layout == "NCHW"', "core/ReplaceComparisonOperator_Eq_LtE"): (
-        "the layout is NCHW or NHWC: of the two only 'NCHW' <= 'NCHW'"
-    ),
-    ('if spec_input.layout == "NCHW"', "core/ReplaceComparisonOperator_Eq_Is"): (
-        "pydantic validates a Literal field to the literal's own (interned) string: `is` and `==` agree"
-    ),
     ("sample = calibration.tensors[:32]", "core/NumberReplacer"): (
         "NOT equivalent, listed as beyond a test: 31 or 33 images may rank two nodes of nearly equal loss the other "
         "way round; the ranking itself is tested against numpy's (the fallback's test)"
