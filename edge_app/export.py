@@ -75,8 +75,11 @@ def _write(store: Store, dest: Path, deidentify: bool, since: dt.date | None) ->
             if image["view_sha256"]:
                 pictures[image["id"]] = store.read_file(image["view_sha256"])
             for result in image["results"]:
-                if "heatmap" in result:
-                    heatmaps[result["id"]] = store.read_file(result["heatmap"]["sha256"])
+                if result["heatmaps"]:  # the most probable finding's
+                    heatmaps[result["id"]] = (
+                        result["heatmaps"][0]["label"],
+                        store.read_file(result["heatmaps"][0]["sha256"]),
+                    )
             found = reviews.of_image(image["id"])
             if deidentify:
                 found = [_pseudonymous(r, reviewers) for r in found]

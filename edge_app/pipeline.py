@@ -42,7 +42,7 @@ class Diagnosis:
     guard: GuardCheck | None = None  # None: the bundle has no guard, the image was not checked
     triage: float = 0.0  # how urgent: `result.triage_score` (0 where no validated finding is positive)
     findings: list[Finding] = field(default_factory=list)
-    heatmap: Heatmap | None = None
+    heatmaps: list[Heatmap] = field(default_factory=list)  # one per positive finding, the most probable first
     metadata: dict[str, Any] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
     preview: NDArray[np.uint8] | None = None
@@ -201,14 +201,14 @@ class Diagnoser:
                 preview=prepared.preview,
             )
         found = findings(manifest, outputs)
-        positive = [f for f in found if f.positive]  # a heatmap only where something is found
-        top = max(positive, key=lambda f: f.probability) if positive else None
+        positive = sorted((f for f in found if f.positive), key=lambda f: -f.probability)  # only where found
+        maps = [heatmap(manifest, outputs, f.label) for f in positive]
         return Diagnosis(
             source,
             "ok",
             model,
             findings=found,
-            heatmap=heatmap(manifest, outputs, top.label) if top is not None else None,
+            heatmaps=[m for m in maps if m is not None],
             triage=triage_score(found),
             guard=check,
             metadata=prepared.metadata,

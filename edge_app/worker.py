@@ -138,14 +138,13 @@ class Worker:
 
 
 def _model_result(bundle_sha256: str, diagnosis: Diagnosis) -> ModelResult:
-    hm = diagnosis.heatmap
     return ModelResult(
         status=diagnosis.status,
         model=diagnosis.model,
         bundle_sha256=bundle_sha256,
         reason=diagnosis.reason,
         findings=[f.as_dict() for f in diagnosis.findings],
-        heatmap=(hm.label, heatmap_png(hm)) if hm is not None else None,
+        heatmaps=[(hm.label, heatmap_png(hm)) for hm in diagnosis.heatmaps],
         timings=diagnosis.timings_ms,
         guard=diagnosis.guard.as_dict() if diagnosis.guard is not None else None,
         triage=diagnosis.triage,

@@ -39,6 +39,15 @@ def test_post_png_gives_a_study_with_findings(client: FlaskClient, nih_png: Path
     heat = client.get(f"/api/v1/results/{result['id']}/heatmap.png")
     assert heat.status_code == 200 and heat.mimetype == "image/png"
     assert Image.open(io.BytesIO(heat.data)).size == (4, 4)
+    first = result["heatmaps"][0]["label"]
+    assert client.get(f"/api/v1/results/{result['id']}/heatmap.png?label={first}").data == heat.data, "the first"
+    other = next(f["label"] for f in result["findings"] if not f["positive"])
+    refused = client.get(f"/api/v1/results/{result['id']}/heatmap.png?label={other}")
+    assert refused.status_code == 404 and refused.get_json()["detail"] == (
+        f"result {result['id']} has no heatmap for {other!r} (it has: "
+        + ", ".join(m["label"] for m in result["heatmaps"])
+        + ")"
+    )
     listed = client.get("/api/v1/studies").get_json()["studies"]
     assert [s["uid"] for s in listed] == [study["uid"]]
 
@@ -132,7 +141,7 @@ def test_the_service_finishes_what_a_crash_left(tmp_path: Path, nih_png: Path) -
         assert store.wait_for(added.image_id, timeout=60) == ("done", None)
         (image,) = store.get_study(added.study_uid)["images"]
         (result,) = image["results"]
-        assert result["status"] == "ok" and store.read_file(result["heatmap"]["sha256"])
+        assert result["status"] == "ok" and store.read_file(result["heatmaps"][0]["sha256"])
         assert store.read_file(digest) == nih_png.read_bytes(), "the image itself is kept"
         assert not store.file_path(orphan).exists() and not incoming.exists()
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import json
 import ssl
 import subprocess
 import time
@@ -39,6 +40,7 @@ ARGS = [
     "--no-first-run",
 ]
 
+Tablet = tuple[str, str, Callable[[bytes], str]]
 pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"),
     pytest.mark.slow,
@@ -46,9 +48,10 @@ pytestmark = [
 
 
 @pytest.fixture
-def tablet_server(tmp_path: Path, free_port: int, token_for: Callable[..., Any]) -> Iterator[tuple[str, str]]:
+def tablet_server(tmp_path: Path, free_port: int, token_for: Callable[..., Any]) -> Iterator[Tablet]:
     """A served appliance as on the clinic's Wi-Fi (HTTPS with the certificate `edge-app tls init` makes, all
-    interfaces), with one clinician and one study received over DICOM; yields (base URL, study UID)."""
+    interfaces), with one clinician and one study received over DICOM; yields (base URL, study UID, a function
+    that uploads a PNG through the API and returns its study's UID once diagnosed)."""
     import pydicom
     from pynetdicom import AE
 
@@ -81,6 +84,15 @@ def tablet_server(tmp_path: Path, free_port: int, token_for: Callable[..., Any])
         with urllib.request.urlopen(req, timeout=10, context=tls) as resp:
             return bytes(resp.read())
 
+    def upload(png: bytes) -> str:
+        req = urllib.request.Request(
+            base + "/api/v1/studies?filename=upload.png",
+            data=png,
+            headers={**headers, "Content-Type": "application/octet-stream"},
+        )
+        with urllib.request.urlopen(req, timeout=60, context=tls) as resp:
+            return str(json.loads(resp.read())["uid"])
+
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -105,15 +117,15 @@ def tablet_server(tmp_path: Path, free_port: int, token_for: Callable[..., Any])
                 pass  # not received yet
             assert time.monotonic() < deadline + 60, "the study was not diagnosed"
             time.sleep(0.3)
-        yield base, str(ds.StudyInstanceUID)
+        yield base, str(ds.StudyInstanceUID), upload
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
-def test_a_clinician_reviews_a_study_on_the_tablet(tablet_server: tuple[str, str]) -> None:
+def test_a_clinician_reviews_a_study_on_the_tablet(tablet_server: Tablet) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
-    base, uid = tablet_server
+    base, uid, _ = tablet_server
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     errors: list[str] = []
     with sync_api.sync_playwright() as p:
@@ -184,3 +196,39 @@ def test_a_clinician_reviews_a_study_on_the_tablet(tablet_server: tuple[str, str
         finally:
             browser.close()
     assert not errors, f"the browser reported errors (a CSP violation is one): {errors}"
+
+
+def test_the_clinician_picks_which_finding_s_heatmap(tablet_server: Tablet, nih: Path) -> None:
+    """An NIH image with three positive findings: the tablet shows the most probable one's heatmap, another is
+    picked from the list, the canvas changes, and the printed report follows the pick."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+    base, _, upload = tablet_server
+    uid = upload((nih / "images" / "00000442_000.png").read_bytes())
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 800, "height": 1280}, ignore_https_errors=True)
+            page = context.new_page()
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(base + "/login")
+            page.fill("#username", "dr-ade")
+            page.fill("#password", PASSWORD)
+            page.click("#login-form button[type=submit]")
+            page.goto(f"{base}/studies/{uid}")
+            page.wait_for_selector(".viewer[data-drawn]")
+            labels = page.eval_on_selector_all(".heatmap-choice option", "os => os.map(o => o.dataset.label)")
+            assert len(labels) == 3, "one heatmap per positive finding"
+            first = page.evaluate("document.querySelector('.viewer canvas').toDataURL()")
+            drawn = page.get_attribute(".viewer", "data-drawn")
+            page.select_option(".heatmap-choice", index=1)
+            page.wait_for_function(f"document.querySelector('.viewer').dataset.drawn !== '{drawn}'")
+            assert page.evaluate("document.querySelector('.viewer canvas').toDataURL()") != first, "another map"
+            href = page.get_attribute("#report", "href")
+            assert href is not None and href.endswith(f"report.pdf?heatmap={labels[1]}")
+            pdf = context.request.get(base + href)
+            assert pdf.ok and pdf.body()[:5] == b"%PDF-"
+            page.screenshot(path=str(ARTIFACTS / "study-heatmap-choice-800x1280.png"), full_page=True)
+        finally:
+            browser.close()
+    assert not errors, errors

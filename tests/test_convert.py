@@ -370,7 +370,7 @@ def test_imagenet_and_monai_styles(
     assert bundle.manifest.output.heatmap == "cam"
     diagnosis = Diagnoser(bundle, open_runner(bundle, threads=1)).diagnose(next(nih_split["test"].iterdir()))
     assert diagnosis.status in ("ok", "outside")
-    assert diagnosis.heatmap is None, "no --labels: no label validated, nothing positive, no heatmap"
+    assert diagnosis.heatmaps == [], "no --labels: no label validated, nothing positive, no heatmap"
 
 
 def test_unusable_reference_and_output_are_plain_errors(nih_split: dict[str, Path], tmp_path: Path) -> None:

@@ -101,7 +101,7 @@ def test_kill_9_while_images_arrive_loses_nothing_acknowledged(
     referenced = {
         r[0]
         for r in db.execute(
-            "SELECT sha256 FROM images UNION SELECT view_sha256 FROM images UNION SELECT heatmap_sha256 FROM results"
+            "SELECT sha256 FROM images UNION SELECT view_sha256 FROM images UNION SELECT sha256 FROM heatmaps"
         )
     }
     unfinished = db.execute("SELECT count(*) FROM jobs WHERE state != 'done'").fetchone()[0]

@@ -79,7 +79,7 @@ def test_the_reference_bundle_carries_a_guard_as_an_output_of_its_graph() -> Non
 
 def test_noise_is_outside_and_gets_no_findings(diagnoser: Diagnoser) -> None:
     diagnosis = diagnoser.diagnose(_noise(), source="noise.png")
-    assert diagnosis.status == "outside" and diagnosis.findings == [] and diagnosis.heatmap is None
+    assert diagnosis.status == "outside" and diagnosis.findings == [] and diagnosis.heatmaps == []
     assert diagnosis.guard is not None and diagnosis.guard.outside and diagnosis.guard.score > 0
     assert diagnosis.reason is not None
     assert diagnosis.reason.startswith(
@@ -452,7 +452,7 @@ def test_a_version_6_database_takes_outside_and_keeps_its_rows(tmp_path: Path) -
     with pytest.raises(sqlite3.IntegrityError):
         db.execute("UPDATE images SET status = 'outside'")
     migrate(db, "2026-12-01T00:00:00")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 7
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 8
     assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1, "foreign keys on again"
     assert db.execute("SELECT id, status, guard FROM results").fetchall() == [(1, "ok", None)]
     db.execute("UPDATE images SET status = 'outside'")
@@ -478,7 +478,7 @@ def test_an_outside_image_is_stored_listed_with_its_reason_and_viewable(
     assert image["view_sha256"], "stored, and viewable"
     [result] = image["results"]
     assert result["status"] == "outside" and result["findings"] == [] and result["guard"]["outside"] is True
-    assert "heatmap" not in result
+    assert result["heatmaps"] == []
     auth.login("clinician")
     uid = body["study"]["uid"]
     view = browser.get(f"/studies/{uid}/images/{image['id']}/view.jpg")

@@ -35,8 +35,8 @@ def test_old_images_lose_their_files_and_keep_their_findings(
     assert image["purged_at"] and image["view_sha256"] is None
     assert image["results"][0]["findings"] == old_image["results"][0]["findings"], "the findings stay"
     assert svc.reviews.of_image(image["id"])[0].note == "seen"
-    heatmap = image["results"][0]["heatmap"]["sha256"]
-    assert svc.store.file_path(heatmap).is_file()
+    heatmaps = image["results"][0]["heatmaps"]
+    assert heatmaps and all(svc.store.file_path(m["sha256"]).is_file() for m in heatmaps)
     (kept,) = client.get(f"/api/v1/studies/{new['uid']}").get_json()["images"]
     assert kept["purged_at"] is None and svc.store.file_path(kept["sha256"]).is_file(), "a recent one stays"
     assert svc.store.remove_orphans() == 0

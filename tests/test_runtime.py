@@ -68,7 +68,9 @@ def test_png_diagnosis(diagnoser: Diagnoser, nih_png: Path) -> None:
     assert d.status == "ok"
     assert [f.label for f in d.findings] == list(diagnoser.bundle.manifest.labels)
     assert all(0.0 <= f.probability <= 1.0 for f in d.findings)
-    assert d.heatmap is not None and d.heatmap.values.shape == (4, 4)
+    positive = sorted((f for f in d.findings if f.positive), key=lambda f: -f.probability)
+    assert [h.label for h in d.heatmaps] == [f.label for f in positive], "one per positive finding, in order"
+    assert positive and all(h.values.shape == (4, 4) for h in d.heatmaps)
     assert set(d.timings_ms) == {"decode", "preprocess", "infer"}
     assert d.as_dict()["model"] == {
         "name": "cxr-reference",

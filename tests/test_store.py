@@ -14,7 +14,8 @@ import pytest
 from edge_app.errors import ConfigError, NotFound, UserError
 from edge_app.imaging.header import ImageHeader, generated_header
 from edge_app.store import ModelResult, Outcome, Store
-from edge_app.store.schema import _V1
+from edge_app.store.db import chosen_heatmap
+from edge_app.store.schema import _V1, MIGRATIONS
 
 MODEL = {"name": "m", "version": "1", "precision": "fp32", "runner": "onnxruntime"}
 
@@ -39,7 +40,7 @@ def test_durability_settings(tmp_path: Path) -> None:
     store = Store(tmp_path)
     assert store.pragma("journal_mode") == "wal"
     assert store.pragma("synchronous") == 2  # FULL
-    assert store.pragma("user_version") == 7
+    assert store.pragma("user_version") == 8
     store.close()
 
 
@@ -97,13 +98,18 @@ def test_a_job_is_claimed_once_and_its_outcome_recorded(tmp_path: Path) -> None:
     assert job is not None and job.image_id == added.image_id and job.attempts == 1
     assert job.header == _header() and job.metadata["modality"] == "CR"
     assert store.claim_job(lease_s=60, max_attempts=3) is None, "leased: no second worker gets it"
-    result = ModelResult("ok", MODEL, "b" * 64, findings=[{"label": "x"}], heatmap=("x", b"png"), timings={"t": 1})
+    maps = [("y", b"png of y"), ("x", b"png of x")]  # the most probable finding's first
+    result = ModelResult("ok", MODEL, "b" * 64, findings=[{"label": "x"}], heatmaps=maps, timings={"t": 1})
     store.finish_job(job, Outcome("done", metadata={"rows": 10}, results=[result]))
     assert store.wait_for(added.image_id, timeout=0) == ("done", None)
     (image,) = store.get_study("1.2.3")["images"]
     assert image["metadata"]["rows"] == 10 and image["metadata"]["modality"] == "CR"
     (r,) = image["results"]
-    assert r["status"] == "ok" and r["bundle_sha256"] == "b" * 64 and store.read_file(r["heatmap"]["sha256"]) == b"png"
+    assert r["status"] == "ok" and r["bundle_sha256"] == "b" * 64
+    assert [(m["label"], store.read_file(m["sha256"])) for m in r["heatmaps"]] == maps, "each kept, in order"
+    assert chosen_heatmap(r) == r["heatmaps"][0] and chosen_heatmap(r, "x") == r["heatmaps"][1]
+    assert chosen_heatmap(r, "z") is None
+    assert store.remove_orphans() == 0, "heatmap files are in use"
     assert store.get_result(r["id"])["findings"] == [{"label": "x"}]
     assert store.queued() == 0
     store.close()
@@ -162,7 +168,7 @@ def test_a_version_1_database_is_taken_forward(tmp_path: Path) -> None:
     db.close()
 
     store = Store(tmp_path)
-    assert store.pragma("user_version") == 7
+    assert store.pragma("user_version") == 8
     study = store.get_study("abc")
     assert study["patient_id"] == "P9"
     a, b, c = study["images"]
@@ -171,6 +177,31 @@ def test_a_version_1_database_is_taken_forward(tmp_path: Path) -> None:
     assert c["status"] == "queued" and a["series_uid"] == b["series_uid"] == c["series_uid"] is not None
     job = store.claim_job(60, 3)
     assert job is not None and job.image_id == 3
+    store.close()
+
+
+def test_a_version_7_result_s_heatmap_becomes_its_first_of_many(tmp_path: Path) -> None:
+    """Version 8 moves each result's single heatmap into the heatmaps table (rank 0) and drops the old columns."""
+    db = sqlite3.connect(tmp_path / "edge-app.sqlite3", isolation_level=None)
+    for version, step in enumerate(MIGRATIONS[:7]):
+        db.execute("BEGIN")
+        step(db, "t")
+        db.execute(f"PRAGMA user_version = {version + 1}")
+        db.execute("COMMIT")
+    db.execute("INSERT INTO studies (uid, created_at, source) VALUES ('1.2', 't', 'test')")
+    db.execute("INSERT INTO images (study_id, created_at, filename, sha256, size) VALUES (1, 't', 'a', 'ab', 1)")
+    db.execute(
+        "INSERT INTO results (image_id, created_at, status, model, bundle_sha256, heatmap_label, heatmap_sha256) "
+        "VALUES (1, 't', 'ok', '{}', 'cd', 'Effusion', ?), (1, 't', 'ok', '{}', 'cd', NULL, NULL)",
+        ("e" * 64,),
+    )
+    db.close()
+    store = Store(tmp_path)
+    assert store.pragma("user_version") == 8
+    first, second = store.get_study("1.2")["images"][0]["results"]
+    assert first["heatmaps"] == [{"label": "Effusion", "sha256": "e" * 64}] and second["heatmaps"] == []
+    columns = [r[1] for r in store.query("PRAGMA table_info(results)")]
+    assert "heatmap_label" not in columns and "heatmap_sha256" not in columns
     store.close()
 
 

@@ -117,9 +117,10 @@ def test_the_study_page_shows_each_finding_s_figures_and_the_model_s_card(
     assert "not validated" in infiltration_line and "positive" not in infiltration_line
     assert f"AUC {v.auc:.2f} ({v.auc_95ci[0]:.2f}-{v.auc_95ci[1]:.2f}), sens. {v.sensitivity:.2f}" in text  # type: ignore[index]
     assert "Made for: CR/DX CHEST PA/AP." in text
-    heat = result["heatmap"]["label"]
-    assert next(f for f in result["findings"] if f["label"] == heat)["positive"], "a heatmap of a positive finding"
-    assert f"Heatmap of {heat}: red where the model's local probability is high" in text
+    positive = sorted((f for f in result["findings"] if f["positive"]), key=lambda f: -f["probability"])
+    assert [m["label"] for m in result["heatmaps"]] == [f["label"] for f in positive], "each positive, no other"
+    heat = positive[0]["label"]
+    assert f"Heatmap of {heat}: the model's local probability, 0 to 1." in text, "the most probable by default"
     assert "the model's local probability, 0 to 1" in page, "the tablet's legend"
 
 
@@ -136,10 +137,10 @@ def test_no_heatmap_where_nothing_is_positive_and_the_page_says_why(
         for p in sorted((nih / "images").glob("*.png"))
         if (d := diagnoser.diagnose(p)).status == "ok" and not any(f.positive for f in d.findings)
     )
-    assert diagnoser.diagnose(negative).heatmap is None
+    assert diagnoser.diagnose(negative).heatmaps == []
     body = client.post("/api/v1/studies", data={"file": (io.BytesIO(_png(negative)), "n.png")}).get_json()
     [result] = body["images"][0]["results"]
-    assert "heatmap" not in result and result["triage"] == 0.0
+    assert result["heatmaps"] == [] and result["triage"] == 0.0
     auth.login("clinician")
     page = browser.get(f"/studies/{body['uid']}").get_data(as_text=True)
     assert "No heatmap: no finding is positive." in page and "heatmap-toggle" not in page

@@ -4,6 +4,7 @@ devices, the administration, the French pages."""
 from __future__ import annotations
 
 import csv
+import html
 import io
 import re
 from pathlib import Path
@@ -31,11 +32,12 @@ def _positives(study: dict[str, Any]) -> list[str]:
 
 @pytest.fixture
 def studies(client: FlaskClient, nih_png: Path) -> list[dict[str, Any]]:
-    """NIH images until one has no positive finding and one has some (the reference model's decisions)."""
+    """NIH images until one has no positive finding and one has two or more (the reference model's decisions)."""
     found: dict[bool, dict[str, Any]] = {}
     for path in sorted((NIH / "images").glob("*.png")):
         study = _post(client, path.read_bytes(), path.name)
-        found.setdefault(bool(_positives(study)), study)
+        if len(_positives(study)) != 1:
+            found.setdefault(bool(_positives(study)), study)
         if len(found) == 2:
             return [found[False], found[True]]
     pytest.skip("no NIH image without a positive finding")
@@ -90,8 +92,26 @@ def test_the_study_page_shows_what_a_clinician_needs(
     assert view and heat
     picture = browser.get(view.group(1))
     assert picture.mimetype == "image/jpeg" and picture.data[:3] == b"\xff\xd8\xff"
-    assert browser.get(heat.group(1)).mimetype == "image/png"
-    assert 'class="heatmap-toggle"' in page and f"({result['heatmap']['label']})" in page
+    assert 'class="heatmap-toggle"' in page and "the model's local probability, 0 to 1" in page, "with its legend"
+    # One heatmap per positive finding, the most probable shown first; the clinician picks another.
+    positive = sorted((f for f in result["findings"] if f["positive"]), key=lambda f: -f["probability"])
+    assert len(positive) >= 2
+    options = re.findall(r'<option value="([^"]+)" data-label="([^"]+)">([^<]+)</option>', page)
+    assert [label for _, label, _ in options] == [f["label"] for f in positive]
+    assert [text for _, _, text in options] == [f"{f['label']} ({f['probability']:.2f})" for f in positive]
+    assert html.unescape(heat.group(1)) == html.unescape(options[0][0])
+    store = services.get_from(app).store
+    for (url, label, _), stored in zip(options, result["heatmaps"], strict=True):
+        served = browser.get(html.unescape(url))
+        assert served.mimetype == "image/png" and served.data == store.read_file(stored["sha256"])
+        assert stored["label"] == label
+    assert options[0][0] != options[1][0] and result["heatmaps"][0]["sha256"] != result["heatmaps"][1]["sha256"]
+    base = f"/studies/{study['uid']}/results/{result['id']}/heatmap.png"
+    assert browser.get(f"{base}?label=Hernia").status_code == 404, "no heatmap of a finding that is not positive"
+    pdf = browser.get(f"/studies/{study['uid']}/report.pdf?heatmap={positive[1]['label']}")
+    text = _pdf_text(pdf.data)
+    assert f"Heatmap of {positive[1]['label']}: the model's local probability, 0 to 1." in text, "the one picked"
+    assert f"other positive findings on the tablet: {positive[0]['label']}" in " ".join(text.split())
     assert ("clinician", "study.view", study["uid"]) in [
         (e["actor"], e["action"], e["subject"]) for e in services.get_from(app).store.audit_trail()
     ]

@@ -28,8 +28,8 @@ class Outbox:
                 continue
             findings = [f.as_dict() for f in d.findings]
             documents = {"sr": self.store.put_file(findings_report(job.header, d.model, bundle_sha256, findings))}
-            if d.heatmap is not None and d.preview is not None:
-                capture = heatmap_capture(job.header, d.preview, d.heatmap.values, d.heatmap.label)
+            if d.heatmaps and d.preview is not None:  # the PACS gets the most probable finding's heatmap
+                capture = heatmap_capture(job.header, d.preview, d.heatmaps[0].values, d.heatmaps[0].label)
                 documents["sc"] = self.store.put_file(capture)
             for destination in self.settings.destinations:
                 items += [(str(destination), kind, documents[kind]) for kind in destination.send if kind in documents]

@@ -25,13 +25,14 @@ _INK, _RED, _GREY = (0.1, 0.1, 0.1), (0.75, 0.05, 0.05), (0.45, 0.45, 0.45)
 def study_report(
     study: dict[str, Any],
     pictures: Mapping[int, bytes],
-    heatmaps: Mapping[int, bytes],
+    heatmaps: Mapping[int, tuple[str, bytes]],
     reviews: Mapping[int, Sequence[Review]],
     _: Translate,
     typeface: Fonts | None = None,
     cards: Mapping[str, Manifest | None] | None = None,
 ) -> bytes:
-    """The PDF of the study's first image with findings (else its first image), in the language of `_`, its text in
+    """The PDF of the study's first image with findings (else its first image) and, beside it, the heatmap in
+    `heatmaps` (result id -> finding, PNG) of its result, in the language of `_`, its text in
     `typeface` (default: the system's fonts, `fonts()`); `cards`: the manifest of each result's bundle (by sha256),
     for the model's card and each finding's validation figures, where the bundle is still on the box."""
     from reportlab.lib.pagesizes import A4
@@ -90,14 +91,19 @@ def study_report(
     picture = pictures.get(image["id"]) if image else None
     if picture is not None:
         heat = heatmaps.get(result["id"]) if result else None
-        y = _pictures(pdf, picture, heat, left, y, width - 2 * left, _)
-        if heat is not None and result is not None and "heatmap" in result:
-            label = result["heatmap"]["label"]
-            caption = _(
-                "Heatmap of %(label)s: red where the model's local probability is high (0 clear, 1 full red).",
-                label=label,
-            )
-            line(caption, 8, color=_GREY)
+        y = _pictures(pdf, picture, heat[1] if heat else None, left, y, width - 2 * left, _)
+        if heat is not None and result is not None:
+            others = [m["label"] for m in result["heatmaps"] if m["label"] != heat[0]]
+            _legend(pdf, typeface, left + 2 * mm, y + 2)
+            caption = _("Heatmap of %(label)s: the model's local probability, 0 to 1.", label=heat[0])
+            unprinted.append(_draw(pdf, typeface, left + 38 * mm, y + 3, caption, 8, False, _GREY))
+            y -= 8 * 1.45
+            if others:
+                line(
+                    _("Heatmaps of the other positive findings on the tablet: %(labels)s.", labels=", ".join(others)),
+                    8,
+                    color=_GREY,
+                )
     if image is None or result is None:
         why = (image["reason"] or image["status"]) if image else _("the study holds no image")
         line(f"{t['no_findings']}: {why}", 11, bold=True)
@@ -186,6 +192,19 @@ def _pictures(
         picture = ImageReader(io.BytesIO(jpeg(panel, quality=85)))
         pdf.drawImage(picture, x + n * (side + gap), top - h * scale, w * scale, h * scale)
     return float(top - h * scale - 14)
+
+
+def _legend(pdf: Any, typeface: Fonts, x: float, y: float) -> None:
+    """The heatmap's scale: a bar from clear (0) to full red (1), as `heatmap_overlay` lays it over a mid grey."""
+    from reportlab.lib.units import mm
+
+    steps = 20
+    for n in range(steps):
+        overlay = heatmap_overlay(np.full((1, 1), 128, np.uint8), np.full((1, 1), n / (steps - 1), np.float32))
+        pdf.setFillColorRGB(*(overlay[0, 0] / 255.0))
+        pdf.rect(x + n * 30 * mm / steps, y, 30 * mm / steps + 0.2, 3 * mm, stroke=0, fill=1)
+    _draw(pdf, typeface, x - 5, y + 1, "0", 7, False, _GREY)
+    _draw(pdf, typeface, x + 30 * mm + 2, y + 1, "1", 7, False, _GREY)
 
 
 def _draw(

@@ -34,7 +34,7 @@ SERVICE_LOCKS = ("front.lock", "worker.lock")
 FILES_IN_USE = (
     "SELECT sha256 FROM images WHERE purged_at IS NULL UNION SELECT sha256 FROM outbox "
     "UNION SELECT view_sha256 FROM images WHERE view_sha256 IS NOT NULL AND purged_at IS NULL "
-    "UNION SELECT heatmap_sha256 FROM results WHERE heatmap_sha256 IS NOT NULL"
+    "UNION SELECT sha256 FROM heatmaps"
 )
 
 
@@ -85,7 +85,7 @@ class ModelResult:
     bundle_sha256: str
     reason: str | None = None
     findings: list[dict[str, Any]] = field(default_factory=list)
-    heatmap: tuple[str, bytes] | None = None
+    heatmaps: list[tuple[str, bytes]] = field(default_factory=list)  # (label, PNG), the most probable first
     timings: dict[str, float] = field(default_factory=dict)
     guard: dict[str, Any] | None = None  # the input guard's verdict; None: not checked (a bundle without a guard)
     triage: float = 0.0
@@ -319,15 +319,14 @@ class Store:
 
     def finish_job(self, job: Job, outcome: Outcome) -> None:
         """Record a job's outcome in one transaction (heatmap files first), then wake whoever waits for it."""
-        heatmaps = [(r.heatmap[0], self.put_file(r.heatmap[1])) if r.heatmap else (None, None) for r in outcome.results]
+        heatmaps = [[(label, self.put_file(png)) for label, png in r.heatmaps] for r in outcome.results]
         view = self.put_file(outcome.view) if outcome.view else None
         now = _now()
         with self.transaction() as db:
-            for result, (heatmap_label, heatmap_sha) in zip(outcome.results, heatmaps, strict=True):
-                db.execute(
+            for result, maps in zip(outcome.results, heatmaps, strict=True):
+                cur = db.execute(
                     "INSERT INTO results (image_id, created_at, status, reason, model, bundle_sha256, "
-                    "findings, heatmap_label, heatmap_sha256, timings, guard, triage) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "findings, timings, guard, triage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         job.image_id,
                         now,
@@ -336,12 +335,14 @@ class Store:
                         json.dumps(result.model),
                         result.bundle_sha256,
                         json.dumps(result.findings),
-                        heatmap_label,
-                        heatmap_sha,
                         json.dumps(result.timings),
                         json.dumps(result.guard) if result.guard is not None else None,
                         result.triage,
                     ),
+                )
+                db.executemany(
+                    "INSERT INTO heatmaps (result_id, rank, label, sha256) VALUES (?, ?, ?, ?)",
+                    [(cur.lastrowid, rank, label, sha) for rank, (label, sha) in enumerate(maps)],
                 )
             metadata = {**job.metadata, **(outcome.metadata or {})}
             db.execute(
@@ -471,7 +472,7 @@ class Store:
                         "purged_at": image["purged_at"],
                         "received_at": image["created_at"],
                         "metadata": json.loads(image["metadata"]),
-                        "results": [_result_dict(r) for r in results],
+                        "results": [_result_dict(self._db, r) for r in results],
                         "outputs": self.outputs(image["id"]),
                     }
                 )
@@ -489,13 +490,12 @@ class Store:
         return [self.get_study(r["uid"]) for r in rows]
 
     def get_result(self, result_id: int) -> dict[str, Any]:
-        row = None
         if 0 < result_id < 2**63:  # SQLite's INTEGER range
             with self._lock:
                 row = self._db.execute("SELECT * FROM results WHERE id = ?", (result_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"no result {result_id}")
-        return _result_dict(row)
+                if row is not None:
+                    return _result_dict(self._db, row)
+        raise NotFound(f"no result {result_id}")
 
     def purge_images(self, received_before: str) -> int:
         """Remove the files (the image and its view) of every finished image received before the ISO time
@@ -546,7 +546,7 @@ class Store:
         return [dict(r) for r in rows]
 
 
-def _result_dict(row: sqlite3.Row) -> dict[str, Any]:
+def _result_dict(db: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": row["id"],
         "created_at": row["created_at"],
@@ -560,6 +560,15 @@ def _result_dict(row: sqlite3.Row) -> dict[str, Any]:
     }
     if row["reason"] is not None:
         out["reason"] = row["reason"]
-    if row["heatmap_sha256"]:
-        out["heatmap"] = {"label": row["heatmap_label"], "sha256": row["heatmap_sha256"]}
+    maps = db.execute("SELECT label, sha256 FROM heatmaps WHERE result_id = ? ORDER BY rank", (row["id"],))
+    out["heatmaps"] = [{"label": label, "sha256": sha} for label, sha in maps]
     return out
+
+
+def chosen_heatmap(result: dict[str, Any], label: str | None = None) -> dict[str, str] | None:
+    """Of a stored result's heatmaps, the one of finding `label` (None: the most probable finding's); None if it
+    has no such heatmap."""
+    maps = result["heatmaps"]
+    if label is None:
+        return maps[0] if maps else None
+    return next((m for m in maps if m["label"] == label), None)

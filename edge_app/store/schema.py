@@ -230,6 +230,21 @@ def _to_v7(db: sqlite3.Connection, now: str) -> None:
     db.execute("ALTER TABLE results ADD COLUMN triage REAL NOT NULL DEFAULT 0")
 
 
+def _to_v8(db: sqlite3.Connection, now: str) -> None:
+    """Version 8: a heatmap for each positive finding of a result (the clinician picks which), the most probable
+    first (`rank` 0); a result's single heatmap of before moves there."""
+    db.execute(
+        "CREATE TABLE heatmaps (result_id INTEGER NOT NULL REFERENCES results(id), rank INTEGER NOT NULL, "
+        "label TEXT NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (result_id, rank), UNIQUE (result_id, label))"
+    )
+    db.execute(
+        "INSERT INTO heatmaps (result_id, rank, label, sha256) "
+        "SELECT id, 0, heatmap_label, heatmap_sha256 FROM results WHERE heatmap_sha256 IS NOT NULL"
+    )
+    db.execute("ALTER TABLE results DROP COLUMN heatmap_label")
+    db.execute("ALTER TABLE results DROP COLUMN heatmap_sha256")
+
+
 def _rebuild(db: sqlite3.Connection, table: str, old: str, new: str) -> None:
     """A table made anew with `old` replaced by `new` in its definition (SQLite cannot change a CHECK in place: its
     documented twelve steps, foreign keys off from `migrate`), rows, indexes and ids kept."""
@@ -263,6 +278,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection, str], None]] = [
     _to_v5,
     _to_v6,
     _to_v7,
+    _to_v8,
 ]
 VERSION = len(MIGRATIONS)
 

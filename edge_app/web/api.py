@@ -14,6 +14,7 @@ from edge_app.errors import NotFound
 from edge_app.imaging.encode import jpeg
 from edge_app.ingest import Event
 from edge_app.runtime.engines import engine_status
+from edge_app.store.db import chosen_heatmap
 from edge_app.web import security, services
 
 log = logging.getLogger(__name__)
@@ -170,8 +171,12 @@ def get_study(uid: str) -> Any:
 @bp.get("/results/<int:result_id>/heatmap.png")
 @security.requires("clinician")
 def result_heatmap(result_id: int) -> Response:
+    """The heatmap of the positive finding `?label=` (default: the most probable)."""
     store = services.get().store
     result = store.get_result(result_id)
-    if "heatmap" not in result:
-        raise NotFound(f"result {result_id} has no heatmap")
-    return Response(store.read_file(result["heatmap"]["sha256"]), mimetype="image/png")
+    label = request.args.get("label")
+    shown = chosen_heatmap(result, label)
+    if shown is None:
+        about = f"for {label!r} (it has: {', '.join(m['label'] for m in result['heatmaps'])})" if label else ""
+        raise NotFound(f"result {result_id} has no heatmap {about}".strip())
+    return Response(store.read_file(shown["sha256"]), mimetype="image/png")

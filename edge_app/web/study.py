@@ -8,6 +8,7 @@ from flask import Blueprint, Response, abort, flash, redirect, render_template, 
 from flask_babel import gettext as _
 
 from edge_app.errors import NotFound, UserError
+from edge_app.store.db import chosen_heatmap
 from edge_app.store.reviews import VERDICTS
 from edge_app.web import security, services
 from edge_app.web.forms import ActionForm, ReviewForm
@@ -71,10 +72,12 @@ def view(uid: str, image_id: int) -> Response:
 @bp.get("/<uid>/results/<int:result_id>/heatmap.png")
 @security.requires("clinician")
 def heatmap(uid: str, result_id: int) -> Response:
+    """The heatmap of the finding `?label=` (default: the most probable positive one)."""
     _, result = _result(_study(uid), result_id)
-    if "heatmap" not in result:
+    shown = chosen_heatmap(result, request.args.get("label"))
+    if shown is None:
         abort(404)
-    return Response(services.get().store.read_file(result["heatmap"]["sha256"]), mimetype="image/png")
+    return Response(services.get().store.read_file(shown["sha256"]), mimetype="image/png")
 
 
 @bp.post("/<uid>/images/<int:image_id>/model")
@@ -133,11 +136,12 @@ def report(uid: str) -> Response:
     pictures = {
         image["id"]: svc.store.read_file(image["view_sha256"]) for image in study["images"] if image["view_sha256"]
     }
+    chosen = request.args.get("heatmap")  # the finding whose heatmap the clinician shows on the tablet
     heatmaps = {
-        result["id"]: svc.store.read_file(result["heatmap"]["sha256"])
+        result["id"]: (shown["label"], svc.store.read_file(shown["sha256"]))
         for image in study["images"]
         for result in image["results"]
-        if "heatmap" in result
+        if (shown := chosen_heatmap(result, chosen) or chosen_heatmap(result)) is not None
     }
     reviews = {image["id"]: svc.reviews.of_image(image["id"]) for image in study["images"]}
     shas = {result["bundle_sha256"] for image in study["images"] for result in image["results"]}

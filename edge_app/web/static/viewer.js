@@ -30,18 +30,25 @@ async function setUp(box) {
   for (let i = 0; i < px.length; i += 4 * 97) { if (px[i] !== px[i + 1] || px[i] !== px[i + 2]) { grey = false; break; } }
   box.dataset.grey = grey ? "1" : "0";
 
-  let heat = null;
-  if (box.dataset.heatmap) {
-    const h = await loadImage(box.dataset.heatmap);
-    heat = canvasOf(h.width, h.height);
-    const hctx = heat.getContext("2d");
-    hctx.drawImage(h, 0, 0);
-    const d = hctx.getImageData(0, 0, h.width, h.height);
-    for (let i = 0; i < d.data.length; i += 4) { const v = d.data[i]; d.data[i] = 255; d.data[i + 1] = 0; d.data[i + 2] = 0; d.data[i + 3] = v; }
-    hctx.putImageData(d, 0, 0);
-  }
+  // Each finding's heatmap, loaded when first picked: red, its alpha the model's local probability.
+  const heatmaps = new Map();
+  const heatmapOf = async (url) => {
+    if (!heatmaps.has(url)) {
+      const h = await loadImage(url);
+      const c = canvasOf(h.width, h.height);
+      const hctx = c.getContext("2d");
+      hctx.drawImage(h, 0, 0);
+      const d = hctx.getImageData(0, 0, h.width, h.height);
+      for (let i = 0; i < d.data.length; i += 4) { const v = d.data[i]; d.data[i] = 255; d.data[i + 1] = 0; d.data[i + 2] = 0; d.data[i + 3] = v; }
+      hctx.putImageData(d, 0, 0);
+      heatmaps.set(url, c);
+    }
+    return heatmaps.get(url);
+  };
+  let heat = box.dataset.heatmap ? await heatmapOf(box.dataset.heatmap) : null;
   const toggle = box.querySelector(".heatmap-toggle");
   const opacity = box.querySelector(".heatmap-opacity");
+  const choice = box.querySelector(".heatmap-choice");
 
   const view = {scale: 1, x: 0, y: 0, width: 255, level: 127.5};
   const fit = () => {
@@ -92,6 +99,20 @@ async function setUp(box) {
     const r = canvas.getBoundingClientRect();
     return [(e.clientX - r.left) * devicePixelRatio, (e.clientY - r.top) * devicePixelRatio];
   };
+  if (choice) {
+    choice.addEventListener("change", async () => {
+      heat = await heatmapOf(choice.value);
+      // The printed report shows the heatmap the clinician looks at.
+      const report = document.getElementById("report");
+      const picked = choice.selectedOptions[0];
+      if (report && picked) {
+        const url = new URL(report.href, location.href);
+        url.searchParams.set("heatmap", picked.dataset.label);
+        report.href = url.pathname + url.search;
+      }
+      draw();
+    });
+  }
   canvas.addEventListener("contextmenu", (e) => e.preventDefault());
   canvas.addEventListener("pointerdown", (e) => {
     canvas.setPointerCapture(e.pointerId);
