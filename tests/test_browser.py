@@ -6,10 +6,10 @@ clinic's Wi-Fi: the Secure cookie and the CSRF check's Referer rule are the brow
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
-import json
 import ssl
 import subprocess
 import time
