@@ -146,13 +146,15 @@ def build(inputs: BuildInputs, steps: Steps | None = None) -> tuple[Path, dict[s
                 report = _gate(steps, reference, candidate, spec, validation, truth, int8_of=None)
         elif inputs.precision == "fp16":
             keep = guard.guard_nodes(model)
-            steps.run("convert to FP16", lambda: graph.save(quantize.to_fp16(model, keep), candidate), lambda _: "ok")
             assert validation is not None
-            report = _gate(steps, reference, candidate, spec, validation, truth, int8_of=None)
+            probe = guard.Probe.of(model, spec.input, spec.preprocessing, validation.tensors, input_guard)
+            steps.run("convert to FP16", lambda: graph.save(quantize.to_fp16(model, keep), candidate), lambda _: "ok")
+            report = _gate(steps, reference, candidate, spec, validation, truth, int8_of=None, probe=probe)
         else:
             assert validation is not None
             keep = guard.guard_nodes(model)
-            report = _int8(steps, inputs, reference, fp32, candidate, calibration, validation, truth, keep)
+            probe = guard.Probe.of(model, spec.input, spec.preprocessing, validation.tensors, input_guard)
+            report = _int8(steps, inputs, reference, fp32, candidate, calibration, validation, truth, keep, probe)
         if report is not None and not report["passed"]:
             raise FidelityGateFailed(
                 f"{inputs.precision} candidate refused by the fidelity gate: {'; '.join(report['failures'])}", report
@@ -267,9 +269,11 @@ def _gate(
     truth: dict[str, Any] | None,
     int8_of: Path | None,
     label: str = "fidelity gate",
+    probe: guard.Probe | None = None,
 ) -> fidelity.GateReport:
     """The gate's report; for an INT8 candidate (`int8_of` its FP32 graph, cleaned, as it would be bundled) also
-    its speed-up over that graph and whether any node is left in INT8."""
+    its speed-up over that graph and whether any node is left in INT8; with a `probe`, whether the candidate's
+    input guard still says what the FP32 model's does."""
 
     def run() -> fidelity.GateReport:
         n = len(spec.labels)
@@ -277,6 +281,8 @@ def _gate(
         cand = fidelity.predict(candidate, spec.input, spec.output, n, validation.tensors)
         report = fidelity.compare(spec.labels, spec.threshold_map(), ref, cand, spec.tolerance, truth)
         report["n_refused"] = len(validation.rejected)
+        if probe is not None:
+            report.check_guard(probe.compare(graph.load_model(candidate), spec.input), spec.tolerance)
         if int8_of is not None:
             report.check_quantized(quantize.quantized_nodes(candidate))
             x = validation.tensors[:1]
@@ -293,6 +299,7 @@ def _gate(
         lambda r: (
             f"{'PASSED' if r['passed'] else 'FAILED'}: agreement {r['decision_agreement']:.4f}, "
             f"max diff {r['max_abs_diff']:.4f}"
+            + (f", input guard agreement {r['input_guard']['agreement']:.4f}" if "input_guard" in r else "")
             + (f", speed-up {r['speedup_batch1']:.2f}x" if "speedup_batch1" in r else "")
         ),
     )
@@ -308,8 +315,10 @@ def _int8(
     validation: ImageSet,
     truth: dict[str, Any] | None,
     keep: list[str],
+    probe: guard.Probe,
 ) -> dict[str, Any]:
-    """INT8 calibration, gate and fallback rounds; the `keep` nodes (the input guard's) stay FP32 throughout."""
+    """INT8 calibration, gate and fallback rounds; the `keep` nodes (the input guard's) stay FP32 throughout, and
+    each round's guard is checked against the FP32 one's verdicts on the `probe` images."""
     spec = inputs.spec
     if len(calibration.names) < RECOMMENDED_CALIBRATION_IMAGES:
         log.warning(
@@ -336,6 +345,7 @@ def _int8(
             truth,
             int8_of=fp32,
             label=f"fidelity gate, try {attempt + 1}",
+            probe=probe,
         )
         report["nodes_kept_fp32"] = list(excluded)
         report["calibration"] = {"method": spec.calibration.method, "n_images": len(calibration.names)}

@@ -69,6 +69,16 @@ class GateReport(dict[str, Any]):
         if gated and speedup < tolerance.min_speedup:
             self.fail(f"INT8 is not faster: speed-up {speedup:.2f}x < {tolerance.min_speedup}x")
 
+    def check_guard(self, compared: dict[str, Any], tolerance: Tolerance) -> None:
+        """Record how the converted model's input guard agrees with the FP32 one (`guard.Probe.compare`); below
+        the decision agreement asked of the findings, the guard no longer refuses what it was measured to."""
+        self["input_guard"] = compared
+        if compared["agreement"] < tolerance.min_agreement:
+            self.fail(
+                f"input guard: its verdicts agree with the FP32 model's on {compared['agreement']:.4f} of "
+                f"{compared['images']} probe images < {tolerance.min_agreement}"
+            )
+
     def check_quantized(self, quantize_nodes: int) -> None:
         if quantize_nodes == 0:
             self.fail("no node is left in INT8: this is an FP32 model, build it as fp32")

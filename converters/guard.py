@@ -225,26 +225,60 @@ def _measure(
 ) -> dict[str, Any]:
     """Share refused of real held-out images, and of synthetic images made from them and from nothing."""
     limit = np.asarray(thresholds, np.float32)
+    refused = {
+        kind: round(float(np.mean(outside(scores(model, spec, x), limit))), 4)
+        for kind, x in probes(held_out, spec, prep).items()
+    }
+    held = refused.pop("held_out")
+    return {"held_out_images": len(held_out), "held_out_refused": held, "synthetic_refused": refused}
 
-    def refused(x: NDArray[np.generic]) -> float:
-        return round(float(np.mean(outside(scores(model, spec, x), limit))), 4)
 
+def probes(held_out: NDArray[np.generic], spec: InputSpec, prep: Preprocessing) -> dict[str, NDArray[np.generic]]:
+    """What the guard's rates are measured on: real held-out images, and synthetic ones (at most 64 of each kind)
+    made from them (turned or inverted) and from nothing (uniform noise, blank images from black to white)."""
     rng = np.random.default_rng(1)
     n = min(len(held_out), 64)
     shape = (n, *spec.image_shape)
     lo, hi = _tensor_range(prep)
     noise = (lo + (hi - lo) * rng.uniform(0.0, 1.0, shape)).astype(held_out.dtype)
     blank = np.stack([np.full(shape[1:], lo + (hi - lo) * v) for v in np.linspace(0, 1, n)]).astype(held_out.dtype)
-    turned = _variants(held_out[:n], spec, prep)
     return {
-        "held_out_images": len(held_out),
-        "held_out_refused": refused(held_out),
-        "synthetic_refused": {
-            "turned_or_inverted": refused(turned),
-            "uniform_noise": refused(noise),
-            "blank": refused(blank),
-        },
+        "held_out": held_out,
+        "turned_or_inverted": _variants(held_out[:n], spec, prep),
+        "uniform_noise": noise,
+        "blank": blank,
     }
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The FP32 model's guard verdicts on the probe images, against which a converted model's guard is checked
+    (its FP32 nodes read FP16 or INT8 features)."""
+
+    images: dict[str, NDArray[np.generic]]
+    expected: dict[str, NDArray[np.bool_]]
+    limits: NDArray[np.float32]
+
+    @classmethod
+    def of(
+        cls, model: Any, spec: InputSpec, prep: Preprocessing, held_out: NDArray[np.generic], guard: InputGuard
+    ) -> Probe:
+        images = probes(held_out, spec, prep)
+        limits = np.asarray([c.threshold for c in guard.components], np.float32)
+        return cls(images, {k: outside(scores(model, spec, x), limits) for k, x in images.items()}, limits)
+
+    def compare(self, candidate: Any, spec: InputSpec) -> dict[str, Any]:
+        """How often the candidate's guard says what the FP32 one says, and each kind's refused share in both."""
+        got = {k: outside(scores(candidate, spec, x), self.limits) for k, x in self.images.items()}
+        same = np.concatenate([got[k] == self.expected[k] for k in got])
+        return {
+            "agreement": round(float(same.mean()), 4),
+            "images": int(same.size),
+            "refused": {
+                k: {"fp32": round(float(self.expected[k].mean()), 4), "candidate": round(float(got[k].mean()), 4)}
+                for k in got
+            },
+        }
 
 
 def _tensor_range(prep: Preprocessing) -> tuple[float, float]:

@@ -222,7 +222,7 @@ def test_the_clinician_picks_which_finding_s_heatmap(tablet_server: Tablet, nih:
             first = page.evaluate("document.querySelector('.viewer canvas').toDataURL()")
             drawn = page.get_attribute(".viewer", "data-drawn")
             page.select_option(".heatmap-choice", index=1)
-            page.wait_for_function(f"document.querySelector('.viewer').dataset.drawn !== '{drawn}'")
+            page.wait_for_selector(f".viewer[data-drawn]:not([data-drawn='{drawn}'])")
             assert page.evaluate("document.querySelector('.viewer canvas').toDataURL()") != first, "another map"
             href = page.get_attribute("#report", "href")
             assert href is not None and href.endswith(f"report.pdf?heatmap={labels[1]}")

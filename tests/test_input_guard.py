@@ -16,10 +16,10 @@ from flask.testing import FlaskClient
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from converters import graph, guard
+from converters import fidelity, graph, guard
 from converters.build import BuildInputs, Steps, build
 from converters.errors import ConversionError, ModelError
-from converters.spec import load_spec
+from converters.spec import Tolerance, load_spec
 from edge_app.bundle import load_bundle, write_manifest
 from edge_app.config import EMBEDDED_BUNDLE
 from edge_app.errors import InferenceError, NotFound
@@ -398,7 +398,7 @@ def test_a_converted_bundle_keeps_its_guard_in_fp32(precision: str, tmp_path: Pa
     model = tmp_path / "m.onnx"
     onnx.save(_conv_net("gap"), str(model))
     steps = Steps(show=False)
-    out, _ = build(
+    out, report = build(
         BuildInputs(
             model,
             load_spec(spec_path),
@@ -410,6 +410,13 @@ def test_a_converted_bundle_keeps_its_guard_in_fp32(precision: str, tmp_path: Pa
         steps,
     )
     assert "input guard" in [name for name, _, _ in steps.done]
+    assert report is not None
+    checked = report["input_guard"]  # the candidate's guard against the FP32 one, on real and synthetic probes
+    assert checked["images"] == 40 + 4 * 40 + 40 + 40 and checked["agreement"] >= 0.99
+    assert set(checked["refused"]) == {"held_out", "turned_or_inverted", "uniform_noise", "blank"}
+    assert checked["refused"]["uniform_noise"] == {"fp32": 1.0, "candidate": 1.0}
+    gate_note = [note for name, _, note in steps.done if name.startswith("fidelity gate")][-1]
+    assert f"input guard agreement {checked['agreement']:.4f}" in gate_note
     bundle = load_bundle(out)
     assert bundle.manifest.guard is not None and bundle.manifest.guard.rates["held_out_images"] == 40
     converted = onnx.load(str(bundle.model_path))
@@ -429,6 +436,37 @@ def test_a_converted_bundle_keeps_its_guard_in_fp32(precision: str, tmp_path: Pa
 
 
 # -- the store: a status of its own ------------------------------------------------------------------------------------
+
+
+def test_a_converted_guard_that_no_longer_says_what_the_fp32_one_says_is_refused() -> None:
+    """The gate compares the candidate's guard verdicts with the FP32 model's on the probe images: the same model
+    agrees on all; one whose features drifted (its first convolution's weights tripled, as a bad conversion
+    might) does not, and the gate refuses it with the numbers."""
+    spec = InputSpec(name="x", height=16, width=16, channels=1)
+    prep = Preprocessing(scale=(-1.0, 1.0))
+    held_out = _blobs(40, 16, 2)
+    model, fitted = guard.fit(
+        _conv_net("gap"), spec, prep, OutputSpec(name="logits", activation="sigmoid"), _blobs(60, 16, 1)
+    )
+    probe = guard.Probe.of(model, spec, prep, held_out, fitted)
+    same = probe.compare(model, spec)
+    assert same["agreement"] == 1.0 and same["images"] == 280
+    assert all(r["fp32"] == r["candidate"] for r in same["refused"].values())
+    drifted = graph.copy(model)
+    w1 = next(i for i in drifted.graph.initializer if i.name == "w1")
+    w1.CopyFrom(numpy_helper.from_array(3 * numpy_helper.to_array(w1), "w1"))
+    compared = probe.compare(drifted, spec)
+    assert compared["agreement"] < 0.9 and compared["refused"]["held_out"]["candidate"] > 0.5
+    report = fidelity.GateReport(passed=True)
+    report.check_guard(compared, Tolerance(min_agreement=0.99))
+    assert report["input_guard"] == compared and report["passed"] is False
+    assert report["failures"] == [
+        f"input guard: its verdicts agree with the FP32 model's on {compared['agreement']:.4f} of 280 probe images"
+        " < 0.99"
+    ]
+    passing = fidelity.GateReport(passed=True)
+    passing.check_guard(same, Tolerance(min_agreement=0.99))
+    assert passing["passed"] is True and "failures" not in passing
 
 
 def test_a_version_6_database_takes_outside_and_keeps_its_rows(tmp_path: Path) -> None:
