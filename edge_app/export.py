@@ -146,7 +146,7 @@ def _rows(
 def _pseudonymous(review: Review, reviewers: dict[str, str]) -> Review:
     """The review under an alias, with no time, its note (free text: it may name anyone) said to be left out."""
     alias = reviewers.setdefault(review.author, f"reviewer-{len(reviewers) + 1}")
-    note = NOTE_LEFT_OUT if review.note else ""
+    note = _NOTE_LEFT_OUT if review.note else ""
     return Review(review.id, review.image_id, review.result_id, alias, "", review.verdicts, note)
 
 
@@ -164,7 +164,7 @@ def _deidentified_study(study: dict[str, Any], name: str) -> dict[str, Any]:
     return {**study, "uid": name, "patient_id": "", "created_at": "", "images": images}
 
 
-NOTE_LEFT_OUT = "Note left out of a de-identified export."
+_NOTE_LEFT_OUT = "Note left out of a de-identified export."
 _SUFFIX = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg"}
 
 
