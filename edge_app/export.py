@@ -1,31 +1,36 @@
 """`edge-app export`: the studies and their results onto a USB stick, as they are or de-identified.
 
 The export is a folder `edge-app-export-<time>[-deidentified]/` holding `results.csv` (one row per finding, with
-the newest review's verdict) and one folder per study: its images and its one-page report. De-identified, it
-follows DICOM PS3.15 Annex E's Basic Application Level Confidentiality Profile (the 2024b table, applied by
-dicom-anonymizer: names, IDs, dates, institution and device identifiers removed or replaced, UIDs replaced
-consistently within the export, private tags removed); studies and reviewers become `study-0001`, `reviewer-1`;
-PNG and JPEG images are written anew without their metadata; a file that cannot be de-identified (damaged, or no
-image at all) is left out and named in `not-exported.txt`. Text burned into the pixels is not removed (Annex E's
-Clean Pixel Data option is not applied): look at the images before they leave the clinic.
+the newest review's verdict; every cell made inert for spreadsheets, `outputs/csv_cells.py`) and one folder per
+study: its images and its one-page report. A study's folder is named by its Study Instance UID only where that is a
+valid UID (digits and dots, at most 64 characters), else by its number in the export (`study-0003`), results.csv
+giving the UID: no header value is ever a path. De-identified, it follows DICOM PS3.15 Annex E's Basic Application
+Level Confidentiality Profile (the 2024b table, applied by dicom-anonymizer: names, IDs, dates, institution and
+device identifiers removed or replaced, UIDs replaced consistently within the export, private tags removed; the
+file's preamble zeroed and its file meta rebuilt, which the profile does not reach); studies and reviewers become
+`study-0001`, `reviewer-1`; review notes (free text) are left out; PNG and JPEG images are written anew without
+their metadata; a file that cannot be de-identified (damaged, or no image at all) is left out and named in
+`not-exported.txt`. Text burned into the pixels is not removed (Annex E's Clean Pixel Data option is not applied):
+look at the images before they leave the clinic.
 """
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import io
+import re
 from pathlib import Path
 from typing import Any
 
 from edge_app.config import Settings
 from edge_app.errors import UserError
+from edge_app.outputs import csv_cells
 from edge_app.store import Store
 from edge_app.store.reviews import Review, Reviews
 
 FIELDS = [
-    "study", "received", "image", "modality", "status", "model", "label", "probability", "threshold", "positive",
-    "validated", "verdict", "reviewer",
+    "study", "study_uid", "received", "image", "modality", "status", "model", "label", "probability", "threshold",
+    "positive", "validated", "verdict", "reviewer",
 ]  # fmt: skip
 
 
@@ -59,7 +64,7 @@ def _write(store: Store, dest: Path, deidentify: bool, since: dt.date | None) ->
         s for s in reversed(store.list_studies(-1)) if since is None or s["created_at"][:10] >= since.isoformat()
     ]
     for number, study in enumerate(studies, start=1):
-        name = f"study-{number:04d}" if deidentify else study["uid"]
+        name = study["uid"] if not deidentify and _valid_uid(study["uid"]) else f"study-{number:04d}"
         folder = dest / name
         folder.mkdir()
         pictures, heatmaps, image_reviews = {}, {}, {}
@@ -90,9 +95,15 @@ def _write(store: Store, dest: Path, deidentify: bool, since: dt.date | None) ->
     if not_exported:
         (dest / "not-exported.txt").write_text("\n".join(not_exported) + "\n", encoding="utf-8")
     with (dest / "results.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+        csv_cells.write(fh, FIELDS, rows)
+
+
+# The UID grammar of DICOM PS3.5 9.1 (pydicom's `UID.is_valid` takes "1.2.3\n": its pattern ends in `$`).
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+
+
+def _valid_uid(uid: str) -> bool:
+    return len(uid) <= 64 and _UID.fullmatch(uid) is not None
 
 
 def _english(text: str, **values: Any) -> str:
@@ -105,6 +116,7 @@ def _rows(
     meta = image["metadata"]
     base = {
         "study": name,
+        "study_uid": "" if deidentify else study["uid"],
         "received": "" if deidentify else study["created_at"],
         "image": n,
         "modality": meta.get("modality", "") or meta.get("format", ""),
@@ -135,8 +147,10 @@ def _rows(
 
 
 def _pseudonymous(review: Review, reviewers: dict[str, str]) -> Review:
+    """The review under an alias, with no time, its note (free text: it may name anyone) said to be left out."""
     alias = reviewers.setdefault(review.author, f"reviewer-{len(reviewers) + 1}")
-    return Review(review.id, review.image_id, review.result_id, alias, "", review.verdicts, review.note)
+    note = _NOTE_LEFT_OUT if review.note else ""
+    return Review(review.id, review.image_id, review.result_id, alias, "", review.verdicts, note)
 
 
 def _deidentified_study(study: dict[str, Any], name: str) -> dict[str, Any]:
@@ -153,6 +167,7 @@ def _deidentified_study(study: dict[str, Any], name: str) -> dict[str, Any]:
     return {**study, "uid": name, "patient_id": "", "created_at": "", "images": images}
 
 
+_NOTE_LEFT_OUT = "Note left out of a de-identified export."
 _SUFFIX = {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg"}
 
 
@@ -183,11 +198,19 @@ def _write_image(data: bytes, stem: Path, fmt: str, deidentify: bool) -> str | N
 def _deidentified_dicom(data: bytes) -> bytes:
     import pydicom
     from dicomanonymizer import anonymize_dataset, initialize_actions_2024b
+    from pydicom.dataset import FileMetaDataset
 
     ds = pydicom.dcmread(io.BytesIO(data))
     anonymize_dataset(ds, delete_private_tags=True, base_rules_gen=initialize_actions_2024b)
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = "DICOM PS3.15 Annex E Basic Profile (2024b), dicom-anonymizer"
+    # Outside the data set, where the profile does not reach: the 128-byte preamble, free for any use (a name or ID
+    # put there stays), and the file meta's sender AE titles, implementation name and private fields.
+    ds.preamble = bytes(128)
+    meta = FileMetaDataset()
+    for keyword in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID"):
+        setattr(meta, keyword, ds.file_meta[keyword].value)
+    ds.file_meta = meta
     out = io.BytesIO()
-    ds.save_as(out)
+    ds.save_as(out, enforce_file_format=True)  # with pydicom's group length, version and implementation UID
     return out.getvalue()

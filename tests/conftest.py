@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import shutil
@@ -421,3 +422,21 @@ def dicom_bytes(ds: Any) -> bytes:
     out = io.BytesIO()
     ds.save_as(out)
     return out.getvalue()
+
+
+@pytest.fixture(scope="session")
+def formulas() -> Callable[[str], list[str]]:
+    """The cells of a CSV text that a spreadsheet would run as formulas, whichever of , ; TAB it splits cells by
+    (a French spreadsheet splits on ';'), with or without reading quotes."""
+
+    def run(text: str) -> list[str]:
+        return [
+            cell
+            for separator in ",;\t"
+            for quoting in (csv.QUOTE_MINIMAL, csv.QUOTE_NONE)
+            for row in csv.reader(io.StringIO(text, newline=""), delimiter=separator, quoting=quoting)
+            for cell in row
+            if cell.lstrip()[:1] in ("=", "+", "-", "@")
+        ]
+
+    return run

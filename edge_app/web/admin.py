@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from flask_wtf import FlaskForm
 from edge_app.bundle import Bundle
 from edge_app.errors import UserError
 from edge_app.model_import import import_folder, import_zip, imported_bundles, usb_bundles
+from edge_app.outputs import csv_cells
 from edge_app.store.accounts import ROLES, Token, User, parse_roles
 from edge_app.web import security, services
 from edge_app.web.forms import ActionForm, TokenForm, UserForm
@@ -269,9 +269,7 @@ def audit_csv() -> Response:
     entries = svc.store.audit_trail(-1)  # SQLite: LIMIT -1 is no limit
     svc.store.audit(_actor(), "audit.export", detail=f"{len(entries)} entries")
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["id", "at", "actor", "action", "subject", "detail"])
-    writer.writeheader()
-    writer.writerows({k: _cell(v) for k, v in entry.items()} for entry in reversed(entries))
+    csv_cells.write(buf, ["id", "at", "actor", "action", "subject", "detail"], reversed(entries))
     return Response(
         buf.getvalue(), mimetype="text/csv", headers={"Content-Disposition": 'attachment; filename="audit.csv"'}
     )
@@ -291,10 +289,3 @@ def _flash_errors(form: FlaskForm) -> None:
 
 def _taken(existing: Sequence[User] | Sequence[Token], name: str) -> bool:
     return any(item.name.lower() == name.lower() for item in existing)
-
-
-def _cell(value: object) -> object:
-    """A text cell a spreadsheet would run as a formula (a login name "=HYPERLINK(...)") quoted as text."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value

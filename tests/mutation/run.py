@@ -33,6 +33,7 @@ MODULES: dict[str, list[str]] = {
     "edge_app/result.py": ["test_result.py", "test_properties.py", "test_runtime.py"],
     "edge_app/bundle.py": ["test_bundle.py", "test_signing.py"],
     "edge_app/signature.py": ["test_signing.py"],
+    "edge_app/outputs/csv_cells.py": ["test_csv_cells.py"],
     "edge_app/config.py": ["test_config.py", "test_cli.py"],
     "edge_app/store/db.py": [
         "test_store.py",
