@@ -200,3 +200,18 @@ def test_a_linked_done_or_failed_folder_stops_taking(tmp_path: Path, folder: str
     )
     assert state["connected"] is (folder not in ("done", "failed"))
     store.close()
+
+
+def test_many_links_are_counted_past_the_first_five(tmp_path: Path) -> None:
+    """A stick full of links does not fill the devices page: five are named, the rest counted."""
+    root = tmp_path / "import"
+    root.mkdir()
+    for n in range(7):
+        (root / f"{n}.png").symlink_to(tmp_path)
+    store = Store(tmp_path / "data")
+    watcher = _watcher(root, store, stable_s=0.0)
+    watcher.scan(now=0.0)
+    watcher.scan(now=0.1)
+    named = ", ".join(f"{n}.png (a link)" for n in range(5))
+    assert watcher.state()["detail"] == f"{root}; left in place, not followed: {named} and 2 more"
+    store.close()
