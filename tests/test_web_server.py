@@ -242,7 +242,7 @@ def test_one_peer_holds_at_most_max_connections_per_peer(tmp_path: Path, free_po
 
 def test_tls_1_2_offers_only_aead_suites_and_answers_carry_hsts(free_port: int, https: Callable[..., Served]) -> None:
     """A TLS 1.2 client offering only CBC suites is refused; one offering its usual suites gets an AEAD one;
-    answers over HTTPS carry Strict-Transport-Security."""
+    answers over HTTPS carry Strict-Transport-Security, request after request on one connection."""
     context, _ = https()
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     cbc = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -257,8 +257,14 @@ def test_tls_1_2_offers_only_aead_suites_and_answers_carry_hsts(free_port: int, 
     tls12 = _handshake(free_port, context)
     assert tls12.version() == "TLSv1.2" and ("GCM" in tls12.cipher()[0] or "CHACHA20" in tls12.cipher()[0])
     tls12.close()
-    with urllib.request.urlopen(f"https://localhost:{free_port}/login", timeout=5, context=context) as resp:
-        assert resp.headers["Strict-Transport-Security"] == "max-age=31536000"
+    conn = http.client.HTTPSConnection("localhost", free_port, timeout=5, context=context)
+    for _ in range(2):
+        conn.request("GET", "/api/v1/health")
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 200 and resp.getheader("Strict-Transport-Security") == "max-age=31536000"
+    assert not resp.will_close
+    conn.close()
 
 
 def _handshake(port: int, context: ssl.SSLContext) -> ssl.SSLSocket:

@@ -47,20 +47,18 @@ class _Request(HTTPRequest):
 class _Connection(HTTPConnection):
     RequestHandlerClass = _Request
     counted = False  # against its peer's connections (see Server.process_conn)
-    shaken = False  # the TLS handshake is done
     due = 0.0  # the monotonic time its handshake and request head must be in by
 
     def communicate(self) -> bool:
         server: Server = self.server
         server.deadlines.watch(self)
         try:
-            if isinstance(self.socket, ssl.SSLSocket) and not self.shaken:
+            if isinstance(self.socket, ssl.SSLSocket):
                 try:
-                    self.socket.do_handshake()
+                    self.socket.do_handshake()  # at once on the next requests: the handshake is done
                 except OSError as exc:  # a scanner, a client refusing the certificate, plain HTTP, too slow
                     log.debug("%s: no TLS handshake: %s", self.remote_addr, exc)
                     return False
-                self.shaken = True
             return bool(super().communicate())  # type: ignore[no-untyped-call]
         finally:
             server.deadlines.done(self)
