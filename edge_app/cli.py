@@ -142,28 +142,23 @@ def _diagnose(settings: Settings, paths: Sequence[Path], bundle_path: Path | Non
 def _serve(settings: Settings, host: str | None, port: int | None, no_worker: bool = False) -> int:
     import ssl
 
-    from cheroot import wsgi
-    from cheroot.ssl.builtin import BuiltinSSLAdapter
-
     from edge_app.config import check_secure, with_overrides
     from edge_app.systemd import Watchdog, notify, watchdog_interval
     from edge_app.web import create_app, services
+    from edge_app.web.server import Server
 
     settings = with_overrides(settings, "server", {"host": host, "port": port})
     check_secure(settings)
     app = create_app(settings, role="front" if no_worker else "all")
     service = services.get_from(app)
     host, port = settings.server.host, settings.server.port
-    server = wsgi.Server((host, port), app, numthreads=settings.server.threads, server_name="edge-app")
-    server.software = "edge-app"
     scheme = "https" if settings.tls else "http"
     try:
-        if settings.tls:
+        try:
+            server = Server(app, settings.server, settings.tls_files if settings.tls else None)
+        except (OSError, ssl.SSLError) as exc:
             cert, key = settings.tls_files
-            try:
-                server.ssl_adapter = BuiltinSSLAdapter(str(cert), str(key))
-            except (OSError, ssl.SSLError) as exc:
-                raise UserError(f"cannot serve HTTPS with {cert} and {key}: {exc}") from None
+            raise UserError(f"cannot serve HTTPS with {cert} and {key}: {exc}") from None
         try:
             server.prepare()
         except OSError as exc:

@@ -81,12 +81,27 @@ class ServerSettings(_Section):
     result_wait_s: float = Field(
         60.0, ge=0, le=3600, strict=True, description="how long POST /studies waits for the result (then 202)"
     )
-    threads: StrictInt = Field(4, ge=1, le=64, description="request-handling threads")
+    threads: StrictInt = Field(16, ge=2, le=256, description="request-handling threads")
+    max_connections_per_peer: StrictInt = Field(
+        8, ge=1, le=255, description="connections one address may hold open; fewer than threads"
+    )
+    header_timeout_s: float = Field(
+        5.0, gt=0, le=60, strict=True, description="a connection's TLS handshake and each request head arrive within"
+    )
 
     @model_validator(mode="after")
     def _tls(self) -> ServerSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
+        return self
+
+    @model_validator(mode="after")
+    def _threads_for_others(self) -> ServerSettings:
+        if self.max_connections_per_peer >= self.threads:
+            raise ValueError(
+                f"max_connections_per_peer ({self.max_connections_per_peer}) must be fewer than threads "
+                f"({self.threads}): one address would otherwise hold them all"
+            )
         return self
 
     @field_validator("secret_key")

@@ -216,7 +216,6 @@ def test_the_engine_cache_lives_in_the_data_directory_unless_set(tmp_path: Path)
 LIMITS = [  # (section, key, lowest accepted, highest accepted or None), whole numbers
     ("server", "port", 1, 65535),
     ("server", "max_upload_mb", 1, 4096),
-    ("server", "threads", 1, 64),
     ("server", "idle_logout_min", 1, 1440),
     ("server", "login_attempts", 1, 100),
     ("server", "login_lockout_min", 1, 1440),
@@ -238,6 +237,7 @@ LIMITS = [  # (section, key, lowest accepted, highest accepted or None), whole n
 # (section, key, bound, whether the bound itself is accepted, highest accepted), seconds
 SECONDS = [
     ("server", "result_wait_s", 0.0, True, 3600.0),
+    ("server", "header_timeout_s", 0.0, False, 60.0),
     ("imaging", "decode_timeout_s", 0.0, False, 3600.0),
     ("worker", "lease_s", 0.0, False, 86400.0),
     ("worker", "idle_s", 0.0, False, 3600.0),
@@ -260,6 +260,27 @@ def _setting(section: str, key: str, value: object) -> object:
     for name in section.split("."):
         settings = getattr(settings, name)
     return getattr(settings, key)
+
+
+def test_one_peer_is_left_fewer_connections_than_there_are_threads(tmp_path: Path) -> None:
+    """server.threads 2 to 256, max_connections_per_peer 1 to 255 and fewer than threads (16 and 8 unless set)."""
+    cfg = tmp_path / "edge.toml"
+
+    def server(threads: int, per_peer: int) -> Any:
+        cfg.write_text(f"[server]\nthreads = {threads}\nmax_connections_per_peer = {per_peer}\n")
+        return load_settings(cfg, environ={}).server
+
+    defaults = load_settings(environ={}).server
+    assert (defaults.threads, defaults.max_connections_per_peer) == (16, 8)
+    assert (server(2, 1).threads, server(256, 255).max_connections_per_peer) == (2, 255)
+    for threads, per_peer, message in [
+        (1, 1, r"server\.threads: Input should be greater than or equal to 2"),
+        (257, 1, r"server\.threads: Input should be less than or equal to 256"),
+        (2, 0, r"server\.max_connections_per_peer: Input should be greater than or equal to 1"),
+        (8, 8, r"max_connections_per_peer \(8\) must be fewer than threads \(8\)"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            server(threads, per_peer)
 
 
 @pytest.mark.parametrize(("section", "key", "lo", "hi"), LIMITS, ids=[f"{s}.{k}" for s, k, _, _ in LIMITS])

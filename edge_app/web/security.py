@@ -164,6 +164,8 @@ def init_app(app: Flask, settings: Settings) -> None:
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Referrer-Policy"] = "same-origin"  # Flask-WTF checks the Referer of a form posted over HTTPS
+        if request.is_secure:  # browsers heed it only over HTTPS with a certificate they trust
+            response.headers["Strict-Transport-Security"] = "max-age=31536000"
         if current() is not None:  # patient data: never kept by the tablet's browser cache
             response.headers["Cache-Control"] = "no-store"
         return response
