@@ -508,3 +508,100 @@ def test_a_peer_refused_often_is_slowed(tmp_path: Path, free_port: int) -> None:
         assert max(took[:2]) < 0.9 and 0.9 < took[2] < 1.9 and took[3] > 1.9, took
     finally:
         services.get_from(app).stop()
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The most memory the process has held (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_large_data_set_is_streamed_to_disk_and_a_larger_one_aborted(
+    tmp_path: Path, free_port: int, launch: Callable[..., subprocess.Popen[str]], token_for: Any
+) -> None:
+    """max_object_mb = 40 on a real server: a 30 MB image is stored without the server's peak memory growing by
+    its size; a 60 MB one aborts its association, nothing of it is stored and no temporary file stays."""
+    import json
+    import socket
+    import time
+    import urllib.request
+
+    import numpy as np
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        http = sock.getsockname()[1]
+    (tmp_path / "tmp").mkdir()
+    proc = launch(
+        tmp_path / "data",
+        http,
+        {
+            "EDGE_APP_CAPTURE_DICOM_ENABLED": "true",
+            "EDGE_APP_CAPTURE_DICOM_HOST": "127.0.0.1",
+            "EDGE_APP_CAPTURE_DICOM_PORT": str(free_port),
+            "EDGE_APP_CAPTURE_DICOM_MAX_OBJECT_MB": "40",
+            "TMPDIR": str(tmp_path / "tmp"),
+        },
+    )
+    try:
+
+        def image(rows: int, n: int) -> Dataset:
+            ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+            ds.Rows, ds.Columns, ds.BodyPartExamined = rows, 4096, "HAND"  # no model reads it: no decoding
+            ds.PixelData = np.full((rows, 4096), 7, dtype=np.uint16).tobytes()
+            ds.StudyInstanceUID = ds.SOPInstanceUID = f"1.2.3.997.{n}"
+            return ds
+
+        large, larger = image(3840, 1), image(7680, 2)  # 30 and 60 MB
+        before = _peak_rss_mb(proc.pid)
+        assert _send(free_port, [large]) == [0x0000]
+        assert _peak_rss_mb(proc.pid) - before < 15, "streamed to disk, not held in memory"
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(larger.SOPClassUID, larger.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP")
+        assert "Status" not in assoc.send_c_store(larger), "no answer: the association was aborted"
+        headers = token_for(tmp_path / "data")
+        request = urllib.request.Request(f"http://127.0.0.1:{http}/api/v1/studies", headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            studies = [s["uid"] for s in json.load(resp)["studies"]]
+        assert studies == [large.StudyInstanceUID]
+        deadline = time.monotonic() + 10
+        while list((tmp_path / "tmp").glob("*.dcm")):
+            assert time.monotonic() < deadline, "the half-received data set's temporary file is removed"
+            time.sleep(0.1)
+        assert _send(free_port, [pydicom.dcmread(dicom_file("US1_UNCR.dcm"))]) == [0x0000], "the server lives on"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_silent_connection_holds_up_no_tls_peer(tmp_path: Path, free_port: int) -> None:
+    """Over TLS, a TCP connection that never starts its handshake (and one that stops half-way) leaves the others
+    to associate, and is dropped after timeout_s."""
+    import socket
+    import ssl
+    import time
+
+    cert, key = _self_signed(tmp_path)
+    app = _dicom_app(tmp_path, free_port, tls_cert=str(cert), tls_key=str(key), timeout_s=2.0)
+    try:
+        silent = socket.create_connection(("127.0.0.1", free_port))
+        stalled = socket.create_connection(("127.0.0.1", free_port))
+        stalled.sendall(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello
+        ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        ae.acse_timeout = ae.connection_timeout = 5  # the connection's timeout bounds the TLS handshake
+        assoc = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP", tls_args=(context, "localhost"))
+        assert assoc.is_established and int(assoc.send_c_store(ds).Status) == 0
+        assoc.release()
+        for sock in (silent, stalled):
+            sock.settimeout(10)
+            started = time.monotonic()
+            assert sock.recv(1) == b"" and time.monotonic() - started < 8, "dropped after timeout_s"
+            sock.close()
+    finally:
+        services.get_from(app).stop()
