@@ -605,3 +605,31 @@ def test_a_silent_connection_holds_up_no_tls_peer(tmp_path: Path, free_port: int
             sock.close()
     finally:
         services.get_from(app).stop()
+
+
+def test_check_warns_of_a_receiver_open_to_the_network_without_allow_lists_or_tls(
+    cli: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path, free_port: int
+) -> None:
+    env = {
+        "EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "data"),
+        "EDGE_APP_SERVER_PORT": "1",
+        "EDGE_APP_CAPTURE_DICOM_ENABLED": "true",
+        "EDGE_APP_CAPTURE_DICOM_PORT": str(free_port),
+    }
+    lines = cli("check", env={**env, "EDGE_APP_CAPTURE_DICOM_HOST": "0.0.0.0"}).stdout.splitlines()
+    assert any(
+        line.startswith(f"warn  DICOM access: anyone who reaches 0.0.0.0:{free_port} can store images")
+        for line in lines
+    ), lines
+    for guard, value in [
+        ("ALLOWED_ADDRESSES", '["192.168.1.20"]'),
+        ("ALLOWED_AE_TITLES", '["XRAY1"]'),
+    ]:
+        lan = {**env, "EDGE_APP_CAPTURE_DICOM_HOST": "0.0.0.0", f"EDGE_APP_CAPTURE_DICOM_{guard}": value}
+        assert "warn  DICOM access" not in cli("check", env=lan).stdout
+    cert, key = _self_signed(tmp_path)
+    tls = {"EDGE_APP_CAPTURE_DICOM_TLS_CERT": str(cert), "EDGE_APP_CAPTURE_DICOM_TLS_KEY": str(key)}
+    out = cli("check", env={**env, **tls, "EDGE_APP_CAPTURE_DICOM_HOST": "0.0.0.0"}).stdout
+    assert f"ok    DICOM access: 0.0.0.0:{free_port}, limited by TLS" in out.splitlines()
+    local = cli("check", env={**env, "EDGE_APP_CAPTURE_DICOM_HOST": "127.0.0.1"}).stdout
+    assert "ok    DICOM access: this machine only (127.0.0.1)" in local.splitlines()
