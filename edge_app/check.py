@@ -125,6 +125,8 @@ def _ports(settings: Settings) -> Iterator[Check]:
 
 def _capture(settings: Settings) -> Iterator[Check]:
     capture = settings.capture
+    if capture.dicom.enabled:
+        yield _dicom_access(settings)
     if capture.folder.enabled and capture.folder.path is not None:
         path = capture.folder.path
         if not path.is_dir():
@@ -141,6 +143,31 @@ def _capture(settings: Settings) -> Iterator[Check]:
             yield Check("FAIL", "video", f"{source} is not there: is the grabber plugged in?")
         else:
             yield Check("ok", "video", source)
+
+
+def _dicom_access(settings: Settings) -> Check:
+    """Beyond this machine, what keeps strangers from storing images: allow-lists and TLS (the receiver's limits
+    only bound what a stranger costs)."""
+    dicom = settings.capture.dicom
+    if is_loopback(dicom.host):
+        return Check("ok", "DICOM access", f"this machine only ({dicom.host})")
+    guards = [
+        name
+        for name, on in (
+            ("calling AE titles", dicom.allowed_ae_titles),
+            ("addresses", dicom.allowed_addresses),
+            ("TLS", dicom.tls_cert),
+        )
+        if on
+    ]
+    if not guards:
+        return Check(
+            "warn",
+            "DICOM access",
+            f"anyone who reaches {dicom.host}:{dicom.port} can store images: set capture.dicom.allowed_addresses "
+            "and allowed_ae_titles to the modalities', or tls_cert/tls_key/tls_ca",
+        )
+    return Check("ok", "DICOM access", f"{dicom.host}:{dicom.port}, limited by {', '.join(guards)}")
 
 
 def _serial(profile_path: Path) -> Check:

@@ -220,6 +220,16 @@ class DicomCaptureSettings(_Section):
     tls_cert: Path | None = Field(None, description="PEM certificate: with tls_key, DICOM over TLS")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     tls_ca: Path | None = Field(None, description="PEM CA bundle: peers must present a certificate it signed")
+    any_called_ae_title: StrictBool = Field(False, description="accept associations called by any AE title")
+    max_associations: StrictInt = Field(16, ge=1, le=1000, description="associations open at once, in all")
+    max_associations_per_address: StrictInt = Field(4, ge=1, le=1000, description="... and from one address")
+    timeout_s: float = Field(30.0, gt=0, le=3600, strict=True, description="an association silent this long is dropped")
+    max_object_mb: StrictInt = Field(
+        512, ge=1, le=65536, description="a larger data set aborts its association; nothing of it is kept"
+    )
+    max_refused_per_min: StrictInt = Field(
+        20, ge=0, le=100_000, description="a peer refused more often waits longer for each answer (0: never)"
+    )
 
     @field_validator("allowed_addresses")
     @classmethod

@@ -326,9 +326,10 @@ def test_dicom_over_tls(tmp_path: Path, free_port: int, api_client: Callable[[Fl
         services.get_from(app).stop()
 
 
-def test_a_full_disk_is_answered_0xA700_and_nothing_half_written_stays(tmp_path: Path, free_port: int) -> None:
-    """The disk fills up (played by a 2 MB file-size limit on a real server process): a 7 MB image gets
-    0xA700 Out of Resources, a small one still succeeds, and no partial file is left behind."""
+def test_a_disk_filling_up_mid_transfer_leaves_nothing_half_written(tmp_path: Path, free_port: int) -> None:
+    """The disk fills up while an image arrives (played by a 2 MB file-size limit on a real server process): the
+    7 MB image's association ends without a status (it was being written as it came), a small one still
+    succeeds, and no partial file is left behind, neither in the store nor in the temporary folder."""
     import os
     import resource
     import signal
@@ -353,7 +354,9 @@ def test_a_full_disk_is_answered_0xA700_and_nothing_half_written_stays(tmp_path:
         "EDGE_APP_CAPTURE_DICOM_ENABLED": "true",
         "EDGE_APP_CAPTURE_DICOM_HOST": "127.0.0.1",
         "EDGE_APP_CAPTURE_DICOM_PORT": str(free_port),
+        "TMPDIR": str(tmp_path / "tmp"),
     }
+    (tmp_path / "tmp").mkdir()
     proc = subprocess.Popen([*EDGE_APP, "serve"], env=env, preexec_fn=small_disk, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -365,9 +368,268 @@ def test_a_full_disk_is_answered_0xA700_and_nothing_half_written_stays(tmp_path:
                 assert time.monotonic() < deadline and proc.poll() is None, "the server did not start"
                 time.sleep(0.1)
         big, small = pydicom.dcmread(dicom_file("RG1_UNCR.dcm")), pydicom.dcmread(dicom_file("US1_UNCR.dcm"))
-        assert _send(free_port, [big, small]) == [0xA700, 0x0000]
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(big.SOPClassUID, big.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP")
+        assert "Status" not in assoc.send_c_store(big), "no answer: the connection was closed"
+        assoc.abort()
+        assert _send(free_port, [small]) == [0x0000]
         leftovers = [p for p in (tmp_path / "data" / "files").rglob("*") if p.name.startswith(".incoming")]
-        assert leftovers == []
+        assert leftovers == [] and list((tmp_path / "tmp").glob("*.dcm")) == []
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _dicom_app(tmp_path: Path, port: int, **dicom: Any) -> Flask:
+    return create_app(
+        {
+            "storage": {"data_dir": str(tmp_path / "data")},
+            "model": {"threads": 1},
+            "capture": {"dicom": {"enabled": True, "host": "127.0.0.1", "port": port, **dicom}},
+        }
+    )
+
+
+def _idle(port: int, address: str) -> Any:
+    """An association from `address` (any 127.x.y.z: Linux answers the whole loopback network) that sends nothing."""
+    ae = AE(ae_title="IDLE")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    ae.acse_timeout = 5
+    return ae.associate("127.0.0.1", port, ae_title="EDGEAPP", bind_address=(address, 0))
+
+
+def test_idle_associations_from_one_peer_lock_no_modality_out(app: Flask) -> None:
+    """Twelve idle associations from one address (pynetdicom's default maximum is ten): at most
+    max_associations_per_address of them are held, and the modality's C-STORE still succeeds."""
+    port = _port(app)
+    idle = [_idle(port, "127.0.0.2") for _ in range(12)]
+    try:
+        assert sum(a.is_established for a in idle) == 4
+        assert _send(port, [pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))]) == [0x0000]
+    finally:
+        for assoc in idle:
+            assoc.abort()
+
+
+def test_associations_are_capped_in_all_and_dropped_when_silent(tmp_path: Path, free_port: int) -> None:
+    """Two associations per address, three in all: a third from one address and a fourth from another are
+    refused; after timeout_s of silence the server drops them (and a bare connection), and a store succeeds."""
+    import socket
+    import time
+
+    app = _dicom_app(tmp_path, free_port, max_associations=3, max_associations_per_address=2, timeout_s=1.0)
+    try:
+        held = [_idle(free_port, "127.0.0.2"), _idle(free_port, "127.0.0.2")]
+        assert all(a.is_established for a in held)
+        assert not _idle(free_port, "127.0.0.2").is_established, "a third from the same address"
+        held.append(_idle(free_port, "127.0.0.3"))
+        assert held[-1].is_established
+        assert not _idle(free_port, "127.0.0.4").is_established, "a fourth in all"
+        bare = socket.create_connection(("127.0.0.1", free_port))
+        bare.settimeout(10)
+        started = time.monotonic()
+        assert bare.recv(1) == b"", "a connection that never asks for an association is closed"
+        assert time.monotonic() - started < 5
+        bare.close()
+        deadline = time.monotonic() + 10
+        while any(a.is_established for a in held):
+            assert time.monotonic() < deadline, "silent associations are dropped after timeout_s"
+            time.sleep(0.1)
+        assert all(a.is_aborted for a in held)
+        while not (modality := _idle(free_port, "127.0.0.1")).is_established:  # their threads end, then room
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        modality.release()
+    finally:
+        services.get_from(app).stop()
+
+
+def test_the_called_ae_title_must_be_ours_unless_any_is_accepted(tmp_path: Path, free_port: int) -> None:
+    app = _dicom_app(tmp_path, free_port)
+    try:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assert ae.associate("127.0.0.1", free_port, ae_title="SOMEONEELSE").is_rejected
+    finally:
+        services.get_from(app).stop()
+    app = _dicom_app(tmp_path, free_port, any_called_ae_title=True)
+    try:
+        assoc = ae.associate("127.0.0.1", free_port, ae_title="SOMEONEELSE")
+        assert assoc.is_established
+        assoc.release()
+    finally:
+        services.get_from(app).stop()
+
+
+def test_no_association_without_room_for_one_more_object(tmp_path: Path, free_port: int) -> None:
+    """Free space is looked at before receiving: with less than storage.min_free_mb + max_object_mb free, an
+    association is refused (transient: the modality tries again later); one opened before gets 0xA700."""
+    import shutil
+
+    app = _dicom_app(tmp_path, free_port)
+    try:
+        ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        opened = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP")
+        assert opened.is_established
+        ingest = _service(app).ingest
+        ingest.min_free_mb = shutil.disk_usage(tmp_path).free // 2**20 + 100  # the disk filled up meanwhile
+        refused = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP")
+        assert refused.is_rejected
+        assert (refused.acceptor.primitive.result, refused.acceptor.primitive.result_source) == (0x02, 0x03)
+        assert int(opened.send_c_store(ds).Status) == 0xA700
+        opened.release()
+        assert [p for p in (tmp_path / "data" / "files").rglob("*") if p.is_file()] == []
+    finally:
+        services.get_from(app).stop()
+
+
+def test_a_peer_refused_often_is_slowed(tmp_path: Path, free_port: int) -> None:
+    """max_refused_per_min = 2: the first two refusals are answered at once, then each answer waits a second
+    more per refusal beyond."""
+    import time
+
+    app = _dicom_app(tmp_path, free_port, max_refused_per_min=2)
+    try:
+        ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+        del ds.PixelData
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP")
+        took = []
+        for n in range(4):
+            ds.SOPInstanceUID = f"1.2.3.998.{n}"
+            started = time.monotonic()
+            assert int(assoc.send_c_store(ds).Status) == 0xA900
+            took.append(time.monotonic() - started)
+        assoc.release()
+        assert max(took[:2]) < 0.9 and 0.9 < took[2] < 1.9 and took[3] > 1.9, took
+    finally:
+        services.get_from(app).stop()
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The most memory the process has held (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_large_data_set_is_streamed_to_disk_and_a_larger_one_aborted(
+    tmp_path: Path, free_port: int, launch: Callable[..., subprocess.Popen[str]], token_for: Any
+) -> None:
+    """max_object_mb = 40 on a real server: a 30 MB image is stored without the server's peak memory growing by
+    its size; a 60 MB one aborts its association, nothing of it is stored and no temporary file stays."""
+    import json
+    import socket
+    import time
+    import urllib.request
+
+    import numpy as np
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        http = sock.getsockname()[1]
+    (tmp_path / "tmp").mkdir()
+    proc = launch(
+        tmp_path / "data",
+        http,
+        {
+            "EDGE_APP_CAPTURE_DICOM_ENABLED": "true",
+            "EDGE_APP_CAPTURE_DICOM_HOST": "127.0.0.1",
+            "EDGE_APP_CAPTURE_DICOM_PORT": str(free_port),
+            "EDGE_APP_CAPTURE_DICOM_MAX_OBJECT_MB": "40",
+            "TMPDIR": str(tmp_path / "tmp"),
+        },
+    )
+    try:
+
+        def image(rows: int, n: int) -> Dataset:
+            ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+            ds.Rows, ds.Columns, ds.BodyPartExamined = rows, 4096, "HAND"  # no model reads it: no decoding
+            ds.PixelData = np.full((rows, 4096), 7, dtype=np.uint16).tobytes()
+            ds.StudyInstanceUID = ds.SOPInstanceUID = f"1.2.3.997.{n}"
+            return ds
+
+        large, larger = image(3840, 1), image(7680, 2)  # 30 and 60 MB
+        before = _peak_rss_mb(proc.pid)
+        assert _send(free_port, [large]) == [0x0000]
+        assert _peak_rss_mb(proc.pid) - before < 15, "streamed to disk, not held in memory"
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(larger.SOPClassUID, larger.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP")
+        assert "Status" not in assoc.send_c_store(larger), "no answer: the association was aborted"
+        headers = token_for(tmp_path / "data")
+        request = urllib.request.Request(f"http://127.0.0.1:{http}/api/v1/studies", headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            studies = [s["uid"] for s in json.load(resp)["studies"]]
+        assert studies == [large.StudyInstanceUID]
+        deadline = time.monotonic() + 10
+        while list((tmp_path / "tmp").glob("*.dcm")):
+            assert time.monotonic() < deadline, "the half-received data set's temporary file is removed"
+            time.sleep(0.1)
+        assert _send(free_port, [pydicom.dcmread(dicom_file("US1_UNCR.dcm"))]) == [0x0000], "the server lives on"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_silent_connection_holds_up_no_tls_peer(tmp_path: Path, free_port: int) -> None:
+    """Over TLS, a TCP connection that never starts its handshake (and one that stops half-way) leaves the others
+    to associate, and is dropped after timeout_s."""
+    import socket
+    import ssl
+    import time
+
+    cert, key = _self_signed(tmp_path)
+    app = _dicom_app(tmp_path, free_port, tls_cert=str(cert), tls_key=str(key), timeout_s=2.0)
+    try:
+        silent = socket.create_connection(("127.0.0.1", free_port))
+        stalled = socket.create_connection(("127.0.0.1", free_port))
+        stalled.sendall(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello
+        ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        ae.acse_timeout = ae.connection_timeout = 5  # the connection's timeout bounds the TLS handshake
+        assoc = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP", tls_args=(context, "localhost"))
+        assert assoc.is_established and int(assoc.send_c_store(ds).Status) == 0
+        assoc.release()
+        for sock in (silent, stalled):
+            sock.settimeout(10)
+            started = time.monotonic()
+            assert sock.recv(1) == b"" and time.monotonic() - started < 8, "dropped after timeout_s"
+            sock.close()
+    finally:
+        services.get_from(app).stop()
+
+
+def test_check_warns_of_a_receiver_open_to_the_network_without_allow_lists_or_tls(
+    cli: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path, free_port: int
+) -> None:
+    env = {
+        "EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "data"),
+        "EDGE_APP_SERVER_PORT": "1",
+        "EDGE_APP_CAPTURE_DICOM_ENABLED": "true",
+        "EDGE_APP_CAPTURE_DICOM_PORT": str(free_port),
+    }
+    lines = cli("check", env={**env, "EDGE_APP_CAPTURE_DICOM_HOST": "0.0.0.0"}).stdout.splitlines()
+    assert any(
+        line.startswith(f"warn  DICOM access: anyone who reaches 0.0.0.0:{free_port} can store images")
+        for line in lines
+    ), lines
+    for guard, value in [
+        ("ALLOWED_ADDRESSES", '["192.168.1.20"]'),
+        ("ALLOWED_AE_TITLES", '["XRAY1"]'),
+    ]:
+        lan = {**env, "EDGE_APP_CAPTURE_DICOM_HOST": "0.0.0.0", f"EDGE_APP_CAPTURE_DICOM_{guard}": value}
+        assert "warn  DICOM access" not in cli("check", env=lan).stdout
+    cert, key = _self_signed(tmp_path)
+    tls = {"EDGE_APP_CAPTURE_DICOM_TLS_CERT": str(cert), "EDGE_APP_CAPTURE_DICOM_TLS_KEY": str(key)}
+    out = cli("check", env={**env, **tls, "EDGE_APP_CAPTURE_DICOM_HOST": "0.0.0.0"}).stdout
+    assert f"ok    DICOM access: 0.0.0.0:{free_port}, limited by TLS" in out.splitlines()
+    local = cli("check", env={**env, "EDGE_APP_CAPTURE_DICOM_HOST": "127.0.0.1"}).stdout
+    assert "ok    DICOM access: this machine only (127.0.0.1)" in local.splitlines()

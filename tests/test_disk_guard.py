@@ -46,7 +46,9 @@ def test_the_api_answers_507_and_keeps_nothing(
         services.get_from(app).stop()
 
 
-def test_a_c_store_gets_out_of_resources(tmp_path: Path, free_port: int) -> None:
+def test_a_dicom_association_is_refused_for_now(tmp_path: Path, free_port: int) -> None:
+    """Looked at before any data set arrives: a transient rejection, so the modality keeps the image and tries
+    again (a C-STORE on an association opened before gets 0xA700: test_dicom_receiver)."""
     data = tmp_path / "data"
     app = create_app(
         {
@@ -60,10 +62,7 @@ def test_a_c_store_gets_out_of_resources(tmp_path: Path, free_port: int) -> None
         ae = AE(ae_title="MODALITY")
         ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
         assoc = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP")
-        status = assoc.send_c_store(ds)
-        assoc.release()
-        assert int(status.Status) == 0xA700, "Out of Resources: the modality keeps the image and tries again"
-        assert "disk is full" in str(status.ErrorComment)
+        assert assoc.is_rejected and assoc.acceptor.primitive.result == 0x02, "rejected transient"
         assert _stored(data) == []
     finally:
         services.get_from(app).stop()
