@@ -28,11 +28,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from converters.errors import ModelError
-from edge_app.manifest import GuardComponent, InputGuard, InputSpec, OutputSpec, Preprocessing
+from edge_app.manifest import GUARD_PREFIX, GuardComponent, InputGuard, InputSpec, OutputSpec, Preprocessing
 
 log = logging.getLogger(__name__)
 OUTPUT = "input_guard"
-PREFIX = "guard_"  # every node and initializer the guard adds: kept in FP32 by the precision conversions
+PREFIX = GUARD_PREFIX  # every node and initializer the guard adds: kept in FP32 by the precision conversions
 QUANTILE = 0.99
 FOLDS = 5
 _ACTIVATIONS = {"Relu", "LeakyRelu", "Clip", "HardSwish", "Sigmoid", "Elu", "Selu", "PRelu", "Mish", "Gelu", "Swish"}

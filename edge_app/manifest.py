@@ -99,9 +99,13 @@ class GuardComponent(_Strict):
     threshold: float
 
 
+GUARD_PREFIX = "guard_"  # the name of every node and constant the guard adds: kept in FP32 at every precision
+
+
 class InputGuard(_Strict):
     """The out-of-distribution check that runs with the model: an output of the same graph, one column per
-    component, fitted by `edge-convert build` on the calibration (or training) images alone."""
+    component, fitted by `edge-convert build` on the calibration (or training) images alone; its nodes are named
+    `GUARD_PREFIX`..."""
 
     output: str = Field(min_length=1, description="output name of the (N, components) guard scores")
     components: tuple[GuardComponent, ...] = Field(min_length=1)

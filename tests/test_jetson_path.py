@@ -242,6 +242,39 @@ def test_an_engine_that_drifts_from_the_reference_outputs_is_refused(
     assert cache.failure(bundle, current_platform()) is not None
 
 
+def _plan_header(engine: Path) -> dict[str, Any]:
+    plan = engine.read_bytes()
+    size = int.from_bytes(plan[8:12], "little")
+    return dict(json.loads(plan[12 : 12 + size]))
+
+
+def test_an_fp16_engine_keeps_the_input_guard_in_fp32(tmp_path: Path, bundle: Bundle) -> None:
+    """Every layer of the guard's nodes is constrained to FP32, and the builder told to obey; the model's own
+    layers are left to TensorRT. An FP32 bundle needs no constraint."""
+    import onnx
+
+    guard = {n.name for n in onnx.load(str(bundle.model_path)).graph.node if n.name.startswith("guard_")}
+    assert len(guard) > 5
+    cache = EngineCache(tmp_path / "engines")
+    assert set(_plan_header(build_isolated(_fp16(tmp_path), cache, BuildOptions(max_batch=2)))["fp32_layers"]) == guard
+    assert _plan_header(build_isolated(bundle, cache, BuildOptions(max_batch=2)))["fp32_layers"] == []
+
+
+def test_an_engine_whose_input_guard_judges_otherwise_is_refused(
+    tmp_path: Path, bundle: Bundle, fake_gpu: pytest.MonkeyPatch
+) -> None:
+    """Scores within tolerance but the guard's output NaN (an FP16 overflow): the reference inputs ONNX Runtime
+    lets in would all be refused by this engine, so it is refused, with the verdicts."""
+    fake_gpu.setenv("FAKE_TRT_FAULT", "nan:input_guard")
+    cache = EngineCache(tmp_path)
+    with pytest.raises(
+        EngineBuildError,
+        match=r"input guard does not judge .*input 0: outside \(density not a number\), expected inside",
+    ):
+        build_isolated(_fp16(tmp_path / "b"), cache, BuildOptions(max_batch=2))
+    assert not list(tmp_path.glob("*/engine.plan")), "a refused engine is never cached"
+
+
 def test_a_build_past_its_memory_or_time_is_stopped(
     tmp_path: Path, bundle: Bundle, fake_gpu: pytest.MonkeyPatch
 ) -> None:

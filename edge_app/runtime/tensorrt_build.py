@@ -12,14 +12,19 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_app.bundle import Bundle
 from edge_app.errors import EdgeAppError
 from edge_app.fileio import atomic_write
+from edge_app.manifest import GUARD_PREFIX
 from edge_app.runtime.engine_cache import EngineCache
-from edge_app.runtime.reference import reference_drift, tolerance
+from edge_app.runtime.onnx import OnnxRuntimeRunner
+from edge_app.runtime.reference import guard_disagreements, reference_drift, tolerance
 from edge_app.runtime.tensorrt import TensorRTRunner, current_platform, require_tensorrt, trt_logger
+
+if TYPE_CHECKING:
+    import tensorrt as trt
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +93,9 @@ def _build_plan(
         config.set_flag(trt.BuilderFlag.FP16)
     if m.precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: scales come from the graph's Q/DQ nodes
+    if m.precision in ("fp16", "int8") and m.guard is not None:
+        _guard_in_fp32(network)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
     spec = m.input
     image = spec.image_shape
     profile = builder.create_optimization_profile()
@@ -122,6 +130,20 @@ def _build_plan(
     return bytes(plan)
 
 
+def _guard_in_fp32(network: trt.INetworkDefinition) -> None:
+    """Keep the input guard's layers in FP32, as the bundle's ONNX keeps its nodes: its squared distances do not
+    fit FP16's range. The ONNX parser names a layer after its node (`guard_...`), with a suffix where a node makes
+    several layers."""
+    import tensorrt as trt
+
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if GUARD_PREFIX in layer.name:
+            layer.precision = trt.float32
+            for j in range(layer.num_outputs):
+                layer.set_output_type(j, trt.float32)
+
+
 def _progress_monitor(report: Callable[[str], None], cancel: threading.Event) -> Any:
     import tensorrt as trt
 
@@ -142,13 +164,21 @@ def _progress_monitor(report: Callable[[str], None], cancel: threading.Event) ->
 
 
 def check_against_reference(bundle: Bundle, engine: Path, max_batch: int, dla_core: int | None = None) -> float:
-    """Run the bundle's stored reference inputs through the engine; refuse it beyond the bundle's tolerance."""
-    with TensorRTRunner(bundle, engine, max_batch, dla_core) as runner:
+    """Run the bundle's stored reference inputs through the engine; refuse it beyond the bundle's tolerance, or
+    where its input guard does not give ONNX Runtime's verdicts on them."""
+    with TensorRTRunner(bundle, engine, max_batch, dla_core) as runner, OnnxRuntimeRunner(bundle, 1) as onnx:
         drift = reference_drift(bundle, runner)
+        disagreements = guard_disagreements(bundle, runner, onnx)
     limit = tolerance(bundle)
     if drift > limit:
         raise EngineBuildError(
             f"the engine drifts from the bundle's reference outputs: max probability difference {drift:.4f} > "
             f"{limit}; engine refused"
+        )
+    if disagreements:
+        raise EngineBuildError(
+            "the engine's input guard does not judge the bundle's reference inputs as ONNX Runtime does ("
+            + "; ".join(disagreements)
+            + "); engine refused"
         )
     return drift

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from cuda.bindings import runtime as _cuda
 
@@ -42,6 +43,9 @@ class DataType(enum.IntEnum):
     FLOAT, HALF, INT8, INT32, BOOL, UINT8, FP8, BF16, INT64, INT4 = range(10)
 
 
+float32, float16 = DataType.FLOAT, DataType.HALF
+
+
 class TensorIOMode(enum.IntEnum):
     NONE, INPUT, OUTPUT = range(3)
 
@@ -51,7 +55,7 @@ class MemoryPoolType(enum.IntEnum):
 
 
 class BuilderFlag(enum.IntEnum):
-    FP16, BF16, INT8, DEBUG, GPU_FALLBACK = range(5)
+    FP16, BF16, INT8, DEBUG, GPU_FALLBACK, OBEY_PRECISION_CONSTRAINTS = range(6)
 
 
 class DeviceType(enum.IntEnum):
@@ -79,9 +83,38 @@ def _dtype(onnx_type: str) -> DataType:
     )
 
 
+class ILayer:
+    """A layer the parser made of one ONNX node, named after it; its precision constraints are recorded."""
+
+    def __init__(self, name: str, num_outputs: int) -> None:
+        self.name = name
+        self.num_outputs = num_outputs
+        self.precision = DataType.FLOAT
+        self.precision_is_set = False
+        self.output_types: dict[int, DataType] = {}
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key == "precision" and "precision" in self.__dict__:
+            super().__setattr__("precision_is_set", True)
+        super().__setattr__(key, value)
+
+    def set_output_type(self, index: int, dtype: DataType) -> None:
+        if not 0 <= index < self.num_outputs:
+            raise IndexError(index)
+        self.output_types[index] = dtype
+
+
 class INetworkDefinition:
     def __init__(self) -> None:
         self.onnx: bytes | None = None
+        self.layers: list[ILayer] = []
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def get_layer(self, index: int) -> ILayer:
+        return self.layers[index]
 
 
 class OnnxParser:
@@ -104,6 +137,8 @@ class OnnxParser:
             self.errors.append(f"ModelImporter: {exc}")
             return False
         self.network.onnx = data
+        graph = onnx.load_from_string(data).graph
+        self.network.layers = [ILayer(n.name or f"node_{i}", len(n.output)) for i, n in enumerate(graph.node)]
         return True
 
 
@@ -203,12 +238,22 @@ class Builder:
         if os.environ.get("FAKE_TRT_FAULT") == "build":
             self.logger.log(Logger.ERROR, "Error Code 10: Internal Error (could not find any implementation)")
             return None
+        fault = os.environ.get("FAKE_TRT_FAULT", "")
         header = {
             "version": __version__,
             "fp16": BuilderFlag.FP16 in config.flags,
             "int8": BuilderFlag.INT8 in config.flags,
             "dla_core": config.DLA_core if dla else None,
             "drift": os.environ.get("FAKE_TRT_FAULT") == "drift",  # an engine that computes wrong, built so
+            "nan": fault.removeprefix("nan:") if fault.startswith("nan:") else None,  # ... one output wrong
+            "fp32_layers": [  # layers kept in FP32 where lower precision was allowed: only when told to obey
+                layer.name
+                for layer in network.layers
+                if layer.precision_is_set
+                and layer.precision == DataType.FLOAT
+                and all(t == DataType.FLOAT for t in layer.output_types.values())
+                and BuilderFlag.OBEY_PRECISION_CONSTRAINTS in config.flags
+            ],
             "profile": profile,
         }
         blob = json.dumps(header).encode()
@@ -322,6 +367,8 @@ class IExecutionContext:
                 value = value.astype(np.float16).astype(np.float32)
             if self.engine.header["drift"]:
                 value = value + np.float32(0.25)
+            if self.engine.header["nan"] == meta.name:
+                value = np.full_like(value, np.nan)
             address = self.addresses.get(meta.name)
             if address is None or not _cuda.within(address, value.nbytes):
                 return False
