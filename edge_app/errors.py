@@ -30,6 +30,11 @@ class ImageRejected(UserError):
         self.reason = reason
 
 
+class IdentityConflict(ImageRejected):
+    """An image that cannot join what its UIDs name: the study is another patient's, or its SOP Instance UID is
+    held with other content. It is kept apart, in a study of its own, and not diagnosed."""
+
+
 class RuntimeUnavailable(UserError):
     """An inference backend cannot run on this machine (no GPU, library missing, no engine built)."""
 

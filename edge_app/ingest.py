@@ -12,10 +12,10 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
-from edge_app.errors import ImageRejected
+from edge_app.errors import IdentityConflict, ImageRejected
 from edge_app.imaging.header import ImageHeader, generated_header, read_header
 from edge_app.store import Added, Store
 
@@ -90,6 +90,24 @@ class Ingest:
                 self._exposure = None
         return patient, exposure
 
+    def _keep_apart(
+        self, digest: str, size: int, filename: str, source: str, header: ImageHeader, reason: str, patient_id: str
+    ) -> Added:
+        """Record an image that cannot join what its UIDs name in a study of its own (new UIDs; its own patient
+        fields kept, its UIDs noted), refused with the reason; the same bytes sent again find that record."""
+        held = self.store.kept_apart(digest, header.sop_instance_uid)
+        if held is not None:
+            return held
+        fresh = generated_header()
+        apart = replace(
+            header, study_uid=fresh.study_uid, series_uid=fresh.series_uid, sop_instance_uid=fresh.sop_instance_uid
+        )
+        uids = {"study_uid": header.study_uid, "sop_instance_uid": header.sop_instance_uid}
+        added = self.store.add_image(
+            digest, size, filename, source, apart, reason=reason, patient_id=patient_id, extra={"kept_apart": uids}
+        )
+        return replace(added, kept_apart=True)
+
     def submit(self, stream: IO[bytes], filename: str, source: str, patient_id: str = "") -> Added | None:
         """Keep one image; None where the stream held no bytes; `OSError` (ENOSPC) while the disk is nearly
         full. A file that is no image is kept too, refused with the reason; an image already held (the same SOP
@@ -106,18 +124,18 @@ class Ingest:
             return None
         try:
             header = read_header(self.store.file_path(digest), filename)
-            known = self.store.study_patient(header.study_uid)
-            if known and header.patient_id and known != header.patient_id:
-                raise ImageRejected(filename, "its Study Instance UID belongs to another patient's study")
         except ImageRejected as exc:
             added = self.store.add_image(
                 digest, size, filename, source, generated_header(), reason=exc.reason, patient_id=patient_id
             )
         else:
             scanned, extra = self._pending(header)
-            added = self.store.add_image(
-                digest, size, filename, source, header, patient_id=patient_id or scanned, extra=extra
-            )
+            try:
+                added = self.store.add_image(
+                    digest, size, filename, source, header, patient_id=patient_id or scanned, extra=extra
+                )
+            except IdentityConflict as exc:
+                added = self._keep_apart(digest, size, filename, source, header, exc.reason, patient_id or scanned)
         log.debug(
             "%s from %s: image %d, %s%s",
             filename,

@@ -108,5 +108,7 @@ def test_module_factory_with_state_dict(small_net: Path, nih: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert load_bundle(small_net / "bundle").manifest.precision == "fp16"
-    missing = _convert(small_net, "build", "smallnet:make", "--spec", "spec.toml", "-o", "other")
+    missing = _convert(
+        small_net, "build", "smallnet:make", "--spec", "spec.toml", "--calibration", str(nih / "images"), "-o", "other"
+    )
     assert missing.returncode == 2 and "needs --weights" in missing.stderr

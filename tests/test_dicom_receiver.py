@@ -77,9 +77,16 @@ def test_every_cr_and_us_file_arrives_and_gets_its_status(
     statuses = []
     for start in range(0, len(datasets), 10):  # 128 presentation contexts at most per association
         statuses += _send(port, datasets[start : start + 10])
-    assert statuses == [0x0000] * len(datasets)
+    # The test files share SOP Instance UIDs between encodings of one image: the first is the image; a later one
+    # is the image again where its data set's bytes are the same (only its file meta differed), else it is
+    # stored apart with a warning.
+    first = {ds.SOPInstanceUID: ds for ds in reversed(datasets)}
+    assert [code for ds, code in zip(datasets, statuses, strict=True) if first[ds.SOPInstanceUID] is ds] == [
+        0x0000
+    ] * len(first)
+    assert set(statuses) == {0x0000, 0xB000}
     client = api_client(app)
-    for ds in datasets:
+    for ds in first.values():
         study = client.get(f"/api/v1/studies/{ds.StudyInstanceUID}").get_json()
         (image,) = [i for i in study["images"] if i["sop_instance_uid"] == ds.SOPInstanceUID]
         status, reason = service.store.wait_for(image["id"], timeout=60)
@@ -98,6 +105,54 @@ def test_a_duplicate_is_acknowledged_and_not_stored_twice(
     assert _send(port, [ds]) == [0x0000]
     study = api_client(app).get(f"/api/v1/studies/{ds.StudyInstanceUID}").get_json()
     assert [i["sop_instance_uid"] for i in study["images"]] == [ds.SOPInstanceUID]
+
+
+def _store_statuses(port: int, datasets: list[Dataset]) -> list[tuple[int, str]]:
+    ae = AE(ae_title="MODALITY")
+    for ds in datasets:
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="EDGEAPP")
+    assert assoc.is_established
+    try:
+        answers = [assoc.send_c_store(ds) for ds in datasets]
+        return [(int(a.Status), str(a.get("ErrorComment", ""))) for a in answers]
+    finally:
+        assoc.release()
+
+
+def test_an_image_joins_a_study_only_under_its_patient_and_a_uid_held_with_other_bytes_is_kept_apart(
+    app: Flask, api_client: Callable[[Flask], FlaskClient]
+) -> None:
+    """Through C-STORE, as an unauthenticated peer would: an image without a patient ID (or with another's) naming
+    a patient's study, and other bytes under a SOP Instance UID held, are stored apart (warning 0xB000, not
+    diagnosed, listed with the reason, nothing of the patient told); the patient's study keeps its own image; the
+    same bytes again add nothing. A Study UID with '/' or a line break is refused (0xC210)."""
+    port, client = _port(app), api_client(app)
+    real = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    assert _store_statuses(port, [real]) == [(0x0000, "")]
+    no_id, other, same_uid = (pydicom.dcmread(dicom_file("RG1_UNCR.dcm")) for _ in range(3))
+    no_id.SOPInstanceUID, no_id.PatientID, no_id.PatientName = "1.2.3.77.1", "", "INTRUDER"
+    other.SOPInstanceUID, other.PatientID = "1.2.3.77.2", "SOMEONE-ELSE"
+    same_uid.PixelData = bytes(len(real.PixelData))  # a black image under the real one's SOP Instance UID
+    answers = _store_statuses(port, [no_id, other, same_uid, no_id])
+    assert [code for code, _ in answers] == [0xB000] * 4
+    assert answers[0][1].startswith("it carries no patient ID and its Study Instance UID names")  # 64 characters
+    assert answers[1][1].startswith("its Study Instance UID belongs to another patient's study")
+    assert answers[2][1].startswith("an image with the same SOP Instance UID and other content")
+    assert all(str(real.PatientID) not in comment for _, comment in answers)
+    study = client.get(f"/api/v1/studies/{real.StudyInstanceUID}").get_json()
+    assert [i["sop_instance_uid"] for i in study["images"]] == [real.SOPInstanceUID], "the patient's own image only"
+    apart = [s for s in client.get("/api/v1/studies").get_json()["studies"] if s["uid"] != real.StudyInstanceUID]
+    assert len(apart) == 3, "each kept apart once: the same bytes sent again found their record"
+    assert {s["patient_id"] for s in apart} == {"", "SOMEONE-ELSE", str(real.PatientID)}
+    for s in apart:
+        (image,) = s["images"]
+        assert image["status"] == "rejected" and "kept apart, not diagnosed" in image["reason"]
+    for bad in ("1.2.3/../4", "1.2.3\r\nX-Evil: 1"):
+        ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+        ds.SOPInstanceUID, ds.StudyInstanceUID = "1.2.3.77.9", bad
+        ((code, comment),) = _store_statuses(port, [ds])
+        assert code == 0xC210 and "is not a DICOM UID" in comment, comment
 
 
 def test_bad_input_gets_a_failure_and_the_server_lives_on(app: Flask) -> None:

@@ -148,6 +148,7 @@ def _studies(tmp_path: Path, api_client: Callable[[Flask], FlaskClient], modalit
         for modality in modalities:
             ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
             ds.Modality, ds.StudyInstanceUID, ds.SOPInstanceUID = modality, generate_uid(), generate_uid()
+            ds.SeriesInstanceUID = generate_uid()
             client.post("/api/v1/studies?filename=x.dcm", data=dicom_bytes(ds))
             uids.append(ds.StudyInstanceUID)
         return uids

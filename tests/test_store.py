@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_app.errors import ConfigError, NotFound, UserError
+from edge_app.errors import ConfigError, IdentityConflict, NotFound, UserError
 from edge_app.imaging.header import ImageHeader, generated_header
 from edge_app.store import ModelResult, Outcome, Store
 from edge_app.store.db import chosen_heatmap
@@ -74,11 +74,42 @@ def test_images_are_grouped_by_their_dicom_uids(tmp_path: Path) -> None:
 
 
 def test_a_duplicate_sop_instance_is_acknowledged_not_added(tmp_path: Path) -> None:
+    """The same bytes again are the image held; other bytes under its SOP Instance UID are a conflict, and
+    nothing of them is recorded here (ingest keeps them apart)."""
     store = Store(tmp_path)
     first = _add(store, b"image", _header())
-    again = _add(store, b"image sent twice, other bytes", _header())
+    again = _add(store, b"image", _header())
     assert again.duplicate and again.image_id == first.image_id and again.status == "queued"
+    with pytest.raises(IdentityConflict, match="same SOP Instance UID and other content"):
+        _add(store, b"image sent twice, other bytes", _header())
     assert len(store.get_study("1.2.3")["images"]) == 1 and store.queued() == 1
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("held", "arriving", "reason"),
+    [
+        ("P1", "P2", "belongs to another patient's study"),
+        ("P1", "", "carries no patient ID and its Study Instance UID names a patient's study"),
+        ("", "P2", "names a study held without a patient ID"),
+    ],
+)
+def test_an_image_joins_a_study_only_with_its_patient_id(tmp_path: Path, held: str, arriving: str, reason: str) -> None:
+    """No ID never matches a known patient; the study, its series and its queue are left as they were."""
+    from dataclasses import replace
+
+    store = Store(tmp_path)
+    _add(store, b"first", replace(_header(), patient_id=held))
+    with pytest.raises(IdentityConflict, match=reason):
+        _add(store, b"second", replace(_header(sop="1.2.3.4.6"), patient_id=arriving))
+    with pytest.raises(IdentityConflict, match=reason):  # nor through another series
+        _add(store, b"third", replace(_header(series="1.2.3.9", sop="1.2.3.4.7"), patient_id=arriving))
+    with pytest.raises(IdentityConflict, match="Series Instance UID belongs to another study"):
+        _add(store, b"fourth", replace(_header(study="7.7", sop="1.2.3.4.8"), patient_id=held))
+    study = store.get_study("1.2.3")
+    assert len(study["images"]) == 1 and study["patient_id"] == held and store.queued() == 1
+    same = _add(store, b"fifth", replace(_header(sop="1.2.3.4.9"), patient_id=""), patient_id=held)
+    assert same.study_uid == "1.2.3", "the ID given with the image (a scanned barcode) is its identity"
     store.close()
 
 

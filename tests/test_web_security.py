@@ -498,7 +498,9 @@ def test_a_technician_sends_images_and_reads_no_results(
     ds.save_as(buf)
     resp = anonymous.post("/api/v1/studies?filename=x.dcm", data=buf.getvalue(), headers=bearer)
     body = resp.get_json()
-    assert resp.status_code == 422 and body["reason"] == "its Study Instance UID belongs to another patient's study"
+    assert resp.status_code == 422 and body["reason"] == (
+        "its Study Instance UID belongs to another patient's study: kept apart, not diagnosed"
+    )
     assert body["uid"] != uid and "images" not in body and "study" not in body
     assert str(pydicom.dcmread(dicom_file("RG1_UNCR.dcm")).PatientID) not in resp.get_data(as_text=True)
     (image,) = client.get(f"/api/v1/studies/{uid}").get_json()["images"]

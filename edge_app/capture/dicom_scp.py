@@ -2,8 +2,10 @@
 and compressed transfer syntaxes.
 
 Success (0x0000) is answered only once `Ingest.submit` returned: the file fsynced and its row committed. A SOP
-Instance already held is acknowledged and not stored twice; a data set that is no image gets 0xA900, one that
-cannot be read 0xC210, a full disk 0xA700, each with the reason in the Error Comment. A handler that fails
+Instance already held (the same bytes) is acknowledged and not stored twice; one that cannot join what its UIDs
+name (another patient's study, a SOP Instance UID held with other bytes) is stored apart and answered 0xB000, a
+warning; a data set that is no image gets 0xA900, one that cannot be read 0xC210, a full disk 0xA700, each with the
+reason in the Error Comment. A handler that fails
 answers with a failure status; the association and the server live on (pynetdicom's own boundary).
 
 A hostile peer on the LAN costs bounded resources: associations are capped in all and per address and dropped when
@@ -56,6 +58,7 @@ TRANSFER_SYNTAXES = [
 ]
 VERIFICATION = "1.2.840.10008.1.1"  # C-ECHO
 _NO_IMAGE, _UNREADABLE, _OUT_OF_RESOURCES, _CANNOT_UNDERSTAND = 0xA900, 0xC210, 0xA700, 0xC211
+_KEPT_APART = 0xB000  # Warning, Coercion of Data Elements: stored, in a study of its own
 _REFUSED_WINDOW_S = 60.0  # max_refused_per_min counts the refusals of this last minute
 _NO_ROOM = (0x02, 0x03, 0x01)  # A-ASSOCIATE-RJ: transient, service provider (presentation), temporary congestion
 
@@ -236,6 +239,9 @@ class DicomReceiver:
             return _failure(_OUT_OF_RESOURCES, "the appliance's disk is full" if full else f"cannot store: {exc}")
         if added is None:
             return _failure(_CANNOT_UNDERSTAND, "the data set is empty")
+        if added.kept_apart:  # stored, though not where its UIDs say: a warning, so the sender does not retry
+            log.warning("C-STORE of %s from %s kept apart: %s", sop_instance, source, added.reason)
+            return _failure(_KEPT_APART, added.reason or "kept apart")
         if added.status == "rejected" and not added.duplicate:
             reason = added.reason or "refused"
             log.info("C-STORE of %s from %s refused: %s", sop_instance, source, reason)
@@ -310,7 +316,9 @@ def _discard_partial(assoc: Association) -> None:
 
 
 def _failure(code: int, comment: str) -> Dataset:
+    """A status with its Error Comment (a failure's, or a warning's)."""
     status = Dataset()
     status.Status = code
-    status.ErrorComment = comment[:64]  # LO: 64 characters at most
+    # LO: 64 characters at most, no backslash (a value separator) and no control character
+    status.ErrorComment = "".join(c if c.isprintable() and c != "\\" else "?" for c in comment)[:64]
     return status

@@ -6,6 +6,7 @@ pixel data among them, left on disk), never a native decoder. PNG and JPEG carry
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -15,6 +16,14 @@ from edge_app.errors import ImageRejected
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
+# PS3.5 9.1: components of digits joined by dots, at most 64 characters. Leading zeros, which some units write,
+# are let through; anything else (a '/', a line break, a quote) would become a path, a header or a URL later.
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_SPACED = {
+    "StudyInstanceUID": "Study Instance UID",
+    "SeriesInstanceUID": "Series Instance UID",
+    "SOPInstanceUID": "SOP Instance UID",
+}
 
 
 @dataclass(frozen=True)
@@ -88,11 +97,20 @@ def _dicom_header(path: Path, source: str) -> ImageHeader:
             def text(keyword: str) -> str:
                 return str(ds.get(keyword, "") or "").strip()
 
+            def uid(keyword: str) -> str:
+                value = text(keyword)
+                if value and not (len(value) <= 64 and _UID.fullmatch(value)):
+                    shown = "".join(c if c.isprintable() and c != "\\" else "?" for c in value[:80])
+                    raise ImageRejected(
+                        source, f"its {_SPACED[keyword]} '{shown}' is not a DICOM UID (digits and dots, at most 64)"
+                    )
+                return value or generate_uid()
+
             return ImageHeader(
                 "dicom",
-                study_uid=text("StudyInstanceUID") or generate_uid(),
-                series_uid=text("SeriesInstanceUID") or generate_uid(),
-                sop_instance_uid=text("SOPInstanceUID") or generate_uid(),
+                study_uid=uid("StudyInstanceUID"),
+                series_uid=uid("SeriesInstanceUID"),
+                sop_instance_uid=uid("SOPInstanceUID"),
                 modality=text("Modality").upper(),
                 body_part=text("BodyPartExamined").upper(),
                 view=text("ViewPosition").upper(),

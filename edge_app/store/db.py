@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from edge_app.errors import ConfigError, NotFound, UserError
+from edge_app.errors import ConfigError, IdentityConflict, NotFound, UserError
 from edge_app.fileio import INCOMING_PREFIX, commit, spool
 from edge_app.imaging.header import ImageHeader
 from edge_app.store.schema import migrate
@@ -40,7 +40,8 @@ FILES_IN_USE = (
 
 @dataclass(frozen=True)
 class Added:
-    """What became of an arriving image: its row, its study, and whether it was there already."""
+    """What became of an arriving image: its row, its study, whether it was there already, and whether it was
+    kept apart from what its UIDs name (an `IdentityConflict`: stored in a study of its own, not diagnosed)."""
 
     image_id: int
     study_uid: str
@@ -48,6 +49,24 @@ class Added:
     status: str
     reason: str | None = None
     duplicate: bool = False
+    kept_apart: bool = False
+
+
+SOP_CONFLICT = (
+    "an image with the same SOP Instance UID and other content is already held: kept apart, not diagnosed "
+    "(two images must not share a UID; ask who set up the modality)"
+)
+
+SERIES_CONFLICT = "its Series Instance UID belongs to another study: kept apart, not diagnosed"
+
+
+def _study_conflict(patient: str, study_patient: str) -> str:
+    """Why an image cannot join a study, saying nothing of the study's patient but whether there is one."""
+    if not patient:
+        return "it carries no patient ID and its Study Instance UID names a patient's study: kept apart, not diagnosed"
+    if not study_patient:
+        return "its Study Instance UID names a study held without a patient ID: kept apart, not diagnosed"
+    return "its Study Instance UID belongs to another patient's study: kept apart, not diagnosed"
 
 
 @dataclass(frozen=True)
@@ -224,24 +243,44 @@ class Store:
         extra: dict[str, Any] | None = None,
     ) -> Added:
         """Record a stored file as an image of its study and series (created where new) and queue its job; with a
-        `reason`, record it refused instead. An image whose SOP Instance UID is known is not added twice."""
+        `reason`, record it refused instead. The same bytes under a known SOP Instance UID are not added twice.
+        `IdentityConflict` (nothing recorded) where the image cannot join what its UIDs name: other bytes under a
+        known SOP Instance UID, or a study whose patient ID is not the image's (no ID never matches a known
+        patient's, nor an ID a study held without one)."""
         now = _now()
         status = "rejected" if reason else "queued"
+        patient = header.patient_id or patient_id
         with self.transaction() as db:
             known = db.execute(
-                "SELECT images.id, images.status, images.reason, studies.uid FROM images JOIN studies "
+                "SELECT images.id, images.status, images.reason, studies.uid, images.sha256 FROM images JOIN studies "
                 "ON studies.id = images.study_id WHERE sop_instance_uid = ?",
                 (header.sop_instance_uid,),
             ).fetchone()
             if known is not None:
+                if known[4] != digest:
+                    raise IdentityConflict(filename, SOP_CONFLICT)
                 return Added(known[0], known[3], header.sop_instance_uid, known[1], known[2], duplicate=True)
-            study_id = self._id_of("studies", header.study_uid) or self._insert(
-                "INSERT INTO studies (uid, created_at, source, patient_id) VALUES (?, ?, ?, ?)",
-                (header.study_uid, now, source, header.patient_id or patient_id),
+            study = db.execute("SELECT id, patient_id FROM studies WHERE uid = ?", (header.study_uid,)).fetchone()
+            if study is not None and study[1] != patient:
+                raise IdentityConflict(filename, _study_conflict(patient, study[1]))
+            study_id = (
+                study[0]
+                if study is not None
+                else self._insert(
+                    "INSERT INTO studies (uid, created_at, source, patient_id) VALUES (?, ?, ?, ?)",
+                    (header.study_uid, now, source, patient),
+                )
             )
-            series_id = self._id_of("series", header.series_uid) or self._insert(
-                "INSERT INTO series (study_id, uid, modality, created_at) VALUES (?, ?, ?, ?)",
-                (study_id, header.series_uid, header.modality, now),
+            series = db.execute("SELECT id, study_id FROM series WHERE uid = ?", (header.series_uid,)).fetchone()
+            if series is not None and series[1] != study_id:
+                raise IdentityConflict(filename, SERIES_CONFLICT)
+            series_id = (
+                series[0]
+                if series is not None
+                else self._insert(
+                    "INSERT INTO series (study_id, uid, modality, created_at) VALUES (?, ?, ?, ?)",
+                    (study_id, header.series_uid, header.modality, now),
+                )
             )
             image_id = self._insert(
                 "INSERT INTO images (study_id, series_id, created_at, filename, sha256, size, metadata, "
@@ -264,11 +303,16 @@ class Store:
                 db.execute("INSERT INTO jobs (image_id, state, updated_at) VALUES (?, 'queued', ?)", (image_id, now))
         return Added(image_id, header.study_uid, header.sop_instance_uid, status, reason)
 
-    def study_patient(self, uid: str) -> str | None:
-        """The patient ID of a study already held (None where there is no such study)."""
+    def kept_apart(self, digest: str, sop_instance_uid: str) -> Added | None:
+        """The image these bytes were kept apart as when they first came (an `IdentityConflict`), if they did."""
         with self._lock:
-            row = self._db.execute("SELECT patient_id FROM studies WHERE uid = ?", (uid,)).fetchone()
-        return str(row[0]) if row is not None else None
+            row = self._db.execute(
+                "SELECT images.id, studies.uid, images.sop_instance_uid, images.status, images.reason FROM images "
+                "JOIN studies ON studies.id = images.study_id WHERE images.sha256 = ? "
+                "AND json_extract(images.metadata, '$.kept_apart.sop_instance_uid') = ? ORDER BY images.id LIMIT 1",
+                (digest, sop_instance_uid),
+            ).fetchone()
+        return Added(row[0], row[1], row[2], row[3], row[4], duplicate=True, kept_apart=True) if row else None
 
     def _id_of(self, table: str, uid: str) -> int | None:
         row = self._db.execute(f"SELECT id FROM {table} WHERE uid = ?", (uid,)).fetchone()
