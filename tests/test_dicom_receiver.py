@@ -565,6 +565,34 @@ def test_a_peer_refused_often_is_slowed(tmp_path: Path, free_port: int) -> None:
         services.get_from(app).stop()
 
 
+def test_a_peer_sending_what_no_model_reads_is_slowed(tmp_path: Path, free_port: int) -> None:
+    """max_refused_per_min = 2 and ultrasound images, which no model here reads: each is stored and acknowledged,
+    the worker finds no model for it, and from the third such object of the minute each answer waits longer."""
+    import time
+
+    app = _dicom_app(tmp_path, free_port, max_refused_per_min=2)
+    try:
+        store = _service(app).store
+        ds = pydicom.dcmread(dicom_file("US1_UNCR.dcm"))
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP")
+        took = []
+        for n in range(5):
+            ds.SOPInstanceUID = f"1.2.3.996.{n}"
+            started = time.monotonic()
+            assert int(assoc.send_c_store(ds).Status) == 0x0000
+            took.append(time.monotonic() - started)
+            (image,) = [
+                i for i in store.get_study(ds.StudyInstanceUID)["images"] if i["sop_instance_uid"] == ds.SOPInstanceUID
+            ]
+            assert store.wait_for(image["id"], timeout=30)[0] == "no_model"
+        assoc.release()
+        assert max(took[:3]) < 0.9 and 0.9 < took[3] < 1.9 and took[4] > 1.9, took
+    finally:
+        services.get_from(app).stop()
+
+
 def _peak_rss_mb(pid: int) -> float:
     """The most memory the process has held (VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -11,8 +11,8 @@ answers with a failure status; the association and the server live on (pynetdico
 A hostile peer on the LAN costs bounded resources: associations are capped in all and per address and dropped when
 silent; data sets go to a temporary file as they arrive (never whole into memory) and one larger than
 `max_object_mb` aborts its association; no association is accepted without room on the disk for such an object;
-a peer whose objects are refused often waits longer for each answer. Strangers are kept out by the allow-lists
-and TLS, not by these bounds.
+a peer whose objects are often refused, or read by no model, waits longer for each answer. Strangers are kept out
+by the allow-lists and TLS, not by these bounds.
 """
 
 from __future__ import annotations
@@ -250,11 +250,13 @@ class DicomReceiver:
         return 0x0000
 
     def _delay(self, address: str, refused: bool) -> float:
-        """Seconds the answer to `address` waits: one per refusal of the last minute beyond
-        `max_refused_per_min`, at most half `timeout_s` (the peer's own timeout is no shorter, as a rule)."""
+        """Seconds the answer to `address` waits: one per object of the last minute beyond
+        `max_refused_per_min` that was refused, or that no model read (the worker's verdict, from the store), at
+        most half `timeout_s` (the peer's own timeout is no shorter, as a rule)."""
         limit = self.settings.max_refused_per_min
         if not limit:
             return 0.0
+        unread = self.ingest.store.unread_from(f"@{address}", _REFUSED_WINDOW_S)
         now = time.monotonic()
         with self._lock:
             times = self._refused.setdefault(address, deque())
@@ -262,7 +264,7 @@ class DicomReceiver:
                 times.append(now)
             while times and times[0] < now - _REFUSED_WINDOW_S:
                 times.popleft()
-            beyond = len(times) - limit
+            beyond = len(times) + unread - limit
             if not times:
                 del self._refused[address]
         return min(float(max(beyond, 0)), self.settings.timeout_s / 2)

@@ -303,6 +303,19 @@ class Store:
                 db.execute("INSERT INTO jobs (image_id, state, updated_at) VALUES (?, 'queued', ?)", (image_id, now))
         return Added(image_id, header.study_uid, header.sop_instance_uid, status, reason)
 
+    def unread_from(self, source_suffix: str, seconds: float) -> int:
+        """How many images whose source ends with `source_suffix` arrived in the last `seconds` and were read by
+        no model (none fits them, or the input guard refused them): what a flood of such objects looks like."""
+        since = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
+        with self._lock:
+            row = self._db.execute(
+                "SELECT count(*) FROM images WHERE id > (SELECT coalesce(max(id), 0) - 1000 FROM images) "
+                "AND created_at >= ? AND status IN ('no_model', 'outside') "
+                "AND substr(source, -length(?)) = ?",
+                (since, source_suffix, source_suffix),
+            ).fetchone()
+        return int(row[0])
+
     def kept_apart(self, digest: str, sop_instance_uid: str) -> Added | None:
         """The image these bytes were kept apart as when they first came (an `IdentityConflict`), if they did."""
         with self._lock:
