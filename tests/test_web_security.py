@@ -57,7 +57,7 @@ EXPECTED: dict[str, set[str] | None] = {
     "admin.audit_csv": {"admin"},
     "api.create_study": CLINICAL,
     "api.capture": CLINICAL,
-    "api.video_live": CLINICAL,
+    "api.video_live": {"clinician"},
     "api.video_preview": CLINICAL,
     "api.list_studies": {"clinician"},
     "api.get_study": {"clinician"},
