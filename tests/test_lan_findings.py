@@ -126,3 +126,20 @@ def test_a_technician_s_worklist_shows_statuses_and_no_ai_result(
     status, _, _ = technician.open("GET", "/api/v1/video/live")
     assert status == 403, "the live video's findings are results too"
 
+
+def test_a_link_from_another_site_keeps_the_tablet_logged_in(served: Served) -> None:
+    """The session cookie is SameSite=Lax: a top-level GET from a link on another site carries it (Strict logged
+    the tablet out), while a cross-site POST still needs its CSRF token, refused without it even with the cookie."""
+    base, _ = served
+    tablet = Tablet(base)
+    cookie = tablet.login("dr-ade")["Set-Cookie"]
+    assert "SameSite=Lax" in cookie and "HttpOnly" in cookie
+    followed = {"Referer": "http://intranet.example/links.html", "Sec-Fetch-Site": "cross-site"}
+    status, _, page = tablet.open("GET", "/", headers={**followed, "Sec-Fetch-Mode": "navigate"})
+    assert status == 200 and "dr-ade" in page, "the worklist, not the login page"
+    forged = {"Origin": "http://intranet.example", **followed}
+    for path in ("/logout", "/language", "/api/v1/capture"):
+        status, _, body = tablet.open("POST", path, {"language": "fr"}, headers=forged)
+        assert status == 400 and "CSRF" in body, path
+    status, _, page = tablet.open("GET", "/")
+    assert status == 200 and 'lang="en"' in page, "still logged in, nothing changed"
