@@ -143,3 +143,29 @@ def test_a_link_from_another_site_keeps_the_tablet_logged_in(served: Served) -> 
         assert status == 400 and "CSRF" in body, path
     status, _, page = tablet.open("GET", "/")
     assert status == 200 and 'lang="en"' in page, "still logged in, nothing changed"
+
+
+def test_the_first_run_page_stays_closed_while_any_account_exists(
+    tmp_path: Path, free_port: int, launch: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """Every account disabled is not a new box: /setup (open to any process on the box) stays 404 and the login
+    page does not lead there; `edge-app user enable` is the way back. With no account at all it is offered."""
+    data = tmp_path / "data"
+    proc = launch(data, free_port)
+    try:
+        tablet = Tablet(f"http://127.0.0.1:{free_port}")
+        assert tablet.open("GET", "/setup")[0] == 200, "a new box: the first administrator"
+        store = Store(data)
+        try:
+            Accounts(store).add_user("boss", parse_roles("admin"), PASSWORD)
+            Accounts(store).set_disabled("boss", True)
+        finally:
+            store.close()
+        assert tablet.open("GET", "/setup")[0] == 404
+        form = {"csrf_token": tablet.csrf("/login"), "username": "mallory", "password": PASSWORD, "confirm": PASSWORD}
+        assert tablet.open("POST", "/setup", form)[0] == 404
+        status, headers, _ = tablet.open("GET", "/login")
+        assert status == 200 and headers["Location"] is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
