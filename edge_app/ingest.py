@@ -118,13 +118,8 @@ class Ingest:
             added = self.store.add_image(
                 digest, size, filename, source, header, patient_id=patient_id or scanned, extra=extra
             )
-        log.debug(
-            "%s from %s: image %d, %s%s",
-            filename,
-            source,
-            added.image_id,
-            added.status,
-            " (already held)" if added.duplicate else "",
+        log.debug(  # the image's number, never its file name: that may name the patient
+            "image %d from %s: %s%s", added.image_id, source, added.status, " (already held)" if added.duplicate else ""
         )
         if added.status == "queued" and not added.duplicate and self.on_queued is not None:
             self.on_queued()

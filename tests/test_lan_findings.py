@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import http.cookiejar
 import json
+import os
 import re
 import subprocess
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import EDGE_APP
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
 
@@ -169,3 +172,47 @@ def test_the_first_run_page_stays_closed_while_any_account_exists(
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_no_file_name_reaches_the_log_even_at_debug_level(
+    tmp_path: Path, free_port: int, nih_png: Path, token_for: Callable[..., dict[str, str]]
+) -> None:
+    """A file name may name the patient: `edge-app -v serve` logs the image's number, never the name it came
+    with, for an upload and for a watched-folder drop, taken or refused."""
+    data, inbox, log = tmp_path / "data", tmp_path / "inbox", tmp_path / "serve.log"
+    inbox.mkdir()
+    env = {
+        **os.environ,
+        "EDGE_APP_STORAGE_DATA_DIR": str(data),
+        "EDGE_APP_SERVER_PORT": str(free_port),
+        "EDGE_APP_CAPTURE_FOLDER_ENABLED": "true",
+        "EDGE_APP_CAPTURE_FOLDER_PATH": str(inbox),
+        "EDGE_APP_CAPTURE_FOLDER_POLL_S": "0.2",
+        "EDGE_APP_CAPTURE_FOLDER_STABLE_S": "0",
+    }
+    base = f"http://127.0.0.1:{free_port}"
+    with log.open("w") as out:
+        proc = subprocess.Popen([*EDGE_APP, "-v", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(base + "/api/v1/health", timeout=2).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        headers = token_for(data)
+        assert _upload(base, headers, nih_png.read_bytes(), "PATIENT-NAME-XYZ.png")["images"]
+        assert _upload(base, headers, b"\x00" * 300, "PATIENT-NAME-XYZ.bin")["error"] == "Unprocessable image"
+        (inbox / "PATIENT-NAME-XYZ-2.png").write_bytes(nih_png.read_bytes())
+        (inbox / "PATIENT-NAME-XYZ-3.dcm").write_bytes(b"\x00" * 300)
+        while not ((inbox / "done").is_dir() and (inbox / "failed").is_dir() and not list(inbox.glob("*.*"))):
+            assert time.monotonic() < deadline + 60, "the watched folder's files were not taken"
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    text = log.read_text()
+    assert " DEBUG " in text and "image 4" in text, "the debug log, naming images by number"
+    assert "PATIENT-NAME-XYZ" not in text
