@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -63,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
 
     args = parser.parse_args(argv)
+    # Before anything is made: the data directory, the database (and its -wal, -shm), stored files, backups and
+    # exports are their owner's alone, whatever the umask of the shell this runs from (the units set 0027). What
+    # another user must read is given its mode where it is written (TensorRT engines: 0644).
+    os.umask(0o077)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

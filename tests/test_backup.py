@@ -3,7 +3,10 @@ back into a fresh box, and a damaged backup refused before anything is touched."
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -107,3 +110,47 @@ def test_no_restore_under_a_running_service_and_no_second_service(
     finally:
         services.get_from(app).stop()
     assert cli("restore", str(backup), env={"EDGE_APP_STORAGE_DATA_DIR": str(data)}).returncode == 0
+
+
+def _loose(top: Path) -> list[str]:
+    """Whatever under `top` (itself included) a group or other user could read: its path and mode."""
+    found = [top, *top.rglob("*")]
+    return [f"{p} {stat.S_IMODE(p.lstat().st_mode):o}" for p in found if p.lstat().st_mode & 0o077]
+
+
+def test_patient_data_is_the_owner_s_alone_whatever_the_umask(
+    cli: Cli,
+    tmp_path: Path,
+    free_port: int,
+    launch: Callable[..., subprocess.Popen[str]],
+    token_for: Callable[..., dict[str, str]],
+    nih_png: Path,
+) -> None:
+    """Outside the systemd units (a technician's shell, umask 022) `edge-app serve`, `backup`, `export` and
+    `restore` make the data directory, the database and its -wal/-shm, the stored files, the backup and the
+    export readable by their owner alone."""
+    data, stick = tmp_path / "data", tmp_path / "usb"
+    env = {"EDGE_APP_STORAGE_DATA_DIR": str(data)}
+    before = os.umask(0o022)
+    try:
+        proc = launch(data, free_port)
+        try:
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{free_port}/api/v1/studies?filename=a.png",
+                data=nih_png.read_bytes(),
+                headers=token_for(data),
+            )
+            urllib.request.urlopen(req, timeout=120).close()
+            assert {"edge-app.sqlite3-wal", "edge-app.sqlite3-shm"} <= {p.name for p in data.iterdir()}
+            assert _loose(data) == [], "while it serves"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        assert cli("backup", str(stick), env=env).returncode == 0
+        assert cli("export", str(stick), "--deidentify", env=env).returncode == 0
+        restored = cli("restore", str(next(stick.glob("edge-app-backup-*"))), env=env)
+        assert restored.returncode == 0, restored.stderr
+    finally:
+        os.umask(before)
+    assert [p.name for p in stick.iterdir() if p.name.startswith("edge-app-export-")], "an export was written"
+    assert _loose(stick) == [] and _loose(data) == []
