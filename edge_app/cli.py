@@ -239,8 +239,9 @@ def _backup(settings: Settings, args: argparse.Namespace) -> int:
     if args.command == "backup":
         print(f"backup written to {backup(settings, args.dir)}")
         return 0
-    aside = restore(settings, args.backup)
+    aside, brought = restore(settings, args.backup)
     print(f"restored into {settings.storage.data_dir}" + (f"; the previous data is kept in {aside}" if aside else ""))
+    print(brought)
     return 0
 
 
