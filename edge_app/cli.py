@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -63,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
 
     args = parser.parse_args(argv)
+    # Before anything is made: the data directory, the database (and its -wal, -shm), stored files, backups and
+    # exports are their owner's alone, whatever the umask of the shell this runs from (the units set 0027). What
+    # another user must read is given its mode where it is written (TensorRT engines: 0644).
+    os.umask(0o077)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -234,8 +239,9 @@ def _backup(settings: Settings, args: argparse.Namespace) -> int:
     if args.command == "backup":
         print(f"backup written to {backup(settings, args.dir)}")
         return 0
-    aside = restore(settings, args.backup)
+    aside, brought = restore(settings, args.backup)
     print(f"restored into {settings.storage.data_dir}" + (f"; the previous data is kept in {aside}" if aside else ""))
+    print(brought)
     return 0
 
 

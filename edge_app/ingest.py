@@ -136,13 +136,8 @@ class Ingest:
                 )
             except IdentityConflict as exc:
                 added = self._keep_apart(digest, size, filename, source, header, exc.reason, patient_id or scanned)
-        log.debug(
-            "%s from %s: image %d, %s%s",
-            filename,
-            source,
-            added.image_id,
-            added.status,
-            " (already held)" if added.duplicate else "",
+        log.debug(  # the image's number, never its file name: that may name the patient
+            "image %d from %s: %s%s", added.image_id, source, added.status, " (already held)" if added.duplicate else ""
         )
         if added.status == "queued" and not added.duplicate and self.on_queued is not None:
             self.on_queued()

@@ -232,3 +232,53 @@ def test_the_clinician_picks_which_finding_s_heatmap(tablet_server: Tablet, nih:
         finally:
             browser.close()
     assert not errors, errors
+
+
+def test_a_link_from_another_site_opens_the_tablet_logged_in(
+    tmp_path: Path, free_port: int, launch: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """A link to the tablet on another site's page (here http://localhost, another site than http://127.0.0.1)
+    opens the worklist, not the login page: the session cookie goes with a top-level navigation."""
+    import http.server
+    import threading
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+    data = tmp_path / "data"
+    store = Store(data)
+    try:
+        Accounts(store).add_user("dr-ade", parse_roles("clinician"), PASSWORD)
+    finally:
+        store.close()
+    proc = launch(data, free_port)
+    base = f"http://127.0.0.1:{free_port}"
+    page_html = f'<!doctype html><a id="tablet" href="{base}/">the tablet</a>'.encode()
+
+    class Links(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(page_html)
+
+    other = http.server.HTTPServer(("127.0.0.1", 0), Links)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            try:
+                page = browser.new_context().new_page()
+                page.goto(base + "/login")
+                page.fill("#username", "dr-ade")
+                page.fill("#password", PASSWORD)
+                page.click("#login-form button[type=submit]")
+                page.wait_for_url(base + "/")
+                page.goto(f"http://localhost:{other.server_port}/links.html")
+                page.click("#tablet")
+                page.wait_for_load_state()
+                assert page.url == base + "/" and page.locator("#worklist").count() == 1, page.url
+            finally:
+                browser.close()
+    finally:
+        other.shutdown()
+        proc.terminate()
+        proc.wait(timeout=30)

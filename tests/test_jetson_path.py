@@ -28,7 +28,7 @@ from edge_app.errors import BundleError, RuntimeUnavailable
 from edge_app.runtime import open_runner
 from edge_app.runtime.build_process import BuildCancelled, BuildLimits, build_isolated
 from edge_app.runtime.cuda import l4t_release
-from edge_app.runtime.engine_cache import FAILED_NAME, META_NAME, EngineCache
+from edge_app.runtime.engine_cache import ENGINE_NAME, FAILED_NAME, META_NAME, EngineCache
 from edge_app.runtime.engines import ensure_engines
 from edge_app.runtime.onnx import OnnxRuntimeRunner
 from edge_app.runtime.tensorrt import TensorRTRunner, current_platform
@@ -346,13 +346,17 @@ def test_one_tensorrt_logger_per_process(tmp_path: Path, bundle: Bundle) -> None
 
 
 def test_edge_app_engines_on_a_jetson(tmp_path: Path) -> None:
-    """What the appliance's edge-app-engine.service runs: built, then cached."""
+    """What the appliance's edge-app-engine.service runs: built, then cached; the engine readable by every user
+    though `edge-app` keeps its data to its owner (the service's user reads what a technician built)."""
     config = tmp_path / "edge-app.toml"
     config.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\n[model]\nmax_batch = 2\n')
     run = [*EDGE_APP, "--config", str(config), "engines"]
-    first = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    first = subprocess.run(run, capture_output=True, text=True, timeout=120, preexec_fn=lambda: os.umask(0o022))
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("cxr-reference 1.1.1: built: ")
+    (engine,) = (tmp_path / "data" / "engines").glob(f"*/{ENGINE_NAME}")
+    modes = [stat.S_IMODE(p.stat().st_mode) for p in (engine, engine.parent / META_NAME, engine.parent)]
+    assert modes == [0o644, 0o644, 0o755]
     second = subprocess.run(run, capture_output=True, text=True, timeout=120)
     assert second.stdout.startswith("cxr-reference 1.1.1: cached: ")
 

@@ -113,9 +113,10 @@ def capture() -> Any:
 
 
 @bp.get("/video/live")
-@security.requires("clinician", "technician")
+@security.requires("clinician")
 def video_live() -> Any:
-    """The newest live-inference result on the video feed ([capture.video] infer_every)."""
+    """The newest live-inference result on the video feed ([capture.video] infer_every): findings, so a
+    clinician's, as every result."""
     live = services.get().live
     if live is None:
         raise NotFound("live inference is off ([capture.video] enabled and infer_every)")

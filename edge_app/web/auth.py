@@ -21,7 +21,7 @@ bp = Blueprint("auth", __name__)
 @security.public
 def login() -> Any:
     svc = services.get()
-    if svc.accounts.active_count() == 0 and _from_this_box():
+    if _first_run() and _from_this_box():
         return redirect(url_for("auth.setup"))
     form = LoginForm()
     status = 200
@@ -63,7 +63,7 @@ def logout() -> Any:
 def setup() -> Any:
     """The first administrator, while there is no user, from a browser on the box itself."""
     svc = services.get()
-    if svc.accounts.active_count() > 0 or not _from_this_box():
+    if not _first_run() or not _from_this_box():
         abort(404)
     form = SetupForm()
     if form.validate_on_submit():
@@ -97,6 +97,12 @@ def login_language(code: str) -> Any:
     if code in LANGUAGES:
         session["lang"] = code
     return redirect(url_for("auth.login"))
+
+
+def _first_run() -> bool:
+    """No account at all. Disabled ones count: a box whose accounts are all disabled is not new, and any process
+    on it could otherwise make itself administrator (`edge-app user enable` is the way back)."""
+    return not services.get().accounts.users()
 
 
 def _from_this_box() -> bool:

@@ -120,7 +120,10 @@ def init_app(app: Flask, settings: Settings) -> None:
     """Sessions (idle logout), Bearer tokens, CSRF on every unsafe request of a session, and headers."""
     app.config.update(
         SESSION_COOKIE_HTTPONLY=True,
-        SESSION_COOKIE_SAMESITE="Strict",
+        # Lax, not Strict: a link to the tablet from another site (a top-level GET) carries the session, where
+        # Strict sent none and the tablet looked logged out. No GET changes anything, and every unsafe request
+        # needs its CSRF token (below), which a cross-site POST, sent without the cookie anyway, cannot have.
+        SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.tls,
         SESSION_COOKIE_NAME="edge_session",
         WTF_CSRF_CHECK_DEFAULT=False,  # checked in `_authenticate`, for sessions only: a token is no cookie

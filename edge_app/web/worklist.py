@@ -1,8 +1,8 @@
-"""The worklist: recent studies, positive findings first (triage); it refreshes itself."""
+"""The worklist: recent studies, positive findings first (triage) for a clinician; it refreshes itself."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flask import Blueprint, render_template
@@ -62,7 +62,12 @@ def study_row(study: dict[str, Any], reviewed: bool) -> Row:
 
 
 def worklist_rows() -> list[Row]:
+    """The rows for whoever asks. AI results are a clinician's (as in the API): anyone else sees each study's
+    status, newest first, with no finding, no review and no triage order, which would tell the result too."""
     svc = services.get()
+    principal = security.current()
+    if principal is None or "clinician" not in principal.roles:
+        return [replace(study_row(study, False), positive=[], triage=0.0) for study in svc.store.list_studies(LIMIT)]
     rows = []
     for study in svc.store.list_studies(LIMIT):
         reviewed = any(svc.reviews.of_image(image["id"]) for image in study["images"])
