@@ -22,9 +22,9 @@ from converters.images import ImageSet, load_images, read_labels
 from converters.spec import Spec
 from converters.validation import validate
 from edge_app import __version__
-from edge_app.bundle import sha256_file, write_manifest
+from edge_app.bundles.bundle import sha256_file, write_manifest
+from edge_app.bundles.manifest import InputGuard, Manifest, OutputSpec, Provenance, Validation
 from edge_app.errors import EdgeAppError
-from edge_app.manifest import InputGuard, Manifest, OutputSpec, Provenance, Validation
 
 log = logging.getLogger(__name__)
 Precision = Literal["fp32", "fp16", "int8"]

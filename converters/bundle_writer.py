@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from converters.errors import ConversionError
-from edge_app.bundle import load_bundle, sha256_file
+from edge_app.bundles.bundle import load_bundle, sha256_file
 
 MANIFEST = "manifest.json"
 

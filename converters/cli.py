@@ -25,9 +25,9 @@ from converters import export
 from converters.errors import ConversionError, FidelityGateFailed, Refused
 from converters.sign import generate_key, sign_bundle
 from converters.spec import Tolerance, load_spec
-from edge_app.bundle import load_bundle
+from edge_app.bundles.bundle import load_bundle
 from edge_app.errors import BundleError, EdgeAppError
-from edge_app.runtime.tensorrt_build import EngineBuildError
+from edge_app.runtime.engines.build import EngineBuildError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -190,9 +190,9 @@ def _build(args: argparse.Namespace) -> int:
 
 def _engine(args: argparse.Namespace) -> int:
     from edge_app.config import load_settings
-    from edge_app.runtime.build_process import BuildLimits, build_isolated
-    from edge_app.runtime.engine_cache import EngineCache
-    from edge_app.runtime.tensorrt_build import BuildOptions
+    from edge_app.runtime.engines.build import BuildOptions
+    from edge_app.runtime.engines.build_process import BuildLimits, build_isolated
+    from edge_app.runtime.engines.cache import EngineCache
 
     settings = load_settings()
     cache = EngineCache(args.cache or settings.engine_cache)

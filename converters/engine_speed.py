@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from converters.errors import Refused
-from edge_app.bundle import Bundle, load_bundle, sha256_file, write_manifest
-from edge_app.runtime.build_process import BuildLimits, build_isolated
-from edge_app.runtime.engine_cache import EngineCache
+from edge_app.bundles.bundle import Bundle, load_bundle, sha256_file, write_manifest
+from edge_app.runtime.engines.build import BuildOptions
+from edge_app.runtime.engines.build_process import BuildLimits, build_isolated
+from edge_app.runtime.engines.cache import EngineCache
 from edge_app.runtime.tensorrt import TensorRTRunner, current_platform
-from edge_app.runtime.tensorrt_build import BuildOptions
 
 DEFAULT_MIN_SPEEDUP = 1.1
 RUNS, WARM_UP = 200, 20

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from converters.errors import ConversionError, ModelError
-from edge_app.manifest import InputSpec, OutputSpec
+from edge_app.bundles.manifest import InputSpec, OutputSpec
 
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript")
 OPSET = 17

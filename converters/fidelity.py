@@ -12,8 +12,8 @@ from numpy.typing import NDArray
 from converters.errors import ModelError
 from converters.images import batches
 from converters.spec import Tolerance
-from edge_app.manifest import InputSpec, OutputSpec
-from edge_app.result import probabilities
+from edge_app.bundles.findings import probabilities
+from edge_app.bundles.manifest import InputSpec, OutputSpec
 
 
 def session(model_path: Path, threads: int = 0) -> Any:

@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from converters.errors import ModelError
-from edge_app.manifest import InputSpec
+from edge_app.bundles.manifest import InputSpec
 
 MIN_OPSET = 13
 BATCH = "batch"

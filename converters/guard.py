@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from converters.errors import ModelError
-from edge_app.manifest import GUARD_PREFIX, GuardComponent, InputGuard, InputSpec, OutputSpec, Preprocessing
+from edge_app.bundles.manifest import GUARD_PREFIX, GuardComponent, InputGuard, InputSpec, OutputSpec, Preprocessing
 
 log = logging.getLogger(__name__)
 OUTPUT = "input_guard"

@@ -12,9 +12,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from converters.errors import ConversionError
+from edge_app.bundles.manifest import InputSpec, Preprocessing
 from edge_app.errors import ImageRejected
 from edge_app.imaging import decode, preprocess
-from edge_app.manifest import InputSpec, Preprocessing
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Ed25519 keys and bundle signatures (the cryptography package); the appliance verifies with edge_app.signature."""
+"""Ed25519 keys and bundle signatures (the cryptography package); the appliance verifies with
+`edge_app.bundles.signature`."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import os
 from pathlib import Path
 
 from converters.errors import ConversionError
-from edge_app.bundle import MANIFEST_NAME, load_bundle
-from edge_app.signature import SIGNATURE_NAME, key_id
+from edge_app.bundles.bundle import MANIFEST_NAME, load_bundle
+from edge_app.bundles.signature import SIGNATURE_NAME, key_id
 
 
 def generate_key(private_path: Path) -> Path:

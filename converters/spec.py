@@ -9,9 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from converters.errors import SpecError
 from converters.validation import ValidationRule
-from edge_app.bundle import format_validation_error
-from edge_app.fileio import read_toml
-from edge_app.manifest import InputSpec, IntendedUse, OutputSpec, Preprocessing
+from edge_app.bundles.manifest import InputSpec, IntendedUse, OutputSpec, Preprocessing
+from edge_app.errors import format_validation_error
+from edge_app.system.fileio import read_toml
 
 
 class Tolerance(BaseModel):

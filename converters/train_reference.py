@@ -1,6 +1,6 @@
 """Train the reference chest X-ray model and write it as the embedded bundle (needs the `train` extra).
 
-    python -m converters.train_reference --data ../shared/data/nih-cxr14-sample -o edge_app/models/cxr-reference
+    python -m converters.train_reference --data ../shared/data/nih-cxr14-sample -o edge_app/bundles/cxr-reference
     python -m converters.train_reference --refresh   # thresholds, figures and guard anew, the weights kept
 
 Seeded and deterministic on the CPU. Uses the NIH sample's `train` split only for fitting, model selection and
@@ -26,8 +26,8 @@ from converters.bundle_writer import listed_files, staged_bundle
 from converters.fidelity import save_reference_io
 from converters.images import load_files
 from converters.validation import OperatingPoint, ValidationRule, auc_interval, threshold_at, validate
-from edge_app.bundle import sha256_file, write_manifest
-from edge_app.manifest import (
+from edge_app.bundles.bundle import sha256_file, write_manifest
+from edge_app.bundles.manifest import (
     InputGuard,
     InputSpec,
     IntendedUse,
@@ -257,7 +257,7 @@ def export_onnx(net: Any, path: Path, spec: InputSpec) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/nih-cxr14-sample"))
-    parser.add_argument("-o", "--output", type=Path, default=Path("edge_app/models/cxr-reference"))
+    parser.add_argument("-o", "--output", type=Path, default=Path("edge_app/bundles/cxr-reference"))
     parser.add_argument("--epochs", type=int, default=80)
     # Width 2 and seed 1 were chosen by mean internal-validation AUC (train split only) among four candidates:
     # width 1 seed 20261122 (0.627), width 2 seeds 20261122 (0.657), 1 (0.734) and 2 (0.710). One thread keeps

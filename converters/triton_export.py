@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from converters.errors import ConversionError
-from edge_app.bundle import Bundle
-from edge_app.manifest import Manifest
-from edge_app.runtime.engine_cache import ENGINE_NAME, META_NAME
+from edge_app.bundles.bundle import Bundle
+from edge_app.bundles.manifest import Manifest
+from edge_app.runtime.engines.cache import ENGINE_NAME, META_NAME
 from edge_app.runtime.triton import BUNDLES_PARAMETER, io_shapes, model_name
 
 FORMS = ("onnx", "python", "tensorrt")

@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edge_app.manifest import LabelValidation, Validation
+from edge_app.bundles.manifest import LabelValidation, Validation
 
 Array = NDArray[Any]
 

@@ -26,15 +26,14 @@ from pydantic import (
     model_validator,
 )
 
-from edge_app.bundle import format_validation_error
-from edge_app.errors import ConfigError
-from edge_app.fileio import read_toml, toml_value
-from edge_app.runtime import RUNNER_NAMES
+from edge_app.errors import ConfigError, format_validation_error
+from edge_app.system.fileio import read_toml, toml_value
 
 ENV_PREFIX = "EDGE_APP_"
 MIN_SECRET_CHARS = 32
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-EMBEDDED_BUNDLE = Path(__file__).parent / "models" / "cxr-reference"
+EMBEDDED_BUNDLE = Path(__file__).parent / "bundles" / "cxr-reference"
+RUNNER_NAMES = ("auto", "onnxruntime", "tensorrt", "triton")
 
 
 def check_host(host: str) -> str:

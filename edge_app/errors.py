@@ -4,6 +4,13 @@
 person can fix and that are reported in plain words; anything else is an internal bug.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class EdgeAppError(Exception):
     """Root of every error this package raises on purpose."""
@@ -49,3 +56,12 @@ class InferenceError(EdgeAppError):
 
 class NotFound(UserError):
     """A study, image or result that does not exist was asked for."""
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem of a settings file, manifest or profile, with the field path, in plain words."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        lines.append(f"{where}: {err['msg']}")
+    return "; ".join(lines)

@@ -16,28 +16,28 @@ import threading
 from pathlib import Path
 from typing import IO, Literal
 
-from edge_app.bundle import Bundle, load_bundle, read_manifest_of
+from edge_app.bundles.bundle import Bundle, load_bundle, read_manifest_of
+from edge_app.bundles.manifest import Manifest
 from edge_app.capture import Source, open_sources
 from edge_app.config import Settings, is_loopback, with_overrides
 from edge_app.errors import ConfigError, EdgeAppError, NotFound, UserError
-from edge_app.in_service import InService, of_diagnosers, read_status, write_status
+from edge_app.inference.diagnoser import Diagnoser
+from edge_app.inference.live import LiveInference
+from edge_app.inference.model_import import bundles_dir
+from edge_app.inference.registry import Registry
+from edge_app.inference.status import InService, of_diagnosers, read_status, write_status
+from edge_app.inference.worker import Worker
 from edge_app.ingest import Ingest
-from edge_app.live import LiveInference
-from edge_app.manifest import Manifest
-from edge_app.model_import import bundles_dir
+from edge_app.ops.retention import Retention
 from edge_app.outputs.outbox import Outbox
 from edge_app.outputs.sender import Sender
-from edge_app.pipeline import Diagnoser
-from edge_app.registry import Registry
-from edge_app.retention import Retention
 from edge_app.runtime.select import BackgroundBuild
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts
 from edge_app.store.db import SERVICE_LOCKS
 from edge_app.store.models import ModelHistory
 from edge_app.store.reviews import Reviews
-from edge_app.wakeup import Listener, wake
-from edge_app.worker import Worker
+from edge_app.system.wakeup import Listener, wake
 
 log = logging.getLogger(__name__)
 Role = Literal["all", "front", "worker"]
@@ -313,7 +313,7 @@ class Service:
         in its own process follows)."""
         with self._activating:  # two administrators at once: one after the other, recorded in that order
             if self.registry is None:  # the front: check it, record it; the worker puts it in service
-                from edge_app.signature import load_public_keys
+                from edge_app.bundles.signature import load_public_keys
 
                 model = self.settings.model
                 bundle = load_bundle(path, load_public_keys(model.trusted_keys) if model.require_signature else None)
@@ -350,9 +350,9 @@ class Service:
 
     def _engine_to_build(self, path: Path) -> Bundle | None:
         """The bundle at `path` where TensorRT may run it here and its engine is not built yet, else None."""
-        from edge_app.runtime.engine_cache import EngineCache
+        from edge_app.bundles.signature import load_public_keys
+        from edge_app.runtime.engines.cache import EngineCache
         from edge_app.runtime.tensorrt import current_platform
-        from edge_app.signature import load_public_keys
 
         model = self.settings.model
         if model.runner == "onnxruntime":
@@ -374,9 +374,9 @@ class Service:
     def _build_then_swap(self, bundle: Bundle) -> None:
         """Build and check `bundle`'s engine in the background, the running model serving meanwhile; then put it
         in service, if it is still the one wanted. A failure leaves the running model, recorded as in service."""
-        from edge_app.runtime.build_process import BuildCancelled, build_isolated
-        from edge_app.runtime.engine_cache import EngineCache
-        from edge_app.runtime.engines import build_limits, build_options
+        from edge_app.runtime.engines.build_process import BuildCancelled, build_isolated
+        from edge_app.runtime.engines.cache import EngineCache
+        from edge_app.runtime.engines.ensure import build_limits, build_options
 
         assert self.registry is not None
         if self._update is not None and self._update_sha == bundle.sha256 and self._update.thread.is_alive():

@@ -20,14 +20,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 from ood_samples import NIH, ROOT, dicom_dirs  # where the real data lies: said once, there
 
-from edge_app.bundle import load_bundle, sha256_file, write_manifest
+from edge_app.bundles.bundle import load_bundle, sha256_file, write_manifest
 from edge_app.config import EMBEDDED_BUNDLE, Settings
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
 from edge_app.web import create_app, services
 
 _SCRIPT = Path(sys.executable).parent / "edge-app"
-EDGE_APP = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "edge_app.cli"]
+EDGE_APP = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "edge_app.cli.main"]
 
 
 @pytest.fixture(scope="session")

@@ -119,7 +119,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from edge_app.config import Settings
-    from edge_app.pipeline import Diagnoser
+    from edge_app.inference.diagnoser import Diagnoser
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings.model_validate({"storage": {"data_dir": tmp}, "model": {"threads": 1}})

@@ -1,25 +1,33 @@
-"""The arrows run one way (../shared/design/ARCHITECTURE.md): capture -> ingest -> store; worker -> registry ->
-imaging/runtime -> result -> store; web -> store, ingest. Nothing imports web, capture or worker but the service
-that wires them (and the CLI that starts it); `edge_app` never imports `converters`."""
+"""The arrows run one way: capture -> ingest -> store; inference -> imaging/runtime -> store; outputs and web read
+what the store holds. One rule per wing of `edge_app/`: the wings it may import (its own always); `edge_app` never
+imports `converters`; at most six modules loose in `edge_app/`."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
-# Who may import the top rooms.
-ALLOWED = {
-    "edge_app.web": {"edge_app.web", "edge_app.cli"},
-    "edge_app.capture": {"edge_app.capture", "edge_app.service", "edge_app.check"},
-    "edge_app.worker": {"edge_app.service"},
-    "edge_app.service": {"edge_app.web", "edge_app.cli"},
-}
-# Pure rooms: what they must never import.
-PURE = {
-    "edge_app.imaging": ("edge_app.store", "edge_app.ingest", "edge_app.pipeline", "edge_app.registry"),
-    "edge_app.store": ("edge_app.ingest", "edge_app.pipeline", "edge_app.registry", "edge_app.runtime"),
-    "edge_app.ingest": ("edge_app.pipeline", "edge_app.registry", "edge_app.runtime", "edge_app.imaging.decode"),
+BASE = {"edge_app", "errors", "system"}  # the package's version, the exception tree, file and process helpers
+# Each wing and what it may import besides BASE and itself; every wing of edge_app/ has its rule.
+MAY_IMPORT = {
+    "errors": set(),
+    "system": set(),
+    "config": set(),  # a leaf: settings read from files and the environment
+    "bundles": set(),
+    "imaging": {"bundles"},  # pure: no database, no web, no models run
+    "store": {"imaging"},  # the only database writer; it reads image headers' types
+    "runtime": {"config", "bundles"},
+    "ingest": {"imaging", "store"},
+    "inference": {"config", "bundles", "imaging", "runtime", "store", "outputs"},
+    "outputs": {"config", "bundles", "imaging", "store"},
+    "capture": {"config", "ingest"},
+    "ops": {"config", "bundles", "capture", "outputs", "store"},
+    "service": {"config", "bundles", "capture", "inference", "ingest", "ops", "outputs", "runtime", "store"},
+    "web": {"config", "bundles", "imaging", "inference", "ingest", "ops", "outputs", "runtime", "service", "store"},
+    "cli": {"config", "inference", "ops", "runtime", "service", "store", "web"},
 }
 
 
@@ -33,34 +41,56 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
+def _wing(module: str) -> str | None:
+    """The wing of an `edge_app` module (`edge_app` itself for the package); None outside edge_app."""
+    parts = module.split(".")
+    if parts[0] != "edge_app":
+        return None
+    return parts[1] if len(parts) > 1 else "edge_app"
+
+
 def _modules() -> dict[str, set[str]]:
     out = {}
     for path in (ROOT / "edge_app").rglob("*.py"):
         parts = path.relative_to(ROOT).with_suffix("").parts
-        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        out[name] = _imports(path)
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = _imports(path)
     return out
 
 
-def _within(module: str, room: str) -> bool:
-    return module == room or module.startswith(room + ".")
+def test_every_wing_has_its_rule() -> None:
+    wings = {_wing(m) for m in _modules()} - {"edge_app"}
+    assert wings == set(MAY_IMPORT), "a new wing needs its rule here"
+
+
+@pytest.mark.parametrize("wing", sorted(MAY_IMPORT))
+def test_a_wing_imports_only_what_its_rule_allows(wing: str) -> None:
+    allowed = BASE | MAY_IMPORT[wing] | {wing}
+    for module, imports in _modules().items():
+        if _wing(module) == wing:
+            wrong = sorted(i for i in imports if (w := _wing(i)) is not None and w not in allowed)
+            assert not wrong, f"{module} imports {wrong}"
+
+
+def test_no_wing_imports_back_up() -> None:
+    """The rules leave no circle: no wing may import a wing that may import it, directly or further on."""
+
+    def reach(wing: str) -> set[str]:
+        seen: set[str] = set()
+        todo = [wing]
+        while todo:
+            for nxt in MAY_IMPORT.get(todo.pop(), set()) - seen:
+                seen.add(nxt)
+                todo.append(nxt)
+        return seen
+
+    assert [w for w in MAY_IMPORT if w in reach(w)] == []
 
 
 def test_edge_app_never_imports_converters() -> None:
     for module, imports in _modules().items():
-        assert not any(_within(i, "converters") for i in imports), module
+        assert not any(i == "converters" or i.startswith("converters.") for i in imports), module
 
 
-def test_the_top_rooms_are_imported_only_from_above() -> None:
-    for module, imports in _modules().items():
-        for room, importers in ALLOWED.items():
-            if any(_within(i, room) for i in imports):
-                assert any(_within(module, allowed) for allowed in importers), f"{module} imports {room}"
-
-
-def test_the_pure_rooms_stay_pure() -> None:
-    for module, imports in _modules().items():
-        for room, forbidden in PURE.items():
-            if _within(module, room):
-                bad = [i for i in imports if any(_within(i, f) for f in forbidden)]
-                assert not bad, f"{module} imports {bad}"
+def test_few_modules_lie_loose_in_edge_app() -> None:
+    loose = sorted(p.name for p in (ROOT / "edge_app").glob("*.py"))
+    assert len(loose) <= 6, loose

@@ -17,8 +17,8 @@ from flask.testing import FlaskClient
 
 from conftest import NIH, bundle_variant, dicom_file
 from edge_app.config import Settings
-from edge_app.keys import init_tls
-from edge_app.model_import import import_folder
+from edge_app.inference.model_import import import_folder
+from edge_app.ops.secrets import init_tls
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
 from edge_app.store.schema import VERSION

@@ -23,7 +23,7 @@ import pytest
 
 from conftest import EDGE_APP, ROOT, dicom_file
 from edge_app.config import Settings
-from edge_app.keys import init_tls
+from edge_app.ops.secrets import init_tls
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_app.bundle import MANIFEST_NAME, load_bundle
+from edge_app.bundles.bundle import MANIFEST_NAME, load_bundle
 from edge_app.config import EMBEDDED_BUNDLE
 from edge_app.errors import BundleError
 
@@ -121,7 +121,7 @@ def test_a_written_manifest_reads_back_the_same(tmp_path: Path) -> None:
     """The converters' and the training script's writer: indented JSON in the schema's order, a final newline."""
     import dataclasses
 
-    from edge_app.bundle import write_manifest
+    from edge_app.bundles.bundle import write_manifest
 
     bundle = load_bundle(EMBEDDED_BUNDLE)
     write_manifest(tmp_path, bundle.manifest)

@@ -9,7 +9,7 @@ import pytest
 
 from converters.bundle_writer import listed_files, staged_bundle
 from converters.errors import ConversionError
-from edge_app.bundle import load_bundle, write_manifest
+from edge_app.bundles.bundle import load_bundle, write_manifest
 from edge_app.config import EMBEDDED_BUNDLE
 from edge_app.errors import BundleError
 

@@ -11,7 +11,7 @@ import pytest
 
 from edge_app.config import EMBEDDED_BUNDLE, check_secure, default_data_dir, load_settings
 from edge_app.errors import ConfigError
-from edge_app.keys import init_tls
+from edge_app.ops.secrets import init_tls
 
 
 def test_defaults() -> None:

@@ -19,9 +19,9 @@ from conftest import KERAS_SPEC
 from converters.build import BuildInputs, Steps, build
 from converters.errors import ConversionError, FidelityGateFailed, ModelError, SpecError
 from converters.spec import Spec, load_spec
-from edge_app.bundle import load_bundle
+from edge_app.bundles.bundle import load_bundle
 from edge_app.config import EMBEDDED_BUNDLE
-from edge_app.pipeline import Diagnoser
+from edge_app.inference.diagnoser import Diagnoser
 from edge_app.runtime import open_runner
 
 REFERENCE = EMBEDDED_BUNDLE / "model.onnx"
@@ -621,7 +621,7 @@ def test_a_fold_is_kept_only_where_it_computes_what_the_graph_did(scale: float, 
     """The folded graph is compared with the given one on random inputs, to 1e-4 of the outputs' largest
     magnitude (at least 1e-4): a fold that changes the outputs more is dropped, the given graph kept."""
     from converters.build import _clean
-    from edge_app.manifest import InputSpec
+    from edge_app.bundles.manifest import InputSpec
 
     model = _conv_sub_model(scale, shift)
     cleaned, note = _clean(model, InputSpec(name="x", height=6, width=5))
@@ -637,7 +637,7 @@ def test_what_the_fold_check_says_of_each_graph() -> None:
     """Nothing to fold; a Transpose pair alone; an NHWC graph (the probe's inputs laid out as the spec says);
     a graph ONNX Runtime cannot run: the given graph is kept and the build goes on."""
     from converters.build import _clean
-    from edge_app.manifest import InputSpec
+    from edge_app.bundles.manifest import InputSpec
 
     nchw = InputSpec(name="x", height=6, width=5)
     plain = helper.make_graph(

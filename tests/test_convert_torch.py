@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_app.bundle import load_bundle
+from edge_app.bundles.bundle import load_bundle
 
 torch = pytest.importorskip("torch", reason="PyTorch input needs torch (pip install '.[train]')")
 

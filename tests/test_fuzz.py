@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from fuzz import mutants
 
 from edge_app.config import Settings
-from edge_app.pipeline import Diagnoser
+from edge_app.inference.diagnoser import Diagnoser
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 

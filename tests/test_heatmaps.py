@@ -15,7 +15,7 @@ from PIL import Image
 from converters.build import BuildInputs, Steps, build
 from converters.graph import add_cam, add_gradcam
 from converters.spec import load_spec
-from edge_app.bundle import load_bundle
+from edge_app.bundles.bundle import load_bundle
 from edge_app.runtime import open_runner
 
 RNG = np.random.default_rng(0)

@@ -21,12 +21,12 @@ from flask.testing import FlaskClient
 from hostile import HOSTILE, Hostile, two_frames_said_one
 
 from conftest import dicom_file
-from edge_app.bundle import load_bundle
+from edge_app.bundles.bundle import load_bundle
+from edge_app.bundles.manifest import Manifest
 from edge_app.config import EMBEDDED_BUNDLE
 from edge_app.errors import ImageRejected
 from edge_app.imaging import DecodeLimits, decode
 from edge_app.imaging.sandbox import DecoderPool
-from edge_app.manifest import Manifest
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 IDS = [h.name for h in HOSTILE]
@@ -238,7 +238,7 @@ def test_a_decoder_process_that_cannot_start_is_a_clear_internal_error_each_time
     import sys
 
     script = """
-from edge_app.bundle import load_bundle
+from edge_app.bundles.bundle import load_bundle
 from edge_app.config import EMBEDDED_BUNDLE
 from edge_app.errors import DecoderUnavailable
 from edge_app.imaging import DecodeLimits
@@ -266,7 +266,7 @@ def test_a_decoder_process_out_of_memory_says_so() -> None:
     script = """
 import resource, sys
 from pathlib import Path
-from edge_app.bundle import load_bundle
+from edge_app.bundles.bundle import load_bundle
 from edge_app.config import EMBEDDED_BUNDLE
 from edge_app.imaging import DecodeLimits
 from edge_app.imaging.sandbox import _address_space, _prepare_in_child

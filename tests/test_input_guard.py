@@ -20,12 +20,12 @@ from converters import fidelity, graph, guard
 from converters.build import BuildInputs, Steps, build
 from converters.errors import ConversionError, ModelError
 from converters.spec import Tolerance, load_spec
-from edge_app.bundle import load_bundle, write_manifest
+from edge_app.bundles.bundle import load_bundle, write_manifest
+from edge_app.bundles.findings import guard_check
+from edge_app.bundles.manifest import GuardComponent, InputGuard, InputSpec, OutputSpec, Preprocessing
 from edge_app.config import EMBEDDED_BUNDLE
 from edge_app.errors import InferenceError, NotFound
-from edge_app.manifest import GuardComponent, InputGuard, InputSpec, OutputSpec, Preprocessing
-from edge_app.pipeline import Diagnoser
-from edge_app.result import guard_check
+from edge_app.inference.diagnoser import Diagnoser
 from edge_app.runtime import open_runner
 from edge_app.store import Store
 from edge_app.store.schema import MIGRATIONS, migrate
@@ -56,7 +56,7 @@ def unguarded(tmp_path: Path) -> Path:
     folder = Path(shutil.copytree(EMBEDDED_BUNDLE, tmp_path / "unguarded"))
     graph.save(guard.strip(graph.load_model(folder / "model.onnx")), folder / "model.onnx")
     manifest = load_bundle(EMBEDDED_BUNDLE).manifest
-    from edge_app.bundle import sha256_file
+    from edge_app.bundles.bundle import sha256_file
 
     files = {name: sha256_file(folder / name) for name in manifest.files}
     write_manifest(folder, manifest.model_copy(update={"guard": None, "version": "1.1.0", "files": files}))
@@ -132,7 +132,7 @@ def test_an_older_bundle_without_a_guard_still_loads_and_says_so(tmp_path: Path,
 def test_a_model_without_the_guard_output_its_manifest_names_is_refused(tmp_path: Path) -> None:
     folder = Path(shutil.copytree(EMBEDDED_BUNDLE, tmp_path / "b"))
     graph.save(guard.strip(graph.load_model(folder / "model.onnx")), folder / "model.onnx")
-    from edge_app.bundle import sha256_file
+    from edge_app.bundles.bundle import sha256_file
 
     write_manifest(folder, MANIFEST.model_copy(update={"files": {n: sha256_file(folder / n) for n in MANIFEST.files}}))
     from edge_app.errors import BundleError
@@ -533,7 +533,7 @@ def test_an_outside_image_is_stored_listed_with_its_reason_and_viewable(
 
 def _knee_model(tmp_path: Path, guarded: bool) -> Path:
     """A second model on the box, for knees by its header: the reference's network and guard, or without a guard."""
-    from edge_app.bundle import sha256_file
+    from edge_app.bundles.bundle import sha256_file
 
     folder = unguarded(tmp_path) if not guarded else Path(shutil.copytree(EMBEDDED_BUNDLE, tmp_path / "knee"))
     manifest = load_bundle(folder).manifest
@@ -586,8 +586,8 @@ def test_an_image_sent_to_another_model_is_read_by_that_one_its_guard_still_judg
     from conftest import dicom_file
     from edge_app.config import Settings
     from edge_app.errors import UserError
-    from edge_app.registry import Registry
-    from edge_app.worker import Worker
+    from edge_app.inference.registry import Registry
+    from edge_app.inference.worker import Worker
 
     knee, bare = load_bundle(_knee_model(tmp_path, True)), load_bundle(_knee_model(tmp_path / "bare", False))
     settings = Settings.model_validate(

@@ -22,17 +22,17 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from conftest import EDGE_APP, bundle_variant
-from edge_app.bundle import Bundle, load_bundle, write_manifest
+from edge_app.bundles.bundle import Bundle, load_bundle, write_manifest
 from edge_app.config import EMBEDDED_BUNDLE, Settings
 from edge_app.errors import BundleError, RuntimeUnavailable
 from edge_app.runtime import open_runner
-from edge_app.runtime.build_process import BuildCancelled, BuildLimits, build_isolated
 from edge_app.runtime.cuda import l4t_release
-from edge_app.runtime.engine_cache import ENGINE_NAME, FAILED_NAME, META_NAME, EngineCache
-from edge_app.runtime.engines import ensure_engines
+from edge_app.runtime.engines.build import BuildOptions, EngineBuildError
+from edge_app.runtime.engines.build_process import BuildCancelled, BuildLimits, build_isolated
+from edge_app.runtime.engines.cache import ENGINE_NAME, FAILED_NAME, META_NAME, EngineCache
+from edge_app.runtime.engines.ensure import ensure_engines
 from edge_app.runtime.onnx import OnnxRuntimeRunner
 from edge_app.runtime.tensorrt import TensorRTRunner, current_platform
-from edge_app.runtime.tensorrt_build import BuildOptions, EngineBuildError
 from edge_app.service import Service
 from edge_app.web import create_app, services
 
@@ -294,7 +294,7 @@ def test_a_build_past_its_memory_or_time_is_stopped(
 def test_the_service_builds_in_the_background_swaps_and_cancels_at_stop(
     tmp_path: Path, fake_gpu: pytest.MonkeyPatch, nih_png: Path
 ) -> None:
-    from edge_app.pipeline import Diagnoser
+    from edge_app.inference.diagnoser import Diagnoser
 
     settings = _settings(tmp_path, max_batch=2)
     diagnoser = Diagnoser.from_settings(settings, build_engine=True)

@@ -15,7 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from conftest import AuthActions, bundle_variant
-from edge_app.bundle import load_bundle
+from edge_app.bundles.bundle import load_bundle
 from edge_app.config import EMBEDDED_BUNDLE, Settings
 from edge_app.web import create_app, services
 

@@ -21,9 +21,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from edge_app.bundles.findings import probabilities
+from edge_app.bundles.manifest import InputSpec, OutputSpec, Preprocessing
 from edge_app.imaging import decode, preprocess
-from edge_app.manifest import InputSpec, OutputSpec, Preprocessing
-from edge_app.result import probabilities
 
 FEW = settings(max_examples=40, deadline=None)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_app.bundle import load_bundle
+from edge_app.bundles.bundle import load_bundle
+from edge_app.bundles.findings import Finding, findings, heatmap, probabilities
+from edge_app.bundles.manifest import OutputSpec
 from edge_app.config import EMBEDDED_BUNDLE
 from edge_app.errors import InferenceError
-from edge_app.manifest import OutputSpec
-from edge_app.result import Finding, findings, heatmap, probabilities
 
 MANIFEST = load_bundle(EMBEDDED_BUNDLE).manifest
 
@@ -18,7 +18,7 @@ def test_findings_and_heatmaps_are_values_rounded_for_reading() -> None:
     """Probabilities to 6 decimals in JSON; a heatmap, like a finding, cannot be changed once made."""
     import dataclasses
 
-    from edge_app.result import Heatmap
+    from edge_app.bundles.findings import Heatmap
 
     assert Finding("Effusion", 0.123456789, 0.5).as_dict()["probability"] == 0.123457
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -63,7 +63,7 @@ def test_a_label_its_validation_does_not_support_is_never_positive() -> None:
     ],
 )
 def test_the_triage_score_is_the_largest_share_past_a_threshold(found: list[Finding], score: float) -> None:
-    from edge_app.result import triage_score
+    from edge_app.bundles.findings import triage_score
 
     assert triage_score(found) == pytest.approx(score)
 
@@ -148,7 +148,7 @@ def test_the_heatmap_png_spans_the_grey_range() -> None:
 
     from PIL import Image
 
-    from edge_app.result import Heatmap, heatmap_png
+    from edge_app.bundles.findings import Heatmap, heatmap_png
 
     values = np.array([[0.0, 0.5], [0.25, 1.0]], dtype=np.float32)
     png = Image.open(io.BytesIO(heatmap_png(Heatmap("Effusion", values))))

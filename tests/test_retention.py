@@ -9,7 +9,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from conftest import NIH
-from edge_app.retention import Retention
+from edge_app.ops.retention import Retention
 from edge_app.web import services
 
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from conftest import dicom_file
-from edge_app.bundle import MANIFEST_NAME, load_bundle
+from edge_app.bundles.bundle import MANIFEST_NAME, load_bundle
 from edge_app.config import EMBEDDED_BUNDLE
 from edge_app.errors import BundleError, InferenceError, RuntimeUnavailable
 from edge_app.imaging import decode, preprocess
-from edge_app.pipeline import Diagnoser
+from edge_app.inference.diagnoser import Diagnoser
 from edge_app.runtime import open_runner
 from edge_app.runtime.onnx import OnnxRuntimeRunner
 
@@ -99,10 +99,10 @@ def test_reference_model_performs_as_its_manifest_says(diagnoser: Diagnoser, nih
     """Re-measure test-split AUC through the service's own pipeline; it must match the stored figure."""
     from sklearn.metrics import roc_auc_score
 
+    from edge_app.bundles.findings import findings
+    from edge_app.bundles.manifest import Manifest
     from edge_app.imaging import DecodeLimits
     from edge_app.imaging.prepare import prepare
-    from edge_app.manifest import Manifest
-    from edge_app.result import findings
 
     with (nih / "split.csv").open() as fh:
         test = [r["image"] for r in csv.DictReader(fh) if r["split"] == "test"]

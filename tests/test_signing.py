@@ -12,11 +12,11 @@ import pytest
 
 from converters.errors import ConversionError
 from converters.sign import generate_key, sign_bundle
-from edge_app.bundle import load_bundle
+from edge_app.bundles.bundle import load_bundle
+from edge_app.bundles.signature import load_public_keys
 from edge_app.config import EMBEDDED_BUNDLE, load_settings
 from edge_app.errors import BundleError, ConfigError
-from edge_app.pipeline import Diagnoser
-from edge_app.signature import load_public_keys
+from edge_app.inference.diagnoser import Diagnoser
 
 
 @pytest.fixture

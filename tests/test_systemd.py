@@ -16,7 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from conftest import EDGE_APP
-from edge_app.systemd import Watchdog, notify, watchdog_interval
+from edge_app.system.systemd import Watchdog, notify, watchdog_interval
 
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 SERVICES = ["edge-app-web.service", "edge-app-worker.service"]  # the two long-running ones, under edge-app.target

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_app.bundle import load_bundle
+from edge_app.bundles.bundle import load_bundle
 from edge_app.config import EMBEDDED_BUNDLE
 from edge_app.errors import BundleError, RuntimeUnavailable
 from edge_app.runtime import open_runner
-from edge_app.runtime.engine_cache import ENGINE_NAME, FAILED_NAME, META_NAME, EngineCache, Platform, cache_key
+from edge_app.runtime.engines.cache import ENGINE_NAME, FAILED_NAME, META_NAME, EngineCache, Platform, cache_key
 from edge_app.runtime.tensorrt import EngineTensor, check_engine_io, current_platform
 
 ORIN = Platform("10.3.0", "Orin (nvgpu)", "8.7", sm_count=8, memory_mb=7620, l4t_release="R36.3.0")
@@ -130,8 +130,8 @@ def test_engine_io_is_checked_against_the_manifest() -> None:
 def test_engine_build_and_run_on_a_gpu(tmp_path: Path) -> None:
     if not _has_tensorrt():
         pytest.skip("needs an NVIDIA GPU with TensorRT and cuda-python")
+    from edge_app.runtime.engines.build import BuildOptions, build_engine
     from edge_app.runtime.tensorrt import TensorRTRunner
-    from edge_app.runtime.tensorrt_build import BuildOptions, build_engine
 
     bundle = load_bundle(EMBEDDED_BUNDLE)
     engine = build_engine(bundle, EngineCache(tmp_path), BuildOptions(max_batch=4))
@@ -143,9 +143,9 @@ def test_engine_build_and_run_on_a_gpu(tmp_path: Path) -> None:
 def test_no_background_engine_build_without_tensorrt(tmp_path: Path) -> None:
     if _has_tensorrt():
         pytest.skip("this machine has TensorRT")
-    from edge_app.runtime.build_process import BuildLimits
+    from edge_app.runtime.engines.build import BuildOptions
+    from edge_app.runtime.engines.build_process import BuildLimits
     from edge_app.runtime.select import build_engine_in_background
-    from edge_app.runtime.tensorrt_build import BuildOptions
 
     bundle = load_bundle(EMBEDDED_BUNDLE)
     started = build_engine_in_background(bundle, tmp_path, BuildOptions(), BuildLimits(), lambda runner: None)

@@ -19,8 +19,8 @@ from conftest import ROOT
 
 TRT_MODULES = [
     "edge_app/runtime/tensorrt.py",
-    "edge_app/runtime/tensorrt_build.py",
-    "edge_app/runtime/build_process.py",
+    "edge_app/runtime/engines/build.py",
+    "edge_app/runtime/engines/build_process.py",
     "edge_app/runtime/cuda.py",
 ]
 
@@ -50,7 +50,7 @@ def _mypy(typings: Path, tmp_path: Path, files: list[str]) -> subprocess.Complet
         "[mypy]\npython_version = 3.10\nstrict = True\nplugins = pydantic.mypy\n"
         "[mypy-tensorrt.*,tensorrt_bindings.*]\nignore_errors = True\n"
         "[mypy-cuda.*,tritonclient.*,pydicom.*,onnxruntime.*,PIL.*,tomli]\nignore_missing_imports = True\n"
-        "[mypy-edge_app.runtime.tensorrt_build]\ndisallow_subclassing_any = False\n"
+        "[mypy-edge_app.runtime.engines.build]\ndisallow_subclassing_any = False\n"
     )
     return subprocess.run(
         [sys.executable, "-m", "mypy", "--config-file", str(config), "--cache-dir", str(tmp_path / "cache"), *files],

@@ -21,7 +21,7 @@ from flask.testing import FlaskClient
 
 from conftest import ROOT, AuthActions, TritonServer, bundle_variant
 from converters.triton_export import ExportOptions, export_triton
-from edge_app.bundle import Bundle, load_bundle
+from edge_app.bundles.bundle import Bundle, load_bundle
 from edge_app.config import EMBEDDED_BUNDLE, Settings, TritonSettings
 from edge_app.imaging.header import generated_header
 from edge_app.outputs.documents import findings_report
@@ -136,7 +136,7 @@ def test_export_refusals(tmp_path: Path, versions: list[Bundle]) -> None:
 
 
 def test_the_tensorrt_form_takes_the_hubs_engine(tmp_path: Path, versions: list[Bundle]) -> None:
-    from edge_app.runtime.engine_cache import EngineCache, Platform
+    from edge_app.runtime.engines.cache import EngineCache, Platform
 
     cache = EngineCache(tmp_path / "engines")
     cache.store(versions[0], Platform("10.3.0", "NVIDIA L4", "8.9"), b"plan for the L4", {"max_batch": 8})
@@ -333,7 +333,7 @@ class _TlsProxy:
 
 
 def test_tls_to_the_hub_with_the_clinics_certificate(hub: TritonServer, versions: list[Bundle], tmp_path: Path) -> None:
-    from edge_app.keys import init_tls
+    from edge_app.ops.secrets import init_tls
 
     settings = Settings.model_validate({"storage": {"data_dir": str(tmp_path)}})
     cert, key, _ = init_tls(settings, ["127.0.0.1"])

@@ -14,7 +14,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from converters.validation import OperatingPoint, ValidationRule, figures, threshold_at, validate
-from edge_app.bundle import load_bundle
+from edge_app.bundles.bundle import load_bundle
 from edge_app.config import EMBEDDED_BUNDLE
 
 MANIFEST = load_bundle(EMBEDDED_BUNDLE).manifest
@@ -127,7 +127,7 @@ def test_the_study_page_shows_each_finding_s_figures_and_the_model_s_card(
 def test_no_heatmap_where_nothing_is_positive_and_the_page_says_why(
     client: FlaskClient, auth: Any, browser: FlaskClient, nih: Path
 ) -> None:
-    from edge_app.pipeline import Diagnoser
+    from edge_app.inference.diagnoser import Diagnoser
     from edge_app.runtime import open_runner
 
     bundle = load_bundle(EMBEDDED_BUNDLE)

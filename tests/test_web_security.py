@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 
 from edge_app.config import Settings
 from edge_app.errors import ConfigError
-from edge_app.keys import init_tls
+from edge_app.ops.secrets import init_tls
 from edge_app.store.accounts import ROLES, parse_roles
 from edge_app.web import create_app, services
 

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import EDGE_APP
 from edge_app.config import Settings
-from edge_app.keys import init_tls
+from edge_app.ops.secrets import init_tls
 
 ATTACKER = "127.0.0.2"  # another peer on the loopback network; the tablet's requests come from 127.0.0.1
 Launch = Callable[..., subprocess.Popen[str]]

@@ -12,10 +12,10 @@ import pytest
 from conftest import dicom_file
 from edge_app.config import EMBEDDED_BUNDLE, OutputSettings, Settings, WorkerSettings
 from edge_app.imaging.header import read_header
+from edge_app.inference.registry import Registry
+from edge_app.inference.worker import Worker
 from edge_app.outputs.outbox import Outbox
-from edge_app.registry import Registry
 from edge_app.store import Store
-from edge_app.worker import Worker
 
 
 def _registry(tmp_path: Path, *bundles: Path) -> Registry:
@@ -194,13 +194,13 @@ def test_a_job_begun_soon_after_boot_is_stuck_by_its_own_duration(
     against a 60 s limit, however small the clock was when it began (the clock faked, the job real)."""
     import types
 
-    import edge_app.worker
+    import edge_app.inference.worker
     from conftest import dicom_file
     from edge_app.config import Settings
     from edge_app.service import Service
 
     now = [100.0]
-    monkeypatch.setattr(edge_app.worker, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(edge_app.inference.worker, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     service = Service(Settings.model_validate({"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1}}))
     service.start()
     try:

@@ -8,9 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
-from edge_app.bundle import format_validation_error
-from edge_app.errors import ConfigError
-from edge_app.fileio import read_toml
+from edge_app.errors import ConfigError, format_validation_error
+from edge_app.system.fileio import read_toml
 
 EVENTS = ("exposure", "capture", "patient_id", "status")
 

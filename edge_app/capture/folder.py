@@ -23,9 +23,9 @@ import stat
 import time
 from pathlib import PurePosixPath
 
-from edge_app.background import Background
 from edge_app.config import FolderCaptureSettings
 from edge_app.ingest import Ingest
+from edge_app.system.background import Background
 
 log = logging.getLogger(__name__)
 DONE, FAILED = "done", "failed"

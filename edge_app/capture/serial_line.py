@@ -10,10 +10,10 @@ import re
 import time
 from typing import Any
 
-from edge_app.background import Background
 from edge_app.capture.devices import Profile
 from edge_app.capture.framing import Framer
 from edge_app.ingest import Event, Ingest
+from edge_app.system.background import Background
 
 log = logging.getLogger(__name__)
 

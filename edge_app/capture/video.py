@@ -17,9 +17,9 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_app.background import Background
 from edge_app.config import VideoCaptureSettings
 from edge_app.ingest import Event, Ingest
+from edge_app.system.background import Background
 
 log = logging.getLogger(__name__)
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"

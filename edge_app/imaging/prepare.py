@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from edge_app.bundles.manifest import Manifest
 from edge_app.errors import ImageRejected
 from edge_app.imaging.decode import DecodedImage, DecodeLimits, decode
 from edge_app.imaging.preprocess import preprocess
-from edge_app.manifest import Manifest
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from edge_app.bundles.manifest import InputSpec, Preprocessing
 from edge_app.imaging.decode import Pixels
-from edge_app.manifest import InputSpec, Preprocessing
 
 _FILTERS = {
     "nearest": Image.Resampling.NEAREST,

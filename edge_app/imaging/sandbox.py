@@ -21,10 +21,10 @@ from pathlib import Path
 
 from pebble import ProcessExpired, ProcessPool
 
+from edge_app.bundles.manifest import Manifest
 from edge_app.errors import DecoderUnavailable, ImageRejected
 from edge_app.imaging.decode import DecodeLimits
 from edge_app.imaging.prepare import Prepared, prepare
-from edge_app.manifest import Manifest
 
 log = logging.getLogger(__name__)
 

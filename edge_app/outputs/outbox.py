@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 
+from edge_app.bundles.findings import Diagnosis
 from edge_app.config import OutputSettings
 from edge_app.outputs.documents import findings_report, heatmap_capture
-from edge_app.pipeline import Diagnosis
 from edge_app.store import Job, Store
 
 log = logging.getLogger(__name__)

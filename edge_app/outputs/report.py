@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_app.bundles.manifest import Manifest
 from edge_app.imaging.encode import heatmap_overlay, jpeg
-from edge_app.manifest import Manifest
 from edge_app.outputs.fonts import Fonts, fonts
 from edge_app.store.reviews import Review
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import logging
 import time
 
-from edge_app.background import Background
 from edge_app.config import OutputSettings
 from edge_app.store import OutboxItem, Store
+from edge_app.system.background import Background
 
 log = logging.getLogger(__name__)
 _HOLD_S = 300.0  # an item being sent is not taken again for this long

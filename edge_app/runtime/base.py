@@ -8,7 +8,7 @@ from types import TracebackType
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_app.bundle import Bundle
+from edge_app.bundles.bundle import Bundle
 from edge_app.errors import InferenceError
 
 

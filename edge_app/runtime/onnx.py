@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_app.bundle import Bundle
+from edge_app.bundles.bundle import Bundle
 from edge_app.errors import BundleError, InferenceError
 from edge_app.runtime.base import Runner
 

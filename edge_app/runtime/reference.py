@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_app.bundle import Bundle
+from edge_app.bundles.bundle import Bundle
+from edge_app.bundles.findings import GuardCheck, guard_check, probabilities
 from edge_app.errors import BundleError
-from edge_app.result import GuardCheck, guard_check, probabilities
 from edge_app.runtime.base import Runner
 
 DEFAULT_TOLERANCE = 0.05  # largest probability change against the FP32 reference outputs

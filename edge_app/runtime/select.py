@@ -8,21 +8,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_app.bundle import Bundle
+from edge_app.bundles.bundle import Bundle
+from edge_app.config import RUNNER_NAMES
 from edge_app.errors import RuntimeUnavailable
 from edge_app.runtime.base import Runner
 from edge_app.runtime.onnx import OnnxRuntimeRunner
 
 if TYPE_CHECKING:
     from edge_app.config import TritonSettings
-    from edge_app.runtime.build_process import BuildLimits
-    from edge_app.runtime.tensorrt_build import BuildOptions
+    from edge_app.runtime.engines.build import BuildOptions
+    from edge_app.runtime.engines.build_process import BuildLimits
 
 log = logging.getLogger(__name__)
 
 # auto: TensorRT where this machine has it and an engine for this bundle is cached, else ONNX Runtime.
 # triton: a Triton hub (model.triton), with what auto gives as the fallback while the hub cannot.
-RUNNER_NAMES = ("auto", "onnxruntime", "tensorrt", "triton")
 
 
 def open_runner(
@@ -79,7 +79,7 @@ def open_runner(
 
 
 def _tensorrt(bundle: Bundle, engine_cache: Path | None, max_batch: int, dla_core: int | None) -> Runner:
-    from edge_app.runtime.engine_cache import EngineCache
+    from edge_app.runtime.engines.cache import EngineCache
     from edge_app.runtime.tensorrt import TensorRTRunner, current_platform
 
     platform = current_platform(dla_core)
@@ -120,8 +120,8 @@ def build_engine_in_background(
     """Where this machine has TensorRT but no engine of `bundle` yet, build it in a process of its own and hand
     the activated TensorRT runner to `on_ready`; meanwhile the caller keeps serving on ONNX Runtime. None where
     there is nothing to build (no TensorRT, the engine is cached, or its build failed before)."""
-    from edge_app.runtime.build_process import BuildCancelled, build_isolated
-    from edge_app.runtime.engine_cache import EngineCache
+    from edge_app.runtime.engines.build_process import BuildCancelled, build_isolated
+    from edge_app.runtime.engines.cache import EngineCache
     from edge_app.runtime.tensorrt import TensorRTRunner, current_platform
 
     try:

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_app.bundle import Bundle
+from edge_app.bundles.bundle import Bundle
+from edge_app.bundles.manifest import Manifest
 from edge_app.errors import BundleError, InferenceError, RuntimeUnavailable
-from edge_app.manifest import Manifest
 from edge_app.runtime import cuda
 from edge_app.runtime.base import Runner
-from edge_app.runtime.engine_cache import Platform
+from edge_app.runtime.engines.cache import Platform
 
 _logger: Any = None  # the process's one TensorRT logger, made on first use
 
@@ -99,7 +99,7 @@ def _dims(dims: Any) -> tuple[int, ...]:
 
 
 class TensorRTRunner(Runner):
-    """Runs a serialized engine built from the bundle (see `edge_app.runtime.tensorrt_build`).
+    """Runs a serialized engine built from the bundle (see `edge_app.runtime.engines.build`).
 
     A DLA engine (`dla_core`) is loaded with `IRuntime.DLA_core` set. An engine with a fixed batch (DLA engines
     have min = opt = max) gets smaller batches padded to it."""

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_app.bundle import Bundle
+from edge_app.bundles.bundle import Bundle
+from edge_app.bundles.manifest import Manifest
 from edge_app.errors import BundleError, RuntimeUnavailable
-from edge_app.manifest import Manifest
 from edge_app.runtime.base import Runner
 
 if TYPE_CHECKING:

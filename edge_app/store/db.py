@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from edge_app.errors import ConfigError, IdentityConflict, NotFound, UserError
-from edge_app.fileio import INCOMING_PREFIX, commit, spool
 from edge_app.imaging.header import ImageHeader
 from edge_app.store.schema import migrate
+from edge_app.system.fileio import INCOMING_PREFIX, commit, spool
 
 IMAGE_STATUSES = ("queued", "done", "rejected", "failed", "no_model", "outside")
 SENDABLE = ("no_model", "outside")  # the statuses of an image a clinician may send to another model

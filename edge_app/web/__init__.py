@@ -13,10 +13,9 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 
-from edge_app.bundle import format_validation_error
 from edge_app.config import Settings, check_secure, load_settings
-from edge_app.errors import ConfigError
-from edge_app.keys import session_secret
+from edge_app.errors import ConfigError, format_validation_error
+from edge_app.ops.secrets import session_secret
 from edge_app.service import Role
 from edge_app.web import admin, api, auth, devices, i18n, security, services, study, worklist
 from edge_app.web.forms import LanguageForm

@@ -11,9 +11,9 @@ from flask import Blueprint, Response, flash, redirect, render_template, request
 from flask_babel import gettext as _
 from flask_wtf import FlaskForm
 
-from edge_app.bundle import Bundle
+from edge_app.bundles.bundle import Bundle
 from edge_app.errors import UserError
-from edge_app.model_import import import_folder, import_zip, imported_bundles, usb_bundles
+from edge_app.inference.model_import import import_folder, import_zip, imported_bundles, usb_bundles
 from edge_app.outputs import csv_cells
 from edge_app.store.accounts import ROLES, Token, User, parse_roles
 from edge_app.web import security, services

@@ -13,7 +13,7 @@ from flask import Blueprint, Response, jsonify, request
 from edge_app.errors import NotFound
 from edge_app.imaging.encode import jpeg
 from edge_app.ingest import Event
-from edge_app.runtime.engines import engine_status
+from edge_app.runtime.engines.ensure import engine_status
 from edge_app.store.db import chosen_heatmap
 from edge_app.web import security, services
 

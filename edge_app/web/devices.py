@@ -10,7 +10,7 @@ from flask import Blueprint, flash, redirect, render_template, url_for
 from flask_babel import gettext as _
 
 from edge_app.ingest import Event
-from edge_app.runtime.engines import engine_status
+from edge_app.runtime.engines.ensure import engine_status
 from edge_app.web import security, services
 from edge_app.web.forms import ActionForm
 

@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from ood_samples import DEFAULT_NIH_DIR, chest_samples, outside_samples  # noqa: E402
 
 from converters import fidelity, graph, guard  # noqa: E402
-from edge_app.bundle import load_bundle  # noqa: E402
+from edge_app.bundles.bundle import load_bundle  # noqa: E402
 from edge_app.config import EMBEDDED_BUNDLE  # noqa: E402
-from edge_app.pipeline import Diagnoser  # noqa: E402
+from edge_app.inference.diagnoser import Diagnoser  # noqa: E402
 from edge_app.runtime import open_runner  # noqa: E402
 
 

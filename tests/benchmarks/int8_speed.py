@@ -22,7 +22,7 @@ import numpy as np
 from converters import fidelity, graph, quantize
 from converters.images import load_images
 from converters.spec import Calibration, Spec, load_spec
-from edge_app.bundle import load_bundle
+from edge_app.bundles.bundle import load_bundle
 from edge_app.config import EMBEDDED_BUNDLE
 
 ROOT = Path(__file__).resolve().parents[2]

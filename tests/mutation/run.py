@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[2]
 TARGET = 0.85
 TIMEOUT_S = 120.0  # a mutant whose tests run longer hangs them: killed
 MODULES: dict[str, list[str]] = {
-    "edge_app/result.py": ["test_result.py", "test_properties.py", "test_runtime.py"],
-    "edge_app/bundle.py": ["test_bundle.py", "test_signing.py"],
-    "edge_app/signature.py": ["test_signing.py"],
+    "edge_app/bundles/findings.py": ["test_result.py", "test_properties.py", "test_runtime.py"],
+    "edge_app/bundles/bundle.py": ["test_bundle.py", "test_signing.py"],
+    "edge_app/bundles/signature.py": ["test_signing.py"],
     "edge_app/outputs/csv_cells.py": ["test_csv_cells.py"],
     "edge_app/config.py": ["test_config.py", "test_cli.py"],
     "edge_app/store/db.py": [
@@ -44,8 +44,8 @@ MODULES: dict[str, list[str]] = {
         "test_disk_guard.py",
     ],
     "edge_app/store/schema.py": ["test_store.py"],
-    "edge_app/worker.py": ["test_worker.py", "test_store.py"],
-    "edge_app/runtime/engine_cache.py": ["test_tensorrt.py", "test_jetson_path.py"],
+    "edge_app/inference/worker.py": ["test_worker.py", "test_store.py"],
+    "edge_app/runtime/engines/cache.py": ["test_tensorrt.py", "test_jetson_path.py"],
     "converters/fidelity.py": ["test_fidelity.py", "test_convert.py"],
     "converters/build.py": ["test_convert.py"],
     "edge_app/imaging/codestream.py": ["test_codestream.py", "test_hostile.py", "test_decode.py"],

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_app.background import Background
 from edge_app.imaging.header import ImageHeader
-from edge_app.registry import Registry
+from edge_app.inference.registry import Registry
+from edge_app.system.background import Background
 
 log = logging.getLogger(__name__)
 

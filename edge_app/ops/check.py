@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_app.backup import DATABASE
 from edge_app.config import Settings, is_loopback
 from edge_app.errors import EdgeAppError
+from edge_app.ops.backup import DATABASE
 
 MIN_FREE_GB = 2.0
 
@@ -87,8 +87,8 @@ def _storage(settings: Settings) -> Iterator[Check]:
 
 
 def _models(settings: Settings) -> Iterator[Check]:
-    from edge_app.bundle import load_bundle
-    from edge_app.signature import load_public_keys
+    from edge_app.bundles.bundle import load_bundle
+    from edge_app.bundles.signature import load_public_keys
 
     model = settings.model
     try:

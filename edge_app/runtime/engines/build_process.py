@@ -1,15 +1,15 @@
 """TensorRT engine builds in a process of their own: a memory limit, a timeout, cancellation, failures remembered.
 
 TensorRT's builder alone takes 1.2-1.4 GB of host memory, and an 8 GB Orin Nano shares its memory between CPU and
-GPU: a build runs in a child process (`python -m edge_app.runtime.build_process`) whose resident memory the parent
-watches and which it kills past `memory_mb`, so that neither the build nor a crash in TensorRT takes the service
-down. The limit is enforced by watching /proc rather than with RLIMIT_AS because CUDA reserves far more address
-space than it uses, which an address-space limit would refuse; it counts host memory only (a Jetson's GPU
+GPU: a build runs in a child process (`python -m edge_app.runtime.engines.build_process`) whose resident memory the
+parent watches and which it kills past `memory_mb`, so that neither the build nor a crash in TensorRT takes the
+service down. The limit is enforced by watching /proc rather than with RLIMIT_AS because CUDA reserves far more
+address space than it uses, which an address-space limit would refuse; it counts host memory only (a Jetson's GPU
 allocations are the unit's MemoryMax's to bound). Builds take turns (a lock file in the engine cache), across
 processes too: two at once would not fit an Orin Nano. Cancellation asks first (the child's stdin is closed: a
 thread of its own sees it and TensorRT stops at its next step through the progress monitor), then kills. A failed
-build is remembered in the engine cache for its bundle and platform, and not tried again until
-`edge-app engines --retry` or `edge-convert engine`.
+build is remembered in the engine cache for its bundle and platform, and not tried again until `edge-app engines
+--retry` or `edge-convert engine`.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edge_app.bundle import Bundle
+from edge_app.bundles.bundle import Bundle
 from edge_app.errors import EdgeAppError
-from edge_app.runtime.engine_cache import EngineCache
+from edge_app.runtime.engines.build import BuildOptions, EngineBuildError
+from edge_app.runtime.engines.cache import EngineCache
 from edge_app.runtime.tensorrt import current_platform
-from edge_app.runtime.tensorrt_build import BuildOptions, EngineBuildError
 
 log = logging.getLogger(__name__)
 _POLL_S = 0.2
@@ -131,7 +131,7 @@ def _run_child(
 ) -> str | None:
     """Run one build; None on success, else the reason it failed. Raises `BuildCancelled`."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "edge_app.runtime.build_process", json.dumps(request)],
+        [sys.executable, "-m", "edge_app.runtime.engines.build_process", json.dumps(request)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.PIPE,  # closed: cancel
@@ -199,8 +199,8 @@ def _stop(child: subprocess.Popen[str]) -> None:
 
 def main(argv: list[str]) -> int:
     """The child: build one engine as `request` says; print progress, then nothing or `error: reason`."""
-    from edge_app.bundle import load_bundle
-    from edge_app.runtime.tensorrt_build import build_engine
+    from edge_app.bundles.bundle import load_bundle
+    from edge_app.runtime.engines.build import build_engine
 
     cancel = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: cancel.set())

@@ -12,15 +12,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from edge_app.background import Background
+from edge_app.bundles.findings import Diagnosis, heatmap_png
 from edge_app.config import WorkerSettings
 from edge_app.imaging.encode import jpeg
 from edge_app.imaging.header import ImageHeader
+from edge_app.inference.diagnoser import Diagnoser
+from edge_app.inference.registry import Registry, fits
 from edge_app.outputs.outbox import Outbox
-from edge_app.pipeline import Diagnoser, Diagnosis
-from edge_app.registry import Registry, fits
-from edge_app.result import heatmap_png
 from edge_app.store import Job, ModelResult, Outcome, Store
+from edge_app.system.background import Background
 
 log = logging.getLogger(__name__)
 _IMAGE_STATUS = {"ok": "done", "outside": "outside", "rejected": "rejected", "failed": "failed"}

@@ -11,7 +11,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from edge_app.background import Background
+from edge_app.system.background import Background
 
 log = logging.getLogger(__name__)
 

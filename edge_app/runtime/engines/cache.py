@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_app.bundle import Bundle, sha256_file
-from edge_app.fileio import atomic_write
+from edge_app.bundles.bundle import Bundle, sha256_file
+from edge_app.system.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 ENGINE_NAME = "engine.plan"

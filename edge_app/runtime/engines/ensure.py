@@ -13,18 +13,18 @@ from typing import TYPE_CHECKING, Any
 
 from edge_app.config import Settings
 from edge_app.errors import EdgeAppError, RuntimeUnavailable
-from edge_app.fileio import atomic_write
+from edge_app.system.fileio import atomic_write
 
 if TYPE_CHECKING:
-    from edge_app.runtime.build_process import BuildLimits
-    from edge_app.runtime.tensorrt_build import BuildOptions
+    from edge_app.runtime.engines.build import BuildOptions
+    from edge_app.runtime.engines.build_process import BuildLimits
 
 log = logging.getLogger(__name__)
 STATUS_NAME = "status.json"
 
 
 def build_options(settings: Settings) -> BuildOptions:
-    from edge_app.runtime.tensorrt_build import BuildOptions
+    from edge_app.runtime.engines.build import BuildOptions
 
     model = settings.model
     return BuildOptions(
@@ -33,7 +33,7 @@ def build_options(settings: Settings) -> BuildOptions:
 
 
 def build_limits(settings: Settings) -> BuildLimits:
-    from edge_app.runtime.build_process import BuildLimits
+    from edge_app.runtime.engines.build_process import BuildLimits
 
     return BuildLimits(settings.model.engine_build_memory_mb, settings.model.engine_build_timeout_s)
 
@@ -41,10 +41,10 @@ def build_limits(settings: Settings) -> BuildLimits:
 def ensure_engines(settings: Settings, retry: bool = False) -> dict[str, dict[str, Any]]:
     """For each configured bundle, by name: `status` (cached, built, unavailable or failed) and `detail`.
     `retry`: try again the builds that failed before."""
-    from edge_app.bundle import load_bundle
-    from edge_app.runtime.build_process import build_isolated
-    from edge_app.runtime.engine_cache import EngineCache
-    from edge_app.signature import load_public_keys
+    from edge_app.bundles.bundle import load_bundle
+    from edge_app.bundles.signature import load_public_keys
+    from edge_app.runtime.engines.build_process import build_isolated
+    from edge_app.runtime.engines.cache import EngineCache
 
     model = settings.model
     trusted = load_public_keys(model.trusted_keys) if model.require_signature else None

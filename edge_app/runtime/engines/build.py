@@ -1,6 +1,6 @@
 """Build a TensorRT 10 engine from a bundle's ONNX, check it against the bundle's reference outputs, cache it.
 
-Runs in the process of `edge_app.runtime.build_process` (a build of its own, with its own memory limit);
+Runs in the process of `edge_app.runtime.engines.build_process` (a build of its own, with its own memory limit);
 `tensorrt` is imported only when a build starts.
 """
 
@@ -14,14 +14,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_app.bundle import Bundle
+from edge_app.bundles.bundle import Bundle
+from edge_app.bundles.manifest import GUARD_PREFIX
 from edge_app.errors import EdgeAppError
-from edge_app.fileio import atomic_write
-from edge_app.manifest import GUARD_PREFIX
-from edge_app.runtime.engine_cache import EngineCache
+from edge_app.runtime.engines.cache import EngineCache
 from edge_app.runtime.onnx import OnnxRuntimeRunner
 from edge_app.runtime.reference import guard_disagreements, reference_drift, tolerance
 from edge_app.runtime.tensorrt import TensorRTRunner, current_platform, require_tensorrt, trt_logger
+from edge_app.system.fileio import atomic_write
 
 if TYPE_CHECKING:
     import tensorrt as trt

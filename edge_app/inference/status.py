@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_app.fileio import atomic_write
-from edge_app.pipeline import Diagnoser
+from edge_app.inference.diagnoser import Diagnoser
+from edge_app.system.fileio import atomic_write
 
 STATUS_NAME = "worker.json"
 

@@ -13,7 +13,7 @@ import os
 import socket
 from collections.abc import Callable
 
-from edge_app.background import Background
+from edge_app.system.background import Background
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_app import __version__, cli_accounts
+from edge_app import __version__
+from edge_app.cli import accounts as cli_accounts
 from edge_app.config import Settings, load_settings
 from edge_app.errors import UserError
-from edge_app.pipeline import Diagnoser
+from edge_app.inference.diagnoser import Diagnoser
 
 log = logging.getLogger("edge_app")
 
@@ -91,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("backup", "restore"):
             return _backup(settings, args)
         if args.command == "export":
-            from edge_app.export import export
+            from edge_app.ops.export import export
 
             print(f"export written to {export(settings, args.dir, deidentify=args.deidentify, since=args.since)}")
             return 0
@@ -148,7 +149,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, no_worker: bo
     import ssl
 
     from edge_app.config import check_secure, with_overrides
-    from edge_app.systemd import Watchdog, notify, watchdog_interval
+    from edge_app.system.systemd import Watchdog, notify, watchdog_interval
     from edge_app.web import create_app, services
     from edge_app.web.server import Server
 
@@ -200,7 +201,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 def _worker(settings: Settings) -> int:
     """The models, the inference worker, the outputs and retention, in a process of their own."""
     from edge_app.service import Service
-    from edge_app.systemd import Watchdog, notify, watchdog_interval
+    from edge_app.system.systemd import Watchdog, notify, watchdog_interval
 
     service = Service(settings, role="worker")
     try:
@@ -234,7 +235,7 @@ def _worker(settings: Settings) -> int:
 
 
 def _backup(settings: Settings, args: argparse.Namespace) -> int:
-    from edge_app.backup import backup, restore
+    from edge_app.ops.backup import backup, restore
 
     if args.command == "backup":
         print(f"backup written to {backup(settings, args.dir)}")
@@ -247,7 +248,7 @@ def _backup(settings: Settings, args: argparse.Namespace) -> int:
 
 def _engines(settings: Settings, retry: bool) -> int:
     """One line per bundle; exit 0 even where no engine could be built: the service then runs on ONNX Runtime."""
-    from edge_app.runtime.engines import ensure_engines
+    from edge_app.runtime.engines.ensure import ensure_engines
 
     for name, entry in ensure_engines(settings, retry).items():
         print(f"{name}: {entry['status']}: {entry['detail']}")
@@ -256,7 +257,7 @@ def _engines(settings: Settings, retry: bool) -> int:
 
 def _check(settings: Settings) -> int:
     """One line per check; exit 1 where any failed."""
-    from edge_app.check import run_checks
+    from edge_app.ops.check import run_checks
 
     checks = run_checks(settings)
     for check in checks:

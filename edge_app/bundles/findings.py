@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from edge_app.bundles.manifest import Manifest, OutputSpec
 from edge_app.errors import InferenceError
-from edge_app.manifest import Manifest, OutputSpec
 
 
 @dataclass(frozen=True)
@@ -139,3 +140,36 @@ def heatmap_png(hm: Heatmap) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.round(hm.values * 255).astype(np.uint8), mode="L").save(buf, format="PNG")
     return buf.getvalue()
+
+
+@dataclass
+class Diagnosis:
+    """The outcome for one image: findings, or the reason it was rejected."""
+
+    source: str
+    # "ok"; "outside" (the input guard says the image is not what the model reads: no findings); "rejected" (the
+    # image cannot be used); "failed" (an internal error)
+    status: str
+    model: dict[str, str]
+    reason: str | None = None
+    guard: GuardCheck | None = None  # None: the bundle has no guard, the image was not checked
+    triage: float = 0.0  # how urgent: `result.triage_score` (0 where no validated finding is positive)
+    findings: list[Finding] = field(default_factory=list)
+    heatmaps: list[Heatmap] = field(default_factory=list)  # one per positive finding, the most probable first
+    metadata: dict[str, Any] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    preview: NDArray[np.uint8] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"file": self.source, "status": self.status}
+        if self.reason is not None:
+            out["reason"] = self.reason
+        out["model"] = self.model
+        if self.status in ("ok", "outside"):
+            out["guard"] = self.guard.as_dict() if self.guard is not None else None
+        if self.status == "ok":
+            out["findings"] = [f.as_dict() for f in self.findings]
+            out["positive"] = [f.label for f in self.findings if f.positive]
+            out["triage"] = self.triage
+        out["timings_ms"] = {k: round(v, 2) for k, v in self.timings_ms.items()}
+        return out

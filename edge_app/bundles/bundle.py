@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from edge_app.errors import BundleError
-from edge_app.manifest import Manifest
+from edge_app.bundles.manifest import Manifest
+from edge_app.errors import BundleError, format_validation_error
 
 MANIFEST_NAME = "manifest.json"
 # Files beside the manifest that its hashes cannot cover (a signature is made over the manifest itself).
@@ -55,19 +55,10 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    """One line per problem, with the field path, in plain words."""
-    lines = []
-    for err in exc.errors():
-        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
-        lines.append(f"{where}: {err['msg']}")
-    return "; ".join(lines)
-
-
 def load_bundle(path: Path | str, trusted_keys: dict[str, object] | None = None) -> Bundle:
     """Load and verify a bundle directory; raise `BundleError` saying what is wrong.
 
-    With `trusted_keys` (see `edge_app.signature.load_public_keys`) the bundle must also carry a valid signature
+    With `trusted_keys` (see `edge_app.bundles.signature.load_public_keys`) the bundle must also carry a valid signature
     by one of them."""
     path = Path(path)
     manifest_path = path / MANIFEST_NAME
@@ -98,7 +89,7 @@ def load_bundle(path: Path | str, trusted_keys: dict[str, object] | None = None)
     if unlisted:
         raise BundleError(f"model bundle {path} holds files its manifest does not list: {', '.join(unlisted)}")
     if trusted_keys is not None:
-        from edge_app.signature import verify
+        from edge_app.bundles.signature import verify
 
         verify(path, trusted_keys)
     return Bundle(path=path, manifest=manifest, sha256=hashlib.sha256(raw).hexdigest())

@@ -6,60 +6,30 @@ import dataclasses
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import numpy as np
-from numpy.typing import NDArray
-
-from edge_app.bundle import Bundle, load_bundle
+from edge_app.bundles.bundle import Bundle, load_bundle
+from edge_app.bundles.findings import (
+    Diagnosis,
+    GuardCheck,
+    findings,
+    guard_check,
+    heatmap,
+    triage_score,
+)
+from edge_app.bundles.manifest import IntendedUse
 from edge_app.config import Settings
 from edge_app.errors import ConfigError, ImageRejected
 from edge_app.imaging import DecodeLimits
 from edge_app.imaging.prepare import prepare
 from edge_app.imaging.sandbox import DecoderPool
-from edge_app.manifest import IntendedUse
-from edge_app.result import Finding, GuardCheck, Heatmap, findings, guard_check, heatmap, triage_score
 from edge_app.runtime import Runner
 
 if TYPE_CHECKING:
     from edge_app.runtime.select import BackgroundBuild
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Diagnosis:
-    """The outcome for one image: findings, or the reason it was rejected."""
-
-    source: str
-    # "ok"; "outside" (the input guard says the image is not what the model reads: no findings); "rejected" (the
-    # image cannot be used); "failed" (an internal error)
-    status: str
-    model: dict[str, str]
-    reason: str | None = None
-    guard: GuardCheck | None = None  # None: the bundle has no guard, the image was not checked
-    triage: float = 0.0  # how urgent: `result.triage_score` (0 where no validated finding is positive)
-    findings: list[Finding] = field(default_factory=list)
-    heatmaps: list[Heatmap] = field(default_factory=list)  # one per positive finding, the most probable first
-    metadata: dict[str, Any] = field(default_factory=dict)
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    preview: NDArray[np.uint8] | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"file": self.source, "status": self.status}
-        if self.reason is not None:
-            out["reason"] = self.reason
-        out["model"] = self.model
-        if self.status in ("ok", "outside"):
-            out["guard"] = self.guard.as_dict() if self.guard is not None else None
-        if self.status == "ok":
-            out["findings"] = [f.as_dict() for f in self.findings]
-            out["positive"] = [f.label for f in self.findings if f.positive]
-            out["triage"] = self.triage
-        out["timings_ms"] = {k: round(v, 2) for k, v in self.timings_ms.items()}
-        return out
 
 
 class Diagnoser:
@@ -94,10 +64,10 @@ class Diagnoser:
         `decoder`'s processes, or in a pool of its own started for it. `build_engine` (the service, never
         `diagnose` or `bench`): with TensorRT and no engine yet, build one in the background
         (model.build_engine_at_start)."""
+        from edge_app.bundles.signature import load_public_keys
         from edge_app.runtime import open_runner
-        from edge_app.runtime.engines import build_limits, build_options
+        from edge_app.runtime.engines.ensure import build_limits, build_options
         from edge_app.runtime.select import build_engine_in_background
-        from edge_app.signature import load_public_keys
 
         model, imaging = settings.model, settings.imaging
         trusted = load_public_keys(model.trusted_keys) if model.require_signature else None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edge_app.config import Settings, is_strong_secret
 from edge_app.errors import ConfigError, UserError
-from edge_app.fileio import atomic_write
+from edge_app.system.fileio import atomic_write
 
 CERT_DAYS = 3650  # the box runs for years without anyone to renew it; tablets trust it by its fingerprint
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from edge_app.bundles.manifest import Manifest
 from edge_app.config import Settings
 from edge_app.imaging import DecodeLimits
 from edge_app.imaging.header import ImageHeader
 from edge_app.imaging.sandbox import DecoderPool
-from edge_app.manifest import Manifest
-from edge_app.pipeline import Diagnoser
+from edge_app.inference.diagnoser import Diagnoser
 
 
 def fits(manifest: Manifest, header: ImageHeader) -> bool:

@@ -50,7 +50,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def run(command: str, args: argparse.Namespace, settings: Settings) -> int:
     if command == "tls":
-        from edge_app.keys import init_tls
+        from edge_app.ops.secrets import init_tls
 
         cert, key, fingerprint = init_tls(settings, args.name, force=args.force)
         print(f"certificate {cert}\nkey         {key}\nSHA-256 fingerprint (check it on the tablet): {fingerprint}")

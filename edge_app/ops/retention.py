@@ -6,8 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from edge_app.background import Background
 from edge_app.store import Store
+from edge_app.system.background import Background
 
 log = logging.getLogger(__name__)
 EVERY_S = 6 * 3600

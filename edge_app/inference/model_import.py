@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from edge_app.bundle import Bundle, load_bundle
+from edge_app.bundles.bundle import Bundle, load_bundle
 from edge_app.config import Settings
 from edge_app.errors import BundleError, ConfigError
 from edge_app.runtime.onnx import OnnxRuntimeRunner
@@ -131,7 +131,7 @@ def _root(staging: Path) -> Path:
 
 def _keep(candidate: Path, settings: Settings) -> Bundle:
     """Verify the bundle at `candidate`, then move it to bundles/<sha256> (where it may be already)."""
-    from edge_app.signature import load_public_keys
+    from edge_app.bundles.signature import load_public_keys
 
     model = settings.model
     trusted = load_public_keys(model.trusted_keys) if model.require_signature else None

@@ -21,7 +21,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_app.bundle import load_bundle, sha256_file
+from edge_app.bundles.bundle import load_bundle, sha256_file
 from edge_app.config import Settings
 from edge_app.errors import BundleError, UserError
 from edge_app.store.db import FILES_IN_USE, SERVICE_LOCKS
@@ -143,7 +143,7 @@ def check(source: Path, settings: Settings) -> Contents:
 def _contents(db: sqlite3.Connection, source: Path, settings: Settings) -> Contents:
     """What the backup's database and bundles hold; each kept bundle verified as the service will load it (its
     hashes, and its signature where model.require_signature is set)."""
-    from edge_app.signature import load_public_keys
+    from edge_app.bundles.signature import load_public_keys
 
     model = settings.model
     trusted = load_public_keys(model.trusted_keys) if model.require_signature else None
