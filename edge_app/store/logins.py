@@ -4,7 +4,9 @@ Two limits over a sliding window: `attempts` failures on one name from one addre
 address whatever the names (password spraying). Then each account's delay: after its n-th failure in a row (any
 address) the next attempt on it waits `first_delay_s` x 2^(n-1), at most DELAY_CAP_S. Not a lock-out: once the
 delay has passed the right password logs in, so a colleague guessing cannot keep anyone out for longer than the
-cap at a time; while it runs the password is not checked. A right password clears the account's failures.
+cap at a time; while it runs the password is not checked. Each attempt let through counts as a failure from the
+start (in the transaction that let it through), so guesses sent at once cannot all pass one opening of the delay;
+a right password then clears the account's failures.
 (Flask-Limiter counts requests in memory or in Redis; what is limited here is failures, which only the login
 knows, and they must outlive a restart of this one process.)
 """
@@ -41,31 +43,31 @@ class LoginLimits:
     def __init__(self, store: Store, attempts: int, window_s: float, first_delay_s: float) -> None:
         self.store, self.attempts, self.window_s, self.first_delay_s = store, attempts, window_s, first_delay_s
 
-    def refusal(self, name: str, address: str) -> Refusal | None:
-        """Why a login of `name` from `address` is refused now, or None where its password may be checked."""
+    def attempt(self, name: str, address: str) -> Refusal | None:
+        """Why a login of `name` from `address` is refused now; or None: its password may be checked, and it
+        counts as a failure until `succeeded`. Failures older than the window are forgotten here (the table
+        holds no more than the window's)."""
         now = time.time()
         since = now - self.window_s
-        (pair,) = self.store.query(
-            "SELECT count(*) FROM login_failures WHERE address = ? AND name = ? AND at > ?", (address, name, since)
-        )[0]
-        (spray,) = self.store.query(
-            "SELECT count(*) FROM login_failures WHERE address = ? AND at > ?", (address, since)
-        )[0]
-        if pair >= self.attempts or spray >= ADDRESS_FACTOR * self.attempts:
-            return Refusal("address")
-        failures, last = self.store.query(
-            "SELECT count(*), max(at) FROM login_failures WHERE name = ? AND at > ?", (name, since)
-        )[0]
-        delay = account_delay(int(failures), self.first_delay_s)
-        wait = min(float(last or 0) + delay - now, delay)  # min: a clock set back does not lengthen it
-        return Refusal("account", math.ceil(wait)) if wait > 0 else None
-
-    def failed(self, name: str, address: str) -> None:
-        """Count a failure; forget those older than the window (the table stays as small as the window)."""
-        now = time.time()
         with self.store.transaction() as db:
+            (pair,) = db.execute(
+                "SELECT count(*) FROM login_failures WHERE address = ? AND name = ? AND at > ?", (address, name, since)
+            ).fetchone()
+            (spray,) = db.execute(
+                "SELECT count(*) FROM login_failures WHERE address = ? AND at > ?", (address, since)
+            ).fetchone()
+            if pair >= self.attempts or spray >= ADDRESS_FACTOR * self.attempts:
+                return Refusal("address")
+            failures, last = db.execute(
+                "SELECT count(*), max(at) FROM login_failures WHERE name = ? AND at > ?", (name, since)
+            ).fetchone()
+            delay = account_delay(int(failures), self.first_delay_s)
+            wait = min(float(last or 0) + delay - now, delay)  # min: a clock set back does not lengthen it
+            if wait > 0:
+                return Refusal("account", math.ceil(wait))
             db.execute("INSERT INTO login_failures (at, address, name) VALUES (?, ?, ?)", (now, address, name))
-            db.execute("DELETE FROM login_failures WHERE at <= ?", (now - self.window_s,))
+            db.execute("DELETE FROM login_failures WHERE at <= ?", (since,))
+        return None
 
     def succeeded(self, name: str) -> None:
         """The right password: the account's failures are forgotten (its delay starts afresh)."""

@@ -28,7 +28,7 @@ def login() -> Any:
     if form.validate_on_submit():
         name, address = form.username.data or "", request.remote_addr or ""
         limits = security.login_limits()
-        refusal = limits.refusal(name, address)
+        refusal = limits.attempt(name, address)
         if refusal is not None:  # the password is not checked
             status = 429
             if refusal.reason == "account":
@@ -45,7 +45,6 @@ def login() -> Any:
         else:
             user = svc.accounts.authenticate(name, form.password.data or "")
             if user is None:
-                limits.failed(name, address)
                 svc.store.audit(name, "login.failure", detail=f"from {address}")
                 flash(_("Wrong user name or password."), "error")
                 status = 401
