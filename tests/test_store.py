@@ -405,6 +405,16 @@ def test_a_result_says_its_reason_only_when_it_has_one(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_result_is_traced_to_its_study(tmp_path: Path) -> None:
+    """What the audit of a heatmap read by result id names as its subject."""
+    store = Store(tmp_path)
+    for n, header in enumerate((_header(), _header("4.5", "4.5.6", "4.5.6.7"))):
+        _add(store, f"image {n}".encode(), header)
+        _diagnose_next(store, ModelResult("ok", MODEL, "b" * 64), ModelResult("ok", MODEL, "c" * 64))
+    assert [store.study_of_result(n) for n in (1, 2, 3, 4, 5)] == ["1.2.3", "1.2.3", "4.5", "4.5", None]
+    store.close()
+
+
 def test_results_are_found_by_any_id_sqlite_can_hold(tmp_path: Path) -> None:
     store = Store(tmp_path)
     _add(store, b"image", _header())

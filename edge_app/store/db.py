@@ -500,8 +500,6 @@ class Store:
 
     def study_of_result(self, result_id: int) -> str | None:
         """The UID of the study a result is of (None where there is no such result)."""
-        if not 0 < result_id < 2**63:  # SQLite's INTEGER range
-            return None
         with self._lock:
             row = self._db.execute(
                 "SELECT studies.uid FROM results JOIN images ON images.id = results.image_id "
