@@ -75,6 +75,15 @@ class ServerSettings(_Section):
     idle_logout_min: StrictInt = Field(15, ge=1, le=1440, description="a tablet left untouched this long logs out")
     login_attempts: StrictInt = Field(5, ge=1, le=100, description="failed logins allowed per name and per address")
     login_lockout_min: StrictInt = Field(15, ge=1, le=1440, description="... within this window; then refused")
+    login_delay_s: float = Field(
+        1.0, ge=0, le=60, strict=True, description="after a failed login the account waits this, doubling, up to 60 s"
+    )
+    audit_window_s: float = Field(
+        60.0, gt=0, le=3600, strict=True, description="the same read by the same person from one address: one row"
+    )
+    audit_rows_per_window: StrictInt = Field(
+        60, ge=1, le=100_000, description="audit rows of reads (refused logins) per person (address) in that window"
+    )
     language: Literal["en", "fr"] = Field("en", description="the login page's language and new users' default")
     max_upload_mb: StrictInt = Field(200, ge=1, le=4096, description="largest image upload accepted")
     result_wait_s: float = Field(

@@ -40,7 +40,7 @@ def test_durability_settings(tmp_path: Path) -> None:
     store = Store(tmp_path)
     assert store.pragma("journal_mode") == "wal"
     assert store.pragma("synchronous") == 2  # FULL
-    assert store.pragma("user_version") == 8
+    assert store.pragma("user_version") == 9
     store.close()
 
 
@@ -199,7 +199,7 @@ def test_a_version_1_database_is_taken_forward(tmp_path: Path) -> None:
     db.close()
 
     store = Store(tmp_path)
-    assert store.pragma("user_version") == 8
+    assert store.pragma("user_version") == 9
     study = store.get_study("abc")
     assert study["patient_id"] == "P9"
     a, b, c = study["images"]
@@ -228,12 +228,61 @@ def test_a_version_7_result_s_heatmap_becomes_its_first_of_many(tmp_path: Path) 
     )
     db.close()
     store = Store(tmp_path)
-    assert store.pragma("user_version") == 8
+    assert store.pragma("user_version") == 9
     first, second = store.get_study("1.2")["images"][0]["results"]
     assert first["heatmaps"] == [{"label": "Effusion", "sha256": "e" * 64}] and second["heatmaps"] == []
     columns = [r[1] for r in store.query("PRAGMA table_info(results)")]
     assert "heatmap_label" not in columns and "heatmap_sha256" not in columns
     store.close()
+
+
+def test_a_version_8_audit_log_is_sealed_in_its_order_and_stays_append_only(tmp_path: Path) -> None:
+    """Version 9 seals each audit row of before after the one before it (rows deleted before version 4's triggers
+    leave gaps that are not breaks), keeps the triggers, and adds the table of failed logins."""
+    from edge_app.store.chain import GENESIS, seal
+
+    db = sqlite3.connect(tmp_path / "edge-app.sqlite3", isolation_level=None)
+    for version, step in enumerate(MIGRATIONS[:8]):
+        db.execute("BEGIN")
+        step(db, "t")
+        db.execute(f"PRAGMA user_version = {version + 1}")
+        db.execute("COMMIT")
+    rows = [(1, "t1", "boss", "login.success", "", "from 10.0.0.2"), (3, "t3", "dr", "study.view", "1.2", "")]
+    db.executemany("INSERT INTO audit (id, at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?, ?)", rows)
+    db.close()
+    store = Store(tmp_path)
+    assert store.pragma("user_version") == 9
+    first = seal(GENESIS, rows[0])
+    assert [e["hash"] for e in reversed(store.audit_trail())] == [first, seal(first, rows[1])]
+    store.audit("dr", "report.export", "1.2")
+    chain = store.audit_chain()
+    assert chain.holds and chain.entries == 3 and chain.head == store.audit_trail()[0]["hash"]
+    for statement in ("UPDATE audit SET actor = 'x'", "DELETE FROM audit"):
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"), store.transaction() as db:
+            db.execute(statement)
+    assert store.query("SELECT count(*) FROM login_failures")[0][0] == 0
+    store.close()
+
+
+def test_the_chain_names_the_first_row_that_does_not_follow() -> None:
+    """An edit breaks the edited row; a deletion the row after the gap, with the last row that follows."""
+    from edge_app.store.chain import GENESIS, seal, verify
+
+    rows, head = [], GENESIS
+    for n in range(1, 6):
+        content = (n, f"t{n}", "a", "x", "", "")
+        head = seal(head, content)
+        rows.append((*content, head))
+    assert verify(rows).holds and verify(rows).entries == 5 and verify(rows).head == head
+    assert verify([]).head == GENESIS and verify([]).holds
+    edited = [*rows[:2], (3, "t3", "b", "x", "", "", rows[2][-1]), *rows[3:]]
+    broken = verify(edited)
+    assert (broken.broken_at, broken.after, broken.missing, broken.entries) == (3, 2, False, 2)
+    assert broken.head == rows[1][-1]
+    gap = verify([*rows[:2], *rows[3:]])
+    assert (gap.broken_at, gap.after, gap.missing) == (4, 2, True)
+    assert verify(rows[1:]).broken_at == 2 and verify(rows[1:]).missing, "the first row deleted"
+    assert seal(GENESIS, (1, "t", "a,b", "", "", "")) != seal(GENESIS, (1, "t", "a", "b", "", "")), "fields apart"
 
 
 def test_a_migration_that_fails_leaves_the_database_as_it_was(tmp_path: Path) -> None:
@@ -384,6 +433,16 @@ def test_a_result_says_its_reason_only_when_it_has_one(tmp_path: Path) -> None:
     by_status = {r["status"]: r for r in image["results"]}
     assert "reason" not in by_status["ok"] and by_status["rejected"]["reason"] == "not a chest"
     assert image["id"] == added.image_id
+    store.close()
+
+
+def test_a_result_is_traced_to_its_study(tmp_path: Path) -> None:
+    """What the audit of a heatmap read by result id names as its subject."""
+    store = Store(tmp_path)
+    for n, header in enumerate((_header(), _header("4.5", "4.5.6", "4.5.6.7"))):
+        _add(store, f"image {n}".encode(), header)
+        _diagnose_next(store, ModelResult("ok", MODEL, "b" * 64), ModelResult("ok", MODEL, "c" * 64))
+    assert [store.study_of_result(n) for n in (1, 2, 3, 4, 5)] == ["1.2.3", "1.2.3", "4.5", "4.5", None]
     store.close()
 
 

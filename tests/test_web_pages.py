@@ -293,10 +293,13 @@ def test_the_audit_log_as_csv_quotes_what_a_spreadsheet_would_run(
     for name in ('=HYPERLINK("http://x")', "x;=1+1;"):
         browser.post("/login", data={"csrf_token": auth.csrf(), "username": name, "password": "not it"})
     auth.login("admin")
-    assert "login.failure" in browser.get("/admin/audit").get_data(as_text=True)
+    page = browser.get("/admin/audit").get_data(as_text=True)
+    assert "login.failure" in page
     resp = browser.get("/admin/audit.csv")
     assert resp.mimetype == "text/csv"
     rows = list(csv.DictReader(io.StringIO(resp.get_data(as_text=True))))
+    assert f"The chain of the audit log holds: {len(rows)} entries" in page
+    assert f"Newest seal: {rows[-1]['hash']}" in page, "the seal to write down is the download's last"
     assert rows[0]["action"] == "service.start.all", "oldest first"
     failed = [r["actor"] for r in rows if r["action"] == "login.failure"]
     assert failed == ['\'=HYPERLINK("http://x")', "x;'=1+1;"]

@@ -251,19 +251,28 @@ def test_no_page_holds_an_inline_script_or_style(auth: Any, browser: FlaskClient
         assert "<style" not in page and " style=" not in page and " on" + "click=" not in page, path
 
 
-def test_login_failures_are_throttled_and_audited(app: Flask, auth: Any, browser: FlaskClient) -> None:
-    auth.user("nurse", "clinician")
-    for _ in range(5):
-        assert auth.login("clinician", name="nurse", password="wrong password!").status_code == 401
-    resp = auth.login("clinician", name="nurse")
-    assert resp.status_code == 429, "the right password too, once the limit is reached"
-    assert browser.get("/").status_code == 302
-    actions = [e["action"] for e in services.get_from(app).store.audit_trail()]
-    assert actions.count("login.failure") == 5 and "login.success" not in actions
-    other = app.test_client()
-    data = {"csrf_token": _csrf(other), "username": "nurse", "password": PASSWORD}
-    resp = other.post("/login", data=data, environ_base={"REMOTE_ADDR": "10.0.0.8"})
-    assert resp.status_code == 302, "failures from one tablet do not lock the nurse out of another"
+def test_login_failures_are_throttled_and_audited(tmp_path: Path) -> None:
+    """`login_attempts` failures on a name from one address (no delay per account here): refused from there, the
+    right password too, and recorded; another tablet still logs in."""
+    settings = {"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1}, "server": {"login_delay_s": 0.0}}
+    app = create_app(settings)
+    try:
+        services.get_from(app).accounts.add_user("nurse", parse_roles("clinician"), PASSWORD)
+        tablet = app.test_client()
+
+        def login(password: str, client: FlaskClient = tablet, address: str = "127.0.0.1") -> int:
+            data = {"csrf_token": _csrf(client), "username": "nurse", "password": password}
+            return client.post("/login", data=data, environ_base={"REMOTE_ADDR": address}).status_code
+
+        assert [login("wrong password!") for _ in range(5)] == [401] * 5
+        assert login(PASSWORD) == 429, "the right password too, once the limit is reached"
+        assert tablet.get("/").status_code == 302
+        actions = [e["action"] for e in services.get_from(app).store.audit_trail()]
+        assert actions.count("login.failure") == 5 and actions.count("login.refused") == 1
+        assert "login.success" not in actions
+        assert login(PASSWORD, app.test_client(), "10.0.0.8") == 302, "one tablet's failures do not lock another"
+    finally:
+        services.get_from(app).stop()
 
 
 def test_the_throttle_counts_per_address_too(app: Flask) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from edge_app.config import Settings, is_loopback
 from edge_app.errors import EdgeAppError
 from edge_app.ops.backup import DATABASE
+from edge_app.store.chain import ChainState
 
 MIN_FREE_GB = 2.0
 
@@ -79,11 +80,33 @@ def _storage(settings: Settings) -> Iterator[Check]:
         from edge_app.store import Store
 
         try:
-            Store(data_dir).close()
+            store = Store(data_dir)
         except EdgeAppError as exc:
             yield Check("FAIL", "database", str(exc))
         else:
+            try:
+                chain = store.audit_chain()
+            finally:
+                store.close()
             yield Check("ok", "database", f"{data_dir / DATABASE}: intact, its schema this edge-app's")
+            yield _audit_log(chain)
+
+
+def _audit_log(chain: ChainState) -> Check:
+    """Each audit row sealed after the one before it (`edge_app.store.chain`): an edit made around the triggers
+    shows here."""
+    if chain.holds:
+        return Check("ok", "audit log", f"{chain.entries} entries, each chained to the one before")
+    if chain.missing:
+        what = f"entry {chain.broken_at} does not follow entry {chain.after}: entries between them were deleted"
+    else:
+        what = f"entry {chain.broken_at} was changed (or an entry before it)"
+    return Check(
+        "FAIL",
+        "audit log",
+        f"{what}: the log was altered outside edge-app; keep a copy of the data directory "
+        "and compare it with a backup or an exported audit.csv",
+    )
 
 
 def _models(settings: Settings) -> Iterator[Check]:

@@ -23,6 +23,7 @@ from typing import IO, Any
 
 from edge_app.errors import ConfigError, IdentityConflict, NotFound, UserError
 from edge_app.imaging.header import ImageHeader
+from edge_app.store import chain
 from edge_app.store.schema import migrate
 from edge_app.system.fileio import INCOMING_PREFIX, commit, spool
 
@@ -554,6 +555,16 @@ class Store:
                     return _result_dict(self._db, row)
         raise NotFound(f"no result {result_id}")
 
+    def study_of_result(self, result_id: int) -> str | None:
+        """The UID of the study a result is of (None where there is no such result)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT studies.uid FROM results JOIN images ON images.id = results.image_id "
+                "JOIN studies ON studies.id = images.study_id WHERE results.id = ?",
+                (result_id,),
+            ).fetchone()
+        return str(row[0]) if row is not None else None
+
     def purge_images(self, received_before: str) -> int:
         """Remove the files (the image and its view) of every finished image received before the ISO time
         `received_before`; keep its row, results, heatmaps and reviews. Returns how many were removed."""
@@ -591,16 +602,38 @@ class Store:
         return removed
 
     def audit(self, actor: str, action: str, subject: str = "", detail: str = "") -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
-                (_now(), actor, action, subject, detail),
+        """Append a row to the audit log, sealed after the newest one (`chain`); one transaction, so that two
+        processes writing at once take turns."""
+        with self.transaction() as db:
+            last = db.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+            row = (int(last[0]) + 1 if last else 1, _now(), str(actor), str(action), str(subject), str(detail))
+            db.execute(
+                "INSERT INTO audit (id, at, actor, action, subject, detail, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*row, chain.seal(last[1] if last else chain.GENESIS, row)),
             )
 
     def audit_trail(self, limit: int = 100) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         return [dict(r) for r in rows]
+
+    def audit_chain(self) -> chain.ChainState:
+        """Whether every row of the audit log follows the one before it, and where the first does not."""
+        return chain.verify(self._audit_rows())
+
+    def _audit_rows(self, batch: int = 5000) -> Iterator[tuple[object, ...]]:
+        """Every audit row in id order, a batch at a time: the lock is not held for the whole log."""
+        after = -1
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    f"SELECT {', '.join(chain.COLUMNS)}, hash FROM audit WHERE id > ? ORDER BY id LIMIT ?",
+                    (after, batch),
+                ).fetchall()
+            yield from (tuple(r) for r in rows)
+            if len(rows) < batch:
+                return
+            after = int(rows[-1][0])
 
 
 def _result_dict(db: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:

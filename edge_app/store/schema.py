@@ -7,6 +7,8 @@ import re
 import sqlite3
 from collections.abc import Callable
 
+from edge_app.store import chain
+
 _V1 = """
 CREATE TABLE studies (
     id INTEGER PRIMARY KEY,
@@ -245,6 +247,24 @@ def _to_v8(db: sqlite3.Connection, now: str) -> None:
     db.execute("ALTER TABLE results DROP COLUMN heatmap_sha256")
 
 
+def _to_v9(db: sqlite3.Connection, now: str) -> None:
+    """Version 9: each audit row sealed by a hash chained to the row before it (`edge_app.store.chain`), the rows
+    of before sealed in their order (the UPDATE trigger lifted meanwhile); failed logins kept in the database, so
+    that a restart forgets none of the login limits."""
+    db.execute("ALTER TABLE audit ADD COLUMN hash TEXT NOT NULL DEFAULT ''")
+    db.execute("DROP TRIGGER IF EXISTS audit_no_update")
+    previous = chain.GENESIS
+    for row in db.execute(f"SELECT {', '.join(chain.COLUMNS)} FROM audit ORDER BY id").fetchall():
+        previous = chain.seal(previous, row)
+        db.execute("UPDATE audit SET hash = ? WHERE id = ?", (previous, row[0]))
+    db.execute(_APPEND_ONLY[0])
+    db.execute(
+        "CREATE TABLE login_failures (at REAL NOT NULL, address TEXT NOT NULL, name TEXT NOT NULL COLLATE NOCASE)"
+    )
+    db.execute("CREATE INDEX login_failures_name ON login_failures(name, at)")
+    db.execute("CREATE INDEX login_failures_address ON login_failures(address, at)")
+
+
 def _rebuild(db: sqlite3.Connection, table: str, old: str, new: str) -> None:
     """A table made anew with `old` replaced by `new` in its definition (SQLite cannot change a CHECK in place: its
     documented twelve steps, foreign keys off from `migrate`), rows, indexes and ids kept."""
@@ -279,6 +299,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection, str], None]] = [
     _to_v6,
     _to_v7,
     _to_v8,
+    _to_v9,
 ]
 VERSION = len(MIGRATIONS)
 

@@ -17,7 +17,7 @@ from edge_app.config import Settings, check_secure, load_settings
 from edge_app.errors import ConfigError, format_validation_error
 from edge_app.ops.secrets import session_secret
 from edge_app.service import Role
-from edge_app.web import admin, api, auth, devices, i18n, security, services, study, worklist
+from edge_app.web import admin, api, audit, auth, devices, i18n, security, services, study, worklist
 from edge_app.web.forms import LanguageForm
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ def create_app(test_config: Mapping[str, Any] | Settings | None = None, role: Ro
     services.init_app(app, settings, role)  # first: the data directory is checked there, in plain words
     app.config["SECRET_KEY"] = session_secret(settings)
     security.init_app(app, settings)
+    audit.init_app(app, settings)
     i18n.init_app(app, settings)
     for blueprint in (auth.bp, worklist.bp, study.bp, devices.bp, admin.bp, api.bp):
         app.register_blueprint(blueprint)

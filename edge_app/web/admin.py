@@ -259,7 +259,8 @@ def set_thresholds(sha256: str) -> Any:
 @bp.get("/audit")
 @security.requires("admin")
 def audit() -> Any:
-    return render_template("admin/audit.html", entries=services.get().store.audit_trail(AUDIT_PAGE))
+    store = services.get().store
+    return render_template("admin/audit.html", entries=store.audit_trail(AUDIT_PAGE), chain=store.audit_chain())
 
 
 @bp.get("/audit.csv")
@@ -269,7 +270,7 @@ def audit_csv() -> Response:
     entries = svc.store.audit_trail(-1)  # SQLite: LIMIT -1 is no limit
     svc.store.audit(_actor(), "audit.export", detail=f"{len(entries)} entries")
     buf = io.StringIO()
-    csv_cells.write(buf, ["id", "at", "actor", "action", "subject", "detail"], reversed(entries))
+    csv_cells.write(buf, ["id", "at", "actor", "action", "subject", "detail", "hash"], reversed(entries))
     return Response(
         buf.getvalue(), mimetype="text/csv", headers={"Content-Disposition": 'attachment; filename="audit.csv"'}
     )

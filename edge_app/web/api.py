@@ -15,7 +15,7 @@ from edge_app.imaging.encode import jpeg
 from edge_app.ingest import Event
 from edge_app.runtime.engines.ensure import engine_status
 from edge_app.store.db import chosen_heatmap
-from edge_app.web import security, services
+from edge_app.web import audit, security, services
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -158,6 +158,7 @@ def _bad_request(detail: str) -> Any:
 
 @bp.get("/studies")
 @security.requires("clinician")
+@audit.reads("studies.list")
 def list_studies() -> Any:
     limit = min(max(request.args.get("limit", 50, type=int) or 50, 1), 500)
     return jsonify(studies=services.get().store.list_studies(limit))
@@ -165,12 +166,14 @@ def list_studies() -> Any:
 
 @bp.get("/studies/<uid>")
 @security.requires("clinician")
+@audit.reads("study.view")
 def get_study(uid: str) -> Any:
     return jsonify(services.get().store.get_study(uid))
 
 
 @bp.get("/results/<int:result_id>/heatmap.png")
 @security.requires("clinician")
+@audit.reads("heatmap.view")
 def result_heatmap(result_id: int) -> Response:
     """The heatmap of the positive finding `?label=` (default: the most probable)."""
     store = services.get().store

@@ -11,7 +11,7 @@ from flask_babel import gettext as _
 
 from edge_app.errors import UserError
 from edge_app.store.accounts import LANGUAGES
-from edge_app.web import security, services
+from edge_app.web import audit, security, services
 from edge_app.web.forms import LanguageForm, LoginForm, SetupForm
 
 bp = Blueprint("auth", __name__)
@@ -24,27 +24,38 @@ def login() -> Any:
     if _first_run() and _from_this_box():
         return redirect(url_for("auth.setup"))
     form = LoginForm()
-    status = 200
+    status, headers = 200, dict[str, str]()
     if form.validate_on_submit():
         name, address = form.username.data or "", request.remote_addr or ""
-        limiter = security.throttle()
-        if limiter.blocked(name, address):  # not audited: the failures that led here were, and are bounded
-            flash(_("Too many failed attempts. Wait a few minutes, then try again."), "error")
+        limits = security.login_limits()
+        refusal = limits.attempt(name, address)
+        if refusal is not None:  # the password is not checked
             status = 429
+            if refusal.reason == "account":
+                audit.refused_login(name, address, "the account waits")
+                headers["Retry-After"] = str(refusal.wait_s)
+                wait = _(
+                    "Too many failed logins on this account: wait %(seconds)d s, then try again.",
+                    seconds=refusal.wait_s,
+                )
+                flash(wait, "error")
+            else:
+                audit.refused_login(name, address, "too many failures from there")
+                flash(_("Too many failed attempts. Wait a few minutes, then try again."), "error")
         else:
             user = svc.accounts.authenticate(name, form.password.data or "")
             if user is None:
-                limiter.failed(name, address)
                 svc.store.audit(name, "login.failure", detail=f"from {address}")
                 flash(_("Wrong user name or password."), "error")
                 status = 401
             else:
+                limits.succeeded(name)
                 security.log_in(user)
                 svc.store.audit(user.name, "login.success", detail=f"from {address}")
                 return redirect(_safe_next(request.args.get("next")))
     elif request.method == "POST":
         status = 400
-    return render_template("login.html", form=form), status
+    return render_template("login.html", form=form), status, headers
 
 
 @bp.post("/logout")

@@ -1,12 +1,10 @@
-"""Who is asking, and may they: sessions and Bearer tokens, roles, CSRF, idle logout, login throttling, and the
-security headers of every answer."""
+"""Who is asking, and may they: sessions and Bearer tokens, roles, CSRF, idle logout, the login limits
+(`edge_app.store.logins`), and the security headers of every answer."""
 
 from __future__ import annotations
 
 import functools
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -16,6 +14,7 @@ from flask_wtf.csrf import CSRFProtect
 
 from edge_app.config import Settings
 from edge_app.store.accounts import User
+from edge_app.store.logins import LoginLimits
 from edge_app.web import services
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -83,39 +82,6 @@ def log_out() -> None:
     session.clear()
 
 
-class LoginThrottle:
-    """Failed logins over a sliding window: `attempts` per account name from one address, and four times that
-    per address whatever the names (password spraying). Not per name alone: anyone could then lock a colleague
-    out from another tablet. (Flask-Limiter counts requests; what must be limited here is failures, which only
-    the login view knows.)"""
-
-    ADDRESS_FACTOR = 4
-
-    def __init__(self, attempts: int, window_s: float) -> None:
-        self.attempts, self.window_s = attempts, window_s
-        self._failures: dict[tuple[str, str], deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _limits(self, name: str, address: str) -> list[tuple[tuple[str, str], int]]:
-        return [((address, name.lower()), self.attempts), ((address, ""), self.ADDRESS_FACTOR * self.attempts)]
-
-    def blocked(self, name: str, address: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            for key, limit in self._limits(name, address):
-                times = self._failures.get(key)
-                while times and now - times[0] > self.window_s:
-                    times.popleft()
-                if times is not None and len(times) >= limit:
-                    return True
-        return False
-
-    def failed(self, name: str, address: str) -> None:
-        with self._lock:
-            for key, _ in self._limits(name, address):
-                self._failures.setdefault(key, deque()).append(time.monotonic())
-
-
 def init_app(app: Flask, settings: Settings) -> None:
     """Sessions (idle logout), Bearer tokens, CSRF on every unsafe request of a session, and headers."""
     app.config.update(
@@ -130,8 +96,9 @@ def init_app(app: Flask, settings: Settings) -> None:
         WTF_CSRF_TIME_LIMIT=None,  # a token lives as long as the session, which the idle logout ends
     )
     csrf.init_app(app)
-    app.extensions["login_throttle"] = LoginThrottle(
-        settings.server.login_attempts, settings.server.login_lockout_min * 60
+    server = settings.server
+    app.extensions["login_limits"] = LoginLimits(
+        services.get_from(app).store, server.login_attempts, server.login_lockout_min * 60, server.login_delay_s
     )
     idle_s = settings.server.idle_logout_min * 60
 
@@ -174,11 +141,11 @@ def init_app(app: Flask, settings: Settings) -> None:
         return response
 
 
-def throttle() -> LoginThrottle:
+def login_limits() -> LoginLimits:
     from flask import current_app
 
-    limiter: LoginThrottle = current_app.extensions["login_throttle"]
-    return limiter
+    limits: LoginLimits = current_app.extensions["login_limits"]
+    return limits
 
 
 def _is_api() -> bool:

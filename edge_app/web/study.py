@@ -10,7 +10,7 @@ from flask_babel import gettext as _
 from edge_app.errors import NotFound, UserError
 from edge_app.store.db import chosen_heatmap
 from edge_app.store.reviews import VERDICTS
-from edge_app.web import security, services
+from edge_app.web import audit, security, services
 from edge_app.web.forms import ActionForm, ReviewForm
 
 bp = Blueprint("study", __name__, url_prefix="/studies")
@@ -40,11 +40,10 @@ def _result(study: dict[str, Any], result_id: int) -> tuple[dict[str, Any], dict
 
 @bp.get("/<uid>")
 @security.requires("clinician")
+@audit.reads("study.view")
 def show(uid: str) -> Any:
     svc = services.get()
     study = _study(uid)
-    principal = security.current()
-    svc.store.audit(principal.name if principal else "", "study.view", uid)
     reviews = {image["id"]: svc.reviews.of_image(image["id"]) for image in study["images"]}
     shas = {result["bundle_sha256"] for image in study["images"] for result in image["results"]}
     cards = {sha: svc.manifest_of(sha) for sha in shas}  # each result's model card, where its bundle is still here
@@ -62,6 +61,7 @@ def show(uid: str) -> Any:
 
 @bp.get("/<uid>/images/<int:image_id>/view.jpg")
 @security.requires("clinician")
+@audit.reads("image.view")
 def view(uid: str, image_id: int) -> Response:
     image = _image(_study(uid), image_id)
     if not image["view_sha256"]:
@@ -71,6 +71,7 @@ def view(uid: str, image_id: int) -> Response:
 
 @bp.get("/<uid>/results/<int:result_id>/heatmap.png")
 @security.requires("clinician")
+@audit.reads("heatmap.view")
 def heatmap(uid: str, result_id: int) -> Response:
     """The heatmap of the finding `?label=` (default: the most probable positive one)."""
     _, result = _result(_study(uid), result_id)
@@ -128,6 +129,7 @@ def review(uid: str, result_id: int) -> Any:
 
 @bp.get("/<uid>/report.pdf")
 @security.requires("clinician")
+@audit.reads("report.export")
 def report(uid: str) -> Response:
     from edge_app.outputs.report import study_report
 
@@ -146,8 +148,6 @@ def report(uid: str) -> Response:
     reviews = {image["id"]: svc.reviews.of_image(image["id"]) for image in study["images"]}
     shas = {result["bundle_sha256"] for image in study["images"] for result in image["results"]}
     pdf = study_report(study, pictures, heatmaps, reviews, _, cards={sha: svc.manifest_of(sha) for sha in shas})
-    principal = security.current()
-    svc.store.audit(principal.name if principal else "", "report.export", uid)
     return Response(
         pdf,
         mimetype="application/pdf",

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, render_template
 
-from edge_app.web import security, services
+from edge_app.web import audit, security, services
 
 bp = Blueprint("worklist", __name__)
 LIMIT = 100
@@ -84,12 +84,14 @@ def worklist_rows() -> list[Row]:
 
 @bp.get("/")
 @security.requires("clinician", "technician")
+@audit.reads("worklist.view")
 def index() -> Any:
     return render_template("worklist.html", rows=worklist_rows())
 
 
 @bp.get("/worklist/rows")
 @security.requires("clinician", "technician")
+@audit.reads("worklist.view")
 def rows() -> Any:
     """The table's body alone, for the page to refresh itself."""
     return render_template("worklist_rows.html", rows=worklist_rows())

@@ -137,7 +137,6 @@ EQUIVALENT = {
     ("for result, maps in zip(outcome.results, heatmaps, strict=True):", "core/ReplaceTrueWithFalse"): (
         "heatmaps is built from outcome.results one for one: the two are always of the same length"
     ),
-    ("return str(row[0]) if row is not None else None", "core/NumberReplacer"): "a one-column row",
     ("return int(self._db.execute(sql, values).lastrowid or 0)", "core/NumberReplacer"): (
         "lastrowid after an INSERT is the new row's id, never 0 or None: the fallback is never taken"
     ),
