@@ -93,3 +93,39 @@ def test_a_prepared_image_cannot_be_changed(nih_png: Path) -> None:
     prepared = prepare(nih_png, "x.png", DecodeLimits(), load_bundle(EMBEDDED_BUNDLE).manifest)
     with pytest.raises(dataclasses.FrozenInstanceError):
         prepared.source = "other.png"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("said", "refused"),
+    [
+        (("CR", "CHEST", "AP"), None),
+        (("cr", " chest ", "pa"), None),
+        (("", "", ""), None),
+        (("MR", "CHEST", "PA"), "modality MR is not one this model reads (cr, DX)"),
+        (("CR", "KNEE", ""), "body part KNEE is not what this model reads (Chest)"),
+        (("DX", "", "LATERAL"), "view LATERAL is not one this model reads (pa, AP)"),
+    ],
+)
+def test_intended_use_is_judged_once_whatever_the_case(said: tuple[str, str, str], refused: str | None) -> None:
+    """The worker's routing (by the stored header) and the decoder's check (by the decoded header) give the same
+    verdict, whatever case the manifest or the image writes."""
+    from edge_app.bundles.manifest import IntendedUse
+    from edge_app.errors import ImageRejected
+    from edge_app.imaging.decode import DecodedImage
+    from edge_app.imaging.header import ImageHeader
+    from edge_app.imaging.prepare import check_intended_use
+    from edge_app.inference.registry import fits
+
+    use = IntendedUse(modality=("cr", "DX"), body_part="Chest", views=("pa", "AP"))
+    manifest = load_bundle(EMBEDDED_BUNDLE).manifest.model_copy(update={"intended_use": use})
+    assert use.refuses(*said) == refused
+    header = ImageHeader("dicom", "1.2", "1.2.3", "1.2.3.4", modality=said[0], body_part=said[1], view=said[2])
+    assert fits(manifest, header) is (refused is None)
+    image = DecodedImage(
+        np.zeros((4, 4), np.float32), "x.dcm", "dicom", dict(zip(("modality", "body_part", "view"), said, strict=True))
+    )
+    if refused is None:
+        check_intended_use(manifest, image)
+    else:
+        with pytest.raises(ImageRejected, match=refused.replace("(", r"\(").replace(")", r"\)")):
+            check_intended_use(manifest, image)

@@ -76,10 +76,28 @@ class OutputSpec(_Strict):
 
 
 class IntendedUse(_Strict):
+    """What the model was made for: DICOM modalities, one body part, views (each empty: any)."""
+
     modality: tuple[str, ...] = ()
     body_part: str = ""
     views: tuple[str, ...] = ()
     description: str = ""
+
+    def refuses(self, modality: str, body_part: str, view: str) -> str | None:
+        """Why an image whose header says these is not one the model was made for; None where it is. Case is
+        ignored; what the image does not say (a PNG says nothing) excludes nothing, nor what this leaves open."""
+        modality, body_part, view = modality.strip().upper(), body_part.strip().upper(), view.strip().upper()
+        if modality and self.modality and modality not in {m.upper() for m in self.modality}:
+            return f"modality {modality} is not one this model reads ({', '.join(self.modality)})"
+        if body_part and self.body_part and body_part != self.body_part.upper():
+            return f"body part {body_part} is not what this model reads ({self.body_part})"
+        if view and self.views and view not in {v.upper() for v in self.views}:
+            return f"view {view} is not one this model reads ({', '.join(self.views)})"
+        return None
+
+    def admits(self, modality: str, body_part: str, view: str) -> bool:
+        """Whether an image whose header says these is one the model was made for (`refuses` says why not)."""
+        return self.refuses(modality, body_part, view) is None
 
 
 class Provenance(_Strict):

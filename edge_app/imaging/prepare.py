@@ -63,13 +63,8 @@ def preview(pixels: NDArray[np.float32]) -> NDArray[np.uint8]:
 
 
 def check_intended_use(manifest: Manifest, image: DecodedImage) -> None:
-    """Refuse a DICOM image whose modality or body part the model was not made for (PNG/JPEG carry neither)."""
-    use = manifest.intended_use
-    modality = str(image.metadata.get("modality", "")).upper()
-    if modality and use.modality and modality not in use.modality:
-        raise ImageRejected(
-            image.source, f"modality {modality} is not one this model reads ({', '.join(use.modality)})"
-        )
-    body_part = str(image.metadata.get("body_part", "")).upper()
-    if body_part and use.body_part and body_part != use.body_part.upper():
-        raise ImageRejected(image.source, f"body part {body_part} is not what this model reads ({use.body_part})")
+    """Refuse a DICOM image whose modality, body part or view the model was not made for (PNG/JPEG carry none)."""
+    said = (str(image.metadata.get(key, "")) for key in ("modality", "body_part", "view"))
+    reason = manifest.intended_use.refuses(*said)
+    if reason is not None:
+        raise ImageRejected(image.source, reason)

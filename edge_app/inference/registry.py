@@ -11,15 +11,8 @@ from edge_app.inference.diagnoser import Diagnoser
 
 
 def fits(manifest: Manifest, header: ImageHeader) -> bool:
-    """Whether an image's modality, body part and view are ones the model was made for. What the image does not
-    say (a PNG has no modality) does not exclude it; what the manifest leaves open neither."""
-    use = manifest.intended_use
-    modality, body_part, view = header.modality.upper(), header.body_part.upper(), header.view.upper()
-    if modality and use.modality and modality not in {m.upper() for m in use.modality}:
-        return False
-    if body_part and use.body_part and body_part != use.body_part.upper():
-        return False
-    return not (view and use.views and view not in {v.upper() for v in use.views})
+    """Whether an image's header says it is one the model was made for (`IntendedUse.admits`)."""
+    return manifest.intended_use.admits(header.modality, header.body_part, header.view)
 
 
 class Registry:
