@@ -37,6 +37,10 @@ class ImageRejected(UserError):
         self.reason = reason
 
 
+class NotAnImage(ImageRejected):
+    """A well-formed object that holds no image (a DICOM without pixel data: a structured report, a worklist)."""
+
+
 class IdentityConflict(ImageRejected):
     """An image that cannot join what its UIDs name: the study is another patient's, or its SOP Instance UID is
     held with other content. It is kept apart, in a study of its own, and not diagnosed."""

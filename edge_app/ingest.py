@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
-from edge_app.errors import IdentityConflict, ImageRejected
+from edge_app.errors import IdentityConflict, ImageRejected, NotAnImage
 from edge_app.imaging.header import ImageHeader, generated_header, read_header
 from edge_app.store import Added, Store
 
@@ -128,6 +128,7 @@ class Ingest:
             added = self.store.add_image(
                 digest, size, filename, source, generated_header(), reason=exc.reason, patient_id=patient_id
             )
+            added = replace(added, not_an_image=isinstance(exc, NotAnImage))
         else:
             scanned, extra = self._pending(header)
             try:

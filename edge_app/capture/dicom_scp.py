@@ -245,7 +245,7 @@ class DicomReceiver:
         if added.status == "rejected" and not added.duplicate:
             reason = added.reason or "refused"
             log.info("C-STORE of %s from %s refused: %s", sop_instance, source, reason)
-            return _failure(_NO_IMAGE if "holds no image" in reason else _UNREADABLE, reason)
+            return _failure(_NO_IMAGE if added.not_an_image else _UNREADABLE, reason)
         self._received += 1
         return 0x0000
 

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_app.errors import ImageRejected
+from edge_app.errors import ImageRejected, NotAnImage
 from edge_app.imaging.codestream import frame_size
 
 Pixels = NDArray[np.float32]
@@ -108,7 +108,7 @@ def _pixel_header(ds: Any, size: int, source: str, limits: DecodeLimits) -> dict
     sop_class = ds.get("SOPClassUID")
     if "PixelData" not in ds:
         kind = getattr(sop_class, "name", None) or str(sop_class or "unknown SOP class")
-        raise ImageRejected(source, f"DICOM object holds no image ({kind})")
+        raise NotAnImage(source, f"DICOM object holds no image ({kind})")
     rows, cols = _number(ds, "Rows", 0, source), _number(ds, "Columns", 0, source)
     if rows <= 0 or cols <= 0:
         raise ImageRejected(source, "DICOM image has no Rows/Columns")

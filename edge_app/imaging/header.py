@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from edge_app.errors import ImageRejected
+from edge_app.errors import ImageRejected, NotAnImage
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -91,7 +91,7 @@ def _dicom_header(path: Path, source: str) -> ImageHeader:
             sop_class = ds.get("SOPClassUID")
             if "PixelData" not in ds:
                 kind = getattr(sop_class, "name", None) or str(sop_class or "unknown SOP class")
-                raise ImageRejected(source, f"DICOM object holds no image ({kind})")
+                raise NotAnImage(source, f"DICOM object holds no image ({kind})")
             _check_pixel_data_length(ds, path.stat().st_size, source)
 
             def text(keyword: str) -> str:

@@ -51,6 +51,7 @@ class Added:
     reason: str | None = None
     duplicate: bool = False
     kept_apart: bool = False
+    not_an_image: bool = False  # refused as `NotAnImage` (a refusal sent again is a duplicate and says nothing)
 
 
 SOP_CONFLICT = (
