@@ -3,7 +3,6 @@ process (`edge-app worker`), it writes them to <data_dir>/worker.json and the we
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 from collections.abc import Iterable
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_app.inference.diagnoser import Diagnoser
+from edge_app.system.clock import utc_text
 from edge_app.system.fileio import atomic_write
 
 STATUS_NAME = "worker.json"
@@ -66,7 +66,7 @@ class WorkerStatus:
 def write_status(data_dir: Path, models: list[InService], problem: str | None = None) -> None:
     status = {
         "pid": os.getpid(),
-        "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "updated_at": utc_text("seconds"),
         "models": [asdict(m) for m in models],
         "problem": problem,
     }

@@ -13,7 +13,6 @@ key included, so the technician must see an administrator they do not know befor
 
 from __future__ import annotations
 
-import datetime as dt
 import fcntl
 import json
 import shutil
@@ -26,6 +25,7 @@ from edge_app.config import Settings
 from edge_app.errors import BundleError, UserError
 from edge_app.store.db import FILES_IN_USE, SERVICE_LOCKS
 from edge_app.store.schema import VERSION
+from edge_app.system.clock import utc_now
 
 DATABASE = "edge-app.sqlite3"
 SUMMARY = "backup.json"
@@ -34,7 +34,7 @@ _SECRETS = {"secret_key": "the session key (sessions signed with it are valid)",
 
 
 def _stamp() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return utc_now().strftime("%Y%m%dT%H%M%SZ")
 
 
 def backup(settings: Settings, parent: Path) -> Path:

@@ -27,6 +27,7 @@ from edge_app.errors import UserError
 from edge_app.outputs import csv_cells
 from edge_app.store import Store
 from edge_app.store.reviews import Review, Reviews
+from edge_app.system.clock import utc_now
 
 FIELDS = [
     "study", "study_uid", "received", "image", "modality", "status", "model", "label", "probability", "threshold",
@@ -39,7 +40,7 @@ def export(settings: Settings, parent: Path, *, deidentify: bool = False, since:
     data = settings.storage.data_dir
     if not (data / "edge-app.sqlite3").is_file():
         raise UserError(f"nothing to export: {data / 'edge-app.sqlite3'} does not exist")
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = utc_now().strftime("%Y%m%dT%H%M%SZ")
     dest = parent / f"edge-app-export-{stamp}{'-deidentified' if deidentify else ''}"
     try:
         dest.mkdir(parents=True)

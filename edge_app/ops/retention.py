@@ -8,6 +8,7 @@ import logging
 
 from edge_app.store import Store
 from edge_app.system.background import Background
+from edge_app.system.clock import utc_now
 
 log = logging.getLogger(__name__)
 EVERY_S = 6 * 3600
@@ -21,7 +22,7 @@ class Retention:
 
     def run_once(self, now: dt.datetime | None = None) -> int:
         """Remove what is due now; return how many images' files were removed."""
-        cutoff = (now or dt.datetime.now(dt.timezone.utc)) - dt.timedelta(days=self.days)
+        cutoff = (now or utc_now()) - dt.timedelta(days=self.days)
         removed = self.store.purge_images(cutoff.isoformat(timespec="milliseconds"))
         if removed:
             log.info("retention: the files of %d image(s) received before %s removed", removed, cutoff.date())

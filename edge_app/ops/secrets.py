@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edge_app.config import Settings, is_strong_secret
 from edge_app.errors import ConfigError, UserError
+from edge_app.system.clock import utc_now
 from edge_app.system.fileio import atomic_write
 
 CERT_DAYS = 3650  # the box runs for years without anyone to renew it; tablets trust it by its fingerprint
@@ -56,7 +57,7 @@ def init_tls(settings: Settings, names: list[str], *, force: bool = False) -> tu
             alt.append(x509.DNSName(name))
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64] or "edge-app")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = utc_now()
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)

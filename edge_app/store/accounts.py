@@ -3,7 +3,6 @@ kept only as their sha256."""
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import re
 import secrets
@@ -15,6 +14,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from edge_app.errors import NotFound, UserError
 from edge_app.store.db import Store
+from edge_app.system.clock import utc_text
 
 ROLES = ("clinician", "technician", "admin")
 LANGUAGES = ("en", "fr")
@@ -44,7 +44,7 @@ class Token:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return utc_text("seconds")
 
 
 def parse_roles(text: str | list[str] | tuple[str, ...]) -> frozenset[str]:

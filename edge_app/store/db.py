@@ -8,7 +8,6 @@ lease: a job claimed when the service stopped is taken again after the lease.
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import json
 import os
@@ -25,6 +24,7 @@ from edge_app.errors import ConfigError, IdentityConflict, NotFound, UserError
 from edge_app.imaging.header import ImageHeader
 from edge_app.store import chain
 from edge_app.store.schema import migrate
+from edge_app.system.clock import utc_text
 from edge_app.system.fileio import INCOMING_PREFIX, commit, spool
 
 IMAGE_STATUSES = ("queued", "done", "rejected", "failed", "no_model", "outside")
@@ -124,7 +124,7 @@ class Outcome:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return utc_text("milliseconds")
 
 
 def _write_ahead_log(db: sqlite3.Connection, wait_s: float = 10.0) -> None:
@@ -308,7 +308,7 @@ class Store:
     def unread_from(self, source_suffix: str, seconds: float) -> int:
         """How many images whose source ends with `source_suffix` arrived in the last `seconds` and were read by
         no model (none fits them, or the input guard refused them): what a flood of such objects looks like."""
-        since = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
+        since = utc_text("milliseconds", ago_s=seconds)
         with self._lock:
             row = self._db.execute(
                 "SELECT count(*) FROM images WHERE id > (SELECT coalesce(max(id), 0) - 1000 FROM images) "

@@ -4,7 +4,6 @@ sha256."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from edge_app.errors import UserError
 from edge_app.store.db import Store
+from edge_app.system.clock import utc_text
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class SiteThresholds:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return utc_text("seconds")
 
 
 class ModelHistory:

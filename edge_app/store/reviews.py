@@ -3,12 +3,12 @@ A new review is added, never written over: the study keeps each one."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from dataclasses import dataclass
 
 from edge_app.errors import NotFound, UserError
 from edge_app.store.db import Store
+from edge_app.system.clock import utc_text
 
 VERDICTS = ("agree", "disagree")
 MAX_NOTE_CHARS = 2000
@@ -47,7 +47,7 @@ class Reviews:
             raise UserError(f"a verdict is one of {', '.join(VERDICTS)}, not {', '.join(bad)}")
         if len(note) > MAX_NOTE_CHARS:
             raise UserError(f"a note holds at most {MAX_NOTE_CHARS} characters")
-        at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        at = utc_text("seconds")
         image_id = int(rows[0]["image_id"])
         with self.store.transaction() as db:
             cur = db.execute(

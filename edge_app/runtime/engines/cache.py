@@ -9,7 +9,6 @@ service may run as another user than whoever built them); they hold no secret.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_app.bundles.bundle import Bundle, sha256_file
+from edge_app.system.clock import utc_text
 from edge_app.system.fileio import atomic_write
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class EngineCache:
             "bundle": f"{bundle.manifest.name} {bundle.manifest.version}",
             "precision": bundle.manifest.precision,
             "engine_sha256": hashlib.sha256(plan).hexdigest(),
-            "created_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+            "created_at": utc_text("seconds"),
             "build": build,
         }
         atomic_write(folder / META_NAME, (json.dumps(meta, indent=2) + "\n").encode(), mode=READABLE)
@@ -127,7 +127,7 @@ class EngineCache:
         """Keep why a build of this bundle failed on this platform, so that it is not retried at every start."""
         folder = self.folder(bundle, platform)
         folder.mkdir(parents=True, exist_ok=True)
-        at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+        at = utc_text("seconds")
         record = {"bundle_sha256": bundle.sha256, **asdict(platform), "reason": reason, "at": at}
         atomic_write(folder / FAILED_NAME, (json.dumps(record, indent=2) + "\n").encode(), mode=READABLE)
 

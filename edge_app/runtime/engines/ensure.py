@@ -5,7 +5,6 @@ build is not tried again at the next start unless asked (`edge-app engines --ret
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_app.config import Settings
 from edge_app.errors import EdgeAppError, RuntimeUnavailable
+from edge_app.system.clock import utc_text
 from edge_app.system.fileio import atomic_write
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def ensure_engines(settings: Settings, retry: bool = False) -> dict[str, dict[st
 
 
 def _entry(status: str, detail: str, bundle_sha256: str) -> dict[str, Any]:
-    at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    at = utc_text("seconds")
     return {"status": status, "detail": detail, "bundle_sha256": bundle_sha256, "at": at}
 
 
