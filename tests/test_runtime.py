@@ -55,11 +55,11 @@ def test_manifest_that_disagrees_with_the_model_is_refused(tmp_path: Path) -> No
     manifest["input"]["height"] = 224
     manifest["input"]["width"] = 224
     (bundle_dir / MANIFEST_NAME).write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match=r"has shape .*the manifest implies \(1, 224, 224\)"):
+    with pytest.raises(BundleError, match=r"has shape .*the manifest implies \(N, 1, 224, 224\)"):
         open_runner(load_bundle(bundle_dir))
     manifest["input"].update(height=64, width=64, name="pixels")
     (bundle_dir / MANIFEST_NAME).write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="no input 'pixels'"):
+    with pytest.raises(BundleError, match=r"inputs are \['image'\], the manifest says \['pixels'\]"):
         open_runner(load_bundle(bundle_dir))
 
 
@@ -134,3 +134,26 @@ def test_an_internal_error_is_a_failed_diagnosis_not_an_exception(nih_png: Path)
     assert failed.reason == "internal error: InferenceError: onnxruntime runner used before activate()"
     d.swap_runner(open_runner(bundle, threads=1))
     assert d.diagnose(nih_png).status == "ok"
+
+
+def test_one_io_check_for_every_backend() -> None:
+    """`check_io` is what ONNX Runtime, TensorRT and Triton runners all call: the manifest's one input (name,
+    dtype, image shape after the batch; -1 for a dynamic dimension) and every output it names, in floats."""
+    from edge_app.runtime.base import TensorInfo, check_io
+
+    manifest = load_bundle(EMBEDDED_BUNDLE).manifest
+    image = TensorInfo("image", "float32", (-1, 1, 64, 64))
+    outputs = [TensorInfo(n, "float16", (-1, 5)) for n in manifest.output_names()]
+    check_io(manifest, [image], outputs, "the model")
+    check_io(manifest, [TensorInfo("image", "float32", (8, -1, 64, -1))], outputs, "the model")
+    cases = [
+        ([image, TensorInfo("mask", "float32", (-1, 1))], outputs, r"X's inputs are \['image', 'mask'\]"),
+        ([TensorInfo("image", "float64", (-1, 1, 64, 64))], outputs, "X's input 'image' is float64, the manifest says"),
+        ([TensorInfo("image", "float32", (-1, 3, 64, 64))], outputs, r"\(-1, 3, 64, 64\), the manifest implies \(N, 1"),
+        ([TensorInfo("image", "float32", (1, 64, 64))], outputs, r"has shape \(1, 64, 64\)"),
+        ([image], outputs[:-1], f"X has no output '{manifest.output_names()[-1]}'"),
+        ([image], [*outputs[:-1], TensorInfo(outputs[-1].name, "int64", (-1, 2))], "is int64; a float output"),
+    ]
+    for inputs, outs, message in cases:
+        with pytest.raises(BundleError, match=message):
+            check_io(manifest, inputs, outs, "X")

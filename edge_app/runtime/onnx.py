@@ -7,7 +7,7 @@ from numpy.typing import NDArray
 
 from edge_app.bundles.bundle import Bundle
 from edge_app.errors import BundleError, InferenceError
-from edge_app.runtime.base import Runner
+from edge_app.runtime.base import Runner, TensorInfo, check_io
 
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 
@@ -41,22 +41,13 @@ class OnnxRuntimeRunner(Runner):
         self._session = session
 
     def _check(self, session: object) -> None:
-        manifest = self.bundle.manifest
-        inputs = {i.name: i for i in session.get_inputs()}  # type: ignore[attr-defined]
-        outputs = {o.name for o in session.get_outputs()}  # type: ignore[attr-defined]
-        spec = manifest.input
-        if spec.name not in inputs:
-            raise BundleError(f"the model has no input {spec.name!r} (it has {', '.join(inputs)})")
-        declared = _ORT_DTYPES.get(inputs[spec.name].type)
-        if declared != spec.dtype:
-            raise BundleError(f"input {spec.name!r} is {inputs[spec.name].type}, the manifest says {spec.dtype}")
-        expected = spec.image_shape
-        shape = tuple(inputs[spec.name].shape[1:])
-        if len(shape) != 3 or any(isinstance(d, int) and d != e for d, e in zip(shape, expected, strict=True)):
-            raise BundleError(f"input {spec.name!r} has shape {shape}, the manifest implies {expected}")
-        for name in manifest.output_names():
-            if name not in outputs:
-                raise BundleError(f"the model has no output {name!r} (it has {', '.join(sorted(outputs))})")
+        def info(meta: object) -> TensorInfo:  # a symbolic or unknown dimension is a dynamic one
+            dims = tuple(d if isinstance(d, int) else -1 for d in meta.shape)  # type: ignore[attr-defined]
+            return TensorInfo(meta.name, _ORT_DTYPES.get(meta.type), dims)  # type: ignore[attr-defined]
+
+        inputs = [info(i) for i in session.get_inputs()]  # type: ignore[attr-defined]
+        outputs = [info(o) for o in session.get_outputs()]  # type: ignore[attr-defined]
+        check_io(self.bundle.manifest, inputs, outputs, "the model")
 
     def _deactivate(self) -> None:
         self._session = None

@@ -19,7 +19,7 @@ from edge_app.bundles.bundle import Bundle
 from edge_app.bundles.manifest import Manifest
 from edge_app.errors import BundleError, InferenceError, RuntimeUnavailable
 from edge_app.runtime import cuda
-from edge_app.runtime.base import Runner
+from edge_app.runtime.base import Runner, TensorInfo, check_io
 from edge_app.runtime.engines.cache import Platform
 
 _logger: Any = None  # the process's one TensorRT logger, made on first use
@@ -75,23 +75,11 @@ class EngineTensor:
 
 
 def check_engine_io(tensors: list[EngineTensor], manifest: Manifest) -> None:
-    """The engine's inputs and outputs are the manifest's: names, dtypes, layout and image size."""
-    spec = manifest.input
-    inputs = [t for t in tensors if t.is_input]
-    outputs = {t.name: t for t in tensors if not t.is_input}
-    if [t.name for t in inputs] != [spec.name]:
-        raise BundleError(f"the engine's inputs are {[t.name for t in inputs]}, the manifest says [{spec.name!r}]")
-    (image,) = inputs
-    if image.dtype != spec.dtype:
-        raise BundleError(f"engine input {spec.name!r} is {image.dtype}, the manifest says {spec.dtype}")
-    expected = spec.image_shape
-    if len(image.shape) != 4 or image.shape[1:] != expected:
-        raise BundleError(f"engine input {spec.name!r} has shape {image.shape}, the manifest implies (N, {expected})")
-    for name in manifest.output_names():
-        if name not in outputs:
-            raise BundleError(f"the engine has no output {name!r} (it has {', '.join(sorted(outputs))})")
-        if outputs[name].dtype not in ("float32", "float16"):
-            raise BundleError(f"engine output {name!r} is {outputs[name].dtype}; a float output is expected")
+    """The engine's inputs and outputs are the manifest's (`check_io`)."""
+    inputs, outputs = (
+        [TensorInfo(t.name, t.dtype, t.shape) for t in tensors if t.is_input is io] for io in (True, False)
+    )
+    check_io(manifest, inputs, outputs, "the engine")
 
 
 def _dims(dims: Any) -> tuple[int, ...]:

@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 from edge_app.bundles.bundle import Bundle
 from edge_app.bundles.manifest import Manifest
 from edge_app.errors import BundleError, RuntimeUnavailable
-from edge_app.runtime.base import Runner
+from edge_app.runtime.base import Runner, TensorInfo, check_io
 
 if TYPE_CHECKING:
     from edge_app.config import TritonSettings
@@ -37,6 +37,9 @@ BUNDLES_PARAMETER = "edge_bundles"  # {"<triton version>": {"version": "<bundle 
 def model_name(manifest: Manifest) -> str:
     """The Triton model name of a bundle: its name, with what a model repository's folder cannot hold replaced."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", manifest.name)
+
+
+_TRITON_DTYPES = {"FP32": "float32", "FP16": "float16"}
 
 
 def io_shapes(manifest: Manifest) -> tuple[list[int], list[str]]:
@@ -142,14 +145,12 @@ class TritonRunner(Runner):
         if not client.is_model_ready(name, version, headers=headers, **deadline):
             raise RuntimeUnavailable(f"the hub's model {name!r} version {version} is not ready")
         meta = client.get_model_metadata(name, version, **kwargs)
-        image, outputs = io_shapes(m)
-        inputs = [(i["name"], i["datatype"], [int(d) for d in i["shape"]]) for i in meta["inputs"]]
-        if inputs != [(m.input.name, "FP32", [-1, *image])]:
-            raise BundleError(f"the hub's model {name!r} takes {inputs}, the bundle [{m.input.name}: FP32 {image}]")
-        have = {o["name"]: o["datatype"] for o in meta["outputs"]}
-        for output in outputs:
-            if have.get(output) != "FP32":
-                raise BundleError(f"the hub's model {name!r} has no FP32 output {output!r} (it has {have})")
+
+        def info(tensor: dict[str, Any]) -> TensorInfo:
+            dims = tuple(int(d) for d in tensor["shape"])
+            return TensorInfo(tensor["name"], _TRITON_DTYPES.get(tensor["datatype"]), dims)
+
+        check_io(m, [info(i) for i in meta["inputs"]], [info(o) for o in meta["outputs"]], f"the hub's model {name!r}")
         return version, int(config.get("max_batch_size", 0)) or 1
 
     def _away(self, exc: BaseException) -> None:
