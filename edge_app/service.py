@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import IO, Literal
 
-from edge_app.bundles.bundle import Bundle, load_bundle, read_manifest_of
+from edge_app.bundles.bundle import Bundle, load_as_configured, load_bundle, read_manifest_of
 from edge_app.bundles.manifest import Manifest
 from edge_app.capture import Source, open_sources
 from edge_app.config import Settings, is_loopback, with_overrides
@@ -313,10 +313,8 @@ class Service:
         in its own process follows)."""
         with self._activating:  # two administrators at once: one after the other, recorded in that order
             if self.registry is None:  # the front: check it, record it; the worker puts it in service
-                from edge_app.bundles.signature import load_public_keys
-
                 model = self.settings.model
-                bundle = load_bundle(path, load_public_keys(model.trusted_keys) if model.require_signature else None)
+                bundle = load_as_configured(path, model)
             else:
                 bundle = self._swap_first(path)
             m = bundle.manifest
@@ -350,7 +348,6 @@ class Service:
 
     def _engine_to_build(self, path: Path) -> Bundle | None:
         """The bundle at `path` where TensorRT may run it here and its engine is not built yet, else None."""
-        from edge_app.bundles.signature import load_public_keys
         from edge_app.runtime.engines.cache import EngineCache
         from edge_app.runtime.tensorrt import current_platform
 
@@ -361,7 +358,7 @@ class Service:
             platform = current_platform(model.dla_core)
         except EdgeAppError:
             return None
-        bundle = load_bundle(path, load_public_keys(model.trusted_keys) if model.require_signature else None)
+        bundle = load_as_configured(path, model)
         missing = EngineCache(self.settings.engine_cache).lookup(bundle, platform, model.max_batch) is None
         return bundle if missing else None
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from edge_app.bundles.manifest import Manifest
+from edge_app.bundles.signature import SigningPolicy, keys_required_by
 from edge_app.errors import BundleError, format_validation_error
 
 MANIFEST_NAME = "manifest.json"
@@ -93,6 +94,11 @@ def load_bundle(path: Path | str, trusted_keys: dict[str, object] | None = None)
 
         verify(path, trusted_keys)
     return Bundle(path=path, manifest=manifest, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def load_as_configured(path: Path | str, policy: SigningPolicy) -> Bundle:
+    """Load and verify a bundle as the settings say: its signature checked where `policy` requires one."""
+    return load_bundle(path, keys_required_by(policy))
 
 
 def write_manifest(path: Path, manifest: Manifest) -> None:

@@ -9,8 +9,9 @@ import base64
 import hashlib
 import json
 from pathlib import Path
+from typing import Protocol
 
-from edge_app.errors import BundleError
+from edge_app.errors import BundleError, ConfigError
 
 SIGNATURE_NAME = "manifest.sig"
 
@@ -40,6 +41,25 @@ def load_public_keys(paths: list[Path]) -> dict[str, object]:
             if not isinstance(key, Ed25519PublicKey):
                 raise BundleError(f"trusted key {file} is not an Ed25519 public key")
             keys[key_id(key)] = key
+    return keys
+
+
+class SigningPolicy(Protocol):
+    """What the settings say of signatures (`ModelSettings` is one)."""
+
+    require_signature: bool
+    trusted_keys: list[Path]
+
+
+def keys_required_by(policy: SigningPolicy) -> dict[str, object] | None:
+    """The keys a bundle must be signed by under `policy`; None where no signature is required. `ConfigError`
+    where one is required and the configured keys hold none; `BundleError` where a key cannot be read."""
+    if not policy.require_signature:
+        return None
+    keys = load_public_keys(policy.trusted_keys)
+    if not keys:
+        where = ", ".join(str(p) for p in policy.trusted_keys)
+        raise ConfigError(f"require_signature is set, but model.trusted_keys ({where}) hold no public key")
     return keys
 
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_app.bundles.bundle import Bundle, load_bundle
+from edge_app.bundles.bundle import Bundle, load_as_configured
 from edge_app.bundles.findings import (
     Diagnosis,
     GuardCheck,
@@ -20,7 +20,7 @@ from edge_app.bundles.findings import (
 )
 from edge_app.bundles.manifest import IntendedUse
 from edge_app.config import Settings
-from edge_app.errors import ConfigError, ImageRejected
+from edge_app.errors import ImageRejected
 from edge_app.imaging import DecodeLimits
 from edge_app.imaging.prepare import prepare
 from edge_app.imaging.sandbox import DecoderPool
@@ -64,17 +64,12 @@ class Diagnoser:
         `decoder`'s processes, or in a pool of its own started for it. `build_engine` (the service, never
         `diagnose` or `bench`): with TensorRT and no engine yet, build one in the background
         (model.build_engine_at_start)."""
-        from edge_app.bundles.signature import load_public_keys
         from edge_app.runtime import open_runner
         from edge_app.runtime.engines.ensure import build_limits, build_options
         from edge_app.runtime.select import build_engine_in_background
 
         model, imaging = settings.model, settings.imaging
-        trusted = load_public_keys(model.trusted_keys) if model.require_signature else None
-        if trusted == {}:
-            where = ", ".join(str(p) for p in model.trusted_keys)
-            raise ConfigError(f"require_signature is set, but model.trusted_keys ({where}) hold no public key")
-        bundle = load_bundle(bundle_path or model.bundle, trusted_keys=trusted)
+        bundle = load_as_configured(bundle_path or model.bundle, model)
         runner = open_runner(
             bundle, model.runner, model.threads, settings.engine_cache, model.max_batch, model.dla_core, model.triton
         )

@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from edge_app.bundles.bundle import Bundle, load_bundle
+from edge_app.bundles.bundle import Bundle, load_as_configured
 from edge_app.config import Settings
 from edge_app.errors import BundleError, ConfigError
 from edge_app.runtime.onnx import OnnxRuntimeRunner
@@ -131,13 +131,9 @@ def _root(staging: Path) -> Path:
 
 def _keep(candidate: Path, settings: Settings) -> Bundle:
     """Verify the bundle at `candidate`, then move it to bundles/<sha256> (where it may be already)."""
-    from edge_app.bundles.signature import load_public_keys
-
-    model = settings.model
-    trusted = load_public_keys(model.trusted_keys) if model.require_signature else None
     if any(p.is_symlink() for p in candidate.rglob("*")):
         raise BundleError("a bundle holds plain files only, not links")
-    bundle = load_bundle(candidate, trusted_keys=trusted)
+    bundle = load_as_configured(candidate, settings.model)
     runner = OnnxRuntimeRunner(bundle, threads=1)
     runner.activate()
     try:
@@ -152,4 +148,4 @@ def _keep(candidate: Path, settings: Settings) -> Bundle:
     final = bundles_dir(settings) / bundle.sha256
     if not final.exists():
         candidate.rename(final)
-    return load_bundle(final, trusted_keys=trusted)
+    return load_as_configured(final, settings.model)

@@ -20,7 +20,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_app.bundles.bundle import load_bundle, sha256_file
+from edge_app.bundles.bundle import load_as_configured, sha256_file
 from edge_app.config import Settings
 from edge_app.errors import BundleError, UserError
 from edge_app.store.db import FILES_IN_USE, SERVICE_LOCKS
@@ -143,14 +143,10 @@ def check(source: Path, settings: Settings) -> Contents:
 def _contents(db: sqlite3.Connection, source: Path, settings: Settings) -> Contents:
     """What the backup's database and bundles hold; each kept bundle verified as the service will load it (its
     hashes, and its signature where model.require_signature is set)."""
-    from edge_app.bundles.signature import load_public_keys
-
-    model = settings.model
-    trusted = load_public_keys(model.trusted_keys) if model.require_signature else None
     bundles = []
     for folder in sorted((source / "bundles").iterdir()) if (source / "bundles").is_dir() else []:
         try:
-            bundle = load_bundle(folder, trusted_keys=trusted)
+            bundle = load_as_configured(folder, settings.model)
         except BundleError as exc:
             raise UserError(f"the backup's model bundle {folder.name} is refused: {exc}") from None
         if bundle.sha256 != folder.name:

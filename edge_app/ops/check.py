@@ -110,21 +110,18 @@ def _audit_log(chain: ChainState) -> Check:
 
 
 def _models(settings: Settings) -> Iterator[Check]:
-    from edge_app.bundles.bundle import load_bundle
-    from edge_app.bundles.signature import load_public_keys
+    from edge_app.bundles.bundle import load_as_configured
+    from edge_app.bundles.signature import keys_required_by
 
     model = settings.model
     try:
-        trusted = load_public_keys(model.trusted_keys) if model.require_signature else None
+        trusted = keys_required_by(model)
     except EdgeAppError as exc:
         yield Check("FAIL", "trusted keys", str(exc))
         return
-    if trusted == {}:
-        yield Check("FAIL", "trusted keys", "require_signature is set but model.trusted_keys hold no public key")
-        return
     for path in [model.bundle, *model.extra_bundles]:
         try:
-            bundle = load_bundle(path, trusted_keys=trusted)
+            bundle = load_as_configured(path, model)
         except EdgeAppError as exc:
             yield Check("FAIL", "model bundle", str(exc))
             continue

@@ -41,20 +41,18 @@ def build_limits(settings: Settings) -> BuildLimits:
 def ensure_engines(settings: Settings, retry: bool = False) -> dict[str, dict[str, Any]]:
     """For each configured bundle, by name: `status` (cached, built, unavailable or failed) and `detail`.
     `retry`: try again the builds that failed before."""
-    from edge_app.bundles.bundle import load_bundle
-    from edge_app.bundles.signature import load_public_keys
+    from edge_app.bundles.bundle import load_as_configured
     from edge_app.runtime.engines.build_process import build_isolated
     from edge_app.runtime.engines.cache import EngineCache
 
     model = settings.model
-    trusted = load_public_keys(model.trusted_keys) if model.require_signature else None
     cache_dir = settings.engine_cache
     cache = EngineCache(cache_dir)
     if retry:
         cache.forget_failures()
     report: dict[str, dict[str, Any]] = {}
     for path in [model.bundle, *model.extra_bundles]:
-        bundle = load_bundle(path, trusted_keys=trusted)
+        bundle = load_as_configured(path, model)
         name = f"{bundle.manifest.name} {bundle.manifest.version}"
         try:
             from edge_app.runtime.tensorrt import current_platform
