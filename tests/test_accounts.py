@@ -168,3 +168,32 @@ def _cli_stdin(args: list[str], stdin: str, env: dict[str, str]) -> subprocess.C
     return subprocess.run(
         [*EDGE_APP, *args], input=stdin + "\n", capture_output=True, text=True, timeout=120, env={**os.environ, **env}
     )
+
+
+def test_every_account_change_is_audited_by_whoever_made_it(tmp_path: Path) -> None:
+    """The accounts write their own audit lines, so the web and the command line cannot differ."""
+    from edge_app.store.accounts import Accounts, parse_roles
+
+    store = Store(tmp_path)
+    accounts = Accounts(store, PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+    accounts.add_user("amina", parse_roles("clinician"), "a long password", actor="boss", how="first-run page")
+    accounts.set_password("amina", "another long password", actor="amina")
+    accounts.set_roles("amina", parse_roles("clinician,technician"), actor="boss")
+    accounts.set_disabled("amina", True, actor="boss")
+    accounts.set_disabled("amina", False, actor="cli:root")
+    accounts.create_token("ris", parse_roles("technician,clinician"), actor="boss")
+    accounts.revoke_token("ris", actor="boss")
+    rows = [tuple(r) for r in store.query("SELECT actor, action, subject, detail FROM audit ORDER BY id")]
+    assert rows == [
+        ("boss", "user.add", "amina", "roles=clinician (first-run page)"),
+        ("amina", "user.passwd", "amina", ""),
+        ("boss", "user.roles", "amina", "roles=clinician,technician"),
+        ("boss", "user.disable", "amina", ""),
+        ("cli:root", "user.enable", "amina", ""),
+        ("boss", "token.create", "ris", "roles=clinician,technician"),
+        ("boss", "token.revoke", "ris", ""),
+    ]
+    with pytest.raises(NotFound):
+        accounts.set_disabled("nobody", True, actor="boss")
+    assert len(store.query("SELECT id FROM audit")) == 7, "a change that did not happen is not audited"
+    store.close()

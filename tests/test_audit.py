@@ -269,7 +269,7 @@ def test_an_edited_audit_log_is_found_by_the_check_and_the_audit_page(
     store.close()
     env = {"EDGE_APP_STORAGE_DATA_DIR": str(data), "EDGE_APP_SERVER_PORT": "1"}
     intact = cli("check", env=env)
-    assert "ok    audit log: 5 entries, each chained to the one before" in intact.stdout.splitlines()
+    assert "ok    audit log: 7 entries, each chained to the one before" in intact.stdout.splitlines()
     _tamper(data, statement)
     check = cli("check", env=env)
     assert check.returncode == 1

@@ -73,16 +73,13 @@ def _user(accounts: Accounts, store: Store, actor: str, args: argparse.Namespace
         return 0
     if args.action == "add":
         roles = parse_roles(args.role)
-        user = accounts.add_user(
-            args.name, roles, _password(args.password_stdin), args.language or settings.server.language
+        accounts.add_user(
+            args.name, roles, _password(args.password_stdin), args.language or settings.server.language, actor=actor
         )
-        store.audit(actor, "user.add", user.name, f"roles={','.join(sorted(user.roles))}")
     elif args.action == "passwd":
-        accounts.set_password(args.name, _password(args.password_stdin))
-        store.audit(actor, "user.passwd", args.name)
+        accounts.set_password(args.name, _password(args.password_stdin), actor=actor)
     else:
-        accounts.set_disabled(args.name, args.action == "disable")
-        store.audit(actor, f"user.{args.action}", args.name)
+        accounts.set_disabled(args.name, args.action == "disable", actor=actor)
     print(f"{args.action}: {args.name}: done")
     return 0
 
@@ -93,12 +90,10 @@ def _token(accounts: Accounts, store: Store, actor: str, args: argparse.Namespac
             print(f"{t.name}\t{','.join(sorted(t.roles))}\t{t.created_at}\t{'revoked' if t.revoked else 'live'}")
         return 0
     if args.action == "create":
-        secret = accounts.create_token(args.name, parse_roles(args.role))
-        store.audit(actor, "token.create", args.name, f"roles={args.role}")
+        secret = accounts.create_token(args.name, parse_roles(args.role), actor=actor)
         print(secret)
         return 0
-    accounts.revoke_token(args.name)
-    store.audit(actor, "token.revoke", args.name)
+    accounts.revoke_token(args.name, actor=actor)
     print(f"revoked: {args.name}")
     return 0
 

@@ -77,7 +77,20 @@ class Accounts:
 
     # -- users -----------------------------------------------------------------------------------------------
 
-    def add_user(self, name: str, roles: frozenset[str], password: str, language: str = "en") -> User:
+    # Every change below is audited here, by whoever made it (`actor`: a user's name, "cli:<login>", "system"), so
+    # the web and the command line write the same lines.
+
+    def add_user(
+        self,
+        name: str,
+        roles: frozenset[str],
+        password: str,
+        language: str = "en",
+        *,
+        actor: str = "system",
+        how: str = "",
+    ) -> User:
+        """A new account; `how` is said in the audit line (the first-run page)."""
         if not _NAME.fullmatch(name):
             raise UserError(
                 f"{name!r} is not a user name: 1 to 64 letters, digits, '.', '_', '@' or '-', starting with a "
@@ -94,7 +107,11 @@ class Accounts:
                 )
         except sqlite3.IntegrityError:
             raise UserError(f"a user named {name!r} exists already") from None
-        return self.user(name)
+        user = self.user(name)
+        self.store.audit(
+            actor, "user.add", name, f"roles={','.join(sorted(user.roles))}" + (f" ({how})" if how else "")
+        )
+        return user
 
     def user(self, name: str) -> User:
         rows = self.store.query("SELECT * FROM users WHERE name = ?", (name,))
@@ -126,20 +143,24 @@ class Accounts:
             self._update(name, "password_hash = ?", (self.hasher.hash(password),), new_epoch=False)
         return _user(rows[0])
 
-    def set_password(self, name: str, password: str) -> None:
+    def set_password(self, name: str, password: str, *, actor: str = "system") -> None:
         check_password(password)
         self._update(name, "password_hash = ?", (self.hasher.hash(password),))
+        self.store.audit(actor, "user.passwd", name)
 
-    def set_roles(self, name: str, roles: frozenset[str]) -> None:
-        self._update(name, "roles = ?", (",".join(sorted(parse_roles(list(roles)))),))
+    def set_roles(self, name: str, roles: frozenset[str], *, actor: str = "system") -> None:
+        joined = ",".join(sorted(parse_roles(list(roles))))
+        self._update(name, "roles = ?", (joined,))
+        self.store.audit(actor, "user.roles", name, f"roles={joined}")
 
     def set_language(self, name: str, language: str) -> None:
         if language not in LANGUAGES:
             raise UserError(f"language must be one of {', '.join(LANGUAGES)}")
         self._update(name, "language = ?", (language,), new_epoch=False)
 
-    def set_disabled(self, name: str, disabled: bool) -> None:
+    def set_disabled(self, name: str, disabled: bool, *, actor: str = "system") -> None:
         self._update(name, "disabled_at = ?", (_now() if disabled else None,))
+        self.store.audit(actor, "user.disable" if disabled else "user.enable", name)
 
     def end_sessions(self, name: str) -> None:
         """Every session of the user ends (logging out of one tablet logs out of all: a copied cookie dies)."""
@@ -155,7 +176,7 @@ class Accounts:
 
     # -- tokens ----------------------------------------------------------------------------------------------
 
-    def create_token(self, name: str, roles: frozenset[str]) -> str:
+    def create_token(self, name: str, roles: frozenset[str], *, actor: str = "system") -> str:
         """A new token's secret: shown once, only its sha256 is kept."""
         if not _NAME.fullmatch(name):
             raise UserError(f"{name!r} is not a token name: 1 to 64 letters, digits, '.', '_', '@' or '-'")
@@ -168,6 +189,7 @@ class Accounts:
                 )
         except sqlite3.IntegrityError:
             raise UserError(f"a token named {name!r} exists or existed (a name is never reused)") from None
+        self.store.audit(actor, "token.create", name, f"roles={','.join(sorted(roles))}")
         return secret
 
     def token(self, secret: str) -> Token | None:
@@ -180,11 +202,12 @@ class Accounts:
     def tokens(self) -> list[Token]:
         return [_token(r) for r in self.store.query("SELECT * FROM tokens ORDER BY name")]
 
-    def revoke_token(self, name: str) -> None:
+    def revoke_token(self, name: str, *, actor: str = "system") -> None:
         with self.store.transaction() as db:
             cur = db.execute("UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (_now(), name))
         if cur.rowcount == 0:
             raise NotFound(f"no live token {name!r}")
+        self.store.audit(actor, "token.revoke", name)
 
 
 def _user(row: sqlite3.Row) -> User:

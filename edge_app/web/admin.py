@@ -52,11 +52,11 @@ def add_user() -> Any:
                 parse_roles(list(form.roles())),
                 form.password.data or "",
                 form.language.data or "en",
+                actor=_actor(),
             )
         except UserError as exc:
             flash(str(exc), "error")
         else:
-            svc.store.audit(_actor(), "user.add", user.name, f"roles={','.join(sorted(user.roles))}")
             flash(_("User %(name)s added.", name=user.name), "info")
             return redirect(url_for("admin.users"))
     return render_template(
@@ -79,18 +79,14 @@ def change_user(name: str, action: str) -> Any:
                 raise UserError(_("Choose at least one role."))
             if "admin" not in chosen and _is_self(name):
                 raise UserError(_("You cannot take away your own administrator role."))
-            roles = parse_roles(chosen)
-            svc.accounts.set_roles(name, roles)
-            detail = f"roles={','.join(sorted(roles))}"
+            svc.accounts.set_roles(name, parse_roles(chosen), actor=_actor())
         else:
             if action == "disable" and _is_self(name):
                 raise UserError(_("You cannot disable your own account."))
-            svc.accounts.set_disabled(name, action == "disable")
-            detail = ""
+            svc.accounts.set_disabled(name, action == "disable", actor=_actor())
     except UserError as exc:
         flash(str(exc), "error")
     else:
-        svc.store.audit(_actor(), f"user.{action}", name, detail)
         flash(_("User %(name)s changed.", name=name), "info")
     return redirect(url_for("admin.users"))
 
@@ -114,11 +110,9 @@ def create_token() -> Any:
         flash(_("A token named %(name)s exists or existed: a name is never reused.", name=form.name.data), "error")
     else:
         try:
-            secret = svc.accounts.create_token(form.name.data or "", parse_roles(form.role.data or ""))
+            secret = svc.accounts.create_token(form.name.data or "", parse_roles(form.role.data or ""), actor=_actor())
         except UserError as exc:
             flash(str(exc), "error")
-        else:
-            svc.store.audit(_actor(), "token.create", form.name.data or "", f"roles={form.role.data}")
     return render_template(
         "admin/tokens.html", tokens=svc.accounts.tokens(), form=TokenForm(), action=ActionForm(), secret=secret
     )
@@ -130,11 +124,10 @@ def revoke_token(name: str) -> Any:
     svc = services.get()
     if ActionForm().validate_on_submit():
         try:
-            svc.accounts.revoke_token(name)
+            svc.accounts.revoke_token(name, actor=_actor())
         except UserError as exc:
             flash(str(exc), "error")
         else:
-            svc.store.audit(_actor(), "token.revoke", name)
             flash(_("Token %(name)s revoked.", name=name), "info")
     return redirect(url_for("admin.tokens"))
 

@@ -79,13 +79,18 @@ def setup() -> Any:
     form = SetupForm()
     if form.validate_on_submit():
         try:
+            name = form.username.data or ""
             user = svc.accounts.add_user(
-                form.username.data or "", frozenset({"admin"}), form.password.data or "", svc.settings.server.language
+                name,
+                frozenset({"admin"}),
+                form.password.data or "",
+                svc.settings.server.language,
+                actor=name,
+                how="first-run page",
             )
         except UserError as exc:
             flash(str(exc), "error")
         else:
-            svc.store.audit(user.name, "user.add", user.name, "roles=admin (first-run page)")
             security.log_in(user)
             return redirect(url_for("admin.users"))
     return render_template("setup.html", form=form)
