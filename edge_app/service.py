@@ -91,8 +91,7 @@ class Service:
                 self.store,
                 self.registry,
                 settings.worker,
-                outbox=Outbox(self.store, outputs) if outputs.destinations else None,
-                on_output=self.sender.wake if self.sender is not None else None,
+                on_recorded=Outbox(self.store, outputs, self.sender.wake).queue if self.sender is not None else None,
                 before_job=self._follow_models if role == "worker" else None,
                 after_job=(lambda: wake(data_dir, "front")) if role == "worker" else None,
             )

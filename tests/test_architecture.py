@@ -21,7 +21,7 @@ MAY_IMPORT = {
     "store": {"imaging"},  # the only database writer; it reads image headers' types
     "runtime": {"config", "bundles"},
     "ingest": {"imaging", "store"},
-    "inference": {"config", "bundles", "imaging", "runtime", "store", "outputs"},
+    "inference": {"config", "bundles", "imaging", "runtime", "store"},
     "outputs": {"config", "bundles", "imaging", "store"},
     "capture": {"config", "ingest"},
     "ops": {"config", "bundles", "capture", "outputs", "store"},

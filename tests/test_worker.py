@@ -15,7 +15,7 @@ from edge_app.imaging.header import read_header
 from edge_app.inference.registry import Registry
 from edge_app.inference.worker import Worker
 from edge_app.outputs.outbox import Outbox
-from edge_app.store import Store
+from edge_app.store import Job, Store
 
 
 def _registry(tmp_path: Path, *bundles: Path) -> Registry:
@@ -89,22 +89,11 @@ def test_no_model_says_what_the_image_is(tmp_path: Path, store: Store) -> None:
         registry.close()
 
 
-def test_without_an_outbox_nothing_wakes_a_sender(tmp_path: Path, store: Store) -> None:
-    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
-    woken: list[bool] = []
-    try:
-        _queue(store, "RG1_UNCR.dcm")
-        Worker(store, registry, on_output=lambda: woken.append(True)).run_once()
-        assert woken == []
-    finally:
-        registry.close()
-
-
 def test_the_sender_is_woken_only_when_something_was_queued(tmp_path: Path, store: Store) -> None:
     registry = _registry(tmp_path, EMBEDDED_BUNDLE)
     woken: list[bool] = []
     outputs = OutputSettings.model_validate({"destinations": [{"ae_title": "PACS", "host": "127.0.0.1"}]})
-    worker = Worker(store, registry, outbox=Outbox(store, outputs), on_output=lambda: woken.append(True))
+    worker = Worker(store, registry, on_recorded=Outbox(store, outputs, lambda: woken.append(True)).queue)
     try:
         _queue(store, "US1_UNCR.dcm")  # no model: nothing to send
         worker.run_once()
@@ -112,6 +101,26 @@ def test_the_sender_is_woken_only_when_something_was_queued(tmp_path: Path, stor
         _queue(store, "RG1_UNCR.dcm")
         worker.run_once()
         assert woken == [True]
+    finally:
+        registry.close()
+
+
+def test_the_outbox_queues_from_what_was_recorded_and_cannot_undo_it(tmp_path: Path, store: Store) -> None:
+    """The worker records the diagnosis first, then hands the recorded results' ids on: a failure there (an SR
+    that cannot be made) is logged and the image stays diagnosed."""
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    handed: list[tuple[int, list[int]]] = []
+
+    def fails(job: Job, ids: list[int]) -> None:
+        handed.append((job.image_id, ids))
+        raise RuntimeError("cannot make the SR")
+
+    try:
+        image_id = _queue(store, "RG1_UNCR.dcm")
+        assert Worker(store, registry, on_recorded=fails).run_once()
+        assert store.image_status(image_id)[0] == "done"
+        ((handed_image, ids),) = handed
+        assert handed_image == image_id and [store.get_result(i)["status"] for i in ids] == ["ok"]
     finally:
         registry.close()
 

@@ -1,7 +1,8 @@
 """The inference worker: claim a job, route the image, diagnose it, record the outcome; then the next.
 
-The only writer of results. A failure on one image fails that image with the reason and the worker goes on; a
-job claimed when the service died is claimed again once its lease runs out (the store's `claim_job`).
+The only writer of results, in one transaction per image. A failure on one image fails that image with the reason
+and the worker goes on; a job claimed when the service died is claimed again once its lease runs out (the store's
+`claim_job`). What follows a recorded result (the outbox) is called after the record and cannot undo it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from edge_app.imaging.encode import jpeg
 from edge_app.imaging.header import ImageHeader
 from edge_app.inference.diagnoser import Diagnoser
 from edge_app.inference.registry import Registry, fits
-from edge_app.outputs.outbox import Outbox
 from edge_app.store import Job, ModelResult, Outcome, Store
 from edge_app.system.background import Background
 
@@ -34,16 +34,14 @@ class Worker:
         store: Store,
         registry: Registry,
         settings: WorkerSettings | None = None,
-        outbox: Outbox | None = None,
-        on_output: Callable[[], None] | None = None,
+        on_recorded: Callable[[Job, list[int]], object] | None = None,
         before_job: Callable[[], None] | None = None,
         after_job: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.settings = settings or WorkerSettings()
-        self.outbox = outbox
-        self.on_output = on_output
+        self.on_recorded = on_recorded  # a job's results recorded (their ids): the outbox queues what they send
         self.before_job = before_job  # between two jobs, before the next claim: follow model changes
         self.after_job = after_job  # a job's result recorded: tell a front in another process
         self._loop_thread = Background("edge-worker", self._loop)
@@ -82,9 +80,14 @@ class Worker:
                 return False
             self._busy_since = time.monotonic()
             try:
-                self.store.finish_job(job, self._outcome(job))
+                recorded = self.store.finish_job(job, self._outcome(job))
             finally:
                 self._busy_since = None
+        if self.on_recorded is not None and recorded:
+            try:
+                self.on_recorded(job, recorded)
+            except Exception:  # the diagnosis stands, recorded; only what it would have sent is missing
+                log.exception("worker: the outputs of image %d could not be queued", job.image_id)
         if self.after_job is not None:
             self.after_job()
         return True
@@ -112,19 +115,16 @@ class Worker:
             if not diagnosers:
                 return Outcome("no_model", reason=_no_model_reason(job.header, self.registry))
             path = self.store.file_path(job.sha256)
-            results, metadata, diagnoses = [], None, []
+            results, metadata, preview = [], None, None
             for diagnoser in diagnosers:
                 diagnosis = diagnoser.diagnose(  # "image N": a file name may name a patient
                     path, source=f"image {job.image_id}", header_overruled=job.bundle_sha256 is not None
                 )
                 metadata = metadata or diagnosis.metadata
                 results.append(_model_result(diagnoser.bundle.sha256, diagnosis))
-                diagnoses.append((diagnoser.bundle.sha256, diagnosis))
-            if self.outbox is not None and self.outbox.queue(job, diagnoses) and self.on_output is not None:
-                self.on_output()
+                preview = preview if preview is not None else diagnosis.preview
             first = results[0]
             status = "done" if any(r.status == "ok" for r in results) else _IMAGE_STATUS[first.status]
-            preview = next((d.preview for _, d in diagnoses if d.preview is not None), None)
             return Outcome(
                 status,
                 reason=None if status == "done" else first.reason,

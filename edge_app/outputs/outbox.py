@@ -1,11 +1,15 @@
-"""What a finished image sends, and to whom: the SR and the Secondary Capture of each model's result, stored as
-files and queued in the outbox for each destination."""
+"""What a recorded result sends, and to whom: the SR and the Secondary Capture of each diagnosed result, made
+from what the store holds (findings, the most probable finding's heatmap, the image's view), stored as files and
+queued in the outbox for each destination."""
 
 from __future__ import annotations
 
+import io
 import logging
+from collections.abc import Callable
 
-from edge_app.bundles.findings import Diagnosis
+import numpy as np
+
 from edge_app.config import OutputSettings
 from edge_app.outputs.documents import findings_report, heatmap_capture
 from edge_app.store import Job, Store
@@ -14,25 +18,45 @@ log = logging.getLogger(__name__)
 
 
 class Outbox:
-    """Queues results for the configured destinations; the `Sender` sends them."""
+    """Queues recorded results for the configured destinations; `on_queued` wakes the `Sender`."""
 
-    def __init__(self, store: Store, settings: OutputSettings) -> None:
+    def __init__(self, store: Store, settings: OutputSettings, on_queued: Callable[[], None] | None = None) -> None:
         self.store = store
         self.settings = settings
+        self.on_queued = on_queued
 
-    def queue(self, job: Job, diagnoses: list[tuple[str, Diagnosis]]) -> int:
-        """Queue every diagnosed result of an image (bundle sha256, diagnosis); return how many items."""
+    def queue(self, job: Job, result_ids: list[int]) -> int:
+        """Queue the documents of an image's recorded results (those diagnosed); return how many items."""
         items: list[tuple[str, str, str]] = []
-        for bundle_sha256, d in diagnoses:
-            if d.status != "ok":
+        view: np.ndarray | None = None
+        for result_id in result_ids:
+            result = self.store.get_result(result_id)
+            if result["status"] != "ok":
                 continue
-            findings = [f.as_dict() for f in d.findings]
-            documents = {"sr": self.store.put_file(findings_report(job.header, d.model, bundle_sha256, findings))}
-            if d.heatmaps and d.preview is not None:  # the PACS gets the most probable finding's heatmap
-                capture = heatmap_capture(job.header, d.preview, d.heatmaps[0].values, d.heatmaps[0].label)
-                documents["sc"] = self.store.put_file(capture)
+            sr = findings_report(job.header, result["model"], result["bundle_sha256"], result["findings"])
+            documents = {"sr": self.store.put_file(sr)}
+            if result["heatmaps"]:  # the PACS gets the most probable finding's heatmap
+                view = view if view is not None else _pixels(self.store.image_view(job.image_id))
+                if view is not None:
+                    top = result["heatmaps"][0]
+                    values = _pixels(self.store.read_file(top["sha256"]))
+                    assert values is not None
+                    capture = heatmap_capture(job.header, view, values.astype(np.float32) / np.float32(255), top["label"])
+                    documents["sc"] = self.store.put_file(capture)
             for destination in self.settings.destinations:
                 items += [(str(destination), kind, documents[kind]) for kind in destination.send if kind in documents]
         if items:
             self.store.enqueue_outputs(job.image_id, items)
+            if self.on_queued is not None:
+                self.on_queued()
         return len(items)
+
+
+def _pixels(encoded: bytes | None) -> np.ndarray | None:
+    """A stored PNG or JPEG (a heatmap, an image's view) as 8-bit pixels."""
+    from PIL import Image
+
+    if encoded is None:
+        return None
+    with Image.open(io.BytesIO(encoded)) as img:
+        return np.asarray(img, dtype=np.uint8)

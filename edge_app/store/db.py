@@ -376,11 +376,13 @@ class Store:
             header = ImageHeader.from_dict(metadata)
             return Job(job_id, image_id, str(row[3]), str(row[4]), attempts + 1, header, metadata, row[6])
 
-    def finish_job(self, job: Job, outcome: Outcome) -> None:
-        """Record a job's outcome in one transaction (heatmap files first), then wake whoever waits for it."""
+    def finish_job(self, job: Job, outcome: Outcome) -> list[int]:
+        """Record a job's outcome in one transaction (heatmap files first), then wake whoever waits for it; the
+        ids of the results recorded."""
         heatmaps = [[(label, self.put_file(png)) for label, png in r.heatmaps] for r in outcome.results]
         view = self.put_file(outcome.view) if outcome.view else None
         now = _now()
+        recorded = []
         with self.transaction() as db:
             for result, maps in zip(outcome.results, heatmaps, strict=True):
                 cur = db.execute(
@@ -403,6 +405,7 @@ class Store:
                     "INSERT INTO heatmaps (result_id, rank, label, sha256) VALUES (?, ?, ?, ?)",
                     [(cur.lastrowid, rank, label, sha) for rank, (label, sha) in enumerate(maps)],
                 )
+                recorded.append(int(cur.lastrowid or 0))
             metadata = {**job.metadata, **(outcome.metadata or {})}
             db.execute(
                 "UPDATE images SET status = ?, reason = ?, metadata = ?, view_sha256 = ? WHERE id = ?",
@@ -411,6 +414,7 @@ class Store:
             db.execute("UPDATE jobs SET state = 'done', updated_at = ? WHERE id = ?", (now, job.id))
         with self._changed:
             self._changed.notify_all()
+        return recorded
 
     def send_to_model(self, image_id: int, bundle_sha256: str) -> None:
         """Queue a finished image again, for one model (a clinician's choice: an image another model refused or
@@ -555,6 +559,14 @@ class Store:
                 if row is not None:
                     return _result_dict(self._db, row)
         raise NotFound(f"no result {result_id}")
+
+    def image_view(self, image_id: int) -> bytes | None:
+        """The JPEG of an image as the tablet shows it (its preview); None where it has none or it was removed."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT view_sha256 FROM images WHERE id = ? AND purged_at IS NULL", (image_id,)
+            ).fetchone()
+        return self.read_file(row[0]) if row is not None and row[0] is not None else None
 
     def study_of_result(self, result_id: int) -> str | None:
         """The UID of the study a result is of (None where there is no such result)."""
