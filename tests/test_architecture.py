@@ -18,7 +18,7 @@ MAY_IMPORT = {
     "config": set(),  # a leaf: settings read from files and the environment
     "bundles": set(),
     "imaging": {"bundles"},  # pure: no database, no web, no models run
-    "store": {"imaging"},  # the only database writer; it reads image headers' types
+    "store": {"bundles", "imaging"},  # the only database writer; it reads image headers and result statuses
     "runtime": {"config", "bundles"},
     "ingest": {"imaging", "store"},
     "inference": {"config", "bundles", "imaging", "runtime", "store"},

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -142,14 +142,17 @@ def heatmap_png(hm: Heatmap) -> bytes:
     return buf.getvalue()
 
 
+# "ok"; "outside" (the input guard says the image is not what the model reads: no findings); "rejected" (the
+# image cannot be used); "failed" (an internal error)
+ResultStatus = Literal["ok", "outside", "rejected", "failed"]
+
+
 @dataclass
 class Diagnosis:
     """The outcome for one image: findings, or the reason it was rejected."""
 
     source: str
-    # "ok"; "outside" (the input guard says the image is not what the model reads: no findings); "rejected" (the
-    # image cannot be used); "failed" (an internal error)
-    status: str
+    status: ResultStatus
     model: dict[str, str]
     reason: str | None = None
     guard: GuardCheck | None = None  # None: the bundle has no guard, the image was not checked

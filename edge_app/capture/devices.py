@@ -11,8 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 from edge_app.errors import ConfigError, format_validation_error
 from edge_app.system.fileio import read_toml
 
-EVENTS = ("exposure", "capture", "patient_id", "status")
-
 
 class Message(BaseModel):
     """A message the device sends: a regular expression over the whole message, its named groups the fields."""

@@ -13,17 +13,22 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from edge_app.bundles.findings import Diagnosis, heatmap_png
+from edge_app.bundles.findings import Diagnosis, ResultStatus, heatmap_png
 from edge_app.config import WorkerSettings
 from edge_app.imaging.encode import jpeg
 from edge_app.imaging.header import ImageHeader
 from edge_app.inference.diagnoser import Diagnoser
 from edge_app.inference.registry import Registry, fits
-from edge_app.store import Job, ModelResult, Outcome, Store
+from edge_app.store import ImageStatus, Job, ModelResult, Outcome, Store
 from edge_app.system.background import Background
 
 log = logging.getLogger(__name__)
-_IMAGE_STATUS = {"ok": "done", "outside": "outside", "rejected": "rejected", "failed": "failed"}
+_IMAGE_STATUS: dict[ResultStatus, ImageStatus] = {
+    "ok": "done",
+    "outside": "outside",
+    "rejected": "rejected",
+    "failed": "failed",
+}
 
 
 class Worker:
@@ -124,7 +129,7 @@ class Worker:
                 results.append(_model_result(diagnoser.bundle.sha256, diagnosis))
                 preview = preview if preview is not None else diagnosis.preview
             first = results[0]
-            status = "done" if any(r.status == "ok" for r in results) else _IMAGE_STATUS[first.status]
+            status: ImageStatus = "done" if any(r.status == "ok" for r in results) else _IMAGE_STATUS[first.status]
             return Outcome(
                 status,
                 reason=None if status == "done" else first.reason,

@@ -41,7 +41,9 @@ class Outbox:
                     top = result["heatmaps"][0]
                     values = _pixels(self.store.read_file(top["sha256"]))
                     assert values is not None
-                    capture = heatmap_capture(job.header, view, values.astype(np.float32) / np.float32(255), top["label"])
+                    capture = heatmap_capture(
+                        job.header, view, values.astype(np.float32) / np.float32(255), top["label"]
+                    )
                     documents["sc"] = self.store.put_file(capture)
             for destination in self.settings.destinations:
                 items += [(str(destination), kind, documents[kind]) for kind in destination.send if kind in documents]

@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
+from edge_app.bundles.findings import ResultStatus
 from edge_app.errors import ConfigError, IdentityConflict, NotFound, UserError
 from edge_app.imaging.header import ImageHeader
 from edge_app.store import chain
@@ -27,7 +28,9 @@ from edge_app.store.schema import migrate
 from edge_app.system.clock import utc_text
 from edge_app.system.fileio import INCOMING_PREFIX, commit, spool
 
-IMAGE_STATUSES = ("queued", "done", "rejected", "failed", "no_model", "outside")
+# queued for the worker; done (diagnosed); rejected (not an image, or kept apart); failed (an internal error);
+# no_model (none reads it); outside (the input guard refused it)
+ImageStatus = Literal["queued", "done", "rejected", "failed", "no_model", "outside"]
 SENDABLE = ("no_model", "outside")  # the statuses of an image a clinician may send to another model
 # In the data directory: held by the one front (web, capture) and the one worker (models) that use it.
 SERVICE_LOCKS = ("front.lock", "worker.lock")
@@ -47,7 +50,7 @@ class Added:
     image_id: int
     study_uid: str
     sop_instance_uid: str
-    status: str
+    status: ImageStatus
     reason: str | None = None
     duplicate: bool = False
     kept_apart: bool = False
@@ -101,7 +104,7 @@ class OutboxItem:
 class ModelResult:
     """One model's answer for one image."""
 
-    status: str  # "ok", "outside", "rejected" or "failed"
+    status: ResultStatus
     model: dict[str, str]
     bundle_sha256: str
     reason: str | None = None
@@ -116,7 +119,7 @@ class ModelResult:
 class Outcome:
     """A finished job: the image's status, what decoding learnt of it, and each model's result."""
 
-    status: str  # one of IMAGE_STATUSES but "queued"
+    status: ImageStatus  # any but "queued"
     reason: str | None = None
     metadata: dict[str, Any] | None = None
     results: list[ModelResult] = field(default_factory=list)
@@ -250,7 +253,7 @@ class Store:
         known SOP Instance UID, or a study whose patient ID is not the image's (no ID never matches a known
         patient's, nor an ID a study held without one)."""
         now = _now()
-        status = "rejected" if reason else "queued"
+        status: ImageStatus = "rejected" if reason else "queued"
         patient = header.patient_id or patient_id
         with self.transaction() as db:
             known = db.execute(

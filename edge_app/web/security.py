@@ -34,10 +34,6 @@ class Principal:
     roles: frozenset[str]
     user: User | None = None  # None for a token
 
-    @property
-    def is_token(self) -> bool:
-        return self.user is None
-
 
 def current() -> Principal | None:
     principal: Principal | None = g.get("principal")
