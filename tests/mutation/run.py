@@ -170,7 +170,7 @@ EQUIVALENT = {
     ): "a one-column row: its first column is its last",
     ('version = int(db.execute("PRAGMA user_version").fetchone()[0])', "core/NumberReplacer"): "a one-column row",
     (
-        'status = "done" if any(r.status == "ok" for r in results) else _IMAGE_STATUS[first.status]',
+        'status: ImageStatus = "done" if any(r.status == "ok" for r in results) else _IMAGE_STATUS[first.status]',
         "core/ReplaceComparisonOperator_Eq_Is",
     ): "string literals are interned: `is` compares them as `==` does",
     (
