@@ -677,3 +677,24 @@ def test_an_output_held_by_a_sender_that_died_is_due_again_after_the_hold(tmp_pa
     time.sleep(0.4)
     assert store.due_output(hold_s=0.3) is not None, "its sender never answered: another takes it"
     store.close()
+
+
+def test_studies_are_read_with_one_query_per_level(tmp_path: Path) -> None:
+    """The self-refreshing worklist reads 100 studies: as many queries for 30 studies of two images as for one."""
+    store = Store(tmp_path)
+
+    def queries(limit: int) -> int:
+        seen: list[str] = []
+        store._db.set_trace_callback(seen.append)
+        try:
+            studies = store.list_studies(limit)
+        finally:
+            store._db.set_trace_callback(None)
+        assert len(studies) == min(limit, 30) and all(len(s["images"]) == 2 for s in studies)
+        return len(seen)
+
+    for n in range(30):
+        for k in range(2):
+            _add(store, f"image {n} {k}".encode(), _header(study=f"1.{n}", series=f"1.{n}.1", sop=f"1.{n}.1.{k}"))
+    assert queries(1) == queries(30) <= 6
+    store.close()

@@ -57,6 +57,14 @@ class Added:
     not_an_image: bool = False  # refused as `NotAnImage` (a refusal sent again is a duplicate and says nothing)
 
 
+_OUTPUT_FIELDS = (
+    "destination",
+    "kind",
+    "state",
+    "attempts",
+    "last_error",
+    "updated_at",
+)  # an image's outputs, as shown
 SOP_CONFLICT = (
     "an image with the same SOP Instance UID and other content is already held: kept apart, not diagnosed "
     "(two images must not share a UID; ask who set up the modality)"
@@ -494,8 +502,7 @@ class Store:
     def outputs(self, image_id: int) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT destination, kind, state, attempts, last_error, updated_at FROM outbox WHERE image_id = ? "
-                "ORDER BY id",
+                f"SELECT {', '.join(_OUTPUT_FIELDS)} FROM outbox WHERE image_id = ? ORDER BY id",
                 (image_id,),
             ).fetchall()
         return [dict(r) for r in rows]
@@ -512,48 +519,80 @@ class Store:
             return int(self._db.execute("SELECT count(*) FROM jobs WHERE state != 'done'").fetchone()[0])
 
     def get_study(self, uid: str) -> dict[str, Any]:
-        with self._lock:
-            study = self._db.execute("SELECT * FROM studies WHERE uid = ?", (uid,)).fetchone()
-            if study is None:
-                raise NotFound(f"no study {uid}")
-            images = self._db.execute("SELECT * FROM images WHERE study_id = ? ORDER BY id", (study["id"],)).fetchall()
-            out_images = []
-            for image in images:
-                results = self._db.execute(
-                    "SELECT * FROM results WHERE image_id = ? ORDER BY id", (image["id"],)
-                ).fetchall()
-                series = self._db.execute("SELECT uid FROM series WHERE id = ?", (image["series_id"],)).fetchone()
-                out_images.append(
-                    {
-                        "id": image["id"],
-                        "sop_instance_uid": image["sop_instance_uid"],
-                        "series_uid": series["uid"] if series else None,
-                        "status": image["status"],
-                        "reason": image["reason"],
-                        "source": image["source"],
-                        "filename": image["filename"],
-                        "sha256": image["sha256"],
-                        "size": image["size"],
-                        "view_sha256": image["view_sha256"] if image["purged_at"] is None else None,
-                        "purged_at": image["purged_at"],
-                        "received_at": image["created_at"],
-                        "metadata": json.loads(image["metadata"]),
-                        "results": [_result_dict(self._db, r) for r in results],
-                        "outputs": self.outputs(image["id"]),
-                    }
-                )
-        return {
-            "uid": study["uid"],
-            "created_at": study["created_at"],
-            "source": study["source"],
-            "patient_id": study["patient_id"],
-            "images": out_images,
-        }
+        studies = self._studies("WHERE uid = ?", (uid,))
+        if not studies:
+            raise NotFound(f"no study {uid}")
+        return studies[0]
 
     def list_studies(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest studies, newest first."""
+        return self._studies("ORDER BY id DESC LIMIT ?", (limit,))
+
+    def _studies(self, where: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        """The studies `where` picks (a clause on `studies`), in its order, each with its images, their results,
+        heatmaps and outputs: one query per level, whatever the number of studies (the worklist refreshes itself)."""
+        picked = f"SELECT id FROM studies {where}"
+        in_images = f"SELECT id FROM images WHERE study_id IN ({picked})"
         with self._lock:
-            rows = self._db.execute("SELECT uid FROM studies ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        return [self.get_study(r["uid"]) for r in rows]
+            db = self._db
+            studies = db.execute(f"SELECT * FROM studies {where}", params).fetchall()
+            images = db.execute(
+                "SELECT images.*, series.uid AS series_uid FROM images LEFT JOIN series ON series.id = "
+                f"images.series_id WHERE images.study_id IN ({picked}) ORDER BY images.id",
+                params,
+            ).fetchall()
+            results = db.execute(
+                f"SELECT * FROM results WHERE image_id IN ({in_images}) ORDER BY id", params
+            ).fetchall()
+            maps = db.execute(
+                "SELECT result_id, label, sha256 FROM heatmaps WHERE result_id IN "
+                f"(SELECT id FROM results WHERE image_id IN ({in_images})) ORDER BY result_id, rank",
+                params,
+            ).fetchall()
+            outputs = db.execute(
+                f"SELECT image_id, {', '.join(_OUTPUT_FIELDS)} FROM outbox WHERE image_id IN ({in_images}) ORDER BY id",
+                params,
+            ).fetchall()
+        heatmaps: dict[int, list[tuple[str, str]]] = {}
+        for m in maps:
+            heatmaps.setdefault(m["result_id"], []).append((m["label"], m["sha256"]))
+        by_image: dict[int, list[dict[str, Any]]] = {}
+        for r in results:
+            by_image.setdefault(r["image_id"], []).append(_result_of(r, heatmaps.get(r["id"], [])))
+        sent: dict[int, list[dict[str, Any]]] = {}
+        for o in outputs:
+            sent.setdefault(o["image_id"], []).append({k: o[k] for k in _OUTPUT_FIELDS})
+        of_study: dict[int, list[dict[str, Any]]] = {}
+        for image in images:
+            of_study.setdefault(image["study_id"], []).append(
+                {
+                    "id": image["id"],
+                    "sop_instance_uid": image["sop_instance_uid"],
+                    "series_uid": image["series_uid"],
+                    "status": image["status"],
+                    "reason": image["reason"],
+                    "source": image["source"],
+                    "filename": image["filename"],
+                    "sha256": image["sha256"],
+                    "size": image["size"],
+                    "view_sha256": image["view_sha256"] if image["purged_at"] is None else None,
+                    "purged_at": image["purged_at"],
+                    "received_at": image["created_at"],
+                    "metadata": json.loads(image["metadata"]),
+                    "results": by_image.get(image["id"], []),
+                    "outputs": sent.get(image["id"], []),
+                }
+            )
+        return [
+            {
+                "uid": study["uid"],
+                "created_at": study["created_at"],
+                "source": study["source"],
+                "patient_id": study["patient_id"],
+                "images": of_study.get(study["id"], []),
+            }
+            for study in studies
+        ]
 
     def get_result(self, result_id: int) -> dict[str, Any]:
         if 0 < result_id < 2**63:  # SQLite's INTEGER range
@@ -653,6 +692,12 @@ class Store:
 
 
 def _result_dict(db: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
+    maps = db.execute("SELECT label, sha256 FROM heatmaps WHERE result_id = ? ORDER BY rank", (row["id"],))
+    return _result_of(row, [(label, sha) for label, sha in maps])
+
+
+def _result_of(row: sqlite3.Row, heatmaps: list[tuple[str, str]]) -> dict[str, Any]:
+    """A result row as the API and the pages read it, with its heatmaps (label, sha256), most probable first."""
     out: dict[str, Any] = {
         "id": row["id"],
         "created_at": row["created_at"],
@@ -666,8 +711,7 @@ def _result_dict(db: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
     }
     if row["reason"] is not None:
         out["reason"] = row["reason"]
-    maps = db.execute("SELECT label, sha256 FROM heatmaps WHERE result_id = ? ORDER BY rank", (row["id"],))
-    out["heatmaps"] = [{"label": label, "sha256": sha} for label, sha in maps]
+    out["heatmaps"] = [{"label": label, "sha256": sha} for label, sha in heatmaps]
     return out
 
 

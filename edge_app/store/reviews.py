@@ -56,6 +56,14 @@ class Reviews:
             )
         return Review(int(cur.lastrowid or 0), image_id, result_id, author, at, dict(verdicts), note)
 
+    def reviewed(self, image_ids: list[int]) -> set[int]:
+        """Which of these images have at least one review (one query, for the worklist)."""
+        if not image_ids:
+            return set()
+        marks = ",".join("?" * len(image_ids))
+        rows = self.store.query(f"SELECT DISTINCT image_id FROM reviews WHERE image_id IN ({marks})", tuple(image_ids))
+        return {int(r[0]) for r in rows}
+
     def of_image(self, image_id: int) -> list[Review]:
         """The image's reviews, newest first."""
         rows = self.store.query("SELECT * FROM reviews WHERE image_id = ? ORDER BY id DESC", (image_id,))

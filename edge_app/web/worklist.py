@@ -68,10 +68,9 @@ def worklist_rows() -> list[Row]:
     principal = security.current()
     if principal is None or "clinician" not in principal.roles:
         return [replace(study_row(study, False), positive=[], triage=0.0) for study in svc.store.list_studies(LIMIT)]
-    rows = []
-    for study in svc.store.list_studies(LIMIT):
-        reviewed = any(svc.reviews.of_image(image["id"]) for image in study["images"])
-        rows.append(study_row(study, reviewed))
+    studies = svc.store.list_studies(LIMIT)
+    reviewed = svc.reviews.reviewed([image["id"] for study in studies for image in study["images"]])
+    rows = [study_row(study, any(image["id"] in reviewed for image in study["images"])) for study in studies]
 
     # Positive findings not yet reviewed first, the most urgent (triage score) first among them; then the rest,
     # newest first (the sort is stable).
