@@ -395,7 +395,7 @@ def test_a_model_update_is_put_in_service_only_with_an_engine_that_passes_its_ch
     recorded so: a restart keeps it), with the reason on /api/v1/health."""
     svc, health, client = jetson_service
     fake_gpu.setenv("FAKE_TRT_FAULT", "drift")  # engines built from now on compute wrong
-    svc.activate(bundle_variant(tmp_path, "1.2.0"), "boss")
+    svc.lifecycle.activate(bundle_variant(tmp_path, "1.2.0"), "boss")
     _wait(lambda: health()["problem"] is not None, "the update's engine check")
     now = health()
     assert (now["status"], now["version"], now["runner"]) == ("degraded", "1.1.1", "tensorrt")
@@ -403,10 +403,10 @@ def test_a_model_update_is_put_in_service_only_with_an_engine_that_passes_its_ch
     assert now["problem"].endswith("engine refused): the previous model runs")
     result = client.post("/api/v1/studies?filename=a.png", data=nih_png.read_bytes()).get_json()
     assert result["images"][0]["results"][0]["model"]["version"] == "1.1.1"
-    assert svc.models.activations()[0].version == "1.1.1", "recorded: a restart keeps the running model"
+    assert svc.lifecycle.history.activations()[0].version == "1.1.1", "recorded: a restart keeps the running model"
 
     fake_gpu.delenv("FAKE_TRT_FAULT")
-    svc.activate(bundle_variant(tmp_path, "1.3.0"), "boss")
+    svc.lifecycle.activate(bundle_variant(tmp_path, "1.3.0"), "boss")
     _wait(lambda: health()["version"] == "1.3.0", "the good update")
     now = health()
     assert (now["status"], now["runner"], now["problem"]) == ("ok", "tensorrt", None)
@@ -421,11 +421,11 @@ def test_a_model_chosen_while_another_waits_for_its_engine_wins(
     (engine ready): 1.1.1 serves, and 1.2.0's build finishing later changes nothing."""
     svc, health, _ = jetson_service
     fake_gpu.setenv("FAKE_TRT_BUILD_S", "3")
-    svc.activate(bundle_variant(tmp_path, "1.2.0"), "boss")
-    svc.activate(EMBEDDED_BUNDLE, "boss")
+    svc.lifecycle.activate(bundle_variant(tmp_path, "1.2.0"), "boss")
+    svc.lifecycle.activate(EMBEDDED_BUNDLE, "boss")
     time.sleep(6)  # 1.2.0's build is over (or cancelled)
     assert (health()["version"], health()["problem"]) == ("1.1.1", None)
-    assert svc.models.activations()[0].version == "1.1.1"
+    assert svc.lifecycle.history.activations()[0].version == "1.1.1"
 
 
 def test_a_restart_while_an_update_waits_for_its_engine_serves_the_previous_model_first(
@@ -440,7 +440,7 @@ def test_a_restart_while_an_update_waits_for_its_engine_serves_the_previous_mode
     try:
         _wait(lambda: health()["runner"] == "tensorrt", "the configured model's engine")
         fake_gpu.setenv("FAKE_TRT_BUILD_S", "60")
-        svc.activate(bundle_variant(tmp_path, "1.2.0"), "boss")
+        svc.lifecycle.activate(bundle_variant(tmp_path, "1.2.0"), "boss")
         time.sleep(1)
     finally:
         svc.stop()  # a power cut, a restart: the build never finished

@@ -73,10 +73,10 @@ def test_the_model_in_service_and_the_site_thresholds_outlive_a_restart(
     app = create_app(settings)
     svc = services.get_from(app)
     try:
-        bundle = svc.activate(bundle_variant(tmp_path, "1.3.0"), "boss")
+        bundle = svc.lifecycle.activate(bundle_variant(tmp_path, "1.3.0"), "boss")
         labels = bundle.manifest.labels
-        assert svc.set_thresholds(bundle.sha256, dict.fromkeys(labels, 0.0), "boss") == 1
-        assert svc.set_thresholds(bundle.sha256, dict.fromkeys(labels, 1.0), "boss") == 2
+        assert svc.lifecycle.set_thresholds(bundle.sha256, dict.fromkeys(labels, 0.0), "boss") == 1
+        assert svc.lifecycle.set_thresholds(bundle.sha256, dict.fromkeys(labels, 1.0), "boss") == 2
     finally:
         svc.stop()
     app = create_app(settings)
@@ -112,7 +112,7 @@ def test_site_thresholds_from_the_admin_page(
     assert "thresholds are needed for exactly the model&#39;s labels" in browser.get("/admin/models").get_data(
         as_text=True
     )
-    assert [t.version for t in svc.models.threshold_history(sha)] == [1]
+    assert [t.version for t in svc.lifecycle.history.threshold_history(sha)] == [1]
     assert ("boss", "model.thresholds") in [(e["actor"], e["action"]) for e in svc.store.audit_trail()]
 
 
@@ -181,7 +181,7 @@ def test_a_bundle_from_the_usb_folder(tmp_path: Path, api_client: Callable[[Flas
         page = auth.client.get("/admin/models").get_data(as_text=True)
         assert "cxr-reference 2.0.0 verified and imported." in page
         assert "is not a bundle folder inside" in page, "nothing is taken from outside the import folder"
-        assert [b.version for b in services.get_from(app).models.changes()] == ["2.0.0"]
+        assert [b.version for b in services.get_from(app).lifecycle.history.changes()] == ["2.0.0"]
     finally:
         services.get_from(app).stop()
 

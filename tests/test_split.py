@@ -59,12 +59,12 @@ def test_images_flow_from_the_front_to_a_worker_process_and_back(
         assert resp.get_json()["images"][0]["results"][0]["model"]["version"] == "1.1.1"
 
         variant = bundle_variant(tmp_path, "1.4.0")
-        svc.activate(variant, "boss")  # on the front's admin page
+        svc.lifecycle.activate(variant, "boss")  # on the front's admin page
         _until(lambda: client.get("/api/v1/health").get_json()["version"] == "1.4.0")
         sha = client.get("/api/v1/health").get_json()["bundle_sha256"]
-        labels = next(m.labels for m in svc.in_service() if m.bundle_sha256 == sha)
-        svc.set_thresholds(sha, dict.fromkeys(labels, 0.0), "boss")
-        _until(lambda: all(v == 0.0 for v in svc.in_service()[0].thresholds.values()))
+        labels = next(m.labels for m in svc.lifecycle.in_service() if m.bundle_sha256 == sha)
+        svc.lifecycle.set_thresholds(sha, dict.fromkeys(labels, 0.0), "boss")
+        _until(lambda: all(v == 0.0 for v in svc.lifecycle.in_service()[0].thresholds.values()))
         resp = client.post("/api/v1/studies?filename=b.png", data=images[1].read_bytes())
         (result,) = resp.get_json()["images"][0]["results"]
         assert result["model"]["version"] == "1.4.0"
@@ -110,7 +110,7 @@ def test_a_model_the_worker_cannot_load_is_reported_and_the_worker_lives(
     worker = _start_worker(data)
     try:
         _until(lambda: client.get("/api/v1/health").get_json()["runner"] == "onnxruntime")
-        svc.activate(bundle_variant(tmp_path, "6.6.6", _garbage_model), "boss")
+        svc.lifecycle.activate(bundle_variant(tmp_path, "6.6.6", _garbage_model), "boss")
         _until(lambda: client.get("/api/v1/health").get_json()["status"] == "degraded")
         health = client.get("/api/v1/health").get_json()
         assert "cannot be loaded here" in health["problem"] and health["version"] == "1.1.1", "the old one runs"
