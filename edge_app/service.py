@@ -16,7 +16,7 @@ import threading
 from typing import IO, Literal
 
 from edge_app.capture import Source, open_sources
-from edge_app.config import Settings, is_loopback
+from edge_app.config import Settings, check_secure, is_loopback
 from edge_app.errors import ConfigError, UserError
 from edge_app.inference.lifecycle import ModelLifecycle
 from edge_app.inference.live import LiveInference
@@ -47,6 +47,8 @@ class Service:
         data_dir = settings.storage.data_dir
         self.stopping = threading.Event()  # set by `stop`: long answers (the video preview) end
         self._lock_files: list[IO[str]] = []
+        if role != "worker":
+            check_secure(settings)  # first: a service that may not listen as configured opens nothing
         self._hold_data_dir()  # first: a process that may not run here loads nothing and migrates nothing
         try:
             self.store = Store(settings.storage.data_dir)

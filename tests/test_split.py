@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from conftest import EDGE_APP, NIH, bundle_variant
+from edge_app.config import Settings
 from edge_app.errors import ConfigError
+from edge_app.service import Service
 from edge_app.web import create_app, services
 
 pytestmark = pytest.mark.slow
@@ -36,10 +38,10 @@ def _until(check: Callable[[], bool], timeout: float = 60.0) -> None:
 
 
 @pytest.fixture
-def front(tmp_path: Path) -> Iterator[Flask]:
-    app = create_app({"storage": {"data_dir": str(tmp_path / "data")}, "server": {"result_wait_s": 5.0}}, role="front")
-    yield app
-    services.get_from(app).stop()
+def front(tmp_path: Path, service: Callable[..., Service]) -> Flask:
+    return create_app(
+        service({"storage": {"data_dir": str(tmp_path / "data")}, "server": {"result_wait_s": 5.0}}, role="front")
+    )
 
 
 def test_images_flow_from_the_front_to_a_worker_process_and_back(
@@ -94,7 +96,7 @@ def test_images_flow_from_the_front_to_a_worker_process_and_back(
 
 def test_a_second_front_on_the_same_data_directory_is_refused(front: Flask, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"another edge-app service is using .* \(front.lock\)"):
-        create_app({"storage": {"data_dir": str(tmp_path / "data")}}, role="front")
+        Service(Settings.model_validate({"storage": {"data_dir": str(tmp_path / "data")}}), role="front")
 
 
 def _garbage_model(folder: Path) -> None:

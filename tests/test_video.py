@@ -74,24 +74,25 @@ def test_a_trigger_stores_the_current_frame_as_an_ultrasound_image(tmp_path: Pat
         service.stop()
 
 
-def test_the_api_capture_button(tmp_path: Path, api_client: Callable[[Flask], FlaskClient]) -> None:
+def test_the_api_capture_button(
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
+) -> None:
     video = tmp_path / "clip.avi"
     _write_video(video)
     app = create_app(
-        {
-            "storage": {"data_dir": str(tmp_path / "data")},
-            "capture": {"video": {"enabled": True, "source": str(video)}},
-        }
+        service(
+            {
+                "storage": {"data_dir": str(tmp_path / "data")},
+                "capture": {"video": {"enabled": True, "source": str(video)}},
+            }
+        )
     )
-    try:
-        service = services.get_from(app)
-        _until(lambda: service.sources[0].state()["frame"] == FRAMES - 1)
-        resp = api_client(app).post("/api/v1/capture")
-        assert resp.status_code == 202
-        (study,) = service.store.list_studies()
-        assert study["images"][0]["source"] == f"video:{video}"
-    finally:
-        services.get_from(app).stop()
+    service = services.get_from(app)
+    _until(lambda: service.sources[0].state()["frame"] == FRAMES - 1)
+    resp = api_client(app).post("/api/v1/capture")
+    assert resp.status_code == 202
+    (study,) = service.store.list_studies()
+    assert study["images"][0]["source"] == f"video:{video}"
 
 
 def test_capture_without_a_video_source_is_a_conflict(client) -> None:  # type: ignore[no-untyped-def]
@@ -113,52 +114,52 @@ def test_a_grabber_that_appears_later_is_opened(tmp_path: Path) -> None:
         service.stop()
 
 
-def test_live_inference_and_the_mjpeg_preview(tmp_path: Path, api_client: Callable[[Flask], FlaskClient]) -> None:
+def test_live_inference_and_the_mjpeg_preview(
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
+) -> None:
     """With infer_every, frames go through the models that read ultrasound (none here: the chest model's result
     list is empty, and says so); the preview streams JPEG frames."""
     video = tmp_path / "live.avi"
     _write_video(video)
     app = create_app(
-        {
-            "storage": {"data_dir": str(tmp_path / "data")},
-            "capture": {"video": {"enabled": True, "source": str(video), "infer_every": 4, "loop_file": True}},
-        }
+        service(
+            {
+                "storage": {"data_dir": str(tmp_path / "data")},
+                "capture": {"video": {"enabled": True, "source": str(video), "infer_every": 4, "loop_file": True}},
+            }
+        )
     )
-    try:
-        client = api_client(app)
-        _until(lambda: client.get("/api/v1/video/live").status_code == 200)
-        live = client.get("/api/v1/video/live").get_json()
-        assert live["frame"] % 4 == 0 and live["models"] == [], "no model here reads US"
-        resp = client.get("/api/v1/video.mjpeg", buffered=False)
-        assert resp.mimetype == "multipart/x-mixed-replace"
-        first = next(iter(resp.response))
-        assert first.startswith(b"--frame\r\nContent-Type: image/jpeg\r\n\r\n\xff\xd8")
-        resp.close()
-    finally:
-        services.get_from(app).stop()
+    client = api_client(app)
+    _until(lambda: client.get("/api/v1/video/live").status_code == 200)
+    live = client.get("/api/v1/video/live").get_json()
+    assert live["frame"] % 4 == 0 and live["models"] == [], "no model here reads US"
+    resp = client.get("/api/v1/video.mjpeg", buffered=False)
+    assert resp.mimetype == "multipart/x-mixed-replace"
+    first = next(iter(resp.response))
+    assert first.startswith(b"--frame\r\nContent-Type: image/jpeg\r\n\r\n\xff\xd8")
+    resp.close()
 
 
 def test_live_inference_runs_the_model_that_reads_the_feed(
-    tmp_path: Path, api_client: Callable[[Flask], FlaskClient]
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
 ) -> None:
     """A video feed stored as modality CR (a digitised radiograph on a frame grabber) goes to the chest model, whose
     input guard says these frames (drawn shapes) are no chest X-ray: not diagnosed, with the reason."""
     video = tmp_path / "cr.avi"
     _write_video(video)
     app = create_app(
-        {
-            "storage": {"data_dir": str(tmp_path / "data")},
-            "capture": {"video": {"enabled": True, "source": str(video), "infer_every": 1, "modality": "CR"}},
-        }
+        service(
+            {
+                "storage": {"data_dir": str(tmp_path / "data")},
+                "capture": {"video": {"enabled": True, "source": str(video), "infer_every": 1, "modality": "CR"}},
+            }
+        )
     )
-    try:
-        client = api_client(app)
-        _until(lambda: client.get("/api/v1/video/live").status_code == 200)
-        (model,) = client.get("/api/v1/video/live").get_json()["models"]
-        assert model["model"]["name"] == "cxr-reference" and model["status"] == "outside" and model["findings"] == []
-        assert model["reason"].startswith("does not look like a frontal chest X-ray this model was made for")
-    finally:
-        services.get_from(app).stop()
+    client = api_client(app)
+    _until(lambda: client.get("/api/v1/video/live").status_code == 200)
+    (model,) = client.get("/api/v1/video/live").get_json()["models"]
+    assert model["model"]["name"] == "cxr-reference" and model["status"] == "outside" and model["findings"] == []
+    assert model["reason"].startswith("does not look like a frontal chest X-ray this model was made for")
 
 
 def test_no_live_inference_or_preview_without_video(client) -> None:  # type: ignore[no-untyped-def]
