@@ -39,6 +39,7 @@ def _until(check: Callable[[], object], timeout: float = 20.0) -> None:
 
 
 def _service(tmp_path: Path, source: Path) -> Service:
+    """A service reading frames from `source` (not started)."""
     settings = Settings.model_validate(
         {
             "storage": {"data_dir": str(tmp_path / "data")},
@@ -46,16 +47,13 @@ def _service(tmp_path: Path, source: Path) -> Service:
             "capture": {"video": {"enabled": True, "source": str(source), "reconnect_s": 0.1}},
         }
     )
-    service = Service(settings)
-    service.start()
-    return service
+    return Service(settings)
 
 
 def test_a_trigger_stores_the_current_frame_as_an_ultrasound_image(tmp_path: Path) -> None:
     video = tmp_path / "loop.avi"
     _write_video(video)
-    service = _service(tmp_path, video)
-    try:
+    with _service(tmp_path, video) as service:
         (grabber,) = service.sources
         _until(lambda: grabber.state()["frame"] == FRAMES - 1)  # the file has ended: the last frame stays
         service.ingest.event(Event("capture", {}, "serial:footswitch"))
@@ -70,8 +68,6 @@ def test_a_trigger_stores_the_current_frame_as_an_ultrasound_image(tmp_path: Pat
         assert abs(pixels[30:, :, :].mean() - 20 * (FRAMES - 1)) < 4, "the last frame's grey"
         assert (pixels[:8, : 4 * FRAMES - 2] > 200).all() and (pixels[:8, 4 * FRAMES + 2 :] < 240).all()
         assert grabber.state()["captured"] == 1
-    finally:
-        service.stop()
 
 
 def test_the_api_capture_button(
@@ -87,11 +83,11 @@ def test_the_api_capture_button(
             }
         )
     )
-    service = services.get_from(app)
-    _until(lambda: service.sources[0].state()["frame"] == FRAMES - 1)
+    svc = services.get_from(app)
+    _until(lambda: svc.sources[0].state()["frame"] == FRAMES - 1)
     resp = api_client(app).post("/api/v1/capture")
     assert resp.status_code == 202
-    (study,) = service.store.list_studies()
+    (study,) = svc.store.list_studies()
     assert study["images"][0]["source"] == f"video:{video}"
 
 
@@ -102,16 +98,13 @@ def test_capture_without_a_video_source_is_a_conflict(client) -> None:  # type: 
 
 def test_a_grabber_that_appears_later_is_opened(tmp_path: Path) -> None:
     video = tmp_path / "later.avi"
-    service = _service(tmp_path, video)
-    try:
+    with _service(tmp_path, video) as service:
         (grabber,) = service.sources
         time.sleep(0.3)
         assert grabber.state()["connected"] is False and grabber.state()["frame"] == -1
         assert grabber.capture() is False, "no frame yet: nothing stored"
         _write_video(video)
         _until(lambda: grabber.state()["frame"] >= 0)
-    finally:
-        service.stop()
 
 
 def test_live_inference_and_the_mjpeg_preview(

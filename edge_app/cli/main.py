@@ -178,7 +178,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, no_worker: bo
         notify("READY=1")  # the store, the models, the sources and the listening socket are all up
         try:
             server.serve()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or systemd's stop (SIGTERM): stop in order
             pass
         finally:
             notify("STOPPING=1")
@@ -215,7 +215,7 @@ def _worker(settings: Settings) -> int:
         try:
             while True:
                 service.stopping.wait(3600)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or systemd's stop (SIGTERM): stop in order
             pass
         finally:
             notify("STOPPING=1")
