@@ -353,7 +353,7 @@ class Settings(_Section):
 
 def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Read the TOML file (if any), apply environment overrides, validate; raise `ConfigError` in plain words.
-    Whether the settings are safe to serve with is `check_secure`'s question, asked by `create_app`."""
+    Whether the settings are safe to serve with is `check_secure`'s question, asked by `Service`."""
     raw: dict[str, Any] = {}
     if path is not None:
         raw = read_toml(Path(path), f"configuration file {path}", ConfigError)

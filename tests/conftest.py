@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from ood_samples import NIH, ROOT, dicom_dirs  # where the real data lies: said 
 
 from edge_app.bundles.bundle import load_bundle, sha256_file, write_manifest
 from edge_app.config import EMBEDDED_BUNDLE, Settings
+from edge_app.service import Role, Service
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
 from edge_app.web import create_app, services
@@ -73,11 +75,24 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def app(settings: Settings) -> Iterator[Flask]:
-    app = create_app(settings)
+def service() -> Iterator[Callable[..., Service]]:
+    """Start a `Service` for settings (or a mapping shaped like the TOML file) and a role; each one started is
+    stopped after the test, the last first."""
+    with contextlib.ExitStack() as running:
+
+        def start(config: Settings | Mapping[str, Any], role: Role = "all") -> Service:
+            settings = config if isinstance(config, Settings) else Settings.model_validate(dict(config))
+            return running.enter_context(Service(settings, role))
+
+        yield start
+
+
+@pytest.fixture
+def app(service: Callable[..., Service], settings: Settings) -> Flask:
+    """The web app of a started service on the `settings` fixture's data directory."""
+    app = create_app(service(settings))
     app.config.update(TESTING=True)
-    yield app
-    services.get_from(app).stop()
+    return app
 
 
 def _api_client(app: Flask) -> FlaskClient:

@@ -12,7 +12,9 @@ from flask.testing import FlaskClient
 from PIL import Image
 
 from conftest import dicom_file
+from edge_app.config import Settings, with_overrides
 from edge_app.errors import ConfigError
+from edge_app.service import Service
 from edge_app.web import create_app, services
 
 
@@ -82,18 +84,17 @@ def test_unknown_study_and_result(client: FlaskClient) -> None:
     assert client.get("/api/v1/results/999/heatmap.png").get_json()["error"] == "Not Found"
 
 
-def test_upload_over_the_limit_says_the_limit(tmp_path: Path, api_client: Callable[[Flask], FlaskClient]) -> None:
-    app = create_app({"storage": {"data_dir": str(tmp_path)}, "server": {"max_upload_mb": 1}})
-    try:
-        client = api_client(app)
-        resp = client.post("/api/v1/studies", data=b"\0" * (1024 * 1024 + 1))
-        assert resp.status_code == 413 and resp.get_json() == {
-            "error": "Request Entity Too Large",
-            "detail": "the upload is larger than the limit of 1 MB (server.max_upload_mb)",
-        }
-        assert client.post("/api/v1/studies", data=b"\0" * (1024 * 1024 - 1000)).status_code == 422, "under it"
-    finally:
-        services.get_from(app).stop()
+def test_upload_over_the_limit_says_the_limit(
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
+) -> None:
+    app = create_app(service({"storage": {"data_dir": str(tmp_path)}, "server": {"max_upload_mb": 1}}))
+    client = api_client(app)
+    resp = client.post("/api/v1/studies", data=b"\0" * (1024 * 1024 + 1))
+    assert resp.status_code == 413 and resp.get_json() == {
+        "error": "Request Entity Too Large",
+        "detail": "the upload is larger than the limit of 1 MB (server.max_upload_mb)",
+    }
+    assert client.post("/api/v1/studies", data=b"\0" * (1024 * 1024 - 1000)).status_code == 422, "under it"
 
 
 def test_result_ids_beyond_sqlite_integers_are_not_found(client: FlaskClient) -> None:
@@ -119,7 +120,7 @@ def test_a_multipart_body_without_a_file_field(client: FlaskClient) -> None:
     assert resp.status_code == 400 and resp.get_json()["detail"].startswith("no image: send a multipart field")
 
 
-def test_the_service_finishes_what_a_crash_left(tmp_path: Path, nih_png: Path) -> None:
+def test_the_service_finishes_what_a_crash_left(tmp_path: Path, nih_png: Path, service: Callable[..., Service]) -> None:
     """An image whose diagnosis a crash interrupted is diagnosed at the next start; temporaries and unreferenced
     files are removed; the files rows refer to are kept."""
     from edge_app.imaging.header import read_header
@@ -135,24 +136,21 @@ def test_the_service_finishes_what_a_crash_left(tmp_path: Path, nih_png: Path) -
     incoming.write_bytes(b"half")
     store.close()
 
-    app = create_app({"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1}})
-    try:
-        store = services.get_from(app).store
-        assert store.wait_for(added.image_id, timeout=60) == ("done", None)
-        (image,) = store.get_study(added.study_uid)["images"]
-        (result,) = image["results"]
-        assert result["status"] == "ok" and store.read_file(result["heatmaps"][0]["sha256"])
-        assert store.read_file(digest) == nih_png.read_bytes(), "the image itself is kept"
-        assert not store.file_path(orphan).exists() and not incoming.exists()
-    finally:
-        services.get_from(app).stop()
+    app = create_app(service({"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1}}))
+    store = services.get_from(app).store
+    assert store.wait_for(added.image_id, timeout=60) == ("done", None)
+    (image,) = store.get_study(added.study_uid)["images"]
+    (result,) = image["results"]
+    assert result["status"] == "ok" and store.read_file(result["heatmaps"][0]["sha256"])
+    assert store.read_file(digest) == nih_png.read_bytes(), "the image itself is kept"
+    assert not store.file_path(orphan).exists() and not incoming.exists()
 
 
 def test_insecure_app_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="refusing to listen"):
-        create_app({"storage": {"data_dir": str(tmp_path)}, "server": {"host": "192.0.2.1"}})
+        Service(Settings.model_validate({"storage": {"data_dir": str(tmp_path)}, "server": {"host": "192.0.2.1"}}))
     with pytest.raises(ConfigError, match=r"server.port"):
-        create_app({"server": {"port": "eighty"}})
+        with_overrides(Settings(), "server", {"port": "eighty"})
 
 
 def test_raw_body_with_a_form_content_type(client: FlaskClient, nih_png: Path) -> None:
@@ -164,24 +162,21 @@ def test_raw_body_with_a_form_content_type(client: FlaskClient, nih_png: Path) -
 
 
 def test_an_internal_error_fails_that_image_and_the_worker_goes_on(
-    tmp_path: Path, broken_bundle: Path, api_client: Callable[[Flask], FlaskClient]
+    tmp_path: Path, broken_bundle: Path, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
 ) -> None:
     """A model that fails at inference: each image is answered 500 with its reason and marked failed; the worker
     takes the next one (nothing is left queued)."""
-    app = create_app({"storage": {"data_dir": str(tmp_path / "data")}, "model": {"bundle": str(broken_bundle)}})
-    try:
-        client = api_client(app)
-        for name in ("a.dcm", "b.dcm"):
-            data = (
-                dicom_file("RG1_UNCR.dcm").read_bytes() if name == "a.dcm" else dicom_file("RG1_J2KR.dcm").read_bytes()
-            )
-            resp = client.post(f"/api/v1/studies?filename={name}", data=data)
-            assert resp.status_code == 500
-            body = resp.get_json()
-            assert body["error"] == "Internal error" and body["detail"].startswith("internal error: InferenceError")
-            assert body["duplicate"] is False
-            (image,) = [i for i in body["study"]["images"] if i["id"] == body["image_id"]]
-            assert image["status"] == "failed" and image["results"][0]["status"] == "failed"
-        assert client.get("/api/v1/health").get_json()["queued"] == 0
-    finally:
-        services.get_from(app).stop()
+    app = create_app(
+        service({"storage": {"data_dir": str(tmp_path / "data")}, "model": {"bundle": str(broken_bundle)}})
+    )
+    client = api_client(app)
+    for name in ("a.dcm", "b.dcm"):
+        data = dicom_file("RG1_UNCR.dcm").read_bytes() if name == "a.dcm" else dicom_file("RG1_J2KR.dcm").read_bytes()
+        resp = client.post(f"/api/v1/studies?filename={name}", data=data)
+        assert resp.status_code == 500
+        body = resp.get_json()
+        assert body["error"] == "Internal error" and body["detail"].startswith("internal error: InferenceError")
+        assert body["duplicate"] is False
+        (image,) = [i for i in body["study"]["images"] if i["id"] == body["image_id"]]
+        assert image["status"] == "failed" and image["results"][0]["status"] == "failed"
+    assert client.get("/api/v1/health").get_json()["queued"] == 0

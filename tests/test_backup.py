@@ -19,6 +19,7 @@ from conftest import NIH, bundle_variant, dicom_file
 from edge_app.config import Settings
 from edge_app.inference.model_import import import_folder
 from edge_app.ops.secrets import init_tls
+from edge_app.service import Service
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
 from edge_app.store.schema import VERSION
@@ -31,9 +32,8 @@ def test_a_backup_brings_a_box_back(cli: Cli, tmp_path: Path, api_client: Callab
     data, stick = tmp_path / "data", tmp_path / "usb"
     settings = Settings.model_validate({"storage": {"data_dir": str(data)}, "model": {"threads": 1}})
     init_tls(settings, [])
-    app = create_app(settings)
-    try:
-        svc = services.get_from(app)
+    with Service(settings) as svc:
+        app = create_app(svc)
         svc.accounts.add_user("dr-ade", parse_roles("clinician"), "a long enough password")
         client = api_client(app)
         png = sorted((NIH / "images").glob("*.png"))[0]
@@ -44,8 +44,6 @@ def test_a_backup_brings_a_box_back(cli: Cli, tmp_path: Path, api_client: Callab
         made = cli("backup", str(stick), env={"EDGE_APP_STORAGE_DATA_DIR": str(data)})  # while it runs
         assert made.returncode == 0, made.stderr
         client.post("/api/v1/studies?filename=late.png", data=sorted((NIH / "images").glob("*.png"))[1].read_bytes())
-    finally:
-        services.get_from(app).stop()
     (backup,) = stick.iterdir()
     assert backup.name.startswith("edge-app-backup-") and f"backup written to {backup}" in made.stdout
     assert (backup / "tls" / "cert.pem").is_file() and (backup / "secret_key").is_file()
@@ -53,9 +51,8 @@ def test_a_backup_brings_a_box_back(cli: Cli, tmp_path: Path, api_client: Callab
     box = tmp_path / "new-box"
     restored = cli("restore", str(backup), env={"EDGE_APP_STORAGE_DATA_DIR": str(box)})
     assert restored.returncode == 0, restored.stderr
-    app = create_app({"storage": {"data_dir": str(box)}, "model": {"threads": 1}})
-    try:
-        svc = services.get_from(app)
+    with Service(Settings.model_validate({"storage": {"data_dir": str(box)}, "model": {"threads": 1}})) as svc:
+        app = create_app(svc)
         client = api_client(app)
         studies = client.get("/api/v1/studies").get_json()["studies"]
         assert {s["uid"] for s in studies} == {first["uid"], second.get_json()["uid"]}, "as at the backup"
@@ -63,8 +60,6 @@ def test_a_backup_brings_a_box_back(cli: Cli, tmp_path: Path, api_client: Callab
         assert svc.store.read_file(image["sha256"]) == png.read_bytes()
         assert svc.reviews.of_image(image["id"])[0].note == "kept"
         assert svc.accounts.authenticate("dr-ade", "a long enough password") is not None
-    finally:
-        services.get_from(app).stop()
 
     again = cli("restore", str(backup), env={"EDGE_APP_STORAGE_DATA_DIR": str(box)})
     assert again.returncode == 0 and "the previous data is kept in" in again.stdout
@@ -73,13 +68,11 @@ def test_a_backup_brings_a_box_back(cli: Cli, tmp_path: Path, api_client: Callab
 
 def test_a_damaged_backup_is_refused_and_the_box_untouched(cli: Cli, tmp_path: Path, nih_png: Path) -> None:
     data, stick = tmp_path / "data", tmp_path / "usb"
-    app = create_app({"storage": {"data_dir": str(data)}, "model": {"threads": 1}})
-    svc = services.get_from(app)
-    with nih_png.open("rb") as fh:
-        added = svc.ingest.submit(fh, "a.png", "test")
-    assert added is not None
-    svc.store.wait_for(added.image_id, 60)
-    svc.stop()
+    with Service(Settings.model_validate({"storage": {"data_dir": str(data)}, "model": {"threads": 1}})) as svc:
+        with nih_png.open("rb") as fh:
+            added = svc.ingest.submit(fh, "a.png", "test")
+        assert added is not None
+        svc.store.wait_for(added.image_id, 60)
     assert cli("backup", str(stick), env={"EDGE_APP_STORAGE_DATA_DIR": str(data)}).returncode == 0
     (backup,) = stick.iterdir()
     stored = next(p for p in (backup / "files").rglob("*") if p.is_file())
@@ -104,16 +97,13 @@ def test_no_restore_under_a_running_service_and_no_second_service(
     from edge_app.errors import ConfigError
 
     data, stick = tmp_path / "data", tmp_path / "usb"
-    app = create_app({"storage": {"data_dir": str(data)}, "model": {"threads": 1}})
-    try:
+    with Service(Settings.model_validate({"storage": {"data_dir": str(data)}, "model": {"threads": 1}})):
         assert cli("backup", str(stick), env={"EDGE_APP_STORAGE_DATA_DIR": str(data)}).returncode == 0
         (backup,) = stick.iterdir()
         refused = cli("restore", str(backup), env={"EDGE_APP_STORAGE_DATA_DIR": str(data)})
         assert refused.returncode == 2 and "stop the service first" in refused.stderr
         with pytest.raises(ConfigError, match="another edge-app service is using"):
-            create_app({"storage": {"data_dir": str(data)}, "model": {"threads": 1}})
-    finally:
-        services.get_from(app).stop()
+            Service(Settings.model_validate({"storage": {"data_dir": str(data)}, "model": {"threads": 1}}))
     assert cli("restore", str(backup), env={"EDGE_APP_STORAGE_DATA_DIR": str(data)}).returncode == 0
 
 
@@ -169,8 +159,8 @@ def _trusted_backup(cli: Cli, tmp_path: Path) -> Path:
         {"storage": {"data_dir": str(data)}, "model": {"threads": 1, "import_dir": str(tmp_path)}}
     )
     init_tls(settings, [])
-    app = create_app(settings)
-    try:
+    with Service(settings) as svc:
+        app = create_app(svc)
         accounts = services.get_from(app).accounts
         for name, roles in {
             "dr-ade": "clinician",
@@ -182,8 +172,6 @@ def _trusted_backup(cli: Cli, tmp_path: Path) -> Path:
         accounts.set_disabled("old", True)
         accounts.create_token("ris", parse_roles("technician"))
         import_folder(bundle_variant(tmp_path, "1.2.0"), settings)
-    finally:
-        services.get_from(app).stop()
     made = cli("backup", str(tmp_path / "usb"), env={"EDGE_APP_STORAGE_DATA_DIR": str(data)})
     assert made.returncode == 0, made.stderr
     (backup,) = (tmp_path / "usb").iterdir()

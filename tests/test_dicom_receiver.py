@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, StoragePresentationContexts
 
 from conftest import cr_and_us_files, dicom_file
+from edge_app.config import Settings
 from edge_app.service import Service
 from edge_app.web import create_app, services
 
@@ -27,16 +28,8 @@ CR_US = cr_and_us_files()
 
 
 @pytest.fixture
-def app(tmp_path: Path, free_port: int) -> Iterator[Flask]:
-    app = create_app(
-        {
-            "storage": {"data_dir": str(tmp_path / "data")},
-            "model": {"threads": 1},
-            "capture": {"dicom": {"enabled": True, "host": "127.0.0.1", "port": free_port}},
-        }
-    )
-    yield app
-    services.get_from(app).stop()
+def app(tmp_path: Path, free_port: int, service: Callable[..., Service]) -> Flask:
+    return create_app(service(_dicom_settings(tmp_path, free_port)))
 
 
 def _service(app: Flask) -> Service:
@@ -193,35 +186,38 @@ def test_echo(app: Flask) -> None:
     assoc.release()
 
 
-def test_calling_ae_titles_and_addresses_outside_the_allow_lists_are_refused(tmp_path: Path, free_port: int) -> None:
-    app = create_app(
-        {
-            "storage": {"data_dir": str(tmp_path / "data")},
-            "capture": {
-                "dicom": {"enabled": True, "host": "127.0.0.1", "port": free_port, "allowed_ae_titles": ["XRAY1"]}
-            },
-        }
-    )
-    try:
+def test_calling_ae_titles_and_addresses_outside_the_allow_lists_are_refused(
+    tmp_path: Path, free_port: int, service: Callable[..., Service]
+) -> None:
+    with Service(
+        Settings.model_validate(
+            {
+                "storage": {"data_dir": str(tmp_path / "data")},
+                "capture": {
+                    "dicom": {"enabled": True, "host": "127.0.0.1", "port": free_port, "allowed_ae_titles": ["XRAY1"]}
+                },
+            }
+        )
+    ):
         ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
         assoc = _associate(free_port, calling="INTRUDER")
         assert assoc.is_rejected
         assert _send(free_port, [ds], calling="XRAY1") == [0x0000]
-    finally:
-        services.get_from(app).stop()
-    app = create_app(
+    service(
         {
             "storage": {"data_dir": str(tmp_path / "data2")},
             "capture": {
-                "dicom": {"enabled": True, "host": "127.0.0.1", "port": free_port, "allowed_addresses": ["10.9.9.0/24"]}
+                "dicom": {
+                    "enabled": True,
+                    "host": "127.0.0.1",
+                    "port": free_port,
+                    "allowed_addresses": ["10.9.9.0/24"],
+                }
             },
         }
     )
-    try:
-        assoc = _associate(free_port)
-        assert not assoc.is_established, "127.0.0.1 is not in 10.9.9.0/24"
-    finally:
-        services.get_from(app).stop()
+    assoc = _associate(free_port)
+    assert not assoc.is_established, "127.0.0.1 is not in 10.9.9.0/24"
 
 
 def test_health_shows_the_receiver_and_the_devices_page_its_address(
@@ -269,7 +265,7 @@ def test_dcmtk_storescu_and_echoscu(app: Flask, api_client: Callable[[Flask], Fl
 
 
 def test_each_image_goes_to_the_bundles_whose_intended_use_fits(
-    tmp_path: Path, free_port: int, api_client: Callable[[Flask], FlaskClient]
+    tmp_path: Path, free_port: int, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
 ) -> None:
     """A second bundle for ultrasound (the reference model's copy, its manifest saying US): a US image goes to it,
     a chest radiograph to the chest model, and a CT image to none (no_model)."""
@@ -282,34 +278,33 @@ def test_each_image_goes_to_the_bundles_whose_intended_use_fits(
     manifest["name"], manifest["intended_use"] = "us-demo", {"modality": ["US"], "body_part": ""}
     (us_bundle / "manifest.json").write_text(json.dumps(manifest))
     app = create_app(
-        {
-            "storage": {"data_dir": str(tmp_path / "data")},
-            "model": {"threads": 1, "extra_bundles": [str(us_bundle)]},
-            "capture": {"dicom": {"enabled": True, "host": "127.0.0.1", "port": free_port}},
-        }
+        service(
+            {
+                "storage": {"data_dir": str(tmp_path / "data")},
+                "model": {"threads": 1, "extra_bundles": [str(us_bundle)]},
+                "capture": {"dicom": {"enabled": True, "host": "127.0.0.1", "port": free_port}},
+            }
+        )
     )
-    try:
-        service = _service(app)
-        files = {"RG1_UNCR.dcm": "cxr-reference", "US1_UNCR.dcm": "us-demo", "CT_small.dcm": None}
-        datasets = [pydicom.dcmread(dicom_file(name)) for name in files]
-        assert _send(free_port, [ds for ds in datasets if ds.Modality != "CT"]) == [0, 0]
-        ct = datasets[2]
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context(ct.SOPClassUID, ct.file_meta.TransferSyntaxUID)
-        assoc = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP")
-        assert int(assoc.send_c_store(ct).Status) == 0
-        assoc.release()
-        for ds, model in zip(datasets, files.values(), strict=True):
-            study = api_client(app).get(f"/api/v1/studies/{ds.StudyInstanceUID}").get_json()
-            (image,) = study["images"]
-            status, reason = service.store.wait_for(image["id"], timeout=60)
-            image = api_client(app).get(f"/api/v1/studies/{ds.StudyInstanceUID}").get_json()["images"][0]
-            if model is None:
-                assert status == "no_model" and "modality CT" in str(reason) and image["results"] == []
-            else:
-                assert [r["model"]["name"] for r in image["results"]] == [model]
-    finally:
-        services.get_from(app).stop()
+    svc = _service(app)
+    files = {"RG1_UNCR.dcm": "cxr-reference", "US1_UNCR.dcm": "us-demo", "CT_small.dcm": None}
+    datasets = [pydicom.dcmread(dicom_file(name)) for name in files]
+    assert _send(free_port, [ds for ds in datasets if ds.Modality != "CT"]) == [0, 0]
+    ct = datasets[2]
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ct.SOPClassUID, ct.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP")
+    assert int(assoc.send_c_store(ct).Status) == 0
+    assoc.release()
+    for ds, model in zip(datasets, files.values(), strict=True):
+        study = api_client(app).get(f"/api/v1/studies/{ds.StudyInstanceUID}").get_json()
+        (image,) = study["images"]
+        status, reason = svc.store.wait_for(image["id"], timeout=60)
+        image = api_client(app).get(f"/api/v1/studies/{ds.StudyInstanceUID}").get_json()["images"][0]
+        if model is None:
+            assert status == "no_model" and "modality CT" in str(reason) and image["results"] == []
+        else:
+            assert [r["model"]["name"] for r in image["results"]] == [model]
 
 
 def _self_signed(folder: Path) -> tuple[Path, Path]:
@@ -343,42 +338,43 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def test_dicom_over_tls(tmp_path: Path, free_port: int, api_client: Callable[[Flask], FlaskClient]) -> None:
+def test_dicom_over_tls(
+    tmp_path: Path, free_port: int, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
+) -> None:
     """With tls_cert and tls_key the receiver speaks TLS only: a TLS peer trusting the certificate stores an
     image; a plain peer gets no association."""
     import ssl
 
     cert, key = _self_signed(tmp_path)
     app = create_app(
-        {
-            "storage": {"data_dir": str(tmp_path / "data")},
-            "capture": {
-                "dicom": {
-                    "enabled": True,
-                    "host": "127.0.0.1",
-                    "port": free_port,
-                    "tls_cert": str(cert),
-                    "tls_key": str(key),
-                }
-            },
-        }
+        service(
+            {
+                "storage": {"data_dir": str(tmp_path / "data")},
+                "capture": {
+                    "dicom": {
+                        "enabled": True,
+                        "host": "127.0.0.1",
+                        "port": free_port,
+                        "tls_cert": str(cert),
+                        "tls_key": str(key),
+                    }
+                },
+            }
+        )
     )
-    try:
-        ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-        assoc = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP", tls_args=(context, "localhost"))
-        assert assoc.is_established
-        assert int(assoc.send_c_store(ds).Status) == 0
-        assoc.release()
-        plain = AE(ae_title="MODALITY")
-        plain.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-        plain.acse_timeout = plain.network_timeout = 3
-        assert not plain.associate("127.0.0.1", free_port, ae_title="EDGEAPP").is_established
-        assert str(services.get_from(app).sources[0].state()["detail"]).endswith("(TLS)")
-    finally:
-        services.get_from(app).stop()
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP", tls_args=(context, "localhost"))
+    assert assoc.is_established
+    assert int(assoc.send_c_store(ds).Status) == 0
+    assoc.release()
+    plain = AE(ae_title="MODALITY")
+    plain.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    plain.acse_timeout = plain.network_timeout = 3
+    assert not plain.associate("127.0.0.1", free_port, ae_title="EDGEAPP").is_established
+    assert str(services.get_from(app).sources[0].state()["detail"]).endswith("(TLS)")
 
 
 def test_a_disk_filling_up_mid_transfer_leaves_nothing_half_written(tmp_path: Path, free_port: int) -> None:
@@ -436,8 +432,8 @@ def test_a_disk_filling_up_mid_transfer_leaves_nothing_half_written(tmp_path: Pa
         proc.wait(timeout=30)
 
 
-def _dicom_app(tmp_path: Path, port: int, **dicom: Any) -> Flask:
-    return create_app(
+def _dicom_settings(tmp_path: Path, port: int, **dicom: Any) -> Settings:
+    return Settings.model_validate(
         {
             "storage": {"data_dir": str(tmp_path / "data")},
             "model": {"threads": 1},
@@ -467,130 +463,120 @@ def test_idle_associations_from_one_peer_lock_no_modality_out(app: Flask) -> Non
             assoc.abort()
 
 
-def test_associations_are_capped_in_all_and_dropped_when_silent(tmp_path: Path, free_port: int) -> None:
+def test_associations_are_capped_in_all_and_dropped_when_silent(
+    tmp_path: Path, free_port: int, service: Callable[..., Service]
+) -> None:
     """Two associations per address, three in all: a third from one address and a fourth from another are
     refused; after timeout_s of silence the server drops them (and a bare connection), and a store succeeds."""
     import socket
     import time
 
-    app = _dicom_app(tmp_path, free_port, max_associations=3, max_associations_per_address=2, timeout_s=1.0)
-    try:
-        held = [_idle(free_port, "127.0.0.2"), _idle(free_port, "127.0.0.2")]
-        assert all(a.is_established for a in held)
-        assert not _idle(free_port, "127.0.0.2").is_established, "a third from the same address"
-        held.append(_idle(free_port, "127.0.0.3"))
-        assert held[-1].is_established
-        assert not _idle(free_port, "127.0.0.4").is_established, "a fourth in all"
-        bare = socket.create_connection(("127.0.0.1", free_port))
-        bare.settimeout(10)
-        started = time.monotonic()
-        assert bare.recv(1) == b"", "a connection that never asks for an association is closed"
-        assert time.monotonic() - started < 5
-        bare.close()
-        deadline = time.monotonic() + 10
-        while any(a.is_established for a in held):
-            assert time.monotonic() < deadline, "silent associations are dropped after timeout_s"
-            time.sleep(0.1)
-        assert all(a.is_aborted for a in held)
-        while not (modality := _idle(free_port, "127.0.0.1")).is_established:  # their threads end, then room
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        modality.release()
-    finally:
-        services.get_from(app).stop()
+    service(_dicom_settings(tmp_path, free_port, max_associations=3, max_associations_per_address=2, timeout_s=1.0))
+    held = [_idle(free_port, "127.0.0.2"), _idle(free_port, "127.0.0.2")]
+    assert all(a.is_established for a in held)
+    assert not _idle(free_port, "127.0.0.2").is_established, "a third from the same address"
+    held.append(_idle(free_port, "127.0.0.3"))
+    assert held[-1].is_established
+    assert not _idle(free_port, "127.0.0.4").is_established, "a fourth in all"
+    bare = socket.create_connection(("127.0.0.1", free_port))
+    bare.settimeout(10)
+    started = time.monotonic()
+    assert bare.recv(1) == b"", "a connection that never asks for an association is closed"
+    assert time.monotonic() - started < 5
+    bare.close()
+    deadline = time.monotonic() + 10
+    while any(a.is_established for a in held):
+        assert time.monotonic() < deadline, "silent associations are dropped after timeout_s"
+        time.sleep(0.1)
+    assert all(a.is_aborted for a in held)
+    while not (modality := _idle(free_port, "127.0.0.1")).is_established:  # their threads end, then room
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    modality.release()
 
 
-def test_the_called_ae_title_must_be_ours_unless_any_is_accepted(tmp_path: Path, free_port: int) -> None:
-    app = _dicom_app(tmp_path, free_port)
-    try:
+def test_the_called_ae_title_must_be_ours_unless_any_is_accepted(
+    tmp_path: Path, free_port: int, service: Callable[..., Service]
+) -> None:
+    with Service(_dicom_settings(tmp_path, free_port)):
         ae = AE(ae_title="MODALITY")
         ae.add_requested_context("1.2.840.10008.1.1")
         assert ae.associate("127.0.0.1", free_port, ae_title="SOMEONEELSE").is_rejected
-    finally:
-        services.get_from(app).stop()
-    app = _dicom_app(tmp_path, free_port, any_called_ae_title=True)
-    try:
-        assoc = ae.associate("127.0.0.1", free_port, ae_title="SOMEONEELSE")
-        assert assoc.is_established
-        assoc.release()
-    finally:
-        services.get_from(app).stop()
+    service(_dicom_settings(tmp_path, free_port, any_called_ae_title=True))
+    assoc = ae.associate("127.0.0.1", free_port, ae_title="SOMEONEELSE")
+    assert assoc.is_established
+    assoc.release()
 
 
-def test_no_association_without_room_for_one_more_object(tmp_path: Path, free_port: int) -> None:
+def test_no_association_without_room_for_one_more_object(
+    tmp_path: Path, free_port: int, service: Callable[..., Service]
+) -> None:
     """Free space is looked at before receiving: with less than storage.min_free_mb + max_object_mb free, an
     association is refused (transient: the modality tries again later); one opened before gets 0xA700."""
     import shutil
 
-    app = _dicom_app(tmp_path, free_port)
-    try:
-        ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-        opened = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP")
-        assert opened.is_established
-        ingest = _service(app).ingest
-        ingest.min_free_mb = shutil.disk_usage(tmp_path).free // 2**20 + 100  # the disk filled up meanwhile
-        refused = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP")
-        assert refused.is_rejected
-        assert (refused.acceptor.primitive.result, refused.acceptor.primitive.result_source) == (0x02, 0x03)
-        assert int(opened.send_c_store(ds).Status) == 0xA700
-        opened.release()
-        assert [p for p in (tmp_path / "data" / "files").rglob("*") if p.is_file()] == []
-    finally:
-        services.get_from(app).stop()
+    app = create_app(service(_dicom_settings(tmp_path, free_port)))
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    opened = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP")
+    assert opened.is_established
+    ingest = _service(app).ingest
+    ingest.min_free_mb = shutil.disk_usage(tmp_path).free // 2**20 + 100  # the disk filled up meanwhile
+    refused = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP")
+    assert refused.is_rejected
+    assert (refused.acceptor.primitive.result, refused.acceptor.primitive.result_source) == (0x02, 0x03)
+    assert int(opened.send_c_store(ds).Status) == 0xA700
+    opened.release()
+    assert [p for p in (tmp_path / "data" / "files").rglob("*") if p.is_file()] == []
 
 
-def test_a_peer_refused_often_is_slowed(tmp_path: Path, free_port: int) -> None:
+def test_a_peer_refused_often_is_slowed(tmp_path: Path, free_port: int, service: Callable[..., Service]) -> None:
     """max_refused_per_min = 2: the first two refusals are answered at once, then each answer waits a second
     more per refusal beyond."""
     import time
 
-    app = _dicom_app(tmp_path, free_port, max_refused_per_min=2)
-    try:
-        ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
-        del ds.PixelData
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-        assoc = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP")
-        took = []
-        for n in range(4):
-            ds.SOPInstanceUID = f"1.2.3.998.{n}"
-            started = time.monotonic()
-            assert int(assoc.send_c_store(ds).Status) == 0xA900
-            took.append(time.monotonic() - started)
-        assoc.release()
-        assert max(took[:2]) < 0.9 and 0.9 < took[2] < 1.9 and took[3] > 1.9, took
-    finally:
-        services.get_from(app).stop()
+    service(_dicom_settings(tmp_path, free_port, max_refused_per_min=2))
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    del ds.PixelData
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP")
+    took = []
+    for n in range(4):
+        ds.SOPInstanceUID = f"1.2.3.998.{n}"
+        started = time.monotonic()
+        assert int(assoc.send_c_store(ds).Status) == 0xA900
+        took.append(time.monotonic() - started)
+    assoc.release()
+    assert max(took[:2]) < 0.9 and 0.9 < took[2] < 1.9 and took[3] > 1.9, took
 
 
-def test_a_peer_sending_what_no_model_reads_is_slowed(tmp_path: Path, free_port: int) -> None:
+def test_a_peer_sending_what_no_model_reads_is_slowed(
+    tmp_path: Path, free_port: int, service: Callable[..., Service]
+) -> None:
     """max_refused_per_min = 2 and ultrasound images, which no model here reads: each is stored and acknowledged,
     the worker finds no model for it, and from the third such object of the minute each answer waits longer."""
     import time
 
-    app = _dicom_app(tmp_path, free_port, max_refused_per_min=2)
-    try:
-        store = _service(app).store
-        ds = pydicom.dcmread(dicom_file("US1_UNCR.dcm"))
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-        assoc = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP")
-        took = []
-        for n in range(5):
-            ds.SOPInstanceUID = f"1.2.3.996.{n}"
-            started = time.monotonic()
-            assert int(assoc.send_c_store(ds).Status) == 0x0000
-            took.append(time.monotonic() - started)
-            (image,) = [
-                i for i in store.get_study(ds.StudyInstanceUID)["images"] if i["sop_instance_uid"] == ds.SOPInstanceUID
-            ]
-            assert store.wait_for(image["id"], timeout=30)[0] == "no_model"
-        assoc.release()
-        assert max(took[1:3]) < 0.9 and 0.9 < took[3] < 1.9 and took[4] > 1.9, took  # the first may be slow
-    finally:
-        services.get_from(app).stop()
+    app = create_app(service(_dicom_settings(tmp_path, free_port, max_refused_per_min=2)))
+    store = _service(app).store
+    ds = pydicom.dcmread(dicom_file("US1_UNCR.dcm"))
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP")
+    took = []
+    for n in range(5):
+        ds.SOPInstanceUID = f"1.2.3.996.{n}"
+        started = time.monotonic()
+        assert int(assoc.send_c_store(ds).Status) == 0x0000
+        took.append(time.monotonic() - started)
+        (image,) = [
+            i for i in store.get_study(ds.StudyInstanceUID)["images"] if i["sop_instance_uid"] == ds.SOPInstanceUID
+        ]
+        assert store.wait_for(image["id"], timeout=30)[0] == "no_model"
+    assoc.release()
+    assert max(took[1:3]) < 0.9 and 0.9 < took[3] < 1.9 and took[4] > 1.9, took  # the first may be slow
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -660,7 +646,9 @@ def test_a_large_data_set_is_streamed_to_disk_and_a_larger_one_aborted(
         proc.wait(timeout=30)
 
 
-def test_a_silent_connection_holds_up_no_tls_peer(tmp_path: Path, free_port: int) -> None:
+def test_a_silent_connection_holds_up_no_tls_peer(
+    tmp_path: Path, free_port: int, service: Callable[..., Service]
+) -> None:
     """Over TLS, a TCP connection that never starts its handshake (and one that stops half-way) leaves the others
     to associate, and is dropped after timeout_s."""
     import socket
@@ -668,26 +656,23 @@ def test_a_silent_connection_holds_up_no_tls_peer(tmp_path: Path, free_port: int
     import time
 
     cert, key = _self_signed(tmp_path)
-    app = _dicom_app(tmp_path, free_port, tls_cert=str(cert), tls_key=str(key), timeout_s=2.0)
-    try:
-        silent = socket.create_connection(("127.0.0.1", free_port))
-        stalled = socket.create_connection(("127.0.0.1", free_port))
-        stalled.sendall(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello
-        ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-        ae.acse_timeout = ae.connection_timeout = 5  # the connection's timeout bounds the TLS handshake
-        assoc = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP", tls_args=(context, "localhost"))
-        assert assoc.is_established and int(assoc.send_c_store(ds).Status) == 0
-        assoc.release()
-        for sock in (silent, stalled):
-            sock.settimeout(10)
-            started = time.monotonic()
-            assert sock.recv(1) == b"" and time.monotonic() - started < 8, "dropped after timeout_s"
-            sock.close()
-    finally:
-        services.get_from(app).stop()
+    service(_dicom_settings(tmp_path, free_port, tls_cert=str(cert), tls_key=str(key), timeout_s=2.0))
+    silent = socket.create_connection(("127.0.0.1", free_port))
+    stalled = socket.create_connection(("127.0.0.1", free_port))
+    stalled.sendall(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    ae.acse_timeout = ae.connection_timeout = 5  # the connection's timeout bounds the TLS handshake
+    assoc = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP", tls_args=(context, "localhost"))
+    assert assoc.is_established and int(assoc.send_c_store(ds).Status) == 0
+    assoc.release()
+    for sock in (silent, stalled):
+        sock.settimeout(10)
+        started = time.monotonic()
+        assert sock.recv(1) == b"" and time.monotonic() - started < 8, "dropped after timeout_s"
+        sock.close()
 
 
 def test_check_warns_of_a_receiver_open_to_the_network_without_allow_lists_or_tls(

@@ -16,8 +16,9 @@ from conftest import dicom_file
 from edge_app.capture.folder import FolderWatcher
 from edge_app.config import FolderCaptureSettings
 from edge_app.ingest import Ingest
+from edge_app.service import Service
 from edge_app.store import Store
-from edge_app.web import create_app, services
+from edge_app.web import create_app
 
 
 def _more_than_free(path: Path) -> int:
@@ -31,41 +32,37 @@ def _stored(data: Path) -> list[Path]:
 
 
 def test_the_api_answers_507_and_keeps_nothing(
-    tmp_path: Path, api_client: Callable[[Flask], FlaskClient], nih_png: Path
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient], nih_png: Path, service: Callable[..., Service]
 ) -> None:
     data = tmp_path / "data"
     guard = _more_than_free(data)
-    app = create_app({"storage": {"data_dir": str(data), "min_free_mb": guard}, "model": {"threads": 1}})
-    try:
-        client = api_client(app)
-        resp = client.post("/api/v1/studies?filename=a.png", data=nih_png.read_bytes())
-        assert resp.status_code == 507
-        assert f"storage.min_free_mb is {guard}): new images are refused" in resp.get_json()["detail"]
-        assert client.get("/api/v1/studies").get_json()["studies"] == [] and _stored(data) == []
-    finally:
-        services.get_from(app).stop()
+    app = create_app(service({"storage": {"data_dir": str(data), "min_free_mb": guard}, "model": {"threads": 1}}))
+    client = api_client(app)
+    resp = client.post("/api/v1/studies?filename=a.png", data=nih_png.read_bytes())
+    assert resp.status_code == 507
+    assert f"storage.min_free_mb is {guard}): new images are refused" in resp.get_json()["detail"]
+    assert client.get("/api/v1/studies").get_json()["studies"] == [] and _stored(data) == []
 
 
-def test_a_dicom_association_is_refused_for_now(tmp_path: Path, free_port: int) -> None:
+def test_a_dicom_association_is_refused_for_now(
+    tmp_path: Path, free_port: int, service: Callable[..., Service]
+) -> None:
     """Looked at before any data set arrives: a transient rejection, so the modality keeps the image and tries
     again (a C-STORE on an association opened before gets 0xA700: test_dicom_receiver)."""
     data = tmp_path / "data"
-    app = create_app(
+    service(
         {
             "storage": {"data_dir": str(data), "min_free_mb": _more_than_free(data)},
             "model": {"threads": 1},
             "capture": {"dicom": {"enabled": True, "host": "127.0.0.1", "port": free_port}},
         }
     )
-    try:
-        ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-        assoc = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP")
-        assert assoc.is_rejected and assoc.acceptor.primitive.result == 0x02, "rejected transient"
-        assert _stored(data) == []
-    finally:
-        services.get_from(app).stop()
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", free_port, ae_title="EDGEAPP")
+    assert assoc.is_rejected and assoc.acceptor.primitive.result == 0x02, "rejected transient"
+    assert _stored(data) == []
 
 
 def test_a_watched_folder_leaves_the_file_for_later(tmp_path: Path, nih_png: Path) -> None:

@@ -14,6 +14,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from conftest import NIH, dicom_bytes, dicom_file
+from edge_app.config import Settings
+from edge_app.service import Service
 from edge_app.web import create_app, services
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
@@ -30,16 +32,16 @@ def _crafted() -> bytes:
 
 def _served(tmp_path: Path, api_client: Callable[[Flask], FlaskClient]) -> tuple[dict, dict]:  # type: ignore[type-arg]
     """A data directory holding a CR DICOM study (`_crafted`, reviewed with a note) and a PNG study."""
-    app = create_app({"storage": {"data_dir": str(tmp_path / "data")}, "model": {"threads": 1}})
-    try:
+    with Service(
+        Settings.model_validate({"storage": {"data_dir": str(tmp_path / "data")}, "model": {"threads": 1}})
+    ) as svc:
+        app = create_app(svc)
         client = api_client(app)
         dicom = client.post("/api/v1/studies?filename=rg1.dcm", data=_crafted())
         png = client.post("/api/v1/studies?filename=p.png", data=sorted((NIH / "images").glob("*.png"))[0].read_bytes())
         result = dicom.get_json()["images"][0]["results"][0]
         services.get_from(app).reviews.add(result["id"], "dr-ade", {"Effusion": "disagree"}, "pleura fine")
         return dicom.get_json(), png.get_json()
-    finally:
-        services.get_from(app).stop()
 
 
 def _bytes_of(folder: Path) -> bytes:
@@ -117,13 +119,13 @@ def test_what_cannot_be_de_identified_is_left_out_and_named(
     palette = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).convert("P", palette=Image.ADAPTIVE)
     buf = io.BytesIO()
     palette.save(buf, "PNG")
-    app = create_app({"storage": {"data_dir": str(tmp_path / "data")}, "model": {"threads": 1}})
-    try:
+    with Service(
+        Settings.model_validate({"storage": {"data_dir": str(tmp_path / "data")}, "model": {"threads": 1}})
+    ) as svc:
+        app = create_app(svc)
         client = api_client(app)
         junk = client.post("/api/v1/studies?filename=junk.bin", data=b"\x00" * 300).get_json()["study"]["uid"]
         client.post("/api/v1/studies?filename=p.png", data=buf.getvalue())
-    finally:
-        services.get_from(app).stop()
     env = {"EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "data")}
     assert cli("export", str(tmp_path / "deid"), "--deidentify", env=env).returncode == 0
     (export,) = (tmp_path / "deid").iterdir()
@@ -141,8 +143,10 @@ def _studies(tmp_path: Path, api_client: Callable[[Flask], FlaskClient], modalit
     """One RG1_UNCR study per modality sent through the API, in that order; return their UIDs."""
     from pydicom.uid import generate_uid
 
-    app = create_app({"storage": {"data_dir": str(tmp_path / "data")}, "model": {"threads": 1}})
-    try:
+    with Service(
+        Settings.model_validate({"storage": {"data_dir": str(tmp_path / "data")}, "model": {"threads": 1}})
+    ) as svc:
+        app = create_app(svc)
         client = api_client(app)
         uids = []
         for modality in modalities:
@@ -152,8 +156,6 @@ def _studies(tmp_path: Path, api_client: Callable[[Flask], FlaskClient], modalit
             client.post("/api/v1/studies?filename=x.dcm", data=dicom_bytes(ds))
             uids.append(ds.StudyInstanceUID)
         return uids
-    finally:
-        services.get_from(app).stop()
 
 
 def test_a_study_uid_is_never_a_path(cli: Cli, tmp_path: Path, api_client: Callable[[Flask], FlaskClient]) -> None:

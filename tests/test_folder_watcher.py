@@ -92,9 +92,7 @@ def test_the_service_watches_the_folder_and_diagnoses(tmp_path: Path, nih_png: P
             "capture": {"folder": {"enabled": True, "path": str(root), "poll_s": 0.05, "stable_s": 0.1}},
         }
     )
-    service = Service(settings)
-    service.start()
-    try:
+    with Service(settings) as service:
         (root / "chest.png").write_bytes(nih_png.read_bytes())
         deadline = time.monotonic() + 30
         while not (root / "done" / "chest.png").exists() and time.monotonic() < deadline:
@@ -103,8 +101,6 @@ def test_the_service_watches_the_folder_and_diagnoses(tmp_path: Path, nih_png: P
         assert state == {"name": "folder", "connected": True, "detail": str(root), "received": 1}
         (study,) = service.store.list_studies()
         assert service.store.wait_for(study["images"][0]["id"], timeout=30) == ("done", None)
-    finally:
-        service.stop()
 
 
 def _stored(store: Store) -> list[Path]:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from edge_app.runtime.engines.ensure import ensure_engines
 from edge_app.runtime.onnx import OnnxRuntimeRunner
 from edge_app.runtime.tensorrt import TensorRTRunner, current_platform
 from edge_app.service import Service
-from edge_app.web import create_app, services
+from edge_app.web import create_app
 
 pytestmark = pytest.mark.usefixtures("fake_gpu")
 
@@ -370,18 +370,14 @@ def _wait(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> No
 
 @pytest.fixture
 def jetson_service(
-    tmp_path: Path, api_client: Callable[[Flask], FlaskClient]
-) -> Iterator[tuple[Service, Callable[[], dict[str, Any]], FlaskClient]]:
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
+) -> tuple[Service, Callable[[], dict[str, Any]], FlaskClient]:
     """The service on the fake Jetson, once the configured model runs on its engine: (service, health, client)."""
-    app = create_app(_settings(tmp_path, max_batch=2))
-    svc = services.get_from(app)
-    client = api_client(app)
+    svc = service(_settings(tmp_path, max_batch=2))
+    client = api_client(create_app(svc))
     health = lambda: client.get("/api/v1/health").get_json()  # noqa: E731
-    try:
-        _wait(lambda: health()["runner"] == "tensorrt", "the configured model's engine")
-        yield svc, health, client
-    finally:
-        svc.stop()
+    _wait(lambda: health()["runner"] == "tensorrt", "the configured model's engine")
+    return svc, health, client
 
 
 def test_a_model_update_is_put_in_service_only_with_an_engine_that_passes_its_check(
@@ -395,7 +391,7 @@ def test_a_model_update_is_put_in_service_only_with_an_engine_that_passes_its_ch
     recorded so: a restart keeps it), with the reason on /api/v1/health."""
     svc, health, client = jetson_service
     fake_gpu.setenv("FAKE_TRT_FAULT", "drift")  # engines built from now on compute wrong
-    svc.activate(bundle_variant(tmp_path, "1.2.0"), "boss")
+    svc.lifecycle.activate(bundle_variant(tmp_path, "1.2.0"), "boss")
     _wait(lambda: health()["problem"] is not None, "the update's engine check")
     now = health()
     assert (now["status"], now["version"], now["runner"]) == ("degraded", "1.1.1", "tensorrt")
@@ -403,10 +399,10 @@ def test_a_model_update_is_put_in_service_only_with_an_engine_that_passes_its_ch
     assert now["problem"].endswith("engine refused): the previous model runs")
     result = client.post("/api/v1/studies?filename=a.png", data=nih_png.read_bytes()).get_json()
     assert result["images"][0]["results"][0]["model"]["version"] == "1.1.1"
-    assert svc.models.activations()[0].version == "1.1.1", "recorded: a restart keeps the running model"
+    assert svc.lifecycle.history.activations()[0].version == "1.1.1", "recorded: a restart keeps the running model"
 
     fake_gpu.delenv("FAKE_TRT_FAULT")
-    svc.activate(bundle_variant(tmp_path, "1.3.0"), "boss")
+    svc.lifecycle.activate(bundle_variant(tmp_path, "1.3.0"), "boss")
     _wait(lambda: health()["version"] == "1.3.0", "the good update")
     now = health()
     assert (now["status"], now["runner"], now["problem"]) == ("ok", "tensorrt", None)
@@ -421,38 +417,33 @@ def test_a_model_chosen_while_another_waits_for_its_engine_wins(
     (engine ready): 1.1.1 serves, and 1.2.0's build finishing later changes nothing."""
     svc, health, _ = jetson_service
     fake_gpu.setenv("FAKE_TRT_BUILD_S", "3")
-    svc.activate(bundle_variant(tmp_path, "1.2.0"), "boss")
-    svc.activate(EMBEDDED_BUNDLE, "boss")
+    svc.lifecycle.activate(bundle_variant(tmp_path, "1.2.0"), "boss")
+    svc.lifecycle.activate(EMBEDDED_BUNDLE, "boss")
     time.sleep(6)  # 1.2.0's build is over (or cancelled)
     assert (health()["version"], health()["problem"]) == ("1.1.1", None)
-    assert svc.models.activations()[0].version == "1.1.1"
+    assert svc.lifecycle.history.activations()[0].version == "1.1.1"
 
 
 def test_a_restart_while_an_update_waits_for_its_engine_serves_the_previous_model_first(
-    tmp_path: Path, fake_gpu: pytest.MonkeyPatch, api_client: Callable[[Flask], FlaskClient]
+    tmp_path: Path,
+    fake_gpu: pytest.MonkeyPatch,
+    api_client: Callable[[Flask], FlaskClient],
+    service: Callable[..., Service],
 ) -> None:
     """Never an unchecked model after a restart: the one before it serves until its engine passes."""
     settings = _settings(tmp_path, max_batch=2)
-    app = create_app(settings)
-    svc = services.get_from(app)
-    client = api_client(app)
-    health = lambda: client.get("/api/v1/health").get_json()  # noqa: E731
-    try:
+    with Service(settings) as svc:  # stopped at the end of the block: a power cut, the build never finished
+        client = api_client(create_app(svc))
+        health = lambda: client.get("/api/v1/health").get_json()  # noqa: E731
         _wait(lambda: health()["runner"] == "tensorrt", "the configured model's engine")
         fake_gpu.setenv("FAKE_TRT_BUILD_S", "60")
-        svc.activate(bundle_variant(tmp_path, "1.2.0"), "boss")
+        svc.lifecycle.activate(bundle_variant(tmp_path, "1.2.0"), "boss")
         time.sleep(1)
-    finally:
-        svc.stop()  # a power cut, a restart: the build never finished
     fake_gpu.setenv("FAKE_TRT_BUILD_S", "2")
-    app = create_app(settings)
-    client = api_client(app)
-    try:
-        assert health()["version"] == "1.1.1", "the model before it, with its checked engine"
-        _wait(lambda: health()["version"] == "1.2.0", "1.2.0 once its engine passed")
-        assert health()["runner"] == "tensorrt"
-    finally:
-        services.get_from(app).stop()
+    client = api_client(create_app(service(settings)))
+    assert health()["version"] == "1.1.1", "the model before it, with its checked engine"
+    _wait(lambda: health()["version"] == "1.2.0", "1.2.0 once its engine passed")
+    assert health()["runner"] == "tensorrt"
 
 
 def test_builds_take_turns_and_a_stale_timing_cache_is_replaced(

@@ -17,6 +17,7 @@ from flask.testing import FlaskClient
 from conftest import AuthActions, bundle_variant
 from edge_app.bundles.bundle import load_bundle
 from edge_app.config import EMBEDDED_BUNDLE, Settings
+from edge_app.service import Service
 from edge_app.web import create_app, services
 
 
@@ -68,27 +69,24 @@ def test_an_uploaded_bundle_is_verified_kept_and_put_in_service(
 
 
 def test_the_model_in_service_and_the_site_thresholds_outlive_a_restart(
-    settings: Settings, tmp_path: Path, api_client: Callable[[Flask], FlaskClient], nih_png: Path
+    settings: Settings,
+    tmp_path: Path,
+    api_client: Callable[[Flask], FlaskClient],
+    nih_png: Path,
+    service: Callable[..., Service],
 ) -> None:
-    app = create_app(settings)
-    svc = services.get_from(app)
-    try:
-        bundle = svc.activate(bundle_variant(tmp_path, "1.3.0"), "boss")
+    with Service(settings) as svc:
+        bundle = svc.lifecycle.activate(bundle_variant(tmp_path, "1.3.0"), "boss")
         labels = bundle.manifest.labels
-        assert svc.set_thresholds(bundle.sha256, dict.fromkeys(labels, 0.0), "boss") == 1
-        assert svc.set_thresholds(bundle.sha256, dict.fromkeys(labels, 1.0), "boss") == 2
-    finally:
-        svc.stop()
-    app = create_app(settings)
-    try:
-        client = api_client(app)
-        assert client.get("/api/v1/health").get_json()["version"] == "1.3.0"
-        result = client.post("/api/v1/studies?filename=a.png", data=nih_png.read_bytes()).get_json()
-        findings = result["images"][0]["results"][0]["findings"]
-        assert {f["threshold"] for f in findings} == {1.0}, "the site's version 2"
-        assert not any(f["positive"] for f in findings if f["probability"] < 1.0)
-    finally:
-        services.get_from(app).stop()
+        assert svc.lifecycle.set_thresholds(bundle.sha256, dict.fromkeys(labels, 0.0), "boss") == 1
+        assert svc.lifecycle.set_thresholds(bundle.sha256, dict.fromkeys(labels, 1.0), "boss") == 2
+    app = create_app(service(settings))
+    client = api_client(app)
+    assert client.get("/api/v1/health").get_json()["version"] == "1.3.0"
+    result = client.post("/api/v1/studies?filename=a.png", data=nih_png.read_bytes()).get_json()
+    findings = result["images"][0]["results"][0]["findings"]
+    assert {f["threshold"] for f in findings} == {1.0}, "the site's version 2"
+    assert not any(f["positive"] for f in findings if f["probability"] < 1.0)
 
 
 def test_site_thresholds_from_the_admin_page(
@@ -112,7 +110,7 @@ def test_site_thresholds_from_the_admin_page(
     assert "thresholds are needed for exactly the model&#39;s labels" in browser.get("/admin/models").get_data(
         as_text=True
     )
-    assert [t.version for t in svc.models.threshold_history(sha)] == [1]
+    assert [t.version for t in svc.lifecycle.history.threshold_history(sha)] == [1]
     assert ("boss", "model.thresholds") in [(e["actor"], e["action"]) for e in svc.store.audit_trail()]
 
 
@@ -164,26 +162,27 @@ def test_a_zip_that_leaves_its_folder_is_refused(app: Flask, admin: tuple[FlaskC
     assert not (services.get_from(app).settings.storage.data_dir.parent / "escaped.txt").exists()
 
 
-def test_a_bundle_from_the_usb_folder(tmp_path: Path, api_client: Callable[[Flask], FlaskClient]) -> None:
+def test_a_bundle_from_the_usb_folder(
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
+) -> None:
     usb = tmp_path / "usb"
     (usb / "models").mkdir(parents=True)
     variant = bundle_variant(tmp_path, "2.0.0")
     shutil.copytree(variant, usb / "models" / "cxr-2")
-    app = create_app({"storage": {"data_dir": str(tmp_path / "data")}, "model": {"threads": 1, "import_dir": str(usb)}})
-    try:
-        auth = AuthActions(app, app.test_client())
-        auth.login("admin", name="boss")
-        token = auth.csrf("/admin/models")
-        page = auth.client.get("/admin/models").get_data(as_text=True)
-        assert str(usb / "models" / "cxr-2") in page
-        auth.client.post("/admin/models/import", data={"csrf_token": token, "path": str(usb / "models" / "cxr-2")})
-        auth.client.post("/admin/models/import", data={"csrf_token": token, "path": str(EMBEDDED_BUNDLE)})
-        page = auth.client.get("/admin/models").get_data(as_text=True)
-        assert "cxr-reference 2.0.0 verified and imported." in page
-        assert "is not a bundle folder inside" in page, "nothing is taken from outside the import folder"
-        assert [b.version for b in services.get_from(app).models.changes()] == ["2.0.0"]
-    finally:
-        services.get_from(app).stop()
+    app = create_app(
+        service({"storage": {"data_dir": str(tmp_path / "data")}, "model": {"threads": 1, "import_dir": str(usb)}})
+    )
+    auth = AuthActions(app, app.test_client())
+    auth.login("admin", name="boss")
+    token = auth.csrf("/admin/models")
+    page = auth.client.get("/admin/models").get_data(as_text=True)
+    assert str(usb / "models" / "cxr-2") in page
+    auth.client.post("/admin/models/import", data={"csrf_token": token, "path": str(usb / "models" / "cxr-2")})
+    auth.client.post("/admin/models/import", data={"csrf_token": token, "path": str(EMBEDDED_BUNDLE)})
+    page = auth.client.get("/admin/models").get_data(as_text=True)
+    assert "cxr-reference 2.0.0 verified and imported." in page
+    assert "is not a bundle folder inside" in page, "nothing is taken from outside the import folder"
+    assert [b.version for b in services.get_from(app).lifecycle.history.changes()] == ["2.0.0"]
 
 
 def test_a_rollback_with_nothing_activated_says_so(app: Flask, admin: tuple[FlaskClient, str]) -> None:

@@ -19,7 +19,9 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
 from conftest import dicom_file
-from edge_app.web import create_app, services
+from edge_app.config import Settings
+from edge_app.service import Service
+from edge_app.web import create_app
 
 
 def _until(check: Callable[[], object], timeout: float = 30.0) -> None:
@@ -49,8 +51,8 @@ class Pacs:
         self.server.shutdown()
 
 
-def _app(tmp_path: Path, port: int, retry_s: float = 30.0) -> Flask:
-    return create_app(
+def _settings(tmp_path: Path, port: int, retry_s: float = 30.0) -> Settings:
+    return Settings.model_validate(
         {
             "storage": {"data_dir": str(tmp_path / "data")},
             "model": {"threads": 1},
@@ -76,33 +78,34 @@ def pacs(free_port: int) -> Iterator[Pacs]:
 
 
 def test_the_report_and_the_heatmap_capture_reach_the_pacs(
-    tmp_path: Path, pacs: Pacs, free_port: int, api_client: Callable[[Flask], FlaskClient]
+    tmp_path: Path,
+    pacs: Pacs,
+    free_port: int,
+    api_client: Callable[[Flask], FlaskClient],
+    service: Callable[..., Service],
 ) -> None:
-    app = _app(tmp_path, free_port)
-    try:
-        client = api_client(app)
-        study = _post(client)
-        _until(lambda: len(pacs.received) == 2)
-        by_class = {str(ds.SOPClassUID): ds for ds in pacs.received}
-        sr, sc = by_class[ComprehensiveSRStorage], by_class[SecondaryCaptureImageStorage]
-        source = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"), stop_before_pixels=True)
-        assert sr.StudyInstanceUID == sc.StudyInstanceUID == source.StudyInstanceUID, "they join the image's study"
-        texts = [item.TextValue for item in sr.ContentSequence]
-        assert texts[0] == "cxr-reference 1.1.1 (fp32, onnxruntime)"
-        assert "Not for clinical use" in texts[2]
-        (image,) = study["images"]
-        for finding, text in zip(image["results"][0]["findings"], texts[3:], strict=True):
-            assert text.startswith(f"{finding['label']}: probability {finding['probability']:.4f}, threshold")
-            said = "not validated" if not finding["validated"] else "positive" if finding["positive"] else "negative"
-            assert text.endswith(f", {said}"), "an unvalidated label is neither positive nor negative in the PACS"
-        assert texts[-1].startswith("Infiltration:") and texts[-1].endswith(", not validated")
-        evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
-        assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-        assert sc.PhotometricInterpretation == "RGB" and sc.pixel_array.shape[2] == 3
-        assert max(sc.pixel_array.shape[:2]) == 1024, "the preview, not the 1955x1841 original"
-        _until(lambda: [o["state"] for o in _image(client, study)["outputs"]] == ["sent", "sent"])
-    finally:
-        services.get_from(app).stop()
+    app = create_app(service(_settings(tmp_path, free_port)))
+    client = api_client(app)
+    study = _post(client)
+    _until(lambda: len(pacs.received) == 2)
+    by_class = {str(ds.SOPClassUID): ds for ds in pacs.received}
+    sr, sc = by_class[ComprehensiveSRStorage], by_class[SecondaryCaptureImageStorage]
+    source = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"), stop_before_pixels=True)
+    assert sr.StudyInstanceUID == sc.StudyInstanceUID == source.StudyInstanceUID, "they join the image's study"
+    texts = [item.TextValue for item in sr.ContentSequence]
+    assert texts[0] == "cxr-reference 1.1.1 (fp32, onnxruntime)"
+    assert "Not for clinical use" in texts[2]
+    (image,) = study["images"]
+    for finding, text in zip(image["results"][0]["findings"], texts[3:], strict=True):
+        assert text.startswith(f"{finding['label']}: probability {finding['probability']:.4f}, threshold")
+        said = "not validated" if not finding["validated"] else "positive" if finding["positive"] else "negative"
+        assert text.endswith(f", {said}"), "an unvalidated label is neither positive nor negative in the PACS"
+    assert texts[-1].startswith("Infiltration:") and texts[-1].endswith(", not validated")
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert sc.PhotometricInterpretation == "RGB" and sc.pixel_array.shape[2] == 3
+    assert max(sc.pixel_array.shape[:2]) == 1024, "the preview, not the 1955x1841 original"
+    _until(lambda: [o["state"] for o in _image(client, study)["outputs"]] == ["sent", "sent"])
 
 
 def _image(client: FlaskClient, study: dict) -> dict:  # type: ignore[type-arg]
@@ -111,23 +114,20 @@ def _image(client: FlaskClient, study: dict) -> dict:  # type: ignore[type-arg]
 
 
 def test_a_destination_that_is_away_gets_them_when_it_is_back(
-    tmp_path: Path, free_port: int, api_client: Callable[[Flask], FlaskClient]
+    tmp_path: Path, free_port: int, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
 ) -> None:
-    app = _app(tmp_path, free_port, retry_s=0.2)
+    app = create_app(service(_settings(tmp_path, free_port, retry_s=0.2)))
+    client = api_client(app)
+    study = _post(client)
+    _until(lambda: any(o["attempts"] >= 1 for o in _image(client, study)["outputs"]))
+    outputs = _image(client, study)["outputs"]
+    assert {o["state"] for o in outputs} == {"queued"} and outputs[0]["last_error"]
+    pacs = Pacs(free_port)
     try:
-        client = api_client(app)
-        study = _post(client)
-        _until(lambda: any(o["attempts"] >= 1 for o in _image(client, study)["outputs"]))
-        outputs = _image(client, study)["outputs"]
-        assert {o["state"] for o in outputs} == {"queued"} and outputs[0]["last_error"]
-        pacs = Pacs(free_port)
-        try:
-            _until(lambda: len(pacs.received) == 2)
-            _until(lambda: {o["state"] for o in _image(client, study)["outputs"]} == {"sent"})
-        finally:
-            pacs.stop()
+        _until(lambda: len(pacs.received) == 2)
+        _until(lambda: {o["state"] for o in _image(client, study)["outputs"]} == {"sent"})
     finally:
-        services.get_from(app).stop()
+        pacs.stop()
 
 
 @pytest.mark.skipif(shutil.which("storescp") is None, reason="dcmtk is not installed (apt-get install dcmtk)")
@@ -139,12 +139,10 @@ def test_dcmtk_storescp_receives_and_dsrdump_reads_the_report(
     scp = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(received), "+xa", str(free_port)])
     try:
         time.sleep(0.5)
-        app = _app(tmp_path, free_port)
-        try:
+        with Service(_settings(tmp_path, free_port)) as svc:
+            app = create_app(svc)
             _post(api_client(app))
             _until(lambda: len(list(received.iterdir())) == 2)
-        finally:
-            services.get_from(app).stop()
         (sr,) = [p for p in received.iterdir() if p.name.startswith("SR")]
         dump = subprocess.run(["dsrdump", str(sr)], capture_output=True, text=True)
         assert dump.returncode == 0, dump.stderr

@@ -22,6 +22,7 @@ from edge_app.capture.framing import Framer
 from edge_app.capture.serial_line import SerialDevice
 from edge_app.errors import ConfigError
 from edge_app.ingest import Event, Ingest
+from edge_app.service import Service
 from edge_app.store import Store
 
 DEVICES = Path(__file__).resolve().parent.parent / "firmware_config" / "devices"
@@ -191,21 +192,20 @@ def test_a_real_tty_from_socat_with_an_unplug_and_replug(store: Store, tmp_path:
         socat.wait()
 
 
-def test_the_service_shows_each_device_in_health(tmp_path: Path, api_client: Callable[[Flask], FlaskClient]) -> None:
+def test_the_service_shows_each_device_in_health(
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
+) -> None:
     from edge_app.web import create_app, services
 
     profile = tmp_path / "gen.toml"
     text = (DEVICES / "xray-generator.toml").read_text()
     profile.write_text(text.replace('"/dev/edge/xray-serial"', '"/dev/nonexistent0"'))
     app = create_app(
-        {"storage": {"data_dir": str(tmp_path / "data")}, "capture": {"serial": {"profiles": [str(profile)]}}}
+        service({"storage": {"data_dir": str(tmp_path / "data")}, "capture": {"serial": {"profiles": [str(profile)]}}})
     )
-    try:
-        (state,) = api_client(app).get("/api/v1/health").get_json()["sources"]
-        assert state["name"] == "serial:xray-generator" and state["connected"] is False
-        _until(lambda: "nonexistent0" in str(services.get_from(app).sources[0].state()["detail"]))
-    finally:
-        services.get_from(app).stop()
+    (state,) = api_client(app).get("/api/v1/health").get_json()["sources"]
+    assert state["name"] == "serial:xray-generator" and state["connected"] is False
+    _until(lambda: "nonexistent0" in str(services.get_from(app).sources[0].state()["detail"]))
 
 
 # Each example profile: bytes a device sends (garbage first, the message split in two), and the effect to see.

@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from conftest import EDGE_APP, NIH, bundle_variant
+from edge_app.config import Settings
 from edge_app.errors import ConfigError
+from edge_app.service import Service
 from edge_app.web import create_app, services
 
 pytestmark = pytest.mark.slow
@@ -36,10 +38,10 @@ def _until(check: Callable[[], bool], timeout: float = 60.0) -> None:
 
 
 @pytest.fixture
-def front(tmp_path: Path) -> Iterator[Flask]:
-    app = create_app({"storage": {"data_dir": str(tmp_path / "data")}, "server": {"result_wait_s": 5.0}}, role="front")
-    yield app
-    services.get_from(app).stop()
+def front(tmp_path: Path, service: Callable[..., Service]) -> Flask:
+    return create_app(
+        service({"storage": {"data_dir": str(tmp_path / "data")}, "server": {"result_wait_s": 5.0}}, role="front")
+    )
 
 
 def test_images_flow_from_the_front_to_a_worker_process_and_back(
@@ -59,12 +61,12 @@ def test_images_flow_from_the_front_to_a_worker_process_and_back(
         assert resp.get_json()["images"][0]["results"][0]["model"]["version"] == "1.1.1"
 
         variant = bundle_variant(tmp_path, "1.4.0")
-        svc.activate(variant, "boss")  # on the front's admin page
+        svc.lifecycle.activate(variant, "boss")  # on the front's admin page
         _until(lambda: client.get("/api/v1/health").get_json()["version"] == "1.4.0")
         sha = client.get("/api/v1/health").get_json()["bundle_sha256"]
-        labels = next(m.labels for m in svc.in_service() if m.bundle_sha256 == sha)
-        svc.set_thresholds(sha, dict.fromkeys(labels, 0.0), "boss")
-        _until(lambda: all(v == 0.0 for v in svc.in_service()[0].thresholds.values()))
+        labels = next(m.labels for m in svc.lifecycle.in_service() if m.bundle_sha256 == sha)
+        svc.lifecycle.set_thresholds(sha, dict.fromkeys(labels, 0.0), "boss")
+        _until(lambda: all(v == 0.0 for v in svc.lifecycle.in_service()[0].thresholds.values()))
         resp = client.post("/api/v1/studies?filename=b.png", data=images[1].read_bytes())
         (result,) = resp.get_json()["images"][0]["results"]
         assert result["model"]["version"] == "1.4.0"
@@ -94,7 +96,7 @@ def test_images_flow_from_the_front_to_a_worker_process_and_back(
 
 def test_a_second_front_on_the_same_data_directory_is_refused(front: Flask, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"another edge-app service is using .* \(front.lock\)"):
-        create_app({"storage": {"data_dir": str(tmp_path / "data")}}, role="front")
+        Service(Settings.model_validate({"storage": {"data_dir": str(tmp_path / "data")}}), role="front")
 
 
 def _garbage_model(folder: Path) -> None:
@@ -110,7 +112,7 @@ def test_a_model_the_worker_cannot_load_is_reported_and_the_worker_lives(
     worker = _start_worker(data)
     try:
         _until(lambda: client.get("/api/v1/health").get_json()["runner"] == "onnxruntime")
-        svc.activate(bundle_variant(tmp_path, "6.6.6", _garbage_model), "boss")
+        svc.lifecycle.activate(bundle_variant(tmp_path, "6.6.6", _garbage_model), "boss")
         _until(lambda: client.get("/api/v1/health").get_json()["status"] == "degraded")
         health = client.get("/api/v1/health").get_json()
         assert "cannot be loaded here" in health["problem"] and health["version"] == "1.1.1", "the old one runs"

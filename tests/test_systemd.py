@@ -16,6 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from conftest import EDGE_APP
+from edge_app.service import Service
 from edge_app.system.systemd import Watchdog, notify, watchdog_interval
 
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
@@ -146,22 +147,19 @@ def test_the_udev_rules_are_well_formed() -> None:
 
 
 def test_engines_without_tensorrt_leave_the_reason_for_health(
-    tmp_path: Path, api_client: Callable[[Flask], FlaskClient]
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
 ) -> None:
     """Here (no TensorRT): exit 0, the reason printed and kept; /api/v1/health shows it."""
-    from edge_app.web import create_app, services
+    from edge_app.web import create_app
 
     env = {**os.environ, "EDGE_APP_STORAGE_DATA_DIR": str(tmp_path)}
     proc = subprocess.run([*EDGE_APP, "engines"], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("cxr-reference 1.1.1: unavailable: TensorRT is not available on this machine")
     assert proc.stdout.rstrip().endswith("the service runs it on ONNX Runtime")
-    app = create_app({"storage": {"data_dir": str(tmp_path)}})
-    try:
-        engines = api_client(app).get("/api/v1/health").get_json()["engines"]
-        assert engines["cxr-reference 1.1.1"]["status"] == "unavailable"
-    finally:
-        services.get_from(app).stop()
+    app = create_app(service({"storage": {"data_dir": str(tmp_path)}}))
+    engines = api_client(app).get("/api/v1/health").get_json()["engines"]
+    assert engines["cxr-reference 1.1.1"]["status"] == "unavailable"
 
 
 @pytest.mark.slow

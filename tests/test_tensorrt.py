@@ -143,12 +143,12 @@ def test_engine_build_and_run_on_a_gpu(tmp_path: Path) -> None:
 def test_no_background_engine_build_without_tensorrt(tmp_path: Path) -> None:
     if _has_tensorrt():
         pytest.skip("this machine has TensorRT")
+    from edge_app.runtime.engines.background import build_missing_engine
     from edge_app.runtime.engines.build import BuildOptions
     from edge_app.runtime.engines.build_process import BuildLimits
-    from edge_app.runtime.select import build_engine_in_background
 
     bundle = load_bundle(EMBEDDED_BUNDLE)
-    started = build_engine_in_background(bundle, tmp_path, BuildOptions(), BuildLimits(), lambda runner: None)
+    started = build_missing_engine(bundle, tmp_path, BuildOptions(), BuildLimits(), lambda runner: None)
     assert started is None
     assert not any(tmp_path.iterdir()), "nothing is written where nothing can be built"
 

@@ -27,7 +27,8 @@ from edge_app.imaging.header import generated_header
 from edge_app.outputs.documents import findings_report
 from edge_app.runtime.onnx import OnnxRuntimeRunner
 from edge_app.runtime.triton import TritonRunner
-from edge_app.web import create_app, services
+from edge_app.service import Service
+from edge_app.web import create_app
 
 
 def _batch(bundle: Bundle, n: int, seed: int) -> np.ndarray:
@@ -221,7 +222,11 @@ def test_the_hub_going_away_costs_no_study_and_it_is_used_again_when_back(
 
 
 def test_the_service_on_a_hub_names_it_in_the_study_and_the_sr_and_health_says_when_it_is_away(
-    tmp_path: Path, versions: list[Bundle], api_client: Callable[[Flask], FlaskClient], nih_png: Path
+    tmp_path: Path,
+    versions: list[Bundle],
+    api_client: Callable[[Flask], FlaskClient],
+    nih_png: Path,
+    service: Callable[..., Service],
 ) -> None:
     repository = tmp_path / "repository"
     export_triton(versions[:1], repository, ExportOptions(form="python"))
@@ -232,7 +237,7 @@ def test_the_service_on_a_hub_names_it_in_the_study_and_the_sr_and_health_says_w
             "model": {"threads": 1, "runner": "triton", "triton": {"url": server.url, "retry_s": 60}},
         }
     )
-    app = create_app(settings)
+    app = create_app(service(settings))
     client = api_client(app)
     try:
         result = client.post("/api/v1/studies?filename=a.png", data=nih_png.read_bytes()).get_json()
@@ -253,7 +258,6 @@ def test_the_service_on_a_hub_names_it_in_the_study_and_the_sr_and_health_says_w
         page = tablet.client.get("/devices").get_data(as_text=True)
         assert f"the Triton hub {server.url} cannot run cxr-reference" in page, "the devices page says so too"
     finally:
-        services.get_from(app).stop()
         server.stop()
 
 

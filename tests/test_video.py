@@ -39,6 +39,7 @@ def _until(check: Callable[[], object], timeout: float = 20.0) -> None:
 
 
 def _service(tmp_path: Path, source: Path) -> Service:
+    """A service reading frames from `source` (not started)."""
     settings = Settings.model_validate(
         {
             "storage": {"data_dir": str(tmp_path / "data")},
@@ -46,16 +47,13 @@ def _service(tmp_path: Path, source: Path) -> Service:
             "capture": {"video": {"enabled": True, "source": str(source), "reconnect_s": 0.1}},
         }
     )
-    service = Service(settings)
-    service.start()
-    return service
+    return Service(settings)
 
 
 def test_a_trigger_stores_the_current_frame_as_an_ultrasound_image(tmp_path: Path) -> None:
     video = tmp_path / "loop.avi"
     _write_video(video)
-    service = _service(tmp_path, video)
-    try:
+    with _service(tmp_path, video) as service:
         (grabber,) = service.sources
         _until(lambda: grabber.state()["frame"] == FRAMES - 1)  # the file has ended: the last frame stays
         service.ingest.event(Event("capture", {}, "serial:footswitch"))
@@ -70,28 +68,27 @@ def test_a_trigger_stores_the_current_frame_as_an_ultrasound_image(tmp_path: Pat
         assert abs(pixels[30:, :, :].mean() - 20 * (FRAMES - 1)) < 4, "the last frame's grey"
         assert (pixels[:8, : 4 * FRAMES - 2] > 200).all() and (pixels[:8, 4 * FRAMES + 2 :] < 240).all()
         assert grabber.state()["captured"] == 1
-    finally:
-        service.stop()
 
 
-def test_the_api_capture_button(tmp_path: Path, api_client: Callable[[Flask], FlaskClient]) -> None:
+def test_the_api_capture_button(
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
+) -> None:
     video = tmp_path / "clip.avi"
     _write_video(video)
     app = create_app(
-        {
-            "storage": {"data_dir": str(tmp_path / "data")},
-            "capture": {"video": {"enabled": True, "source": str(video)}},
-        }
+        service(
+            {
+                "storage": {"data_dir": str(tmp_path / "data")},
+                "capture": {"video": {"enabled": True, "source": str(video)}},
+            }
+        )
     )
-    try:
-        service = services.get_from(app)
-        _until(lambda: service.sources[0].state()["frame"] == FRAMES - 1)
-        resp = api_client(app).post("/api/v1/capture")
-        assert resp.status_code == 202
-        (study,) = service.store.list_studies()
-        assert study["images"][0]["source"] == f"video:{video}"
-    finally:
-        services.get_from(app).stop()
+    svc = services.get_from(app)
+    _until(lambda: svc.sources[0].state()["frame"] == FRAMES - 1)
+    resp = api_client(app).post("/api/v1/capture")
+    assert resp.status_code == 202
+    (study,) = svc.store.list_studies()
+    assert study["images"][0]["source"] == f"video:{video}"
 
 
 def test_capture_without_a_video_source_is_a_conflict(client) -> None:  # type: ignore[no-untyped-def]
@@ -101,64 +98,61 @@ def test_capture_without_a_video_source_is_a_conflict(client) -> None:  # type: 
 
 def test_a_grabber_that_appears_later_is_opened(tmp_path: Path) -> None:
     video = tmp_path / "later.avi"
-    service = _service(tmp_path, video)
-    try:
+    with _service(tmp_path, video) as service:
         (grabber,) = service.sources
         time.sleep(0.3)
         assert grabber.state()["connected"] is False and grabber.state()["frame"] == -1
         assert grabber.capture() is False, "no frame yet: nothing stored"
         _write_video(video)
         _until(lambda: grabber.state()["frame"] >= 0)
-    finally:
-        service.stop()
 
 
-def test_live_inference_and_the_mjpeg_preview(tmp_path: Path, api_client: Callable[[Flask], FlaskClient]) -> None:
+def test_live_inference_and_the_mjpeg_preview(
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
+) -> None:
     """With infer_every, frames go through the models that read ultrasound (none here: the chest model's result
     list is empty, and says so); the preview streams JPEG frames."""
     video = tmp_path / "live.avi"
     _write_video(video)
     app = create_app(
-        {
-            "storage": {"data_dir": str(tmp_path / "data")},
-            "capture": {"video": {"enabled": True, "source": str(video), "infer_every": 4, "loop_file": True}},
-        }
+        service(
+            {
+                "storage": {"data_dir": str(tmp_path / "data")},
+                "capture": {"video": {"enabled": True, "source": str(video), "infer_every": 4, "loop_file": True}},
+            }
+        )
     )
-    try:
-        client = api_client(app)
-        _until(lambda: client.get("/api/v1/video/live").status_code == 200)
-        live = client.get("/api/v1/video/live").get_json()
-        assert live["frame"] % 4 == 0 and live["models"] == [], "no model here reads US"
-        resp = client.get("/api/v1/video.mjpeg", buffered=False)
-        assert resp.mimetype == "multipart/x-mixed-replace"
-        first = next(iter(resp.response))
-        assert first.startswith(b"--frame\r\nContent-Type: image/jpeg\r\n\r\n\xff\xd8")
-        resp.close()
-    finally:
-        services.get_from(app).stop()
+    client = api_client(app)
+    _until(lambda: client.get("/api/v1/video/live").status_code == 200)
+    live = client.get("/api/v1/video/live").get_json()
+    assert live["frame"] % 4 == 0 and live["models"] == [], "no model here reads US"
+    resp = client.get("/api/v1/video.mjpeg", buffered=False)
+    assert resp.mimetype == "multipart/x-mixed-replace"
+    first = next(iter(resp.response))
+    assert first.startswith(b"--frame\r\nContent-Type: image/jpeg\r\n\r\n\xff\xd8")
+    resp.close()
 
 
 def test_live_inference_runs_the_model_that_reads_the_feed(
-    tmp_path: Path, api_client: Callable[[Flask], FlaskClient]
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
 ) -> None:
     """A video feed stored as modality CR (a digitised radiograph on a frame grabber) goes to the chest model, whose
     input guard says these frames (drawn shapes) are no chest X-ray: not diagnosed, with the reason."""
     video = tmp_path / "cr.avi"
     _write_video(video)
     app = create_app(
-        {
-            "storage": {"data_dir": str(tmp_path / "data")},
-            "capture": {"video": {"enabled": True, "source": str(video), "infer_every": 1, "modality": "CR"}},
-        }
+        service(
+            {
+                "storage": {"data_dir": str(tmp_path / "data")},
+                "capture": {"video": {"enabled": True, "source": str(video), "infer_every": 1, "modality": "CR"}},
+            }
+        )
     )
-    try:
-        client = api_client(app)
-        _until(lambda: client.get("/api/v1/video/live").status_code == 200)
-        (model,) = client.get("/api/v1/video/live").get_json()["models"]
-        assert model["model"]["name"] == "cxr-reference" and model["status"] == "outside" and model["findings"] == []
-        assert model["reason"].startswith("does not look like a frontal chest X-ray this model was made for")
-    finally:
-        services.get_from(app).stop()
+    client = api_client(app)
+    _until(lambda: client.get("/api/v1/video/live").status_code == 200)
+    (model,) = client.get("/api/v1/video/live").get_json()["models"]
+    assert model["model"]["name"] == "cxr-reference" and model["status"] == "outside" and model["findings"] == []
+    assert model["reason"].startswith("does not look like a frontal chest X-ray this model was made for")
 
 
 def test_no_live_inference_or_preview_without_video(client) -> None:  # type: ignore[no-untyped-def]

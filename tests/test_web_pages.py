@@ -17,6 +17,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from conftest import NIH, AuthActions, dicom_file
+from edge_app.service import Service
 from edge_app.store.accounts import parse_roles
 from edge_app.web import services
 
@@ -387,28 +388,29 @@ def test_an_administrator_cannot_lock_the_administration_out(app: Flask, auth: A
     assert services.get_from(app).accounts.user("boss").roles == {"admin", "clinician"}
 
 
-def test_the_report_prints_the_review_of_the_result_it_prints(tmp_path: Path, api_client: Any, nih_png: Path) -> None:
+def test_the_report_prints_the_review_of_the_result_it_prints(
+    tmp_path: Path, api_client: Any, nih_png: Path, service: Callable[..., Service]
+) -> None:
     """Two models read the image; the report shows the last one's findings: a review of the other's is not
     printed beside them."""
     from edge_app.config import EMBEDDED_BUNDLE
     from edge_app.web import create_app
 
     app = create_app(
-        {
-            "storage": {"data_dir": str(tmp_path / "data")},
-            "model": {"threads": 1, "extra_bundles": [str(EMBEDDED_BUNDLE)]},
-        }
+        service(
+            {
+                "storage": {"data_dir": str(tmp_path / "data")},
+                "model": {"threads": 1, "extra_bundles": [str(EMBEDDED_BUNDLE)]},
+            }
+        )
     )
-    try:
-        study = api_client(app).post("/api/v1/studies?filename=a.png", data=nih_png.read_bytes()).get_json()
-        first, second = study["images"][0]["results"]
-        services.get_from(app).reviews.add(first["id"], "dr-ade", {"Effusion": "agree"}, "of the first model")
-        auth = AuthActions(app, app.test_client())
-        auth.login("clinician")
-        text = _pdf_text(auth.client.get(f"/studies/{study['uid']}/report.pdf").data)
-        assert "Not reviewed yet." in text and "of the first model" not in text
-        services.get_from(app).reviews.add(second["id"], "dr-ade", {"Effusion": "agree"}, "of the second model")
-        text = _pdf_text(auth.client.get(f"/studies/{study['uid']}/report.pdf").data)
-        assert "of the second model" in text
-    finally:
-        services.get_from(app).stop()
+    study = api_client(app).post("/api/v1/studies?filename=a.png", data=nih_png.read_bytes()).get_json()
+    first, second = study["images"][0]["results"]
+    services.get_from(app).reviews.add(first["id"], "dr-ade", {"Effusion": "agree"}, "of the first model")
+    auth = AuthActions(app, app.test_client())
+    auth.login("clinician")
+    text = _pdf_text(auth.client.get(f"/studies/{study['uid']}/report.pdf").data)
+    assert "Not reviewed yet." in text and "of the first model" not in text
+    services.get_from(app).reviews.add(second["id"], "dr-ade", {"Effusion": "agree"}, "of the second model")
+    text = _pdf_text(auth.client.get(f"/studies/{study['uid']}/report.pdf").data)
+    assert "of the second model" in text

@@ -16,6 +16,7 @@ from flask.testing import FlaskClient
 from edge_app.config import Settings
 from edge_app.errors import ConfigError
 from edge_app.ops.secrets import init_tls
+from edge_app.service import Service
 from edge_app.store.accounts import ROLES, parse_roles
 from edge_app.web import create_app, services
 
@@ -221,14 +222,11 @@ def test_session_cookie_flags(auth: Any) -> None:
     assert "Secure" not in cookie, "plain HTTP on loopback: a Secure cookie would never come back"
 
 
-def test_the_cookie_is_secure_under_tls(tmp_path: Path) -> None:
+def test_the_cookie_is_secure_under_tls(tmp_path: Path, service: Callable[..., Service]) -> None:
     settings = Settings.model_validate({"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1}})
     init_tls(settings, [])
-    app = create_app(settings)
-    try:
-        assert app.config["SESSION_COOKIE_SECURE"] is True
-    finally:
-        services.get_from(app).stop()
+    app = create_app(service(settings))
+    assert app.config["SESSION_COOKIE_SECURE"] is True
 
 
 def test_security_headers_on_every_answer(auth: Any, browser: FlaskClient, anonymous: FlaskClient) -> None:
@@ -251,28 +249,25 @@ def test_no_page_holds_an_inline_script_or_style(auth: Any, browser: FlaskClient
         assert "<style" not in page and " style=" not in page and " on" + "click=" not in page, path
 
 
-def test_login_failures_are_throttled_and_audited(tmp_path: Path) -> None:
+def test_login_failures_are_throttled_and_audited(tmp_path: Path, service: Callable[..., Service]) -> None:
     """`login_attempts` failures on a name from one address (no delay per account here): refused from there, the
     right password too, and recorded; another tablet still logs in."""
     settings = {"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1}, "server": {"login_delay_s": 0.0}}
-    app = create_app(settings)
-    try:
-        services.get_from(app).accounts.add_user("nurse", parse_roles("clinician"), PASSWORD)
-        tablet = app.test_client()
+    app = create_app(service(settings))
+    services.get_from(app).accounts.add_user("nurse", parse_roles("clinician"), PASSWORD)
+    tablet = app.test_client()
 
-        def login(password: str, client: FlaskClient = tablet, address: str = "127.0.0.1") -> int:
-            data = {"csrf_token": _csrf(client), "username": "nurse", "password": password}
-            return client.post("/login", data=data, environ_base={"REMOTE_ADDR": address}).status_code
+    def login(password: str, client: FlaskClient = tablet, address: str = "127.0.0.1") -> int:
+        data = {"csrf_token": _csrf(client), "username": "nurse", "password": password}
+        return client.post("/login", data=data, environ_base={"REMOTE_ADDR": address}).status_code
 
-        assert [login("wrong password!") for _ in range(5)] == [401] * 5
-        assert login(PASSWORD) == 429, "the right password too, once the limit is reached"
-        assert tablet.get("/").status_code == 302
-        actions = [e["action"] for e in services.get_from(app).store.audit_trail()]
-        assert actions.count("login.failure") == 5 and actions.count("login.refused") == 1
-        assert "login.success" not in actions
-        assert login(PASSWORD, app.test_client(), "10.0.0.8") == 302, "one tablet's failures do not lock another"
-    finally:
-        services.get_from(app).stop()
+    assert [login("wrong password!") for _ in range(5)] == [401] * 5
+    assert login(PASSWORD) == 429, "the right password too, once the limit is reached"
+    assert tablet.get("/").status_code == 302
+    actions = [e["action"] for e in services.get_from(app).store.audit_trail()]
+    assert actions.count("login.failure") == 5 and actions.count("login.refused") == 1
+    assert "login.success" not in actions
+    assert login(PASSWORD, app.test_client(), "10.0.0.8") == 302, "one tablet's failures do not lock another"
 
 
 def test_the_throttle_counts_per_address_too(app: Flask) -> None:
@@ -296,27 +291,26 @@ def test_the_throttle_counts_per_address_too(app: Flask) -> None:
     assert other.post("/login", data=data, environ_base={"REMOTE_ADDR": "10.0.0.9"}).status_code == 302
 
 
-def test_an_idle_session_logs_out_and_a_background_refresh_does_not_hold_it(tmp_path: Path) -> None:
+def test_an_idle_session_logs_out_and_a_background_refresh_does_not_hold_it(
+    tmp_path: Path, service: Callable[..., Service]
+) -> None:
     settings = Settings.model_validate(
         {"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1}, "server": {"idle_logout_min": 1}}
     )
-    app = create_app(settings)
-    try:
-        client = _login(app, "nurse", "clinician")
-        with client.session_transaction() as session:
-            session["seen"] = time.time() - 50
-        assert client.get("/worklist/rows", headers={"X-Background": "1"}).status_code == 200
-        with client.session_transaction() as session:
-            assert time.time() - session["seen"] > 49, "a refresh is not activity"
-        assert client.get("/").status_code == 200
-        with client.session_transaction() as session:
-            assert time.time() - session["seen"] < 5, "a page opened is"
-            session["seen"] = time.time() - 61
-        resp = client.get("/")
-        assert resp.status_code == 302 and resp.location.startswith("/login")
-        assert client.get("/").status_code == 302, "and the session is gone"
-    finally:
-        services.get_from(app).stop()
+    app = create_app(service(settings))
+    client = _login(app, "nurse", "clinician")
+    with client.session_transaction() as session:
+        session["seen"] = time.time() - 50
+    assert client.get("/worklist/rows", headers={"X-Background": "1"}).status_code == 200
+    with client.session_transaction() as session:
+        assert time.time() - session["seen"] > 49, "a refresh is not activity"
+    assert client.get("/").status_code == 200
+    with client.session_transaction() as session:
+        assert time.time() - session["seen"] < 5, "a page opened is"
+        session["seen"] = time.time() - 61
+    resp = client.get("/")
+    assert resp.status_code == 302 and resp.location.startswith("/login")
+    assert client.get("/").status_code == 302, "and the session is gone"
 
 
 def test_a_password_change_or_a_disabled_account_ends_its_sessions(app: Flask) -> None:
@@ -372,18 +366,16 @@ def test_the_first_run_page_refuses_a_short_password(app: Flask) -> None:
     assert services.get_from(app).accounts.active_count() == 0
 
 
-def test_no_listening_beyond_loopback_without_tls_and_a_user(tmp_path: Path) -> None:
+def test_no_listening_beyond_loopback_without_tls_and_a_user(tmp_path: Path, service: Callable[..., Service]) -> None:
     raw = {"storage": {"data_dir": str(tmp_path)}, "server": {"host": "0.0.0.0"}, "model": {"threads": 1}}
     with pytest.raises(ConfigError, match="needs TLS"):
-        create_app(raw)
+        service(raw)
     init_tls(Settings.model_validate(raw), ["clinic.local"])
     with pytest.raises(ConfigError, match="no user can log in yet; add one first with `edge-app user add"):
-        create_app(raw)
-    app = create_app({**raw, "server": {"host": "127.0.0.1"}})
-    services.get_from(app).accounts.add_user("boss", parse_roles("admin"), PASSWORD)
-    services.get_from(app).stop()
-    app = create_app(raw)
-    services.get_from(app).stop()
+        service(raw)
+    with Service(Settings.model_validate({**raw, "server": {"host": "127.0.0.1"}})) as svc:
+        svc.accounts.add_user("boss", parse_roles("admin"), PASSWORD)
+    create_app(service(raw))
 
 
 def test_the_audit_log_is_append_only(app: Flask) -> None:
@@ -398,19 +390,16 @@ def test_the_audit_log_is_append_only(app: Flask) -> None:
 
 
 def test_the_upload_limit_holds_for_a_logged_in_page(
-    tmp_path: Path, api_client: Callable[[Flask], FlaskClient]
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
 ) -> None:
-    app = create_app({"storage": {"data_dir": str(tmp_path)}, "server": {"max_upload_mb": 1}, "model": {"threads": 1}})
-    try:
-        resp = api_client(app).post("/api/v1/studies", data=b"\0" * (1024 * 1024 + 1))
-        assert resp.status_code == 413
-        client = _login(app, "tech", "technician")
-        resp = client.post(
-            "/api/v1/studies", data=b"\0" * (1024 * 1024 + 1), headers={"X-CSRFToken": _csrf(client, "/")}
-        )
-        assert resp.status_code == 413
-    finally:
-        services.get_from(app).stop()
+    app = create_app(
+        service({"storage": {"data_dir": str(tmp_path)}, "server": {"max_upload_mb": 1}, "model": {"threads": 1}})
+    )
+    resp = api_client(app).post("/api/v1/studies", data=b"\0" * (1024 * 1024 + 1))
+    assert resp.status_code == 413
+    client = _login(app, "tech", "technician")
+    resp = client.post("/api/v1/studies", data=b"\0" * (1024 * 1024 + 1), headers={"X-CSRFToken": _csrf(client, "/")})
+    assert resp.status_code == 413
 
 
 def test_a_real_server_over_https_with_its_own_certificate(tmp_path: Path, free_port: int) -> None:

@@ -170,9 +170,7 @@ def test_a_worker_on_one_job_too_long_is_not_progressing(tmp_path: Path) -> None
     from edge_app.config import Settings
     from edge_app.service import Service
 
-    service = Service(Settings.model_validate({"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1}}))
-    service.start()
-    try:
+    with Service(Settings.model_validate({"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1}})) as service:
         assert service.worker.progressing(0.1), "waiting for work is not being stuck"
         seen = set()
         submitted = time.monotonic()
@@ -191,8 +189,6 @@ def test_a_worker_on_one_job_too_long_is_not_progressing(tmp_path: Path) -> None
         assert False in seen and service.worker.progressing(0.1)
         assert first_stuck is not None and first_stuck - submitted >= 0.1, "stuck only once 0.1 s on the job"
         assert generous == {True}, "half a second on a job is no hang against a minute's limit"
-    finally:
-        service.stop()
     assert not service.worker.progressing(0.1)
 
 
@@ -210,9 +206,7 @@ def test_a_job_begun_soon_after_boot_is_stuck_by_its_own_duration(
 
     now = [100.0]
     monkeypatch.setattr(edge_app.inference.worker, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
-    service = Service(Settings.model_validate({"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1}}))
-    service.start()
-    try:
+    with Service(Settings.model_validate({"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1}})) as service:
         with dicom_file("RG1_J2KR.dcm").open("rb") as fh:
             assert service.ingest.submit(fh, "slow.dcm", "test") is not None
         deadline = time.monotonic() + 30
@@ -224,8 +218,6 @@ def test_a_job_begun_soon_after_boot_is_stuck_by_its_own_duration(
         late = service.worker.progressing(60.0)
         assert not service.worker.progressing(0.0), "the job (a 0.5 s decode) was still running throughout"
         assert thirty_seconds_in and not late
-    finally:
-        service.stop()
 
 
 def test_an_image_a_model_refuses_is_rejected_with_the_reason(tmp_path: Path, store: Store) -> None:

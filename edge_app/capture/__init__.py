@@ -13,16 +13,13 @@ from numpy.typing import NDArray
 
 from edge_app.config import Settings
 from edge_app.ingest import Ingest
+from edge_app.system.background import Loop
 
 
-class Source(Protocol):
-    """Started and stopped by the service; `state` is what /health shows of it."""
+class Source(Loop, Protocol):
+    """A loop started and stopped by the service; `state` is what /health shows of it."""
 
     name: str
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
 
     def state(self) -> dict[str, object]: ...
 

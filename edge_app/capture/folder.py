@@ -54,11 +54,13 @@ class FolderWatcher:
         self._received = 0
         self._problems: dict[str, str] = {}  # relative path -> what it is, from the latest look
         self._loop_thread = Background("edge-folder", self._loop)
-        self.stop = self._loop_thread.stop
 
     def start(self) -> None:
         self._loop_thread.start()
         log.info("watching %s for images", self.root)
+
+    def stop(self) -> None:
+        self._loop_thread.stop()
 
     def state(self) -> dict[str, object]:
         problems = sorted(self._problems.items())

@@ -28,13 +28,18 @@ class SerialDevice:
         self._patterns = [(re.compile(m.pattern), m.event) for m in profile.messages]
         self._loop_thread = Background(self.name, self._keep_connected)
         self._stopping = self._loop_thread.stopping
-        self.start, self.stop = self._loop_thread.start, self._loop_thread.stop
         self._reader: Any = None
         self.connected = False
         self.counts = {"messages": 0, "unrecognised": 0, "dropped": 0}
         self.last_status: dict[str, str] = {}
         self.last_seen: float | None = None
         self.error = ""
+
+    def start(self) -> None:
+        self._loop_thread.start()
+
+    def stop(self) -> None:
+        self._loop_thread.stop()
 
     def state(self) -> dict[str, object]:
         return {

@@ -44,10 +44,15 @@ class VideoGrabber:
         self._lock = threading.Lock()
         self._loop_thread = Background("edge-video", self._read)
         self._stopping = self._loop_thread.stopping
-        self.start, self.stop = self._loop_thread.start, self._loop_thread.stop
         self.connected = False
         self.captured = 0
         ingest.on_capture(self._on_capture)
+
+    def start(self) -> None:
+        self._loop_thread.start()
+
+    def stop(self) -> None:
+        self._loop_thread.stop()
 
     def state(self) -> dict[str, object]:
         return {

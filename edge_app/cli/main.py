@@ -148,18 +148,17 @@ def _diagnose(settings: Settings, paths: Sequence[Path], bundle_path: Path | Non
 def _serve(settings: Settings, host: str | None, port: int | None, no_worker: bool = False) -> int:
     import ssl
 
-    from edge_app.config import check_secure, with_overrides
+    from edge_app.config import with_overrides
+    from edge_app.service import Service
     from edge_app.system.systemd import Watchdog, notify, watchdog_interval
-    from edge_app.web import create_app, services
+    from edge_app.web import create_app
     from edge_app.web.server import Server
 
     settings = with_overrides(settings, "server", {"host": host, "port": port})
-    check_secure(settings)
-    app = create_app(settings, role="front" if no_worker else "all")
-    service = services.get_from(app)
     host, port = settings.server.host, settings.server.port
     scheme = "https" if settings.tls else "http"
-    try:
+    with Service(settings, role="front" if no_worker else "all") as service:
+        app = create_app(service)
         try:
             server = Server(app, settings.server, settings.tls_files if settings.tls else None)
         except (OSError, ssl.SSLError) as exc:
@@ -169,28 +168,24 @@ def _serve(settings: Settings, host: str | None, port: int | None, no_worker: bo
             server.prepare()
         except OSError as exc:
             raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    except UserError:
-        service.stop()
-        raise
-    log.info("serving on %s://%s:%d (data in %s)", scheme, host, port, settings.storage.data_dir)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # systemd's stop: SystemExit ends the serving loop
-    interval = watchdog_interval()
-    worker = service.worker
-    watchdog = Watchdog(interval, lambda: worker is None or worker.progressing(2 * interval)) if interval else None
-    if watchdog is not None:
-        watchdog.start()
-    notify("READY=1")  # the store, the models, the sources and the listening socket are all up
-    try:
-        server.serve()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        notify("STOPPING=1")
-        server.stop()
+        log.info("serving on %s://%s:%d (data in %s)", scheme, host, port, settings.storage.data_dir)
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)  # systemd's stop: SystemExit ends the serving loop
+        interval = watchdog_interval()
+        worker = service.worker
+        watchdog = Watchdog(interval, lambda: worker is None or worker.progressing(2 * interval)) if interval else None
         if watchdog is not None:
-            watchdog.stop()
-        service.stop()
-        log.info("stopped")
+            watchdog.start()
+        notify("READY=1")  # the store, the models, the sources and the listening socket are all up
+        try:
+            server.serve()
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or systemd's stop (SIGTERM): stop in order
+            pass
+        finally:
+            notify("STOPPING=1")
+            server.stop()
+            if watchdog is not None:
+                watchdog.stop()
+    log.info("stopped")
     return 0
 
 
@@ -203,34 +198,30 @@ def _worker(settings: Settings) -> int:
     from edge_app.service import Service
     from edge_app.system.systemd import Watchdog, notify, watchdog_interval
 
-    service = Service(settings, role="worker")
-    try:
-        service.start()
-    except BaseException:
-        service.stop()
-        raise
-    worker = service.worker
-    assert worker is not None
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    interval = watchdog_interval()
-    watchdog = Watchdog(interval, lambda: worker.progressing(2 * interval)) if interval else None
-    if watchdog is not None:
-        watchdog.start()
-    log.info(
-        "worker running on %s (%s)", settings.storage.data_dir, service.registry.describe() if service.registry else ""
-    )
-    notify("READY=1")
-    try:
-        while True:
-            service.stopping.wait(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        notify("STOPPING=1")
+    with Service(settings, role="worker") as service:
+        worker = service.worker
+        assert worker is not None
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        interval = watchdog_interval()
+        watchdog = Watchdog(interval, lambda: worker.progressing(2 * interval)) if interval else None
         if watchdog is not None:
-            watchdog.stop()
-        service.stop()
-        log.info("stopped")
+            watchdog.start()
+        log.info(
+            "worker running on %s (%s)",
+            settings.storage.data_dir,
+            service.registry.describe() if service.registry else "",
+        )
+        notify("READY=1")
+        try:
+            while True:
+                service.stopping.wait(3600)
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or systemd's stop (SIGTERM): stop in order
+            pass
+        finally:
+            notify("STOPPING=1")
+            if watchdog is not None:
+                watchdog.stop()
+    log.info("stopped")
     return 0
 
 

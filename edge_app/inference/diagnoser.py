@@ -27,7 +27,7 @@ from edge_app.imaging.sandbox import DecoderPool
 from edge_app.runtime import Runner
 
 if TYPE_CHECKING:
-    from edge_app.runtime.select import BackgroundBuild
+    from edge_app.runtime.engines.background import BackgroundBuild
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,8 @@ class Diagnoser:
         `diagnose` or `bench`): with TensorRT and no engine yet, build one in the background
         (model.build_engine_at_start)."""
         from edge_app.runtime import open_runner
+        from edge_app.runtime.engines.background import build_missing_engine
         from edge_app.runtime.engines.ensure import build_limits, build_options
-        from edge_app.runtime.select import build_engine_in_background
 
         model, imaging = settings.model, settings.imaging
         bundle = load_as_configured(bundle_path or model.bundle, model)
@@ -82,7 +82,7 @@ class Diagnoser:
         diagnoser = cls(bundle, runner, decoder=decoder)
         diagnoser._owns_decoder = own
         if build_engine and model.runner == "auto" and runner.name == "onnxruntime" and model.build_engine_at_start:
-            diagnoser._build = build_engine_in_background(
+            diagnoser._build = build_missing_engine(
                 bundle, settings.engine_cache, build_options(settings), build_limits(settings), diagnoser.swap_runner
             )
         return diagnoser

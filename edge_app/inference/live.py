@@ -32,13 +32,18 @@ class LiveInference:
         self._lock = threading.Lock()
         self._frame_at_hand = threading.Lock()
         self._loop_thread = Background("edge-live", self._loop)
-        self.start, self.stop = self._loop_thread.start, self._loop_thread.stop
 
     def submit(self, number: int, rgb: NDArray[np.uint8]) -> None:
         """A new frame; an older one not yet taken is dropped."""
         with self._lock:
             self._frame = (number, rgb)
         self._loop_thread.wake()
+
+    def start(self) -> None:
+        self._loop_thread.start()
+
+    def stop(self) -> None:
+        self._loop_thread.stop()
 
     def latest(self) -> dict[str, Any] | None:
         """The newest result: the frame's number, when, and each model's findings."""

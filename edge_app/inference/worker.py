@@ -50,9 +50,14 @@ class Worker:
         self.before_job = before_job  # between two jobs, before the next claim: follow model changes
         self.after_job = after_job  # a job's result recorded: tell a front in another process
         self._loop_thread = Background("edge-worker", self._loop)
-        self.start, self.wake = self._loop_thread.start, self._loop_thread.wake
         self._busy_since: float | None = None  # when the job at hand was claimed
         self._job = threading.Lock()  # held from a job's claim to its record
+
+    def start(self) -> None:
+        self._loop_thread.start()
+
+    def wake(self) -> None:
+        self._loop_thread.wake()
 
     def progressing(self, within_s: float) -> bool:
         """Whether the worker is alive and not stuck: waiting for work, or on a job for less than `within_s`

@@ -18,7 +18,6 @@ class Retention:
     def __init__(self, store: Store, days: int) -> None:
         self.store, self.days = store, days
         self._loop_thread = Background("edge-retention", self._loop)
-        self.start, self.stop = self._loop_thread.start, self._loop_thread.stop
 
     def run_once(self, now: dt.datetime | None = None) -> int:
         """Remove what is due now; return how many images' files were removed."""
@@ -28,6 +27,12 @@ class Retention:
             log.info("retention: the files of %d image(s) received before %s removed", removed, cutoff.date())
             self.store.audit("system", "retention.purge", detail=f"{removed} image(s) before {cutoff.isoformat()}")
         return removed
+
+    def start(self) -> None:
+        self._loop_thread.start()
+
+    def stop(self) -> None:
+        self._loop_thread.stop()
 
     def _loop(self) -> None:
         while not self._loop_thread.stopping.is_set():

@@ -26,8 +26,15 @@ class Sender:
         self.idle_s = idle_s
         self._destinations = {str(d): d for d in settings.destinations}
         self._loop_thread = Background("edge-sender", self._loop)
-        self.start, self.wake, self.stop = self._loop_thread.start, self._loop_thread.wake, self._loop_thread.stop
-        self.sent = 0
+
+    def start(self) -> None:
+        self._loop_thread.start()
+
+    def wake(self) -> None:
+        self._loop_thread.wake()
+
+    def stop(self) -> None:
+        self._loop_thread.stop()
 
     def _loop(self) -> None:
         while not self._loop_thread.stopping.is_set():
@@ -47,7 +54,6 @@ class Sender:
             return
         error = self._c_store(item, destination.ae_title, destination.host, destination.port)
         if error is None:
-            self.sent += 1
             self.store.output_done(item, None, None)
             return
         attempts = item.attempts + 1

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,8 +14,6 @@ from edge_app.runtime.onnx import OnnxRuntimeRunner
 
 if TYPE_CHECKING:
     from edge_app.config import TritonSettings
-    from edge_app.runtime.engines.build import BuildOptions
-    from edge_app.runtime.engines.build_process import BuildLimits
 
 log = logging.getLogger(__name__)
 
@@ -93,72 +89,3 @@ def _tensorrt(bundle: Bundle, engine_cache: Path | None, max_batch: int, dla_cor
     runner = TensorRTRunner(bundle, engine, max_batch, dla_core)
     runner.activate()
     return runner
-
-
-class BackgroundBuild:
-    """An engine build running in its own process, watched from a thread; `cancel()` stops it."""
-
-    def __init__(self, work: Callable[[threading.Event], None]) -> None:
-        self._cancel = threading.Event()
-        self.thread = threading.Thread(target=work, args=(self._cancel,), name="engine-build", daemon=True)
-        self.thread.start()
-
-    def cancel(self, timeout: float = 30.0) -> None:
-        """Stop the build; wait up to `timeout` seconds for its thread (0: not at all)."""
-        self._cancel.set()
-        if timeout:
-            self.thread.join(timeout)
-
-
-def build_engine_in_background(
-    bundle: Bundle,
-    engine_cache: Path,
-    options: BuildOptions,
-    limits: BuildLimits,
-    on_ready: Callable[[Runner], None],
-) -> BackgroundBuild | None:
-    """Where this machine has TensorRT but no engine of `bundle` yet, build it in a process of its own and hand
-    the activated TensorRT runner to `on_ready`; meanwhile the caller keeps serving on ONNX Runtime. None where
-    there is nothing to build (no TensorRT, the engine is cached, or its build failed before)."""
-    from edge_app.runtime.engines.build_process import BuildCancelled, build_isolated
-    from edge_app.runtime.engines.cache import EngineCache
-    from edge_app.runtime.tensorrt import TensorRTRunner, current_platform
-
-    try:
-        platform = current_platform(options.dla_core)
-    except RuntimeUnavailable:
-        return None
-    cache = EngineCache(engine_cache)
-    if cache.lookup(bundle, platform, options.max_batch) is not None:
-        return None
-    failed = cache.failure(bundle, platform)
-    if failed is not None:
-        log.warning(
-            "the TensorRT engine of %s failed to build before (%s): not tried again until edge-app engines --retry",
-            bundle.manifest.name,
-            failed.get("reason"),
-        )
-        return None
-
-    def work(cancel: threading.Event) -> None:
-        try:
-            engine = build_isolated(bundle, cache, options, limits, cancel=cancel)
-            if cancel.is_set():
-                return
-            runner = TensorRTRunner(bundle, engine, options.max_batch, options.dla_core)
-            runner.activate()
-        except BuildCancelled:
-            log.info("TensorRT engine build of %s cancelled", bundle.manifest.name)
-            return
-        except Exception as exc:
-            log.warning("building the TensorRT engine failed (%s); staying on ONNX Runtime", exc)
-            return
-        log.info("TensorRT engine ready (%s): switching from ONNX Runtime", engine)
-        on_ready(runner)
-
-    log.info(
-        "no TensorRT engine of %s for %s yet: building it in the background, serving on ONNX Runtime meanwhile",
-        bundle.manifest.name,
-        platform.gpu_name,
-    )
-    return BackgroundBuild(work)

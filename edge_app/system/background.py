@@ -5,6 +5,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Protocol
+
+
+class Loop(Protocol):
+    """What the service starts and stops: the worker, the sender, retention, live inference, a wake-up listener,
+    a capture source."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class Background:

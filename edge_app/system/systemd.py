@@ -51,7 +51,12 @@ class Watchdog:
         self.interval = interval
         self.alive = alive
         self._loop_thread = Background("edge-watchdog", self._loop)
-        self.start, self.stop = self._loop_thread.start, self._loop_thread.stop
+
+    def start(self) -> None:
+        self._loop_thread.start()
+
+    def stop(self) -> None:
+        self._loop_thread.stop()
 
     def _loop(self) -> None:
         while not self._loop_thread.stopping.wait(self.interval):

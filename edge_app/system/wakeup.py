@@ -35,7 +35,6 @@ class Listener:
         self.address, self.on_wake = _address(data_dir, listener), on_wake
         self._loop_thread = Background(f"edge-wake-{listener}", self._loop)
         self._sock: socket.socket | None = None
-        self.stop = self._loop_thread.stop
 
     def start(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -48,6 +47,9 @@ class Listener:
         sock.settimeout(1.0)
         self._sock = sock
         self._loop_thread.start()
+
+    def stop(self) -> None:
+        self._loop_thread.stop()
 
     def _loop(self) -> None:
         assert self._sock is not None

@@ -1,47 +1,31 @@
-"""The Flask application: `create_app()`, one blueprint per area."""
+"""The Flask application: `create_app(service)`, one blueprint per area."""
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Request, jsonify, render_template, request
 from flask_babel import get_locale
-from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 
-from edge_app.config import Settings, check_secure, load_settings
-from edge_app.errors import ConfigError, format_validation_error
 from edge_app.ops.secrets import session_secret
-from edge_app.service import Role
+from edge_app.service import Service
 from edge_app.web import admin, api, audit, auth, devices, i18n, security, services, study, worklist
 from edge_app.web.forms import LanguageForm
 
 log = logging.getLogger(__name__)
 
 
-def create_app(test_config: Mapping[str, Any] | Settings | None = None, role: Role = "all") -> Flask:
-    """Build the app from settings: a `Settings`, a mapping shaped like the TOML file, or (None) the file named
-    by $EDGE_APP_CONFIG with environment overrides. `role="front"`: the models and the inference worker run in
-    another process (`edge-app worker`)."""
-    if test_config is None:
-        settings = load_settings(os.environ.get("EDGE_APP_CONFIG"))
-    elif isinstance(test_config, Settings):
-        settings = test_config
-    else:
-        try:
-            settings = Settings.model_validate(dict(test_config))
-        except ValidationError as exc:
-            raise ConfigError(f"invalid configuration: {format_validation_error(exc)}") from None
-    check_secure(settings)
+def create_app(service: Service) -> Flask:
+    """The web app of a service built (and started, and later stopped) by its caller; this starts nothing."""
+    settings = service.settings
 
     app = Flask(__name__)
     app.request_class = _Request
     app.config.update(MAX_CONTENT_LENGTH=settings.server.max_upload_mb * 1024 * 1024, JSON_SORT_KEYS=False)
-    services.init_app(app, settings, role)  # first: the data directory is checked there, in plain words
+    services.init_app(app, service)
     app.config["SECRET_KEY"] = session_secret(settings)
     security.init_app(app, settings)
     audit.init_app(app, settings)

@@ -137,8 +137,8 @@ def revoke_token(name: str) -> Any:
 def models() -> Any:
     svc = services.get()
     in_service = []
-    for m in svc.in_service():
-        site = svc.models.thresholds(m.bundle_sha256)
+    for m in svc.lifecycle.in_service():
+        site = svc.lifecycle.history.thresholds(m.bundle_sha256)
         thresholds = site.thresholds if site else m.thresholds  # the worker takes them up between two images
         in_service.append(
             {
@@ -146,7 +146,7 @@ def models() -> Any:
                 "path": m.path,
                 "thresholds": thresholds,
                 "site_version": site.version if site else None,
-                "history": svc.models.threshold_history(m.bundle_sha256),
+                "history": svc.lifecycle.history.threshold_history(m.bundle_sha256),
             }
         )
     return render_template(
@@ -155,9 +155,9 @@ def models() -> Any:
         imported=imported_bundles(svc.settings),
         usb=usb_bundles(svc.settings),
         import_dir=svc.settings.model.import_dir,
-        changes=svc.models.changes(),
-        problem=svc.problem(),
-        can_roll_back=bool(svc.models.activations()),
+        changes=svc.lifecycle.history.changes(),
+        problem=svc.lifecycle.problem(),
+        can_roll_back=bool(svc.lifecycle.history.activations()),
         action=ActionForm(),
     )
 
@@ -192,7 +192,7 @@ def _imported(do: Callable[[], Bundle], source: str) -> Any:
         flash(_("The bundle was refused: %(reason)s", reason=str(exc)), "error")
     else:
         m = bundle.manifest
-        svc.models.record(_actor(), "import", bundle.sha256, bundle.path, m.name, m.version)
+        svc.lifecycle.history.record(_actor(), "import", bundle.sha256, bundle.path, m.name, m.version)
         svc.store.audit(_actor(), "model.import", f"{m.name} {m.version}", bundle.sha256)
         flash(_("%(name)s %(version)s verified and imported.", name=m.name, version=m.version), "info")
     return redirect(url_for("admin.models"))
@@ -206,7 +206,7 @@ def activate_model(sha256: str) -> Any:
     if not ActionForm().validate_on_submit() or bundle is None:
         flash(_("Nothing was changed."), "error")
         return redirect(url_for("admin.models"))
-    return _activated(lambda: svc.activate(Path(bundle["path"]), _actor()))
+    return _activated(lambda: svc.lifecycle.activate(Path(bundle["path"]), _actor()))
 
 
 @bp.post("/models/rollback")
@@ -215,7 +215,7 @@ def rollback_model() -> Any:
     svc = services.get()
     if not ActionForm().validate_on_submit():
         return redirect(url_for("admin.models"))
-    return _activated(lambda: svc.rollback(_actor()))
+    return _activated(lambda: svc.lifecycle.rollback(_actor()))
 
 
 def _activated(do: Callable[[], Bundle]) -> Any:
@@ -241,7 +241,7 @@ def set_thresholds(sha256: str) -> Any:
             flash(_("A threshold is a number between 0 and 1."), "error")
         else:
             try:
-                version = svc.set_thresholds(sha256, thresholds, _actor())
+                version = svc.lifecycle.set_thresholds(sha256, thresholds, _actor())
             except UserError as exc:
                 flash(str(exc), "error")
             else:

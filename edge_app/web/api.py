@@ -30,9 +30,9 @@ def _not_found(exc: NotFound) -> Any:
 @security.public
 def health() -> Any:
     svc = services.get()
-    models = svc.in_service()
+    models = svc.lifecycle.in_service()
     first = models[0].info() if models else dict.fromkeys(("name", "version", "precision", "runner", "bundle_sha256"))
-    problem = svc.problem() or (None if models else "no model can be read")
+    problem = svc.lifecycle.problem() or (None if models else "no model can be read")
     return jsonify(
         status="degraded" if problem else "ok",
         problem=problem,

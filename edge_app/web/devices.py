@@ -25,8 +25,8 @@ def index() -> Any:
     return render_template(
         "devices.html",
         sources=[source.state() for source in svc.sources],
-        models=svc.in_service(),
-        problem=svc.problem(),
+        models=svc.lifecycle.in_service(),
+        problem=svc.lifecycle.problem(),
         engines=engine_status(svc.settings.engine_cache),
         queued=svc.store.queued(),
         free_gb=disk.free / 1e9,

@@ -4,21 +4,13 @@ from __future__ import annotations
 
 from flask import Flask, current_app
 
-from edge_app.config import Settings
-from edge_app.service import Role, Service
+from edge_app.service import Service
 
 _KEY = "edge_app"
 
 
-def init_app(app: Flask, settings: Settings, role: Role = "all") -> None:
-    """Start the service (store, models, worker; `front`: without the models and the worker) for this app;
-    `get_from(app).stop()` ends it."""
-    service = Service(settings, role)
-    try:
-        service.start()
-    except BaseException:
-        service.stop()
-        raise
+def init_app(app: Flask, service: Service) -> None:
+    """Serve `service`'s store, models and sources to this app's requests (its owner starts and stops it)."""
     app.extensions[_KEY] = service
 
 

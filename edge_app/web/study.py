@@ -46,7 +46,9 @@ def show(uid: str) -> Any:
     study = _study(uid)
     reviews = {image["id"]: svc.reviews.of_image(image["id"]) for image in study["images"]}
     shas = {result["bundle_sha256"] for image in study["images"] for result in image["results"]}
-    cards = {sha: svc.manifest_of(sha) for sha in shas}  # each result's model card, where its bundle is still here
+    cards = {
+        sha: svc.lifecycle.manifest_of(sha) for sha in shas
+    }  # each result's model card, where its bundle is still here
     return render_template(
         "study.html",
         cards=cards,
@@ -54,7 +56,7 @@ def show(uid: str) -> Any:
         reviews=reviews,
         form=ReviewForm(),
         action=ActionForm(),
-        models=svc.in_service(),
+        models=svc.lifecycle.in_service(),
         verdicts=VERDICTS,
     )
 
@@ -147,7 +149,9 @@ def report(uid: str) -> Response:
     }
     reviews = {image["id"]: svc.reviews.of_image(image["id"]) for image in study["images"]}
     shas = {result["bundle_sha256"] for image in study["images"] for result in image["results"]}
-    pdf = study_report(study, pictures, heatmaps, reviews, _, cards={sha: svc.manifest_of(sha) for sha in shas})
+    pdf = study_report(
+        study, pictures, heatmaps, reviews, _, cards={sha: svc.lifecycle.manifest_of(sha) for sha in shas}
+    )
     return Response(
         pdf,
         mimetype="application/pdf",
