@@ -11,9 +11,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
 
-from conftest import dicom_file
 from edge_app.errors import ConfigError
 from edge_app.web import create_app, services
+from support.dicom import dicom_file
 
 
 def test_health(client: FlaskClient) -> None:

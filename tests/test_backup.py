@@ -15,7 +15,6 @@ from pathlib import Path
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import NIH, bundle_variant, dicom_file
 from edge_app.config import Settings
 from edge_app.inference.model_import import import_folder
 from edge_app.ops.secrets import init_tls
@@ -23,6 +22,9 @@ from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
 from edge_app.store.schema import VERSION
 from edge_app.web import create_app, services
+from support.bundles import bundle_variant
+from support.data import NIH
+from support.dicom import dicom_file
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 

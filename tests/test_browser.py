@@ -21,11 +21,13 @@ from typing import Any
 
 import pytest
 
-from conftest import EDGE_APP, ROOT, dicom_file
 from edge_app.config import Settings
 from edge_app.ops.secrets import init_tls
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
+from support.data import ROOT
+from support.dicom import dicom_file
+from support.tools import EDGE_APP
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(os.environ.get("EDGE_TEST_ARTIFACTS", ROOT / "tests" / "artifacts")) / "browser"

@@ -148,7 +148,7 @@ def test_every_key_can_be_set_from_the_environment(tmp_path: Path) -> None:
 
 
 def test_the_appliance_configuration_file_is_valid() -> None:
-    from conftest import ROOT
+    from support.data import ROOT
 
     s = load_settings(ROOT / "firmware_config" / "edge-app.toml", environ={})
     assert s.storage.data_dir == Path("/var/lib/edge-app") and s.server.host == "0.0.0.0"

@@ -13,8 +13,9 @@ import pydicom
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import NIH, dicom_bytes, dicom_file
 from edge_app.web import create_app, services
+from support.data import NIH
+from support.dicom import dicom_bytes, dicom_file
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 

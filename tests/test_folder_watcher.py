@@ -15,12 +15,12 @@ import pydicom
 import pytest
 from PIL import Image
 
-from conftest import dicom_file
 from edge_app.capture.folder import FolderWatcher
 from edge_app.config import FolderCaptureSettings, Settings
 from edge_app.ingest import Ingest
 from edge_app.service import Service
 from edge_app.store import Store
+from support.dicom import dicom_file
 
 
 def _png() -> bytes:

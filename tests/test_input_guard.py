@@ -583,11 +583,11 @@ def test_an_image_sent_to_another_model_is_read_by_that_one_its_guard_still_judg
     guard) it is outside again. A model without a guard still goes by the header."""
     import pydicom
 
-    from conftest import dicom_file
     from edge_app.config import Settings
     from edge_app.errors import UserError
     from edge_app.inference.registry import Registry
     from edge_app.inference.worker import Worker
+    from support.dicom import dicom_file
 
     knee, bare = load_bundle(_knee_model(tmp_path, True)), load_bundle(_knee_model(tmp_path / "bare", False))
     settings = Settings.model_validate(

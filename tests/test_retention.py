@@ -8,9 +8,9 @@ from typing import Any
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import NIH
 from edge_app.ops.retention import Retention
 from edge_app.web import services
+from support.data import NIH
 
 
 def test_old_images_lose_their_files_and_keep_their_findings(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from support.data import ROOT
 
 TRT_MODULES = [
     "edge_app/runtime/tensorrt.py",

@@ -19,7 +19,6 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import ROOT, AuthActions, TritonServer, bundle_variant
 from converters.triton_export import ExportOptions, export_triton
 from edge_app.bundles.bundle import Bundle, load_bundle
 from edge_app.config import EMBEDDED_BUNDLE, Settings, TritonSettings
@@ -28,6 +27,10 @@ from edge_app.outputs.documents import findings_report
 from edge_app.runtime.onnx import OnnxRuntimeRunner
 from edge_app.runtime.triton import TritonRunner
 from edge_app.web import create_app, services
+from support.bundles import bundle_variant
+from support.processes import TritonServer
+from support.tools import EDGE_CONVERT
+from support.web import AuthActions
 
 
 def _batch(bundle: Bundle, n: int, seed: int) -> np.ndarray:
@@ -89,11 +92,8 @@ def test_the_repository_matches_the_manifest_one_version_per_bundle(tmp_path: Pa
 
 
 def test_export_refusals(tmp_path: Path, versions: list[Bundle]) -> None:
-    cli = (
-        [str(Path(ROOT / ".venv/bin/edge-convert"))] if (ROOT / ".venv/bin/edge-convert").exists() else ["edge-convert"]
-    )
     proc = subprocess.run(
-        [*cli, "export-triton", str(EMBEDDED_BUNDLE), "-o", str(tmp_path / "r"), "--form", "tensorrt"],
+        [*EDGE_CONVERT, "export-triton", str(EMBEDDED_BUNDLE), "-o", str(tmp_path / "r"), "--form", "tensorrt"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -101,7 +101,7 @@ def test_export_refusals(tmp_path: Path, versions: list[Bundle]) -> None:
     assert proc.returncode == 2 and "the tensorrt form needs --engines" in proc.stderr
     proc = subprocess.run(
         [
-            *cli,
+            *EDGE_CONVERT,
             "export-triton",
             str(EMBEDDED_BUNDLE),
             "-o",
@@ -119,7 +119,7 @@ def test_export_refusals(tmp_path: Path, versions: list[Bundle]) -> None:
     (tmp_path / "foreign" / "cxr-reference").mkdir(parents=True)
     (tmp_path / "foreign" / "cxr-reference" / "config.pbtxt").write_text('name: "cxr-reference"\n')
     proc = subprocess.run(
-        [*cli, "export-triton", str(EMBEDDED_BUNDLE), "-o", str(tmp_path / "foreign")],
+        [*EDGE_CONVERT, "export-triton", str(EMBEDDED_BUNDLE), "-o", str(tmp_path / "foreign")],
         capture_output=True,
         text=True,
         timeout=60,
@@ -127,7 +127,7 @@ def test_export_refusals(tmp_path: Path, versions: list[Bundle]) -> None:
     assert proc.returncode == 2 and "did not write" in proc.stderr
     (tmp_path / "a file").write_text("x")
     proc = subprocess.run(
-        [*cli, "export-triton", str(EMBEDDED_BUNDLE), "-o", str(tmp_path / "a file")],
+        [*EDGE_CONVERT, "export-triton", str(EMBEDDED_BUNDLE), "-o", str(tmp_path / "a file")],
         capture_output=True,
         text=True,
         timeout=60,

@@ -16,9 +16,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import NIH, AuthActions, dicom_file
 from edge_app.store.accounts import parse_roles
 from edge_app.web import services
+from support.data import NIH
+from support.dicom import dicom_file
+from support.web import AuthActions
 
 
 def _post(client: FlaskClient, data: bytes, filename: str) -> dict[str, Any]:

@@ -169,7 +169,7 @@ def test_the_api_takes_a_token_until_it_is_revoked(app: Flask, anonymous: FlaskC
 
 
 def test_health_is_open_and_tells_no_patient_data(app: Flask, anonymous: FlaskClient, client: FlaskClient) -> None:
-    from conftest import dicom_file
+    from support.dicom import dicom_file
 
     data = dicom_file("RG1_UNCR.dcm").read_bytes()
     assert client.post("/api/v1/studies?filename=rg1.dcm", data=data).status_code == 201
@@ -424,7 +424,7 @@ def test_a_real_server_over_https_with_its_own_certificate(tmp_path: Path, free_
     import urllib.parse
     import urllib.request
 
-    from conftest import EDGE_APP
+    from support.tools import EDGE_APP
 
     data = tmp_path / "data"
     settings = Settings.model_validate({"storage": {"data_dir": str(data)}})
@@ -493,7 +493,7 @@ def test_a_technician_sends_images_and_reads_no_results(
     image claiming another patient's study is refused, not slipped into that patient's record."""
     import pydicom
 
-    from conftest import dicom_file
+    from support.dicom import dicom_file
 
     first = client.post("/api/v1/studies?filename=rg1.dcm", data=dicom_file("RG1_UNCR.dcm").read_bytes())
     uid = first.get_json()["uid"]

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EDGE_APP
 from edge_app.config import Settings
 from edge_app.ops.secrets import init_tls
+from support.tools import EDGE_APP
 
 ATTACKER = "127.0.0.2"  # another peer on the loopback network; the tablet's requests come from 127.0.0.1
 Launch = Callable[..., subprocess.Popen[str]]

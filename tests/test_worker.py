@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import dicom_file
 from edge_app.config import EMBEDDED_BUNDLE, OutputSettings, Settings, WorkerSettings
 from edge_app.imaging.header import read_header
 from edge_app.inference.registry import Registry
 from edge_app.inference.worker import Worker
 from edge_app.outputs.outbox import Outbox
 from edge_app.store import Store
+from support.dicom import dicom_file
 
 
 def _registry(tmp_path: Path, *bundles: Path) -> Registry:
@@ -157,9 +157,9 @@ def test_an_idle_worker_sleeps(tmp_path: Path, store: Store) -> None:
 def test_a_worker_on_one_job_too_long_is_not_progressing(tmp_path: Path) -> None:
     """What the watchdog asks: idle is fine, a job past the limit is stuck (a 0.5 s JPEG 2000 decode against a
     0.1 s limit), and a stopped worker is not progressing."""
-    from conftest import dicom_file
     from edge_app.config import Settings
     from edge_app.service import Service
+    from support.dicom import dicom_file
 
     service = Service(Settings.model_validate({"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1}}))
     service.start()
@@ -195,9 +195,9 @@ def test_a_job_begun_soon_after_boot_is_stuck_by_its_own_duration(
     import types
 
     import edge_app.inference.worker
-    from conftest import dicom_file
     from edge_app.config import Settings
     from edge_app.service import Service
+    from support.dicom import dicom_file
 
     now = [100.0]
     monkeypatch.setattr(edge_app.inference.worker, "time", types.SimpleNamespace(monotonic=lambda: now[0]))

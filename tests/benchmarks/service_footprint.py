@@ -32,7 +32,6 @@ from hostile import HOSTILE  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
 from appliance import api_headers, free_port, serve  # noqa: E402
-
 from conftest import dicom_file  # noqa: E402
 
 

@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
 from appliance import add_user, api_headers, free_port, serve  # noqa: E402
-
 from conftest import dicom_file  # noqa: E402
 
 PASSWORD = "benchmark password"

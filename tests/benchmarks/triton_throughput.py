@@ -24,6 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import TritonServer  # noqa: E402
+
 from converters.triton_export import ExportOptions, export_triton  # noqa: E402
 from edge_app.bundles.bundle import load_bundle  # noqa: E402
 from edge_app.config import EMBEDDED_BUNDLE, TritonSettings  # noqa: E402
