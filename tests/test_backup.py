@@ -29,9 +29,11 @@ from support.dicom import dicom_file
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def test_a_backup_brings_a_box_back(cli: Cli, tmp_path: Path, api_client: Callable[[Flask], FlaskClient]) -> None:
-    data, stick = tmp_path / "data", tmp_path / "usb"
-    settings = Settings.model_validate({"storage": {"data_dir": str(data)}, "model": {"threads": 1}})
+def test_a_backup_brings_a_box_back(
+    cli: Cli, tmp_path: Path, api_client: Callable[[Flask], FlaskClient], make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings()
+    data, stick = settings.storage.data_dir, tmp_path / "usb"
     init_tls(settings, [])
     app = create_app(settings)
     try:

@@ -50,15 +50,18 @@ pytestmark = [
 
 
 @pytest.fixture
-def tablet_server(tmp_path: Path, free_port: int, token_for: Callable[..., Any]) -> Iterator[Tablet]:
+def tablet_server(
+    tmp_path: Path, free_port: int, token_for: Callable[..., Any], make_settings: Callable[..., Settings]
+) -> Iterator[Tablet]:
     """A served appliance as on the clinic's Wi-Fi (HTTPS with the certificate `edge-app tls init` makes, all
     interfaces), with one clinician and one study received over DICOM; yields (base URL, study UID, a function
     that uploads a PNG through the API and returns its study's UID once diagnosed)."""
     import pydicom
     from pynetdicom import AE
 
-    data = tmp_path / "data"
-    cert, _, _ = init_tls(Settings.model_validate({"storage": {"data_dir": str(data)}}), [])
+    settings = make_settings()
+    data = settings.storage.data_dir
+    cert, _, _ = init_tls(settings, [])
     store = Store(data)
     try:
         Accounts(store).add_user("dr-ade", parse_roles("clinician"), PASSWORD)

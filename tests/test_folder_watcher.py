@@ -8,6 +8,7 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -82,16 +83,12 @@ def test_a_name_taken_in_done_gets_a_suffix_and_an_empty_file_fails(tmp_path: Pa
     store.close()
 
 
-def test_the_service_watches_the_folder_and_diagnoses(tmp_path: Path, nih_png: Path) -> None:
+def test_the_service_watches_the_folder_and_diagnoses(
+    tmp_path: Path, nih_png: Path, make_settings: Callable[..., Settings]
+) -> None:
     root = tmp_path / "usb"
     root.mkdir()
-    settings = Settings.model_validate(
-        {
-            "storage": {"data_dir": str(tmp_path / "data")},
-            "model": {"threads": 1},
-            "capture": {"folder": {"enabled": True, "path": str(root), "poll_s": 0.05, "stable_s": 0.1}},
-        }
-    )
+    settings = make_settings(capture={"folder": {"enabled": True, "path": str(root), "poll_s": 0.05, "stable_s": 0.1}})
     service = Service(settings)
     service.start()
     try:

@@ -221,17 +221,16 @@ def test_the_hub_going_away_costs_no_study_and_it_is_used_again_when_back(
 
 
 def test_the_service_on_a_hub_names_it_in_the_study_and_the_sr_and_health_says_when_it_is_away(
-    tmp_path: Path, versions: list[Bundle], api_client: Callable[[Flask], FlaskClient], nih_png: Path
+    tmp_path: Path,
+    versions: list[Bundle],
+    api_client: Callable[[Flask], FlaskClient],
+    nih_png: Path,
+    make_settings: Callable[..., Settings],
 ) -> None:
     repository = tmp_path / "repository"
     export_triton(versions[:1], repository, ExportOptions(form="python"))
     server = TritonServer(repository, tmp_path / "triton").start()
-    settings = Settings.model_validate(
-        {
-            "storage": {"data_dir": str(tmp_path / "data")},
-            "model": {"threads": 1, "runner": "triton", "triton": {"url": server.url, "retry_s": 60}},
-        }
-    )
+    settings = make_settings(model={"runner": "triton", "triton": {"url": server.url, "retry_s": 60}})
     app = create_app(settings)
     client = api_client(app)
     try:
@@ -332,11 +331,12 @@ class _TlsProxy:
         self.listener.close()
 
 
-def test_tls_to_the_hub_with_the_clinics_certificate(hub: TritonServer, versions: list[Bundle], tmp_path: Path) -> None:
+def test_tls_to_the_hub_with_the_clinics_certificate(
+    hub: TritonServer, versions: list[Bundle], make_settings: Callable[..., Settings]
+) -> None:
     from edge_app.ops.secrets import init_tls
 
-    settings = Settings.model_validate({"storage": {"data_dir": str(tmp_path)}})
-    cert, key, _ = init_tls(settings, ["127.0.0.1"])
+    cert, key, _ = init_tls(make_settings(), ["127.0.0.1"])
     proxy = _TlsProxy(hub.port, cert, key)
     bundle = versions[0]
     try:

@@ -38,23 +38,18 @@ def _until(check: Callable[[], object], timeout: float = 20.0) -> None:
         time.sleep(0.02)
 
 
-def _service(tmp_path: Path, source: Path) -> Service:
-    settings = Settings.model_validate(
-        {
-            "storage": {"data_dir": str(tmp_path / "data")},
-            "model": {"threads": 1},
-            "capture": {"video": {"enabled": True, "source": str(source), "reconnect_s": 0.1}},
-        }
-    )
-    service = Service(settings)
+def _service(make_settings: Callable[..., Settings], source: Path) -> Service:
+    service = Service(make_settings(capture={"video": {"enabled": True, "source": str(source), "reconnect_s": 0.1}}))
     service.start()
     return service
 
 
-def test_a_trigger_stores_the_current_frame_as_an_ultrasound_image(tmp_path: Path) -> None:
+def test_a_trigger_stores_the_current_frame_as_an_ultrasound_image(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
     video = tmp_path / "loop.avi"
     _write_video(video)
-    service = _service(tmp_path, video)
+    service = _service(make_settings, video)
     try:
         (grabber,) = service.sources
         _until(lambda: grabber.state()["frame"] == FRAMES - 1)  # the file has ended: the last frame stays
@@ -99,9 +94,9 @@ def test_capture_without_a_video_source_is_a_conflict(client) -> None:  # type: 
     assert resp.status_code == 409 and "[capture.video]" in resp.get_json()["detail"]
 
 
-def test_a_grabber_that_appears_later_is_opened(tmp_path: Path) -> None:
+def test_a_grabber_that_appears_later_is_opened(tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
     video = tmp_path / "later.avi"
-    service = _service(tmp_path, video)
+    service = _service(make_settings, video)
     try:
         (grabber,) = service.sources
         time.sleep(0.3)

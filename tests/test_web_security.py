@@ -221,8 +221,8 @@ def test_session_cookie_flags(auth: Any) -> None:
     assert "Secure" not in cookie, "plain HTTP on loopback: a Secure cookie would never come back"
 
 
-def test_the_cookie_is_secure_under_tls(tmp_path: Path) -> None:
-    settings = Settings.model_validate({"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1}})
+def test_the_cookie_is_secure_under_tls(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
     init_tls(settings, [])
     app = create_app(settings)
     try:
@@ -296,10 +296,10 @@ def test_the_throttle_counts_per_address_too(app: Flask) -> None:
     assert other.post("/login", data=data, environ_base={"REMOTE_ADDR": "10.0.0.9"}).status_code == 302
 
 
-def test_an_idle_session_logs_out_and_a_background_refresh_does_not_hold_it(tmp_path: Path) -> None:
-    settings = Settings.model_validate(
-        {"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1}, "server": {"idle_logout_min": 1}}
-    )
+def test_an_idle_session_logs_out_and_a_background_refresh_does_not_hold_it(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(server={"idle_logout_min": 1})
     app = create_app(settings)
     try:
         client = _login(app, "nurse", "clinician")
@@ -413,7 +413,9 @@ def test_the_upload_limit_holds_for_a_logged_in_page(
         services.get_from(app).stop()
 
 
-def test_a_real_server_over_https_with_its_own_certificate(tmp_path: Path, free_port: int) -> None:
+def test_a_real_server_over_https_with_its_own_certificate(
+    free_port: int, make_settings: Callable[..., Settings]
+) -> None:
     """`edge-app tls init`, a user, then `edge-app serve` on all interfaces: HTTPS only, verified against the
     certificate it made, and the session cookie is Secure."""
     import http.cookiejar
@@ -426,8 +428,8 @@ def test_a_real_server_over_https_with_its_own_certificate(tmp_path: Path, free_
 
     from support.tools import EDGE_APP
 
-    data = tmp_path / "data"
-    settings = Settings.model_validate({"storage": {"data_dir": str(data)}})
+    settings = make_settings()
+    data = settings.storage.data_dir
     cert, _, _ = init_tls(settings, [])
     from edge_app.store import Store
     from edge_app.store.accounts import Accounts
