@@ -15,6 +15,8 @@ from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
 from support.tools import EDGE_APP
 
+pytestmark = pytest.mark.system
+
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 PASSWORD = "a long enough password"
 

@@ -15,6 +15,8 @@ from edge_app.errors import ConfigError
 from edge_app.web import create_app, services
 from support.dicom import dicom_file
 
+pytestmark = pytest.mark.unit
+
 
 def test_health(client: FlaskClient) -> None:
     body = client.get("/api/v1/health").get_json()

@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -25,6 +26,8 @@ from edge_app.web import create_app, services
 from support.bundles import bundle_variant
 from support.data import NIH
 from support.dicom import dicom_file
+
+pytestmark = pytest.mark.system
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 

@@ -16,6 +16,8 @@ from edge_app.errors import ImageRejected
 from edge_app.imaging import DecodeLimits, decode
 from support.dicom import dicom_bytes, dicom_file
 
+pytestmark = pytest.mark.unit
+
 
 def _rejected(data: bytes | Path, source: str = "bad.file", **limits: object) -> str:
     with pytest.raises(ImageRejected) as info:

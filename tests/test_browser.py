@@ -44,6 +44,7 @@ ARGS = [
 
 Tablet = tuple[str, str, Callable[[bytes], str]]
 pytestmark = [
+    pytest.mark.system,
     pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"),
     pytest.mark.slow,
 ]

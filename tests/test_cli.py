@@ -16,6 +16,8 @@ import pytest
 from support.dicom import dicom_file
 from support.tools import EDGE_APP
 
+pytestmark = pytest.mark.system
+
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 

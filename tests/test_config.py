@@ -13,6 +13,8 @@ from edge_app.config import EMBEDDED_BUNDLE, check_secure, default_data_dir, loa
 from edge_app.errors import ConfigError
 from edge_app.ops.secrets import init_tls
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults() -> None:
     s = load_settings(environ={})

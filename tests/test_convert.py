@@ -25,6 +25,8 @@ from edge_app.runtime import open_runner
 from support.bundles import KERAS_SPEC
 from support.tools import EDGE_CONVERT
 
+pytestmark = pytest.mark.system
+
 REFERENCE = EMBEDDED_BUNDLE / "model.onnx"
 _M = load_bundle(EMBEDDED_BUNDLE).manifest
 REFERENCE_SPEC = (

@@ -15,6 +15,8 @@ import pytest
 from edge_app.bundles.bundle import load_bundle
 from support.tools import EDGE_CONVERT
 
+pytestmark = pytest.mark.system
+
 torch = pytest.importorskip("torch", reason="PyTorch input needs torch (pip install '.[train]')")
 
 NET = """

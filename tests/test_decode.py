@@ -13,6 +13,8 @@ from PIL import Image
 from edge_app.imaging import DecodeLimits, decode
 from support.dicom import cr_and_us_files, dicom_bytes, dicom_file
 
+pytestmark = pytest.mark.unit
+
 CR_US = cr_and_us_files()
 
 

@@ -24,6 +24,8 @@ from edge_app.web import create_app, services
 from support.dicom import cr_and_us_files, dicom_file
 from support.tools import dcmtk
 
+pytestmark = pytest.mark.system
+
 CR_US = cr_and_us_files()
 
 

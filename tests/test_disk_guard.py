@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from pynetdicom import AE
@@ -18,6 +19,8 @@ from edge_app.ingest import Ingest
 from edge_app.store import Store
 from edge_app.web import create_app, services
 from support.dicom import dicom_file
+
+pytestmark = pytest.mark.integration
 
 
 def _more_than_free(path: Path) -> int:

@@ -23,6 +23,8 @@ from PIL import Image
 
 from support.dicom import dicom_file
 
+pytestmark = pytest.mark.system
+
 
 def _png(seed: int) -> bytes:
     buf = io.BytesIO()

@@ -23,6 +23,8 @@ from edge_app.service import Service
 from edge_app.store import Store
 from support.dicom import dicom_file
 
+pytestmark = pytest.mark.unit
+
 
 def _png() -> bytes:
     buf = io.BytesIO()

@@ -28,6 +28,8 @@ from edge_app.imaging import DecodeLimits, decode
 from edge_app.imaging.sandbox import DecoderPool
 from support.dicom import dicom_file
 
+pytestmark = pytest.mark.system
+
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 IDS = [h.name for h in HOSTILE]
 

@@ -31,6 +31,8 @@ from edge_app.runtime import open_runner
 from edge_app.store import Store
 from edge_app.store.schema import MIGRATIONS, migrate
 
+pytestmark = pytest.mark.unit
+
 MANIFEST = load_bundle(EMBEDDED_BUNDLE).manifest
 
 

@@ -37,7 +37,7 @@ from edge_app.web import create_app, services
 from support.bundles import bundle_variant
 from support.tools import EDGE_APP, EDGE_CONVERT
 
-pytestmark = pytest.mark.usefixtures("fake_gpu")
+pytestmark = [pytest.mark.system, pytest.mark.usefixtures("fake_gpu")]
 
 
 @pytest.fixture

@@ -20,6 +20,8 @@ from edge_app.web import create_app, services
 from support.bundles import bundle_variant
 from support.web import AuthActions
 
+pytestmark = pytest.mark.unit
+
 
 def _zip(folder: Path, top: str = "") -> bytes:
     buf = io.BytesIO()

@@ -5,10 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "mutation"))
 
 import run  # noqa: E402
+
+pytestmark = pytest.mark.unit
 
 
 def test_every_listed_mutant_is_on_a_line_of_a_mutated_module() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from support.data import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 
 def test_the_kit_installs_with_no_network_and_runs(tmp_path: Path, nih_png: Path) -> None:

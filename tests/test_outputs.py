@@ -21,6 +21,8 @@ from edge_app.web import create_app, services
 from support.dicom import dicom_file
 from support.tools import dcmtk
 
+pytestmark = pytest.mark.integration
+
 
 def _until(check: Callable[[], object], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout

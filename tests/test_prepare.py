@@ -15,6 +15,8 @@ from edge_app.imaging import DecodeLimits
 from edge_app.imaging.prepare import PREVIEW_SIDE, prepare, preview
 from support.dicom import noisy_j2k
 
+pytestmark = pytest.mark.unit
+
 
 def _timed(data: bytes) -> tuple[dict[str, float], float]:
     manifest = load_bundle(EMBEDDED_BUNDLE).manifest

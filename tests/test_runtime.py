@@ -19,6 +19,8 @@ from edge_app.runtime import open_runner
 from edge_app.runtime.onnx import OnnxRuntimeRunner
 from support.dicom import dicom_file
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def diagnoser() -> Diagnoser:

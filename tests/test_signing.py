@@ -18,6 +18,8 @@ from edge_app.errors import BundleError, ConfigError
 from edge_app.inference.diagnoser import Diagnoser
 from support.tools import EDGE_CONVERT
 
+pytestmark = pytest.mark.system
+
 
 @pytest.fixture
 def bundle_dir(tmp_path: Path) -> Path:

@@ -21,7 +21,7 @@ from support.bundles import bundle_variant
 from support.data import NIH
 from support.tools import EDGE_APP
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 
 def _start_worker(data: Path) -> subprocess.Popen[str]:

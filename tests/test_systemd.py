@@ -18,6 +18,8 @@ from flask.testing import FlaskClient
 from edge_app.system.systemd import Watchdog, notify, watchdog_interval
 from support.tools import EDGE_APP
 
+pytestmark = pytest.mark.system
+
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 SERVICES = ["edge-app-web.service", "edge-app-worker.service"]  # the two long-running ones, under edge-app.target
 

@@ -22,6 +22,8 @@ from edge_app.runtime.engines.cache import ENGINE_NAME, FAILED_NAME, META_NAME, 
 from edge_app.runtime.tensorrt import EngineTensor, check_engine_io, current_platform
 from support.tools import EDGE_CONVERT
 
+pytestmark = pytest.mark.system
+
 ORIN = Platform("10.3.0", "Orin (nvgpu)", "8.7", sm_count=8, memory_mb=7620, l4t_release="R36.3.0")
 
 

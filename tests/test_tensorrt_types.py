@@ -17,6 +17,8 @@ import pytest
 
 from support.data import ROOT
 
+pytestmark = pytest.mark.integration
+
 TRT_MODULES = [
     "edge_app/runtime/tensorrt.py",
     "edge_app/runtime/engines/build.py",

@@ -32,6 +32,8 @@ from support.processes import TritonServer
 from support.tools import EDGE_CONVERT
 from support.web import AuthActions
 
+pytestmark = pytest.mark.system
+
 
 def _batch(bundle: Bundle, n: int, seed: int) -> np.ndarray:
     m = bundle.manifest.input

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pydicom
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -17,6 +18,8 @@ from edge_app.config import Settings
 from edge_app.ingest import Event
 from edge_app.service import Service
 from edge_app.web import create_app, services
+
+pytestmark = pytest.mark.unit
 
 FRAMES, FPS = 12, 24
 

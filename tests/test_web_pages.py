@@ -22,6 +22,8 @@ from support.data import NIH
 from support.dicom import dicom_file
 from support.web import AuthActions
 
+pytestmark = pytest.mark.unit
+
 
 def _post(client: FlaskClient, data: bytes, filename: str) -> dict[str, Any]:
     resp = client.post(f"/api/v1/studies?filename={filename}", data=data)

@@ -19,6 +19,8 @@ from edge_app.ops.secrets import init_tls
 from edge_app.store.accounts import ROLES, parse_roles
 from edge_app.web import create_app, services
 
+pytestmark = pytest.mark.system
+
 PUBLIC = None
 ANY_ROLE = set(ROLES)
 CLINICAL = {"clinician", "technician"}

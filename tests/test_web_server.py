@@ -21,6 +21,8 @@ from edge_app.config import Settings
 from edge_app.ops.secrets import init_tls
 from support.tools import EDGE_APP
 
+pytestmark = pytest.mark.system
+
 ATTACKER = "127.0.0.2"  # another peer on the loopback network; the tablet's requests come from 127.0.0.1
 Launch = Callable[..., subprocess.Popen[str]]
 Served = tuple[ssl.SSLContext, subprocess.Popen[str]]

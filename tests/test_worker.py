@@ -18,6 +18,8 @@ from edge_app.outputs.outbox import Outbox
 from edge_app.store import Store
 from support.dicom import dicom_file
 
+pytestmark = pytest.mark.unit
+
 
 def _registry(tmp_path: Path, *bundles: Path) -> Registry:
     settings = Settings.model_validate(
