@@ -699,9 +699,6 @@ def test_each_step_shows_a_bar_and_a_library_failure_names_its_step(
     import io
     import logging
     import re
-    import types
-
-    import converters.build
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
@@ -710,8 +707,7 @@ def test_each_step_shows_a_bar_and_a_library_failure_names_its_step(
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     clock = iter([100.0, 250.5])  # the step began 100 s after the clock's origin and took 150.5 s
-    monkeypatch.setattr(converters.build, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
-    steps = Steps()
+    steps = Steps(clock=lambda: next(clock))
     assert steps.run("load ONNX", lambda: 7, lambda r: f"got {r}") == 7
     assert re.search(r"\rload ONNX {20}#{20} \d\d:\d\d\n$", terminal.getvalue()), repr(terminal.getvalue())
     assert steps.done == [("load ONNX", 150.5, "got 7")]
