@@ -54,6 +54,7 @@ class Steps:
 
     show: bool = True
     done: list[tuple[str, float, str]] = field(default_factory=list)
+    clock: Callable[[], float] = time.perf_counter  # seconds, for each step's duration
 
     def run(self, name: str, action: Callable[[], T], note: Callable[[T], str] = lambda _: "") -> T:
         from tqdm import tqdm
@@ -65,7 +66,7 @@ class Steps:
             leave=True,
             bar_format="{desc} {bar:20} {elapsed}",
         ) as bar:
-            t0 = time.perf_counter()
+            t0 = self.clock()
             try:
                 result = action()
             except EdgeAppError:
@@ -74,7 +75,7 @@ class Steps:
                 log.debug("step %r failed", name, exc_info=True)
                 raise ModelError(f"{name} failed on this model: {type(exc).__name__}: {exc}") from exc
             bar.update(1)
-        self.done.append((name, time.perf_counter() - t0, note(result)))
+        self.done.append((name, self.clock() - t0, note(result)))
         return result
 
     def summary(self) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import NIH, dicom_dirs
+from support.data import NIH, dicom_dirs
 
 # Image pixel module and file meta elements whose values decide how pixels are read (explicit VR little endian).
 _DICOM_FIELDS = [

@@ -23,7 +23,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, generate_uid
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import dicom_file
+from support.dicom import dicom_file
 
 
 class Hostile(NamedTuple):

@@ -48,7 +48,6 @@ import functools
 import io
 import logging
 import math
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,13 +60,9 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from edge_app.errors import ImageRejected
 from edge_app.imaging.decode import DecodeLimits, decode
+from support.data import NIH, dicom_dirs
 
 log = logging.getLogger(__name__)
-
-# Where the real data is, as tests/conftest.py says (not imported: this module must not need pytest).
-ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("EDGE_SHARED_DATA", ROOT.parent / "shared" / "data"))
-NIH = SHARED_DATA / "nih-cxr14-sample"
 
 OUTSIDE_KINDS = (
     "radiograph_other",
@@ -224,20 +219,6 @@ def _size(rng: np.random.Generator, lo: int = 256, hi: int = 1024) -> tuple[int,
 
 
 # -- real DICOM files ------------------------------------------------------------------------------------------------
-
-
-def dicom_dirs() -> list[Path]:
-    """Folders of real DICOM files: pydicom-data's store and pydicom's own test files (as tests/conftest.py)."""
-    import pydicom.data
-
-    dirs = [Path(pydicom.data.__file__).parent / "test_files"]
-    try:
-        import data_store  # the pydicom-data package
-
-        dirs.insert(0, Path(data_store.__file__).parent / "data")
-    except ImportError:
-        pass
-    return dirs
 
 
 @functools.cache

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher
 
-from conftest import EDGE_APP
 from edge_app.errors import NotFound, UserError
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
+from support.tools import EDGE_APP
+
+pytestmark = pytest.mark.system
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 PASSWORD = "a long enough password"

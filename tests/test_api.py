@@ -11,11 +11,13 @@ from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
 
-from conftest import dicom_file
 from edge_app.config import Settings, with_overrides
 from edge_app.errors import ConfigError
 from edge_app.service import Service
 from edge_app.web import create_app, services
+from support.dicom import dicom_file
+
+pytestmark = pytest.mark.unit
 
 
 def test_health(client: FlaskClient) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 BASE = {"edge_app", "errors", "system"}  # the package's version, the exception tree, file and process helpers
 # Each wing and what it may import besides BASE and itself; every wing of edge_app/ has its rule.

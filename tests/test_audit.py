@@ -22,6 +22,8 @@ import pytest
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
 
+pytestmark = pytest.mark.system
+
 PASSWORD = "a long enough password"
 Launch = Callable[..., subprocess.Popen[str]]
 Cli = Callable[..., subprocess.CompletedProcess[str]]

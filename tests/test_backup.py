@@ -12,10 +12,10 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import NIH, bundle_variant, dicom_file
 from edge_app.config import Settings
 from edge_app.inference.model_import import import_folder
 from edge_app.ops.secrets import init_tls
@@ -24,13 +24,20 @@ from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
 from edge_app.store.schema import VERSION
 from edge_app.web import create_app, services
+from support.bundles import bundle_variant
+from support.data import NIH
+from support.dicom import dicom_file
+
+pytestmark = pytest.mark.system
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def test_a_backup_brings_a_box_back(cli: Cli, tmp_path: Path, api_client: Callable[[Flask], FlaskClient]) -> None:
-    data, stick = tmp_path / "data", tmp_path / "usb"
-    settings = Settings.model_validate({"storage": {"data_dir": str(data)}, "model": {"threads": 1}})
+def test_a_backup_brings_a_box_back(
+    cli: Cli, tmp_path: Path, api_client: Callable[[Flask], FlaskClient], make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings()
+    data, stick = settings.storage.data_dir, tmp_path / "usb"
     init_tls(settings, [])
     with Service(settings) as svc:
         app = create_app(svc)

@@ -12,9 +12,11 @@ import pydicom
 import pytest
 from PIL import Image
 
-from conftest import dicom_bytes, dicom_file
 from edge_app.errors import ImageRejected
 from edge_app.imaging import DecodeLimits, decode
+from support.dicom import dicom_bytes, dicom_file
+
+pytestmark = pytest.mark.unit
 
 
 def _rejected(data: bytes | Path, source: str = "bad.file", **limits: object) -> str:

@@ -21,11 +21,13 @@ from typing import Any
 
 import pytest
 
-from conftest import EDGE_APP, ROOT, dicom_file
 from edge_app.config import Settings
 from edge_app.ops.secrets import init_tls
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
+from support.data import ROOT
+from support.dicom import dicom_file
+from support.tools import EDGE_APP
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(os.environ.get("EDGE_TEST_ARTIFACTS", ROOT / "tests" / "artifacts")) / "browser"
@@ -42,21 +44,25 @@ ARGS = [
 
 Tablet = tuple[str, str, Callable[[bytes], str]]
 pytestmark = [
+    pytest.mark.system,
     pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"),
     pytest.mark.slow,
 ]
 
 
 @pytest.fixture
-def tablet_server(tmp_path: Path, free_port: int, token_for: Callable[..., Any]) -> Iterator[Tablet]:
+def tablet_server(
+    tmp_path: Path, free_port: int, token_for: Callable[..., Any], make_settings: Callable[..., Settings]
+) -> Iterator[Tablet]:
     """A served appliance as on the clinic's Wi-Fi (HTTPS with the certificate `edge-app tls init` makes, all
     interfaces), with one clinician and one study received over DICOM; yields (base URL, study UID, a function
     that uploads a PNG through the API and returns its study's UID once diagnosed)."""
     import pydicom
     from pynetdicom import AE
 
-    data = tmp_path / "data"
-    cert, _, _ = init_tls(Settings.model_validate({"storage": {"data_dir": str(data)}}), [])
+    settings = make_settings()
+    data = settings.storage.data_dir
+    cert, _, _ = init_tls(settings, [])
     store = Store(data)
     try:
         Accounts(store).add_user("dr-ade", parse_roles("clinician"), PASSWORD)

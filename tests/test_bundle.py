@@ -13,6 +13,8 @@ from edge_app.bundles.bundle import MANIFEST_NAME, load_bundle
 from edge_app.config import EMBEDDED_BUNDLE
 from edge_app.errors import BundleError
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def bundle_dir(tmp_path: Path) -> Path:

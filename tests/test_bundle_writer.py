@@ -13,6 +13,8 @@ from edge_app.bundles.bundle import load_bundle, write_manifest
 from edge_app.config import EMBEDDED_BUNDLE
 from edge_app.errors import BundleError
 
+pytestmark = pytest.mark.unit
+
 
 def _write(staging: Path, version: str) -> None:
     for name in load_bundle(EMBEDDED_BUNDLE).manifest.files:

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EDGE_APP, dicom_file
+from support.dicom import dicom_file
+from support.tools import EDGE_APP
+
+pytestmark = pytest.mark.system
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 

@@ -10,6 +10,8 @@ import pytest
 
 from edge_app.imaging.codestream import FrameSize, frame_size
 
+pytestmark = pytest.mark.unit
+
 RLE = "1.2.840.10008.1.2.5"
 
 

@@ -13,6 +13,8 @@ from edge_app.config import EMBEDDED_BUNDLE, check_secure, default_data_dir, loa
 from edge_app.errors import ConfigError
 from edge_app.ops.secrets import init_tls
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults() -> None:
     s = load_settings(environ={})
@@ -148,7 +150,7 @@ def test_every_key_can_be_set_from_the_environment(tmp_path: Path) -> None:
 
 
 def test_the_appliance_configuration_file_is_valid() -> None:
-    from conftest import ROOT
+    from support.data import ROOT
 
     s = load_settings(ROOT / "firmware_config" / "edge-app.toml", environ={})
     assert s.storage.data_dir == Path("/var/lib/edge-app") and s.server.host == "0.0.0.0"
@@ -159,7 +161,7 @@ def test_the_appliance_configuration_file_is_valid() -> None:
 
 def test_the_readme_configuration_block_is_valid(tmp_path: Path) -> None:
     """The defaults the README shows are a configuration the service accepts, every key of it known."""
-    from conftest import ROOT
+    from support.data import ROOT
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     block = readme.split("### Configuration", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
@@ -171,7 +173,7 @@ def test_the_readme_configuration_block_is_valid(tmp_path: Path) -> None:
 
 def test_the_readme_defaults_are_the_codes_defaults(tmp_path: Path) -> None:
     """Every default the README's block shows is the one the code uses (paths aside: they are placeholders)."""
-    from conftest import ROOT
+    from support.data import ROOT
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     block = readme.split("### Configuration", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]

@@ -15,7 +15,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from conftest import KERAS_SPEC
 from converters.build import BuildInputs, Steps, build
 from converters.errors import ConversionError, FidelityGateFailed, ModelError, SpecError
 from converters.spec import Spec, load_spec
@@ -23,6 +22,10 @@ from edge_app.bundles.bundle import load_bundle
 from edge_app.config import EMBEDDED_BUNDLE
 from edge_app.inference.diagnoser import Diagnoser
 from edge_app.runtime import open_runner
+from support.bundles import KERAS_SPEC
+from support.tools import EDGE_CONVERT
+
+pytestmark = pytest.mark.system
 
 REFERENCE = EMBEDDED_BUNDLE / "model.onnx"
 _M = load_bundle(EMBEDDED_BUNDLE).manifest
@@ -240,11 +243,9 @@ def test_validate_command_reports_as_json(nih: Path, nih_split: dict[str, Path],
         ),
         Steps(show=False),
     )
-    exe = Path(sys.executable).parent / "edge-convert"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "converters.cli"]
     proc = subprocess.run(
         [
-            *cmd,
+            *EDGE_CONVERT,
             "validate",
             str(out),
             "--reference",
@@ -276,7 +277,7 @@ def test_readme_spec_examples_are_valid(tmp_path: Path) -> None:
     """The four worked SPEC.toml examples in the README parse and validate as written."""
     import re
 
-    from conftest import ROOT
+    from support.data import ROOT
 
     blocks = [b for b in re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.S) if "name =" in b]
     assert len(blocks) == 4
@@ -456,12 +457,10 @@ def test_the_int8_fallback_works_on_every_exporters_names_and_refuses_with_numbe
         NHWC_SPEC + "calibration = { max_fallback_rounds = 2 }\n"
         "tolerance = { max_abs_diff = 0.0, mean_abs_diff = 0.0, min_agreement = 1.0 }\n"
     )
-    exe = Path(sys.executable).parent / "edge-convert"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "converters.cli"]
     out = tmp_path / "bundle"
     proc = subprocess.run(
         [
-            *cmd,
+            *EDGE_CONVERT,
             "build",
             str(path),
             "--spec",
@@ -700,9 +699,6 @@ def test_each_step_shows_a_bar_and_a_library_failure_names_its_step(
     import io
     import logging
     import re
-    import types
-
-    import converters.build
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
@@ -711,8 +707,7 @@ def test_each_step_shows_a_bar_and_a_library_failure_names_its_step(
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     clock = iter([100.0, 250.5])  # the step began 100 s after the clock's origin and took 150.5 s
-    monkeypatch.setattr(converters.build, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
-    steps = Steps()
+    steps = Steps(clock=lambda: next(clock))
     assert steps.run("load ONNX", lambda: 7, lambda r: f"got {r}") == 7
     assert re.search(r"\rload ONNX {20}#{20} \d\d:\d\d\n$", terminal.getvalue()), repr(terminal.getvalue())
     assert steps.done == [("load ONNX", 150.5, "got 7")]

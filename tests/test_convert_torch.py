@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 from edge_app.bundles.bundle import load_bundle
+from support.tools import EDGE_CONVERT
+
+pytestmark = pytest.mark.system
 
 torch = pytest.importorskip("torch", reason="PyTorch input needs torch (pip install '.[train]')")
 
@@ -48,10 +51,8 @@ def small_net(tmp_path: Path) -> Path:
 
 
 def _convert(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    exe = Path(sys.executable).parent / "edge-convert"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "converters.cli"]
     env = {**os.environ, "PYTHONPATH": str(cwd)}
-    return subprocess.run([*cmd, *args, "-q"], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([*EDGE_CONVERT, *args, "-q"], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_torchscript_file(small_net: Path, nih: Path) -> None:

@@ -6,10 +6,13 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from edge_app.outputs import csv_cells
+
+pytestmark = pytest.mark.unit
 
 
 def _written(cell: object) -> str:

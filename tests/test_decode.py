@@ -10,8 +10,10 @@ import pydicom
 import pytest
 from PIL import Image
 
-from conftest import cr_and_us_files, dicom_bytes, dicom_file
 from edge_app.imaging import DecodeLimits, decode
+from support.dicom import cr_and_us_files, dicom_bytes, dicom_file
+
+pytestmark = pytest.mark.unit
 
 CR_US = cr_and_us_files()
 

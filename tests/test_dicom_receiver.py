@@ -19,10 +19,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, StoragePresentationContexts
 
-from conftest import cr_and_us_files, dicom_file
 from edge_app.config import Settings
 from edge_app.service import Service
 from edge_app.web import create_app, services
+from support.dicom import cr_and_us_files, dicom_file
+from support.tools import dcmtk
+
+pytestmark = pytest.mark.system
 
 CR_US = cr_and_us_files()
 
@@ -240,10 +243,10 @@ _STORESCU_OPTION = {
 }
 
 
-@pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed (apt-get install dcmtk)")
 def test_dcmtk_storescu_and_echoscu(app: Flask, api_client: Callable[[Flask], FlaskClient]) -> None:
+    echoscu, storescu = dcmtk("echoscu"), dcmtk("storescu")
     port = str(_port(app))
-    echo = subprocess.run(["echoscu", "-aec", "EDGEAPP", "127.0.0.1", port], capture_output=True, text=True)
+    echo = subprocess.run([echoscu, "-aec", "EDGEAPP", "127.0.0.1", port], capture_output=True, text=True)
     assert echo.returncode == 0, echo.stderr
     by_syntax: dict[str, list[str]] = {}
     for path in CR_US:
@@ -252,7 +255,7 @@ def test_dcmtk_storescu_and_echoscu(app: Flask, api_client: Callable[[Flask], Fl
     for syntax, files in by_syntax.items():  # storescu proposes compressed syntaxes only when told which
         option = _STORESCU_OPTION.get(syntax, "-xe")
         sent = subprocess.run(
-            ["storescu", option, "-R", "-aec", "EDGEAPP", "-aet", "DCMTK", "127.0.0.1", port, *files],
+            [storescu, option, "-R", "-aec", "EDGEAPP", "-aet", "DCMTK", "127.0.0.1", port, *files],
             capture_output=True,
             text=True,
         )
@@ -387,7 +390,7 @@ def test_a_disk_filling_up_mid_transfer_leaves_nothing_half_written(tmp_path: Pa
     import time
     import urllib.request
 
-    from conftest import EDGE_APP
+    from support.tools import EDGE_APP
 
     def small_disk() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk

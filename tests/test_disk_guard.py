@@ -8,17 +8,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from pynetdicom import AE
 
-from conftest import dicom_file
 from edge_app.capture.folder import FolderWatcher
 from edge_app.config import FolderCaptureSettings
 from edge_app.ingest import Ingest
 from edge_app.service import Service
 from edge_app.store import Store
 from edge_app.web import create_app
+from support.dicom import dicom_file
+
+pytestmark = pytest.mark.integration
 
 
 def _more_than_free(path: Path) -> int:

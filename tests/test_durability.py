@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import dicom_file
+from support.dicom import dicom_file
+
+pytestmark = pytest.mark.system
 
 
 def _png(seed: int) -> bytes:
@@ -122,7 +124,7 @@ def test_kill_9_while_a_modality_sends_loses_no_acknowledged_image(
     from pydicom.uid import generate_uid
     from pynetdicom import AE
 
-    from conftest import dicom_file
+    from support.dicom import dicom_file
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

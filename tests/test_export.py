@@ -10,13 +10,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import NIH, dicom_bytes, dicom_file
 from edge_app.config import Settings
 from edge_app.service import Service
 from edge_app.web import create_app, services
+from support.data import NIH
+from support.dicom import dicom_bytes, dicom_file
+
+pytestmark = pytest.mark.system
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 

@@ -10,6 +10,8 @@ import pytest
 from converters.fidelity import compare
 from converters.spec import Tolerance
 
+pytestmark = pytest.mark.unit
+
 LABELS = ("a", "b")
 THRESHOLDS = {"a": 0.5, "b": 0.5}
 # Loose everywhere but the criterion under test.

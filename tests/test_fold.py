@@ -13,6 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from converters.fold import cancel_transposes, fold_scale_shift
 
+pytestmark = pytest.mark.unit
+
 RNG = np.random.default_rng(0)
 
 

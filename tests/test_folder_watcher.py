@@ -8,6 +8,7 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,14 @@ import pydicom
 import pytest
 from PIL import Image
 
-from conftest import dicom_file
 from edge_app.capture.folder import FolderWatcher
 from edge_app.config import FolderCaptureSettings, Settings
 from edge_app.ingest import Ingest
 from edge_app.service import Service
 from edge_app.store import Store
+from support.dicom import dicom_file
+
+pytestmark = pytest.mark.unit
 
 
 def _png() -> bytes:
@@ -82,16 +85,12 @@ def test_a_name_taken_in_done_gets_a_suffix_and_an_empty_file_fails(tmp_path: Pa
     store.close()
 
 
-def test_the_service_watches_the_folder_and_diagnoses(tmp_path: Path, nih_png: Path) -> None:
+def test_the_service_watches_the_folder_and_diagnoses(
+    tmp_path: Path, nih_png: Path, make_settings: Callable[..., Settings]
+) -> None:
     root = tmp_path / "usb"
     root.mkdir()
-    settings = Settings.model_validate(
-        {
-            "storage": {"data_dir": str(tmp_path / "data")},
-            "model": {"threads": 1},
-            "capture": {"folder": {"enabled": True, "path": str(root), "poll_s": 0.05, "stable_s": 0.1}},
-        }
-    )
+    settings = make_settings(capture={"folder": {"enabled": True, "path": str(root), "poll_s": 0.05, "stable_s": 0.1}})
     with Service(settings) as service:
         (root / "chest.png").write_bytes(nih_png.read_bytes())
         deadline = time.monotonic() + 30

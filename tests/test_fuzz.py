@@ -16,6 +16,8 @@ from fuzz import mutants
 from edge_app.config import Settings
 from edge_app.inference.diagnoser import Diagnoser
 
+pytestmark = pytest.mark.system
+
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 

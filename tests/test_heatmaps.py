@@ -18,6 +18,8 @@ from converters.spec import load_spec
 from edge_app.bundles.bundle import load_bundle
 from edge_app.runtime import open_runner
 
+pytestmark = pytest.mark.unit
+
 RNG = np.random.default_rng(0)
 W1, B1 = RNG.normal(0, 1, (6, 5)).astype(np.float32), RNG.normal(0, 0.5, 5).astype(np.float32)
 W2, B2 = RNG.normal(0, 1, (5, 3)).astype(np.float32), RNG.normal(0, 0.5, 3).astype(np.float32)

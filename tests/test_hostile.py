@@ -20,13 +20,15 @@ import pytest
 from flask.testing import FlaskClient
 from hostile import HOSTILE, Hostile, two_frames_said_one
 
-from conftest import dicom_file
 from edge_app.bundles.bundle import load_bundle
 from edge_app.bundles.manifest import Manifest
 from edge_app.config import EMBEDDED_BUNDLE
 from edge_app.errors import ImageRejected
 from edge_app.imaging import DecodeLimits, decode
 from edge_app.imaging.sandbox import DecoderPool
+from support.dicom import dicom_file
+
+pytestmark = pytest.mark.system
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 IDS = [h.name for h in HOSTILE]

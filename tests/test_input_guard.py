@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import shutil
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,14 @@ from converters.spec import Tolerance, load_spec
 from edge_app.bundles.bundle import load_bundle, write_manifest
 from edge_app.bundles.findings import guard_check
 from edge_app.bundles.manifest import GuardComponent, InputGuard, InputSpec, OutputSpec, Preprocessing
-from edge_app.config import EMBEDDED_BUNDLE
+from edge_app.config import EMBEDDED_BUNDLE, Settings
 from edge_app.errors import InferenceError, NotFound
 from edge_app.inference.diagnoser import Diagnoser
 from edge_app.runtime import open_runner
 from edge_app.store import Store
 from edge_app.store.schema import MIGRATIONS, migrate
+
+pytestmark = pytest.mark.unit
 
 MANIFEST = load_bundle(EMBEDDED_BUNDLE).manifest
 
@@ -577,25 +580,21 @@ def _results(store: Store, image_id: int) -> list[tuple[str, str, int]]:
     return [(r["status"], r["model"]["version"], len(r["findings"])) for r in image["results"]]
 
 
-def test_an_image_sent_to_another_model_is_read_by_that_one_its_guard_still_judging(tmp_path: Path) -> None:
+def test_an_image_sent_to_another_model_is_read_by_that_one_its_guard_still_judging(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
     """A chest X-ray labelled SKULL reaches no model; sent to the chest model it is diagnosed (a person overrules
     the header, the guard judges the pixels). Noise labelled CHEST is outside; sent to the knee model (the same
     guard) it is outside again. A model without a guard still goes by the header."""
     import pydicom
 
-    from conftest import dicom_file
-    from edge_app.config import Settings
     from edge_app.errors import UserError
     from edge_app.inference.registry import Registry
     from edge_app.inference.worker import Worker
+    from support.dicom import dicom_file
 
     knee, bare = load_bundle(_knee_model(tmp_path, True)), load_bundle(_knee_model(tmp_path / "bare", False))
-    settings = Settings.model_validate(
-        {
-            "storage": {"data_dir": str(tmp_path / "data")},
-            "model": {"threads": 1, "bundle": str(EMBEDDED_BUNDLE), "extra_bundles": [str(knee.path), str(bare.path)]},
-        }
-    )
+    settings = make_settings(model={"bundle": str(EMBEDDED_BUNDLE), "extra_bundles": [str(knee.path), str(bare.path)]})
     registry = Registry.from_settings(settings)
     store = Store(tmp_path / "store")
     chest = registry.diagnosers[0].bundle

@@ -21,7 +21,6 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import EDGE_APP, bundle_variant
 from edge_app.bundles.bundle import Bundle, load_bundle, write_manifest
 from edge_app.config import EMBEDDED_BUNDLE, Settings
 from edge_app.errors import BundleError, RuntimeUnavailable
@@ -35,8 +34,10 @@ from edge_app.runtime.onnx import OnnxRuntimeRunner
 from edge_app.runtime.tensorrt import TensorRTRunner, current_platform
 from edge_app.service import Service
 from edge_app.web import create_app
+from support.bundles import bundle_variant
+from support.tools import EDGE_APP, EDGE_CONVERT
 
-pytestmark = pytest.mark.usefixtures("fake_gpu")
+pytestmark = [pytest.mark.system, pytest.mark.usefixtures("fake_gpu")]
 
 
 @pytest.fixture
@@ -503,10 +504,8 @@ def test_edge_convert_engine_gates_an_int8_engine_on_its_speed_against_fp16(
     folder = _int8_bundle(tmp_path)
     fake_gpu.setenv("FAKE_TRT_MS", timings)
     cache = tmp_path / "engines"
-    exe = Path(sys.executable).parent / "edge-convert"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "converters.cli"]
     proc = subprocess.run(
-        [*cmd, "engine", str(folder), "--cache", str(cache), "--max-batch", "2"],
+        [*EDGE_CONVERT, "engine", str(folder), "--cache", str(cache), "--max-batch", "2"],
         capture_output=True,
         text=True,
         timeout=300,

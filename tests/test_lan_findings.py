@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EDGE_APP
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
+from support.tools import EDGE_APP
+
+pytestmark = pytest.mark.system
 
 PASSWORD = "a long enough password"
 POSITIVE = "00000442_000.png"  # three positive findings with the reference model (test_browser.py)

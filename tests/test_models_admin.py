@@ -14,11 +14,14 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import AuthActions, bundle_variant
 from edge_app.bundles.bundle import load_bundle
 from edge_app.config import EMBEDDED_BUNDLE, Settings
 from edge_app.service import Service
 from edge_app.web import create_app, services
+from support.bundles import bundle_variant
+from support.web import AuthActions
+
+pytestmark = pytest.mark.unit
 
 
 def _zip(folder: Path, top: str = "") -> bytes:

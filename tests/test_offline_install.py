@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from support.data import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 
 def test_the_kit_installs_with_no_network_and_runs(tmp_path: Path, nih_png: Path) -> None:

@@ -25,6 +25,8 @@ from ood_samples import (
 
 from edge_app.imaging.decode import decode
 
+pytestmark = pytest.mark.unit
+
 _MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".jpg": b"\xff\xd8\xff"}
 _FORMAT = {".png": "png", ".jpg": "jpeg", ".dcm": "dicom"}
 

@@ -4,7 +4,6 @@ away gets them once it is back."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -18,10 +17,13 @@ from flask.testing import FlaskClient
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
-from conftest import dicom_file
 from edge_app.config import Settings
 from edge_app.service import Service
 from edge_app.web import create_app
+from support.dicom import dicom_file
+from support.tools import dcmtk
+
+pytestmark = pytest.mark.integration
 
 
 def _until(check: Callable[[], object], timeout: float = 30.0) -> None:
@@ -130,13 +132,13 @@ def test_a_destination_that_is_away_gets_them_when_it_is_back(
         pacs.stop()
 
 
-@pytest.mark.skipif(shutil.which("storescp") is None, reason="dcmtk is not installed (apt-get install dcmtk)")
 def test_dcmtk_storescp_receives_and_dsrdump_reads_the_report(
     tmp_path: Path, free_port: int, api_client: Callable[[Flask], FlaskClient]
 ) -> None:
+    storescp, dsrdump = dcmtk("storescp"), dcmtk("dsrdump")
     received = tmp_path / "received"
     received.mkdir()
-    scp = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(received), "+xa", str(free_port)])
+    scp = subprocess.Popen([storescp, "-aet", "PACS", "-od", str(received), "+xa", str(free_port)])
     try:
         time.sleep(0.5)
         with Service(_settings(tmp_path, free_port)) as svc:
@@ -144,7 +146,7 @@ def test_dcmtk_storescp_receives_and_dsrdump_reads_the_report(
             _post(api_client(app))
             _until(lambda: len(list(received.iterdir())) == 2)
         (sr,) = [p for p in received.iterdir() if p.name.startswith("SR")]
-        dump = subprocess.run(["dsrdump", str(sr)], capture_output=True, text=True)
+        dump = subprocess.run([dsrdump, str(sr)], capture_output=True, text=True)
         assert dump.returncode == 0, dump.stderr
         assert "Comprehensive SR" in dump.stdout and "cxr-reference 1.1.1" in dump.stdout
         assert "Not for clinical use" in dump.stdout and "Cardiomegaly: probability" in dump.stdout

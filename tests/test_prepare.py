@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import noisy_j2k
 from edge_app.bundles.bundle import load_bundle
 from edge_app.config import EMBEDDED_BUNDLE
 from edge_app.imaging import DecodeLimits
 from edge_app.imaging.prepare import PREVIEW_SIDE, prepare, preview
+from support.dicom import noisy_j2k
+
+pytestmark = pytest.mark.unit
 
 
 def _timed(data: bytes) -> tuple[dict[str, float], float]:

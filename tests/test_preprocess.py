@@ -11,6 +11,8 @@ from pydantic import ValidationError
 from edge_app.bundles.manifest import InputSpec, Preprocessing
 from edge_app.imaging import decode, preprocess
 
+pytestmark = pytest.mark.unit
+
 RAMP = np.tile(np.linspace(0.0, 1.0, 300, dtype=np.float32), (200, 1))  # 200 x 300, dark left, bright right
 
 

@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pydicom
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -24,6 +25,8 @@ from pydicom.uid import (
 from edge_app.bundles.findings import probabilities
 from edge_app.bundles.manifest import InputSpec, OutputSpec, Preprocessing
 from edge_app.imaging import decode, preprocess
+
+pytestmark = pytest.mark.unit
 
 FEW = settings(max_examples=40, deadline=None)
 

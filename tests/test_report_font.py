@@ -17,6 +17,8 @@ from edge_app.outputs.fonts import CANDIDATES, FONT_DIR, HELVETICA, Fonts, fonts
 from edge_app.outputs.report import study_report
 from edge_app.store.reviews import Review
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parent.parent
 needs_pdftotext = pytest.mark.skipif(
     shutil.which("pdftotext") is None, reason="poppler's pdftotext is not installed (apt-get install poppler-utils)"

@@ -11,6 +11,8 @@ from edge_app.bundles.manifest import OutputSpec
 from edge_app.config import EMBEDDED_BUNDLE
 from edge_app.errors import InferenceError
 
+pytestmark = pytest.mark.unit
+
 MANIFEST = load_bundle(EMBEDDED_BUNDLE).manifest
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import NIH
 from edge_app.ops.retention import Retention
 from edge_app.web import services
+from support.data import NIH
+
+pytestmark = pytest.mark.unit
 
 
 def test_old_images_lose_their_files_and_keep_their_findings(

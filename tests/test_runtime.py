@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import dicom_file
 from edge_app.bundles.bundle import MANIFEST_NAME, load_bundle
 from edge_app.config import EMBEDDED_BUNDLE
 from edge_app.errors import BundleError, InferenceError, RuntimeUnavailable
@@ -18,6 +17,9 @@ from edge_app.imaging import decode, preprocess
 from edge_app.inference.diagnoser import Diagnoser
 from edge_app.runtime import open_runner
 from edge_app.runtime.onnx import OnnxRuntimeRunner
+from support.dicom import dicom_file
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,8 @@ from edge_app.ingest import Event, Ingest
 from edge_app.service import Service
 from edge_app.store import Store
 
+pytestmark = pytest.mark.integration
+
 DEVICES = Path(__file__).resolve().parent.parent / "firmware_config" / "devices"
 
 

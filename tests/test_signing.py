@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,9 @@ from edge_app.bundles.signature import load_public_keys
 from edge_app.config import EMBEDDED_BUNDLE, load_settings
 from edge_app.errors import BundleError, ConfigError
 from edge_app.inference.diagnoser import Diagnoser
+from support.tools import EDGE_CONVERT
+
+pytestmark = pytest.mark.system
 
 
 @pytest.fixture
@@ -84,16 +86,14 @@ def test_service_configuration_requires_signed_bundles(bundle_dir: Path, key: Pa
 
 
 def test_cli_keygen_and_sign(bundle_dir: Path, tmp_path: Path) -> None:
-    exe = Path(sys.executable).parent / "edge-convert"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "converters.cli"]
     key = tmp_path / "k"
-    assert subprocess.run([*cmd, "keygen", str(key)], capture_output=True, timeout=60).returncode == 0
+    assert subprocess.run([*EDGE_CONVERT, "keygen", str(key)], capture_output=True, timeout=60).returncode == 0
     proc = subprocess.run(
-        [*cmd, "sign", str(bundle_dir), "--key", str(key)], capture_output=True, text=True, timeout=60
+        [*EDGE_CONVERT, "sign", str(bundle_dir), "--key", str(key)], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0 and proc.stdout.startswith("signed ")
     bad = subprocess.run(
-        [*cmd, "sign", str(bundle_dir), "--key", str(bundle_dir / "MODEL_CARD.md")],
+        [*EDGE_CONVERT, "sign", str(bundle_dir), "--key", str(bundle_dir / "MODEL_CARD.md")],
         capture_output=True,
         text=True,
         timeout=60,

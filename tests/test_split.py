@@ -15,13 +15,15 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import EDGE_APP, NIH, bundle_variant
 from edge_app.config import Settings
 from edge_app.errors import ConfigError
 from edge_app.service import Service
 from edge_app.web import create_app, services
+from support.bundles import bundle_variant
+from support.data import NIH
+from support.tools import EDGE_APP
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 
 def _start_worker(data: Path) -> subprocess.Popen[str]:

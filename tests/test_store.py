@@ -17,6 +17,8 @@ from edge_app.store import ModelResult, Outcome, Store
 from edge_app.store.db import chosen_heatmap
 from edge_app.store.schema import _V1, MIGRATIONS
 
+pytestmark = pytest.mark.unit
+
 MODEL = {"name": "m", "version": "1", "precision": "fp32", "runner": "onnxruntime"}
 
 

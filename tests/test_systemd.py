@@ -15,9 +15,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import EDGE_APP
 from edge_app.service import Service
 from edge_app.system.systemd import Watchdog, notify, watchdog_interval
+from support.tools import EDGE_APP
+
+pytestmark = pytest.mark.system
 
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 SERVICES = ["edge-app-web.service", "edge-app-worker.service"]  # the two long-running ones, under edge-app.target
@@ -169,9 +171,9 @@ def test_a_hung_worker_stops_feeding_the_watchdog_20_of_20(notify_socket: socket
     systemd kills and restarts it. Twenty times in a row, each on a fresh data directory."""
     import io
 
-    from conftest import noisy_j2k
     from edge_app.ingest import Ingest
     from edge_app.store import Store
+    from support.dicom import noisy_j2k
 
     slow = noisy_j2k(3500)
     caught = 0

@@ -9,7 +9,6 @@ import dataclasses
 import json
 import logging
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,9 @@ from edge_app.errors import BundleError, RuntimeUnavailable
 from edge_app.runtime import open_runner
 from edge_app.runtime.engines.cache import ENGINE_NAME, FAILED_NAME, META_NAME, EngineCache, Platform, cache_key
 from edge_app.runtime.tensorrt import EngineTensor, check_engine_io, current_platform
+from support.tools import EDGE_CONVERT
+
+pytestmark = pytest.mark.system
 
 ORIN = Platform("10.3.0", "Orin (nvgpu)", "8.7", sm_count=8, memory_mb=7620, l4t_release="R36.3.0")
 
@@ -47,10 +49,11 @@ def test_without_tensorrt_the_service_runs_on_onnx_runtime_and_says_why(caplog: 
 def test_edge_convert_engine_says_plainly_there_is_no_tensorrt(tmp_path: Path) -> None:
     if _has_tensorrt():
         pytest.skip("this machine has TensorRT")
-    exe = Path(sys.executable).parent / "edge-convert"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "converters.cli"]
     proc = subprocess.run(
-        [*cmd, "engine", str(EMBEDDED_BUNDLE), "--cache", str(tmp_path)], capture_output=True, text=True, timeout=60
+        [*EDGE_CONVERT, "engine", str(EMBEDDED_BUNDLE), "--cache", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("edge-convert: TensorRT is not available on this machine")

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from support.data import ROOT
+
+pytestmark = pytest.mark.integration
 
 TRT_MODULES = [
     "edge_app/runtime/tensorrt.py",

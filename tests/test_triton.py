@@ -19,7 +19,6 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import ROOT, AuthActions, TritonServer, bundle_variant
 from converters.triton_export import ExportOptions, export_triton
 from edge_app.bundles.bundle import Bundle, load_bundle
 from edge_app.config import EMBEDDED_BUNDLE, Settings, TritonSettings
@@ -29,6 +28,12 @@ from edge_app.runtime.onnx import OnnxRuntimeRunner
 from edge_app.runtime.triton import TritonRunner
 from edge_app.service import Service
 from edge_app.web import create_app
+from support.bundles import bundle_variant
+from support.processes import TritonServer
+from support.tools import EDGE_CONVERT
+from support.web import AuthActions
+
+pytestmark = pytest.mark.system
 
 
 def _batch(bundle: Bundle, n: int, seed: int) -> np.ndarray:
@@ -90,11 +95,8 @@ def test_the_repository_matches_the_manifest_one_version_per_bundle(tmp_path: Pa
 
 
 def test_export_refusals(tmp_path: Path, versions: list[Bundle]) -> None:
-    cli = (
-        [str(Path(ROOT / ".venv/bin/edge-convert"))] if (ROOT / ".venv/bin/edge-convert").exists() else ["edge-convert"]
-    )
     proc = subprocess.run(
-        [*cli, "export-triton", str(EMBEDDED_BUNDLE), "-o", str(tmp_path / "r"), "--form", "tensorrt"],
+        [*EDGE_CONVERT, "export-triton", str(EMBEDDED_BUNDLE), "-o", str(tmp_path / "r"), "--form", "tensorrt"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -102,7 +104,7 @@ def test_export_refusals(tmp_path: Path, versions: list[Bundle]) -> None:
     assert proc.returncode == 2 and "the tensorrt form needs --engines" in proc.stderr
     proc = subprocess.run(
         [
-            *cli,
+            *EDGE_CONVERT,
             "export-triton",
             str(EMBEDDED_BUNDLE),
             "-o",
@@ -120,7 +122,7 @@ def test_export_refusals(tmp_path: Path, versions: list[Bundle]) -> None:
     (tmp_path / "foreign" / "cxr-reference").mkdir(parents=True)
     (tmp_path / "foreign" / "cxr-reference" / "config.pbtxt").write_text('name: "cxr-reference"\n')
     proc = subprocess.run(
-        [*cli, "export-triton", str(EMBEDDED_BUNDLE), "-o", str(tmp_path / "foreign")],
+        [*EDGE_CONVERT, "export-triton", str(EMBEDDED_BUNDLE), "-o", str(tmp_path / "foreign")],
         capture_output=True,
         text=True,
         timeout=60,
@@ -128,7 +130,7 @@ def test_export_refusals(tmp_path: Path, versions: list[Bundle]) -> None:
     assert proc.returncode == 2 and "did not write" in proc.stderr
     (tmp_path / "a file").write_text("x")
     proc = subprocess.run(
-        [*cli, "export-triton", str(EMBEDDED_BUNDLE), "-o", str(tmp_path / "a file")],
+        [*EDGE_CONVERT, "export-triton", str(EMBEDDED_BUNDLE), "-o", str(tmp_path / "a file")],
         capture_output=True,
         text=True,
         timeout=60,
@@ -227,16 +229,12 @@ def test_the_service_on_a_hub_names_it_in_the_study_and_the_sr_and_health_says_w
     api_client: Callable[[Flask], FlaskClient],
     nih_png: Path,
     service: Callable[..., Service],
+    make_settings: Callable[..., Settings],
 ) -> None:
     repository = tmp_path / "repository"
     export_triton(versions[:1], repository, ExportOptions(form="python"))
     server = TritonServer(repository, tmp_path / "triton").start()
-    settings = Settings.model_validate(
-        {
-            "storage": {"data_dir": str(tmp_path / "data")},
-            "model": {"threads": 1, "runner": "triton", "triton": {"url": server.url, "retry_s": 60}},
-        }
-    )
+    settings = make_settings(model={"runner": "triton", "triton": {"url": server.url, "retry_s": 60}})
     app = create_app(service(settings))
     client = api_client(app)
     try:
@@ -336,11 +334,12 @@ class _TlsProxy:
         self.listener.close()
 
 
-def test_tls_to_the_hub_with_the_clinics_certificate(hub: TritonServer, versions: list[Bundle], tmp_path: Path) -> None:
+def test_tls_to_the_hub_with_the_clinics_certificate(
+    hub: TritonServer, versions: list[Bundle], make_settings: Callable[..., Settings]
+) -> None:
     from edge_app.ops.secrets import init_tls
 
-    settings = Settings.model_validate({"storage": {"data_dir": str(tmp_path)}})
-    cert, key, _ = init_tls(settings, ["127.0.0.1"])
+    cert, key, _ = init_tls(make_settings(), ["127.0.0.1"])
     proxy = _TlsProxy(hub.port, cert, key)
     bundle = versions[0]
     try:

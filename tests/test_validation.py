@@ -17,6 +17,8 @@ from converters.validation import OperatingPoint, ValidationRule, figures, thres
 from edge_app.bundles.bundle import load_bundle
 from edge_app.config import EMBEDDED_BUNDLE
 
+pytestmark = pytest.mark.integration
+
 MANIFEST = load_bundle(EMBEDDED_BUNDLE).manifest
 # Ten images: scores of the five negatives 0.1-0.5, of the five positives 0.3-0.7.
 Y = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])

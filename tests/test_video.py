@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pydicom
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -17,6 +18,8 @@ from edge_app.config import Settings
 from edge_app.ingest import Event
 from edge_app.service import Service
 from edge_app.web import create_app, services
+
+pytestmark = pytest.mark.unit
 
 FRAMES, FPS = 12, 24
 
@@ -50,7 +53,9 @@ def _service(tmp_path: Path, source: Path) -> Service:
     return Service(settings)
 
 
-def test_a_trigger_stores_the_current_frame_as_an_ultrasound_image(tmp_path: Path) -> None:
+def test_a_trigger_stores_the_current_frame_as_an_ultrasound_image(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
     video = tmp_path / "loop.avi"
     _write_video(video)
     with _service(tmp_path, video) as service:
@@ -96,7 +101,7 @@ def test_capture_without_a_video_source_is_a_conflict(client) -> None:  # type: 
     assert resp.status_code == 409 and "[capture.video]" in resp.get_json()["detail"]
 
 
-def test_a_grabber_that_appears_later_is_opened(tmp_path: Path) -> None:
+def test_a_grabber_that_appears_later_is_opened(tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
     video = tmp_path / "later.avi"
     with _service(tmp_path, video) as service:
         (grabber,) = service.sources

@@ -16,10 +16,14 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import NIH, AuthActions, dicom_file
 from edge_app.service import Service
 from edge_app.store.accounts import parse_roles
 from edge_app.web import services
+from support.data import NIH
+from support.dicom import dicom_file
+from support.web import AuthActions
+
+pytestmark = pytest.mark.unit
 
 
 def _post(client: FlaskClient, data: bytes, filename: str) -> dict[str, Any]:

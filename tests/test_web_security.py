@@ -20,6 +20,8 @@ from edge_app.service import Service
 from edge_app.store.accounts import ROLES, parse_roles
 from edge_app.web import create_app, services
 
+pytestmark = pytest.mark.system
+
 PUBLIC = None
 ANY_ROLE = set(ROLES)
 CLINICAL = {"clinician", "technician"}
@@ -170,7 +172,7 @@ def test_the_api_takes_a_token_until_it_is_revoked(app: Flask, anonymous: FlaskC
 
 
 def test_health_is_open_and_tells_no_patient_data(app: Flask, anonymous: FlaskClient, client: FlaskClient) -> None:
-    from conftest import dicom_file
+    from support.dicom import dicom_file
 
     data = dicom_file("RG1_UNCR.dcm").read_bytes()
     assert client.post("/api/v1/studies?filename=rg1.dcm", data=data).status_code == 201
@@ -402,7 +404,9 @@ def test_the_upload_limit_holds_for_a_logged_in_page(
     assert resp.status_code == 413
 
 
-def test_a_real_server_over_https_with_its_own_certificate(tmp_path: Path, free_port: int) -> None:
+def test_a_real_server_over_https_with_its_own_certificate(
+    free_port: int, make_settings: Callable[..., Settings]
+) -> None:
     """`edge-app tls init`, a user, then `edge-app serve` on all interfaces: HTTPS only, verified against the
     certificate it made, and the session cookie is Secure."""
     import http.cookiejar
@@ -413,10 +417,10 @@ def test_a_real_server_over_https_with_its_own_certificate(tmp_path: Path, free_
     import urllib.parse
     import urllib.request
 
-    from conftest import EDGE_APP
+    from support.tools import EDGE_APP
 
-    data = tmp_path / "data"
-    settings = Settings.model_validate({"storage": {"data_dir": str(data)}})
+    settings = make_settings()
+    data = settings.storage.data_dir
     cert, _, _ = init_tls(settings, [])
     from edge_app.store import Store
     from edge_app.store.accounts import Accounts
@@ -482,7 +486,7 @@ def test_a_technician_sends_images_and_reads_no_results(
     image claiming another patient's study is refused, not slipped into that patient's record."""
     import pydicom
 
-    from conftest import dicom_file
+    from support.dicom import dicom_file
 
     first = client.post("/api/v1/studies?filename=rg1.dcm", data=dicom_file("RG1_UNCR.dcm").read_bytes())
     uid = first.get_json()["uid"]

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EDGE_APP
 from edge_app.config import Settings
 from edge_app.ops.secrets import init_tls
+from support.tools import EDGE_APP
+
+pytestmark = pytest.mark.system
 
 ATTACKER = "127.0.0.2"  # another peer on the loopback network; the tablet's requests come from 127.0.0.1
 Launch = Callable[..., subprocess.Popen[str]]
@@ -27,15 +29,16 @@ Served = tuple[ssl.SSLContext, subprocess.Popen[str]]
 
 
 @pytest.fixture
-def https(tmp_path: Path, free_port: int) -> Iterator[Callable[..., Served]]:
+def https(free_port: int, make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Served]]:
     """Start `edge-app serve` over HTTPS (the certificate `edge-app tls init` makes) on `free_port`, with extra
     environment variables; returns, once the server answers, a client context trusting that certificate and the
     server's process."""
     procs: list[subprocess.Popen[str]] = []
 
     def start(**env: str) -> Served:
-        data = tmp_path / "data"
-        cert, _, _ = init_tls(Settings.model_validate({"storage": {"data_dir": str(data)}}), [])
+        settings = make_settings()
+        data = settings.storage.data_dir
+        cert, _, _ = init_tls(settings, [])
         context = ssl.create_default_context(cafile=str(cert))
         environ = {**os.environ, "EDGE_APP_STORAGE_DATA_DIR": str(data), "EDGE_APP_SERVER_PORT": str(free_port)}
         proc = subprocess.Popen(

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from conftest import dicom_file
 from edge_app.config import EMBEDDED_BUNDLE, OutputSettings, Settings, WorkerSettings
 from edge_app.imaging.header import read_header
 from edge_app.inference.registry import Registry
 from edge_app.inference.worker import Worker
 from edge_app.outputs.outbox import Outbox
 from edge_app.store import Job, Store
+from support.dicom import dicom_file
+
+pytestmark = pytest.mark.unit
 
 
 def _registry(tmp_path: Path, *bundles: Path) -> Registry:
@@ -163,14 +166,13 @@ def test_an_idle_worker_sleeps(tmp_path: Path, store: Store) -> None:
         registry.close()
 
 
-def test_a_worker_on_one_job_too_long_is_not_progressing(tmp_path: Path) -> None:
+def test_a_worker_on_one_job_too_long_is_not_progressing(make_settings: Callable[..., Settings]) -> None:
     """What the watchdog asks: idle is fine, a job past the limit is stuck (a 0.5 s JPEG 2000 decode against a
     0.1 s limit), and a stopped worker is not progressing."""
-    from conftest import dicom_file
-    from edge_app.config import Settings
     from edge_app.service import Service
+    from support.dicom import dicom_file
 
-    with Service(Settings.model_validate({"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1}})) as service:
+    with Service(make_settings()) as service:
         assert service.worker.progressing(0.1), "waiting for work is not being stuck"
         seen = set()
         submitted = time.monotonic()
@@ -193,20 +195,19 @@ def test_a_worker_on_one_job_too_long_is_not_progressing(tmp_path: Path) -> None
 
 
 def test_a_job_begun_soon_after_boot_is_stuck_by_its_own_duration(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The appliance starts at boot and clears its queue: a job claimed 100 s after boot is stuck 60 s later
     against a 60 s limit, however small the clock was when it began (the clock faked, the job real)."""
     import types
 
     import edge_app.inference.worker
-    from conftest import dicom_file
-    from edge_app.config import Settings
     from edge_app.service import Service
+    from support.dicom import dicom_file
 
     now = [100.0]
     monkeypatch.setattr(edge_app.inference.worker, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
-    with Service(Settings.model_validate({"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1}})) as service:
+    with Service(make_settings()) as service:
         with dicom_file("RG1_J2KR.dcm").open("rb") as fh:
             assert service.ingest.submit(fh, "slow.dcm", "test") is not None
         deadline = time.monotonic() + 30

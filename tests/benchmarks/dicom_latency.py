@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
 from appliance import api_headers, free_port, serve  # noqa: E402
 
-from conftest import dicom_file  # noqa: E402
+from support.dicom import dicom_file  # noqa: E402
 
 FILES = ["RG1_UNCR.dcm", "RG1_UNCI.dcm", "RG1_J2KR.dcm", "RG1_J2KI.dcm"]
 

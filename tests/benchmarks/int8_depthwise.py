@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "nih-cxr14-sample"
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import KERAS_SPEC  # noqa: E402
+from support.bundles import KERAS_SPEC  # noqa: E402
 
 
 def train_and_export(work: Path, epochs: int) -> Path:

@@ -33,7 +33,7 @@ from hostile import HOSTILE  # noqa: E402
 sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
 from appliance import api_headers, free_port, serve  # noqa: E402
 
-from conftest import dicom_file  # noqa: E402
+from support.dicom import dicom_file  # noqa: E402
 
 
 def _status_mb(pid: int, key: str) -> float:

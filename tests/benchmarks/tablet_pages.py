@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
 from appliance import add_user, api_headers, free_port, serve  # noqa: E402
 
-from conftest import dicom_file  # noqa: E402
+from support.dicom import dicom_file  # noqa: E402
 
 PASSWORD = "benchmark password"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]

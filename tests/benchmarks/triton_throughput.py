@@ -23,13 +23,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import TritonServer  # noqa: E402
 from converters.triton_export import ExportOptions, export_triton  # noqa: E402
 from edge_app.bundles.bundle import load_bundle  # noqa: E402
 from edge_app.config import EMBEDDED_BUNDLE, TritonSettings  # noqa: E402
 from edge_app.runtime.base import Runner  # noqa: E402
 from edge_app.runtime.onnx import OnnxRuntimeRunner  # noqa: E402
 from edge_app.runtime.triton import TritonRunner  # noqa: E402
+from support.processes import TritonServer  # noqa: E402
 
 
 def load(runners: list[Runner], batch: np.ndarray, requests: int) -> tuple[float, list[float]]:

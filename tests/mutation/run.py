@@ -8,7 +8,9 @@ there with PYTHONPATH pointing at the clone, the real data found through EDGE_SH
 by the test files that exercise it (`MODULES` below), stopping at the first failure: each mutant against those of
 their tests that run the line it changes (`covering.py`). Prints, per module, the mutants, the killed and the
 survivors with their diff, and the overall score; exits 1 under 85 %.
-Takes hours for every module on two cores: name modules to run a few.
+Takes hours for every module on two cores: name modules to run a few. `--check-list` only says which MODULES are
+no files and which EQUIVALENT entries match no line of a mutated module (a move or an edit since): the ordinary test
+suite never fails on those, this tool reports them at every run.
 """
 
 from __future__ import annotations
@@ -512,6 +514,23 @@ EQUIVALENT = {
 }
 
 
+def stale(sources: list[str]) -> list[tuple[str, str | None]]:
+    """The EQUIVALENT entries whose line is on no line of `sources` (the mutated modules' texts)."""
+    lines = {line.strip() for source in sources for line in source.splitlines()}
+    return [key for key in EQUIVALENT if key[0] not in lines]
+
+
+def check_list() -> bool:
+    """Print the MODULES that are no files and the stale EQUIVALENT entries; whether there were none."""
+    missing = [module for module in MODULES if not (ROOT / module).is_file()]
+    entries = stale([(ROOT / module).read_text() for module in MODULES if module not in missing])
+    for module in missing:
+        print(f"MODULES names no file: {module} (moved? rename it in tests/mutation/run.py)")
+    for line, operator in entries:
+        print(f"EQUIVALENT entry on no line of a mutated module now: {operator or 'any operator'}: {line}")
+    return not missing and not entries
+
+
 def _annotations(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     """(start, end) positions of type annotations: with `from __future__ import annotations` they are strings,
     never evaluated, so a mutant inside one is equivalent."""
@@ -683,10 +702,19 @@ def main() -> int:
     parser.add_argument(
         "--recheck", action="store_true", help="run the survivors in --workdir again on the code and tests of now"
     )
+    parser.add_argument(
+        "--check-list", action="store_true", help="only report MODULES that are no files and stale EQUIVALENT entries"
+    )
     args = parser.parse_args()
     unknown = sorted(set(args.modules) - set(MODULES))
     if unknown:
         sys.exit(f"not a module of this run: {', '.join(unknown)} (choose from {', '.join(MODULES)})")
+    tidy = check_list()
+    if args.check_list:
+        return 0 if tidy else 1
+    absent = [module for module in args.modules if not (ROOT / module).is_file()]
+    if absent:
+        sys.exit(f"no such file: {', '.join(absent)}")
     data = Path(os.environ.get("EDGE_SHARED_DATA", ROOT.parent / "shared" / "data")).resolve()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)

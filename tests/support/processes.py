@@ -1,0 +1,130 @@
+"""Real servers in child processes on localhost: `edge-app serve` and NVIDIA's Triton."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from support.tools import EDGE_APP
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch(data_dir: Path, port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start a real `edge-app serve` on a data directory and port (and extra environment variables); returns
+    once it answers /health."""
+    env = {
+        **os.environ,
+        "EDGE_APP_STORAGE_DATA_DIR": str(data_dir),
+        "EDGE_APP_SERVER_PORT": str(port),
+        **(extra_env or {}),
+    }
+    proc = subprocess.Popen([*EDGE_APP, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=2).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"server did not start: {proc.stdout.read() if proc.stdout else ''}")
+            time.sleep(0.1)
+
+
+def tritonserver_dist() -> Path:
+    """The tritonserver that nvidia-pytriton's wheel carries (x86_64, with the Python backend), or a skip."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")  # found, not imported: its own dependencies are not installed
+    if spec is None or spec.submodule_search_locations is None:
+        pytest.skip("no Triton server: pip install --no-deps nvidia-pytriton==0.7.0 (see the README's test command)")
+    dist = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if not (dist / "python_backend_stubs" / version / "triton_python_backend_stub").is_file():
+        pytest.skip(f"nvidia-pytriton has no Python backend stub for Python {version}")
+    return dist
+
+
+class TritonServer:
+    """A real Triton server on 127.0.0.1 serving `repository`, its Python backend running in this environment."""
+
+    def __init__(self, repository: Path, work: Path, *extra: str) -> None:
+        dist = tritonserver_dist()
+        version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        backend = work / "backends" / "python"
+        backend.mkdir(parents=True, exist_ok=True)
+        for item in (dist / "backends" / "python").iterdir():
+            if not (backend / item.name).exists():
+                (backend / item.name).symlink_to(item)
+        stub = backend / "triton_python_backend_stub"
+        if not stub.exists():
+            stub.symlink_to(dist / "python_backend_stubs" / version / "triton_python_backend_stub")
+        self.command = [
+            str(dist / "bin" / "tritonserver"),
+            f"--model-repository={repository}",
+            f"--backend-directory={work / 'backends'}",
+            "--http-address=127.0.0.1",
+            "--grpc-address=127.0.0.1",
+            "--allow-metrics=false",
+            "--exit-timeout-secs=5",
+            *extra,
+        ]
+        libs = [str(dist.parent.parent / "nvidia_pytriton.libs"), str(Path(sys.base_prefix) / "lib")]
+        self.env = {
+            **os.environ,
+            "LD_LIBRARY_PATH": os.pathsep.join(libs),
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        }
+        self.log = work / "tritonserver.log"
+        self.port = self.grpc_port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, port: int | None = None) -> TritonServer:
+        self.port = port or free_port()
+        self.grpc_port = free_port()
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [*self.command, f"--http-port={self.port}", f"--grpc-port={self.grpc_port}"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/health/ready", timeout=1) as resp:
+                    if resp.status == 200:
+                        return self
+            except OSError:
+                pass
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        self.stop()
+        pytest.fail(f"tritonserver did not become ready:\n{self.log.read_text()[-3000:]}")
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
