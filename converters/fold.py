@@ -4,7 +4,7 @@ them, and Transpose pairs that undo each other removed.
 Exporters write BatchNorm in ways no tool here folds: Keras on the torch backend, through torch.onnx, writes it
 as `Conv -> Sub(mean) -> Mul(scale) -> Add(beta)` with [1, C, 1, 1] constants, and wraps every Conv in an
 NHWC/NCHW Transpose pair. Neither onnxslim nor ONNX Runtime's optimizer folds those chains, and quantizing them
-as separate tensors costs most of INT8's accuracy on such models (../shared/notes/tensorrt.md: decision
+as separate tensors costs most of INT8's accuracy on such models (a Keras-style depthwise model: decision
 agreement 0.75 as exported, 0.91-0.94 folded). Written here because no library we use does it: onnxslim and
 ONNX Runtime fuse only `BatchNormalization` nodes.
 """

@@ -63,38 +63,72 @@ class _Section(BaseModel):
 
 
 class ServerSettings(_Section):
-    host: Host = Field("127.0.0.1", description="address to bind; anything but loopback needs TLS and a user")
-    port: StrictInt = Field(8080, ge=1, le=65535)
+    """The web service: the tablets' pages and the JSON API."""
+
+    host: Host = Field(
+        "127.0.0.1", description="address to bind; anything but loopback needs TLS and at least one user, or no start"
+    )
+    port: StrictInt = Field(8080, ge=1, le=65535, description="the web service's port (HTTP, or HTTPS with TLS)")
     secret_key: str = Field(
         "", description="signs sessions, at least 32 characters; empty: a random one kept in <data_dir>/secret_key"
     )
     tls_cert: Path | None = Field(
-        None, description="PEM certificate; default <data_dir>/tls/cert.pem (edge-app tls init)"
+        None,
+        description="PEM certificate for HTTPS; default <data_dir>/tls/cert.pem where it exists (edge-app tls init)",
+        examples=["/etc/edge-app/tls/cert.pem"],
     )
-    tls_key: Path | None = Field(None, description="PEM private key of tls_cert; default <data_dir>/tls/key.pem")
-    idle_logout_min: StrictInt = Field(15, ge=1, le=1440, description="a tablet left untouched this long logs out")
-    login_attempts: StrictInt = Field(5, ge=1, le=100, description="failed logins allowed per name and per address")
-    login_lockout_min: StrictInt = Field(15, ge=1, le=1440, description="... within this window; then refused")
+    tls_key: Path | None = Field(
+        None,
+        description="PEM private key of tls_cert; default <data_dir>/tls/key.pem where it exists",
+        examples=["/etc/edge-app/tls/key.pem"],
+    )
+    idle_logout_min: StrictInt = Field(
+        15,
+        ge=1,
+        le=1440,
+        description="a tablet left untouched this long is logged out (its page refreshing doesn't count)",
+    )
+    login_attempts: StrictInt = Field(5, ge=1, le=100, description="failed logins per user name and per address ...")
+    login_lockout_min: StrictInt = Field(
+        15,
+        ge=1,
+        le=1440,
+        description="... within this window; then every login, even a right one, is refused until it passes",
+    )
     login_delay_s: float = Field(
-        1.0, ge=0, le=60, strict=True, description="after a failed login the account waits this, doubling, up to 60 s"
+        1.0,
+        ge=0,
+        le=60,
+        strict=True,
+        description="per account: after its n-th failure in a row a login waits this x 2^(n-1) s, at most 60 (0: off)",
     )
     audit_window_s: float = Field(
-        60.0, gt=0, le=3600, strict=True, description="the same read by the same person from one address: one row"
+        60.0,
+        gt=0,
+        le=3600,
+        strict=True,
+        description="the same read by the same person from the same address: one audit row per window",
     )
     audit_rows_per_window: StrictInt = Field(
-        60, ge=1, le=100_000, description="audit rows of reads (refused logins) per person (address) in that window"
+        60, ge=1, le=100_000, description="at most this many read (refused-login) rows per person (address) per window"
     )
-    language: Literal["en", "fr"] = Field("en", description="the login page's language and new users' default")
+    language: Literal["en", "fr"] = Field(
+        "en", description="en or fr: the login page's language and new users' default"
+    )
     max_upload_mb: StrictInt = Field(200, ge=1, le=4096, description="largest image upload accepted")
     result_wait_s: float = Field(
         60.0, ge=0, le=3600, strict=True, description="how long POST /studies waits for the result (then 202)"
     )
-    threads: StrictInt = Field(16, ge=2, le=256, description="request-handling threads")
+    threads: StrictInt = Field(16, ge=2, le=256, description="request-handling threads (2-256)")
     max_connections_per_peer: StrictInt = Field(
-        8, ge=1, le=255, description="connections one address may hold open; fewer than threads"
+        8, ge=1, le=255, description="connections one address may hold open; fewer than threads, so it never holds all"
     )
     header_timeout_s: float = Field(
-        5.0, gt=0, le=60, strict=True, description="a connection's TLS handshake and each request head arrive within"
+        5.0,
+        gt=0,
+        le=60,
+        strict=True,
+        description="a connection's TLS handshake, and each request's head, arrive within this or it is closed",
     )
 
     @model_validator(mode="after")
@@ -124,31 +158,46 @@ class ServerSettings(_Section):
 
 
 class StorageSettings(_Section):
-    data_dir: Path = Field(default_factory=default_data_dir, description="database and image store")
+    """The database and the stored files."""
+
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="edge-app.sqlite3 and files/; default $XDG_DATA_HOME/edge-app, else ~/.local/share/edge-app",
+        examples=["/var/lib/edge-app"],
+    )
     min_free_mb: StrictInt = Field(
-        1024, ge=0, le=1_000_000, description="below this much free disk new images are refused (0: never)"
+        1024,
+        ge=0,
+        le=1_000_000,
+        description="below this much free disk new images are refused (API 507, C-STORE 0xA700; 0: never)",
     )
     retention_days: StrictInt = Field(
-        0, ge=0, le=36500, description="images older than this are removed, results and reviews kept (0: never)"
+        0,
+        ge=0,
+        le=36500,
+        description="older images have their files removed (every 6 h); results, heatmaps, reviews stay (0: never)",
     )
 
 
 class TritonSettings(_Section):
     """A Triton Inference Server (a district hub) that runs the bundle for this box (`model.runner = "triton"`)."""
 
-    url: str = Field("", description="the hub's address, host:port (HTTP 8000, gRPC 8001); required for triton")
+    url: str = Field("", description='the hub\'s host:port (HTTP 8000, gRPC 8001); required for runner = "triton"')
     protocol: Literal["http", "grpc"] = Field("http", description="http or grpc")
     timeout_s: float = Field(
-        5.0, gt=0, le=600, strict=True, description="a request to the hub taking longer fails over"
+        5.0, gt=0, le=600, strict=True, description="a request to the hub taking longer runs on the box's own runner"
     )
     retry_s: float = Field(
         30.0, gt=0, le=3600, strict=True, description="while the hub is away, how often it is tried again"
     )
     ssl: StrictBool = Field(False, description="TLS to the hub (or to the proxy in front of it)")
-    ca_file: Path | None = Field(None, description="certificate authority for the hub's certificate")
+    ca_file: Path | None = Field(
+        None, description="certificate authority for the hub's certificate", examples=["/etc/edge-app/hub-ca.pem"]
+    )
     model: str = Field("", description="the hub's model name; default: the bundle's name (<name>_tensorrt: engine)")
     token: SecretStr = Field(
-        SecretStr(""), description="sent in token_header on every request, where the hub restricts access"
+        SecretStr(""),
+        description="sent in token_header where the hub restricts access (refused in clear off loopback)",
     )
     token_header: str = Field("triton-access-token", description="the header Triton's restricted API checks")
 
@@ -161,23 +210,53 @@ class TritonSettings(_Section):
 
 
 class ModelSettings(_Section):
-    bundle: Path = Field(EMBEDDED_BUNDLE, description="model bundle directory; default: the embedded reference")
-    extra_bundles: list[Path] = Field(default_factory=list, description="more bundles; each image goes to those fit")
-    runner: str = Field("auto", description=f"one of {', '.join(RUNNER_NAMES)}")
+    """The models: bundles, the runner, TensorRT engines, signatures."""
+
+    bundle: Path = Field(
+        EMBEDDED_BUNDLE,
+        description="model bundle directory; default: the embedded reference bundle (edge_app/bundles/cxr-reference)",
+        examples=["/var/lib/edge-app/models/my-model"],
+    )
+    extra_bundles: list[Path] = Field(
+        default_factory=list, description="more bundles: each image goes to every bundle whose intended use fits it"
+    )
+    runner: str = Field(
+        "auto",
+        description=f"{' | '.join(RUNNER_NAMES)}; auto: TensorRT where this GPU has a cached engine, else ONNX Runtime",
+    )
     threads: StrictInt = Field(0, ge=0, le=64, description="inference threads; 0 lets ONNX Runtime use every core")
-    engine_cache: Path | None = Field(None, description="TensorRT engines; default: <storage.data_dir>/engines")
+    engine_cache: Path | None = Field(
+        None,
+        description="TensorRT engines, keyed by bundle, TensorRT version and GPU; default <storage.data_dir>/engines",
+        examples=["/var/lib/edge-app/engines"],
+    )
     max_batch: StrictInt = Field(8, ge=1, le=256, description="largest batch a TensorRT engine is built for")
-    build_engine_at_start: StrictBool = Field(True, description="with TensorRT and no engine, build one meanwhile")
+    build_engine_at_start: StrictBool = Field(
+        True, description="with TensorRT but no cached engine: build it in the background, ONNX Runtime meanwhile"
+    )
     dla_core: StrictInt | None = Field(
-        None, ge=0, le=7, description="run engines on this DLA core (fp16/int8 bundles, one batch size: max_batch)"
+        None,
+        ge=0,
+        le=7,
+        description="run engines on this DLA core (fp16/int8 bundles; a DLA engine has one batch size: max_batch)",
+        examples=[0],
     )
     engine_build_memory_mb: StrictInt = Field(
-        2048, ge=512, le=1_000_000, description="an engine build using more host memory than this is stopped"
+        2048,
+        ge=512,
+        le=1_000_000,
+        description="an engine build (a process of its own) using more host memory than this is stopped",
     )
-    engine_build_timeout_s: StrictInt = Field(1800, ge=60, le=86400, description="an engine build is stopped after")
-    require_signature: StrictBool = Field(False, description="accept only bundles signed by a trusted key")
-    trusted_keys: list[Path] = Field(default_factory=list, description="Ed25519 public keys (PEM files or folders)")
-    import_dir: Path | None = Field(None, description="where bundles are offered for import (a USB stick's mount)")
+    engine_build_timeout_s: StrictInt = Field(1800, ge=60, le=86400, description="and one taking longer than this")
+    require_signature: StrictBool = Field(False, description="accept only bundles signed by one of trusted_keys")
+    trusted_keys: list[Path] = Field(
+        default_factory=list, description="Ed25519 public keys (PEM files, or folders of *.pub / *.pem)"
+    )
+    import_dir: Path | None = Field(
+        None,
+        description="bundles found here (and one folder down) are offered on the admin page (a USB stick's mount)",
+        examples=["/media/edge-import"],
+    )
     triton: TritonSettings = Field(default_factory=TritonSettings)
 
     @field_validator("runner")
@@ -197,13 +276,21 @@ class ModelSettings(_Section):
 
 
 class ImagingSettings(_Section):
-    max_pixels: StrictInt = Field(25_000_000, ge=1, description="images with more pixels are refused before decoding")
+    """Decoding: the limits on one image and the decoder processes."""
+
+    max_pixels: StrictInt = Field(
+        25_000_000, ge=1, description="5000 x 5000; larger images are refused from their header, before decoding"
+    )
     max_decode_mb: StrictInt = Field(
         320, ge=16, le=65536, description="decoding memory one image may need (estimated before, enforced during)"
     )
-    decode_timeout_s: float = Field(30.0, gt=0, le=3600, strict=True, description="longest one image may decode")
+    decode_timeout_s: float = Field(
+        30.0, gt=0, le=3600, strict=True, description="an image that takes longer to decode is stopped and refused"
+    )
     decoders: StrictInt = Field(1, ge=1, le=16, description="decoder processes (each may take max_decode_mb)")
-    frame: Literal["first", "middle", "last"] = Field("middle", description="frame taken from a multi-frame image")
+    frame: Literal["first", "middle", "last"] = Field(
+        "middle", description="first, middle or last: the frame taken from a multi-frame image"
+    )
 
 
 class WorkerSettings(_Section):
@@ -212,8 +299,12 @@ class WorkerSettings(_Section):
     lease_s: float = Field(
         600.0, gt=0, le=86400, strict=True, description="a job held this long by a worker that died is taken again"
     )
-    max_attempts: StrictInt = Field(3, ge=1, le=100, description="then an image that kills the worker fails")
-    idle_s: float = Field(30.0, gt=0, le=3600, strict=True, description="a look at an idle queue this often")
+    max_attempts: StrictInt = Field(
+        3, ge=1, le=100, description="then an image that kills the worker fails, with the reason"
+    )
+    idle_s: float = Field(
+        30.0, gt=0, le=3600, strict=True, description="an idle queue is looked at this often (besides each wake-up)"
+    )
 
 
 class DicomCaptureSettings(_Section):
@@ -222,16 +313,32 @@ class DicomCaptureSettings(_Section):
     enabled: StrictBool = Field(False, description="listen for DICOM associations")
     ae_title: AETitle = Field("EDGEAPP", description="this appliance's AE title, as configured on the modality")
     host: Host = Field("0.0.0.0", description="address to listen on")
-    port: StrictInt = Field(11112, ge=1, le=65535)
+    port: StrictInt = Field(11112, ge=1, le=65535, description="the DICOM port to listen on")
     allowed_ae_titles: list[AETitle] = Field(default_factory=list, description="calling AE titles let in; [] = any")
-    allowed_addresses: list[str] = Field(default_factory=list, description="peer addresses or networks; [] = any")
-    tls_cert: Path | None = Field(None, description="PEM certificate: with tls_key, DICOM over TLS")
-    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
-    tls_ca: Path | None = Field(None, description="PEM CA bundle: peers must present a certificate it signed")
-    any_called_ae_title: StrictBool = Field(False, description="accept associations called by any AE title")
+    allowed_addresses: list[str] = Field(
+        default_factory=list,
+        description='peer addresses or networks ("192.168.1.0/24"); [] = any',
+        examples=[["192.168.1.0/24"]],
+    )
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate: with tls_key, DICOM over TLS", examples=["/etc/edge-app/tls/edgeapp.pem"]
+    )
+    tls_key: Path | None = Field(
+        None, description="PEM private key of tls_cert", examples=["/etc/edge-app/tls/edgeapp.key"]
+    )
+    tls_ca: Path | None = Field(
+        None,
+        description="PEM CA bundle: peers must present a certificate it signed",
+        examples=["/etc/edge-app/tls/clinic-ca.pem"],
+    )
+    any_called_ae_title: StrictBool = Field(
+        False, description="accept associations whatever AE title the peer calls (false: only ae_title)"
+    )
     max_associations: StrictInt = Field(16, ge=1, le=1000, description="associations open at once, in all")
     max_associations_per_address: StrictInt = Field(4, ge=1, le=1000, description="... and from one address")
-    timeout_s: float = Field(30.0, gt=0, le=3600, strict=True, description="an association silent this long is dropped")
+    timeout_s: float = Field(
+        30.0, gt=0, le=3600, strict=True, description="an association (or a TLS handshake) silent this long is dropped"
+    )
     max_object_mb: StrictInt = Field(
         512, ge=1, le=65536, description="a larger data set aborts its association; nothing of it is kept"
     )
@@ -262,9 +369,13 @@ class FolderCaptureSettings(_Section):
     """A folder (a network share, a USB stick's mount point) images are dropped into."""
 
     enabled: StrictBool = Field(False, description="watch the folder")
-    path: Path | None = Field(None, description="the folder; done/ and failed/ are made inside it")
+    path: Path | None = Field(
+        None,
+        description="the folder, required when enabled; done/ and failed/ are made inside it",
+        examples=["/media/edge-import"],
+    )
     poll_s: float = Field(2.0, gt=0, le=600, strict=True, description="how often the folder is looked at")
-    stable_s: float = Field(2.0, ge=0, le=600, strict=True, description="unchanged this long: the file is complete")
+    stable_s: float = Field(2.0, ge=0, le=600, strict=True, description="a file unchanged this long is complete")
 
     @model_validator(mode="after")
     def _path(self) -> FolderCaptureSettings:
@@ -276,24 +387,34 @@ class FolderCaptureSettings(_Section):
 class SerialCaptureSettings(_Section):
     """Serial devices: X-ray generators, footswitches, barcode readers (see firmware_config/devices/)."""
 
-    profiles: list[Path] = Field(default_factory=list, description="device profiles (TOML), one per device")
+    profiles: list[Path] = Field(
+        default_factory=list,
+        description="device profiles (TOML), one per device",
+        examples=[["/etc/edge-app/devices/xray-generator.toml"]],
+    )
     exposure_window_s: float = Field(
-        30.0, gt=0, le=3600, strict=True, description="an exposure report goes to an image arriving within this"
+        30.0, gt=0, le=3600, strict=True, description="an exposure report goes to the next image arriving within this"
     )
 
 
 class VideoCaptureSettings(_Section):
-    """An ultrasound video feed: a USB HDMI grabber (/dev/video0), or any file or URL OpenCV opens."""
+    """An ultrasound video feed (OpenCV)."""
 
     enabled: StrictBool = Field(False, description="read the video feed")
-    source: str = Field("/dev/video0", description="a V4L2 device, a device number, a file or a URL")
-    modality: str = Field("US", description="the modality the captured frames are stored as")
-    reconnect_s: float = Field(2.0, gt=0, le=600, strict=True, description="wait between attempts to open it")
+    source: str = Field(
+        "/dev/video0", description="a USB HDMI grabber (V4L2), a device number, or any file or URL OpenCV opens"
+    )
+    modality: str = Field("US", description="captured frames are stored as DICOM images of this modality")
+    reconnect_s: float = Field(
+        2.0, gt=0, le=600, strict=True, description="when the grabber goes away, it is opened again this often"
+    )
     loop_file: StrictBool = Field(False, description="play a file source again when it ends (demonstrations)")
     infer_every: StrictInt = Field(0, ge=0, le=10000, description="live inference on every Nth frame; 0 = off")
 
 
 class CaptureSettings(_Section):
+    """The ways images come in besides the API."""
+
     dicom: DicomCaptureSettings = Field(default_factory=DicomCaptureSettings)
     folder: FolderCaptureSettings = Field(default_factory=FolderCaptureSettings)
     serial: SerialCaptureSettings = Field(default_factory=SerialCaptureSettings)
@@ -319,11 +440,17 @@ class Destination(_Section):
 class OutputSettings(_Section):
     """Results sent back by C-STORE: a Structured Report of the findings, a Secondary Capture with the heatmap."""
 
-    destinations: list[Destination] = Field(default_factory=list, description="where results go; [] = nowhere")
+    destinations: list[Destination] = Field(
+        default_factory=list,
+        description="where results go; [] = nowhere",
+        examples=[[{"ae_title": "PACS", "host": "192.168.1.10", "port": 104, "send": ["sr", "sc"]}]],
+    )
     calling_ae_title: AETitle = Field("EDGEAPP", description="this appliance's AE title when it sends")
 
-    retry_s: float = Field(30.0, gt=0, le=86400, strict=True, description="first wait after a failed send")
-    max_attempts: StrictInt = Field(20, ge=1, le=1000, description="then the item is kept as failed")
+    retry_s: float = Field(
+        30.0, gt=0, le=86400, strict=True, description="first wait after a failed send; doubles up to 32x"
+    )
+    max_attempts: StrictInt = Field(20, ge=1, le=1000, description="then the item is kept as failed, with the reason")
 
 
 class Settings(_Section):

@@ -32,7 +32,7 @@ from support.tools import EDGE_APP
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(os.environ.get("EDGE_TEST_ARTIFACTS", ROOT / "tests" / "artifacts")) / "browser"
 PASSWORD = "a long enough password"
-# Chromium must not try to reach anything outside the box (shared/notes/browser-tests.md).
+# Chromium must not try to reach anything outside the box: no background networking, component updates or sync.
 ARGS = [
     "--no-sandbox",
     "--disable-gpu",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -159,32 +160,44 @@ def test_the_appliance_configuration_file_is_valid() -> None:
         check_secure(s)  # until `edge-app tls init` has run on the box
 
 
-def test_the_readme_configuration_block_is_valid(tmp_path: Path) -> None:
-    """The defaults the README shows are a configuration the service accepts, every key of it known."""
+def _reference_block() -> str:
     from support.data import ROOT
 
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = readme.split("### Configuration", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
-    cfg = tmp_path / "readme.toml"
-    cfg.write_text(block)
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    return text.split("```toml\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_configuration_reference_is_the_commands_output(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/configuration.md holds exactly what `edge-app config --defaults` prints: it cannot go stale."""
+    from edge_app.cli.main import main
+
+    assert main(["config", "--defaults"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == _reference_block(), "docs/configuration.md is stale: paste `edge-app config --defaults` in"
+    assert "[capture.dicom]" in printed and "[model.triton]" in printed and "# destinations = [{ ae_title" in printed
+
+
+def test_the_documented_defaults_are_the_codes_defaults(tmp_path: Path) -> None:
+    """The reference, read as a configuration file, is valid and gives every default the code uses."""
+    cfg = tmp_path / "reference.toml"
+    cfg.write_text(_reference_block())
+    assert load_settings(cfg, environ={}) == load_settings(environ={})
+
+
+def test_the_documented_examples_are_valid(tmp_path: Path) -> None:
+    """Each commented-out example, uncommented in place of its default, is a value the service accepts."""
+    lines = _reference_block().splitlines()
+    examples = {i: line[2:] for i, line in enumerate(lines) if re.match(r"# \w+ = ", line)}
+    for i, line in examples.items():
+        key = line.split(" = ", 1)[0]
+        if i > 0 and lines[i - 1].startswith(f"{key} = "):
+            lines[i - 1] = ""
+        lines[i] = line
+    cfg = tmp_path / "examples.toml"
+    cfg.write_text("\n".join(lines))
     s = load_settings(cfg, environ={})
-    assert s.capture.dicom.port == 11112 and s.imaging.max_decode_mb == 320 and s.server.result_wait_s == 60.0
-
-
-def test_the_readme_defaults_are_the_codes_defaults(tmp_path: Path) -> None:
-    """Every default the README's block shows is the one the code uses (paths aside: they are placeholders)."""
-    from support.data import ROOT
-
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = readme.split("### Configuration", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
-    cfg = tmp_path / "readme.toml"
-    cfg.write_text(block)
-    documented, defaults = load_settings(cfg, environ={}).model_dump(), load_settings(environ={}).model_dump()
-    for section in ("storage", "model"):
-        for placeholder in ("data_dir", "bundle", "engine_cache"):
-            documented[section].pop(placeholder, None)
-            defaults[section].pop(placeholder, None)
-    assert documented == defaults
+    assert s.model.dla_core == 0 and s.outputs.destinations[0].port == 104 and s.capture.dicom.tls_ca is not None
+    assert s.storage.data_dir == Path("/var/lib/edge-app") and s.capture.serial.profiles
 
 
 def test_host_names_at_their_limits() -> None:

@@ -1,7 +1,7 @@
 """The TensorRT code type-checked against the TensorRT 10 API (the tensorrt-stubs package), with no TensorRT.
 
 The stubs cannot be used where pip puts them (no py.typed, a few syntax errors): they are copied into a typings
-folder and mended as ../shared/notes/tensorrt.md describes, then mypy runs on the TensorRT modules.
+folder and mended (a parameter named `in`, a default `add_scale_nd` lacks), then mypy runs on the TensorRT modules.
 """
 
 from __future__ import annotations

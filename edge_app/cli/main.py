@@ -16,6 +16,7 @@ import numpy as np
 
 from edge_app import __version__
 from edge_app.cli import accounts as cli_accounts
+from edge_app.cli import config_reference
 from edge_app.config import Settings, load_settings
 from edge_app.errors import UserError
 from edge_app.inference.diagnoser import Diagnoser
@@ -30,7 +31,7 @@ EXIT_INTERNAL = 3  # an internal error (a bug), on any command or any file
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge-app", description=__doc__)
     parser.add_argument("--version", action="version", version=f"edge-app {__version__}")
-    parser.add_argument("--config", type=Path, help="TOML configuration file (see the README)")
+    parser.add_argument("--config", type=Path, help="TOML configuration file (edge-app config --defaults)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -47,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("check", help="check the installation: storage, models, ports, devices")
     p = sub.add_parser("engines", help="build the TensorRT engines the configured bundles lack (before serve)")
     p.add_argument("--retry", action="store_true", help="try again the builds that failed before")
+    p = sub.add_parser("config", help="print the configuration reference")
+    p.add_argument("--defaults", action="store_true", required=True, help="every key, its default and description")
 
     cli_accounts.add_parsers(sub)
     p = sub.add_parser("backup", help="copy the database and the stored files into a new folder in DIR")
@@ -76,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("pydicom").addFilter(_AtDebugLevel(args.verbose))
     try:
+        if args.command == "config":
+            print(config_reference.defaults_toml(), end="")
+            return 0
         settings = load_settings(args.config)
         if args.command == "diagnose":
             return _diagnose(settings, args.files, args.bundle)
