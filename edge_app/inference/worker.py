@@ -42,8 +42,10 @@ class Worker:
         on_recorded: Callable[[Job, list[int]], object] | None = None,
         before_job: Callable[[], None] | None = None,
         after_job: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
+        self.clock = clock  # what a job's duration is measured by (the watchdog's stuck check)
         self.registry = registry
         self.settings = settings or WorkerSettings()
         self.on_recorded = on_recorded  # a job's results recorded (their ids): the outbox queues what they send
@@ -63,7 +65,7 @@ class Worker:
         """Whether the worker is alive and not stuck: waiting for work, or on a job for less than `within_s`
         seconds (systemd's watchdog asks)."""
         busy_since = self._busy_since
-        stuck = busy_since is not None and time.monotonic() - busy_since >= within_s
+        stuck = busy_since is not None and self.clock() - busy_since >= within_s
         return self._loop_thread.running and not stuck
 
     def stop(self, timeout: float = 60.0) -> None:
@@ -88,7 +90,7 @@ class Worker:
             job = self.store.claim_job(self.settings.lease_s, self.settings.max_attempts)
             if job is None:
                 return False
-            self._busy_since = time.monotonic()
+            self._busy_since = self.clock()
             try:
                 recorded = self.store.finish_job(job, self._outcome(job))
             finally:

@@ -176,7 +176,7 @@ EQUIVALENT = {
         "core/ReplaceComparisonOperator_Eq_Is",
     ): "string literals are interned: `is` compares them as `==` does",
     (
-        "stuck = busy_since is not None and time.monotonic() - busy_since >= within_s",
+        "stuck = busy_since is not None and self.clock() - busy_since >= within_s",
         "core/ReplaceComparisonOperator_GtE_Gt",
     ): ("elapsed time equal to the limit to the last bit: no test, and no hung worker, can tell"),
     ('reason=None if status == "done" else first.reason,', "core/ReplaceComparisonOperator_Eq_LtE"): (
