@@ -88,8 +88,10 @@ def _trail(data: Path) -> list[dict[str, Any]]:
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
+    """As systemd stops the unit: SIGTERM, and as long as its TimeoutStopSec (90 s) to end (a loaded CI machine
+    once took over 30 s)."""
     proc.terminate()
-    proc.wait(timeout=30)
+    proc.wait(timeout=90)
 
 
 def test_every_read_of_patient_data_is_audited_with_who_and_from_where(
