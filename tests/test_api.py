@@ -141,9 +141,9 @@ def test_the_service_finishes_what_a_crash_left(tmp_path: Path, nih_png: Path, s
     app = create_app(service({"storage": {"data_dir": str(tmp_path)}, "model": {"threads": 1}}))
     store = services.get_from(app).store
     assert store.wait_for(added.image_id, timeout=60) == ("done", None)
-    (image,) = store.get_study(added.study_uid)["images"]
-    (result,) = image["results"]
-    assert result["status"] == "ok" and store.read_file(result["heatmaps"][0]["sha256"])
+    (image,) = store.get_study(added.study_uid).images
+    (result,) = image.results
+    assert result.status == "ok" and store.read_file(result.heatmaps[0].sha256)
     assert store.read_file(digest) == nih_png.read_bytes(), "the image itself is kept"
     assert not store.file_path(orphan).exists() and not incoming.exists()
 

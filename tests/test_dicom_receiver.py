@@ -556,10 +556,8 @@ def test_a_peer_sending_what_no_model_reads_is_slowed(
     ds = pydicom.dcmread(dicom_file("US1_UNCR.dcm"))
 
     def read_by_no_model() -> None:  # the worker's verdict is in before the next object
-        (image,) = [
-            i for i in store.get_study(ds.StudyInstanceUID)["images"] if i["sop_instance_uid"] == ds.SOPInstanceUID
-        ]
-        assert store.wait_for(image["id"], timeout=30)[0] == "no_model"
+        (image,) = [i for i in store.get_study(ds.StudyInstanceUID).images if i.sop_instance_uid == ds.SOPInstanceUID]
+        assert store.wait_for(image.id, timeout=30)[0] == "no_model"
 
     took = _answer_times(free_port, ds, 5, 0x0000, read_by_no_model)
     assert max(took[1:3]) < 0.9 and 0.9 < took[3] < 1.9 and took[4] > 1.9, took  # the first may be slow

@@ -64,8 +64,8 @@ def test_files_are_taken_once_complete_and_moved(tmp_path: Path) -> None:
     assert watcher.scan(now=5.5) == 1
     assert (root / "done" / "copying.dcm").read_bytes() == data
     ds = pydicom.dcmread(root / "done" / "copying.dcm", stop_before_pixels=True)
-    (image,) = store.get_study(ds.StudyInstanceUID)["images"]
-    assert image["source"] == f"folder:{root}" and image["filename"] == "copying.dcm" and image["status"] == "queued"
+    (image,) = store.get_study(ds.StudyInstanceUID).images
+    assert image.source == f"folder:{root}" and image.filename == "copying.dcm" and image.status == "queued"
     assert watcher.scan(now=10.0) == 0, "done/ and failed/ are not taken again"
     store.close()
 
@@ -99,7 +99,7 @@ def test_the_service_watches_the_folder_and_diagnoses(
         (state,) = [s.state() for s in service.sources]
         assert state == {"name": "folder", "connected": True, "detail": str(root), "received": 1}
         (study,) = service.store.list_studies()
-        assert service.store.wait_for(study["images"][0]["id"], timeout=30) == ("done", None)
+        assert service.store.wait_for(study.images[0].id, timeout=30) == ("done", None)
 
 
 def _stored(store: Store) -> list[Path]:

@@ -576,8 +576,8 @@ def _chest_header_noise() -> object:
 
 
 def _results(store: Store, image_id: int) -> list[tuple[str, str, int]]:
-    image = next(i for s in store.list_studies() for i in s["images"] if i["id"] == image_id)
-    return [(r["status"], r["model"]["version"], len(r["findings"])) for r in image["results"]]
+    image = next(i for s in store.list_studies() for i in s.images if i.id == image_id)
+    return [(r.status, r.model["version"], len(r.findings)) for r in image.results]
 
 
 def test_an_image_sent_to_another_model_is_read_by_that_one_its_guard_still_judging(
@@ -664,7 +664,7 @@ def test_the_study_page_sends_an_outside_image_to_a_model_in_service(
     browser.post(f"/studies/{uid}/images/{image_id}/model", data={"csrf_token": token, "bundle": sha})
     store = services.get_from(app).store
     assert store.wait_for(image_id, 30)[0] == "outside"
-    assert [r["status"] for r in store.get_study(uid)["images"][0]["results"]] == ["outside", "outside"]
+    assert [r.status for r in store.get_study(uid).images[0].results] == ["outside", "outside"]
     trail = store.audit_trail()
     assert any(a["action"] == "image.send_to_model" and a["subject"] == str(image_id) for a in trail)
     missing = browser.post(f"/studies/{uid}/images/{image_id}/model", data={"bundle": sha})

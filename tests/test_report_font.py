@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from babel.support import Translations
 from edge_app.outputs.fonts import CANDIDATES, FONT_DIR, HELVETICA, Fonts, fonts, visual
 from edge_app.outputs.report import study_report
 from edge_app.store.reviews import Review
+from edge_app.store.rows import Image, Result, StoredFinding, Study
 
 pytestmark = pytest.mark.integration
 
@@ -42,28 +44,43 @@ def _system() -> Fonts:
     return found
 
 
-def _study(name: str, note: str | None = None) -> tuple[dict[str, Any], dict[int, list[Review]]]:
+def _study(name: str, note: str | None = None) -> tuple[Study, dict[int, list[Review]]]:
     """A study of one DX image of the patient P-123: without a result, or with one finding and a review's note."""
-    results = []
+    results: tuple[Result, ...] = ()
     if note is not None:
-        results = [
-            {
-                "id": 7,
-                "status": "ok",
-                "model": {"name": "cxr", "version": "1", "precision": "fp32", "runner": "onnxruntime"},
-                "findings": [{"label": "Cardiomegaly", "probability": 0.8, "threshold": 0.5, "positive": True}],
-                "guard": {"score": -3.0, "component": "density", "outside": False},
-            }
-        ]
-    image = {
-        "id": 1,
-        "filename": "a.dcm",
-        "status": "no_model",
-        "reason": "no model in service",
-        "metadata": {"patient_name": name, "modality": "DX"},
-        "results": results,
-    }
-    study = {"uid": "1.2.840.99", "patient_id": "P-123", "created_at": "2026-11-25T10:00:00.5", "images": [image]}
+        results = (
+            Result(
+                id=7,
+                created_at="2026-11-25T10:00:01",
+                status="ok",
+                model={"name": "cxr", "version": "1", "precision": "fp32", "runner": "onnxruntime"},
+                bundle_sha256="b" * 64,
+                findings=(StoredFinding("Cardiomegaly", 0.8, 0.5, True),),
+                timings_ms={},
+                guard={"score": -3.0, "component": "density", "outside": False},
+                triage=0.6,
+                reason=None,
+                heatmaps=(),
+            ),
+        )
+    image = Image(
+        id=1,
+        sop_instance_uid="1.2.840.99.1.1",
+        series_uid="1.2.840.99.1",
+        status="no_model",
+        reason="no model in service",
+        source="api",
+        filename="a.dcm",
+        sha256="a" * 64,
+        size=1,
+        view_sha256=None,
+        purged_at=None,
+        received_at="2026-11-25T10:00:00.5",
+        metadata={"patient_name": name, "modality": "DX"},
+        results=results,
+        outputs=(),
+    )
+    study = Study("1.2.840.99", "2026-11-25T10:00:00.5", "api", "P-123", (image,))
     review = Review(1, 1, 7, "dr-ade", "2026-11-25T11:00:00", {"Cardiomegaly": "agree"}, note or "")
     return study, {1: [review] if note is not None else []}
 
@@ -282,6 +299,7 @@ def test_a_result_of_a_model_without_an_input_guard_says_its_image_was_not_check
     path = tmp_path / "checked.pdf"
     path.write_bytes(study_report(study, {}, {}, reviews, _english))
     assert unchecked not in _lines(path)
-    del study["images"][0]["results"][0]["guard"]
+    (image,) = study.images
+    study = replace(study, images=(replace(image, results=(replace(image.results[0], guard=None),)),))
     path.write_bytes(study_report(study, {}, {}, reviews, _english))
     assert unchecked in _lines(path)

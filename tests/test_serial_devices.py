@@ -99,10 +99,10 @@ def test_xray_generator_on_loop_attaches_the_exposure_to_the_next_image(store: S
         _until(lambda: device.counts["messages"] >= 2 and device.counts["unrecognised"] >= 1)
         added = ingest.submit(io.BytesIO(_png()), "a.png", "api")
         assert added is not None
-        (image,) = store.get_study(added.study_uid)["images"]
-        assert image["metadata"]["exposure"] == {"kvp": "81.0", "mas": "12.5", "ms": "40", "source": device.name}
+        (image,) = store.get_study(added.study_uid).images
+        assert image.metadata["exposure"] == {"kvp": "81.0", "mas": "12.5", "ms": "40", "source": device.name}
         again = ingest.submit(io.BytesIO(_png() + b"\0"), "b.png", "api")
-        assert again is not None and "exposure" not in store.get_study(again.study_uid)["images"][0]["metadata"]
+        assert again is not None and "exposure" not in store.get_study(again.study_uid).images[0].metadata
         assert device.state()["connected"] is True
     finally:
         device.stop()
@@ -117,9 +117,9 @@ def test_barcode_reader_gives_the_next_study_its_patient(store: Store) -> None:
         device.write(b"\x02PAT-0042\x03")
         _until(lambda: device.counts["messages"] == 1)
         added = ingest.submit(io.BytesIO(_png()), "a.png", "api")
-        assert added is not None and store.get_study(added.study_uid)["patient_id"] == "PAT-0042"
+        assert added is not None and store.get_study(added.study_uid).patient_id == "PAT-0042"
         later = ingest.submit(io.BytesIO(_png() + b"\0"), "b.png", "api")
-        assert later is not None and store.get_study(later.study_uid)["patient_id"] == "", "used once"
+        assert later is not None and store.get_study(later.study_uid).patient_id == "", "used once"
     finally:
         device.stop()
 
@@ -226,9 +226,9 @@ def _effect(name: str, ingest: Ingest, store: Store, presses: list[Event]) -> No
     assert added is not None
     study = store.get_study(added.study_uid)
     if name == "xray-generator":
-        assert study["images"][0]["metadata"]["exposure"]["kvp"] == "70.0"
+        assert study.images[0].metadata["exposure"]["kvp"] == "70.0"
     else:
-        assert study["patient_id"] == "PAT-0042"
+        assert study.patient_id == "PAT-0042"
 
 
 def _wait_for_message(device: SerialDevice) -> None:

@@ -11,15 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from edge_app.bundles.findings import Finding
 from edge_app.errors import ConfigError, IdentityConflict, NotFound, UserError
 from edge_app.imaging.header import ImageHeader, generated_header
 from edge_app.store import ModelResult, Outcome, Store
-from edge_app.store.db import chosen_heatmap
 from edge_app.store.schema import _V1, MIGRATIONS
 
 pytestmark = pytest.mark.unit
 
 MODEL = {"name": "m", "version": "1", "precision": "fp32", "runner": "onnxruntime"}
+FINDING = Finding("x", 0.75, 0.5).as_dict()
 
 
 def _header(study: str = "1.2.3", series: str = "1.2.3.4", sop: str = "1.2.3.4.5") -> ImageHeader:
@@ -68,9 +69,9 @@ def test_images_are_grouped_by_their_dicom_uids(tmp_path: Path) -> None:
     other = _add(store, b"three", _header(study="7.7", series="7.7.1", sop="7.7.1.1"))
     assert first.study_uid == second.study_uid == "1.2.3" and other.study_uid == "7.7"
     study = store.get_study("1.2.3")
-    assert [i["sop_instance_uid"] for i in study["images"]] == ["1.9.1", "1.9.2"]
-    assert {i["series_uid"] for i in study["images"]} == {"1.2.3.4"}
-    assert study["patient_id"] == "P1" and all(i["status"] == "queued" for i in study["images"])
+    assert [i.sop_instance_uid for i in study.images] == ["1.9.1", "1.9.2"]
+    assert {i.series_uid for i in study.images} == {"1.2.3.4"}
+    assert study.patient_id == "P1" and all(i.status == "queued" for i in study.images)
     assert store.queued() == 3
     store.close()
 
@@ -84,7 +85,7 @@ def test_a_duplicate_sop_instance_is_acknowledged_not_added(tmp_path: Path) -> N
     assert again.duplicate and again.image_id == first.image_id and again.status == "queued"
     with pytest.raises(IdentityConflict, match="same SOP Instance UID and other content"):
         _add(store, b"image sent twice, other bytes", _header())
-    assert len(store.get_study("1.2.3")["images"]) == 1 and store.queued() == 1
+    assert len(store.get_study("1.2.3").images) == 1 and store.queued() == 1
     store.close()
 
 
@@ -109,7 +110,7 @@ def test_an_image_joins_a_study_only_with_its_patient_id(tmp_path: Path, held: s
     with pytest.raises(IdentityConflict, match="Series Instance UID belongs to another study"):
         _add(store, b"fourth", replace(_header(study="7.7", sop="1.2.3.4.8"), patient_id=held))
     study = store.get_study("1.2.3")
-    assert len(study["images"]) == 1 and study["patient_id"] == held and store.queued() == 1
+    assert len(study.images) == 1 and study.patient_id == held and store.queued() == 1
     same = _add(store, b"fifth", replace(_header(sop="1.2.3.4.9"), patient_id=""), patient_id=held)
     assert same.study_uid == "1.2.3", "the ID given with the image (a scanned barcode) is its identity"
     store.close()
@@ -118,8 +119,8 @@ def test_an_image_joins_a_study_only_with_its_patient_id(tmp_path: Path, held: s
 def test_a_refused_arrival_is_kept_without_a_job(tmp_path: Path) -> None:
     store = Store(tmp_path)
     added = _add(store, b"%PDF", generated_header(), reason="not a DICOM (Part 10), PNG or JPEG file")
-    (image,) = store.get_study(added.study_uid)["images"]
-    assert image["status"] == "rejected" and image["reason"].startswith("not a DICOM")
+    (image,) = store.get_study(added.study_uid).images
+    assert image.status == "rejected" and image.reason.startswith("not a DICOM")
     assert store.queued() == 0 and store.claim_job(60, 3) is None
     store.close()
 
@@ -132,18 +133,18 @@ def test_a_job_is_claimed_once_and_its_outcome_recorded(tmp_path: Path) -> None:
     assert job.header == _header() and job.metadata["modality"] == "CR"
     assert store.claim_job(lease_s=60, max_attempts=3) is None, "leased: no second worker gets it"
     maps = [("y", b"png of y"), ("x", b"png of x")]  # the most probable finding's first
-    result = ModelResult("ok", MODEL, "b" * 64, findings=[{"label": "x"}], heatmaps=maps, timings={"t": 1})
+    result = ModelResult("ok", MODEL, "b" * 64, findings=[FINDING], heatmaps=maps, timings={"t": 1})
     store.finish_job(job, Outcome("done", metadata={"rows": 10}, results=[result]))
     assert store.wait_for(added.image_id, timeout=0) == ("done", None)
-    (image,) = store.get_study("1.2.3")["images"]
-    assert image["metadata"]["rows"] == 10 and image["metadata"]["modality"] == "CR"
-    (r,) = image["results"]
-    assert r["status"] == "ok" and r["bundle_sha256"] == "b" * 64
-    assert [(m["label"], store.read_file(m["sha256"])) for m in r["heatmaps"]] == maps, "each kept, in order"
-    assert chosen_heatmap(r) == r["heatmaps"][0] and chosen_heatmap(r, "x") == r["heatmaps"][1]
-    assert chosen_heatmap(r, "z") is None
+    (image,) = store.get_study("1.2.3").images
+    assert image.metadata["rows"] == 10 and image.metadata["modality"] == "CR"
+    (r,) = image.results
+    assert r.status == "ok" and r.bundle_sha256 == "b" * 64
+    assert [(m.label, store.read_file(m.sha256)) for m in r.heatmaps] == maps, "each kept, in order"
+    assert r.heatmap() == r.heatmaps[0] and r.heatmap("x") == r.heatmaps[1]
+    assert r.heatmap("z") is None
     assert store.remove_orphans() == 0, "heatmap files are in use"
-    assert store.get_result(r["id"])["findings"] == [{"label": "x"}]
+    assert [f.json() for f in store.get_result(r.id).findings] == [FINDING]
     assert store.queued() == 0
     store.close()
 
@@ -203,11 +204,11 @@ def test_a_version_1_database_is_taken_forward(tmp_path: Path) -> None:
     store = Store(tmp_path)
     assert store.pragma("user_version") == 9
     study = store.get_study("abc")
-    assert study["patient_id"] == "P9"
-    a, b, c = study["images"]
-    assert a["sop_instance_uid"] == "1.5" and a["status"] == "done" and a["source"] == "api"
-    assert b["status"] == "rejected" and b["reason"] == "why" and b["sop_instance_uid"]
-    assert c["status"] == "queued" and a["series_uid"] == b["series_uid"] == c["series_uid"] is not None
+    assert study.patient_id == "P9"
+    a, b, c = study.images
+    assert a.sop_instance_uid == "1.5" and a.status == "done" and a.source == "api"
+    assert b.status == "rejected" and b.reason == "why" and b.sop_instance_uid
+    assert c.status == "queued" and a.series_uid == b.series_uid == c.series_uid is not None
     job = store.claim_job(60, 3)
     assert job is not None and job.image_id == 3
     store.close()
@@ -231,8 +232,8 @@ def test_a_version_7_result_s_heatmap_becomes_its_first_of_many(tmp_path: Path) 
     db.close()
     store = Store(tmp_path)
     assert store.pragma("user_version") == 9
-    first, second = store.get_study("1.2")["images"][0]["results"]
-    assert first["heatmaps"] == [{"label": "Effusion", "sha256": "e" * 64}] and second["heatmaps"] == []
+    first, second = store.get_study("1.2").images[0].results
+    assert first.json()["heatmaps"] == [{"label": "Effusion", "sha256": "e" * 64}] and second.heatmaps == ()
     columns = [r[1] for r in store.query("PRAGMA table_info(results)")]
     assert "heatmap_label" not in columns and "heatmap_sha256" not in columns
     store.close()
@@ -422,19 +423,19 @@ def test_an_output_taken_by_a_sender_is_held_from_the_others(tmp_path: Path) -> 
     assert again is not None and again.id == item.id and again.attempts == 1
     store.output_done(again, None, None)
     assert store.due_output(hold_s=60) is None
-    assert [o["state"] for o in store.outputs(added.image_id)] == ["sent"]
+    assert [o.state for o in store.outputs(added.image_id)] == ["sent"]
     store.close()
 
 
 def test_a_result_says_its_reason_only_when_it_has_one(tmp_path: Path) -> None:
     store = Store(tmp_path)
     added = _add(store, b"image", _header())
-    ok = ModelResult("ok", MODEL, "b" * 64, findings=[{"label": "x"}])
+    ok = ModelResult("ok", MODEL, "b" * 64, findings=[FINDING])
     _diagnose_next(store, ok, ModelResult("rejected", MODEL, "c" * 64, reason="not a chest"))
-    (image,) = store.get_study("1.2.3")["images"]
-    by_status = {r["status"]: r for r in image["results"]}
+    (image,) = store.get_study("1.2.3").images
+    by_status = {r.status: r.json() for r in image.results}
     assert "reason" not in by_status["ok"] and by_status["rejected"]["reason"] == "not a chest"
-    assert image["id"] == added.image_id
+    assert image.id == added.image_id
     store.close()
 
 
@@ -456,7 +457,7 @@ def test_results_are_found_by_any_id_sqlite_can_hold(tmp_path: Path) -> None:
     big = 2**63 - 1
     with store.transaction() as db:
         db.execute("UPDATE results SET id = ? WHERE id = ?", (big, row[0]))
-    assert store.get_result(big)["bundle_sha256"] == "b" * 64
+    assert store.get_result(big).bundle_sha256 == "b" * 64
     for missing in (0, -1, 2**63, 10**30):
         with pytest.raises(NotFound):
             store.get_result(missing)
@@ -480,7 +481,7 @@ def test_orphans_are_removed_by_age_and_counted(tmp_path: Path) -> None:
     assert not store.file_path(old).exists() and store.file_path(young).exists()
     assert store.remove_orphans() == 2, "at start, with no other writer: every orphan, whatever its time"
     assert not store.file_path(young).exists() and not store.file_path(ahead).exists()
-    assert store.read_file(store.get_study("1.2.3")["images"][0]["sha256"]) == b"image" and kept.image_id
+    assert store.read_file(store.get_study("1.2.3").images[0].sha256) == b"image" and kept.image_id
     store.close()
 
 
@@ -554,7 +555,7 @@ def test_an_image_that_cannot_be_recorded_leaves_no_half_study(tmp_path: Path) -
     with pytest.raises(NotFound):
         store.get_study("1.2.3")  # the study row went with the rest
     added = _add(store, b"image", _header())
-    assert store.get_study("1.2.3")["images"][0]["id"] == added.image_id
+    assert store.get_study("1.2.3").images[0].id == added.image_id
     store.close()
 
 
@@ -616,7 +617,7 @@ def test_purging_a_file_already_gone_is_no_error(tmp_path: Path) -> None:
     _diagnose_next(store, ModelResult("ok", MODEL, "b" * 64))
     store.file_path(hashlib.sha256(b"image").hexdigest()).unlink()  # removed by hand, or by a crash halfway
     assert store.purge_images("9999-01-01T00:00:00+00:00") == 1
-    assert store.get_study("1.2.3")["images"][0]["id"] == added.image_id
+    assert store.get_study("1.2.3").images[0].id == added.image_id
     store.close()
 
 
@@ -692,7 +693,7 @@ def test_studies_are_read_with_one_query_per_level(tmp_path: Path) -> None:
             studies = store.list_studies(limit)
         finally:
             store._db.set_trace_callback(None)
-        assert len(studies) == min(limit, 30) and all(len(s["images"]) == 2 for s in studies)
+        assert len(studies) == min(limit, 30) and all(len(s.images) == 2 for s in studies)
         return len(seen)
 
     for n in range(30):

@@ -63,10 +63,10 @@ def test_a_trigger_stores_the_current_frame_as_an_ultrasound_image(
         _until(lambda: grabber.state()["frame"] == FRAMES - 1)  # the file has ended: the last frame stays
         service.ingest.event(Event("capture", {}, "serial:footswitch"))
         (study,) = service.store.list_studies()
-        (image,) = study["images"]
-        assert image["source"] == f"video:{video}" and image["filename"].startswith("frame-")
-        assert service.store.wait_for(image["id"], timeout=30)[0] == "no_model", "a chest model never reads US"
-        ds = pydicom.dcmread(service.store.file_path(image["sha256"]))
+        (image,) = study.images
+        assert image.source == f"video:{video}" and image.filename.startswith("frame-")
+        assert service.store.wait_for(image.id, timeout=30)[0] == "no_model", "a chest model never reads US"
+        ds = pydicom.dcmread(service.store.file_path(image.sha256))
         assert ds.Modality == "US" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.6.1"
         pixels = ds.pixel_array.astype(int)
         assert pixels.shape == (48, 64, 3)
@@ -93,7 +93,7 @@ def test_the_api_capture_button(
     resp = api_client(app).post("/api/v1/capture")
     assert resp.status_code == 202
     (study,) = svc.store.list_studies()
-    assert study["images"][0]["source"] == f"video:{video}"
+    assert study.images[0].source == f"video:{video}"
 
 
 def test_capture_without_a_video_source_is_a_conflict(client) -> None:  # type: ignore[no-untyped-def]

@@ -73,9 +73,9 @@ def test_an_image_is_done_when_any_model_that_reads_it_succeeded(
         image_id = _queue(store, "RG1_UNCR.dcm")
         Worker(store, registry).run_once()
         assert store.image_status(image_id) == ("done", None)
-        (image,) = store.get_study(read_header(dicom_file("RG1_UNCR.dcm"), "x").study_uid)["images"]
-        assert [r["status"] for r in image["results"]] == ["failed", "ok"]
-        assert image["metadata"]["rows"] == 1955, "what decoding learnt is kept"
+        (image,) = store.get_study(read_header(dicom_file("RG1_UNCR.dcm"), "x").study_uid).images
+        assert [r.status for r in image.results] == ["failed", "ok"]
+        assert image.metadata["rows"] == 1955, "what decoding learnt is kept"
     finally:
         registry.close()
 
@@ -123,7 +123,7 @@ def test_the_outbox_queues_from_what_was_recorded_and_cannot_undo_it(tmp_path: P
         assert Worker(store, registry, on_recorded=fails).run_once()
         assert store.image_status(image_id)[0] == "done"
         ((handed_image, ids),) = handed
-        assert handed_image == image_id and [store.get_result(i)["status"] for i in ids] == ["ok"]
+        assert handed_image == image_id and [store.get_result(i).status for i in ids] == ["ok"]
     finally:
         registry.close()
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 import datetime as dt
 import io
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from edge_app.config import Settings
 from edge_app.errors import UserError
 from edge_app.outputs import csv_cells
-from edge_app.store import Store
+from edge_app.store import Image, Store, Study
 from edge_app.store.reviews import Review, Reviews
 from edge_app.system.clock import utc_now
 
@@ -61,35 +62,30 @@ def _write(store: Store, dest: Path, deidentify: bool, since: dt.date | None) ->
     reviewers: dict[str, str] = {}
     rows: list[dict[str, Any]] = []
     not_exported: list[str] = []
-    studies = [
-        s for s in reversed(store.list_studies(-1)) if since is None or s["created_at"][:10] >= since.isoformat()
-    ]
+    studies = [s for s in reversed(store.list_studies(-1)) if since is None or s.created_at[:10] >= since.isoformat()]
     for number, study in enumerate(studies, start=1):
-        name = study["uid"] if not deidentify and _valid_uid(study["uid"]) else f"study-{number:04d}"
+        name = study.uid if not deidentify and _valid_uid(study.uid) else f"study-{number:04d}"
         folder = dest / name
         folder.mkdir()
         pictures, heatmaps, image_reviews = {}, {}, {}
-        for n, image in enumerate(study["images"], start=1):
-            fmt = str(image["metadata"].get("format", "unknown"))
+        for n, image in enumerate(study.images, start=1):
+            fmt = str(image.metadata.get("format", "unknown"))
             left_out = (
                 None
-                if image["purged_at"]
-                else _write_image(store.read_file(image["sha256"]), folder / f"image-{n}", fmt, deidentify)
+                if image.purged_at
+                else _write_image(store.read_file(image.sha256), folder / f"image-{n}", fmt, deidentify)
             )
             if left_out:
                 not_exported.append(f"{name} image-{n}: {left_out}")
-            if image["view_sha256"]:
-                pictures[image["id"]] = store.read_file(image["view_sha256"])
-            for result in image["results"]:
-                if result["heatmaps"]:  # the most probable finding's
-                    heatmaps[result["id"]] = (
-                        result["heatmaps"][0]["label"],
-                        store.read_file(result["heatmaps"][0]["sha256"]),
-                    )
-            found = reviews.of_image(image["id"])
+            if image.view_sha256:
+                pictures[image.id] = store.read_file(image.view_sha256)
+            for result in image.results:
+                if (top := result.heatmap()) is not None:  # the most probable finding's
+                    heatmaps[result.id] = (top.label, store.read_file(top.sha256))
+            found = reviews.of_image(image.id)
             if deidentify:
                 found = [_pseudonymous(r, reviewers) for r in found]
-            image_reviews[image["id"]] = found
+            image_reviews[image.id] = found
             rows += _rows(name, study, image, n, found, deidentify)
         shown = _deidentified_study(study, name) if deidentify else study
         (folder / "report.pdf").write_bytes(study_report(shown, pictures, heatmaps, image_reviews, _english))
@@ -111,36 +107,34 @@ def _english(text: str, **values: Any) -> str:
     return text % values if values else text
 
 
-def _rows(
-    name: str, study: dict[str, Any], image: dict[str, Any], n: int, found: list[Review], deidentify: bool
-) -> list[dict[str, Any]]:
-    meta = image["metadata"]
+def _rows(name: str, study: Study, image: Image, n: int, found: list[Review], deidentify: bool) -> list[dict[str, Any]]:
+    meta = image.metadata
     base = {
         "study": name,
-        "study_uid": "" if deidentify else study["uid"],
-        "received": "" if deidentify else study["created_at"],
+        "study_uid": "" if deidentify else study.uid,
+        "received": "" if deidentify else study.created_at,
         "image": n,
         "modality": meta.get("modality", "") or meta.get("format", ""),
-        "status": image["status"],
+        "status": image.status,
     }
-    ok = [r for r in image["results"] if r["status"] == "ok"]
+    ok = [r for r in image.results if r.status == "ok"]
     if not ok:
-        return [{**base, "model": "", "label": image["reason"] or ""}]
+        return [{**base, "model": "", "label": image.reason or ""}]
     out = []
     for result in ok:
-        review = next((r for r in found if r.result_id == result["id"]), None)
-        model = f"{result['model'].get('name', '')} {result['model'].get('version', '')}"
-        for f in result["findings"]:
+        review = next((r for r in found if r.result_id == result.id), None)
+        model = f"{result.model.get('name', '')} {result.model.get('version', '')}"
+        for f in result.findings:
             out.append(
                 {
                     **base,
                     "model": model,
-                    "label": f["label"],
-                    "probability": f"{f['probability']:.4f}",
-                    "threshold": f"{f['threshold']:.4f}",
-                    "positive": f["positive"],
-                    "validated": f.get("validated", ""),
-                    "verdict": review.verdicts.get(f["label"], "") if review else "",
+                    "label": f.label,
+                    "probability": f"{f.probability:.4f}",
+                    "threshold": f"{f.threshold:.4f}",
+                    "positive": f.positive,
+                    "validated": f.validated,
+                    "verdict": review.verdicts.get(f.label, "") if review else "",
                     "reviewer": review.author if review else "",
                 }
             )
@@ -154,18 +148,14 @@ def _pseudonymous(review: Review, reviewers: dict[str, str]) -> Review:
     return Review(review.id, review.image_id, review.result_id, alias, "", review.verdicts, note)
 
 
-def _deidentified_study(study: dict[str, Any], name: str) -> dict[str, Any]:
+def _deidentified_study(study: Study, name: str) -> Study:
     """The study as the report shows it, with nothing that names the patient, the place or the time."""
     kept_meta = ("modality", "body_part", "view", "format", "exposure")
-    images = [
-        {
-            **image,
-            "filename": f"image {n}",
-            "metadata": {k: v for k, v in image["metadata"].items() if k in kept_meta},
-        }
-        for n, image in enumerate(study["images"], start=1)
-    ]
-    return {**study, "uid": name, "patient_id": "", "created_at": "", "images": images}
+    images = tuple(
+        replace(image, filename=f"image {n}", metadata={k: v for k, v in image.metadata.items() if k in kept_meta})
+        for n, image in enumerate(study.images, start=1)
+    )
+    return replace(study, uid=name, patient_id="", created_at="", images=images)
 
 
 _NOTE_LEFT_OUT = "Note left out of a de-identified export."

@@ -31,19 +31,16 @@ class Outbox:
         view: np.ndarray | None = None
         for result_id in result_ids:
             result = self.store.get_result(result_id)
-            if result["status"] != "ok":
+            if result.status != "ok":
                 continue
-            sr = findings_report(job.header, result["model"], result["bundle_sha256"], result["findings"])
+            sr = findings_report(job.header, result.model, result.bundle_sha256, [f.json() for f in result.findings])
             documents = {"sr": self.store.put_file(sr)}
-            if result["heatmaps"]:  # the PACS gets the most probable finding's heatmap
+            if (top := result.heatmap()) is not None:  # the PACS gets the most probable finding's heatmap
                 view = view if view is not None else _pixels(self.store.image_view(job.image_id))
                 if view is not None:
-                    top = result["heatmaps"][0]
-                    values = _pixels(self.store.read_file(top["sha256"]))
+                    values = _pixels(self.store.read_file(top.sha256))
                     assert values is not None
-                    capture = heatmap_capture(
-                        job.header, view, values.astype(np.float32) / np.float32(255), top["label"]
-                    )
+                    capture = heatmap_capture(job.header, view, values.astype(np.float32) / np.float32(255), top.label)
                     documents["sc"] = self.store.put_file(capture)
             for destination in self.settings.destinations:
                 items += [(str(destination), kind, documents[kind]) for kind in destination.send if kind in documents]

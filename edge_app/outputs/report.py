@@ -16,6 +16,7 @@ import numpy as np
 from edge_app.bundles.manifest import Manifest
 from edge_app.imaging.encode import heatmap_overlay, jpeg
 from edge_app.outputs.fonts import Fonts, fonts
+from edge_app.store import Study
 from edge_app.store.reviews import Review
 
 Translate = Callable[..., str]
@@ -23,7 +24,7 @@ _INK, _RED, _GREY = (0.1, 0.1, 0.1), (0.75, 0.05, 0.05), (0.45, 0.45, 0.45)
 
 
 def study_report(
-    study: dict[str, Any],
+    study: Study,
     pictures: Mapping[int, bytes],
     heatmaps: Mapping[int, tuple[str, bytes]],
     reviews: Mapping[int, Sequence[Review]],
@@ -39,8 +40,8 @@ def study_report(
     from reportlab.lib.units import mm
     from reportlab.pdfgen.canvas import Canvas
 
-    images = study["images"]
-    image = next((i for i in images if any(r["status"] == "ok" for r in i["results"])), images[0] if images else None)
+    images = study.images
+    image = next((i for i in images if i.latest_ok is not None), images[0] if images else None)
     buf = io.BytesIO()
     pdf = Canvas(buf, pagesize=A4, pageCompression=1, invariant=1)
     pdf.setTitle(_("AI triage report"))
@@ -71,29 +72,29 @@ def study_report(
     shown = [c for c in (cards or {}).values() if c is not None]
     if any(c.not_for_clinical_use for c in shown):
         line(_("Demonstration model: not for clinical use."), 11, bold=True, color=_RED)
-    meta = image["metadata"] if image else {}
+    meta = image.metadata if image else {}
     if typeface.missing(meta.get("patient_name") or ""):  # the name as printed could be another patient's
         line(_("The name could not be printed in full: use the patient ID."), 11, bold=True, color=_RED)
-        line(f"{t['patient_id']}: {study['patient_id'] or '-'}", 14, bold=True)
+        line(f"{t['patient_id']}: {study.patient_id or '-'}", 14, bold=True)
     patient = " ".join(
-        x for x in (meta.get("patient_name", ""), f"({study['patient_id']})" if study["patient_id"] else "") if x
+        x for x in (meta.get("patient_name", ""), f"({study.patient_id})" if study.patient_id else "") if x
     )
     line(f"{t['patient']}: {patient or '-'}")
-    line(f"{t['study']}: {study['uid']}   {t['received']}: {study['created_at'][:19].replace('T', ' ')} UTC")
+    line(f"{t['study']}: {study.uid}   {t['received']}: {study.created_at[:19].replace('T', ' ')} UTC")
     if image is not None:
         details = [meta.get("modality", ""), meta.get("body_part", ""), meta.get("view", ""), meta.get("device", "")]
-        line(f"{t['image']}: {' '.join(d for d in details if d) or image['filename']}")
+        line(f"{t['image']}: {' '.join(d for d in details if d) or image.filename}")
         exposure = meta.get("exposure")
         if exposure:
             line(f"{t['exposure']}: " + ", ".join(f"{k} {v}" for k, v in exposure.items() if k != "source"))
     y -= 4 * mm
-    result = next((r for r in reversed(image["results"]) if r["status"] == "ok"), None) if image else None
-    picture = pictures.get(image["id"]) if image else None
+    result = image.latest_ok if image else None
+    picture = pictures.get(image.id) if image else None
     if picture is not None:
-        heat = heatmaps.get(result["id"]) if result else None
+        heat = heatmaps.get(result.id) if result else None
         y = _pictures(pdf, picture, heat[1] if heat else None, left, y, width - 2 * left, _)
         if heat is not None and result is not None:
-            others = [m["label"] for m in result["heatmaps"] if m["label"] != heat[0]]
+            others = [m.label for m in result.heatmaps if m.label != heat[0]]
             _legend(pdf, typeface, left + 2 * mm, y + 2)
             caption = _("Heatmap of %(label)s: the model's local probability, 0 to 1.", label=heat[0])
             unprinted.append(_draw(pdf, typeface, left + 38 * mm, y + 3, caption, 8, False, _GREY))
@@ -105,35 +106,35 @@ def study_report(
                     color=_GREY,
                 )
     if image is None or result is None:
-        why = (image["reason"] or image["status"]) if image else _("the study holds no image")
+        why = (image.reason or image.status) if image else _("the study holds no image")
         line(f"{t['no_findings']}: {why}", 11, bold=True)
     else:
-        model = result["model"]
+        model = result.model
         line(
             f"{t['model']}: {model.get('name', '')} {model.get('version', '')} "
             f"({model.get('precision', '')}, {model.get('runner', '')}"
             + (f" {model['server']})" if model.get("server") else ")"),
             color=_GREY,
         )
-        if result.get("guard") is None:  # a bundle of before the input guard
+        if result.guard is None:  # a bundle of before the input guard
             line(_("This model has no input check: nothing confirmed that the image is one it was made for."), 9)
         y -= 2 * mm
         line(_("Findings"), 12, bold=True)
-        latest = [r for r in reviews.get(image["id"], []) if r.result_id == result["id"]]  # of this model's result
+        latest = [r for r in reviews.get(image.id, []) if r.result_id == result.id]  # of this model's result
         verdicts = latest[0].verdicts if latest else {}
         said = {"agree": _("agrees"), "disagree": _("disagrees")}
-        card = (cards or {}).get(result.get("bundle_sha256", ""))
+        card = (cards or {}).get(result.bundle_sha256)
         checked = card.validation.labels if card is not None and card.validation is not None else {}
-        for f in sorted(result["findings"], key=lambda f: -f["probability"]):
-            unvalidated = f.get("validated") is False
-            mark = _("not validated") if unvalidated else _("positive") if f["positive"] else _("negative")
-            verdict = f"   {t['clinician']}: {said[verdicts[f['label']]]}" if f["label"] in verdicts else ""
+        for f in sorted(result.findings, key=lambda f: -f.probability):
+            unvalidated = not f.validated
+            mark = _("not validated") if unvalidated else _("positive") if f.positive else _("negative")
+            verdict = f"   {t['clinician']}: {said[verdicts[f.label]]}" if f.label in verdicts else ""
             line(
-                f"{f['label']}: {f['probability']:.2f} ({t['threshold']} {f['threshold']:.2f}, {mark}){verdict}",
-                bold=f["positive"],
+                f"{f.label}: {f.probability:.2f} ({t['threshold']} {f.threshold:.2f}, {mark}){verdict}",
+                bold=f.positive,
                 color=_GREY if unvalidated else _INK,
             )
-            v = checked.get(f["label"])
+            v = checked.get(f.label)
             if v is not None and v.auc is not None and v.auc_95ci is not None:
                 figures = f"{_('AUC')} {v.auc:.2f} ({v.auc_95ci[0]:.2f}-{v.auc_95ci[1]:.2f})"
                 if v.sensitivity is not None and v.specificity is not None:

@@ -1,5 +1,6 @@
 """The store: the only database writer (SQLite) and the content-addressed file store."""
 
-from edge_app.store.db import Added, ImageStatus, Job, ModelResult, OutboxItem, Outcome, Store
+from edge_app.store.db import Added, Job, ModelResult, OutboxItem, Outcome, Store
+from edge_app.store.rows import Image, ImageStatus, Result, Study
 
-__all__ = ["Added", "ImageStatus", "Job", "ModelResult", "OutboxItem", "Outcome", "Store"]
+__all__ = ["Added", "Image", "ImageStatus", "Job", "ModelResult", "OutboxItem", "Outcome", "Result", "Store", "Study"]

@@ -18,19 +18,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 from edge_app.bundles.findings import ResultStatus
 from edge_app.errors import ConfigError, IdentityConflict, NotFound, UserError
 from edge_app.imaging.header import ImageHeader
 from edge_app.store import chain
+from edge_app.store.rows import OUTPUT_FIELDS, Image, ImageStatus, Output, Result, Study
 from edge_app.store.schema import migrate
 from edge_app.system.clock import utc_text
 from edge_app.system.fileio import INCOMING_PREFIX, commit, spool
 
-# queued for the worker; done (diagnosed); rejected (not an image, or kept apart); failed (an internal error);
-# no_model (none reads it); outside (the input guard refused it)
-ImageStatus = Literal["queued", "done", "rejected", "failed", "no_model", "outside"]
 SENDABLE = ("no_model", "outside")  # the statuses of an image a clinician may send to another model
 # In the data directory: held by the one front (web, capture) and the one worker (models) that use it.
 SERVICE_LOCKS = ("front.lock", "worker.lock")
@@ -57,14 +55,6 @@ class Added:
     not_an_image: bool = False  # refused as `NotAnImage` (a refusal sent again is a duplicate and says nothing)
 
 
-_OUTPUT_FIELDS = (
-    "destination",
-    "kind",
-    "state",
-    "attempts",
-    "last_error",
-    "updated_at",
-)  # an image's outputs, as shown
 SOP_CONFLICT = (
     "an image with the same SOP Instance UID and other content is already held: kept apart, not diagnosed "
     "(two images must not share a UID; ask who set up the modality)"
@@ -499,13 +489,13 @@ class Store:
                 (state, retry_at or 0, error, _now(), item.id),
             )
 
-    def outputs(self, image_id: int) -> list[dict[str, Any]]:
+    def outputs(self, image_id: int) -> list[Output]:
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {', '.join(_OUTPUT_FIELDS)} FROM outbox WHERE image_id = ? ORDER BY id",
+                f"SELECT {', '.join(OUTPUT_FIELDS)} FROM outbox WHERE image_id = ? ORDER BY id",
                 (image_id,),
             ).fetchall()
-        return [dict(r) for r in rows]
+        return [Output.of(r) for r in rows]
 
     def release_leases(self) -> int:
         """Queue again every job a worker held: at start, when no worker of this data directory can be alive."""
@@ -518,17 +508,17 @@ class Store:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM jobs WHERE state != 'done'").fetchone()[0])
 
-    def get_study(self, uid: str) -> dict[str, Any]:
+    def get_study(self, uid: str) -> Study:
         studies = self._studies("WHERE uid = ?", (uid,))
         if not studies:
             raise NotFound(f"no study {uid}")
         return studies[0]
 
-    def list_studies(self, limit: int = 50) -> list[dict[str, Any]]:
+    def list_studies(self, limit: int = 50) -> list[Study]:
         """The newest studies, newest first."""
         return self._studies("ORDER BY id DESC LIMIT ?", (limit,))
 
-    def _studies(self, where: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+    def _studies(self, where: str, params: tuple[Any, ...]) -> list[Study]:
         """The studies `where` picks (a clause on `studies`), in its order, each with its images, their results,
         heatmaps and outputs: one query per level, whatever the number of studies (the worklist refreshes itself)."""
         picked = f"SELECT id FROM studies {where}"
@@ -550,56 +540,59 @@ class Store:
                 params,
             ).fetchall()
             outputs = db.execute(
-                f"SELECT image_id, {', '.join(_OUTPUT_FIELDS)} FROM outbox WHERE image_id IN ({in_images}) ORDER BY id",
+                f"SELECT image_id, {', '.join(OUTPUT_FIELDS)} FROM outbox WHERE image_id IN ({in_images}) ORDER BY id",
                 params,
             ).fetchall()
         heatmaps: dict[int, list[tuple[str, str]]] = {}
         for m in maps:
             heatmaps.setdefault(m["result_id"], []).append((m["label"], m["sha256"]))
-        by_image: dict[int, list[dict[str, Any]]] = {}
+        by_image: dict[int, list[Result]] = {}
         for r in results:
-            by_image.setdefault(r["image_id"], []).append(_result_of(r, heatmaps.get(r["id"], [])))
-        sent: dict[int, list[dict[str, Any]]] = {}
+            by_image.setdefault(r["image_id"], []).append(Result.of(r, heatmaps.get(r["id"], [])))
+        sent: dict[int, list[Output]] = {}
         for o in outputs:
-            sent.setdefault(o["image_id"], []).append({k: o[k] for k in _OUTPUT_FIELDS})
-        of_study: dict[int, list[dict[str, Any]]] = {}
+            sent.setdefault(o["image_id"], []).append(Output.of(o))
+        of_study: dict[int, list[Image]] = {}
         for image in images:
             of_study.setdefault(image["study_id"], []).append(
-                {
-                    "id": image["id"],
-                    "sop_instance_uid": image["sop_instance_uid"],
-                    "series_uid": image["series_uid"],
-                    "status": image["status"],
-                    "reason": image["reason"],
-                    "source": image["source"],
-                    "filename": image["filename"],
-                    "sha256": image["sha256"],
-                    "size": image["size"],
-                    "view_sha256": image["view_sha256"] if image["purged_at"] is None else None,
-                    "purged_at": image["purged_at"],
-                    "received_at": image["created_at"],
-                    "metadata": json.loads(image["metadata"]),
-                    "results": by_image.get(image["id"], []),
-                    "outputs": sent.get(image["id"], []),
-                }
+                Image(
+                    id=image["id"],
+                    sop_instance_uid=image["sop_instance_uid"],
+                    series_uid=image["series_uid"],
+                    status=image["status"],
+                    reason=image["reason"],
+                    source=image["source"],
+                    filename=image["filename"],
+                    sha256=image["sha256"],
+                    size=image["size"],
+                    view_sha256=image["view_sha256"] if image["purged_at"] is None else None,
+                    purged_at=image["purged_at"],
+                    received_at=image["created_at"],
+                    metadata=json.loads(image["metadata"]),
+                    results=tuple(by_image.get(image["id"], [])),
+                    outputs=tuple(sent.get(image["id"], [])),
+                )
             )
         return [
-            {
-                "uid": study["uid"],
-                "created_at": study["created_at"],
-                "source": study["source"],
-                "patient_id": study["patient_id"],
-                "images": of_study.get(study["id"], []),
-            }
+            Study(
+                study["uid"],
+                study["created_at"],
+                study["source"],
+                study["patient_id"],
+                tuple(of_study.get(study["id"], [])),
+            )
             for study in studies
         ]
 
-    def get_result(self, result_id: int) -> dict[str, Any]:
+    def get_result(self, result_id: int) -> Result:
         if 0 < result_id < 2**63:  # SQLite's INTEGER range
             with self._lock:
                 row = self._db.execute("SELECT * FROM results WHERE id = ?", (result_id,)).fetchone()
                 if row is not None:
-                    return _result_dict(self._db, row)
+                    maps = self._db.execute(
+                        "SELECT label, sha256 FROM heatmaps WHERE result_id = ? ORDER BY rank", (result_id,)
+                    ).fetchall()
+                    return Result.of(row, [(label, sha) for label, sha in maps])
         raise NotFound(f"no result {result_id}")
 
     def image_view(self, image_id: int) -> bytes | None:
@@ -689,36 +682,3 @@ class Store:
             if len(rows) < batch:
                 return
             after = int(rows[-1][0])
-
-
-def _result_dict(db: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
-    maps = db.execute("SELECT label, sha256 FROM heatmaps WHERE result_id = ? ORDER BY rank", (row["id"],))
-    return _result_of(row, [(label, sha) for label, sha in maps])
-
-
-def _result_of(row: sqlite3.Row, heatmaps: list[tuple[str, str]]) -> dict[str, Any]:
-    """A result row as the API and the pages read it, with its heatmaps (label, sha256), most probable first."""
-    out: dict[str, Any] = {
-        "id": row["id"],
-        "created_at": row["created_at"],
-        "status": row["status"],
-        "model": json.loads(row["model"]),
-        "bundle_sha256": row["bundle_sha256"],
-        "findings": json.loads(row["findings"]),
-        "timings_ms": json.loads(row["timings"]),
-        "guard": json.loads(row["guard"]) if row["guard"] is not None else None,
-        "triage": row["triage"],
-    }
-    if row["reason"] is not None:
-        out["reason"] = row["reason"]
-    out["heatmaps"] = [{"label": label, "sha256": sha} for label, sha in heatmaps]
-    return out
-
-
-def chosen_heatmap(result: dict[str, Any], label: str | None = None) -> dict[str, str] | None:
-    """Of a stored result's heatmaps, the one of finding `label` (None: the most probable finding's); None if it
-    has no such heatmap."""
-    maps = result["heatmaps"]
-    if label is None:
-        return maps[0] if maps else None
-    return next((m for m in maps if m["label"] == label), None)

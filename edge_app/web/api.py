@@ -14,7 +14,6 @@ from edge_app.errors import NotFound
 from edge_app.imaging.encode import jpeg
 from edge_app.ingest import Event
 from edge_app.runtime.engines.ensure import engine_status
-from edge_app.store.db import chosen_heatmap
 from edge_app.web import audit, security, services
 
 log = logging.getLogger(__name__)
@@ -95,7 +94,7 @@ def create_study() -> Any:
     if principal is None or "clinician" not in principal.roles:  # a technician sends images, reads no results
         answer = {"uid": added.study_uid, "status": status, **({"reason": reason} if reason else {}), **image}
         return (jsonify(error=error, **answer) if error else jsonify(answer)), code, headers
-    study = svc.store.get_study(added.study_uid)
+    study = svc.store.get_study(added.study_uid).json()
     if error is not None:
         return jsonify(error=error, detail=reason, study=study, **image), code, headers
     return jsonify({**study, **image}), code, headers
@@ -161,14 +160,14 @@ def _bad_request(detail: str) -> Any:
 @audit.reads("studies.list")
 def list_studies() -> Any:
     limit = min(max(request.args.get("limit", 50, type=int) or 50, 1), 500)
-    return jsonify(studies=services.get().store.list_studies(limit))
+    return jsonify(studies=[study.json() for study in services.get().store.list_studies(limit)])
 
 
 @bp.get("/studies/<uid>")
 @security.requires("clinician")
 @audit.reads("study.view")
 def get_study(uid: str) -> Any:
-    return jsonify(services.get().store.get_study(uid))
+    return jsonify(services.get().store.get_study(uid).json())
 
 
 @bp.get("/results/<int:result_id>/heatmap.png")
@@ -179,8 +178,8 @@ def result_heatmap(result_id: int) -> Response:
     store = services.get().store
     result = store.get_result(result_id)
     label = request.args.get("label")
-    shown = chosen_heatmap(result, label)
+    shown = result.heatmap(label)
     if shown is None:
-        about = f"for {label!r} (it has: {', '.join(m['label'] for m in result['heatmaps'])})" if label else ""
+        about = f"for {label!r} (it has: {', '.join(m.label for m in result.heatmaps)})" if label else ""
         raise NotFound(f"result {result_id} has no heatmap {about}".strip())
-    return Response(store.read_file(shown["sha256"]), mimetype="image/png")
+    return Response(store.read_file(shown.sha256), mimetype="image/png")

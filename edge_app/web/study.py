@@ -8,7 +8,7 @@ from flask import Blueprint, Response, abort, flash, redirect, render_template, 
 from flask_babel import gettext as _
 
 from edge_app.errors import NotFound, UserError
-from edge_app.store.db import chosen_heatmap
+from edge_app.store import Image, Result, Study
 from edge_app.store.reviews import VERDICTS
 from edge_app.web import audit, security, services
 from edge_app.web.forms import ActionForm, ReviewForm
@@ -16,24 +16,24 @@ from edge_app.web.forms import ActionForm, ReviewForm
 bp = Blueprint("study", __name__, url_prefix="/studies")
 
 
-def _study(uid: str) -> dict[str, Any]:
+def _study(uid: str) -> Study:
     try:
         return services.get().store.get_study(uid)
     except NotFound:
         abort(404)
 
 
-def _image(study: dict[str, Any], image_id: int) -> dict[str, Any]:
-    image: dict[str, Any] | None = next((i for i in study["images"] if i["id"] == image_id), None)
+def _image(study: Study, image_id: int) -> Image:
+    image = study.image(image_id)
     if image is None:
         abort(404)
     return image
 
 
-def _result(study: dict[str, Any], result_id: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    for image in study["images"]:
-        for result in image["results"]:
-            if result["id"] == result_id:
+def _result(study: Study, result_id: int) -> tuple[Image, Result]:
+    for image in study.images:
+        for result in image.results:
+            if result.id == result_id:
                 return image, result
     abort(404)
 
@@ -44,8 +44,8 @@ def _result(study: dict[str, Any], result_id: int) -> tuple[dict[str, Any], dict
 def show(uid: str) -> Any:
     svc = services.get()
     study = _study(uid)
-    reviews = {image["id"]: svc.reviews.of_image(image["id"]) for image in study["images"]}
-    shas = {result["bundle_sha256"] for image in study["images"] for result in image["results"]}
+    reviews = {image.id: svc.reviews.of_image(image.id) for image in study.images}
+    shas = {result.bundle_sha256 for image in study.images for result in image.results}
     cards = {
         sha: svc.lifecycle.manifest_of(sha) for sha in shas
     }  # each result's model card, where its bundle is still here
@@ -66,9 +66,9 @@ def show(uid: str) -> Any:
 @audit.reads("image.view")
 def view(uid: str, image_id: int) -> Response:
     image = _image(_study(uid), image_id)
-    if not image["view_sha256"]:
+    if not image.view_sha256:
         abort(404)
-    return Response(services.get().store.read_file(image["view_sha256"]), mimetype="image/jpeg")
+    return Response(services.get().store.read_file(image.view_sha256), mimetype="image/jpeg")
 
 
 @bp.get("/<uid>/results/<int:result_id>/heatmap.png")
@@ -77,10 +77,10 @@ def view(uid: str, image_id: int) -> Response:
 def heatmap(uid: str, result_id: int) -> Response:
     """The heatmap of the finding `?label=` (default: the most probable positive one)."""
     _, result = _result(_study(uid), result_id)
-    shown = chosen_heatmap(result, request.args.get("label"))
+    shown = result.heatmap(request.args.get("label"))
     if shown is None:
         abort(404)
-    return Response(services.get().store.read_file(shown["sha256"]), mimetype="image/png")
+    return Response(services.get().store.read_file(shown.sha256), mimetype="image/png")
 
 
 @bp.post("/<uid>/images/<int:image_id>/model")
@@ -94,12 +94,12 @@ def send_to_model(uid: str, image_id: int) -> Any:
         flash(_("The request could not be used. Reload the page and try again."), "error")
     else:
         try:
-            model = svc.send_to_model(image["id"], request.form.get("bundle", ""), principal.name)
+            model = svc.send_to_model(image.id, request.form.get("bundle", ""), principal.name)
         except UserError as exc:
             flash(str(exc), "error")
         else:
             flash(_("Sent to %(model)s.", model=f"{model.name} {model.version}"), "info")
-    return redirect(url_for("study.show", uid=uid, _anchor=f"image-{image['id']}"))
+    return redirect(url_for("study.show", uid=uid, _anchor=f"image-{image.id}"))
 
 
 @bp.post("/<uid>/results/<int:result_id>/review")
@@ -108,7 +108,7 @@ def review(uid: str, result_id: int) -> Any:
     svc = services.get()
     image, result = _result(_study(uid), result_id)
     form = ReviewForm()
-    labels = [f["label"] for f in result["findings"]]
+    labels = [f.label for f in result.findings]
     verdicts = {label: request.form.get(f"verdict-{label}", "") for label in labels}
     missing = [label for label, verdict in verdicts.items() if verdict not in VERDICTS]
     principal = security.current()
@@ -122,11 +122,9 @@ def review(uid: str, result_id: int) -> Any:
         except UserError as exc:
             flash(str(exc), "error")
         else:
-            svc.store.audit(
-                principal.name, "review.add", uid, f"image={image['id']} result={result_id} review={saved.id}"
-            )
+            svc.store.audit(principal.name, "review.add", uid, f"image={image.id} result={result_id} review={saved.id}")
             flash(_("Review saved."), "info")
-    return redirect(url_for("study.show", uid=uid, _anchor=f"image-{image['id']}"))
+    return redirect(url_for("study.show", uid=uid, _anchor=f"image-{image.id}"))
 
 
 @bp.get("/<uid>/report.pdf")
@@ -137,18 +135,16 @@ def report(uid: str) -> Response:
 
     svc = services.get()
     study = _study(uid)
-    pictures = {
-        image["id"]: svc.store.read_file(image["view_sha256"]) for image in study["images"] if image["view_sha256"]
-    }
+    pictures = {image.id: svc.store.read_file(image.view_sha256) for image in study.images if image.view_sha256}
     chosen = request.args.get("heatmap")  # the finding whose heatmap the clinician shows on the tablet
     heatmaps = {
-        result["id"]: (shown["label"], svc.store.read_file(shown["sha256"]))
-        for image in study["images"]
-        for result in image["results"]
-        if (shown := chosen_heatmap(result, chosen) or chosen_heatmap(result)) is not None
+        result.id: (shown.label, svc.store.read_file(shown.sha256))
+        for image in study.images
+        for result in image.results
+        if (shown := result.heatmap(chosen) or result.heatmap()) is not None
     }
-    reviews = {image["id"]: svc.reviews.of_image(image["id"]) for image in study["images"]}
-    shas = {result["bundle_sha256"] for image in study["images"] for result in image["results"]}
+    reviews = {image.id: svc.reviews.of_image(image.id) for image in study.images}
+    shas = {result.bundle_sha256 for image in study.images for result in image.results}
     pdf = study_report(
         study, pictures, heatmaps, reviews, _, cards={sha: svc.lifecycle.manifest_of(sha) for sha in shas}
     )

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Blueprint, render_template
 
+from edge_app.store import ImageStatus, Study
 from edge_app.web import audit, security, services
 
 bp = Blueprint("worklist", __name__)
@@ -22,35 +23,35 @@ class Row:
     patient_id: str
     patient_name: str
     modality: str
-    status: str  # queued, done, rejected, failed, no_model
+    status: ImageStatus
     reason: str | None
     positive: list[str] = field(default_factory=list)
     reviewed: bool = False
     triage: float = 0.0  # the most urgent image's: what the list sorts by
 
 
-def study_row(study: dict[str, Any], reviewed: bool) -> Row:
-    images = study["images"]
-    statuses = [image["status"] for image in images]
+def study_row(study: Study, reviewed: bool) -> Row:
+    images = study.images
+    statuses = [image.status for image in images]
+    status: ImageStatus
     if "queued" in statuses:
         status = "queued"
     elif "done" in statuses:
         status = "done"
     else:
         status = statuses[-1] if statuses else "queued"
-    reason = next((image["reason"] for image in images if image["status"] == status and image["reason"]), None)
+    reason = next((image.reason for image in images if image.status == status and image.reason), None)
     positive: dict[str, None] = {}
     triage = 0.0
     for image in images:
-        ok = [r for r in image["results"] if r["status"] == "ok"]
-        for result in ok[-1:]:
-            positive.update((f["label"], None) for f in result["findings"] if f["positive"])
-            triage = max(triage, result.get("triage") or 0.0)
-    first = images[0]["metadata"] if images else {}
+        if (result := image.latest_ok) is not None:
+            positive.update((f.label, None) for f in result.findings if f.positive)
+            triage = max(triage, result.triage or 0.0)
+    first = images[0].metadata if images else {}
     return Row(
-        uid=study["uid"],
-        received_at=study["created_at"],
-        patient_id=study["patient_id"] or first.get("patient_id", ""),
+        uid=study.uid,
+        received_at=study.created_at,
+        patient_id=study.patient_id or first.get("patient_id", ""),
         patient_name=first.get("patient_name", ""),
         modality=first.get("modality", "") or first.get("format", "").upper(),
         status=status,
@@ -69,8 +70,8 @@ def worklist_rows() -> list[Row]:
     if principal is None or "clinician" not in principal.roles:
         return [replace(study_row(study, False), positive=[], triage=0.0) for study in svc.store.list_studies(LIMIT)]
     studies = svc.store.list_studies(LIMIT)
-    reviewed = svc.reviews.reviewed([image["id"] for study in studies for image in study["images"]])
-    rows = [study_row(study, any(image["id"] in reviewed for image in study["images"])) for study in studies]
+    reviewed = svc.reviews.reviewed([image.id for study in studies for image in study.images])
+    rows = [study_row(study, any(image.id in reviewed for image in study.images)) for study in studies]
 
     # Positive findings not yet reviewed first, the most urgent (triage score) first among them; then the rest,
     # newest first (the sort is stable).
