@@ -28,7 +28,8 @@ from edge_app.store.schema import migrate
 from edge_app.system.clock import utc_text
 from edge_app.system.fileio import INCOMING_PREFIX, commit, spool
 
-# queued for the worker; done (diagnosed); rejected (not an image, or kept apart); failed (an internal error);
+# queued for the worker; done (diagnosed); rejected (not diagnosed: refused, kept apart, or kept with its study: no
+# image, or the box's own); failed (an internal error);
 # no_model (none reads it); outside (the input guard refused it)
 ImageStatus = Literal["queued", "done", "rejected", "failed", "no_model", "outside"]
 SENDABLE = ("no_model", "outside")  # the statuses of an image a clinician may send to another model
@@ -55,6 +56,7 @@ class Added:
     duplicate: bool = False
     kept_apart: bool = False
     not_an_image: bool = False  # refused as `NotAnImage` (a refusal sent again is a duplicate and says nothing)
+    kept: bool = False  # kept with its study, never diagnosed: no image (an SR...) or one of the box's own outputs
 
 
 _OUTPUT_FIELDS = (
