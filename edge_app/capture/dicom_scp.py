@@ -3,12 +3,12 @@
 key object selection, presentation states: `KEPT_STORAGE`), kept with the study and never diagnosed.
 
 Success (0x0000) is answered only once `Ingest.submit` returned: the file fsynced and its row committed; a kept
-object (no image, or one of the box's own outputs coming back) succeeds too. A SOP
-Instance already held (the same bytes) is acknowledged and not stored twice; one that cannot join what its UIDs
-name (another patient's study, a SOP Instance UID held with other bytes) is stored apart and answered 0xB000, a
-warning; a data set that is no image gets 0xA900, one that cannot be read 0xC210, a full disk 0xA700, each with the
-reason in the Error Comment. A handler that fails
-answers with a failure status; the association and the server live on (pynetdicom's own boundary).
+object (no image, or one of the box's own outputs coming back) succeeds too. A SOP Instance already held (the same
+bytes) is acknowledged and not stored twice; one that cannot join what its UIDs name (another patient's study, a SOP
+Instance UID held with other bytes) is stored apart and answered 0xB000, a warning; an image class's data set
+without pixels gets 0xA900, one that cannot be read 0xC210, a full disk 0xA700, each with the reason in the Error
+Comment. A handler that fails answers with a failure status; the association and the server live on
+(pynetdicom's own boundary).
 
 A hostile peer on the LAN costs bounded resources: associations are capped in all and per address and dropped when
 silent; data sets go to a temporary file as they arrive (never whole into memory) and one larger than
@@ -43,11 +43,14 @@ from edge_app.ingest import Ingest
 
 log = logging.getLogger(__name__)
 
-TRANSFER_SYNTAXES = [
+UNCOMPRESSED = [
     uid.ExplicitVRLittleEndian,
     uid.ImplicitVRLittleEndian,
     uid.DeflatedExplicitVRLittleEndian,
     uid.ExplicitVRBigEndian,
+]
+TRANSFER_SYNTAXES = [
+    *UNCOMPRESSED,
     uid.JPEGBaseline8Bit,
     uid.JPEGExtended12Bit,
     uid.JPEGLossless,
@@ -58,7 +61,6 @@ TRANSFER_SYNTAXES = [
     uid.JPEG2000,
     uid.RLELossless,
 ]
-UNCOMPRESSED = TRANSFER_SYNTAXES[:4]
 # What a PACS sends with a study besides images (a re-sent study holds the box's own SR): kept, never diagnosed.
 KEPT_STORAGE = [
     uid.BasicTextSRStorage,

@@ -63,7 +63,8 @@ class ImageHeader:
 
 def read_header(path: Path, source: str, max_inflated_mb: int = 320) -> ImageHeader:
     """The header of a stored DICOM, PNG or JPEG file; raise `ImageRejected` for anything else, and for a Deflated
-    data set that inflates past `max_inflated_mb` (imaging.max_decode_mb: it could never be decoded)."""
+    data set that inflates past `max_inflated_mb` (imaging.max_decode_mb, 320 by default: it could never be
+    decoded)."""
     try:
         with path.open("rb") as fh:
             head = fh.read(132)
@@ -147,6 +148,8 @@ def deflated_size(stream: BinaryIO, limit: int, source: str) -> int | None:
     syntax; `ImageRejected` past `limit` bytes or where the deflate stream is damaged. pydicom inflates such a data
     set whole into memory before reading it, and a small file may inflate a thousandfold: the size is counted
     first, a chunk at a time (zlib's `max_length`), never held. Leaves `stream` at its start."""
+    # pydicom's own reading of the file meta (its private function: no public one reads it from a stream and
+    # stops where the data set begins, as the inflating must)
     from pydicom.filereader import _read_file_meta_info, read_preamble
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
