@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from edge_app.errors import IdentityConflict, ImageRejected, NotAnImage
 from edge_app.imaging.header import ImageHeader, generated_header, read_header
+from edge_app.imaging.uids import is_ours
 from edge_app.store import Added, Store
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,13 @@ class Ingest:
         on_queued: Callable[[], None] | None = None,
         exposure_window_s: float = 30.0,
         min_free_mb: int = 0,
+        max_decode_mb: int = 320,
     ) -> None:
         self.store = store
         self.on_queued = on_queued
         self.exposure_window_s = exposure_window_s
         self.min_free_mb = min_free_mb
+        self.max_decode_mb = max_decode_mb  # a Deflated data set inflating past it is refused from its header
         self._lock = threading.Lock()
         self._patient: Event | None = None
         self._exposure: Event | None = None
@@ -110,8 +113,10 @@ class Ingest:
 
     def submit(self, stream: IO[bytes], filename: str, source: str, patient_id: str = "") -> Added | None:
         """Keep one image; None where the stream held no bytes; `OSError` (ENOSPC) while the disk is nearly
-        full. A file that is no image is kept too, refused with the reason; an image already held (the same SOP
-        Instance UID) is acknowledged and not added twice."""
+        full. A file that is no image is kept too, refused with the reason; a DICOM object that is no image (an SR,
+        a key object selection, a presentation state) or one this box made is kept with its study and never
+        diagnosed (`Added.kept`); an image already held (the same SOP Instance UID) is acknowledged and not added
+        twice."""
         free_mb = shutil.disk_usage(self.store.files_dir).free // 2**20
         if free_mb < self.min_free_mb:  # refused while there is still room for results, reviews, the database
             raise OSError(
@@ -123,23 +128,37 @@ class Ingest:
         if size == 0:
             return None
         try:
-            header = read_header(self.store.file_path(digest), filename)
+            header = read_header(self.store.file_path(digest), filename, self.max_decode_mb)
         except ImageRejected as exc:
             added = self.store.add_image(
                 digest, size, filename, source, generated_header(), reason=exc.reason, patient_id=patient_id
             )
             added = replace(added, not_an_image=isinstance(exc, NotAnImage))
         else:
-            scanned, extra = self._pending(header)
+            kept = _kept(header)
+            scanned, extra = self._pending(header) if kept is None else ("", {})
             try:
                 added = self.store.add_image(
-                    digest, size, filename, source, header, patient_id=patient_id or scanned, extra=extra
+                    digest, size, filename, source, header, reason=kept, patient_id=patient_id or scanned, extra=extra
                 )
             except IdentityConflict as exc:
                 added = self._keep_apart(digest, size, filename, source, header, exc.reason, patient_id or scanned)
+            else:
+                added = replace(added, kept=kept is not None)
         log.debug(  # the image's number, never its file name: that may name the patient
             "image %d from %s: %s%s", added.image_id, source, added.status, " (already held)" if added.duplicate else ""
         )
         if added.status == "queued" and not added.duplicate and self.on_queued is not None:
             self.on_queued()
         return added
+
+
+def _kept(header: ImageHeader) -> str | None:
+    """Why an object is kept with its study and not diagnosed, None for an image to diagnose: one of the box's
+    own (its UID root: a result a PACS sends back with the study), or a DICOM object that holds no image."""
+    what = header.sop_class or "unknown SOP class"
+    if is_ours(header.sop_instance_uid) or is_ours(header.series_uid):
+        return f"made by this appliance ({what}): kept with the study, not diagnosed"
+    if not header.holds_image:
+        return f"not an image ({what}): kept with the study, not diagnosed"
+    return None

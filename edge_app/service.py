@@ -88,6 +88,7 @@ class Service:
             on_queued=self.worker.wake if self.worker is not None else (lambda: wake(data_dir, "worker")),
             exposure_window_s=settings.capture.serial.exposure_window_s,
             min_free_mb=settings.storage.min_free_mb,
+            max_decode_mb=settings.imaging.max_decode_mb,
         )
         video = settings.capture.video
         self.sources: list[Source] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -12,7 +13,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from edge_app.errors import ImageRejected
+from edge_app.errors import ImageRejected, NotAnImage
 from edge_app.imaging import DecodeLimits, decode
 from support.dicom import dicom_bytes, dicom_file
 
@@ -303,3 +304,102 @@ def test_an_rle_frame_of_fewer_pixels_than_the_header_says() -> None:
     ds = pydicom.dcmread(dicom_file("MR_small_RLE.dcm"))
     ds.Rows = 128
     assert _rejected(dicom_bytes(ds)) == "compressed frame 0 holds 4,096 pixels, but the header says 64x128"
+
+
+def _deflated(ds: pydicom.Dataset, zeros_mb: int = 0) -> bytes:
+    """`ds` as a Deflated Explicit VR Little Endian file; with `zeros_mb`, its pixel data replaced by that many MB
+    of zeros, deflated a chunk at a time (a file of a few hundred KB that the test never holds inflated)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    if not zeros_mb:
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        return dicom_bytes(ds)
+    del ds.PixelData
+    ds.Rows = ds.Columns = int((zeros_mb * 2**20 / 2) ** 0.5)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.SamplesPerPixel, ds.NumberOfFrames = 16, 16, 15, 1, 1
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    length = ds.Rows * ds.Columns * 2
+    body.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, length))
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    out = io.BytesIO()
+    out.write(b"\0" * 128 + b"DICM")
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    write_file_meta_info(out, ds.file_meta)
+    out.write(deflater.compress(body.getvalue()))
+    for _ in range(length // 2**20):
+        out.write(deflater.compress(bytes(2**20)))
+    out.write(deflater.compress(bytes(length % 2**20)) + deflater.flush())
+    return out.getvalue()
+
+
+def test_a_deflated_data_set_inflating_past_the_budget_is_refused_before_it_is_inflated(tmp_path: Path) -> None:
+    """A Deflated file of about 100 KB whose data set inflates to 64 MB: refused by the header's reader and by the
+    decoder at a 16 MB budget, with the reason, neither holding more than a few MB (pydicom alone inflates it
+    whole)."""
+    import tracemalloc
+
+    from edge_app.imaging.header import read_header
+
+    data = _deflated(pydicom.dcmread(dicom_file("RG1_UNCR.dcm")), zeros_mb=64)
+    assert len(data) < 200_000
+    (tmp_path / "bomb.dcm").write_bytes(data)
+    tracemalloc.start()
+    try:
+        reason = _rejected(data, max_decode_mb=16, max_pixels=10**9)
+        assert reason == "its Deflated data set inflates past 16 MB (imaging.max_decode_mb)"
+        with pytest.raises(ImageRejected, match=r"inflates past 16 MB"):
+            read_header(tmp_path / "bomb.dcm", "bomb.dcm", max_inflated_mb=16)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, f"{peak / 2**20:.0f} MB held"
+    assert read_header(tmp_path / "bomb.dcm", "bomb.dcm", max_inflated_mb=65).holds_image
+
+
+def test_a_deflated_image_reads_as_its_uncompressed_self_and_counts_inflated_against_the_budget(
+    tmp_path: Path,
+) -> None:
+    """Deflated RG1_UNCR: its header (no false 'truncated') and its pixels are the uncompressed file's; a 1024 x
+    1024 16-bit image deflated to a few KB still needs its inflated 2 MB in the decoding budget."""
+    from edge_app.imaging.header import read_header
+
+    plain = dicom_file("RG1_UNCR.dcm")
+    (tmp_path / "deflated.dcm").write_bytes(_deflated(pydicom.dcmread(plain)))
+    assert read_header(tmp_path / "deflated.dcm", "d.dcm") == read_header(plain, "d.dcm")
+    assert np.array_equal(decode(tmp_path / "deflated.dcm").pixels, decode(plain).pixels)
+    ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    ds.Rows = ds.Columns = 1024
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = (np.arange(1024 * 1024) % 251).astype("uint16").tobytes()
+    deflated = _deflated(ds)
+    assert len(deflated) < 2**20
+    assert "needs about 16 MB to decode, over the limit of 16 MB" in _rejected(deflated, max_decode_mb=16)
+
+
+def test_objects_that_hold_no_image_are_read_for_their_identity(tmp_path: Path) -> None:
+    """An SR's header: its own UIDs, `holds_image` False (ingest keeps it with its study); an image class without
+    pixels, or an object of no class, is refused as no image."""
+    from edge_app.imaging.header import read_header
+
+    sr = dicom_file("test-SR.dcm")
+    header = read_header(sr, "sr.dcm")
+    ds = pydicom.dcmread(sr)
+    assert (header.study_uid, header.sop_instance_uid, header.holds_image) == (
+        ds.StudyInstanceUID,
+        ds.SOPInstanceUID,
+        False,
+    )
+    assert header.sop_class == "Comprehensive SR Storage"
+    assert header.from_dict(json.loads(json.dumps(header.as_dict()))) == header, "as the store keeps it"
+    cr = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    del cr.PixelData
+    for name, data in (("cr.dcm", dicom_bytes(cr)), ("none.dcm", b"\0" * 128 + b"DICM")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(
+            NotAnImage, match=r"holds no image \((Computed Radiography Image Storage|unknown SOP class)\)"
+        ):
+            read_header(tmp_path / name, name)

@@ -172,9 +172,9 @@ def test_bad_input_gets_a_failure_and_the_server_lives_on(app: Flask) -> None:
     assert int(status.Status) in (0xA900, 0xC210), "a truncated data set is refused"
     assoc.release()
 
-    sr = pydicom.dcmread(dicom_file("test-SR.dcm"))
-    assoc = _associate(port, contexts=[c for c in StoragePresentationContexts if c.abstract_syntax == sr.SOPClassUID])
-    assert not assoc.is_established or not assoc.accepted_contexts, "no image storage class: not accepted"
+    plan = pydicom.dcmread(dicom_file("rtplan.dcm"))
+    assoc = _associate(port, contexts=[c for c in StoragePresentationContexts if c.abstract_syntax == plan.SOPClassUID])
+    assert not assoc.is_established or not assoc.accepted_contexts, "neither an image nor kept: not accepted"
     if assoc.is_established:
         assoc.release()
 

@@ -70,6 +70,27 @@ def test_files_are_taken_once_complete_and_moved(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_report_is_kept_with_its_study_and_an_image_class_without_pixels_fails(tmp_path: Path) -> None:
+    """A DICOM object that holds no image (an SR) is kept with its study, not diagnosed, and moved to done/; a CR
+    without pixel data is refused to failed/."""
+    root = tmp_path / "import"
+    root.mkdir()
+    (root / "report.dcm").write_bytes(dicom_file("test-SR.dcm").read_bytes())
+    cr = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    del cr.PixelData
+    cr.save_as(root / "empty-cr.dcm")
+    store = Store(tmp_path / "data")
+    watcher = _watcher(root, store, stable_s=0.0)
+    watcher.scan(now=0.0)
+    assert watcher.scan(now=0.1) == 2
+    assert (root / "done" / "report.dcm").exists() and (root / "failed" / "empty-cr.dcm").exists()
+    sr = pydicom.dcmread(dicom_file("test-SR.dcm"))
+    (kept,) = store.get_study(sr.StudyInstanceUID)["images"]
+    assert kept["sop_instance_uid"] == sr.SOPInstanceUID and kept["status"] == "rejected"
+    assert kept["reason"] == "not an image (Comprehensive SR Storage): kept with the study, not diagnosed"
+    store.close()
+
+
 def test_a_name_taken_in_done_gets_a_suffix_and_an_empty_file_fails(tmp_path: Path) -> None:
     root = tmp_path / "import"
     (root / "done").mkdir(parents=True)

@@ -1,12 +1,14 @@
 """The DICOM receiver: a C-STORE and C-ECHO SCP (pynetdicom) for every image storage SOP class, in uncompressed
-and compressed transfer syntaxes.
+(Deflated among them) and compressed transfer syntaxes, and for what a PACS sends with a study besides images (SR,
+key object selection, presentation states: `KEPT_STORAGE`), kept with the study and never diagnosed.
 
-Success (0x0000) is answered only once `Ingest.submit` returned: the file fsynced and its row committed. A SOP
-Instance already held (the same bytes) is acknowledged and not stored twice; one that cannot join what its UIDs
-name (another patient's study, a SOP Instance UID held with other bytes) is stored apart and answered 0xB000, a
-warning; a data set that is no image gets 0xA900, one that cannot be read 0xC210, a full disk 0xA700, each with the
-reason in the Error Comment. A handler that fails
-answers with a failure status; the association and the server live on (pynetdicom's own boundary).
+Success (0x0000) is answered only once `Ingest.submit` returned: the file fsynced and its row committed; a kept
+object (no image, or one of the box's own outputs coming back) succeeds too. A SOP Instance already held (the same
+bytes) is acknowledged and not stored twice; one that cannot join what its UIDs name (another patient's study, a SOP
+Instance UID held with other bytes) is stored apart and answered 0xB000, a warning; an image class's data set
+without pixels gets 0xA900, one that cannot be read 0xC210, a full disk 0xA700, each with the reason in the Error
+Comment. A handler that fails answers with a failure status; the association and the server live on
+(pynetdicom's own boundary).
 
 A hostile peer on the LAN costs bounded resources: associations are capped in all and per address and dropped when
 silent; data sets go to a temporary file as they arrive (never whole into memory) and one larger than
@@ -41,11 +43,14 @@ from edge_app.ingest import Ingest
 
 log = logging.getLogger(__name__)
 
-TRANSFER_SYNTAXES = [
+UNCOMPRESSED = [
     uid.ExplicitVRLittleEndian,
     uid.ImplicitVRLittleEndian,
     uid.DeflatedExplicitVRLittleEndian,
     uid.ExplicitVRBigEndian,
+]
+TRANSFER_SYNTAXES = [
+    *UNCOMPRESSED,
     uid.JPEGBaseline8Bit,
     uid.JPEGExtended12Bit,
     uid.JPEGLossless,
@@ -55,6 +60,15 @@ TRANSFER_SYNTAXES = [
     uid.JPEG2000Lossless,
     uid.JPEG2000,
     uid.RLELossless,
+]
+# What a PACS sends with a study besides images (a re-sent study holds the box's own SR): kept, never diagnosed.
+KEPT_STORAGE = [
+    uid.BasicTextSRStorage,
+    uid.EnhancedSRStorage,
+    uid.ComprehensiveSRStorage,
+    uid.Comprehensive3DSRStorage,
+    uid.KeyObjectSelectionDocumentStorage,
+    uid.GrayscaleSoftcopyPresentationStateStorage,
 ]
 VERIFICATION = "1.2.840.10008.1.1"  # C-ECHO
 _NO_IMAGE, _UNREADABLE, _OUT_OF_RESOURCES, _CANNOT_UNDERSTAND = 0xA900, 0xC210, 0xA700, 0xC211
@@ -111,6 +125,8 @@ class DicomReceiver:
         ae = AE(ae_title=s.ae_title)
         for sop_class in image_storage_classes():
             ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+        for sop_class in KEPT_STORAGE:
+            ae.add_supported_context(sop_class, UNCOMPRESSED)
         ae.add_supported_context(VERIFICATION)
         if s.allowed_ae_titles:
             ae.require_calling_aet = list(s.allowed_ae_titles)
@@ -242,7 +258,7 @@ class DicomReceiver:
         if added.kept_apart:  # stored, though not where its UIDs say: a warning, so the sender does not retry
             log.warning("C-STORE of %s from %s kept apart: %s", sop_instance, source, added.reason)
             return _failure(_KEPT_APART, added.reason or "kept apart")
-        if added.status == "rejected" and not added.duplicate:
+        if added.status == "rejected" and not added.duplicate and not added.kept:
             reason = added.reason or "refused"
             log.info("C-STORE of %s from %s refused: %s", sop_instance, source, reason)
             return _failure(_NO_IMAGE if added.not_an_image else _UNREADABLE, reason)

@@ -179,7 +179,7 @@ class FolderWatcher:
                 return False
         if added is None:
             self._move(root_fd, dir_fd, name, relative, FAILED, "the file is empty")
-        elif added.status == "rejected" and not added.duplicate:
+        elif added.status == "rejected" and not added.duplicate and not added.kept:
             self._move(root_fd, dir_fd, name, relative, FAILED, added.reason or "refused")
         else:
             self._move(root_fd, dir_fd, name, relative, DONE, None)

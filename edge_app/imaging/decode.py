@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 
 from edge_app.errors import ImageRejected, NotAnImage
 from edge_app.imaging.codestream import frame_size
+from edge_app.imaging.header import deflated_size
 
 Pixels = NDArray[np.float32]
 FrameChoice = Literal["first", "middle", "last"] | int
@@ -83,14 +84,18 @@ def _decode_dicom(stream: BinaryIO, size: int, source: str, limits: DecodeLimits
     import pydicom
 
     try:
+        inflated = deflated_size(stream, limits.max_decode_mb * 2**20, source)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             ds = pydicom.dcmread(stream)
+    except ImageRejected:
+        raise
     except Exception as exc:  # pydicom raises many types on damaged files
         raise ImageRejected(source, f"damaged or truncated DICOM file ({type(exc).__name__}: {exc})") from exc
 
     if "PixelData" not in ds and any("end of file" in str(w.message).lower() for w in caught):
         raise ImageRejected(source, "truncated DICOM file (the file ends before its data set does)")
+    size = size if inflated is None else inflated  # what is held while decoding: the inflated data set
     try:  # values are parsed on first access: an unknown VR or a malformed number raises here
         header = _pixel_header(ds, size, source, limits)
     except (ImageRejected, MemoryError):

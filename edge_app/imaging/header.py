@@ -2,15 +2,18 @@
 
 Read when an image arrives, in the receiving process: pure-Python header parsing (pydicom; values over 1 KB, the
 pixel data among them, left on disk), never a native decoder. PNG and JPEG carry no identity: they get new UIDs.
+A DICOM object without pixel data (a structured report, a key object selection, a presentation state) is read for
+its identity too: `holds_image` says it is none.
 """
 
 from __future__ import annotations
 
 import re
 import warnings
+import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from edge_app.errors import ImageRejected, NotAnImage
 
@@ -42,6 +45,7 @@ class ImageHeader:
     sop_class_uid: str = ""
     patient_name: str = ""  # shown on the tablet and the report; never logged
     device: str = ""  # the modality that made it: manufacturer, model, station
+    holds_image: bool = True  # False: a DICOM object of a class without pixels (an SR, a KOS, a presentation state)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,15 +54,17 @@ class ImageHeader:
     def from_dict(cls, values: dict[str, Any]) -> ImageHeader:
         """The header stored with an image (its metadata holds more; a migrated one may hold less)."""
         known = {f.name for f in fields(cls)}
-        given = {k: str(v) for k, v in values.items() if k in known and v is not None}
+        given = {k: v if isinstance(v, bool) else str(v) for k, v in values.items() if k in known and v is not None}
         given.setdefault("format", "unknown")
         for uid in ("study_uid", "series_uid", "sop_instance_uid"):
             given.setdefault(uid, "")
         return cls(**given)  # type: ignore[arg-type]
 
 
-def read_header(path: Path, source: str) -> ImageHeader:
-    """The header of a stored DICOM, PNG or JPEG file; raise `ImageRejected` for anything else."""
+def read_header(path: Path, source: str, max_inflated_mb: int = 320) -> ImageHeader:
+    """The header of a stored DICOM, PNG or JPEG file; raise `ImageRejected` for anything else, and for a Deflated
+    data set that inflates past `max_inflated_mb` (imaging.max_decode_mb, 320 by default: it could never be
+    decoded)."""
     try:
         with path.open("rb") as fh:
             head = fh.read(132)
@@ -70,7 +76,7 @@ def read_header(path: Path, source: str) -> ImageHeader:
         return generated_header("png" if head.startswith(_PNG_MAGIC) else "jpeg")
     if head[128:132] != b"DICM":
         raise ImageRejected(source, "not a DICOM (Part 10), PNG or JPEG file")
-    return _dicom_header(path, source)
+    return _dicom_header(path, source, max_inflated_mb * 2**20)
 
 
 def generated_header(fmt: Literal["png", "jpeg", "unknown"] = "unknown") -> ImageHeader:
@@ -80,19 +86,27 @@ def generated_header(fmt: Literal["png", "jpeg", "unknown"] = "unknown") -> Imag
     return ImageHeader(fmt, generate_uid(), generate_uid(), generate_uid())
 
 
-def _dicom_header(path: Path, source: str) -> ImageHeader:
+def _dicom_header(path: Path, source: str, max_inflated: int) -> ImageHeader:
     import pydicom
     from pydicom.uid import generate_uid
 
     try:
+        with path.open("rb") as fh:
+            inflated = deflated_size(fh, max_inflated, source)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, defer_size=1024)  # values over 1 KB, the pixels among them, stay on disk
+            # Values over 1 KB, the pixels among them, stay on disk; a Deflated data set is inflated whole (pydicom
+            # reads it so) and its deferred values would be read back from the deflated file, wrongly: none deferred.
+            ds = pydicom.dcmread(path, defer_size=1024 if inflated is None else None)
             sop_class = ds.get("SOPClassUID")
-            if "PixelData" not in ds:
-                kind = getattr(sop_class, "name", None) or str(sop_class or "unknown SOP class")
+            kind = getattr(sop_class, "name", None) or str(sop_class or "unknown SOP class")
+            holds_image = "PixelData" in ds
+            # Kept where it holds no image by its class; an image class (every one's name says so, retired ones
+            # too) without pixels, or an object of no class, is refused.
+            if not holds_image and (sop_class is None or "Image Storage" in kind):
                 raise NotAnImage(source, f"DICOM object holds no image ({kind})")
-            _check_pixel_data_length(ds, path.stat().st_size, source)
+            if holds_image:  # the data set's end: the file's, or the inflated data set's (its offsets are in it)
+                _check_pixel_data_length(ds, path.stat().st_size if inflated is None else inflated, source)
 
             def text(keyword: str) -> str:
                 return str(ds.get(keyword, "") or "").strip()
@@ -121,6 +135,7 @@ def _dicom_header(path: Path, source: str) -> ImageHeader:
                 device=" ".join(
                     dict.fromkeys(v for v in map(text, ("Manufacturer", "ManufacturerModelName", "StationName")) if v)
                 ),
+                holds_image=holds_image,
             )
     except ImageRejected:
         raise
@@ -128,18 +143,51 @@ def _dicom_header(path: Path, source: str) -> ImageHeader:
         raise ImageRejected(source, f"damaged DICOM header ({type(exc).__name__}: {exc})") from exc
 
 
-def _check_pixel_data_length(ds: Any, file_size: int, source: str) -> None:
-    """Refuse pixel data cut short: a file that ends before its pixel data does, or uncompressed pixel data
-    shorter than the header's image needs. Both are known from the element's header, without reading it."""
+def deflated_size(stream: BinaryIO, limit: int, source: str) -> int | None:
+    """The size of a Deflated Explicit VR Little Endian file's data set once inflated, None for any other transfer
+    syntax; `ImageRejected` past `limit` bytes or where the deflate stream is damaged. pydicom inflates such a data
+    set whole into memory before reading it, and a small file may inflate a thousandfold: the size is counted
+    first, a chunk at a time (zlib's `max_length`), never held. Leaves `stream` at its start."""
+    # pydicom's own reading of the file meta (its private function: no public one reads it from a stream and
+    # stops where the data set begins, as the inflating must)
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    stream.seek(0)
+    read_preamble(stream, False)
+    if _read_file_meta_info(stream).get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        stream.seek(0)
+        return None
+    inflater, size, chunk = zlib.decompressobj(-zlib.MAX_WBITS), 0, 2**20
+    try:
+        for data in iter(lambda: stream.read(chunk), b""):
+            while data and not inflater.eof:
+                size += len(inflater.decompress(data, chunk))
+                data = inflater.unconsumed_tail
+                if size > limit:
+                    raise ImageRejected(
+                        source, f"its Deflated data set inflates past {limit / 2**20:,.0f} MB (imaging.max_decode_mb)"
+                    )
+        size += len(inflater.flush())
+    except zlib.error as exc:
+        raise ImageRejected(source, f"damaged Deflated data set ({exc})") from exc
+    stream.seek(0)
+    return size
+
+
+def _check_pixel_data_length(ds: Any, data_end: int, source: str) -> None:
+    """Refuse pixel data cut short: a data set that ends (at `data_end`) before its pixel data does, or
+    uncompressed pixel data shorter than the header's image needs. Both are known from the element's header,
+    without reading it."""
     from pydicom.pixels.utils import get_expected_length
 
     raw = ds.get_item("PixelData", keep_deferred=True)
     length, start = int(getattr(raw, "length", 0)), getattr(raw, "value_tell", None)
     if length == 0xFFFFFFFF:  # encapsulated (compressed): its fragments say their own lengths
         return
-    if start is not None and start + length > file_size:
+    if start is not None and start + length > data_end:
         raise ImageRejected(
-            source, f"truncated DICOM file: its pixel data needs {length:,} bytes, {file_size - start:,} follow"
+            source, f"truncated DICOM file: its pixel data needs {length:,} bytes, {data_end - start:,} follow"
         )
     try:
         expected = int(get_expected_length(ds))

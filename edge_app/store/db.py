@@ -53,6 +53,7 @@ class Added:
     duplicate: bool = False
     kept_apart: bool = False
     not_an_image: bool = False  # refused as `NotAnImage` (a refusal sent again is a duplicate and says nothing)
+    kept: bool = False  # kept with its study, never diagnosed: no image (an SR...) or one of the box's own outputs
 
 
 SOP_CONFLICT = (

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from edge_app.bundles.findings import ResultStatus
 
-# queued for the worker; done (diagnosed); rejected (not an image, or kept apart); failed (an internal error);
-# no_model (none reads it); outside (the input guard refused it)
+# queued for the worker; done (diagnosed); rejected (not diagnosed: refused, kept apart, or kept with its study: no
+# image, or the box's own); failed (an internal error); no_model (none reads it); outside (the input guard refused it)
 ImageStatus = Literal["queued", "done", "rejected", "failed", "no_model", "outside"]
 OutputState = Literal["queued", "sent", "failed"]
 OUTPUT_FIELDS = ("destination", "kind", "state", "attempts", "last_error", "updated_at")
