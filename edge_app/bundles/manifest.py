@@ -210,8 +210,8 @@ class Manifest(_Strict):
             raise ValueError("thresholds must give exactly one value per label")
         if any(not 0.0 <= t <= 1.0 for t in self.thresholds.values()):
             raise ValueError("thresholds are probabilities in [0, 1]")
-        if not set(self.codes) <= set(self.labels):
-            raise ValueError(f"codes name labels the model does not have: {', '.join(sorted(set(self.codes) - set(self.labels)))}")
+        if unknown := sorted(set(self.codes) - set(self.labels)):
+            raise ValueError(f"codes name labels the model does not have: {', '.join(unknown)}")
         if self.task == "binary" and len(self.labels) != 1:
             raise ValueError("a binary task has exactly one label (the positive class)")
         if self.task == "multiclass" and len(self.labels) < 2:
