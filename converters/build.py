@@ -396,6 +396,7 @@ def _write(
             task=spec.task,
             labels=spec.labels,
             thresholds=thresholds,
+            codes=spec.codes,
             input=spec.input,
             preprocessing=spec.preprocessing,
             output=spec.output,

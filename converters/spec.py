@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from converters.errors import SpecError
 from converters.validation import ValidationRule
-from edge_app.bundles.manifest import InputSpec, IntendedUse, OutputSpec, Preprocessing
+from edge_app.bundles.manifest import Code, InputSpec, IntendedUse, OutputSpec, Preprocessing
 from edge_app.errors import format_validation_error
 from edge_app.system.fileio import read_toml
 
@@ -48,6 +48,7 @@ class Spec(BaseModel):
     task: Literal["binary", "multiclass", "multilabel"]
     labels: tuple[str, ...] = Field(min_length=1)
     thresholds: dict[str, float] | float = 0.5
+    codes: dict[str, Code] = Field(default_factory=dict, description="per label, its finding's code in the SR")
     input: InputSpec
     preprocessing: Preprocessing = Preprocessing()
     output: OutputSpec

@@ -28,6 +28,7 @@ from converters.images import load_files
 from converters.validation import OperatingPoint, ValidationRule, auc_interval, threshold_at, validate
 from edge_app.bundles.bundle import sha256_file, write_manifest
 from edge_app.bundles.manifest import (
+    Code,
     InputGuard,
     InputSpec,
     IntendedUse,
@@ -39,6 +40,15 @@ from edge_app.bundles.manifest import (
 )
 
 LABELS = ("Abnormal", "Cardiomegaly", "Effusion", "Emphysema", "Infiltration")
+# Each finding's SNOMED CT concept, as the SR names it (NIH ChestX-ray14's "Effusion" is a pleural effusion,
+# its "Infiltration" a radiologic infiltrate of the lung); "Abnormal" is SNOMED CT's qualifier, as in DICOM's CIDs.
+CODES = {
+    "Abnormal": Code(value="263654008", scheme="SCT", meaning="Abnormal"),
+    "Cardiomegaly": Code(value="287272002", scheme="SCT", meaning="Cardiomegaly"),
+    "Effusion": Code(value="60046008", scheme="SCT", meaning="Pleural effusion"),
+    "Emphysema": Code(value="87433001", scheme="SCT", meaning="Pulmonary emphysema"),
+    "Infiltration": Code(value="409609008", scheme="SCT", meaning="Radiologic infiltrate of lung"),
+}
 SIZE = 64
 VERSION = "1.1.1"
 PREPROCESSING = Preprocessing(intensity="window", geometry="stretch", interpolation="area", scale=(-1.0, 1.0))
@@ -434,6 +444,7 @@ def write_bundle(
         task="multilabel",
         labels=LABELS,
         thresholds=thresholds,
+        codes=CODES,
         input=input_spec(args.size),
         preprocessing=PREPROCESSING,
         output=OutputSpec(name="logits", activation="sigmoid", heatmap="cam"),

@@ -77,7 +77,11 @@ class Service:
                 self.store,
                 self.registry,
                 settings.worker,
-                on_recorded=Outbox(self.store, outputs, self.sender.wake).queue if self.sender is not None else None,
+                on_recorded=(
+                    Outbox(self.store, outputs, self.sender.wake, self.lifecycle.manifest_of).queue
+                    if self.sender is not None
+                    else None
+                ),
                 before_job=self.lifecycle.follow if role == "worker" else None,
                 after_job=(lambda: wake(data_dir, "front")) if role == "worker" else None,
             )

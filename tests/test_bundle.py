@@ -110,6 +110,7 @@ def test_malformed_json_is_refused(bundle_dir: Path) -> None:
         ({"task": "binary"}, "exactly one label"),
         ({"files": {"../etc/passwd": "0" * 64, "model.onnx": "0" * 64}}, "leaves the bundle"),
         ({"precision": "int4"}, "precision"),
+        ({"codes": {"Nodule": {"value": "27925004", "scheme": "SCT", "meaning": "Nodule"}}}, "codes name labels"),
         ({"unknown_field": 1}, "unknown_field"),
     ],
 )

@@ -39,6 +39,10 @@ REFERENCE_SPEC = (
     'intended_use = {{ modality = ["CR", "DX"], body_part = "CHEST" }}\n'
     "# Speed is a benchmark's business, not a test's.\n"
     "tolerance = {{ {tolerance} }}\n"
+    + "".join(
+        f'codes.{k} = {{{{ value = "{c.value}", scheme = "{c.scheme}", meaning = "{c.meaning}" }}}}\n'
+        for k, c in _M.codes.items()
+    )
 )
 NO_TOLERANCE = "max_abs_diff = 0.0, mean_abs_diff = 0.0, min_agreement = 1.0, min_speedup = 0.0"
 
@@ -766,6 +770,7 @@ def test_an_fp32_build_records_its_steps_and_provenance(nih_split: dict[str, Pat
     assert _notes(steps, "heatmap output") == ["class activation map 'cam'"]
     manifest = load_bundle(bundle_path).manifest
     assert set(manifest.files) == {"model.onnx"} and manifest.fidelity is None and manifest.metrics == {}
+    assert manifest.codes == _M.codes and manifest.codes["Effusion"].value == "60046008", "the spec's codes kept"
     assert manifest.validation is None and not any(manifest.validated(label) for label in manifest.labels)
     provenance = manifest.provenance
     assert provenance.method == (

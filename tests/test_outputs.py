@@ -4,24 +4,32 @@ away gets them once it is back."""
 
 from __future__ import annotations
 
+import datetime as dt
+import io
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import highdicom as hd
 import pydicom
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+from pynetdicom.sop_class import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 
-from edge_app.config import Settings
+from edge_app.bundles.bundle import load_bundle
+from edge_app.config import EMBEDDED_BUNDLE, Settings
+from edge_app.imaging.uids import is_ours
 from edge_app.service import Service
 from edge_app.web import create_app
-from support.dicom import dicom_file
-from support.tools import dcmtk
+from support.dicom import dicom_bytes, dicom_file
+from support.tools import dciodvfy_errors, dcmtk
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +47,7 @@ class Pacs:
     def __init__(self, port: int) -> None:
         self.received: list[Any] = []
         ae = AE(ae_title="PACS")
-        ae.add_supported_context(ComprehensiveSRStorage)
+        ae.add_supported_context(Comprehensive3DSRStorage)
         ae.add_supported_context(SecondaryCaptureImageStorage)
         self.server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)])
 
@@ -66,8 +74,9 @@ def _settings(tmp_path: Path, port: int, retry_s: float = 30.0) -> Settings:
     )
 
 
-def _post(client: FlaskClient) -> dict:  # type: ignore[type-arg]
-    resp = client.post("/api/v1/studies?filename=rg1.dcm", data=dicom_file("RG1_UNCR.dcm").read_bytes())
+def _post(client: FlaskClient, data: bytes | None = None, filename: str = "rg1.dcm") -> dict:  # type: ignore[type-arg]
+    body = data if data is not None else dicom_file("RG1_UNCR.dcm").read_bytes()
+    resp = client.post(f"/api/v1/studies?filename={filename}", data=body)
     assert resp.status_code == 201
     return resp.get_json()  # type: ignore[no-any-return]
 
@@ -79,35 +88,174 @@ def pacs(free_port: int) -> Iterator[Pacs]:
     p.stop()
 
 
-def test_the_report_and_the_heatmap_capture_reach_the_pacs(
+# The Patient and General Study attributes a source may carry: each one it has, the SR and the SC carry unchanged.
+COPIED = (
+    "SpecificCharacterSet",
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "StudyDescription",
+)
+
+
+def _latin1() -> bytes:
+    """RG1 for a patient whose name and ID need ISO 8859-1 (ISO_IR 100)."""
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName, ds.PatientID = "Müller^Zoë", "ÅÖ-4711"
+    return dicom_bytes(ds)
+
+
+def _ordered() -> bytes:
+    """RG1 made for an order: accession number, request attributes, issuer, study ID, a time zone of its own."""
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    ds.AccessionNumber, ds.StudyID, ds.IssuerOfPatientID = "ACC-778", "S-12", "CLINIC"
+    ds.ReferringPhysicianName, ds.TimezoneOffsetFromUTC = "Hale^Ada", "+0530"
+    request = Dataset()
+    request.RequestedProcedureID, request.ScheduledProcedureStepID, request.AccessionNumber = "RP-5", "SPS-5", "ACC-778"
+    ds.RequestAttributesSequence = [request]
+    return dicom_bytes(ds)
+
+
+def _received(pacs: Pacs, tmp_path: Path, count: int = 2) -> tuple[list[Dataset], list[Dataset]]:
+    """What the PACS received (the SRs, the SCs), each written to a file that dciodvfy finds no error in."""
+    _until(lambda: len(pacs.received) == count)
+    for n, ds in enumerate(pacs.received):
+        path = tmp_path / f"received-{n}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        assert dciodvfy_errors(path) == [], f"{ds.SOPClassUID.name} is a valid object"
+    by_class: dict[str, list[Dataset]] = {Comprehensive3DSRStorage: [], SecondaryCaptureImageStorage: []}
+    for ds in pacs.received:
+        by_class[str(ds.SOPClassUID)].append(ds)
+    return by_class[Comprehensive3DSRStorage], by_class[SecondaryCaptureImageStorage]
+
+
+def _findings(sr: Dataset) -> dict[str, tuple[tuple[str, str], float, float, str]]:
+    """The SR's findings read back with highdicom: per tracking identifier (the label), the finding's code
+    (value, scheme), its probability, its threshold and the decision's meaning."""
+    report = hd.sr.Comprehensive3DSR.from_dataset(sr).content
+    found = {}
+    for group in report.get_image_measurement_groups():
+        concept = group.finding_type
+        (probability,) = group.get_measurements(name=codes.DCM.Probability)
+        (threshold,) = group.get_measurements(name=codes.DCM.ThresholdValue)
+        (decision,) = group.get_qualitative_evaluations(name=concept)
+        key = (concept.value, concept.scheme_designator)
+        found[group.tracking_identifier] = (key, probability.value, threshold.value, decision.value.meaning)
+    return found
+
+
+@pytest.mark.parametrize("source", ["cr", "latin1", "ordered", "png"])
+def test_the_report_and_the_heatmap_capture_are_valid_and_carry_the_source_s_patient_and_study(
+    source: str,
+    tmp_path: Path,
+    pacs: Pacs,
+    free_port: int,
+    request: pytest.FixtureRequest,
+    api_client: Callable[[Flask], FlaskClient],
+    service: Callable[..., Service],
+) -> None:
+    """A CR, a Latin-1 patient, an image made for an order, a PNG through the API: dciodvfy finds 0 errors in
+    the SR and the SC, both carry the source's Patient and General Study attributes unchanged, the SR its
+    findings coded as the bundle says and the order, the SC a reference to its source."""
+    made = {"cr": lambda: dicom_file("RG1_UNCR.dcm").read_bytes(), "latin1": _latin1, "ordered": _ordered}
+    data = made[source]() if source != "png" else request.getfixturevalue("nih_png").read_bytes()
+    app = create_app(service(_settings(tmp_path, free_port)))
+    client = api_client(app)
+    study = _post(client, data, "a.png" if source == "png" else "a.dcm")
+    ((sr,), (sc,)) = _received(pacs, tmp_path)
+    (image,) = study["images"]
+    original = pydicom.dcmread(io.BytesIO(data)) if source != "png" else Dataset()
+    for keyword in COPIED:
+        if keyword in original:
+            assert sr[keyword].value == sc[keyword].value == original[keyword].value, keyword
+    assert sr.StudyInstanceUID == sc.StudyInstanceUID == study["uid"], "they join the image's study"
+    if source == "png":
+        assert sr.PatientName == sr.StudyDate == sr.AccessionNumber == sc.PatientName == "", "Type 2: empty"
+        assert "SpecificCharacterSet" not in sr
+    if source == "latin1":
+        assert sr.SpecificCharacterSet == sc.SpecificCharacterSet == "ISO_IR 100"
+        assert str(sr.PatientName) == "Müller^Zoë" and sr.PatientID == "ÅÖ-4711"
+    if source == "ordered":
+        (request,) = sr.ReferencedRequestSequence
+        assert (request.AccessionNumber, request.RequestedProcedureID) == ("ACC-778", "RP-5")
+        assert request.StudyInstanceUID == study["uid"]
+        assert sc.RequestAttributesSequence[0].ScheduledProcedureStepID == "SPS-5"
+        assert sr.TimezoneOffsetFromUTC == sc.TimezoneOffsetFromUTC == "+0530", "the source's zone"
+    elif source == "png":
+        assert "ReferencedRequestSequence" not in sr, "no order, none made up"
+    else:  # RG1 says only its accession number
+        (request,) = sr.ReferencedRequestSequence
+        assert request.AccessionNumber == original.AccessionNumber == "exam Number"
+
+    result = image["results"][0]
+    made_at = dt.datetime.fromisoformat(result["created_at"])
+    content = dt.datetime.strptime(f"{sr.ContentDate}{sr.ContentTime}{sr.TimezoneOffsetFromUTC}", "%Y%m%d%H%M%S.%f%z")
+    assert content == made_at, "Content Date/Time: the result's time, in the zone the object says"
+    manifest = load_bundle(EMBEDDED_BUNDLE).manifest
+    found = _findings(sr)
+    assert list(found) == list(manifest.labels)
+    for finding in result["findings"]:
+        code = manifest.codes[finding["label"]]
+        said = "Indeterminate" if not finding["validated"] else "Present" if finding["positive"] else "Absent"
+        assert found[finding["label"]] == (
+            (code.value, "SCT"),
+            pytest.approx(finding["probability"]),
+            pytest.approx(finding["threshold"]),
+            said,
+        )
+    assert found["Infiltration"][3] == "Indeterminate", "an unvalidated label is neither positive nor negative"
+    tree = hd.sr.Comprehensive3DSR.from_dataset(sr).content
+    statement = tree[0].ContentSequence[-1].ContentSequence[0]
+    assert statement.TextValue.startswith("Not for clinical use")
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+    referenced = {s.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for s in evidence}
+    assert referenced == {image["sop_instance_uid"], sc.SOPInstanceUID}, "the image read and the heatmap"
+
+    (used,) = sc.SourceImageSequence
+    assert used.ReferencedSOPInstanceUID == image["sop_instance_uid"], "the SC references its source"
+    assert sc.PhotometricInterpretation == "RGB" and sc.pixel_array.shape[2] == 3
+    assert max(sc.pixel_array.shape[:2]) == 512, "the documented size, not the original's"
+    assert (sr.SeriesNumber, sc.SeriesNumber) == (9001, 9002)
+    assert sr.SeriesDescription.startswith("AI findings cxr-reference 1.1.1")
+    assert sc.SeriesDescription.startswith("AI heatmap cxr-reference 1.1.1")
+    for uid in (sr.SOPInstanceUID, sr.SeriesInstanceUID, sc.SOPInstanceUID, sc.SeriesInstanceUID):
+        assert is_ours(uid)
+    _until(lambda: [o["state"] for o in _image(client, study)["outputs"]] == ["sent", "sent"])
+
+
+def test_each_image_read_makes_series_of_its_own(
     tmp_path: Path,
     pacs: Pacs,
     free_port: int,
     api_client: Callable[[Flask], FlaskClient],
     service: Callable[..., Service],
 ) -> None:
-    app = create_app(service(_settings(tmp_path, free_port)))
-    client = api_client(app)
-    study = _post(client)
+    """Two images of one study: the second result's SR and SC take the next series numbers, described by the
+    image they read."""
+    second = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    second.SOPInstanceUID, second.SeriesInstanceUID = generate_uid(), generate_uid()
+    second.SeriesNumber, second.InstanceNumber = 7, 3
+    client = api_client(create_app(service(_settings(tmp_path, free_port))))
+    _post(client)
     _until(lambda: len(pacs.received) == 2)
-    by_class = {str(ds.SOPClassUID): ds for ds in pacs.received}
-    sr, sc = by_class[ComprehensiveSRStorage], by_class[SecondaryCaptureImageStorage]
-    source = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"), stop_before_pixels=True)
-    assert sr.StudyInstanceUID == sc.StudyInstanceUID == source.StudyInstanceUID, "they join the image's study"
-    texts = [item.TextValue for item in sr.ContentSequence]
-    assert texts[0] == "cxr-reference 1.1.1 (fp32, onnxruntime)"
-    assert "Not for clinical use" in texts[2]
-    (image,) = study["images"]
-    for finding, text in zip(image["results"][0]["findings"], texts[3:], strict=True):
-        assert text.startswith(f"{finding['label']}: probability {finding['probability']:.4f}, threshold")
-        said = "not validated" if not finding["validated"] else "positive" if finding["positive"] else "negative"
-        assert text.endswith(f", {said}"), "an unvalidated label is neither positive nor negative in the PACS"
-    assert texts[-1].startswith("Infiltration:") and texts[-1].endswith(", not validated")
-    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
-    assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-    assert sc.PhotometricInterpretation == "RGB" and sc.pixel_array.shape[2] == 3
-    assert max(sc.pixel_array.shape[:2]) == 1024, "the preview, not the 1955x1841 original"
-    _until(lambda: [o["state"] for o in _image(client, study)["outputs"]] == ["sent", "sent"])
+    _post(client, dicom_bytes(second), "second.dcm")
+    srs, scs = _received(pacs, tmp_path, 4)
+    assert sorted(ds.SeriesNumber for ds in srs) == [9001, 9003] and sorted(ds.SeriesNumber for ds in scs) == [
+        9002,
+        9004,
+    ]
+    assert len({ds.SeriesInstanceUID for ds in srs + scs}) == 4
+    last = max(srs, key=lambda ds: ds.SeriesNumber)
+    assert last.SeriesDescription == "AI findings cxr-reference 1.1.1, series 7 image 3"
 
 
 def _image(client: FlaskClient, study: dict) -> dict:  # type: ignore[type-arg]
@@ -146,10 +294,11 @@ def test_dcmtk_storescp_receives_and_dsrdump_reads_the_report(
             _post(api_client(app))
             _until(lambda: len(list(received.iterdir())) == 2)
         (sr,) = [p for p in received.iterdir() if p.name.startswith("SR")]
-        dump = subprocess.run([dsrdump, str(sr)], capture_output=True, text=True)
+        dump = subprocess.run([dsrdump, "+Pl", str(sr)], capture_output=True, text=True)
         assert dump.returncode == 0, dump.stderr
-        assert "Comprehensive SR" in dump.stdout and "cxr-reference 1.1.1" in dump.stdout
-        assert "Not for clinical use" in dump.stdout and "Cardiomegaly: probability" in dump.stdout
+        assert "Comprehensive 3D SR" in dump.stdout and '"Algorithm Name")="cxr-reference"' in dump.stdout
+        assert "Not for clinical use" in dump.stdout and '=(287272002,SCT,"Cardiomegaly")' in dump.stdout
+        assert '"Probability")=' in dump.stdout and not dump.stderr, "a tree dsrdump reads without a warning"
         (sc,) = [p for p in received.iterdir() if p.name.startswith("SC")]
         assert pydicom.dcmread(sc).Modality == "OT"
     finally:

@@ -5,7 +5,7 @@ on 127.0.0.1, including the hub going away and coming back."""
 from __future__ import annotations
 
 import contextlib
-import io
+import datetime as dt
 import re
 import subprocess
 import time
@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import highdicom as hd
 import numpy as np
-import pydicom
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -23,10 +23,11 @@ from converters.triton_export import ExportOptions, export_triton
 from edge_app.bundles.bundle import Bundle, load_bundle
 from edge_app.config import EMBEDDED_BUNDLE, Settings, TritonSettings
 from edge_app.imaging.header import generated_header
-from edge_app.outputs.documents import findings_report
+from edge_app.outputs.documents import Origin, findings_report, source_header
 from edge_app.runtime.onnx import OnnxRuntimeRunner
 from edge_app.runtime.triton import TritonRunner
 from edge_app.service import Service
+from edge_app.store.rows import StoredFinding
 from edge_app.web import create_app
 from support.bundles import bundle_variant
 from support.processes import TritonServer
@@ -241,7 +242,7 @@ def test_the_service_on_a_hub_names_it_in_the_study_and_the_sr_and_health_says_w
         result = client.post("/api/v1/studies?filename=a.png", data=nih_png.read_bytes()).get_json()
         model = result["images"][0]["results"][0]["model"]
         assert (model["runner"], model["server"]) == ("triton", server.url)
-        assert _sr_model_line(result) == f"cxr-reference 1.1.1 (fp32, triton at {server.url})"
+        assert _sr_runner(result) == f"runner triton at {server.url}"
         assert client.get("/api/v1/health").get_json()["status"] == "ok"
 
         server.stop()
@@ -259,13 +260,21 @@ def test_the_service_on_a_hub_names_it_in_the_study_and_the_sr_and_health_says_w
         server.stop()
 
 
-def _sr_model_line(result: dict[str, Any]) -> str:
-    """The MODEL text of the Comprehensive SR the service would send for this result."""
+def _sr_runner(result: dict[str, Any]) -> str:
+    """The runner the SR the service would send for this result names among its algorithm's parameters."""
     found = result["images"][0]["results"][0]
-    sr = findings_report(generated_header("png"), found["model"], found["bundle_sha256"], found["findings"])
-    ds = pydicom.dcmread(io.BytesIO(sr))
-    (item,) = [i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "MODEL"]
-    return str(item.TextValue)
+    origin = Origin(
+        source_header(None, generated_header("png"), ""),
+        dt.datetime.now(dt.timezone.utc),
+        1,
+        found["model"],
+        found["bundle_sha256"],
+    )
+    ds = findings_report(origin, [StoredFinding(**f) for f in found["findings"]], {}, None)
+    group = hd.sr.Comprehensive3DSR.from_dataset(ds).content.get_image_measurement_groups()[0]
+    parameters = [i.TextValue for i in group[0].ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "111002"]
+    (runner,) = [p for p in parameters if p.startswith("runner ")]
+    return str(runner)
 
 
 def test_triton_settings_are_checked() -> None:

@@ -155,6 +155,15 @@ class Validation(_Strict):
     labels: dict[str, LabelValidation]
 
 
+class Code(_Strict):
+    """A coded concept (DICOM PS3.3 8.8): how the box's Structured Report names a label's finding. A standard scheme
+    (SCT for SNOMED CT, RADLEX) where one has the concept; a private one (designator beginning "99") otherwise."""
+
+    value: str = Field(min_length=1, max_length=64)
+    scheme: str = Field(min_length=1, max_length=16, description="coding scheme designator: SCT, RADLEX, 99...")
+    meaning: str = Field(min_length=1, max_length=64)
+
+
 class Manifest(_Strict):
     """A bundle's `manifest.json`."""
 
@@ -164,6 +173,9 @@ class Manifest(_Strict):
     task: Literal["binary", "multiclass", "multilabel"]
     labels: tuple[str, ...] = Field(min_length=1)
     thresholds: dict[str, float]
+    codes: dict[str, Code] = Field(
+        default_factory=dict, description="per label, its finding's code in the SR; a label without one: a private code"
+    )
     input: InputSpec
     preprocessing: Preprocessing
     output: OutputSpec
@@ -198,6 +210,8 @@ class Manifest(_Strict):
             raise ValueError("thresholds must give exactly one value per label")
         if any(not 0.0 <= t <= 1.0 for t in self.thresholds.values()):
             raise ValueError("thresholds are probabilities in [0, 1]")
+        if unknown := sorted(set(self.codes) - set(self.labels)):
+            raise ValueError(f"codes name labels the model does not have: {', '.join(unknown)}")
         if self.task == "binary" and len(self.labels) != 1:
             raise ValueError("a binary task has exactly one label (the positive class)")
         if self.task == "multiclass" and len(self.labels) < 2:

@@ -1,114 +1,304 @@
-"""The DICOM objects a result is sent back as: a Comprehensive SR of the findings and a Secondary Capture of the
-image with its heatmap over it. Both join the image's own study (same Study Instance UID), in new series."""
+"""The DICOM objects a result is sent back as, built with highdicom: a Comprehensive 3D SR on TID 1500 (a
+measurement report: per finding its coded concept, its probability and threshold, the decision) and a Secondary
+Capture of the image with the heatmap of its most probable finding over it.
+
+Both join the image's own study: the source's Patient and General Study modules and its Specific Character Set are
+copied unchanged (from the stored file's header; a PNG or JPEG has none: the patient ID the box was given, empty
+Type 2 values). Each result (an image read by a model) makes its own two series: the n-th diagnosed result of a
+study puts its SR in series `SERIES_BASE + 2n - 1` and its SC in `SERIES_BASE + 2n`, each described by the model,
+its version and the image read. docs/conformance.md says all of it for a PACS administrator."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
-from collections.abc import Mapping
-from typing import Any
+import re
+from collections.abc import Mapping, Sequence
+from copy import deepcopy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
+from edge_app.bundles.manifest import Code
 from edge_app.imaging.encode import heatmap_overlay
 from edge_app.imaging.header import ImageHeader
+from edge_app.imaging.uids import new_output_uid
+from edge_app.store.rows import StoredFinding
 
-COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-_SCHEME = "99EDGEAPP"  # codes of this appliance's own (PS3.16 8.2: a private coding scheme)
+PRIVATE_SCHEME = "99EDGEAPP"  # a label's code where its bundle gives none (PS3.16 8.2: a private coding scheme)
+SERIES_BASE = 9000
+CAPTURE_SIDE = 512  # the Secondary Capture's longest side, in pixels
+MANUFACTURER = "edge-app"
+NOT_CLINICAL = "Not for clinical use: a demonstration, not a diagnosis"
+_OFFSET = re.compile(r"([+-])(\d\d)(\d\d)")  # Timezone Offset From UTC: &ZZXX
+# The Type 2 attributes of the Patient and General Study modules: present, empty where the source has no value.
+_TYPE_2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
 
 
-def _code(value: str, meaning: str) -> Any:
+@dataclass(frozen=True)
+class Origin:
+    """What the documents of one result share: the image read, when, by which model, the result's rank."""
+
+    source: Dataset  # the image's header (`source_header`)
+    made_at: dt.datetime  # the result's time, timezone-aware
+    ordinal: int  # this result among its study's diagnosed results, from 1
+    model: Mapping[str, str]  # name, version, precision, runner (and server) as the result records them
+    bundle_sha256: str
+
+    def series_number(self, kind: Literal["sr", "sc"]) -> int:
+        return SERIES_BASE + 2 * self.ordinal - (1 if kind == "sr" else 0)
+
+    def series_description(self, kind: Literal["sr", "sc"]) -> str:
+        what = "AI findings" if kind == "sr" else "AI heatmap"
+        of = f"series {self.source.get('SeriesNumber', '')} image {self.source.get('InstanceNumber', '')}"
+        name = f"{what} {self.model['name']} {self.model['version']}, {of.strip()}"
+        return name[:64]  # LO
+
+
+def source_header(path: Path | None, header: ImageHeader, patient_id: str) -> Dataset:
+    """The source image's header (the stored DICOM file's, pixels not read); for a PNG or JPEG (`path` None) or
+    a file removed since, one made of what the store knows. The UIDs are the ones the store holds the image by."""
+    import pydicom
     from pydicom.dataset import Dataset
 
-    code = Dataset()
-    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, _SCHEME, meaning[:64]
-    return code
-
-
-def _text(name: str, meaning: str, text: str) -> Any:
-    from pydicom.dataset import Dataset
-
-    item = Dataset()
-    item.RelationshipType, item.ValueType = "CONTAINS", "TEXT"
-    item.ConceptNameCodeSequence = [_code(name, meaning)]
-    item.TextValue = text
-    return item
-
-
-def _base(header: ImageHeader, sop_class: str, modality: str, series_number: int) -> Any:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    now = dt.datetime.now()
     ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = header.study_uid, generate_uid()
-    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = modality, series_number, 1
-    ds.PatientID, ds.PatientName = header.patient_id, ""
-    ds.StudyDate = ds.ContentDate = now.strftime("%Y%m%d")
-    ds.StudyTime = ds.ContentTime = now.strftime("%H%M%S")
-    ds.Manufacturer, ds.SeriesDescription = "edge-app", "AI findings (not for clinical use)"
+    if path is not None:
+        with contextlib.suppress(OSError, pydicom.errors.InvalidDicomError):  # removed by retention: what is known
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = header.study_uid, header.series_uid
+    ds.SOPInstanceUID, ds.SOPClassUID = header.sop_instance_uid, header.sop_class_uid or SECONDARY_CAPTURE
+    if not ds.get("PatientID"):
+        ds.PatientID = header.patient_id or patient_id
+    if not ds.get("Modality"):
+        ds.Modality = header.modality or "OT"
+    for keyword in _TYPE_2:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
     return ds
 
 
-def _encode(ds: Any) -> bytes:
+def heatmap_capture(origin: Origin, preview: NDArray[np.uint8], heatmap: NDArray[np.float32], label: str) -> Dataset:
+    """A Secondary Capture of the image (its preview, CAPTURE_SIDE pixels on its longest side) with the heatmap
+    laid over it in red; it references its source image."""
+    import highdicom as hd
+    from PIL import Image
+    from pydicom.dataset import Dataset
+    from pydicom.sr.codedict import codes
+
+    source = origin.source
+    height, width = preview.shape[:2]
+    scale = CAPTURE_SIDE / max(height, width)
+    if scale < 1:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        preview = np.asarray(Image.fromarray(preview).resize(size, Image.Resampling.LANCZOS))
+    rgb = heatmap_overlay(preview, heatmap)
+    # The preview is the image's pixel grid scaled: its orientation is the source's. highdicom needs one to make a
+    # patient-coordinate SC; where the source gives none, the Type 2 value stays empty.
+    given = [str(v) for v in source.get("PatientOrientation", []) or []]
+    orientation = (given[0], given[1]) if len(given) == 2 else None
+    sc = hd.sc.SCImage(
+        pixel_array=rgb,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        study_instance_uid=source.StudyInstanceUID,
+        series_instance_uid=new_output_uid(),
+        series_number=origin.series_number("sc"),
+        sop_instance_uid=new_output_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        patient_orientation=orientation or ("L", "F"),
+        specific_character_set=source.get("SpecificCharacterSet"),
+        series_description=origin.series_description("sc"),
+    )
+    if orientation is None:
+        sc.add_new("PatientOrientation", "CS", None)  # Type 2: present, empty
+    sc.copy_patient_and_study_information(source)
+    _dated(sc, origin)
+    if "BodyPartExamined" not in source:
+        sc.add_new(
+            "Laterality", "CS", None
+        )  # Type 2C: a body part not known may be a paired one; its side is not known either
+    for keyword in ("Laterality", "BodyPartExamined", "RequestAttributesSequence"):
+        if keyword in source:
+            sc[keyword] = deepcopy(source[keyword])
+    sc.ImageType = ["DERIVED", "SECONDARY"]
+    sc.ConversionType = "WSD"
+    sc.DerivationDescription = f"Heatmap of {label} by {origin.model['name']} {origin.model['version']}"[:1024]
+    sc.ImageComments = f"Heatmap of {label}; not for clinical use"
+    reference = Dataset()
+    reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
+    reference.PurposeOfReferenceCodeSequence = [
+        hd.sr.CodedConcept.from_code(codes.DCM.SourceImageForImageProcessingOperation)
+    ]
+    sc.SourceImageSequence = [reference]
+    return sc
+
+
+def findings_report(
+    origin: Origin, findings: Sequence[StoredFinding], label_codes: Mapping[str, Code], capture: Dataset | None
+) -> Dataset:
+    """A Comprehensive 3D SR on TID 1500: a measurement group per finding (its coded concept; probability and
+    threshold as numbers; Present, Absent or Indeterminate where its label is not validated), the model as the
+    algorithm identification, the not-for-clinical-use statement; the image and the heatmap capture as evidence."""
+    import highdicom as hd
+    from pydicom.dataset import Dataset
+    from pydicom.sr.codedict import codes
+
+    source = origin.source
+    model = origin.model
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=model["name"],
+        version=model["version"],
+        parameters=[
+            f"precision {model['precision']}",
+            f"runner {_where(model)}",
+            f"bundle sha256 {origin.bundle_sha256}",
+        ],
+        manufacturer=MANUFACTURER,
+    )
+    read = [hd.sr.SourceImageForMeasurementGroup(source.SOPClassUID, source.SOPInstanceUID)]
+    groups = []
+    for finding in findings:
+        concept = _concept(finding.label, label_codes)
+        # A label its validation does not support is neither: say so, as the tablet does.
+        decision = (
+            codes.SCT.Indeterminate
+            if not finding.validated
+            else codes.SCT.Present
+            if finding.positive
+            else codes.SCT.Absent
+        )
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=new_output_uid(), identifier=finding.label),
+                finding_type=concept,
+                algorithm_id=algorithm,
+                source_images=read,
+                measurements=[
+                    hd.sr.Measurement(codes.DCM.Probability, finding.probability, codes.UCUM.NoUnits),
+                    hd.sr.Measurement(codes.DCM.ThresholdValue, finding.threshold, codes.UCUM.NoUnits),
+                ],
+                qualitative_evaluations=[hd.sr.QualitativeEvaluation(concept, decision)],
+            )
+        )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(),
+        procedure_reported=codes.SCT.ImagingProcedure,
+        imaging_measurements=groups,
+    )
+    report[0].ContentSequence.append(_statement())
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[source] + ([capture] if capture is not None else []),
+        content=report[0],
+        series_instance_uid=new_output_uid(),
+        series_number=origin.series_number("sr"),
+        sop_instance_uid=new_output_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        requested_procedures=_requests(source),
+        series_description=origin.series_description("sr"),
+    )
+    _dated(sr, origin)
+    if any(label not in label_codes for label in (f.label for f in findings)):
+        scheme = Dataset()
+        scheme.CodingSchemeDesignator = PRIVATE_SCHEME
+        scheme.CodingSchemeName = "edge-app labels without a standard code"
+        scheme.CodingSchemeResponsibleOrganization = MANUFACTURER
+        sr.CodingSchemeIdentificationSequence = [scheme]
+    return sr
+
+
+def encode(ds: Dataset) -> bytes:
+    """A data set as a DICOM file's bytes (Part 10, Explicit VR Little Endian as highdicom made it)."""
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
 
 
-def findings_report(
-    header: ImageHeader, model: Mapping[str, str], bundle_sha256: str, findings: list[dict[str, Any]]
-) -> bytes:
-    """A Comprehensive SR: the model, its bundle, the not-for-clinical-use flag, and per label the probability,
-    the threshold and the decision; it references the image it reads."""
+def _concept(label: str, label_codes: Mapping[str, Code]) -> Any:
+    """A label's coded concept: its bundle's code, or a private one where it gives none."""
+    from highdicom.sr import CodedConcept
+
+    code = label_codes.get(label)
+    if code is None:
+        return CodedConcept(label.upper().replace(" ", "_")[:16], PRIVATE_SCHEME, label[:64])
+    return CodedConcept(code.value, code.scheme, code.meaning)
+
+
+def _statement() -> Any:
+    """TID 1500's qualitative evaluations (row 12): the not-for-clinical-use statement, as text."""
+    from highdicom.sr import CodedConcept, ContainerContentItem, ContentSequence, TextContentItem
+    from pydicom.sr.codedict import codes
+
+    container = ContainerContentItem(
+        name=CodedConcept("C0034375", "UMLS", "Qualitative Evaluations"), relationship_type="CONTAINS"
+    )
+    container.ContentSequence = ContentSequence(
+        [TextContentItem(name=codes.DCM.Comment, value=NOT_CLINICAL, relationship_type="CONTAINS")]
+    )
+    return container
+
+
+def _requests(source: Dataset) -> list[Dataset] | None:
+    """The orders the image was made for, as the SR's Referenced Request Sequence: the source's own where it has
+    one, else one per item of its Request Attributes Sequence, else one for its accession number; None if none."""
     from pydicom.dataset import Dataset
 
-    ds = _base(header, COMPREHENSIVE_SR, "SR", 901)
-    ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
-    ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
-    ds.ConceptNameCodeSequence = [_code("AIFINDINGS", "AI findings")]
-    items = [
-        _text("MODEL", "Model", f"{model['name']} {model['version']} ({model['precision']}, {_where(model)})"),
-        _text("BUNDLE", "Model bundle SHA-256", bundle_sha256),
-        _text("NOTCLINICAL", "Intended use", "Not for clinical use: a demonstration, not a diagnosis"),
-    ]
-    for f in findings:
-        # A label its validation does not support is neither: say so, as the tablet does.
-        decision = "not validated" if f.get("validated") is False else "positive" if f["positive"] else "negative"
-        items.append(
-            _text(
-                "FINDING",
-                str(f["label"]),
-                f"{f['label']}: probability {f['probability']:.4f}, threshold {f['threshold']:.4f}, {decision}",
-            )
-        )
-    ds.ContentSequence = items
-    reference = Dataset()
-    reference.ReferencedSOPClassUID = header.sop_class_uid or SECONDARY_CAPTURE
-    reference.ReferencedSOPInstanceUID = header.sop_instance_uid
-    series = Dataset()
-    series.SeriesInstanceUID, series.ReferencedSOPSequence = header.series_uid, [reference]
-    evidence = Dataset()
-    evidence.StudyInstanceUID, evidence.ReferencedSeriesSequence = header.study_uid, [series]
-    ds.CurrentRequestedProcedureEvidenceSequence = [evidence]
-    ds.PerformedProcedureCodeSequence = []
-    return _encode(ds)
+    if "ReferencedRequestSequence" in source:
+        return list(deepcopy(source.ReferencedRequestSequence))
+    asked = list(source.get("RequestAttributesSequence", [])) or ([Dataset()] if source.AccessionNumber else [])
+    requests = []
+    for request in asked:
+        item = Dataset()
+        item.StudyInstanceUID = source.StudyInstanceUID
+        item.ReferencedStudySequence = []
+        item.AccessionNumber = request.get("AccessionNumber") or source.AccessionNumber
+        issuer = request.get("IssuerOfAccessionNumberSequence") or source.get("IssuerOfAccessionNumberSequence")
+        if issuer:  # Type 3: absent rather than empty
+            item.IssuerOfAccessionNumberSequence = deepcopy(issuer)
+        item.PlacerOrderNumberImagingServiceRequest = request.get("PlacerOrderNumberImagingServiceRequest", "")
+        item.FillerOrderNumberImagingServiceRequest = request.get("FillerOrderNumberImagingServiceRequest", "")
+        item.RequestedProcedureID = request.get("RequestedProcedureID", "")
+        item.RequestedProcedureDescription = request.get("RequestedProcedureDescription", "")
+        item.RequestedProcedureCodeSequence = deepcopy(request.get("RequestedProcedureCodeSequence") or [])
+        requests.append(item)
+    return requests or None
 
 
-def heatmap_capture(header: ImageHeader, preview: NDArray[np.uint8], heatmap: NDArray[np.float32], label: str) -> bytes:
-    """A Secondary Capture of the image (its preview) with the heatmap laid over it in red."""
-    from pydicom.pixels.utils import set_pixel_data
-
-    rgb = heatmap_overlay(preview, heatmap)
-    ds = _base(header, SECONDARY_CAPTURE, "OT", 902)
-    ds.ConversionType, ds.ImageComments = "WSD", f"Heatmap of {label}; not for clinical use"
-    set_pixel_data(ds, rgb, "RGB", 8)
-    return _encode(ds)
+def _dated(ds: Dataset, origin: Origin) -> None:
+    """Content Date/Time: the result's time, in the zone the object says (the source's Timezone Offset From UTC
+    where it gives one, else this box's), which also holds for the study's dates copied from the source."""
+    offset = _OFFSET.fullmatch(str(origin.source.get("TimezoneOffsetFromUTC", "")).strip())
+    zone: dt.tzinfo
+    if offset:
+        sign = -1 if offset[1] == "-" else 1
+        zone = dt.timezone(sign * dt.timedelta(hours=int(offset[2]), minutes=int(offset[3])))
+    else:
+        zone = dt.datetime.now().astimezone().tzinfo or dt.timezone.utc
+    when = origin.made_at.astimezone(zone)
+    ds.ContentDate, ds.ContentTime = when.strftime("%Y%m%d"), when.strftime("%H%M%S.%f")
+    ds.TimezoneOffsetFromUTC = when.strftime("%z")
 
 
 def _where(model: Mapping[str, str]) -> str:

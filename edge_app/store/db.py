@@ -604,6 +604,28 @@ class Store:
             ).fetchone()
         return self.read_file(row[0]) if row is not None and row[0] is not None else None
 
+    def result_ordinal(self, result_id: int) -> int:
+        """Where a diagnosed result stands among its study's diagnosed results, from 1 (the series its DICOM
+        documents take); 0 where there is no such result."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM results JOIN images ON images.id = results.image_id WHERE results.status = 'ok' "
+                "AND results.id <= ? AND images.study_id = (SELECT images.study_id FROM results JOIN images "
+                "ON images.id = results.image_id WHERE results.id = ?)",
+                (result_id, result_id),
+            ).fetchone()
+        return int(row[0])
+
+    def patient_of_image(self, image_id: int) -> str:
+        """The patient ID of an image's study, as the store holds it (given with a PNG, read from a DICOM)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT studies.patient_id FROM images JOIN studies ON studies.id = images.study_id "
+                "WHERE images.id = ?",
+                (image_id,),
+            ).fetchone()
+        return str(row[0] or "") if row is not None else ""
+
     def study_of_result(self, result_id: int) -> str | None:
         """The UID of the study a result is of (None where there is no such result)."""
         with self._lock:

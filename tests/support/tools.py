@@ -43,3 +43,13 @@ def dcmtk(name: str) -> str:
     if found is None:
         pytest.skip(f"dcmtk's {name} is not installed (apt-get install dcmtk)")
     return found
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The `Error -` lines dicom3tools' dciodvfy writes of a DICOM file (its IOD checked); skips the test where
+    dicom3tools is not installed (apt-get install dicom3tools)."""
+    found = shutil.which("dciodvfy")
+    if found is None:
+        pytest.skip("dicom3tools' dciodvfy is not installed (apt-get install dicom3tools)")
+    checked = subprocess.run([found, str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in checked.stderr.splitlines() if line.startswith("Error -")]
