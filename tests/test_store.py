@@ -414,14 +414,14 @@ def test_an_output_taken_by_a_sender_is_held_from_the_others(tmp_path: Path) -> 
     store = Store(tmp_path)
     added = _add(store, b"image", _header())
     store.enqueue_outputs(added.image_id, [("pacs", "sr", "c" * 64)])
-    item = store.due_output(hold_s=60)
-    assert item is not None and (item.destination, item.kind) == ("pacs", "sr")
-    assert store.due_output(hold_s=60) is None, "held for the sender that has it"
+    (item,) = store.due_outputs(hold_s=60)
+    assert (item.destination, item.kind) == ("pacs", "sr")
+    assert store.due_outputs(hold_s=60) == [], "held for the sender that has it"
     store.output_done(item, "refused", retry_at=0.0)
-    again = store.due_output(hold_s=60)
-    assert again is not None and again.id == item.id and again.attempts == 1
+    (again,) = store.due_outputs(hold_s=60)
+    assert again.id == item.id and again.attempts == 1
     store.output_done(again, None, None)
-    assert store.due_output(hold_s=60) is None
+    assert store.due_outputs(hold_s=60) == []
     assert [o["state"] for o in store.outputs(added.image_id)] == ["sent"]
     store.close()
 
@@ -533,7 +533,7 @@ def test_records_handed_out_are_frozen(tmp_path: Path) -> None:
     result = ModelResult("ok", MODEL, "b" * 64)
     job = store.claim_job(lease_s=60, max_attempts=3)
     store.enqueue_outputs(added.image_id, [("pacs", "sr", "c" * 64)])
-    item = store.due_output(hold_s=60)
+    (item,) = store.due_outputs(hold_s=60)
     records = (
         (added, "status"),
         (result, "status"),
@@ -674,10 +674,10 @@ def test_an_output_held_by_a_sender_that_died_is_due_again_after_the_hold(tmp_pa
     store = Store(tmp_path)
     added = _add(store, b"image", _header())
     store.enqueue_outputs(added.image_id, [("pacs", "sr", "c" * 64)])
-    assert store.due_output(hold_s=0.3) is not None
-    assert store.due_output(hold_s=0.3) is None, "held for 0.3 s"
+    assert store.due_outputs(hold_s=0.3)
+    assert not store.due_outputs(hold_s=0.3), "held for 0.3 s"
     time.sleep(0.4)
-    assert store.due_output(hold_s=0.3) is not None, "its sender never answered: another takes it"
+    assert store.due_outputs(hold_s=0.3), "its sender never answered: another takes it"
     store.close()
 
 

@@ -1,5 +1,5 @@
 """The store: the only database writer (SQLite) and the content-addressed file store."""
 
-from edge_app.store.db import Added, ImageStatus, Job, ModelResult, OutboxItem, Outcome, Store
+from edge_app.store.db import Added, Backlog, ImageStatus, Job, ModelResult, OutboxItem, Outcome, Store
 
-__all__ = ["Added", "ImageStatus", "Job", "ModelResult", "OutboxItem", "Outcome", "Store"]
+__all__ = ["Added", "Backlog", "ImageStatus", "Job", "ModelResult", "OutboxItem", "Outcome", "Store"]
