@@ -179,6 +179,15 @@ class Service:
             self.ingest.on_queued()
         return model
 
+    def retry_outputs(self, actor: str, destination: str | None = None) -> int:
+        """Queue again the results given up for the configured destinations (or one of them; audited); the
+        sender, here or in the worker's process, takes them (at once here, within its idle wait there)."""
+        destinations = [str(d) for d in self.settings.outputs.destinations]
+        count = self.store.retry_outputs(destinations, actor, destination)
+        if self.sender is not None:
+            self.sender.wake()
+        return count
+
     def worker_running(self) -> bool:
         """Whether an inference worker serves this data directory: this process's, or the one holding the
         worker's lock (a worker.json left by one that stopped says nothing)."""

@@ -113,19 +113,24 @@ def echo(destination: Destination, settings: OutputSettings) -> str | None:
 
 
 def backlog_problem(backlog: list[Backlog], settings: OutputSettings, now: float) -> str | None:
-    """Why the outbox needs someone (items given up, too many waiting, or waiting too long), or None."""
+    """Why the outbox needs someone (items given up, too many waiting, or waiting too long), or None. Each
+    destination named by its AE title alone: /api/v1/health, which says it, is open to anyone on the network."""
     problems = []
     for b in backlog:
         if b.failed:
-            problems.append(f"{b.failed} result(s) for {b.destination} given up ({b.last_error}): re-send them")
+            problems.append(f"{b.failed} result(s) for {ae_title(b)} given up ({b.last_error}): re-send them")
     waiting = sum(b.waiting for b in backlog)
     if waiting > settings.backlog_count:
         problems.append(f"{waiting} results waiting to be sent (more than {settings.backlog_count})")
     for b in backlog:
         age = now - b.oldest_at
         if b.waiting and age > settings.backlog_age_s:
-            problems.append(f"a result for {b.destination} waiting for {age / 60:.0f} min ({b.last_error})")
+            problems.append(f"a result for {ae_title(b)} has waited {age / 60:.0f} min ({b.last_error})")
     return "; ".join(problems) or None
+
+
+def ae_title(backlog: Backlog) -> str:
+    return backlog.destination.split("@", 1)[0]  # str(Destination): AE@host:port
 
 
 @dataclass
@@ -163,23 +168,22 @@ class Peer:
         if self.assoc.is_established:
             return None
         elapsed = time.monotonic() - self._started
-        where = f"{d.host}:{d.port}"
         if not self._connected:
             if elapsed >= s.connect_timeout_s * 0.9:
-                return f"timed out: {where} did not take the connection within {s.connect_timeout_s:g} s"
-            return f"connection refused: nothing listens at {where} (or a firewall refuses)"
+                return f"timed out: no connection within {s.connect_timeout_s:g} s (host down, or a firewall drops it)"
+            return "connection refused: nothing listens at that address and port (or a firewall refuses)"
         if self.assoc.is_rejected:
             rejection = self.assoc.acceptor.primitive
             if (rejection.result_source, rejection.diagnostic) == (1, 7):
-                return f"called AE title rejected: {where} is not {d.ae_title} (check the destination's AE title)"
+                return f"called AE title rejected: the peer there is not {d.ae_title} (check the destination)"
             if (rejection.result_source, rejection.diagnostic) == (1, 3):
-                return f"association rejected: {where} does not know our AE title {s.calling_ae_title}"
+                return f"association rejected: the peer does not know our AE title {s.calling_ae_title}"
             return f"association rejected: {rejection.reason_str}"
         if self._answered:
-            return f"association aborted by {where}"
+            return "association aborted by the peer"
         if elapsed >= s.answer_timeout_s * 0.9:
-            return f"not answered: {where} took the connection but did not answer within {s.answer_timeout_s:g} s"
-        return f"not a DICOM peer: {where} closed the connection or answered something other than DICOM"
+            return f"not answered: the connection was taken, no answer came within {s.answer_timeout_s:g} s"
+        return "not a DICOM peer: it closed the connection or answered something other than DICOM"
 
     def _on_open(self, event: Any) -> None:
         # Small PDUs (an SR is a few KB) must not wait for a delayed ACK: ~40 ms each with Nagle's algorithm on.
