@@ -105,3 +105,12 @@ class Orthanc:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+def toml_destinations(destinations: dict[str, int]) -> str:
+    """{AE title: port} on 127.0.0.1 as the value of EDGE_APP_OUTPUTS_DESTINATIONS (TOML)."""
+    return (
+        "["
+        + ", ".join(f'{{ ae_title = "{ae}", host = "127.0.0.1", port = {port} }}' for ae, port in destinations.items())
+        + "]"
+    )
