@@ -30,9 +30,15 @@ class Orthanc:
     all on 127.0.0.1. It checks the AE title it is called by (`ae_title`). Orthanc 1.10 has no bind-address
     option: it listens on every interface, and the tests only talk to it on 127.0.0.1."""
 
-    def __init__(self, work: Path, ae_title: str = "ORTHANC", modalities: dict[str, tuple[str, int]] | None = None):
+    def __init__(
+        self,
+        work: Path,
+        ae_title: str = "ORTHANC",
+        modalities: dict[str, tuple[str, int]] | None = None,
+        dicom_port: int | None = None,
+    ):
         self.ae_title = ae_title
-        self.http_port, self.dicom_port = free_port(), free_port()
+        self.http_port, self.dicom_port = free_port(), dicom_port or free_port()
         work.mkdir(parents=True, exist_ok=True)
         config = {
             "Name": ae_title,
