@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ def test_durability_settings(tmp_path: Path) -> None:
     store = Store(tmp_path)
     assert store.pragma("journal_mode") == "wal"
     assert store.pragma("synchronous") == 2  # FULL
-    assert store.pragma("user_version") == 9
+    assert store.pragma("user_version") == 10
     store.close()
 
 
@@ -201,7 +202,7 @@ def test_a_version_1_database_is_taken_forward(tmp_path: Path) -> None:
     db.close()
 
     store = Store(tmp_path)
-    assert store.pragma("user_version") == 9
+    assert store.pragma("user_version") == 10
     study = store.get_study("abc")
     assert study["patient_id"] == "P9"
     a, b, c = study["images"]
@@ -230,7 +231,7 @@ def test_a_version_7_result_s_heatmap_becomes_its_first_of_many(tmp_path: Path) 
     )
     db.close()
     store = Store(tmp_path)
-    assert store.pragma("user_version") == 9
+    assert store.pragma("user_version") == 10
     first, second = store.get_study("1.2")["images"][0]["results"]
     assert first["heatmaps"] == [{"label": "Effusion", "sha256": "e" * 64}] and second["heatmaps"] == []
     columns = [r[1] for r in store.query("PRAGMA table_info(results)")]
@@ -253,7 +254,7 @@ def test_a_version_8_audit_log_is_sealed_in_its_order_and_stays_append_only(tmp_
     db.executemany("INSERT INTO audit (id, at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?, ?)", rows)
     db.close()
     store = Store(tmp_path)
-    assert store.pragma("user_version") == 9
+    assert store.pragma("user_version") == 10
     first = seal(GENESIS, rows[0])
     assert [e["hash"] for e in reversed(store.audit_trail())] == [first, seal(first, rows[1])]
     store.audit("dr", "report.export", "1.2")
@@ -699,4 +700,56 @@ def test_studies_are_read_with_one_query_per_level(tmp_path: Path) -> None:
         for k in range(2):
             _add(store, f"image {n} {k}".encode(), _header(study=f"1.{n}", series=f"1.{n}.1", sop=f"1.{n}.1.{k}"))
     assert queries(1) == queries(30) <= 6
+    store.close()
+
+
+def test_each_destination_takes_its_own_due_items_and_a_batch_of_them(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    added = _add(store, b"image", _header())
+    store.enqueue_outputs(added.image_id, [("a", "sr", "1" * 64), ("b", "sr", "2" * 64), ("a", "sc", "3" * 64)])
+    assert [i.kind for i in store.due_outputs(60, "a", limit=5)] == ["sr", "sc"]
+    (b,) = store.due_outputs(60, "b", limit=5)
+    assert b.destination == "b" and store.due_outputs(60, limit=5) == []
+    store.output_done(b, "refused", retry_at=time.time() + 3600)
+    assert store.release_outputs() == 3, "at start: held or waiting, all due at once"
+    assert len(store.due_outputs(60, limit=5)) == 3
+    store.close()
+
+
+def test_items_given_up_are_in_the_backlog_until_queued_again(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    added = _add(store, b"image", _header())
+    before = time.time()
+    store.enqueue_outputs(added.image_id, [("a", "sr", "1" * 64), ("a", "sc", "2" * 64), ("gone", "sr", "3" * 64)])
+    assert store.give_up_outputs(["a"], "no longer a configured destination") == 1
+    first, second = store.due_outputs(60, "a", limit=2)
+    store.output_done(first, "connection refused", None)
+    store.output_done(second, "not answered", time.time() + 60)
+    a, gone = store.backlog()
+    assert (a.destination, a.waiting, a.failed, a.last_error) == ("a", 1, 1, "not answered")
+    assert before <= a.oldest_at <= time.time()
+    assert (gone.waiting, gone.failed, gone.last_error) == (0, 1, "no longer a configured destination")
+    assert store.retry_outputs(["a"], "tester") == 1, "only the configured destinations"
+    assert store.retry_outputs(["a"], "tester", "other") == 0
+    assert store.backlog()[0].failed == 0 and store.due_outputs(60, "a")[0].attempts == 0
+    assert store.audit_trail(1)[0]["action"] == "outbox.retry"
+    store.close()
+
+
+def test_a_version_9_outbox_item_keeps_when_it_was_queued(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "edge-app.sqlite3", isolation_level=None)
+    for version, step in enumerate(MIGRATIONS[:9]):
+        db.execute("BEGIN")
+        step(db, "t")
+        db.execute(f"PRAGMA user_version = {version + 1}")
+        db.execute("COMMIT")
+    db.execute("INSERT INTO studies (uid, created_at, source) VALUES ('1.2', 't', 'test')")
+    db.execute("INSERT INTO images (study_id, created_at, filename, sha256, size) VALUES (1, 't', 'a', 'ab', 1)")
+    db.execute(
+        "INSERT INTO outbox (image_id, destination, kind, sha256, state, updated_at) "
+        "VALUES (1, 'a', 'sr', 'cd', 'queued', '2026-01-02T03:04:05.500+00:00')"
+    )
+    db.close()
+    store = Store(tmp_path)
+    assert store.backlog()[0].oldest_at == pytest.approx(1767323045.5, abs=1e-3)
     store.close()
