@@ -25,7 +25,7 @@ from edge_app.web import create_app
 from support.dicom import dicom_bytes, dicom_file
 from support.orthanc import Orthanc, toml_destinations
 from support.processes import free_port
-from support.web import token_headers
+from support.web import AuthActions, token_headers
 
 pytestmark = pytest.mark.integration
 
@@ -251,3 +251,24 @@ def test_health_is_degraded_while_results_wait_too_long(
     health = client.get("/api/v1/health").get_json()
     assert "a result for PACS has waited" in health["problem"] and "connection refused" in health["problem"]
     assert health["outbox"][0]["waiting"] == 2 and health["outbox"][0]["oldest_age_s"] >= 1.0
+
+
+def test_the_devices_page_shows_the_backlog_and_an_administrator_sends_again(
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
+) -> None:
+    svc = service(_settings(tmp_path, [("PACS", free_port())], max_attempts=1))
+    app = create_app(svc)
+    _post(api_client(app), _image())
+    _until(lambda: sum(b.failed for b in svc.store.backlog()) == 2)
+    auth = AuthActions(app, app.test_client())
+    auth.login("admin")
+    page = auth.client.get("/devices").get_data(as_text=True)
+    assert "PACS@127.0.0.1:" in page and "connection refused" in page and "Send again" in page
+    destination = str(svc.settings.outputs.destinations[0])
+    auth.client.post("/devices/outbox/retry", data={"destination": destination})
+    assert sum(b.failed for b in svc.store.backlog()) == 2, "no CSRF token: nothing queued again"
+    token = auth.csrf("/devices")
+    answer = auth.client.post("/devices/outbox/retry", data={"csrf_token": token, "destination": destination})
+    assert answer.status_code == 302
+    (entry,) = svc.store.audit_trail(1)
+    assert (entry["actor"], entry["subject"], entry["detail"]) == ("admin", destination, "2 item(s) queued again")
