@@ -450,7 +450,22 @@ class OutputSettings(_Section):
     retry_s: float = Field(
         30.0, gt=0, le=86400, strict=True, description="first wait after a failed send; doubles up to 32x"
     )
-    max_attempts: StrictInt = Field(20, ge=1, le=1000, description="then the item is kept as failed, with the reason")
+    max_attempts: StrictInt = Field(
+        20, ge=1, le=1000, description="then the item is kept as failed, with the reason, until someone re-sends it"
+    )
+    connect_timeout_s: float = Field(
+        3.0, gt=0, le=600, strict=True, description="a destination that does not take the connection in this long fails"
+    )
+    answer_timeout_s: float = Field(
+        10.0, gt=0, le=3600, strict=True, description="... and one silent this long in an association (each answer)"
+    )
+    per_association: StrictInt = Field(
+        50, ge=1, le=10000, description="at most this many objects sent in one association to a destination"
+    )
+    backlog_age_s: float = Field(
+        900.0, gt=0, strict=True, description="/api/v1/health says degraded when an item waits longer than this"
+    )
+    backlog_count: StrictInt = Field(200, ge=1, description="... or when more items than this wait")
 
 
 class Settings(_Section):

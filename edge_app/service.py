@@ -128,6 +128,8 @@ class Service:
         if self.worker is not None:
             self.store.release_leases()  # this process is the only worker on its data directory (its lock)
             queued = self.store.queued()
+        if self.sender is not None:
+            self.store.release_outputs()  # the only sender of this data directory (the worker's lock)
             self.lifecycle.say_what_runs()
         if removed or queued:
             log.info("at start: %d stray file(s) removed, %d image(s) waiting for a result", removed, queued)
@@ -181,6 +183,15 @@ class Service:
         if self.ingest.on_queued is not None:
             self.ingest.on_queued()
         return model
+
+    def retry_outputs(self, actor: str, destination: str | None = None) -> int:
+        """Queue again the results given up for the configured destinations (or one of them; audited); the
+        sender, here or in the worker's process, takes them (at once here, within its idle wait there)."""
+        destinations = [str(d) for d in self.settings.outputs.destinations]
+        count = self.store.retry_outputs(destinations, actor, destination)
+        if self.sender is not None:
+            self.sender.wake()
+        return count
 
     def worker_running(self) -> bool:
         """Whether an inference worker serves this data directory: this process's, or the one holding the

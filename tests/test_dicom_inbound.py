@@ -23,6 +23,7 @@ from pynetdicom import AE
 from edge_app.imaging.uids import new_output_uid
 from support import processes
 from support.dicom import dicom_file
+from support.orthanc import Orthanc
 from support.tools import EDGE_APP, dcmtk
 from support.web import token_headers
 
@@ -230,51 +231,15 @@ def test_the_box_own_outputs_coming_back_are_kept_as_its_own_never_diagnosed(box
         assert kept["reason"] == f"made by this appliance ({ds.SOPClassUID.name}): {KEPT}"
 
 
-ORTHANC = Path("/usr/sbin/Orthanc")
-
-
 @pytest.fixture
-def orthanc(box: Box, tmp_path: Path) -> Iterator[str]:
-    """A real Orthanc (Debian's) on 127.0.0.1 with its own storage, the box declared as the modality `edgeapp`;
-    yields its REST base URL. Minimal and local to this module (tests/support/orthanc.py is being written apart)."""
-    if not ORTHANC.exists():
-        pytest.skip("Orthanc is not installed (apt-get install orthanc)")
-    http, dicom = processes.free_port(), processes.free_port()
-    config = {
-        "Name": "test",
-        "StorageDirectory": str(tmp_path / "storage"),
-        "IndexDirectory": str(tmp_path / "storage"),
-        "HttpPort": http,
-        "DicomPort": dicom,
-        "DicomAet": "ORTHANC",
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "DicomModalities": {"edgeapp": ["EDGEAPP", "127.0.0.1", box.dicom_port]},
-    }
-    (tmp_path / "orthanc.json").write_text(json.dumps(config))
-    proc = subprocess.Popen(
-        [str(ORTHANC), str(tmp_path / "orthanc.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{http}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/system", timeout=2).close()
-            break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "Orthanc did not start"
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+def orthanc(box: Box, tmp_path: Path) -> Iterator[Orthanc]:
+    """A real Orthanc (Debian's) on 127.0.0.1 with its own storage, the box declared as the modality `edgeapp`."""
+    pacs = Orthanc(tmp_path / "orthanc", modalities={"edgeapp": ("EDGEAPP", box.dicom_port)})
+    yield pacs
+    pacs.stop()
 
 
-def _post(url: str, body: bytes) -> Any:
-    with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=60) as answer:
-        return json.load(answer)
-
-
-def test_orthanc_re_sending_a_study_that_holds_our_sr_succeeds(box: Box, orthanc: str) -> None:
+def test_orthanc_re_sending_a_study_that_holds_our_sr_succeeds(box: Box, orthanc: Orthanc) -> None:
     """Orthanc holds a study: the radiograph, the box's SR and heatmap SC, a KOS. It pushes the whole study to the
     box by C-STORE: the push succeeds (Orthanc answered HTTP 500 while the SR class was refused); the image is
     diagnosed, the rest kept with the study, never diagnosed."""
@@ -284,8 +249,7 @@ def test_orthanc_re_sending_a_study_that_holds_our_sr_succeeds(box: Box, orthanc
     _renew(image)
     sc, sr = _ours(image)
     kos = _objects_of_a_study(image)[1]
-    ids = [_post(f"{orthanc}/instances", dicom_bytes(ds))["ID"] for ds in (image, sc, sr, kos)]
-    pushed = _post(f"{orthanc}/modalities/edgeapp/store", json.dumps({"Resources": ids, "Synchronous": True}).encode())
+    pushed = orthanc.push("edgeapp", [orthanc.upload(dicom_bytes(ds)) for ds in (image, sc, sr, kos)])
     assert pushed["FailedInstancesCount"] == 0 and pushed["InstancesCount"] == 4, pushed
     listed = {i["sop_instance_uid"]: i for i in box.settled(image.StudyInstanceUID, 4)}
     assert listed[image.SOPInstanceUID]["status"] == "done"

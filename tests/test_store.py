@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ def test_durability_settings(tmp_path: Path) -> None:
     store = Store(tmp_path)
     assert store.pragma("journal_mode") == "wal"
     assert store.pragma("synchronous") == 2  # FULL
-    assert store.pragma("user_version") == 9
+    assert store.pragma("user_version") == 10
     store.close()
 
 
@@ -202,7 +203,7 @@ def test_a_version_1_database_is_taken_forward(tmp_path: Path) -> None:
     db.close()
 
     store = Store(tmp_path)
-    assert store.pragma("user_version") == 9
+    assert store.pragma("user_version") == 10
     study = store.get_study("abc")
     assert study.patient_id == "P9"
     a, b, c = study.images
@@ -231,7 +232,7 @@ def test_a_version_7_result_s_heatmap_becomes_its_first_of_many(tmp_path: Path) 
     )
     db.close()
     store = Store(tmp_path)
-    assert store.pragma("user_version") == 9
+    assert store.pragma("user_version") == 10
     first, second = store.get_study("1.2").images[0].results
     assert first.json()["heatmaps"] == [{"label": "Effusion", "sha256": "e" * 64}] and second.heatmaps == ()
     columns = [r[1] for r in store.query("PRAGMA table_info(results)")]
@@ -254,7 +255,7 @@ def test_a_version_8_audit_log_is_sealed_in_its_order_and_stays_append_only(tmp_
     db.executemany("INSERT INTO audit (id, at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?, ?)", rows)
     db.close()
     store = Store(tmp_path)
-    assert store.pragma("user_version") == 9
+    assert store.pragma("user_version") == 10
     first = seal(GENESIS, rows[0])
     assert [e["hash"] for e in reversed(store.audit_trail())] == [first, seal(first, rows[1])]
     store.audit("dr", "report.export", "1.2")
@@ -415,14 +416,14 @@ def test_an_output_taken_by_a_sender_is_held_from_the_others(tmp_path: Path) -> 
     store = Store(tmp_path)
     added = _add(store, b"image", _header())
     store.enqueue_outputs(added.image_id, [("pacs", "sr", "c" * 64)])
-    item = store.due_output(hold_s=60)
-    assert item is not None and (item.destination, item.kind) == ("pacs", "sr")
-    assert store.due_output(hold_s=60) is None, "held for the sender that has it"
+    (item,) = store.due_outputs(hold_s=60)
+    assert (item.destination, item.kind) == ("pacs", "sr")
+    assert store.due_outputs(hold_s=60) == [], "held for the sender that has it"
     store.output_done(item, "refused", retry_at=0.0)
-    again = store.due_output(hold_s=60)
-    assert again is not None and again.id == item.id and again.attempts == 1
+    (again,) = store.due_outputs(hold_s=60)
+    assert again.id == item.id and again.attempts == 1
     store.output_done(again, None, None)
-    assert store.due_output(hold_s=60) is None
+    assert store.due_outputs(hold_s=60) == []
     assert [o.state for o in store.outputs(added.image_id)] == ["sent"]
     store.close()
 
@@ -534,7 +535,7 @@ def test_records_handed_out_are_frozen(tmp_path: Path) -> None:
     result = ModelResult("ok", MODEL, "b" * 64)
     job = store.claim_job(lease_s=60, max_attempts=3)
     store.enqueue_outputs(added.image_id, [("pacs", "sr", "c" * 64)])
-    item = store.due_output(hold_s=60)
+    (item,) = store.due_outputs(hold_s=60)
     records = (
         (added, "status"),
         (result, "status"),
@@ -675,10 +676,10 @@ def test_an_output_held_by_a_sender_that_died_is_due_again_after_the_hold(tmp_pa
     store = Store(tmp_path)
     added = _add(store, b"image", _header())
     store.enqueue_outputs(added.image_id, [("pacs", "sr", "c" * 64)])
-    assert store.due_output(hold_s=0.3) is not None
-    assert store.due_output(hold_s=0.3) is None, "held for 0.3 s"
+    assert store.due_outputs(hold_s=0.3)
+    assert not store.due_outputs(hold_s=0.3), "held for 0.3 s"
     time.sleep(0.4)
-    assert store.due_output(hold_s=0.3) is not None, "its sender never answered: another takes it"
+    assert store.due_outputs(hold_s=0.3), "its sender never answered: another takes it"
     store.close()
 
 
@@ -700,4 +701,56 @@ def test_studies_are_read_with_one_query_per_level(tmp_path: Path) -> None:
         for k in range(2):
             _add(store, f"image {n} {k}".encode(), _header(study=f"1.{n}", series=f"1.{n}.1", sop=f"1.{n}.1.{k}"))
     assert queries(1) == queries(30) <= 6
+    store.close()
+
+
+def test_each_destination_takes_its_own_due_items_and_a_batch_of_them(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    added = _add(store, b"image", _header())
+    store.enqueue_outputs(added.image_id, [("a", "sr", "1" * 64), ("b", "sr", "2" * 64), ("a", "sc", "3" * 64)])
+    assert [i.kind for i in store.due_outputs(60, "a", limit=5)] == ["sr", "sc"]
+    (b,) = store.due_outputs(60, "b", limit=5)
+    assert b.destination == "b" and store.due_outputs(60, limit=5) == []
+    store.output_done(b, "refused", retry_at=time.time() + 3600)
+    assert store.release_outputs() == 3, "at start: held or waiting, all due at once"
+    assert len(store.due_outputs(60, limit=5)) == 3
+    store.close()
+
+
+def test_items_given_up_are_in_the_backlog_until_queued_again(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    added = _add(store, b"image", _header())
+    before = time.time()
+    store.enqueue_outputs(added.image_id, [("a", "sr", "1" * 64), ("a", "sc", "2" * 64), ("gone", "sr", "3" * 64)])
+    assert store.give_up_outputs(["a"], "no longer a configured destination") == 1
+    first, second = store.due_outputs(60, "a", limit=2)
+    store.output_done(first, "connection refused", None)
+    store.output_done(second, "not answered", time.time() + 60)
+    a, gone = store.backlog()
+    assert (a.destination, a.waiting, a.failed, a.last_error) == ("a", 1, 1, "not answered")
+    assert before <= a.oldest_at <= time.time()
+    assert (gone.waiting, gone.failed, gone.last_error) == (0, 1, "no longer a configured destination")
+    assert store.retry_outputs(["a"], "tester") == 1, "only the configured destinations"
+    assert store.retry_outputs(["a"], "tester", "other") == 0
+    assert store.backlog()[0].failed == 0 and store.due_outputs(60, "a")[0].attempts == 0
+    assert store.audit_trail(1)[0]["action"] == "outbox.retry"
+    store.close()
+
+
+def test_a_version_9_outbox_item_keeps_when_it_was_queued(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "edge-app.sqlite3", isolation_level=None)
+    for version, step in enumerate(MIGRATIONS[:9]):
+        db.execute("BEGIN")
+        step(db, "t")
+        db.execute(f"PRAGMA user_version = {version + 1}")
+        db.execute("COMMIT")
+    db.execute("INSERT INTO studies (uid, created_at, source) VALUES ('1.2', 't', 'test')")
+    db.execute("INSERT INTO images (study_id, created_at, filename, sha256, size) VALUES (1, 't', 'a', 'ab', 1)")
+    db.execute(
+        "INSERT INTO outbox (image_id, destination, kind, sha256, state, updated_at) "
+        "VALUES (1, 'a', 'sr', 'cd', 'queued', '2026-01-02T03:04:05.500+00:00')"
+    )
+    db.close()
+    store = Store(tmp_path)
+    assert store.backlog()[0].oldest_at == pytest.approx(1767323045.5, abs=1e-3)
     store.close()

@@ -57,7 +57,7 @@ def run(command: str, args: argparse.Namespace, settings: Settings) -> int:
         return 0
     store = Store(settings.storage.data_dir)
     try:
-        actor = f"cli:{_login_name()}"
+        actor = f"cli:{login_name()}"
         if command == "user":
             return _user(Accounts(store), store, actor, args, settings)
         return _token(Accounts(store), store, actor, args)
@@ -107,7 +107,7 @@ def _password(from_stdin: bool) -> str:
     return first
 
 
-def _login_name() -> str:
+def login_name() -> str:
     try:
         return os.getlogin()
     except OSError:  # no controlling terminal (a script, systemd)

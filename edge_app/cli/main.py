@@ -61,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--deidentify", action="store_true", help="DICOM PS3.15 Annex E basic profile; pseudonyms")
     p.add_argument("--since", type=dt.date.fromisoformat, help="only studies received on or after YYYY-MM-DD")
 
+    p = sub.add_parser("outbox", help="results on their way to DICOM destinations")
+    p.add_argument("action", choices=["retry"], help="retry: queue again the results given up")
+    p.add_argument("--destination", help="only this one, AE@host:port as configured (default: all)")
+
     p = sub.add_parser("bench", help="latency of decode, preprocess and inference on real images")
     p.add_argument("files", nargs="+", type=Path, help="image files or folders")
     p.add_argument("--bundle", type=Path, help="model bundle (default: the configured one)")
@@ -102,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(f"export written to {export(settings, args.dir, deidentify=args.deidentify, since=args.since)}")
             return 0
+        if args.command == "outbox":
+            return _outbox_retry(settings, args.destination)
         return _bench(settings, args.files, args.bundle, args.limit, args.warmup)
     except UserError as exc:
         print(f"edge-app: {exc}", file=sys.stderr)
@@ -262,6 +268,24 @@ def _check(settings: Settings) -> int:
     failed = sum(c.level == "FAIL" for c in checks)
     print(f"{len(checks)} checks, {failed} failed")
     return 1 if failed else 0
+
+
+def _outbox_retry(settings: Settings, destination: str | None) -> int:
+    """Queue again what was given up (audited as the shell's user); the running sender takes it."""
+    from edge_app.store import Store
+
+    configured = [str(d) for d in settings.outputs.destinations]
+    if destination is not None and destination not in configured:
+        raise UserError(f"{destination} is not a configured destination ({', '.join(configured) or 'none'})")
+    store = Store(settings.storage.data_dir)
+    try:
+        count = store.retry_outputs(configured, f"cli:{cli_accounts.login_name()}", destination)
+        print(f"{count} result(s) queued again for {destination or 'every configured destination'}")
+        for b in store.backlog():
+            print(f"{b.destination}: {b.waiting} waiting, {b.failed} given up; last error: {b.last_error or '-'}")
+    finally:
+        store.close()
+    return 0
 
 
 def _bench(settings: Settings, paths: Sequence[Path], bundle_path: Path | None, limit: int, warmup: int) -> int:

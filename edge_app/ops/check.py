@@ -31,7 +31,14 @@ class Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    return [*_storage(settings), *_access(settings), *_models(settings), *_ports(settings), *_capture(settings)]
+    return [
+        *_storage(settings),
+        *_access(settings),
+        *_models(settings),
+        *_ports(settings),
+        *_capture(settings),
+        *_destinations(settings),
+    ]
 
 
 def _access(settings: Settings) -> Iterator[Check]:
@@ -188,6 +195,15 @@ def _dicom_access(settings: Settings) -> Check:
             "and allowed_ae_titles to the modalities', or tls_cert/tls_key/tls_ca",
         )
     return Check("ok", "DICOM access", f"{dicom.host}:{dicom.port}, limited by {', '.join(guards)}")
+
+
+def _destinations(settings: Settings) -> Iterator[Check]:
+    """A C-ECHO to each destination, as the sender would associate (its AE titles, its timeouts)."""
+    from edge_app.outputs.sender import echo
+
+    for destination in settings.outputs.destinations:
+        error = echo(destination, settings.outputs)
+        yield Check("FAIL" if error else "ok", f"destination {destination}", error or "answers C-ECHO")
 
 
 def _serial(profile_path: Path) -> Check:

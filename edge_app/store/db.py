@@ -100,6 +100,17 @@ class OutboxItem:
 
 
 @dataclass(frozen=True)
+class Backlog:
+    """One destination's unsent items: waiting (queued) and given up (failed)."""
+
+    destination: str
+    waiting: int
+    failed: int
+    oldest_at: float  # when the oldest of them was queued (seconds since the epoch)
+    last_error: str | None  # why the latest attempt failed
+
+
+@dataclass(frozen=True)
 class ModelResult:
     """One model's answer for one image."""
 
@@ -462,23 +473,25 @@ class Store:
         now = _now()
         with self._lock:
             self._db.executemany(
-                "INSERT INTO outbox (image_id, destination, kind, sha256, state, updated_at) "
-                "VALUES (?, ?, ?, ?, 'queued', ?)",
-                [(image_id, destination, kind, digest, now) for destination, kind, digest in items],
+                "INSERT INTO outbox (image_id, destination, kind, sha256, state, updated_at, queued_at) "
+                "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
+                [(image_id, destination, kind, digest, now, time.time()) for destination, kind, digest in items],
             )
 
-    def due_output(self, hold_s: float) -> OutboxItem | None:
-        """The oldest queued item whose time has come, held for `hold_s` (so that no other sender takes it)."""
+    def due_outputs(self, hold_s: float, destination: str | None = None, limit: int = 1) -> list[OutboxItem]:
+        """The oldest queued items whose time has come (of one destination, or of any), at most `limit`, held for
+        `hold_s` (so that no other sender takes them)."""
         now = time.time()
+        where = "state = 'queued' AND next_try <= ?" + (" AND destination = ?" if destination is not None else "")
+        params = (now, destination) if destination is not None else (now,)
         with self.transaction() as db:
-            row = db.execute(
-                "SELECT id, image_id, destination, kind, sha256, attempts FROM outbox "
-                "WHERE state = 'queued' AND next_try <= ? ORDER BY id LIMIT 1",
-                (now,),
-            ).fetchone()
-            if row is not None:
-                db.execute("UPDATE outbox SET next_try = ? WHERE id = ?", (now + hold_s, row[0]))
-        return OutboxItem(*row) if row is not None else None
+            rows = db.execute(
+                f"SELECT id, image_id, destination, kind, sha256, attempts FROM outbox WHERE {where} "
+                "ORDER BY id LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+            db.executemany("UPDATE outbox SET next_try = ? WHERE id = ?", [(now + hold_s, row[0]) for row in rows])
+        return [OutboxItem(*row) for row in rows]
 
     def output_done(self, item: OutboxItem, error: str | None, retry_at: float | None) -> None:
         """Sent (no error), to be tried again at `retry_at`, or (no `retry_at`) given up."""
@@ -489,6 +502,49 @@ class Store:
                 "WHERE id = ?",
                 (state, retry_at or 0, error, _now(), item.id),
             )
+
+    def release_outputs(self) -> int:
+        """Make every queued item due now: at start, when no sender of this data directory can be alive (what one
+        held, or was waiting to try again, is sent at once)."""
+        with self._lock:
+            return int(self._db.execute("UPDATE outbox SET next_try = 0 WHERE state = 'queued'").rowcount)
+
+    def give_up_outputs(self, destinations: list[str], reason: str) -> int:
+        """Keep as failed, with `reason`, the queued items for any destination not among `destinations`."""
+        with self._lock:
+            return int(
+                self._db.execute(
+                    "UPDATE outbox SET state = 'failed', last_error = ?, updated_at = ? "
+                    f"WHERE state = 'queued' AND destination NOT IN ({', '.join('?' * len(destinations))})",
+                    (reason, _now(), *destinations),
+                ).rowcount
+            )
+
+    def retry_outputs(self, destinations: list[str], actor: str, destination: str | None = None) -> int:
+        """Queue again the items given up (failed) for the configured `destinations` (or one of them), their
+        attempts counted anew; audited; return how many."""
+        wanted = [d for d in destinations if destination is None or d == destination]
+        if not wanted:
+            return 0
+        with self.transaction() as db:
+            count = db.execute(
+                "UPDATE outbox SET state = 'queued', attempts = 0, next_try = 0, updated_at = ? "
+                f"WHERE state = 'failed' AND destination IN ({', '.join('?' * len(wanted))})",
+                (_now(), *wanted),
+            ).rowcount
+        self.audit(actor, "outbox.retry", destination or "all destinations", f"{count} item(s) queued again")
+        return int(count)
+
+    def backlog(self) -> list[Backlog]:
+        """What waits or was given up, per destination (those with nothing unsent are not named)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT destination, sum(state = 'queued'), sum(state = 'failed'), min(queued_at), "
+                "(SELECT last_error FROM outbox AS o WHERE o.destination = outbox.destination AND o.state != 'sent' "
+                "AND o.last_error IS NOT NULL ORDER BY o.updated_at DESC, o.id DESC LIMIT 1) "
+                "FROM outbox WHERE state != 'sent' GROUP BY destination ORDER BY destination"
+            ).fetchall()
+        return [Backlog(r[0], int(r[1]), int(r[2]), float(r[3]), r[4]) for r in rows]
 
     def outputs(self, image_id: int) -> list[Output]:
         with self._lock:

@@ -265,6 +265,14 @@ def _to_v9(db: sqlite3.Connection, now: str) -> None:
     db.execute("CREATE INDEX login_failures_address ON login_failures(address, at)")
 
 
+def _to_v10(db: sqlite3.Connection, now: str) -> None:
+    """Version 10: when each outgoing item was queued (the backlog's age; rows of before: their last change), and
+    an index to take a destination's due items apart from the others'."""
+    db.execute("ALTER TABLE outbox ADD COLUMN queued_at REAL NOT NULL DEFAULT 0")
+    db.execute("UPDATE outbox SET queued_at = coalesce((julianday(updated_at) - 2440587.5) * 86400.0, 0)")
+    db.execute("CREATE INDEX outbox_destination ON outbox(destination, state, next_try)")
+
+
 def _rebuild(db: sqlite3.Connection, table: str, old: str, new: str) -> None:
     """A table made anew with `old` replaced by `new` in its definition (SQLite cannot change a CHECK in place: its
     documented twelve steps, foreign keys off from `migrate`), rows, indexes and ids kept."""
@@ -300,6 +308,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection, str], None]] = [
     _to_v7,
     _to_v8,
     _to_v9,
+    _to_v10,
 ]
 VERSION = len(MIGRATIONS)
 

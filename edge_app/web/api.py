@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +14,7 @@ from flask import Blueprint, Response, jsonify, request
 from edge_app.errors import NotFound
 from edge_app.imaging.encode import jpeg
 from edge_app.ingest import Event
+from edge_app.outputs.sender import ae_title, backlog_problem
 from edge_app.runtime.engines.ensure import engine_status
 from edge_app.web import audit, security, services
 
@@ -31,10 +33,19 @@ def health() -> Any:
     svc = services.get()
     models = svc.lifecycle.in_service()
     first = models[0].info() if models else dict.fromkeys(("name", "version", "precision", "runner", "bundle_sha256"))
-    problem = svc.lifecycle.problem() or (None if models else "no model can be read")
+    backlog = svc.store.backlog()
+    now = time.time()
+    problem = "; ".join(
+        p
+        for p in (
+            svc.lifecycle.problem() or (None if models else "no model can be read"),
+            backlog_problem(backlog, svc.settings.outputs, now),
+        )
+        if p
+    )
     return jsonify(
         status="degraded" if problem else "ok",
-        problem=problem,
+        problem=problem or None,
         runner=first["runner"],
         model=first["name"],
         version=first["version"],
@@ -45,7 +56,33 @@ def health() -> Any:
         # Open to anyone on the Wi-Fi: each source's name and state, not its address, path or credentials.
         sources=[{key: state[key] for key in ("name", "connected")} for state in (s.state() for s in svc.sources)],
         engines=engine_status(svc.settings.engine_cache),
+        # Results not sent yet, per destination (by AE title, as sources are named: no address).
+        outbox=[
+            {
+                "destination": ae_title(b),
+                "waiting": b.waiting,
+                "failed": b.failed,
+                "oldest_age_s": round(now - b.oldest_at, 1),
+                "last_error": b.last_error,
+            }
+            for b in backlog
+        ],
     )
+
+
+@bp.post("/outbox/retry")
+@security.requires("admin")
+def retry_outbox() -> Any:
+    """Queue again the results given up (JSON `{"destination": "AE@host:port"}` for one destination, else all);
+    audited; answers how many."""
+    svc = services.get()
+    body = request.get_json(silent=True) or {}
+    destination = body.get("destination") if isinstance(body, dict) else None
+    if destination is not None and not isinstance(destination, str):
+        return _bad_request("destination: a string, AE@host:port as configured")
+    principal = security.current()
+    count = svc.retry_outputs(principal.name if principal else "api", destination)
+    return jsonify(queued=count)
 
 
 _ANSWERS = {

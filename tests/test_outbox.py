@@ -1,0 +1,274 @@
+"""The outbox against real peers: a real Orthanc, pynetdicom storage SCPs, a socket that takes connections and
+answers nothing, one that answers HTTP. Each destination on its own; errors told apart; `edge-app check` echoes
+every destination; several objects per association; given-up results re-sent through the API."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from pydicom.uid import generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, Verification
+
+from edge_app.config import Settings
+from edge_app.service import Service
+from edge_app.web import create_app
+from support.dicom import dicom_bytes, dicom_file
+from support.orthanc import Orthanc, toml_destinations
+from support.processes import free_port
+from support.web import AuthActions, token_headers
+
+pytestmark = pytest.mark.integration
+
+
+def _until(check: Callable[[], object], timeout: float = 30.0, what: str = "timed out") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+class Pacs:
+    """A pynetdicom storage SCP that keeps what it receives, answers `status`, and counts its associations."""
+
+    def __init__(self, port: int, status: int = 0x0000) -> None:
+        self.received: list[Any] = []
+        self.associations = 0
+        self.status = status
+        ae = AE(ae_title="PACS")
+        for sop_class in (Comprehensive3DSRStorage, SecondaryCaptureImageStorage, Verification):
+            ae.add_supported_context(sop_class)
+        self.server = ae.start_server(
+            ("127.0.0.1", port),
+            block=False,
+            evt_handlers=[(evt.EVT_C_STORE, self._store), (evt.EVT_ESTABLISHED, self._established)],
+        )
+
+    def _established(self, event: Any) -> None:
+        self.associations += 1
+
+    def _store(self, event: Any) -> int:
+        if self.status == 0x0000:
+            self.received.append(event.dataset)
+        return self.status
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    o = Orthanc(tmp_path / "orthanc")
+    yield o
+    o.stop()
+
+
+def _image() -> bytes:
+    """A real CR with UIDs of its own (a new study each time)."""
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return dicom_bytes(ds)
+
+
+def _settings(tmp_path: Path, destinations: list[tuple[str, int]], **outputs: Any) -> Settings:
+    return Settings.model_validate(
+        {
+            "storage": {"data_dir": str(tmp_path / "data")},
+            "model": {"threads": 1},
+            "outputs": {
+                "destinations": [{"ae_title": ae, "host": "127.0.0.1", "port": port} for ae, port in destinations],
+                "retry_s": 0.5,
+                "answer_timeout_s": 2.0,
+                **outputs,
+            },
+        }
+    )
+
+
+def _post(client: FlaskClient, image: bytes) -> None:
+    assert client.post("/api/v1/studies?filename=cr.dcm", data=image).status_code == 201
+
+
+def _web_server(port: int) -> socket.socket:
+    """A TCP server that answers whatever it gets with an HTTP error and hangs up (a web server)."""
+    listener = socket.create_server(("127.0.0.1", port))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener
+
+
+def test_check_echoes_every_destination_and_tells_each_failure_apart(
+    tmp_path: Path, orthanc: Orthanc, cli: Callable[..., Any]
+) -> None:
+    """`edge-app check` C-ECHOes each destination: Orthanc answers; Orthanc called by another AE title, a closed
+    port, a port that takes the connection and says nothing, a web server and a PACS that does not know our AE title
+    each fail in their own words."""
+    hung = socket.create_server(("127.0.0.1", 0))  # the kernel takes connections into its backlog; no one answers
+    web = _web_server(free_port())
+    picky_port = free_port()
+    picky = AE(ae_title="PICKY")
+    picky.add_supported_context(Verification)
+    picky.require_calling_aet = ["MODALITY"]
+    server = picky.start_server(("127.0.0.1", picky_port), block=False)
+    destinations = {
+        "ORTHANC": orthanc.dicom_port,
+        "NOTORTHANC": orthanc.dicom_port,
+        "CLOSED": free_port(),
+        "HUNG": hung.getsockname()[1],
+        "WEB": web.getsockname()[1],
+        "PICKY": picky_port,
+    }
+    try:
+        result = cli(
+            "check",
+            env={
+                "EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "data"),
+                "EDGE_APP_OUTPUTS_DESTINATIONS": toml_destinations(destinations),
+                "EDGE_APP_OUTPUTS_ANSWER_TIMEOUT_S": "1",
+            },
+        )
+    finally:
+        server.shutdown()
+        hung.close()
+        web.close()
+    said = {
+        line.split()[2].split("@")[0]: line
+        for line in result.stdout.splitlines()
+        if line.split()[1:2] == ["destination"]
+    }
+    assert said["ORTHANC"].startswith("ok") and said["ORTHANC"].endswith("answers C-ECHO")
+    expected = {
+        "NOTORTHANC": "called AE title rejected",
+        "CLOSED": "connection refused",
+        "HUNG": "not answered",
+        "WEB": "not a DICOM peer",
+        "PICKY": "association rejected: the peer does not know our AE title EDGEAPP",
+    }
+    for ae, words in expected.items():
+        assert said[ae].startswith("FAIL") and words in said[ae], said[ae]
+    assert result.returncode == 1
+
+
+def test_a_frozen_destination_delays_no_other(
+    tmp_path: Path, orthanc: Orthanc, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
+) -> None:
+    """Orthanc stopped dead (SIGSTOP: it takes connections and answers nothing) while results are made: the other
+    destination gets every one of them meanwhile; Orthanc gets them all once it runs again."""
+    pacs = Pacs(free_port())
+    try:
+        svc = service(_settings(tmp_path, [("ORTHANC", orthanc.dicom_port), ("PACS", pacs.server.server_address[1])]))
+        client = api_client(create_app(svc))
+        orthanc.freeze()
+        for _ in range(4):
+            _post(client, _image())
+        _until(lambda: len(pacs.received) == 8, 20, "the healthy destination waits for the frozen one")
+        assert orthanc.proc.poll() is None
+        orthanc.thaw()
+        _until(lambda: len(orthanc.instances("SR")) == 4, 60, "Orthanc gets them once it runs again")
+    finally:
+        orthanc.thaw()
+        pacs.stop()
+
+
+def test_what_is_due_goes_in_one_association_after_a_restart(
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient]
+) -> None:
+    """Results queued while the destination was away, then a restart: all of them go in one association, at once
+    (not after the hold or the retry wait of before)."""
+    port = free_port()
+    settings = _settings(tmp_path, [("PACS", port)], retry_s=3600.0)
+    with Service(settings) as svc:
+        client = api_client(create_app(svc))
+        for _ in range(3):
+            _post(client, _image())
+        _until(lambda: svc.store.query("SELECT count(*) FROM outbox WHERE attempts = 1")[0][0] == 6)
+    pacs = Pacs(port)
+    try:
+        with Service(settings):
+            _until(lambda: len(pacs.received) == 6, 10)
+        assert pacs.associations == 1
+    finally:
+        pacs.stop()
+
+
+def test_a_result_given_up_shows_on_health_and_is_sent_again_through_the_api(
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
+) -> None:
+    """A destination answering 0xA700 until max_attempts: the item is kept as failed, health says degraded with
+    the status's meaning, and an administrator's POST /api/v1/outbox/retry sends it once the PACS has room."""
+    pacs = Pacs(free_port(), status=0xA700)
+    try:
+        svc = service(_settings(tmp_path, [("PACS", pacs.server.server_address[1])], max_attempts=2))
+        app = create_app(svc)
+        client = api_client(app)
+        _post(client, _image())
+        _until(lambda: sum(b.failed for b in svc.store.backlog()) == 2)
+        health = client.get("/api/v1/health").get_json()
+        assert health["status"] == "degraded"
+        assert "2 result(s) for PACS given up" in health["problem"]
+        (entry,) = health["outbox"]
+        assert entry["destination"] == "PACS" and entry["failed"] == 2 and entry["waiting"] == 0
+        assert entry["last_error"] == "C-STORE status 0xA700 (Refused: Out of Resources)"
+        assert client.post("/api/v1/outbox/retry").status_code == 403, "an administrator's action"
+        pacs.status = 0x0000
+        admin = app.test_client()
+        answer = admin.post("/api/v1/outbox/retry", headers=token_headers(tmp_path / "data", "admin"))
+        assert answer.get_json() == {"queued": 2}
+        _until(lambda: len(pacs.received) == 2, 10)
+        _until(lambda: client.get("/api/v1/health").get_json()["status"] == "ok", 10)
+        assert svc.store.audit_trail(1)[0]["action"] == "outbox.retry"
+    finally:
+        pacs.stop()
+
+
+def test_health_is_degraded_while_results_wait_too_long(
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
+) -> None:
+    svc = service(_settings(tmp_path, [("PACS", free_port())], backlog_age_s=1.0))
+    client = api_client(create_app(svc))
+    _post(client, _image())
+    _until(lambda: client.get("/api/v1/health").get_json()["status"] == "degraded", 10)
+    health = client.get("/api/v1/health").get_json()
+    assert "a result for PACS has waited" in health["problem"] and "connection refused" in health["problem"]
+    assert health["outbox"][0]["waiting"] == 2 and health["outbox"][0]["oldest_age_s"] >= 1.0
+
+
+def test_the_devices_page_shows_the_backlog_and_an_administrator_sends_again(
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
+) -> None:
+    svc = service(_settings(tmp_path, [("PACS", free_port())], max_attempts=1))
+    app = create_app(svc)
+    _post(api_client(app), _image())
+    _until(lambda: sum(b.failed for b in svc.store.backlog()) == 2)
+    auth = AuthActions(app, app.test_client())
+    auth.login("admin")
+    page = auth.client.get("/devices").get_data(as_text=True)
+    assert "PACS@127.0.0.1:" in page and "connection refused" in page and "Send again" in page
+    destination = str(svc.settings.outputs.destinations[0])
+    auth.client.post("/devices/outbox/retry", data={"destination": destination})
+    assert sum(b.failed for b in svc.store.backlog()) == 2, "no CSRF token: nothing queued again"
+    token = auth.csrf("/devices")
+    answer = auth.client.post("/devices/outbox/retry", data={"csrf_token": token, "destination": destination})
+    assert answer.status_code == 302
+    (entry,) = svc.store.audit_trail(1)
+    assert (entry["actor"], entry["subject"], entry["detail"]) == ("admin", destination, "2 item(s) queued again")
