@@ -128,9 +128,9 @@ class Service:
         if self.worker is not None:
             self.store.release_leases()  # this process is the only worker on its data directory (its lock)
             queued = self.store.queued()
+            self.lifecycle.say_what_runs()
         if self.sender is not None:
             self.store.release_outputs()  # the only sender of this data directory (the worker's lock)
-            self.lifecycle.say_what_runs()
         if removed or queued:
             log.info("at start: %d stray file(s) removed, %d image(s) waiting for a result", removed, queued)
         started: list[Source | Loop] = []

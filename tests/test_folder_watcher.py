@@ -85,9 +85,9 @@ def test_a_report_is_kept_with_its_study_and_an_image_class_without_pixels_fails
     assert watcher.scan(now=0.1) == 2
     assert (root / "done" / "report.dcm").exists() and (root / "failed" / "empty-cr.dcm").exists()
     sr = pydicom.dcmread(dicom_file("test-SR.dcm"))
-    (kept,) = store.get_study(sr.StudyInstanceUID)["images"]
-    assert kept["sop_instance_uid"] == sr.SOPInstanceUID and kept["status"] == "rejected"
-    assert kept["reason"] == "not an image (Comprehensive SR Storage): kept with the study, not diagnosed"
+    (kept,) = store.get_study(sr.StudyInstanceUID).images
+    assert kept.sop_instance_uid == sr.SOPInstanceUID and kept.status == "rejected"
+    assert kept.reason == "not an image (Comprehensive SR Storage): kept with the study, not diagnosed"
     store.close()
 
 
