@@ -134,7 +134,7 @@ def test_an_internal_error_is_a_failed_diagnosis_not_an_exception(nih_png: Path)
     failed = d.diagnose(nih_png)
     assert failed.status == "failed" and failed.findings == []
     assert failed.reason == "internal error: InferenceError: onnxruntime runner used before activate()"
-    d.swap_runner(open_runner(bundle, threads=1))
+    d.runner = open_runner(bundle, threads=1)
     assert d.diagnose(nih_png).status == "ok"
 
 

@@ -9,13 +9,14 @@ import dataclasses
 import json
 import logging
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge_app.bundles.bundle import load_bundle
-from edge_app.config import EMBEDDED_BUNDLE
+from edge_app.config import EMBEDDED_BUNDLE, Settings
 from edge_app.errors import BundleError, RuntimeUnavailable
 from edge_app.runtime import open_runner
 from edge_app.runtime.engines.cache import ENGINE_NAME, FAILED_NAME, META_NAME, EngineCache, Platform, cache_key
@@ -146,14 +147,18 @@ def test_engine_build_and_run_on_a_gpu(tmp_path: Path) -> None:
 def test_no_background_engine_build_without_tensorrt(tmp_path: Path) -> None:
     if _has_tensorrt():
         pytest.skip("this machine has TensorRT")
-    from edge_app.runtime.engines.background import build_missing_engine
-    from edge_app.runtime.engines.build import BuildOptions
-    from edge_app.runtime.engines.build_process import BuildLimits
+    from edge_app.inference.lifecycle import ModelLifecycle
+    from edge_app.store import Store
 
-    bundle = load_bundle(EMBEDDED_BUNDLE)
-    started = build_missing_engine(bundle, tmp_path, BuildOptions(), BuildLimits(), lambda runner: None)
-    assert started is None
-    assert not any(tmp_path.iterdir()), "nothing is written where nothing can be built"
+    settings = Settings.model_validate({"storage": {"data_dir": str(tmp_path / "data")}, "model": {"threads": 1}})
+    models = ModelLifecycle(settings, Store(settings.storage.data_dir), load=True, worker_running=lambda: True)
+    models.start()
+    try:
+        assert "engine-build" not in {t.name for t in threading.enumerate()}, "nothing to build"
+        assert not settings.engine_cache.exists() or not any(settings.engine_cache.iterdir()), "nothing written"
+    finally:
+        models.stop()
+        models.close()
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from edge_app.bundles.bundle import Bundle, load_as_configured
 from edge_app.bundles.findings import (
@@ -25,9 +24,6 @@ from edge_app.imaging import DecodeLimits
 from edge_app.imaging.prepare import prepare
 from edge_app.imaging.sandbox import DecoderPool
 from edge_app.runtime import Runner
-
-if TYPE_CHECKING:
-    from edge_app.runtime.engines.background import BackgroundBuild
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +45,6 @@ class Diagnoser:
         self.decoder = decoder
         self._owns_decoder = False
         self._lock = threading.Lock()
-        self._build: BackgroundBuild | None = None
 
     @classmethod
     def from_settings(
@@ -57,16 +52,10 @@ class Diagnoser:
         settings: Settings,
         bundle_path: Path | None = None,
         decoder: DecoderPool | None = None,
-        *,
-        build_engine: bool = False,
     ) -> Diagnoser:
         """Load the configured bundle (signature checked where required) and activate its runner; decode in
-        `decoder`'s processes, or in a pool of its own started for it. `build_engine` (the service, never
-        `diagnose` or `bench`): with TensorRT and no engine yet, build one in the background
-        (model.build_engine_at_start)."""
+        `decoder`'s processes, or in a pool of its own started for it."""
         from edge_app.runtime import open_runner
-        from edge_app.runtime.engines.background import build_missing_engine
-        from edge_app.runtime.engines.ensure import build_limits, build_options
 
         model, imaging = settings.model, settings.imaging
         bundle = load_as_configured(bundle_path or model.bundle, model)
@@ -81,10 +70,6 @@ class Diagnoser:
             decoder = DecoderPool(limits, workers=imaging.decoders, timeout_s=imaging.decode_timeout_s)
         diagnoser = cls(bundle, runner, decoder=decoder)
         diagnoser._owns_decoder = own
-        if build_engine and model.runner == "auto" and runner.name == "onnxruntime" and model.build_engine_at_start:
-            diagnoser._build = build_missing_engine(
-                bundle, settings.engine_cache, build_options(settings), build_limits(settings), diagnoser.swap_runner
-            )
         return diagnoser
 
     def set_thresholds(self, thresholds: dict[str, float] | None) -> None:
@@ -95,17 +80,8 @@ class Diagnoser:
         with self._lock:
             self.bundle = dataclasses.replace(self.bundle, manifest=manifest)
 
-    def swap_runner(self, runner: Runner) -> None:
-        """Switch to another runner of the same bundle (a freshly built TensorRT engine) between two images."""
-        with self._lock:
-            old, self.runner = self.runner, runner
-        old.deactivate()
-
     def close(self) -> None:
-        """Cancel an engine build under way; release the runner, and the decoders where they are this
-        diagnoser's own."""
-        if self._build is not None:
-            self._build.cancel()
+        """Release the runner, and the decoders where they are this diagnoser's own."""
         if self.decoder is not None and self._owns_decoder:
             self.decoder.close()
         self.runner.deactivate()

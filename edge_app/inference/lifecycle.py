@@ -1,5 +1,7 @@
 """The models in service: which one an administrator put in service (and rolled back), the site's thresholds, what
-a worker in its own process follows from the front, and a new model's TensorRT engine built before it serves.
+a worker in its own process follows from the front, and the one way a TensorRT engine is built while the service
+runs: in the background, the running models serving meanwhile, then swapped in between two images (a new model's
+before it serves; at start, that of a model serving on ONNX Runtime for want of its engine).
 
 With the models in this process (`load`), a change takes effect between two images; on the front alone (the
 worker runs apart), a change is checked and recorded, and the worker takes it up between two of its jobs.
@@ -46,6 +48,7 @@ class ModelLifecycle:
         self._followed = self.history.latest_change()
         self._problem: str | None = None  # a model put in service on the front that this worker could not load
         self._update: BackgroundBuild | None = None  # a model waiting for its TensorRT engine before it serves
+        self._engines: list[BackgroundBuild] = []  # engines of models serving on ONNX Runtime meanwhile
         self._pending_at_start: Bundle | None = None  # such a model, found recorded at start
         self._said: str | None = None  # the problem worker.json holds
         self._between_jobs: Pause = contextlib.nullcontext
@@ -60,14 +63,24 @@ class ModelLifecycle:
         self._between_frames = between_frames or contextlib.nullcontext
 
     def start(self) -> None:
-        """A model put in service but never checked on this GPU: its engine is built now, as when it was."""
+        """A model put in service but never checked on this GPU: its engine is built now, as when it was. With
+        `build_engine_at_start`, each other model serving on ONNX Runtime for want of its engine gets it built."""
         if self._pending_at_start is not None:
             self._build_then_swap(self._pending_at_start)
+        model = self.settings.model
+        if self.registry is None or model.runner != "auto" or not model.build_engine_at_start:
+            return
+        pending = self._pending_at_start.sha256 if self._pending_at_start is not None else None
+        for diagnoser in self.registry.diagnosers[1 if pending else 0 :]:  # the first is replaced when pending is
+            bundle = self._engine_to_build(diagnoser.bundle.path) if diagnoser.runner.name == "onnxruntime" else None
+            if bundle is not None:
+                self._build_then_swap(bundle, serving=True)
 
     def stop(self) -> None:
-        """Cancel the engine build under way (the models still serve until `close`)."""
-        if self._update is not None:
-            self._update.cancel()
+        """Cancel the engine builds under way (the models still serve until `close`)."""
+        for build in [self._update, *self._engines]:
+            if build is not None:
+                build.cancel()
 
     def close(self) -> None:
         """Release the models."""
@@ -185,7 +198,7 @@ class ModelLifecycle:
         in its own process follows)."""
         with self._activating:  # two administrators at once: one after the other, recorded in that order
             # the front: check it, record it; the worker puts it in service
-            bundle = self._load(path) if self.registry is None else self._swap_first(path)
+            bundle = self._load(path) if self.registry is None else self._swap(path)
             m = bundle.manifest
             self.history.record(actor, "activate", bundle.sha256, bundle.path, m.name, m.version)
             self.store.audit(actor, "model.activate", f"{m.name} {m.version}", bundle.sha256)
@@ -229,7 +242,7 @@ class ModelLifecycle:
         if Path(wanted).resolve() != self.registry.diagnosers[0].bundle.path.resolve():
             log.info("putting the model at %s in service (changed on the web service)", wanted)
             try:
-                self._swap_first(Path(wanted), held=True)
+                self._swap(Path(wanted), held=True)
                 self._problem = None
             except EdgeAppError as exc:
                 self._problem = (
@@ -241,22 +254,27 @@ class ModelLifecycle:
             self._apply_thresholds(diagnoser)
         self.say_what_runs()
 
-    def _swap_first(self, path: Path, *, held: bool = False) -> Bundle:
-        """Put a new diagnoser for `path` first, between two images (`held`: the worker is between two already).
-        Where this machine runs TensorRT and the bundle has no engine yet, its engine is built and checked
-        against the bundle's reference outputs first, the running model serving meanwhile; a failure leaves the
-        running model in service (and recorded so), with the reason."""
+    def _swap(self, path: Path, *, held: bool = False, replacing: str | None = None) -> Bundle:
+        """Put a new diagnoser for `path` in place of the first (or of the one whose bundle is `replacing`), between
+        two images (`held`: the worker is between two already). Where this machine runs TensorRT and a new model
+        has no engine yet, its engine is built and checked against the bundle's reference outputs first, the
+        running model serving meanwhile; a failure leaves the running model in service (and recorded so)."""
         assert self.registry is not None
-        bundle = self._engine_to_build(path)
+        bundle = self._engine_to_build(path) if replacing is None else None
         if bundle is not None:
             self._build_then_swap(bundle)
             return bundle
-        self._drop_pending()  # another model was chosen meanwhile: the update waiting for its engine is off
-        new = Diagnoser.from_settings(self.settings, path, decoder=self.registry.decoder, build_engine=True)
+        if replacing is None:
+            self._drop_pending()  # another model was chosen meanwhile: the update waiting for its engine is off
+        new = Diagnoser.from_settings(self.settings, path, decoder=self.registry.decoder)
         self._apply_thresholds(new)
         with contextlib.nullcontext() if held else self._between_jobs(), self._between_frames():
-            old = self.registry.diagnosers[0]
-            self.registry.diagnosers = [new, *self.registry.diagnosers[1:]]
+            diagnosers = self.registry.diagnosers
+            shas = [d.bundle.sha256 for d in diagnosers]
+            index = 0 if replacing is None else shas.index(replacing) if replacing in shas else None
+            if index is not None:
+                self.registry.diagnosers = [*diagnosers[:index], new, *diagnosers[index + 1 :]]
+        old = new if index is None else diagnosers[index]  # None: the model it was built for left service meanwhile
         old.close()
         self.say_what_runs()
         return new.bundle
@@ -283,34 +301,50 @@ class ModelLifecycle:
         if update is not None:
             update.cancel(timeout=0)
 
-    def _build_then_swap(self, bundle: Bundle) -> None:
-        """Build and check `bundle`'s engine in the background, the running model serving meanwhile; then put it
-        in service, if it is still the one wanted. A failure leaves the running model, recorded as in service."""
+    def _build_then_swap(self, bundle: Bundle, *, serving: bool = False) -> None:
+        """Build and check `bundle`'s engine in the background, the running models serving meanwhile; then swap it
+        in between two images. A new model (`serving` False) is put in service if it is still the one wanted; its
+        failure leaves the running model, recorded as in service. A model `serving` on ONNX Runtime moves to its
+        engine; its failure (remembered in the cache, not tried again until `edge-app engines --retry`) leaves it
+        on ONNX Runtime."""
         from edge_app.runtime.engines.cache import EngineCache
         from edge_app.runtime.engines.ensure import build_limits, build_options
 
         assert self.registry is not None
-        update = self._update
-        if update is not None and update.bundle.sha256 == bundle.sha256 and update.thread.is_alive():
-            return  # already under way: a second look at the model history does not start it again
-        self._drop_pending()
         m = bundle.manifest
-        log.info(
-            "%s %s: building and checking its TensorRT engine; the running model serves meanwhile", m.name, m.version
-        )
+        if serving:
+            log.info("%s %s: building its TensorRT engine; ONNX Runtime serves meanwhile", m.name, m.version)
+        else:
+            update = self._update
+            if update is not None and update.bundle.sha256 == bundle.sha256 and update.thread.is_alive():
+                return  # already under way: a second look at the model history does not start it again
+            self._drop_pending()
+            log.info(
+                "%s %s: building and checking its TensorRT engine; the running model serves meanwhile",
+                m.name,
+                m.version,
+            )
 
         def built(engine: Path) -> None:
             with self._activating:
-                if build.cancelled or not self._still_wanted(bundle):
+                if build.cancelled:
+                    return
+                if serving:
+                    log.info("TensorRT engine ready (%s): %s moves from ONNX Runtime", engine, m.name)
+                    self._swap(bundle.path, replacing=bundle.sha256)
+                    return
+                if not self._still_wanted(bundle):
                     return
                 self._update = None
-                self._swap_first(bundle.path)  # its engine is cached now: it serves from the next image
+                self._swap(bundle.path)  # its engine is cached now: it serves from the next image
                 self._problem = None
                 self.say_what_runs()
 
         def failed(exc: EdgeAppError) -> None:
             with self._activating:
-                if build.cancelled or not self._still_wanted(bundle):
+                if serving and not build.cancelled:
+                    log.warning("the TensorRT engine of %s was not built (%s): staying on ONNX Runtime", m.name, exc)
+                if serving or build.cancelled or not self._still_wanted(bundle):
                     return
                 self._problem = f"{m.name} {m.version} was not put in service ({exc}): the previous model runs"
                 log.error("%s", self._problem)
@@ -324,6 +358,9 @@ class ModelLifecycle:
 
         cache = EngineCache(self.settings.engine_cache)
         options, limits = build_options(self.settings), build_limits(self.settings)
-        build = BackgroundBuild(bundle, cache, options, limits, built, failed, retry=True)
-        self._update = build
+        build = BackgroundBuild(bundle, cache, options, limits, built, failed, retry=not serving)
+        if serving:
+            self._engines.append(build)
+        else:
+            self._update = build
         build.start()

@@ -30,7 +30,7 @@ class Registry:
         diagnosers: list[Diagnoser] = []
         try:
             for path in [settings.model.bundle, *settings.model.extra_bundles]:
-                diagnosers.append(Diagnoser.from_settings(settings, path, decoder=decoder, build_engine=True))
+                diagnosers.append(Diagnoser.from_settings(settings, path, decoder=decoder))
         except BaseException:
             for d in diagnosers:
                 d.close()

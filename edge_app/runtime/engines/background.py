@@ -1,5 +1,5 @@
 """The one way an engine is built while the service runs: in a process of its own, watched from a thread, the
-running model serving meanwhile; then the caller swaps it in (a runner at start, a model put in service)."""
+running models serving meanwhile; then the caller (the model lifecycle) swaps it in."""
 
 from __future__ import annotations
 
@@ -9,12 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge_app.bundles.bundle import Bundle
-from edge_app.errors import EdgeAppError, RuntimeUnavailable
-from edge_app.runtime.base import Runner
+from edge_app.errors import EdgeAppError
 from edge_app.runtime.engines.build import BuildOptions
 from edge_app.runtime.engines.build_process import BuildCancelled, BuildLimits, build_isolated
 from edge_app.runtime.engines.cache import EngineCache
-from edge_app.runtime.tensorrt import TensorRTRunner, current_platform
 
 log = logging.getLogger(__name__)
 
@@ -67,46 +65,3 @@ class BackgroundBuild:
             return
         if not self.cancelled:
             self._on_built(engine)
-
-
-def build_missing_engine(
-    bundle: Bundle, engine_cache: Path, options: BuildOptions, limits: BuildLimits, on_ready: Callable[[Runner], None]
-) -> BackgroundBuild | None:
-    """Where this machine has TensorRT but no engine of `bundle` yet, build it in the background and hand the
-    activated TensorRT runner to `on_ready`; meanwhile the caller keeps serving on ONNX Runtime. None where there
-    is nothing to build (no TensorRT, the engine is cached, or its build failed before)."""
-    try:
-        platform = current_platform(options.dla_core)
-    except RuntimeUnavailable:
-        return None
-    cache = EngineCache(engine_cache)
-    if cache.lookup(bundle, platform, options.max_batch) is not None:
-        return None
-    failed = cache.failure(bundle, platform)
-    if failed is not None:
-        log.warning(
-            "the TensorRT engine of %s failed to build before (%s): not tried again until edge-app engines --retry",
-            bundle.manifest.name,
-            failed.get("reason"),
-        )
-        return None
-
-    def ready(engine: Path) -> None:
-        try:
-            runner = TensorRTRunner(bundle, engine, options.max_batch, options.dla_core)
-            runner.activate()
-        except Exception as exc:
-            not_built(exc)
-            return
-        log.info("TensorRT engine ready (%s): switching from ONNX Runtime", engine)
-        on_ready(runner)
-
-    def not_built(exc: Exception) -> None:
-        log.warning("building the TensorRT engine failed (%s); staying on ONNX Runtime", exc)
-
-    log.info(
-        "no TensorRT engine of %s for %s yet: building it in the background, serving on ONNX Runtime meanwhile",
-        bundle.manifest.name,
-        platform.gpu_name,
-    )
-    return BackgroundBuild(bundle, cache, options, limits, ready, not_built).start()
