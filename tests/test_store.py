@@ -757,8 +757,8 @@ def test_a_version_9_outbox_item_keeps_when_it_was_queued(tmp_path: Path) -> Non
 
 
 def _clinic_day(store: Store) -> dict[str, str]:
-    """A day's studies: 220 in all, the oldest (Nakato Amina) positive and never reviewed, one refused, the newest queued,
-    one positive reviewed; the rest negative CRs and PNGs. Returns {name: study UID}."""
+    """A day's studies: 220 in all, the oldest (Nakato Amina) positive and never reviewed, one refused, the newest
+    queued, one positive reviewed; the rest negative CRs and PNGs. Returns {name: study UID}."""
     from edge_app.store.reviews import Reviews
 
     negative = Finding("x", 0.2, 0.5).as_dict()
