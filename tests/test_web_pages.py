@@ -445,7 +445,7 @@ def test_the_worklist_announces_new_studies_in_the_user_s_words_and_the_clinic_s
     for n in range(2):
         client.post("/api/v1/studies?filename=junk.bin", data=b"\x01" * 300 + bytes([n]))
     body = browser.get(url, headers={"X-Background": "1"}).get_data(as_text=True)
-    assert 'data-news="2 new studies"' in body and "1–3 of 3" in body
+    assert 'data-news="2 new studies"' in body and "1\u20133 of 3" in body
     services.get_from(app).accounts.add_user("dr-diallo", parse_roles("clinician"), auth.PASSWORD, "fr")
     auth.logout()
     auth.login("clinician", name="dr-diallo")
