@@ -197,7 +197,7 @@ def test_a_clinician_reviews_a_study_on_the_tablet(tablet_server: Tablet) -> Non
             page.set_viewport_size({"width": 1280, "height": 800})
             page.screenshot(path=str(ARTIFACTS / "study-fr-1280x800.png"), full_page=True)
             page.click("text=Liste de travail")
-            page.wait_for_selector("text=relu")
+            page.wait_for_selector(".badge:has-text('relu')")
             page.screenshot(path=str(ARTIFACTS / "worklist-fr-1280x800.png"), full_page=True)
         finally:
             browser.close()
