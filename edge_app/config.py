@@ -468,7 +468,27 @@ class OutputSettings(_Section):
     backlog_count: StrictInt = Field(200, ge=1, description="... or when more items than this wait")
 
 
+def check_timezone(name: str) -> str:
+    """An IANA time zone name this machine knows (its tz database)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{name!r} is not a time zone this machine knows (an IANA name: Africa/Nairobi)") from None
+    return name
+
+
+class SiteSettings(_Section):
+    """The clinic the appliance serves."""
+
+    timezone: Annotated[str, AfterValidator(check_timezone)] = Field(
+        "UTC", description='the clinic\'s time zone (IANA name, "Africa/Nairobi"): times on the tablet are shown in it'
+    )
+
+
 class Settings(_Section):
+    site: SiteSettings = Field(default_factory=SiteSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)

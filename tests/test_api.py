@@ -182,3 +182,38 @@ def test_an_internal_error_fails_that_image_and_the_worker_goes_on(
         (image,) = [i for i in body["study"]["images"] if i["id"] == body["image_id"]]
         assert image["status"] == "failed" and image["results"][0]["status"] == "failed"
     assert client.get("/api/v1/health").get_json()["queued"] == 0
+
+
+def _named_dicom(tmp_path: Path, name: str, accession: str) -> bytes:
+    import pydicom
+
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    ds.PatientName, ds.AccessionNumber, ds.PatientID = name, accession, "KE-0042"
+    ds.save_as(tmp_path / "named.dcm")
+    return (tmp_path / "named.dcm").read_bytes()
+
+
+def test_the_study_list_pages_past_its_stated_maximum(client: FlaskClient, tmp_path: Path) -> None:
+    """`limit` is honoured up to 200 (docs/integrator.md), never a 500; `total` and `next` lead to every study;
+    the worklist's search and filters hold."""
+    from edge_app.web.api import MAX_STUDIES
+
+    named = client.post("/api/v1/studies?filename=a.dcm", data=_named_dicom(tmp_path, "Nakato^Amina", "ACC-77"))
+    assert named.status_code == 201
+    for n in range(219):
+        client.post(f"/api/v1/studies?filename=junk{n}.bin", data=b"\x00" * 300 + n.to_bytes(2, "big"))
+    first = client.get("/api/v1/studies?limit=2000")
+    assert first.status_code == 200, first.get_data(as_text=True)
+    body = first.get_json()
+    assert (len(body["studies"]), body["total"], body["limit"], MAX_STUDIES) == (200, 220, 200, 200)
+    rest = client.get(body["next"]).get_json()
+    assert len(rest["studies"]) == 20 and rest["next"] is None
+    seen = [s["uid"] for s in body["studies"] + rest["studies"]]
+    assert len(set(seen)) == 220 and seen[-1] == named.get_json()["uid"], "every study once, newest first"
+    for q in ("nakato", "KE-0042", "acc-77"):
+        found = client.get(f"/api/v1/studies?q={q}").get_json()
+        assert [s["uid"] for s in found["studies"]] == [named.get_json()["uid"]] and found["total"] == 1, q
+    assert client.get("/api/v1/studies?state=refused&limit=1").get_json()["total"] == 219
+    assert client.get("/api/v1/studies?modality=CR").get_json()["total"] == 1
+    for bad in ("limit=0", "offset=-1", "state=lost", "from=yesterday"):
+        assert client.get(f"/api/v1/studies?{bad}").status_code == 400, bad

@@ -197,7 +197,7 @@ def test_a_clinician_reviews_a_study_on_the_tablet(tablet_server: Tablet) -> Non
             page.set_viewport_size({"width": 1280, "height": 800})
             page.screenshot(path=str(ARTIFACTS / "study-fr-1280x800.png"), full_page=True)
             page.click("text=Liste de travail")
-            page.wait_for_selector("text=relu")
+            page.wait_for_selector(".badge:has-text('relu')")
             page.screenshot(path=str(ARTIFACTS / "worklist-fr-1280x800.png"), full_page=True)
         finally:
             browser.close()
@@ -288,3 +288,87 @@ def test_a_link_from_another_site_opens_the_tablet_logged_in(
         other.shutdown()
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_busy_day_on_the_worklist_by_touch_at_three_sizes(tablet_server: Tablet, nih: Path) -> None:
+    """220 studies: the oldest, an unreviewed positive CR, is reached by its patient's name, its filter and paging;
+    the refresh announces a new study without changing the row under a finger until tapped; a tap anywhere on a
+    row opens its study; every control is at least 44x44 CSS px; nothing is wider than a 390-px phone."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+    import pydicom
+
+    base, oldest, upload = tablet_server
+    name = str(pydicom.dcmread(dicom_file("RG1_UNCR.dcm"), stop_before_pixels=True).PatientName).split("^")[0]
+    upload((nih / "images" / "00000442_000.png").read_bytes())
+    for n in range(218):
+        try:
+            upload(b"\x00" * 300 + n.to_bytes(2, "big"))
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 422  # refused: a study all the same
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            for i, (width, height) in enumerate(((800, 1280), (1280, 800), (390, 844))):
+                total = 220 + i  # each size adds one study
+                context = browser.new_context(
+                    viewport={"width": width, "height": height}, has_touch=True, ignore_https_errors=True
+                )
+                page = context.new_page()
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(base + "/login")
+                page.fill("#username", "dr-ade")
+                page.fill("#password", PASSWORD)
+                page.click("#login-form button[type=submit]")
+                page.goto(base + "/?sort=newest")
+                assert f"1\u201320 of {total}" in page.inner_text(".count")
+                for _ in range(12):  # by paging: newest first, it is on the last page
+                    if page.locator(f"[data-uid='{oldest}']").count():
+                        break
+                    with page.expect_navigation():
+                        page.tap("a[rel=next]")
+                assert page.inner_text(".count").endswith(f"\u2013{total} of {total}"), "on the last page"
+                page.goto(base + "/?positive=1&unreviewed=1")
+                assert oldest in page.eval_on_selector_all("tbody tr[data-uid]", "rs => rs.map(r => r.dataset.uid)")
+                page.fill("input[name=q]", name.lower())
+                with page.expect_navigation():
+                    page.tap("form.finder > button")
+                assert page.eval_on_selector_all("tbody tr[data-uid]", "rs => rs.map(r => r.dataset.uid)") == [oldest]
+                overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+                assert overflow <= 0, f"{overflow} px wider than the screen at {width}"
+                small = page.evaluate(
+                    """() => [...document.querySelectorAll('a, button, select, input, summary, label.check')]
+                      .filter(e => e.getClientRects().length && getComputedStyle(e).visibility !== 'hidden')
+                      .filter(e => !(e.type === 'checkbox' && e.closest('label')))
+                      .filter(e => !e.classList.contains('open'))
+                      .map(e => [e.outerHTML.slice(0, 60), e.getBoundingClientRect()])
+                      .filter(([, r]) => r.width < 44 || r.height < 44)"""
+                )
+                assert not small, f"touch targets under 44 px at {width}: {small}"
+                row = page.locator("tbody tr[data-uid]").bounding_box()
+                assert row is not None and row["height"] >= 44
+                # A fixed point on the first row of the list; a new positive study arrives and the list refreshes.
+                page.goto(base + "/")
+                x, y = width / 2, page.locator("tbody tr[data-uid]").first.bounding_box()["y"] + 10  # type: ignore[index]
+                under = f"document.elementFromPoint({x}, {y}).closest('tr').dataset.uid"
+                before = page.evaluate(under)
+                newer = upload((nih / "images" / "00000442_000.png").read_bytes()[:-1] + bytes([i]))
+                shown = "document.getElementById('news').classList.contains('shown')"
+                deadline = time.monotonic() + 40  # the page asks every 15 s
+                while not page.evaluate(shown):  # polled from here: the page's CSP forbids wait_for_function's eval
+                    assert time.monotonic() < deadline, "no announcement"
+                    time.sleep(0.5)
+                assert page.evaluate(under) == before, "the row under the finger did not change"
+                assert "1 new study" in page.inner_text("#news")
+                page.tap("#news")
+                assert page.locator(f"[data-uid='{newer}']").count() == 1
+                page.screenshot(path=str(ARTIFACTS / f"worklist-{width}x{height}.png"), full_page=True)
+                page.goto(f"{base}/?q={name}")
+                box = page.locator(f"tr[data-uid='{oldest}'] td").last.bounding_box()
+                assert box is not None
+                page.touchscreen.tap(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+                page.wait_for_url(f"**/studies/{oldest}")
+                context.close()
+        finally:
+            browser.close()
+    assert not errors, errors

@@ -442,3 +442,11 @@ def test_the_triton_runner_needs_a_hub(tmp_path: Path) -> None:
         _load(tmp_path, '[model]\nrunner = "triton"\n')
     settings = _load(tmp_path, '[model]\nrunner = "triton"\n[model.triton]\nurl = "hub.clinic.lan:8001"\n')
     assert settings.model.runner == "triton" and settings.model.triton.url == "hub.clinic.lan:8001"
+
+
+def test_the_clinic_s_time_zone_is_an_iana_name_checked_at_start(tmp_path: Path) -> None:
+    """site.timezone: an IANA name the machine knows, else the service does not start (a plain-words error)."""
+    assert load_settings(environ={"EDGE_APP_SITE_TIMEZONE": "Africa/Nairobi"}).site.timezone == "Africa/Nairobi"
+    assert load_settings(environ={}).site.timezone == "UTC"
+    with pytest.raises(ConfigError, match="Mars/Olympus"):
+        load_settings(environ={"EDGE_APP_SITE_TIMEZONE": "Mars/Olympus"})

@@ -754,3 +754,96 @@ def test_a_version_9_outbox_item_keeps_when_it_was_queued(tmp_path: Path) -> Non
     store = Store(tmp_path)
     assert store.backlog()[0].oldest_at == pytest.approx(1767323045.5, abs=1e-3)
     store.close()
+
+
+def _clinic_day(store: Store) -> dict[str, str]:
+    """A day's studies: 220 in all, the oldest (Nakato Amina) positive and never reviewed, one refused, the newest
+    queued, one positive reviewed; the rest negative CRs and PNGs. Returns {name: study UID}."""
+    from edge_app.store.reviews import Reviews
+
+    negative = Finding("x", 0.2, 0.5).as_dict()
+    uids: dict[str, str] = {}
+    for n in range(220):
+        name = {0: "NAKATO AMINA", 1: "OUMA REVIEWED", 2: "REFUSED ONE", 219: "QUEUED ONE"}.get(n, f"PATIENT {n}")
+        header = ImageHeader(
+            "dicom" if n % 2 else "png",
+            f"2.{n}",
+            f"2.{n}.1",
+            f"2.{n}.1.1",
+            modality="CR" if n % 2 else "",
+            patient_id=f"P{n:04d}",
+            patient_name=name,
+            accession_number=f"ACC-{n:05d}",
+        )
+        added = _add(store, f"study {n}".encode(), header, **({"reason": "not an image"} if n == 2 else {}))
+        uids[name] = added.study_uid
+        if n not in (2, 219):
+            finding = FINDING if n in (0, 1) else negative
+            _diagnose_next(
+                store, ModelResult("ok", MODEL, "b" * 64, findings=[finding], triage=0.25 if n in (0, 1) else 0)
+            )
+    (result,) = store.get_study(uids["OUMA REVIEWED"]).images[0].results
+    Reviews(store).add(result.id, "dr-ade", {"x": "agree"})
+    return uids
+
+
+def test_any_study_of_a_busy_day_is_found_counted_and_paged_by_sql(tmp_path: Path) -> None:
+    """Search (name, patient ID, accession), filters and pages are the store's: the oldest unreviewed positive
+    study of 220 is found by each, counted, and comes first in triage order, last in time order."""
+    from edge_app.store.rows import StudyQuery
+
+    store = Store(tmp_path)
+    uids = _clinic_day(store)
+    oldest = uids["NAKATO AMINA"]
+
+    def find(**kw: object) -> tuple[list[str], int]:
+        page = store.find_studies(StudyQuery(**kw))  # type: ignore[arg-type]
+        return [s.uid for s in page.studies], page.total
+
+    for text in ("nakato", "amina NAKATO", "P0000", "acc-00000"):
+        assert find(text=text) == ([oldest], 1), text
+    assert find(text="50%")[1] == 0 and find(text="_")[1] == 0, "LIKE's wildcards are searched as themselves"
+    assert find(positive=True, unreviewed=True) == ([oldest], 1)
+    assert find(positive=True)[1] == 2 and find(unreviewed=True)[1] == 219
+    assert find(state="refused") == ([uids["REFUSED ONE"]], 1) and find(state="queued") == ([uids["QUEUED ONE"]], 1)
+    assert find(modality="cr")[1] == 110 and find(modality="PNG")[1] == 110
+    assert find(order="triage", limit=1) == ([oldest], 220), "the unreviewed positive first, though the oldest"
+    page, total = find(order="newest", offset=200, limit=20)
+    assert total == 220 and page[-1] == oldest and len(page) == 20, "the last page holds the oldest"
+    assert find(order="oldest", limit=1)[0] == [oldest]
+    assert find(positive=True, results=False)[1] == 220, "no AI filter for who may not see results"
+    assert find(order="triage", results=False, limit=1)[0] != [oldest], "nor the triage order"
+    created = store.get_study(oldest).created_at
+    assert oldest in find(received_from=created, limit=300)[0]
+    assert oldest not in find(received_to=created, limit=300)[0]
+    newest = store.find_studies(StudyQuery()).newest
+    _add(store, b"later", ImageHeader("png", "3.1", "3.1.1", "3.1.1.1", patient_name="LATE"))
+    assert store.count_studies(StudyQuery(newer_than=newest)) == 1
+    assert store.count_studies(StudyQuery(newer_than=newest, state="refused")) == 0
+    store.close()
+
+
+def test_a_page_of_studies_takes_as_many_statements_whatever_the_filters_and_page(tmp_path: Path) -> None:
+    """Filtering, counting and paging are SQL's: a page of 20 of 220 studies, searched or not, costs the same
+    number of statements as a page of 1."""
+    from edge_app.store.rows import StudyQuery
+
+    store = Store(tmp_path)
+    _clinic_day(store)
+
+    def statements(q: StudyQuery) -> int:
+        seen: list[str] = []
+        store._db.set_trace_callback(seen.append)
+        try:
+            store.find_studies(q)
+        finally:
+            store._db.set_trace_callback(None)
+        return len(seen)
+
+    counts = {
+        statements(StudyQuery(limit=1)),
+        statements(StudyQuery(limit=20, offset=40)),
+        statements(StudyQuery(text="patient 1", positive=True, unreviewed=True, modality="CR", limit=200)),
+    }
+    assert len(counts) == 1 and counts.pop() <= 7
+    store.close()

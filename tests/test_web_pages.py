@@ -418,3 +418,36 @@ def test_the_report_prints_the_review_of_the_result_it_prints(
     services.get_from(app).reviews.add(second["id"], "dr-ade", {"Effusion": "agree"}, "of the second model")
     text = _pdf_text(auth.client.get(f"/studies/{study['uid']}/report.pdf").data)
     assert "of the second model" in text
+
+
+def test_the_worklist_announces_new_studies_in_the_user_s_words_and_the_clinic_s_time(
+    service: Callable[..., Service], make_settings: Callable[..., Any], api_client: Callable[[Flask], FlaskClient]
+) -> None:
+    """The refresh names what arrived after the page's newest study ("2 new studies", in French too) and changes
+    no row; times are the clinic's (site.timezone), with the zone named."""
+    from edge_app.web import create_app
+
+    app = create_app(service(make_settings(site={"timezone": "Africa/Nairobi"})))
+    app.config.update(TESTING=True)
+    client, browser = api_client(app), app.test_client()
+    auth = AuthActions(app, browser)
+    first = client.post("/api/v1/studies?filename=junk.bin", data=b"\x00" * 300).get_json()["study"]
+    auth.login("clinician")
+    page = browser.get("/").get_data(as_text=True)
+    newest = re.search(r'data-newest="(\d+)"', page)
+    assert newest and "Times: Africa/Nairobi" in page and " EAT</time>" in page
+    received = services.get_from(app).store.get_study(first["uid"]).created_at
+    assert f'datetime="{received}"' in page, "the machine-readable time stays UTC"
+    refresh = re.search(r'data-refresh-url="([^"]+)"', page)
+    assert refresh
+    url = html.unescape(refresh.group(1)) + "&since=" + newest.group(1)
+    assert 'data-news=""' in browser.get(url, headers={"X-Background": "1"}).get_data(as_text=True)
+    for n in range(2):
+        client.post("/api/v1/studies?filename=junk.bin", data=b"\x01" * 300 + bytes([n]))
+    body = browser.get(url, headers={"X-Background": "1"}).get_data(as_text=True)
+    assert 'data-news="2 new studies"' in body and "1\u20133 of 3" in body
+    services.get_from(app).accounts.add_user("dr-diallo", parse_roles("clinician"), auth.PASSWORD, "fr")
+    auth.logout()
+    auth.login("clinician", name="dr-diallo")
+    body = browser.get(url, headers={"X-Background": "1"}).get_data(as_text=True)
+    assert 'data-news="2 nouveaux examens"' in body

@@ -44,6 +44,7 @@ class ImageHeader:
     sop_class: str = ""
     sop_class_uid: str = ""
     patient_name: str = ""  # shown on the tablet and the report; never logged
+    accession_number: str = ""  # the order's number at the clinic (RIS): searched for on the worklist
     device: str = ""  # the modality that made it: manufacturer, model, station
     holds_image: bool = True  # False: a DICOM object of a class without pixels (an SR, a KOS, a presentation state)
 
@@ -132,6 +133,7 @@ def _dicom_header(path: Path, source: str, max_inflated: int) -> ImageHeader:
                 sop_class=getattr(sop_class, "name", str(sop_class or "")),
                 sop_class_uid=str(sop_class or ""),
                 patient_name=" ".join(text("PatientName").replace("^", " ").split()),
+                accession_number=text("AccessionNumber"),
                 device=" ".join(
                     dict.fromkeys(v for v in map(text, ("Manufacturer", "ManufacturerModelName", "StationName")) if v)
                 ),

@@ -24,7 +24,7 @@ from edge_app.bundles.findings import ResultStatus
 from edge_app.errors import ConfigError, IdentityConflict, NotFound, UserError
 from edge_app.imaging.header import ImageHeader
 from edge_app.store import chain
-from edge_app.store.rows import OUTPUT_FIELDS, Image, ImageStatus, Output, Result, Study
+from edge_app.store.rows import OUTPUT_FIELDS, Image, ImageStatus, Output, Result, Study, StudyPage, StudyQuery
 from edge_app.store.schema import migrate
 from edge_app.system.clock import utc_text
 from edge_app.system.fileio import INCOMING_PREFIX, commit, spool
@@ -60,6 +60,72 @@ SOP_CONFLICT = (
     "an image with the same SOP Instance UID and other content is already held: kept apart, not diagnosed "
     "(two images must not share a UID; ask who set up the modality)"
 )
+
+# Each study with what a list filters and sorts it by, as the worklist's `study_row` reads it from the rows: an
+# image's diagnosis is its newest 'ok' result; the study's triage score is its images' highest; it is positive where
+# one of those diagnoses has a positive finding, reviewed where any image has a review. Computed in SQL, not kept in
+# columns that every result and review would have to keep up to date.
+_NEWEST_OK = "SELECT max(r.id) FROM results r WHERE r.image_id = i.id AND r.status = 'ok'"
+_FACTS = (
+    "SELECT s.id, s.uid, s.created_at, s.patient_id, "
+    f"coalesce((SELECT max(r.triage) FROM images i JOIN results r ON r.id = ({_NEWEST_OK}) "
+    "WHERE i.study_id = s.id), 0) AS triage, "
+    f"EXISTS (SELECT 1 FROM images i JOIN results r ON r.id = ({_NEWEST_OK}) JOIN json_each(r.findings) f "
+    "WHERE i.study_id = s.id AND json_extract(f.value, '$.positive')) AS positive, "
+    "EXISTS (SELECT 1 FROM images i JOIN reviews v ON v.image_id = i.id WHERE i.study_id = s.id) AS reviewed, "
+    "EXISTS (SELECT 1 FROM images i WHERE i.study_id = s.id AND i.status = 'queued') AS queued, "
+    "EXISTS (SELECT 1 FROM images i WHERE i.study_id = s.id AND i.status = 'done') AS done "
+    "FROM studies s"
+)
+# Names, accession numbers and modalities are read from the images' stored headers (JSON): the header is written
+# once, a later image of the study may carry what the first lacked, and a scan of a clinic's studies is cheap.
+_SEARCHED = ("patient_name", "patient_id", "accession_number")
+_TEXT = (
+    "(f.patient_id LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM images i WHERE i.study_id = f.id AND ("
+    + " OR ".join(f"json_extract(i.metadata, '$.{k}') LIKE ? ESCAPE '\\'" for k in _SEARCHED)
+    + ")))"
+)
+_MODALITY = (
+    "EXISTS (SELECT 1 FROM images i WHERE i.study_id = f.id AND upper(coalesce(nullif("
+    "json_extract(i.metadata, '$.modality'), ''), json_extract(i.metadata, '$.format'))) = upper(?))"
+)
+_ORDERS = {
+    # Positive findings not yet reviewed first, the most urgent first among them; then the rest, newest first.
+    "triage": "(f.positive AND NOT f.reviewed) DESC, CASE WHEN f.positive AND NOT f.reviewed THEN f.triage END "
+    "DESC, f.id DESC",
+    "newest": "f.id DESC",
+    "oldest": "f.id",
+}
+
+
+def _filter(q: StudyQuery) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause on `_FACTS` (as `f`) that picks the studies `q` asks for, and its parameters."""
+    terms: list[str] = []
+    params: list[Any] = []
+    for word in q.text.split():
+        like = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        terms.append(_TEXT)
+        params += [like] * (1 + len(_SEARCHED))
+    if q.results and q.positive:
+        terms.append("f.positive")
+    if q.results and q.unreviewed:
+        terms.append("NOT f.reviewed")
+    if q.state == "queued":
+        terms.append("f.queued")
+    elif q.state == "refused":
+        terms.append("NOT f.queued AND NOT f.done")
+    for bound, op in ((q.received_from, ">="), (q.received_to, "<")):
+        if bound:
+            terms.append(f"f.created_at {op} ?")
+            params.append(bound)
+    if q.modality:
+        terms.append(_MODALITY)
+        params.append(q.modality)
+    if q.newer_than:
+        terms.append("f.id > ?")
+        params.append(q.newer_than)
+    return ("WHERE " + " AND ".join(terms) if terms else ""), tuple(params)
+
 
 SERIES_CONFLICT = "its Series Instance UID belongs to another study: kept apart, not diagnosed"
 
@@ -574,6 +640,43 @@ class Store:
     def list_studies(self, limit: int = 50) -> list[Study]:
         """The newest studies, newest first."""
         return self._studies("ORDER BY id DESC LIMIT ?", (limit,))
+
+    def find_studies(self, q: StudyQuery) -> StudyPage:
+        """The page of studies `q` asks for, in its order, with the number matching in all: the filtering, the
+        order, the count and the page are SQL's, so the statements stay as many whatever the number of studies."""
+        where, params = _filter(q)
+        order = _ORDERS[q.order if q.results else "newest" if q.order == "triage" else q.order]
+        with self._lock:
+            picked = self._db.execute(
+                f"SELECT f.id, f.uid, f.reviewed FROM ({_FACTS}) f {where} ORDER BY {order} LIMIT ? OFFSET ?",
+                (*params, q.limit, q.offset),
+            ).fetchall()
+            total, newest = self._db.execute(
+                f"SELECT (SELECT count(*) FROM ({_FACTS}) f {where}), (SELECT coalesce(max(id), 0) FROM studies)",
+                params,
+            ).fetchone()
+            ids = [row["id"] for row in picked]
+            found = {s.uid: s for s in self._studies(f"WHERE id IN ({','.join('?' * len(ids))})", tuple(ids))}
+        return StudyPage(
+            studies=tuple(found[row["uid"]] for row in picked if row["uid"] in found),
+            total=int(total),
+            reviewed=frozenset(row["uid"] for row in picked if row["reviewed"] and q.results),
+            newest=int(newest),
+        )
+
+    def count_studies(self, q: StudyQuery) -> int:
+        """How many studies `q`'s filters pick (its order and page aside): one statement."""
+        where, params = _filter(q)
+        with self._lock:
+            return int(self._db.execute(f"SELECT count(*) FROM ({_FACTS}) f {where}", params).fetchone()[0])
+
+    def modalities(self) -> list[str]:
+        """The modalities of the studies held (as the worklist names them), for a filter's choices."""
+        rows = self.query(
+            "SELECT DISTINCT upper(coalesce(nullif(json_extract(metadata, '$.modality'), ''), "
+            "json_extract(metadata, '$.format'))) AS m FROM images WHERE m IS NOT NULL AND m != '' ORDER BY m"
+        )
+        return [str(r[0]) for r in rows]
 
     def _studies(self, where: str, params: tuple[Any, ...]) -> list[Study]:
         """The studies `where` picks (a clause on `studies`), in its order, each with its images, their results,

@@ -183,3 +183,37 @@ class Study:
             "patient_id": self.patient_id,
             "images": [i.json() for i in self.images],
         }
+
+
+StudyState = Literal["", "queued", "refused"]  # "": any; queued: an image waits for the AI; refused: none diagnosed
+StudyOrder = Literal["triage", "newest", "oldest"]
+
+
+@dataclass(frozen=True)
+class StudyQuery:
+    """Which studies a list shows, in which order, which part of them. `results=False` (someone who may not see AI
+    results): the filters and the order that would tell a result (positive, unreviewed, triage) are not applied."""
+
+    text: str = ""  # words each found in the patient's name, patient ID or accession number (case-blind for ASCII)
+    positive: bool = False  # an AI-positive finding on an image's newest diagnosis
+    unreviewed: bool = False
+    state: StudyState = ""
+    received_from: str = ""  # UTC ISO bounds on when the study arrived: from (included) ... to (excluded)
+    received_to: str = ""
+    modality: str = ""
+    order: StudyOrder = "triage"
+    offset: int = 0
+    limit: int = 20
+    results: bool = True
+    newer_than: int = 0  # only studies the store numbered above this (`StudyPage.newest`): what arrived since
+
+
+@dataclass(frozen=True)
+class StudyPage:
+    """A page of studies, the number that match in all, which of them were reviewed, and the newest study's number
+    in the store when it was read (to ask later what arrived since)."""
+
+    studies: tuple[Study, ...]
+    total: int
+    reviewed: frozenset[str]  # the UIDs of the studies on the page with a review of any image
+    newest: int

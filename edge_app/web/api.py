@@ -9,14 +9,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify, request, url_for
 
 from edge_app.errors import NotFound
 from edge_app.imaging.encode import jpeg
 from edge_app.ingest import Event
 from edge_app.outputs.sender import ae_title, backlog_problem
 from edge_app.runtime.engines.ensure import engine_status
-from edge_app.web import audit, security, services
+from edge_app.web import audit, security, services, worklist
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -192,12 +192,31 @@ def _bad_request(detail: str) -> Any:
     return jsonify(error="Bad Request", detail=detail), 400
 
 
+MAX_STUDIES = 200  # studies a page of GET /studies holds at most (docs/integrator.md); more: the `next` link
+
+
 @bp.get("/studies")
 @security.requires("clinician")
 @audit.reads("studies.list")
 def list_studies() -> Any:
-    limit = min(max(request.args.get("limit", 50, type=int) or 50, 1), 500)
-    return jsonify(studies=[study.json() for study in services.get().store.list_studies(limit)])
+    """A page of studies (newest first unless `sort` says otherwise), the worklist's filters honoured, with the
+    number matching in all and the link to the next page."""
+    limit = request.args.get("limit", 50, type=int)
+    offset = request.args.get("offset", 0, type=int)
+    if limit < 1 or offset < 0:
+        return _bad_request("limit is a whole number from 1, offset one from 0")
+    limit = min(limit, MAX_STUDIES)
+    args = {"sort": "newest", **request.args.to_dict()}
+    found = services.get().store.find_studies(worklist.study_query(args, True, offset, limit))
+    kept: dict[str, Any] = {k: v for k, v in request.args.items() if k in worklist.FILTERS}
+    more = offset + limit < found.total
+    return jsonify(
+        studies=[study.json() for study in found.studies],
+        total=found.total,
+        offset=offset,
+        limit=limit,
+        next=url_for("api.list_studies", **kept, limit=limit, offset=offset + limit) if more else None,
+    )
 
 
 @bp.get("/studies/<uid>")
