@@ -44,6 +44,7 @@ def create_app(service: Service) -> Flask:
             "can": lambda *wanted: bool(roles & set(wanted)),
             "locale": str(get_locale()),
             "idle_s": settings.server.idle_logout_min * 60,
+            "home": security.home(),
             "reason_words": words.reason_words,
             "source_words": words.source_words,
             "finding_name": words.finding_name,
