@@ -76,7 +76,9 @@ def source_words(source: str, modality: str = "") -> str:
     if kind == "serial":
         return f"{_l('Device')} {rest}"
     named = {"api": _l("Sent by a program"), "folder": _l("Shared folder"), "video": _l("Video capture")}
-    return str(named.get(kind, _l("Other source")))
+    if kind in named:
+        return str(named[kind])
+    return source if not any(c in source for c in ":@/") else str(_l("Other source"))  # a device's name as is
 
 
 def finding_name(card: Manifest | None, label: str) -> str:
