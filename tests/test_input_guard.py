@@ -4,6 +4,7 @@ refuses is stored, listed with its reason and viewable, never diagnosed."""
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -525,8 +526,8 @@ def test_an_outside_image_is_stored_listed_with_its_reason_and_viewable(
     view = browser.get(f"/studies/{uid}/images/{image['id']}/view.jpg")
     assert view.status_code == 200 and view.mimetype == "image/jpeg"
     page = browser.get(f"/studies/{uid}").get_data(as_text=True)
-    assert "Not diagnosed: the image does not look like what the model was made for." in page
-    assert "does not look like a frontal chest X-ray this model was made for" in page
+    assert "The image does not look like the images the AI model was made for: no AI result." in page
+    assert re.search(r"<details>.*does not look like a frontal chest X-ray this model was made for", page, re.S)
     worklist = browser.get("/").get_data(as_text=True)
     assert "not diagnosed" in worklist and "AI positive" not in worklist
 
