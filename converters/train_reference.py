@@ -49,6 +49,15 @@ CODES = {
     "Emphysema": Code(value="87433001", scheme="SCT", meaning="Pulmonary emphysema"),
     "Infiltration": Code(value="409609008", scheme="SCT", meaning="Radiologic infiltrate of lung"),
 }
+LABEL_NAMES = {  # the labels as clinicians read them, per language (English: the labels themselves)
+    "fr": {
+        "Abnormal": "Anormal",
+        "Cardiomegaly": "Cardiomégalie",
+        "Effusion": "Épanchement pleural",
+        "Emphysema": "Emphysème",
+        "Infiltration": "Infiltrat",
+    }
+}
 SIZE = 64
 VERSION = "1.1.1"
 PREPROCESSING = Preprocessing(intensity="window", geometry="stretch", interpolation="area", scale=(-1.0, 1.0))
@@ -445,6 +454,7 @@ def write_bundle(
         labels=LABELS,
         thresholds=thresholds,
         codes=CODES,
+        label_names=LABEL_NAMES,
         input=input_spec(args.size),
         preprocessing=PREPROCESSING,
         output=OutputSpec(name="logits", activation="sigmoid", heatmap="cam"),

@@ -6,7 +6,7 @@ person can fix and that are reported in plain words; anything else is an interna
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -28,22 +28,50 @@ class BundleError(UserError):
     """A model bundle is missing, incomplete, tampered with or malformed."""
 
 
-class ImageRejected(UserError):
-    """An image cannot be used: not an image, unsupported, truncated, too large, or not what the model takes."""
+# Why an image was not diagnosed, as a kind recorded beside the reason's words (images.reason_kind); the tablet
+# shows a clinician's sentence per kind (edge_app/web/words.py), the technical reason one tap away.
+ReasonKind = Literal[
+    "unreadable",  # not a DICOM, PNG or JPEG file; empty; cannot be read
+    "damaged",  # truncated, a damaged header, pixel data that does not decode
+    "too_large",  # over the decoding limits (pixels, memory, an inflating data set)
+    "unsupported",  # a well-formed image of a kind the box cannot read (bit depth, samples, frames)
+    "decoder",  # the contained decoder crashed or was stopped on this file
+    "no_image",  # a DICOM object that holds no image (a report, a presentation state)
+    "ours",  # made by this box (a result a PACS sent back): kept with the study
+    "identity",  # its UIDs name another patient's study or other content: kept apart
+    "not_intended",  # the model does not read this modality, body part or view
+    "no_model",  # no model on the box reads it
+    "outside",  # the input guard: it does not look like what the model was made for
+    "internal",  # an internal error, or given up after the service stopped on it each time
+]
 
-    def __init__(self, source: str, reason: str) -> None:
+
+class ImageRejected(UserError):
+    """An image cannot be used: not an image, unsupported, truncated, too large, or not what the model takes.
+    `patient_name`/`patient_id`: what its header said of the patient, where it was read before the refusal."""
+
+    def __init__(self, source: str, reason: str, kind: ReasonKind) -> None:
         super().__init__(f"{source}: {reason}")
         self.source = source
         self.reason = reason
+        self.kind: ReasonKind = kind
+        self.patient_name = ""
+        self.patient_id = ""
 
 
 class NotAnImage(ImageRejected):
     """A well-formed object that holds no image (a DICOM without pixel data: a structured report, a worklist)."""
 
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(source, reason, "no_image")
+
 
 class IdentityConflict(ImageRejected):
     """An image that cannot join what its UIDs name: the study is another patient's, or its SOP Instance UID is
     held with other content. It is kept apart, in a study of its own, and not diagnosed."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(source, reason, "identity")
 
 
 class RuntimeUnavailable(UserError):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
-from edge_app.errors import IdentityConflict, ImageRejected, NotAnImage
+from edge_app.errors import IdentityConflict, ImageRejected, NotAnImage, ReasonKind
 from edge_app.imaging.header import ImageHeader, generated_header, read_header
 from edge_app.imaging.uids import is_ours
 from edge_app.store import Added, Store
@@ -107,7 +107,15 @@ class Ingest:
         )
         uids = {"study_uid": header.study_uid, "sop_instance_uid": header.sop_instance_uid}
         added = self.store.add_image(
-            digest, size, filename, source, apart, reason=reason, patient_id=patient_id, extra={"kept_apart": uids}
+            digest,
+            size,
+            filename,
+            source,
+            apart,
+            reason=reason,
+            reason_kind="identity",
+            patient_id=patient_id,
+            extra={"kept_apart": uids},
         )
         return replace(added, kept_apart=True)
 
@@ -130,16 +138,32 @@ class Ingest:
         try:
             header = read_header(self.store.file_path(digest), filename, self.max_decode_mb)
         except ImageRejected as exc:
+            who = replace(generated_header(), patient_name=exc.patient_name)  # a name its header held
             added = self.store.add_image(
-                digest, size, filename, source, generated_header(), reason=exc.reason, patient_id=patient_id
+                digest,
+                size,
+                filename,
+                source,
+                who,
+                reason=exc.reason,
+                reason_kind=exc.kind,
+                patient_id=patient_id or exc.patient_id,
             )
             added = replace(added, not_an_image=isinstance(exc, NotAnImage))
         else:
-            kept = _kept(header)
+            kind, kept = _kept(header) or (None, None)
             scanned, extra = self._pending(header) if kept is None else ("", {})
             try:
                 added = self.store.add_image(
-                    digest, size, filename, source, header, reason=kept, patient_id=patient_id or scanned, extra=extra
+                    digest,
+                    size,
+                    filename,
+                    source,
+                    header,
+                    reason=kept,
+                    reason_kind=kind,
+                    patient_id=patient_id or scanned,
+                    extra=extra,
                 )
             except IdentityConflict as exc:
                 added = self._keep_apart(digest, size, filename, source, header, exc.reason, patient_id or scanned)
@@ -153,12 +177,12 @@ class Ingest:
         return added
 
 
-def _kept(header: ImageHeader) -> str | None:
+def _kept(header: ImageHeader) -> tuple[ReasonKind, str] | None:
     """Why an object is kept with its study and not diagnosed, None for an image to diagnose: one of the box's
     own (its UID root: a result a PACS sends back with the study), or a DICOM object that holds no image."""
     what = header.sop_class or "unknown SOP class"
     if is_ours(header.sop_instance_uid) or is_ours(header.series_uid):
-        return f"made by this appliance ({what}): kept with the study, not diagnosed"
+        return "ours", f"made by this appliance ({what}): kept with the study, not diagnosed"
     if not header.holds_image:
-        return f"not an image ({what}): kept with the study, not diagnosed"
+        return "no_image", f"not an image ({what}): kept with the study, not diagnosed"
     return None

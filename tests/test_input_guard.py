@@ -4,6 +4,7 @@ refuses is stored, listed with its reason and viewable, never diagnosed."""
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -493,7 +494,7 @@ def test_a_version_6_database_takes_outside_and_keeps_its_rows(tmp_path: Path) -
     with pytest.raises(sqlite3.IntegrityError):
         db.execute("UPDATE images SET status = 'outside'")
     migrate(db, "2026-12-01T00:00:00")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 10
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 11
     assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1, "foreign keys on again"
     assert db.execute("SELECT id, status, guard FROM results").fetchall() == [(1, "ok", None)]
     db.execute("UPDATE images SET status = 'outside'")
@@ -525,10 +526,10 @@ def test_an_outside_image_is_stored_listed_with_its_reason_and_viewable(
     view = browser.get(f"/studies/{uid}/images/{image['id']}/view.jpg")
     assert view.status_code == 200 and view.mimetype == "image/jpeg"
     page = browser.get(f"/studies/{uid}").get_data(as_text=True)
-    assert "Not diagnosed: the image does not look like what the model was made for." in page
-    assert "does not look like a frontal chest X-ray this model was made for" in page
+    assert "The image does not look like the images the AI model was made for: no AI result." in page
+    assert re.search(r"<details>.*does not look like a frontal chest X-ray this model was made for", page, re.S)
     worklist = browser.get("/").get_data(as_text=True)
-    assert "not diagnosed" in worklist and "AI positive" not in worklist
+    assert "not diagnosed" in worklist and '<span class="flag">' not in worklist, "no row flagged AI positive"
 
 
 # -- sent to another model ---------------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ def test_the_worklist_shows_each_status_with_its_reason(auth: Any, browser: Flas
     client.post("/api/v1/studies?filename=junk.bin", data=b"\x00" * 300)
     auth.login("technician")
     page = browser.get("/").get_data(as_text=True)
-    assert "rejected" in page and "not a DICOM (Part 10), PNG or JPEG file" in page
+    assert "rejected" in page and "This file is not an image the box can open." in page
     assert "/studies/" not in page, "a technician sees the list, not the studies"
 
 

@@ -34,6 +34,7 @@ EXPECTED: dict[str, set[str] | None] = {
     "auth.login_language": PUBLIC,
     "api.health": PUBLIC,
     "auth.language": ANY_ROLE,
+    "auth.alive": ANY_ROLE,
     "worklist.index": CLINICAL,
     "worklist.rows": CLINICAL,
     "study.show": {"clinician"},
@@ -153,6 +154,8 @@ def test_every_route_by_every_role(app: Flask, study: dict[str, Any], nih_png: P
                 if allowed is not None:  # public pages may well lead to the login page
                     assert not (resp.status_code == 302 and resp.location.startswith("/login")), (role, method, url)
                 assert resp.status_code < 500, (role, method, url)
+            elif (role, method, url) == ("admin", "GET", "/"):  # the landing page leads an admin alone to theirs
+                assert resp.status_code == 302 and resp.location == "/admin/users"
             else:
                 assert resp.status_code == 403, (role, method, url, resp.status_code)
             checked += 1

@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_app.bundles.manifest import Manifest, OutputSpec
-from edge_app.errors import InferenceError
+from edge_app.errors import InferenceError, ReasonKind
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,7 @@ class Diagnosis:
     status: ResultStatus
     model: dict[str, str]
     reason: str | None = None
+    reason_kind: ReasonKind | None = None  # set with `reason`
     guard: GuardCheck | None = None  # None: the bundle has no guard, the image was not checked
     triage: float = 0.0  # how urgent: `result.triage_score` (0 where no validated finding is positive)
     findings: list[Finding] = field(default_factory=list)

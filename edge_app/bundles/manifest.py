@@ -176,6 +176,10 @@ class Manifest(_Strict):
     codes: dict[str, Code] = Field(
         default_factory=dict, description="per label, its finding's code in the SR; a label without one: a private code"
     )
+    label_names: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description='per language ("fr"), each label\'s name as clinicians read it; the label itself where none',
+    )
     input: InputSpec
     preprocessing: Preprocessing
     output: OutputSpec
@@ -212,6 +216,9 @@ class Manifest(_Strict):
             raise ValueError("thresholds are probabilities in [0, 1]")
         if unknown := sorted(set(self.codes) - set(self.labels)):
             raise ValueError(f"codes name labels the model does not have: {', '.join(unknown)}")
+        for language, names in self.label_names.items():
+            if unknown := sorted(set(names) - set(self.labels)):
+                raise ValueError(f"label_names.{language} names labels the model does not have: {', '.join(unknown)}")
         if self.task == "binary" and len(self.labels) != 1:
             raise ValueError("a binary task has exactly one label (the positive class)")
         if self.task == "multiclass" and len(self.labels) < 2:
@@ -230,6 +237,10 @@ class Manifest(_Strict):
             if values is not None and len(values) not in (1, n):
                 raise ValueError(f"preprocessing.{key} needs 1 or {n} values for {n} input channel(s)")
         return self
+
+    def label_name(self, label: str, language: str) -> str:
+        """`label` as clinicians read it in `language` (the label, the model's own key, where not given)."""
+        return self.label_names.get(language, {}).get(label, label)
 
     def validated(self, label: str) -> bool:
         """Whether `label` may be shown as a positive finding: its validation supports it. A bundle that says

@@ -62,19 +62,19 @@ def decode(data: bytes | Path | str, *, source: str | None = None, limits: Decod
         with open(data, "rb") as fh:
             return _decode_stream(fh, os.fstat(fh.fileno()).st_size, source, limits)
     except OSError as exc:
-        raise ImageRejected(source, f"cannot be read ({exc.strerror or exc})") from exc
+        raise ImageRejected(source, f"cannot be read ({exc.strerror or exc})", "unreadable") from exc
 
 
 def _decode_stream(stream: BinaryIO, size: int, source: str, limits: DecodeLimits) -> DecodedImage:
     if not size:
-        raise ImageRejected(source, "the file is empty")
+        raise ImageRejected(source, "the file is empty", "unreadable")
     head = stream.read(132)
     stream.seek(0)
     if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
         return _decode_pillow(stream, size, source, limits)
     if head[128:132] == b"DICM":
         return _decode_dicom(stream, size, source, limits)
-    raise ImageRejected(source, "not a DICOM (Part 10), PNG or JPEG file")
+    raise ImageRejected(source, "not a DICOM (Part 10), PNG or JPEG file", "unreadable")
 
 
 # -- DICOM ---------------------------------------------------------------------------------------------------------
@@ -91,20 +91,22 @@ def _decode_dicom(stream: BinaryIO, size: int, source: str, limits: DecodeLimits
     except ImageRejected:
         raise
     except Exception as exc:  # pydicom raises many types on damaged files
-        raise ImageRejected(source, f"damaged or truncated DICOM file ({type(exc).__name__}: {exc})") from exc
+        raise ImageRejected(
+            source, f"damaged or truncated DICOM file ({type(exc).__name__}: {exc})", "damaged"
+        ) from exc
 
     if "PixelData" not in ds and any("end of file" in str(w.message).lower() for w in caught):
-        raise ImageRejected(source, "truncated DICOM file (the file ends before its data set does)")
+        raise ImageRejected(source, "truncated DICOM file (the file ends before its data set does)", "damaged")
     size = size if inflated is None else inflated  # what is held while decoding: the inflated data set
     try:  # values are parsed on first access: an unknown VR or a malformed number raises here
         header = _pixel_header(ds, size, source, limits)
     except (ImageRejected, MemoryError):
         raise
     except Exception as exc:
-        raise ImageRejected(source, f"damaged DICOM header ({type(exc).__name__}: {exc})") from exc
+        raise ImageRejected(source, f"damaged DICOM header ({type(exc).__name__}: {exc})", "damaged") from exc
     pixels = _dicom_pixels(ds, header, source)
     if not np.isfinite(pixels).all():
-        raise ImageRejected(source, "pixel data decodes to non-finite values")
+        raise ImageRejected(source, "pixel data decodes to non-finite values", "damaged")
     return DecodedImage(pixels=pixels, source=source, format="dicom", metadata=header)
 
 
@@ -116,16 +118,18 @@ def _pixel_header(ds: Any, size: int, source: str, limits: DecodeLimits) -> dict
         raise NotAnImage(source, f"DICOM object holds no image ({kind})")
     rows, cols = _number(ds, "Rows", 0, source), _number(ds, "Columns", 0, source)
     if rows <= 0 or cols <= 0:
-        raise ImageRejected(source, "DICOM image has no Rows/Columns")
+        raise ImageRejected(source, "DICOM image has no Rows/Columns", "unsupported")
     samples, bits = _number(ds, "SamplesPerPixel", 0, source), _number(ds, "BitsAllocated", 0, source)
     if samples not in (1, 3):
-        raise ImageRejected(source, f"SamplesPerPixel {samples or 'absent'} is not 1 (grey) or 3 (colour)")
+        raise ImageRejected(
+            source, f"SamplesPerPixel {samples or 'absent'} is not 1 (grey) or 3 (colour)", "unsupported"
+        )
     if bits not in (1, 8, 16, 32):
-        raise ImageRejected(source, f"BitsAllocated {bits or 'absent'} is not 1, 8, 16 or 32")
+        raise ImageRejected(source, f"BitsAllocated {bits or 'absent'} is not 1, 8, 16 or 32", "unsupported")
     check_size(rows, cols, samples, max(1, bits // 8), size, source, limits)
     n_frames = _number(ds, "NumberOfFrames", 1, source)
     if n_frames < 1:
-        raise ImageRejected(source, f"NumberOfFrames {n_frames} is not a positive number")
+        raise ImageRejected(source, f"NumberOfFrames {n_frames} is not a positive number", "unsupported")
     index = _frame_index(limits.frame, n_frames, source)
     transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
     if ds["PixelData"].is_undefined_length:
@@ -155,7 +159,7 @@ def _number(ds: Any, keyword: str, default: int, source: str) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise ImageRejected(source, f"{keyword} {str(value)[:40]!r} is not a number") from None
+        raise ImageRejected(source, f"{keyword} {str(value)[:40]!r} is not a number", "damaged") from None
 
 
 def check_size(
@@ -164,13 +168,16 @@ def check_size(
     """Refuse, before decoding, an image over the pixel limit or one that would not fit the decoding budget (the
     file, held while it is decoded, and the working memory of one frame)."""
     if rows * cols > limits.max_pixels:
-        raise ImageRejected(source, f"image of {cols}x{rows} pixels exceeds the limit of {limits.max_pixels:,} pixels")
+        raise ImageRejected(
+            source, f"image of {cols}x{rows} pixels exceeds the limit of {limits.max_pixels:,} pixels", "too_large"
+        )
     need = file_size + decode_bytes(rows, cols, samples, sample_bytes)
     if need > limits.max_decode_mb * 2**20:
         raise ImageRejected(
             source,
             f"image of {cols}x{rows} pixels, {samples} sample(s) of {8 * sample_bytes} bits, needs about "
             f"{need / 2**20:,.0f} MB to decode, over the limit of {limits.max_decode_mb:,} MB",
+            "too_large",
         )
 
 
@@ -192,7 +199,9 @@ def _check_codestream(
         frame = get_frame(ds.PixelData, index, number_of_frames=n_frames)
         size = frame_size(transfer_syntax, frame, samples, bits)
     except Exception as exc:
-        raise ImageRejected(source, f"compressed frame {index} cannot be read ({type(exc).__name__}: {exc})") from exc
+        raise ImageRejected(
+            source, f"compressed frame {index} cannot be read ({type(exc).__name__}: {exc})", "damaged"
+        ) from exc
     if size is None:
         return
     if size.shape is not None and size.shape != (rows, cols):
@@ -202,10 +211,14 @@ def _check_codestream(
     else:
         found = ""
     if found:
-        raise ImageRejected(source, f"compressed frame {index} holds {found}, but the header says {cols}x{rows}")
+        raise ImageRejected(
+            source, f"compressed frame {index} holds {found}, but the header says {cols}x{rows}", "damaged"
+        )
     if size.samples != samples:
         raise ImageRejected(
-            source, f"compressed frame {index} has {size.samples} sample(s) per pixel, the header says {samples}"
+            source,
+            f"compressed frame {index} has {size.samples} sample(s) per pixel, the header says {samples}",
+            "damaged",
         )
 
 
@@ -220,17 +233,19 @@ def _dicom_pixels(ds: Any, header: dict[str, Any], source: str) -> Pixels:
             expected = (rows, cols) if samples == 1 else (rows, cols, samples)
             if arr.shape != expected:
                 raise ImageRejected(
-                    source, f"pixel data decodes to shape {arr.shape}; the header declares {expected} per frame"
+                    source,
+                    f"pixel data decodes to shape {arr.shape}; the header declares {expected} per frame",
+                    "damaged",
                 )
             return _dicom_intensity(arr, ds, header["photometric"], samples)
     except (ImageRejected, MemoryError):
         raise
     except Exception as exc:
-        raise ImageRejected(source, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
+        raise ImageRejected(source, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})", "damaged") from exc
     except BaseException as exc:  # a native decoder's panic (pyo3's PanicException is a BaseException)
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
-        raise ImageRejected(source, f"the pixel decoder failed ({type(exc).__name__}: {exc})") from exc
+        raise ImageRejected(source, f"the pixel decoder failed ({type(exc).__name__}: {exc})", "decoder") from exc
 
 
 def _frame_index(choice: FrameChoice, n_frames: int, source: str) -> int:
@@ -241,7 +256,7 @@ def _frame_index(choice: FrameChoice, n_frames: int, source: str) -> int:
     if choice == "last":
         return n_frames - 1
     if not 0 <= choice < n_frames:
-        raise ImageRejected(source, f"frame {choice} asked for, but the image has {n_frames} frame(s)")
+        raise ImageRejected(source, f"frame {choice} asked for, but the image has {n_frames} frame(s)", "unsupported")
     return choice
 
 
@@ -352,9 +367,11 @@ def _decode_pillow(stream: BinaryIO, size: int, source: str, limits: DecodeLimit
     except (ImageRejected, MemoryError):
         raise
     except Image.DecompressionBombError as exc:  # Pillow's own limit, far above ours, met while opening
-        raise ImageRejected(source, f"image exceeds the limit of {limits.max_pixels:,} pixels ({exc})") from exc
+        raise ImageRejected(
+            source, f"image exceeds the limit of {limits.max_pixels:,} pixels ({exc})", "too_large"
+        ) from exc
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ...
-        raise ImageRejected(source, f"damaged or truncated {fmt.upper()} file ({exc})") from exc
+        raise ImageRejected(source, f"damaged or truncated {fmt.upper()} file ({exc})", "damaged") from exc
 
     mode = img.mode
     if mode in _PILLOW_SAMPLE_BYTES:

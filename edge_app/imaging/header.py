@@ -70,13 +70,13 @@ def read_header(path: Path, source: str, max_inflated_mb: int = 320) -> ImageHea
         with path.open("rb") as fh:
             head = fh.read(132)
     except OSError as exc:
-        raise ImageRejected(source, f"cannot be read ({exc.strerror or exc})") from exc
+        raise ImageRejected(source, f"cannot be read ({exc.strerror or exc})", "unreadable") from exc
     if not head:
-        raise ImageRejected(source, "the file is empty")
+        raise ImageRejected(source, "the file is empty", "unreadable")
     if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
         return generated_header("png" if head.startswith(_PNG_MAGIC) else "jpeg")
     if head[128:132] != b"DICM":
-        raise ImageRejected(source, "not a DICOM (Part 10), PNG or JPEG file")
+        raise ImageRejected(source, "not a DICOM (Part 10), PNG or JPEG file", "unreadable")
     return _dicom_header(path, source, max_inflated_mb * 2**20)
 
 
@@ -91,6 +91,7 @@ def _dicom_header(path: Path, source: str, max_inflated: int) -> ImageHeader:
     import pydicom
     from pydicom.uid import generate_uid
 
+    who = ("", "")
     try:
         with path.open("rb") as fh:
             inflated = deflated_size(fh, max_inflated, source)
@@ -102,6 +103,12 @@ def _dicom_header(path: Path, source: str, max_inflated: int) -> ImageHeader:
             sop_class = ds.get("SOPClassUID")
             kind = getattr(sop_class, "name", None) or str(sop_class or "unknown SOP class")
             holds_image = "PixelData" in ds
+
+            def text(keyword: str) -> str:
+                return str(ds.get(keyword, "") or "").strip()
+
+            patient_name = " ".join(text("PatientName").replace("^", " ").split())
+            who = (patient_name, text("PatientID"))  # a refusal from here on still says whose image it was
             # Kept where it holds no image by its class; an image class (every one's name says so, retired ones
             # too) without pixels, or an object of no class, is refused.
             if not holds_image and (sop_class is None or "Image Storage" in kind):
@@ -109,15 +116,14 @@ def _dicom_header(path: Path, source: str, max_inflated: int) -> ImageHeader:
             if holds_image:  # the data set's end: the file's, or the inflated data set's (its offsets are in it)
                 _check_pixel_data_length(ds, path.stat().st_size if inflated is None else inflated, source)
 
-            def text(keyword: str) -> str:
-                return str(ds.get(keyword, "") or "").strip()
-
             def uid(keyword: str) -> str:
                 value = text(keyword)
                 if value and not (len(value) <= 64 and _UID.fullmatch(value)):
                     shown = "".join(c if c.isprintable() and c != "\\" else "?" for c in value[:80])
                     raise ImageRejected(
-                        source, f"its {_SPACED[keyword]} '{shown}' is not a DICOM UID (digits and dots, at most 64)"
+                        source,
+                        f"its {_SPACED[keyword]} '{shown}' is not a DICOM UID (digits and dots, at most 64)",
+                        "damaged",
                     )
                 return value or generate_uid()
 
@@ -132,17 +138,18 @@ def _dicom_header(path: Path, source: str, max_inflated: int) -> ImageHeader:
                 patient_id=text("PatientID"),
                 sop_class=getattr(sop_class, "name", str(sop_class or "")),
                 sop_class_uid=str(sop_class or ""),
-                patient_name=" ".join(text("PatientName").replace("^", " ").split()),
+                patient_name=patient_name,
                 accession_number=text("AccessionNumber"),
                 device=" ".join(
                     dict.fromkeys(v for v in map(text, ("Manufacturer", "ManufacturerModelName", "StationName")) if v)
                 ),
                 holds_image=holds_image,
             )
-    except ImageRejected:
+    except ImageRejected as exc:
+        exc.patient_name, exc.patient_id = who
         raise
     except Exception as exc:  # pydicom raises many types on damaged headers
-        raise ImageRejected(source, f"damaged DICOM header ({type(exc).__name__}: {exc})") from exc
+        raise ImageRejected(source, f"damaged DICOM header ({type(exc).__name__}: {exc})", "damaged") from exc
 
 
 def deflated_size(stream: BinaryIO, limit: int, source: str) -> int | None:
@@ -168,11 +175,13 @@ def deflated_size(stream: BinaryIO, limit: int, source: str) -> int | None:
                 data = inflater.unconsumed_tail
                 if size > limit:
                     raise ImageRejected(
-                        source, f"its Deflated data set inflates past {limit / 2**20:,.0f} MB (imaging.max_decode_mb)"
+                        source,
+                        f"its Deflated data set inflates past {limit / 2**20:,.0f} MB (imaging.max_decode_mb)",
+                        "too_large",
                     )
         size += len(inflater.flush())
     except zlib.error as exc:
-        raise ImageRejected(source, f"damaged Deflated data set ({exc})") from exc
+        raise ImageRejected(source, f"damaged Deflated data set ({exc})", "damaged") from exc
     stream.seek(0)
     return size
 
@@ -189,11 +198,15 @@ def _check_pixel_data_length(ds: Any, data_end: int, source: str) -> None:
         return
     if start is not None and start + length > data_end:
         raise ImageRejected(
-            source, f"truncated DICOM file: its pixel data needs {length:,} bytes, {data_end - start:,} follow"
+            source,
+            f"truncated DICOM file: its pixel data needs {length:,} bytes, {data_end - start:,} follow",
+            "damaged",
         )
     try:
         expected = int(get_expected_length(ds))
     except Exception:  # a header too odd to say: decoding will tell
         return
     if length < expected:
-        raise ImageRejected(source, f"truncated pixel data: {length:,} bytes, the header's image needs {expected:,}")
+        raise ImageRejected(
+            source, f"truncated pixel data: {length:,} bytes, the header's image needs {expected:,}", "damaged"
+        )

@@ -67,4 +67,4 @@ def check_intended_use(manifest: Manifest, image: DecodedImage) -> None:
     said = (str(image.metadata.get(key, "")) for key in ("modality", "body_part", "view"))
     reason = manifest.intended_use.refuses(*said)
     if reason is not None:
-        raise ImageRejected(image.source, reason)
+        raise ImageRejected(image.source, reason, "not_intended")

@@ -22,7 +22,7 @@ from pathlib import Path
 from pebble import ProcessExpired, ProcessPool
 
 from edge_app.bundles.manifest import Manifest
-from edge_app.errors import DecoderUnavailable, ImageRejected
+from edge_app.errors import DecoderUnavailable, ImageRejected, ReasonKind
 from edge_app.imaging.decode import DecodeLimits
 from edge_app.imaging.prepare import Prepared, prepare
 
@@ -66,15 +66,17 @@ class DecoderPool:
             self._replace(pool)
             raise DecoderUnavailable(f"the image decoder process could not be started ({exc})") from exc
         except FutureTimeout:
-            raise ImageRejected(source, f"decoding took longer than {self.timeout_s:g} s and was stopped") from None
+            raise ImageRejected(
+                source, f"decoding took longer than {self.timeout_s:g} s and was stopped", "decoder"
+            ) from None
         except ProcessExpired as exc:
             raise ImageRejected(
-                source, f"the image decoder crashed on this file ({_exit_reason(exc.exitcode)})"
+                source, f"the image decoder crashed on this file ({_exit_reason(exc.exitcode)})", "decoder"
             ) from exc
         for note in notes:
             log.debug("%s: %s", source, note)
-        if isinstance(outcome, str):
-            raise ImageRejected(source, outcome)
+        if isinstance(outcome, tuple):
+            raise ImageRejected(source, outcome[0], outcome[1])
         return outcome
 
     def _replace(self, broken: ProcessPool) -> None:
@@ -133,12 +135,13 @@ def _address_space() -> int:
 
 def _prepare_in_child(
     data: bytes | Path | str, source: str, limits: DecodeLimits, manifest: Manifest
-) -> tuple[Prepared | str, list[str]]:
-    """The prepared image, or the reason it was refused; with the log records it left."""
+) -> tuple[Prepared | tuple[str, ReasonKind], list[str]]:
+    """The prepared image, or the reason it was refused and its kind; with the log records it left."""
     _notes.clear()
     try:
         return prepare(data, source, limits, manifest), list(_notes)
     except ImageRejected as exc:
-        return exc.reason, list(_notes)
+        return (exc.reason, exc.kind), list(_notes)
     except MemoryError:
-        return f"decoding needs more memory than the decoder is allowed ({limits.max_decode_mb:,} MB)", list(_notes)
+        limit = f"decoding needs more memory than the decoder is allowed ({limits.max_decode_mb:,} MB)"
+        return (limit, "too_large"), list(_notes)

@@ -105,10 +105,11 @@ class Diagnoser:
         try:
             return self._diagnose(data, source, header_overruled)
         except ImageRejected as exc:
-            return Diagnosis(source, "rejected", self.model_info, reason=exc.reason)
+            return Diagnosis(source, "rejected", self.model_info, reason=exc.reason, reason_kind=exc.kind)
         except Exception as exc:
             log.exception("internal error on %s", source)
-            return Diagnosis(source, "failed", self.model_info, reason=f"internal error: {type(exc).__name__}: {exc}")
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            return Diagnosis(source, "failed", self.model_info, reason=reason, reason_kind="internal")
 
     def _diagnose(self, data: bytes | Path | str, source: str, header_overruled: bool) -> Diagnosis:
         manifest = self.bundle.manifest
@@ -136,6 +137,7 @@ class Diagnoser:
                 "outside",
                 model,
                 reason=outside_reason(manifest.reads(), check),
+                reason_kind="outside",
                 guard=check,
                 metadata=prepared.metadata,
                 timings_ms=timings,

@@ -116,23 +116,25 @@ class Worker:
                 diagnosers = [d for d in self.registry.diagnosers if d.bundle.sha256 == job.bundle_sha256]
                 unchecked = [d for d in diagnosers if d.bundle.manifest.guard is None]
                 if unchecked and not fits(unchecked[0].bundle.manifest, job.header):
-                    return Outcome("no_model", reason=_no_check_reason(job.header, unchecked[0]))
+                    return Outcome("no_model", _no_check_reason(job.header, unchecked[0]), "no_model")
                 if not diagnosers:
                     reason = (
                         f"the model it was sent to is no longer on this appliance (models: {self.registry.describe()})"
                     )
-                    return Outcome("no_model", reason=reason)
+                    return Outcome("no_model", reason, "no_model")
             else:
                 diagnosers = self.registry.route(job.header)
             if not diagnosers:
-                return Outcome("no_model", reason=_no_model_reason(job.header, self.registry))
+                return Outcome("no_model", _no_model_reason(job.header, self.registry), "no_model")
             path = self.store.file_path(job.sha256)
-            results, metadata, preview = [], None, None
+            results: list[ModelResult] = []
+            metadata, preview, first_kind = None, None, None
             for diagnoser in diagnosers:
                 diagnosis = diagnoser.diagnose(  # "image N": a file name may name a patient
                     path, source=f"image {job.image_id}", header_overruled=job.bundle_sha256 is not None
                 )
                 metadata = metadata or diagnosis.metadata
+                first_kind = first_kind if results else diagnosis.reason_kind
                 results.append(_model_result(diagnoser.bundle.sha256, diagnosis))
                 preview = preview if preview is not None else diagnosis.preview
             first = results[0]
@@ -140,13 +142,14 @@ class Worker:
             return Outcome(
                 status,
                 reason=None if status == "done" else first.reason,
+                reason_kind=None if status == "done" else first_kind,
                 metadata=metadata,
                 results=results,
                 view=jpeg(preview) if preview is not None else None,
             )
         except Exception as exc:  # a bug: this image fails with the reason, the worker goes on
             log.exception("worker: internal error on image %d", job.image_id)
-            return Outcome("failed", reason=f"internal error: {type(exc).__name__}: {exc}")
+            return Outcome("failed", f"internal error: {type(exc).__name__}: {exc}", "internal")
 
 
 def _model_result(bundle_sha256: str, diagnosis: Diagnosis) -> ModelResult:

@@ -31,11 +31,13 @@ def study_report(
     _: Translate,
     typeface: Fonts | None = None,
     cards: Mapping[str, Manifest | None] | None = None,
+    language: str = "en",
 ) -> bytes:
     """The PDF of the study's first image with findings (else its first image) and, beside it, the heatmap in
     `heatmaps` (result id -> finding, PNG) of its result, in the language of `_`, its text in
     `typeface` (default: the system's fonts, `fonts()`); `cards`: the manifest of each result's bundle (by sha256),
-    for the model's card and each finding's validation figures, where the bundle is still on the box."""
+    for the model's card, each finding's validation figures and its name in `language`, where the bundle is still
+    on the box."""
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.units import mm
     from reportlab.pdfgen.canvas import Canvas
@@ -94,9 +96,14 @@ def study_report(
         heat = heatmaps.get(result.id) if result else None
         y = _pictures(pdf, picture, heat[1] if heat else None, left, y, width - 2 * left, _)
         if heat is not None and result is not None:
-            others = [m.label for m in result.heatmaps if m.label != heat[0]]
+            card = (cards or {}).get(result.bundle_sha256)
+
+            def named(label: str) -> str:
+                return card.label_name(label, language) if card is not None else label
+
+            others = [named(m.label) for m in result.heatmaps if m.label != heat[0]]
             _legend(pdf, typeface, left + 2 * mm, y + 2)
-            caption = _("Heatmap of %(label)s: the model's local probability, 0 to 1.", label=heat[0])
+            caption = _("Heatmap of %(label)s: the model's local probability, 0 to 1.", label=named(heat[0]))
             unprinted.append(_draw(pdf, typeface, left + 38 * mm, y + 3, caption, 8, False, _GREY))
             y -= 8 * 1.45
             if others:
@@ -129,8 +136,9 @@ def study_report(
             unvalidated = not f.validated
             mark = _("not validated") if unvalidated else _("positive") if f.positive else _("negative")
             verdict = f"   {t['clinician']}: {said[verdicts[f.label]]}" if f.label in verdicts else ""
+            name = card.label_name(f.label, language) if card is not None else f.label
             line(
-                f"{f.label}: {f.probability:.2f} ({t['threshold']} {f.threshold:.2f}, {mark}){verdict}",
+                f"{name}: {f.probability:.2f} ({t['threshold']} {f.threshold:.2f}, {mark}){verdict}",
                 bold=f.positive,
                 color=_GREY if unvalidated else _INK,
             )

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from edge_app.bundles.findings import ResultStatus
-from edge_app.errors import ConfigError, IdentityConflict, NotFound, UserError
+from edge_app.errors import ConfigError, IdentityConflict, NotFound, ReasonKind, UserError
 from edge_app.imaging.header import ImageHeader
 from edge_app.store import chain
 from edge_app.store.rows import OUTPUT_FIELDS, Image, ImageStatus, Output, Result, Study, StudyPage, StudyQuery
@@ -197,6 +197,7 @@ class Outcome:
 
     status: ImageStatus  # any but "queued"
     reason: str | None = None
+    reason_kind: ReasonKind | None = None  # set with `reason`
     metadata: dict[str, Any] | None = None
     results: list[ModelResult] = field(default_factory=list)
     view: bytes | None = None  # the image as the tablet shows it (JPEG)
@@ -320,12 +321,13 @@ class Store:
         header: ImageHeader,
         *,
         reason: str | None = None,
+        reason_kind: ReasonKind | None = None,
         patient_id: str = "",
         extra: dict[str, Any] | None = None,
     ) -> Added:
         """Record a stored file as an image of its study and series (created where new) and queue its job; with a
-        `reason`, record it refused instead. The same bytes under a known SOP Instance UID are not added twice.
-        `IdentityConflict` (nothing recorded) where the image cannot join what its UIDs name: other bytes under a
+        `reason` (and its kind), record it refused instead. The same bytes under a known SOP Instance UID are not added
+        twice. `IdentityConflict` (nothing recorded) where the image cannot join what its UIDs name: other bytes under a
         known SOP Instance UID, or a study whose patient ID is not the image's (no ID never matches a known
         patient's, nor an ID a study held without one)."""
         now = _now()
@@ -365,7 +367,7 @@ class Store:
             )
             image_id = self._insert(
                 "INSERT INTO images (study_id, series_id, created_at, filename, sha256, size, metadata, "
-                "sop_instance_uid, status, reason, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "sop_instance_uid, status, reason, reason_kind, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     study_id,
                     series_id,
@@ -377,6 +379,7 @@ class Store:
                     header.sop_instance_uid,
                     status,
                     reason,
+                    reason_kind if reason else None,
                     source,
                 ),
             )
@@ -443,7 +446,10 @@ class Store:
                 job_id, image_id, attempts = int(row[0]), int(row[1]), int(row[2])
                 if attempts >= max_attempts:
                     reason = f"gave up after {attempts} attempts: the service stopped while diagnosing it each time"
-                    db.execute("UPDATE images SET status = 'failed', reason = ? WHERE id = ?", (reason, image_id))
+                    db.execute(
+                        "UPDATE images SET status = 'failed', reason = ?, reason_kind = 'internal' WHERE id = ?",
+                        (reason, image_id),
+                    )
                     db.execute("UPDATE jobs SET state = 'done', updated_at = ? WHERE id = ?", (stamp, job_id))
                     continue
                 db.execute(
@@ -487,8 +493,8 @@ class Store:
                 recorded.append(int(cur.lastrowid or 0))
             metadata = {**job.metadata, **(outcome.metadata or {})}
             db.execute(
-                "UPDATE images SET status = ?, reason = ?, metadata = ?, view_sha256 = ? WHERE id = ?",
-                (outcome.status, outcome.reason, json.dumps(metadata), view, job.image_id),
+                "UPDATE images SET status = ?, reason = ?, reason_kind = ?, metadata = ?, view_sha256 = ? WHERE id = ?",
+                (outcome.status, outcome.reason, outcome.reason_kind, json.dumps(metadata), view, job.image_id),
             )
             db.execute("UPDATE jobs SET state = 'done', updated_at = ? WHERE id = ?", (now, job.id))
         with self._changed:
@@ -508,7 +514,9 @@ class Store:
                 raise UserError(f"only an image no model read or the input guard refused can be sent ({row[0]})")
             if row[1] is not None:
                 raise UserError("the image's file was removed (the retention policy): it cannot be read again")
-            db.execute("UPDATE images SET status = 'queued', reason = NULL WHERE id = ?", (image_id,))
+            db.execute(
+                "UPDATE images SET status = 'queued', reason = NULL, reason_kind = NULL WHERE id = ?", (image_id,)
+            )
             db.execute(  # an image of schema version 1 may have no job row yet
                 "INSERT INTO jobs (image_id, state, attempts, lease_until, bundle_sha256, updated_at) "
                 "VALUES (?, 'queued', 0, 0, ?, ?) ON CONFLICT (image_id) DO UPDATE SET state = 'queued', attempts = 0, "
@@ -721,6 +729,7 @@ class Store:
                     series_uid=image["series_uid"],
                     status=image["status"],
                     reason=image["reason"],
+                    reason_kind=image["reason_kind"],
                     source=image["source"],
                     filename=image["filename"],
                     sha256=image["sha256"],

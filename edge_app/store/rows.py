@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from edge_app.bundles.findings import ResultStatus
+from edge_app.errors import ReasonKind
 
 # queued for the worker; done (diagnosed); rejected (not diagnosed: refused, kept apart, or kept with its study: no
 # image, or the box's own); failed (an internal error); no_model (none reads it); outside (the input guard refused it)
@@ -128,6 +129,7 @@ class Image:
     series_uid: str | None
     status: ImageStatus
     reason: str | None
+    reason_kind: ReasonKind | None  # what the reason is about (the tablet's words); None: recorded before kinds were
     source: str
     filename: str
     sha256: str
@@ -151,6 +153,7 @@ class Image:
             "series_uid": self.series_uid,
             "status": self.status,
             "reason": self.reason,
+            "reason_kind": self.reason_kind,
             "source": self.source,
             "filename": self.filename,
             "sha256": self.sha256,

@@ -273,6 +273,20 @@ def _to_v10(db: sqlite3.Connection, now: str) -> None:
     db.execute("CREATE INDEX outbox_destination ON outbox(destination, state, next_try)")
 
 
+def _to_v11(db: sqlite3.Connection, now: str) -> None:
+    """Version 11: the kind of each image's reason (`edge_app.errors.ReasonKind`), what the tablet words it by;
+    rows of before get it from their status, or from their reason's fixed words, else none (general words)."""
+    db.execute("ALTER TABLE images ADD COLUMN reason_kind TEXT")
+    db.execute(
+        "UPDATE images SET reason_kind = CASE "
+        "WHEN status = 'no_model' THEN 'no_model' WHEN status = 'outside' THEN 'outside' "
+        "WHEN status = 'failed' THEN 'internal' "
+        "WHEN reason LIKE 'made by this appliance%' THEN 'ours' "
+        "WHEN reason LIKE 'not an image (%' OR reason LIKE 'DICOM object holds no image%' THEN 'no_image' "
+        "WHEN reason LIKE '%kept apart%' THEN 'identity' END WHERE reason IS NOT NULL"
+    )
+
+
 def _rebuild(db: sqlite3.Connection, table: str, old: str, new: str) -> None:
     """A table made anew with `old` replaced by `new` in its definition (SQLite cannot change a CHECK in place: its
     documented twelve steps, foreign keys off from `migrate`), rows, indexes and ids kept."""
@@ -309,6 +323,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection, str], None]] = [
     _to_v8,
     _to_v9,
     _to_v10,
+    _to_v11,
 ]
 VERSION = len(MIGRATIONS)
 

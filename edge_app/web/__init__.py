@@ -12,7 +12,7 @@ from werkzeug.formparser import FormDataParser
 
 from edge_app.ops.secrets import session_secret
 from edge_app.service import Service
-from edge_app.web import admin, api, audit, auth, devices, i18n, security, services, study, worklist
+from edge_app.web import admin, api, audit, auth, devices, i18n, security, services, study, words, worklist
 from edge_app.web.forms import LanguageForm
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,10 @@ def create_app(service: Service) -> Flask:
             "can": lambda *wanted: bool(roles & set(wanted)),
             "locale": str(get_locale()),
             "idle_s": settings.server.idle_logout_min * 60,
+            "home": security.home(),
+            "reason_words": words.reason_words,
+            "source_words": words.source_words,
+            "finding_name": words.finding_name,
             "language_form": LanguageForm(language=principal.user.language if principal and principal.user else "en"),
         }
 

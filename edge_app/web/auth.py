@@ -52,7 +52,7 @@ def login() -> Any:
                 limits.succeeded(name)
                 security.log_in(user)
                 svc.store.audit(user.name, "login.success", detail=f"from {address}")
-                return redirect(_safe_next(request.args.get("next")))
+                return redirect(_safe_next(request.args.get("next"), user.roles))
     elif request.method == "POST":
         status = 400
     return render_template("login.html", form=form), status, headers
@@ -61,12 +61,25 @@ def login() -> Any:
 @bp.post("/logout")
 @security.public
 def logout() -> Any:
+    """Log out; the tablet's idle timer posts `idle=1` and the page it was on (`next`): the login page then says
+    why, and leads back there."""
     principal = security.current()
     if principal is not None and principal.user is not None:
         services.get().accounts.end_sessions(principal.user.name)  # the cookie alone would outlive the logout
-        services.get().store.audit(principal.name, "logout")
+        services.get().store.audit(principal.name, "logout", detail="idle" if request.form.get("idle") else "")
     security.log_out()
-    return redirect(url_for("auth.login"))
+    if not request.form.get("idle"):
+        return redirect(url_for("auth.login"))
+    security.flash_idle()
+    back = request.form.get("next")
+    return redirect(url_for("auth.login", next=back) if back and _safe_next(back) == back else url_for("auth.login"))
+
+
+@bp.get("/session/alive")
+@security.requires("clinician", "technician", "admin")
+def alive() -> Any:
+    """Nothing: someone is at the tablet (typing a note makes no request), so the session stays open."""
+    return "", 204
 
 
 @bp.route("/setup", methods=["GET", "POST"])
@@ -128,7 +141,7 @@ def _from_this_box() -> bool:
         return False
 
 
-def _safe_next(target: str | None) -> str:
+def _safe_next(target: str | None, roles: frozenset[str] | None = None) -> str:
     """Only a path on this server: no scheme, no host, no backslash, no control character or space (a browser
     drops a tab from "/<tab>/evil.example" and goes to //evil.example): no open redirect."""
     if (
@@ -139,4 +152,4 @@ def _safe_next(target: str | None) -> str:
         and not target.startswith("//")
     ):
         return target
-    return url_for("worklist.index")
+    return security.home(roles)

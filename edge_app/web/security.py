@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flask import Flask, Response, g, jsonify, redirect, request, session, url_for
+from flask import Flask, Response, flash, g, jsonify, redirect, request, session, url_for
 from flask_wtf.csrf import CSRFProtect
 
 from edge_app.config import Settings
@@ -97,6 +97,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         services.get_from(app).store, server.login_attempts, server.login_lockout_min * 60, server.login_delay_s
     )
     idle_s = settings.server.idle_logout_min * 60
+    app.extensions["idle_logout_min"] = settings.server.idle_logout_min
 
     @app.before_request
     def _authenticate() -> Any:
@@ -118,6 +119,8 @@ def init_app(app: Flask, settings: Settings) -> None:
         seen = float(session.get("seen", 0))
         if user is None or user.disabled or user.epoch != session.get("epoch") or now - seen > idle_s:
             log_out()
+            if user is not None and now - seen > idle_s:
+                flash_idle()
             return None
         if not request.headers.get(BACKGROUND_HEADER):
             session["seen"] = now
@@ -137,6 +140,15 @@ def init_app(app: Flask, settings: Settings) -> None:
         return response
 
 
+def flash_idle() -> None:
+    """Tell the login page that the session ended for want of activity."""
+    from flask import current_app
+    from flask_babel import gettext
+
+    minutes = current_app.extensions["idle_logout_min"]
+    flash(gettext("You were signed out after %(minutes)d minutes without activity.", minutes=minutes), "info")
+
+
 def login_limits() -> LoginLimits:
     from flask import current_app
 
@@ -148,9 +160,21 @@ def _is_api() -> bool:
     return request.path.startswith("/api/")
 
 
+def home(roles: frozenset[str] | None = None) -> str:
+    """Where someone with `roles` (default: whoever asks) lands: the worklist for a clinician or a technician, the
+    users' page for an administrator alone (the worklist would refuse them), else the login page."""
+    principal = current()
+    roles = roles if roles is not None else principal.roles if principal is not None else frozenset()
+    if roles & {"clinician", "technician"}:
+        return url_for("worklist.index")
+    return url_for("admin.users") if "admin" in roles else url_for("auth.login")
+
+
 def _forbidden(roles: tuple[str, ...]) -> Any:
     from flask import abort
 
     if _is_api():
         return jsonify(error="Forbidden", detail=f"this needs the role {' or '.join(roles)}"), 403
+    if request.method == "GET" and request.path == "/":  # the landing page: to one this role may see
+        return redirect(home())
     abort(403)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
+from flask_babel import get_locale
 from flask_babel import gettext as _
 
 from edge_app.errors import NotFound, UserError
@@ -146,7 +147,13 @@ def report(uid: str) -> Response:
     reviews = {image.id: svc.reviews.of_image(image.id) for image in study.images}
     shas = {result.bundle_sha256 for image in study.images for result in image.results}
     pdf = study_report(
-        study, pictures, heatmaps, reviews, _, cards={sha: svc.lifecycle.manifest_of(sha) for sha in shas}
+        study,
+        pictures,
+        heatmaps,
+        reviews,
+        _,
+        cards={sha: svc.lifecycle.manifest_of(sha) for sha in shas},
+        language=str(get_locale()),
     )
     return Response(
         pdf,

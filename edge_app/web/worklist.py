@@ -14,7 +14,7 @@ from flask_babel import ngettext
 
 from edge_app.store import ImageStatus, Study
 from edge_app.store.rows import StudyOrder, StudyPage, StudyQuery, StudyState
-from edge_app.web import audit, i18n, security, services
+from edge_app.web import audit, i18n, security, services, words
 
 bp = Blueprint("worklist", __name__)
 PAGE = 20  # studies a page: 20 cards fill a tablet's portrait screen about twice
@@ -33,6 +33,7 @@ class Row:
     modality: str
     status: ImageStatus
     reason: str | None
+    reason_kind: str | None
     positive: list[str] = field(default_factory=list)
     reviewed: bool = False
     triage: float = 0.0  # the most urgent image's: what the list sorts by
@@ -48,12 +49,14 @@ def study_row(study: Study, reviewed: bool) -> Row:
         status = "done"
     else:
         status = statuses[-1] if statuses else "queued"
-    reason = next((image.reason for image in images if image.status == status and image.reason), None)
+    why = next((image for image in images if image.status == status and image.reason), None)
     positive: dict[str, None] = {}
     triage = 0.0
     for image in images:
         if (result := image.latest_ok) is not None:
-            positive.update((f.label, None) for f in result.findings if f.positive)
+            positive.update(
+                (words.label_of(result.bundle_sha256, f.label), None) for f in result.findings if f.positive
+            )
             triage = max(triage, result.triage or 0.0)
     first = images[0].metadata if images else {}
     return Row(
@@ -63,7 +66,8 @@ def study_row(study: Study, reviewed: bool) -> Row:
         patient_name=first.get("patient_name", ""),
         modality=first.get("modality", "") or first.get("format", "").upper(),
         status=status,
-        reason=reason if status != "done" else None,
+        reason=why.reason if why and status != "done" else None,
+        reason_kind=why.reason_kind if why and status != "done" else None,
         positive=list(positive),
         reviewed=reviewed,
         triage=triage,

@@ -40,13 +40,50 @@ document.addEventListener("DOMContentLoaded", () => {
     setInterval(refresh, every);
   }
 
+  // Notes being typed are kept in this tab (sessionStorage) until their form is sent: a logout loses none.
+  const drafts = [...document.querySelectorAll("form[method=post] textarea[name]")];
+  const key = (area) => `draft:${area.form.action}:${area.name}`;
+  for (const area of drafts) {
+    const kept = sessionStorage.getItem(key(area));
+    if (kept && !area.value) { area.value = kept; area.classList.add("restored"); }
+    area.addEventListener("input", () => sessionStorage.setItem(key(area), area.value));
+    area.form.addEventListener("submit", () => sessionStorage.removeItem(key(area)));
+  }
+
+  // Idle logout: a warning a minute before (half the time for a shorter one), then the logout saying why and
+  // leading back to this page. Typing makes no request: activity tells the server now and then that someone is here.
   const idle = Number(document.body.dataset.idleS || 0);
-  const logout = document.getElementById("logout");
-  if (idle > 0 && logout) {
+  const form = document.getElementById("logout-form");
+  const banner = document.getElementById("idle-warning");
+  if (idle > 0 && form && banner) {
+    const warnAt = 1000 * (idle - Math.min(60, idle / 2));
     let last = Date.now();
-    for (const kind of ["pointerdown", "keydown", "wheel"]) {
-      document.addEventListener(kind, () => { last = Date.now(); }, {passive: true});
+    let told = Date.now();
+    const active = () => {
+      last = Date.now();
+      banner.hidden = true;
+      if (last - told > 250 * idle) {
+        told = last;
+        fetch(document.body.dataset.aliveUrl, {credentials: "same-origin"}).catch(() => {});
+      }
+    };
+    for (const kind of ["pointerdown", "keydown", "wheel", "input"]) {
+      document.addEventListener(kind, active, {passive: true});
     }
-    setInterval(() => { if (Date.now() - last > idle * 1000) logout.form.submit(); }, 5000);
+    document.getElementById("stay-signed-in").addEventListener("click", () => { told = 0; active(); });
+    const timer = setInterval(() => {
+      const quiet = Date.now() - last;
+      if (quiet > idle * 1000) {
+        clearInterval(timer);
+        for (const [name, value] of [["idle", "1"], ["next", location.pathname + location.search]]) {
+          const field = document.createElement("input");
+          Object.assign(field, {type: "hidden", name, value});
+          form.append(field);
+        }
+        form.submit();
+      } else if (quiet > warnAt) {
+        banner.hidden = false;
+      }
+    }, 1000);
   }
 });

@@ -1,0 +1,130 @@
+"""Plain words on the tablet: every kind of reason the code records has a clinician's sentence and what to do, in
+English and French, with the technical reason one tap away; no network address; a refused image keeps its
+patient's name; finding names in the clinician's language; an administrator alone lands on the admin pages."""
+
+from __future__ import annotations
+
+import ast
+import io
+import re
+from pathlib import Path
+from typing import Any, get_args
+
+import pydicom
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from edge_app.errors import ReasonKind
+from edge_app.web import services, words
+from support.dicom import dicom_file
+
+pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parent.parent
+KINDS = set(get_args(ReasonKind))
+
+
+def _kinds_written() -> set[str]:
+    """Every reason kind a literal in edge_app names where a reason is made: `ImageRejected(source, reason, KIND)`,
+    `reason_kind=KIND`, `Outcome(status, reason, KIND)`, `reason_kind = 'KIND'` in SQL, and `_kept`'s pairs."""
+    found: set[str] = set()
+    for path in (ROOT / "edge_app").rglob("*.py"):
+        text = path.read_text()
+        found |= set(re.findall(r"reason_kind = '(\w+)'", text))
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+                if name in ("ImageRejected", "Outcome") and len(node.args) == 3:
+                    found |= {node.args[2].value} if isinstance(node.args[2], ast.Constant) else set()
+                found |= {
+                    k.value.value
+                    for k in node.keywords
+                    if k.arg == "reason_kind" and isinstance(k.value, ast.Constant) and k.value.value
+                }
+            pair = isinstance(node, ast.Tuple) and len(node.elts) == 2 and isinstance(node.elts[0], ast.Constant)
+            if pair and node.elts[0].value in KINDS and isinstance(node.elts[1], ast.JoinedStr):  # type: ignore[attr-defined]
+                found.add(node.elts[0].value)  # type: ignore[attr-defined]
+    return found | {"no_image", "identity"}  # NotAnImage and IdentityConflict carry theirs
+
+
+def test_every_reason_kind_the_code_writes_has_words_in_english_and_french(app: Flask) -> None:
+    written = _kinds_written()
+    assert written <= KINDS and written == set(words.REASONS) == KINDS, "one sentence per kind, none left over"
+    with app.test_request_context():
+        from flask_babel import force_locale
+
+        english = {k: (str(w.what), str(w.todo)) for k, w in words.REASONS.items()}
+        with force_locale("fr"):
+            french = {k: (str(w.what), str(w.todo)) for k, w in words.REASONS.items()}
+    for kind in KINDS:
+        assert all(french[kind]) and french[kind][0] != english[kind][0], f"{kind}: no French"
+    assert words.reason_words(None) is words.UNKNOWN and words.reason_words("gone") is words.UNKNOWN
+
+
+def test_a_truncated_dicom_shows_its_patient_plain_words_and_the_reason_under_details(
+    auth: Any, browser: FlaskClient, client: FlaskClient
+) -> None:
+    data = dicom_file("RG1_UNCR.dcm").read_bytes()
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"), stop_before_pixels=True)
+    study = client.post("/api/v1/studies?filename=cut.dcm", data=data[: len(data) - 5000]).get_json()["study"]
+    image = study["images"][0]
+    assert image["status"] == "rejected" and image["reason_kind"] == "damaged"
+    assert image["reason"].startswith("truncated DICOM file")
+    auth.login("clinician")
+    page = browser.get(f"/studies/{study['uid']}").get_data(as_text=True)
+    name = " ".join(str(ds.PatientName).replace("^", " ").split())
+    assert f"<h1>{name} <small>{ds.PatientID}</small>" in page, "the header's name, not (no name)"
+    refusal = re.search(r'<div class="refusal warn" data-reason-kind="damaged">(.*?)</div>', page, re.S)
+    assert refusal and "The image arrived incomplete or damaged." in refusal.group(1)
+    assert re.search(r"<details><summary>Details</summary><small>truncated DICOM file", refusal.group(1))
+    assert "flash error" not in page, "not an alarm"
+    assert "Sent by a program" in page
+
+
+def test_a_clinician_never_sees_where_an_image_came_from_by_address(
+    app: Flask, auth: Any, browser: FlaskClient
+) -> None:
+    svc = services.get_from(app)
+    with dicom_file("CT_small.dcm").open("rb") as fh:  # the receiver's source: its AE title at its address
+        added = svc.ingest.submit(fh, "ct.dcm", "dicom:XRAY1@10.20.30.40")
+    assert added is not None
+    svc.store.wait_for(added.image_id, 60)
+    auth.login("clinician")
+    page = browser.get(f"/studies/{added.study_uid}").get_data(as_text=True)
+    assert "Imaging unit XRAY1" in page and "10.20.30.40" not in page and "dicom:" not in page
+    auth.logout()
+    auth.login("technician", name="tech")
+    assert "10.20.30.40" not in browser.get("/").get_data(as_text=True)
+
+
+def test_finding_names_in_the_clinician_s_language_on_the_page_and_in_the_report(
+    app: Flask, auth: Any, browser: FlaskClient, client: FlaskClient
+) -> None:
+    from support.data import NIH
+
+    pngs = sorted((NIH / "images").glob("*.png"))[:1] if NIH.is_dir() else []
+    if not pngs:
+        pytest.skip("the NIH sample is absent ($EDGE_SHARED_DATA)")
+    uid = client.post("/api/v1/studies?filename=a.png", data=pngs[0].read_bytes()).get_json()["uid"]
+    services.get_from(app).store.wait_for(client.get(f"/api/v1/studies/{uid}").get_json()["images"][0]["id"], 60)
+    study = {"uid": uid}
+    auth.user("dr-fr", "clinician", "fr")
+    auth.login(name="dr-fr")
+    page = browser.get(f"/studies/{study['uid']}").get_data(as_text=True)
+    assert "Cardiomégalie" in page and "Épanchement pleural" in page and ">Cardiomegaly<" not in page
+    assert 'name="verdict-Cardiomegaly"' in page, "the code label stays the key"
+    from pypdf import PdfReader
+
+    pdf = PdfReader(io.BytesIO(browser.get(f"/studies/{study['uid']}/report.pdf").data))
+    text = " ".join(pdf.pages[0].extract_text().split())
+    assert "Cardiomégalie:" in text and "Cardiomegaly:" not in text
+
+
+def test_an_administrator_alone_lands_on_the_admin_pages(auth: Any, browser: FlaskClient) -> None:
+    login = auth.login("admin")
+    assert login.status_code == 302 and login.headers["Location"].endswith("/admin/users")
+    landing = browser.get("/")
+    assert landing.status_code == 302 and landing.headers["Location"].endswith("/admin/users")
+    refused = browser.get("/studies/1.2.3")
+    page = refused.get_data(as_text=True)
+    assert refused.status_code == 403 and 'href="/admin/users"' in page and 'href="/"' not in page.split("<main>")[1]
