@@ -34,6 +34,9 @@ MIN_SECRET_CHARS = 32
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 EMBEDDED_BUNDLE = Path(__file__).parent / "bundles" / "cxr-reference"
 RUNNER_NAMES = ("auto", "onnxruntime", "tensorrt", "triton")
+# Read where no --config is given: the file the environment names, else the appliance's own where it exists.
+CONFIG_ENV = "EDGE_APP_CONFIG"
+APPLIANCE_CONFIG = Path("/etc/edge-app/edge-app.toml")
 
 
 def check_host(host: str) -> str:
@@ -511,6 +514,15 @@ class Settings(_Section):
     @property
     def tls(self) -> bool:
         return all(path.is_file() for path in self.tls_files)
+
+
+def default_config(environ: Mapping[str, str] | None = None, appliance: Path = APPLIANCE_CONFIG) -> Path | None:
+    """The configuration file a command reads when none is given: `EDGE_APP_CONFIG`'s, else the appliance's
+    (`/etc/edge-app/edge-app.toml`) where it exists, else none (the defaults)."""
+    named = (os.environ if environ is None else environ).get(CONFIG_ENV)
+    if named:
+        return Path(named)
+    return appliance if appliance.is_file() else None
 
 
 def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Settings:

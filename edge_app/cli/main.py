@@ -17,7 +17,7 @@ import numpy as np
 from edge_app import __version__
 from edge_app.cli import accounts as cli_accounts
 from edge_app.cli import config_reference
-from edge_app.config import Settings, load_settings
+from edge_app.config import Settings, default_config, load_settings
 from edge_app.errors import UserError
 from edge_app.inference.diagnoser import Diagnoser
 
@@ -31,7 +31,12 @@ EXIT_INTERNAL = 3  # an internal error (a bug), on any command or any file
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge-app", description=__doc__)
     parser.add_argument("--version", action="version", version=f"edge-app {__version__}")
-    parser.add_argument("--config", type=Path, help="TOML configuration file (edge-app config --defaults)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="TOML configuration file (edge-app config --defaults); default: $EDGE_APP_CONFIG, else "
+        "/etc/edge-app/edge-app.toml where it exists",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -86,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "config":
             print(config_reference.defaults_toml(), end="")
             return 0
-        settings = load_settings(args.config)
+        settings = load_settings(args.config or default_config())
         if args.command == "diagnose":
             return _diagnose(settings, args.files, args.bundle)
         if args.command == "serve":
