@@ -280,7 +280,7 @@ data = Path(sys.argv[1]).read_bytes()
 limit = _address_space() + 20 * 2**20
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 outcome, notes = _prepare_in_child(data, "big.dcm", DecodeLimits(), manifest)
-print(outcome if isinstance(outcome, str) else "prepared")
+print(outcome[0] if isinstance(outcome, tuple) else "prepared")
 """
     args = [sys.executable, "-c", script, str(dicom_file("RG1_UNCR.dcm"))]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
