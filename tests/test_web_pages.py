@@ -229,11 +229,17 @@ def test_the_report_is_one_page_with_findings_model_and_review(
     ]
 
 
-def test_the_report_of_a_refused_image_says_why(auth: Any, browser: FlaskClient, client: FlaskClient) -> None:
+def test_a_refused_study_offers_no_report(auth: Any, browser: FlaskClient, client: FlaskClient) -> None:
+    """No model read it: no "Report (PDF)" on its page, and the report's address answers 409 saying why, never a
+    page headed "No findings"."""
     resp = client.post("/api/v1/studies?filename=junk.bin", data=b"\x00" * 300)
     auth.login("clinician")
-    text = _pdf_text(browser.get(f"/studies/{resp.get_json()['study']['uid']}/report.pdf").data)
-    assert "No findings: not a DICOM (Part 10), PNG or JPEG file" in text
+    uid = resp.get_json()["study"]["uid"]
+    page = browser.get(f"/studies/{uid}").get_data(as_text=True)
+    assert "Report (PDF)" not in page and "Not read by the AI: the image was refused" in page
+    report = browser.get(f"/studies/{uid}/report.pdf")
+    assert report.status_code == 409 and report.mimetype == "text/plain"
+    assert report.get_data(as_text=True) == "No report: no model has read this study (see the study page for why)."
 
 
 def test_the_devices_page(app: Flask, auth: Any, browser: FlaskClient) -> None:

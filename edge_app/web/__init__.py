@@ -44,6 +44,7 @@ def create_app(service: Service) -> Flask:
             "can": lambda *wanted: bool(roles & set(wanted)),
             "locale": str(get_locale()),
             "idle_s": settings.server.idle_logout_min * 60,
+            "worker_state": service.worker_state,  # called by the page that shows the banner, only then
             "language_form": LanguageForm(language=principal.user.language if principal and principal.user else "en"),
         }
 

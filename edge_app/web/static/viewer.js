@@ -52,10 +52,17 @@ async function setUp(box) {
 
   const view = {scale: 1, x: 0, y: 0, width: 255, level: 127.5};
   const fit = () => {
-    // The whole image in view, its proportions kept: as wide as the page allows, no taller than 3/4 of the screen.
-    let width = box.clientWidth, height = width * img.height / img.width;
-    const tallest = window.innerHeight * 0.75;
+    // The whole image in view, its proportions kept: as wide as its column allows, and its bottom on the first
+    // screen (at least half the screen tall, for an image further down the page).
+    // Side by side (landscape, the stylesheet's --side): the image's column is as wide as the image, at most 62 %
+    // of the row, and the findings take the rest.
+    const layout = box.closest(".image-layout");
+    const side = layout !== null && getComputedStyle(layout).getPropertyValue("--side").trim() === "1";
+    let width = side ? layout.clientWidth * 0.62 : box.clientWidth, height = width * img.height / img.width;
+    const top = box.getBoundingClientRect().top + window.scrollY;
+    const tallest = Math.max(window.innerHeight * 0.5, window.innerHeight - top - 8);
     if (height > tallest) { height = tallest; width = height * img.width / img.height; }
+    if (layout !== null) layout.style.setProperty("--view-width", side ? `${Math.floor(width)}px` : "");
     canvas.style.width = `${width}px`; canvas.style.height = `${height}px`;
     canvas.width = Math.max(1, Math.round(width * devicePixelRatio));
     canvas.height = Math.max(1, Math.round(height * devicePixelRatio));
