@@ -70,8 +70,9 @@ class Box:
 
     def _get(self, path: str) -> Any:
         try:
-            with urllib.request.urlopen(urllib.request.Request(self.base + path, headers=self.headers), timeout=10) as r:
-                return json.loads(r.read())
+            req = urllib.request.Request(self.base + path, headers=self.headers)
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return json.loads(resp.read())
         except (OSError, urllib.error.HTTPError):
             return None
 
@@ -297,7 +298,10 @@ _SMALL_TARGETS = """() => {
     const r = e.getBoundingClientRect();
     if (!r.width || getComputedStyle(e).visibility === "hidden") return false;
     return r.width < 44 || r.height < 44;
-  }).map(e => `${e.tagName}.${e.className} ${e.textContent.trim().slice(0, 20)} ${Math.round(e.getBoundingClientRect().width)}x${Math.round(e.getBoundingClientRect().height)}`);
+  }).map(e => {
+    const r = e.getBoundingClientRect();
+    return `${e.tagName}.${e.className} ${e.textContent.trim().slice(0, 20)} ${r.width}x${r.height}`;
+  });
 }"""
 _CUT_PILLS = """() => [...document.querySelectorAll(".flag")].some(e => {
   const r = e.getBoundingClientRect();
