@@ -287,6 +287,47 @@ def test_unread_studies_show_their_image_and_offer_no_report(box: dict[str, Any]
     assert not errors, errors
 
 
+def test_the_diagnostic_view_loads_only_when_asked(box: dict[str, Any]) -> None:
+    """The 8-bit preview says it is one; the diagnostic view's weight is on its button, nothing of it is loaded
+    before the tap; after, the image's every value is there and window/level changes what is shown."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+    server, uids = box["box"], box["uids"]
+    if server.worker is None:
+        server.start_worker(*uids.values())
+    with sync_api.sync_playwright() as p:
+        browser, page, errors = _browse(p, server.base, 800, 1280, True, False)
+        try:
+            asked: list[tuple[str, int]] = []
+            page.on("requestfinished", lambda r: asked.append((r.url, r.sizes()["responseBodySize"])))
+            page.goto(f"{server.base}/studies/{uids['chest']}")
+            page.wait_for_selector(".viewer[data-drawn]")
+            assert page.inner_text(".preview-note") == "8-bit preview, at most 1024 pixels a side."
+            assert page.inner_text(".full-depth") == "Diagnostic view (7.2 MB)", "1955 x 1841 x 2 bytes"
+            assert not [url for url, _ in asked if url.endswith("/full")], "nothing loaded before it is asked for"
+            preview = page.evaluate("document.querySelector('.viewer canvas').toDataURL()")
+            page.click(".full-depth")
+            page.wait_for_selector(".viewer[data-full]")
+            (weight,) = [size for url, size in asked if url.endswith("/full")]
+            assert weight == 1955 * 1841 * 2
+            assert page.is_visible(".full-note") and not page.is_visible(".preview-note")
+            assert not page.is_visible(".full-depth"), "loaded: its button goes"
+            page.uncheck(".heatmap-toggle")
+            shown = page.evaluate("document.querySelector('.viewer canvas').toDataURL()")
+            assert shown != preview
+            page.click(".viewer .wl")
+            canvas = _rect(page, ".viewer canvas")
+            x, y = canvas["left"] + canvas["width"] / 2, canvas["top"] + canvas["height"] / 2
+            page.mouse.move(x, y)
+            page.mouse.down()
+            page.mouse.move(x - 60, y + 40, steps=4)
+            page.mouse.up()
+            assert page.evaluate("document.querySelector('.viewer canvas').toDataURL()") != shown, "window/level"
+            page.screenshot(path=str(_artifacts() / "study-diagnostic-800x1280.png"))
+        finally:
+            browser.close()
+    assert not errors, errors
+
+
 # Every visible control of the page smaller than 44x44 CSS px: a label holding a radio or checkbox counts as the
 # target (it is what a finger taps), the input inside it does not.
 _SMALL_TARGETS = """() => {

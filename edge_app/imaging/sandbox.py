@@ -27,7 +27,7 @@ from pebble import ProcessExpired, ProcessPool
 
 from edge_app.bundles.manifest import Manifest
 from edge_app.errors import DecoderUnavailable, ImageRejected
-from edge_app.imaging.decode import DecodeLimits
+from edge_app.imaging.decode import DecodeLimits, FullDepth, decode_full_depth
 from edge_app.imaging.prepare import Prepared, prepare, view
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,11 @@ class DecoderPool:
         """`view` (the tablet's 8-bit preview) in a child, within the same limits, refused as `prepare` is."""
         pixels: NDArray[np.uint8] = self._run(_view_in_child, (data, source, self.limits), source)
         return pixels
+
+    def full_depth(self, path: Path, source: str) -> FullDepth:
+        """`decode_full_depth` (the diagnostic view's values) in a child, refused as `prepare` is."""
+        values: FullDepth = self._run(_full_depth_in_child, (path, source, self.limits), source)
+        return values
 
     def _run(self, task: Callable[..., tuple[Any, list[str]]], args: tuple[Any, ...], source: str) -> Any:
         try:
@@ -154,6 +159,11 @@ def _view_in_child(
 ) -> tuple[NDArray[np.uint8] | str, list[str]]:
     """The image's view, or the reason it cannot be decoded; with the log records it left."""
     return _in_child(view, data, source, limits)
+
+
+def _full_depth_in_child(path: Path, source: str, limits: DecodeLimits) -> tuple[FullDepth | str, list[str]]:
+    """The image's full-depth values, or the reason there are none; with the log records it left."""
+    return _in_child(lambda p, s, lim: decode_full_depth(p, source=s, limits=lim), path, source, limits)
 
 
 def _in_child(task: Callable[..., Any], *args: Any) -> tuple[Any, list[str]]:

@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 from edge_app.config import ImagingSettings
 from edge_app.imaging import DecodeLimits
+from edge_app.imaging.decode import FullDepth
 from edge_app.imaging.encode import jpeg
 from edge_app.imaging.sandbox import DecoderPool
 from edge_app.store import Image, Store
@@ -37,6 +38,11 @@ class Views:
         view = jpeg(self.pixels(self.store.file_path(image.sha256), f"image {image.id}"))
         self.store.set_view(image.id, view)
         return view
+
+    def full_depth(self, image: Image) -> FullDepth:
+        """The diagnostic view's values (a greyscale DICOM's full bit depth), decoded now, kept nowhere: asked for
+        by a clinician, at most a few a day. `ImageRejected` for an image that has none."""
+        return self._pool().full_depth(self.store.file_path(image.sha256), f"image {image.id}")
 
     def _pool(self) -> DecoderPool:
         if self._decoder is not None:

@@ -10,6 +10,7 @@ from flask_babel import gettext as _
 from flask_babel import ngettext
 
 from edge_app.errors import DecoderUnavailable, ImageRejected, NotFound, UserError
+from edge_app.imaging.decode import full_depth_bytes, has_full_depth
 from edge_app.store import Image, Result, Study
 from edge_app.store.reviews import VERDICTS
 from edge_app.web import audit, security, services
@@ -60,6 +61,11 @@ def show(uid: str) -> Any:
         cards=cards,
         summaries={image.id: ai_summary(image) for image in study.images},
         ai_summary=ai_summary,
+        full_weights={
+            image.id: _weight(full_depth_bytes(image.metadata))
+            for image in study.images
+            if has_full_depth(image.metadata) and not image.purged_at
+        },
         patient=patient_context(first),
         priors=[s for s in svc.store.patient_studies(study.patient_id) if s.uid != study.uid],
         has_result=has_result(study),
@@ -81,6 +87,33 @@ def view(uid: str, image_id: int) -> Response:
     if not image.view_sha256:
         abort(404)
     return Response(services.get().store.read_file(image.view_sha256), mimetype="image/jpeg")
+
+
+@bp.get("/<uid>/images/<int:image_id>/full")
+@security.requires("clinician")
+@audit.reads("image.full")
+def full_depth(uid: str, image_id: int) -> Response:
+    """The diagnostic view's data, asked for by the clinician: the image's values at full bit depth, 16-bit
+    little-endian row by row, their size, scale and the header's window in X-Full-* headers (viewer.js windows
+    them); 422 saying why where an image has none."""
+    image = _image(_study(uid), image_id)
+    if image.purged_at:
+        abort(404)
+    try:
+        full = services.get().views.full_depth(image)
+    except ImageRejected as exc:
+        return Response(exc.reason, status=422, mimetype="text/plain")
+    height, width = full.values.shape
+    headers = {
+        "X-Full-Width": str(width),
+        "X-Full-Height": str(height),
+        "X-Full-Offset": repr(full.offset),
+        "X-Full-Step": repr(full.step),
+        "X-Full-Center": repr(full.center),
+        "X-Full-Window": repr(full.width),
+        "X-Full-Inverted": "1" if full.inverted else "0",
+    }
+    return Response(full.values.astype("<u2").tobytes(), mimetype="application/octet-stream", headers=headers)
 
 
 @bp.get("/<uid>/results/<int:result_id>/heatmap.png")
@@ -189,6 +222,10 @@ def _make_views(study: Study) -> dict[int, str] | None:
         except DecoderUnavailable as exc:  # the image may decode later: the page still opens
             unviewable[image.id] = str(exc)
     return unviewable
+
+
+def _weight(size: int) -> str:
+    return str(_("%(mb).1f MB", mb=size / 1e6) if size >= 1e6 else _("%(kb)d KB", kb=size // 1000))
 
 
 def has_result(study: Study) -> bool:
