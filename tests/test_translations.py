@@ -62,10 +62,15 @@ def test_french_translates_every_message_with_the_same_placeholders() -> None:
 
 def test_the_compiled_catalogue_is_the_translations() -> None:
     with (TRANSLATIONS / "fr" / "LC_MESSAGES" / "messages.po").open("rb") as fh:
-        source = {str(m.id): str(m.string) for m in read_po(fh) if m.id}
+        source = {_text(m.id): _text(m.string) for m in read_po(fh) if m.id}
     with (TRANSLATIONS / "fr" / "LC_MESSAGES" / "messages.mo").open("rb") as fh:
-        compiled = {str(m.id): str(m.string) for m in read_mo(fh) if m.id}
+        compiled = {_text(m.id): _text(m.string) for m in read_mo(fh) if m.id}
     assert compiled == source, "run: pybabel compile -d edge_app/web/translations"
+
+
+def _text(value: object) -> str:
+    """A message's text; a plural one's forms (a tuple read from the .po file, a list from the .mo) alike."""
+    return str(tuple(value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def test_no_template_shows_text_that_is_not_translated() -> None:

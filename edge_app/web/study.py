@@ -58,6 +58,7 @@ def show(uid: str) -> Any:
     first = study.images[0].metadata if study.images else {}
     return render_template(
         "study.html",
+        main_class="wide",  # the image and its findings side by side take the whole width
         cards=cards,
         summaries={image.id: ai_summary(image) for image in study.images},
         ai_summary=ai_summary,
