@@ -250,7 +250,7 @@ def test_the_study_page_at_three_sizes_once_read(box: dict[str, Any]) -> None:
                 for part in ("2026-12-01", "46 y", "female", "ACC-4411"):
                     assert part in text, (part, text)
                 prior = page.locator(f".priors a[href='/studies/{uids['older']}']")
-                assert prior.inner_text().startswith("20240105"), "the patient's other study, linked"
+                assert prior.inner_text() == "2024-01-05 · CR CHEST", "the patient's other study, linked"
                 assert page.locator("#report").count() == 1
                 _drag_by_touch(page, ".heatmap-opacity")
                 assert int(page.input_value(".heatmap-opacity")) > 60, "the slider moved by touch"
@@ -332,7 +332,7 @@ def test_the_diagnostic_view_loads_only_when_asked(box: dict[str, Any]) -> None:
 # target (it is what a finger taps), the input inside it does not.
 _SMALL_TARGETS = """() => {
   const els = [...document.querySelectorAll(
-    "main button, main a, main select, main input, main textarea, main summary, main label")];
+    "button, a, select, input, textarea, summary, label")];
   return els.filter(e => {
     if (e.matches("input[type=radio], input[type=checkbox]") && e.closest("label")) return false;
     if (e.tagName === "LABEL" && !e.querySelector("input[type=radio], input[type=checkbox]")) return false;

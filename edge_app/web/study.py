@@ -61,14 +61,17 @@ def show(uid: str) -> Any:
         main_class="wide",  # the image and its findings side by side take the whole width
         cards=cards,
         summaries={image.id: ai_summary(image) for image in study.images},
-        ai_summary=ai_summary,
         full_weights={
             image.id: _weight(full_depth_bytes(image.metadata))
             for image in study.images
             if has_full_depth(image.metadata) and not image.purged_at
         },
         patient=patient_context(first),
-        priors=[s for s in svc.store.patient_studies(study.patient_id) if s.uid != study.uid],
+        priors=[
+            (prior, _shown_date(prior), ai_summary(prior.images[0]) if prior.images else "")
+            for prior in svc.store.patient_studies(study.patient_id)
+            if prior.uid != study.uid
+        ],
         has_result=has_result(study),
         unviewable=unviewable or {},
         study=study,
@@ -273,6 +276,12 @@ def patient_context(meta: Any) -> dict[str, str]:
         "sex": sex,
         "accession": str(meta.get("accession_number", "")),
     }
+
+
+def _shown_date(study: Study) -> str:
+    """A study's date as its DICOM gives it (else the day it arrived), as the page shows dates."""
+    given = study.images[0].metadata.get("study_date", "") if study.images else ""
+    return patient_context({"study_date": given})["study_date"] or study.created_at[:10]
 
 
 def _date(text: str) -> dt.date | None:
