@@ -308,6 +308,13 @@ class WorkerSettings(_Section):
     idle_s: float = Field(
         30.0, gt=0, le=3600, strict=True, description="an idle queue is looked at this often (besides each wake-up)"
     )
+    behind_s: float = Field(
+        120.0,
+        gt=0,
+        le=86400,
+        strict=True,
+        description="the tablet says the worker is behind when an image has waited this long for a model",
+    )
 
 
 class DicomCaptureSettings(_Section):

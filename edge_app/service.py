@@ -10,9 +10,11 @@ claims them; the worker follows the model an administrator puts in service and s
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import logging
 import threading
+from dataclasses import dataclass
 from typing import IO, Literal
 
 from edge_app.capture import Source, open_sources
@@ -21,6 +23,7 @@ from edge_app.errors import ConfigError, UserError
 from edge_app.inference.lifecycle import ModelLifecycle
 from edge_app.inference.live import LiveInference
 from edge_app.inference.status import InService
+from edge_app.inference.views import Views
 from edge_app.inference.worker import Worker
 from edge_app.ingest import Ingest
 from edge_app.ops.retention import Retention
@@ -31,11 +34,26 @@ from edge_app.store.accounts import Accounts
 from edge_app.store.db import SERVICE_LOCKS
 from edge_app.store.reviews import Reviews
 from edge_app.system.background import Loop
+from edge_app.system.clock import utc_now
 from edge_app.system.wakeup import Listener, wake
 
 log = logging.getLogger(__name__)
 Role = Literal["all", "front", "worker"]
 ORPHAN_AGE_S = 3600.0  # with the front and the worker apart, a stray file is one older than this
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    running: bool
+    queued: int  # images waiting or being read
+    waiting_s: float  # how long the oldest of them has waited
+    behind_s: float  # from when that is late
+
+    @property
+    def problem(self) -> Literal["down", "behind"] | None:
+        if not self.running:
+            return "down"
+        return "behind" if self.queued and self.waiting_s >= self.behind_s else None
 
 
 class Service:
@@ -70,6 +88,9 @@ class Service:
             self._release_data_dir()
             raise
         self.registry = self.lifecycle.registry
+        # The tablet's views of images no model decoded: in the worker's decoder processes where this process
+        # has them, else (the front) in one of its own, started at the first view asked for.
+        self.views = Views(self.store, settings.imaging, self.registry.decoder if self.registry is not None else None)
         if self.registry is not None:
             outputs = settings.outputs
             self.sender = Sender(self.store, outputs) if outputs.destinations else None
@@ -84,6 +105,7 @@ class Service:
                 ),
                 before_job=self.lifecycle.follow if role == "worker" else None,
                 after_job=(lambda: wake(data_dir, "front")) if role == "worker" else None,
+                views=self.views,
             )
             days = settings.storage.retention_days
             self.retention = Retention(self.store, days) if days else None
@@ -206,6 +228,15 @@ class Service:
             fcntl.flock(probe, fcntl.LOCK_UN)
             return False
 
+    def worker_state(self) -> WorkerState:
+        """Whether the inference worker runs and how long the oldest image has waited for it (the tablet's
+        banner)."""
+        oldest = self.store.oldest_queued_at()
+        waiting_s = (
+            max(0.0, (utc_now() - dt.datetime.fromisoformat(oldest)).total_seconds()) if oldest is not None else 0.0
+        )
+        return WorkerState(self.worker_running(), self.store.queued(), waiting_s, self.settings.worker.behind_s)
+
     def stop(self) -> None:
         """Stop taking images, let the worker finish the one at hand, release the models, close the store."""
         self.stopping.set()
@@ -213,6 +244,7 @@ class Service:
         for part in [*self.sources, *reversed(self._loops)]:
             part.stop()
         self.lifecycle.close()
+        self.views.close()
         self.store.close()
         self._release_data_dir()
 

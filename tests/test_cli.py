@@ -221,3 +221,12 @@ def test_check_wants_tls_and_a_user_before_the_clinic_s_wi_fi(cli: Cli, tmp_path
     )
     assert add.returncode == 0, add.stderr
     assert "ok    users: 1 active account(s)" in cli("check", env=lan).stdout.splitlines()
+
+
+def test_a_command_without_config_reads_the_file_edge_app_config_names(
+    tmp_path: Path, cli: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    named = tmp_path / "site.toml"
+    named.write_text('[model]\nrunner = "nonsense"\n')
+    refused = cli("check", env={"EDGE_APP_CONFIG": str(named), "EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "d")})
+    assert refused.returncode == 2 and "runner" in refused.stderr, refused.stderr

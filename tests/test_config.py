@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -464,12 +462,3 @@ def test_the_configuration_file_read_without_config(tmp_path: Path) -> None:
     assert default_config({}, appliance) == appliance
     assert default_config({"EDGE_APP_CONFIG": str(tmp_path / "other.toml")}, appliance) == tmp_path / "other.toml"
     assert default_config({"EDGE_APP_CONFIG": ""}, appliance) == appliance
-
-
-def test_a_command_without_config_reads_the_file_edge_app_config_names(
-    tmp_path: Path, cli: Callable[..., subprocess.CompletedProcess[str]]
-) -> None:
-    named = tmp_path / "site.toml"
-    named.write_text('[model]\nrunner = "nonsense"\n')
-    refused = cli("check", env={"EDGE_APP_CONFIG": str(named), "EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "d")})
-    assert refused.returncode == 2 and "runner" in refused.stderr, refused.stderr

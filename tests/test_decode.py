@@ -427,3 +427,39 @@ def test_a_rescale_slope_of_zero_is_read_as_none() -> None:
         decode(_ct(RescaleSlope=0.0, RescaleIntercept=0.0)).pixels,
         decode(_ct(RescaleSlope=1.0, RescaleIntercept=0.0)).pixels,
     )
+
+
+def test_the_full_depth_values_are_the_modality_lut_s_and_the_header_s_window(tmp_path: Path) -> None:
+    """The diagnostic view's values: pydicom's Modality LUT of every pixel (offset and step undone), the header's
+    first window, MONOCHROME1 said; a rescale that makes values negative shifts them, exactly."""
+    from pydicom.pixels.processing import apply_modality_lut
+
+    from edge_app.imaging.decode import decode_full_depth, full_depth_bytes
+
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    path = tmp_path / "cr.dcm"
+    path.write_bytes(dicom_bytes(ds))
+    full = decode_full_depth(path, source="cr", limits=DecodeLimits())
+    expected = apply_modality_lut(ds.pixel_array, ds)
+    assert full.values.dtype == np.uint16 and full.values.shape == expected.shape == (1955, 1841)
+    assert np.array_equal(full.values * full.step + full.offset, expected)
+    assert full.offset == expected.min() < 0 and full.step == 1.0
+    assert (full.center, full.width) == (float(ds.WindowCenter), float(ds.WindowWidth))
+    assert full.inverted, "MONOCHROME1"
+    assert full_depth_bytes(decode(path, limits=DecodeLimits()).metadata) == full.values.nbytes
+
+
+@pytest.mark.parametrize("name", ["US1_UNCR.dcm", "png"])
+def test_an_image_of_8_bits_or_colour_has_no_full_depth_view(name: str, tmp_path: Path) -> None:
+    from edge_app.errors import ImageRejected
+    from edge_app.imaging.decode import decode_full_depth, has_full_depth
+
+    path = tmp_path / "image"
+    if name == "png":
+        Image.fromarray(np.zeros((8, 8), np.uint16)).save(path, "PNG")
+    else:
+        path.write_bytes(dicom_file(name).read_bytes())
+    assert not has_full_depth(decode(path).metadata)
+    with pytest.raises(ImageRejected):
+        decode_full_depth(path, source=name, limits=DecodeLimits())

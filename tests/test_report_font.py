@@ -69,6 +69,7 @@ def _study(name: str, note: str | None = None) -> tuple[Study, dict[int, list[Re
         series_uid="1.2.840.99.1",
         status="no_model",
         reason="no model in service",
+        reason_kind="no_model",
         source="api",
         filename="a.dcm",
         sha256="a" * 64,
@@ -116,7 +117,7 @@ def _page(patient: str, notices: bool = False) -> list[str]:
     """The lines of the page of `_study(name)` (no result), with the notices where a character could not print."""
     top = [NAME_NOTICE, "Patient ID: P-123"] if notices else []
     bottom = [NOTICE] if notices else []
-    middle = [f"Patient: {patient}", STUDY, "Image: DX", "No findings: no model in service"]
+    middle = [f"Patient: {patient}", STUDY, "Image: DX", "Not read by the AI: no model in service"]
     return [TITLE, WARNING, *top, *middle, *bottom, FOOTER]
 
 

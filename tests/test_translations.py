@@ -73,6 +73,11 @@ def test_the_compiled_catalogue_is_the_translations() -> None:
     assert compiled == source, "run: pybabel compile -d edge_app/web/translations"
 
 
+def _text(value: object) -> str:
+    """A message's text; a plural one's forms (a tuple read from the .po file, a list from the .mo) alike."""
+    return str(tuple(value)) if isinstance(value, (list, tuple)) else str(value)
+
+
 def test_no_template_shows_text_that_is_not_translated() -> None:
     for template in TEMPLATES.rglob("*.html"):
         text = template.read_text()

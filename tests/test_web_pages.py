@@ -7,6 +7,7 @@ import csv
 import html
 import io
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from flask.testing import FlaskClient
 
 from edge_app.service import Service
 from edge_app.store.accounts import parse_roles
-from edge_app.web import services
+from edge_app.web import create_app, services
 from support.data import NIH
 from support.dicom import dicom_file
 from support.web import AuthActions
@@ -229,11 +230,62 @@ def test_the_report_is_one_page_with_findings_model_and_review(
     ]
 
 
-def test_the_report_of_a_refused_image_says_why(auth: Any, browser: FlaskClient, client: FlaskClient) -> None:
+def test_a_refused_study_offers_no_report(auth: Any, browser: FlaskClient, client: FlaskClient) -> None:
+    """No model read it: no "Report (PDF)" on its page, and the report's address answers 409 saying why, never a
+    page headed "No findings"."""
     resp = client.post("/api/v1/studies?filename=junk.bin", data=b"\x00" * 300)
     auth.login("clinician")
-    text = _pdf_text(browser.get(f"/studies/{resp.get_json()['study']['uid']}/report.pdf").data)
-    assert "No findings: not a DICOM (Part 10), PNG or JPEG file" in text
+    uid = resp.get_json()["study"]["uid"]
+    page = browser.get(f"/studies/{uid}").get_data(as_text=True)
+    assert "Report (PDF)" not in page and "Not read by the AI: the image was refused" in page
+    report = browser.get(f"/studies/{uid}/report.pdf")
+    assert report.status_code == 409 and report.mimetype == "text/plain"
+    assert report.get_data(as_text=True) == "No report: no model has read this study (see the study page for why)."
+
+
+def test_a_worker_behind_is_said_on_every_page_until_it_catches_up(
+    service: Callable[..., Service],
+    make_settings: Callable[..., Any],
+    api_client: Callable[[Flask], FlaskClient],
+    nih_png: Path,
+) -> None:
+    """An image waiting past `worker.behind_s` (the worker held between two jobs): a banner on the worklist and the
+    study; gone once it is read."""
+    svc = service(make_settings(worker={"behind_s": 0.01}, server={"result_wait_s": 0.1}))
+    app = create_app(svc)
+    app.config.update(TESTING=True)
+    browser = app.test_client()
+    AuthActions(app, browser).login("clinician")
+    assert svc.worker is not None
+    with svc.worker.between_jobs():
+        resp = api_client(app).post("/api/v1/studies?filename=a.png", data=nih_png.read_bytes())
+        assert resp.status_code == 202
+        time.sleep(0.05)
+        for path in ("/", f"/studies/{resp.get_json()['uid']}"):
+            page = browser.get(path).get_data(as_text=True)
+            assert "The AI is behind: 1 image waits, the oldest for 0 min." in page, path
+    deadline = time.monotonic() + 30
+    while svc.store.queued():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert 'id="worker-banner"' not in browser.get("/").get_data(as_text=True)
+
+
+def test_the_patient_s_age_from_the_dicom_and_no_other_study_for_no_patient_id(
+    auth: Any, browser: FlaskClient, client: FlaskClient, nih_png: Path
+) -> None:
+    """PatientAge as given ("003W": 3 weeks); images without a patient ID are not one patient's studies."""
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    ds.PatientAge, ds.PatientSex = "003W", "M"
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    dicom = _post(client, buf.getvalue(), "baby.dcm")
+    first, second = (_post(client, nih_png.read_bytes(), f"{n}.png") for n in "ab")
+    auth.login("clinician")
+    page = browser.get(f"/studies/{dicom['uid']}").get_data(as_text=True)
+    assert "Age <strong>3 wk</strong>" in page and "Sex <strong>male</strong>" in page
+    page = browser.get(f"/studies/{second['uid']}").get_data(as_text=True)
+    assert first["uid"] not in page and "Other studies of this patient" not in page
 
 
 def test_the_devices_page(app: Flask, auth: Any, browser: FlaskClient) -> None:

@@ -248,6 +248,44 @@ def test_a_diagnosed_image_gets_its_view_for_the_tablet(tmp_path: Path, store: S
         registry.close()
 
 
+def test_an_image_no_model_reads_gets_its_view_in_the_decoder_process(tmp_path: Path, store: Store) -> None:
+    """An ultrasound (no model reads it) is decoded for the tablet alone, in the registry's decoder process; an
+    image that does not decode gets none, and its refusal stands."""
+    from hostile import unknown_vr
+
+    from edge_app.config import ImagingSettings
+    from edge_app.inference.views import Views
+
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    try:
+        us = _queue(store, "US1_UNCR.dcm")
+        digest, size = store.put_stream(io.BytesIO(unknown_vr()))
+        bad = store.add_image(digest, size, "vr.dcm", "test", read_header(store.file_path(digest), "vr.dcm")).image_id
+        worker = Worker(store, registry, views=Views(store, ImagingSettings(), registry.decoder))
+        assert worker.run_once() and worker.run_once()
+        views = dict(store.query("SELECT id, view_sha256 FROM images"))
+        from PIL import Image
+
+        shown = Image.open(io.BytesIO(store.read_file(views[us])))
+        assert store.image_status(us)[0] == "no_model" and (shown.size, shown.mode) == ((640, 480), "RGB")
+        assert views[bad] is None and store.image_status(bad)[0] == "rejected"
+    finally:
+        registry.close()
+
+
+def test_a_view_made_while_waiting_is_kept_when_no_model_makes_one(tmp_path: Path, store: Store) -> None:
+    """The front made the view of a waiting image (the worker was down); the worker's outcome without a view
+    keeps it."""
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    try:
+        image_id = _queue(store, "US1_UNCR.dcm")
+        store.set_view(image_id, b"\xff\xd8\xff made by the front")
+        assert Worker(store, registry).run_once()
+        assert store.image_view(image_id) == b"\xff\xd8\xff made by the front"
+    finally:
+        registry.close()
+
+
 def test_a_row_that_names_no_stored_file_fails_its_image_and_the_worker_goes_on(tmp_path: Path, store: Store) -> None:
     """A damaged database (a row whose file hash is not one): an internal error fails that image with the reason;
     the next image is diagnosed."""

@@ -10,9 +10,10 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,6 +23,7 @@ from edge_app.imaging.codestream import frame_size
 from edge_app.imaging.header import deflated_size
 
 Pixels = NDArray[np.float32]
+_T = TypeVar("_T")
 FrameChoice = Literal["first", "middle", "last"] | int
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -81,6 +83,15 @@ def _decode_stream(stream: BinaryIO, size: int, source: str, limits: DecodeLimit
 
 
 def _decode_dicom(stream: BinaryIO, size: int, source: str, limits: DecodeLimits) -> DecodedImage:
+    ds, header = _read_dicom(stream, size, source, limits)
+    pixels = _dicom_pixels(ds, header, source)
+    if not np.isfinite(pixels).all():
+        raise ImageRejected(source, "pixel data decodes to non-finite values", "damaged")
+    return DecodedImage(pixels=pixels, source=source, format="dicom", metadata=header)
+
+
+def _read_dicom(stream: BinaryIO, size: int, source: str, limits: DecodeLimits) -> tuple[Any, dict[str, Any]]:
+    """The data set and its checked image pixel module (`_pixel_header`), nothing decoded yet."""
     import pydicom
 
     try:
@@ -104,10 +115,7 @@ def _decode_dicom(stream: BinaryIO, size: int, source: str, limits: DecodeLimits
         raise
     except Exception as exc:
         raise ImageRejected(source, f"damaged DICOM header ({type(exc).__name__}: {exc})", "damaged") from exc
-    pixels = _dicom_pixels(ds, header, source)
-    if not np.isfinite(pixels).all():
-        raise ImageRejected(source, "pixel data decodes to non-finite values", "damaged")
-    return DecodedImage(pixels=pixels, source=source, format="dicom", metadata=header)
+    return ds, header
 
 
 def _pixel_header(ds: Any, size: int, source: str, limits: DecodeLimits) -> dict[str, Any]:
@@ -144,6 +152,7 @@ def _pixel_header(ds: Any, size: int, source: str, limits: DecodeLimits) -> dict
         "rows": rows,
         "columns": cols,
         "samples": samples,
+        "bits_stored": _number(ds, "BitsStored", bits, source),
         "frames": n_frames,
         "frame": index,
         "patient_id": str(ds.get("PatientID", "")),
@@ -223,6 +232,11 @@ def _check_codestream(
 
 
 def _dicom_pixels(ds: Any, header: dict[str, Any], source: str) -> Pixels:
+    return _decoded(ds, header, source, lambda arr: _dicom_intensity(arr, ds, header["photometric"], header["samples"]))
+
+
+def _decoded(ds: Any, header: dict[str, Any], source: str, then: Callable[[NDArray[Any]], _T]) -> _T:
+    """`then` of the frame's stored values, every decoder failure an `ImageRejected`."""
     from pydicom.pixels.utils import pixel_array
 
     rows, cols, samples = header["rows"], header["columns"], header["samples"]
@@ -237,7 +251,7 @@ def _dicom_pixels(ds: Any, header: dict[str, Any], source: str) -> Pixels:
                     f"pixel data decodes to shape {arr.shape}; the header declares {expected} per frame",
                     "damaged",
                 )
-            return _dicom_intensity(arr, ds, header["photometric"], samples)
+            return then(arr)
     except (ImageRejected, MemoryError):
         raise
     except Exception as exc:
@@ -246,6 +260,72 @@ def _dicom_pixels(ds: Any, header: dict[str, Any], source: str) -> Pixels:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         raise ImageRejected(source, f"the pixel decoder failed ({type(exc).__name__}: {exc})", "decoder") from exc
+
+
+@dataclass(frozen=True)
+class FullDepth:
+    """A greyscale DICOM image's values after its Modality LUT, before any window: what the diagnostic view
+    windows itself. `values` * `step` + `offset` are the real values (a CT's HU, a CR's stored units)."""
+
+    values: NDArray[np.uint16]  # at most FULL_DEPTH_SIDE a side
+    offset: float
+    step: float
+    center: float  # the header's first window, else the values' 0.5-99.5 percentiles
+    width: float
+    inverted: bool  # MONOCHROME1: the lowest value shows white
+
+
+FULL_DEPTH_SIDE = 4096  # a tablet's budget: 4096 x 4096 x 2 bytes is 32 MB
+
+
+def has_full_depth(metadata: Mapping[str, Any]) -> bool:
+    """Whether a decoded image's metadata is a greyscale DICOM's of more than 8 bits (a diagnostic view shows
+    more than its 8-bit view)."""
+    grey = metadata.get("photometric") in ("MONOCHROME1", "MONOCHROME2") and metadata.get("samples") == 1
+    return grey and int(metadata.get("bits_stored") or 0) > 8
+
+
+def full_depth_bytes(metadata: Mapping[str, Any]) -> int:
+    """What the diagnostic view of an image with `has_full_depth` weighs (16 bits a pixel)."""
+    rows, cols = int(metadata["rows"]), int(metadata["columns"])
+    every = -(-max(rows, cols) // FULL_DEPTH_SIDE)
+    return -(-rows // every) * -(-cols // every) * 2
+
+
+def decode_full_depth(path: Path | str, *, source: str, limits: DecodeLimits) -> FullDepth:
+    """The full-depth values of a greyscale DICOM image (more than 8 bits stored); `ImageRejected` for any other
+    image (a PNG, a JPEG, colour, 8 bits: its 8-bit view is all there is) or one that does not decode."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if fh.read(132)[128:132] != b"DICM":
+                raise ImageRejected(source, "only a DICOM image has a full-depth view", "unsupported")
+            fh.seek(0)
+            ds, header = _read_dicom(fh, size, source, limits)
+            if not has_full_depth(header):
+                raise ImageRejected(source, "an 8-bit or colour image has no more than its view shows", "unsupported")
+            return _decoded(ds, header, source, lambda arr: _full_depth(arr, ds, header["photometric"], source))
+    except OSError as exc:
+        raise ImageRejected(source, f"cannot be read ({exc.strerror or exc})", "unreadable") from exc
+
+
+def _full_depth(arr: NDArray[Any], ds: Any, photometric: str, source: str) -> FullDepth:
+    from pydicom.pixels.processing import apply_modality_lut
+
+    every = -(-max(arr.shape) // FULL_DEPTH_SIDE)  # every n-th pixel: a stride, no copy
+    values = _modality(arr[::every, ::every], ds, apply_modality_lut)
+    if not np.isfinite(values).all():
+        raise ImageRejected(source, "pixel data decodes to non-finite values", "damaged")
+    lo, hi = float(values.min()), float(values.max())
+    step = max(1.0, (hi - lo) / 65535)  # a range wider than 16 bits (32-bit data) is quantised
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        center, width = _first(ds.WindowCenter), max(1.0, _first(ds.WindowWidth))
+    else:
+        p_lo, p_hi = (float(v) for v in np.percentile(values, _PERCENTILE_WINDOW))
+        center, width = (p_lo + p_hi) / 2, max(1.0, p_hi - p_lo)
+    values -= np.float32(lo)
+    values /= np.float32(step)
+    return FullDepth(np.round(values).astype(np.uint16), lo, step, center, width, photometric == "MONOCHROME1")
 
 
 def _frame_index(choice: FrameChoice, n_frames: int, source: str) -> int:

@@ -47,6 +47,11 @@ class ImageHeader:
     accession_number: str = ""  # the order's number at the clinic (RIS): searched for on the worklist
     device: str = ""  # the modality that made it: manufacturer, model, station
     holds_image: bool = True  # False: a DICOM object of a class without pixels (an SR, a KOS, a presentation state)
+    # The patient's context, shown to the clinician as the DICOM gives it (DA dates YYYYMMDD, AS ages "045Y").
+    study_date: str = ""
+    patient_age: str = ""
+    patient_birth_date: str = ""
+    patient_sex: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -144,6 +149,10 @@ def _dicom_header(path: Path, source: str, max_inflated: int) -> ImageHeader:
                     dict.fromkeys(v for v in map(text, ("Manufacturer", "ManufacturerModelName", "StationName")) if v)
                 ),
                 holds_image=holds_image,
+                study_date=text("StudyDate"),
+                patient_age=text("PatientAge"),
+                patient_birth_date=text("PatientBirthDate"),
+                patient_sex=text("PatientSex").upper(),
             )
     except ImageRejected as exc:
         exc.patient_name, exc.patient_id = who

@@ -46,6 +46,12 @@ def prepare(data: bytes | Path | str, source: str, limits: DecodeLimits, manifes
     return Prepared(source, image.metadata, batch, timings, preview(image.pixels))
 
 
+def view(data: bytes | Path | str, source: str, limits: DecodeLimits) -> NDArray[np.uint8]:
+    """Decode an image for the tablet alone: its preview, whatever model reads it or none (`ImageRejected` for an
+    image that does not decode)."""
+    return preview(decode(data, source=source, limits=limits).pixels)
+
+
 def preview(pixels: NDArray[np.float32]) -> NDArray[np.uint8]:
     """The decoded image (values in [0, 1]) as 8-bit grey or RGB, shrunk to at most PREVIEW_SIDE a side."""
     from PIL import Image

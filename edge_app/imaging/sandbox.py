@@ -15,16 +15,20 @@ import os
 import resource
 import signal
 import threading
+from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
 from pebble import ProcessExpired, ProcessPool
 
 from edge_app.bundles.manifest import Manifest
 from edge_app.errors import DecoderUnavailable, ImageRejected, ReasonKind
-from edge_app.imaging.decode import DecodeLimits
-from edge_app.imaging.prepare import Prepared, prepare
+from edge_app.imaging.decode import DecodeLimits, FullDepth, decode_full_depth
+from edge_app.imaging.prepare import Prepared, prepare, view
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +59,24 @@ class DecoderPool:
     def prepare(self, data: bytes | Path | str, source: str, manifest: Manifest) -> Prepared:
         """`prepare` in a child; a crash, a timeout or exhausted memory raises `ImageRejected` saying so. A pool
         whose children cannot even start raises `DecoderUnavailable` and is replaced for the next image."""
+        prepared: Prepared = self._run(_prepare_in_child, (data, source, self.limits, manifest), source)
+        return prepared
+
+    def view(self, data: bytes | Path | str, source: str) -> NDArray[np.uint8]:
+        """`view` (the tablet's 8-bit preview) in a child, within the same limits, refused as `prepare` is."""
+        pixels: NDArray[np.uint8] = self._run(_view_in_child, (data, source, self.limits), source)
+        return pixels
+
+    def full_depth(self, path: Path, source: str) -> FullDepth:
+        """`decode_full_depth` (the diagnostic view's values) in a child, refused as `prepare` is."""
+        values: FullDepth = self._run(_full_depth_in_child, (path, source, self.limits), source)
+        return values
+
+    def _run(self, task: Callable[..., tuple[Any, list[str]]], args: tuple[Any, ...], source: str) -> Any:
         try:
             with self._lock:
                 pool = self._pool
-            future = pool.schedule(
-                _prepare_in_child, args=(data, source, self.limits, manifest), timeout=self.timeout_s
-            )
+            future = pool.schedule(task, args=args, timeout=self.timeout_s)
             outcome, notes = future.result()
         except (BrokenProcessPool, RuntimeError) as exc:  # pebble: "All workers expired", "error within the Pool"
             self._replace(pool)
@@ -137,9 +153,28 @@ def _prepare_in_child(
     data: bytes | Path | str, source: str, limits: DecodeLimits, manifest: Manifest
 ) -> tuple[Prepared | tuple[str, ReasonKind], list[str]]:
     """The prepared image, or the reason it was refused and its kind; with the log records it left."""
+    return _in_child(prepare, data, source, limits, manifest)
+
+
+def _view_in_child(
+    data: bytes | Path | str, source: str, limits: DecodeLimits
+) -> tuple[NDArray[np.uint8] | tuple[str, ReasonKind], list[str]]:
+    """The image's view, or the reason it cannot be decoded and its kind; with the log records it left."""
+    return _in_child(view, data, source, limits)
+
+
+def _full_depth_in_child(
+    path: Path, source: str, limits: DecodeLimits
+) -> tuple[FullDepth | tuple[str, ReasonKind], list[str]]:
+    """The image's full-depth values, or the reason there are none and its kind; with the log records it left."""
+    return _in_child(lambda p, s, lim: decode_full_depth(p, source=s, limits=lim), path, source, limits)
+
+
+def _in_child(task: Callable[..., Any], *args: Any) -> tuple[Any, list[str]]:
     _notes.clear()
+    limits: DecodeLimits = args[2]
     try:
-        return prepare(data, source, limits, manifest), list(_notes)
+        return task(*args), list(_notes)
     except ImageRejected as exc:
         return (exc.reason, exc.kind), list(_notes)
     except MemoryError:

@@ -7,6 +7,7 @@ and the worker goes on; a job claimed when the service died is claimed again onc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -15,10 +16,12 @@ from contextlib import contextmanager
 
 from edge_app.bundles.findings import Diagnosis, ResultStatus, heatmap_png
 from edge_app.config import WorkerSettings
+from edge_app.errors import ImageRejected
 from edge_app.imaging.encode import jpeg
 from edge_app.imaging.header import ImageHeader
 from edge_app.inference.diagnoser import Diagnoser
 from edge_app.inference.registry import Registry, fits
+from edge_app.inference.views import Views
 from edge_app.store import ImageStatus, Job, ModelResult, Outcome, Store
 from edge_app.system.background import Background
 
@@ -43,8 +46,10 @@ class Worker:
         before_job: Callable[[], None] | None = None,
         after_job: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        views: Views | None = None,
     ) -> None:
         self.store = store
+        self.views = views  # where an image no model decoded gets its view for the tablet
         self.clock = clock  # what a job's duration is measured by (the watchdog's stuck check)
         self.registry = registry
         self.settings = settings or WorkerSettings()
@@ -111,6 +116,24 @@ class Worker:
             yield
 
     def _outcome(self, job: Job) -> Outcome:
+        outcome = self._diagnosed(job)
+        if outcome.view is None and self.views is not None:
+            outcome = dataclasses.replace(outcome, view=self._view(job))
+        return outcome
+
+    def _view(self, job: Job) -> bytes | None:
+        """The view of an image no model decoded (none reads it, or its header was refused): the tablet shows
+        every image that decodes, whatever its status."""
+        assert self.views is not None
+        try:
+            return jpeg(self.views.pixels(self.store.file_path(job.sha256), f"image {job.image_id}"))
+        except ImageRejected:
+            return None  # it does not decode: the page says so
+        except Exception:  # the decoder could not start: the diagnosis's outcome stands, without a view
+            log.exception("worker: no view of image %d", job.image_id)
+            return None
+
+    def _diagnosed(self, job: Job) -> Outcome:
         try:
             if job.bundle_sha256 is not None:  # sent to this model by a clinician, whatever the header says
                 diagnosers = [d for d in self.registry.diagnosers if d.bundle.sha256 == job.bundle_sha256]

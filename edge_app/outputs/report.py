@@ -63,7 +63,7 @@ def study_report(
         "received": _("Received"),
         "image": _("Image"),
         "exposure": _("Exposure"),
-        "no_findings": _("No findings"),
+        "no_findings": _("Not read by the AI"),  # never "No findings": nothing was read
         "model": _("Model"),
         "clinician": _("clinician"),
         "threshold": _("threshold"),

@@ -493,7 +493,9 @@ class Store:
                 recorded.append(int(cur.lastrowid or 0))
             metadata = {**job.metadata, **(outcome.metadata or {})}
             db.execute(
-                "UPDATE images SET status = ?, reason = ?, reason_kind = ?, metadata = ?, view_sha256 = ? WHERE id = ?",
+                # An outcome without a view (none decoded it) keeps one the front made for the tablet meanwhile.
+                "UPDATE images SET status = ?, reason = ?, reason_kind = ?, metadata = ?, "
+                "view_sha256 = COALESCE(?, view_sha256) WHERE id = ?",
                 (outcome.status, outcome.reason, outcome.reason_kind, json.dumps(metadata), view, job.image_id),
             )
             db.execute("UPDATE jobs SET state = 'done', updated_at = ? WHERE id = ?", (now, job.id))
@@ -763,6 +765,30 @@ class Store:
                     ).fetchall()
                     return Result.of(row, [(label, sha) for label, sha in maps])
         raise NotFound(f"no result {result_id}")
+
+    def set_view(self, image_id: int, jpeg: bytes) -> None:
+        """Keep the tablet's view of an image that has none yet (made before any model read it)."""
+        digest = self.put_file(jpeg)
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE images SET view_sha256 = ? WHERE id = ? AND view_sha256 IS NULL AND purged_at IS NULL",
+                (digest, image_id),
+            )
+
+    def patient_studies(self, patient_id: str) -> list[Study]:
+        """Every study of one patient ID, newest first (an empty ID is no patient: none)."""
+        if not patient_id:
+            return []
+        return self._studies("WHERE patient_id = ? ORDER BY id DESC", (patient_id,))
+
+    def oldest_queued_at(self) -> str | None:
+        """When the oldest image still waiting for the worker was queued (None: none waits)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MIN(images.created_at) FROM jobs JOIN images ON images.id = jobs.image_id "
+                "WHERE jobs.state != 'done'"
+            ).fetchone()
+        return str(row[0]) if row[0] is not None else None
 
     def image_view(self, image_id: int) -> bytes | None:
         """The JPEG of an image as the tablet shows it (its preview); None where it has none or it was removed."""

@@ -48,6 +48,7 @@ def create_app(service: Service) -> Flask:
             "reason_words": words.reason_words,
             "source_words": words.source_words,
             "finding_name": words.finding_name,
+            "worker_state": service.worker_state,  # called by the page that shows the banner, only then
             "language_form": LanguageForm(language=principal.user.language if principal and principal.user else "en"),
         }
 

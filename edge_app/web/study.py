@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
-from flask_babel import get_locale
+from flask_babel import get_locale, ngettext
 from flask_babel import gettext as _
 
-from edge_app.errors import NotFound, UserError
+from edge_app.errors import DecoderUnavailable, ImageRejected, NotFound, UserError
+from edge_app.imaging.decode import full_depth_bytes, has_full_depth
 from edge_app.store import Image, Result, Study
 from edge_app.store.reviews import VERDICTS
 from edge_app.web import audit, security, services
@@ -45,14 +47,33 @@ def _result(study: Study, result_id: int) -> tuple[Image, Result]:
 def show(uid: str) -> Any:
     svc = services.get()
     study = _study(uid)
+    unviewable = _make_views(study)
+    if unviewable is not None:
+        study = _study(uid)  # with the views just made
     reviews = {image.id: svc.reviews.of_image(image.id) for image in study.images}
     shas = {result.bundle_sha256 for image in study.images for result in image.results}
     cards = {
         sha: svc.lifecycle.manifest_of(sha) for sha in shas
     }  # each result's model card, where its bundle is still here
+    first = study.images[0].metadata if study.images else {}
     return render_template(
         "study.html",
+        main_class="wide",  # the image and its findings side by side take the whole width
         cards=cards,
+        summaries={image.id: ai_summary(image) for image in study.images},
+        full_weights={
+            image.id: _weight(full_depth_bytes(image.metadata))
+            for image in study.images
+            if has_full_depth(image.metadata) and not image.purged_at
+        },
+        patient=patient_context(first),
+        priors=[
+            (prior, _shown_date(prior), ai_summary(prior.images[0]) if prior.images else "")
+            for prior in svc.store.patient_studies(study.patient_id)
+            if prior.uid != study.uid
+        ],
+        has_result=has_result(study),
+        unviewable=unviewable or {},
         study=study,
         reviews=reviews,
         form=ReviewForm(),
@@ -70,6 +91,33 @@ def view(uid: str, image_id: int) -> Response:
     if not image.view_sha256:
         abort(404)
     return Response(services.get().store.read_file(image.view_sha256), mimetype="image/jpeg")
+
+
+@bp.get("/<uid>/images/<int:image_id>/full")
+@security.requires("clinician")
+@audit.reads("image.full")
+def full_depth(uid: str, image_id: int) -> Response:
+    """The diagnostic view's data, asked for by the clinician: the image's values at full bit depth, 16-bit
+    little-endian row by row, their size, scale and the header's window in X-Full-* headers (viewer.js windows
+    them); 422 saying why where an image has none."""
+    image = _image(_study(uid), image_id)
+    if image.purged_at:
+        abort(404)
+    try:
+        full = services.get().views.full_depth(image)
+    except ImageRejected as exc:
+        return Response(exc.reason, status=422, mimetype="text/plain")
+    height, width = full.values.shape
+    headers = {
+        "X-Full-Width": str(width),
+        "X-Full-Height": str(height),
+        "X-Full-Offset": repr(full.offset),
+        "X-Full-Step": repr(full.step),
+        "X-Full-Center": repr(full.center),
+        "X-Full-Window": repr(full.width),
+        "X-Full-Inverted": "1" if full.inverted else "0",
+    }
+    return Response(full.values.astype("<u2").tobytes(), mimetype="application/octet-stream", headers=headers)
 
 
 @bp.get("/<uid>/results/<int:result_id>/heatmap.png")
@@ -136,6 +184,12 @@ def report(uid: str) -> Response:
 
     svc = services.get()
     study = _study(uid)
+    if not has_result(study):  # a refused or unread study has no findings to print: never "No findings"
+        return Response(
+            _("No report: no model has read this study (see the study page for why)."),
+            status=409,
+            mimetype="text/plain",
+        )
     pictures = {image.id: svc.store.read_file(image.view_sha256) for image in study.images if image.view_sha256}
     chosen = request.args.get("heatmap")  # the finding whose heatmap the clinician shows on the tablet
     heatmaps = {
@@ -160,6 +214,99 @@ def report(uid: str) -> Response:
         mimetype="application/pdf",
         headers={"Content-Disposition": f'inline; filename="report-{uid[-24:]}.pdf"'},
     )
+
+
+def _make_views(study: Study) -> dict[int, str] | None:
+    """Make the view of each image that has none yet and may decode (waiting while the worker is down, or read
+    by no model before views were made for such images); None where none was missing, else why each image that
+    does not decode cannot be shown. An image refused by the decoder is not tried again."""
+    missing = [i for i in study.images if not i.view_sha256 and not i.purged_at and i.status != "rejected"]
+    if not missing:
+        return None
+    unviewable = {}
+    for image in missing:
+        try:
+            services.get().views.make(image)
+        except ImageRejected as exc:
+            unviewable[image.id] = exc.reason
+        except DecoderUnavailable as exc:  # the image may decode later: the page still opens
+            unviewable[image.id] = str(exc)
+    return unviewable
+
+
+def _weight(size: int) -> str:
+    return str(_("%(mb).1f MB", mb=size / 1e6) if size >= 1e6 else _("%(kb)d KB", kb=size // 1000))
+
+
+def has_result(study: Study) -> bool:
+    """Whether a model read an image of the study (what a report prints)."""
+    return any(image.latest_ok is not None for image in study.images)
+
+
+def ai_summary(image: Image) -> str:
+    """One line: what the AI made of the image (its positive findings, most probable first), or why it did not
+    read it."""
+    result = image.latest_ok
+    if result is not None:
+        positive = sorted((f for f in result.findings if f.positive), key=lambda f: -f.probability)
+        if not positive:
+            return str(_("AI: no finding above threshold"))
+        named = ", ".join(f"{f.label} {f.probability:.2f}" for f in positive)
+        return str(
+            ngettext(
+                "AI: %(num)d finding positive — %(findings)s",
+                "AI: %(num)d findings positive — %(findings)s",
+                len(positive),
+                findings=named,
+            )
+        )
+    if image.status == "queued":
+        return str(_("AI: waiting for the model"))
+    why = {
+        "rejected": _("the image was refused"),
+        "no_model": _("no model on this appliance reads this kind of image"),
+        "outside": _("it does not look like what the model was made for"),
+    }.get(image.status, _("the model failed on this image"))
+    return str(_("Not read by the AI: %(why)s", why=why))
+
+
+def patient_context(meta: Any) -> dict[str, str]:
+    """Study date, age, sex and accession number as the first image's DICOM header gives them (shown as given
+    where a value is not the DICOM form)."""
+    study_date = _date(str(meta.get("study_date", "")))
+    age = _age(str(meta.get("patient_age", "")), _date(str(meta.get("patient_birth_date", ""))), study_date)
+    sex = {"F": _("female"), "M": _("male"), "O": _("other")}.get(str(meta.get("patient_sex", "")), "")
+    return {
+        "study_date": study_date.isoformat() if study_date else str(meta.get("study_date", "")),
+        "age": age,
+        "sex": sex,
+        "accession": str(meta.get("accession_number", "")),
+    }
+
+
+def _shown_date(study: Study) -> str:
+    """A study's date as its DICOM gives it (else the day it arrived), as the page shows dates."""
+    given = study.images[0].metadata.get("study_date", "") if study.images else ""
+    return patient_context({"study_date": given})["study_date"] or study.created_at[:10]
+
+
+def _date(text: str) -> dt.date | None:
+    try:
+        return dt.datetime.strptime(text.strip(), "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def _age(patient_age: str, born: dt.date | None, on: dt.date | None) -> str:
+    """PatientAge (AS: "045Y", "003M", "010W", "005D"), else the birth date against the study date."""
+    units = {"Y": _("%(n)d y"), "M": _("%(n)d mo"), "W": _("%(n)d wk"), "D": _("%(n)d d")}
+    text = patient_age.strip().upper()
+    if len(text) == 4 and text[:3].isdigit() and text[3] in units:
+        return str(units[text[3]] % {"n": int(text[:3])})
+    if born is None or on is None or on < born:
+        return ""
+    years = on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+    return str(units["Y"] % {"n": years} if years >= 2 else units["M"] % {"n": (on - born).days * 12 // 365})
 
 
 def _errors(form: ReviewForm) -> list[str]:

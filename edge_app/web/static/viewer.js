@@ -24,8 +24,10 @@ async function setUp(box) {
   const base = canvasOf(img.width, img.height);
   const bctx = base.getContext("2d", {willReadFrequently: true});
   bctx.drawImage(img, 0, 0);
+  let size = {width: img.width, height: img.height};  // of what is shown: the preview, or the diagnostic view
   const original = bctx.getImageData(0, 0, img.width, img.height);
   const px = original.data;
+  let full = null;  // the diagnostic view, once asked for: the image's values at full bit depth
   let grey = true;
   for (let i = 0; i < px.length; i += 4 * 97) { if (px[i] !== px[i + 1] || px[i] !== px[i + 2]) { grey = false; break; } }
   box.dataset.grey = grey ? "1" : "0";
@@ -52,16 +54,24 @@ async function setUp(box) {
 
   const view = {scale: 1, x: 0, y: 0, width: 255, level: 127.5};
   const fit = () => {
-    // The whole image in view, its proportions kept: as wide as the page allows, no taller than 3/4 of the screen.
-    let width = box.clientWidth, height = width * img.height / img.width;
-    const tallest = window.innerHeight * 0.75;
-    if (height > tallest) { height = tallest; width = height * img.width / img.height; }
+    // The whole image in view, its proportions kept: as wide as its column allows, and its bottom on the first
+    // screen (at least half the screen tall, for an image further down the page).
+    // Side by side (landscape, the stylesheet's --side): the image's column is as wide as the image, at most 62 %
+    // of the row, and the findings take the rest.
+    const layout = box.closest(".image-layout");
+    const side = layout !== null && getComputedStyle(layout).getPropertyValue("--side").trim() === "1";
+    let width = side ? layout.clientWidth * 0.62 : box.clientWidth, height = width * size.height / size.width;
+    const top = box.getBoundingClientRect().top + window.scrollY;
+    const tallest = Math.max(window.innerHeight * 0.5, window.innerHeight - top - 8);
+    if (height > tallest) { height = tallest; width = height * size.width / size.height; }
+    if (layout !== null) layout.style.setProperty("--view-width", side ? `${Math.floor(width)}px` : "");
     canvas.style.width = `${width}px`; canvas.style.height = `${height}px`;
     canvas.width = Math.max(1, Math.round(width * devicePixelRatio));
     canvas.height = Math.max(1, Math.round(height * devicePixelRatio));
-    view.scale = canvas.width / img.width; view.x = 0; view.y = 0;
+    view.scale = canvas.width / size.width; view.x = 0; view.y = 0;
   };
   const applyWindow = () => {
+    if (full) { applyFullWindow(); return; }
     const out = bctx.createImageData(original);
     const lo = view.level - view.width / 2;
     const lut = new Uint8ClampedArray(256);
@@ -80,7 +90,7 @@ async function setUp(box) {
     if (heat && toggle && toggle.checked) {
       ctx.globalAlpha = Number(opacity ? opacity.value : 45) / 100;
       ctx.imageSmoothingEnabled = true;
-      ctx.drawImage(heat, 0, 0, img.width, img.height);
+      ctx.drawImage(heat, 0, 0, size.width, size.height);
       ctx.globalAlpha = 1;
     }
     box.dataset.drawn = String(Date.now());
@@ -129,8 +139,10 @@ async function setUp(box) {
       if (pinch) { const [cx, cy] = local(e); zoomAt(d / pinch, cx, cy); }
       pinch = d;
     } else if (grey && (p.button === 2 || box.classList.contains("wl-mode"))) {
-      view.width = Math.min(Math.max(view.width + dx, 1), 512);
-      view.level = Math.min(Math.max(view.level - dy, -128), 384);
+      // One CSS pixel moves the window by 1/256 of the values' range: 1 on the 8-bit preview.
+      const range = full ? full.range : 256, unit = range / 256, bottom = full ? full.offset : 0;
+      view.width = Math.min(Math.max(view.width + dx * unit, unit), 2 * range);
+      view.level = Math.min(Math.max(view.level - dy * unit, bottom - range / 2), bottom + 1.5 * range);
       applyWindow(); draw();
     } else {
       view.x += dx * devicePixelRatio; view.y += dy * devicePixelRatio; draw();
@@ -151,7 +163,49 @@ async function setUp(box) {
     mode.hidden = !grey;
     mode.addEventListener("click", () => { box.classList.toggle("wl-mode"); mode.setAttribute("aria-pressed", String(box.classList.contains("wl-mode"))); });
   }
-  box.querySelector(".reset").addEventListener("click", () => { view.width = 255; view.level = 127.5; bctx.putImageData(original, 0, 0); fit(); draw(); });
+  box.querySelector(".reset").addEventListener("click", () => {
+    if (full) { view.width = full.window; view.level = full.center; applyFullWindow(); }
+    else { view.width = 255; view.level = 127.5; bctx.putImageData(original, 0, 0); }
+    fit(); draw();
+  });
+
+  // The diagnostic view: 16-bit values (little-endian, as every tablet's processor is) windowed here through a
+  // 65536-entry table, the header's window first.
+  const applyFullWindow = () => {
+    const lut = new Uint8ClampedArray(65536), lo = view.level - view.width / 2;
+    for (let v = 0; v < 65536; v++) {
+      const shown = ((v * full.step + full.offset - lo) / view.width) * 255;
+      lut[v] = full.inverted ? 255 - shown : shown;
+    }
+    const out = bctx.createImageData(size.width, size.height), d = out.data, values = full.values;
+    for (let i = 0, j = 0; i < values.length; i++, j += 4) { const g = lut[values[i]]; d[j] = g; d[j + 1] = g; d[j + 2] = g; d[j + 3] = 255; }
+    bctx.putImageData(out, 0, 0);
+  };
+  const diagnostic = box.querySelector(".full-depth");
+  if (diagnostic) {
+    diagnostic.hidden = !grey;
+    const loadFull = async () => {
+      diagnostic.disabled = true;
+      const r = await fetch(diagnostic.dataset.url, {credentials: "same-origin"});
+      if (!r.ok) { diagnostic.textContent = await r.text(); return; }
+      const h = (name) => Number(r.headers.get(`X-Full-${name}`));
+      const values = new Uint16Array(await r.arrayBuffer());
+      let top = 1;
+      for (let i = 0; i < values.length; i++) if (values[i] > top) top = values[i];
+      full = {values, offset: h("Offset"), step: h("Step"), center: h("Center"), window: h("Window"),
+              inverted: h("Inverted") === 1, range: top * h("Step")};
+      size = {width: h("Width"), height: h("Height")};
+      base.width = size.width; base.height = size.height;
+      view.width = full.window; view.level = full.center;
+      applyFullWindow(); fit(); draw();
+      box.dataset.full = "1";
+      diagnostic.hidden = true;
+      box.querySelector(".preview-note").hidden = true;
+      box.querySelector(".full-note").hidden = false;
+    };
+    // The box restarting or the Wi-Fi dropping: the button is there to try again.
+    diagnostic.addEventListener("click", () => loadFull().catch(() => { diagnostic.disabled = false; }));
+  }
   window.addEventListener("resize", () => { fit(); draw(); });
   fit();
   draw();
