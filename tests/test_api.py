@@ -37,7 +37,7 @@ def test_post_png_gives_a_study_with_findings(client: FlaskClient, nih_png: Path
     (result,) = image["results"]
     assert result["status"] == "ok" and len(result["findings"]) == 5
     assert result["model"]["runner"] == "onnxruntime"
-    assert study.pop("image_id") == image["id"] and study.pop("duplicate") is False
+    assert study.pop("image_id") == image["id"] and study.pop("duplicate") is False and study.pop("kept") is False
     assert client.get(f"/api/v1/studies/{study['uid']}").get_json() == study
 
     heat = client.get(f"/api/v1/results/{result['id']}/heatmap.png")
@@ -217,3 +217,17 @@ def test_the_study_list_pages_past_its_stated_maximum(client: FlaskClient, tmp_p
     assert client.get("/api/v1/studies?modality=CR").get_json()["total"] == 1
     for bad in ("limit=0", "offset=-1", "state=lost", "from=yesterday"):
         assert client.get(f"/api/v1/studies?{bad}").status_code == 400, bad
+
+
+def test_a_report_sent_with_a_study_is_kept_and_not_diagnosed(client: FlaskClient) -> None:
+    """An SR through the API is answered as the DICOM receiver answers it: success, kept with its study, no model
+    run; sent again, the same."""
+    data = dicom_file("test-SR.dcm").read_bytes()
+    for duplicate in (False, True):
+        resp = client.post("/api/v1/studies?filename=report.dcm", data=data)
+        assert resp.status_code == 201, resp.get_json()
+        body = resp.get_json()
+        assert body["kept"] is True and body["duplicate"] is duplicate
+        assert body["reason"] == "not an image (Comprehensive SR Storage): kept with the study, not diagnosed"
+        (image,) = body["images"]
+        assert image["id"] == body["image_id"] and image["results"] == []

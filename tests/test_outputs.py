@@ -28,6 +28,7 @@ from edge_app.config import EMBEDDED_BUNDLE, Settings
 from edge_app.imaging.uids import is_ours
 from edge_app.service import Service
 from edge_app.web import create_app
+from support.bundles import bundle_for
 from support.dicom import dicom_bytes, dicom_file
 from support.tools import dciodvfy_errors, dcmtk
 
@@ -230,6 +231,53 @@ def test_the_report_and_the_heatmap_capture_are_valid_and_carry_the_source_s_pat
     for uid in (sr.SOPInstanceUID, sr.SeriesInstanceUID, sc.SOPInstanceUID, sc.SeriesInstanceUID):
         assert is_ours(uid)
     _until(lambda: [o["state"] for o in _image(client, study)["outputs"]] == ["sent", "sent"])
+
+
+@pytest.mark.parametrize(
+    ("name", "sop_class", "modality"),
+    [
+        ("color-pl.dcm", "1.2.840.10008.5.1.4.1.1.6", "US"),  # a real one, of 1994
+        ("OBXXXX1A_2frame.dcm", "1.2.840.10008.5.1.4.1.1.3", "US"),  # Ultrasound Multi-frame Image (Retired)
+        ("RG1_UNCR.dcm", "1.2.840.10008.5.1.4.1.1.12.3", "XA"),  # X-Ray Angiographic Bi-Plane Image (Retired)
+    ],
+)
+def test_an_image_of_a_retired_class_gets_its_report_and_capture(
+    name: str,
+    sop_class: str,
+    modality: str,
+    tmp_path: Path,
+    pacs: Pacs,
+    free_port: int,
+    api_client: Callable[[Flask], FlaskClient],
+    service: Callable[..., Service],
+) -> None:
+    """An image of a retired class the receiver accepts, read by a model made for its modality: its SR and SC are
+    valid (dciodvfy: 0 errors), carry its patient and study (an old unit's ACR-NEMA date and time in DICOM's
+    form), and reference it by its own class."""
+    ds = pydicom.dcmread(dicom_file(name))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.Modality = modality
+    # color-pl's UIDs have an example's root (999.), which dciodvfy rightly calls illegal in anything joining its study
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    settings = _settings(tmp_path, free_port).model_copy(deep=True)
+    settings.model.extra_bundles = [bundle_for(tmp_path, "us-xa-demo", ("US", "XA"))]
+    client = api_client(create_app(service(settings)))
+    study = _post(client, dicom_bytes(ds), name)
+    ((sr,), (sc,)) = _received(pacs, tmp_path)
+    (image,) = study["images"]
+    assert [r["model"]["name"] for r in image["results"]] == ["us-xa-demo"]
+    assert sr.StudyInstanceUID == sc.StudyInstanceUID == ds.StudyInstanceUID == study["uid"]
+    assert sr.PatientName == sc.PatientName == ds.PatientName
+    if name == "color-pl.dcm":
+        assert (ds.StudyDate, ds.StudyTime) == ("1994.11.05", "11:20:00"), "ACR-NEMA's forms"
+        assert (sr.StudyDate, sr.StudyTime) == (sc.StudyDate, sc.StudyTime) == ("19941105", "112000")
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+    classes = {s.ReferencedSOPSequence[0].ReferencedSOPInstanceUID: s.ReferencedSOPSequence[0] for s in evidence}
+    assert classes[ds.SOPInstanceUID].ReferencedSOPClassUID == sop_class, "the SR's evidence: the image's own class"
+    assert sc.SourceImageSequence[0].ReferencedSOPClassUID == sop_class, "the SC's source: the image's own class"
+    groups = hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_image_measurement_groups()
+    assert {str(g.source_images[0].referenced_sop_class_uid) for g in groups} == {sop_class}
 
 
 def test_each_image_read_makes_series_of_its_own(

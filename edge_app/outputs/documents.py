@@ -39,6 +39,20 @@ SERIES_BASE = 9000
 CAPTURE_SIDE = 512  # the Secondary Capture's longest side, in pixels
 MANUFACTURER = "edge-app"
 NOT_CLINICAL = "Not for clinical use: a demonstration, not a diagnosis"
+# The retired image classes the receiver accepts, each with the class that replaced it. highdicom copies the
+# Patient and General Study modules by the source's IOD and knows no retired one: it is shown the source as of the
+# class that replaced it (those modules are the same), while every reference names the image by its real class.
+_REPLACED_BY = {
+    "1.2.840.10008.5.1.4.1.1.6": "1.2.840.10008.5.1.4.1.1.6.1",  # Ultrasound Image
+    "1.2.840.10008.5.1.4.1.1.3": "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame Image
+    "1.2.840.10008.5.1.4.1.1.12.3": "1.2.840.10008.5.1.4.1.1.12.1",  # X-Ray Angiographic Bi-Plane: X-Ray Angiographic
+}
+# ACR-NEMA's forms of a date (yyyy.mm.dd) and a time (hh:mm:ss), which old units still write (pydicom's
+# color-pl.dcm, an ultrasound of 1994): neither highdicom nor dciodvfy takes them, and pydicom does not convert them.
+_OLD_FORMS = {
+    "DA": (re.compile(r"(\d{4})\.(\d\d)\.(\d\d)"), r"\1\2\3"),
+    "TM": (re.compile(r"(\d\d):(\d\d)(?::(\d\d(?:\.\d{1,6})?))?"), r"\1\2\3"),
+}
 _OFFSET = re.compile(r"([+-])(\d\d)(\d\d)")  # Timezone Offset From UTC: &ZZXX
 # The Type 2 attributes of the Patient and General Study modules: present, empty where the source has no value.
 _TYPE_2 = (
@@ -93,6 +107,11 @@ def source_header(path: Path | None, header: ImageHeader, patient_id: str) -> Da
     for keyword in _TYPE_2:
         if keyword not in ds:
             setattr(ds, keyword, "")
+    for element in ds:  # an old form written in DICOM's: the same date or time
+        if element.VR in _OLD_FORMS and isinstance(element.value, str):
+            pattern, form = _OLD_FORMS[element.VR]
+            if pattern.fullmatch(element.value):
+                element.value = pattern.sub(form, element.value)
     return ds
 
 
@@ -132,7 +151,7 @@ def heatmap_capture(origin: Origin, preview: NDArray[np.uint8], heatmap: NDArray
     )
     if orientation is None:
         sc.add_new("PatientOrientation", "CS", None)  # Type 2: present, empty
-    sc.copy_patient_and_study_information(source)
+    sc.copy_patient_and_study_information(_as_highdicom_knows(source))
     _dated(sc, origin)
     if "BodyPartExamined" not in source:
         sc.add_new(
@@ -208,7 +227,7 @@ def findings_report(
     )
     report[0].ContentSequence.append(_statement())
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[source] + ([capture] if capture is not None else []),
+        evidence=[_as_highdicom_knows(source)] + ([capture] if capture is not None else []),
         content=report[0],
         series_instance_uid=new_output_uid(),
         series_number=origin.series_number("sr"),
@@ -219,6 +238,10 @@ def findings_report(
         requested_procedures=_requests(source),
         series_description=origin.series_description("sr"),
     )
+    for series in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence:
+        for item in series.ReferencedSOPSequence:  # the image by its real class (see _as_highdicom_knows)
+            if item.ReferencedSOPInstanceUID == source.SOPInstanceUID:
+                item.ReferencedSOPClassUID = source.SOPClassUID
     _dated(sr, origin)
     if any(label not in label_codes for label in (f.label for f in findings)):
         scheme = Dataset()
@@ -234,6 +257,18 @@ def encode(ds: Dataset) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def _as_highdicom_knows(source: Dataset) -> Dataset:
+    """The source, or where its class is a retired one, a copy of it as of the class that replaced it."""
+    from pydicom.dataset import Dataset
+
+    replaced_by = _REPLACED_BY.get(str(source.SOPClassUID))
+    if replaced_by is None:
+        return source
+    shown = Dataset(dict(source.items()))  # a dict of its own: a new element for the class leaves the source's be
+    shown.add_new("SOPClassUID", "UI", replaced_by)
+    return shown
 
 
 def _concept(label: str, label_codes: Mapping[str, Code]) -> Any:

@@ -99,8 +99,9 @@ _ANSWERS = {
 @security.requires("clinician", "technician")
 def create_study() -> Any:
     """Take one image (multipart field `file`, or the raw body with ?filename=), hand it to ingest and wait for
-    its result: 201 with the study, 202 while it is still queued, 422 or 500 with the reason and the study. A
-    sender without the clinician role gets the image's status and the study's UID, not the study."""
+    its result: 201 with the study, 202 while it is still queued, 422 or 500 with the reason and the study; 201
+    with the reason for an object kept with its study and not diagnosed (`kept`: an SR, a KOS...). A sender
+    without the clinician role gets the image's status and the study's UID, not the study."""
     svc = services.get()
     if request.mimetype == "multipart/form-data":
         try:
@@ -124,9 +125,10 @@ def create_study() -> Any:
         return _bad_request("no image (the body is empty): send a multipart field 'file' or the raw bytes")
     wait = svc.settings.server.result_wait_s if svc.worker_running() else 0.0  # no worker: 202 at once
     status, reason = svc.store.wait_for(added.image_id, wait)
-    code, error = _ANSWERS[status]
+    # An object kept with its study, never diagnosed (an SR, one of the box's own): a success, as the receiver says.
+    code, error = (201, None) if added.kept else _ANSWERS[status]
     headers = {"Location": f"/api/v1/studies/{added.study_uid}"}
-    image = {"image_id": added.image_id, "duplicate": added.duplicate}
+    image = {"image_id": added.image_id, "duplicate": added.duplicate, "kept": added.kept}
     principal = security.current()
     if principal is None or "clinician" not in principal.roles:  # a technician sends images, reads no results
         answer = {"uid": added.study_uid, "status": status, **({"reason": reason} if reason else {}), **image}
@@ -134,7 +136,7 @@ def create_study() -> Any:
     study = svc.store.get_study(added.study_uid).json()
     if error is not None:
         return jsonify(error=error, detail=reason, study=study, **image), code, headers
-    return jsonify({**study, **image}), code, headers
+    return jsonify({**study, **image, **({"reason": reason} if added.kept else {})}), code, headers
 
 
 @bp.post("/capture")

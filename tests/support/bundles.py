@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge_app.bundles.bundle import load_bundle, sha256_file, write_manifest
+from edge_app.bundles.manifest import IntendedUse
 from edge_app.config import EMBEDDED_BUNDLE
 
 
@@ -21,6 +22,18 @@ def bundle_variant(tmp_path: Path, version: str, change: Callable[[Path], None] 
         change(folder)
         files = {name: sha256_file(folder / name) for name in files}
     write_manifest(folder, manifest.model_copy(update={"version": version, "files": files}))
+    load_bundle(folder)
+    return folder
+
+
+def bundle_for(tmp_path: Path, name: str, modality: tuple[str, ...]) -> Path:
+    """The reference bundle as a model `name` made for other modalities (any body part, any view): its input guard,
+    fitted on chest X-rays, left off, so that what it is given is read."""
+    folder = tmp_path / f"bundle-{name}"
+    shutil.copytree(EMBEDDED_BUNDLE, folder)
+    manifest = load_bundle(folder).manifest
+    use = IntendedUse(modality=modality, description=f"{name}: a demonstration on {', '.join(modality)} images")
+    write_manifest(folder, manifest.model_copy(update={"name": name, "intended_use": use, "guard": None}))
     load_bundle(folder)
     return folder
 
