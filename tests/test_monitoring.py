@@ -177,3 +177,66 @@ def test_figures_are_counted_in_sql_once_caught_up(front: Service) -> None:
     Monitoring(front.store).catch_up()
     (after,) = figures(front.store, settings, front.lifecycle.manifest_of)
     assert next(x for x in after.lines if x.label == "Abnormal" and x.dimension == "all").ppv.n == 1
+
+
+def test_the_page_the_health_check_the_devices_page_and_the_csv_show_the_flags(front: Service) -> None:
+    """Through the web app, as an administrator: the flag on /api/v1/health (degraded, with the reason) until it is
+    acknowledged on the "Model performance" page; the figures as CSV, a small group's left empty."""
+    import csv
+
+    from edge_app.web import create_app
+    from support.web import AuthActions
+
+    _plant(front)
+    for _ in range(3):
+        _review(front, _arrive(front, "O", "040Y", "ROOM-1"), "agree")
+    app = create_app(front)
+    app.config.update(TESTING=True)
+    browser = app.test_client()
+    auth = AuthActions(app, browser)
+    assert auth.login("admin,technician").status_code == 302
+
+    page = browser.get("/admin/performance").get_data(as_text=True)
+    assert "Model performance" in page and "<svg" in page and "https://" not in page.split("<main", 1)[-1]
+    assert "58/60" in page and "10/20" in page and "Below validation" in page
+    assert "Fewer than 5 images: not shown" in page, "3 images of sex O"
+    health = browser.get("/api/v1/health").get_json()
+    assert health["status"] == "degraded" and "model monitoring: cxr-reference" in health["problem"]
+    assert "sex M: agreement with positive findings 50% (validation 90%)" in health["problem"]
+    assert health["monitoring"] == [
+        {"kind": "fairness", "reason": health["monitoring"][0]["reason"], "acknowledged": False}
+    ]
+    assert "Model monitoring: cxr-reference" in browser.get("/devices").get_data(as_text=True)
+
+    rows = list(csv.DictReader(browser.get("/admin/performance.csv").get_data(as_text=True).splitlines()))
+    men = next(r for r in rows if r["label"] == "Abnormal" and r["dimension"] == "sex" and r["group"] == "M")
+    assert (men["agreed"], men["ai_positive_reviewed"], men["ppv"], men["state"]) == ("10", "20", "0.5000", "flagged")
+    assert (men["ppv_low"], men["ppv_high"]) == ("0.2993", "0.7007")
+    other = next(r for r in rows if r["label"] == "Abnormal" and r["dimension"] == "sex" and r["group"] == "O")
+    assert other["state"] == "small" and other["images"] == other["agreed"] == other["ppv"] == ""
+
+    (flag,) = Monitoring(front.store).flags()
+    token = auth.csrf("/admin/performance")
+    assert (
+        browser.post(f"/admin/performance/flags/{flag.id}/acknowledge", data={"csrf_token": token}).status_code == 302
+    )
+    health = browser.get("/api/v1/health").get_json()
+    assert health["monitoring"][0]["acknowledged"] is True, health["problem"]
+    assert "model monitoring" not in (health["problem"] or ""), "an acknowledged flag degrades no more"
+    assert "acknowledged by admin-technician" in browser.get("/devices").get_data(as_text=True)
+    actions = [a["action"] for a in front.store.audit_trail()]
+    assert "monitor.acknowledge" in actions and "performance.export" in actions
+
+
+def test_the_page_speaks_french(front: Service) -> None:
+    from edge_app.web import create_app
+    from support.web import AuthActions
+
+    _plant(front)
+    app = create_app(front)
+    app.config.update(TESTING=True)
+    auth = AuthActions(app, app.test_client())
+    auth.user("admin-fr", "admin", language="fr")
+    auth.login("admin", name="admin-fr")
+    page = auth.client.get("/admin/performance").get_data(as_text=True)
+    assert "Performance du modèle" in page and "Sous la validation" in page and "Par tranche d'âge" in page
