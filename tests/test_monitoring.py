@@ -196,7 +196,7 @@ def test_the_page_the_health_check_the_devices_page_and_the_csv_show_the_flags(f
     auth = AuthActions(app, browser)
     assert auth.login("admin,technician").status_code == 302
 
-    page = browser.get("/admin/performance").get_data(as_text=True)
+    page = browser.get("/admin/performance?count=now").get_data(as_text=True)
     assert "Model performance" in page and "<svg" in page and "https://" not in page.split("<main", 1)[-1]
     assert "58/60" in page and "10/20" in page and "Below validation" in page
     assert "Fewer than 5 images: not shown" in page, "3 images of sex O"
@@ -238,5 +238,5 @@ def test_the_page_speaks_french(front: Service) -> None:
     auth = AuthActions(app, app.test_client())
     auth.user("admin-fr", "admin", language="fr")
     auth.login("admin", name="admin-fr")
-    page = auth.client.get("/admin/performance").get_data(as_text=True)
+    page = auth.client.get("/admin/performance?count=now").get_data(as_text=True)
     assert "Performance du modèle" in page and "Sous la validation" in page and "Par tranche d'âge" in page

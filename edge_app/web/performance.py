@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from flask import Blueprint, Response, flash, redirect, render_template, url_for
+from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from markupsafe import Markup
 
@@ -31,11 +31,11 @@ def _actor() -> str:
     return principal.name if principal else ""
 
 
-def _current() -> list[BundleFigures]:
-    """The figures as of now: what arrived and was reviewed since is counted first, the flags settled."""
+def _current(fresh: bool = False) -> list[BundleFigures]:
+    """The figures of the monitoring's last round (`fresh`: counted now, the flags settled)."""
     svc = services.get()
     if svc.monitor is not None:
-        return svc.monitor.run_once()
+        return svc.monitor.run_once() if fresh else svc.monitor.latest()
     Monitoring(svc.store).catch_up()  # a front apart from nothing: counted all the same
     return figures(svc.store, svc.settings.monitoring, svc.lifecycle.manifest_of)
 
@@ -44,7 +44,7 @@ def _current() -> list[BundleFigures]:
 @security.requires("admin")
 def index() -> Any:
     svc = services.get()
-    bundles = _current()
+    bundles = _current(fresh=request.args.get("count") == "now")
     return render_template(
         "admin/performance.html",
         bundles=bundles,
@@ -66,7 +66,7 @@ def acknowledge(flag_id: int) -> Any:
 @bp.get("/performance.csv")
 @security.requires("admin")
 def export_csv() -> Response:
-    bundles = _current()
+    bundles = _current(fresh=True)
     services.get().store.audit(_actor(), "performance.export", detail="csv")
     buf = io.StringIO()
     csv_cells.write(buf, list(CSV_FIELDS), (_row(b, line) for b in bundles for line in b.lines))
