@@ -497,6 +497,32 @@ class SiteSettings(_Section):
     )
 
 
+class MonitoringSettings(_Section):
+    """The model watched in the field: clinicians' agreement by patient group against its validation."""
+
+    adult_from_years: float = Field(18.0, gt=0, description="a patient of this age or more is an adult (else a child)")
+    older_from_years: float = Field(65.0, gt=0, description="a patient of this age or more is an older adult")
+    margin: float = Field(
+        0.10,
+        gt=0,
+        le=1,
+        description="a figure this much worse than the bundle's validation (a share, 0.10: 10 points) is flagged",
+    )
+    min_reviews: int = Field(
+        30, ge=1, description="reviewed findings a figure needs before it is compared (fewer: 'too few reviews')"
+    )
+    min_group_size: int = Field(
+        10, ge=1, description="a group of fewer images is shown without its figures (none singles out a patient)"
+    )
+    every_s: float = Field(600.0, gt=0, description="how often the figures are counted and the flags settled")
+
+    @model_validator(mode="after")
+    def _bands(self) -> MonitoringSettings:
+        if self.older_from_years <= self.adult_from_years:
+            raise ValueError("older_from_years must be above adult_from_years")
+        return self
+
+
 class Settings(_Section):
     site: SiteSettings = Field(default_factory=SiteSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
@@ -506,6 +532,7 @@ class Settings(_Section):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     capture: CaptureSettings = Field(default_factory=CaptureSettings)
     outputs: OutputSettings = Field(default_factory=OutputSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     @property
     def engine_cache(self) -> Path:

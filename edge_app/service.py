@@ -28,6 +28,7 @@ from edge_app.inference.worker import Worker
 from edge_app.ingest import Ingest
 from edge_app.ops.retention import Retention
 from edge_app.outputs.outbox import Outbox
+from edge_app.outputs.performance import Monitor
 from edge_app.outputs.sender import Sender
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts
@@ -132,7 +133,11 @@ class Service:
             self.waker = Listener(data_dir, "front", self.store.notify_changed)
         if self.worker is not None:
             self.lifecycle.pause_with(self.worker.between_jobs, self.live.between_frames if self.live else None)
-        parts = (self.worker, self.sender, self.live, self.retention, self.waker)
+        # The model's monitoring counts where the pages are read (one process counts, whichever way it runs).
+        self.monitor = (
+            Monitor(self.store, settings.monitoring, self.lifecycle.manifest_of) if role != "worker" else None
+        )
+        parts = (self.worker, self.sender, self.live, self.retention, self.waker, self.monitor)
         self._loops: list[Loop] = [p for p in parts if p is not None]
 
     def start(self) -> None:

@@ -60,6 +60,9 @@ EXPECTED: dict[str, set[str] | None] = {
     "admin.set_thresholds": {"admin"},
     "admin.audit": {"admin"},
     "admin.audit_csv": {"admin"},
+    "performance.index": {"admin"},
+    "performance.acknowledge": {"admin"},
+    "performance.export_csv": {"admin"},
     "api.create_study": CLINICAL,
     "api.retry_outbox": {"admin"},
     "api.capture": CLINICAL,
@@ -106,6 +109,7 @@ def _urls(app: Flask, study: dict[str, Any]) -> list[tuple[str, str, str]]:
         "code": "fr",
         "filename": "app.css",
         "sha256": "0" * 64,
+        "flag_id": 1,
     }
     out = []
     for rule in app.url_map.iter_rules():

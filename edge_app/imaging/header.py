@@ -8,6 +8,7 @@ its identity too: `holds_image` says it is none.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import warnings
 import zlib
@@ -46,12 +47,18 @@ class ImageHeader:
     patient_name: str = ""  # shown on the tablet and the report; never logged
     accession_number: str = ""  # the order's number at the clinic (RIS): searched for on the worklist
     device: str = ""  # the modality that made it: manufacturer, model, station
+    # Who and what, for the model's monitoring by group (never shown apart from aggregates): the patient's sex
+    # (M, F, O or ""), age in years at the study (None: unknown), and the unit apart.
+    patient_sex: str = ""
+    age_years: float | None = None
+    manufacturer: str = ""
+    device_model: str = ""
+    station: str = ""
     holds_image: bool = True  # False: a DICOM object of a class without pixels (an SR, a KOS, a presentation state)
     # The patient's context, shown to the clinician as the DICOM gives it (DA dates YYYYMMDD, AS ages "045Y").
     study_date: str = ""
     patient_age: str = ""
     patient_birth_date: str = ""
-    patient_sex: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,7 +67,9 @@ class ImageHeader:
     def from_dict(cls, values: dict[str, Any]) -> ImageHeader:
         """The header stored with an image (its metadata holds more; a migrated one may hold less)."""
         known = {f.name for f in fields(cls)}
-        given = {k: v if isinstance(v, bool) else str(v) for k, v in values.items() if k in known and v is not None}
+        given = {
+            k: v if isinstance(v, (bool, float)) else str(v) for k, v in values.items() if k in known and v is not None
+        }
         given.setdefault("format", "unknown")
         for uid in ("study_uid", "series_uid", "sop_instance_uid"):
             given.setdefault(uid, "")
@@ -90,6 +99,21 @@ def generated_header(fmt: Literal["png", "jpeg", "unknown"] = "unknown") -> Imag
     from pydicom.uid import generate_uid
 
     return ImageHeader(fmt, generate_uid(), generate_uid(), generate_uid())
+
+
+_AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+
+
+def _age_years(age: str, birth: str, study: str) -> float | None:
+    """The patient's age in years: Patient Age (an AS value, "045Y", "006M"), else Study Date less Patient's Birth
+    Date; None where neither can be read."""
+    if re.fullmatch(r"\d{3}[DWMY]", age):
+        return round(int(age[:3]) * _AGE_UNIT_YEARS[age[3]], 2)
+    try:
+        born, taken = (dt.datetime.strptime(d, "%Y%m%d") for d in (birth, study))
+    except ValueError:
+        return None
+    return round((taken - born).days / 365.25, 2) if taken >= born else None
 
 
 def _dicom_header(path: Path, source: str, max_inflated: int) -> ImageHeader:
@@ -148,11 +172,15 @@ def _dicom_header(path: Path, source: str, max_inflated: int) -> ImageHeader:
                 device=" ".join(
                     dict.fromkeys(v for v in map(text, ("Manufacturer", "ManufacturerModelName", "StationName")) if v)
                 ),
+                patient_sex=text("PatientSex").upper(),
+                age_years=_age_years(text("PatientAge"), text("PatientBirthDate"), text("StudyDate")),
+                manufacturer=text("Manufacturer"),
+                device_model=text("ManufacturerModelName"),
+                station=text("StationName"),
                 holds_image=holds_image,
                 study_date=text("StudyDate"),
                 patient_age=text("PatientAge"),
                 patient_birth_date=text("PatientBirthDate"),
-                patient_sex=text("PatientSex").upper(),
             )
     except ImageRejected as exc:
         exc.patient_name, exc.patient_id = who

@@ -287,6 +287,52 @@ def _to_v11(db: sqlite3.Connection, now: str) -> None:
     )
 
 
+# Version 12: the model's monitoring (`edge_app.store.monitoring`). What it counts, kept beside the rows it is
+# counted from so that a page reads aggregates of a narrow indexed table instead of parsing every result's JSON: each
+# result of a model that read or refused an image, with the image's groups; the latest clinician verdict on each
+# finding of it; the flags raised, with who acknowledged them.
+_V12 = """
+CREATE TABLE monitor_results (
+    result_id INTEGER PRIMARY KEY REFERENCES results(id),
+    bundle_sha256 TEXT NOT NULL,
+    at TEXT NOT NULL,
+    outside INTEGER NOT NULL,
+    positive INTEGER NOT NULL,
+    sex TEXT NOT NULL,
+    age REAL,
+    modality TEXT NOT NULL,
+    station TEXT NOT NULL
+);
+CREATE INDEX monitor_results_bundle ON monitor_results(bundle_sha256, at);
+CREATE TABLE monitor_verdicts (
+    result_id INTEGER NOT NULL REFERENCES monitor_results(result_id),
+    label TEXT NOT NULL,
+    review_id INTEGER NOT NULL,
+    ai_positive INTEGER NOT NULL,
+    clinician_positive INTEGER NOT NULL,
+    PRIMARY KEY (result_id, label)
+);
+CREATE INDEX monitor_verdicts_review ON monitor_verdicts(review_id);
+CREATE TABLE monitor_flags (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    bundle_sha256 TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    raised_at TEXT NOT NULL,
+    cleared_at TEXT,
+    acknowledged_at TEXT,
+    acknowledged_by TEXT
+);
+CREATE UNIQUE INDEX monitor_flags_open ON monitor_flags(key) WHERE cleared_at IS NULL
+"""
+
+
+def _to_v12(db: sqlite3.Connection, now: str) -> None:
+    for statement in _statements(_V12):
+        db.execute(statement)
+
+
 def _rebuild(db: sqlite3.Connection, table: str, old: str, new: str) -> None:
     """A table made anew with `old` replaced by `new` in its definition (SQLite cannot change a CHECK in place: its
     documented twelve steps, foreign keys off from `migrate`), rows, indexes and ids kept."""
@@ -324,6 +370,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection, str], None]] = [
     _to_v9,
     _to_v10,
     _to_v11,
+    _to_v12,
 ]
 VERSION = len(MIGRATIONS)
 

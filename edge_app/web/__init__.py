@@ -12,7 +12,20 @@ from werkzeug.formparser import FormDataParser
 
 from edge_app.ops.secrets import session_secret
 from edge_app.service import Service
-from edge_app.web import admin, api, audit, auth, devices, i18n, security, services, study, words, worklist
+from edge_app.web import (
+    admin,
+    api,
+    audit,
+    auth,
+    devices,
+    i18n,
+    performance,
+    security,
+    services,
+    study,
+    words,
+    worklist,
+)
 from edge_app.web.forms import LanguageForm
 
 log = logging.getLogger(__name__)
@@ -30,7 +43,7 @@ def create_app(service: Service) -> Flask:
     security.init_app(app, settings)
     audit.init_app(app, settings)
     i18n.init_app(app, settings)
-    for blueprint in (auth.bp, worklist.bp, study.bp, devices.bp, admin.bp, api.bp):
+    for blueprint in (auth.bp, worklist.bp, study.bp, devices.bp, admin.bp, performance.bp, api.bp):
         app.register_blueprint(blueprint)
     app.view_functions["static"] = security.public(app.view_functions["static"])
 

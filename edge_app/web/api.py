@@ -16,6 +16,7 @@ from edge_app.imaging.encode import jpeg
 from edge_app.ingest import Event
 from edge_app.outputs.sender import ae_title, backlog_problem
 from edge_app.runtime.engines.ensure import engine_status
+from edge_app.store.monitoring import Monitoring
 from edge_app.web import audit, security, services, worklist
 
 log = logging.getLogger(__name__)
@@ -34,12 +35,14 @@ def health() -> Any:
     models = svc.lifecycle.in_service()
     first = models[0].info() if models else dict.fromkeys(("name", "version", "precision", "runner", "bundle_sha256"))
     backlog = svc.store.backlog()
+    flags = Monitoring(svc.store).flags()  # an acknowledged one is listed, and no longer degrades
     now = time.time()
     problem = "; ".join(
         p
         for p in (
             svc.lifecycle.problem() or (None if models else "no model can be read"),
             backlog_problem(backlog, svc.settings.outputs, now),
+            *(f"model monitoring: {f.reason}" for f in flags if f.acknowledged_at is None),
         )
         if p
     )
@@ -53,6 +56,8 @@ def health() -> Any:
         bundle_sha256=first["bundle_sha256"],
         models=[m.info() for m in models],
         queued=svc.store.queued(),
+        # Aggregates only: a bundle, a finding, a group (a sex, an age band, a modality, a station), no patient.
+        monitoring=[{"kind": f.kind, "reason": f.reason, "acknowledged": f.acknowledged_at is not None} for f in flags],
         # Open to anyone on the Wi-Fi: each source's name and state, not its address, path or credentials.
         sources=[{key: state[key] for key in ("name", "connected")} for state in (s.state() for s in svc.sources)],
         engines=engine_status(svc.settings.engine_cache),

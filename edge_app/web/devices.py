@@ -14,6 +14,7 @@ from flask_babel import gettext as _
 from edge_app.ingest import Event
 from edge_app.outputs.sender import backlog_problem
 from edge_app.runtime.engines.ensure import engine_status
+from edge_app.store.monitoring import Monitoring
 from edge_app.web import security, services
 from edge_app.web.forms import ActionForm
 
@@ -35,6 +36,7 @@ def index() -> Any:
         queued=svc.store.queued(),
         backlog=backlog,
         backlog_problem=backlog_problem(backlog, svc.settings.outputs, now),
+        flags=Monitoring(svc.store).flags(),
         now=now,
         free_gb=disk.free / 1e9,
         free_fraction=disk.free / disk.total if disk.total else 0.0,
