@@ -144,7 +144,7 @@ def test_check_echoes_every_destination_and_tells_each_failure_apart(
             env={
                 "EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "data"),
                 "EDGE_APP_OUTPUTS_DESTINATIONS": toml_destinations(destinations),
-                "EDGE_APP_OUTPUTS_ANSWER_TIMEOUT_S": "1",
+                "EDGE_APP_OUTPUTS_ANSWER_TIMEOUT_S": "5",  # a loaded machine's Orthanc may take a second
             },
         )
     finally:

@@ -40,6 +40,7 @@ EXPECTED: dict[str, set[str] | None] = {
     "study.show": {"clinician"},
     "study.view": {"clinician"},
     "study.heatmap": {"clinician"},
+    "study.full_depth": {"clinician"},
     "study.review": {"clinician"},
     "study.send_to_model": {"clinician"},
     "study.report": {"clinician"},
@@ -521,5 +522,5 @@ def test_a_technician_sends_images_and_reads_no_results(
     buf = io.BytesIO()
     ds.save_as(buf)
     resp = anonymous.post("/api/v1/studies?filename=y.dcm", data=buf.getvalue(), headers=bearer)
-    assert resp.status_code == 201 and set(resp.get_json()) == {"uid", "status", "image_id", "duplicate"}
+    assert resp.status_code == 201 and set(resp.get_json()) == {"uid", "status", "image_id", "duplicate", "kept"}
     assert resp.get_json()["uid"] == uid, "the same patient's next image joins the study"

@@ -179,10 +179,10 @@ class Peer:
             if (rejection.result_source, rejection.diagnostic) == (1, 3):
                 return f"association rejected: the peer does not know our AE title {s.calling_ae_title}"
             return f"association rejected: {rejection.reason_str}"
+        if elapsed >= s.answer_timeout_s * 0.9:  # an answer after our timeout is one we no longer waited for
+            return f"not answered: the connection was taken, no answer came within {s.answer_timeout_s:g} s"
         if self._answered:
             return "association aborted by the peer"
-        if elapsed >= s.answer_timeout_s * 0.9:
-            return f"not answered: the connection was taken, no answer came within {s.answer_timeout_s:g} s"
         return "not a DICOM peer: it closed the connection or answered something other than DICOM"
 
     def _on_open(self, event: Any) -> None:
