@@ -24,7 +24,7 @@ from edge_app.web import create_app, services
 from support import processes
 from support.data import NIH, ROOT
 from support.tools import EDGE_APP
-from support.web import AuthActions, token_headers
+from support.web import AuthActions, axe_core_script, token_headers
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +38,13 @@ def nih() -> Path:
 @pytest.fixture(scope="session")
 def nih_png(nih: Path) -> Path:
     return nih / "images" / "00000075_000.png"
+
+
+@pytest.fixture(scope="session")
+def axe() -> Path:
+    """axe-core's axe.min.js, from npm's package packed into tests/artifacts/npm/ (or $EDGE_TEST_ARTIFACTS), or a
+    skip saying why (no npm, no registry)."""
+    return axe_core_script(Path(os.environ.get("EDGE_TEST_ARTIFACTS", ROOT / "tests" / "artifacts")) / "npm")
 
 
 @pytest.fixture

@@ -154,7 +154,9 @@ def test_cli_tls_init(cli: Cli, tmp_path: Path) -> None:
     env = {"EDGE_APP_STORAGE_DATA_DIR": str(tmp_path)}
     proc = cli("tls", "init", "--name", "clinic-ai.local", "--name", "192.168.1.20", env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "SHA-256 fingerprint (check it on the tablet):" in proc.stdout
+    (printed,) = [line for line in proc.stdout.splitlines() if "SHA-256 fingerprint (check it on the tablet):" in line]
+    check = cli("check", env={**env, "EDGE_APP_SERVER_HOST": "0.0.0.0"}).stdout
+    assert printed.split()[-1] in check, "`edge-app check` shows it again"
     cert = x509.load_pem_x509_certificate((tmp_path / "tls" / "cert.pem").read_bytes())
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "clinic-ai.local" in names.get_values_for_type(x509.DNSName)

@@ -88,6 +88,9 @@ def test_images_flow_from_the_front_to_a_worker_process_and_back(
         assert resp.status_code == 202, "kept and queued: no worker to answer now"
         assert time.monotonic() - started < 2.0, "and said at once, not after result_wait_s"
         image_id = resp.get_json()["image_id"]
+        health = client.get("/api/v1/health").get_json()
+        assert health["worker"]["state"] == "down" and not health["worker"]["running"], health["worker"]
+        assert health["queued"] == 1 and health["worker"]["oldest_wait_s"] >= 0
         worker = _start_worker(data)
         _until(lambda: svc.store.image_status(image_id)[0] == "done")
     finally:

@@ -49,7 +49,9 @@ def _access(settings: Settings) -> Iterator[Check]:
         return
     cert, key = settings.tls_files
     if settings.tls:
-        yield Check("ok", "TLS", f"{cert} and {key}")
+        from edge_app.ops.secrets import fingerprint
+
+        yield Check("ok", "TLS", f"{cert} and {key}; SHA-256 fingerprint (check it on the tablet): {fingerprint(cert)}")
     else:
         yield Check(
             "FAIL", "TLS", f"no certificate at {cert}: run `edge-app tls init` (or set server.tls_cert/tls_key)"

@@ -77,4 +77,13 @@ def init_tls(settings: Settings, names: list[str], *, force: bool = False) -> tu
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     )
     atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
-    return cert_path, key_path, cert.fingerprint(hashes.SHA256()).hex(":").upper()
+    return cert_path, key_path, fingerprint(cert_path)
+
+
+def fingerprint(cert_path: Path) -> str:
+    """The certificate's SHA-256 fingerprint as browsers show it (AB:12:...), for the tablet's check."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()

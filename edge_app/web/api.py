@@ -36,6 +36,7 @@ def health() -> Any:
     first = models[0].info() if models else dict.fromkeys(("name", "version", "precision", "runner", "bundle_sha256"))
     backlog = svc.store.backlog()
     flags = Monitoring(svc.store).flags()  # an acknowledged one is listed, and no longer degrades
+    worker = svc.worker_state()
     now = time.time()
     problem = "; ".join(
         p
@@ -55,7 +56,13 @@ def health() -> Any:
         precision=first["precision"],
         bundle_sha256=first["bundle_sha256"],
         models=[m.info() for m in models],
-        queued=svc.store.queued(),
+        queued=worker.queued,
+        # What the study page's banner says: running or not, and how long the oldest queued image has waited.
+        worker={
+            "state": worker.problem or "ok",
+            "running": worker.running,
+            "oldest_wait_s": round(worker.waiting_s, 1),
+        },
         # Aggregates only: a bundle, a finding, a group (a sex, an age band, a modality, a station), no patient.
         monitoring=[{"kind": f.kind, "reason": f.reason, "acknowledged": f.acknowledged_at is not None} for f in flags],
         # Open to anyone on the Wi-Fi: each source's name and state, not its address, path or credentials.

@@ -1,0 +1,160 @@
+"""axe-core (npm's package, see the `axe` fixture) on every page of a real `edge-app serve` in Chromium, as the
+role that uses it sees it: the first-run page, login, the worklist, a study with the model's result and studies whose
+image was refused, the devices page, every admin page and the model performance page. Any violation fails."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_app.store import Store
+from edge_app.store.accounts import Accounts, parse_roles
+from support.dicom import dicom_file
+from support.processes import free_port, launch
+from support.web import axe_violations, token_headers
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PASSWORD = "a long enough password"
+pytestmark = [
+    pytest.mark.system,
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"),
+]
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[str]:
+    """A new appliance, no account yet, on localhost (where the first-run page answers); yields its base URL."""
+    port = free_port()
+    proc = launch(tmp_path / "data", port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _post(base: str, headers: dict[str, str], body: bytes, filename: str) -> str:
+    req = urllib.request.Request(f"{base}/api/v1/studies?filename={filename}", data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return str(json.loads(resp.read())["uid"])
+    except urllib.error.HTTPError as exc:  # 422: refused, with its study
+        return str(json.loads(exc.read())["study"]["uid"])
+
+
+def _read(base: str, headers: dict[str, str], uid: str) -> None:
+    deadline = time.monotonic() + 90
+    while True:
+        req = urllib.request.Request(f"{base}/api/v1/studies/{uid}", headers=headers)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            if all(i["status"] != "queued" for i in json.loads(resp.read())["images"]):
+                return
+        assert time.monotonic() < deadline, f"{uid} was not read"
+        time.sleep(0.3)
+
+
+def test_axe_core_is_run_and_reports(axe: Path) -> None:
+    """The helper injects axe-core and reports what it finds: an image without a text alternative."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page()
+            page.set_content('<!doctype html><html lang="en"><title>t</title><main><img src="x.png"></main></html>')
+            found = axe_violations(page, axe)
+            assert [v for v in found if v.startswith("image-alt (critical)")], found
+        finally:
+            browser.close()
+
+
+def test_axe_core_finds_no_violation_on_any_page(served: str, tmp_path: Path, axe: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+    import numpy as np
+    from PIL import Image
+
+    base, data = served, tmp_path / "data"
+    found: dict[str, list[str]] = {}
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+
+            def person() -> Any:
+                page = browser.new_context(viewport={"width": 800, "height": 1280}, has_touch=True).new_page()
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                return page
+
+            def check(page: Any, path: str, ready: Callable[[], None] = lambda: None) -> None:
+                page.goto(base + path)
+                ready()
+                found[f"{path} ({page.url.removeprefix(base)})"] = axe_violations(page, axe)
+
+            def sign_in(page: Any, name: str) -> None:
+                page.goto(base + "/login")
+                page.fill("#username", name)
+                page.fill("#password", PASSWORD)
+                page.click("#login-form button[type=submit]")
+                page.wait_for_load_state()
+
+            admin = person()
+            check(admin, "/setup")
+            admin.fill("#username", "admin")
+            admin.fill("#password", PASSWORD)
+            admin.fill("#confirm", PASSWORD)
+            admin.click("form button[type=submit]")
+            admin.wait_for_url(base + "/admin/users")
+            for path in ("/admin/users", "/admin/tokens", "/admin/models", "/admin/performance", "/admin/audit"):
+                check(admin, path)
+            check(admin, "/devices")
+
+            store = Store(data)
+            try:
+                Accounts(store).add_user("dr-ade", parse_roles("clinician"), PASSWORD)
+                Accounts(store).add_user("tech", parse_roles("technician"), PASSWORD)
+            finally:
+                store.close()
+            headers = token_headers(data)
+            chest = _post(base, headers, dicom_file("RG1_UNCR.dcm").read_bytes(), "chest.dcm")
+            noise = np.random.default_rng(3).integers(0, 256, (512, 512), dtype=np.uint8)
+            png = tmp_path / "noise.png"
+            Image.fromarray(noise).save(png)
+            outside = _post(base, headers, png.read_bytes(), "noise.png")
+            junk = _post(base, headers, b"\x00" * 300, "junk.bin")
+            for uid in (chest, outside):
+                _read(base, headers, uid)
+
+            tech = person()
+            check(tech, "/login")
+            sign_in(tech, "tech")
+            check(tech, "/")
+            check(tech, "/devices")
+
+            clinician = person()
+            sign_in(clinician, "dr-ade")
+            check(clinician, "/")
+            check(clinician, "/?positive=1&q=nobody")
+            for uid in (chest, outside):
+                check(clinician, f"/studies/{uid}", lambda: clinician.wait_for_selector(".viewer[data-drawn]"))
+            check(clinician, f"/studies/{junk}")
+        finally:
+            browser.close()
+    violations = {page: v for page, v in found.items() if v}
+    assert not violations, json.dumps(violations, indent=1)
+    assert not errors, errors
