@@ -164,7 +164,7 @@ def review(uid: str) -> Any:
     ("<result id>:<label>"); read or referred; the note. `result`: the result ids the page showed. Saved: back to
     the review on the page; not saved: the page again with what was entered."""
     svc = services.get()
-    study = _study(uid)
+    _study(uid)  # 404 where there is no such study
     form = ReviewForm()
     ticked = frozenset(request.form.getlist("disagree"))
     disagree = set() if request.form.get("all") else {_pair(value) for value in ticked}
@@ -188,15 +188,13 @@ def review(uid: str) -> Any:
         flash(_("The review could not be saved: %(reason)s", reason=str(exc)), "error")
         return _page(uid, form, ticked, 400)
     results = " ".join(f"result={rid}" for rid in saved.verdicts)
-    svc.store.audit(
-        principal.name, "review.add", uid, f"review={saved.id} state={saved.state} {results}".strip()
-    )
+    svc.store.audit(principal.name, "review.add", uid, f"review={saved.id} state={saved.state} {results}".strip())
     flash(_("Review saved."), "info")
     return redirect(url_for("study.show", uid=uid, _anchor="review"))
 
 
 def _pair(value: str) -> tuple[int, str]:
-    """"<result id>:<label>" as (result id, label); result 0 (none: the store refuses it) where not that form."""
+    """ "<result id>:<label>" as (result id, label); result 0 (none: the store refuses it) where not that form."""
     rid, _sep, label = value.partition(":")
     return int(rid) if rid.isdigit() else 0, label
 
