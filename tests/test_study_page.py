@@ -381,7 +381,7 @@ def test_the_review_by_touch_agree_with_all_then_one_disagreement(box: dict[str,
             page.wait_for_selector("text=Review saved.")
             assert page.url.endswith("#review")
             latest = _rect(page, ".past-review.latest")
-            assert 0 <= latest["top"] and latest["bottom"] <= page.evaluate("innerHeight"), "the review, in view"
+            assert latest["top"] >= 0 and latest["bottom"] <= page.evaluate("innerHeight"), "the review, in view"
             assert "Agrees with all the AI's findings." in page.inner_text(".past-review.latest")
             (review,) = saved()
             assert len(review.verdicts) == 2 and not review.disagreements(), "both images, every finding agreed"
@@ -408,7 +408,7 @@ def test_the_review_by_touch_agree_with_all_then_one_disagreement(box: dict[str,
             assert "Referred" in text and f"Disagrees with:\n{shown[0]} (image 2)" in text.replace(": ", ":\n"), text
             assert "to the radiologist" in text
             latest = _rect(page, ".past-review.latest")
-            assert 0 <= latest["top"] and latest["bottom"] <= page.evaluate("innerHeight")
+            assert latest["top"] >= 0 and latest["bottom"] <= page.evaluate("innerHeight")
             newest = saved()[0]
             assert newest.state == "referred" and len(newest.disagreements()) == 1
             page.goto(server.base + "/")
