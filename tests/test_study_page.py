@@ -161,7 +161,10 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         us = server.post(dicom_file("US1_UNCR.dcm").read_bytes(), "us.dcm")
         noise = server.post(_noise_png(), "noise.png")
         junk = server.post(b"\x00" * 300, "junk.bin")
-        uids = {"older": older, "chest": chest, "us": us, "noise": noise, "junk": junk}
+        pair = generate_uid()
+        server.post(_chest("P-88", pair, ViewPosition="PA"), "pa.dcm")
+        server.post(_chest("P-88", pair, ViewPosition="AP"), "ap.dcm")
+        uids = {"older": older, "chest": chest, "us": us, "noise": noise, "junk": junk, "pair": pair}
         yield {"box": server, "uids": uids}
     finally:
         server.stop()
@@ -348,6 +351,71 @@ _CUT_PILLS = """() => [...document.querySelectorAll(".flag")].some(e => {
   const r = e.getBoundingClientRect();
   return e.scrollWidth > e.clientWidth + 1 || r.right > innerWidth;
 })"""
+
+
+def test_the_review_by_touch_agree_with_all_then_one_disagreement(box: dict[str, Any]) -> None:
+    """A study of two images at 800x1280 by touch: "Agree with all" is one tap and one review of both images; a
+    disagreement with one finding of the second image and a referral take a few taps in the findings' order; after
+    each save the page shows the review where the clinician was; the worklist row says referred."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+    from edge_app.store.reviews import Reviews
+
+    server, uids = box["box"], box["uids"]
+    if server.worker is None:
+        server.start_worker(*uids.values())
+    uid = uids["pair"]
+
+    def saved() -> list[Any]:
+        store = Store(server.data)
+        try:
+            return Reviews(store).of_study(uid)
+        finally:
+            store.close()
+
+    with sync_api.sync_playwright() as p:
+        browser, page, errors = _browse(p, server.base, 800, 1280, True, False)
+        try:
+            page.goto(f"{server.base}/studies/{uid}")
+            page.locator(".agree-all").scroll_into_view_if_needed()
+            page.tap(".agree-all")
+            page.wait_for_selector("text=Review saved.")
+            assert page.url.endswith("#review")
+            latest = _rect(page, ".past-review.latest")
+            assert latest["top"] >= 0 and latest["bottom"] <= page.evaluate("innerHeight"), "the review, in view"
+            assert "Agrees with all the AI's findings." in page.inner_text(".past-review.latest")
+            (review,) = saved()
+            assert len(review.verdicts) == 2 and not review.disagreements(), "both images, every finding agreed"
+
+            page.tap("details.review-form > summary")
+            page.tap("details.disagree > summary")
+            shown = page.eval_on_selector_all(
+                "section.image:nth-of-type(2) table.findings th", "ths => ths.map(t => t.firstChild.textContent.trim())"
+            )
+            ticks = page.locator("form.review label.verdict")
+            offered = [t.strip() for t in page.locator("form.review label.verdict .name").all_inner_texts()]
+            assert offered[len(offered) - len(shown) :] == shown, "the second image's findings, in the table's order"
+            ticks.nth(len(offered) - len(shown)).tap()
+            assert page.locator(".agree-all").is_hidden(), "a disagreement: Save, not Agree with all"
+            page.tap("form.review label:has(input[value=referred])")
+            page.fill("form.review textarea", "AP: not what the AI says; to the radiologist.")
+            small = page.evaluate(_SMALL_TARGETS)
+            assert not small, f"touch targets under 44x44: {small}"
+            page.screenshot(path=str(_artifacts() / "review-800x1280.png"))
+            page.tap("form.review .save")
+            page.wait_for_selector("text=Review saved.")
+            assert page.url.endswith("#review")
+            text = page.inner_text(".past-review.latest")
+            assert "Referred" in text and f"Disagrees with:\n{shown[0]} (image 2)" in text.replace(": ", ":\n"), text
+            assert "to the radiologist" in text
+            latest = _rect(page, ".past-review.latest")
+            assert latest["top"] >= 0 and latest["bottom"] <= page.evaluate("innerHeight")
+            newest = saved()[0]
+            assert newest.state == "referred" and len(newest.disagreements()) == 1
+            page.goto(server.base + "/")
+            assert page.inner_text(f"tr[data-uid='{uid}'] .badge") == "referred"
+        finally:
+            browser.close()
+        assert not errors, errors
 
 
 def _drag_by_touch(page: Any, selector: str) -> None:

@@ -153,47 +153,72 @@ def test_another_study_s_image_is_not_served_under_this_one(
     assert browser.get("/studies/1.2.3.4/report.pdf").status_code == 404
 
 
-def _review(browser: FlaskClient, auth: Any, study: dict[str, Any], verdicts: dict[str, str], note: str) -> Any:
-    result_id = study["images"][0]["results"][0]["id"]
+def _review(browser: FlaskClient, auth: Any, study: dict[str, Any], **form: Any) -> Any:
+    """Post the study's review form as the page would (its CSRF token and the results it showed), with `form`."""
     token = auth.csrf(f"/studies/{study['uid']}")
-    data = {"csrf_token": token, "note": note, **{f"verdict-{k}": v for k, v in verdicts.items()}}
-    return browser.post(f"/studies/{study['uid']}/results/{result_id}/review", data=data)
+    shown = [str(result["id"]) for image in study["images"] for result in image["results"][-1:]]
+    data = {"csrf_token": token, "result": shown, "state": "read", **form}
+    return browser.post(f"/studies/{study['uid']}/review", data=data)
 
 
-def test_a_review_is_kept_with_its_author_time_and_verdicts(
+def test_agree_with_all_is_one_post_that_reviews_the_study(
     app: Flask, auth: Any, browser: FlaskClient, studies: list[Any]
 ) -> None:
     _, study = studies
-    labels = [f["label"] for f in study["images"][0]["results"][0]["findings"]]
+    result = study["images"][0]["results"][0]
     auth.login("clinician", name="dr-ade")
-    verdicts = {label: "agree" for label in labels} | {labels[0]: "disagree"}
-    resp = _review(browser, auth, study, verdicts, "Heart size normal on my reading.")
-    assert resp.status_code == 302
-    (review,) = services.get_from(app).reviews.of_image(study["images"][0]["id"])
-    assert review.author == "dr-ade" and review.verdicts == verdicts
-    assert review.note == "Heart size normal on my reading." and review.at.startswith("20")
+    resp = _review(browser, auth, study, all="1", note="As the AI says.")
+    assert resp.status_code == 302 and resp.location.endswith(f"/studies/{study['uid']}#review"), "back to it"
+    (review,) = services.get_from(app).reviews.of_study(study["uid"])
+    assert (review.author, review.state, review.note) == ("dr-ade", "read", "As the AI says.")
+    assert review.verdicts == {result["id"]: {f["label"]: "agree" for f in result["findings"]}}
     page = browser.get(f"/studies/{study['uid']}").get_data(as_text=True)
-    assert "dr-ade" in page and f"{labels[0]} disagrees" in page
+    assert "Review saved." in page and "Agrees with all the AI's findings." in page
+    assert '<details class="review-form">' in page, "the saved review shown, the form folded away"
     rows = browser.get("/").get_data(as_text=True)
-    assert "reviewed" in rows and _rows(rows).index(study["uid"]) == len(_rows(rows)) - 1, "reviewed: no longer first"
-    entries = [(e["actor"], e["action"]) for e in services.get_from(app).store.audit_trail()]
-    assert ("dr-ade", "review.add") in entries
+    assert 'class="badge state-read">read<' in rows
+    assert _rows(rows).index(study["uid"]) == len(_rows(rows)) - 1, "reviewed: no longer first"
+    (entry,) = [e for e in services.get_from(app).store.audit_trail() if e["action"] == "review.add"]
+    assert (entry["actor"], entry["detail"]) == ("dr-ade", f"review={review.id} state=read result={result['id']}")
 
 
-def test_a_review_needs_a_verdict_on_every_finding(
+def test_a_disagreement_on_one_finding_and_a_referral(
     app: Flask, auth: Any, browser: FlaskClient, studies: list[Any]
 ) -> None:
     _, study = studies
-    labels = [f["label"] for f in study["images"][0]["results"][0]["findings"]]
+    result = study["images"][0]["results"][0]
+    label = result["findings"][-1]["label"]
+    auth.login("clinician", name="dr-ade")
+    resp = _review(browser, auth, study, disagree=f"{result['id']}:{label}", state="referred", note="To surgery.")
+    assert resp.status_code == 302
+    (review,) = services.get_from(app).reviews.of_study(study["uid"])
+    assert review.state == "referred" and review.disagreements() == [(result["id"], label)]
+    assert sum(v == "agree" for v in review.verdicts[result["id"]].values()) == len(result["findings"]) - 1
+    page = browser.get(f"/studies/{study['uid']}").get_data(as_text=True)
+    assert f"Disagrees with:\n      {label}" in page and "To surgery." in page
+    assert 'class="badge state-referred">referred<' in browser.get("/").get_data(as_text=True)
+
+
+def test_a_review_not_saved_keeps_what_was_entered(
+    app: Flask, auth: Any, browser: FlaskClient, studies: list[Any]
+) -> None:
+    """A note too long, results changed since: nothing saved, and the page comes back with the ticks and the note as
+    entered. A forged CSRF token: refused, nothing saved."""
+    _, study = studies
+    result = study["images"][0]["results"][0]
+    tick = f"{result['id']}:{result['findings'][0]['label']}"
     auth.login("clinician")
-    for verdicts, note, message in (
-        ({label: "agree" for label in labels[1:]}, "", f"missing: {labels[0]}"),
-        ({label: "maybe" for label in labels}, "", f"missing: {', '.join(labels)}"),
-        ({label: "agree" for label in labels}, "x" * 2001, "The review could not be saved"),
+    forged = _review(browser, auth, study, csrf_token="forged", all="1")
+    assert forged.status_code == 400 and "The CSRF token is invalid." in forged.get_data(as_text=True)
+    for form, status, message in (
+        ({"note": "kept 2" + "x" * 2000}, 400, "The review could not be saved"),
+        ({"note": "kept 3", "result": ["999"]}, 409, "The AI&#39;s results changed since the page was opened"),
     ):
-        _review(browser, auth, study, verdicts, note)
-        assert message in browser.get(f"/studies/{study['uid']}").get_data(as_text=True)
-    assert services.get_from(app).reviews.of_image(study["images"][0]["id"]) == []
+        resp = _review(browser, auth, study, disagree=tick, **form)
+        page = resp.get_data(as_text=True)
+        assert resp.status_code == status and message in page
+        assert f'value="{tick}" checked' in page and form["note"] in page
+    assert services.get_from(app).reviews.of_study(study["uid"]) == []
 
 
 def _pdf_text(data: bytes) -> str:
@@ -217,8 +242,7 @@ def test_the_report_is_one_page_with_findings_model_and_review(
     assert "cxr-reference 1.1.1 (fp32, onnxruntime)" in text
     for f in result["findings"]:
         assert f"{f['label']}: {f['probability']:.2f} (threshold {f['threshold']:.2f}" in text
-    labels = [f["label"] for f in result["findings"]]
-    _review(browser, auth, study, {label: "agree" for label in labels}, "Agreed, refer.")
+    _review(browser, auth, study, all="1", note="Agreed, refer.")
     text = _pdf_text(browser.get(f"/studies/{study['uid']}/report.pdf").data)
     assert "dr-ade" in text and "Agreed, refer." in text and "clinician: agrees" in text
     from pypdf import PdfReader

@@ -63,7 +63,7 @@ SOP_CONFLICT = (
 
 # Each study with what a list filters and sorts it by, as the worklist's `study_row` reads it from the rows: an
 # image's diagnosis is its newest 'ok' result; the study's triage score is its images' highest; it is positive where
-# one of those diagnoses has a positive finding, reviewed where any image has a review. Computed in SQL, not kept in
+# one of those diagnoses has a positive finding, reviewed where it has a review. Computed in SQL, not kept in
 # columns that every result and review would have to keep up to date.
 _NEWEST_OK = "SELECT max(r.id) FROM results r WHERE r.image_id = i.id AND r.status = 'ok'"
 _FACTS = (
@@ -72,7 +72,7 @@ _FACTS = (
     "WHERE i.study_id = s.id), 0) AS triage, "
     f"EXISTS (SELECT 1 FROM images i JOIN results r ON r.id = ({_NEWEST_OK}) JOIN json_each(r.findings) f "
     "WHERE i.study_id = s.id AND json_extract(f.value, '$.positive')) AS positive, "
-    "EXISTS (SELECT 1 FROM images i JOIN reviews v ON v.image_id = i.id WHERE i.study_id = s.id) AS reviewed, "
+    "EXISTS (SELECT 1 FROM study_reviews v WHERE v.study_id = s.id) AS reviewed, "
     "EXISTS (SELECT 1 FROM images i WHERE i.study_id = s.id AND i.status = 'queued') AS queued, "
     "EXISTS (SELECT 1 FROM images i WHERE i.study_id = s.id AND i.status = 'done') AS done "
     "FROM studies s"

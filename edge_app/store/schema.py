@@ -333,6 +333,32 @@ def _to_v12(db: sqlite3.Connection, now: str) -> None:
         db.execute(statement)
 
 
+# Version 13: one review per study (`edge_app.store.reviews`): who read it or referred it, when, with which note;
+# each image's per-result verdicts (what the monitoring counts) are tied to it. Each review of before becomes one
+# study review, marked read, with its own id.
+_V13 = """
+CREATE TABLE study_reviews (
+    id INTEGER PRIMARY KEY,
+    study_id INTEGER NOT NULL REFERENCES studies(id),
+    author TEXT NOT NULL,
+    at TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('read', 'referred')),
+    note TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX study_reviews_study ON study_reviews(study_id, id);
+ALTER TABLE reviews ADD COLUMN study_review_id INTEGER REFERENCES study_reviews(id);
+INSERT INTO study_reviews (id, study_id, author, at, state, note)
+    SELECT r.id, i.study_id, r.author, r.at, 'read', r.note FROM reviews r JOIN images i ON i.id = r.image_id;
+UPDATE reviews SET study_review_id = id;
+CREATE INDEX reviews_study_review ON reviews(study_review_id)
+"""
+
+
+def _to_v13(db: sqlite3.Connection, now: str) -> None:
+    for statement in _statements(_V13):
+        db.execute(statement)
+
+
 def _rebuild(db: sqlite3.Connection, table: str, old: str, new: str) -> None:
     """A table made anew with `old` replaced by `new` in its definition (SQLite cannot change a CHECK in place: its
     documented twelve steps, foreign keys off from `migrate`), rows, indexes and ids kept."""
@@ -371,6 +397,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection, str], None]] = [
     _to_v10,
     _to_v11,
     _to_v12,
+    _to_v13,
 ]
 VERSION = len(MIGRATIONS)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, PasswordField, SelectField, StringField, TextAreaField
+from wtforms import BooleanField, PasswordField, RadioField, SelectField, StringField, TextAreaField
 from wtforms.validators import DataRequired, EqualTo, Length, Regexp
 
 from edge_app.store.accounts import LANGUAGES, MIN_PASSWORD_CHARS, NAME_PATTERN, ROLES
-from edge_app.store.reviews import MAX_NOTE_CHARS
+from edge_app.store.reviews import MAX_NOTE_CHARS, STATES
 
 LANGUAGE_NAMES = {"en": "English", "fr": "Français"}
 
@@ -70,9 +70,15 @@ class LanguageForm(FlaskForm):
     language = SelectField(_l("Language"), choices=[_choice(code, LANGUAGE_NAMES[code]) for code in LANGUAGES])
 
 
-class ReviewForm(FlaskForm):
-    """The note; the verdicts are one radio group per finding (`verdict-<label>`), read by the view."""
+STATE_NAMES = {"read": _l("Read"), "referred": _l("Referred")}
 
+
+class ReviewForm(FlaskForm):
+    """The study read or referred, and the note; the findings disagreed with (`disagree`) are read by the view."""
+
+    state = RadioField(
+        _l("The study is"), choices=[_choice(state, STATE_NAMES[state]) for state in STATES], default="read"
+    )
     note = TextAreaField(_l("Note"), validators=[Length(max=MAX_NOTE_CHARS)])
 
 

@@ -12,7 +12,7 @@ from flask_babel import gettext as _
 from edge_app.errors import DecoderUnavailable, ImageRejected, NotFound, UserError
 from edge_app.imaging.decode import full_depth_bytes, has_full_depth
 from edge_app.store import Image, Result, Study
-from edge_app.store.reviews import VERDICTS
+from edge_app.store.reviews import ResultsChanged
 from edge_app.web import audit, security, services
 from edge_app.web.forms import ActionForm, ReviewForm
 
@@ -45,12 +45,17 @@ def _result(study: Study, result_id: int) -> tuple[Image, Result]:
 @security.requires("clinician")
 @audit.reads("study.view")
 def show(uid: str) -> Any:
+    return _page(uid, ReviewForm())
+
+
+def _page(uid: str, form: ReviewForm, disagree: frozenset[str] = frozenset(), status: int = 200) -> Any:
+    """The study page; `form` and `disagree` (the "<result id>:<label>" ticked) as the clinician entered them where
+    a review could not be saved."""
     svc = services.get()
     study = _study(uid)
     unviewable = _make_views(study)
     if unviewable is not None:
         study = _study(uid)  # with the views just made
-    reviews = {image.id: svc.reviews.of_image(image.id) for image in study.images}
     shas = {result.bundle_sha256 for image in study.images for result in image.results}
     cards = {
         sha: svc.lifecycle.manifest_of(sha) for sha in shas
@@ -75,12 +80,13 @@ def show(uid: str) -> Any:
         has_result=has_result(study),
         unviewable=unviewable or {},
         study=study,
-        reviews=reviews,
-        form=ReviewForm(),
+        reviews=svc.reviews.of_study(study.uid),
+        reviewed=[(image, image.latest_ok) for image in study.images if image.latest_ok is not None],
+        form=form,
+        disagree=disagree,
         action=ActionForm(),
         models=svc.lifecycle.in_service(),
-        verdicts=VERDICTS,
-    )
+    ), status
 
 
 @bp.get("/<uid>/images/<int:image_id>/view.jpg")
@@ -151,29 +157,46 @@ def send_to_model(uid: str, image_id: int) -> Any:
     return redirect(url_for("study.show", uid=uid, _anchor=f"image-{image.id}"))
 
 
-@bp.post("/<uid>/results/<int:result_id>/review")
+@bp.post("/<uid>/review")
 @security.requires("clinician")
-def review(uid: str, result_id: int) -> Any:
+def review(uid: str) -> Any:
+    """One review of the study: "Agree with all" (`all`), or agree except the findings ticked `disagree`
+    ("<result id>:<label>"); read or referred; the note. `result`: the result ids the page showed. Saved: back to
+    the review on the page; not saved: the page again with what was entered."""
     svc = services.get()
-    image, result = _result(_study(uid), result_id)
+    _study(uid)  # 404 where there is no such study
     form = ReviewForm()
-    labels = [f.label for f in result.findings]
-    verdicts = {label: request.form.get(f"verdict-{label}", "") for label in labels}
-    missing = [label for label, verdict in verdicts.items() if verdict not in VERDICTS]
+    ticked = frozenset(request.form.getlist("disagree"))
+    disagree = set() if request.form.get("all") else {_pair(value) for value in ticked}
     principal = security.current()
     if not form.validate() or principal is None:
         flash(_("The review could not be saved: %(reason)s", reason="; ".join(_errors(form))), "error")
-    elif missing:
-        flash(_("Agree or disagree with each finding (missing: %(labels)s).", labels=", ".join(missing)), "error")
-    else:
-        try:
-            saved = svc.reviews.add(result_id, principal.name, verdicts, form.note.data or "")
-        except UserError as exc:
-            flash(str(exc), "error")
-        else:
-            svc.store.audit(principal.name, "review.add", uid, f"image={image.id} result={result_id} review={saved.id}")
-            flash(_("Review saved."), "info")
-    return redirect(url_for("study.show", uid=uid, _anchor=f"image-{image.id}"))
+        return _page(uid, form, ticked, 400)
+    try:
+        saved = svc.reviews.review_study(
+            uid,
+            principal.name,
+            form.state.data,
+            form.note.data or "",
+            disagree,
+            seen=[int(v) for v in request.form.getlist("result") if v.isdigit()],
+        )
+    except ResultsChanged:
+        flash(_("The AI's results changed since the page was opened: check them and save again."), "error")
+        return _page(uid, form, ticked, 409)
+    except UserError as exc:
+        flash(_("The review could not be saved: %(reason)s", reason=str(exc)), "error")
+        return _page(uid, form, ticked, 400)
+    results = " ".join(f"result={rid}" for rid in saved.verdicts)
+    svc.store.audit(principal.name, "review.add", uid, f"review={saved.id} state={saved.state} {results}".strip())
+    flash(_("Review saved."), "info")
+    return redirect(url_for("study.show", uid=uid, _anchor="review"))
+
+
+def _pair(value: str) -> tuple[int, str]:
+    """ "<result id>:<label>" as (result id, label); result 0 (none: the store refuses it) where not that form."""
+    rid, _sep, label = value.partition(":")
+    return int(rid) if rid.isdigit() else 0, label
 
 
 @bp.get("/<uid>/report.pdf")

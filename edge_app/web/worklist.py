@@ -36,10 +36,11 @@ class Row:
     reason_kind: str | None
     positive: list[str] = field(default_factory=list)
     reviewed: bool = False
+    state: str = ""  # the newest review's: read or referred
     triage: float = 0.0  # the most urgent image's: what the list sorts by
 
 
-def study_row(study: Study, reviewed: bool) -> Row:
+def study_row(study: Study, reviewed: bool, state: str = "") -> Row:
     images = study.images
     statuses = [image.status for image in images]
     status: ImageStatus
@@ -70,6 +71,7 @@ def study_row(study: Study, reviewed: bool) -> Row:
         reason_kind=why.reason_kind if why and status != "done" else None,
         positive=list(positive),
         reviewed=reviewed,
+        state=state,
         triage=triage,
     )
 
@@ -117,7 +119,8 @@ def _listing() -> dict[str, Any]:
     number = max(request.args.get("page", 1, type=int) or 1, 1)
     q = study_query(request.args, results, (number - 1) * PAGE, PAGE)
     found: StudyPage = store.find_studies(q)
-    rows = [study_row(study, study.uid in found.reviewed) for study in found.studies]
+    states = services.get().reviews.states(found.reviewed)
+    rows = [study_row(study, study.uid in found.reviewed, states.get(study.uid, "")) for study in found.studies]
     if not results:
         rows = [replace(row, positive=[], triage=0.0) for row in rows]
     since = request.args.get("since", 0, type=int) or 0

@@ -40,6 +40,20 @@ document.addEventListener("DOMContentLoaded", () => {
     setInterval(refresh, every);
   }
 
+  // The review: "Agree with all" is the one tap; once a finding is ticked "Disagree" it goes, and "Save" saves.
+  for (const review of document.querySelectorAll("form.review")) {
+    const all = review.querySelector(".agree-all");
+    const save = review.querySelector(".save");
+    const ticks = [...review.querySelectorAll("input[name=disagree]")];
+    const show = () => {
+      const any = ticks.some((t) => t.checked);
+      if (all) all.hidden = any;
+      save.classList.toggle("secondary", !any && Boolean(all));
+    };
+    for (const t of ticks) t.addEventListener("change", show);
+    show();
+  }
+
   // Notes being typed are kept in this tab (sessionStorage) until their form is sent: a logout loses none.
   const drafts = [...document.querySelectorAll("form[method=post] textarea[name]")];
   const key = (area) => `draft:${area.form.action}:${area.name}`;
