@@ -18,12 +18,13 @@ import numpy as np
 from converters import fidelity, fold, graph, guard, quantize
 from converters.bundle_writer import check_target, listed_files, staged_bundle
 from converters.errors import ConversionError, FidelityGateFailed, ModelError
+from converters.fingerprint import fingerprint
 from converters.images import ImageSet, load_images, read_labels
 from converters.spec import Spec
 from converters.validation import validate
 from edge_app import __version__
 from edge_app.bundles.bundle import sha256_file, write_manifest
-from edge_app.bundles.manifest import InputGuard, Manifest, OutputSpec, Provenance, Validation
+from edge_app.bundles.manifest import Fingerprint, InputGuard, Manifest, OutputSpec, Provenance, Validation
 from edge_app.errors import EdgeAppError
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,11 @@ def build(inputs: BuildInputs, steps: Steps | None = None) -> tuple[Path, dict[s
             _guard_note,
         )
         graph.save(model, fp32)
+        looked_at, where = (validation, inputs.validation) if validation else (calibration, inputs.calibration)
+        data = f"{len(looked_at.names)} images from {where.name if where else ''}"
+        print_ = steps.run(
+            "fingerprint", lambda: fingerprint(looked_at, data, model, spec.input, input_guard), _fingerprint_note
+        )
         truth = (
             read_labels(inputs.labels, validation.names, spec.labels, inputs.file_column)
             if inputs.labels and validation
@@ -166,7 +172,9 @@ def build(inputs: BuildInputs, steps: Steps | None = None) -> tuple[Path, dict[s
         )
         bundle = steps.run(
             "write bundle",
-            lambda: _write(inputs, candidate, fp32, report, truth, reference_inputs, input_guard, thresholds, figures),
+            lambda: _write(
+                inputs, candidate, fp32, report, truth, reference_inputs, input_guard, thresholds, figures, print_
+            ),
             lambda p: str(p),
         )
     return bundle, report
@@ -244,6 +252,10 @@ def _figures_note(result: tuple[dict[str, float], Validation | None]) -> str:
     labels = result[1].labels
     shown = [label for label, v in labels.items() if v.validated]
     return f"{len(shown)} of {len(labels)} label(s) validated: {', '.join(shown) or 'none'}"
+
+
+def _fingerprint_note(print_: Fingerprint) -> str:
+    return f"{print_.data}: " + ", ".join(f"{k}-bit" for k in print_.bits) + ", " + ", ".join(print_.photometric)
 
 
 def _guard_note(result: tuple[Any, Any]) -> str:
@@ -379,6 +391,7 @@ def _write(
     input_guard: InputGuard,
     thresholds: dict[str, float],
     figures: Validation | None,
+    print_: Fingerprint,
 ) -> Path:
     """Assemble the bundle with the one bundle writer: all or nothing."""
     spec = inputs.spec
@@ -423,6 +436,7 @@ def _write(
             fidelity=report,
             guard=input_guard,
             validation=figures,
+            fingerprint=print_,
             attribution=spec.attribution,
             not_for_clinical_use=spec.not_for_clinical_use,
             files=listed_files(staging),

@@ -15,6 +15,7 @@ from converters.errors import ConversionError
 from edge_app.bundles.manifest import InputSpec, Preprocessing
 from edge_app.errors import ImageRejected
 from edge_app.imaging import decode, preprocess
+from edge_app.imaging.prepare import image_kind, intensity_histogram
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ class ImageSet:
     names: list[str]
     tensors: NDArray[np.generic]
     rejected: dict[str, str]
+    intensity: list[list[float]]  # each image's intensity histogram, as the box records it (`intensity_histogram`)
+    kinds: list[tuple[str, str, str]]  # each image's bits, photometric interpretation and longer side
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -44,19 +47,24 @@ def load_files(files: list[Path], root: Path, spec: InputSpec, prep: Preprocessi
     names: list[str] = []
     tensors: list[NDArray[np.generic]] = []
     rejected: dict[str, str] = {}
+    intensity: list[list[float]] = []
+    kinds: list[tuple[str, str, str]] = []
     for path in files:
         name = path.relative_to(root).as_posix()
         try:
-            tensors.append(preprocess(decode(path).pixels, spec, prep))
+            image = decode(path)
+            tensors.append(preprocess(image.pixels, spec, prep))
         except ImageRejected as exc:
             rejected[name] = exc.reason
             continue
         names.append(name)
+        intensity.append(intensity_histogram(image.pixels))
+        kinds.append(image_kind(image.metadata))
     if not names:
         raise ConversionError(f"no usable image in {root} ({len(rejected)} refused)")
     if rejected:
         log.warning("%d file(s) in %s refused, e.g. %s", len(rejected), root, next(iter(rejected.items())))
-    return ImageSet(names, np.concatenate(tensors, axis=0), rejected)
+    return ImageSet(names, np.concatenate(tensors, axis=0), rejected, intensity, kinds)
 
 
 def batches(x: NDArray[np.generic], size: int) -> Iterator[NDArray[np.generic]]:

@@ -2,6 +2,7 @@
 
     python -m converters.train_reference --data ../shared/data/nih-cxr14-sample -o edge_app/bundles/cxr-reference
     python -m converters.train_reference --refresh   # thresholds, figures and guard anew, the weights kept
+    python -m converters.train_reference --fingerprint   # the drift fingerprint anew from the test split, all else kept
 
 Seeded and deterministic on the CPU. Uses the NIH sample's `train` split only for fitting, model selection and
 thresholds (an internal 80/20 split of it); the `test` split is touched once, for the figures in the manifest.
@@ -24,11 +25,13 @@ from numpy.typing import NDArray
 from converters import graph, guard
 from converters.bundle_writer import listed_files, staged_bundle
 from converters.fidelity import save_reference_io
+from converters.fingerprint import fingerprint
 from converters.images import load_files
 from converters.validation import OperatingPoint, ValidationRule, auc_interval, threshold_at, validate
 from edge_app.bundles.bundle import sha256_file, write_manifest
 from edge_app.bundles.manifest import (
     Code,
+    Fingerprint,
     InputGuard,
     InputSpec,
     IntendedUse,
@@ -286,6 +289,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--width", type=int, default=2, help="channel multiplier of the CNN")
     parser.add_argument(
+        "--fingerprint",
+        action="store_true",
+        help="the fingerprint of the bundle in --output taken anew from the test split, its manifest rewritten",
+    )
+    parser.add_argument(
         "--refresh",
         action="store_true",
         help="the bundle in --output made anew from its weights: thresholds, validation figures, input guard",
@@ -294,6 +302,11 @@ def main(argv: list[str] | None = None) -> None:
     spec = input_spec(args.size)
     if args.refresh:
         refresh(args.data, args.output, args.seed)
+        return
+    if args.fingerprint:
+        manifest = Manifest.model_validate_json((args.output / "manifest.json").read_text(encoding="utf-8"))
+        print_ = test_fingerprint(args.data, load_split(args.data)[2], args.output / "model.onnx", manifest.guard)
+        write_manifest(args.output, manifest.model_copy(update={"fingerprint": print_}))
         return
     import torch
 
@@ -337,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     with staged_bundle(args.output, replace=True) as staging:
         export_onnx(net, staging / "model.onnx", spec)
         input_guard = add_guard(staging / "model.onnx", x_all, x_test)
+        print_ = test_fingerprint(args.data, test_names, staging / "model.onnx", input_guard)
         # Reference inputs and outputs (train-split images): an engine built from the bundle is checked on them.
         save_reference_io(staging, staging / "model.onnx", spec.name, "logits", x_all[val_idx][:8])
         write_bundle(
@@ -349,6 +363,7 @@ def main(argv: list[str] | None = None) -> None:
             (len(fit_idx), len(val_idx), len(test_names)),
             input_guard,
             validation,
+            print_,
         )
 
 
@@ -359,6 +374,15 @@ def add_guard(model_path: Path, x_train: Array, x_test: Array) -> InputGuard:
     model, input_guard = guard.fit(model, input_spec(SIZE), PREPROCESSING, output, x_train, held_out=x_test)
     graph.save(model, model_path)
     return input_guard
+
+
+def test_fingerprint(
+    data: Path, test_names: list[str], model_path: Path, input_guard: InputGuard | None
+) -> Fingerprint:
+    """The fingerprint of the test split (the images of the validation figures), scored by the guarded model."""
+    images = load_files([data / "images" / n for n in test_names], data / "images", input_spec(SIZE), PREPROCESSING)
+    described = f"the {len(images.names)} images of the test split of the NIH ChestX-ray14 sample"
+    return fingerprint(images, described, graph.load_model(model_path), input_spec(SIZE), input_guard)
 
 
 def refresh(data: Path, folder: Path, seed: int) -> None:
@@ -390,6 +414,7 @@ def refresh(data: Path, folder: Path, seed: int) -> None:
             per_label[label]["sensitivity"] = round(float(pred[pos].mean()), 3)
             per_label[label]["specificity"] = round(float((~pred[~pos]).mean()), 3)
         input_guard = add_guard(staging / "model.onnx", x_all, x_test)
+        print_ = test_fingerprint(data, test_names, staging / "model.onnx", input_guard)
         for name in ("reference_inputs.npy", "reference_outputs.npy"):
             (staging / name).write_bytes((folder / name).read_bytes())
         claimed = [label for label, v in validation.labels.items() if v.validated]
@@ -409,6 +434,7 @@ def refresh(data: Path, folder: Path, seed: int) -> None:
                 "metrics": metrics,
                 "guard": input_guard,
                 "validation": validation,
+                "fingerprint": print_,
                 "provenance": provenance,
                 "files": listed_files(staging),
             }
@@ -440,6 +466,7 @@ def write_bundle(
     counts: tuple[int, int, int],
     input_guard: InputGuard,
     validation: Validation,
+    print_: Fingerprint,
 ) -> None:
     n_fit, n_val, n_test = counts
     model_sha = sha256_file(out / "model.onnx")
@@ -484,6 +511,7 @@ def write_bundle(
         },
         guard=input_guard,
         validation=validation,
+        fingerprint=print_,
         attribution=ATTRIBUTION,
         not_for_clinical_use=True,
         files=listed_files(out),

@@ -759,6 +759,7 @@ def test_an_fp32_build_records_its_steps_and_provenance(nih_split: dict[str, Pat
         "read calibration images",
         "run at batch 1 and 3",
         "input guard",
+        "fingerprint",
         "validation figures",
         "write bundle",
     ]
@@ -772,6 +773,15 @@ def test_an_fp32_build_records_its_steps_and_provenance(nih_split: dict[str, Pat
     assert set(manifest.files) == {"model.onnx"} and manifest.fidelity is None and manifest.metrics == {}
     assert manifest.codes == _M.codes and manifest.codes["Effusion"].value == "60046008", "the spec's codes kept"
     assert manifest.validation is None and not any(manifest.validated(label) for label in manifest.labels)
+    n = len(list(nih_split["train"].iterdir()))
+    print_ = manifest.fingerprint
+    assert print_ is not None and print_.images == n and print_.data == f"{n} images from {nih_split['train'].name}"
+    assert (print_.bits, print_.photometric, print_.sizes) == ({"8": n}, {"MONOCHROME2": n}, {"512": n})
+    assert sum(print_.intensity) == pytest.approx(1.0, abs=1e-3) and len(print_.intensity) == 16
+    quantiles = print_.guard_quantiles or ()
+    assert len(quantiles) == 21 and list(quantiles) == sorted(quantiles) and quantiles[19] < 0, (
+        "the fitting images' guard scores: 95 % of them under the thresholds"
+    )
     provenance = manifest.provenance
     assert provenance.method == (
         "edge-convert build --precision fp32: ONNX check, shape inference, dynamic batch, onnxslim"

@@ -240,3 +240,82 @@ def test_the_page_speaks_french(front: Service) -> None:
     auth.login("admin", name="admin-fr")
     page = auth.client.get("/admin/performance?count=now").get_data(as_text=True)
     assert "Performance du modèle" in page and "Sous la validation" in page and "Par tranche d'âge" in page
+
+
+def _pdf_lines(pdf: bytes) -> list[str]:
+    """The PDF's lines as poppler's `pdftotext -layout` reads them, runs of spaces as one (skips where it is absent)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("pdftotext") is None:
+        pytest.skip("poppler's pdftotext is not installed (apt-get install poppler-utils)")
+    out = subprocess.run(["pdftotext", "-layout", "-", "-"], input=pdf, capture_output=True, check=True).stdout
+    return [" ".join(line.split()) for line in out.decode().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("language", ["en", "fr"])
+def test_the_supervisors_pdf_holds_aggregates_and_group_sizes_only(front: Service, language: str) -> None:
+    """The one-page summary linked from the page, read back as text: each group's size and figures (checked by hand:
+    women 5 of 65 refused, 58 of 60 agreed), the group of 3 images under the minimum of 5 without its size, the flag,
+    nothing of any patient; audited like the CSV; in the administrator's language."""
+    from pypdf import PdfReader
+
+    from edge_app.web import create_app
+    from support.web import AuthActions
+
+    _plant(front)
+    for _ in range(3):
+        _review(front, _arrive(front, "O", "040Y", "ROOM-1"), "agree")
+    app = create_app(front)
+    app.config.update(TESTING=True)
+    auth = AuthActions(app, app.test_client())
+    auth.user("admin-x", "admin", language=language)
+    auth.login("admin", name="admin-x")
+    page = auth.client.get("/admin/performance").get_data(as_text=True)
+    assert 'href="/admin/performance.pdf"' in page
+    answer = auth.client.get("/admin/performance.pdf")
+    assert answer.mimetype == "application/pdf" and len(PdfReader(io.BytesIO(answer.data)).pages) == 1
+    text = _pdf_lines(answer.data)
+    import pathlib
+
+    pathlib.Path(f"/tmp/i24-{language}.pdf").write_bytes(answer.data)
+    fr = language == "fr"
+    assert text[0] == ("Performance du modèle : résumé" if fr else "Model performance: summary")
+    abnormal = "Anormal" if fr else "Abnormal"
+    by_sex = text.index("Par sexe" if fr else "By sex")
+    ok, below = ("Comme validé", "Sous la validation") if fr else ("As validated", "Below validation")
+    assert text[by_sex + 1] == f"F 65 8 % (3-17, 5/65) {abnormal} 97 % (89-99, 58/60) - {ok}"
+    assert text[by_sex + 5] == f"M 20 0 % (0-16, 0/20) {abnormal} 50 % (30-70, 10/20) - {below}"
+    hidden = "Moins de 5 images : non affiché" if fr else "Fewer than 5 images: not shown"
+    assert text[by_sex + 9] == f"O {hidden}", "3 images: neither their count nor their figures"
+    flag = (
+        f"{'équité' if fr else 'fairness'}: cxr-reference 1.1.1, Abnormal, sex M: agreement with positive findings 50%"
+    )
+    assert any(flag in line for line in text), "the flag, its reason in English as the store keeps it"
+    blob = "\n".join(text)
+    assert "P1" not in blob and "1.2.9." not in blob and "a.dcm" not in blob, "no patient, study or file"
+    audit = front.store.audit_trail()
+    assert (audit[0]["action"], audit[0]["detail"], audit[0]["actor"]) == ("performance.export", "pdf", "admin-x")
+
+
+def test_the_supervisors_pdf_stays_one_page_and_counts_what_it_leaves_out(tmp_path: Any) -> None:
+    """120 stations of 20 images each: the page holds what fits and says how many lines the CSV has besides."""
+    from pypdf import PdfReader
+
+    from edge_app.config import MonitoringSettings
+    from edge_app.outputs.performance import BundleFigures, Line
+    from edge_app.outputs.summary import performance_summary
+    from edge_app.store.monitoring import Arrivals, Counts
+
+    stations = [
+        Line("Abnormal", "station", f"ROOM-{n:03d}", Counts(tp=9, fp=1), Arrivals(20, 1, 10), "ok", "")
+        for n in range(120)
+    ]
+    bundle = BundleFigures("b" * 64, "cxr", "1", "2026-11-01", "2026-11-30", {"Abnormal": Expected(0.9, 0.1, True)},
+                           tuple(stations))  # fmt: skip
+    pdf = performance_summary([bundle], [], MonitoringSettings(), "2026-12-01T10:00", lambda s, **v: s % v if v else s)
+    assert len(PdfReader(io.BytesIO(pdf)).pages) == 1
+    text = _pdf_lines(pdf)
+    shown = [line for line in text if line.startswith("ROOM-")]
+    assert shown[0] == "ROOM-000 20 5 % (1-24, 1/20) Abnormal 90 % (60-98, 9/10) - As validated"
+    assert 50 < len(shown) < 120 and text[-2] == f"{120 - len(shown)} more lines: see the CSV export."

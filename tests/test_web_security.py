@@ -64,6 +64,7 @@ EXPECTED: dict[str, set[str] | None] = {
     "performance.index": {"admin"},
     "performance.acknowledge": {"admin"},
     "performance.export_csv": {"admin"},
+    "performance.export_pdf": {"admin"},
     "api.create_study": CLINICAL,
     "api.retry_outbox": {"admin"},
     "api.capture": CLINICAL,

@@ -155,6 +155,27 @@ class Validation(_Strict):
     labels: dict[str, LabelValidation]
 
 
+class Fingerprint(_Strict):
+    """What the images a bundle was calibrated and validated on looked like, compactly: the box compares each
+    station's latest arrivals with it and flags a station whose images moved away (drift). Written by the conversion
+    stage from the validation images (else the calibration images)."""
+
+    images: int = Field(gt=0, description="how many images it was taken from")
+    data: str = Field(min_length=1, description="which images")
+    guard_quantiles: tuple[float, ...] | None = Field(
+        default=None,
+        min_length=2,
+        description="the input guard's score (its largest margin over a threshold, as each result records it) at "
+        "evenly spaced quantiles from 0 to 1; None where the bundle has no guard",
+    )
+    intensity: tuple[float, ...] = Field(
+        min_length=2, description="the images' mean share of pixels in each equal step of display intensity [0, 1]"
+    )
+    bits: dict[str, int] = Field(description="bits stored -> images")
+    photometric: dict[str, int] = Field(description="photometric interpretation -> images")
+    sizes: dict[str, int] = Field(description="the longer side in pixels -> images")
+
+
 class Code(_Strict):
     """A coded concept (DICOM PS3.3 8.8): how the box's Structured Report names a label's finding. A standard scheme
     (SCT for SNOMED CT, RADLEX) where one has the concept; a private one (designator beginning "99") otherwise."""
@@ -190,6 +211,7 @@ class Manifest(_Strict):
     fidelity: dict[str, Any] | None = None
     guard: InputGuard | None = None
     validation: Validation | None = None
+    fingerprint: Fingerprint | None = None
     attribution: str = ""
     not_for_clinical_use: bool = True
     files: dict[str, str]

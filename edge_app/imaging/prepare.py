@@ -43,7 +43,35 @@ def prepare(data: bytes | Path | str, source: str, limits: DecodeLimits, manifes
     batch = preprocess(image.pixels, manifest.input, manifest.preprocessing)
     t2 = time.perf_counter()
     timings = {"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3}
-    return Prepared(source, image.metadata, batch, timings, preview(image.pixels))
+    metadata = {**image.metadata, "intensity": intensity_histogram(image.pixels)}
+    return Prepared(source, metadata, batch, timings, preview(image.pixels))
+
+
+INTENSITY_BINS = 16
+_GREY_MODES = {"1": 1, "L": 8, "LA": 8, "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32}  # Pillow's, and their bits
+
+
+def intensity_histogram(pixels: NDArray[np.float32]) -> list[float]:
+    """The share of the image's pixels in each of INTENSITY_BINS equal steps of display intensity [0, 1] (a colour
+    image's: the mean of its channels), counted on about 256 x 256 of them: what the model's drift monitoring
+    compares with its bundle's calibration images (`Fingerprint`)."""
+    step = max(1, max(pixels.shape[:2]) // 256)
+    sample = pixels[::step, ::step]
+    if sample.ndim == 3:
+        sample = sample.mean(axis=2)
+    bins = np.minimum((sample * INTENSITY_BINS).astype(np.int64), INTENSITY_BINS - 1)
+    counts = np.bincount(bins.ravel(), minlength=INTENSITY_BINS)
+    return [round(float(c) / max(1, int(counts.sum())), 4) for c in counts]
+
+
+def image_kind(metadata: dict[str, Any]) -> tuple[str, str, str]:
+    """A decoded image's bit depth, photometric interpretation and longer side, as text ("15", "MONOCHROME1",
+    "1955"): DICOM's own, else what the PNG's or JPEG's mode means."""
+    mode = str(metadata.get("mode", ""))
+    bits = metadata.get("bits_stored") or _GREY_MODES.get(mode, 8)
+    photometric = metadata.get("photometric") or ("MONOCHROME2" if mode in _GREY_MODES else "RGB")
+    side = max(int(metadata.get("rows") or 0), int(metadata.get("columns") or 0))
+    return str(bits), str(photometric), str(side)
 
 
 def view(data: bytes | Path | str, source: str, limits: DecodeLimits) -> NDArray[np.uint8]:

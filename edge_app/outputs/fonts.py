@@ -17,6 +17,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,21 @@ class Fonts:
     def missing(self, text: str) -> str:
         """The characters of `text` that no font has."""
         return self.runs(text)[1]
+
+
+def draw(
+    pdf: Any, typeface: Fonts, x: float, y: float, text: str, size: float, bold: bool, color: tuple[float, float, float]
+) -> str:
+    """One line of text on the reportlab canvas `pdf`, each character in the first font that has it; return the
+    characters no font has."""
+    runs, missing = typeface.runs(text, bold)
+    pdf.setFillColorRGB(*color)
+    out = pdf.beginText(x, y)
+    for name, run in runs:
+        out.setFont(name, size)
+        out.textOut(run)
+    pdf.drawText(out)
+    return missing
 
 
 def visual(text: str) -> str:

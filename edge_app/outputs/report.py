@@ -15,7 +15,7 @@ import numpy as np
 
 from edge_app.bundles.manifest import Manifest
 from edge_app.imaging.encode import heatmap_overlay, jpeg
-from edge_app.outputs.fonts import Fonts, fonts
+from edge_app.outputs.fonts import Fonts, draw, fonts
 from edge_app.store import Study
 from edge_app.store.reviews import Review
 
@@ -54,7 +54,7 @@ def study_report(
 
     def line(text: str, size: float = 10, bold: bool = False, color: tuple[float, float, float] = _INK) -> None:
         nonlocal y
-        unprinted.append(_draw(pdf, typeface, left, y, text, size, bold, color))
+        unprinted.append(draw(pdf, typeface, left, y, text, size, bold, color))
         y -= size * 1.45
 
     t = {  # the words of the page, each its own message (the extractor does not look inside f-strings)
@@ -104,7 +104,7 @@ def study_report(
             others = [named(m.label) for m in result.heatmaps if m.label != heat[0]]
             _legend(pdf, typeface, left + 2 * mm, y + 2)
             caption = _("Heatmap of %(label)s: the model's local probability, 0 to 1.", label=named(heat[0]))
-            unprinted.append(_draw(pdf, typeface, left + 38 * mm, y + 3, caption, 8, False, _GREY))
+            unprinted.append(draw(pdf, typeface, left + 38 * mm, y + 3, caption, 8, False, _GREY))
             y -= 8 * 1.45
             if others:
                 line(
@@ -171,10 +171,10 @@ def study_report(
     if len(images) > 1:
         line(_("%(count)d more image(s) in this study: see the tablet.", count=len(images) - 1), color=_GREY)
     footer = _("Made by the clinic's AI appliance. Not for use as the sole basis of care.")
-    unprinted.append(_draw(pdf, typeface, left, 10 * mm, footer, 7, False, _GREY))
+    unprinted.append(draw(pdf, typeface, left, 10 * mm, footer, 7, False, _GREY))
     if any(unprinted):
         notice = _("Characters shown as <U+code> could not be printed: this appliance has no font for them.")
-        _draw(pdf, typeface, left, 14 * mm, notice, 8, True, _RED)
+        draw(pdf, typeface, left, 14 * mm, notice, 8, True, _RED)
     pdf.showPage()
     pdf.save()
     return buf.getvalue()
@@ -212,22 +212,8 @@ def _legend(pdf: Any, typeface: Fonts, x: float, y: float) -> None:
         overlay = heatmap_overlay(np.full((1, 1), 128, np.uint8), np.full((1, 1), n / (steps - 1), np.float32))
         pdf.setFillColorRGB(*(overlay[0, 0] / 255.0))
         pdf.rect(x + n * 30 * mm / steps, y, 30 * mm / steps + 0.2, 3 * mm, stroke=0, fill=1)
-    _draw(pdf, typeface, x - 5, y + 1, "0", 7, False, _GREY)
-    _draw(pdf, typeface, x + 30 * mm + 2, y + 1, "1", 7, False, _GREY)
-
-
-def _draw(
-    pdf: Any, typeface: Fonts, x: float, y: float, text: str, size: float, bold: bool, color: tuple[float, float, float]
-) -> str:
-    """One line of text, each character in the first font that has it; return the characters no font has."""
-    runs, missing = typeface.runs(text, bold)
-    pdf.setFillColorRGB(*color)
-    out = pdf.beginText(x, y)
-    for name, run in runs:
-        out.setFont(name, size)
-        out.textOut(run)
-    pdf.drawText(out)
-    return missing
+    draw(pdf, typeface, x - 5, y + 1, "0", 7, False, _GREY)
+    draw(pdf, typeface, x + 30 * mm + 2, y + 1, "1", 7, False, _GREY)
 
 
 def _wrap(text: str, width: int) -> list[str]:

@@ -1,7 +1,7 @@
 """Model performance, for the administrator: each bundle's agreement with clinicians per finding, per week (a small
 plot drawn here as SVG: nothing fetched, nothing to install) and by patient group, beside its validation; the flags,
-acknowledged from here; the figures as CSV. Aggregates only: a group under `monitoring.min_group_size` images is
-shown without its figures."""
+acknowledged from here; the figures as CSV and as a one-page PDF summary. Aggregates only: a group under
+`monitoring.min_group_size` images is shown without its figures."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import io
 from typing import Any
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask_babel import get_locale
 from flask_babel import gettext as _
 from markupsafe import Markup
 
 from edge_app.outputs import csv_cells
 from edge_app.outputs.performance import BundleFigures, Line, figures
 from edge_app.store.monitoring import Monitoring
+from edge_app.system.clock import utc_text
 from edge_app.web import security, services
 from edge_app.web.forms import ActionForm
 
@@ -72,6 +74,29 @@ def export_csv() -> Response:
     csv_cells.write(buf, list(CSV_FIELDS), (_row(b, line) for b in bundles for line in b.lines))
     return Response(
         buf.getvalue(), mimetype="text/csv", headers={"Content-Disposition": 'attachment; filename="performance.csv"'}
+    )
+
+
+@bp.get("/performance.pdf")
+@security.requires("admin")
+def export_pdf() -> Response:
+    """The one-page summary a district supervisor takes away: aggregates only, in the administrator's language."""
+    from edge_app.outputs.summary import performance_summary
+
+    svc = services.get()
+    bundles = _current(fresh=True)
+    svc.store.audit(_actor(), "performance.export", detail="pdf")
+    pdf = performance_summary(
+        bundles,
+        Monitoring(svc.store).flags(),
+        svc.settings.monitoring,
+        utc_text(),
+        _,
+        cards={b.sha256: svc.lifecycle.manifest_of(b.sha256) for b in bundles},
+        language=str(get_locale()),
+    )
+    return Response(
+        pdf, mimetype="application/pdf", headers={"Content-Disposition": 'attachment; filename="performance.pdf"'}
     )
 
 
