@@ -808,11 +808,12 @@ def test_an_fp16_build_with_labels_keeps_their_metrics(nih: Path, nih_few: dict[
         steps,
     )
     assert report is not None and report["passed"] and report["n_images"] == 12
-    assert _names(steps)[-8:] == [
+    assert _names(steps)[-9:] == [
         "read calibration images",
         "read validation images",
         "run at batch 1 and 3",
         "input guard",
+        "fingerprint",
         "convert to FP16",
         "fidelity gate",
         "validation figures",
@@ -952,7 +953,7 @@ def test_each_int8_round_keeps_twice_as_many_nodes_and_the_last_refuses(
         "INT8 QDQ, try 3", "fidelity gate, try 3", "find sensitive nodes",
         "INT8 QDQ, try 4", "fidelity gate, try 4",
     ]  # fmt: skip
-    assert _names(steps)[-12:] == ["input guard", *rounds]
+    assert _names(steps)[-13:] == ["input guard", "fingerprint", *rounds]
     kept = report["nodes_kept_fp32"]
     assert len(kept) == 14 and len(set(kept)) == 14 and all(kept)
     assert _notes(steps, "INT8 QDQ, try 4") == ["minmax, 14 node(s) kept in FP32"]
