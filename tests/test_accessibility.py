@@ -16,24 +16,15 @@ import pytest
 
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
+from support.browser import ARGS, CHROMIUM, NEEDS_CHROMIUM, PASSWORD
 from support.dicom import dicom_file
 from support.processes import free_port, launch
 from support.web import axe_violations, token_headers
 
-CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()), None)
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-PASSWORD = "a long enough password"
 pytestmark = [
     pytest.mark.system,
     pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"),
+    NEEDS_CHROMIUM,
 ]
 
 

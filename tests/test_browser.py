@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -25,27 +24,17 @@ from edge_app.config import Settings
 from edge_app.ops.secrets import init_tls
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
+from support.browser import ARGS, CHROMIUM, NEEDS_CHROMIUM, PASSWORD
 from support.data import ROOT
 from support.dicom import dicom_file
 from support.tools import EDGE_APP
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(os.environ.get("EDGE_TEST_ARTIFACTS", ROOT / "tests" / "artifacts")) / "browser"
-PASSWORD = "a long enough password"
-# Chromium must not try to reach anything outside the box: no background networking, component updates or sync.
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 Tablet = tuple[str, str, Callable[[bytes], str]]
 pytestmark = [
     pytest.mark.system,
-    pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"),
+    NEEDS_CHROMIUM,
     pytest.mark.slow,
 ]
 
