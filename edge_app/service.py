@@ -78,6 +78,7 @@ class Service:
         self.reviews = Reviews(self.store)
         self.worker: Worker | None = None
         self.sender: Sender | None = None
+        self.outbox: Outbox | None = None
         self.live: LiveInference | None = None
         self.retention: Retention | None = None
         try:
@@ -95,15 +96,16 @@ class Service:
         if self.registry is not None:
             outputs = settings.outputs
             self.sender = Sender(self.store, outputs) if outputs.destinations else None
+            self.outbox = (
+                Outbox(self.store, outputs, self.sender.wake, self.lifecycle.manifest_of)
+                if self.sender is not None
+                else None
+            )
             self.worker = Worker(
                 self.store,
                 self.registry,
                 settings.worker,
-                on_recorded=(
-                    Outbox(self.store, outputs, self.sender.wake, self.lifecycle.manifest_of).queue
-                    if self.sender is not None
-                    else None
-                ),
+                on_recorded=self.outbox.queue if self.outbox is not None else None,
                 before_job=self.lifecycle.follow if role == "worker" else None,
                 after_job=(lambda: wake(data_dir, "front")) if role == "worker" else None,
                 views=self.views,
@@ -137,7 +139,7 @@ class Service:
         self.monitor = (
             Monitor(self.store, settings.monitoring, self.lifecycle.manifest_of) if role != "worker" else None
         )
-        parts = (self.worker, self.sender, self.live, self.retention, self.waker, self.monitor)
+        parts = (self.worker, self.outbox, self.sender, self.live, self.retention, self.waker, self.monitor)
         self._loops: list[Loop] = [p for p in parts if p is not None]
 
     def start(self) -> None:

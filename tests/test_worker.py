@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from edge_app.config import EMBEDDED_BUNDLE, OutputSettings, Settings, WorkerSettings
@@ -96,15 +97,59 @@ def test_the_sender_is_woken_only_when_something_was_queued(tmp_path: Path, stor
     registry = _registry(tmp_path, EMBEDDED_BUNDLE)
     woken: list[bool] = []
     outputs = OutputSettings.model_validate({"destinations": [{"ae_title": "PACS", "host": "127.0.0.1"}]})
-    worker = Worker(store, registry, on_recorded=Outbox(store, outputs, lambda: woken.append(True)).queue)
+    outbox = Outbox(store, outputs, lambda: woken.append(True))
+    worker = Worker(store, registry, on_recorded=outbox.queue)
     try:
         _queue(store, "US1_UNCR.dcm")  # no model: nothing to send
         worker.run_once()
-        assert woken == []
+        assert outbox.run_once() is None and woken == []
         _queue(store, "RG1_UNCR.dcm")
         worker.run_once()
-        assert woken == [True]
+        assert outbox.run_once() == 2 and woken == [True], "its SR and its heatmap's capture"
     finally:
+        outbox.stop()
+        registry.close()
+
+
+def test_documents_noted_due_are_made_after_a_restart(tmp_path: Path, store: Store) -> None:
+    """The worker notes a diagnosis's documents as due in the store; an outbox started later (the service
+    restarted before it made them) makes them, from the stored image, once."""
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    outputs = OutputSettings.model_validate({"destinations": [{"ae_title": "PACS", "host": "127.0.0.1"}]})
+    try:
+        image_id = _queue(store, "RG1_UNCR.dcm")
+        Worker(store, registry, on_recorded=Outbox(store, outputs).queue).run_once()
+        assert store.query("SELECT count(*) FROM outbox")[0][0] == 0
+        later = Outbox(store, outputs)
+        try:
+            assert later.run_once() == 2 and later.run_once() is None
+        finally:
+            later.stop()
+        kinds = store.query("SELECT kind, image_id FROM outbox ORDER BY kind")
+        assert [tuple(k) for k in kinds] == [("sc", image_id), ("sr", image_id)]
+        sr = pydicom.dcmread(store.file_path(store.query("SELECT sha256 FROM outbox WHERE kind = 'sr'")[0][0]))
+        assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34" and sr.PatientID == "9RG1"
+    finally:
+        registry.close()
+
+
+def test_documents_that_cannot_be_made_are_logged_once_and_the_diagnosis_stands(
+    tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A heatmap file gone before its capture is made: logged, nothing queued, not tried again, still done."""
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    outputs = OutputSettings.model_validate({"destinations": [{"ae_title": "PACS", "host": "127.0.0.1"}]})
+    outbox = Outbox(store, outputs)
+    try:
+        image_id = _queue(store, "RG1_UNCR.dcm")
+        Worker(store, registry, on_recorded=outbox.queue).run_once()
+        for (sha,) in store.query("SELECT sha256 FROM heatmaps"):
+            store.file_path(sha).unlink()
+        assert outbox.run_once() == 0 and outbox.run_once() is None
+        assert f"the documents of image {image_id} could not be made" in caplog.text
+        assert store.image_status(image_id)[0] == "done"
+    finally:
+        outbox.stop()
         registry.close()
 
 

@@ -252,6 +252,44 @@ def findings_report(
     return sr
 
 
+@dataclass(frozen=True)
+class Draft:
+    """What one diagnosed result's documents are made of, in plain values: it crosses to the process that makes
+    them (`make`)."""
+
+    source_path: Path | None  # the stored DICOM file whose header the documents copy; None for a PNG or JPEG
+    header: ImageHeader
+    patient_id: str
+    made_at: dt.datetime
+    ordinal: int
+    model: Mapping[str, str]
+    bundle_sha256: str
+    findings: tuple[StoredFinding, ...]
+    codes: Mapping[str, Code]  # its bundle's codes of labels
+    view: bytes | None  # the image's preview (JPEG) and its most probable finding's heatmap (label, PNG)
+    heatmap: tuple[str, bytes] | None
+
+
+def make(drafts: Sequence[Draft]) -> list[dict[str, bytes]]:
+    """Each draft's documents as DICOM files' bytes by kind ("sr", and "sc" where it has a heatmap and a view)."""
+    made: list[dict[str, bytes]] = []
+    sources: dict[Path | None, Dataset] = {}
+    for draft in drafts:
+        if draft.source_path not in sources:
+            sources[draft.source_path] = source_header(draft.source_path, draft.header, draft.patient_id)
+        origin = Origin(sources[draft.source_path], draft.made_at, draft.ordinal, draft.model, draft.bundle_sha256)
+        documents: dict[str, bytes] = {}
+        capture = None
+        if draft.heatmap is not None and draft.view is not None:
+            label, values = draft.heatmap
+            heatmap = _pixels(values).astype(np.float32) / np.float32(255)
+            capture = heatmap_capture(origin, _pixels(draft.view), heatmap, label)
+            documents["sc"] = encode(capture)
+        documents["sr"] = encode(findings_report(origin, draft.findings, draft.codes, capture))
+        made.append(documents)
+    return made
+
+
 def encode(ds: Dataset) -> bytes:
     """A data set as a DICOM file's bytes (Part 10, Explicit VR Little Endian as highdicom made it)."""
     buf = io.BytesIO()
@@ -339,3 +377,11 @@ def _dated(ds: Dataset, origin: Origin) -> None:
 def _where(model: Mapping[str, str]) -> str:
     """The runner that computed a result, and the server where it was not this box."""
     return f"{model['runner']} at {model['server']}" if model.get("server") else model["runner"]
+
+
+def _pixels(encoded: bytes) -> NDArray[np.uint8]:
+    """A stored PNG or JPEG (a heatmap, an image's view) as 8-bit pixels."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(encoded)) as img:
+        return np.asarray(img, dtype=np.uint8)

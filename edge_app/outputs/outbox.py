@@ -1,27 +1,38 @@
 """What a recorded result sends, and to whom: the SR and the Secondary Capture of each diagnosed result, made
 from what the store holds (the source image's header, findings, the most probable finding's heatmap, the image's
-view) and the codes of the bundle that made it, stored as files and queued in the outbox for each destination."""
+view) and the codes of the bundle that made it, stored as files and queued in the outbox for each destination.
+
+The worker only notes a recorded diagnosis as due, in the store (a restart makes what a stop left). The documents
+are made apart, in a process of their own: highdicom builds them in pure Python (about 0.15 s an image), which in
+the worker's process would hold the interpreter between two images and beside the DICOM receiver."""
 
 from __future__ import annotations
 
 import datetime as dt
-import io
 import logging
+import multiprocessing
 from collections.abc import Callable
 
-import numpy as np
+from pebble import ProcessPool
 
 from edge_app.bundles.manifest import Manifest
 from edge_app.config import OutputSettings
-from edge_app.outputs.documents import Origin, encode, findings_report, heatmap_capture, source_header
+from edge_app.outputs import documents
 from edge_app.store import Job, Store
+from edge_app.store.db import DocumentsDue
+from edge_app.system.background import Background
 
 log = logging.getLogger(__name__)
 
+IDLE_S = 30.0  # how long the loop sleeps when nothing is due and no one wakes it
+MAKE_TIMEOUT_S = 120.0  # one image's documents: a process that takes longer is replaced, the image's skipped
+
 
 class Outbox:
-    """Queues recorded results for the configured destinations; `on_queued` wakes the `Sender`; `manifest_of`
-    finds the manifest of the bundle that made a result (its findings' codes)."""
+    """Makes and queues the documents of recorded results for the configured destinations; `on_queued` wakes the
+    `Sender`; `manifest_of` finds the manifest of the bundle that made a result (its findings' codes)."""
+
+    name = "documents"
 
     def __init__(
         self,
@@ -34,50 +45,81 @@ class Outbox:
         self.settings = settings
         self.on_queued = on_queued
         self.manifest_of = manifest_of
+        self._loop_thread = Background("edge-documents", self._loop)
+        self._pool: ProcessPool | None = None  # started at the first documents made
 
-    def queue(self, job: Job, result_ids: list[int]) -> int:
-        """Queue the documents of an image's recorded results (those diagnosed); return how many items."""
+    def queue(self, job: Job, result_ids: list[int]) -> None:
+        """Note the documents of an image's recorded results (those diagnosed) as due; the loop makes them."""
+        if self.store.documents_due(job.image_id, result_ids):
+            self._loop_thread.wake()
+
+    def start(self) -> None:
+        self._loop_thread.start()
+
+    def stop(self) -> None:
+        self._loop_thread.stop()
+        if self._pool is not None:
+            self._pool.close()  # type: ignore[no-untyped-call]  # idle: the loop waited for those at hand
+            self._pool.join()
+            self._pool = None
+
+    def run_once(self) -> int | None:
+        """Make and queue the documents of the image noted first; how many items were queued (None: none due).
+        Documents that cannot be made are logged and not retried: the diagnosis stands, recorded."""
+        due = self.store.next_documents()
+        if due is None:
+            return None
         items: list[tuple[str, str, str]] = []
-        view: np.ndarray | None = None
-        path = self.store.file_path(job.sha256) if job.header.format == "dicom" else None
-        source = source_header(path, job.header, self.store.patient_of_image(job.image_id))
-        for result_id in result_ids:
-            result = self.store.get_result(result_id)
-            if result.status != "ok":
-                continue
-            origin = Origin(
-                source,
-                dt.datetime.fromisoformat(result.created_at),
-                self.store.result_ordinal(result_id),
-                result.model,
-                result.bundle_sha256,
-            )
-            documents: dict[str, str] = {}
-            capture = None
-            if (top := result.heatmap()) is not None:  # the PACS gets the most probable finding's heatmap
-                view = view if view is not None else _pixels(self.store.image_view(job.image_id))
-                if view is not None:
-                    values = _pixels(self.store.read_file(top.sha256))
-                    assert values is not None
-                    capture = heatmap_capture(origin, view, values.astype(np.float32) / np.float32(255), top.label)
-                    documents["sc"] = self.store.put_file(encode(capture))
-            manifest = self.manifest_of(result.bundle_sha256) if self.manifest_of is not None else None
-            codes = manifest.codes if manifest is not None else {}
-            documents["sr"] = self.store.put_file(encode(findings_report(origin, result.findings, codes, capture)))
+        try:
+            made = self._make(due)
+        except Exception:
+            log.exception("outbox: the documents of image %d could not be made", due.image_id)
+            made = []
+        for files in made:
+            stored = {kind: self.store.put_file(data) for kind, data in files.items()}
             for destination in self.settings.destinations:
-                items += [(str(destination), kind, documents[kind]) for kind in destination.send if kind in documents]
-        if items:
-            self.store.enqueue_outputs(job.image_id, items)
-            if self.on_queued is not None:
-                self.on_queued()
+                items += [(str(destination), kind, stored[kind]) for kind in destination.send if kind in stored]
+        self.store.documents_made(due, items)
+        if items and self.on_queued is not None:
+            self.on_queued()
         return len(items)
 
+    def _make(self, due: DocumentsDue) -> list[dict[str, bytes]]:
+        if self._pool is None:
+            self._pool = ProcessPool(max_workers=1, context=multiprocessing.get_context("spawn"))
+        future = self._pool.schedule(documents.make, args=(self._drafts(due),), timeout=MAKE_TIMEOUT_S)
+        return list(future.result())
 
-def _pixels(encoded: bytes | None) -> np.ndarray | None:
-    """A stored PNG or JPEG (a heatmap, an image's view) as 8-bit pixels."""
-    from PIL import Image
+    def _drafts(self, due: DocumentsDue) -> list[documents.Draft]:
+        path = self.store.file_path(due.sha256) if due.header.format == "dicom" else None
+        view = self.store.image_view(due.image_id)
+        drafts = []
+        for result_id in due.result_ids:
+            result = self.store.get_result(result_id)
+            manifest = self.manifest_of(result.bundle_sha256) if self.manifest_of is not None else None
+            top = result.heatmap()  # the PACS gets the most probable finding's heatmap
+            drafts.append(
+                documents.Draft(
+                    source_path=path,
+                    header=due.header,
+                    patient_id=due.patient_id,
+                    made_at=dt.datetime.fromisoformat(result.created_at),
+                    ordinal=self.store.result_ordinal(result_id),
+                    model=dict(result.model),
+                    bundle_sha256=result.bundle_sha256,
+                    findings=tuple(result.findings),
+                    codes=dict(manifest.codes) if manifest is not None else {},
+                    view=view,
+                    heatmap=(top.label, self.store.read_file(top.sha256)) if top is not None else None,
+                )
+            )
+        return drafts
 
-    if encoded is None:
-        return None
-    with Image.open(io.BytesIO(encoded)) as img:
-        return np.asarray(img, dtype=np.uint8)
+    def _loop(self) -> None:
+        while not self._loop_thread.stopping.is_set():
+            try:
+                if self.run_once() is not None:
+                    continue
+            except Exception:
+                log.exception("outbox: the documents loop")
+            self._loop_thread.sleep(IDLE_S)

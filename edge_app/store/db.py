@@ -166,6 +166,17 @@ class OutboxItem:
 
 
 @dataclass(frozen=True)
+class DocumentsDue:
+    """An image's recorded results whose documents (SR, SC) are still to be made."""
+
+    image_id: int
+    sha256: str  # the image's stored file
+    header: ImageHeader
+    patient_id: str  # its study's, as the store holds it
+    result_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Backlog:
     """One destination's unsent items: waiting (queued) and given up (failed)."""
 
@@ -546,13 +557,43 @@ class Store:
 
     def enqueue_outputs(self, image_id: int, items: list[tuple[str, str, str]]) -> None:
         """Queue (destination, kind, sha256 of a stored DICOM file) for sending."""
-        now = _now()
-        with self._lock:
-            self._db.executemany(
-                "INSERT INTO outbox (image_id, destination, kind, sha256, state, updated_at, queued_at) "
-                "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-                [(image_id, destination, kind, digest, now, time.time()) for destination, kind, digest in items],
+        with self.transaction() as db:
+            _enqueue(db, image_id, items)
+
+    def documents_due(self, image_id: int, result_ids: list[int]) -> int:
+        """Note that the documents of an image's recorded diagnoses (results `ok`; others send nothing) are to be
+        made (`next_documents`); how many were noted."""
+        with self.transaction() as db:
+            return sum(
+                db.execute(
+                    "INSERT OR IGNORE INTO documents_due (result_id, image_id) "
+                    "SELECT id, image_id FROM results WHERE id = ? AND image_id = ? AND status = 'ok'",
+                    (result_id, image_id),
+                ).rowcount
+                for result_id in result_ids
             )
+
+    def next_documents(self) -> DocumentsDue | None:
+        """The image noted first whose results' documents are still to be made, or None."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT d.result_id, i.id, i.sha256, i.metadata, s.patient_id FROM documents_due d "
+                "JOIN images i ON i.id = d.image_id JOIN studies s ON s.id = i.study_id "
+                "WHERE d.image_id = (SELECT image_id FROM documents_due ORDER BY result_id LIMIT 1) "
+                "ORDER BY d.result_id"
+            ).fetchall()
+        if not rows:
+            return None
+        _, image_id, sha256, metadata, patient = rows[0]
+        header = ImageHeader.from_dict(json.loads(metadata))
+        return DocumentsDue(int(image_id), str(sha256), header, str(patient or ""), tuple(int(r[0]) for r in rows))
+
+    def documents_made(self, due: DocumentsDue, items: list[tuple[str, str, str]]) -> None:
+        """Queue what `due`'s documents send (destination, kind, sha256 of a stored DICOM file) and note them made,
+        in one transaction."""
+        with self.transaction() as db:
+            _enqueue(db, due.image_id, items)
+            db.executemany("DELETE FROM documents_due WHERE result_id = ?", [(r,) for r in due.result_ids])
 
     def due_outputs(self, hold_s: float, destination: str | None = None, limit: int = 1) -> list[OutboxItem]:
         """The oldest queued items whose time has come (of one destination, or of any), at most `limit`, held for
@@ -899,3 +940,12 @@ class Store:
             if len(rows) < batch:
                 return
             after = int(rows[-1][0])
+
+
+def _enqueue(db: sqlite3.Connection, image_id: int, items: list[tuple[str, str, str]]) -> None:
+    now = _now()
+    db.executemany(
+        "INSERT INTO outbox (image_id, destination, kind, sha256, state, updated_at, queued_at) "
+        "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
+        [(image_id, destination, kind, digest, now, time.time()) for destination, kind, digest in items],
+    )

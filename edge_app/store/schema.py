@@ -359,6 +359,18 @@ def _to_v13(db: sqlite3.Connection, now: str) -> None:
         db.execute(statement)
 
 
+_V14 = """
+CREATE TABLE documents_due (
+    result_id INTEGER PRIMARY KEY REFERENCES results(id),
+    image_id INTEGER NOT NULL REFERENCES images(id)
+)
+"""
+
+
+def _to_v14(db: sqlite3.Connection, now: str) -> None:
+    db.execute(_V14)
+
+
 def _rebuild(db: sqlite3.Connection, table: str, old: str, new: str) -> None:
     """A table made anew with `old` replaced by `new` in its definition (SQLite cannot change a CHECK in place: its
     documented twelve steps, foreign keys off from `migrate`), rows, indexes and ids kept."""
@@ -398,6 +410,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection, str], None]] = [
     _to_v11,
     _to_v12,
     _to_v13,
+    _to_v14,
 ]
 VERSION = len(MIGRATIONS)
 
