@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from support.data import ROOT
 from support.dicom import dicom_file
 from support.tools import EDGE_APP
 
@@ -177,6 +178,45 @@ def test_check_says_what_is_wrong_with_the_installation(cli: Cli, tmp_path: Path
     assert "FAIL  serial gen: /dev/ttyNOPE0 is not there: is the adapter plugged in?" in lines
     assert "FAIL  video: /dev/videoNOPE is not there: is the grabber plugged in?" in lines
     assert lines[-1].endswith("3 failed") and "Traceback" not in bad.stderr
+
+
+def test_check_fails_plainly_where_tensorrt_is_expected_but_does_not_import(cli: Cli, tmp_path: Path) -> None:
+    """runner = "tensorrt": TensorRT missing, or its bindings built for numpy 1.x under numpy 2 (what JetPack 6's
+    do, faked by a module that fails as they fail), is a failed check naming the cause; a TensorRT that imports
+    (the fake GPU's) passes."""
+    env = {"EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "data"), "EDGE_APP_MODEL_RUNNER": "tensorrt"}
+    abi = tmp_path / "abi" / "tensorrt"
+    abi.mkdir(parents=True)
+    (abi / "__init__.py").write_text(
+        "import sys\n"
+        "sys.stderr.write('A module that was compiled using NumPy 1.x cannot be run in NumPy 2.2.6 as it may crash.')\n"
+        "raise ImportError('numpy.core.multiarray failed to import')\n"
+    )
+    broken = cli("check", env={**env, "PYTHONPATH": str(abi.parent)})
+    assert broken.returncode == 1, broken.stdout
+    (line,) = [line for line in broken.stdout.splitlines() if "TensorRT" in line]
+    assert line.startswith("FAIL  TensorRT: expected (runner tensorrt) but TensorRT's Python bindings were built ")
+    assert "install the Jetson kit again (it carries numpy<2)" in line
+    absent = cli("check", env=env)
+    (line,) = [line for line in absent.stdout.splitlines() if "TensorRT" in line]
+    assert line.startswith("FAIL  TensorRT: expected (runner tensorrt) but ") and "--system-site-packages" in line
+    fake = cli("check", env={**env, "PYTHONPATH": str(ROOT / "tests" / "fake_gpu")})
+    assert "ok    TensorRT: imports (runner tensorrt)" in fake.stdout.splitlines()
+
+
+@pytest.mark.unit
+def test_tensorrt_is_expected_under_auto_only_on_a_jetson(tmp_path: Path) -> None:
+    from edge_app.config import Settings
+    from edge_app.ops.check import tensorrt_check
+
+    release = tmp_path / "nv_tegra_release"
+    release.write_text("# R36 (release), REVISION: 3.0, GCID: 36923193, BOARD: generic, EABI: aarch64\n")
+    settings = Settings.model_validate({"storage": {"data_dir": str(tmp_path / "data")}})
+    ((level, name, detail),) = [(c.level, c.name, c.detail) for c in tensorrt_check(settings, release)]
+    assert (level, name) == ("FAIL", "TensorRT") and detail.startswith("expected (runner auto on Jetson Linux R36.3.0)")
+    assert list(tensorrt_check(settings, tmp_path / "absent")) == [], "auto off a Jetson: ONNX Runtime is expected"
+    onnx = settings.model_copy(update={"model": settings.model.model_copy(update={"runner": "onnxruntime"})})
+    assert list(tensorrt_check(onnx, release)) == []
 
 
 def test_check_reads_the_database_the_service_would_open(cli: Cli, tmp_path: Path) -> None:

@@ -60,3 +60,22 @@ def test_the_kit_installs_with_no_network_and_runs(tmp_path: Path, nih_png: Path
     run = subprocess.run([str(exe), "diagnose", str(nih_png)], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["status"] == "ok"
+
+
+def test_the_jetson_kit_carries_a_numpy_jetpacks_tensorrt_accepts(tmp_path: Path) -> None:
+    """JetPack 6's TensorRT Python bindings (like its OpenCV) are built against numpy 1.x: the kit for the Jetson
+    (aarch64, CPython 3.10) resolves numpy below 2 together with every other requirement (OpenCV, ONNX Runtime and
+    cuda-python in versions that accept it)."""
+    kit = tmp_path / "kit"
+    built = subprocess.run(
+        [str(ROOT / "firmware_config" / "install" / "build-kit.sh"), str(kit), "--jetson"],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    wheels = {p.name.split("-")[0].lower(): p.name for p in (kit / "wheelhouse").glob("*.whl")}
+    assert {"numpy", "opencv_python_headless", "onnxruntime", "cuda_python"} <= wheels.keys()
+    numpy = wheels["numpy"]
+    assert numpy.startswith("numpy-1.") and "cp310" in numpy and "aarch64" in numpy, numpy

@@ -35,6 +35,7 @@ def run_checks(settings: Settings) -> list[Check]:
         *_storage(settings),
         *_access(settings),
         *_models(settings),
+        *tensorrt_check(settings),
         *_ports(settings),
         *_capture(settings),
         *_destinations(settings),
@@ -137,6 +138,23 @@ def _models(settings: Settings) -> Iterator[Check]:
         m = bundle.manifest
         signed = "signature verified" if trusted is not None else "signature not required"
         yield Check("ok", "model bundle", f"{m.name} {m.version} ({m.precision}) at {path}: hashes verified, {signed}")
+
+
+def tensorrt_check(settings: Settings, release_file: Path | None = None) -> Iterator[Check]:
+    """Where TensorRT is expected (runner tensorrt; auto on a Jetson), it must import: under auto the service
+    would otherwise run on the CPU, several times slower, and say so only on /health."""
+    from edge_app.runtime.cuda import L4T_RELEASE_FILE, l4t_release
+    from edge_app.runtime.tensorrt import import_problem
+
+    runner = settings.model.runner
+    jetson = l4t_release(release_file or L4T_RELEASE_FILE)
+    if runner == "tensorrt" or (runner == "auto" and jetson):
+        expected = f"runner {runner}" + (f" on Jetson Linux {jetson}" if jetson else "")
+        problem = import_problem()
+        if problem is None:
+            yield Check("ok", "TensorRT", f"imports ({expected})")
+        else:
+            yield Check("FAIL", "TensorRT", f"expected ({expected}) but {problem}")
 
 
 def _ports(settings: Settings) -> Iterator[Check]:

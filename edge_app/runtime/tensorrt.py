@@ -25,6 +25,38 @@ from edge_app.runtime.engines.cache import Platform
 _logger: Any = None  # the process's one TensorRT logger, made on first use
 
 
+# What a Python binding built against numpy 1.x says when imported under numpy 2 (numpy's own messages).
+_NUMPY_ABI = ("compiled using NumPy 1.x", "_ARRAY_API not found", "numpy.core.multiarray failed to import")
+
+
+def import_problem(timeout_s: float = 60.0) -> str | None:
+    """Why `import tensorrt` fails in this installation's Python, in plain words; None where it imports. Tried in
+    a child process: a binding built for another numpy may crash the interpreter that imports it."""
+    import subprocess
+    import sys
+
+    probe = "import tensorrt, sys; sys.exit(0 if getattr(tensorrt, '__file__', None) else 3)"
+    try:
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"`import tensorrt` did not finish within {timeout_s:g} s"
+    if done.returncode == 0:
+        return None
+    if done.returncode == 3:
+        return f"only TensorRT's type stubs are installed, not TensorRT; {cuda.JETSON_HINT}"
+    if any(sign in done.stderr for sign in _NUMPY_ABI):
+        return (
+            f"TensorRT's Python bindings were built against numpy 1.x and this installation has numpy "
+            f"{np.__version__}: install the Jetson kit again (it carries numpy<2), or run "
+            f"`pip install 'numpy<2'` in the service's virtual environment"
+        )
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    if lines and lines[-1].startswith("ModuleNotFoundError"):
+        return f"TensorRT is not installed ({lines[-1]}); {cuda.JETSON_HINT}"
+    cause = lines[-1] if lines else f"the interpreter ended with status {done.returncode}"
+    return f"`import tensorrt` fails: {cause}"
+
+
 def require_tensorrt() -> None:
     """Raise `RuntimeUnavailable`, saying so plainly, where this machine has no TensorRT.
 
