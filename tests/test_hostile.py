@@ -25,6 +25,8 @@ from edge_app.bundles.manifest import Manifest
 from edge_app.config import EMBEDDED_BUNDLE
 from edge_app.errors import ImageRejected
 from edge_app.imaging import DecodeLimits, decode
+from edge_app.imaging.decode import Wanted
+from edge_app.imaging.prepare import PREVIEW_LEAST_SIDE
 from edge_app.imaging.sandbox import DecoderPool
 from support.dicom import dicom_file
 
@@ -54,10 +56,12 @@ def pool() -> Iterator[DecoderPool]:
     decoders.close()
 
 
+@pytest.mark.parametrize("wanted", [None, Wanted(PREVIEW_LEAST_SIDE, 64)], ids=["full", "reduced"])
 @pytest.mark.parametrize("item", HOSTILE, ids=IDS)
-def test_decoding_refuses_it_with_its_reason(item: Hostile, hostile_dir: Path) -> None:
+def test_decoding_refuses_it_with_its_reason(item: Hostile, hostile_dir: Path, wanted: Wanted | None) -> None:
+    """Refused whether decoded full size or reduced: the limits hold the declared full size."""
     with pytest.raises(ImageRejected) as info:
-        decode(hostile_dir / item.name, source=item.name)
+        decode(hostile_dir / item.name, source=item.name, wanted=wanted)
     assert item.reason in info.value.reason
 
 

@@ -3,12 +3,18 @@
 Every decoder returns a `DecodedImage`: float32 pixels in [0, 1], shape (H, W) for grey or (H, W, 3) for colour,
 with the metadata routing and the UI need. The intensity transforms are the ones a radiologist's viewer applies
 (Modality LUT, VOI LUT or window, MONOCHROME1 inverted), so the model sees what the screen shows.
+
+Given what its users need (`Wanted`), a JPEG 2000 / HTJ2K frame is decoded at the smallest of its codestream's
+resolution levels that still holds it, and a JPEG file with its DCT scaling (Pillow's `draft`): decoding a
+1955x1841 CR at half its resolution takes a quarter of the time. The limits apply to the declared full size all the
+same, before anything is decoded.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_app.errors import ImageRejected, NotAnImage
-from edge_app.imaging.codestream import frame_size
+from edge_app.imaging.codestream import J2K_SYNTAXES, J2kLevels, frame_size, j2k_levels
 from edge_app.imaging.header import deflated_size
 
 Pixels = NDArray[np.float32]
@@ -51,40 +57,60 @@ class DecodeLimits:
     frame: FrameChoice = "middle"
 
 
-def decode(data: bytes | Path | str, *, source: str | None = None, limits: DecodeLimits | None = None) -> DecodedImage:
+@dataclass(frozen=True)
+class Wanted:
+    """The least a decoded image must hold for its users: `longer` pixels on its longer side and `shorter` on its
+    shorter one (or the image's own, where it has fewer). A reduced decode keeps at least that much."""
+
+    longer: int
+    shorter: int
+
+
+def decode(
+    data: bytes | Path | str,
+    *,
+    source: str | None = None,
+    limits: DecodeLimits | None = None,
+    wanted: Wanted | None = None,
+) -> DecodedImage:
     """Decode a DICOM, PNG or JPEG image given as a path or its bytes; raise `ImageRejected` on anything else.
+    With `wanted`, at a reduced resolution where the codec allows it (the metadata keeps the image's own size).
 
     A file is read as it is decoded, never whole into memory first: a 200 MB cine loop costs 200 MB, not 400.
     """
     limits = limits or DecodeLimits()
     if isinstance(data, bytes):
-        return _decode_stream(io.BytesIO(data), len(data), source or "<bytes>", limits)
+        return _decode_stream(io.BytesIO(data), len(data), source or "<bytes>", limits, wanted)
     source = source or str(data)
     try:
         with open(data, "rb") as fh:
-            return _decode_stream(fh, os.fstat(fh.fileno()).st_size, source, limits)
+            return _decode_stream(fh, os.fstat(fh.fileno()).st_size, source, limits, wanted)
     except OSError as exc:
         raise ImageRejected(source, f"cannot be read ({exc.strerror or exc})", "unreadable") from exc
 
 
-def _decode_stream(stream: BinaryIO, size: int, source: str, limits: DecodeLimits) -> DecodedImage:
+def _decode_stream(
+    stream: BinaryIO, size: int, source: str, limits: DecodeLimits, wanted: Wanted | None
+) -> DecodedImage:
     if not size:
         raise ImageRejected(source, "the file is empty", "unreadable")
     head = stream.read(132)
     stream.seek(0)
     if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
-        return _decode_pillow(stream, size, source, limits)
+        return _decode_pillow(stream, size, source, limits, wanted)
     if head[128:132] == b"DICM":
-        return _decode_dicom(stream, size, source, limits)
+        return _decode_dicom(stream, size, source, limits, wanted)
     raise ImageRejected(source, "not a DICOM (Part 10), PNG or JPEG file", "unreadable")
 
 
 # -- DICOM ---------------------------------------------------------------------------------------------------------
 
 
-def _decode_dicom(stream: BinaryIO, size: int, source: str, limits: DecodeLimits) -> DecodedImage:
+def _decode_dicom(
+    stream: BinaryIO, size: int, source: str, limits: DecodeLimits, wanted: Wanted | None
+) -> DecodedImage:
     ds, header = _read_dicom(stream, size, source, limits)
-    pixels = _dicom_pixels(ds, header, source)
+    pixels = _dicom_pixels(ds, header, source, wanted)
     if not np.isfinite(pixels).all():
         raise ImageRejected(source, "pixel data decodes to non-finite values", "damaged")
     return DecodedImage(pixels=pixels, source=source, format="dicom", metadata=header)
@@ -231,26 +257,33 @@ def _check_codestream(
         )
 
 
-def _dicom_pixels(ds: Any, header: dict[str, Any], source: str) -> Pixels:
-    return _decoded(ds, header, source, lambda arr: _dicom_intensity(arr, ds, header["photometric"], header["samples"]))
+def _dicom_pixels(ds: Any, header: dict[str, Any], source: str, wanted: Wanted | None) -> Pixels:
+    return _decoded(
+        ds, header, source, lambda arr: _dicom_intensity(arr, ds, header["photometric"], header["samples"]), wanted
+    )
 
 
-def _decoded(ds: Any, header: dict[str, Any], source: str, then: Callable[[NDArray[Any]], _T]) -> _T:
-    """`then` of the frame's stored values, every decoder failure an `ImageRejected`."""
+def _decoded(
+    ds: Any, header: dict[str, Any], source: str, then: Callable[[NDArray[Any]], _T], wanted: Wanted | None = None
+) -> _T:
+    """`then` of the frame's stored values (at a reduced resolution where `wanted` allows one), every decoder
+    failure an `ImageRejected`."""
     from pydicom.pixels.utils import pixel_array
 
     rows, cols, samples = header["rows"], header["columns"], header["samples"]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            arr = pixel_array(ds, index=header["frame"] if header["frames"] > 1 else None)
-            expected = (rows, cols) if samples == 1 else (rows, cols, samples)
-            if arr.shape != expected:
-                raise ImageRejected(
-                    source,
-                    f"pixel data decodes to shape {arr.shape}; the header declares {expected} per frame",
-                    "damaged",
-                )
+            arr = None if wanted is None else _reduced_j2k(ds, header, wanted)
+            if arr is None:
+                arr = pixel_array(ds, index=header["frame"] if header["frames"] > 1 else None)
+                expected = (rows, cols) if samples == 1 else (rows, cols, samples)
+                if arr.shape != expected:
+                    raise ImageRejected(
+                        source,
+                        f"pixel data decodes to shape {arr.shape}; the header declares {expected} per frame",
+                        "damaged",
+                    )
             return then(arr)
     except (ImageRejected, MemoryError):
         raise
@@ -260,6 +293,77 @@ def _decoded(ds: Any, header: dict[str, Any], source: str, then: Callable[[NDArr
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         raise ImageRejected(source, f"the pixel decoder failed ({type(exc).__name__}: {exc})", "decoder") from exc
+
+
+# Photometric interpretations whose reduced decode (a low-pass of the samples) is the image at a lower resolution:
+# not a palette's indices, nor YBR_FULL, which the JPEG 2000 decoder leaves to pydicom to convert.
+_REDUCIBLE = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_ICT", "YBR_RCT"}
+
+
+def reduction(rows: int, columns: int, levels: int, wanted: Wanted) -> int:
+    """How many times (at most `levels`, the codestream's decomposition levels) a JPEG 2000 image can be halved and
+    still hold `wanted`; each halving a size Pillow's decoder agrees on (Pillow 13 rounds a reduced size to the
+    nearest pixel where openjpeg rounds up, 1841 / 4 to 460 for 461, and then refuses the codestream as broken)."""
+    longer, shorter = min(wanted.longer, max(rows, columns)), min(wanted.shorter, min(rows, columns))
+    for r in range(levels, 0, -1):
+        power = 1 << r
+        size = (-(-rows // power), -(-columns // power))
+        pillow = ((rows + power // 2) // power, (columns + power // 2) // power)
+        if size == pillow and max(size) >= longer and min(size) >= shorter:
+            return r
+    return 0
+
+
+def _reduced_j2k(ds: Any, header: dict[str, Any], wanted: Wanted) -> NDArray[Any] | None:
+    """A JPEG 2000 frame's stored values at the smallest resolution level that holds `wanted`, as pydicom gives
+    them at full size; None where no reduction applies (another codec, a palette, a level too small, a codestream
+    Pillow does not decode: the full decode then says what is wrong).
+
+    pydicom's decoders decode full size only; Pillow's JPEG 2000 decoder (openjpeg) reduces (`j2k_values`).
+    """
+    from pydicom.encaps import get_frame
+
+    rows, cols = header["rows"], header["columns"]
+    if header["transfer_syntax"] not in J2K_SYNTAXES or header["photometric"] not in _REDUCIBLE:
+        return None
+    try:
+        frame = get_frame(ds.PixelData, header["frame"], number_of_frames=header["frames"])
+        j2k = j2k_levels(frame)
+    except (ValueError, struct.error):  # not encapsulated, a JP2 file, a header cut short
+        return None
+    sizes_agree = (j2k.rows, j2k.columns, j2k.origin) == (rows, cols, (0, 0)) and not j2k.subsampled
+    if not sizes_agree or j2k.precision > (8 if header["samples"] == 3 else 16):
+        return None
+    r = reduction(rows, cols, j2k.levels, wanted)
+    if r == 0:
+        return None
+    try:
+        return j2k_values(frame, j2k, r, int(ds.get("PixelRepresentation", 0)))
+    except MemoryError:
+        raise
+    except Exception:
+        return None
+
+
+def j2k_values(frame: bytes, j2k: J2kLevels, reduce: int, pixel_representation: int) -> NDArray[Any]:
+    """A JPEG 2000 codestream decoded by Pillow at `reduce` halvings, as pydicom's stored values: Pillow scales the
+    samples to its mode's 8 or 16 bits, a signed one offset to unsigned first; a codestream whose sign is not the
+    header's has its bits read with the header's sign, as pydicom does."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(frame), formats=("JPEG2000",))
+    img.reduce = reduce  # type: ignore[assignment, method-assign]  # the JPEG 2000 plugin's own setting
+    img.load()
+    values = np.asarray(img)
+    if values.ndim == 3:
+        return values
+    unsigned = values.astype(np.int32) >> (8 * values.itemsize - j2k.precision)
+    stored = unsigned - (1 << (j2k.precision - 1)) if j2k.signed else unsigned
+    if j2k.signed != bool(pixel_representation):
+        stored &= (1 << j2k.precision) - 1
+        if not j2k.signed:
+            stored -= (stored >> (j2k.precision - 1)) << j2k.precision
+    return stored
 
 
 @dataclass(frozen=True)
@@ -432,7 +536,9 @@ def _window(values: NDArray[np.float32], center: float, width: float, function: 
 # -- PNG and JPEG --------------------------------------------------------------------------------------------------
 
 
-def _decode_pillow(stream: BinaryIO, size: int, source: str, limits: DecodeLimits) -> DecodedImage:
+def _decode_pillow(
+    stream: BinaryIO, size: int, source: str, limits: DecodeLimits, wanted: Wanted | None
+) -> DecodedImage:
     from PIL import Image
 
     fmt: Literal["png", "jpeg"] = "png" if stream.read(8) == _PNG_MAGIC else "jpeg"
@@ -443,6 +549,8 @@ def _decode_pillow(stream: BinaryIO, size: int, source: str, limits: DecodeLimit
             width, height = img.size
             sample_bytes = _PILLOW_SAMPLE_BYTES.get(img.mode, 1)
             check_size(height, width, len(img.getbands()), sample_bytes, size, source, limits)
+            if wanted is not None and fmt == "jpeg":  # the DCT's scaling: 1/2, 1/4 or 1/8, at least the size asked
+                img.draft(img.mode, _draft_size(width, height, wanted))
             img.load()
     except (ImageRejected, MemoryError):
         raise
@@ -464,3 +572,9 @@ def _decode_pillow(stream: BinaryIO, size: int, source: str, limits: DecodeLimit
     del img
     metadata = {"rows": height, "columns": width, "mode": mode, "frames": 1, "frame": 0}
     return DecodedImage(pixels=np.clip(pixels, 0.0, 1.0, out=pixels), source=source, format=fmt, metadata=metadata)
+
+
+def _draft_size(width: int, height: int, wanted: Wanted) -> tuple[int, int]:
+    """The (width, height) Pillow's `draft` is asked for: `wanted`'s sides on the image's, no more than it has."""
+    longer, shorter = (wanted.longer, wanted.shorter) if width >= height else (wanted.shorter, wanted.longer)
+    return min(longer, width), min(shorter, height)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from numpy.typing import NDArray
 
 from edge_app.bundles.manifest import Manifest
 from edge_app.errors import ImageRejected
-from edge_app.imaging.decode import DecodedImage, DecodeLimits, decode
+from edge_app.imaging.decode import DecodedImage, DecodeLimits, Wanted, decode
 from edge_app.imaging.preprocess import preprocess
 
 
@@ -31,13 +32,16 @@ class Prepared:
 
 
 PREVIEW_SIDE = 1024  # the tablet shows it, zoomable; the heatmap capture is made on it
+# A reduced decode gives the preview at least this much: resolution levels halve, and a 1955-px CR's half (978 px)
+# would otherwise be refused (and decoded in four times the time) for 46 pixels a side of a zoomable preview.
+PREVIEW_LEAST_SIDE = 15 * PREVIEW_SIDE // 16
 _BAND = 256
 
 
 def prepare(data: bytes | Path | str, source: str, limits: DecodeLimits, manifest: Manifest) -> Prepared:
     """Decode, check intended use and preprocess one image; raise `ImageRejected` for an unusable one."""
     t0 = time.perf_counter()
-    image = decode(data, source=source, limits=limits)
+    image = decode(data, source=source, limits=limits, wanted=wanted(manifest))
     check_intended_use(manifest, image)
     t1 = time.perf_counter()
     batch = preprocess(image.pixels, manifest.input, manifest.preprocessing)
@@ -45,6 +49,15 @@ def prepare(data: bytes | Path | str, source: str, limits: DecodeLimits, manifes
     timings = {"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3}
     metadata = {**image.metadata, "intensity": intensity_histogram(image.pixels)}
     return Prepared(source, metadata, batch, timings, preview(image.pixels))
+
+
+def wanted(manifest: Manifest) -> Wanted:
+    """What the model's input and the preview (and the heatmap capture, made on it) need of a decoded image: the
+    model's larger side on both of the image's (its crop's, for a centre crop), the preview's on the longer."""
+    side = max(manifest.input.height, manifest.input.width)
+    if manifest.preprocessing.geometry == "center_crop":
+        side = math.ceil(side / manifest.preprocessing.crop_fraction)
+    return Wanted(longer=max(side, PREVIEW_LEAST_SIDE), shorter=side)
 
 
 INTENSITY_BINS = 16
@@ -77,7 +90,7 @@ def image_kind(metadata: dict[str, Any]) -> tuple[str, str, str]:
 def view(data: bytes | Path | str, source: str, limits: DecodeLimits) -> NDArray[np.uint8]:
     """Decode an image for the tablet alone: its preview, whatever model reads it or none (`ImageRejected` for an
     image that does not decode)."""
-    return preview(decode(data, source=source, limits=limits).pixels)
+    return preview(decode(data, source=source, limits=limits, wanted=Wanted(PREVIEW_LEAST_SIDE, 1)).pixels)
 
 
 def preview(pixels: NDArray[np.float32]) -> NDArray[np.uint8]:
