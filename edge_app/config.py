@@ -498,7 +498,7 @@ class SiteSettings(_Section):
 
 
 class MonitoringSettings(_Section):
-    """The model watched in the field: clinicians' agreement by patient group against its validation."""
+    """The model watched in the field: agreement by patient group against its validation; drift by station."""
 
     adult_from_years: float = Field(18.0, gt=0, description="a patient of this age or more is an adult (else a child)")
     older_from_years: float = Field(65.0, gt=0, description="a patient of this age or more is an older adult")
@@ -515,6 +515,33 @@ class MonitoringSettings(_Section):
         10, ge=1, description="a group of fewer images is shown without its figures (none singles out a patient)"
     )
     every_s: float = Field(600.0, gt=0, description="how often the figures are counted and the flags settled")
+    drift_window: int = Field(
+        100,
+        ge=10,
+        description="drift: a station's latest this many images are compared with the bundle's fingerprint and with "
+        "the station's earlier images (a station with fewer is not judged yet)",
+    )
+    drift_alpha: float = Field(
+        0.001,
+        gt=0,
+        lt=1,
+        description="drift: the significance of the one-sided two-sample Kolmogorov-Smirnov test of the window's "
+        "input guard scores against the fingerprint's (small: the test is repeated every round)",
+    )
+    drift_intensity: float = Field(
+        0.15,
+        gt=0,
+        le=1,
+        description="drift: the window's mean intensity histogram this far from the fingerprint's (total variation) "
+        "is flagged; windows of 30-60 steady NIH images measured 0.02-0.07, inverted or re-windowed ones 0.24-0.34",
+    )
+    drift_rise: float = Field(
+        0.10,
+        gt=0,
+        le=1,
+        description="drift: a window's share refused by the guard, or found positive, this much above the station's "
+        "earlier share (0.10: 10 points), its 95 % interval wholly above it, is flagged",
+    )
 
     @model_validator(mode="after")
     def _bands(self) -> MonitoringSettings:

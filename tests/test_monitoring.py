@@ -15,7 +15,8 @@ from edge_app.bundles.bundle import load_bundle
 from edge_app.bundles.findings import Finding
 from edge_app.config import Settings
 from edge_app.imaging.header import ImageHeader, read_header
-from edge_app.outputs.performance import Expected, Share, figures
+from edge_app.outputs.performance import Expected, figures
+from edge_app.outputs.shares import Share
 from edge_app.service import Service
 from edge_app.store import ModelResult, Outcome
 from edge_app.store.monitoring import Monitoring

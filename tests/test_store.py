@@ -44,7 +44,7 @@ def test_durability_settings(tmp_path: Path) -> None:
     store = Store(tmp_path)
     assert store.pragma("journal_mode") == "wal"
     assert store.pragma("synchronous") == 2  # FULL
-    assert store.pragma("user_version") == 14
+    assert store.pragma("user_version") == 15
     store.close()
 
 
@@ -203,7 +203,7 @@ def test_a_version_1_database_is_taken_forward(tmp_path: Path) -> None:
     db.close()
 
     store = Store(tmp_path)
-    assert store.pragma("user_version") == 14
+    assert store.pragma("user_version") == 15
     study = store.get_study("abc")
     assert study.patient_id == "P9"
     a, b, c = study.images
@@ -232,7 +232,7 @@ def test_a_version_7_result_s_heatmap_becomes_its_first_of_many(tmp_path: Path) 
     )
     db.close()
     store = Store(tmp_path)
-    assert store.pragma("user_version") == 14
+    assert store.pragma("user_version") == 15
     first, second = store.get_study("1.2").images[0].results
     assert first.json()["heatmaps"] == [{"label": "Effusion", "sha256": "e" * 64}] and second.heatmaps == ()
     columns = [r[1] for r in store.query("PRAGMA table_info(results)")]
@@ -255,7 +255,7 @@ def test_a_version_8_audit_log_is_sealed_in_its_order_and_stays_append_only(tmp_
     db.executemany("INSERT INTO audit (id, at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?, ?)", rows)
     db.close()
     store = Store(tmp_path)
-    assert store.pragma("user_version") == 14
+    assert store.pragma("user_version") == 15
     first = seal(GENESIS, rows[0])
     assert [e["hash"] for e in reversed(store.audit_trail())] == [first, seal(first, rows[1])]
     store.audit("dr", "report.export", "1.2")

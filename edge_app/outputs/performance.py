@@ -5,13 +5,14 @@ groups whose figures fell below it flagged (`Monitor`, a loop of the service).""
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from edge_app.bundles.manifest import Manifest
 from edge_app.config import MonitoringSettings
+from edge_app.outputs import drift
+from edge_app.outputs.shares import Share
 from edge_app.store import Store
 from edge_app.store.monitoring import Arrivals, Counts, Group, Monitoring
 from edge_app.system.background import Background
@@ -20,31 +21,6 @@ log = logging.getLogger(__name__)
 Dimension = Literal["all", "week", "sex", "band", "modality", "station"]
 DIMENSIONS: tuple[Dimension, ...] = ("sex", "band", "modality", "station")  # in `Group`'s order
 State = Literal["ok", "flagged", "too_few", "small", "unvalidated"]
-Z95 = 1.959964  # the normal quantile of a two-sided 95 % interval
-
-
-@dataclass(frozen=True)
-class Share:
-    """k of n, with its 95 % Wilson score interval."""
-
-    k: int
-    n: int
-
-    @property
-    def value(self) -> float | None:
-        return self.k / self.n if self.n else None
-
-    @property
-    def interval(self) -> tuple[float, float] | None:
-        """Wilson's score interval (Wilson 1927; Agresti & Coull 1998 for why it, not the normal one, at small n).
-        Written here: statsmodels' `proportion_confint` gives the same, but neither it nor scipy is a dependency of
-        the appliance, and these seven lines would be its only use."""
-        if not self.n:
-            return None
-        p, z2 = self.k / self.n, Z95 * Z95
-        centre = (p + z2 / (2 * self.n)) / (1 + z2 / self.n)
-        half = Z95 * math.sqrt(p * (1 - p) / self.n + z2 / (4 * self.n * self.n)) / (1 + z2 / self.n)
-        return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass(frozen=True)
@@ -101,6 +77,7 @@ class BundleFigures:
     last_at: str
     expected: dict[str, Expected]
     lines: tuple[Line, ...]
+    drift: tuple[drift.StationDrift, ...] = ()  # each station's latest images against the bundle's fingerprint
 
     def of(self, dimension: Dimension) -> list[Line]:
         return [line for line in self.lines if line.dimension == dimension]
@@ -131,7 +108,12 @@ def figures(
                     came = _total(arrivals, lambda g: g[index] == group)  # noqa: B023
                     lines.append(_judge(settings, expected[label], label, dimension, group, counts, came))
         name, version = (manifest.name, manifest.version) if manifest else ("(bundle no longer on the box)", "")
-        out.append(BundleFigures(sha, name, version, first, last, expected, tuple(lines)))
+        fingerprint = manifest.fingerprint if manifest else None
+        drifts = tuple(
+            drift.judge(station, monitoring.window(sha, station, settings.drift_window), total, fingerprint, settings)
+            for station, total in sorted(drift.stations((g[3], a) for g, a in arrivals.items()).items())
+        )
+        out.append(BundleFigures(sha, name, version, first, last, expected, tuple(lines), drifts))
     return out
 
 
@@ -188,7 +170,8 @@ def flag_key(bundle: BundleFigures, line: Line) -> str:
 
 
 def found_flags(bundles: list[BundleFigures]) -> dict[str, tuple[str, str, str]]:
-    """key -> (kind, bundle sha256, reason) of every flagged figure; a week's figures raise none (too few)."""
+    """key -> (kind, bundle sha256, reason) of every flagged figure (a week's raise none: too few) and of every
+    drifted station (one flag each, its reasons together)."""
     out = {}
     for bundle in bundles:
         for line in bundle.lines:
@@ -197,6 +180,14 @@ def found_flags(bundles: list[BundleFigures]) -> dict[str, tuple[str, str, str]]
                 where = "" if line.dimension == "all" else f", {line.dimension} {line.group or '(unknown)'}"
                 reason = f"{bundle.name} {bundle.version}, {line.label}{where}: {line.reason}"
                 out[flag_key(bundle, line)] = (kind, bundle.sha256, reason)
+        for station in bundle.drift:
+            if station.state == "drifted":
+                reason = f"{bundle.name} {bundle.version}, station {station.station or '(unknown)'}: "
+                out[f"{bundle.sha256[:12]}:drift:station={station.station}"] = (
+                    "drift",
+                    bundle.sha256,
+                    reason + "; ".join(station.reasons),
+                )
     return out
 
 

@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from edge_app.bundles.manifest import Manifest
 from edge_app.config import MonitoringSettings
 from edge_app.outputs.fonts import Fonts, draw, fonts
-from edge_app.outputs.performance import DIMENSIONS, BundleFigures, Line, Share
+from edge_app.outputs.performance import DIMENSIONS, BundleFigures, Line
+from edge_app.outputs.shares import Share
 from edge_app.store.monitoring import Flag
 
 Translate = Callable[..., str]

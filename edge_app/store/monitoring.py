@@ -5,6 +5,7 @@ flags raised, cleared and acknowledged, each change audited. The reviews themsel
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -38,6 +39,18 @@ class Arrivals:
 
     def __add__(self, other: Arrivals) -> Arrivals:
         return Arrivals(self.total + other.total, self.outside + other.outside, self.positive + other.positive)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One of a station's latest results, as the drift monitoring compares it with the bundle's fingerprint: refused
+    by the guard or not, found positive or not, the guard's score (None: the bundle has no guard) and the image's
+    intensity histogram (None: prepared before the box recorded it)."""
+
+    outside: bool
+    positive: bool
+    guard: float | None
+    intensity: tuple[float, ...] | None
 
 
 @dataclass(frozen=True)
@@ -126,6 +139,20 @@ class Monitoring:
             (adult_from, older_from, bundle_sha256),
         )
         return {(str(r[0]), str(r[1]), str(r[2]), str(r[3])): Arrivals(*r[4:]) for r in rows}
+
+    def window(self, bundle_sha256: str, station: str, size: int) -> list[Arrival]:
+        """The station's latest `size` results of the bundle, newest first (an index's range: as cheap with 100,000
+        results as with 100)."""
+        rows = self.store.query(
+            "SELECT m.outside, m.positive, json_extract(r.guard, '$.score'), json_extract(i.metadata, '$.intensity') "
+            "FROM (SELECT result_id, outside, positive FROM monitor_results WHERE bundle_sha256 = ? AND station = ? "
+            "ORDER BY result_id DESC LIMIT ?) m JOIN results r ON r.id = m.result_id "
+            "JOIN images i ON i.id = r.image_id ORDER BY m.result_id DESC",
+            (bundle_sha256, station, size),
+        )
+        return [
+            Arrival(bool(r[0]), bool(r[1]), r[2], tuple(json.loads(r[3])) if r[3] is not None else None) for r in rows
+        ]
 
     # -- flags -----------------------------------------------------------------------------------------------------
 

@@ -371,6 +371,12 @@ def _to_v14(db: sqlite3.Connection, now: str) -> None:
     db.execute(_V14)
 
 
+# Version 15: a station's latest results read at once, newest first (the monitoring's drift window, `edge_app.store.
+# monitoring.Monitoring.window`), instead of the bundle's every result sorted each round.
+def _to_v15(db: sqlite3.Connection, now: str) -> None:
+    db.execute("CREATE INDEX monitor_results_station ON monitor_results(bundle_sha256, station, result_id)")
+
+
 def _rebuild(db: sqlite3.Connection, table: str, old: str, new: str) -> None:
     """A table made anew with `old` replaced by `new` in its definition (SQLite cannot change a CHECK in place: its
     documented twelve steps, foreign keys off from `migrate`), rows, indexes and ids kept."""
@@ -411,6 +417,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection, str], None]] = [
     _to_v12,
     _to_v13,
     _to_v14,
+    _to_v15,
 ]
 VERSION = len(MIGRATIONS)
 

@@ -1,8 +1,9 @@
 """The model's monitoring at scale: a store of 100,000 results (5 findings each, 4 % refused by the guard) over a year,
-from 3 stations, of both sexes and all ages, with 20,000 of them reviewed; then the "Model performance" page and
-/api/v1/health, each timed 20 times as the monitor's loop leaves them (the page shows its last round), through
-the real app of a front service. The rows are written with SQL in bulk (the store's API fsyncs each image: hours
-for 100,000); they are the rows the worker and the review form write. Target: p95 under 100 ms each.
+from 3 stations (each one's drift judged on its latest images), of both sexes and all ages, with 20,000 of them
+reviewed; then the "Model performance" page and /api/v1/health, each timed 20 times as the monitor's loop leaves them
+(the page shows its last round), through the real app of a front service. The rows are written with SQL in bulk (the
+store's API fsyncs each image: hours for 100,000); they are the rows the worker and the review form write. Target:
+p95 under 100 ms each.
 
     python tests/benchmarks/monitoring.py [--results 100000 --reviews 20000]
 """
@@ -45,6 +46,7 @@ def fill(data_dir: Path, results: int, reviews: int, bundle_sha256: str) -> None
                 "manufacturer": "ACME",
                 "device_model": "X1",
                 "station": f"ROOM-{rng.randint(1, 3)}",
+                "intensity": [round(rng.random() / 8, 4) for _ in range(16)],  # what prepare records, for drift
             }
             outside = rng.random() < 0.04
             images.append((n, at, f"{n:064x}", json.dumps(meta), f"1.2.9.1.{n}", "outside" if outside else "done"))
@@ -52,15 +54,16 @@ def fill(data_dir: Path, results: int, reviews: int, bundle_sha256: str) -> None
                 {"label": lab, "probability": p, "threshold": 0.5, "positive": p >= 0.5, "validated": True}
                 for lab, p in ((lab, rng.random()) for lab in LABELS)
             ]  # fmt: skip
-            rows.append((n, n, at, "outside" if outside else "ok", model, bundle_sha256, json.dumps(found)))
+            guard = json.dumps({"score": rng.uniform(0.1, 3) if outside else rng.uniform(-8, -1), "outside": outside})
+            rows.append((n, n, at, "outside" if outside else "ok", model, bundle_sha256, json.dumps(found), guard))
         db.executemany(
             "INSERT INTO images (id, study_id, series_id, created_at, filename, sha256, size, metadata, "
             "sop_instance_uid, status) VALUES (?, 1, 1, ?, 'a.dcm', ?, 1, ?, ?, ?)",
             images,
         )
         db.executemany(
-            "INSERT INTO results (id, image_id, created_at, status, model, bundle_sha256, findings) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO results (id, image_id, created_at, status, model, bundle_sha256, findings, guard) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
         ok = [r[0] for r in rows if r[3] == "ok"]
