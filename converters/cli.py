@@ -69,6 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True, help="folder of images")
     p.add_argument("--labels", type=Path, help="CSV: a file column and a 0/1 column per label")
     p.add_argument("--file-column", default="file")
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="data of edge-app export --reviewed: write the agreement with its labels into the bundle's manifest "
+        "(the box that exported them shows it); a signature is removed, to be made again",
+    )
 
     p = sub.add_parser("engine", help="build and check the TensorRT engine of a bundle, into the engine cache")
     p.add_argument("bundle", type=Path)
@@ -250,6 +256,17 @@ def _validate(args: argparse.Namespace) -> int:
     tolerance = Tolerance.model_validate(m.fidelity["tolerance"]) if m.fidelity else Tolerance()
     report = fidelity.compare(m.labels, dict(m.thresholds), ref, cand, tolerance, truth)
     report["n_refused"] = len(images.rejected)
+    if truth is not None:
+        shown = {label: m.validated(label) for label in m.labels}
+        report["agreement_with_labels"] = fidelity.agreement(m.labels, dict(m.thresholds), shown, cand, truth)
+    if args.record:
+        from converters.site_validation import record, site_export
+
+        if truth is None:
+            raise ConversionError("--record needs --labels (labels.csv of edge-app export --reviewed)")
+        marker = site_export(args.labels, len(images.names) + len(images.rejected))
+        bundle = record(bundle, marker, report["agreement_with_labels"], len(images.names))
+        print(f"recorded in {bundle.path}: now sha256 {bundle.sha256} (sign it again)", file=sys.stderr)
     print(json.dumps(report, indent=2))
     return 0 if report["passed"] else 1
 

@@ -142,6 +142,26 @@ def compare(
     return report
 
 
+def agreement(
+    labels: tuple[str, ...],
+    thresholds: dict[str, float],
+    shown: dict[str, bool],
+    candidate: NDArray[np.float64],
+    truth: dict[str, NDArray[np.int8]],
+) -> dict[str, Any]:
+    """How often the candidate's decisions, as the box would show them (positive: at or above the threshold, and the
+    label validated: `shown`), match the ground truth: over every (image, label) with truth, and per label."""
+    per_label, agreed, decisions = {}, 0, 0
+    for j, label in enumerate(labels):
+        if label not in truth:
+            continue
+        decided = (candidate[:, j] >= thresholds[label]) & shown[label]
+        same = decided == truth[label].astype(bool)
+        per_label[label] = float(same.mean())
+        agreed, decisions = agreed + int(same.sum()), decisions + len(same)
+    return {"decisions": decisions, "agreed": agreed, "agreement": agreed / decisions, "per_label": per_label}
+
+
 def latency(
     model_path: Path,
     input_name: str,

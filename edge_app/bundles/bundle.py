@@ -103,5 +103,7 @@ def load_as_configured(path: Path | str, policy: SigningPolicy) -> Bundle:
 
 def write_manifest(path: Path, manifest: Manifest) -> None:
     """Write `manifest.json` into a bundle directory (used by the converters and the training script)."""
-    text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"
+    # No record of a clinic's measure (`site_validations`), none written: bundles made before it read back the same.
+    empty = {"site_validations"} if not manifest.site_validations else None
+    text = json.dumps(manifest.model_dump(mode="json", exclude=empty), indent=2, sort_keys=False) + "\n"
     (path / MANIFEST_NAME).write_text(text, encoding="utf-8")

@@ -176,6 +176,20 @@ class Fingerprint(_Strict):
     sizes: dict[str, int] = Field(description="the longer side in pixels -> images")
 
 
+class SiteValidation(_Strict):
+    """A bundle measured on a clinic's own reviewed cases (`edge-app export --reviewed`, then `edge-convert validate
+    --record`): the box whose export it was shows the figure on its model-update page."""
+
+    site: str = Field(min_length=1, description="the exporting box's site id (its data directory's `site_id`)")
+    export: str = Field(min_length=1, description="the export's own id, from its `site-export.json`")
+    exported_at: str = Field(min_length=1)
+    measured_at: str = Field(min_length=1)
+    images: int = Field(gt=0, description="reviewed images the figures were measured on")
+    decisions: int = Field(gt=0, description="(image, label) decisions compared with the clinicians' labels")
+    agreement: float = Field(ge=0.0, le=1.0, description="share of those decisions the clinicians' labels agree with")
+    per_label: dict[str, float] = Field(default_factory=dict, description="each label's agreement")
+
+
 class Code(_Strict):
     """A coded concept (DICOM PS3.3 8.8): how the box's Structured Report names a label's finding. A standard scheme
     (SCT for SNOMED CT, RADLEX) where one has the concept; a private one (designator beginning "99") otherwise."""
@@ -212,6 +226,7 @@ class Manifest(_Strict):
     guard: InputGuard | None = None
     validation: Validation | None = None
     fingerprint: Fingerprint | None = None
+    site_validations: tuple[SiteValidation, ...] = ()
     attribution: str = ""
     not_for_clinical_use: bool = True
     files: dict[str, str]
@@ -268,6 +283,10 @@ class Manifest(_Strict):
         """Whether `label` may be shown as a positive finding: its validation supports it. A bundle that says
         nothing of its validation supports none."""
         return self.validation is not None and self.validation.labels[label].validated
+
+    def validated_at(self, site: str) -> SiteValidation | None:
+        """The newest measure of this bundle on the reviewed cases of the box `site` names; None where there is none."""
+        return next((v for v in reversed(self.site_validations) if v.site == site), None)
 
     def output_names(self) -> list[str]:
         """Every output a runner must give: the scores, then the heatmap and the guard where there are."""

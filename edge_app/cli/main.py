@@ -65,6 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("dir", type=Path, help="where the export folder is made (a USB stick's mount point)")
     p.add_argument("--deidentify", action="store_true", help="DICOM PS3.15 Annex E basic profile; pseudonyms")
     p.add_argument("--since", type=dt.date.fromisoformat, help="only studies received on or after YYYY-MM-DD")
+    p.add_argument(
+        "--reviewed",
+        action="store_true",
+        help="into DIR itself: the reviewed images and their clinicians' labels, as edge-convert validate reads them",
+    )
+    p.add_argument("--force", action="store_true", help="with --reviewed: write into DIR even if it is not empty")
 
     p = sub.add_parser("outbox", help="results on their way to DICOM destinations")
     p.add_argument("action", choices=["retry"], help="retry: queue again the results given up")
@@ -106,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_accounts.run(args.command, args, settings)
         if args.command in ("backup", "restore"):
             return _backup(settings, args)
+        if args.command == "export" and args.reviewed:
+            return _export_reviewed(settings, args)
         if args.command == "export":
             from edge_app.ops.export import export
 
@@ -273,6 +281,24 @@ def _check(settings: Settings) -> int:
     failed = sum(c.level == "FAIL" for c in checks)
     print(f"{len(checks)} checks, {failed} failed")
     return 1 if failed else 0
+
+
+def _export_reviewed(settings: Settings, args: argparse.Namespace) -> int:
+    """The reviewed cases into DIR (audited as the shell's user), and how an engineer measures a bundle on them."""
+    from edge_app.ops.reviewed import export_reviewed
+
+    if args.since is not None:
+        raise UserError("--since does not apply to --reviewed: every reviewed image is exported")
+    actor = f"cli:{cli_accounts.login_name()}"
+    done = export_reviewed(settings, args.dir, actor, deidentify=args.deidentify, force=args.force)
+    print(f"{done.images} reviewed image(s) written to {done.folder} (labels: {', '.join(done.labels)})")
+    if done.left_out:
+        print(f"{done.left_out} reviewed image(s) left out (files removed, a partial review, not de-identifiable)")
+    print(
+        f"measure a bundle on them: edge-convert validate BUNDLE --reference MODEL.onnx --data {done.folder}/images "
+        f"--labels {done.folder}/labels.csv --record"
+    )
+    return 0
 
 
 def _outbox_retry(settings: Settings, destination: str | None) -> int:

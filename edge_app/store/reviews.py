@@ -166,21 +166,27 @@ class Reviews:
             for r in reviews
         ]
 
+    def newest_by_image(self) -> dict[int, Review]:
+        """Each reviewed image's newest verdicts (one query, for the export of reviewed cases)."""
+        rows = self.store.query("SELECT * FROM reviews WHERE id IN (SELECT max(id) FROM reviews GROUP BY image_id)")
+        return {int(r["image_id"]): _review(r) for r in rows}
+
     def of_image(self, image_id: int) -> list[Review]:
         """The verdicts on the image's results, newest first."""
         rows = self.store.query("SELECT * FROM reviews WHERE image_id = ? ORDER BY id DESC", (image_id,))
-        return [
-            Review(
-                int(r["id"]),
-                int(r["image_id"]),
-                int(r["result_id"]),
-                str(r["author"]),
-                str(r["at"]),
-                json.loads(r["verdicts"]),
-                str(r["note"]),
-            )
-            for r in rows
-        ]
+        return [_review(r) for r in rows]
+
+
+def _review(r: sqlite3.Row) -> Review:
+    return Review(
+        int(r["id"]),
+        int(r["image_id"]),
+        int(r["result_id"]),
+        str(r["author"]),
+        str(r["at"]),
+        json.loads(r["verdicts"]),
+        str(r["note"]),
+    )
 
 
 def _check_note(note: str) -> None:

@@ -11,9 +11,11 @@ from flask import Blueprint, Response, flash, redirect, render_template, request
 from flask_babel import gettext as _
 from flask_wtf import FlaskForm
 
-from edge_app.bundles.bundle import Bundle
+from edge_app.bundles.bundle import Bundle, read_manifest_of
+from edge_app.bundles.manifest import SiteValidation
 from edge_app.errors import UserError
 from edge_app.inference.model_import import import_folder, import_zip, imported_bundles, usb_bundles
+from edge_app.ops.reviewed import site_id
 from edge_app.outputs import csv_cells
 from edge_app.store.accounts import ROLES, Token, User, parse_roles
 from edge_app.web import security, services
@@ -147,12 +149,14 @@ def models() -> Any:
                 "thresholds": thresholds,
                 "site_version": site.version if site else None,
                 "history": svc.lifecycle.history.threshold_history(m.bundle_sha256),
+                "here": _validated_here(m.path, m.bundle_sha256),
             }
         )
+    imported = [{**b, "here": _validated_here(b["path"], b["sha256"])} for b in imported_bundles(svc.settings)]
     return render_template(
         "admin/models.html",
         models=in_service,
-        imported=imported_bundles(svc.settings),
+        imported=imported,
         usb=usb_bundles(svc.settings),
         import_dir=svc.settings.model.import_dir,
         changes=svc.lifecycle.history.changes(),
@@ -160,6 +164,12 @@ def models() -> Any:
         can_roll_back=bool(svc.lifecycle.history.activations()),
         action=ActionForm(),
     )
+
+
+def _validated_here(path: str, sha256: str) -> SiteValidation | None:
+    """The bundle's figure on this box's reviewed cases (`edge-app export --reviewed`), where it was measured."""
+    manifest = read_manifest_of(Path(path), sha256)
+    return manifest.validated_at(site_id(services.get().settings)) if manifest is not None else None
 
 
 @bp.post("/models/upload")
