@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 import pytest
@@ -70,3 +71,22 @@ def test_a_file_two_images_share_stays_while_one_of_them_is_kept(app: Flask, cli
     (kept,) = client.get(f"/api/v1/studies/{new['uid']}").get_json()["images"]
     assert svc.store.read_file(kept["sha256"]) == nih_png.read_bytes()
     assert svc.store.file_path(kept["view_sha256"]).is_file()
+
+
+def test_a_round_that_fails_is_logged_and_the_next_one_runs(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The database gone from under it (closed): each round fails, logged; the loop lives on and tries again."""
+    from edge_app.store import Store
+
+    store = Store(tmp_path)
+    store.close()
+    retention = Retention(store, days=1, every_s=0.05)
+    retention.start()
+    try:
+        deadline = time.monotonic() + 10
+        while caplog.text.count("edge-retention failed") < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert caplog.text.count("edge-retention failed") >= 2
+        assert retention._loop_thread.running
+    finally:
+        retention.stop()
+    assert not retention._loop_thread.running

@@ -7,17 +7,17 @@ import datetime as dt
 import logging
 
 from edge_app.store import Store
-from edge_app.system.background import Background
+from edge_app.system.background import Periodic
 from edge_app.system.clock import utc_now
 
 log = logging.getLogger(__name__)
 EVERY_S = 6 * 3600
 
 
-class Retention:
-    def __init__(self, store: Store, days: int) -> None:
+class Retention(Periodic):
+    def __init__(self, store: Store, days: int, every_s: float = EVERY_S) -> None:
+        super().__init__("edge-retention", every_s)
         self.store, self.days = store, days
-        self._loop_thread = Background("edge-retention", self._loop)
 
     def run_once(self, now: dt.datetime | None = None) -> int:
         """Remove what is due now; return how many images' files were removed."""
@@ -27,17 +27,3 @@ class Retention:
             log.info("retention: the files of %d image(s) received before %s removed", removed, cutoff.date())
             self.store.audit("system", "retention.purge", detail=f"{removed} image(s) before {cutoff.isoformat()}")
         return removed
-
-    def start(self) -> None:
-        self._loop_thread.start()
-
-    def stop(self) -> None:
-        self._loop_thread.stop()
-
-    def _loop(self) -> None:
-        while not self._loop_thread.stopping.is_set():
-            try:
-                self.run_once()
-            except Exception:  # the disk or the database failed: try again at the next round
-                log.exception("retention")
-            self._loop_thread.sleep(EVERY_S)

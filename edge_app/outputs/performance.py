@@ -15,7 +15,7 @@ from edge_app.outputs import drift
 from edge_app.outputs.shares import Share
 from edge_app.store import Store
 from edge_app.store.monitoring import Arrivals, Counts, Group, Monitoring
-from edge_app.system.background import Background
+from edge_app.system.background import Periodic
 
 log = logging.getLogger(__name__)
 Dimension = Literal["all", "week", "sex", "band", "modality", "station"]
@@ -191,15 +191,15 @@ def found_flags(bundles: list[BundleFigures]) -> dict[str, tuple[str, str, str]]
     return out
 
 
-class Monitor:
+class Monitor(Periodic):
     """Every `every_s`: count what arrived and was reviewed since, and settle the flags (each raised or cleared
     audited)."""
 
     def __init__(
         self, store: Store, settings: MonitoringSettings, manifest_of: Callable[[str], Manifest | None]
     ) -> None:
+        super().__init__("edge-monitor", settings.every_s)
         self.store, self.settings, self.manifest_of = store, settings, manifest_of
-        self._loop_thread = Background("edge-monitor", self._loop)
         self._latest: list[BundleFigures] | None = None
 
     def run_once(self) -> list[BundleFigures]:
@@ -214,21 +214,3 @@ class Monitor:
         """The figures of the last round (counted now where none ran yet): what the pages show, read at once. A
         round over 100,000 results takes about a second on two cores (tests/benchmarks/monitoring.py)."""
         return self._latest if self._latest is not None else self.run_once()
-
-    def wake(self) -> None:
-        """Count again now (the page's "count now")."""
-        self._loop_thread.wake()
-
-    def start(self) -> None:
-        self._loop_thread.start()
-
-    def stop(self) -> None:
-        self._loop_thread.stop()
-
-    def _loop(self) -> None:
-        while not self._loop_thread.stopping.is_set():
-            try:
-                self.run_once()
-            except Exception:  # the next round tries again; the service goes on
-                log.exception("model monitoring failed")
-            self._loop_thread.sleep(self.settings.every_s)

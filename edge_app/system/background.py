@@ -3,9 +3,12 @@ inference): a named daemon thread started and stopped by its owner, with an even
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 
 class Loop(Protocol):
@@ -50,3 +53,29 @@ class Background:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+
+class Periodic:
+    """A loop that runs `run_once` every `every_s` seconds while started; a round that raises is logged and the
+    next one tries again (retention, the model's monitoring)."""
+
+    def __init__(self, name: str, every_s: float) -> None:
+        self.every_s = every_s
+        self._loop_thread = Background(name, self._loop)
+
+    def run_once(self) -> object:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._loop_thread.start()
+
+    def stop(self) -> None:
+        self._loop_thread.stop()
+
+    def _loop(self) -> None:
+        while not self._loop_thread.stopping.is_set():
+            try:
+                self.run_once()
+            except Exception:  # the disk or the database failed: the next round tries again, the service goes on
+                log.exception("%s failed", self._loop_thread.name)
+            self._loop_thread.sleep(self.every_s)
