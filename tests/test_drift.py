@@ -86,6 +86,7 @@ def test_inverted_and_rewindowed_stations_are_flagged_and_a_steady_one_is_not(
     split: dict[str, list[Path]],
 ) -> None:
     from edge_app.web import create_app
+    from support.pdf import pdf_lines
     from support.web import AuthActions
 
     svc = service(make_settings(monitoring={"drift_window": WINDOW, "every_s": 3600}))
@@ -140,6 +141,20 @@ def test_inverted_and_rewindowed_stations_are_flagged_and_a_steady_one_is_not(
     assert "Drift by station" in page and "ACME / X1 / ROOM-3" in page and "Drifted" in page
     assert f"{inverted.guard_ks:.2f}" in page and f"{rewindowed.intensity:.2f}" in page
     assert "station ACME / X1 / ROOM-2" in browser.get("/devices").get_data(as_text=True)
+    rows = {
+        r["group"]: r
+        for r in csv.DictReader(browser.get("/admin/performance.csv").get_data(as_text=True).splitlines())
+        if r["dimension"] == "drift"
+    }
+    assert [rows[f"ACME / X1 / ROOM-{n}"]["state"] for n in (1, 2, 3)] == ["ok", "drifted", "drifted"]
+    assert float(rows["ACME / X1 / ROOM-2"]["guard_ks"]) == pytest.approx(inverted.guard_ks, abs=1e-4)
+    assert float(rows["ACME / X1 / ROOM-3"]["intensity_tv"]) == pytest.approx(rewindowed.intensity, abs=1e-4)
+    assert rows["ACME / X1 / ROOM-2"]["refused"] == str(inverted.refused.k) and rows["ACME / X1 / ROOM-2"]["reason"]
+    text = pdf_lines(browser.get("/admin/performance.pdf").data)
+    first = text.index("Drift by station") + 3  # its heading, a note, its columns' heads, then a line per station
+    shown = f"ACME / X1 / ROOM-2 {WINDOW} {inverted.guard_ks:.2f} ({inverted.guard_limit:.2f})"
+    assert text[first + 1].startswith(shown) and text[first + 1].endswith("Drifted"), text[first : first + 3]
+    assert text[first].startswith("ACME / X1 / ROOM-1") and text[first].endswith("Steady")
     for flag in flags.values():
         token = auth.csrf("/admin/performance")
         answer = browser.post(f"/admin/performance/flags/{flag.id}/acknowledge", data={"csrf_token": token})

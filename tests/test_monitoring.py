@@ -21,6 +21,7 @@ from edge_app.service import Service
 from edge_app.store import ModelResult, Outcome
 from edge_app.store.monitoring import Monitoring
 from support.dicom import dicom_bytes, dicom_file
+from support.pdf import pdf_lines
 
 pytestmark = pytest.mark.integration
 
@@ -243,17 +244,6 @@ def test_the_page_speaks_french(front: Service) -> None:
     assert "Performance du modèle" in page and "Sous la validation" in page and "Par tranche d'âge" in page
 
 
-def _pdf_lines(pdf: bytes) -> list[str]:
-    """The PDF's lines as poppler's `pdftotext -layout` reads them, runs of spaces as one (skips where it is absent)."""
-    import shutil
-    import subprocess
-
-    if shutil.which("pdftotext") is None:
-        pytest.skip("poppler's pdftotext is not installed (apt-get install poppler-utils)")
-    out = subprocess.run(["pdftotext", "-layout", "-", "-"], input=pdf, capture_output=True, check=True).stdout
-    return [" ".join(line.split()) for line in out.decode().splitlines() if line.strip()]
-
-
 @pytest.mark.parametrize("language", ["en", "fr"])
 def test_the_supervisors_pdf_holds_aggregates_and_group_sizes_only(front: Service, language: str) -> None:
     """The one-page summary linked from the page, read back as text: each group's size and figures (checked by hand:
@@ -276,10 +266,7 @@ def test_the_supervisors_pdf_holds_aggregates_and_group_sizes_only(front: Servic
     assert 'href="/admin/performance.pdf"' in page
     answer = auth.client.get("/admin/performance.pdf")
     assert answer.mimetype == "application/pdf" and len(PdfReader(io.BytesIO(answer.data)).pages) == 1
-    text = _pdf_lines(answer.data)
-    import pathlib
-
-    pathlib.Path(f"/tmp/i24-{language}.pdf").write_bytes(answer.data)
+    text = pdf_lines(answer.data)
     fr = language == "fr"
     assert text[0] == ("Performance du modèle : résumé" if fr else "Model performance: summary")
     abnormal = "Anormal" if fr else "Abnormal"
@@ -316,7 +303,7 @@ def test_the_supervisors_pdf_stays_one_page_and_counts_what_it_leaves_out(tmp_pa
                            tuple(stations))  # fmt: skip
     pdf = performance_summary([bundle], [], MonitoringSettings(), "2026-12-01T10:00", lambda s, **v: s % v if v else s)
     assert len(PdfReader(io.BytesIO(pdf)).pages) == 1
-    text = _pdf_lines(pdf)
+    text = pdf_lines(pdf)
     shown = [line for line in text if line.startswith("ROOM-")]
     assert shown[0] == "ROOM-000 20 5 % (1-24, 1/20) Abnormal 90 % (60-98, 9/10) - As validated"
     assert 50 < len(shown) < 120 and text[-2] == f"{120 - len(shown)} more lines: see the CSV export."

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from converters.validation import OperatingPoint, ValidationRule, figures, threshold_at, validate
 from edge_app.bundles.bundle import load_bundle
 from edge_app.config import EMBEDDED_BUNDLE
+from support.pdf import pdf_lines
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +114,7 @@ def test_the_study_page_shows_each_finding_s_figures_and_the_model_s_card(
     assert "thresholds at the highest sensitivity at specificity 0.80 or more" in page
     pdf = browser.get(f"/studies/{body['uid']}/report.pdf")
     assert pdf.status_code == 200 and pdf.mimetype == "application/pdf"
-    text = _pdf_text(pdf.data)
+    text = "\n".join(pdf_lines(pdf.data))
     assert "Demonstration model: not for clinical use." in text
     infiltration_line = next(line for line in text.splitlines() if line.startswith("Infiltration:"))
     assert "not validated" in infiltration_line and "positive" not in infiltration_line
@@ -146,17 +147,6 @@ def test_no_heatmap_where_nothing_is_positive_and_the_page_says_why(
     auth.login("clinician")
     page = browser.get(f"/studies/{body['uid']}").get_data(as_text=True)
     assert "No heatmap: no finding is positive." in page and "heatmap-toggle" not in page
-
-
-def _pdf_text(data: bytes) -> str:
-    """The PDF's text as pdftotext reads it, runs of spaces as one (skips where poppler-utils is absent)."""
-    import shutil
-    import subprocess
-
-    if shutil.which("pdftotext") is None:
-        pytest.skip("pdftotext (poppler-utils) is not installed")
-    out = subprocess.run(["pdftotext", "-layout", "-", "-"], input=data, capture_output=True, check=True).stdout
-    return "\n".join(" ".join(line.split()) for line in out.decode().splitlines() if line.strip())
 
 
 def test_the_worklist_puts_the_most_urgent_unreviewed_positive_first(

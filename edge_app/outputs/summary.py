@@ -1,6 +1,6 @@
 """The one-page summary of the model's performance a district supervisor takes away (on a USB stick): for each bundle,
 each finding's agreement with clinicians over its service beside its validation, the same by patient group with each
-group's size, and the open flags. Aggregates only: no patient's data, and a group of fewer than
+group's size, each station's drift, and the open flags. Aggregates only: no patient's data, and a group of fewer than
 `monitoring.min_group_size` images shown without its size or figures, so that none singles out a patient. A4, in the
 fonts of the study report (`fonts.py`); what does not fit on the page is counted and left to the CSV export."""
 
@@ -23,6 +23,7 @@ _INK, _RED, _GREY = (0.1, 0.1, 0.1), (0.75, 0.05, 0.05), (0.45, 0.45, 0.45)
 # Where each column of a table begins, in mm from the left edge.
 _FINDINGS = (15, 50, 64, 94, 112, 142)  # finding, images, agreement, validation, marked positive, state
 _GROUPS = (15, 45, 54, 81, 108, 136, 164)  # group, images, refused, finding, agreement, marked positive, state
+_DRIFT = (15, 57, 67, 90, 117, 141, 165)  # station, images, guard KS (limit), intensity, refused, positive, state
 _SIZE = 6.5  # the tables' text: about 23 characters in 30 mm
 
 
@@ -71,6 +72,7 @@ def performance_summary(
         "unvalidated": _("Not validated"),
         "ok": _("As validated"),
     }
+    drift_states = {"drifted": _("Drifted"), "too_few": _("Too few images"), "ok": _("Steady")}
     small = _("Fewer than %(n)d images: not shown", n=settings.min_group_size)
     titles = dict(zip(DIMENSIONS, (_("By sex"), _("By age band"), _("By modality"), _("By station")), strict=True))
     kinds = {"agreement": _("agreement"), "fairness": _("fairness"), "drift": _("drift")}  # the flag's reason: English
@@ -153,6 +155,34 @@ def performance_summary(
                     lines.append(
                         (_GROUPS, (*counted, *figures, states.get(line.state, "") if checked else ""), _SIZE, False)
                     )
+        if bundle.drift:
+            lines.append(((15,), (_("Drift by station"),), _SIZE, True))
+            note = _("Input guard: Kolmogorov-Smirnov statistic (its limit). Refused, found positive: latest; earlier.")
+            lines.append(((15,), (note,), _SIZE, False))
+            drift_heads = (
+                _("Station"),
+                _("Images"),
+                _("Input guard"),
+                _("Intensity (distance)"),
+                _("Refused"),
+                _("Found positive"),
+                _("State"),
+            )
+            lines.append((_DRIFT, drift_heads, _SIZE, True))
+            for station in bundle.drift:
+                judged = (
+                    f"{station.guard_ks:.2f} ({station.guard_limit:.2f})"
+                    if station.guard_ks is not None and station.guard_limit is not None
+                    else "-",
+                    f"{station.intensity:.2f}" if station.intensity is not None else "-",
+                )
+                rates = (
+                    f"{percent(station.refused.value)}; {percent(station.refused_before.value)}",
+                    f"{percent(station.positive.value)}; {percent(station.positive_before.value)}",
+                )
+                state = drift_states.get(station.state, "")
+                name = (station.station or _("unknown"))[:32]
+                lines.append((_DRIFT, (name, str(station.images), *judged, *rates, state), _SIZE, False))
     for n, (at, texts, points, bold) in enumerate(lines):
         if y < bottom and n < len(lines) - 1:
             left = len(lines) - n

@@ -14,6 +14,7 @@ from flask_babel import gettext as _
 from markupsafe import Markup
 
 from edge_app.outputs import csv_cells
+from edge_app.outputs.drift import StationDrift
 from edge_app.outputs.performance import BundleFigures, Line, figures
 from edge_app.store.monitoring import Monitoring
 from edge_app.system.clock import utc_text
@@ -25,6 +26,7 @@ CSV_FIELDS = (
     "bundle", "name", "version", "label", "dimension", "group", "state", "images", "refused",
     "ai_positive_reviewed", "agreed", "ppv", "ppv_low", "ppv_high", "validation_ppv",
     "ai_negative_reviewed", "marked_positive", "missed", "missed_low", "missed_high", "validation_missed", "reason",
+    "guard_ks", "guard_limit", "intensity_tv", "refused_share", "refused_before", "positive_share", "positive_before",
 )  # fmt: skip
 
 
@@ -71,7 +73,8 @@ def export_csv() -> Response:
     bundles = _current(fresh=True)
     services.get().store.audit(_actor(), "performance.export", detail="csv")
     buf = io.StringIO()
-    csv_cells.write(buf, list(CSV_FIELDS), (_row(b, line) for b in bundles for line in b.lines))
+    rows = [_row(b, line) for b in bundles for line in b.lines] + [_drift_row(b, d) for b in bundles for d in b.drift]
+    csv_cells.write(buf, list(CSV_FIELDS), rows)
     return Response(
         buf.getvalue(), mimetype="text/csv", headers={"Content-Disposition": 'attachment; filename="performance.csv"'}
     )
@@ -119,6 +122,23 @@ def _row(bundle: BundleFigures, line: Line) -> dict[str, Any]:
         "ai_negative_reviewed": line.missed.n if shown else "", "marked_positive": line.missed.k if shown else "",
         "missed": share(line.missed.value), "missed_low": share(missed[0]), "missed_high": share(missed[1]),
         "validation_missed": share(expected.missed), "reason": line.reason,
+    }  # fmt: skip
+
+
+def _drift_row(bundle: BundleFigures, station: StationDrift) -> dict[str, Any]:
+    """A station's drift as a row of the CSV (dimension "drift", the station as its group)."""
+
+    def number(value: float | None) -> str:
+        return f"{value:.4f}" if value is not None else ""
+
+    return {
+        "bundle": bundle.sha256, "name": bundle.name, "version": bundle.version, "dimension": "drift",
+        "group": station.station, "state": station.state, "images": station.images,
+        "refused": station.refused.k, "reason": "; ".join(station.reasons),
+        "guard_ks": number(station.guard_ks), "guard_limit": number(station.guard_limit),
+        "intensity_tv": number(station.intensity), "refused_share": number(station.refused.value),
+        "refused_before": number(station.refused_before.value), "positive_share": number(station.positive.value),
+        "positive_before": number(station.positive_before.value),
     }  # fmt: skip
 
 
