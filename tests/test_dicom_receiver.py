@@ -92,6 +92,28 @@ def test_every_cr_and_us_file_arrives_and_gets_its_status(
         assert image["source"].startswith("dicom:MODALITY@127.0.0.1")
 
 
+def test_a_jpeg_2000_chest_cr_is_decoded_no_larger_than_its_uses_and_whole_on_demand(
+    app: Flask, api_client: Callable[[Flask], FlaskClient], auth: Any, browser: FlaskClient
+) -> None:
+    """The lossless JPEG 2000 chest CR (1955x1841) C-STOREd: the model and the tablet's preview get its
+    half-resolution level (978x921, the codestream's own), its full size is what the store says, and the
+    diagnostic view decodes it whole when a clinician asks."""
+    from PIL import Image
+
+    ds = pydicom.dcmread(dicom_file("RG1_J2KR.dcm"))
+    assert _send(_port(app), [ds]) == [0x0000]
+    study = api_client(app).get(f"/api/v1/studies/{ds.StudyInstanceUID}").get_json()
+    (image,) = study["images"]
+    assert _service(app).store.wait_for(image["id"], timeout=60)[0] == "done"
+    auth.login("clinician")
+    preview = browser.get(f"/studies/{ds.StudyInstanceUID}/images/{image['id']}/view.jpg")
+    assert Image.open(io.BytesIO(preview.data)).size == (921, 978)
+    (stored,) = _service(app).store.get_study(ds.StudyInstanceUID).images
+    assert (stored.metadata["rows"], stored.metadata["columns"]) == (1955, 1841)
+    full = browser.get(f"/studies/{ds.StudyInstanceUID}/images/{image['id']}/full")
+    assert (full.headers["X-Full-Width"], full.headers["X-Full-Height"]) == ("1841", "1955")
+
+
 def test_a_duplicate_is_acknowledged_and_not_stored_twice(
     app: Flask, api_client: Callable[[Flask], FlaskClient]
 ) -> None:
