@@ -132,6 +132,49 @@ def test_a_jpeg_is_decoded_with_its_dct_scaling(nih_png: Path) -> None:
     assert decode(big.getvalue()).pixels.shape == (2048, 2048)
 
 
+def _jpeg_cr(pixels: np.ndarray) -> bytes:
+    """A grey CR whose one frame is a JPEG baseline stream of `pixels` (8 bit)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+    frame = io.BytesIO()
+    Image.fromarray(pixels).save(frame, format="JPEG", quality=95)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.1", generate_uid()
+    meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "CR"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.WindowCenter, ds.WindowWidth = 127.5, 256
+    ds.PixelData = encapsulate([frame.getvalue()])
+    ds["PixelData"].VR = "OB"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_a_jpeg_baseline_dicom_frame_is_decoded_with_its_dct_scaling(nih_png: Path) -> None:
+    """A 2048-px grey JPEG baseline CR: half its size for the 1024-px preview (the DCT's 1/2), an eighth for a
+    small model, its own size said; the same picture as pydicom's full decode; colour and full decodes untouched."""
+    pixels = np.asarray(Image.open(nih_png).convert("L").resize((2048, 2048)))
+    data = _jpeg_cr(pixels)
+    image = decode(data, wanted=Wanted(PREVIEW_LEAST_SIDE, 64))
+    assert image.pixels.shape == (1024, 1024)
+    assert (image.metadata["rows"], image.metadata["columns"]) == (2048, 2048)
+    assert decode(data, wanted=Wanted(256, 64)).pixels.shape == (256, 256)
+    full = decode(data).pixels
+    assert full.shape == (2048, 2048)
+    half = np.asarray(Image.fromarray(full, mode="F").resize((1024, 1024), Image.Resampling.BOX))
+    assert np.abs(half - image.pixels).mean() < 0.01
+    small = decode(_jpeg_cr(pixels[:1500, :1500]), wanted=Wanted(PREVIEW_LEAST_SIDE, 64)).pixels
+    assert small.shape == (1500, 1500), "half of 1500 is under the preview's side: decoded whole"
+
+
 def test_what_the_model_and_the_preview_want_of_the_reference_bundle() -> None:
     manifest = load_bundle(EMBEDDED_BUNDLE).manifest
     assert wanted(manifest) == Wanted(PREVIEW_LEAST_SIDE, 64)

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 # Transfer syntax UIDs (PS3.6 Annex A).
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"  # 8 bit
 _JPEG = {
-    "1.2.840.10008.1.2.4.50",  # JPEG baseline (8 bit)
+    JPEG_BASELINE,
     "1.2.840.10008.1.2.4.51",  # JPEG extended (12 bit)
     "1.2.840.10008.1.2.4.57",  # JPEG lossless
     "1.2.840.10008.1.2.4.70",  # JPEG lossless, first-order prediction

@@ -5,7 +5,8 @@ with the metadata routing and the UI need. The intensity transforms are the ones
 (Modality LUT, VOI LUT or window, MONOCHROME1 inverted), so the model sees what the screen shows.
 
 Given what its users need (`Wanted`), a JPEG 2000 / HTJ2K frame is decoded at the smallest of its codestream's
-resolution levels that still holds it, and a JPEG file with its DCT scaling (Pillow's `draft`): decoding a
+resolution levels that still holds it, and a JPEG file or a grey JPEG baseline frame with its DCT scaling
+(Pillow's `draft`): decoding a
 1955x1841 CR at half its resolution takes a quarter of the time. The limits apply to the declared full size all the
 same, before anything is decoded.
 """
@@ -25,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_app.errors import ImageRejected, NotAnImage
-from edge_app.imaging.codestream import J2K_SYNTAXES, J2kLevels, frame_size, j2k_levels
+from edge_app.imaging.codestream import J2K_SYNTAXES, JPEG_BASELINE, J2kLevels, frame_size, j2k_levels
 from edge_app.imaging.header import deflated_size
 
 Pixels = NDArray[np.float32]
@@ -274,7 +275,7 @@ def _decoded(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            arr = None if wanted is None else _reduced_j2k(ds, header, wanted)
+            arr = None if wanted is None else _reduced(ds, header, wanted)
             if arr is None:
                 arr = pixel_array(ds, index=header["frame"] if header["frames"] > 1 else None)
                 expected = (rows, cols) if samples == 1 else (rows, cols, samples)
@@ -314,6 +315,37 @@ def reduction(rows: int, columns: int, levels: int, wanted: Wanted) -> int:
     return 0
 
 
+def _reduced(ds: Any, header: dict[str, Any], wanted: Wanted) -> NDArray[Any] | None:
+    """The frame's stored values at a reduced resolution that holds `wanted`, where its codec has one."""
+    if header["transfer_syntax"] in J2K_SYNTAXES:
+        return _reduced_j2k(ds, header, wanted)
+    if header["transfer_syntax"] == JPEG_BASELINE:
+        return _reduced_jpeg(ds, header, wanted)
+    return None
+
+
+def _reduced_jpeg(ds: Any, header: dict[str, Any], wanted: Wanted) -> NDArray[Any] | None:
+    """A JPEG baseline grey frame's values at the DCT's smallest scaling (1/2, 1/4, 1/8) that holds `wanted`, by
+    Pillow's `draft` (pydicom's decoders decode full size only); None where no scaling applies, for colour (its
+    YBR is pydicom's to convert) and for a frame whose size is not the header's."""
+    from PIL import Image
+    from pydicom.encaps import get_frame
+
+    rows, cols = header["rows"], header["columns"]
+    if header["samples"] != 1:
+        return None
+    try:
+        img = Image.open(io.BytesIO(get_frame(ds.PixelData, header["frame"], number_of_frames=header["frames"])))
+        if img.size != (cols, rows) or img.mode != "L":
+            return None
+        img.draft("L", _draft_size(cols, rows, wanted))
+        return np.asarray(img) if img.size != (cols, rows) else None
+    except MemoryError:
+        raise
+    except Exception:  # a frame Pillow does not read: the full decode says what is wrong
+        return None
+
+
 def _reduced_j2k(ds: Any, header: dict[str, Any], wanted: Wanted) -> NDArray[Any] | None:
     """A JPEG 2000 frame's stored values at the smallest resolution level that holds `wanted`, as pydicom gives
     them at full size; None where no reduction applies (another codec, a palette, a level too small, a codestream
@@ -324,7 +356,7 @@ def _reduced_j2k(ds: Any, header: dict[str, Any], wanted: Wanted) -> NDArray[Any
     from pydicom.encaps import get_frame
 
     rows, cols = header["rows"], header["columns"]
-    if header["transfer_syntax"] not in J2K_SYNTAXES or header["photometric"] not in _REDUCIBLE:
+    if header["photometric"] not in _REDUCIBLE:
         return None
     try:
         frame = get_frame(ds.PixelData, header["frame"], number_of_frames=header["frames"])
