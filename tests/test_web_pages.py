@@ -535,4 +535,3 @@ def test_every_template_is_compiled_before_a_first_visit(app: Flask) -> None:
     names = compile_templates(app.jinja_env)
     assert {"base.html", "study.html", "worklist.html", "admin/users.html"} <= set(names), names
     assert {key[1] for key in app.jinja_env.cache} >= set(names)
-
