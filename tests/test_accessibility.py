@@ -1,6 +1,7 @@
 """axe-core (npm's package, see the `axe` fixture) on every page of a real `edge-app serve` in Chromium, as the
 role that uses it sees it: the first-run page, login, the worklist, a study with the model's result and studies whose
-image was refused, the devices page, every admin page and the model performance page. Any violation fails."""
+image was refused, the devices page, every admin page and the model performance page, each at 800x1280, 1280x800
+and 390x844. Any violation fails."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from support.dicom import dicom_file
 from support.processes import free_port, launch
 from support.web import axe_violations, token_headers
 
+SIZES = [(800, 1280), (1280, 800), (390, 844)]  # the tablet upright and on its side, a phone
 pytestmark = [
     pytest.mark.system,
     pytest.mark.slow,
@@ -93,9 +95,16 @@ def test_axe_core_finds_no_violation_on_any_page(served: str, tmp_path: Path, ax
                 return page
 
             def check(page: Any, path: str, ready: Callable[[], None] = lambda: None) -> None:
+                """The page loaded once, then axe-core at each size (the viewport resized: the page's layout is
+                the stylesheet's, for that width, on the same document)."""
                 page.goto(base + path)
                 ready()
-                found[f"{path} ({page.url.removeprefix(base)})"] = axe_violations(page, axe)
+                for width, height in SIZES:
+                    page.set_viewport_size({"width": width, "height": height})
+                    page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+                    shown = f"{path} ({page.url.removeprefix(base)}) at {width}x{height}"
+                    found[shown] = axe_violations(page, axe)
+                    assert page.evaluate("innerWidth") == width, shown
 
             def sign_in(page: Any, name: str) -> None:
                 page.goto(base + "/login")

@@ -48,7 +48,7 @@ def test_old_images_lose_their_files_and_keep_their_findings(
 
     auth.login("clinician")
     page = browser.get(f"/studies/{old['uid']}").get_data(as_text=True)
-    assert "The image was removed on" in page and "data-image=" not in page
+    assert "The image was removed on" in page and 'class="preview"' not in page
     assert browser.get(f"/studies/{old['uid']}/report.pdf").status_code == 200
 
 

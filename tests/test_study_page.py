@@ -346,9 +346,10 @@ _CUT_PILLS = """() => [...document.querySelectorAll(".flag")].some(e => {
 
 
 def test_the_review_by_touch_agree_with_all_then_one_disagreement(box: dict[str, Any]) -> None:
-    """A study of two images at 800x1280 by touch: "Agree with all" is one tap and one review of both images; a
-    disagreement with one finding of the second image and a referral take a few taps in the findings' order; after
-    each save the page shows the review where the clinician was; the worklist row says referred."""
+    """A study of two images by touch at 800x1280, 1280x800 and 390x844: "Agree with all" is one tap and one review
+    of both images; a disagreement with one finding of the second image and a referral take a few taps in the
+    findings' order; every control at least 44x44; after each save the page shows the review where the clinician
+    was; the worklist row says referred."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
     from edge_app.store.reviews import Reviews
 
@@ -365,49 +366,131 @@ def test_the_review_by_touch_agree_with_all_then_one_disagreement(box: dict[str,
             store.close()
 
     with sync_api.sync_playwright() as p:
+        for width, height, touch, phone in SIZES:
+            browser, page, errors = _browse(p, server.base, width, height, touch, phone)
+            try:
+                before = len(saved())
+                page.goto(f"{server.base}/studies/{uid}")
+                if before:  # a review from the size before: the form is one tap away
+                    page.tap("details.review-form > summary")
+                page.locator(".agree-all").scroll_into_view_if_needed()
+                small = page.evaluate(_SMALL_TARGETS)
+                assert not small, f"touch targets under 44x44 at {width}x{height}: {small}"
+                page.tap(".agree-all")
+                page.wait_for_selector("text=Review saved.")
+                assert page.url.endswith("#review")
+                latest = _rect(page, ".past-review.latest")
+                assert latest["top"] >= 0 and latest["bottom"] <= page.evaluate("innerHeight"), "the review, in view"
+                assert "Agrees with all the AI's findings." in page.inner_text(".past-review.latest")
+                reviews = saved()
+                assert len(reviews) == before + 1, "one review of the study"
+                assert len(reviews[0].verdicts) == 2 and not reviews[0].disagreements(), "both images, all agreed"
+
+                page.tap("details.review-form > summary")
+                page.tap("details.disagree > summary")
+                shown = page.eval_on_selector_all(
+                    "section.image:nth-of-type(2) table.findings th",
+                    "ths => ths.map(t => t.firstChild.textContent.trim())",
+                )
+                ticks = page.locator("form.review label.verdict")
+                offered = [t.strip() for t in page.locator("form.review label.verdict .name").all_inner_texts()]
+                assert offered[len(offered) - len(shown) :] == shown, "the second image's findings, in their order"
+                ticks.nth(len(offered) - len(shown)).tap()
+                assert page.locator(".agree-all").is_hidden(), "a disagreement: Save, not Agree with all"
+                page.tap("form.review label:has(input[value=referred])")
+                page.fill("form.review textarea", "AP: not what the AI says; to the radiologist.")
+                small = page.evaluate(_SMALL_TARGETS)
+                assert not small, f"touch targets under 44x44 at {width}x{height}: {small}"
+                page.screenshot(path=str(_artifacts() / f"review-{width}x{height}.png"))
+                page.tap("form.review .save")
+                page.wait_for_selector("text=Review saved.")
+                assert page.url.endswith("#review")
+                text = page.inner_text(".past-review.latest")
+                assert "Referred" in text, text
+                assert f"Disagrees with:\n{shown[0]} (image 2)" in text.replace(": ", ":\n"), text
+                assert "to the radiologist" in text
+                latest = _rect(page, ".past-review.latest")
+                assert latest["top"] >= 0 and latest["bottom"] <= page.evaluate("innerHeight")
+                newest = saved()[0]
+                assert newest.state == "referred" and len(newest.disagreements()) == 1
+                page.goto(server.base + "/")
+                assert page.inner_text(f"tr[data-uid='{uid}'] .badge") == "referred"
+            finally:
+                browser.close()
+            assert not errors, (width, errors)
+
+
+def test_a_refused_save_keeps_the_review_until_one_is_saved(box: dict[str, Any]) -> None:
+    """A review typed and ticked (note, referred, one finding disagreed with) whose save is refused, once for a
+    stale CSRF token and once because the session ended: nothing saved, and back on the study the note and the
+    choices are there again; a good save lets the draft go (the form comes back empty)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+    from edge_app.store.reviews import Reviews
+
+    server, uids = box["box"], box["uids"]
+    if server.worker is None:
+        server.start_worker(*uids.values())
+    uid, note = uids["chest"], "Left base: not the consolidation the AI sees."
+    study = f"{server.base}/studies/{uid}"
+
+    def reviews() -> int:
+        store = Store(server.data)
+        try:
+            return len(Reviews(store).of_study(uid))
+        finally:
+            store.close()
+
+    def entered(page: Any) -> tuple[str, str, list[str]]:
+        return (
+            page.input_value("form.review textarea"),
+            page.eval_on_selector("form.review input[name=state]:checked", "e => e.value"),
+            page.eval_on_selector_all("form.review input[name=disagree]:checked", "es => es.map(e => e.value)"),
+        )
+
+    with sync_api.sync_playwright() as p:
         browser, page, errors = _browse(p, server.base, 800, 1280, True, False)
         try:
-            page.goto(f"{server.base}/studies/{uid}")
-            page.locator(".agree-all").scroll_into_view_if_needed()
-            page.tap(".agree-all")
-            page.wait_for_selector("text=Review saved.")
-            assert page.url.endswith("#review")
-            latest = _rect(page, ".past-review.latest")
-            assert latest["top"] >= 0 and latest["bottom"] <= page.evaluate("innerHeight"), "the review, in view"
-            assert "Agrees with all the AI's findings." in page.inner_text(".past-review.latest")
-            (review,) = saved()
-            assert len(review.verdicts) == 2 and not review.disagreements(), "both images, every finding agreed"
-
-            page.tap("details.review-form > summary")
+            before = reviews()
+            page.goto(study)
+            if page.locator(".past-review.latest").count():
+                page.tap("details.review-form > summary")
             page.tap("details.disagree > summary")
-            shown = page.eval_on_selector_all(
-                "section.image:nth-of-type(2) table.findings th", "ths => ths.map(t => t.firstChild.textContent.trim())"
-            )
-            ticks = page.locator("form.review label.verdict")
-            offered = [t.strip() for t in page.locator("form.review label.verdict .name").all_inner_texts()]
-            assert offered[len(offered) - len(shown) :] == shown, "the second image's findings, in the table's order"
-            ticks.nth(len(offered) - len(shown)).tap()
-            assert page.locator(".agree-all").is_hidden(), "a disagreement: Save, not Agree with all"
+            page.locator("form.review label.verdict").first.tap()
             page.tap("form.review label:has(input[value=referred])")
-            page.fill("form.review textarea", "AP: not what the AI says; to the radiologist.")
-            small = page.evaluate(_SMALL_TARGETS)
-            assert not small, f"touch targets under 44x44: {small}"
-            page.screenshot(path=str(_artifacts() / "review-800x1280.png"))
+            page.fill("form.review textarea", note)
+            typed = entered(page)
+            assert typed[1] == "referred" and len(typed[2]) == 1
+
+            page.eval_on_selector("form.review input[name=csrf_token]", "e => { e.value = 'stale' }")
+            with page.expect_navigation() as refused:
+                page.tap("form.review .save")
+            assert refused.value is not None and refused.value.status == 400, "a stale token: refused"
+            page.goto(study)
+            assert entered(page) == typed, "the review put back after a refused save"
+            assert page.is_visible("form.review textarea") and page.is_hidden(".agree-all")
+
+            page.context.clear_cookies()  # the session ended (the server's idle logout, a restart)
+            with page.expect_navigation() as refused:
+                page.tap("form.review .save")
+            assert refused.value is not None and refused.value.status == 400, "no session: refused"
+            assert reviews() == before, "nothing saved"
+            page.goto(server.base + "/login")
+            page.fill("#username", "dr-ade")
+            page.fill("#password", PASSWORD)
+            page.click("#login-form button[type=submit]")
+            page.goto(study)
+            assert entered(page) == typed, "the review put back after signing in again"
+
             page.tap("form.review .save")
             page.wait_for_selector("text=Review saved.")
-            assert page.url.endswith("#review")
-            text = page.inner_text(".past-review.latest")
-            assert "Referred" in text and f"Disagrees with:\n{shown[0]} (image 2)" in text.replace(": ", ":\n"), text
-            assert "to the radiologist" in text
-            latest = _rect(page, ".past-review.latest")
-            assert latest["top"] >= 0 and latest["bottom"] <= page.evaluate("innerHeight")
-            newest = saved()[0]
-            assert newest.state == "referred" and len(newest.disagreements()) == 1
-            page.goto(server.base + "/")
-            assert page.inner_text(f"tr[data-uid='{uid}'] .badge") == "referred"
+            assert reviews() == before + 1 and note in page.inner_text(".past-review.latest")
+            page.goto(study)
+            page.tap("details.review-form > summary")
+            assert entered(page) == ("", "read", []), "the draft let go once saved"
+            assert not page.evaluate("Object.keys(sessionStorage).filter(k => k.startsWith('draft:'))")
         finally:
             browser.close()
-        assert not errors, errors
+    assert errors == ["Failed to load resource: the server responded with a status of 400 (BAD REQUEST)"] * 2, errors
 
 
 def _drag_by_touch(page: Any, selector: str) -> None:

@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 
 from edge_app.service import Service
 from edge_app.store.accounts import parse_roles
-from edge_app.web import create_app, services
+from edge_app.web import compile_templates, create_app, services
 from support.data import NIH
 from support.dicom import dicom_file
 from support.web import AuthActions
@@ -94,8 +94,8 @@ def test_the_study_page_shows_what_a_clinician_needs(
     for f in result["findings"]:
         assert f'width="{f["probability"] * 100:.1f}"' in page, "the bar is the probability"
         assert f'x1="{f["threshold"] * 100:.1f}"' in page, "the threshold is marked on it"
-    view = re.search(r'data-image="([^"]+)"', page)
-    heat = re.search(r'data-heatmap="([^"]+)"', page)
+    view = re.search(r'<img class="preview" src="([^"]+)"', page)
+    heat = re.search(r'<img class="heatmap" src="([^"]+)"', page)
     assert view and heat
     picture = browser.get(view.group(1))
     assert picture.mimetype == "image/jpeg" and picture.data[:3] == b"\xff\xd8\xff"
@@ -527,3 +527,11 @@ def test_the_worklist_announces_new_studies_in_the_user_s_words_and_the_clinic_s
     auth.login("clinician", name="dr-diallo")
     body = browser.get(url, headers={"X-Background": "1"}).get_data(as_text=True)
     assert 'data-news="2 nouveaux examens"' in body
+
+
+def test_every_template_is_compiled_before_a_first_visit(app: Flask) -> None:
+    """What `edge-app serve` has done as it starts answering: each page's template compiled and cached, so that
+    the first study page opened after a start does not wait for its compilation."""
+    names = compile_templates(app.jinja_env)
+    assert {"base.html", "study.html", "worklist.html", "admin/users.html"} <= set(names), names
+    assert {key[1] for key in app.jinja_env.cache} >= set(names)

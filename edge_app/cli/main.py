@@ -172,11 +172,12 @@ def _diagnose(settings: Settings, paths: Sequence[Path], bundle_path: Path | Non
 
 def _serve(settings: Settings, host: str | None, port: int | None, no_worker: bool = False) -> int:
     import ssl
+    import threading
 
     from edge_app.config import with_overrides
     from edge_app.service import Service
     from edge_app.system.systemd import Watchdog, notify, watchdog_interval
-    from edge_app.web import create_app
+    from edge_app.web import compile_templates, create_app
     from edge_app.web.server import Server
 
     settings = with_overrides(settings, "server", {"host": host, "port": port})
@@ -194,6 +195,8 @@ def _serve(settings: Settings, host: str | None, port: int | None, no_worker: bo
         except OSError as exc:
             raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         log.info("serving on %s://%s:%d (data in %s)", scheme, host, port, settings.storage.data_dir)
+        # app.jinja_env made here; the thread only fills its cache, while the first requests are answered
+        threading.Thread(target=compile_templates, args=(app.jinja_env,), name="templates", daemon=True).start()
         signal.signal(signal.SIGTERM, _exit_on_sigterm)  # systemd's stop: SystemExit ends the serving loop
         interval = watchdog_interval()
         worker = service.worker

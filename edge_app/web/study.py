@@ -189,7 +189,7 @@ def review(uid: str) -> Any:
         return _page(uid, form, ticked, 400)
     results = " ".join(f"result={rid}" for rid in saved.verdicts)
     svc.store.audit(principal.name, "review.add", uid, f"review={saved.id} state={saved.state} {results}".strip())
-    flash(_("Review saved."), "info")
+    flash(_("Review saved."), "saved")  # "saved": the page lets go of the review's draft kept in the tablet
     return redirect(url_for("study.show", uid=uid, _anchor="review"))
 
 

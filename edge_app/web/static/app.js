@@ -40,6 +40,34 @@ document.addEventListener("DOMContentLoaded", () => {
     setInterval(refresh, every);
   }
 
+  // A review being written (its note, read/referred, each finding's tick) is kept in this tab (sessionStorage)
+  // as it is entered and until the server says it is saved (the page after a save marks its form data-saved):
+  // a refused save (the session ended, a stale token) or a logout loses none of it; the next page puts it back.
+  for (const form of document.querySelectorAll("form[data-draft]")) {
+    const key = `draft:${form.action}`;
+    const fields = () => [...form.elements].filter((e) => e.name && !["hidden", "submit"].includes(e.type));
+    const ticked = (e) => e.type === "checkbox" || e.type === "radio";
+    if ("saved" in form.dataset) sessionStorage.removeItem(key);
+    const kept = JSON.parse(sessionStorage.getItem(key) || "null");
+    if (kept) {
+      for (const e of fields()) {
+        if (ticked(e)) e.checked = (kept[e.name] || []).includes(e.value);
+        else if (e.name in kept) e.value = kept[e.name][0];
+      }
+      for (const box of form.querySelectorAll("details")) box.open ||= Boolean(box.querySelector(":checked"));
+      const holder = form.closest("details");
+      if (holder) holder.open = true;
+      form.classList.add("restored");
+    }
+    const keep = () => {
+      const draft = {};
+      for (const e of fields()) if (!ticked(e) || e.checked) (draft[e.name] ||= []).push(e.value);
+      sessionStorage.setItem(key, JSON.stringify(draft));
+    };
+    form.addEventListener("input", keep);
+    form.addEventListener("change", keep);
+  }
+
   // The review: "Agree with all" is the one tap; once a finding is ticked "Disagree" it goes, and "Save" saves.
   for (const review of document.querySelectorAll("form.review")) {
     const all = review.querySelector(".agree-all");
@@ -52,16 +80,6 @@ document.addEventListener("DOMContentLoaded", () => {
     };
     for (const t of ticks) t.addEventListener("change", show);
     show();
-  }
-
-  // Notes being typed are kept in this tab (sessionStorage) until their form is sent: a logout loses none.
-  const drafts = [...document.querySelectorAll("form[method=post] textarea[name]")];
-  const key = (area) => `draft:${area.form.action}:${area.name}`;
-  for (const area of drafts) {
-    const kept = sessionStorage.getItem(key(area));
-    if (kept && !area.value) { area.value = kept; area.classList.add("restored"); }
-    area.addEventListener("input", () => sessionStorage.setItem(key(area), area.value));
-    area.form.addEventListener("submit", () => sessionStorage.removeItem(key(area)));
   }
 
   // Idle logout: a warning a minute before (half the time for a shorter one), then the logout saying why and

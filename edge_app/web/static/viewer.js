@@ -2,13 +2,18 @@
 // as a red overlay with on/off and opacity. Plain canvas, no library.
 "use strict";
 
-function loadImage(url) {
-  return new Promise((resolve, reject) => {
-    const img = new Image();
-    img.onload = () => resolve(img);
-    img.onerror = reject;
-    img.src = url;
+// An <img> once loaded (its load event before the page's: the browser's scroll to #review sees the viewer sized).
+function loaded(img) {
+  return img.complete && img.naturalWidth ? Promise.resolve(img) : new Promise((resolve, reject) => {
+    img.addEventListener("load", () => resolve(img), {once: true});
+    img.addEventListener("error", reject, {once: true});
   });
+}
+
+function loadImage(url) {
+  const img = new Image();
+  img.src = url;
+  return loaded(img);
 }
 
 function canvasOf(width, height) {
@@ -20,34 +25,43 @@ function canvasOf(width, height) {
 async function setUp(box) {
   const canvas = box.querySelector("canvas");
   const ctx = canvas.getContext("2d");
-  const img = await loadImage(box.dataset.image);
+  // The preview and the first heatmap are the page's own (hidden) <img>: fetched while the page is still parsed,
+  // both at once, not one after the other once the scripts have run.
+  const img = box.querySelector("img.preview");
+  const first = box.querySelector("img.heatmap");
+  await Promise.all([loaded(img), first ? loaded(first) : null]);
   const base = canvasOf(img.width, img.height);
   const bctx = base.getContext("2d", {willReadFrequently: true});
   bctx.drawImage(img, 0, 0);
   let size = {width: img.width, height: img.height};  // of what is shown: the preview, or the diagnostic view
-  const original = bctx.getImageData(0, 0, img.width, img.height);
-  const px = original.data;
+  // The preview's pixels, read only once window/level needs them: 4 MB read back on a slow tablet's first screen.
+  let original = null;
+  const pixels = () => (original ??= bctx.getImageData(0, 0, img.width, img.height));
   let full = null;  // the diagnostic view, once asked for: the image's values at full bit depth
   let grey = true;
-  for (let i = 0; i < px.length; i += 4 * 97) { if (px[i] !== px[i + 1] || px[i] !== px[i + 2]) { grey = false; break; } }
+  const probe = canvasOf(32, 32).getContext("2d", {willReadFrequently: true});
+  probe.drawImage(img, 0, 0, 32, 32);
+  const sample = probe.getImageData(0, 0, 32, 32).data;
+  for (let i = 0; i < sample.length; i += 4) { if (sample[i] !== sample[i + 1] || sample[i] !== sample[i + 2]) { grey = false; break; } }
   box.dataset.grey = grey ? "1" : "0";
 
   // Each finding's heatmap, loaded when first picked: red, its alpha the model's local probability.
   const heatmaps = new Map();
+  const red = (h) => {
+    const c = canvasOf(h.width, h.height);
+    const hctx = c.getContext("2d");
+    hctx.drawImage(h, 0, 0);
+    const d = hctx.getImageData(0, 0, h.width, h.height);
+    for (let i = 0; i < d.data.length; i += 4) { const v = d.data[i]; d.data[i] = 255; d.data[i + 1] = 0; d.data[i + 2] = 0; d.data[i + 3] = v; }
+    hctx.putImageData(d, 0, 0);
+    return c;
+  };
+  if (first) heatmaps.set(first.getAttribute("src"), red(first));
   const heatmapOf = async (url) => {
-    if (!heatmaps.has(url)) {
-      const h = await loadImage(url);
-      const c = canvasOf(h.width, h.height);
-      const hctx = c.getContext("2d");
-      hctx.drawImage(h, 0, 0);
-      const d = hctx.getImageData(0, 0, h.width, h.height);
-      for (let i = 0; i < d.data.length; i += 4) { const v = d.data[i]; d.data[i] = 255; d.data[i + 1] = 0; d.data[i + 2] = 0; d.data[i + 3] = v; }
-      hctx.putImageData(d, 0, 0);
-      heatmaps.set(url, c);
-    }
+    if (!heatmaps.has(url)) heatmaps.set(url, red(await loadImage(url)));
     return heatmaps.get(url);
   };
-  let heat = box.dataset.heatmap ? await heatmapOf(box.dataset.heatmap) : null;
+  let heat = first ? heatmaps.get(first.getAttribute("src")) : null;
   const toggle = box.querySelector(".heatmap-toggle");
   const opacity = box.querySelector(".heatmap-opacity");
   const choice = box.querySelector(".heatmap-choice");
@@ -72,7 +86,7 @@ async function setUp(box) {
   };
   const applyWindow = () => {
     if (full) { applyFullWindow(); return; }
-    const out = bctx.createImageData(original);
+    const out = bctx.createImageData(pixels()), px = original.data;
     const lo = view.level - view.width / 2;
     const lut = new Uint8ClampedArray(256);
     for (let v = 0; v < 256; v++) lut[v] = ((v - lo) / view.width) * 255;
@@ -165,7 +179,7 @@ async function setUp(box) {
   }
   box.querySelector(".reset").addEventListener("click", () => {
     if (full) { view.width = full.window; view.level = full.center; applyFullWindow(); }
-    else { view.width = 255; view.level = 127.5; bctx.putImageData(original, 0, 0); }
+    else { view.width = 255; view.level = 127.5; if (original) bctx.putImageData(original, 0, 0); }
     fit(); draw();
   });
 
