@@ -155,7 +155,8 @@ EQUIVALENT = {
         "next_try of an item sent or given up: only queued items are ever read by it"
     ),
     ("*,", "core/ReplaceBinaryOperator_Mul_Div"): (
-        "keyword-only made positional-only for the leading arguments: every caller passes those by position"
+        "keyword-only made positional-only for the leading arguments: every caller passes those by position, and "
+        "names what follows (decode's source, limits, wanted)"
     ),
     ("if 0 < result_id < 2**63:  # SQLite's INTEGER range", "core/ReplaceComparisonOperator_Lt_IsNot"): (
         "`0 is not id < 2**63`: for 0 and the negatives the query finds no row either, NotFound all the same"
@@ -361,10 +362,6 @@ EQUIVALENT = {
         "a grey image here is MONOCHROME1 or MONOCHROME2 (pydicom decodes none without it), and only MONOCHROME1 "
         "sorts at or before MONOCHROME1"
     ),
-    (
-        "*,",
-        "core/ReplaceBinaryOperator_Mul_Div",
-    ): "a line of its own that is a keyword-only marker (decode's): every caller names what follows it",
     (
         "def __init__(self, limits: DecodeLimits, *, workers: int = 1, timeout_s: float) -> None:",
         "core/ReplaceBinaryOperator_Mul_Div",
