@@ -72,7 +72,16 @@ def _plant(svc: Service) -> None:
 
 
 @pytest.mark.parametrize(
-    ("age", "birth", "years"), [("045Y", "", 45.0), ("006M", "", 0.5), ("", "19800601", 20.0), ("", "", None)]
+    ("age", "birth", "years"),
+    [
+        ("045Y", "", 45.0),
+        ("006M", "", 0.5),
+        ("010W", "", 0.19),
+        ("005D", "", 0.01),
+        ("45Y", "19800601", 20.0),  # not an AS value: the birth date
+        ("", "19800601", 20.0),
+        ("", "", None),
+    ],
 )
 def test_the_header_keeps_what_the_groups_need(tmp_path: Any, age: str, birth: str, years: float | None) -> None:
     """Sex, age (Patient Age, else Study Date less Patient's Birth Date) and the unit apart, from a real CR file."""

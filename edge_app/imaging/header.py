@@ -104,11 +104,18 @@ def generated_header(fmt: Literal["png", "jpeg", "unknown"] = "unknown") -> Imag
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
 
+def age_string(age: str) -> tuple[int, str] | None:
+    """A Patient Age (an AS value: "045Y", "006M", "010W", "005D") as its number and unit letter; None where it is
+    not one."""
+    found = re.fullmatch(r"(\d{3})([DWMY])", age.strip().upper())
+    return (int(found[1]), found[2]) if found else None
+
+
 def _age_years(age: str, birth: str, study: str) -> float | None:
-    """The patient's age in years: Patient Age (an AS value, "045Y", "006M"), else Study Date less Patient's Birth
-    Date; None where neither can be read."""
-    if re.fullmatch(r"\d{3}[DWMY]", age):
-        return round(int(age[:3]) * _AGE_UNIT_YEARS[age[3]], 2)
+    """The patient's age in years: Patient Age, else Study Date less Patient's Birth Date; None where neither can
+    be read."""
+    if (given := age_string(age)) is not None:
+        return round(given[0] * _AGE_UNIT_YEARS[given[1]], 2)
     try:
         born, taken = (dt.datetime.strptime(d, "%Y%m%d") for d in (birth, study))
     except ValueError:

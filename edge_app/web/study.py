@@ -11,6 +11,7 @@ from flask_babel import gettext as _
 
 from edge_app.errors import DecoderUnavailable, ImageRejected, NotFound, UserError
 from edge_app.imaging.decode import full_depth_bytes, has_full_depth
+from edge_app.imaging.header import age_string
 from edge_app.store import Image, Result, Study
 from edge_app.store.reviews import ResultsChanged
 from edge_app.web import audit, security, services
@@ -321,11 +322,10 @@ def _date(text: str) -> dt.date | None:
 
 
 def _age(patient_age: str, born: dt.date | None, on: dt.date | None) -> str:
-    """PatientAge (AS: "045Y", "003M", "010W", "005D"), else the birth date against the study date."""
+    """Patient Age as given (its unit kept: "3 mo"), else the birth date against the study date."""
     units = {"Y": _("%(n)d y"), "M": _("%(n)d mo"), "W": _("%(n)d wk"), "D": _("%(n)d d")}
-    text = patient_age.strip().upper()
-    if len(text) == 4 and text[:3].isdigit() and text[3] in units:
-        return str(units[text[3]] % {"n": int(text[:3])})
+    if (given := age_string(patient_age)) is not None:
+        return str(units[given[1]] % {"n": given[0]})
     if born is None or on is None or on < born:
         return ""
     years = on.year - born.year - ((on.month, on.day) < (born.month, born.day))
