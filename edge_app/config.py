@@ -290,7 +290,13 @@ class ImagingSettings(_Section):
     decode_timeout_s: float = Field(
         30.0, gt=0, le=3600, strict=True, description="an image that takes longer to decode is stopped and refused"
     )
-    decoders: StrictInt = Field(1, ge=1, le=16, description="decoder processes (each may take max_decode_mb)")
+    decoders: StrictInt = Field(
+        0,
+        ge=0,
+        le=16,
+        description="decoder processes, each may take max_decode_mb + 100 MB; 0: one per core but one, as the "
+        "memory allows (a 6-core 8 GB Jetson: 3 in its unit)",
+    )
     frame: Literal["first", "middle", "last"] = Field(
         "middle", description="first, middle or last: the frame taken from a multi-frame image"
     )
@@ -307,6 +313,13 @@ class WorkerSettings(_Section):
     )
     idle_s: float = Field(
         30.0, gt=0, le=3600, strict=True, description="an idle queue is looked at this often (besides each wake-up)"
+    )
+    burst: StrictInt = Field(
+        8,
+        ge=1,
+        le=64,
+        description="queued images taken at once: decoded side by side, inferred in one batch where the model "
+        "takes batches",
     )
     behind_s: float = Field(
         120.0,

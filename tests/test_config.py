@@ -22,7 +22,7 @@ def test_defaults() -> None:
     assert (s.server.host, s.server.port) == ("127.0.0.1", 8080)
     assert s.storage.data_dir == default_data_dir()
     assert s.model.bundle == EMBEDDED_BUNDLE and s.model.runner == "auto"
-    assert s.imaging.max_pixels == 25_000_000 and s.imaging.max_decode_mb == 320 and s.imaging.decoders == 1
+    assert s.imaging.max_pixels == 25_000_000 and s.imaging.max_decode_mb == 320 and s.imaging.decoders == 0
     assert (s.worker.lease_s, s.worker.max_attempts, s.worker.idle_s) == (600.0, 3, 30.0)
 
 
@@ -240,8 +240,9 @@ LIMITS = [  # (section, key, lowest accepted, highest accepted or None), whole n
     ("storage", "retention_days", 0, 36500),
     ("imaging", "max_pixels", 1, None),
     ("imaging", "max_decode_mb", 16, 65536),
-    ("imaging", "decoders", 1, 16),
+    ("imaging", "decoders", 0, 16),
     ("worker", "max_attempts", 1, 100),
+    ("worker", "burst", 1, 64),
     ("capture.dicom", "port", 1, 65535),
     ("capture.video", "infer_every", 0, 10000),
     ("outputs", "max_attempts", 1, 1000),

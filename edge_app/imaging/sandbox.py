@@ -16,6 +16,7 @@ import resource
 import signal
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -35,16 +36,60 @@ log = logging.getLogger(__name__)
 # Address space a child may take beyond what it holds after importing the decoders, on top of the decoding
 # budget (`DecodeLimits.max_decode_mb`): the file itself, the data set, Python objects.
 _HEADROOM_MB = 160
+# A decoder process's own resident memory besides what it decodes: 76-94 MB in developer.md's footprint table.
+_RESIDENT_MB = 100
+# What the worker holds besides its decoders (the model, the runner, the store): kept out of a cgroup's limit.
+_WORKER_MB = 1024
 _notes: list[str] = []  # the child's log records for the image at hand
 
 
+def auto_decoders(max_decode_mb: int) -> int:
+    """The decoder processes `imaging.decoders = 0` starts.
+
+    The rule: one per core but one (the receiver, the worker's inference and the web share it), and no more than
+    the memory allows at `max_decode_mb` + 100 MB each: a quarter of the machine's memory (a Jetson's is shared
+    with the GPU, the OS and the front), and within the worker's cgroup limit (systemd's MemoryMax, cgroup v2)
+    less 1 GB for the rest of the worker; at least one, at most 16. A 6-core 8 GB Orin Nano (about 7,600 MB
+    of MemTotal): min(5, 1,900 // 420) = 4; under the worker unit's MemoryMax=2500M: min(5, 1,476 // 420) = 3.
+    A 2-core machine: 1."""
+    cores = len(os.sched_getaffinity(0))
+    budget_mb = _memory_mb() // 4
+    cgroup_mb = _cgroup_limit_mb()
+    if cgroup_mb is not None:
+        budget_mb = min(budget_mb, cgroup_mb - _WORKER_MB)
+    return max(1, min(16, cores - 1, budget_mb // (max_decode_mb + _RESIDENT_MB)))
+
+
+def _memory_mb() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    raise OSError("no MemTotal in /proc/meminfo")
+
+
+def _cgroup_limit_mb() -> int | None:
+    """The tightest `memory.max` from this process's cgroup (v2) up to the root; None where none is set."""
+    lines = [line for line in Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::")]
+    if not lines:
+        return None
+    here = Path("/sys/fs/cgroup") / lines[0][3:].lstrip("/")
+    limits = []
+    for folder in [here, *here.parents]:
+        found = folder / "memory.max"
+        if found.is_file() and (value := found.read_text().strip()) != "max":
+            limits.append(int(value) // 2**20)
+        if folder == Path("/sys/fs/cgroup"):
+            break
+    return min(limits, default=None)
+
+
 class DecoderPool:
-    """Prepares images in `workers` child processes; safe to share between threads."""
+    """Prepares images in `workers` child processes (0: `auto_decoders`); safe to share between threads."""
 
     def __init__(self, limits: DecodeLimits, *, workers: int = 1, timeout_s: float) -> None:
         self.limits = limits
         self.timeout_s = timeout_s
-        self.workers = workers
+        self.workers = workers or auto_decoders(limits.max_decode_mb)
         self._lock = threading.Lock()
         self._pool = self._new_pool()
 
@@ -59,8 +104,18 @@ class DecoderPool:
     def prepare(self, data: bytes | Path | str, source: str, manifest: Manifest) -> Prepared:
         """`prepare` in a child; a crash, a timeout or exhausted memory raises `ImageRejected` saying so. A pool
         whose children cannot even start raises `DecoderUnavailable` and is replaced for the next image."""
-        prepared: Prepared = self._run(_prepare_in_child, (data, source, self.limits, manifest), source)
-        return prepared
+        return self.prepare_later(data, source, manifest)()
+
+    def prepare_later(self, data: bytes | Path | str, source: str, manifest: Manifest) -> Callable[[], Prepared]:
+        """Start `prepare` in a child now (the children take the images started in turn, side by side); the
+        call returned waits for it and answers as `prepare` does."""
+        pool, future = self._start(_prepare_in_child, (data, source, self.limits, manifest))
+
+        def answer() -> Prepared:
+            prepared: Prepared = self._answer(pool, future, source)
+            return prepared
+
+        return answer
 
     def view(self, data: bytes | Path | str, source: str) -> NDArray[np.uint8]:
         """`view` (the tablet's 8-bit preview) in a child, within the same limits, refused as `prepare` is."""
@@ -73,10 +128,22 @@ class DecoderPool:
         return values
 
     def _run(self, task: Callable[..., tuple[Any, list[str]]], args: tuple[Any, ...], source: str) -> Any:
+        return self._answer(*self._start(task, args), source)
+
+    def _start(
+        self, task: Callable[..., tuple[Any, list[str]]], args: tuple[Any, ...]
+    ) -> tuple[ProcessPool, Future[Any]]:
+        with self._lock:
+            pool = self._pool
         try:
-            with self._lock:
-                pool = self._pool
-            future = pool.schedule(task, args=args, timeout=self.timeout_s)
+            return pool, pool.schedule(task, args=args, timeout=self.timeout_s)
+        except RuntimeError as exc:  # pebble: a pool that no longer takes work; answered when the image is
+            refused: Future[Any] = Future()
+            refused.set_exception(exc)
+            return pool, refused
+
+    def _answer(self, pool: ProcessPool, future: Future[Any], source: str) -> Any:
+        try:
             outcome, notes = future.result()
         except (BrokenProcessPool, RuntimeError) as exc:  # pebble: "All workers expired", "error within the Pool"
             self._replace(pool)

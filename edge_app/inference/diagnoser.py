@@ -1,4 +1,5 @@
-"""One image's walk: decode, check it is what the model is for, preprocess, infer, read the findings."""
+"""One image's walk: decode, check it is what the model is for, preprocess, infer, read the findings; several
+images (a burst) prepared side by side and inferred in one batch."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
 
 from edge_app.bundles.bundle import Bundle, load_as_configured
 from edge_app.bundles.findings import (
@@ -17,15 +23,26 @@ from edge_app.bundles.findings import (
     heatmap,
     triage_score,
 )
-from edge_app.bundles.manifest import IntendedUse
+from edge_app.bundles.manifest import IntendedUse, Manifest
 from edge_app.config import Settings
 from edge_app.errors import ImageRejected
 from edge_app.imaging import DecodeLimits
-from edge_app.imaging.prepare import prepare
+from edge_app.imaging.prepare import Prepared, prepare
 from edge_app.imaging.sandbox import DecoderPool
 from edge_app.runtime import Runner
 
 log = logging.getLogger(__name__)
+Outputs = dict[str, NDArray[np.float32]]
+
+
+@dataclasses.dataclass(eq=False)
+class Pending:
+    """An image on its way through a diagnoser (`Diagnoser.begin`): `wait` gives it prepared."""
+
+    source: str
+    manifest: Manifest  # the thresholds it is read with, as they were when it began
+    wait: Callable[[], Prepared]
+    began: float
 
 
 class Diagnoser:
@@ -102,35 +119,101 @@ class Diagnoser:
         clinician sent the image to this model, whatever its DICOM header says of modality and body part; a model
         with an input guard then reads it (the guard judges the pixels), one without still goes by the header."""
         source = source or str(data if not isinstance(data, bytes) else "<bytes>")
-        try:
-            return self._diagnose(data, source, header_overruled)
-        except ImageRejected as exc:
-            return Diagnosis(source, "rejected", self.model_info, reason=exc.reason, reason_kind=exc.kind)
-        except Exception as exc:
-            log.exception("internal error on %s", source)
-            reason = f"internal error: {type(exc).__name__}: {exc}"
-            return Diagnosis(source, "failed", self.model_info, reason=reason, reason_kind="internal")
+        (diagnosis,) = self.finish([self.begin(data, source, header_overruled=header_overruled)])
+        return diagnosis
 
-    def _diagnose(self, data: bytes | Path | str, source: str, header_overruled: bool) -> Diagnosis:
+    def begin(self, data: bytes | Path | str, source: str, *, header_overruled: bool = False) -> Pending:
+        """Start preparing an image: in the decoder processes, side by side with the others begun (in this process,
+        without a pool, when it is waited for). `finish` diagnoses it."""
         manifest = self.bundle.manifest
         read_as = manifest
         if header_overruled and manifest.guard is not None:
             read_as = manifest.model_copy(update={"intended_use": IntendedUse()})
-        t0 = time.perf_counter()
+        began = time.perf_counter()
         if self.decoder is not None:
-            prepared = self.decoder.prepare(data, source, read_as)
+            wait = self.decoder.prepare_later(data, source, read_as)
         else:
-            prepared = prepare(data, source, self.limits, read_as)
-        t1 = time.perf_counter()
+            wait = partial(prepare, data, source, self.limits, read_as)
+        return Pending(source, manifest, wait, began)
+
+    def finish(self, pending: Sequence[Pending], progress: Callable[[], None] | None = None) -> list[Diagnosis]:
+        """The diagnoses of images begun, in their order: each waited for (`progress` called after each), those
+        prepared inferred in one batch where the runner takes batches, one by one otherwise or where the batch
+        fails. Each image's failure is its own: nothing raises past this boundary."""
+        diagnoses: dict[Pending, Diagnosis] = {}
+        ready: list[tuple[Pending, Prepared, dict[str, float]]] = []
+        for p in pending:
+            try:
+                prepared = p.wait()
+            except Exception as exc:
+                diagnoses[p] = self._refused(p.source, exc)
+            else:
+                timings = dict(prepared.timings_ms)
+                if self.decoder is not None:  # what the contained child costs (transfer, scheduling; in a burst,
+                    # the wait for a free child too)
+                    waited = (time.perf_counter() - p.began) * 1e3
+                    timings["isolation"] = max(0.0, waited - sum(timings.values()))
+                ready.append((p, prepared, timings))
+            if progress is not None:
+                progress()
+        if len(ready) > 1 and self.runner.takes_batches:
+            try:
+                outputs, model, infer_ms = self._infer(np.concatenate([prepared.batch for _, prepared, _ in ready]))
+            except Exception:  # which image, if any, is at fault: each is tried alone below
+                log.exception("a batch of %d images failed: each is tried alone", len(ready))
+            else:
+                for i, (p, prepared, timings) in enumerate(ready):
+                    diagnoses[p] = self._read(p, prepared, {**timings, "infer": infer_ms}, outputs, model, i)
+                ready = []
+        for p, prepared, timings in ready:
+            try:
+                outputs, model, infer_ms = self._infer(prepared.batch)
+            except Exception as exc:
+                diagnoses[p] = self._refused(p.source, exc)
+            else:
+                diagnoses[p] = self._read(p, prepared, {**timings, "infer": infer_ms}, outputs, model, 0)
+        return [diagnoses[p] for p in pending]
+
+    def _infer(self, batch: NDArray[np.generic]) -> tuple[Outputs, dict[str, str], float]:
+        """The outputs, what computed them (a hub, or this box) and the time it took."""
         with self._lock:
-            outputs = self.runner.infer(prepared.batch)
-            model = self.model_info  # what computed these outputs (a hub, or this box), before another batch
-        t2 = time.perf_counter()
-        timings = dict(prepared.timings_ms)
-        if self.decoder is not None:  # what the contained child costs: transfer, scheduling
-            timings["isolation"] = max(0.0, (t1 - t0) * 1e3 - sum(timings.values()))
-        timings["infer"] = (t2 - t1) * 1e3
-        check = guard_check(manifest, outputs)
+            t0 = time.perf_counter()
+            outputs = self.runner.infer(batch)
+            return outputs, self.model_info, (time.perf_counter() - t0) * 1e3
+
+    def _refused(self, source: str, exc: Exception) -> Diagnosis:
+        if isinstance(exc, ImageRejected):
+            return Diagnosis(source, "rejected", self.model_info, reason=exc.reason, reason_kind=exc.kind)
+        log.error("internal error on %s", source, exc_info=exc)
+        reason = f"internal error: {type(exc).__name__}: {exc}"
+        return Diagnosis(source, "failed", self.model_info, reason=reason, reason_kind="internal")
+
+    def _read(
+        self,
+        p: Pending,
+        prepared: Prepared,
+        timings: dict[str, float],
+        outputs: Outputs,
+        model: dict[str, str],
+        index: int,
+    ) -> Diagnosis:
+        """Image `index` of a batch's outputs read with its manifest: findings, heatmaps, the guard's verdict."""
+        try:
+            return self._findings(p, prepared, timings, outputs, model, index)
+        except Exception as exc:
+            return self._refused(p.source, exc)
+
+    def _findings(
+        self,
+        p: Pending,
+        prepared: Prepared,
+        timings: dict[str, float],
+        outputs: Outputs,
+        model: dict[str, str],
+        index: int,
+    ) -> Diagnosis:
+        manifest, source = p.manifest, p.source
+        check = guard_check(manifest, outputs, index)
         if check is not None and check.outside:
             return Diagnosis(
                 source,
@@ -143,9 +226,9 @@ class Diagnoser:
                 timings_ms=timings,
                 preview=prepared.preview,
             )
-        found = findings(manifest, outputs)
+        found = findings(manifest, outputs, index)
         positive = sorted((f for f in found if f.positive), key=lambda f: -f.probability)  # only where found
-        maps = [heatmap(manifest, outputs, f.label) for f in positive]
+        maps = [heatmap(manifest, outputs, f.label, index) for f in positive]
         return Diagnosis(
             source,
             "ok",

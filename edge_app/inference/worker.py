@@ -1,8 +1,12 @@
-"""The inference worker: claim a job, route the image, diagnose it, record the outcome; then the next.
+"""The inference worker: claim the jobs queued (a burst, up to `worker.burst`), route each image, diagnose them,
+record each outcome; then the next burst.
 
-The only writer of results, in one transaction per image. A failure on one image fails that image with the reason
-and the worker goes on; a job claimed when the service died is claimed again once its lease runs out (the store's
-`claim_job`). What follows a recorded result (the outbox) is called after the record and cannot undo it.
+A burst's images are decoded side by side in the decoder processes and each model's are inferred in one batch
+where its runner takes batches (`Diagnoser.finish`): a PACS sending a study of sixty images keeps every decoder
+busy, and a lone image waits for no other. The only writer of results, in one transaction per image. A failure on
+one image fails that image with the reason and the worker goes on; a job claimed when the service died is claimed
+again once its lease runs out (the store's `claim_job`). What follows a recorded result (the outbox) is called
+after the record and cannot undo it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from edge_app.config import WorkerSettings
 from edge_app.errors import ImageRejected
 from edge_app.imaging.encode import jpeg
 from edge_app.imaging.header import ImageHeader
-from edge_app.inference.diagnoser import Diagnoser
+from edge_app.inference.diagnoser import Diagnoser, Pending
 from edge_app.inference.registry import Registry, fits
 from edge_app.inference.views import Views
 from edge_app.store import ImageStatus, Job, ModelResult, Outcome, Store
@@ -57,8 +61,8 @@ class Worker:
         self.before_job = before_job  # between two jobs, before the next claim: follow model changes
         self.after_job = after_job  # a job's result recorded: tell a front in another process
         self._loop_thread = Background("edge-worker", self._loop)
-        self._busy_since: float | None = None  # when the job at hand was claimed
-        self._job = threading.Lock()  # held from a job's claim to its record
+        self._busy_since: float | None = None  # when the burst at hand last moved (claimed, an image prepared)
+        self._job = threading.Lock()  # held from a burst's claim to its last record
 
     def start(self) -> None:
         self._loop_thread.start()
@@ -67,8 +71,8 @@ class Worker:
         self._loop_thread.wake()
 
     def progressing(self, within_s: float) -> bool:
-        """Whether the worker is alive and not stuck: waiting for work, or on a job for less than `within_s`
-        seconds (systemd's watchdog asks)."""
+        """Whether the worker is alive and not stuck: waiting for work, or on a burst that moved (a job claimed,
+        an image prepared, inferred or recorded) less than `within_s` seconds ago (systemd's watchdog asks)."""
         busy_since = self._busy_since
         stuck = busy_since is not None and self.clock() - busy_since >= within_s
         return self._loop_thread.running and not stuck
@@ -88,26 +92,51 @@ class Worker:
                 self._loop_thread.sleep(self.settings.idle_s)  # also catches jobs another process queued
 
     def run_once(self) -> bool:
-        """Process one job; False where none was waiting."""
+        """Process a burst: the jobs queued, up to `worker.burst`; False where none was waiting."""
+        done: list[tuple[Job, list[int]]] = []
         with self._job:
             if self.before_job is not None:
                 self.before_job()
-            job = self.store.claim_job(self.settings.lease_s, self.settings.max_attempts)
-            if job is None:
+            jobs = self._claim()
+            if not jobs:
                 return False
-            self._busy_since = self.clock()
             try:
-                recorded = self.store.finish_job(job, self._outcome(job))
+                for job, outcome in zip(jobs, self._outcomes(jobs), strict=True):
+                    try:
+                        done.append((job, self.store.finish_job(job, outcome)))
+                    except Exception:  # its lease runs out and it is tried again; the others stand
+                        log.exception("worker: the outcome of image %d could not be recorded", job.image_id)
+                    self._moved()
             finally:
                 self._busy_since = None
-        if self.on_recorded is not None and recorded:
-            try:
-                self.on_recorded(job, recorded)
-            except Exception:  # the diagnosis stands, recorded; only what it would have sent is missing
-                log.exception("worker: the outputs of image %d could not be queued", job.image_id)
-        if self.after_job is not None:
-            self.after_job()
+        for job, recorded in done:
+            if self.on_recorded is not None and recorded:
+                try:
+                    self.on_recorded(job, recorded)
+                except Exception:  # the diagnosis stands, recorded; only what it would have sent is missing
+                    log.exception("worker: the outputs of image %d could not be queued", job.image_id)
+            if self.after_job is not None:
+                self.after_job()
         return True
+
+    def _claim(self) -> list[Job]:
+        jobs: list[Job] = []
+        while len(jobs) < self.settings.burst:
+            try:
+                job = self.store.claim_job(self.settings.lease_s, self.settings.max_attempts)
+            except Exception:
+                if not jobs:
+                    raise
+                log.exception("worker: cannot claim more jobs; going on with %d", len(jobs))  # not held a lease
+                break
+            if job is None:
+                break
+            jobs.append(job)
+            self._moved()
+        return jobs
+
+    def _moved(self) -> None:
+        self._busy_since = self.clock()
 
     @contextmanager
     def between_jobs(self) -> Iterator[None]:
@@ -115,11 +144,32 @@ class Worker:
         with self._job:
             yield
 
-    def _outcome(self, job: Job) -> Outcome:
-        outcome = self._diagnosed(job)
-        if outcome.view is None and self.views is not None:
-            outcome = dataclasses.replace(outcome, view=self._view(job))
-        return outcome
+    def _outcomes(self, jobs: list[Job]) -> list[Outcome]:
+        """Each job's outcome: every image begun in its models (decoded side by side), then each model's images
+        finished together (inferred in one batch)."""
+        plans: list[Outcome | list[tuple[Diagnoser, Pending]]] = []
+        for job in jobs:
+            try:
+                plans.append(self._begin(job))
+            except Exception as exc:
+                plans.append(_internal(job, exc))
+        waiting: dict[Diagnoser, list[Pending]] = {}
+        for plan in plans:
+            for diagnoser, begun in plan if isinstance(plan, list) else []:
+                waiting.setdefault(diagnoser, []).append(begun)
+        diagnoses: dict[Pending, Diagnosis] = {}
+        for diagnoser, pending in waiting.items():
+            diagnoses.update(zip(pending, diagnoser.finish(pending, self._moved), strict=True))
+        outcomes = []
+        for job, plan in zip(jobs, plans, strict=True):
+            try:
+                outcome = plan if isinstance(plan, Outcome) else _combined([(d, diagnoses[p]) for d, p in plan])
+            except Exception as exc:
+                outcome = _internal(job, exc)
+            if outcome.view is None and self.views is not None:
+                outcome = dataclasses.replace(outcome, view=self._view(job))
+            outcomes.append(outcome)
+        return outcomes
 
     def _view(self, job: Job) -> bytes | None:
         """The view of an image no model decoded (none reads it, or its header was refused): the tablet shows
@@ -133,46 +183,51 @@ class Worker:
             log.exception("worker: no view of image %d", job.image_id)
             return None
 
-    def _diagnosed(self, job: Job) -> Outcome:
-        try:
-            if job.bundle_sha256 is not None:  # sent to this model by a clinician, whatever the header says
-                diagnosers = [d for d in self.registry.diagnosers if d.bundle.sha256 == job.bundle_sha256]
-                unchecked = [d for d in diagnosers if d.bundle.manifest.guard is None]
-                if unchecked and not fits(unchecked[0].bundle.manifest, job.header):
-                    return Outcome("no_model", _no_check_reason(job.header, unchecked[0]), "no_model")
-                if not diagnosers:
-                    reason = (
-                        f"the model it was sent to is no longer on this appliance (models: {self.registry.describe()})"
-                    )
-                    return Outcome("no_model", reason, "no_model")
-            else:
-                diagnosers = self.registry.route(job.header)
+    def _begin(self, job: Job) -> Outcome | list[tuple[Diagnoser, Pending]]:
+        """The image begun in each model that reads it, or the outcome where none does."""
+        if job.bundle_sha256 is not None:  # sent to this model by a clinician, whatever the header says
+            diagnosers = [d for d in self.registry.diagnosers if d.bundle.sha256 == job.bundle_sha256]
+            unchecked = [d for d in diagnosers if d.bundle.manifest.guard is None]
+            if unchecked and not fits(unchecked[0].bundle.manifest, job.header):
+                return Outcome("no_model", _no_check_reason(job.header, unchecked[0]), "no_model")
             if not diagnosers:
-                return Outcome("no_model", _no_model_reason(job.header, self.registry), "no_model")
-            path = self.store.file_path(job.sha256)
-            results: list[ModelResult] = []
-            metadata, preview, first_kind = None, None, None
-            for diagnoser in diagnosers:
-                diagnosis = diagnoser.diagnose(  # "image N": a file name may name a patient
-                    path, source=f"image {job.image_id}", header_overruled=job.bundle_sha256 is not None
-                )
-                metadata = metadata or diagnosis.metadata
-                first_kind = first_kind if results else diagnosis.reason_kind
-                results.append(_model_result(diagnoser.bundle.sha256, diagnosis))
-                preview = preview if preview is not None else diagnosis.preview
-            first = results[0]
-            status: ImageStatus = "done" if any(r.status == "ok" for r in results) else _IMAGE_STATUS[first.status]
-            return Outcome(
-                status,
-                reason=None if status == "done" else first.reason,
-                reason_kind=None if status == "done" else first_kind,
-                metadata=metadata,
-                results=results,
-                view=jpeg(preview) if preview is not None else None,
-            )
-        except Exception as exc:  # a bug: this image fails with the reason, the worker goes on
-            log.exception("worker: internal error on image %d", job.image_id)
-            return Outcome("failed", f"internal error: {type(exc).__name__}: {exc}", "internal")
+                reason = f"the model it was sent to is no longer on this appliance (models: {self.registry.describe()})"
+                return Outcome("no_model", reason, "no_model")
+        else:
+            diagnosers = self.registry.route(job.header)
+        if not diagnosers:
+            return Outcome("no_model", _no_model_reason(job.header, self.registry), "no_model")
+        path = self.store.file_path(job.sha256)
+        overruled = job.bundle_sha256 is not None
+        # "image N": a file name may name a patient
+        return [(d, d.begin(path, f"image {job.image_id}", header_overruled=overruled)) for d in diagnosers]
+
+
+def _combined(diagnoses: list[tuple[Diagnoser, Diagnosis]]) -> Outcome:
+    """An image's outcome from its models' diagnoses: done where one found it readable, else the first's."""
+    results: list[ModelResult] = []
+    metadata, preview, first_kind = None, None, None
+    for diagnoser, diagnosis in diagnoses:
+        metadata = metadata or diagnosis.metadata
+        first_kind = first_kind if results else diagnosis.reason_kind
+        results.append(_model_result(diagnoser.bundle.sha256, diagnosis))
+        preview = preview if preview is not None else diagnosis.preview
+    first = results[0]
+    status: ImageStatus = "done" if any(r.status == "ok" for r in results) else _IMAGE_STATUS[first.status]
+    return Outcome(
+        status,
+        reason=None if status == "done" else first.reason,
+        reason_kind=None if status == "done" else first_kind,
+        metadata=metadata,
+        results=results,
+        view=jpeg(preview) if preview is not None else None,
+    )
+
+
+def _internal(job: Job, exc: Exception) -> Outcome:
+    """A bug: this image fails with the reason, the worker goes on."""
+    log.error("worker: internal error on image %d", job.image_id, exc_info=exc)
+    return Outcome("failed", f"internal error: {type(exc).__name__}: {exc}", "internal")
 
 
 def _model_result(bundle_sha256: str, diagnosis: Diagnosis) -> ModelResult:

@@ -53,6 +53,7 @@ class Runner(abc.ABC):
     name: str
     where: str | None = None  # the server that computed the last batch, where it was not this box
     problem: str | None = None  # what keeps the runner from working as configured, in plain words
+    takes_batches = False  # whether `infer` takes several images at once (not a model whose batch is fixed at 1)
 
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle

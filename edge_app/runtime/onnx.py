@@ -48,6 +48,7 @@ class OnnxRuntimeRunner(Runner):
         inputs = [info(i) for i in session.get_inputs()]  # type: ignore[attr-defined]
         outputs = [info(o) for o in session.get_outputs()]  # type: ignore[attr-defined]
         check_io(self.bundle.manifest, inputs, outputs, "the model")
+        self.takes_batches = inputs[0].shape[0] == -1
 
     def _deactivate(self) -> None:
         self._session = None

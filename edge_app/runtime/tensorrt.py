@@ -125,6 +125,7 @@ class TensorRTRunner(Runner):
     have min = opt = max) gets smaller batches padded to it."""
 
     name = "tensorrt"
+    takes_batches = True  # a batch past the engine's largest is run in parts, one short of a fixed one padded
 
     def __init__(self, bundle: Bundle, engine_path: Path, max_batch: int = 8, dla_core: int | None = None) -> None:
         super().__init__(bundle)

@@ -68,6 +68,7 @@ class TritonRunner(Runner):
     def _activate(self) -> None:
         self._module()  # no tritonclient: a plain refusal at start, not a fallback forever
         self.local.activate()
+        self.takes_batches = self.local.takes_batches  # the hub's largest batch is taken in parts (`_remote`)
         with self._lock:
             self._connect()
 

@@ -1,0 +1,175 @@
+"""Bursts through the real worker and store, with real images: the images queued are taken at once, decoded side by
+side and inferred in one batch where the model takes batches; the findings are those one image at a time gives, a
+bad image fails alone, and images of another model in the same burst are read by theirs."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_app.config import EMBEDDED_BUNDLE, Settings, WorkerSettings
+from edge_app.imaging import DecodeLimits
+from edge_app.imaging.header import read_header
+from edge_app.imaging.sandbox import DecoderPool, auto_decoders
+from edge_app.inference.registry import Registry
+from edge_app.inference.worker import Worker
+from edge_app.store import Store
+from support.bundles import bundle_for, bundle_variant
+from support.dicom import dicom_bytes, dicom_file
+
+pytestmark = pytest.mark.integration
+
+CHESTS = ["RG1_UNCR.dcm", "RG1_J2KR.dcm", "RG1_UNCI.dcm", "RG1_J2KI.dcm"]
+
+
+def _registry(tmp_path: Path, *bundles: Path, decoders: int = 2) -> Registry:
+    settings = Settings.model_validate(
+        {
+            "storage": {"data_dir": str(tmp_path / "data")},
+            "model": {"threads": 1, "bundle": str(bundles[0]), "extra_bundles": [str(b) for b in bundles[1:]]},
+            "imaging": {"decoders": decoders},
+        }
+    )
+    return Registry.from_settings(settings)
+
+
+def _queue(store: Store, name: str, data: bytes | None = None) -> int:
+    """A real image queued under a UID of its own (RG1_J2KI is RG1_J2KR's lossy copy, with its UID)."""
+    import pydicom
+
+    if data is None:
+        ds = pydicom.dcmread(dicom_file(name))
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        data = dicom_bytes(ds)
+    digest, size = store.put_stream(io.BytesIO(data))
+    return store.add_image(digest, size, name, "test", read_header(store.file_path(digest), name)).image_id
+
+
+def _read(store: Store, image_id: int) -> tuple[str, list[tuple[str, str, list[float], float]]]:
+    """The image's status, and per result: its status, model name, probabilities and inference time."""
+    status, _ = store.image_status(image_id)
+    rows = store.query(
+        "SELECT status, model, findings, timings FROM results WHERE image_id = ? ORDER BY id", (image_id,)
+    )
+    results = [
+        (s, json.loads(m)["name"], [f["probability"] for f in json.loads(f)], json.loads(t).get("infer", 0.0))
+        for s, m, f, t in rows
+    ]
+    return status, results
+
+
+def _run(tmp_path: Path, registry: Registry, names: list[str], burst: int, bad: bytes | None = None) -> list[Any]:
+    """Each image's status and results once the worker, taking `burst` at once, has read them all."""
+    store = Store(tmp_path / f"store-{burst}")
+    ids = [_queue(store, name) for name in names]
+    if bad is not None:
+        ids.insert(1, _queue(store, "bad.dcm", bad))
+    worker = Worker(store, registry, WorkerSettings(burst=burst))
+    bursts = 0
+    while worker.run_once():
+        bursts += 1
+    assert bursts == -(-len(ids) // burst), "every burst full but the last"
+    return [_read(store, i) for i in ids]
+
+
+def _same(read: list[Any], reference: list[Any]) -> bool:
+    """The same statuses, models and probabilities (stored to 6 decimals: a batch's float32 sums may round the
+    last one the other way)."""
+    assert len(read) == len(reference)
+    for (status, results), (ref_status, ref_results) in zip(read, reference, strict=True):
+        assert (status, [r[:2] for r in results]) == (ref_status, [r[:2] for r in ref_results])
+        for r, ref in zip(results, ref_results, strict=True):
+            assert r[2] == pytest.approx(ref[2], abs=2e-6)
+    return True
+
+
+def test_a_burst_gives_the_findings_one_at_a_time_gives(tmp_path: Path) -> None:
+    """Four chest CRs (two JPEG 2000) in one burst: one batch (one inference time for all), the same probabilities
+    as one by one (to float32's precision)."""
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    try:
+        alone = _run(tmp_path, registry, CHESTS, burst=1)
+        together = _run(tmp_path, registry, CHESTS, burst=8)
+    finally:
+        registry.close()
+    assert [status for status, _ in together] == ["done"] * 4 and _same(together, alone)
+    assert len({results[0][3] for _, results in together}) == 1, "one batch: one inference time"
+    assert len({results[0][3] for _, results in alone}) == 4
+
+
+def test_a_model_with_a_fixed_batch_of_one_reads_a_burst_one_by_one(tmp_path: Path) -> None:
+    """A model whose input's batch dimension is fixed at 1 cannot take the burst in one batch: its images are
+    inferred one by one, with the findings of the batched model."""
+    import onnx
+
+    def batch_of_one(folder: Path) -> None:
+        model = onnx.load(folder / "model.onnx")
+        for value in [*model.graph.input, *model.graph.output]:
+            value.type.tensor_type.shape.dim[0].dim_value = 1
+        onnx.save(model, folder / "model.onnx")
+
+    fixed = bundle_variant(tmp_path, "1.1.2", batch_of_one)
+    registry = _registry(tmp_path, fixed)
+    batched = _registry(tmp_path / "batched", EMBEDDED_BUNDLE)
+    try:
+        assert not registry.diagnosers[0].runner.takes_batches and batched.diagnosers[0].runner.takes_batches
+        one_by_one = _run(tmp_path, registry, CHESTS, burst=8)
+        reference = _run(tmp_path / "batched", batched, CHESTS, burst=8)
+    finally:
+        registry.close()
+        batched.close()
+    assert len({results[0][3] for _, results in one_by_one}) == 4, "four inferences"
+    assert [status for status, _ in one_by_one] == ["done"] * 4 and _same(one_by_one, reference)
+
+
+def test_a_bad_image_in_a_burst_fails_alone(tmp_path: Path) -> None:
+    """An image whose pixels do not decode, second of a burst of five: refused with its reason; the four others
+    are read as they are alone."""
+    from hostile import rle_rows_disagree
+
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    try:
+        alone = _run(tmp_path, registry, CHESTS, burst=1)
+        together = _run(tmp_path, registry, CHESTS, burst=8, bad=rle_rows_disagree())
+    finally:
+        registry.close()
+    bad = together.pop(1)
+    assert bad[0] == "rejected" and [r[0] for r in bad[1]] == ["rejected"]
+    assert _same(together, alone)
+
+
+def test_images_of_another_model_in_the_same_burst_are_read_by_theirs(tmp_path: Path) -> None:
+    """Chest CRs and ultrasounds in one burst: each goes to its model, with the findings one by one gives."""
+    ultrasound = bundle_for(tmp_path, "us-demo", ("US",))
+    names = ["RG1_UNCR.dcm", "US1_UNCR.dcm", "RG1_J2KR.dcm", "US1_J2KR.dcm"]
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE, ultrasound)
+    try:
+        alone = _run(tmp_path, registry, names, burst=1)
+        together = _run(tmp_path, registry, names, burst=8)
+    finally:
+        registry.close()
+    assert [status for status, _ in together] == ["done"] * 4
+    assert [results[0][1] for _, results in together] == ["cxr-reference", "us-demo"] * 2
+    assert _same(together, alone)
+    assert len({together[i][1][0][3] for i in (0, 2)}) == 1 and len({together[i][1][0][3] for i in (1, 3)}) == 1
+
+
+def test_decoders_by_default_follow_the_cores_and_the_memory() -> None:
+    """`imaging.decoders = 0`: one process per core but one, at least one; fewer where the memory would not hold
+    them at max_decode_mb + 100 MB each (a quarter of this machine's memory)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    memory_mb = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    assert auto_decoders(320) == max(1, min(16, cores - 1))
+    assert auto_decoders(memory_mb // 4 - 100) == 1, "the memory for one: one"
+    assert auto_decoders(65536) == 1, "at least one"
+    pool = DecoderPool(DecodeLimits(), workers=0, timeout_s=5)
+    try:
+        assert pool.workers == max(1, min(16, cores - 1))
+    finally:
+        pool.close()
