@@ -31,7 +31,10 @@ def launch(data_dir: Path, port: int, extra_env: dict[str, str] | None = None) -
         "EDGE_APP_SERVER_PORT": str(port),
         **(extra_env or {}),
     }
-    proc = subprocess.Popen([*EDGE_APP, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Its output to a file, not a pipe no one reads while it runs: a full pipe would stop the server mid-log.
+    log = data_dir.parent / f"serve-{port}.log"
+    with log.open("a") as out:
+        proc = subprocess.Popen([*EDGE_APP, "serve"], env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -40,7 +43,8 @@ def launch(data_dir: Path, port: int, extra_env: dict[str, str] | None = None) -
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                pytest.fail(f"server did not start: {proc.stdout.read() if proc.stdout else ''}")
+                proc.wait()
+                pytest.fail(f"server did not start: {log.read_text()}")
             time.sleep(0.1)
 
 
