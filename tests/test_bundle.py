@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_app.bundles.bundle import MANIFEST_NAME, load_bundle
+from edge_app.bundles.bundle import MANIFEST_NAME, load_bundle, read_manifest_of
 from edge_app.config import EMBEDDED_BUNDLE
 from edge_app.errors import BundleError
 
@@ -133,3 +133,21 @@ def test_a_written_manifest_reads_back_the_same(tmp_path: Path) -> None:
     assert text.startswith('{\n  "schema_version": 1,\n  "name": "cxr-reference",\n') and text.endswith("}\n")
     with pytest.raises(dataclasses.FrozenInstanceError):
         bundle.sha256 = "0" * 64  # type: ignore[misc]
+
+
+def test_a_results_manifest_is_read_only_where_its_bytes_are_the_bundles(tmp_path: Path) -> None:
+    """A result's card: the manifest whose sha256 is the bundle's; another, a missing folder, one that does not
+    parse (its own sha256 given) or a folder in its place: none."""
+    import hashlib
+
+    sha = hashlib.sha256((EMBEDDED_BUNDLE / MANIFEST_NAME).read_bytes()).hexdigest()
+    found = read_manifest_of(EMBEDDED_BUNDLE, sha)
+    assert found is not None and found.name == "cxr-reference"
+    assert read_manifest_of(EMBEDDED_BUNDLE, "0" * 64) is None and read_manifest_of(EMBEDDED_BUNDLE, "f" * 64) is None
+    assert read_manifest_of(tmp_path / "gone", sha) is None
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / MANIFEST_NAME).write_bytes(b'{"name": ')
+    assert read_manifest_of(broken, hashlib.sha256(b'{"name": ').hexdigest()) is None
+    (tmp_path / "folder" / MANIFEST_NAME).mkdir(parents=True)
+    assert read_manifest_of(tmp_path / "folder", sha) is None
