@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 Precision = Literal["fp32", "fp16", "int8"]
 RECOMMENDED_CALIBRATION_IMAGES = 500
 REFERENCE_IMAGES = 8
+AT_RISK = 32  # validation images the fallback's ranking counts flips on, at least
 T = TypeVar("T")
 
 
@@ -369,11 +370,14 @@ def _int8(
     before = fidelity.predict(reference, spec.input, spec.output, n, validation.tensors)
     after = fidelity.predict(candidate, spec.input, spec.output, n, validation.tensors)
     # Only an image whose FP32 margin to a threshold is within the first try's largest difference can flip: the
-    # ranking's candidates are counted on those (on all of them if none is that close).
+    # ranking's candidates are counted on those that flipped and the nearest others, AT_RISK in all (fewer images,
+    # quicker candidates), or on every image if none is that close.
     margin = np.abs(before - threshold).min(axis=1)
-    near = margin <= float(np.abs(after - before).max())
-    at_risk = validation.tensors[near] if near.any() else validation.tensors
-    reference_at_risk = before[near] if near.any() else before
+    flipped_first = ((before >= threshold) != (after >= threshold)).any(axis=1)
+    order = np.lexsort((margin, ~flipped_first))  # the flipped first, then by margin
+    near = order[margin[order] <= float(np.abs(after - before).max())][: max(AT_RISK, int(flipped_first.sum()))]
+    at_risk = validation.tensors[near] if len(near) else validation.tensors
+    reference_at_risk = before[near] if len(near) else before
     computed = [node for node in quantize.computed_in_int8(candidate) if node not in keep]  # the guard's stay
     budget = max(1, math.ceil(settings.max_fallback_share * len(computed)))
 
@@ -404,13 +408,13 @@ def _int8(
     report["fallback"]["ranked"] = [
         {"node": node, "flips": f, "mean_abs_diff": d, "sqnr_rank": sensitive.index(node)} for node, f, d in ranked
     ]
-    order = [node for node, _, _ in ranked]
-    if not order:
+    nodes = [node for node, _, _ in ranked]
+    if not nodes:
         return report
     rounds = settings.max_fallback_rounds
-    sizes = sorted({min(2**r, budget, len(order)) for r in range(rounds - 1)} | {min(budget, len(order))})
+    sizes = sorted({min(2**r, budget, len(nodes)) for r in range(rounds - 1)} | {min(budget, len(nodes))})
     for attempt, size in enumerate(sizes, start=2):
-        excluded[:] = order[:size]
+        excluded[:] = nodes[:size]
         fallback = report["fallback"]
         report = gated(attempt)
         report["fallback"] = fallback

@@ -56,15 +56,16 @@ def to_int8(
 
     For TensorRT, activations are symmetric signed INT8 and biases stay float: TensorRT refuses non-zero zero
     points and quantizes biases itself. With a `cache` (a file path), the tensors' ranges are computed once and
-    read back on the next call (onnxruntime's own calibration cache): the fallback's many candidates differ only
-    in the nodes they keep in FP32, never in their ranges."""
+    read back on the next call (onnxruntime's own calibration cache), and the pre-processed graph kept beside it: the
+    fallback's many candidates differ only in the nodes they keep in FP32, never in their ranges."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
     tensorrt = settings.target == "tensorrt"
     with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
+        prepared = cache.with_suffix(".prepared.onnx") if cache is not None else Path(tmp) / "prepared.onnx"
         try:
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+            if not prepared.exists():  # with a cache, pre-processed once too
+                quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
             quantize_static(
                 str(prepared),
                 str(out_path),
