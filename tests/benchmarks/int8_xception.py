@@ -9,7 +9,8 @@ every BatchNorm as Sub/Mul/Add after its Conv, NHWC/NCHW Transposes around every
 dynamo=True, external_data=True)`). The trained ONNX is kept in --work and reused. Then `edge-convert build
 --precision int8` with the default spec (only the target changes) calibrates on the train split and gates on the
 200 test images; printed: decision agreement, max difference, CPU speed-up over the cleaned FP32 graph, nodes kept
-in FP32, passed or refused. The network need not be good; it must be trained and of this size.
+in FP32, passed or refused. The network need not be good; it must be trained and of this size (its head is
+refitted on its features: see `refit_head`).
 """
 
 from __future__ import annotations
@@ -137,7 +138,37 @@ def train_and_export(work: Path, epochs: int) -> Path:
         output_names=["probs"],
         dynamic_shapes=({0: torch.export.Dim("batch")},),
     )
+    refit_head(model, images.tensors, y.numpy())
     return model
+
+
+def refit_head(model: Path, x: np.ndarray, y: np.ndarray) -> None:
+    """The dense head refitted on the trained backbone's pooled features (scikit-learn's logistic regression, all but
+    unregularized, classes balanced), written into the exported graph's Gemm. Two CPU epochs leave 164 of the 200
+    test images' softmax within 0.01 of 0.5, where any difference at all flips a decision (INT8 then fails however
+    it is made); refitted, 6 are within 0.02, as a trained network's outputs spread."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+    from sklearn.linear_model import LogisticRegression
+
+    graph = onnx.load(str(model))
+    gemm = next(node for node in graph.graph.node if node.op_type == "Gemm")
+    probe = onnx.load(str(model))
+    probe.graph.output.append(onnx.ValueInfoProto(name=gemm.input[0]))
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    features = np.concatenate(
+        [session.run([gemm.input[0]], {"input_1": x[i : i + 16]})[0] for i in range(0, len(x), 16)]
+    )
+    fit = LogisticRegression(C=1e4, class_weight="balanced", max_iter=5000).fit(features, y)
+    weights = {init.name: init for init in graph.graph.initializer}
+    w = np.stack([np.zeros(features.shape[1]), fit.coef_[0]]).astype(np.float32)
+    weights[gemm.input[1]].CopyFrom(numpy_helper.from_array(w, gemm.input[1]))
+    weights[gemm.input[2]].CopyFrom(
+        numpy_helper.from_array(np.array([0.0, fit.intercept_[0]], np.float32), gemm.input[2])
+    )
+    (model.parent / f"{model.name}.data").unlink()
+    onnx.save(graph, str(model), save_as_external_data=True, location=f"{model.name}.data")
 
 
 def main() -> int:
