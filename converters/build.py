@@ -394,7 +394,12 @@ def _int8(
         flipped = int(((probs >= threshold) != (reference_at_risk >= threshold)).any(axis=1).sum())
         return flipped, float(np.abs(probs - reference_at_risk).mean())
 
-    report["fallback"] = {"computed_in_int8": len(computed), "budget": budget, "images_at_risk": len(at_risk)}
+    report["fallback"] = {
+        "computed_in_int8": len(computed),
+        "budget": budget,
+        "images_flipped_first": int(flipped_first.sum()),
+        "images_at_risk": len(at_risk),
+    }
     try:
         sensitive = steps.run("find sensitive nodes", pool, lambda nodes: f"{len(nodes)} node(s) by SQNR")
         ranked = steps.run(

@@ -1043,6 +1043,7 @@ def test_the_fallback_keeps_first_the_node_whose_fp32_undoes_the_flipped_decisio
     assert _notes(steps, "fidelity gate, try 1")[0].startswith("FAILED: agreement 0."), "INT8 flips decisions"
     ranked = report["fallback"]["ranked"]
     assert report["nodes_kept_fp32"] == [ranked[0]["node"]] == ["Add_0"] and ranked[0]["flips"] == 0
+    assert report["fallback"]["images_flipped_first"] >= 1
     assert ranked[0]["sqnr_rank"] > 0, "the SQNR ranking did not put it first"
     assert all(entry["flips"] >= 1 for entry in ranked[1:]), "no other node undoes the flips"
     assert _notes(steps, "INT8 QDQ, try 2") == ["minmax, 1 node(s) kept in FP32"]

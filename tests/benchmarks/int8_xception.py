@@ -194,6 +194,15 @@ def main() -> int:
             f"{', speed-up not gated: measured on the GPU' if target == 'tensorrt' else ''})",
             flush=True,
         )
+        if "fallback" in r:
+            f = r["fallback"]
+            best = ", ".join(f"{e['node']} {e['flips']}" for e in f.get("ranked", [])[:3])
+            print(
+                f"    {f['computed_in_int8']} nodes computed in INT8, budget {f['budget']}, "
+                f"{f.get('images_flipped_first', '?')} images flipped at the first try, {f['images_at_risk']} at "
+                f"risk; fewest flips with one node in FP32: {best}",
+                flush=True,
+            )
         if not r["passed"]:
             print("   ", "; ".join(r["failures"]), flush=True)
     return 0
