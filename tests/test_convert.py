@@ -123,7 +123,7 @@ def test_broken_calibration_is_refused_and_writes_nothing(nih_split: dict[str, P
         )
     report = info.value.report
     assert not report["passed"] and report["failures"]
-    assert len(report["nodes_kept_fp32"]) == 2, "the per-node fallback was tried"
+    assert len(report["nodes_kept_fp32"]) == report["fallback"]["budget"] > 0, "one try, the whole budget kept"
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".int8")], "no half-written bundle"
 
