@@ -145,8 +145,9 @@ def train_and_export(work: Path, epochs: int) -> Path:
 def refit_head(model: Path, x: np.ndarray, y: np.ndarray) -> None:
     """The dense head refitted on the trained backbone's pooled features (scikit-learn's logistic regression, all but
     unregularized, classes balanced), written into the exported graph's Gemm. Two CPU epochs leave 164 of the 200
-    test images' softmax within 0.01 of 0.5, where any difference at all flips a decision (INT8 then fails however
-    it is made); refitted, 6 are within 0.02, as a trained network's outputs spread."""
+    test images' softmax within 0.01 of 0.5, where any difference at all flips a decision; refitted, 6 are within
+    0.02, but the weights that separate 421 images in 2048 features amplify any feature error (see
+    docs/model-engineer.md)."""
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
