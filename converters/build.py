@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 Precision = Literal["fp32", "fp16", "int8"]
 RECOMMENDED_CALIBRATION_IMAGES = 500
 REFERENCE_IMAGES = 8
+AT_RISK = 32  # validation images the fallback's ranking counts flips on, at least
 T = TypeVar("T")
 
 
@@ -339,45 +341,90 @@ def _int8(
             len(calibration.names),
             RECOMMENDED_CALIBRATION_IMAGES,
         )
+    settings = spec.calibration
+    cache = candidate.parent / "calibration-ranges.json"  # calibrated once, every try reads the same ranges
     excluded: list[str] = []
-    report = fidelity.GateReport()
-    for attempt in range(spec.calibration.max_fallback_rounds + 1):
+
+    def quantized(kept: list[str], out: Path) -> None:
+        quantize.to_int8(fp32, out, spec.input.name, calibration.tensors, settings, [*keep, *kept], cache)
+
+    def gated(attempt: int) -> fidelity.GateReport:
         steps.run(
-            f"INT8 QDQ, try {attempt + 1}",
-            lambda: quantize.to_int8(
-                fp32, candidate, spec.input.name, calibration.tensors, spec.calibration, [*keep, *excluded]
-            ),
-            lambda _: f"{spec.calibration.method}, {len(excluded)} node(s) kept in FP32",
+            f"INT8 QDQ, try {attempt}",
+            lambda: quantized(excluded, candidate),
+            lambda _: f"{settings.method}, {len(excluded)} node(s) kept in FP32",
         )
         report = _gate(
-            steps,
-            reference,
-            candidate,
-            spec,
-            validation,
-            truth,
-            int8_of=fp32,
-            label=f"fidelity gate, try {attempt + 1}",
+            steps, reference, candidate, spec, validation, truth, int8_of=fp32, label=f"fidelity gate, try {attempt}",
             probe=probe,
-        )
+        )  # fmt: skip
         report["nodes_kept_fp32"] = list(excluded)
-        report["calibration"] = {"method": spec.calibration.method, "n_images": len(calibration.names)}
-        if report["passed"] or attempt == spec.calibration.max_fallback_rounds:
-            break
-        count = 2 ** (attempt + 1)  # 2, 4, 8, ... more nodes kept in FP32 each round
+        report["calibration"] = {"method": settings.method, "n_images": len(calibration.names)}
+        return report
 
-        def sensitive(count: int = count) -> list[str]:
-            sample = calibration.tensors[:32]
-            return quantize.most_sensitive_nodes(candidate, spec.input.name, sample, count, set(excluded))
+    report = gated(1)
+    if report["passed"] or settings.max_fallback_rounds == 0:
+        return report
+    n = len(spec.labels)
+    threshold = np.array([spec.threshold_map()[label] for label in spec.labels])
+    before = fidelity.predict(reference, spec.input, spec.output, n, validation.tensors)
+    after = fidelity.predict(candidate, spec.input, spec.output, n, validation.tensors)
+    # Only an image whose FP32 margin to a threshold is within the first try's largest difference can flip: the
+    # ranking's candidates are counted on those that flipped and the nearest others, AT_RISK in all (fewer images,
+    # quicker candidates), or on every image if none is that close.
+    margin = np.abs(before - threshold).min(axis=1)
+    flipped_first = ((before >= threshold) != (after >= threshold)).any(axis=1)
+    order = np.lexsort((margin, ~flipped_first))  # the flipped first, then by margin
+    near = order[margin[order] <= float(np.abs(after - before).max())][: max(AT_RISK, int(flipped_first.sum()))]
+    at_risk = validation.tensors[near] if len(near) else validation.tensors
+    reference_at_risk = before[near] if len(near) else before
+    computed = [node for node in quantize.computed_in_int8(candidate) if node not in keep]  # the guard's stay
+    budget = max(1, math.ceil(settings.max_fallback_share * len(computed)))
 
-        try:
-            more = steps.run("find sensitive nodes", sensitive, lambda nodes: ", ".join(nodes) or "none left")
-        except ModelError as exc:  # the fallback cannot go on: the last gate's numbers are the answer
-            report.fail(f"the fallback stopped: {exc}")
-            more = []
-        if not more:
+    def pool() -> list[str]:
+        """Twice the budget: worst SQNR first, then the nodes whose output has no Q/DQ pair of its own to judge."""
+        sample = calibration.tensors[:32]
+        ranked = quantize.most_sensitive_nodes(candidate, spec.input.name, sample, len(computed), set(keep))
+        return [*ranked, *(node for node in computed if node not in ranked)][: 2 * budget]
+
+    def flips(kept: list[str]) -> tuple[int, float]:
+        trial = candidate.parent / "trial.onnx"
+        quantize.to_int8(fp32, trial, spec.input.name, calibration.tensors, settings, kept, cache)
+        probs = fidelity.predict(trial, spec.input, spec.output, n, at_risk)
+        flipped = int(((probs >= threshold) != (reference_at_risk >= threshold)).any(axis=1).sum())
+        return flipped, float(np.abs(probs - reference_at_risk).mean())
+
+    report["fallback"] = {
+        "computed_in_int8": len(computed),
+        "budget": budget,
+        "images_flipped_first": int(flipped_first.sum()),
+        "images_at_risk": len(at_risk),
+    }
+    try:
+        sensitive = steps.run("find sensitive nodes", pool, lambda nodes: f"{len(nodes)} node(s) by SQNR")
+        ranked = steps.run(
+            "rank by decision flips",
+            lambda: quantize.rank_by_decisions(sensitive, flips, keep),
+            lambda r: ", ".join(f"{node} ({flipped} flips)" for node, flipped, _ in r[:4]) or "none left",
+        )
+    except ModelError as exc:  # the fallback cannot go on: the first gate's numbers are the answer
+        report.fail(f"the fallback stopped: {exc}")
+        return report
+    report["fallback"]["ranked"] = [
+        {"node": node, "flips": f, "mean_abs_diff": d, "sqnr_rank": sensitive.index(node)} for node, f, d in ranked
+    ]
+    nodes = [node for node, _, _ in ranked]
+    if not nodes:
+        return report
+    rounds = settings.max_fallback_rounds
+    sizes = sorted({min(2**r, budget, len(nodes)) for r in range(rounds - 1)} | {min(budget, len(nodes))})
+    for attempt, size in enumerate(sizes, start=2):
+        excluded[:] = nodes[:size]
+        fallback = report["fallback"]
+        report = gated(attempt)
+        report["fallback"] = fallback
+        if report["passed"]:
             break
-        excluded.extend(more)
     return report
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,18 +50,22 @@ def to_int8(
     calibration: NDArray[np.generic],
     settings: Calibration,
     exclude: list[str],
+    cache: Path | None = None,
 ) -> None:
     """Static post-training INT8, QDQ format, per-channel symmetric weights, calibrated on real images.
 
     For TensorRT, activations are symmetric signed INT8 and biases stay float: TensorRT refuses non-zero zero
-    points and quantizes biases itself."""
+    points and quantizes biases itself. With a `cache` (a file path), the tensors' ranges are computed once and
+    read back on the next call (onnxruntime's own calibration cache), and the pre-processed graph kept beside it: the
+    fallback's many candidates differ only in the nodes they keep in FP32, never in their ranges."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
     tensorrt = settings.target == "tensorrt"
     with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
+        prepared = cache.with_suffix(".prepared.onnx") if cache is not None else Path(tmp) / "prepared.onnx"
         try:
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+            if not prepared.exists():  # with a cache, pre-processed once too
+                quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
             quantize_static(
                 str(prepared),
                 str(out_path),
@@ -72,6 +77,7 @@ def to_int8(
                 calibrate_method=getattr(CalibrationMethod, _METHODS[settings.method]),
                 nodes_to_exclude=exclude,
                 extra_options={"ActivationSymmetric": tensorrt, "WeightSymmetric": True, "QuantizeBias": not tensorrt},
+                calibration_cache_path=cache,
             )
         except Exception as exc:
             raise ModelError(f"INT8 quantization failed: {exc}") from None
@@ -123,6 +129,30 @@ def most_sensitive_nodes(
         if len(picked) == count:
             break
     return picked
+
+
+def computed_in_int8(qdq_path: Path) -> list[str]:
+    """The nodes of the QDQ graph that compute on dequantized inputs: what the fallback could keep in FP32."""
+    import onnx
+
+    nodes = onnx.load(str(qdq_path), load_external_data=False).graph.node
+    dequantized = {out for node in nodes if node.op_type == "DequantizeLinear" for out in node.output}
+    return [
+        node.name
+        for node in nodes
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") and dequantized.intersection(node.input)
+    ]
+
+
+def rank_by_decisions(
+    pool: list[str], flips: Callable[[list[str]], tuple[int, float]], keep: list[str]
+) -> list[tuple[str, int, float]]:
+    """The `pool`'s nodes ordered by the gate's own criterion: the decisions that still flip when that node alone
+    (beside `keep`) is left in FP32, fewest first, ties by the mean probability difference, then by the pool's
+    order. `flips(excluded)` quantizes with those nodes in FP32 and counts on the validation images."""
+    scored = [(node, *flips([*keep, node])) for node in pool]
+    order = {node: i for i, node in enumerate(pool)}
+    return sorted(scored, key=lambda item: (item[1], item[2], order[item[0]]))
 
 
 def quantized_nodes(qdq_path: Path) -> int:

@@ -35,7 +35,20 @@ class Calibration(BaseModel):
         description="tensorrt: symmetric signed INT8, zero points 0, float biases (what TensorRT's explicit "
         "quantization takes); onnxruntime: UInt8 activations and INT32 biases (the CPU's fast path)",
     )
-    max_fallback_rounds: int = Field(3, ge=0, le=10)
+    max_fallback_rounds: int = Field(
+        3,
+        ge=0,
+        le=10,
+        description="gated tries after the first: 1, 2, 4... of the ranked nodes kept in FP32, the last try the "
+        "whole budget",
+    )
+    max_fallback_share: float = Field(
+        0.25,
+        gt=0.0,
+        le=1.0,
+        description="the fallback's budget: at most this share of the nodes the INT8 graph computes on quantized "
+        "inputs may be kept in FP32 (so it follows the graph's size); twice as many are ranked by decision flips",
+    )
 
 
 class Spec(BaseModel):

@@ -20,6 +20,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,39 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "nih-cxr14-sample"
 sys.path.insert(0, str(ROOT / "tests"))
 from support.bundles import KERAS_SPEC  # noqa: E402
+
+
+def nih_folders(work: Path) -> tuple[Path, Path, dict[str, bool]]:
+    """The NIH sample's train and test splits as folders of links under `work`, and each image's label (abnormal)."""
+    split = {r["image"]: r["split"] for r in csv.DictReader((DATA / "split.csv").open())}
+    labels = {r["Image Index"]: r["No Finding"] == "0" for r in csv.DictReader((DATA / "labels.csv").open())}
+    for which in ("train", "test"):
+        folder = work / which
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, part in split.items():
+            if part == which and not (folder / name).exists():
+                (folder / name).symlink_to(DATA / "images" / name)
+    return work / "train", work / "test", labels
+
+
+def keras_bn(bn: Any) -> Any:
+    """A trained BatchNorm2d as Keras on torch exports it: Sub, Mul, Add with [1, C, 1, 1] constants."""
+    import torch
+    from torch import nn
+
+    class KerasBN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            c = bn.num_features
+            self.register_buffer("mean", bn.running_mean.detach().reshape(1, c, 1, 1).clone())
+            scale = bn.weight.detach() / torch.sqrt(bn.running_var.detach() + bn.eps)
+            self.register_buffer("scale", scale.reshape(1, c, 1, 1).clone())
+            self.register_buffer("beta", bn.bias.detach().reshape(1, c, 1, 1).clone())
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return (t - self.mean) * self.scale + self.beta
+
+    return KerasBN()
 
 
 def train_and_export(work: Path, epochs: int) -> Path:
@@ -40,32 +74,10 @@ def train_and_export(work: Path, epochs: int) -> Path:
     spec_path = work / "spec.toml"
     spec_path.write_text(KERAS_SPEC.replace('"keras-style"', '"ds-keras-style"'))
     spec = load_spec(spec_path)
-    split = {r["image"]: r["split"] for r in csv.DictReader((DATA / "split.csv").open())}
-    labels = {r["Image Index"]: r["No Finding"] == "0" for r in csv.DictReader((DATA / "labels.csv").open())}
-    train_dir = work / "train"
-    test_dir = work / "test"
-    for folder, which in ((train_dir, "train"), (test_dir, "test")):
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, part in split.items():
-            if part == which and not (folder / name).exists():
-                (folder / name).symlink_to(DATA / "images" / name)
+    train_dir, _, labels = nih_folders(work)
     images = load_images(train_dir, spec.input, spec.preprocessing)
     x = torch.from_numpy(images.tensors)
     y = torch.tensor([int(labels[n]) for n in images.names])
-
-    class KerasBN(nn.Module):
-        """BatchNorm as Keras on torch exports it: Sub, Mul, Add with [1, C, 1, 1] constants."""
-
-        def __init__(self, bn: nn.BatchNorm2d) -> None:
-            super().__init__()
-            c = bn.num_features
-            self.register_buffer("mean", bn.running_mean.detach().reshape(1, c, 1, 1).clone())
-            scale = bn.weight.detach() / torch.sqrt(bn.running_var.detach() + bn.eps)
-            self.register_buffer("scale", scale.reshape(1, c, 1, 1).clone())
-            self.register_buffer("beta", bn.bias.detach().reshape(1, c, 1, 1).clone())
-
-        def forward(self, t: torch.Tensor) -> torch.Tensor:
-            return (t - self.mean) * self.scale + self.beta
 
     class Block(nn.Module):
         """A conv + BatchNorm + ReLU in NHWC, transposed around the conv as a Keras export is."""
@@ -124,7 +136,7 @@ def train_and_export(work: Path, epochs: int) -> Path:
     net.eval()
     for block in net.modules():
         if isinstance(block, Block):
-            block.bn = KerasBN(block.bn)  # type: ignore[arg-type]
+            block.bn = keras_bn(block.bn)
     model = work / "model.onnx"
     torch.onnx.export(
         net,

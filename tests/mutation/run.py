@@ -470,18 +470,6 @@ EQUIVALENT = {
         "NOT equivalent, listed as beyond a test: 199 or 201 timed runs move the median by less than the "
         "timing's own noise"
     ),
-    ("for attempt in range(spec.calibration.max_fallback_rounds + 1):", "core/NumberReplacer"): (
-        "one more in the range is never reached: the last round breaks (`attempt == max_fallback_rounds`); one "
-        "less is killed by the rounds' test"
-    ),
-    (
-        'if report["passed"] or attempt == spec.calibration.max_fallback_rounds:',
-        "core/ReplaceComparisonOperator_Eq_GtE",
-    ): ("attempt runs to max_fallback_rounds and no further (the range's last): >= is =="),
-    (
-        'if report["passed"] or attempt == spec.calibration.max_fallback_rounds:',
-        "core/ReplaceComparisonOperator_Eq_Is",
-    ): ("CPython keeps one object per small int (max_fallback_rounds is 0 to 10): `is` is =="),
     ("if report and inputs.validation", "core/ReplaceAndWithOr"): (
         "a gate report exists exactly when validation images were given: `or` and `and` agree"
     ),
