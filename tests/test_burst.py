@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from edge_app.config import EMBEDDED_BUNDLE, Settings, WorkerSettings
 from edge_app.imaging import DecodeLimits
 from edge_app.imaging.header import read_header
-from edge_app.imaging.sandbox import DecoderPool, auto_decoders
+from edge_app.imaging.sandbox import DecoderPool, auto_decoders, codec_threads
 from edge_app.inference.registry import Registry
 from edge_app.inference.worker import Worker
 from edge_app.store import Store
@@ -173,3 +174,10 @@ def test_decoders_by_default_follow_the_cores_and_the_memory() -> None:
         assert pool.workers == max(1, min(16, cores - 1))
     finally:
         pool.close()
+
+
+def test_openjpeg_s_threads_share_the_cores_among_the_decoders() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert codec_threads(1) == cores, "one decoder: every core for a codestream's code-blocks"
+    assert codec_threads(cores) == 1 and codec_threads(4 * cores) == 1
+    assert codec_threads(0) == cores

@@ -28,7 +28,7 @@ from edge_app.imaging import DecodeLimits, decode
 from edge_app.imaging.decode import Wanted
 from edge_app.imaging.prepare import PREVIEW_LEAST_SIDE
 from edge_app.imaging.sandbox import DecoderPool
-from support.dicom import dicom_file
+from support.dicom import dicom_file, noisy_j2k
 
 pytestmark = pytest.mark.system
 
@@ -204,20 +204,27 @@ def _status_kb(pid: int, key: str) -> int:
     raise AssertionError(key)
 
 
-def test_an_image_over_its_time_is_stopped_and_the_next_one_decodes(manifest: Manifest, nih_png: Path) -> None:
+def test_an_image_over_its_time_is_stopped_and_the_next_one_decodes(
+    manifest: Manifest, nih_png: Path, tmp_path: Path
+) -> None:
+    """Decoded whole (the diagnostic view: no reduced resolution), 2500 px of JPEG 2000 noise takes a second."""
+    slow = tmp_path / "slow.dcm"
+    slow.write_bytes(noisy_j2k(2500))
     decoders = DecoderPool(DecodeLimits(), timeout_s=0.3)
     try:
         decoders.prepare(nih_png, "warm.png", manifest)  # the child has started
         with pytest.raises(ImageRejected, match=r"decoding took longer than 0.3 s and was stopped"):
-            decoders.prepare(dicom_file("RG1_J2KR.dcm"), "slow.dcm", manifest)  # about 0.5 s here
+            decoders.full_depth(slow, "slow.dcm")
         assert decoders.prepare(nih_png, "next.png", manifest).batch.shape == (1, 1, 64, 64)
     finally:
         decoders.close()
 
 
-def test_a_decoder_that_dies_costs_one_image(manifest: Manifest, nih_png: Path) -> None:
-    """A native crash, played by SIGKILL to the decoder process in the middle of a JPEG 2000 decode."""
+def test_a_decoder_that_dies_costs_one_image(manifest: Manifest, nih_png: Path, tmp_path: Path) -> None:
+    """A native crash, played by SIGKILL to the decoder process in the middle of a JPEG 2000 decode (whole)."""
     decoders = DecoderPool(DecodeLimits(), timeout_s=30)
+    slow = tmp_path / "slow.dcm"
+    slow.write_bytes(noisy_j2k(2500))
     try:
         decoders.prepare(nih_png, "warm.png", manifest)
         workers = [p for p in _children() if "resource_tracker" not in _cmdline(p)]
@@ -230,7 +237,7 @@ def test_a_decoder_that_dies_costs_one_image(manifest: Manifest, nih_png: Path) 
         killer = threading.Thread(target=kill_soon)
         killer.start()
         with pytest.raises(ImageRejected, match=r"the image decoder crashed on this file \(killed by SIGKILL\)"):
-            decoders.prepare(dicom_file("RG1_J2KR.dcm"), "crash.dcm", manifest)
+            decoders.full_depth(slow, "crash.dcm")
         killer.join()
         assert decoders.prepare(nih_png, "next.png", manifest).batch.shape == (1, 1, 64, 64)
     finally:
