@@ -97,6 +97,7 @@ def test_axe_core_finds_no_violation_on_any_page(served: str, tmp_path: Path, ax
             def check(page: Any, path: str, ready: Callable[[], None] = lambda: None) -> None:
                 """The page loaded once, then axe-core at each size (the viewport resized: the page's layout is
                 the stylesheet's, for that width, on the same document)."""
+                page.set_viewport_size({"width": SIZES[0][0], "height": SIZES[0][1]})
                 page.goto(base + path)
                 ready()
                 for width, height in SIZES:

@@ -15,6 +15,7 @@ import pytest
 
 from support.data import ROOT
 from support.dicom import dicom_file
+from support.processes import server_log
 from support.tools import EDGE_APP
 
 pytestmark = pytest.mark.system
@@ -152,7 +153,8 @@ def test_sigterm_drains_and_exits_cleanly(
     with urllib.request.urlopen(req, timeout=60) as resp:
         assert resp.status == 201
     proc.terminate()
-    out, _ = proc.communicate(timeout=60)
+    proc.wait(timeout=60)
+    out = server_log(tmp_path / "data", free_port).read_text()
     assert proc.returncode == 0, out
     assert "edge_app: stopped" in out and "Traceback" not in out
 

@@ -175,7 +175,7 @@ def test_a_hung_worker_stops_feeding_the_watchdog_20_of_20(notify_socket: socket
     from edge_app.store import Store
     from support.dicom import noisy_j2k
 
-    slow = noisy_j2k(3500)
+    slow = noisy_j2k(3500)  # its half-resolution level on one openjpeg thread: over the watchdog's 0.6 s
     caught = 0
     for attempt in range(20):
         data = tmp_path / f"data{attempt}"
@@ -184,6 +184,7 @@ def test_a_hung_worker_stops_feeding_the_watchdog_20_of_20(notify_socket: socket
             "EDGE_APP_STORAGE_DATA_DIR": str(data),
             "EDGE_APP_WORKER_IDLE_S": "0.05",
             "WATCHDOG_USEC": "600000",
+            "OPJ_NUM_THREADS": "1",
         }
         proc = subprocess.Popen([*EDGE_APP, "worker"], env=env, stderr=subprocess.DEVNULL)
         try:

@@ -22,6 +22,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def server_log(data_dir: Path, port: int) -> Path:
+    """Where `launch` writes the output of the server it started on `data_dir` and `port`."""
+    return data_dir.parent / f"serve-{port}.log"
+
+
 def launch(data_dir: Path, port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """Start a real `edge-app serve` on a data directory and port (and extra environment variables); returns
     once it answers /health."""
@@ -32,7 +37,7 @@ def launch(data_dir: Path, port: int, extra_env: dict[str, str] | None = None) -
         **(extra_env or {}),
     }
     # Its output to a file, not a pipe no one reads while it runs: a full pipe would stop the server mid-log.
-    log = data_dir.parent / f"serve-{port}.log"
+    log = server_log(data_dir, port)
     with log.open("a") as out:
         proc = subprocess.Popen([*EDGE_APP, "serve"], env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60

@@ -3,11 +3,9 @@
 "use strict";
 
 // An <img> once loaded (its load event before the page's: the browser's scroll to #review sees the viewer sized).
+// decode(): no load event to miss, whenever the image came in (before or after this script ran); it rejects on error.
 function loaded(img) {
-  return img.complete && img.naturalWidth ? Promise.resolve(img) : new Promise((resolve, reject) => {
-    img.addEventListener("load", () => resolve(img), {once: true});
-    img.addEventListener("error", reject, {once: true});
-  });
+  return img.complete && img.naturalWidth ? Promise.resolve(img) : img.decode().then(() => img);
 }
 
 function loadImage(url) {
