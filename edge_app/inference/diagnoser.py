@@ -197,50 +197,40 @@ class Diagnoser:
         model: dict[str, str],
         index: int,
     ) -> Diagnosis:
-        """Image `index` of a batch's outputs read with its manifest: findings, heatmaps, the guard's verdict."""
+        """Image `index` of a batch's outputs read with its manifest: findings, heatmaps, the guard's verdict; a
+        failure there is this image's alone."""
         try:
-            return self._findings(p, prepared, timings, outputs, model, index)
-        except Exception as exc:
-            return self._refused(p.source, exc)
-
-    def _findings(
-        self,
-        p: Pending,
-        prepared: Prepared,
-        timings: dict[str, float],
-        outputs: Outputs,
-        model: dict[str, str],
-        index: int,
-    ) -> Diagnosis:
-        manifest, source = p.manifest, p.source
-        check = guard_check(manifest, outputs, index)
-        if check is not None and check.outside:
+            manifest, source = p.manifest, p.source
+            check = guard_check(manifest, outputs, index)
+            if check is not None and check.outside:
+                return Diagnosis(
+                    source,
+                    "outside",
+                    model,
+                    reason=outside_reason(manifest.reads(), check),
+                    reason_kind="outside",
+                    guard=check,
+                    metadata=prepared.metadata,
+                    timings_ms=timings,
+                    preview=prepared.preview,
+                )
+            found = findings(manifest, outputs, index)
+            positive = sorted((f for f in found if f.positive), key=lambda f: -f.probability)  # only where found
+            maps = [heatmap(manifest, outputs, f.label, index) for f in positive]
             return Diagnosis(
                 source,
-                "outside",
+                "ok",
                 model,
-                reason=outside_reason(manifest.reads(), check),
-                reason_kind="outside",
+                findings=found,
+                heatmaps=[m for m in maps if m is not None],
+                triage=triage_score(found),
                 guard=check,
                 metadata=prepared.metadata,
                 timings_ms=timings,
                 preview=prepared.preview,
             )
-        found = findings(manifest, outputs, index)
-        positive = sorted((f for f in found if f.positive), key=lambda f: -f.probability)  # only where found
-        maps = [heatmap(manifest, outputs, f.label, index) for f in positive]
-        return Diagnosis(
-            source,
-            "ok",
-            model,
-            findings=found,
-            heatmaps=[m for m in maps if m is not None],
-            triage=triage_score(found),
-            guard=check,
-            metadata=prepared.metadata,
-            timings_ms=timings,
-            preview=prepared.preview,
-        )
+        except Exception as exc:
+            return self._refused(p.source, exc)
 
 
 def outside_reason(reads: str, check: GuardCheck) -> str:
