@@ -63,6 +63,53 @@ def keras_bn(bn: Any) -> Any:
     return KerasBN()
 
 
+def fit(net: Any, opt: Any, x: Any, y: Any, epochs: int, batch_size: int) -> None:
+    """`opt` on class-weighted NLL with horizontal flips, printing each epoch's loss and time."""
+    import time
+
+    import torch
+    from torch import nn
+
+    weight = torch.tensor([1.0, float((y == 0).sum()) / float((y == 1).sum())])
+    for epoch in range(epochs):
+        net.train()
+        order = torch.randperm(len(x))
+        total, t0 = 0.0, time.monotonic()
+        for i in range(0, len(x), batch_size):
+            idx = order[i : i + batch_size]
+            batch = x[idx]
+            if torch.rand(1).item() < 0.5:
+                batch = torch.flip(batch, dims=[2])
+            loss = nn.functional.nll_loss(torch.log(net(batch) + 1e-7), y[idx], weight=weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(idx)
+        print(f"epoch {epoch + 1}: loss {total / len(x):.3f} ({time.monotonic() - t0:.0f} s)", flush=True)
+    net.eval()
+
+
+def export_keras_style(net: Any, block: type, x: Any, work: Path) -> Path:
+    """Each `block`'s BatchNorm as Keras on torch exports it, then torch.onnx dynamo with external data."""
+    import torch
+
+    for module in net.modules():
+        if isinstance(module, block):
+            module.bn = keras_bn(module.bn)
+    model = work / "model.onnx"
+    torch.onnx.export(
+        net,
+        (x[:2],),
+        str(model),
+        dynamo=True,
+        external_data=True,
+        input_names=["input_1"],
+        output_names=["probs"],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+    )
+    return model
+
+
 def train_and_export(work: Path, epochs: int) -> Path:
     import torch
     from torch import nn
@@ -117,38 +164,8 @@ def train_and_export(work: Path, epochs: int) -> Path:
 
     net = Net()
     opt = torch.optim.Adam(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    weight = torch.tensor([1.0, float((y == 0).sum()) / float((y == 1).sum())])
-    for epoch in range(epochs):
-        net.train()
-        order = torch.randperm(len(x))
-        total = 0.0
-        for i in range(0, len(x), 32):
-            idx = order[i : i + 32]
-            batch = x[idx]
-            if torch.rand(1).item() < 0.5:
-                batch = torch.flip(batch, dims=[2])
-            loss = nn.functional.nll_loss(torch.log(net(batch) + 1e-7), y[idx], weight=weight)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss) * len(idx)
-        print(f"epoch {epoch + 1}: loss {total / len(x):.3f}", flush=True)
-    net.eval()
-    for block in net.modules():
-        if isinstance(block, Block):
-            block.bn = keras_bn(block.bn)
-    model = work / "model.onnx"
-    torch.onnx.export(
-        net,
-        (x[:2],),
-        str(model),
-        dynamo=True,
-        external_data=True,
-        input_names=["input_1"],
-        output_names=["probs"],
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
-    )
-    return model
+    fit(net, opt, x, y, epochs, 32)
+    return export_keras_style(net, Block, x, work)
 
 
 def build(work: Path, model: Path, spec: Path, name: str, extra: str, train: Path, test: Path) -> dict[str, object]:

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from int8_depthwise import KERAS_SPEC, build, keras_bn, nih_folders
+from int8_depthwise import KERAS_SPEC, build, export_keras_style, fit, nih_folders
 
 
 def train_and_export(work: Path, epochs: int) -> Path:
@@ -106,38 +105,8 @@ def train_and_export(work: Path, epochs: int) -> Path:
 
     net = Xception()
     print(f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f} M parameters", flush=True)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    weight = torch.tensor([1.0, float((y == 0).sum()) / float((y == 1).sum())])
-    for epoch in range(epochs):
-        net.train()
-        order = torch.randperm(len(x))
-        total, t0 = 0.0, time.monotonic()
-        for i in range(0, len(x), 16):
-            idx = order[i : i + 16]
-            batch = x[idx]
-            if torch.rand(1).item() < 0.5:
-                batch = torch.flip(batch, dims=[2])
-            loss = nn.functional.nll_loss(torch.log(net(batch) + 1e-7), y[idx], weight=weight)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss) * len(idx)
-        print(f"epoch {epoch + 1}: loss {total / len(x):.3f} ({time.monotonic() - t0:.0f} s)", flush=True)
-    net.eval()
-    for block in net.modules():
-        if isinstance(block, Conv):
-            block.bn = keras_bn(block.bn)
-    model = work / "model.onnx"
-    torch.onnx.export(
-        net,
-        (x[:2],),
-        str(model),
-        dynamo=True,
-        external_data=True,
-        input_names=["input_1"],
-        output_names=["probs"],
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
-    )
+    fit(net, torch.optim.Adam(net.parameters(), lr=1e-3), x, y, epochs, 16)
+    model = export_keras_style(net, Conv, x, work)
     refit_head(model, images.tensors, y.numpy())
     return model
 
