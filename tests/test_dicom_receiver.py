@@ -22,7 +22,7 @@ from pynetdicom import AE, StoragePresentationContexts
 from edge_app.config import Settings
 from edge_app.service import Service
 from edge_app.web import create_app, services
-from support.dicom import cr_and_us_files, dicom_file
+from support.dicom import cr_and_us_files, dicom_file, htj2k_cr
 from support.tools import dcmtk
 
 pytestmark = pytest.mark.system
@@ -92,15 +92,19 @@ def test_every_cr_and_us_file_arrives_and_gets_its_status(
         assert image["source"].startswith("dicom:MODALITY@127.0.0.1")
 
 
+@pytest.mark.parametrize("encoding", ["jpeg-2000", "htj2k-lossless", "htj2k"])
 def test_a_jpeg_2000_chest_cr_is_decoded_no_larger_than_its_uses_and_whole_on_demand(
-    app: Flask, api_client: Callable[[Flask], FlaskClient], auth: Any, browser: FlaskClient
+    app: Flask, api_client: Callable[[Flask], FlaskClient], auth: Any, browser: FlaskClient, encoding: str
 ) -> None:
-    """The lossless JPEG 2000 chest CR (1955x1841) C-STOREd: the model and the tablet's preview get its
-    half-resolution level (978x921, the codestream's own), its full size is what the store says, and the
-    diagnostic view decodes it whole when a clinician asks."""
+    """The chest CR (1955x1841) C-STOREd as lossless JPEG 2000, and as lossless and lossy HTJ2K of another
+    encoder (OpenJPH): the model and the tablet's preview get its half-resolution level (978x921, the codestream's
+    own), its full size is what the store says, and the diagnostic view decodes it whole when a clinician asks."""
     from PIL import Image
 
-    ds = pydicom.dcmread(dicom_file("RG1_J2KR.dcm"))
+    if encoding == "jpeg-2000":
+        ds = pydicom.dcmread(dicom_file("RG1_J2KR.dcm"))
+    else:
+        ds = htj2k_cr(lossless=encoding == "htj2k-lossless")
     assert _send(_port(app), [ds]) == [0x0000]
     study = api_client(app).get(f"/api/v1/studies/{ds.StudyInstanceUID}").get_json()
     (image,) = study["images"]

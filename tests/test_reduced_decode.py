@@ -21,7 +21,7 @@ from edge_app.imaging.codestream import j2k_levels
 from edge_app.imaging.decode import Wanted, j2k_values, reduction
 from edge_app.imaging.prepare import PREVIEW_LEAST_SIDE, prepare, wanted
 from edge_app.runtime.onnx import OnnxRuntimeRunner
-from support.dicom import dicom_file
+from support.dicom import dicom_bytes, dicom_file, htj2k_cr
 
 pytestmark = pytest.mark.unit
 
@@ -200,6 +200,37 @@ def test_the_models_decisions_from_the_reduced_decode_are_the_full_decodes(name:
         p_reduced, p_full = (
             probabilities(manifest.output, len(manifest.labels), runner.infer(batch)[manifest.output.name])[0]
             for batch in (prepared.batch, full)
+        )
+    np.testing.assert_array_equal(p_reduced >= thresholds, p_full >= thresholds)
+    assert np.abs(p_reduced - p_full).max() < 0.01
+
+
+@pytest.mark.parametrize("lossless", [True, False], ids=["htj2k-lossless", "htj2k"])
+def test_an_htj2k_cr_of_another_encoder_is_decoded_at_its_half_level(lossless: bool) -> None:
+    """The chest CR re-encoded as HTJ2K by OpenJPH: its own header's levels read, its values unreduced exactly
+    pydicom's, the model and the preview given its half level (978x921) with its full size said, the same picture
+    as the full decode, and the model's decisions those of the full decode."""
+    ds = htj2k_cr(lossless)
+    frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+    levels = j2k_levels(frame)
+    assert (levels.rows, levels.columns, levels.levels, levels.signed) == (1955, 1841, 5, False)
+    np.testing.assert_array_equal(j2k_values(frame, levels, 0, 0), ds.pixel_array)
+    data = dicom_bytes(ds)
+    manifest = load_bundle(EMBEDDED_BUNDLE).manifest
+    prepared = prepare(data, "htj2k", DecodeLimits(), manifest)
+    assert prepared.preview is not None and prepared.preview.shape == (978, 921)
+    assert (prepared.metadata["rows"], prepared.metadata["columns"]) == (1955, 1841)
+    full = decode(data).pixels
+    assert full.shape == (1955, 1841)
+    half = np.asarray(Image.fromarray(full, mode="F").resize((921, 978), Image.Resampling.BOX))
+    reduced = decode(data, wanted=wanted(manifest)).pixels
+    assert np.abs(half - reduced).mean() < 0.01
+    bundle = load_bundle(EMBEDDED_BUNDLE)
+    thresholds = np.asarray([manifest.thresholds[label] for label in manifest.labels])
+    with OnnxRuntimeRunner(bundle) as runner:
+        p_reduced, p_full = (
+            probabilities(manifest.output, len(manifest.labels), runner.infer(batch)[manifest.output.name])[0]
+            for batch in (prepared.batch, preprocess(full, manifest.input, manifest.preprocessing))
         )
     np.testing.assert_array_equal(p_reduced >= thresholds, p_full >= thresholds)
     assert np.abs(p_reduced - p_full).max() < 0.01

@@ -59,6 +59,9 @@ TRANSFER_SYNTAXES = [
     uid.JPEGLSNearLossless,
     uid.JPEG2000Lossless,
     uid.JPEG2000,
+    uid.HTJ2KLossless,
+    uid.HTJ2KLosslessRPCL,
+    uid.HTJ2K,
     uid.RLELossless,
 ]
 # What a PACS sends with a study besides images (a re-sent study holds the box's own SR): kept, never diagnosed.

@@ -2,12 +2,14 @@
 
     python tests/benchmarks/reduced_decode.py [BUNDLE_DIR] [--nih N]
 
-Defaults: the embedded reference bundle. Images: every JPEG 2000 CR and US file of pydicom-data, and N NIH
+Defaults: the embedded reference bundle. Images: every JPEG 2000 CR and US file of pydicom-data, its chest CR
+re-encoded as HTJ2K (lossless and lossy, by OpenJPH through imagecodecs: another encoder than openjpeg), and N NIH
 ChestX-ray14 images (the test split's first, 1024 px PNGs) as the CR a PACS sends: doubled to 2048 px (bicubic),
-12 bits, JPEG 2000 lossless (at 1024 px the preview takes them whole: no reduction). Each is decoded full size and
-as the box decodes it (`prepare.wanted` of the bundle), preprocessed and run (intended use not checked: the
-ultrasound is not the model's, its outputs are compared all the same). Prints per set the decision agreement (every
-label's, at the bundle's thresholds), the largest probability difference and the median decode times.
+12 bits, JPEG 2000 lossless and HTJ2K lossless (at 1024 px the preview takes them whole: no reduction). Each is
+decoded full size and as the box decodes it (`prepare.wanted` of the bundle), preprocessed and run (intended use
+not checked: the ultrasound is not the model's, its outputs are compared all the same). Prints per set the
+decision agreement (every label's, at the bundle's thresholds), the largest probability difference and the median
+decode times.
 Target: agreement 1.0.
 """
 
@@ -37,19 +39,20 @@ from edge_app.imaging.preprocess import preprocess  # noqa: E402
 from edge_app.runtime.base import Runner  # noqa: E402
 from edge_app.runtime.onnx import OnnxRuntimeRunner  # noqa: E402
 from support.data import NIH  # noqa: E402
-from support.dicom import cr_and_us_files, dicom_bytes, dicom_file  # noqa: E402
+from support.dicom import cr_and_us_files, dicom_bytes, dicom_file, htj2k_cr  # noqa: E402
 
 
-def nih_as_j2k(png: Path) -> bytes:
-    """An NIH PNG as a 2048 px 12-bit JPEG 2000 lossless CR (pydicom-data's chest CR's header)."""
+def nih_as_j2k(png: Path, htj2k: bool = False) -> bytes:
+    """An NIH PNG as a 2048 px 12-bit JPEG 2000 (or HTJ2K) lossless CR (pydicom-data's chest CR's header)."""
+    import imagecodecs
     from openjpeg.utils import encode_array
     from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEG2000Lossless, generate_uid
+    from pydicom.uid import HTJ2KLossless, JPEG2000Lossless, generate_uid
 
     grey = Image.open(png).convert("L").resize((2048, 2048), Image.Resampling.BICUBIC)
     pixels = (np.asarray(grey, dtype=np.uint32) * 4095 // 255).astype(np.uint16)
     ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
-    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.file_meta.TransferSyntaxUID = HTJ2KLossless if htj2k else JPEG2000Lossless
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.Rows, ds.Columns = pixels.shape
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
@@ -57,7 +60,9 @@ def nih_as_j2k(png: Path) -> bytes:
     for keyword in ("WindowCenter", "WindowWidth"):
         if keyword in ds:
             delattr(ds, keyword)
-    ds.PixelData = encapsulate([encode_array(pixels, use_mct=False)])
+    codestream = imagecodecs.htj2k_encode(pixels) if htj2k else encode_array(pixels, use_mct=False)
+    ds.PixelData = encapsulate([codestream])
+    ds["PixelData"].is_undefined_length = True
     return dicom_bytes(ds)
 
 
@@ -91,7 +96,11 @@ def main() -> int:
         test = [row["image"] for row in csv.DictReader(fh) if row["split"] == "test"][: args.nih]
     sets: dict[str, list[tuple[str, bytes | Path]]] = {
         "pydicom-data JPEG 2000 CR and US": [(p.name, p) for p in j2k],
+        "pydicom-data chest CR as HTJ2K": [
+            (f"RG1 HTJ2K {kind}", dicom_bytes(htj2k_cr(kind == "lossless"))) for kind in ("lossless", "lossy")
+        ],
         f"NIH as 2048 px JPEG 2000 ({len(test)})": [(name, nih_as_j2k(NIH / "images" / name)) for name in test],
+        f"NIH as 2048 px HTJ2K ({len(test)})": [(name, nih_as_j2k(NIH / "images" / name, True)) for name in test],
     }
     print(f"{bundle.manifest.name} {bundle.manifest.version}; wanted {wanted(bundle.manifest)}")
     with OnnxRuntimeRunner(bundle) as runner:

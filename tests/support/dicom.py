@@ -57,3 +57,25 @@ def noisy_j2k(side: int) -> bytes:
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.PixelData = encapsulate([encode_array(pixels, use_mct=False)])
     return dicom_bytes(ds)
+
+
+def htj2k_cr(lossless: bool = True) -> Any:
+    """pydicom-data's chest CR (RG1_UNCR, 1955x1841, 15 bits) re-encoded as HTJ2K by another encoder than the
+    ones the box decodes with (OpenJPH, through imagecodecs), new UIDs: the data set, its transfer syntax HTJ2K
+    Lossless Only or HTJ2K."""
+    import imagecodecs
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import HTJ2K, HTJ2KLossless, generate_uid
+
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    codestream = imagecodecs.htj2k_encode(ds.pixel_array, reversible=lossless, level=None if lossless else 0.002)
+    ds.file_meta.TransferSyntaxUID = HTJ2KLossless if lossless else HTJ2K
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.PixelData = encapsulate([codestream])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True  # encapsulated: as pynetdicom sends it too
+    if not lossless:
+        ds.LossyImageCompression = "01"
+    return ds
