@@ -318,8 +318,8 @@ class WorkerSettings(_Section):
         8,
         ge=1,
         le=64,
-        description="queued images taken at once: decoded side by side, inferred in one batch where the model "
-        "takes batches",
+        description="queued images begun at once: decoded side by side, each recorded as soon as it is "
+        "diagnosed, those prepared together inferred in one batch where the model takes batches",
     )
     behind_s: float = Field(
         120.0,

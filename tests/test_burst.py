@@ -1,26 +1,32 @@
-"""Bursts through the real worker and store, with real images: the images queued are taken at once, decoded side by
-side and inferred in one batch where the model takes batches; the findings are those one image at a time gives, a
-bad image fails alone, and images of another model in the same burst are read by theirs."""
+"""Bursts through the real worker and store, with real images: the images queued are begun at once, decoded side by
+side, those prepared together inferred in one batch where the model takes batches, each recorded as soon as it is
+diagnosed; the findings are those one image at a time gives, a bad image fails alone, and images of another model
+in the same burst are read by theirs."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from edge_app.bundles.bundle import load_bundle
 from edge_app.config import EMBEDDED_BUNDLE, Settings, WorkerSettings
 from edge_app.imaging import DecodeLimits
 from edge_app.imaging.header import read_header
 from edge_app.imaging.sandbox import DecoderPool, auto_decoders, codec_threads
+from edge_app.inference.diagnoser import Diagnoser
 from edge_app.inference.registry import Registry
 from edge_app.inference.worker import Worker
+from edge_app.runtime import open_runner
 from edge_app.store import Store
 from support.bundles import bundle_for, bundle_variant
-from support.dicom import dicom_bytes, dicom_file
+from support.dicom import dicom_bytes, dicom_file, noisy_j2k
 
 pytestmark = pytest.mark.integration
 
@@ -28,14 +34,18 @@ CHESTS = ["RG1_UNCR.dcm", "RG1_J2KR.dcm", "RG1_UNCI.dcm", "RG1_J2KI.dcm"]
 
 
 def _registry(tmp_path: Path, *bundles: Path, decoders: int = 2) -> Registry:
+    """The bundles' registry, decoding in `decoders` processes; 0: in this process, each image when its model
+    finishes it (all of a window then prepared at once: one batch)."""
     settings = Settings.model_validate(
         {
             "storage": {"data_dir": str(tmp_path / "data")},
             "model": {"threads": 1, "bundle": str(bundles[0]), "extra_bundles": [str(b) for b in bundles[1:]]},
-            "imaging": {"decoders": decoders},
+            "imaging": {"decoders": decoders or 1},
         }
     )
-    return Registry.from_settings(settings)
+    if decoders:
+        return Registry.from_settings(settings)
+    return Registry([Diagnoser(load_bundle(b), open_runner(load_bundle(b), threads=1)) for b in bundles])
 
 
 def _queue(store: Store, name: str, data: bytes | None = None) -> int:
@@ -70,10 +80,7 @@ def _run(tmp_path: Path, registry: Registry, names: list[str], burst: int, bad: 
     if bad is not None:
         ids.insert(1, _queue(store, "bad.dcm", bad))
     worker = Worker(store, registry, WorkerSettings(burst=burst))
-    bursts = 0
-    while worker.run_once():
-        bursts += 1
-    assert bursts == -(-len(ids) // burst), "every burst full but the last"
+    assert worker.run_once() and not worker.run_once(), "one pass: the window refilled as images are recorded"
     return [_read(store, i) for i in ids]
 
 
@@ -88,18 +95,20 @@ def _same(read: list[Any], reference: list[Any]) -> bool:
     return True
 
 
-def test_a_burst_gives_the_findings_one_at_a_time_gives(tmp_path: Path) -> None:
-    """Four chest CRs (two JPEG 2000) in one burst: one batch (one inference time for all), the same probabilities
-    as one by one (to float32's precision)."""
-    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+@pytest.mark.parametrize("decoders", [0, 2])
+def test_a_burst_gives_the_findings_one_at_a_time_gives(tmp_path: Path, decoders: int) -> None:
+    """Four chest CRs (two JPEG 2000) in one burst: the same probabilities as one by one (to float32's precision);
+    prepared together (decoded in this process, when finished), one batch: one inference time for all."""
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE, decoders=decoders)
     try:
         alone = _run(tmp_path, registry, CHESTS, burst=1)
         together = _run(tmp_path, registry, CHESTS, burst=8)
     finally:
         registry.close()
     assert [status for status, _ in together] == ["done"] * 4 and _same(together, alone)
-    assert len({results[0][3] for _, results in together}) == 1, "one batch: one inference time"
     assert len({results[0][3] for _, results in alone}) == 4
+    if not decoders:
+        assert len({results[0][3] for _, results in together}) == 1, "one batch: one inference time"
 
 
 def test_a_model_with_a_fixed_batch_of_one_reads_a_burst_one_by_one(tmp_path: Path) -> None:
@@ -147,7 +156,7 @@ def test_images_of_another_model_in_the_same_burst_are_read_by_theirs(tmp_path: 
     """Chest CRs and ultrasounds in one burst: each goes to its model, with the findings one by one gives."""
     ultrasound = bundle_for(tmp_path, "us-demo", ("US",))
     names = ["RG1_UNCR.dcm", "US1_UNCR.dcm", "RG1_J2KR.dcm", "US1_J2KR.dcm"]
-    registry = _registry(tmp_path, EMBEDDED_BUNDLE, ultrasound)
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE, ultrasound, decoders=0)
     try:
         alone = _run(tmp_path, registry, names, burst=1)
         together = _run(tmp_path, registry, names, burst=8)
@@ -157,6 +166,53 @@ def test_images_of_another_model_in_the_same_burst_are_read_by_theirs(tmp_path: 
     assert [results[0][1] for _, results in together] == ["cxr-reference", "us-demo"] * 2
     assert _same(together, alone)
     assert len({together[i][1][0][3] for i in (0, 2)}) == 1 and len({together[i][1][0][3] for i in (1, 3)}) == 1
+
+
+def _when_done(store: Store, ids: list[int], timeout_s: float = 60) -> dict[int, float]:
+    """When each image's status first read as no longer queued, polled every 5 ms."""
+    done: dict[int, float] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(done) < len(ids) and time.monotonic() < deadline:
+        for i in ids:
+            if i not in done and store.image_status(i)[0] != "queued":
+                done[i] = time.monotonic()
+        time.sleep(0.005)
+    return done
+
+
+def test_an_image_is_recorded_without_waiting_for_a_slower_one_begun_beside_it(tmp_path: Path) -> None:
+    """A chest CR and, after it, a slow image (seconds of JPEG 2000) in one window of two decoders: the CR is
+    recorded while the slow one is still being decoded, not once the whole burst is."""
+    store = Store(tmp_path / "store")
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    try:
+        fast, slow = _queue(store, "RG1_UNCR.dcm"), _queue(store, "slow.dcm", noisy_j2k(3000))
+        running = threading.Thread(target=Worker(store, registry, WorkerSettings(burst=8)).run_once)
+        running.start()
+        done = _when_done(store, [fast, slow])
+        running.join()
+    finally:
+        registry.close()
+    assert set(done) == {fast, slow} and done[slow] - done[fast] > 0.5, "the CR recorded first, on its own"
+
+
+def test_an_image_queued_while_another_is_decoded_is_taken_by_a_free_decoder(tmp_path: Path) -> None:
+    """A slow image being decoded when a chest CR arrives: a free decoder takes the CR at once, and it is
+    recorded before the slow one (a burst claimed before the CR arrived would have made it wait)."""
+    store = Store(tmp_path / "store")
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    try:
+        slow = _queue(store, "slow.dcm", noisy_j2k(3000))
+        running = threading.Thread(target=Worker(store, registry, WorkerSettings(burst=8)).run_once)
+        running.start()
+        while store.query("SELECT state FROM jobs WHERE image_id = ?", (slow,))[0][0] != "running":
+            time.sleep(0.005)
+        fast = _queue(store, "RG1_UNCR.dcm")
+        done = _when_done(store, [fast, slow])
+        running.join()
+    finally:
+        registry.close()
+    assert set(done) == {fast, slow} and done[slow] - done[fast] > 0.5, "the CR taken and recorded meanwhile"
 
 
 def test_decoders_by_default_follow_the_cores_and_the_memory() -> None:

@@ -366,3 +366,40 @@ def test_between_jobs_waits_for_the_image_at_hand(tmp_path: Path, store: Store) 
         running.join()
     finally:
         registry.close()
+
+
+def test_a_model_change_waiting_keeps_the_worker_from_beginning_more(tmp_path: Path, store: Store) -> None:
+    """A model change waits (`between_jobs`) while an image is decoded: an image queued meanwhile is not begun
+    with the model about to leave; the change is made between the two, and the next pass reads it."""
+    import threading
+
+    from support.dicom import dicom_bytes, noisy_j2k
+
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    try:
+        digest, size = store.put_stream(io.BytesIO(noisy_j2k(3000)))  # seconds to decode
+        slow = store.add_image(digest, size, "slow.dcm", "test", read_header(store.file_path(digest), "x")).image_id
+        worker = Worker(store, registry)
+        running = threading.Thread(target=worker.run_once)
+        running.start()
+        while store.query("SELECT state FROM jobs WHERE image_id = ?", (slow,))[0][0] != "running":
+            time.sleep(0.005)
+        seen: list[tuple[str, str]] = []
+
+        def change() -> None:
+            with worker.between_jobs():
+                seen.append((store.image_status(slow)[0], store.image_status(later)[0]))
+
+        changing = threading.Thread(target=change)
+        changing.start()
+        time.sleep(0.3)  # the change now waits for the image at hand
+        ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()  # slow's is its
+        digest, size = store.put_stream(io.BytesIO(dicom_bytes(ds)))
+        later = store.add_image(digest, size, "a.dcm", "test", read_header(store.file_path(digest), "a")).image_id
+        changing.join(60)
+        running.join(60)
+        assert seen == [("outside", "queued")], "the image at hand (noise) finished, the one queued meanwhile not begun"
+        assert worker.run_once() and store.image_status(later)[0] == "done"
+    finally:
+        registry.close()

@@ -16,6 +16,7 @@ import resource
 import signal
 import threading
 from collections.abc import Callable
+from concurrent import futures
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -83,6 +84,18 @@ def _cgroup_limit_mb() -> int | None:
     return min(limits, default=None)
 
 
+class Later:
+    """An image started in a child (`DecoderPool.prepare_later`): `result` waits for it and answers as `prepare`
+    does; `settle` waits at most `timeout_s` for it to be answerable, and says whether it is."""
+
+    def __init__(self, answer: Callable[[], Prepared], future: Future[Any]) -> None:
+        self.result = answer
+        self._future = future
+
+    def settle(self, timeout_s: float | None = None) -> bool:
+        return not futures.wait([self._future], timeout_s).not_done
+
+
 class DecoderPool:
     """Prepares images in `workers` child processes (0: `auto_decoders`); safe to share between threads."""
 
@@ -104,18 +117,17 @@ class DecoderPool:
     def prepare(self, data: bytes | Path | str, source: str, manifest: Manifest) -> Prepared:
         """`prepare` in a child; a crash, a timeout or exhausted memory raises `ImageRejected` saying so. A pool
         whose children cannot even start raises `DecoderUnavailable` and is replaced for the next image."""
-        return self.prepare_later(data, source, manifest)()
+        return self.prepare_later(data, source, manifest).result()
 
-    def prepare_later(self, data: bytes | Path | str, source: str, manifest: Manifest) -> Callable[[], Prepared]:
-        """Start `prepare` in a child now (the children take the images started in turn, side by side); the
-        call returned waits for it and answers as `prepare` does."""
+    def prepare_later(self, data: bytes | Path | str, source: str, manifest: Manifest) -> Later:
+        """Start `prepare` in a child now (the children take the images started in turn, side by side)."""
         pool, future = self._start(_prepare_in_child, (data, source, self.limits, manifest))
 
         def answer() -> Prepared:
             prepared: Prepared = self._answer(pool, future, source)
             return prepared
 
-        return answer
+        return Later(answer, future)
 
     def view(self, data: bytes | Path | str, source: str) -> NDArray[np.uint8]:
         """`view` (the tablet's 8-bit preview) in a child, within the same limits, refused as `prepare` is."""

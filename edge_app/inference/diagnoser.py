@@ -43,6 +43,9 @@ class Pending:
     manifest: Manifest  # the thresholds it is read with, as they were when it began
     wait: Callable[[], Prepared]
     began: float
+    # Waits at most a timeout for `wait` to be able to answer at once, and says whether it is (prepared in this
+    # process: when waited for, so at once).
+    settle: Callable[[float | None], bool] = lambda timeout_s: True
 
 
 class Diagnoser:
@@ -130,11 +133,10 @@ class Diagnoser:
         if header_overruled and manifest.guard is not None:
             read_as = manifest.model_copy(update={"intended_use": IntendedUse()})
         began = time.perf_counter()
-        if self.decoder is not None:
-            wait = self.decoder.prepare_later(data, source, read_as)
-        else:
-            wait = partial(prepare, data, source, self.limits, read_as)
-        return Pending(source, manifest, wait, began)
+        if self.decoder is None:
+            return Pending(source, manifest, partial(prepare, data, source, self.limits, read_as), began)
+        later = self.decoder.prepare_later(data, source, read_as)
+        return Pending(source, manifest, later.result, began, later.settle)
 
     def finish(self, pending: Sequence[Pending], progress: Callable[[], None] | None = None) -> list[Diagnosis]:
         """The diagnoses of images begun, in their order: each waited for (`progress` called after each), those

@@ -1,12 +1,12 @@
-"""The inference worker: claim the jobs queued (a burst, up to `worker.burst`), route each image, diagnose them,
-record each outcome; then the next burst.
+"""The inference worker: claim the jobs queued, route each image, diagnose them, record each outcome.
 
-A burst's images are decoded side by side in the decoder processes and each model's are inferred in one batch
-where its runner takes batches (`Diagnoser.finish`): a PACS sending a study of sixty images keeps every decoder
-busy, and a lone image waits for no other. The only writer of results, in one transaction per image. A failure on
-one image fails that image with the reason and the worker goes on; a job claimed when the service died is claimed
-again once its lease runs out (the store's `claim_job`). What follows a recorded result (the outbox) is called
-after the record and cannot undo it.
+Up to `worker.burst` images are begun at once, decoded side by side in the decoder processes; each is recorded as
+soon as it is diagnosed, with those prepared beside it inferred in one batch where its model's runner takes batches
+(`Diagnoser.finish`), and the next queued image begun in its place: a PACS sending a study of sixty images keeps
+every decoder busy, and no image waits for the rest of its burst. The only writer of results, in one transaction
+per image. A failure on one image fails that image with the reason and the worker goes on; a job claimed when the
+service died is claimed again once its lease runs out (the store's `claim_job`). What follows a recorded result
+(the outbox) is called after the record and cannot undo it.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from edge_app.store import ImageStatus, Job, ModelResult, Outcome, Store
 from edge_app.system.background import Background
 
 log = logging.getLogger(__name__)
+_Begun = tuple[Job, Outcome | list[tuple[Diagnoser, Pending]]]  # a job claimed: its outcome, or its images begun
+_REFILL_S = 0.05  # while the first images of the window are decoded, the queue is looked at this often
 _IMAGE_STATUS: dict[ResultStatus, ImageStatus] = {
     "ok": "done",
     "outside": "outside",
@@ -62,7 +64,8 @@ class Worker:
         self.after_job = after_job  # a job's result recorded: tell a front in another process
         self._loop_thread = Background("edge-worker", self._loop)
         self._busy_since: float | None = None  # when the burst at hand last moved (claimed, an image prepared)
-        self._job = threading.Lock()  # held from a burst's claim to its last record
+        self._job = threading.Lock()  # held from a window's first claim to its last record
+        self._held = threading.Event()  # a model change waits: no job begun until it is made
 
     def start(self) -> None:
         self._loop_thread.start()
@@ -92,76 +95,105 @@ class Worker:
                 self._loop_thread.sleep(self.settings.idle_s)  # also catches jobs another process queued
 
     def run_once(self) -> bool:
-        """Process a burst: the jobs queued, up to `worker.burst`; False where none was waiting."""
-        done: list[tuple[Job, list[int]]] = []
+        """Work through the jobs queued: up to `worker.burst` images begun at once (decoded side by side), each
+        recorded as soon as it is diagnosed, with those prepared beside it (inferred in one batch where the model
+        takes batches), and the window refilled from the queue as they are recorded: the decoders never wait for
+        a record, nor an image for the rest of its burst. Until the queue is empty, or the worker stops, or a model
+        change waits (`between_jobs`): then what was begun is finished. False where no job was waiting."""
         with self._job:
             if self.before_job is not None:
                 self.before_job()
-            jobs = self._claim()
-            if not jobs:
+            window = self._begin_more([], first=True)
+            if not window:
                 return False
             try:
-                for job, outcome in zip(jobs, self._outcomes(jobs), strict=True):
-                    try:
-                        done.append((job, self.store.finish_job(job, outcome)))
-                    except Exception:  # its lease runs out and it is tried again; the others stand
-                        log.exception("worker: the outcome of image %d could not be recorded", job.image_id)
-                    self._moved()
+                while window:
+                    ready = self._ready(window)
+                    for (job, _), outcome in zip(ready, self._outcomes(ready), strict=True):
+                        self._record(job, outcome)
+                    window = [begun for begun in window if begun not in ready]
+                    window += self._begin_more(window)
             finally:
                 self._busy_since = None
-        for job, recorded in done:
-            if self.on_recorded is not None and recorded:
-                try:
-                    self.on_recorded(job, recorded)
-                except Exception:  # the diagnosis stands, recorded; only what it would have sent is missing
-                    log.exception("worker: the outputs of image %d could not be queued", job.image_id)
-            if self.after_job is not None:
-                self.after_job()
         return True
 
-    def _claim(self) -> list[Job]:
-        jobs: list[Job] = []
-        while len(jobs) < self.settings.burst:
+    def _begin_more(self, window: list[_Begun], first: bool = False) -> list[_Begun]:
+        """Jobs claimed from the queue and begun, as many as the window has room for; a claim that fails
+        raises for the `first` (the loop waits and tries again), else ends the claiming (the window goes on)."""
+        begun: list[_Begun] = []
+        if not first and (self._held.is_set() or self._loop_thread.stopping.is_set()):
+            return begun
+        while len(window) + len(begun) < self.settings.burst:
             try:
                 job = self.store.claim_job(self.settings.lease_s, self.settings.max_attempts)
             except Exception:
-                if not jobs:
+                if first and not begun:
                     raise
-                log.exception("worker: cannot claim more jobs; going on with %d", len(jobs))  # not held a lease
+                log.exception("worker: cannot claim more jobs; going on with those at hand")  # not held a lease
                 break
             if job is None:
                 break
-            jobs.append(job)
+            try:
+                plan = self._begin(job)
+            except Exception as exc:
+                plan = _internal(job, exc)
+            begun.append((job, plan))
             self._moved()
-        return jobs
+        return begun
+
+    def _ready(self, window: list[_Begun]) -> list[_Begun]:
+        """What is diagnosed next: every image of the window prepared by now, once one is (awaited in the order
+        they were begun). While none is, images queued meanwhile are begun (added to `window`): a free decoder takes
+        them at once."""
+        while True:
+            ready = [(job, plan) for job, plan in window if _settled(plan, 0)]
+            if ready:
+                return ready
+            if not _settled(window[0][1], _REFILL_S):  # an Outcome's would be ready above
+                window += self._begin_more(window)
+
+    def _record(self, job: Job, outcome: Outcome) -> None:
+        """One image's outcome recorded, then what follows it (the outbox, the front told)."""
+        try:
+            recorded = self.store.finish_job(job, outcome)
+        except Exception:  # its lease runs out and it is tried again; the others stand
+            log.exception("worker: the outcome of image %d could not be recorded", job.image_id)
+            return
+        finally:
+            self._moved()
+        if self.on_recorded is not None and recorded:
+            try:
+                self.on_recorded(job, recorded)
+            except Exception:  # the diagnosis stands, recorded; only what it would have sent is missing
+                log.exception("worker: the outputs of image %d could not be queued", job.image_id)
+        if self.after_job is not None:
+            self.after_job()
 
     def _moved(self) -> None:
         self._busy_since = self.clock()
 
     @contextmanager
     def between_jobs(self) -> Iterator[None]:
-        """Hold the worker between two jobs (the one at hand finished first): to change the models it uses."""
-        with self._job:
-            yield
+        """Hold the worker between two jobs (those begun finished first, none begun meanwhile): to change the
+        models it uses."""
+        self._held.set()
+        try:
+            with self._job:
+                yield
+        finally:
+            self._held.clear()
 
-    def _outcomes(self, jobs: list[Job]) -> list[Outcome]:
-        """Each job's outcome: every image begun in its models (decoded side by side), then each model's images
-        finished together (inferred in one batch)."""
-        plans: list[Outcome | list[tuple[Diagnoser, Pending]]] = []
-        for job in jobs:
-            try:
-                plans.append(self._begin(job))
-            except Exception as exc:
-                plans.append(_internal(job, exc))
+    def _outcomes(self, begun: list[_Begun]) -> list[Outcome]:
+        """Each job's outcome: each model's images begun finished together (inferred in one batch)."""
         waiting: dict[Diagnoser, list[Pending]] = {}
-        for plan in plans:
-            for diagnoser, begun in plan if isinstance(plan, list) else []:
-                waiting.setdefault(diagnoser, []).append(begun)
+        for _, plan in begun:
+            for diagnoser, begun_image in plan if isinstance(plan, list) else []:
+                waiting.setdefault(diagnoser, []).append(begun_image)
         diagnoses: dict[Pending, Diagnosis] = {}
         for diagnoser, pending in waiting.items():
             diagnoses.update(zip(pending, diagnoser.finish(pending, self._moved), strict=True))
         outcomes = []
-        for job, plan in zip(jobs, plans, strict=True):
+        for job, plan in begun:
             try:
                 outcome = plan if isinstance(plan, Outcome) else _combined([(d, diagnoses[p]) for d, p in plan])
             except Exception as exc:
@@ -201,6 +233,11 @@ class Worker:
         overruled = job.bundle_sha256 is not None
         # "image N": a file name may name a patient
         return [(d, d.begin(path, f"image {job.image_id}", header_overruled=overruled)) for d in diagnosers]
+
+
+def _settled(plan: Outcome | list[tuple[Diagnoser, Pending]], timeout_s: float) -> bool:
+    """Whether each image begun of a plan is prepared, after waiting at most `timeout_s` for each."""
+    return isinstance(plan, Outcome) or all(pending.settle(timeout_s) for _, pending in plan)
 
 
 def _combined(diagnoses: list[tuple[Diagnoser, Diagnosis]]) -> Outcome:
