@@ -41,10 +41,22 @@ def _diagnose_next(store: Store, *results: ModelResult) -> None:
 
 
 def test_durability_settings(tmp_path: Path) -> None:
+    """WAL, full sync, foreign keys enforced (on again after the migration turned them off), and the tables made
+    anew by version 7 (images, results) with their indexes, the unique SOP Instance UID among them."""
     store = Store(tmp_path)
     assert store.pragma("journal_mode") == "wal"
     assert store.pragma("synchronous") == 2  # FULL
     assert store.pragma("user_version") == 15
+    assert store.pragma("foreign_keys") == 1
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"), store.transaction() as db:
+        db.execute("INSERT INTO heatmaps VALUES (99, 0, 'x', 'y')")
+    indexes = {r[1]: r[2] for table in ("images", "results") for r in store.query(f"PRAGMA index_list({table})")}
+    assert {name: unique for name, unique in indexes.items() if not name.startswith("sqlite_")} == {
+        "images_study": 0,
+        "images_series": 0,
+        "images_sop": 1,
+        "results_image": 0,
+    }
     store.close()
 
 
@@ -377,6 +389,24 @@ def test_two_processes_opening_an_old_database_at_once_take_turns(tmp_path: Path
         store = Store(folder)
         assert store.pragma("user_version") == VERSION
         store.close()
+
+
+def test_a_version_that_would_leave_a_row_pointing_at_nothing_is_refused_by_its_number(tmp_path: Path) -> None:
+    """A version-13 database with a heatmap of a result that is not there: version 14 is refused, saying so, and
+    the database stays at version 13."""
+    db = sqlite3.connect(tmp_path / "edge-app.sqlite3", isolation_level=None)
+    for version, step in enumerate(MIGRATIONS[:13]):
+        db.execute("BEGIN")
+        step(db, "t")
+        db.execute(f"PRAGMA user_version = {version + 1}")
+        db.execute("COMMIT")
+    db.execute("INSERT INTO heatmaps VALUES (99, 0, 'x', 'y')")
+    db.close()
+    with pytest.raises(ConfigError, match=r": version 14 would leave 1 row\(s\) pointing at nothing$"):
+        Store(tmp_path)
+    db = sqlite3.connect(tmp_path / "edge-app.sqlite3")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 13
+    db.close()
 
 
 def test_a_database_of_a_newer_edge_app_is_refused_and_left_as_it_is(tmp_path: Path) -> None:

@@ -455,6 +455,57 @@ EQUIVALENT = {
     ('if self.runner == "triton" and not self.triton.url:', "core/ReplaceComparisonOperator_Eq_GtE"): (
         "the runner is one of auto, onnxruntime, tensorrt, triton (checked before): none sorts after triton"
     ),
+    # edge_app/bundles/findings.py
+    ('if activation == "sigmoid":', "core/ReplaceComparisonOperator_Eq_Is"): (
+        "pydantic gives back the Literal's own (interned) string: `is` compares it as `==` does"
+    ),
+    ('elif activation == "softmax":', "core/ReplaceComparisonOperator_Eq_Is"): (
+        "pydantic gives back the Literal's own (interned) string: `is` compares it as `==` does"
+    ),
+    ('elif activation == "softmax":  # across the labels, at each location', "core/ReplaceComparisonOperator_Eq_Is"): (
+        "pydantic gives back the Literal's own (interned) string: `is` compares it as `==` does"
+    ),
+    ('elif activation == "softmax":', "core/ReplaceComparisonOperator_Eq_GtE"): (
+        'the activation is sigmoid, softmax or none, sigmoid taken before: of the two left only "softmax" >= "softmax"'
+    ),
+    ('elif activation == "softmax":  # across the labels, at each location', "core/ReplaceComparisonOperator_Eq_GtE"): (
+        'the activation is sigmoid, softmax or none, sigmoid taken before: of the two left only "softmax" >= "softmax"'
+    ),
+    ('if self.status == "ok":', "core/ReplaceComparisonOperator_Eq_Is"): (
+        "a diagnosis's status is one of the literals its makers write (inference/diagnoser.py): interned, `is` is =="
+    ),
+    ("values = np.asarray(outputs[guard.output][index], dtype=np.float64).reshape(-1)", "core/NumberReplacer"): (
+        "numpy infers a size given as any negative number: reshape(-2) is reshape(-1) (-0 is killed)"
+    ),
+    (
+        "values = np.asarray(outputs[guard.output][index], dtype=np.float64).reshape(-1)",
+        "core/ReplaceUnaryOperator_USub_Invert",
+    ): "~1 is -2: numpy infers a size given as any negative number",
+    ("rows = scores.reshape(scores.shape[0], -1).astype(np.float64)", "core/NumberReplacer"): (
+        "numpy infers a size given as any negative number: reshape(n, -2) is reshape(n, -1) (the line's other "
+        "numbers are killed)"
+    ),
+    ("rows = scores.reshape(scores.shape[0], -1).astype(np.float64)", "core/ReplaceUnaryOperator_USub_Invert"): (
+        "~1 is -2: numpy infers a size given as any negative number"
+    ),
+    ("for label, p in zip(manifest.labels, probs, strict=True)", "core/ReplaceTrueWithFalse"): (
+        "probabilities refused a count of scores other than the labels' before: the two are of one length"
+    ),
+    ("e = np.exp(cam - cam.max(axis=0, keepdims=True))", "core/ReplaceTrueWithFalse"): (
+        "the leading axis reduced: (h, w) broadcasts over (labels, h, w) as (1, h, w) does"
+    ),
+    ("local = (e / e.sum(axis=0, keepdims=True))[k]", "core/ReplaceTrueWithFalse"): (
+        "the leading axis reduced: (h, w) broadcasts over (labels, h, w) as (1, h, w) does"
+    ),
+    # edge_app/store/schema.py
+    (
+        "sql = db.execute(\"SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?\", (table,)).fetchone()[0]",
+        "core/NumberReplacer",
+    ): "a one-column row",
+    ("r[0]", "core/NumberReplacer"): "a one-column row (the sql of sqlite_master's indexes)",
+    ('enforced = int(db.execute("PRAGMA foreign_keys").fetchall()[0][0])', "core/NumberReplacer"): (
+        "PRAGMA foreign_keys answers one row of one column: [-1] is [0] (the indexes past it, [1], are killed)"
+    ),
     # converters/build.py
     ('gated = spec.calibration.target == "onnxruntime"', "core/ReplaceComparisonOperator_Eq_Is"): (
         "pydantic validates a Literal field to the literal's own (interned) string: `is` and `==` agree"
