@@ -122,9 +122,13 @@ class ServerSettings(_Section):
     result_wait_s: float = Field(
         60.0, ge=0, le=3600, strict=True, description="how long POST /studies waits for the result (then 202)"
     )
-    threads: StrictInt = Field(16, ge=2, le=256, description="request-handling threads (2-256)")
+    threads: StrictInt = Field(32, ge=2, le=256, description="request-handling threads (2-256)")
     max_connections_per_peer: StrictInt = Field(
-        8, ge=1, le=255, description="connections one address may hold open; fewer than threads, so it never holds all"
+        16,
+        ge=1,
+        le=255,
+        description="requests one address may have in hand at once (idle connections not counted; two browsers "
+        "open 12); more are answered 503 with Retry-After; fewer than threads",
     )
     header_timeout_s: float = Field(
         5.0,

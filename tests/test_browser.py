@@ -359,3 +359,36 @@ def test_a_busy_day_on_the_worklist_by_touch_at_three_sizes(tablet_server: Table
         finally:
             browser.close()
     assert not errors, errors
+
+
+def test_two_tablets_behind_one_address_open_the_study_page_at_once(tablet_server: Tablet) -> None:
+    """Two browsers sharing one address (two tablets behind the clinic's NAT; Chromium opens up to 6 connections a
+    host in each) open the study page at the same moment, each having kept its connections from the worklist
+    alive: every script, style and image loads in both (issue 23: the server's cap per address closed one
+    unanswered, ERR_EMPTY_RESPONSE) and both viewers draw."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+    base, uid, _ = tablet_server
+    failed: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            pages = []
+            for _ in range(2):
+                page = browser.new_context(viewport={"width": 800, "height": 1280}, ignore_https_errors=True).new_page()
+                page.on("requestfailed", lambda r: failed.append(f"{r.url}: {r.failure}"))
+                page.on("response", lambda r: failed.append(f"{r.url}: {r.status}") if r.status >= 400 else None)
+                page.goto(base + "/login")
+                page.fill("#username", "dr-ade")
+                page.fill("#password", PASSWORD)
+                page.click("#login-form button[type=submit]")
+                page.wait_for_selector(f"tr[data-uid='{uid}']")
+                pages.append(page)
+            for page in pages:  # both at once: the second starts as the first's answer begins
+                page.goto(f"{base}/studies/{uid}", wait_until="commit")
+            for page in pages:
+                page.wait_for_load_state("load")
+            assert not failed, failed
+            for page in pages:
+                page.wait_for_selector(".viewer[data-drawn]")
+        finally:
+            browser.close()

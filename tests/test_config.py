@@ -279,7 +279,7 @@ def _setting(section: str, key: str, value: object) -> object:
 
 
 def test_one_peer_is_left_fewer_connections_than_there_are_threads(tmp_path: Path) -> None:
-    """server.threads 2 to 256, max_connections_per_peer 1 to 255 and fewer than threads (16 and 8 unless set)."""
+    """server.threads 2 to 256, max_connections_per_peer 1 to 255 and fewer than threads (32 and 16 unless set)."""
     cfg = tmp_path / "edge.toml"
 
     def server(threads: int, per_peer: int) -> Any:
@@ -287,7 +287,7 @@ def test_one_peer_is_left_fewer_connections_than_there_are_threads(tmp_path: Pat
         return load_settings(cfg, environ={}).server
 
     defaults = load_settings(environ={}).server
-    assert (defaults.threads, defaults.max_connections_per_peer) == (16, 8)
+    assert (defaults.threads, defaults.max_connections_per_peer) == (32, 16)
     assert (server(2, 1).threads, server(256, 255).max_connections_per_peer) == (2, 255)
     for threads, per_peer, message in [
         (1, 1, r"server\.threads: Input should be greater than or equal to 2"),

@@ -211,35 +211,60 @@ def test_the_handshake_and_the_request_head_have_a_deadline(free_port: int, http
     assert "Traceback" not in proc.communicate(timeout=20)[0]
 
 
-def test_one_peer_holds_at_most_max_connections_per_peer(tmp_path: Path, free_port: int, launch: Launch) -> None:
-    """With `server.max_connections_per_peer = 3`, a peer's fourth open connection is closed unanswered while
-    another peer is served; once the peer closes one, it may open another. Plain HTTP: no HSTS."""
-    proc = launch(tmp_path / "data", free_port, {"EDGE_APP_SERVER_MAX_CONNECTIONS_PER_PEER": "3"})
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_one_peer_holds_at_most_max_connections_per_peer(
+    scheme: str, tmp_path: Path, free_port: int, launch: Launch, https: Callable[..., Served]
+) -> None:
+    """With `server.max_connections_per_peer = 3`: a peer's kept-alive idle connections hold no worker and do not
+    count (a browser keeps 6); three holding workers (request heads coming slowly) do: the peer's next request is
+    answered 503 with Retry-After and Connection: close, not cut unanswered (a tablet's lost script), while another
+    peer is served; once one of the three closes, the peer is served again. Over TLS too (its handshake made by
+    the refusing thread)."""
+    limit = {"EDGE_APP_SERVER_MAX_CONNECTIONS_PER_PEER": "3"}
+    context: ssl.SSLContext | None = None
+    if scheme == "https":
+        context, proc = https(**limit)
+    else:
+        proc = launch(tmp_path / "data", free_port, limit)
 
-    def get(source: str) -> http.client.HTTPConnection:
-        conn = http.client.HTTPConnection("127.0.0.1", free_port, timeout=5, source_address=(source, 0))
+    def get(source: str, status: int = 200) -> http.client.HTTPConnection:
+        conn = (
+            http.client.HTTPSConnection("localhost", free_port, timeout=5, source_address=(source, 0), context=context)
+            if context
+            else http.client.HTTPConnection("127.0.0.1", free_port, timeout=5, source_address=(source, 0))
+        )
         conn.request("GET", "/api/v1/health")
         resp = conn.getresponse()
-        resp.read()
-        assert resp.status == 200 and resp.getheader("Strict-Transport-Security") is None
+        body = resp.read()
+        assert resp.status == status, (resp.status, body)
+        if status == 200:  # HSTS over HTTPS only
+            assert (resp.getheader("Strict-Transport-Security") is None) == (context is None)
+        if status == 503:
+            assert resp.getheader("Retry-After") == "1" and resp.will_close and b"reloads" in body
         return conn
 
     try:
-        held = [get(ATTACKER) for _ in range(3)]  # kept alive, open
-        with pytest.raises(ConnectionError):
-            get(ATTACKER)
+        idle = [get(ATTACKER) for _ in range(6)]  # kept alive, open, idle
+        busy = [_connect(free_port, context) for _ in range(3)]
+        for sock in busy:
+            assert sock is not None
+            sock.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")  # the rest of the head never comes
+        time.sleep(0.3)  # in their workers
+        get(ATTACKER, 503).close()
         get("127.0.0.1").close()
-        held.pop().close()
+        busy.pop().close()  # type: ignore[union-attr]
         deadline = time.monotonic() + 3
         while True:
             try:
-                held.append(get(ATTACKER))
+                get(ATTACKER).close()
                 break
-            except ConnectionError:
-                assert time.monotonic() < deadline, "a closed connection is no longer counted"
+            except AssertionError:
+                assert time.monotonic() < deadline, "a closed connection no longer holds a worker"
                 time.sleep(0.1)
-        for conn in held:
+        for conn in idle:
             conn.close()
+        for sock in busy:
+            sock.close()  # type: ignore[union-attr]
     finally:
         proc.terminate()
         proc.wait(timeout=20)

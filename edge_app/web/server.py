@@ -7,13 +7,17 @@ little of cheroot overridden as could be found (it has no setting for any of the
 - a worker reads the request head with a timeout on each read only: a header line every few seconds holds it
   for ever (slowloris). Here the handshake and each request head must arrive within `header_timeout_s`.
 - it takes any number of connections from one address, each holding a worker while it reads. Here one address
-  holds at most `max_connections_per_peer`, fewer than the threads: the others always find one free.
+  holds at most `max_connections_per_peer` workers, fewer than the threads: the others always find one free.
+  Only connections in a worker count: a browser's kept-alive idle ones hold none (two tablets behind the clinic's
+  NAT keep 12). One over the limit is answered 503 with Retry-After by a thread of its own, not closed unanswered
+  (a tablet's lost script).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import socket
 import ssl
 import threading
@@ -30,6 +34,17 @@ from edge_app.config import ServerSettings
 
 log = logging.getLogger(__name__)
 TLS12_SUITES = "ECDHE+AESGCM:ECDHE+CHACHA20"  # forward secrecy and AEAD only; TLS 1.3's suites all are both
+RETRY_AFTER_S = 1
+# Over the limit: a page the browser reloads (the API's clients read Retry-After); both languages, before any login.
+BUSY_PAGE = (
+    '<!doctype html><html lang="en"><meta charset="utf-8"><meta http-equiv="refresh" content="2"><title>Busy</title>'
+    "<p>Too many requests from this address at once: this page reloads in a moment.</p>"
+    '<p lang="fr">Trop de requêtes depuis cette adresse à la fois : la page se recharge dans un instant.</p>'
+).encode()
+BUSY = (
+    f"HTTP/1.1 503 Service Unavailable\r\nRetry-After: {RETRY_AFTER_S}\r\nContent-Type: text/html; charset=utf-8\r\n"
+    f"Content-Length: {len(BUSY_PAGE)}\r\nConnection: close\r\n\r\n"
+).encode() + BUSY_PAGE
 
 
 class _Request(HTTPRequest):
@@ -43,10 +58,19 @@ class _Request(HTTPRequest):
         finally:
             self.server.deadlines.done(self.conn)
 
+    def respond(self) -> None:
+        if not self.conn.refused:
+            super().respond()
+            return
+        self.close_connection = True
+        self.conn.wfile.write(BUSY)
+        self.conn.wfile.flush()
+
 
 class _Connection(HTTPConnection):
     RequestHandlerClass = _Request
-    counted = False  # against its peer's connections (see Server.process_conn)
+    counted = False  # holds one of its peer's workers (see Server.process_conn)
+    refused = False  # over its peer's limit: answered 503 (see _Refusals)
     due = 0.0  # the monotonic time its handshake and request head must be in by
 
     def communicate(self) -> bool:
@@ -111,6 +135,44 @@ class _Deadlines:
                     socket.socket.shutdown(conn.socket, socket.SHUT_RDWR)
 
 
+class _Refusals:
+    """Connections over their peer's limit, answered `BUSY` one at a time by a thread of their own, within the
+    request head's deadline: the pool's workers stay the others'. At most `size` wait; more are closed unanswered
+    (only an attacker comes that many). cheroot's own 503 thread (for a full queue) writes before reading the
+    request, which the client may then lose to a reset, and has no Retry-After."""
+
+    def __init__(self, size: int = 16) -> None:
+        self._queue: queue.Queue[_Connection | None] = queue.Queue(size)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="over-the-limit", daemon=True)
+
+    def offer(self, conn: _Connection) -> bool:
+        """Whether `conn` will be answered (else: close it)."""
+        try:
+            self._queue.put_nowait(conn)
+        except queue.Full:
+            return False
+        return True
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Those still waiting are closed unanswered."""
+        self._stopping = True
+        if self._thread.ident is not None:
+            self._queue.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        while (conn := self._queue.get()) is not None:
+            try:
+                if not self._stopping:
+                    conn.communicate()  # cheroot's: a failing peer is logged, never raised
+            finally:
+                conn.close()
+
+
 class _TLS(BuiltinSSLAdapter):
     """TLS 1.2 (the default context's minimum) and 1.3 with AEAD suites only; the handshake left to the worker."""
 
@@ -139,35 +201,44 @@ class Server(wsgi.Server):
         if tls is not None:
             self.ssl_adapter = _TLS(*tls)
         self.deadlines = _Deadlines(settings.header_timeout_s)
+        self.refusals = _Refusals()
         self.max_per_peer = settings.max_connections_per_peer
-        self._open: Counter[str] = Counter()
+        self._busy: Counter[str] = Counter()  # workers held, by peer
         self._lock = threading.Lock()
 
     def prepare(self) -> None:
         super().prepare()
         self.deadlines.start()
+        self.refusals.start()
 
     def stop(self) -> None:
         super().stop()
+        self.refusals.stop()  # before the deadlines: they cut its reading short
         self.deadlines.stop()
 
     def process_conn(self, conn: _Connection) -> None:
-        """Every connection cheroot accepts, and every one with a next request, on its way to a worker: a new one
-        from a peer holding `max_per_peer` already is closed instead."""
-        if not conn.counted:
-            with self._lock:
-                conn.counted = self._open[conn.remote_addr] < self.max_per_peer
-                if conn.counted:
-                    self._open[conn.remote_addr] += 1
-            if not conn.counted:
-                log.debug("%s: closed, %d connections open from there already", conn.remote_addr, self.max_per_peer)
-                conn.close()
-                return
-        super().process_conn(conn)
+        """Every connection cheroot accepts, and every kept-alive one with a next request, on its way to a worker:
+        one from a peer holding `max_per_peer` workers already goes to the refusals instead."""
+        with self._lock:
+            conn.counted = self._busy[conn.remote_addr] < self.max_per_peer
+            if conn.counted:
+                self._busy[conn.remote_addr] += 1
+        if conn.counted:
+            super().process_conn(conn)
+            return
+        log.debug("%s: over the limit, %d requests in hand from there already", conn.remote_addr, self.max_per_peer)
+        conn.refused = True
+        if not self.refusals.offer(conn):
+            conn.close()
+
+    def put_conn(self, conn: _Connection) -> None:
+        """A kept-alive connection back to cheroot's selector, waiting idle: it holds no worker."""
+        self.release(conn)
+        super().put_conn(conn)
 
     def release(self, conn: _Connection) -> None:
-        """A connection closed (cheroot may close one twice)."""
+        """A connection out of its worker: idle or closed (cheroot may close one twice)."""
         with self._lock:
             if conn.counted:
                 conn.counted = False
-                self._open -= Counter({conn.remote_addr: 1})  # a peer down to none is dropped
+                self._busy -= Counter({conn.remote_addr: 1})  # a peer down to none is dropped

@@ -5,8 +5,12 @@
 Starts `edge-app serve` holding one study (a CR chest image of pydicom-data, received like any other), then loads
 the worklist and that study's page in Debian's Chromium (Playwright) with the CPU slowed 4x (Chrome DevTools'
 CPU throttling), each load in a fresh browser context (nothing cached, as on a tablet that was asleep). Prints,
-per page, the bytes transferred and the time from navigation to the page ready (the worklist's rows; the study's
-image drawn in its viewer): p50 and p95. Targets: under 500 KB and under 1 s.
+per page, the bytes transferred and the time from navigation to the page ready (the worklist's rows painted; the
+study's image drawn in its viewer): p50 and p95. Targets: under 500 KB and under 1 s.
+
+The time is the page's own clock (navigation start to first contentful paint, or to the viewer's draw): the
+harness's wall time beside it (`wall`) also holds Playwright's own script, injected into each page to find the
+selector and run on the throttled CPU too (70-190 ms measured by a trace here), and its polling.
 """
 
 from __future__ import annotations
@@ -56,33 +60,44 @@ def main() -> int:
             )
             with urllib.request.urlopen(req, timeout=120) as resp:
                 uid = json.load(resp)["uid"]
-            pages = {"worklist": ("/", "tr[data-uid]"), "study": (f"/studies/{uid}", ".viewer[data-drawn]")}
-            results: dict[str, tuple[list[int], list[float]]] = {name: ([], []) for name in pages}
+            pages = {
+                "worklist": ("/", "tr[data-uid]", FIRST_PAINT),
+                "study": (f"/studies/{uid}", ".viewer[data-drawn]", DRAWN),
+            }
+            results: dict[str, tuple[list[float], list[float], list[float]]] = {name: ([], [], []) for name in pages}
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=chromium, args=ARGS)
                 for _ in range(args.loads):
-                    for name, (path, ready) in pages.items():
-                        size, seconds = _load(browser, base, path, ready, args.throttle)
-                        results[name][0].append(size)
-                        results[name][1].append(seconds)
+                    for name, (path, ready, clock) in pages.items():
+                        size, seconds, wall = _load(browser, base, path, ready, clock, args.throttle)
+                        for figures, figure in zip(results[name], (size, seconds, wall), strict=True):
+                            figures.append(figure)
                 browser.close()
         finally:
             proc.terminate()
             proc.wait(timeout=30)
     print(f"{args.loads} cold loads each, CPU throttled {args.throttle:g}x, localhost network")
     print(f"target: p50 under {TARGET_BYTES // 1000} KB and under {TARGET_S:g} s")
-    print(f"{'page':10} {'KB p50':>8} {'KB p95':>8} {'s p50':>7} {'s p95':>7}")
+    print(f"{'page':10} {'KB p50':>8} {'KB p95':>8} {'s p50':>7} {'s p95':>7} {'wall p50':>9} {'wall p95':>9}")
     ok = True
-    for name, (sizes, times) in results.items():
+    for name, (sizes, times, walls) in results.items():
         kb = np.percentile(sizes, [50, 95]) / 1000
         s = np.percentile(times, [50, 95])
+        waited = np.percentile(walls, [50, 95])
         ok &= kb[0] * 1000 < TARGET_BYTES and s[0] < TARGET_S
-        print(f"{name:10} {kb[0]:8.0f} {kb[1]:8.0f} {s[0]:7.2f} {s[1]:7.2f}")
+        print(f"{name:10} {kb[0]:8.0f} {kb[1]:8.0f} {s[0]:7.2f} {s[1]:7.2f} {waited[0]:9.2f} {waited[1]:9.2f}")
     return 0 if ok else 1
 
 
-def _load(browser: object, base: str, path: str, ready: str, throttle: float) -> tuple[int, float]:
-    """One cold load of `path` in a new, logged-in context: (bytes received, seconds until `ready` shows)."""
+# The page's own milliseconds from navigation start to ready: its first paint (the worklist's rows come in its
+# HTML), the viewer's first draw (viewer.js stamps it with Date.now()).
+FIRST_PAINT = "performance.getEntriesByName('first-contentful-paint')[0].startTime"
+DRAWN = "Number(document.querySelector('.viewer').dataset.drawn) - performance.timeOrigin"
+
+
+def _load(browser: object, base: str, path: str, ready: str, clock: str, throttle: float) -> tuple[int, float, float]:
+    """One cold load of `path` in a new, logged-in context: (bytes received, seconds to ready by the page's clock
+    `clock`, seconds until the harness saw `ready`)."""
     context = browser.new_context(viewport={"width": 800, "height": 1280})  # type: ignore[attr-defined]
     page = context.new_page()
     page.goto(base + "/login")
@@ -98,12 +113,13 @@ def _load(browser: object, base: str, path: str, ready: str, throttle: float) ->
     received: list[int] = []
     cdp.on("Network.loadingFinished", lambda event: received.append(int(event["encodedDataLength"])))
     t0 = time.perf_counter()
-    page.goto(base + path)
+    page.goto(base + path, wait_until="commit")
     page.wait_for_selector(ready)
-    seconds = time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    seconds = float(page.evaluate(clock)) / 1000
     page.wait_for_load_state("networkidle")
     context.close()
-    return sum(received), seconds
+    return sum(received), seconds, wall
 
 
 if __name__ == "__main__":
