@@ -31,6 +31,7 @@ from edge_app.inference.diagnoser import Diagnoser
 from edge_app.runtime import open_runner
 from edge_app.store import Store
 from edge_app.store.schema import MIGRATIONS, migrate
+from support.migrations import database_at
 
 pytestmark = pytest.mark.unit
 
@@ -474,13 +475,7 @@ def test_a_converted_guard_that_no_longer_says_what_the_fp32_one_says_is_refused
 
 
 def test_a_version_6_database_takes_outside_and_keeps_its_rows(tmp_path: Path) -> None:
-    db = sqlite3.connect(tmp_path / "old.sqlite3", isolation_level=None)
-    db.execute("PRAGMA foreign_keys=ON")
-    for version, step in enumerate(MIGRATIONS[:6]):
-        db.execute("BEGIN")
-        step(db, "2026-01-01T00:00:00")
-        db.execute(f"PRAGMA user_version = {version + 1}")
-        db.execute("COMMIT")
+    db = database_at(tmp_path / "old.sqlite3", 6, now="2026-01-01T00:00:00", foreign_keys=True)
     db.execute("INSERT INTO studies (uid, created_at, source) VALUES ('1.2', 't', 'test')")
     db.execute("INSERT INTO series (study_id, uid, created_at) VALUES (1, '1.2.3', 't')")
     db.execute(

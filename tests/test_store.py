@@ -16,7 +16,8 @@ from edge_app.bundles.findings import Finding
 from edge_app.errors import ConfigError, IdentityConflict, NotFound, UserError
 from edge_app.imaging.header import ImageHeader, generated_header
 from edge_app.store import ModelResult, Outcome, Store
-from edge_app.store.schema import _V1, MIGRATIONS
+from edge_app.store.schema import _V1
+from support.migrations import database_at
 
 pytestmark = pytest.mark.unit
 
@@ -229,12 +230,7 @@ def test_a_version_1_database_is_taken_forward(tmp_path: Path) -> None:
 
 def test_a_version_7_result_s_heatmap_becomes_its_first_of_many(tmp_path: Path) -> None:
     """Version 8 moves each result's single heatmap into the heatmaps table (rank 0) and drops the old columns."""
-    db = sqlite3.connect(tmp_path / "edge-app.sqlite3", isolation_level=None)
-    for version, step in enumerate(MIGRATIONS[:7]):
-        db.execute("BEGIN")
-        step(db, "t")
-        db.execute(f"PRAGMA user_version = {version + 1}")
-        db.execute("COMMIT")
+    db = database_at(tmp_path / "edge-app.sqlite3", 7)
     db.execute("INSERT INTO studies (uid, created_at, source) VALUES ('1.2', 't', 'test')")
     db.execute("INSERT INTO images (study_id, created_at, filename, sha256, size) VALUES (1, 't', 'a', 'ab', 1)")
     db.execute(
@@ -257,12 +253,7 @@ def test_a_version_8_audit_log_is_sealed_in_its_order_and_stays_append_only(tmp_
     leave gaps that are not breaks), keeps the triggers, and adds the table of failed logins."""
     from edge_app.store.chain import GENESIS, seal
 
-    db = sqlite3.connect(tmp_path / "edge-app.sqlite3", isolation_level=None)
-    for version, step in enumerate(MIGRATIONS[:8]):
-        db.execute("BEGIN")
-        step(db, "t")
-        db.execute(f"PRAGMA user_version = {version + 1}")
-        db.execute("COMMIT")
+    db = database_at(tmp_path / "edge-app.sqlite3", 8)
     rows = [(1, "t1", "boss", "login.success", "", "from 10.0.0.2"), (3, "t3", "dr", "study.view", "1.2", "")]
     db.executemany("INSERT INTO audit (id, at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?, ?)", rows)
     db.close()
@@ -394,12 +385,7 @@ def test_two_processes_opening_an_old_database_at_once_take_turns(tmp_path: Path
 def test_a_version_that_would_leave_a_row_pointing_at_nothing_is_refused_by_its_number(tmp_path: Path) -> None:
     """A version-13 database with a heatmap of a result that is not there: version 14 is refused, saying so, and
     the database stays at version 13."""
-    db = sqlite3.connect(tmp_path / "edge-app.sqlite3", isolation_level=None)
-    for version, step in enumerate(MIGRATIONS[:13]):
-        db.execute("BEGIN")
-        step(db, "t")
-        db.execute(f"PRAGMA user_version = {version + 1}")
-        db.execute("COMMIT")
+    db = database_at(tmp_path / "edge-app.sqlite3", 13)
     db.execute("INSERT INTO heatmaps VALUES (99, 0, 'x', 'y')")
     db.close()
     with pytest.raises(ConfigError, match=r": version 14 would leave 1 row\(s\) pointing at nothing$"):
@@ -768,12 +754,7 @@ def test_items_given_up_are_in_the_backlog_until_queued_again(tmp_path: Path) ->
 
 
 def test_a_version_9_outbox_item_keeps_when_it_was_queued(tmp_path: Path) -> None:
-    db = sqlite3.connect(tmp_path / "edge-app.sqlite3", isolation_level=None)
-    for version, step in enumerate(MIGRATIONS[:9]):
-        db.execute("BEGIN")
-        step(db, "t")
-        db.execute(f"PRAGMA user_version = {version + 1}")
-        db.execute("COMMIT")
+    db = database_at(tmp_path / "edge-app.sqlite3", 9)
     db.execute("INSERT INTO studies (uid, created_at, source) VALUES ('1.2', 't', 'test')")
     db.execute("INSERT INTO images (study_id, created_at, filename, sha256, size) VALUES (1, 't', 'a', 'ab', 1)")
     db.execute(
