@@ -306,6 +306,38 @@ def test_each_image_read_makes_series_of_its_own(
     assert last.SeriesDescription == "AI findings cxr-reference 1.1.1, series 7 image 3"
 
 
+def test_documents_made_in_turn_each_carry_their_own_image_s_findings_and_uids(
+    tmp_path: Path,
+    pacs: Pacs,
+    free_port: int,
+    nih_png: Path,
+    api_client: Callable[[Flask], FlaskClient],
+    service: Callable[..., Service],
+) -> None:
+    """Two images of two patients read by one model, their documents made one after the other by one documents
+    process (which makes what every report of the model shares once): each SR holds its own image's findings, its
+    own tracking UIDs and its own image and heatmap as evidence; dciodvfy finds no error in either."""
+    client = api_client(create_app(service(_settings(tmp_path, free_port))))
+    studies = [_post(client), _post(client, nih_png.read_bytes(), "a.png")]
+    srs, scs = _received(pacs, tmp_path, 4)
+    probabilities, tracking = [], []
+    for study in studies:
+        (image,) = study["images"]
+        (sr,) = [ds for ds in srs if ds.StudyInstanceUID == study["uid"]]
+        (sc,) = [ds for ds in scs if ds.StudyInstanceUID == study["uid"]]
+        own = {f["label"]: f["probability"] for f in image["results"][0]["findings"]}
+        assert {label: found[1] for label, found in _findings(sr).items()} == pytest.approx(own)
+        probabilities.append(own)
+        evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+        referenced = {s.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for s in evidence}
+        assert referenced == {image["sop_instance_uid"], sc.SOPInstanceUID}
+        groups = hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_image_measurement_groups()
+        assert {str(g.source_images[0].referenced_sop_instance_uid) for g in groups} == {image["sop_instance_uid"]}
+        tracking += [str(g.tracking_uid) for g in groups]
+    assert probabilities[0] != probabilities[1], "two images the model reads differently"
+    assert len(set(tracking)) == len(tracking) == 10, "each finding of each image its own tracking UID"
+
+
 def _image(client: FlaskClient, study: dict) -> dict:  # type: ignore[type-arg]
     body = client.get(f"/api/v1/studies/{study['uid']}").get_json()
     return body["images"][0]  # type: ignore[no-any-return]

@@ -4,6 +4,7 @@ that fails; the outbox's sender woken only when there is something to send; a st
 from __future__ import annotations
 
 import io
+import multiprocessing
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -131,6 +132,26 @@ def test_documents_noted_due_are_made_after_a_restart(tmp_path: Path, store: Sto
         assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34" and sr.PatientID == "9RG1"
     finally:
         registry.close()
+
+
+def test_a_started_outbox_has_its_documents_process_before_any_image(store: Store) -> None:
+    """Started, the outbox starts its documents process at once (warmed up with documents of its own, which go
+    nowhere): with nothing due, the process is there and nothing is stored or queued; stopped, it is gone."""
+    outputs = OutputSettings.model_validate({"destinations": [{"ae_title": "PACS", "host": "127.0.0.1"}]})
+    before = set(multiprocessing.active_children())
+    outbox = Outbox(store, outputs)
+    outbox.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not set(multiprocessing.active_children()) - before:
+            assert time.monotonic() < deadline, "no documents process"
+            time.sleep(0.05)
+        time.sleep(1.0)
+        assert store.query("SELECT count(*) FROM outbox")[0][0] == 0
+        assert not [f for f in store.files_dir.rglob("*") if f.is_file()]
+    finally:
+        outbox.stop()
+    assert set(multiprocessing.active_children()) <= before
 
 
 def test_documents_that_cannot_be_made_are_logged_once_and_the_diagnosis_stands(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import io
 import re
 from collections.abc import Mapping, Sequence
@@ -185,20 +186,15 @@ def findings_report(
 
     source = origin.source
     model = origin.model
-    algorithm = hd.sr.AlgorithmIdentification(
-        name=model["name"],
-        version=model["version"],
-        parameters=[
-            f"precision {model['precision']}",
-            f"runner {_where(model)}",
-            f"bundle sha256 {origin.bundle_sha256}",
-        ],
-        manufacturer=MANUFACTURER,
+    algorithm = _algorithm(
+        model["name"],
+        model["version"],
+        (f"precision {model['precision']}", f"runner {_where(model)}", f"bundle sha256 {origin.bundle_sha256}"),
     )
     read = [hd.sr.SourceImageForMeasurementGroup(source.SOPClassUID, source.SOPInstanceUID)]
     groups = []
     for finding in findings:
-        concept = _concept(finding.label, label_codes)
+        concept = _concept(finding.label, label_codes.get(finding.label))
         # A label its validation does not support is neither: say so, as the tablet does.
         decision = (
             codes.SCT.Indeterminate
@@ -225,10 +221,17 @@ def findings_report(
         procedure_reported=codes.SCT.ImagingProcedure,
         imaging_measurements=groups,
     )
-    report[0].ContentSequence.append(_statement())
-    sr = hd.sr.Comprehensive3DSR(
+    root = report[0]
+    root.ContentSequence.append(_statement())
+    # The document is made around the report without its measurement groups, which are then set in the
+    # document's own copy of their container: Comprehensive3DSR deep-copies, parses and searches the tree it is
+    # given (about 35 ms for 5 groups, most of the cost of the documents), and the groups, each made and checked
+    # by highdicom just above, hold nothing its evidence is made of (that is the `evidence` given).
+    measurements = _container(root, codes.DCM.ImagingMeasurements)
+    made_groups, measurements.ContentSequence = measurements.ContentSequence, hd.sr.ContentSequence([])
+    made = hd.sr.Comprehensive3DSR(
         evidence=[_as_highdicom_knows(source)] + ([capture] if capture is not None else []),
-        content=report[0],
+        content=root,
         series_instance_uid=new_output_uid(),
         series_number=origin.series_number("sr"),
         sop_instance_uid=new_output_uid(),
@@ -238,6 +241,10 @@ def findings_report(
         requested_procedures=_requests(source),
         series_description=origin.series_description("sr"),
     )
+    _container(made, codes.DCM.ImagingMeasurements).ContentSequence = made_groups
+    # A plain data set: highdicom's `content` view of it, parsed at its making, lacks the groups.
+    sr = Dataset(made)
+    sr.file_meta = made.file_meta
     for series in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence:
         for item in series.ReferencedSOPSequence:  # the image by its real class (see _as_highdicom_knows)
             if item.ReferencedSOPInstanceUID == source.SOPInstanceUID:
@@ -283,11 +290,24 @@ def make(drafts: Sequence[Draft]) -> list[dict[str, bytes]]:
         if draft.heatmap is not None and draft.view is not None:
             label, values = draft.heatmap
             heatmap = _pixels(values).astype(np.float32) / np.float32(255)
-            capture = heatmap_capture(origin, _pixels(draft.view), heatmap, label)
+            capture = heatmap_capture(origin, _pixels(draft.view, CAPTURE_SIDE), heatmap, label)
             documents["sc"] = encode(capture)
         documents["sr"] = encode(findings_report(origin, draft.findings, draft.codes, capture))
         made.append(documents)
     return made
+
+
+def warm() -> None:
+    """Make and drop the documents of a made-up result: what a new process does once (the libraries' imports,
+    highdicom's tables of the standard, pydicom's dictionaries of codes: about 2 s, twice that on a loaded box)
+    is then done before the first image's documents, not while they wait."""
+    from edge_app.imaging.header import generated_header
+
+    model = {"name": "warm-up", "version": "0", "precision": "fp32", "runner": "none"}
+    origin = Origin(source_header(None, generated_header("png"), ""), dt.datetime.now(dt.timezone.utc), 1, model, "")
+    capture = heatmap_capture(origin, np.zeros((8, 8), np.uint8), np.zeros((2, 2), np.float32), "warm-up")
+    encode(capture)
+    encode(findings_report(origin, [StoredFinding("warm-up", 0.5, 0.5, False)], {}, capture))
 
 
 def encode(ds: Dataset) -> bytes:
@@ -309,14 +329,37 @@ def _as_highdicom_knows(source: Dataset) -> Dataset:
     return shown
 
 
-def _concept(label: str, label_codes: Mapping[str, Code]) -> Any:
+# What is the same in every report of a model is made once per process (the documents process makes them one
+# after another for the same few models): its algorithm identification, its labels' coded concepts.
+
+
+@functools.lru_cache(maxsize=16)
+def _algorithm(name: str, version: str, parameters: tuple[str, ...]) -> Any:
+    """A model's algorithm identification (TID 4019)."""
+    from highdicom.sr import AlgorithmIdentification
+
+    return AlgorithmIdentification(name=name, version=version, parameters=list(parameters), manufacturer=MANUFACTURER)
+
+
+@functools.lru_cache(maxsize=256)
+def _concept(label: str, code: Code | None) -> Any:
     """A label's coded concept: its bundle's code, or a private one where it gives none."""
     from highdicom.sr import CodedConcept
 
-    code = label_codes.get(label)
     if code is None:
         return CodedConcept(label.upper().replace(" ", "_")[:16], PRIVATE_SCHEME, label[:64])
     return CodedConcept(code.value, code.scheme, code.meaning)
+
+
+def _container(parent: Dataset, name: Any) -> Dataset:
+    """The container item `name` (a code) among the children of an SR content item."""
+    found: Dataset
+    (found,) = [
+        item
+        for item in parent.ContentSequence
+        if item.ValueType == "CONTAINER" and item.ConceptNameCodeSequence[0].CodeValue == name.value
+    ]
+    return found
 
 
 def _statement() -> Any:
@@ -379,9 +422,14 @@ def _where(model: Mapping[str, str]) -> str:
     return f"{model['runner']} at {model['server']}" if model.get("server") else model["runner"]
 
 
-def _pixels(encoded: bytes) -> NDArray[np.uint8]:
-    """A stored PNG or JPEG (a heatmap, an image's view) as 8-bit pixels."""
+def _pixels(encoded: bytes, longest: int | None = None) -> NDArray[np.uint8]:
+    """A stored PNG or JPEG (a heatmap, an image's view) as 8-bit pixels; a JPEG larger than `longest` pixels on
+    its longest side decoded at the smallest of its DCT scales that keeps that many (Pillow's `draft`: the 1024-pixel
+    view at half its size, a quarter of the decoding and no resampling for a 512-pixel capture)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(encoded)) as img:
+        scale = longest / max(img.size) if longest is not None else 1.0
+        if scale < 1:
+            img.draft(img.mode, (round(img.width * scale), round(img.height * scale)))
         return np.asarray(img, dtype=np.uint8)

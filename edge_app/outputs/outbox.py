@@ -3,8 +3,9 @@ from what the store holds (the source image's header, findings, the most probabl
 view) and the codes of the bundle that made it, stored as files and queued in the outbox for each destination.
 
 The worker only notes a recorded diagnosis as due, in the store (a restart makes what a stop left). The documents
-are made apart, in a process of their own: highdicom builds them in pure Python (about 0.15 s an image), which in
-the worker's process would hold the interpreter between two images and beside the DICOM receiver."""
+are made apart, in a process of their own (started and warmed up with the outbox): highdicom builds them in pure
+Python (about 50 ms an image), which in the worker's process would hold the interpreter between two images and
+beside the DICOM receiver."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ class Outbox:
         self.on_queued = on_queued
         self.manifest_of = manifest_of
         self._loop_thread = Background("edge-documents", self._loop)
-        self._pool: ProcessPool | None = None  # started at the first documents made
+        self._pool: ProcessPool | None = None  # the documents process: started by `start`, or the first `run_once`
 
     def queue(self, job: Job, result_ids: list[int]) -> None:
         """Note the documents of an image's recorded results (those diagnosed) as due; the loop makes them."""
@@ -54,12 +55,16 @@ class Outbox:
             self._loop_thread.wake()
 
     def start(self) -> None:
+        # The documents process started, and warmed up, now: the first image's documents do not wait for it. A
+        # warm-up that fails is not reported here: the first documents then fail the same way, and are logged.
+        self._documents().schedule(documents.warm, timeout=MAKE_TIMEOUT_S)
         self._loop_thread.start()
 
     def stop(self) -> None:
         self._loop_thread.stop()
         if self._pool is not None:
-            self._pool.close()  # type: ignore[no-untyped-call]  # idle: the loop waited for those at hand
+            # The loop waited for the documents at hand: all that may still run is the warm-up, not waited for.
+            self._pool.stop()  # type: ignore[no-untyped-call]
             self._pool.join()
             self._pool = None
 
@@ -85,10 +90,13 @@ class Outbox:
         return len(items)
 
     def _make(self, due: DocumentsDue) -> list[dict[str, bytes]]:
+        future = self._documents().schedule(documents.make, args=(self._drafts(due),), timeout=MAKE_TIMEOUT_S)
+        return list(future.result())
+
+    def _documents(self) -> ProcessPool:
         if self._pool is None:
             self._pool = ProcessPool(max_workers=1, context=multiprocessing.get_context("spawn"))
-        future = self._pool.schedule(documents.make, args=(self._drafts(due),), timeout=MAKE_TIMEOUT_S)
-        return list(future.result())
+        return self._pool
 
     def _drafts(self, due: DocumentsDue) -> list[documents.Draft]:
         path = self.store.file_path(due.sha256) if due.header.format == "dicom" else None
