@@ -295,8 +295,10 @@ def _export_reviewed(settings: Settings, args: argparse.Namespace) -> int:
     actor = f"cli:{cli_accounts.login_name()}"
     done = export_reviewed(settings, args.dir, actor, deidentify=args.deidentify, force=args.force)
     print(f"{done.images} reviewed image(s) written to {done.folder} (labels: {', '.join(done.labels)})")
+    for line in done.left_out:
+        print(f"edge-app: left out: {line}", file=sys.stderr)
     if done.left_out:
-        print(f"{done.left_out} reviewed image(s) left out (files removed, a partial review, not de-identifiable)")
+        print(f"{len(done.left_out)} reviewed image(s) left out (each said above, on stderr)")
     print(
         f"measure a bundle on them: edge-convert validate BUNDLE --reference MODEL.onnx --data {done.folder}/images "
         f"--labels {done.folder}/labels.csv --record"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,13 +66,18 @@ class ReviewedExport:
     folder: Path
     images: int
     labels: tuple[str, ...]
-    left_out: int  # reviewed images not exported: purged, a partial review, a file that could not be de-identified
+    left_out: tuple[str, ...]  # a line per reviewed image not exported: which, and why
+
+
+# An earlier export's case files (`--force` replaces them: validate would read them as cases of this one).
+_CASE = re.compile(r"case-\d{4,}\.(dcm|png|jpg)")
 
 
 def export_reviewed(
     settings: Settings, dest: Path, actor: str, *, deidentify: bool = False, force: bool = False
 ) -> ReviewedExport:
-    """Write the reviewed cases into `dest` (new or empty, unless `force`); audited as `actor`."""
+    """Write the reviewed cases into `dest` (new or empty, unless `force`); audited as `actor`. The store is only
+    read (the audit entry aside); a stored file missing or not matching its sha256 is left out, with a line."""
     data = settings.storage.data_dir
     if not (data / "edge-app.sqlite3").is_file():
         raise UserError(f"nothing to export: {data / 'edge-app.sqlite3'} does not exist")
@@ -84,49 +90,92 @@ def export_reviewed(
         if not labels:
             raise UserError("no reviewed image to export" if not cases else "the reviewed images share no label")
         try:
+            _clear_earlier(dest)
             (dest / IMAGES).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot make {dest / IMAGES}: {exc.strerror or exc}") from None
-        rows: list[dict[str, object]] = []
-        for image, truth in cases:
-            number = len(rows) + 1
-            fmt = str(image.metadata.get("format", "unknown"))
-            stem = dest / IMAGES / f"case-{number:04d}"
-            if fmt not in _SUFFIX or _write_image(store.read_file(image.sha256), stem, fmt, deidentify):
-                left_out += 1
-                continue
-            rows.append({"file": stem.with_suffix(_SUFFIX[fmt]).name, **{k: truth[k] for k in labels}})
-        with (dest / LABELS).open("w", newline="", encoding="utf-8") as fh:
-            csv_cells.write(fh, ["file", *labels], rows)
-        marker = {
-            "format": FORMAT,
-            "site": site_id(settings),
-            "export": uuid.uuid4().hex,
-            "exported_at": utc_text("seconds"),
-            "images": len(rows),
-            "labels": list(labels),
-            "labels_sha256": hashlib.sha256((dest / LABELS).read_bytes()).hexdigest(),
-            "deidentified": deidentify,
-        }
-        atomic_write(dest / MARKER, (json.dumps(marker, indent=2) + "\n").encode())
+            rows: list[dict[str, object]] = []
+            for image, truth in cases:
+                stem = dest / IMAGES / f"case-{len(rows) + 1:04d}"
+                fmt = str(image.metadata.get("format", "unknown"))
+                content, why = _stored_bytes(store, image)
+                if fmt not in _SUFFIX:
+                    why = f"stored as {fmt}, not an image edge-convert validate reads"
+                why = why or _write_image(content, stem, fmt, deidentify)
+                if why:
+                    left_out.append(f"image {image.id}: {why}")
+                    continue
+                rows.append({"file": stem.with_suffix(_SUFFIX[fmt]).name, **{k: truth[k] for k in labels}})
+            with (dest / LABELS).open("w", newline="", encoding="utf-8") as fh:
+                csv_cells.write(fh, ["file", *labels], rows)
+            marker = {
+                "format": FORMAT,
+                "site": site_id(settings),
+                "export": uuid.uuid4().hex,
+                "exported_at": utc_text("seconds"),
+                "images": len(rows),
+                "labels": list(labels),
+                "labels_sha256": hashlib.sha256((dest / LABELS).read_bytes()).hexdigest(),
+                "deidentified": deidentify,
+            }
+            atomic_write(dest / MARKER, (json.dumps(marker, indent=2) + "\n").encode())
+        except OSError as exc:  # a full or read-only stick, one pulled out: the marker is written last, so never
+            where = exc.filename or dest
+            raise UserError(
+                f"cannot write the export into {dest} ({where}: {exc.strerror or exc}); free space there or choose "
+                f"another folder: what was written is incomplete (no {MARKER}) and edge-convert validate --record "
+                "refuses it"
+            ) from None
         store.audit(actor, "export.reviewed", str(dest), f"{len(rows)} images, export {marker['export']}")
     finally:
         store.close()
-    return ReviewedExport(dest, len(rows), labels, left_out)
+    return ReviewedExport(dest, len(rows), labels, tuple(left_out))
 
 
-def _cases(store: Store) -> tuple[list[tuple[Image, dict[str, int]]], int]:
-    """Each reviewed image still held, with its label per finding, oldest first; and how many reviewed images are
-    not (purged, or a finding without a verdict)."""
+def _clear_earlier(dest: Path) -> None:
+    """Remove an earlier export's marker, labels and cases from `dest` (what `--force` writes into): validate reads
+    every image under images/, so a file there that is not a case of this export is refused, never deleted."""
+    images = dest / IMAGES
+    others = sorted(p.name for p in images.iterdir() if not _CASE.fullmatch(p.name)) if images.is_dir() else []
+    if others:
+        raise UserError(
+            f"{images} holds files no export wrote ({', '.join(others[:3])}): edge-convert validate would read them "
+            "as cases; move them away or choose another folder"
+        )
+    for path in [dest / MARKER, dest / LABELS, *(images.iterdir() if images.is_dir() else ())]:
+        path.unlink(missing_ok=True)
+
+
+def _stored_bytes(store: Store, image: Image) -> tuple[bytes, str | None]:
+    """The image's stored file, or why it cannot be exported as it arrived: missing, or not the bytes its name
+    (their sha256) says."""
+    path = store.file_path(image.sha256)
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        return b"", f"its stored file {path} is missing (restore the data directory from a backup to export it)"
+    if hashlib.sha256(content).hexdigest() != image.sha256:
+        return b"", f"its stored file {path} does not match its sha256: damaged on disk (restore it from a backup)"
+    return content, None
+
+
+def _cases(store: Store) -> tuple[list[tuple[Image, dict[str, int]]], list[str]]:
+    """Each reviewed image still held, with its label per finding, oldest first; and a line for each reviewed image
+    that is not (purged, or a finding without a verdict)."""
     newest = Reviews(store).newest_by_image()
-    out = []
+    out, left_out = [], []
     for study in reversed(store.list_studies(-1)):
         for image in study.images:
-            review = newest.get(image.id)
-            truth = _truth(image, review) if review is not None and not image.purged_at else None
+            review = newest.pop(image.id, None)
+            if review is None:
+                continue
+            truth = None if image.purged_at else _truth(image, review)
             if truth is not None:
                 out.append((image, truth))
-    return out, len(newest) - len(out)
+            elif image.purged_at:
+                left_out.append(f"image {image.id}: its file was removed by retention on {image.purged_at[:10]}")
+            else:
+                left_out.append(f"image {image.id}: its newest review leaves a finding without a verdict")
+    left_out += [f"image {i}: no longer held" for i in newest]
+    return out, left_out
 
 
 def _truth(image: Image, review: Review) -> dict[str, int] | None:
