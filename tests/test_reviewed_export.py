@@ -233,6 +233,11 @@ def test_an_earlier_export_in_the_folder_is_replaced_and_no_name_reaches_a_file_
     assert not [p for p in written if any(w in str(p) for w in parts)], "no patient name in a file name"
     assert not any(w in (out / "labels.csv").read_text(encoding="utf-8") for w in parts)
 
+    for inside in (data, data / "files" / "reviewed"):  # remove_orphans would delete what it found under files/
+        refused = cli("export", "--reviewed", "--force", str(inside), env=env)
+        assert refused.returncode == 2 and "inside the data directory" in refused.stderr, refused.stderr
+    assert not (data / "images").exists() and not (data / "files" / "reviewed").exists()
+
     (out / "images" / "notes.txt").write_text("a technician's own file")
     refused = cli("export", "--reviewed", "--force", str(out), env=env)
     assert refused.returncode == 2 and "notes.txt" in refused.stderr, refused.stderr

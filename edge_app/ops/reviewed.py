@@ -81,6 +81,8 @@ def export_reviewed(
     data = settings.storage.data_dir
     if not (data / "edge-app.sqlite3").is_file():
         raise UserError(f"nothing to export: {data / 'edge-app.sqlite3'} does not exist")
+    if dest.resolve().is_relative_to(data.resolve()):  # the store's own folder: an export never writes into it
+        raise UserError(f"{dest} is inside the data directory {data}: choose a folder outside it (a USB stick)")
     if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not force)):
         raise UserError(f"{dest} is not an empty folder (--force writes into it all the same)")
     store = Store(data)
