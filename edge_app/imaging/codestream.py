@@ -148,7 +148,7 @@ def _coding_levels(frame: bytes, at: int, components: int) -> tuple[list[int], i
         marker, length = struct.unpack_from(">HH", frame, at)
         if marker in (_SOT, _SOD):
             return found, at
-        if marker < 0xFF00 or length < 2:
+        if marker <= 0xFF00 or length < 2:  # 0xFF00 is no marker (15444-1 A.1)
             raise ValueError(f"no marker segment at byte {at}")
         if marker == _COD:
             found.append(frame[at + 9])  # Lcod, Scod, SGcod (4 bytes), then SPcod's levels
