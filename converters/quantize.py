@@ -198,7 +198,7 @@ def correct_biases(prepared: Path, input_name: str, calibration: NDArray[np.gene
         layers.append((node, shift, 1 if node.op_type == "Conv" else -1))
     if not layers:
         return 0
-    shifts = {shift: [] for _, shift, _ in layers}
+    shifts: dict[str, list[NDArray[np.floating]]] = {shift: [] for _, shift, _ in layers}
     names = set(shifts)
     with tempfile.TemporaryDirectory() as tmp:
         augmented = Path(tmp) / "shift.onnx"

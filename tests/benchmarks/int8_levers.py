@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from int8_depthwise import build  # noqa: E402
+from int8_depthwise import build
 
 LEVERS = {
     "default": "",
