@@ -359,7 +359,11 @@ def _int8(
             probe=probe,
         )  # fmt: skip
         report["nodes_kept_fp32"] = list(excluded)
-        report["calibration"] = {"method": settings.method, "n_images": len(calibration.names)}
+        report["calibration"] = {
+            "method": settings.method,
+            "bias_correction": settings.bias_correction,
+            "n_images": len(calibration.names),
+        }
         return report
 
     report = gated(1)

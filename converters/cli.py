@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument(
         "--calibration-method",
-        choices=["minmax", "entropy", "percentile"],
+        choices=["minmax", "entropy", "percentile", "per_tensor"],
         help="overrides the spec's calibration.method",
     )
     p.add_argument("--validation", type=Path, help="folder of images for the fidelity gate")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from converters.errors import ModelError
 from converters.spec import Calibration
 
 _METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+SQNR_SAMPLE = 32  # calibration images on which `per_tensor` compares each tensor's quantization error
 
 
 def to_fp16(model: Any, keep: list[str] | None = None) -> Any:
@@ -61,26 +63,170 @@ def to_int8(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
     tensorrt = settings.target == "tensorrt"
+    activation = QuantType.QInt8 if tensorrt else QuantType.QUInt8
     with tempfile.TemporaryDirectory() as tmp:
         prepared = cache.with_suffix(".prepared.onnx") if cache is not None else Path(tmp) / "prepared.onnx"
+        chosen = cache.with_suffix(".per-tensor.json") if cache is not None else Path(tmp) / "per-tensor.json"
         try:
-            if not prepared.exists():  # with a cache, pre-processed once too
+            if not prepared.exists():  # with a cache, pre-processed (and bias-corrected) once too
                 quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+                if settings.bias_correction:
+                    correct_biases(prepared, input_name, calibration)
+            overrides: dict[str, list[dict[str, Any]]] = {}
+            if settings.method == "per_tensor":
+                if not chosen.exists():
+                    ranges = per_tensor_ranges(prepared, input_name, calibration, activation, tensorrt)
+                    chosen.write_text(json.dumps(ranges))
+                overrides = {  # the quantizer computes with the ranges' own dtype
+                    name: [{"rmin": np.float32(r["rmin"]), "rmax": np.float32(r["rmax"])}]
+                    for name, r in json.loads(chosen.read_text()).items()
+                }
             quantize_static(
                 str(prepared),
                 str(out_path),
                 _Reader(input_name, calibration),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
-                activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8,
+                activation_type=activation,
                 weight_type=QuantType.QInt8,
-                calibrate_method=getattr(CalibrationMethod, _METHODS[settings.method]),
+                # per_tensor: every activation's range is overridden below; MinMax only fills the cache's form
+                calibrate_method=getattr(CalibrationMethod, _METHODS.get(settings.method, "MinMax")),
                 nodes_to_exclude=exclude,
-                extra_options={"ActivationSymmetric": tensorrt, "WeightSymmetric": True, "QuantizeBias": not tensorrt},
+                extra_options={
+                    "ActivationSymmetric": tensorrt,
+                    "WeightSymmetric": True,
+                    "QuantizeBias": not tensorrt,
+                    "TensorQuantOverrides": overrides,
+                },
                 calibration_cache_path=cache,
             )
         except Exception as exc:
             raise ModelError(f"INT8 quantization failed: {exc}") from None
+
+
+def per_tensor_ranges(
+    prepared: Path, input_name: str, calibration: NDArray[np.generic], activation: Any, symmetric: bool
+) -> dict[str, dict[str, Any]]:
+    """Each activation tensor's range from whichever of onnxruntime's MinMax, Entropy and Percentile calibrators
+    quantizes that tensor with the least error (highest SQNR) on the first SQNR_SAMPLE calibration images, in the
+    form the quantizer will use (`activation` type, symmetric or not).
+
+    onnxruntime computes each method's ranges (its calibrators, as quantize_static would) and takes per-tensor
+    ranges (`TensorQuantOverrides`' rmin/rmax), but chooses no method per tensor: that choice is made here."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator
+    from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
+
+    ranges: dict[str, dict[str, tuple[float, float]]] = {}
+    for method, ort_name in _METHODS.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            calibrator = create_calibrator(
+                prepared, None, str(Path(tmp) / "augmented.onnx"), getattr(CalibrationMethod, ort_name)
+            )
+            calibrator.collect_data(_Reader(input_name, calibration))
+            for name, data in calibrator.compute_data().items():
+                low, high = (float(np.asarray(v).reshape(-1)[0]) for v in data.range_value)
+                ranges.setdefault(name, {})[method] = (low, high)
+            del calibrator
+    qmin, qmax = get_qmin_qmax_for_qType(activation.tensor_type, symmetric=symmetric)
+    error = {name: dict.fromkeys(methods, 0.0) for name, methods in ranges.items()}
+    signal = dict.fromkeys(ranges, 0.0)
+    for values in _activations(prepared, input_name, calibration[:SQNR_SAMPLE], set(ranges)):
+        for name, x in values.items():
+            x = x.astype(np.float64)
+            signal[name] += float(np.square(x).sum())
+            for method, (low, high) in ranges[name].items():
+                zero, scale = compute_scale_zp(np.float32(low), np.float32(high), qmin, qmax, symmetric)
+                q = np.clip(np.round(x / float(scale)) + float(zero), float(qmin), float(qmax))
+                error[name][method] += float(np.square(x - (q - float(zero)) * float(scale)).sum())
+    chosen = {}
+    for name, methods in ranges.items():
+        best = min(methods, key=lambda m: (error[name][m], list(_METHODS).index(m)))
+        sqnr = 10 * np.log10(max(signal[name], 1e-30) / max(error[name][best], 1e-30))
+        chosen[name] = {"method": best, "rmin": methods[best][0], "rmax": methods[best][1], "sqnr_db": float(sqnr)}
+    return chosen
+
+
+def _activations(
+    model_path: Path, input_name: str, tensors: NDArray[np.generic], names: set[str]
+) -> Iterator[dict[str, NDArray[np.floating]]]:
+    """The `names` tensors of the FP32 graph, one image at a time (all of them at once would not fit)."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(model_path))
+    present = {out.name for out in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in sorted(names - present))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    outputs = [out.name for out in session.get_outputs() if out.name in names]
+    for i in range(len(tensors)):
+        yield dict(zip(outputs, session.run(outputs, {input_name: tensors[i : i + 1]}), strict=True))
+
+
+def correct_biases(prepared: Path, input_name: str, calibration: NDArray[np.generic]) -> int:
+    """Bias correction, in place: each Conv's and Gemm's bias less the mean output shift its INT8 weights cause on
+    the calibration images (the shift is linear in the weights' error: the layer run with W_int8 - W on its FP32
+    input), so that quantization leaves each output channel's mean where it was. Returns the layers corrected.
+
+    The weights are quantized as quantize_static does (onnxruntime's `quantize_data`, per output channel, symmetric
+    INT8). Neither onnxruntime's quantization tools nor ModelOpt's ONNX PTQ correct biases, hence this."""
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnxruntime.quantization.quant_utils import quantize_data
+
+    model = onnx.load(str(prepared))
+    weights = {init.name: init for init in model.graph.initializer}
+    layers = []
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2 or node.input[1] not in weights:
+            continue
+        w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        axis = 1 if node.op_type == "Gemm" and not attrs.get("transB", 0) else 0  # the output channel's axis
+        moved = np.moveaxis(w, axis, 0)
+        dequantized = np.stack(
+            [
+                (q.astype(np.float32) - np.float32(zero)) * np.float32(scale)
+                for zero, scale, q in (quantize_data(c, onnx.TensorProto.INT8, True) for c in moved)
+            ]
+        )
+        delta = np.moveaxis(dequantized - moved, 0, axis)
+        shift = f"{node.name or node.output[0]}/int8_shift"
+        model.graph.initializer.append(numpy_helper.from_array(delta.astype(np.float32), f"{shift}/delta_w"))
+        inputs = [node.input[0], f"{shift}/delta_w"]
+        model.graph.node.append(helper.make_node(node.op_type, inputs, [shift], name=shift, **attrs))
+        layers.append((node, shift, 1 if node.op_type == "Conv" else -1))
+    if not layers:
+        return 0
+    shifts: dict[str, list[NDArray[np.floating]]] = {shift: [] for _, shift, _ in layers}
+    names = set(shifts)
+    with tempfile.TemporaryDirectory() as tmp:
+        augmented = Path(tmp) / "shift.onnx"
+        onnx.save(model, str(augmented))
+        for values in _activations(augmented, input_name, calibration, names):
+            for _, shift, channel in layers:
+                y = values[shift]
+                shifts[shift].append(np.moveaxis(y, channel, -1).reshape(-1, y.shape[channel]).mean(axis=0))
+    model = onnx.load(str(prepared))
+    weights = {init.name: init for init in model.graph.initializer}
+    by_name = {node.name or node.output[0]: node for node in model.graph.node}
+    for original, shift, _ in layers:
+        node = by_name[original.name or original.output[0]]
+        mean_shift = np.mean(shifts[shift], axis=0).astype(np.float32)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        beta = float(attrs.get("beta", 1.0)) if node.op_type == "Gemm" else 1.0
+        if len(node.input) > 2 and node.input[2] in weights:
+            bias = numpy_helper.to_array(weights[node.input[2]]).astype(np.float32)
+            corrected = bias - (mean_shift / beta).reshape(bias.shape) if bias.size == mean_shift.size else None
+            if corrected is None:  # a bias broadcast from fewer values cannot take a per-channel correction
+                continue
+            weights[node.input[2]].CopyFrom(numpy_helper.from_array(corrected, node.input[2]))
+        elif len(node.input) == 2:
+            name = f"{shift}/bias"
+            model.graph.initializer.append(numpy_helper.from_array(-mean_shift / beta, name))
+            node.input.append(name)
+    onnx.save(model, str(prepared))
+    return len(layers)
 
 
 def most_sensitive_nodes(

@@ -29,7 +29,17 @@ class Tolerance(BaseModel):
 class Calibration(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    method: Literal["minmax", "entropy", "percentile", "per_tensor"] = Field(
+        "minmax",
+        description="how activation ranges are calibrated (onnxruntime's calibrators); per_tensor: each tensor's "
+        "range from whichever of minmax, entropy and percentile quantizes it with the highest SQNR on the "
+        "calibration images",
+    )
+    bias_correction: bool = Field(
+        False,
+        description="before quantizing, each Conv's and Gemm's bias less the mean output shift its INT8 weights "
+        "cause on the calibration images",
+    )
     target: Literal["tensorrt", "onnxruntime"] = Field(
         "tensorrt",
         description="tensorrt: symmetric signed INT8, zero points 0, float biases (what TensorRT's explicit "

@@ -979,7 +979,7 @@ def test_each_int8_round_keeps_more_of_the_ranked_nodes_up_to_a_budget_that_foll
         assert report["failures"] and not report["passed"] and report["n_images"] == 12
         budgets[layers] = budget
     assert budgets[12] > budgets[4] >= 2
-    assert report["calibration"] == {"method": "minmax", "n_images": 24}
+    assert report["calibration"] == {"method": "minmax", "bias_correction": False, "n_images": 24}
     latency = report["latency_ms"]
     assert latency["batch"] == 1 and report["speedup_batch1"] == latency["fp32_p50"] / latency["int8_p50"]
     assert report["speedup_gated"] is False, "target tensorrt: the CPU's speed-up is reported, not gated"

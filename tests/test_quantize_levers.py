@@ -1,0 +1,93 @@
+"""INT8 levers of the conversion spec, each measured on a small graph built here: bias correction and the
+calibration method chosen per tensor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from converters.quantize import per_tensor_ranges, to_int8
+from converters.spec import Calibration
+
+pytestmark = pytest.mark.unit
+
+
+def _depthwise(path: Path, channels: int = 16) -> None:
+    """A 3x3 depthwise Conv (9 weights a channel: per-channel INT8 leaves each a visible error), then a Relu."""
+    rng = np.random.default_rng(3)
+    w = rng.normal(0.0, 1.0, (channels, 1, 3, 3)).astype(np.float32)
+    b = np.zeros(channels, np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w", "b"], ["y"], name="dw", group=channels, pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["y"], ["out"], name="relu"),
+        ],
+        "dw",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", channels, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", channels, 8, 8])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def _conv_output(model: Path, x: np.ndarray) -> np.ndarray:
+    """The Conv's output `y` (before the Relu), per image."""
+    m = onnx.load(str(model))
+    m.graph.output.extend([onnx.ValueInfoProto(name="y")])
+    session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["y"], {"x": x})[0]
+
+
+def test_bias_correction_brings_each_channels_mean_output_back(tmp_path: Path) -> None:
+    """Inputs with a large positive mean turn each channel's weight quantization error into an output shift;
+    with `bias_correction` the INT8 graph's per-channel mean output shift is far smaller than without."""
+    fp32 = tmp_path / "dw.onnx"
+    _depthwise(fp32)
+    rng = np.random.default_rng(0)
+    calibration = (rng.normal(4.0, 0.5, (24, 16, 8, 8))).astype(np.float32)
+    validation = (rng.normal(4.0, 0.5, (8, 16, 8, 8))).astype(np.float32)
+    reference = _conv_output(fp32, validation)
+    shift = {}
+    for correct in (False, True):
+        out = tmp_path / f"int8-{correct}.onnx"
+        to_int8(fp32, out, "x", calibration, Calibration(bias_correction=correct, method="minmax"), [])
+        y = _conv_output(out, validation)
+        shift[correct] = float(np.abs((y - reference).mean(axis=(0, 2, 3))).mean())
+    assert shift[False] > 1e-3, "the lever has something to correct"
+    assert shift[True] < 0.3 * shift[False]
+
+
+def test_per_tensor_calibration_takes_the_method_with_the_lower_error(tmp_path: Path) -> None:
+    """A tensor with one outlier among the calibration images: minmax spends its range on it, so the per-tensor
+    choice takes another method and records a higher SQNR than minmax's on that tensor; the graph quantized with
+    `per_tensor` keeps that tensor's output closer than minmax's does."""
+    fp32 = tmp_path / "dw.onnx"
+    _depthwise(fp32)
+    rng = np.random.default_rng(1)
+    calibration = rng.normal(0.0, 1.0, (200, 16, 8, 8)).astype(np.float32)
+    calibration[35, 2, 3, 3] = 400.0  # one outlier (beyond the SQNR sample): minmax takes [-400, 400] for x
+    chosen = per_tensor_ranges(fp32, "x", calibration, _int8(), symmetric=True)
+    assert chosen["x"]["method"] != "minmax"
+    x = calibration[:32].astype(np.float64)
+    minmax = 400.0 / 127  # the symmetric INT8 scale minmax gives x
+    noise = np.square(x - np.clip(np.round(x / minmax), -127, 127) * minmax).sum()
+    assert chosen["x"]["sqnr_db"] > 10 * np.log10(np.square(x).sum() / noise) + 6
+    validation = rng.normal(0.0, 1.0, (8, 16, 8, 8)).astype(np.float32)
+    reference = _conv_output(fp32, validation)
+    error = {}
+    for method in ("minmax", "per_tensor"):
+        out = tmp_path / f"{method}.onnx"
+        to_int8(fp32, out, "x", calibration, Calibration(method=method), [])
+        error[method] = float(np.abs(_conv_output(out, validation) - reference).mean())
+    assert error["per_tensor"] < 0.5 * error["minmax"]
+
+
+def _int8() -> object:
+    from onnxruntime.quantization import QuantType
+
+    return QuantType.QInt8
