@@ -215,6 +215,34 @@ def test_an_image_queued_while_another_is_decoded_is_taken_by_a_free_decoder(tmp
     assert set(done) == {fast, slow} and done[slow] - done[fast] > 0.5, "the CR taken and recorded meanwhile"
 
 
+def _copies(store: Store, data: bytes, n: int) -> list[int]:
+    """`n` copies of an image queued, each under a UID of its own."""
+    import pydicom
+
+    ids = []
+    for _ in range(n):
+        ds = pydicom.dcmread(io.BytesIO(data))
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ids.append(_queue(store, "slow.dcm", dicom_bytes(ds)))
+    return ids
+
+
+def test_an_image_in_the_window_past_its_lease_is_not_taken_again(tmp_path: Path) -> None:
+    """Three slow images on one decoder, a lease of half a second: the last waits in the window longer than its
+    lease (as 64 images do behind one decoder against the default 600 s); the window's refill does not claim its
+    own images again: each is tried once and recorded once."""
+    store = Store(tmp_path / "store")
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE, decoders=1)
+    try:
+        ids = _copies(store, noisy_j2k(3500), 3)
+        Worker(store, registry, WorkerSettings(burst=8, lease_s=0.5)).run_once()
+    finally:
+        registry.close()
+    results = store.query("SELECT image_id, count(*) FROM results GROUP BY image_id ORDER BY image_id")
+    assert [tuple(row) for row in results] == [(i, 1) for i in ids]
+    assert [row[0] for row in store.query("SELECT attempts FROM jobs ORDER BY id")] == [1, 1, 1]
+
+
 def test_decoders_by_default_follow_the_cores_and_the_memory() -> None:
     """`imaging.decoders = 0`: one process per core but one, at least one; fewer where the memory would not hold
     them at max_decode_mb + 100 MB each (a quarter of this machine's memory)."""

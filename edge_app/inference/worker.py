@@ -66,6 +66,7 @@ class Worker:
         self._busy_since: float | None = None  # when the burst at hand last moved (claimed, an image prepared)
         self._job = threading.Lock()  # held from a window's first claim to its last record
         self._held = threading.Event()  # a model change waits: no job begun until it is made
+        self._leased = 0.0  # when the leases of the window's jobs were last taken or renewed (the earliest)
 
     def start(self) -> None:
         self._loop_thread.start()
@@ -123,6 +124,16 @@ class Worker:
         begun: list[_Begun] = []
         if not first and (self._held.is_set() or self._loop_thread.stopping.is_set()):
             return begun
+        if not window:
+            self._leased = self.clock()
+        elif self.clock() - self._leased >= self.settings.lease_s / 2:  # an image waiting for a decoder longer
+            # than its lease would be claimed again by the claims below: begun twice, recorded twice
+            try:
+                self.store.renew_jobs([job for job, _ in window], self.settings.lease_s)
+            except Exception:
+                log.exception("worker: cannot renew the leases of the images at hand; claiming no more meanwhile")
+                return begun
+            self._leased = self.clock()
         while len(window) + len(begun) < self.settings.burst:
             try:
                 job = self.store.claim_job(self.settings.lease_s, self.settings.max_attempts)
