@@ -8,8 +8,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from edge_app.inference.registry import Registry
 from edge_app.inference.worker import Worker
 from edge_app.runtime import open_runner
 from edge_app.store import Store
+from support import processes
 from support.bundles import bundle_for, bundle_variant
 from support.dicom import dicom_bytes, dicom_file, noisy_j2k
 
@@ -241,6 +244,36 @@ def test_an_image_in_the_window_past_its_lease_is_not_taken_again(tmp_path: Path
     results = store.query("SELECT image_id, count(*) FROM results GROUP BY image_id ORDER BY image_id")
     assert [tuple(row) for row in results] == [(i, 1) for i in ids]
     assert [row[0] for row in store.query("SELECT attempts FROM jobs ORDER BY id")] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+def test_a_server_stopped_during_a_window_records_each_image_once(
+    tmp_path: Path, launch: Callable[..., Any], free_port: int, how: signal.Signals
+) -> None:
+    """Six slow images, a window of three on two decoders, the server stopped while images of the window are being
+    decoded. Stopped (systemd's SIGTERM): what was begun is recorded and no more begun, the rest still queued;
+    killed: what was begun is claimed again once its lease runs out. Either way, the server started again records
+    each image once."""
+    data = tmp_path / "data"
+    env = {"EDGE_APP_WORKER_IDLE_S": "0.05", "EDGE_APP_WORKER_BURST": "3", "EDGE_APP_WORKER_LEASE_S": "2"}
+    store = Store(data)
+    ids = _copies(store, noisy_j2k(2500), 6)
+    proc = launch(data, free_port, {**env, "EDGE_APP_IMAGING_DECODERS": "2"})
+    running = "SELECT count(*) FROM jobs WHERE state = 'running'"
+    while store.query(running)[0][0] < 2:
+        time.sleep(0.005)
+    proc.send_signal(how)
+    assert proc.wait(timeout=60) in (0, -how)
+    states = {row[0] for row in store.query("SELECT state FROM jobs")}
+    assert states == ({"done", "queued"} if how == signal.SIGTERM else {"running", "queued"} | (states & {"done"}))
+    again = launch(data, processes.free_port(), env)
+    try:
+        done = _when_done(store, ids)
+    finally:
+        again.terminate()
+        again.wait(timeout=60)
+    results = store.query("SELECT image_id, count(*) FROM results GROUP BY image_id ORDER BY image_id")
+    assert set(done) == set(ids) and [tuple(row) for row in results] == [(i, 1) for i in ids]
 
 
 def test_decoders_by_default_follow_the_cores_and_the_memory() -> None:
