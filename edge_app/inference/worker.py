@@ -67,6 +67,7 @@ class Worker:
         self._job = threading.Lock()  # held from a window's first claim to its last record
         self._held = threading.Event()  # a model change waits: no job begun until it is made
         self._leased = 0.0  # when the leases of the window's jobs were last taken or renewed (the earliest)
+        self._store_failed = False  # a claim or a renewal failed: the window takes no more (logged once, not each look)
 
     def start(self) -> None:
         self._loop_thread.start()
@@ -104,6 +105,7 @@ class Worker:
         with self._job:
             if self.before_job is not None:
                 self.before_job()
+            self._store_failed = False
             window = self._begin_more([], first=True)
             if not window:
                 return False
@@ -120,9 +122,10 @@ class Worker:
 
     def _begin_more(self, window: list[_Begun], first: bool = False) -> list[_Begun]:
         """Jobs claimed from the queue and begun, as many as the window has room for; a claim that fails
-        raises for the `first` (the loop waits and tries again), else ends the claiming (the window goes on)."""
+        raises for the `first` (the loop waits and tries again), else ends the window's claiming (it goes on with
+        those at hand)."""
         begun: list[_Begun] = []
-        if not first and (self._held.is_set() or self._loop_thread.stopping.is_set()):
+        if not first and (self._held.is_set() or self._loop_thread.stopping.is_set() or self._store_failed):
             return begun
         if not window:
             self._leased = self.clock()
@@ -132,6 +135,7 @@ class Worker:
                 self.store.renew_jobs([job for job, _ in window], self.settings.lease_s)
             except Exception:
                 log.exception("worker: cannot renew the leases of the images at hand; claiming no more meanwhile")
+                self._store_failed = True
                 return begun
             self._leased = self.clock()
         while len(window) + len(begun) < self.settings.burst:
@@ -141,6 +145,7 @@ class Worker:
                 if first and not begun:
                     raise
                 log.exception("worker: cannot claim more jobs; going on with those at hand")  # not held a lease
+                self._store_failed = True
                 break
             if job is None:
                 break
