@@ -246,6 +246,33 @@ def test_an_image_in_the_window_past_its_lease_is_not_taken_again(tmp_path: Path
     assert [row[0] for row in store.query("SELECT attempts FROM jobs ORDER BY id")] == [1, 1, 1]
 
 
+def test_decoders_killed_mid_window_cost_only_the_images_they_held(tmp_path: Path) -> None:
+    """Four slow images on two decoders, both decoder processes killed (a native crash) while the first two are
+    decoded: those two are refused as crashed; the two waiting for a decoder are read by the new ones, and the
+    window ends."""
+    from test_hostile import _children, _cmdline
+
+    store = Store(tmp_path / "store")
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE, decoders=2)
+    try:
+        registry.diagnosers[0].diagnose(dicom_file("RG1_UNCR.dcm"))  # the children started
+        ids = _copies(store, noisy_j2k(2500), 4)
+        running = threading.Thread(target=Worker(store, registry, WorkerSettings(burst=8)).run_once)
+        running.start()
+        while store.query("SELECT count(*) FROM jobs WHERE state = 'running'")[0][0] < 4:
+            time.sleep(0.005)
+        time.sleep(0.3)  # each child on an image
+        for pid in [p for p in _children() if "resource_tracker" not in _cmdline(p)]:
+            os.kill(pid, signal.SIGKILL)
+        running.join(60)
+        assert not running.is_alive()
+    finally:
+        registry.close()
+    statuses = [store.image_status(i) for i in ids]
+    assert [reason for _, reason in statuses[:2]] == ["the image decoder crashed on this file (killed by SIGKILL)"] * 2
+    assert [status for status, _ in statuses[2:]] == ["outside"] * 2
+
+
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
 def test_a_server_stopped_during_a_window_records_each_image_once(
     tmp_path: Path, launch: Callable[..., Any], free_port: int, how: signal.Signals
