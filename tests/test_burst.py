@@ -230,6 +230,34 @@ def _copies(store: Store, data: bytes, n: int) -> list[int]:
     return ids
 
 
+def test_a_window_full_of_slow_images_waits_without_spinning_and_takes_an_arrival_once_a_slot_frees(
+    tmp_path: Path,
+) -> None:
+    """A window of two, both slow images being decoded, when a chest CR arrives: the worker's thread waits (its
+    CPU near zero: no claim while the window is full), and the CR takes the slot of the first slow image recorded,
+    recorded before the slower one."""
+    from test_worker import _cpu_seconds_of_thread
+
+    store = Store(tmp_path / "store")
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE, decoders=2)
+    worker = Worker(store, registry, WorkerSettings(burst=2, idle_s=0.05))
+    try:
+        slow, slower = _queue(store, "slow.dcm", noisy_j2k(2500)), *_copies(store, noisy_j2k(4500), 1)
+        worker.start()
+        while store.query("SELECT count(*) FROM jobs WHERE state = 'running'")[0][0] < 2:
+            time.sleep(0.005)
+        fast = _queue(store, "RG1_UNCR.dcm")
+        before = _cpu_seconds_of_thread("edge-worker")
+        time.sleep(0.5)
+        assert store.image_status(slow)[0] == "queued", "the window still full"
+        assert _cpu_seconds_of_thread("edge-worker") - before < 0.05
+        done = _when_done(store, [slow, slower, fast])
+    finally:
+        worker.stop()
+        registry.close()
+    assert set(done) == {slow, slower, fast} and done[slow] < done[fast] < done[slower]
+
+
 def test_an_image_in_the_window_past_its_lease_is_not_taken_again(tmp_path: Path) -> None:
     """Three slow images on one decoder, a lease of half a second: the last waits in the window longer than its
     lease (as 64 images do behind one decoder against the default 600 s); the window's refill does not claim its
