@@ -218,6 +218,15 @@ def test_an_image_queued_while_another_is_decoded_is_taken_by_a_free_decoder(tmp
     assert set(done) == {fast, slow} and done[slow] - done[fast] > 0.5, "the CR taken and recorded meanwhile"
 
 
+def _copy_of(name: str) -> bytes:
+    """A real image's bytes under a UID of its own."""
+    import pydicom
+
+    ds = pydicom.dcmread(dicom_file(name))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    return dicom_bytes(ds)
+
+
 def _copies(store: Store, data: bytes, n: int) -> list[int]:
     """`n` copies of an image queued, each under a UID of its own."""
     import pydicom
@@ -256,6 +265,40 @@ def test_a_window_full_of_slow_images_waits_without_spinning_and_takes_an_arriva
         worker.stop()
         registry.close()
     assert set(done) == {slow, slower, fast} and done[slow] < done[fast] < done[slower]
+
+
+def test_a_worker_in_its_own_process_takes_up_a_model_change_during_a_stream(
+    tmp_path: Path, make_settings: Callable[..., Settings], service: Callable[..., Any]
+) -> None:
+    """A worker in its own process (role worker) and a front, chest CRs arriving without a pause: a model put in
+    service on the front reads the images begun after the window at hand, not only once the queue is empty."""
+    from edge_app.ingest import Ingest
+
+    settings = make_settings(worker={"burst": 2, "idle_s": 0.05}, imaging={"decoders": 2})
+    service(settings, "worker")
+    front = service(settings, "front")
+    variant = bundle_variant(tmp_path, "1.1.2")
+    stop = threading.Event()
+
+    def stream() -> None:
+        store = Store(settings.storage.data_dir)
+        while not stop.is_set():
+            if store.queued() < 8:
+                Ingest(store).submit(io.BytesIO(_copy_of("RG1_UNCR.dcm")), "cr.dcm", "test")
+            time.sleep(0.01)
+        store.close()
+
+    streaming = threading.Thread(target=stream)
+    streaming.start()
+    try:
+        time.sleep(2)
+        front.lifecycle.activate(variant, "admin")
+        time.sleep(6)
+        versions = {json.loads(row[0])["version"] for row in front.store.query("SELECT model FROM results")}
+    finally:
+        stop.set()
+        streaming.join()
+    assert versions == {"1.1.1", "1.1.2"}
 
 
 def test_an_image_in_the_window_past_its_lease_is_not_taken_again(tmp_path: Path) -> None:

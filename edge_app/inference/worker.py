@@ -53,6 +53,7 @@ class Worker:
         after_job: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         views: Views | None = None,
+        change_waiting: Callable[[], bool] | None = None,
     ) -> None:
         self.store = store
         self.views = views  # where an image no model decoded gets its view for the tablet
@@ -61,6 +62,7 @@ class Worker:
         self.settings = settings or WorkerSettings()
         self.on_recorded = on_recorded  # a job's results recorded (their ids): the outbox queues what they send
         self.before_job = before_job  # between two jobs, before the next claim: follow model changes
+        self.change_waiting = change_waiting  # whether one waits for `before_job`: the window takes no more
         self.after_job = after_job  # a job's result recorded: tell a front in another process
         self._loop_thread = Background("edge-worker", self._loop)
         self._busy_since: float | None = None  # when the burst at hand last moved (claimed, an image prepared)
@@ -101,7 +103,8 @@ class Worker:
         recorded as soon as it is diagnosed, with those prepared beside it (inferred in one batch where the model
         takes batches), and the window refilled from the queue as they are recorded: the decoders never wait for
         a record, nor an image for the rest of its burst. Until the queue is empty, or the worker stops, or a model
-        change waits (`between_jobs`): then what was begun is finished. False where no job was waiting."""
+        change waits (`between_jobs`, or `change_waiting` from the front): then what was begun is finished. False
+        where no job was waiting."""
         with self._job:
             if self.before_job is not None:
                 self.before_job()
@@ -140,6 +143,8 @@ class Worker:
             self._leased = self.clock()
         while len(window) + len(begun) < self.settings.burst:
             try:
+                if not first and self.change_waiting is not None and self.change_waiting():
+                    break  # made on the front: `before_job` takes it up once the window is done
                 job = self.store.claim_job(self.settings.lease_s, self.settings.max_attempts)
             except Exception:
                 if first and not begun:
