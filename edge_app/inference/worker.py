@@ -130,21 +130,11 @@ class Worker:
         begun: list[_Begun] = []
         if not first and (self._held.is_set() or self._loop_thread.stopping.is_set() or self._store_failed):
             return begun
-        if not window:
-            self._leased = self.clock()
-        elif self.clock() - self._leased >= self.settings.lease_s / 2:  # an image waiting for a decoder longer
-            # than its lease would be claimed again by the claims below: begun twice, recorded twice
-            try:
-                self.store.renew_jobs([job for job, _ in window], self.settings.lease_s)
-            except Exception:
-                log.exception("worker: cannot renew the leases of the images at hand; claiming no more meanwhile")
-                self._store_failed = True
-                return begun
-            self._leased = self.clock()
         while len(window) + len(begun) < self.settings.burst:
             try:
                 if not first and self.change_waiting is not None and self.change_waiting():
                     break  # made on the front: `before_job` takes it up once the window is done
+                self._renew([job for job, _ in window + begun])
                 job = self.store.claim_job(self.settings.lease_s, self.settings.max_attempts)
             except Exception:
                 if first and not begun:
@@ -161,6 +151,16 @@ class Worker:
             begun.append((job, plan))
             self._moved()
         return begun
+
+    def _renew(self, held: list[Job]) -> None:
+        """Before a claim: the leases of the jobs at hand renewed once half their time has passed, so that the claim
+        does not take one of them again (an image waiting for a decoder past its lease: begun, recorded twice)."""
+        now = self.clock()
+        if not held:
+            self._leased = now
+        elif now - self._leased >= self.settings.lease_s / 2:
+            self.store.renew_jobs(held, self.settings.lease_s)
+            self._leased = now
 
     def _ready(self, window: list[_Begun]) -> list[_Begun]:
         """What is diagnosed next: every image of the window prepared by now, once one is (awaited in the order
