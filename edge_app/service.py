@@ -107,6 +107,7 @@ class Service:
                 settings.worker,
                 on_recorded=self.outbox.queue if self.outbox is not None else None,
                 before_job=self.lifecycle.follow if role == "worker" else None,
+                change_waiting=self.lifecycle.behind if role == "worker" else None,
                 after_job=(lambda: wake(data_dir, "front")) if role == "worker" else None,
                 views=self.views,
             )

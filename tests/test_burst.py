@@ -8,8 +8,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from edge_app.inference.registry import Registry
 from edge_app.inference.worker import Worker
 from edge_app.runtime import open_runner
 from edge_app.store import Store
+from support import processes
 from support.bundles import bundle_for, bundle_variant
 from support.dicom import dicom_bytes, dicom_file, noisy_j2k
 
@@ -213,6 +216,162 @@ def test_an_image_queued_while_another_is_decoded_is_taken_by_a_free_decoder(tmp
     finally:
         registry.close()
     assert set(done) == {fast, slow} and done[slow] - done[fast] > 0.5, "the CR taken and recorded meanwhile"
+
+
+def _copy_of(name: str) -> bytes:
+    """A real image's bytes under a UID of its own."""
+    import pydicom
+
+    ds = pydicom.dcmread(dicom_file(name))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    return dicom_bytes(ds)
+
+
+def _copies(store: Store, data: bytes, n: int) -> list[int]:
+    """`n` copies of an image queued, each under a UID of its own."""
+    import pydicom
+
+    ids = []
+    for _ in range(n):
+        ds = pydicom.dcmread(io.BytesIO(data))
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ids.append(_queue(store, "slow.dcm", dicom_bytes(ds)))
+    return ids
+
+
+def test_a_window_full_of_slow_images_waits_without_spinning_and_takes_an_arrival_once_a_slot_frees(
+    tmp_path: Path,
+) -> None:
+    """A window of two, both slow images being decoded, when a chest CR arrives: the worker's thread waits (its
+    CPU near zero: no claim while the window is full), and the CR takes the slot of the first slow image recorded,
+    recorded before the slower one."""
+    from test_worker import _cpu_seconds_of_thread
+
+    store = Store(tmp_path / "store")
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE, decoders=2)
+    worker = Worker(store, registry, WorkerSettings(burst=2, idle_s=0.05))
+    try:
+        slow, slower = _queue(store, "slow.dcm", noisy_j2k(2500)), *_copies(store, noisy_j2k(4500), 1)
+        worker.start()
+        while store.query("SELECT count(*) FROM jobs WHERE state = 'running'")[0][0] < 2:
+            time.sleep(0.005)
+        fast = _queue(store, "RG1_UNCR.dcm")
+        before = _cpu_seconds_of_thread("edge-worker")
+        time.sleep(0.5)
+        assert store.image_status(slow)[0] == "queued", "the window still full"
+        assert _cpu_seconds_of_thread("edge-worker") - before < 0.05
+        done = _when_done(store, [slow, slower, fast])
+    finally:
+        worker.stop()
+        registry.close()
+    assert set(done) == {slow, slower, fast} and done[fast] < done[slower], "taken by the slot freed first"
+
+
+def test_a_worker_in_its_own_process_takes_up_a_model_change_during_a_stream(
+    tmp_path: Path, make_settings: Callable[..., Settings], service: Callable[..., Any]
+) -> None:
+    """A worker in its own process (role worker) and a front, chest CRs arriving without a pause: a model put in
+    service on the front reads the images begun after the window at hand, not only once the queue is empty."""
+    from edge_app.ingest import Ingest
+
+    settings = make_settings(worker={"burst": 2, "idle_s": 0.05}, imaging={"decoders": 2})
+    service(settings, "worker")
+    front = service(settings, "front")
+    variant = bundle_variant(tmp_path, "1.1.2")
+    stop = threading.Event()
+
+    def stream() -> None:
+        store = Store(settings.storage.data_dir)
+        while not stop.is_set():
+            if store.queued() < 8:
+                Ingest(store).submit(io.BytesIO(_copy_of("RG1_UNCR.dcm")), "cr.dcm", "test")
+            time.sleep(0.01)
+        store.close()
+
+    streaming = threading.Thread(target=stream)
+    streaming.start()
+    try:
+        time.sleep(2)
+        front.lifecycle.activate(variant, "admin")
+        time.sleep(6)
+        versions = {json.loads(row[0])["version"] for row in front.store.query("SELECT model FROM results")}
+    finally:
+        stop.set()
+        streaming.join()
+    assert versions == {"1.1.1", "1.1.2"}
+
+
+def test_an_image_in_the_window_past_its_lease_is_not_taken_again(tmp_path: Path) -> None:
+    """Three slow images on one decoder, a lease of half a second: the last waits in the window longer than its
+    lease (as 64 images do behind one decoder against the default 600 s); the window's refill does not claim its
+    own images again: each is tried once and recorded once."""
+    store = Store(tmp_path / "store")
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE, decoders=1)
+    try:
+        ids = _copies(store, noisy_j2k(3500), 3)
+        Worker(store, registry, WorkerSettings(burst=8, lease_s=0.5)).run_once()
+    finally:
+        registry.close()
+    results = store.query("SELECT image_id, count(*) FROM results GROUP BY image_id ORDER BY image_id")
+    assert [tuple(row) for row in results] == [(i, 1) for i in ids]
+    assert [row[0] for row in store.query("SELECT attempts FROM jobs ORDER BY id")] == [1, 1, 1]
+
+
+def test_decoders_killed_mid_window_cost_only_the_images_they_held(tmp_path: Path) -> None:
+    """Four slow images on two decoders, both decoder processes killed (a native crash) while the first two are
+    decoded: those two are refused as crashed; the two waiting for a decoder are read by the new ones, and the
+    window ends."""
+    from test_hostile import _children, _cmdline
+
+    store = Store(tmp_path / "store")
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE, decoders=2)
+    try:
+        registry.diagnosers[0].diagnose(dicom_file("RG1_UNCR.dcm"))  # the children started
+        ids = _copies(store, noisy_j2k(2500), 4)
+        running = threading.Thread(target=Worker(store, registry, WorkerSettings(burst=8)).run_once)
+        running.start()
+        while store.query("SELECT count(*) FROM jobs WHERE state = 'running'")[0][0] < 4:
+            time.sleep(0.005)
+        time.sleep(0.3)  # each child on an image
+        for pid in [p for p in _children() if "resource_tracker" not in _cmdline(p)]:
+            os.kill(pid, signal.SIGKILL)
+        running.join(60)
+        assert not running.is_alive()
+    finally:
+        registry.close()
+    statuses = [store.image_status(i) for i in ids]
+    assert [reason for _, reason in statuses[:2]] == ["the image decoder crashed on this file (killed by SIGKILL)"] * 2
+    assert [status for status, _ in statuses[2:]] == ["outside"] * 2
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+def test_a_server_stopped_during_a_window_records_each_image_once(
+    tmp_path: Path, launch: Callable[..., Any], free_port: int, how: signal.Signals
+) -> None:
+    """Six slow images, a window of three on two decoders, the server stopped while images of the window are being
+    decoded. Stopped (systemd's SIGTERM): what was begun is recorded and no more begun, the rest still queued;
+    killed: what was begun is claimed again once its lease runs out. Either way, the server started again records
+    each image once."""
+    data = tmp_path / "data"
+    env = {"EDGE_APP_WORKER_IDLE_S": "0.05", "EDGE_APP_WORKER_BURST": "3", "EDGE_APP_WORKER_LEASE_S": "2"}
+    store = Store(data)
+    ids = _copies(store, noisy_j2k(2500), 6)
+    proc = launch(data, free_port, {**env, "EDGE_APP_IMAGING_DECODERS": "2"})
+    running = "SELECT count(*) FROM jobs WHERE state = 'running'"
+    while store.query(running)[0][0] < 2:
+        time.sleep(0.005)
+    proc.send_signal(how)
+    assert proc.wait(timeout=60) in (0, -how)
+    states = {row[0] for row in store.query("SELECT state FROM jobs")}
+    assert states == ({"done", "queued"} if how == signal.SIGTERM else {"running", "queued"} | (states & {"done"}))
+    again = launch(data, processes.free_port(), env)
+    try:
+        done = _when_done(store, ids)
+    finally:
+        again.terminate()
+        again.wait(timeout=60)
+    results = store.query("SELECT image_id, count(*) FROM results GROUP BY image_id ORDER BY image_id")
+    assert set(done) == set(ids) and [tuple(row) for row in results] == [(i, 1) for i in ids]
 
 
 def test_decoders_by_default_follow_the_cores_and_the_memory() -> None:

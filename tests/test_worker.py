@@ -424,3 +424,33 @@ def test_a_model_change_waiting_keeps_the_worker_from_beginning_more(tmp_path: P
         assert worker.run_once() and store.image_status(later)[0] == "done"
     finally:
         registry.close()
+
+
+def test_a_store_failing_while_an_image_is_decoded_is_logged_once_not_each_look_at_the_queue(
+    tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store fails (closed) while the window waits seconds for a slow image: the failed claim is logged once
+    for the window, not each 50 ms look at the queue (a disk-full box would fill its journal); the image's record
+    fails too, and is left to its lease."""
+    import threading
+
+    from support.dicom import noisy_j2k
+
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    try:
+        digest, size = store.put_stream(io.BytesIO(noisy_j2k(3000)))  # seconds to decode
+        slow = store.add_image(digest, size, "slow.dcm", "test", read_header(store.file_path(digest), "x")).image_id
+        worker = Worker(store, registry)
+        running = threading.Thread(target=worker.run_once)
+        running.start()
+        while store.query("SELECT state FROM jobs WHERE image_id = ?", (slow,))[0][0] != "running":
+            time.sleep(0.005)
+        store.close()
+        running.join(60)
+    finally:
+        registry.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == "edge_app.inference.worker"]
+    assert messages == [
+        "worker: cannot claim more jobs; going on with those at hand",
+        f"worker: the outcome of image {slow} could not be recorded",
+    ]

@@ -229,6 +229,10 @@ class ModelLifecycle:
         self.store.audit(actor, "model.thresholds", sha256, f"version {version}: {detail}")
         return version
 
+    def behind(self) -> bool:
+        """Whether an administrator changed a model or its thresholds on the front since `follow` took them up."""
+        return self.history.latest_change() != self._followed
+
     def follow(self) -> None:
         """Between two jobs of a worker in its own process: take up what an administrator changed on the front."""
         assert self.registry is not None

@@ -53,6 +53,7 @@ class Worker:
         after_job: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         views: Views | None = None,
+        change_waiting: Callable[[], bool] | None = None,
     ) -> None:
         self.store = store
         self.views = views  # where an image no model decoded gets its view for the tablet
@@ -61,11 +62,14 @@ class Worker:
         self.settings = settings or WorkerSettings()
         self.on_recorded = on_recorded  # a job's results recorded (their ids): the outbox queues what they send
         self.before_job = before_job  # between two jobs, before the next claim: follow model changes
+        self.change_waiting = change_waiting  # whether one waits for `before_job`: the window takes no more
         self.after_job = after_job  # a job's result recorded: tell a front in another process
         self._loop_thread = Background("edge-worker", self._loop)
         self._busy_since: float | None = None  # when the burst at hand last moved (claimed, an image prepared)
         self._job = threading.Lock()  # held from a window's first claim to its last record
         self._held = threading.Event()  # a model change waits: no job begun until it is made
+        self._leased = 0.0  # when the leases of the window's jobs were last taken or renewed (the earliest)
+        self._store_failed = False  # a claim or a renewal failed: the window takes no more (logged once, not each look)
 
     def start(self) -> None:
         self._loop_thread.start()
@@ -99,10 +103,12 @@ class Worker:
         recorded as soon as it is diagnosed, with those prepared beside it (inferred in one batch where the model
         takes batches), and the window refilled from the queue as they are recorded: the decoders never wait for
         a record, nor an image for the rest of its burst. Until the queue is empty, or the worker stops, or a model
-        change waits (`between_jobs`): then what was begun is finished. False where no job was waiting."""
+        change waits (`between_jobs`, or `change_waiting` from the front): then what was begun is finished. False
+        where no job was waiting."""
         with self._job:
             if self.before_job is not None:
                 self.before_job()
+            self._store_failed = False
             window = self._begin_more([], first=True)
             if not window:
                 return False
@@ -119,17 +125,22 @@ class Worker:
 
     def _begin_more(self, window: list[_Begun], first: bool = False) -> list[_Begun]:
         """Jobs claimed from the queue and begun, as many as the window has room for; a claim that fails
-        raises for the `first` (the loop waits and tries again), else ends the claiming (the window goes on)."""
+        raises for the `first` (the loop waits and tries again), else ends the window's claiming (it goes on with
+        those at hand)."""
         begun: list[_Begun] = []
-        if not first and (self._held.is_set() or self._loop_thread.stopping.is_set()):
+        if not first and (self._held.is_set() or self._loop_thread.stopping.is_set() or self._store_failed):
             return begun
         while len(window) + len(begun) < self.settings.burst:
             try:
+                if not first and self.change_waiting is not None and self.change_waiting():
+                    break  # made on the front: `before_job` takes it up once the window is done
+                self._renew([job for job, _ in window + begun])
                 job = self.store.claim_job(self.settings.lease_s, self.settings.max_attempts)
             except Exception:
                 if first and not begun:
                     raise
                 log.exception("worker: cannot claim more jobs; going on with those at hand")  # not held a lease
+                self._store_failed = True
                 break
             if job is None:
                 break
@@ -140,6 +151,16 @@ class Worker:
             begun.append((job, plan))
             self._moved()
         return begun
+
+    def _renew(self, held: list[Job]) -> None:
+        """Before a claim: the leases of the jobs at hand renewed once half their time has passed, so that the claim
+        does not take one of them again (an image waiting for a decoder past its lease: begun, recorded twice)."""
+        now = self.clock()
+        if not held:
+            self._leased = now
+        elif now - self._leased >= self.settings.lease_s / 2:
+            self.store.renew_jobs(held, self.settings.lease_s)
+            self._leased = now
 
     def _ready(self, window: list[_Begun]) -> list[_Begun]:
         """What is diagnosed next: every image of the window prepared by now, once one is (awaited in the order

@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -471,6 +471,15 @@ class Store:
             metadata = json.loads(row[5])
             header = ImageHeader.from_dict(metadata)
             return Job(job_id, image_id, str(row[3]), str(row[4]), attempts + 1, header, metadata, row[6])
+
+    def renew_jobs(self, jobs: Sequence[Job], lease_s: float) -> None:
+        """Lease again for `lease_s` jobs still held (a worker's images waiting for a decoder): not claimed again
+        while their worker lives."""
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = 'running'",
+                [(time.time() + lease_s, job.id) for job in jobs],
+            )
 
     def finish_job(self, job: Job, outcome: Outcome) -> list[int]:
         """Record a job's outcome in one transaction (heatmap files first), then wake whoever waits for it; the
