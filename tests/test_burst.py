@@ -189,7 +189,7 @@ def test_an_image_is_recorded_without_waiting_for_a_slower_one_begun_beside_it(t
     store = Store(tmp_path / "store")
     registry = _registry(tmp_path, EMBEDDED_BUNDLE)
     try:
-        fast, slow = _queue(store, "RG1_UNCR.dcm"), _queue(store, "slow.dcm", noisy_j2k(3000))
+        fast, slow = _queue(store, "RG1_UNCR.dcm"), _queue(store, "slow.dcm", noisy_j2k(2000, whole=True))
         running = threading.Thread(target=Worker(store, registry, WorkerSettings(burst=8)).run_once)
         running.start()
         done = _when_done(store, [fast, slow])
@@ -205,7 +205,7 @@ def test_an_image_queued_while_another_is_decoded_is_taken_by_a_free_decoder(tmp
     store = Store(tmp_path / "store")
     registry = _registry(tmp_path, EMBEDDED_BUNDLE)
     try:
-        slow = _queue(store, "slow.dcm", noisy_j2k(3000))
+        slow = _queue(store, "slow.dcm", noisy_j2k(2000, whole=True))
         running = threading.Thread(target=Worker(store, registry, WorkerSettings(burst=8)).run_once)
         running.start()
         while store.query("SELECT state FROM jobs WHERE image_id = ?", (slow,))[0][0] != "running":
@@ -251,7 +251,10 @@ def test_a_window_full_of_slow_images_waits_without_spinning_and_takes_an_arriva
     registry = _registry(tmp_path, EMBEDDED_BUNDLE, decoders=2)
     worker = Worker(store, registry, WorkerSettings(burst=2, idle_s=0.05))
     try:
-        slow, slower = _queue(store, "slow.dcm", noisy_j2k(2500)), *_copies(store, noisy_j2k(4500), 1)
+        slow, slower = (
+            _queue(store, "slow.dcm", noisy_j2k(2000, whole=True)),
+            *_copies(store, noisy_j2k(3000, whole=True), 1),
+        )
         worker.start()
         while store.query("SELECT count(*) FROM jobs WHERE state = 'running'")[0][0] < 2:
             time.sleep(0.005)
@@ -308,7 +311,7 @@ def test_an_image_in_the_window_past_its_lease_is_not_taken_again(tmp_path: Path
     store = Store(tmp_path / "store")
     registry = _registry(tmp_path, EMBEDDED_BUNDLE, decoders=1)
     try:
-        ids = _copies(store, noisy_j2k(3500), 3)
+        ids = _copies(store, noisy_j2k(2500, whole=True), 3)
         Worker(store, registry, WorkerSettings(burst=8, lease_s=0.5)).run_once()
     finally:
         registry.close()
@@ -327,7 +330,7 @@ def test_decoders_killed_mid_window_cost_only_the_images_they_held(tmp_path: Pat
     registry = _registry(tmp_path, EMBEDDED_BUNDLE, decoders=2)
     try:
         registry.diagnosers[0].diagnose(dicom_file("RG1_UNCR.dcm"))  # the children started
-        ids = _copies(store, noisy_j2k(2500), 4)
+        ids = _copies(store, noisy_j2k(2000, whole=True), 4)
         running = threading.Thread(target=Worker(store, registry, WorkerSettings(burst=8)).run_once)
         running.start()
         while store.query("SELECT count(*) FROM jobs WHERE state = 'running'")[0][0] < 4:
@@ -355,7 +358,7 @@ def test_a_server_stopped_during_a_window_records_each_image_once(
     data = tmp_path / "data"
     env = {"EDGE_APP_WORKER_IDLE_S": "0.05", "EDGE_APP_WORKER_BURST": "3", "EDGE_APP_WORKER_LEASE_S": "2"}
     store = Store(data)
-    ids = _copies(store, noisy_j2k(2500), 6)
+    ids = _copies(store, noisy_j2k(2000, whole=True), 6)
     proc = launch(data, free_port, {**env, "EDGE_APP_IMAGING_DECODERS": "2"})
     running = "SELECT count(*) FROM jobs WHERE state = 'running'"
     while store.query(running)[0][0] < 2:

@@ -398,7 +398,7 @@ def test_a_model_change_waiting_keeps_the_worker_from_beginning_more(tmp_path: P
 
     registry = _registry(tmp_path, EMBEDDED_BUNDLE)
     try:
-        digest, size = store.put_stream(io.BytesIO(noisy_j2k(3000)))  # seconds to decode
+        digest, size = store.put_stream(io.BytesIO(noisy_j2k(2000, whole=True)))  # seconds to decode
         slow = store.add_image(digest, size, "slow.dcm", "test", read_header(store.file_path(digest), "x")).image_id
         worker = Worker(store, registry)
         running = threading.Thread(target=worker.run_once)
@@ -438,7 +438,7 @@ def test_a_store_failing_while_an_image_is_decoded_is_logged_once_not_each_look_
 
     registry = _registry(tmp_path, EMBEDDED_BUNDLE)
     try:
-        digest, size = store.put_stream(io.BytesIO(noisy_j2k(3000)))  # seconds to decode
+        digest, size = store.put_stream(io.BytesIO(noisy_j2k(2000, whole=True)))  # seconds to decode
         slow = store.add_image(digest, size, "slow.dcm", "test", read_header(store.file_path(digest), "x")).image_id
         worker = Worker(store, registry)
         running = threading.Thread(target=worker.run_once)

@@ -42,8 +42,12 @@ def dicom_bytes(ds: Any) -> bytes:
     return out.getvalue()
 
 
-def noisy_j2k(side: int) -> bytes:
-    """A side x side 12-bit JPEG 2000 CR of noise: seconds to decode at 2500 and more, a slow model's stand-in."""
+def noisy_j2k(side: int, whole: bool = False) -> bytes:
+    """A side x side 12-bit JPEG 2000 CR of noise: seconds to decode at 2500 and more, a slow model's stand-in.
+    Its codestream has openjpeg's 5 resolution levels, so the box decodes a level that holds what its uses need
+    (a half, a quarter: a large one may be the faster); `whole`: one level only (encoded by imagecodecs), decoded
+    whole, its time growing with its side."""
+    import imagecodecs
     import numpy as np
     import pydicom
     from openjpeg.utils import encode_array
@@ -55,7 +59,14 @@ def noisy_j2k(side: int) -> bytes:
     ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
     ds.Rows, ds.Columns = pixels.shape
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = encapsulate([encode_array(pixels, use_mct=False)])
+    if whole:
+        codec = imagecodecs.JPEG2K.CODEC.J2K
+        frame = imagecodecs.jpeg2k_encode(
+            pixels, 0, codecformat=codec, resolutions=1, reversible=True, bitspersample=12
+        )
+    else:
+        frame = encode_array(pixels, use_mct=False)
+    ds.PixelData = encapsulate([frame])
     return dicom_bytes(ds)
 
 
