@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -211,7 +212,6 @@ def test_a_failing_store_does_not_end_the_worker(tmp_path: Path, store: Store) -
 
 def _cpu_seconds_of_thread(name: str) -> float:
     import os
-    import threading
 
     (thread,) = [t for t in threading.enumerate() if t.name == name]
     fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1].split()
@@ -372,7 +372,6 @@ def test_a_row_that_names_no_stored_file_fails_its_image_and_the_worker_goes_on(
 
 def test_between_jobs_waits_for_the_image_at_hand(tmp_path: Path, store: Store) -> None:
     """What putting a model in service relies on: inside `between_jobs`, no job is half done."""
-    import threading
 
     registry = _registry(tmp_path, EMBEDDED_BUNDLE)
     try:
@@ -389,22 +388,29 @@ def test_between_jobs_waits_for_the_image_at_hand(tmp_path: Path, store: Store) 
         registry.close()
 
 
+def _slow_image_in_hand(store: Store, registry: Registry) -> tuple[int, Worker, threading.Thread]:
+    """A slow image (seconds of JPEG 2000 decoded whole) queued, and a worker's pass in a thread of its own that
+    has begun it: the image, the worker, its thread."""
+    from support.dicom import noisy_j2k
+
+    digest, size = store.put_stream(io.BytesIO(noisy_j2k(2000, whole=True)))
+    slow = store.add_image(digest, size, "slow.dcm", "test", read_header(store.file_path(digest), "x")).image_id
+    worker = Worker(store, registry)
+    running = threading.Thread(target=worker.run_once)
+    running.start()
+    while store.query("SELECT state FROM jobs WHERE image_id = ?", (slow,))[0][0] != "running":
+        time.sleep(0.005)
+    return slow, worker, running
+
+
 def test_a_model_change_waiting_keeps_the_worker_from_beginning_more(tmp_path: Path, store: Store) -> None:
     """A model change waits (`between_jobs`) while an image is decoded: an image queued meanwhile is not begun
     with the model about to leave; the change is made between the two, and the next pass reads it."""
-    import threading
-
-    from support.dicom import dicom_bytes, noisy_j2k
+    from support.dicom import dicom_bytes
 
     registry = _registry(tmp_path, EMBEDDED_BUNDLE)
     try:
-        digest, size = store.put_stream(io.BytesIO(noisy_j2k(2000, whole=True)))  # seconds to decode
-        slow = store.add_image(digest, size, "slow.dcm", "test", read_header(store.file_path(digest), "x")).image_id
-        worker = Worker(store, registry)
-        running = threading.Thread(target=worker.run_once)
-        running.start()
-        while store.query("SELECT state FROM jobs WHERE image_id = ?", (slow,))[0][0] != "running":
-            time.sleep(0.005)
+        slow, worker, running = _slow_image_in_hand(store, registry)
         seen: list[tuple[str, str]] = []
 
         def change() -> None:
@@ -432,19 +438,9 @@ def test_a_store_failing_while_an_image_is_decoded_is_logged_once_not_each_look_
     """The store fails (closed) while the window waits seconds for a slow image: the failed claim is logged once
     for the window, not each 50 ms look at the queue (a disk-full box would fill its journal); the image's record
     fails too, and is left to its lease."""
-    import threading
-
-    from support.dicom import noisy_j2k
-
     registry = _registry(tmp_path, EMBEDDED_BUNDLE)
     try:
-        digest, size = store.put_stream(io.BytesIO(noisy_j2k(2000, whole=True)))  # seconds to decode
-        slow = store.add_image(digest, size, "slow.dcm", "test", read_header(store.file_path(digest), "x")).image_id
-        worker = Worker(store, registry)
-        running = threading.Thread(target=worker.run_once)
-        running.start()
-        while store.query("SELECT state FROM jobs WHERE image_id = ?", (slow,))[0][0] != "running":
-            time.sleep(0.005)
+        slow, _, running = _slow_image_in_hand(store, registry)
         store.close()
         running.join(60)
     finally:
