@@ -399,3 +399,19 @@ def test_openjpeg_s_threads_share_the_cores_among_the_decoders() -> None:
     assert codec_threads(1) == cores, "one decoder: every core for a codestream's code-blocks"
     assert codec_threads(cores) == 1 and codec_threads(4 * cores) == 1
     assert codec_threads(0) == cores
+
+
+def test_images_whose_decoder_could_not_be_started_are_queued_again_and_read(tmp_path: Path) -> None:
+    """The decoder pool gone under the worker (its processes stopped, as when they cannot start): the images of
+    the window are not failed for it; queued again at once, they are read by the pool that replaces it."""
+    store = Store(tmp_path / "store")
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    try:
+        ids = [_queue(store, name) for name in CHESTS[:2]]
+        assert registry.decoder is not None
+        registry.decoder.close()
+        assert Worker(store, registry, WorkerSettings(burst=8)).run_once()
+    finally:
+        registry.close()
+    assert [store.image_status(i)[0] for i in ids] == ["done", "done"]
+    assert [row[0] for row in store.query("SELECT attempts FROM jobs ORDER BY id")] == [2, 2], "tried twice each"

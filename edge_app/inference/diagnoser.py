@@ -25,7 +25,7 @@ from edge_app.bundles.findings import (
 )
 from edge_app.bundles.manifest import IntendedUse, Manifest
 from edge_app.config import Settings
-from edge_app.errors import ImageRejected
+from edge_app.errors import DecoderUnavailable, ImageRejected
 from edge_app.imaging import DecodeLimits
 from edge_app.imaging.prepare import Prepared, prepare
 from edge_app.imaging.sandbox import DecoderPool
@@ -46,6 +46,7 @@ class Pending:
     # Waits at most a timeout for `wait` to be able to answer at once, and says whether it is (prepared in this
     # process: when waited for, so at once).
     settle: Callable[[float | None], bool] = lambda timeout_s: True
+    unavailable: bool = False  # finished without being read: its decoder process could not be started
 
 
 class Diagnoser:
@@ -147,6 +148,9 @@ class Diagnoser:
         for p in pending:
             try:
                 prepared = p.wait()
+            except DecoderUnavailable as exc:  # not the image's failure: the pool is replaced for the next one
+                p.unavailable = True
+                diagnoses[p] = self._refused(p.source, exc)
             except Exception as exc:
                 diagnoses[p] = self._refused(p.source, exc)
             else:

@@ -115,8 +115,11 @@ class Worker:
             try:
                 while window:
                     ready = self._ready(window)
-                    for (job, _), outcome in zip(ready, self._outcomes(ready), strict=True):
-                        self._record(job, outcome)
+                    for (job, plan), outcome in zip(ready, self._outcomes(ready), strict=True):
+                        if _unavailable(plan):
+                            self._requeue(job)
+                        else:
+                            self._record(job, outcome)
                     window = [begun for begun in window if begun not in ready]
                     window += self._begin_more(window)
             finally:
@@ -190,6 +193,17 @@ class Worker:
         if self.after_job is not None:
             self.after_job()
 
+    def _requeue(self, job: Job) -> None:
+        """An image its decoder process could not be started for (not read): queued again at once, for the
+        replaced decoders (its attempt counted: a decoder that never starts fails it after `max_attempts`)."""
+        log.warning("worker: image %d not read, its decoder could not be started: queued again", job.image_id)
+        try:
+            self.store.requeue_job(job)
+        except Exception:  # left to its lease
+            log.exception("worker: image %d could not be queued again", job.image_id)
+        finally:
+            self._moved()
+
     def _moved(self) -> None:
         self._busy_since = self.clock()
 
@@ -219,7 +233,7 @@ class Worker:
                 outcome = plan if isinstance(plan, Outcome) else _combined([(d, diagnoses[p]) for d, p in plan])
             except Exception as exc:
                 outcome = _internal(job, exc)
-            if outcome.view is None and self.views is not None:
+            if outcome.view is None and self.views is not None and not _unavailable(plan):
                 outcome = dataclasses.replace(outcome, view=self._view(job))
             outcomes.append(outcome)
         return outcomes
@@ -259,6 +273,11 @@ class Worker:
 def _settled(plan: Outcome | list[tuple[Diagnoser, Pending]], timeout_s: float) -> bool:
     """Whether each image begun of a plan is prepared, after waiting at most `timeout_s` for each."""
     return isinstance(plan, Outcome) or all(pending.settle(timeout_s) for _, pending in plan)
+
+
+def _unavailable(plan: Outcome | list[tuple[Diagnoser, Pending]]) -> bool:
+    """Whether an image begun was not read because its decoder process could not be started."""
+    return isinstance(plan, list) and any(pending.unavailable for _, pending in plan)
 
 
 def _combined(diagnoses: list[tuple[Diagnoser, Diagnosis]]) -> Outcome:

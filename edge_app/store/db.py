@@ -456,7 +456,10 @@ class Store:
                     return None
                 job_id, image_id, attempts = int(row[0]), int(row[1]), int(row[2])
                 if attempts >= max_attempts:
-                    reason = f"gave up after {attempts} attempts: the service stopped while diagnosing it each time"
+                    reason = (
+                        f"gave up after {attempts} attempts: the service stopped, or its decoder could not be "
+                        "started, while diagnosing it each time"
+                    )
                     db.execute(
                         "UPDATE images SET status = 'failed', reason = ?, reason_kind = 'internal' WHERE id = ?",
                         (reason, image_id),
@@ -471,6 +474,15 @@ class Store:
             metadata = json.loads(row[5])
             header = ImageHeader.from_dict(metadata)
             return Job(job_id, image_id, str(row[3]), str(row[4]), attempts + 1, header, metadata, row[6])
+
+    def requeue_job(self, job: Job) -> None:
+        """A job back in the queue at once, its attempt counted: its image was not read, through no fault of its
+        own (its decoder process could not be started)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'queued', lease_until = 0, updated_at = ? WHERE id = ? AND state = 'running'",
+                (_now(), job.id),
+            )
 
     def renew_jobs(self, jobs: Sequence[Job], lease_s: float) -> None:
         """Lease again for `lease_s` jobs still held (a worker's images waiting for a decoder): not claimed again
