@@ -267,7 +267,9 @@ def test_one_peer_holds_at_most_max_connections_per_peer(
             sock.close()  # type: ignore[union-attr]
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
+        # What is tested here is the cap; a stop of this server has once taken about 20 s (1 run in 15 here, once in
+        # CI), not yet explained: its bound is left to the stop's own tests.
+        proc.wait(timeout=60)
 
 
 def test_tls_1_2_offers_only_aead_suites_and_answers_carry_hsts(free_port: int, https: Callable[..., Served]) -> None:
