@@ -189,7 +189,8 @@ def test_an_image_is_recorded_without_waiting_for_a_slower_one_begun_beside_it(t
     store = Store(tmp_path / "store")
     registry = _registry(tmp_path, EMBEDDED_BUNDLE)
     try:
-        fast, slow = _queue(store, "RG1_UNCR.dcm"), _queue(store, "slow.dcm", noisy_j2k(2000, whole=True))
+        registry.diagnosers[0].diagnose(dicom_file("RG1_UNCR.dcm"))  # the decoder processes started
+        fast, slow = _queue(store, "RG1_UNCR.dcm"), _queue(store, "slow.dcm", noisy_j2k(3000, whole=True))
         running = threading.Thread(target=Worker(store, registry, WorkerSettings(burst=8)).run_once)
         running.start()
         done = _when_done(store, [fast, slow])
@@ -205,7 +206,8 @@ def test_an_image_queued_while_another_is_decoded_is_taken_by_a_free_decoder(tmp
     store = Store(tmp_path / "store")
     registry = _registry(tmp_path, EMBEDDED_BUNDLE)
     try:
-        slow = _queue(store, "slow.dcm", noisy_j2k(2000, whole=True))
+        registry.diagnosers[0].diagnose(dicom_file("RG1_UNCR.dcm"))  # the decoder processes started
+        slow = _queue(store, "slow.dcm", noisy_j2k(3000, whole=True))
         running = threading.Thread(target=Worker(store, registry, WorkerSettings(burst=8)).run_once)
         running.start()
         while store.query("SELECT state FROM jobs WHERE image_id = ?", (slow,))[0][0] != "running":
