@@ -65,7 +65,7 @@ class Worker:
         self.change_waiting = change_waiting  # whether one waits for `before_job`: the window takes no more
         self.after_job = after_job  # a job's result recorded: tell a front in another process
         self._loop_thread = Background("edge-worker", self._loop)
-        self._busy_since: float | None = None  # when the burst at hand last moved (claimed, an image prepared)
+        self._busy_since: float | None = None  # when the window last moved (a job claimed, an image prepared)
         self._job = threading.Lock()  # held from a window's first claim to its last record
         self._held = threading.Event()  # a model change waits: no job begun until it is made
         self._leased = 0.0  # when the leases of the window's jobs were last taken or renewed (the earliest)
@@ -78,7 +78,7 @@ class Worker:
         self._loop_thread.wake()
 
     def progressing(self, within_s: float) -> bool:
-        """Whether the worker is alive and not stuck: waiting for work, or on a burst that moved (a job claimed,
+        """Whether the worker is alive and not stuck: waiting for work, or on a window that moved (a job claimed,
         an image prepared, inferred or recorded) less than `within_s` seconds ago (systemd's watchdog asks)."""
         busy_since = self._busy_since
         stuck = busy_since is not None and self.clock() - busy_since >= within_s
@@ -120,7 +120,8 @@ class Worker:
                             self._requeue(job)
                         else:
                             self._record(job, outcome)
-                    window = [begun for begun in window if begun not in ready]
+                    recorded = {job.id for job, _ in ready}
+                    window = [(job, plan) for job, plan in window if job.id not in recorded]
                     window += self._begin_more(window)
             finally:
                 self._busy_since = None
