@@ -17,6 +17,9 @@ from converters.spec import Calibration
 
 _METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 SQNR_SAMPLE = 32  # calibration images on which `per_tensor` compares each tensor's quantization error
+# Images whose activations a calibrator holds at once: onnxruntime's keep every activation of what one
+# `collect_data` reads (an Xception-sized network's, of a few hundred images, did not fit in 24 GB).
+CALIBRATION_CHUNK = 16
 
 
 def to_fp16(model: Any, keep: list[str] | None = None) -> Any:
@@ -97,6 +100,8 @@ def to_int8(
                     "WeightSymmetric": True,
                     "QuantizeBias": not tensorrt,
                     "TensorQuantOverrides": overrides,
+                    # no CalibMaxIntermediateOutputs: onnxruntime (to 1.32 at least; its PR #20226 was closed)
+                    # drops each full chunk's ranges; MinMax holds only each tensor's min and max anyway
                 },
                 calibration_cache_path=cache,
             )
@@ -123,7 +128,8 @@ def per_tensor_ranges(
             calibrator = create_calibrator(
                 prepared, None, str(Path(tmp) / "augmented.onnx"), getattr(CalibrationMethod, ort_name)
             )
-            calibrator.collect_data(_Reader(input_name, calibration))
+            for start in range(0, len(calibration), CALIBRATION_CHUNK):  # histograms merged chunk by chunk
+                calibrator.collect_data(_Reader(input_name, calibration[start : start + CALIBRATION_CHUNK]))
             for name, data in calibrator.compute_data().items():
                 low, high = (float(np.asarray(v).reshape(-1)[0]) for v in data.range_value)
                 ranges.setdefault(name, {})[method] = (low, high)

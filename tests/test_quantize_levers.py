@@ -91,3 +91,29 @@ def _int8() -> object:
     from onnxruntime.quantization import QuantType
 
     return QuantType.QInt8
+
+
+def test_calibration_reads_every_chunk_of_images(tmp_path: Path) -> None:
+    """Calibrators read the images a chunk at a time (all at once did not fit for an Xception-sized network): a
+    wide image past the first chunk still sets the ranges, per tensor (within the SQNR sample, so that clipping it
+    is the worse choice) and for minmax (the 100th of 200: onnxruntime's own chunking, CalibMaxIntermediateOutputs,
+    would lose it)."""
+    from converters.quantize import CALIBRATION_CHUNK, SQNR_SAMPLE
+
+    fp32 = tmp_path / "dw.onnx"
+    _depthwise(fp32)
+    rng = np.random.default_rng(2)
+    calibration = rng.uniform(-1.0, 1.0, (200, 16, 8, 8)).astype(np.float32)
+    wide = rng.uniform(-3.0, 3.0, (16, 8, 8)).astype(np.float32)
+    assert CALIBRATION_CHUNK < SQNR_SAMPLE - 1
+    per_tensor = calibration.copy()
+    per_tensor[SQNR_SAMPLE - 1] = wide
+    chosen = per_tensor_ranges(fp32, "x", per_tensor, _int8(), symmetric=True)
+    assert chosen["x"]["rmax"] > 2.5, chosen["x"]
+    calibration[99] = wide
+    out = tmp_path / "minmax.onnx"
+    to_int8(fp32, out, "x", calibration, Calibration(method="minmax"), [])
+    model = onnx.load(str(out))
+    inits = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    quantize = next(node for node in model.graph.node if node.op_type == "QuantizeLinear" and node.input[0] == "x")
+    assert float(inits[quantize.input[1]]) == pytest.approx(float(np.abs(wide).max()) / 127, rel=1e-3)
