@@ -50,6 +50,9 @@ MODULES: dict[str, list[str]] = {
     "edge_app/runtime/engines/cache.py": ["test_tensorrt.py", "test_jetson_path.py"],
     "converters/fidelity.py": ["test_fidelity.py", "test_convert.py"],
     "converters/build.py": ["test_convert.py"],
+    "converters/quantize.py": ["test_quantize_levers.py", "test_convert.py"],
+    "converters/guard.py": ["test_input_guard.py"],
+    "converters/validation.py": ["test_validation.py"],
     "edge_app/imaging/codestream.py": [
         "test_codestream.py",
         "test_reduced_decode.py",
