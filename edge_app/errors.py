@@ -82,6 +82,11 @@ class DecoderUnavailable(EdgeAppError):
     """The image decoder's process could not be started (an internal failure, not the image's)."""
 
 
+class LeaseLost(EdgeAppError):
+    """A worker's claim on a job no longer holds it (its lease ran out and another claim took it): its outcome is
+    not recorded."""
+
+
 class InferenceError(EdgeAppError):
     """The model failed on an input it had accepted."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge_app.bundles.findings import Finding
-from edge_app.errors import ConfigError, IdentityConflict, NotFound, UserError
+from edge_app.errors import ConfigError, IdentityConflict, LeaseLost, NotFound, UserError
 from edge_app.imaging.header import ImageHeader, generated_header
 from edge_app.store import ModelResult, Outcome, Store
 from edge_app.store.schema import _V1
@@ -174,6 +174,49 @@ def test_a_lease_that_runs_out_is_claimed_again_then_given_up(tmp_path: Path) ->
     assert store.claim_job(lease_s=-1, max_attempts=3) is None
     status, reason = store.image_status(added.image_id)
     assert status == "failed" and reason is not None and reason.startswith("gave up after 3 attempts")
+    store.close()
+
+
+def test_a_claim_whose_lease_ran_out_records_nothing_once_another_holds_its_job(tmp_path: Path) -> None:
+    """Two workers: the first's lease runs out while it diagnoses, the second claims the job. The first's late
+    outcome, renewal and requeue change nothing (LeaseLost for the outcome); the second's outcome is the one kept,
+    once; after it, the first's claim still changes nothing."""
+    store = Store(tmp_path)
+    added = _add(store, b"image", _header())
+    late = store.claim_job(lease_s=-1, max_attempts=3)
+    holder = store.claim_job(lease_s=60, max_attempts=3)
+    assert late is not None and holder is not None and (late.id, late.attempts, holder.attempts) == (holder.id, 1, 2)
+    store.renew_jobs([late], lease_s=-1)  # the first's renewal would not shorten the second's lease
+    store.requeue_job(late)  # nor put the job back in the queue
+    with pytest.raises(LeaseLost, match=f"image {added.image_id}: attempt 1 no longer holds its job"):
+        store.finish_job(late, Outcome("failed", reason="late"))
+    assert store.claim_job(lease_s=60, max_attempts=3) is None, "the second's lease holds"
+    assert tuple(store.query("SELECT state, attempts FROM jobs")[0]) == ("running", 2)
+    assert store.image_status(added.image_id) == ("queued", None)
+    assert store.query("SELECT count(*) FROM results")[0][0] == 0
+    recorded = store.finish_job(holder, Outcome("done", results=[ModelResult("ok", MODEL, "b" * 64)]))
+    assert len(recorded) == 1 and store.image_status(added.image_id)[0] == "done"
+    for claim in (late, holder):  # finished: neither claim holds it now
+        with pytest.raises(LeaseLost):
+            store.finish_job(claim, Outcome("done", results=[ModelResult("ok", MODEL, "b" * 64)]))
+        store.requeue_job(claim)
+    assert store.query("SELECT state FROM jobs")[0][0] == "done"
+    assert store.query("SELECT count(*) FROM results")[0][0] == 1
+    store.close()
+
+
+def test_a_claim_renews_and_requeues_its_own_job(tmp_path: Path) -> None:
+    """The holder's renewal keeps its job from a second claim past the first lease; its requeue puts it back."""
+    store = Store(tmp_path)
+    _add(store, b"image", _header())
+    job = store.claim_job(lease_s=-1, max_attempts=3)
+    assert job is not None
+    store.renew_jobs([job], lease_s=60)
+    assert store.claim_job(lease_s=60, max_attempts=3) is None, "renewed"
+    store.requeue_job(job)
+    assert tuple(store.query("SELECT state, lease_until FROM jobs")[0]) == ("queued", 0)
+    again = store.claim_job(lease_s=60, max_attempts=3)
+    assert again is not None and again.attempts == 2
     store.close()
 
 

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 from edge_app.bundles.findings import Diagnosis, ResultStatus, heatmap_png
 from edge_app.config import WorkerSettings
-from edge_app.errors import ImageRejected
+from edge_app.errors import ImageRejected, LeaseLost
 from edge_app.imaging.encode import jpeg
 from edge_app.imaging.header import ImageHeader
 from edge_app.inference.diagnoser import Diagnoser, Pending
@@ -181,6 +181,9 @@ class Worker:
         """One image's outcome recorded, then what follows it (the outbox, the front told)."""
         try:
             recorded = self.store.finish_job(job, outcome)
+        except LeaseLost as exc:  # another claim of the image's job records its outcome
+            log.warning("worker: outcome not recorded: %s", exc)
+            return
         except Exception:  # its lease runs out and it is tried again; the others stand
             log.exception("worker: the outcome of image %d could not be recorded", job.image_id)
             return

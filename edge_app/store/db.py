@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from edge_app.bundles.findings import ResultStatus
-from edge_app.errors import ConfigError, IdentityConflict, NotFound, ReasonKind, UserError
+from edge_app.errors import ConfigError, IdentityConflict, LeaseLost, NotFound, ReasonKind, UserError
 from edge_app.imaging.header import ImageHeader
 from edge_app.store import chain
 from edge_app.store.rows import OUTPUT_FIELDS, Image, ImageStatus, Output, Result, Study, StudyPage, StudyQuery
@@ -212,6 +212,14 @@ class Outcome:
     metadata: dict[str, Any] | None = None
     results: list[ModelResult] = field(default_factory=list)
     view: bytes | None = None  # the image as the tablet shows it (JPEG)
+
+
+_HELD = "id = ? AND state = 'running' AND attempts = ?"  # a job as one claim of it holds it: see `_held`
+
+
+def _held(job: Job) -> tuple[int, int]:
+    """`_HELD`'s parameters: the job, and the attempt its claim made (a later claim of it counts one more)."""
+    return job.id, job.attempts
 
 
 def _now() -> str:
@@ -477,11 +485,11 @@ class Store:
 
     def requeue_job(self, job: Job) -> None:
         """A job back in the queue at once, its attempt counted: its image was not read, through no fault of its
-        own (its decoder process could not be started)."""
+        own (its decoder process could not be started). Only while this claim holds it (see `finish_job`)."""
         with self.transaction() as db:
             db.execute(
-                "UPDATE jobs SET state = 'queued', lease_until = 0, updated_at = ? WHERE id = ? AND state = 'running'",
-                (_now(), job.id),
+                f"UPDATE jobs SET state = 'queued', lease_until = 0, updated_at = ? WHERE {_HELD}",
+                (_now(), *_held(job)),
             )
 
     def renew_jobs(self, jobs: Sequence[Job], lease_s: float) -> None:
@@ -489,18 +497,22 @@ class Store:
         while their worker lives."""
         with self.transaction() as db:
             db.executemany(
-                "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = 'running'",
-                [(time.time() + lease_s, job.id) for job in jobs],
+                f"UPDATE jobs SET lease_until = ? WHERE {_HELD}", [(time.time() + lease_s, *_held(job)) for job in jobs]
             )
 
     def finish_job(self, job: Job, outcome: Outcome) -> list[int]:
         """Record a job's outcome in one transaction (heatmap files first), then wake whoever waits for it; the
-        ids of the results recorded."""
+        ids of the results recorded. LeaseLost, nothing recorded, where this claim no longer holds the job: its lease
+        ran out and another claim took it (whose outcome counts), or it was finished or queued again meanwhile."""
         heatmaps = [[(label, self.put_file(png)) for label, png in r.heatmaps] for r in outcome.results]
         view = self.put_file(outcome.view) if outcome.view else None
         now = _now()
-        recorded = []
+        recorded: list[int] = []
         with self.transaction() as db:
+            if not db.execute(
+                f"UPDATE jobs SET state = 'done', updated_at = ? WHERE {_HELD}", (now, *_held(job))
+            ).rowcount:
+                raise LeaseLost(f"image {job.image_id}: attempt {job.attempts} no longer holds its job")
             for result, maps in zip(outcome.results, heatmaps, strict=True):
                 cur = db.execute(
                     "INSERT INTO results (image_id, created_at, status, reason, model, bundle_sha256, "
@@ -530,7 +542,6 @@ class Store:
                 "view_sha256 = COALESCE(?, view_sha256) WHERE id = ?",
                 (outcome.status, outcome.reason, outcome.reason_kind, json.dumps(metadata), view, job.image_id),
             )
-            db.execute("UPDATE jobs SET state = 'done', updated_at = ? WHERE id = ?", (now, job.id))
         with self._changed:
             self._changed.notify_all()
         return recorded
