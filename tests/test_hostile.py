@@ -244,6 +244,33 @@ def test_a_decoder_that_dies_costs_one_image(manifest: Manifest, nih_png: Path, 
         decoders.close()
 
 
+def test_images_begun_when_the_decoders_close_are_answered_not_read(
+    manifest: Manifest, nih_png: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service stopping under a window of images: one being decoded, one waiting for the child, one begun
+    after: each is answered "not read" (`DecoderUnavailable`, which the worker queues again, never a failed image),
+    no new pool is started for them, and the children are gone."""
+    from edge_app.errors import DecoderUnavailable
+
+    slow = tmp_path / "slow.dcm"
+    slow.write_bytes(noisy_j2k(3000, whole=True))
+    before = set(_children())
+    decoders = DecoderPool(DecodeLimits(), workers=1, timeout_s=30)
+    decoders.prepare(nih_png, "warm.png", manifest)
+    decoding = decoders.prepare_later(slow, "decoding.dcm", manifest)
+    waiting = decoders.prepare_later(nih_png, "waiting.png", manifest)
+    time.sleep(0.3)
+    with caplog.at_level(logging.ERROR):
+        decoders.close()
+        late = decoders.prepare_later(nih_png, "late.png", manifest)
+        for later in (decoding, waiting, late):
+            assert later.settle(10), "answered (pebble leaves some of a stopped pool's images unanswered)"
+            with pytest.raises(DecoderUnavailable, match=r"decoder processes were stopped \(the service stops\)"):
+                later.result()
+    assert not [r for r in caplog.records if "decoder pool" in r.getMessage()], "no pool started again"
+    assert not set(_children()) - before - {p for p in _children() if "resource_tracker" in _cmdline(p)}
+
+
 def test_a_decoder_process_that_cannot_start_is_a_clear_internal_error_each_time(tmp_path: Path) -> None:
     """A script read from standard input (`python -`) is a __main__ a spawned child cannot import, so no decoder
     process ever starts: each image says so plainly (and the pool is replaced for the next one), where pebble's

@@ -9,15 +9,17 @@ scatters library tracebacks over the user's terminal.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import resource
 import signal
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent import futures
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -105,6 +107,8 @@ class DecoderPool:
         self.workers = workers or auto_decoders(limits.max_decode_mb)
         self._lock = threading.Lock()
         self._pool = self._new_pool()
+        self._closed = False  # `close`d: an image begun is answered as not read, and no pool is started again
+        self._begun: weakref.WeakSet[Future[Any]] = weakref.WeakSet()  # answered at `close` where pebble does not
 
     def _new_pool(self) -> ProcessPool:
         return ProcessPool(
@@ -147,17 +151,20 @@ class DecoderPool:
     ) -> tuple[ProcessPool, Future[Any]]:
         with self._lock:
             pool = self._pool
-        try:
-            return pool, pool.schedule(task, args=args, timeout=self.timeout_s)
-        except RuntimeError as exc:  # pebble: a pool that no longer takes work; answered when the image is
-            refused: Future[Any] = Future()
-            refused.set_exception(exc)
-            return pool, refused
+            try:
+                future: Future[Any] = pool.schedule(task, args=args, timeout=self.timeout_s)
+            except RuntimeError as exc:  # pebble: a pool that no longer takes work; answered when the image is
+                future = Future()
+                future.set_exception(exc)
+            self._begun.add(future)
+        return pool, future
 
     def _answer(self, pool: ProcessPool, future: Future[Any], source: str) -> Any:
         try:
             outcome, notes = future.result()
         except (BrokenProcessPool, RuntimeError) as exc:  # pebble: "All workers expired", "error within the Pool"
+            if self._closed:  # pebble answers what its stopped pool held so
+                raise DecoderUnavailable("the image decoder processes were stopped (the service stops)") from exc
             self._replace(pool)
             raise DecoderUnavailable(f"the image decoder process could not be started ({exc})") from exc
         except FutureTimeout:
@@ -176,16 +183,21 @@ class DecoderPool:
 
     def _replace(self, broken: ProcessPool) -> None:
         with self._lock:
-            if self._pool is broken:
+            if self._pool is broken and not self._closed:
                 log.error("the decoder pool is broken: starting a new one")
                 broken.stop()  # type: ignore[no-untyped-call]
                 self._pool = self._new_pool()
 
     def close(self) -> None:
-        """Stop the children (an image being decoded is abandoned)."""
+        """Stop the children: an image being decoded or waiting for one is abandoned, answered as not read
+        (`DecoderUnavailable`: the worker queues it again)."""
         with self._lock:
+            self._closed = True
             self._pool.stop()  # type: ignore[no-untyped-call]
             self._pool.join()
+            for future in list(self._begun):  # a stopped pebble pool leaves some of its images unanswered for ever
+                with contextlib.suppress(InvalidStateError):  # answered already
+                    future.set_exception(BrokenProcessPool("the pool was stopped"))
 
 
 def _exit_reason(code: int) -> str:
