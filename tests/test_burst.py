@@ -404,14 +404,15 @@ def test_openjpeg_s_threads_share_the_cores_among_the_decoders() -> None:
 
 
 def test_images_whose_decoder_could_not_be_started_are_queued_again_and_read(tmp_path: Path) -> None:
-    """The decoder pool gone under the worker (its processes stopped, as when they cannot start): the images of
-    the window are not failed for it; queued again at once, they are read by the pool that replaces it."""
+    """The decoder pool gone under the worker (pebble's pool stopped, as when its processes cannot start; not the
+    DecoderPool closed, which is final): the images of the window are not failed for it; queued again at once,
+    they are read by the pool that replaces it."""
     store = Store(tmp_path / "store")
     registry = _registry(tmp_path, EMBEDDED_BUNDLE)
     try:
         ids = [_queue(store, name) for name in CHESTS[:2]]
         assert registry.decoder is not None
-        registry.decoder.close()
+        registry.decoder._pool.stop()  # pebble's, under the DecoderPool: no public way to break it
         assert Worker(store, registry, WorkerSettings(burst=8)).run_once()
     finally:
         registry.close()

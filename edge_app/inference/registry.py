@@ -51,7 +51,8 @@ class Registry:
         return "; ".join(parts)
 
     def close(self) -> None:
-        for d in self.diagnosers:
-            d.close()
+        """The decoders first (images still being read are answered "not read", queued again), then the models."""
         if self.decoder is not None:
             self.decoder.close()
+        for d in self.diagnosers:
+            d.close()
