@@ -338,6 +338,38 @@ def test_documents_made_in_turn_each_carry_their_own_image_s_findings_and_uids(
     assert len(set(tracking)) == len(tracking) == 10, "each finding of each image its own tracking UID"
 
 
+def test_documents_made_together_each_copy_their_own_image_s_header() -> None:
+    """Drafts of two PNGs (no stored header: `source_path` None) made in one call: each SR is its own image's
+    (study, series, instance referenced, patient), not the first one's."""
+    from edge_app.imaging.header import generated_header
+    from edge_app.outputs.documents import Draft, make
+    from edge_app.store.rows import StoredFinding
+
+    model = {"name": "m", "version": "1", "precision": "fp32", "runner": "onnxruntime"}
+    drafts = [
+        Draft(
+            source_path=None,
+            header=generated_header("png"),
+            patient_id=patient,
+            made_at=dt.datetime(2026, 12, 3, 10, 0, tzinfo=dt.timezone.utc),
+            ordinal=1,
+            model=model,
+            bundle_sha256="b" * 64,
+            findings=(StoredFinding("Effusion", 0.7, 0.5, True),),
+            codes={},
+            view=None,
+            heatmap=None,
+        )
+        for patient in ("P-ONE", "P-TWO")
+    ]
+    made = [pydicom.dcmread(io.BytesIO(documents["sr"])) for documents in make(drafts)]
+    for draft, sr in zip(drafts, made, strict=True):
+        assert (sr.PatientID, sr.StudyInstanceUID) == (draft.patient_id, draft.header.study_uid)
+        evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+        assert evidence.SeriesInstanceUID == draft.header.series_uid
+        assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == draft.header.sop_instance_uid
+
+
 def _image(client: FlaskClient, study: dict) -> dict:  # type: ignore[type-arg]
     body = client.get(f"/api/v1/studies/{study['uid']}").get_json()
     return body["images"][0]  # type: ignore[no-any-return]

@@ -280,11 +280,12 @@ class Draft:
 def make(drafts: Sequence[Draft]) -> list[dict[str, bytes]]:
     """Each draft's documents as DICOM files' bytes by kind ("sr", and "sc" where it has a heatmap and a view)."""
     made: list[dict[str, bytes]] = []
-    sources: dict[Path | None, Dataset] = {}
-    for draft in drafts:
-        if draft.source_path not in sources:
-            sources[draft.source_path] = source_header(draft.source_path, draft.header, draft.patient_id)
-        origin = Origin(sources[draft.source_path], draft.made_at, draft.ordinal, draft.model, draft.bundle_sha256)
+    sources: dict[tuple[Path | None, ImageHeader, str], Dataset] = {}  # read once per image, keyed by all it is
+    for draft in drafts:  # made of (two PNGs share the path None)
+        key = (draft.source_path, draft.header, draft.patient_id)
+        if key not in sources:
+            sources[key] = source_header(*key)
+        origin = Origin(sources[key], draft.made_at, draft.ordinal, draft.model, draft.bundle_sha256)
         documents: dict[str, bytes] = {}
         capture = None
         if draft.heatmap is not None and draft.view is not None:
