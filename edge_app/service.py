@@ -64,7 +64,7 @@ class Service:
         self.settings = settings
         self.role = role
         data_dir = settings.storage.data_dir
-        self.stopping = threading.Event()  # set by `stop`: long answers (the video preview) end
+        self.stopping = threading.Event()  # set by `stop` (and before the web server's stop): long answers end
         self._lock_files: list[IO[str]] = []
         if role != "worker":
             check_secure(settings)  # first: a service that may not listen as configured opens nothing

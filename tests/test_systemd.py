@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from edge_app.service import Service
+from edge_app.system.signals import STOP_SIGNALS, StopSignals
 from edge_app.system.systemd import Watchdog, notify, watchdog_interval
 from support.tools import EDGE_APP
 
@@ -78,6 +81,28 @@ def test_the_watchdog_is_fed_only_while_there_is_progress(notify_socket: socket.
             notify_socket.recv(4096)
     finally:
         dog.stop()
+
+
+@pytest.mark.parametrize("signum", STOP_SIGNALS, ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_is_waited_for_not_raised(signum: int) -> None:
+    """systemd's SIGTERM or Ctrl-C's SIGINT, sent to this process, ends `wait` in the main thread without raising
+    there; another handler's signal before it does not; a second one, during the stop, does nothing; afterwards
+    the handlers are those from before."""
+    before = signal.getsignal(signum)
+    other: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda got, frame: other.append(got))
+    try:
+        with StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            threading.Timer(0.3, os.kill, (os.getpid(), signum)).start()
+            start = time.monotonic()
+            stop.wait()
+            assert time.monotonic() - start >= 0.25 and other == [signal.SIGUSR1]
+            os.kill(os.getpid(), signum)
+            time.sleep(0.1)  # its handler has run: nothing raised
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert signal.getsignal(signum) is before
 
 
 def test_serve_says_ready_feeds_the_watchdog_and_says_stopping(

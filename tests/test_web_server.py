@@ -3,6 +3,7 @@ through a real `edge-app serve`."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import select
@@ -61,21 +62,22 @@ def https(free_port: int, make_settings: Callable[..., Settings]) -> Iterator[Ca
         proc.wait(timeout=20)
 
 
-def _connect(port: int, context: ssl.SSLContext | None = None) -> socket.socket | None:
-    """A connection from ATTACKER (through the TLS handshake with `context`), or None where the server refused it."""
+def _connect(port: int, context: ssl.SSLContext | None = None, source: str = ATTACKER) -> socket.socket | None:
+    """A connection from `source` (through the TLS handshake with `context`), or None where the server refused
+    it."""
     try:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=2, source_address=(ATTACKER, 0))
+        sock = socket.create_connection(("127.0.0.1", port), timeout=2, source_address=(source, 0))
         return context.wrap_socket(sock, server_hostname="localhost") if context else sock
     except OSError:
         return None
 
 
-def _silent(port: int) -> socket.socket:
-    """A TCP connection from ATTACKER that sends nothing (connecting in the background: a server that stopped
+def _silent(port: int, source: str = ATTACKER) -> socket.socket:
+    """A TCP connection from `source` that sends nothing (connecting in the background: a server that stopped
     accepting leaves it pending)."""
     sock = socket.socket()
     sock.setblocking(False)
-    sock.bind((ATTACKER, 0))
+    sock.bind((source, 0))
     sock.connect_ex(("127.0.0.1", port))
     return sock
 
@@ -245,6 +247,8 @@ def test_one_peer_holds_at_most_max_connections_per_peer(
 
     try:
         idle = [get(ATTACKER) for _ in range(6)]  # kept alive, open, idle
+        # back in cheroot's selector: the last one's worker counts until it puts it back, just after its answer
+        time.sleep(0.3)
         busy = [_connect(free_port, context) for _ in range(3)]
         for sock in busy:
             assert sock is not None
@@ -267,9 +271,105 @@ def test_one_peer_holds_at_most_max_connections_per_peer(
             sock.close()  # type: ignore[union-attr]
     finally:
         proc.terminate()
-        # What is tested here is the cap; a stop of this server has once taken about 20 s (1 run in 15 here, once in
-        # CI), not yet explained: its bound is left to the stop's own tests.
-        proc.wait(timeout=60)
+        proc.wait(timeout=20)
+
+
+def _write_video(path: Path) -> None:
+    """A second of grey frames (MJPEG in AVI), for a video source playing it in a loop."""
+    import cv2
+    import numpy as np
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 24, (64, 48))
+    for i in range(24):
+        writer.write(np.full((48, 64, 3), 10 * i, np.uint8))
+    writer.release()
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_stop_is_prompt_whatever_clients_hold(
+    scheme: str,
+    tmp_path: Path,
+    free_port: int,
+    launch: Launch,
+    https: Callable[..., Served],
+    token_for: Callable[..., dict[str, str]],
+) -> None:
+    """SIGTERM while the tablet watches the video preview, with kept-alive idle connections, request heads and
+    handshakes that never end (their deadline 30 s away), and a peer over its limit opening connection after
+    connection (the accept loop handing them to the refusing thread as the signal comes: a signal raising in
+    that loop once left the refusals' queue waking no one, and the stop waited for ever): the server stops in
+    order (exit status 0, "stopped" logged, no traceback) within 3 s."""
+    video = tmp_path / "feed.avi"
+    _write_video(video)
+    env = {
+        "EDGE_APP_SERVER_MAX_CONNECTIONS_PER_PEER": "3",
+        "EDGE_APP_SERVER_HEADER_TIMEOUT_S": "30",
+        "EDGE_APP_CAPTURE_VIDEO_ENABLED": "true",
+        "EDGE_APP_CAPTURE_VIDEO_SOURCE": str(video),
+        "EDGE_APP_CAPTURE_VIDEO_LOOP_FILE": "true",
+    }
+    context: ssl.SSLContext | None = None
+    if scheme == "https":
+        context, proc = https(**env)
+    else:
+        proc = launch(tmp_path / "data", free_port, env)
+    host = "localhost" if context else "127.0.0.1"
+    held: list[socket.socket | None] = []
+    stopped = threading.Event()
+
+    def flood() -> None:  # from ATTACKER, over its limit: each one refused
+        while not stopped.wait(0.005):
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", free_port), timeout=1, source_address=(ATTACKER, 0)).close()
+
+    def watch(resp: http.client.HTTPResponse) -> None:  # the tablet reads the preview as it comes
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            while resp.read1(65536):
+                pass
+
+    def client() -> http.client.HTTPConnection:
+        if context:
+            return http.client.HTTPSConnection(host, free_port, timeout=10, context=context)
+        return http.client.HTTPConnection(host, free_port, timeout=10)
+
+    flooding = threading.Thread(target=flood, daemon=True)
+    try:
+        preview = client()
+        preview.request("GET", "/api/v1/video.mjpeg", headers=token_for(tmp_path / "data"))
+        resp = preview.getresponse()
+        assert resp.status == 200 and resp.read1(65536).startswith(b"--frame"), resp.status
+        threading.Thread(target=watch, args=(resp,), daemon=True).start()
+        idle = []
+        for _ in range(6):  # kept alive, open, idle
+            conn = client()
+            conn.request("GET", "/api/v1/health")
+            assert conn.getresponse().read()
+            idle.append(conn)
+        for peer in range(3, 9):  # three heads from each of six peers (the last three from ATTACKER: its limit)
+            for _ in range(3):
+                sock = _connect(free_port, context, ATTACKER if peer == 8 else f"127.0.0.{peer}")
+                assert sock is not None
+                sock.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")
+                held.append(sock)
+        held += [_silent(free_port, f"127.0.0.{peer}") for peer in (9, 10) for _ in range(3)]
+        flooding.start()
+        time.sleep(0.5)  # all in their workers, the refusals busy
+        start = time.monotonic()
+        proc.terminate()
+        try:
+            status = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            status = None
+        took = time.monotonic() - start
+    finally:
+        stopped.set()
+        proc.kill()
+        for sock in held:
+            if sock is not None:
+                sock.close()
+    output = proc.communicate(timeout=20)[0] or server_log(tmp_path / "data", free_port).read_text()
+    assert status == 0 and took < 3.0, (status, took, output[-3000:])
+    assert "INFO edge_app: stopped" in output and "Traceback" not in output, output[-3000:]
 
 
 def test_tls_1_2_offers_only_aead_suites_and_answers_carry_hsts(free_port: int, https: Callable[..., Served]) -> None:

@@ -7,7 +7,6 @@ import datetime as dt
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -176,6 +175,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, no_worker: bo
 
     from edge_app.config import with_overrides
     from edge_app.service import Service
+    from edge_app.system.signals import StopSignals
     from edge_app.system.systemd import Watchdog, notify, watchdog_interval
     from edge_app.web import compile_templates, create_app
     from edge_app.web.server import Server
@@ -197,55 +197,63 @@ def _serve(settings: Settings, host: str | None, port: int | None, no_worker: bo
         log.info("serving on %s://%s:%d (data in %s)", scheme, host, port, settings.storage.data_dir)
         # app.jinja_env made here; the thread only fills its cache, while the first requests are answered
         threading.Thread(target=compile_templates, args=(app.jinja_env,), name="templates", daemon=True).start()
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)  # systemd's stop: SystemExit ends the serving loop
         interval = watchdog_interval()
         worker = service.worker
         watchdog = Watchdog(interval, lambda: worker is None or worker.progressing(2 * interval)) if interval else None
-        if watchdog is not None:
-            watchdog.start()
-        notify("READY=1")  # the store, the models, the sources and the listening socket are all up
-        try:
-            server.serve()
-        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or systemd's stop (SIGTERM): stop in order
-            pass
-        finally:
-            notify("STOPPING=1")
-            server.stop()
-            if watchdog is not None:
-                watchdog.stop()
+        failed: list[Exception] = []
+        with StopSignals() as stop:
+
+            def serve() -> None:
+                try:
+                    server.serve()
+                except Exception as exc:  # raised again once the server is stopped
+                    failed.append(exc)
+                finally:
+                    stop.wake()
+
+            # cheroot's accept loop in a thread of its own: the main thread waits for systemd's stop (SIGTERM) or
+            # Ctrl-C, then stops the server in order
+            serving = threading.Thread(target=serve, name="accept")
+            serving.start()
+            try:
+                if watchdog is not None:
+                    watchdog.start()
+                notify("READY=1")  # the store, the models, the sources and the listening socket are all up
+                stop.wait()
+            finally:
+                notify("STOPPING=1")
+                service.stopping.set()  # long answers (the video preview) end: the server's stop waits for them
+                server.stop()
+                serving.join()
+                if watchdog is not None:
+                    watchdog.stop()
+        if failed:
+            raise failed[0]
     log.info("stopped")
     return 0
-
-
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(0)
 
 
 def _worker(settings: Settings) -> int:
     """The models, the inference worker, the outputs and retention, in a process of their own."""
     from edge_app.service import Service
+    from edge_app.system.signals import StopSignals
     from edge_app.system.systemd import Watchdog, notify, watchdog_interval
 
     with Service(settings, role="worker") as service:
         worker = service.worker
         assert worker is not None
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         interval = watchdog_interval()
         watchdog = Watchdog(interval, lambda: worker.progressing(2 * interval)) if interval else None
-        if watchdog is not None:
-            watchdog.start()
-        log.info(
-            "worker running on %s (%s)",
-            settings.storage.data_dir,
-            service.registry.describe() if service.registry else "",
-        )
-        notify("READY=1")
-        try:
-            while True:
-                service.stopping.wait(3600)
-        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or systemd's stop (SIGTERM): stop in order
-            pass
-        finally:
+        with StopSignals() as stop:
+            if watchdog is not None:
+                watchdog.start()
+            log.info(
+                "worker running on %s (%s)",
+                settings.storage.data_dir,
+                service.registry.describe() if service.registry else "",
+            )
+            notify("READY=1")
+            stop.wait()  # systemd's stop (SIGTERM) or Ctrl-C
             notify("STOPPING=1")
             if watchdog is not None:
                 watchdog.stop()

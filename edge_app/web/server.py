@@ -117,6 +117,14 @@ class _Deadlines:
     def start(self) -> None:
         self._thread.start()
 
+    def hurry(self) -> None:
+        """Every head, those coming and those to come, is late: the server stops, and no one there has a request
+        in hand yet."""
+        self.seconds = 0.0
+        with self._lock:
+            for conn in self._watched:
+                conn.due = 0.0
+
     def stop(self) -> None:
         self._stopping.set()
         if self._thread.ident is not None:
@@ -212,6 +220,9 @@ class Server(wsgi.Server):
         self.refusals.start()
 
     def stop(self) -> None:
+        """Prompt whatever clients hold: the connections still reading a request head or a handshake are cut (cheroot
+        would wait `shutdown_timeout` for their workers), the idle ones closed by cheroot."""
+        self.deadlines.hurry()
         super().stop()
         self.refusals.stop()  # before the deadlines: they cut its reading short
         self.deadlines.stop()
