@@ -409,7 +409,7 @@ EQUIVALENT = {
         "NOT equivalent, listed as beyond a test: a megabyte of headroom more or less is within what decoding one "
         "small image moves the child's size (the cap itself is checked to 48 MB)"
     ),
-    ("if self._pool is broken:", "core/ReplaceComparisonOperator_Is_Eq"): (
+    ("if self._pool is broken and not self._closed:", "core/ReplaceComparisonOperator_Is_Eq"): (
         "a pebble pool has no __eq__: it compares equal only to itself"
     ),
     (
