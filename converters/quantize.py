@@ -69,16 +69,27 @@ def to_int8(
     activation = QuantType.QInt8 if tensorrt else QuantType.QUInt8
     with tempfile.TemporaryDirectory() as tmp:
         prepared = cache.with_suffix(".prepared.onnx") if cache is not None else Path(tmp) / "prepared.onnx"
-        chosen = cache.with_suffix(".per-tensor.json") if cache is not None else Path(tmp) / "per-tensor.json"
+        chosen = cache.with_suffix(".ranges.json") if cache is not None else Path(tmp) / "ranges.json"
         try:
             if not prepared.exists():  # with a cache, pre-processed (and bias-corrected) once too
                 quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
                 if settings.bias_correction:
                     correct_biases(prepared, input_name, calibration)
             overrides: dict[str, list[dict[str, Any]]] = {}
-            if settings.method == "per_tensor":
+            if settings.method != "minmax":  # MinMax holds only each tensor's min and max: onnxruntime's own
                 if not chosen.exists():
-                    ranges = per_tensor_ranges(prepared, input_name, calibration, activation, tensorrt)
+                    ranges = (
+                        per_tensor_ranges(prepared, input_name, calibration, activation, tensorrt)
+                        if settings.method == "per_tensor"
+                        else {
+                            name: {
+                                "method": settings.method,
+                                "rmin": by[settings.method][0],
+                                "rmax": by[settings.method][1],
+                            }
+                            for name, by in method_ranges(prepared, input_name, calibration, [settings.method]).items()
+                        }
+                    )
                     chosen.write_text(json.dumps(ranges))
                 overrides = {  # the quantizer computes with the ranges' own dtype
                     name: [{"rmin": np.float32(r["rmin"]), "rmax": np.float32(r["rmax"])}]
@@ -92,8 +103,8 @@ def to_int8(
                 per_channel=True,
                 activation_type=activation,
                 weight_type=QuantType.QInt8,
-                # per_tensor: every activation's range is overridden below; MinMax only fills the cache's form
-                calibrate_method=getattr(CalibrationMethod, _METHODS.get(settings.method, "MinMax")),
+                # but for minmax every activation's range is overridden below; MinMax only fills the cache's form
+                calibrate_method=CalibrationMethod.MinMax,
                 nodes_to_exclude=exclude,
                 extra_options={
                     "ActivationSymmetric": tensorrt,
@@ -118,22 +129,9 @@ def per_tensor_ranges(
 
     onnxruntime computes each method's ranges (its calibrators, as quantize_static would) and takes per-tensor
     ranges (`TensorQuantOverrides`' rmin/rmax), but chooses no method per tensor: that choice is made here."""
-    from onnxruntime.quantization import CalibrationMethod
-    from onnxruntime.quantization.calibrate import create_calibrator
     from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
 
-    ranges: dict[str, dict[str, tuple[float, float]]] = {}
-    for method, ort_name in _METHODS.items():
-        with tempfile.TemporaryDirectory() as tmp:
-            calibrator = create_calibrator(
-                prepared, None, str(Path(tmp) / "augmented.onnx"), getattr(CalibrationMethod, ort_name)
-            )
-            for start in range(0, len(calibration), CALIBRATION_CHUNK):  # histograms merged chunk by chunk
-                calibrator.collect_data(_Reader(input_name, calibration[start : start + CALIBRATION_CHUNK]))
-            for name, data in calibrator.compute_data().items():
-                low, high = (float(np.asarray(v).reshape(-1)[0]) for v in data.range_value)
-                ranges.setdefault(name, {})[method] = (low, high)
-            del calibrator
+    ranges = method_ranges(prepared, input_name, calibration, list(_METHODS))
     qmin, qmax = get_qmin_qmax_for_qType(activation.tensor_type, symmetric=symmetric)
     error = {name: dict.fromkeys(methods, 0.0) for name, methods in ranges.items()}
     signal = dict.fromkeys(ranges, 0.0)
@@ -151,6 +149,29 @@ def per_tensor_ranges(
         sqnr = 10 * np.log10(max(signal[name], 1e-30) / max(error[name][best], 1e-30))
         chosen[name] = {"method": best, "rmin": methods[best][0], "rmax": methods[best][1], "sqnr_db": float(sqnr)}
     return chosen
+
+
+def method_ranges(
+    prepared: Path, input_name: str, calibration: NDArray[np.generic], methods: list[str]
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """Each activation tensor's range by each of `methods` ("minmax", "entropy", "percentile"): onnxruntime's
+    calibrators with their defaults, as quantize_static runs them, but fed CALIBRATION_CHUNK images at a time."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    ranges: dict[str, dict[str, tuple[float, float]]] = {}
+    for method in methods:
+        with tempfile.TemporaryDirectory() as tmp:
+            calibrator = create_calibrator(
+                prepared, None, str(Path(tmp) / "augmented.onnx"), getattr(CalibrationMethod, _METHODS[method])
+            )
+            for start in range(0, len(calibration), CALIBRATION_CHUNK):  # histograms merged chunk by chunk
+                calibrator.collect_data(_Reader(input_name, calibration[start : start + CALIBRATION_CHUNK]))
+            for name, data in calibrator.compute_data().items():
+                low, high = (float(np.asarray(v).reshape(-1)[0]) for v in data.range_value)
+                ranges.setdefault(name, {})[method] = (low, high)
+            del calibrator
+    return ranges
 
 
 def _activations(
