@@ -79,7 +79,8 @@ class RuntimeUnavailable(UserError):
 
 
 class DecoderUnavailable(EdgeAppError):
-    """The image decoder's process could not be started (an internal failure, not the image's)."""
+    """An image not read for want of a decoder process or a model: one that could not be started, or was stopped
+    under it (an internal failure, not the image's: it is queued again)."""
 
 
 class LeaseLost(EdgeAppError):

@@ -140,6 +140,20 @@ def test_an_internal_error_is_a_failed_diagnosis_not_an_exception(nih_png: Path)
     assert d.diagnose(nih_png).status == "ok"
 
 
+def test_an_image_decoded_when_its_model_is_released_is_not_read_not_failed(nih_png: Path) -> None:
+    """The service stopping under a window its worker had not finished: an image prepared before the diagnoser
+    was closed, finished after, is answered "not read" (the worker queues it again), not failed for its model; a
+    batch of two likewise."""
+    bundle = load_bundle(EMBEDDED_BUNDLE)
+    d = Diagnoser(bundle, open_runner(bundle, threads=1))
+    pending = [d.begin(nih_png, f"{i}.png") for i in range(3)]
+    d.close()
+    for batch in ([pending[0]], pending[1:]):
+        for diagnosis, p in zip(d.finish(batch), batch, strict=True):
+            assert p.unavailable, p.source
+            assert diagnosis.reason == "internal error: DecoderUnavailable: the model was released: the service stops"
+
+
 def test_one_io_check_for_every_backend() -> None:
     """`check_io` is what ONNX Runtime, TensorRT and Triton runners all call: the manifest's one input (name,
     dtype, image shape after the batch; -1 for a dynamic dimension) and every output it names, in floats."""

@@ -183,7 +183,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, no_worker: bo
     settings = with_overrides(settings, "server", {"host": host, "port": port})
     host, port = settings.server.host, settings.server.port
     scheme = "https" if settings.tls else "http"
-    with Service(settings, role="front" if no_worker else "all") as service:
+    with StopSignals() as stop, Service(settings, role="front" if no_worker else "all") as service:
         app = create_app(service)
         try:
             server = Server(app, settings.server, settings.tls_files if settings.tls else None)
@@ -200,33 +200,32 @@ def _serve(settings: Settings, host: str | None, port: int | None, no_worker: bo
         interval = watchdog_interval()
         worker = service.worker
         watchdog = Watchdog(interval, lambda: worker is None or worker.progressing(2 * interval)) if interval else None
-        failed: list[Exception] = []
-        with StopSignals() as stop:
+        failed: list[BaseException] = []
 
-            def serve() -> None:
-                try:
-                    server.serve()
-                except Exception as exc:  # raised again once the server is stopped
-                    failed.append(exc)
-                finally:
-                    stop.wake()
-
-            # cheroot's accept loop in a thread of its own: the main thread waits for systemd's stop (SIGTERM) or
-            # Ctrl-C, then stops the server in order
-            serving = threading.Thread(target=serve, name="accept")
-            serving.start()
+        def serve() -> None:
             try:
-                if watchdog is not None:
-                    watchdog.start()
-                notify("READY=1")  # the store, the models, the sources and the listening socket are all up
-                stop.wait()
+                server.serve()
+            except BaseException as exc:  # raised again once the server is stopped (cheroot re-raises an interrupt)
+                failed.append(exc)
             finally:
-                notify("STOPPING=1")
-                service.stopping.set()  # long answers (the video preview) end: the server's stop waits for them
-                server.stop()
-                serving.join()
-                if watchdog is not None:
-                    watchdog.stop()
+                stop.wake()
+
+        # cheroot's accept loop in a thread of its own: the main thread waits for systemd's stop (SIGTERM) or
+        # Ctrl-C, then stops the server in order
+        serving = threading.Thread(target=serve, name="accept")
+        serving.start()
+        try:
+            if watchdog is not None:
+                watchdog.start()
+            notify("READY=1")  # the store, the models, the sources and the listening socket are all up
+            stop.wait()
+        finally:
+            notify("STOPPING=1")
+            service.stopping.set()  # long answers (the video preview) end: the server's stop waits for them
+            server.stop()
+            serving.join()
+            if watchdog is not None:
+                watchdog.stop()
         if failed:
             raise failed[0]
     log.info("stopped")
@@ -239,24 +238,23 @@ def _worker(settings: Settings) -> int:
     from edge_app.system.signals import StopSignals
     from edge_app.system.systemd import Watchdog, notify, watchdog_interval
 
-    with Service(settings, role="worker") as service:
+    with StopSignals() as stop, Service(settings, role="worker") as service:
         worker = service.worker
         assert worker is not None
         interval = watchdog_interval()
         watchdog = Watchdog(interval, lambda: worker.progressing(2 * interval)) if interval else None
-        with StopSignals() as stop:
-            if watchdog is not None:
-                watchdog.start()
-            log.info(
-                "worker running on %s (%s)",
-                settings.storage.data_dir,
-                service.registry.describe() if service.registry else "",
-            )
-            notify("READY=1")
-            stop.wait()  # systemd's stop (SIGTERM) or Ctrl-C
-            notify("STOPPING=1")
-            if watchdog is not None:
-                watchdog.stop()
+        if watchdog is not None:
+            watchdog.start()
+        log.info(
+            "worker running on %s (%s)",
+            settings.storage.data_dir,
+            service.registry.describe() if service.registry else "",
+        )
+        notify("READY=1")
+        stop.wait()  # systemd's stop (SIGTERM) or Ctrl-C
+        notify("STOPPING=1")
+        if watchdog is not None:
+            watchdog.stop()
     log.info("stopped")
     return 0
 

@@ -46,7 +46,7 @@ class Pending:
     # Waits at most a timeout for `wait` to be able to answer at once, and says whether it is (prepared in this
     # process: when waited for, so at once).
     settle: Callable[[float | None], bool] = lambda timeout_s: True
-    unavailable: bool = False  # finished without being read: its decoder process could not be started
+    unavailable: bool = False  # finished without being read: no decoder process or model for it (DecoderUnavailable)
 
 
 class Diagnoser:
@@ -66,6 +66,7 @@ class Diagnoser:
         self.decoder = decoder
         self._owns_decoder = False
         self._lock = threading.Lock()
+        self._closed = False
 
     @classmethod
     def from_settings(
@@ -102,10 +103,13 @@ class Diagnoser:
             self.bundle = dataclasses.replace(self.bundle, manifest=manifest)
 
     def close(self) -> None:
-        """Release the runner, and the decoders where they are this diagnoser's own."""
+        """Release the runner, and the decoders where they are this diagnoser's own; an image decoded by then is
+        answered "not read" (`DecoderUnavailable`: the worker queues it again), never failed for it."""
         if self.decoder is not None and self._owns_decoder:
             self.decoder.close()
-        self.runner.deactivate()
+        with self._lock:  # not while an image is being inferred
+            self._closed = True
+            self.runner.deactivate()
 
     @property
     def model_info(self) -> dict[str, str]:
@@ -174,6 +178,9 @@ class Diagnoser:
         for p, prepared, timings in ready:
             try:
                 outputs, model, infer_ms = self._infer(prepared.batch)
+            except DecoderUnavailable as exc:  # released under it: not the image's failure
+                p.unavailable = True
+                diagnoses[p] = self._refused(p.source, exc)
             except Exception as exc:
                 diagnoses[p] = self._refused(p.source, exc)
             else:
@@ -183,6 +190,8 @@ class Diagnoser:
     def _infer(self, batch: NDArray[np.generic]) -> tuple[Outputs, dict[str, str], float]:
         """The outputs, what computed them (a hub, or this box) and the time it took."""
         with self._lock:
+            if self._closed:  # the service stops under a window its worker had not finished (its stop timed out)
+                raise DecoderUnavailable("the model was released: the service stops")
             t0 = time.perf_counter()
             outputs = self.runner.infer(batch)
             return outputs, self.model_info, (time.perf_counter() - t0) * 1e3

@@ -214,7 +214,10 @@ class Outcome:
     view: bytes | None = None  # the image as the tablet shows it (JPEG)
 
 
-_HELD = "id = ? AND state = 'running' AND attempts = ?"  # a job as one claim of it holds it: see `_held`
+# A job as one claim of it holds it (see `_held`). A clinician's re-send (`send_to_model`) counts attempts from 0
+# again: a claim stale since before it, of the same attempt number, would pass; one worker holds a data directory,
+# and it renews before it claims, so none is that stale.
+_HELD = "id = ? AND state = 'running' AND attempts = ?"
 
 
 def _held(job: Job) -> tuple[int, int]:

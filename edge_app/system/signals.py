@@ -22,9 +22,10 @@ def _ignore(signum: int, frame: object) -> None:
 
 
 class StopSignals:
-    """`with StopSignals() as stop:` from the main thread; `stop.wait()` returns at the first stop signal (or
-    `wake`). A second one, during the stop, does nothing: the stop goes on in order (systemd kills a stop that
-    outlasts TimeoutStopSec)."""
+    """`with StopSignals() as stop:` from the main thread, entered before the service starts and left after it has
+    stopped; `stop.wait()` returns at the first stop signal (or `wake`), one received during the start included
+    (the start finishes, then the stop). A second one, during the stop, does nothing: the stop goes on in order
+    (systemd kills a stop that outlasts TimeoutStopSec)."""
 
     def __init__(self) -> None:
         self._read, self._write = socket.socketpair()
