@@ -16,6 +16,9 @@ from converters.errors import ModelError
 from converters.spec import Calibration
 
 _METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+# Entropy's histogram as TensorRT's entropy calibrator makes it (2048 bins for 128 quantized levels): with
+# onnxruntime's default 128 bins for its 128 quantized bins it searches no threshold, and its range is minmax's.
+_OPTIONS = {"entropy": {"num_bins": 2048}}
 SQNR_SAMPLE = 32  # calibration images on which `per_tensor` compares each tensor's quantization error
 # Images whose activations a calibrator holds at once: onnxruntime's keep every activation of what one
 # `collect_data` reads (an Xception-sized network's, of a few hundred images, did not fit in 24 GB).
@@ -155,21 +158,43 @@ def method_ranges(
     prepared: Path, input_name: str, calibration: NDArray[np.generic], methods: list[str]
 ) -> dict[str, dict[str, tuple[float, float]]]:
     """Each activation tensor's range by each of `methods` ("minmax", "entropy", "percentile"): onnxruntime's
-    calibrators with their defaults, as quantize_static runs them, but fed CALIBRATION_CHUNK images at a time."""
+    calibrators, with their defaults but for entropy's bins (`_OPTIONS`), fed CALIBRATION_CHUNK images at a time.
+
+    onnxruntime sizes a histogram's bins on the first data it is fed and widens it bin by bin after: chunk by chunk,
+    a range would depend on the images' order, and entropy's search would grow with the bins. So each histogram
+    is first given its tensor's whole span (MinMax's, computed first, with 0; its bins, not those values), as when
+    every image is fed at once; onnxruntime has no option for it, hence its collector made here."""
     from onnxruntime.quantization import CalibrationMethod
-    from onnxruntime.quantization.calibrate import create_calibrator
+    from onnxruntime.quantization.calibrate import HistogramCollector, create_calibrator
 
     ranges: dict[str, dict[str, tuple[float, float]]] = {}
-    for method in methods:
+    span: dict[str, tuple[float, float]] = {}
+    for method in ["minmax", *(m for m in methods if m != "minmax")]:
         with tempfile.TemporaryDirectory() as tmp:
             calibrator = create_calibrator(
-                prepared, None, str(Path(tmp) / "augmented.onnx"), getattr(CalibrationMethod, _METHODS[method])
+                prepared,
+                None,
+                str(Path(tmp) / "augmented.onnx"),
+                getattr(CalibrationMethod, _METHODS[method]),
+                extra_options=_OPTIONS.get(method, {}),
             )
-            for start in range(0, len(calibration), CALIBRATION_CHUNK):  # histograms merged chunk by chunk
+            if method != "minmax":
+                c = calibrator
+                c.collector = HistogramCollector(
+                    c.method, c.symmetric, c.num_bins, c.num_quantized_bins, c.percentile, c.scenario
+                )
+                c.collector.collect(
+                    {name: np.array([0.0, *span[name]], np.float32) for name in c.tensors_to_calibrate if name in span}
+                )
+                for counts, *_ in c.collector.histogram_dict.values():  # the span's bins, not its three values
+                    counts[:] = 0
+            for start in range(0, len(calibration), CALIBRATION_CHUNK):
                 calibrator.collect_data(_Reader(input_name, calibration[start : start + CALIBRATION_CHUNK]))
             for name, data in calibrator.compute_data().items():
                 low, high = (float(np.asarray(v).reshape(-1)[0]) for v in data.range_value)
-                ranges.setdefault(name, {})[method] = (low, high)
+                span.setdefault(name, (low, high))
+                if method in methods:
+                    ranges.setdefault(name, {})[method] = (low, high)
             del calibrator
     return ranges
 
