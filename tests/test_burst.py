@@ -322,6 +322,49 @@ def test_an_image_in_the_window_past_its_lease_is_not_taken_again(tmp_path: Path
     assert [row[0] for row in store.query("SELECT attempts FROM jobs ORDER BY id")] == [1, 1, 1]
 
 
+def test_an_image_another_claim_took_is_recorded_by_that_claim_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker whose lease runs out between two renewals (a lease of 20 ms, renewed every 50 ms at best) while its
+    slow image is decoded: another claim takes the job. The worker's outcome is not recorded (a warning, not an
+    error); the other claim's is, once."""
+    import logging
+
+    from edge_app.store import Outcome
+
+    store = Store(tmp_path / "store")
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE, decoders=1)
+    (image_id,) = _copies(store, noisy_j2k(3000, whole=True), 1)
+    other = Store(tmp_path / "store")
+    taken: list[Any] = []
+
+    def take() -> None:
+        deadline = time.monotonic() + 60
+        while not taken and time.monotonic() < deadline:
+            if tuple(other.query("SELECT state, attempts FROM jobs")[0]) == ("running", 1):
+                job = other.claim_job(lease_s=600, max_attempts=5)  # only once the worker's lease has run out
+                if job is not None:
+                    taken.append(job)
+            time.sleep(0.002)
+
+    taker = threading.Thread(target=take)
+    taker.start()
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert Worker(store, registry, WorkerSettings(burst=8, lease_s=0.02, max_attempts=5)).run_once()
+    finally:
+        taker.join()
+        registry.close()
+    assert len(taken) == 1 and taken[0].attempts == 2
+    assert store.query("SELECT count(*) FROM results")[0][0] == 0, "the worker recorded nothing"
+    assert store.image_status(image_id)[0] == "queued"
+    lost = [r.levelname for r in caplog.records if "outcome not recorded" in r.getMessage()]
+    assert lost == ["WARNING"]
+    assert other.finish_job(taken[0], Outcome("failed", reason="the other claim's outcome")) == []
+    assert store.image_status(image_id) == ("failed", "the other claim's outcome")
+    other.close()
+
+
 def test_decoders_killed_mid_window_cost_only_the_images_they_held(tmp_path: Path) -> None:
     """Four slow images on two decoders, both decoder processes killed (a native crash) while the first two are
     decoded: those two are refused as crashed; the two waiting for a decoder are read by the new ones, and the
