@@ -195,6 +195,9 @@ EQUIVALENT = {
     ('reason=None if status == "done" else first.reason,', "core/ReplaceComparisonOperator_Eq_Is"): (
         "string literals are interned: `is` compares them as `==` does"
     ),
+    ('reason_kind=None if status == "done" else first_kind,', "core/ReplaceComparisonOperator_Eq_Is"): (
+        "string literals are interned: `is` compares them as `==` does"
+    ),
     ("first = results[0]", "core/NumberReplacer"): (
         "every model decodes the image alike: when none gives a result, all refused it for one reason or all "
         "failed, so the first and the last say the same"
