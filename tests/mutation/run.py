@@ -412,6 +412,20 @@ EQUIVALENT = {
         "NOT equivalent, listed as beyond a test: a megabyte of headroom more or less is within what decoding one "
         "small image moves the child's size (the cap itself is checked to 48 MB)"
     ),
+    ("elif now - self._leased >= self.settings.lease_s / 2:", "core/ReplaceComparisonOperator_GtE_Gt"): (
+        "half the lease to the last bit of the clock: no test, and no window, can tell"
+    ),
+    (
+        "self._leased = 0.0  # when the leases of the window's jobs were last taken or renewed (the earliest)",
+        "core/NumberReplacer",
+    ): ("a window's first claim holds no job, and sets it to the clock before any renewal reads it"),
+    ("while len(window) + len(begun) < self.settings.burst:", "core/ReplaceComparisonOperator_Lt_IsNot"): (
+        "small ints are cached, and the count rises by one from below the burst: `is not` stops where `<` does"
+    ),
+    ("except Exception:  # left to its lease", "core/ExceptionReplacer"): (
+        "NOT equivalent, untested: a store that fails to queue an image again (the image is left to its lease "
+        "either way; uncaught, the rest of its window would be too, the worker's loop catching it)"
+    ),
     ("elif now - self._leased >= self.settings.lease_s / 2:", "core/ReplaceBinaryOperator_Div_Sub"): (
         "the leases renewed 2 s before they run out rather than at half their time: still before (a window looks "
         "every 50 ms), and at once for a lease of 2 s or less"
