@@ -294,6 +294,7 @@ def test_right_to_left_text_is_drawn_in_visual_order() -> None:
     assert visual("ƐSI ƆKƆ 12") == "ƐSI ƆKƆ 12"
 
 
+@needs_pdftotext
 def test_a_result_of_a_model_without_an_input_guard_says_its_image_was_not_checked(tmp_path: Path) -> None:
     study, reviews = _study("ADE", "fine")
     unchecked = "This model has no input check: nothing confirmed that the image is one it was made for."
