@@ -106,7 +106,7 @@ def to_int8(
                 per_channel=True,
                 activation_type=activation,
                 weight_type=QuantType.QInt8,
-                # but for minmax every activation's range is overridden below; MinMax only fills the cache's form
+                # every method but minmax has its ranges in `overrides`: MinMax then only fills the cache's form
                 calibrate_method=CalibrationMethod.MinMax,
                 nodes_to_exclude=exclude,
                 extra_options={

@@ -33,7 +33,7 @@ class Calibration(BaseModel):
         "minmax",
         description="how activation ranges are calibrated (onnxruntime's calibrators); per_tensor: each tensor's "
         "range from whichever of minmax, entropy and percentile quantizes it with the highest SQNR on the "
-        "calibration images (every activation of 32 of them held in memory: for small networks)",
+        "calibration images",
     )
     bias_correction: bool = Field(
         False,

@@ -152,7 +152,7 @@ class Diagnoser:
         for p in pending:
             try:
                 prepared = p.wait()
-            except DecoderUnavailable as exc:  # not the image's failure: the pool is replaced for the next one
+            except DecoderUnavailable as exc:  # not the image's failure: the worker queues it again
                 p.unavailable = True
                 diagnoses[p] = self._refused(p.source, exc)
             except Exception as exc:

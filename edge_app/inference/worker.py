@@ -198,9 +198,10 @@ class Worker:
             self.after_job()
 
     def _requeue(self, job: Job) -> None:
-        """An image its decoder process could not be started for (not read): queued again at once, for the
-        replaced decoders (its attempt counted: a decoder that never starts fails it after `max_attempts`)."""
-        log.warning("worker: image %d not read, its decoder could not be started: queued again", job.image_id)
+        """An image not read for want of a decoder process or a model (one that could not start, or was stopped at
+        the service's stop): queued again at once (its attempt counted: a decoder that never starts fails it after
+        `max_attempts`)."""
+        log.warning("worker: image %d not read (no decoder process or model for it): queued again", job.image_id)
         try:
             self.store.requeue_job(job)
         except Exception:  # left to its lease
@@ -280,7 +281,7 @@ def _settled(plan: Outcome | list[tuple[Diagnoser, Pending]], timeout_s: float) 
 
 
 def _unavailable(plan: Outcome | list[tuple[Diagnoser, Pending]]) -> bool:
-    """Whether an image begun was not read because its decoder process could not be started."""
+    """Whether an image begun was not read for want of a decoder process or a model (`DecoderUnavailable`)."""
     return isinstance(plan, list) and any(pending.unavailable for _, pending in plan)
 
 

@@ -488,7 +488,8 @@ class Store:
 
     def requeue_job(self, job: Job) -> None:
         """A job back in the queue at once, its attempt counted: its image was not read, through no fault of its
-        own (its decoder process could not be started). Only while this claim holds it (see `finish_job`)."""
+        own (no decoder process or model for it: `DecoderUnavailable`). Only while this claim holds it (see
+        `finish_job`)."""
         with self.transaction() as db:
             db.execute(
                 f"UPDATE jobs SET state = 'queued', lease_until = 0, updated_at = ? WHERE {_HELD}",
