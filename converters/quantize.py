@@ -16,9 +16,6 @@ from converters.errors import ModelError
 from converters.spec import Calibration
 
 _METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
-# Entropy's histogram as TensorRT's entropy calibrator makes it (2048 bins for 128 quantized levels): with
-# onnxruntime's default 128 bins for its 128 quantized bins it searches no threshold, and its range is minmax's.
-_OPTIONS = {"entropy": {"num_bins": 2048}}
 SQNR_SAMPLE = 32  # calibration images on which `per_tensor` compares each tensor's quantization error
 # Images whose activations a calibrator holds at once: onnxruntime's keep every activation of what one
 # `collect_data` reads (an Xception-sized network's, of a few hundred images, did not fit in 24 GB).
@@ -158,7 +155,10 @@ def method_ranges(
     prepared: Path, input_name: str, calibration: NDArray[np.generic], methods: list[str]
 ) -> dict[str, dict[str, tuple[float, float]]]:
     """Each activation tensor's range by each of `methods` ("minmax", "entropy", "percentile"): onnxruntime's
-    calibrators, with their defaults but for entropy's bins (`_OPTIONS`), fed CALIBRATION_CHUNK images at a time.
+    calibrators with their defaults, as quantize_static runs them, but fed CALIBRATION_CHUNK images at a time.
+    (Entropy's defaults, 128 bins for 128 quantized levels, search no threshold: its range is minmax's. A search on
+    2048 bins, as TensorRT's calibrator makes it, was measured worse: the reference model's outputs off by up to
+    5.0 against minmax's 0.13 on NIH images; docs/model-engineer.md.)
 
     onnxruntime sizes a histogram's bins on the first data it is fed and widens it bin by bin after: chunk by chunk,
     a range would depend on the images' order, and entropy's search would grow with the bins. So each histogram
@@ -176,7 +176,6 @@ def method_ranges(
                 None,
                 str(Path(tmp) / "augmented.onnx"),
                 getattr(CalibrationMethod, _METHODS[method]),
-                extra_options=_OPTIONS.get(method, {}),
             )
             if method != "minmax":
                 c = calibrator
