@@ -19,11 +19,13 @@ import argparse
 import ast
 import json
 import os
+import random
 import shlex
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import covering
@@ -624,25 +626,64 @@ def _annotations(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     return spans
 
 
-def _skip(session: Path, uncounted: Callable[[tuple[int, int], str], bool]) -> None:
-    """Mark the mutants that are not counted as skipped before they run: each would cost a whole test run."""
+@dataclass(frozen=True)
+class Selection:
+    """Only the mutants on `lines` (those changed since `commit`) and `sample` of the others, drawn at random."""
+
+    commit: str
+    lines: set[int]
+    sample: int
+
+
+def changed_lines(clone: Path, module: str, since: str) -> set[int]:
+    """The lines of `module` that a commit after `since` wrote (git blame, following moves and copies of lines)."""
+    git = ["git", "-C", str(clone)]
+    after = set(
+        subprocess.run([*git, "rev-list", f"{since}..HEAD"], check=True, capture_output=True, text=True).stdout.split()
+    )
+    blame = subprocess.run(
+        [*git, "blame", "-M", "-C", "--porcelain", module], check=True, capture_output=True, text=True
+    )
+    changed = set()
+    for line in blame.stdout.splitlines():
+        fields = line.split()  # each line's header: its commit, its line number there and here
+        if not line.startswith("\t") and len(fields) >= 3 and fields[0] in after:
+            changed.add(int(fields[2]))
+    return changed
+
+
+def _skip(session: Path, uncounted: Callable[[tuple[int, int], str], bool], since: Selection | None) -> set[str]:
+    """Mark the mutants that are not counted as skipped before they run (each would cost a whole test run); return
+    the job ids of those left out by `since` (on lines no commit after it changed, beyond the sample)."""
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
     with use_db(str(session), WorkDB.Mode.open) as db:
-        skipped = [
-            item.job_id
-            for item in db.work_items
-            if uncounted(tuple(item.mutations[0].start_pos), item.mutations[0].operator_name)
-        ]
-        if skipped:
-            db.set_multiple_results(skipped, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
+        items = list(db.work_items)
+        skipped = [i.job_id for i in items if uncounted(tuple(i.mutations[0].start_pos), i.mutations[0].operator_name)]
+        left_out: set[str] = set()
+        if since is not None:
+            unchanged = sorted(
+                i.job_id for i in items if i.job_id not in skipped and i.mutations[0].start_pos[0] not in since.lines
+            )
+            kept = set(random.Random(session.name).sample(unchanged, min(since.sample, len(unchanged))))
+            left_out = set(unchanged) - kept
+        if skipped or left_out:
+            db.set_multiple_results([*skipped, *left_out], WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
     print(f"{len(skipped)} mutants inside type annotations or listed as equivalent: skipped", flush=True)
+    if since is not None:
+        print(
+            f"{len(left_out)} mutants on lines unchanged since {since.commit}, beyond the sample: skipped", flush=True
+        )
+    return left_out
 
 
-def run_module(module: str, clones: list[Path], data: Path, *, report_only: bool = False) -> tuple[int, int, list[str]]:
-    """(mutants counted, killed, survivor descriptions) for one module; equivalent mutants are not counted. A
-    session already in the clone goes on where it stopped; more than one clone runs that many mutants at a time."""
+def run_module(
+    module: str, clones: list[Path], data: Path, *, report_only: bool = False, since: str | None = None, sample: int = 0
+) -> tuple[int, int, list[str]]:
+    """(mutants counted, killed, survivor descriptions) for one module; equivalent mutants are not counted, nor,
+    with `since`, those on lines unchanged since that commit beyond a `sample` of them. A session already in the
+    clone goes on where it stopped; more than one clone runs that many mutants at a time."""
     tests = [f"tests/{name}" for name in MODULES[module]]
     name = module.replace("/", "_").removesuffix(".py")
     clone = clones[0]
@@ -657,6 +698,7 @@ def run_module(module: str, clones: list[Path], data: Path, *, report_only: bool
         line = lines[start[0] - 1].strip()
         return any(a <= start < b for a, b in annotations) or bool({(line, None), (line, operator)} & EQUIVALENT.keys())
 
+    selection = Selection(since, changed_lines(clone, module, since), sample) if since else None
     if not report_only:
         line_map = clone / f"cr-{name}.lines.json"
         if not line_map.exists():
@@ -678,7 +720,7 @@ def run_module(module: str, clones: list[Path], data: Path, *, report_only: bool
         )
         if not session.exists():
             subprocess.run([*cosmic, "init", str(config), str(session)], cwd=clone, env=env, check=True)
-        _skip(session, uncounted)
+        _skip(session, uncounted, selection)
         for c in clones:  # a run stopped mid-mutant leaves its module mutated
             subprocess.run(["git", "checkout", "-q", "--", module], cwd=c, check=True)
         workers = [
@@ -695,22 +737,31 @@ def run_module(module: str, clones: list[Path], data: Path, *, report_only: bool
     dump = subprocess.run(
         [*cosmic, "dump", str(session)], cwd=clone, env=env, check=True, capture_output=True, text=True
     )
-    total = killed = 0
+    total = killed = changed = changed_killed = 0
     survivors = []
     for line in dump.stdout.splitlines():
         item, result = json.loads(line)
-        if not result:
+        m = item["mutations"][0]
+        if not result or uncounted((m["start_pos"][0], m["start_pos"][1]), m["operator_name"]):
+            continue
+        if result["worker_outcome"] == "skipped":  # left out by `since`
             continue
         total += 1
-        m = item["mutations"][0]
-        if uncounted((m["start_pos"][0], m["start_pos"][1]), m["operator_name"]):
-            total -= 1
-            continue
+        on_changed = selection is not None and m["start_pos"][0] in selection.lines
+        changed += on_changed
         if result["test_outcome"] == "killed":
             killed += 1
+            changed_killed += on_changed
         else:
             where = f"{m['module_path']}:{m['start_pos'][0]} {m['operator_name']} #{m['occurrence']}"
             survivors.append(f"{where} ({result['test_outcome']})\n{result.get('diff', '')}")
+    if selection is not None:
+        sampled, sampled_killed = total - changed, killed - changed_killed
+        print(
+            f"{module}: {changed_killed}/{changed} killed on the lines changed since {selection.commit}, "
+            f"{sampled_killed}/{sampled} of the sample of the others",
+            flush=True,
+        )
     return total, killed, survivors
 
 
@@ -778,6 +829,12 @@ def main() -> int:
         "--recheck", action="store_true", help="run the survivors in --workdir again on the code and tests of now"
     )
     parser.add_argument(
+        "--since",
+        metavar="COMMIT",
+        help="run only the mutants on lines changed since COMMIT (its last measurement), and --sample of the others",
+    )
+    parser.add_argument("--sample", type=int, default=30, help="with --since, mutants drawn from unchanged lines")
+    parser.add_argument(
         "--check-list", action="store_true", help="only report MODULES that are no files and stale EQUIVALENT entries"
     )
     args = parser.parse_args()
@@ -806,7 +863,9 @@ def main() -> int:
             return 0
         grand_total = grand_killed = 0
         for module in args.modules:
-            total, killed, survivors = run_module(module, clones, data, report_only=args.report_only)
+            total, killed, survivors = run_module(
+                module, clones, data, report_only=args.report_only, since=args.since, sample=args.sample
+            )
             grand_total, grand_killed = grand_total + total, grand_killed + killed
             print(f"== {module}: {killed}/{total} killed ({killed / max(total, 1):.0%})", flush=True)
             for survivor in survivors:
