@@ -388,19 +388,29 @@ def test_between_jobs_waits_for_the_image_at_hand(tmp_path: Path, store: Store) 
         registry.close()
 
 
-def _slow_image_in_hand(store: Store, registry: Registry) -> tuple[int, Worker, threading.Thread]:
+def _slow_image_in_hand(
+    store: Store, registry: Registry
+) -> tuple[int, Worker, threading.Thread, list[bool | BaseException]]:
     """A slow image (seconds of JPEG 2000 decoded whole) queued, and a worker's pass in a thread of its own that
-    has begun it: the image, the worker, its thread."""
+    has begun it: the image, the worker, its thread, and what the pass returned or raised once it ends."""
     from support.dicom import noisy_j2k
 
     digest, size = store.put_stream(io.BytesIO(noisy_j2k(2000, whole=True)))
     slow = store.add_image(digest, size, "slow.dcm", "test", read_header(store.file_path(digest), "x")).image_id
     worker = Worker(store, registry)
-    running = threading.Thread(target=worker.run_once)
+    ended: list[bool | BaseException] = []
+
+    def run() -> None:
+        try:
+            ended.append(worker.run_once())
+        except BaseException as exc:  # the test reads it
+            ended.append(exc)
+
+    running = threading.Thread(target=run)
     running.start()
     while store.query("SELECT state FROM jobs WHERE image_id = ?", (slow,))[0][0] != "running":
         time.sleep(0.005)
-    return slow, worker, running
+    return slow, worker, running, ended
 
 
 def test_a_model_change_waiting_keeps_the_worker_from_beginning_more(tmp_path: Path, store: Store) -> None:
@@ -410,7 +420,7 @@ def test_a_model_change_waiting_keeps_the_worker_from_beginning_more(tmp_path: P
 
     registry = _registry(tmp_path, EMBEDDED_BUNDLE)
     try:
-        slow, worker, running = _slow_image_in_hand(store, registry)
+        slow, worker, running, _ = _slow_image_in_hand(store, registry)
         seen: list[tuple[str, str]] = []
 
         def change() -> None:
@@ -440,7 +450,7 @@ def test_a_store_failing_while_an_image_is_decoded_is_logged_once_not_each_look_
     fails too, and is left to its lease."""
     registry = _registry(tmp_path, EMBEDDED_BUNDLE)
     try:
-        slow, _, running = _slow_image_in_hand(store, registry)
+        slow, _, running, _ = _slow_image_in_hand(store, registry)
         store.close()
         running.join(60)
     finally:
@@ -450,3 +460,59 @@ def test_a_store_failing_while_an_image_is_decoded_is_logged_once_not_each_look_
         "worker: cannot claim more jobs; going on with those at hand",
         f"worker: the outcome of image {slow} could not be recorded",
     ]
+
+
+def _later_image(store: Store) -> int:
+    """A quick image queued (a chest CR of new UIDs: the slow image's are its own)."""
+    from support.dicom import dicom_bytes
+
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    digest, size = store.put_stream(io.BytesIO(dicom_bytes(ds)))
+    return store.add_image(digest, size, "a.dcm", "test", read_header(store.file_path(digest), "a")).image_id
+
+
+def test_a_model_change_made_on_the_front_stops_the_window_s_refill_not_its_first_claims(
+    tmp_path: Path, store: Store
+) -> None:
+    """The front made a model change the worker process has not taken up yet (`change_waiting`): the window at
+    hand takes no more images (they would be read by the model about to leave); the next pass, whose `before_job`
+    takes the change up, claims them as ever."""
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    try:
+        slow, worker, running, ended = _slow_image_in_hand(store, registry)
+        worker.change_waiting = lambda: True
+        later = _later_image(store)
+        running.join(60)
+        assert ended == [True]
+        assert store.image_status(slow)[0] != "queued" and store.image_status(later)[0] == "queued"
+        assert worker.run_once() and store.image_status(later)[0] == "done", "a pass's first claim is made"
+    finally:
+        registry.close()
+
+
+def test_an_image_the_store_cannot_queue_again_is_left_to_its_lease_and_the_pass_ends_well(
+    tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An image not read (its decoders closed under it) whose return to the queue the database refuses (a write
+    failing there): logged, the job left running to its lease (then claimed again), the worker's pass ends normally."""
+    import sqlite3
+
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    try:
+        slow, _, running, ended = _slow_image_in_hand(store, registry)
+        db = sqlite3.connect(tmp_path / "store" / "edge-app.sqlite3")
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE OF state ON jobs WHEN NEW.state = 'queued' "
+            "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+        )
+        db.close()
+        assert registry.decoder is not None
+        registry.decoder.close()
+        running.join(60)
+    finally:
+        registry.close()
+    assert ended == [True]
+    assert store.query("SELECT state FROM jobs WHERE image_id = ?", (slow,))[0][0] == "running"
+    messages = [r.getMessage() for r in caplog.records if r.name == "edge_app.inference.worker"]
+    assert f"worker: image {slow} could not be queued again" in messages

@@ -418,13 +418,6 @@ EQUIVALENT = {
         "the leases renewed at every look rather than at half their time (the remainder of a whole lease by 2 is "
         "0): more writes, the same leases"
     ),
-    (
-        "if not first and self.change_waiting is not None and self.change_waiting():",
-        "core/ReplaceUnaryOperator_Delete_Not",
-    ): (
-        "NOT equivalent, untested: a model change made on the front while a window refills (the window would go on "
-        "taking images until the queue is empty before the change is made)"
-    ),
     ("elif now - self._leased >= self.settings.lease_s / 2:", "core/ReplaceComparisonOperator_GtE_Gt"): (
         "half the lease to the last bit of the clock: no test, and no window, can tell"
     ),
@@ -434,10 +427,6 @@ EQUIVALENT = {
     ): ("a window's first claim holds no job, and sets it to the clock before any renewal reads it"),
     ("while len(window) + len(begun) < self.settings.burst:", "core/ReplaceComparisonOperator_Lt_IsNot"): (
         "small ints are cached, and the count rises by one from below the burst: `is not` stops where `<` does"
-    ),
-    ("except Exception:  # left to its lease", "core/ExceptionReplacer"): (
-        "NOT equivalent, untested: a store that fails to queue an image again (the image is left to its lease "
-        "either way; uncaught, the rest of its window would be too, the worker's loop catching it)"
     ),
     ("elif now - self._leased >= self.settings.lease_s / 2:", "core/ReplaceBinaryOperator_Div_Sub"): (
         "the leases renewed 2 s before they run out rather than at half their time: still before (a window looks "
