@@ -17,7 +17,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from edge_app.config import EMBEDDED_BUNDLE, Settings
+from edge_app.config import CONFIG_ENV, EMBEDDED_BUNDLE, ENV_PREFIX, Settings
 from edge_app.service import Role, Service
 from edge_app.store.accounts import parse_roles
 from edge_app.web import create_app, services
@@ -25,6 +25,20 @@ from support import processes
 from support.data import NIH, ROOT
 from support.tools import EDGE_APP
 from support.web import AuthActions, axe_core_script, token_headers
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test, and every process it starts, reads an empty configuration file of the session's own: never
+    the machine's (/etc/edge-app/edge-app.toml, $EDGE_APP_CONFIG's file) nor the shell's EDGE_APP_* settings, so
+    that the tests neither read nor disturb an appliance running here."""
+    config = tmp_path_factory.mktemp("config") / "edge-app.toml"
+    config.write_text("# the tests' own: the defaults\n")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+            patch.delenv(name)
+        patch.setenv(CONFIG_ENV, str(config))
+        yield config
 
 
 @pytest.fixture(scope="session")

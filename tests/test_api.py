@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -231,3 +232,31 @@ def test_a_report_sent_with_a_study_is_kept_and_not_diagnosed(client: FlaskClien
         assert body["reason"] == "not an image (Comprehensive SR Storage): kept with the study, not diagnosed"
         (image,) = body["images"]
         assert image["id"] == body["image_id"] and image["results"] == []
+
+
+def test_the_date_filter_takes_the_clinic_s_calendar_days(
+    service: Callable[..., Service], make_settings: Callable[..., Settings], api_client: Callable[[Flask], FlaskClient]
+) -> None:
+    """`from` and `to` are days of the clinic's calendar (site.timezone, Nairobi: UTC+3), `to` included: a study
+    received at 22:30 UTC on 1 March arrived at 01:30 on 2 March in the clinic, one at 20:30 UTC at 23:30 on the
+    1st; the clinic's midnight (21:00 UTC) opens the 2nd."""
+    app = create_app(service(make_settings(site={"timezone": "Africa/Nairobi"})))
+    client = api_client(app)
+    received = {"late": "2025-03-01T22:30:00.000+00:00", "evening": "2025-03-01T20:30:00.000+00:00"}
+    received["midnight"] = "2025-03-01T21:00:00.000+00:00"
+    uids = {
+        client.post("/api/v1/studies?filename=x.bin", data=bytes([n]) * 300).get_json()["study"]["uid"]: name
+        for n, name in enumerate(received)
+    }
+    with sqlite3.connect(services.get_from(app).settings.storage.data_dir / "edge-app.sqlite3") as db:
+        db.executemany("UPDATE studies SET created_at = ? WHERE uid = ?", [(received[n], u) for u, n in uids.items()])
+
+    def found(query: str) -> set[str]:
+        body = client.get(f"/api/v1/studies?{query}").get_json()
+        return {uids[s["uid"]] for s in body["studies"]}
+
+    assert found("from=2025-03-02&to=2025-03-02") == {"late", "midnight"}
+    assert found("to=2025-03-01") == {"evening"}
+    assert found("from=2025-03-01&to=2025-03-01") == {"evening"}
+    assert found("from=2025-03-02") == {"late", "midnight"}
+    assert found("to=2025-02-28") == set() and found("from=2025-03-03") == set()

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from edge_app.config import load_settings
 from support.data import ROOT
 from support.dicom import dicom_file
-from support.processes import server_log
+from support.processes import free_port, launch, server_log
 from support.tools import EDGE_APP
 
 pytestmark = pytest.mark.system
@@ -272,3 +274,50 @@ def test_a_command_without_config_reads_the_file_edge_app_config_names(
     named.write_text('[model]\nrunner = "nonsense"\n')
     refused = cli("check", env={"EDGE_APP_CONFIG": str(named), "EDGE_APP_STORAGE_DATA_DIR": str(tmp_path / "d")})
     assert refused.returncode == 2 and "runner" in refused.stderr, refused.stderr
+
+
+def _machine_config(tmp_path: Path, dicom_port: int) -> Path:
+    """An appliance's configuration as /etc/edge-app/edge-app.toml may hold it: the DICOM receiver on a fixed port."""
+    config = tmp_path / "machine.toml"
+    config.write_text(f'[server]\nlanguage = "fr"\n\n[capture.dicom]\nenabled = true\nport = {dicom_port}\n')
+    assert load_settings(config, environ={}).capture.dicom.port == dicom_port, "the file would enable it"
+    return config
+
+
+def test_a_launched_test_server_reads_none_of_the_machines_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shell names a running appliance's configuration (and sets one of its keys): a server the tests start
+    reads neither, and leaves the appliance's DICOM port alone."""
+    dicom_port = free_port()
+    monkeypatch.setenv("EDGE_APP_CONFIG", str(_machine_config(tmp_path, dicom_port)))
+    monkeypatch.setenv("EDGE_APP_CAPTURE_DICOM_ENABLED", "true")
+    monkeypatch.setenv("EDGE_APP_CAPTURE_DICOM_PORT", str(dicom_port))
+    port = free_port()
+    proc = launch(tmp_path / "data", port)
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", dicom_port), timeout=5).close()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=10) as page:
+            assert '<html lang="en"' in page.read().decode()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert "DICOM receiver" not in server_log(tmp_path / "data", port).read_text()
+
+
+def test_the_test_command_reads_none_of_the_machines_configuration(tmp_path: Path) -> None:
+    """pytest itself run from a shell naming an appliance's configuration (and setting its keys): every test's
+    settings, and every process a test starts, read the session's own file (conftest's `own_config`)."""
+    machine = _machine_config(tmp_path, free_port())
+    env = {**os.environ, "EDGE_APP_CONFIG": str(machine), "EDGE_APP_SERVER_LANGUAGE": "fr"}
+    test = "tests/test_config.py::test_the_tests_read_a_configuration_of_their_own"
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'inner'}", test],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout + run.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -10,7 +11,15 @@ from typing import Any
 
 import pytest
 
-from edge_app.config import EMBEDDED_BUNDLE, check_secure, default_data_dir, load_settings
+from edge_app.config import (
+    CONFIG_ENV,
+    EMBEDDED_BUNDLE,
+    ENV_PREFIX,
+    check_secure,
+    default_config,
+    default_data_dir,
+    load_settings,
+)
 from edge_app.errors import ConfigError
 from edge_app.ops.secrets import init_tls
 
@@ -463,3 +472,11 @@ def test_the_configuration_file_read_without_config(tmp_path: Path) -> None:
     assert default_config({}, appliance) == appliance
     assert default_config({"EDGE_APP_CONFIG": str(tmp_path / "other.toml")}, appliance) == tmp_path / "other.toml"
     assert default_config({"EDGE_APP_CONFIG": ""}, appliance) == appliance
+
+
+def test_the_tests_read_a_configuration_of_their_own(own_config: Path) -> None:
+    """Whatever the shell running the tests holds (test_cli runs this under a hostile one): the session's own
+    empty file, no EDGE_APP_* setting, the defaults."""
+    assert default_config() == own_config
+    assert [k for k in os.environ if k.startswith(ENV_PREFIX)] == [CONFIG_ENV]
+    assert load_settings(default_config()) == load_settings(environ={})

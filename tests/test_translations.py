@@ -86,3 +86,42 @@ def test_no_template_shows_text_that_is_not_translated() -> None:
         text = re.sub(r"<[^>]*>", " ", text)
         words = {w for w in re.findall(r"[^\W\d_][\w'-]*", text)} - UNTRANSLATED
         assert not words, f"{template.name}: text outside _(): {sorted(words)}"
+
+
+def _catalogue() -> dict[str, list[str]]:
+    """The tablet's messages: each English form (singular, plural) to the French forms."""
+    with (TRANSLATIONS / "fr" / "LC_MESSAGES" / "messages.po").open("rb") as fh:
+        messages = [m for m in read_po(fh) if m.id]
+    forms = {}
+    for m in messages:
+        french = [str(t) for t in (m.string if isinstance(m.string, tuple) else [m.string])]
+        forms |= {str(form): french for form in (m.id if isinstance(m.id, tuple) else [m.id])}
+    return forms
+
+
+def _quoted(guide: str, pattern: str) -> list[str]:
+    text = " ".join((ROOT / "docs" / guide).read_text(encoding="utf-8").split())
+    return re.findall(pattern, text)
+
+
+def _shown_as(quote: str, messages: list[str]) -> bool:
+    """Whether the tablet shows `quote`: part of a message, or a whole one with its placeholders filled in."""
+    for message in messages:
+        pieces = re.split(r"%\(\w+\)[.\d]*\w", message)
+        if quote in message or re.fullmatch(".+?".join(map(re.escape, pieces)), quote):
+            return True
+    return False
+
+
+def test_the_clinician_guides_quote_the_tablet_s_own_words() -> None:
+    """docs/clinician.md (in "quotes") and docs/clinician.fr.md (in « guillemets ») name buttons, labels and
+    messages as the tablet shows them in their language, and the French guide names every control the English one
+    names: a renamed button or a changed translation makes the guide follow."""
+    catalogue = _catalogue()
+    english = _quoted("clinician.md", r'"([^"]+)"')
+    french = _quoted("clinician.fr.md", r"«\s*(.+?)\s*»")
+    assert len(english) > 40 and len(french) > 40, "the guides quote the tablet"
+    assert [q for q in english if not _shown_as(q, list(catalogue))] == []
+    assert [q for q in french if not _shown_as(q, [t for ts in catalogue.values() for t in ts])] == []
+    missing = {q: catalogue[q][0] for q in english if q in catalogue and catalogue[q][0] not in french}
+    assert missing == {}, "the French guide names these controls too"

@@ -3,6 +3,7 @@ API token or a user made in its data directory (as `edge-app token create` / `us
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from edge_app.config import CONFIG_ENV, ENV_PREFIX
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
 
@@ -40,16 +42,22 @@ def add_user(data_dir: str | Path, name: str, roles: str, password: str) -> None
         store.close()
 
 
+def environ(data_dir: str | Path, port: int, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of an `edge-app` command on `data_dir` and `port` (and extra variables): it reads a
+    configuration file of its own, written in the data directory, and none of the machine's: neither
+    /etc/edge-app/edge-app.toml nor $EDGE_APP_CONFIG's file nor the shell's EDGE_APP_* settings."""
+    config = Path(data_dir) / "benchmark.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(f"[storage]\ndata_dir = {json.dumps(str(data_dir))}\n\n[server]\nport = {port}\n")
+    own = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    return {**own, CONFIG_ENV: str(config), **(extra_env or {})}
+
+
 def serve(
     data_dir: str | Path, port: int, extra_env: dict[str, str] | None = None, no_worker: bool = False
 ) -> subprocess.Popen[bytes]:
     """`edge-app serve` (`--no-worker`: the front alone) on localhost:port, returned once /api/v1/health answers."""
-    env = {
-        **os.environ,
-        "EDGE_APP_STORAGE_DATA_DIR": str(data_dir),
-        "EDGE_APP_SERVER_PORT": str(port),
-        **(extra_env or {}),
-    }
+    env = environ(data_dir, port, extra_env)
     command = [str(EDGE_APP), "serve", *(["--no-worker"] if no_worker else [])]
     proc = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
     for _ in range(600):

@@ -10,7 +10,6 @@ watches both sit idle. The one-process figures are service_footprint.py's.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
-from appliance import EDGE_APP, api_headers, free_port, serve  # noqa: E402
+from appliance import EDGE_APP, api_headers, environ, free_port, serve  # noqa: E402
 from service_footprint import _cpu_seconds, _tree, _tree_mb  # noqa: E402
 
 
@@ -36,7 +35,7 @@ def main() -> int:
     port = free_port()
     with tempfile.TemporaryDirectory() as data:
         headers = api_headers(data)
-        env = {**os.environ, "EDGE_APP_STORAGE_DATA_DIR": data, "EDGE_APP_WORKER_IDLE_S": "5"}
+        env = environ(data, port, {"EDGE_APP_WORKER_IDLE_S": "5"})
         worker = subprocess.Popen([str(EDGE_APP), "worker"], env=env, stderr=subprocess.DEVNULL)
         front = serve(data, port, {"EDGE_APP_WORKER_IDLE_S": "5"}, no_worker=True)
         try:

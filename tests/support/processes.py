@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+from edge_app.config import CONFIG_ENV, ENV_PREFIX
 from support.tools import EDGE_APP
 
 
@@ -27,15 +30,19 @@ def server_log(data_dir: Path, port: int) -> Path:
     return data_dir.parent / f"serve-{port}.log"
 
 
+def own_environ(config: Path, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """`environ` reading `config` and nothing of the machine's: no EDGE_APP_* setting of the shell, and neither
+    $EDGE_APP_CONFIG's file nor /etc/edge-app/edge-app.toml (a running appliance's)."""
+    return {**{k: v for k, v in environ.items() if not k.startswith(ENV_PREFIX)}, CONFIG_ENV: str(config)}
+
+
 def launch(data_dir: Path, port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """Start a real `edge-app serve` on a data directory and port (and extra environment variables); returns
-    once it answers /health."""
-    env = {
-        **os.environ,
-        "EDGE_APP_STORAGE_DATA_DIR": str(data_dir),
-        "EDGE_APP_SERVER_PORT": str(port),
-        **(extra_env or {}),
-    }
+    """Start a real `edge-app serve` on a data directory and port (and extra environment variables), reading a
+    configuration file of its own (beside the data directory) and none of the machine's; returns once it answers
+    /health."""
+    config = data_dir.parent / f"edge-app-{port}.toml"
+    config.write_text(f"[storage]\ndata_dir = {json.dumps(str(data_dir))}\n\n[server]\nport = {port}\n")
+    env = {**own_environ(config), **(extra_env or {})}
     # Its output to a file, not a pipe no one reads while it runs: a full pipe would stop the server mid-log.
     log = server_log(data_dir, port)
     with log.open("a") as out:
