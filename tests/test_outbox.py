@@ -20,6 +20,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, Verification
 
 from edge_app.config import Settings
+from edge_app.outputs.sender import Peer
 from edge_app.service import Service
 from edge_app.web import create_app
 from support.dicom import dicom_bytes, dicom_file
@@ -167,6 +168,21 @@ def test_check_echoes_every_destination_and_tells_each_failure_apart(
     for ae, words in expected.items():
         assert said[ae].startswith("FAIL") and words in said[ae], said[ae]
     assert result.returncode == 1
+
+
+def test_the_association_socket_sends_without_nagles_delay(tmp_path: Path) -> None:
+    """TCP_NODELAY on the sender's socket while the association is open: a small PDU (a C-ECHO, an SR) goes at
+    once, not after the peer's delayed ACK."""
+    pacs = Pacs(free_port())
+    outputs = _settings(tmp_path, [("PACS", pacs.server.server_address[1])]).outputs
+    peer = Peer(outputs.destinations[0], outputs)
+    try:
+        assert peer.associate({Verification}) is None
+        assert peer.assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert peer.echo() is None
+    finally:
+        peer.release()
+        pacs.stop()
 
 
 def test_a_frozen_destination_delays_no_other(
