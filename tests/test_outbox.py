@@ -189,15 +189,17 @@ def test_a_frozen_destination_delays_no_other(
     tmp_path: Path, orthanc: Orthanc, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
 ) -> None:
     """Orthanc stopped dead (SIGSTOP: it takes connections and answers nothing) while results are made: the other
-    destination gets every one of them meanwhile; Orthanc gets them all once it runs again."""
+    destination gets every one of them meanwhile, well within the minute the sender waits for Orthanc's answer (a
+    sender shared by both would hold them all that minute); Orthanc gets them all once it runs again."""
     pacs = Pacs(free_port())
+    destinations = [("ORTHANC", orthanc.dicom_port), ("PACS", pacs.server.server_address[1])]
     try:
-        svc = service(_settings(tmp_path, [("ORTHANC", orthanc.dicom_port), ("PACS", pacs.server.server_address[1])]))
+        svc = service(_settings(tmp_path, destinations, answer_timeout_s=60.0))
         client = api_client(create_app(svc))
         orthanc.freeze()
         for _ in range(4):
-            _post(client, _image())
-        _until(lambda: len(pacs.received) == 8, 20, "the healthy destination waits for the frozen one")
+            _post(client, _image())  # answered once diagnosed: the documents follow at once
+        _until(lambda: len(pacs.received) == 8, 15, "the healthy destination waits for the frozen one")
         assert orthanc.proc.poll() is None
         orthanc.thaw()
         _until(lambda: len(orthanc.instances("SR")) == 4, 60, "Orthanc gets them once it runs again")
