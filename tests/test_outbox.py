@@ -271,6 +271,24 @@ def test_health_is_degraded_while_results_wait_too_long(
     assert health["outbox"][0]["waiting"] == 2 and health["outbox"][0]["oldest_age_s"] >= 1.0
 
 
+def test_health_is_degraded_while_too_many_results_wait(
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient]
+) -> None:
+    """More items waiting than `backlog_count` (a destination away, its items not given up yet): degraded, saying
+    how many wait; as many as the threshold is still ok."""
+    port = free_port()
+    with Service(_settings(tmp_path, [("PACS", port)], backlog_count=1)) as svc:
+        client = api_client(create_app(svc))
+        _post(client, _image())
+        _until(lambda: svc.store.query("SELECT count(*) FROM outbox WHERE attempts >= 1")[0][0] == 2, 10)
+        health = client.get("/api/v1/health").get_json()
+        assert (health["status"], health["problem"]) == ("degraded", "2 results waiting to be sent (more than 1)")
+        assert health["outbox"][0]["waiting"] == 2 and health["outbox"][0]["failed"] == 0
+    with Service(_settings(tmp_path, [("PACS", port)], backlog_count=2)) as svc:
+        health = api_client(create_app(svc)).get("/api/v1/health").get_json()
+        assert (health["status"], health["outbox"][0]["waiting"]) == ("ok", 2)
+
+
 def test_the_devices_page_shows_the_backlog_and_an_administrator_sends_again(
     tmp_path: Path, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
 ) -> None:
