@@ -20,7 +20,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, Verification
 
 from edge_app.config import Settings
-from edge_app.outputs.sender import Peer
+from edge_app.outputs.sender import Peer, echo
 from edge_app.service import Service
 from edge_app.web import create_app
 from support.dicom import dicom_bytes, dicom_file
@@ -183,6 +183,42 @@ def test_the_association_socket_sends_without_nagles_delay(tmp_path: Path) -> No
     finally:
         peer.release()
         pacs.stop()
+
+
+def _unconnectable() -> tuple[socket.socket, list[socket.socket]]:
+    """A listening socket whose accept queue is full, so that Linux drops further SYNs and a connect to it hangs (as
+    to a host that is down, or behind a firewall that drops); with the connections that fill its queue."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    filling: list[socket.socket] = []
+    while len(filling) < 8:
+        client = socket.socket()
+        client.settimeout(0.5)
+        try:
+            client.connect(listener.getsockname())
+        except TimeoutError:
+            client.close()
+            return listener, filling
+        filling.append(client)
+    raise AssertionError("the accept queue never filled: a connect does not hang here")
+
+
+def test_a_destination_that_takes_no_connection_times_out_in_the_connect_timeout(tmp_path: Path) -> None:
+    """A connect that hangs fails after `connect_timeout_s` (not the longer answer timeout), in its own words."""
+    listener, filling = _unconnectable()
+    try:
+        outputs = _settings(
+            tmp_path, [("PACS", listener.getsockname()[1])], connect_timeout_s=2.0, answer_timeout_s=30.0
+        ).outputs
+        started = time.monotonic()
+        error = echo(outputs.destinations[0], outputs)
+        elapsed = time.monotonic() - started
+    finally:
+        for s in (listener, *filling):
+            s.close()
+    assert error == "timed out: no connection within 2 s (host down, or a firewall drops it)"
+    assert 1.8 <= elapsed < 8.0, elapsed
 
 
 def test_a_frozen_destination_delays_no_other(
