@@ -4,7 +4,9 @@ every destination; several objects per association; given-up results re-sent thr
 
 from __future__ import annotations
 
+import re
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -325,20 +327,41 @@ def test_health_is_degraded_while_too_many_results_wait(
         assert (health["status"], health["outbox"][0]["waiting"]) == ("ok", 2)
 
 
+def _outbox_rows(page: str) -> dict[str, tuple[str, ...]]:
+    """The devices page's outbox table: destination -> (waiting, given up, oldest, last error)."""
+    rows = re.findall(
+        r'<tr class="(?:down|ok)"><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td>\s*<td>(.*?)</td><td>(.*?)</td>', page
+    )
+    return {row[0].split("@")[0]: row[1:] for row in rows}
+
+
 def test_the_devices_page_shows_the_backlog_and_an_administrator_sends_again(
     tmp_path: Path, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
 ) -> None:
-    svc = service(_settings(tmp_path, [("PACS", free_port())], max_attempts=1))
-    app = create_app(svc)
-    _post(api_client(app), _image())
-    _until(lambda: sum(b.failed for b in svc.store.backlog()) == 2)
-    auth = AuthActions(app, app.test_client())
-    auth.login("admin")
-    page = auth.client.get("/devices").get_data(as_text=True)
-    assert "PACS@127.0.0.1:" in page and "connection refused" in page and "Send again" in page
+    """One destination away (its items given up at once), one that takes the connection and says nothing (its
+    items waiting): each row says how many wait, how many were given up, how old the oldest is, the last error."""
+    hung = socket.create_server(("127.0.0.1", 0))
+    destinations = [("GONE", free_port()), ("HUNG", hung.getsockname()[1])]
+    try:
+        svc = service(_settings(tmp_path, destinations, max_attempts=1, answer_timeout_s=60.0))
+        app = create_app(svc)
+        _post(api_client(app), _image())
+        _until(lambda: sum(b.failed for b in svc.store.backlog()) == 2)
+        with sqlite3.connect(tmp_path / "data" / "edge-app.sqlite3") as db:  # GONE's items queued 2 h ago
+            db.execute("UPDATE outbox SET queued_at = queued_at - 7200 WHERE destination LIKE 'GONE@%'")
+        auth = AuthActions(app, app.test_client())
+        auth.login("admin")
+        page = auth.client.get("/devices").get_data(as_text=True)
+        rows = _outbox_rows(page)
+        assert rows["GONE"][:3] == ("0", "2", "120 min") and rows["GONE"][3].startswith("connection refused")
+        assert rows["HUNG"] == ("2", "0", "0 min", ""), "held by a sender waiting for the answer"
+        assert page.count("Send again") == 1, "only where something was given up"
+    finally:
+        hung.close()  # the waiting association is reset: the sender stops at once
     destination = str(svc.settings.outputs.destinations[0])
     auth.client.post("/devices/outbox/retry", data={"destination": destination})
-    assert sum(b.failed for b in svc.store.backlog()) == 2, "no CSRF token: nothing queued again"
+    failed = [b.failed for b in svc.store.backlog() if b.destination == destination]
+    assert failed == [2], "no CSRF token: nothing queued again"
     token = auth.csrf("/devices")
     answer = auth.client.post("/devices/outbox/retry", data={"csrf_token": token, "destination": destination})
     assert answer.status_code == 302
