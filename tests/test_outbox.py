@@ -297,6 +297,36 @@ def test_a_result_given_up_shows_on_health_and_is_sent_again_through_the_api(
         pacs.stop()
 
 
+def test_a_result_given_up_stays_given_up_after_a_restart_until_sent_again(
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient], cli: Callable[..., Any]
+) -> None:
+    """Given up while the PACS was away, then a restart with the PACS back: still given up (not sent at start),
+    health still degraded saying so; `edge-app outbox retry` then sends it to the running service's sender."""
+    port = free_port()
+    settings = _settings(tmp_path, [("PACS", port)], max_attempts=1)
+    with Service(settings) as svc:
+        _post(api_client(create_app(svc)), _image())
+        _until(lambda: sum(b.failed for b in svc.store.backlog()) == 2)
+    pacs = Pacs(port)
+    try:
+        with Service(settings) as svc:
+            client = api_client(create_app(svc))
+            time.sleep(1.0)  # the sender, started, took what was due at once: nothing
+            assert pacs.associations == 0 and pacs.received == []
+            health = client.get("/api/v1/health").get_json()
+            assert health["status"] == "degraded"
+            assert "2 result(s) for PACS given up (connection refused" in health["problem"]
+            assert [(o["waiting"], o["failed"]) for o in health["outbox"]] == [(0, 2)]
+            data, destinations = str(tmp_path / "data"), toml_destinations({"PACS": port})
+            env = {"EDGE_APP_STORAGE_DATA_DIR": data, "EDGE_APP_OUTPUTS_DESTINATIONS": destinations}
+            result = cli("outbox", "retry", env=env)
+            assert result.returncode == 0 and "2 result(s) queued again" in result.stdout, result.stderr
+            _until(lambda: len(pacs.received) == 2, 20, "the sender takes them within its idle wait")
+            _until(lambda: client.get("/api/v1/health").get_json()["status"] == "ok", 10)
+    finally:
+        pacs.stop()
+
+
 def test_health_is_degraded_while_results_wait_too_long(
     tmp_path: Path, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
 ) -> None:
