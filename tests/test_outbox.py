@@ -327,6 +327,50 @@ def test_a_result_given_up_stays_given_up_after_a_restart_until_sent_again(
         pacs.stop()
 
 
+def test_documents_not_made_show_on_health_and_the_devices_page_and_are_made_again_when_sent_again(
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient]
+) -> None:
+    """A result whose documents cannot be made (its heatmap file gone): given up for the destination in words of
+    its own, on health and the devices page, after a restart too; once the file is back, an administrator's
+    POST /api/v1/outbox/retry makes them again and the PACS gets the SR and the SC."""
+    with Service(_settings(tmp_path, [])) as svc:  # no destination: nothing made yet
+        _post(api_client(create_app(svc)), _image())
+        ((result_id, image_id),) = svc.store.query("SELECT id, image_id FROM results")
+        assert svc.store.documents_due(image_id, [result_id]) == 1
+        heatmaps = [svc.store.read_file(sha) for (sha,) in svc.store.query("SELECT sha256 FROM heatmaps")]
+        for (sha,) in svc.store.query("SELECT sha256 FROM heatmaps"):
+            svc.store.file_path(sha).unlink()
+    pacs = Pacs(free_port())
+    settings = _settings(tmp_path, [("PACS", pacs.server.server_address[1])])
+    reason = "documents not made: a stored file they need is gone, see the log"
+    try:
+        with Service(settings) as svc:
+            _until(lambda: [b.failed for b in svc.store.backlog()] == [1], 30, "made, or tried, at start")
+        with Service(settings) as svc:
+            app = create_app(svc)
+            client = api_client(app)
+            health = client.get("/api/v1/health").get_json()
+            assert health["status"] == "degraded"
+            assert health["problem"] == f"1 result(s) for PACS given up ({reason}): re-send them"
+            assert [(o["waiting"], o["failed"], o["last_error"]) for o in health["outbox"]] == [(0, 1, reason)]
+            auth = AuthActions(app, app.test_client())
+            auth.login("admin")
+            assert _outbox_rows(auth.client.get("/devices").get_data(as_text=True))["PACS"][:2] == ("0", "1")
+            assert pacs.received == []
+            for data in heatmaps:
+                svc.store.put_file(data)
+            answer = app.test_client().post("/api/v1/outbox/retry", headers=token_headers(tmp_path / "data", "admin"))
+            assert answer.get_json() == {"queued": 1}
+            _until(lambda: len(pacs.received) == 2, 20, "made again and sent")
+            assert sorted(str(ds.SOPClassUID.name) for ds in pacs.received) == [
+                "Comprehensive 3D SR Storage",
+                "Secondary Capture Image Storage",
+            ]
+            _until(lambda: client.get("/api/v1/health").get_json()["status"] == "ok", 10)
+    finally:
+        pacs.stop()
+
+
 def test_health_is_degraded_while_results_wait_too_long(
     tmp_path: Path, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
 ) -> None:
