@@ -215,12 +215,14 @@ class Service:
         return model
 
     def retry_outputs(self, actor: str, destination: str | None = None) -> int:
-        """Queue again the results given up for the configured destinations (or one of them; audited); the
-        sender, here or in the worker's process, takes them (at once here, within its idle wait there)."""
+        """Queue again the results given up for the configured destinations (or one of them; audited), and the
+        documents not made; the sender and the documents loop, here or in the worker's process, take them (at once
+        here, within their idle wait there)."""
         destinations = [str(d) for d in self.settings.outputs.destinations]
         count = self.store.retry_outputs(destinations, actor, destination)
-        if self.sender is not None:
-            self.sender.wake()
+        for loop in (self.outbox, self.sender):
+            if loop is not None:
+                loop.wake()
         return count
 
     def worker_running(self) -> bool:

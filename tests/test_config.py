@@ -33,6 +33,7 @@ def test_defaults() -> None:
     assert s.model.bundle == EMBEDDED_BUNDLE and s.model.runner == "auto"
     assert s.imaging.max_pixels == 25_000_000 and s.imaging.max_decode_mb == 320 and s.imaging.decoders == 0
     assert (s.worker.lease_s, s.worker.max_attempts, s.worker.idle_s) == (600.0, 3, 30.0)
+    assert (s.outputs.connect_timeout_s, s.outputs.answer_timeout_s) == (3.0, 10.0)
 
 
 def test_file_and_environment(tmp_path: Path) -> None:

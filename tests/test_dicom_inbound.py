@@ -5,6 +5,7 @@ images."""
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import time
@@ -17,7 +18,14 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from pydicom.uid import (
+    BlendingSoftcopyPresentationStateStorage,
+    ColorSoftcopyPresentationStateStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    PseudoColorSoftcopyPresentationStateStorage,
+    SecondaryCaptureImageStorage,
+)
 from pynetdicom import AE
 
 from edge_app.imaging.uids import new_output_uid
@@ -142,9 +150,18 @@ def test_deflated_images_decode_as_their_uncompressed_selves(box: Box, tmp_path:
         assert _probabilities(result["findings"]) == expected
 
 
+# The presentation states besides the grayscale one highdicom makes: that one, of each of these classes.
+OTHER_STATES = (
+    ColorSoftcopyPresentationStateStorage,
+    PseudoColorSoftcopyPresentationStateStorage,
+    BlendingSoftcopyPresentationStateStorage,
+)
+
+
 def _objects_of_a_study(image: Dataset) -> list[Dataset]:
     """What a PACS holds with a radiograph: a radiologist's SR (a real Comprehensive SR moved into the study), a
-    key object selection and a grayscale presentation state (highdicom) referencing it."""
+    key object selection and a grayscale presentation state (highdicom) referencing it, and a presentation state
+    of each other kind (the grayscale one as that class)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -170,20 +187,27 @@ def _objects_of_a_study(image: Dataset) -> list[Dataset]:
         device_serial_number="1",
         content_label="WINDOW",
     )
-    return [sr, kos, pr]
+    others = []
+    for sop_class in OTHER_STATES:
+        state = copy.deepcopy(pr)
+        state.SOPClassUID = state.file_meta.MediaStorageSOPClassUID = sop_class
+        state.SOPInstanceUID = state.file_meta.MediaStorageSOPInstanceUID = hd.UID()
+        others.append(state)
+    return [sr, kos, pr, *others]
 
 
 def test_reports_key_objects_and_presentation_states_are_kept_with_their_study_never_diagnosed(box: Box) -> None:
-    """A study as a PACS re-sends it: the image, an SR, a KOS and a GSPS, each accepted at association and answered
-    success (0x0000); the study lists all four, the three non-images as such, with no result (the worker never
-    had them); sent again, each is acknowledged and held once."""
+    """A study as a PACS re-sends it: the image, an SR, a KOS and a presentation state of each kind (grayscale,
+    color, pseudo-color, blending), each accepted at association and answered success (0x0000); the study lists
+    them all, the non-images as such, with no result (the worker never had them); sent again, each is
+    acknowledged and held once."""
     image = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
     _renew(image)
     others = _objects_of_a_study(image)
     for _ in range(2):
         answers = _store(box.dicom_port, [image, *others])
-        assert [status for _, status in answers] == [0] * 4
-    listed = {i["sop_instance_uid"]: i for i in box.settled(image.StudyInstanceUID, 4)}
+        assert [status for _, status in answers] == [0] * 7
+    listed = {i["sop_instance_uid"]: i for i in box.settled(image.StudyInstanceUID, 7)}
     assert listed[image.SOPInstanceUID]["status"] == "done"
     for ds in others:
         kept = listed[ds.SOPInstanceUID]

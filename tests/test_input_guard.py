@@ -489,7 +489,7 @@ def test_a_version_6_database_takes_outside_and_keeps_its_rows(tmp_path: Path) -
     with pytest.raises(sqlite3.IntegrityError):
         db.execute("UPDATE images SET status = 'outside'")
     migrate(db, "2026-12-01T00:00:00")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 15
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 16
     assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1, "foreign keys on again"
     assert db.execute("SELECT id, status, guard FROM results").fetchall() == [(1, "ok", None)]
     db.execute("UPDATE images SET status = 'outside'")

@@ -4,7 +4,9 @@ every destination; several objects per association; given-up results re-sent thr
 
 from __future__ import annotations
 
+import re
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +22,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, Verification
 
 from edge_app.config import Settings
+from edge_app.outputs.sender import Peer, echo
 from edge_app.service import Service
 from edge_app.web import create_app
 from support.dicom import dicom_bytes, dicom_file
@@ -169,19 +172,72 @@ def test_check_echoes_every_destination_and_tells_each_failure_apart(
     assert result.returncode == 1
 
 
+def test_the_association_socket_sends_without_nagles_delay(tmp_path: Path) -> None:
+    """TCP_NODELAY on the sender's socket while the association is open: a small PDU (a C-ECHO, an SR) goes at
+    once, not after the peer's delayed ACK."""
+    pacs = Pacs(free_port())
+    outputs = _settings(tmp_path, [("PACS", pacs.server.server_address[1])]).outputs
+    peer = Peer(outputs.destinations[0], outputs)
+    try:
+        assert peer.associate({Verification}) is None
+        assert peer.assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert peer.echo() is None
+    finally:
+        peer.release()
+        pacs.stop()
+
+
+def _unconnectable() -> tuple[socket.socket, list[socket.socket]]:
+    """A listening socket whose accept queue is full, so that Linux drops further SYNs and a connect to it hangs (as
+    to a host that is down, or behind a firewall that drops); with the connections that fill its queue."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    filling: list[socket.socket] = []
+    while len(filling) < 8:
+        client = socket.socket()
+        client.settimeout(0.5)
+        try:
+            client.connect(listener.getsockname())
+        except TimeoutError:
+            client.close()
+            return listener, filling
+        filling.append(client)
+    raise AssertionError("the accept queue never filled: a connect does not hang here")
+
+
+def test_a_destination_that_takes_no_connection_times_out_in_the_connect_timeout(tmp_path: Path) -> None:
+    """A connect that hangs fails after `connect_timeout_s` (not the longer answer timeout), in its own words."""
+    listener, filling = _unconnectable()
+    try:
+        outputs = _settings(
+            tmp_path, [("PACS", listener.getsockname()[1])], connect_timeout_s=2.0, answer_timeout_s=30.0
+        ).outputs
+        started = time.monotonic()
+        error = echo(outputs.destinations[0], outputs)
+        elapsed = time.monotonic() - started
+    finally:
+        for s in (listener, *filling):
+            s.close()
+    assert error == "timed out: no connection within 2 s (host down, or a firewall drops it)"
+    assert 1.8 <= elapsed < 8.0, elapsed
+
+
 def test_a_frozen_destination_delays_no_other(
     tmp_path: Path, orthanc: Orthanc, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
 ) -> None:
     """Orthanc stopped dead (SIGSTOP: it takes connections and answers nothing) while results are made: the other
-    destination gets every one of them meanwhile; Orthanc gets them all once it runs again."""
+    destination gets every one of them meanwhile, well within the minute the sender waits for Orthanc's answer (a
+    sender shared by both would hold them all that minute); Orthanc gets them all once it runs again."""
     pacs = Pacs(free_port())
+    destinations = [("ORTHANC", orthanc.dicom_port), ("PACS", pacs.server.server_address[1])]
     try:
-        svc = service(_settings(tmp_path, [("ORTHANC", orthanc.dicom_port), ("PACS", pacs.server.server_address[1])]))
+        svc = service(_settings(tmp_path, destinations, answer_timeout_s=60.0))
         client = api_client(create_app(svc))
         orthanc.freeze()
         for _ in range(4):
-            _post(client, _image())
-        _until(lambda: len(pacs.received) == 8, 20, "the healthy destination waits for the frozen one")
+            _post(client, _image())  # answered once diagnosed: the documents follow at once
+        _until(lambda: len(pacs.received) == 8, 15, "the healthy destination waits for the frozen one")
         assert orthanc.proc.poll() is None
         orthanc.thaw()
         _until(lambda: len(orthanc.instances("SR")) == 4, 60, "Orthanc gets them once it runs again")
@@ -241,6 +297,80 @@ def test_a_result_given_up_shows_on_health_and_is_sent_again_through_the_api(
         pacs.stop()
 
 
+def test_a_result_given_up_stays_given_up_after_a_restart_until_sent_again(
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient], cli: Callable[..., Any]
+) -> None:
+    """Given up while the PACS was away, then a restart with the PACS back: still given up (not sent at start),
+    health still degraded saying so; `edge-app outbox retry` then sends it to the running service's sender."""
+    port = free_port()
+    settings = _settings(tmp_path, [("PACS", port)], max_attempts=1)
+    with Service(settings) as svc:
+        _post(api_client(create_app(svc)), _image())
+        _until(lambda: sum(b.failed for b in svc.store.backlog()) == 2)
+    pacs = Pacs(port)
+    try:
+        with Service(settings) as svc:
+            client = api_client(create_app(svc))
+            time.sleep(1.0)  # the sender, started, took what was due at once: nothing
+            assert pacs.associations == 0 and pacs.received == []
+            health = client.get("/api/v1/health").get_json()
+            assert health["status"] == "degraded"
+            assert "2 result(s) for PACS given up (connection refused" in health["problem"]
+            assert [(o["waiting"], o["failed"]) for o in health["outbox"]] == [(0, 2)]
+            data, destinations = str(tmp_path / "data"), toml_destinations({"PACS": port})
+            env = {"EDGE_APP_STORAGE_DATA_DIR": data, "EDGE_APP_OUTPUTS_DESTINATIONS": destinations}
+            result = cli("outbox", "retry", env=env)
+            assert result.returncode == 0 and "2 result(s) queued again" in result.stdout, result.stderr
+            _until(lambda: len(pacs.received) == 2, 20, "the sender takes them within its idle wait")
+            _until(lambda: client.get("/api/v1/health").get_json()["status"] == "ok", 10)
+    finally:
+        pacs.stop()
+
+
+def test_documents_not_made_show_on_health_and_the_devices_page_and_are_made_again_when_sent_again(
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient]
+) -> None:
+    """A result whose documents cannot be made (its heatmap file gone): given up for the destination in words of
+    its own, on health and the devices page, after a restart too; once the file is back, an administrator's
+    POST /api/v1/outbox/retry makes them again and the PACS gets the SR and the SC."""
+    with Service(_settings(tmp_path, [])) as svc:  # no destination: nothing made yet
+        _post(api_client(create_app(svc)), _image())
+        ((result_id, image_id),) = svc.store.query("SELECT id, image_id FROM results")
+        assert svc.store.documents_due(image_id, [result_id]) == 1
+        heatmaps = [svc.store.read_file(sha) for (sha,) in svc.store.query("SELECT sha256 FROM heatmaps")]
+        for (sha,) in svc.store.query("SELECT sha256 FROM heatmaps"):
+            svc.store.file_path(sha).unlink()
+    pacs = Pacs(free_port())
+    settings = _settings(tmp_path, [("PACS", pacs.server.server_address[1])])
+    reason = "documents not made: a stored file they need is gone, see the log"
+    try:
+        with Service(settings) as svc:
+            _until(lambda: [b.failed for b in svc.store.backlog()] == [1], 30, "made, or tried, at start")
+        with Service(settings) as svc:
+            app = create_app(svc)
+            client = api_client(app)
+            health = client.get("/api/v1/health").get_json()
+            assert health["status"] == "degraded"
+            assert health["problem"] == f"1 result(s) for PACS given up ({reason}): re-send them"
+            assert [(o["waiting"], o["failed"], o["last_error"]) for o in health["outbox"]] == [(0, 1, reason)]
+            auth = AuthActions(app, app.test_client())
+            auth.login("admin")
+            assert _outbox_rows(auth.client.get("/devices").get_data(as_text=True))["PACS"][:2] == ("0", "1")
+            assert pacs.received == []
+            for data in heatmaps:
+                svc.store.put_file(data)
+            answer = app.test_client().post("/api/v1/outbox/retry", headers=token_headers(tmp_path / "data", "admin"))
+            assert answer.get_json() == {"queued": 1}
+            _until(lambda: len(pacs.received) == 2, 20, "made again and sent")
+            assert sorted(str(ds.SOPClassUID.name) for ds in pacs.received) == [
+                "Comprehensive 3D SR Storage",
+                "Secondary Capture Image Storage",
+            ]
+            _until(lambda: client.get("/api/v1/health").get_json()["status"] == "ok", 10)
+    finally:
+        pacs.stop()
+
+
 def test_health_is_degraded_while_results_wait_too_long(
     tmp_path: Path, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
 ) -> None:
@@ -253,20 +383,59 @@ def test_health_is_degraded_while_results_wait_too_long(
     assert health["outbox"][0]["waiting"] == 2 and health["outbox"][0]["oldest_age_s"] >= 1.0
 
 
+def test_health_is_degraded_while_too_many_results_wait(
+    tmp_path: Path, api_client: Callable[[Flask], FlaskClient]
+) -> None:
+    """More items waiting than `backlog_count` (a destination away, its items not given up yet): degraded, saying
+    how many wait; as many as the threshold is still ok."""
+    port = free_port()
+    with Service(_settings(tmp_path, [("PACS", port)], backlog_count=1)) as svc:
+        client = api_client(create_app(svc))
+        _post(client, _image())
+        _until(lambda: svc.store.query("SELECT count(*) FROM outbox WHERE attempts >= 1")[0][0] == 2, 10)
+        health = client.get("/api/v1/health").get_json()
+        assert (health["status"], health["problem"]) == ("degraded", "2 results waiting to be sent (more than 1)")
+        assert health["outbox"][0]["waiting"] == 2 and health["outbox"][0]["failed"] == 0
+    with Service(_settings(tmp_path, [("PACS", port)], backlog_count=2)) as svc:
+        health = api_client(create_app(svc)).get("/api/v1/health").get_json()
+        assert (health["status"], health["outbox"][0]["waiting"]) == ("ok", 2)
+
+
+def _outbox_rows(page: str) -> dict[str, tuple[str, ...]]:
+    """The devices page's outbox table: destination -> (waiting, given up, oldest, last error)."""
+    rows = re.findall(
+        r'<tr class="(?:down|ok)"><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td>\s*<td>(.*?)</td><td>(.*?)</td>', page
+    )
+    return {row[0].split("@")[0]: row[1:] for row in rows}
+
+
 def test_the_devices_page_shows_the_backlog_and_an_administrator_sends_again(
     tmp_path: Path, api_client: Callable[[Flask], FlaskClient], service: Callable[..., Service]
 ) -> None:
-    svc = service(_settings(tmp_path, [("PACS", free_port())], max_attempts=1))
-    app = create_app(svc)
-    _post(api_client(app), _image())
-    _until(lambda: sum(b.failed for b in svc.store.backlog()) == 2)
-    auth = AuthActions(app, app.test_client())
-    auth.login("admin")
-    page = auth.client.get("/devices").get_data(as_text=True)
-    assert "PACS@127.0.0.1:" in page and "connection refused" in page and "Send again" in page
+    """One destination away (its items given up at once), one that takes the connection and says nothing (its
+    items waiting): each row says how many wait, how many were given up, how old the oldest is, the last error."""
+    hung = socket.create_server(("127.0.0.1", 0))
+    destinations = [("GONE", free_port()), ("HUNG", hung.getsockname()[1])]
+    try:
+        svc = service(_settings(tmp_path, destinations, max_attempts=1, answer_timeout_s=60.0))
+        app = create_app(svc)
+        _post(api_client(app), _image())
+        _until(lambda: sum(b.failed for b in svc.store.backlog()) == 2)
+        with sqlite3.connect(tmp_path / "data" / "edge-app.sqlite3") as db:  # GONE's items queued 2 h ago
+            db.execute("UPDATE outbox SET queued_at = queued_at - 7200 WHERE destination LIKE 'GONE@%'")
+        auth = AuthActions(app, app.test_client())
+        auth.login("admin")
+        page = auth.client.get("/devices").get_data(as_text=True)
+        rows = _outbox_rows(page)
+        assert rows["GONE"][:3] == ("0", "2", "120 min") and rows["GONE"][3].startswith("connection refused")
+        assert rows["HUNG"] == ("2", "0", "0 min", ""), "held by a sender waiting for the answer"
+        assert page.count("Send again") == 1, "only where something was given up"
+    finally:
+        hung.close()  # the waiting association is reset: the sender stops at once
     destination = str(svc.settings.outputs.destinations[0])
     auth.client.post("/devices/outbox/retry", data={"destination": destination})
-    assert sum(b.failed for b in svc.store.backlog()) == 2, "no CSRF token: nothing queued again"
+    failed = [b.failed for b in svc.store.backlog() if b.destination == destination]
+    assert failed == [2], "no CSRF token: nothing queued again"
     token = auth.csrf("/devices")
     answer = auth.client.post("/devices/outbox/retry", data={"csrf_token": token, "destination": destination})
     assert answer.status_code == 302

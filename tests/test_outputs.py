@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 
-from edge_app.bundles.bundle import load_bundle
+from edge_app.bundles.bundle import load_bundle, write_manifest
 from edge_app.config import EMBEDDED_BUNDLE, Settings
 from edge_app.imaging.uids import is_ours
 from edge_app.service import Service
@@ -304,6 +305,45 @@ def test_each_image_read_makes_series_of_its_own(
     assert len({ds.SeriesInstanceUID for ds in srs + scs}) == 4
     last = max(srs, key=lambda ds: ds.SeriesNumber)
     assert last.SeriesDescription == "AI findings cxr-reference 1.1.1, series 7 image 3"
+
+
+def _coded_for_one_label(tmp_path: Path) -> Path:
+    """The reference bundle as a model of another name whose manifest gives a code to its first label alone."""
+    folder = tmp_path / "bundle-private"
+    shutil.copytree(EMBEDDED_BUNDLE, folder)
+    manifest = load_bundle(folder).manifest
+    first = manifest.labels[0]
+    write_manifest(folder, manifest.model_copy(update={"name": "cxr-private", "codes": {first: manifest.codes[first]}}))
+    load_bundle(folder)
+    return folder
+
+
+def test_labels_without_a_standard_code_take_the_private_scheme_and_two_models_take_series_of_their_own(
+    tmp_path: Path,
+    pacs: Pacs,
+    free_port: int,
+    api_client: Callable[[Flask], FlaskClient],
+    service: Callable[..., Service],
+) -> None:
+    """One image read by two models, the second's manifest coding one label only: its other findings take the
+    private scheme 99EDGEAPP, identified in the SR's Coding Scheme Identification (the first model's SR, all coded,
+    has none); the four objects are valid (dciodvfy: 0 errors) and each in a series of its own number."""
+    settings = _settings(tmp_path, free_port).model_copy(deep=True)
+    settings.model.extra_bundles = [_coded_for_one_label(tmp_path)]
+    _post(api_client(create_app(service(settings))))
+    srs, scs = _received(pacs, tmp_path, 4)
+    assert sorted(ds.SeriesNumber for ds in srs + scs) == [9001, 9002, 9003, 9004]
+    assert len({ds.SeriesInstanceUID for ds in srs + scs}) == 4
+    by_model = {sr.SeriesDescription.split()[2]: sr for sr in srs}
+    reference, private = by_model["cxr-reference"], by_model["cxr-private"]
+    assert "CodingSchemeIdentificationSequence" not in reference
+    assert {key[1] for key, *_ in _findings(reference).values()} == {"SCT"}
+    labels = load_bundle(EMBEDDED_BUNDLE).manifest.labels
+    schemes = {label: key[1] for label, (key, *_) in _findings(private).items()}
+    assert schemes == {label: "SCT" if label == labels[0] else "99EDGEAPP" for label in labels}
+    (scheme,) = private.CodingSchemeIdentificationSequence
+    assert scheme.CodingSchemeDesignator == "99EDGEAPP"
+    assert scheme.CodingSchemeName and scheme.CodingSchemeResponsibleOrganization
 
 
 def test_documents_made_in_turn_each_carry_their_own_image_s_findings_and_uids(

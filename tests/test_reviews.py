@@ -110,6 +110,7 @@ def test_version_13_makes_each_earlier_review_a_study_review_read(tmp_path: Path
     (result_id,) = _latest(store).values()
     store.close()
     db = sqlite3.connect(tmp_path / "edge-app.sqlite3")
+    db.execute("ALTER TABLE outbox DROP COLUMN result_id")  # version 16's
     db.execute("DROP INDEX monitor_results_station")  # version 15's
     db.execute("DROP TABLE documents_due")  # version 14's
     db.execute("DROP INDEX reviews_study_review")

@@ -47,7 +47,7 @@ def test_durability_settings(tmp_path: Path) -> None:
     store = Store(tmp_path)
     assert store.pragma("journal_mode") == "wal"
     assert store.pragma("synchronous") == 2  # FULL
-    assert store.pragma("user_version") == 15
+    assert store.pragma("user_version") == 16
     assert store.pragma("foreign_keys") == 1
     with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"), store.transaction() as db:
         db.execute("INSERT INTO heatmaps VALUES (99, 0, 'x', 'y')")
@@ -259,7 +259,7 @@ def test_a_version_1_database_is_taken_forward(tmp_path: Path) -> None:
     db.close()
 
     store = Store(tmp_path)
-    assert store.pragma("user_version") == 15
+    assert store.pragma("user_version") == 16
     study = store.get_study("abc")
     assert study.patient_id == "P9"
     a, b, c = study.images
@@ -283,11 +283,38 @@ def test_a_version_7_result_s_heatmap_becomes_its_first_of_many(tmp_path: Path) 
     )
     db.close()
     store = Store(tmp_path)
-    assert store.pragma("user_version") == 15
+    assert store.pragma("user_version") == 16
     first, second = store.get_study("1.2").images[0].results
     assert first.json()["heatmaps"] == [{"label": "Effusion", "sha256": "e" * 64}] and second.heatmaps == ()
     columns = [r[1] for r in store.query("PRAGMA table_info(results)")]
     assert "heatmap_label" not in columns and "heatmap_sha256" not in columns
+    store.close()
+
+
+def test_a_version_15_outbox_is_kept_as_it_was(tmp_path: Path) -> None:
+    """Version 16 adds to the outbox the result whose documents were not made: the rows of before are kept (none
+    such), and a given-up one is sent again as it was, not made anew."""
+    db = database_at(tmp_path / "edge-app.sqlite3", 15)
+    db.execute("INSERT INTO studies (uid, created_at, source) VALUES ('1.2', 't', 'test')")
+    db.execute("INSERT INTO series (study_id, uid, created_at) VALUES (1, '1.2.1', 't')")
+    db.execute(
+        "INSERT INTO images (study_id, created_at, filename, sha256, size, series_id, sop_instance_uid, status) "
+        "VALUES (1, 't', 'a.dcm', 'ab', 1, 1, '1.2.1.1', 'done')"
+    )
+    db.execute(
+        "INSERT INTO results (image_id, created_at, status, model, bundle_sha256) VALUES (1, 't', 'ok', '{}', 'x')"
+    )
+    db.execute(
+        "INSERT INTO outbox (image_id, destination, kind, sha256, state, attempts, last_error, updated_at, queued_at) "
+        "VALUES (1, 'PACS@h:104', 'sr', 'cd', 'failed', 20, 'connection refused', 't', 1.0)"
+    )
+    db.close()
+    store = Store(tmp_path)
+    assert store.pragma("user_version") == 16
+    assert [tuple(r) for r in store.query("SELECT kind, state, result_id FROM outbox")] == [("sr", "failed", None)]
+    assert store.retry_outputs(["PACS@h:104"], "admin") == 1
+    assert [tuple(r) for r in store.query("SELECT kind, state, sha256 FROM outbox")] == [("sr", "queued", "cd")]
+    assert store.next_documents() is None
     store.close()
 
 
@@ -301,7 +328,7 @@ def test_a_version_8_audit_log_is_sealed_in_its_order_and_stays_append_only(tmp_
     db.executemany("INSERT INTO audit (id, at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?, ?)", rows)
     db.close()
     store = Store(tmp_path)
-    assert store.pragma("user_version") == 15
+    assert store.pragma("user_version") == 16
     first = seal(GENESIS, rows[0])
     assert [e["hash"] for e in reversed(store.audit_trail())] == [first, seal(first, rows[1])]
     store.audit("dr", "report.export", "1.2")

@@ -17,6 +17,7 @@ from edge_app.config import EMBEDDED_BUNDLE, OutputSettings, Settings, WorkerSet
 from edge_app.imaging.header import read_header
 from edge_app.inference.registry import Registry
 from edge_app.inference.worker import Worker
+from edge_app.ops.backup import backup
 from edge_app.outputs.outbox import Outbox
 from edge_app.store import Job, Store
 from support.dicom import dicom_file
@@ -155,23 +156,49 @@ def test_a_started_outbox_has_its_documents_process_before_any_image(store: Stor
     assert set(multiprocessing.active_children()) <= before
 
 
-def test_documents_that_cannot_be_made_are_logged_once_and_the_diagnosis_stands(
+def test_documents_that_cannot_be_made_are_kept_as_failed_and_made_again_when_sent_again(
     tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A heatmap file gone before its capture is made: logged, nothing queued, not tried again, still done."""
+    """A heatmap file gone before its capture is made: logged once, the diagnosis stands, and it is kept, after a
+    restart too, as failed for each destination in its own words; once the file is back, sending one destination's
+    again makes the documents again, queued for every destination (the other's failed item gone: not made twice)."""
     registry = _registry(tmp_path, EMBEDDED_BUNDLE)
-    outputs = OutputSettings.model_validate({"destinations": [{"ae_title": "PACS", "host": "127.0.0.1"}]})
-    outbox = Outbox(store, outputs)
+    destinations = [{"ae_title": "PACS", "host": "127.0.0.1"}, {"ae_title": "MODALITY", "host": "127.0.0.1"}]
+    outputs = OutputSettings.model_validate({"destinations": destinations})
+    pacs, modality = (str(d) for d in outputs.destinations)
+    outboxes = [Outbox(store, outputs)]
     try:
         image_id = _queue(store, "RG1_UNCR.dcm")
-        Worker(store, registry, on_recorded=outbox.queue).run_once()
+        Worker(store, registry, on_recorded=outboxes[0].queue).run_once()
+        heatmaps = [store.read_file(sha) for (sha,) in store.query("SELECT sha256 FROM heatmaps")]
         for (sha,) in store.query("SELECT sha256 FROM heatmaps"):
             store.file_path(sha).unlink()
-        assert outbox.run_once() == 0 and outbox.run_once() is None
-        assert f"the documents of image {image_id} could not be made" in caplog.text
+        assert outboxes[0].run_once() == 0 and outboxes[0].run_once() is None
+        assert caplog.text.count(f"the documents of image {image_id} could not be made") == 1
         assert store.image_status(image_id)[0] == "done"
+        store.close()
+        store = Store(tmp_path / "store")  # a restart
+        outboxes.append(Outbox(store, outputs))
+        reason = "documents not made: a stored file they need is gone, see the log"
+        assert [(b.destination, b.waiting, b.failed, b.last_error) for b in store.backlog()] == [
+            (modality, 0, 1, reason),
+            (pacs, 0, 1, reason),
+        ]
+        assert [(o.destination, o.kind, o.state) for o in store.outputs(image_id)] == [
+            (pacs, "documents", "failed"),
+            (modality, "documents", "failed"),
+        ]
+        assert outboxes[1].run_once() is None, "not made again unless sent again"
+        for data in heatmaps:
+            store.put_file(data)
+        backup(Settings.model_validate({"storage": {"data_dir": str(tmp_path / "store")}}), tmp_path)  # no file named
+        assert store.retry_outputs([pacs, modality], "admin", pacs) == 1
+        assert outboxes[1].run_once() == 4 and outboxes[1].run_once() is None
+        assert [(b.destination, b.waiting, b.failed) for b in store.backlog()] == [(modality, 2, 0), (pacs, 2, 0)]
+        assert sorted(o.kind for o in store.outputs(image_id)) == ["sc", "sc", "sr", "sr"]
     finally:
-        outbox.stop()
+        for outbox in outboxes:
+            outbox.stop()
         registry.close()
 
 

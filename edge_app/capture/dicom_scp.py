@@ -72,6 +72,9 @@ KEPT_STORAGE = [
     uid.Comprehensive3DSRStorage,
     uid.KeyObjectSelectionDocumentStorage,
     uid.GrayscaleSoftcopyPresentationStateStorage,
+    uid.ColorSoftcopyPresentationStateStorage,
+    uid.PseudoColorSoftcopyPresentationStateStorage,
+    uid.BlendingSoftcopyPresentationStateStorage,
 ]
 VERIFICATION = "1.2.840.10008.1.1"  # C-ECHO
 _NO_IMAGE, _UNREADABLE, _OUT_OF_RESOURCES, _CANNOT_UNDERSTAND = 0xA900, 0xC210, 0xA700, 0xC211

@@ -5,7 +5,8 @@ view) and the codes of the bundle that made it, stored as files and queued in th
 The worker only notes a recorded diagnosis as due, in the store (a restart makes what a stop left). The documents
 are made apart, in a process of their own (started and warmed up with the outbox): highdicom builds them in pure
 Python (about 50 ms an image), which in the worker's process would hold the interpreter between two images and
-beside the DICOM receiver."""
+beside the DICOM receiver. Documents that cannot be made are kept, for each destination, as failed items that say
+so (the backlog: health, the devices page); re-sending them (`Store.retry_outputs`) makes them again."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pebble import ProcessPool
 
 from edge_app.bundles.manifest import Manifest
 from edge_app.config import OutputSettings
+from edge_app.errors import NotFound
 from edge_app.outputs import documents
 from edge_app.store import Job, Store
 from edge_app.store.db import DocumentsDue
@@ -68,18 +70,25 @@ class Outbox:
             self._pool.join()
             self._pool = None
 
+    def wake(self) -> None:
+        """Documents are due again (a re-send of those not made): make them now, not after the idle wait."""
+        self._loop_thread.wake()
+
     def run_once(self) -> int | None:
         """Make and queue the documents of the image noted first; how many items were queued (None: none due).
-        Documents that cannot be made are logged and not retried: the diagnosis stands, recorded."""
+        Documents that cannot be made are logged, and kept for each destination as failed items that say so: the
+        diagnosis stands, recorded, and a re-send (`Store.retry_outputs`) makes them again."""
         due = self.store.next_documents()
         if due is None:
             return None
         items: list[tuple[str, str, str]] = []
         try:
             made = self._make(due)
-        except Exception:
+        except Exception as exc:
             log.exception("outbox: the documents of image %d could not be made", due.image_id)
-            made = []
+            destinations = [str(d) for d in self.settings.destinations if d.send]
+            self.store.documents_failed(due, destinations, not_made(exc))
+            return 0
         for files in made:
             stored = {kind: self.store.put_file(data) for kind, data in files.items()}
             for destination in self.settings.destinations:
@@ -131,3 +140,15 @@ class Outbox:
             except Exception:
                 log.exception("outbox: the documents loop")
             self._loop_thread.sleep(IDLE_S)
+
+
+def not_made(exc: BaseException) -> str:
+    """Why documents were not made, in words /api/v1/health may say: it is open to anyone, and an exception's
+    text may hold the patient's data (the log has it all)."""
+    if isinstance(exc, TimeoutError):
+        why = f"not made within {MAKE_TIMEOUT_S:g} s"
+    elif isinstance(exc, (NotFound, FileNotFoundError)):
+        why = "a stored file they need is gone"
+    else:
+        why = type(exc).__name__
+    return f"documents not made: {why}, see the log"

@@ -34,7 +34,7 @@ SENDABLE = ("no_model", "outside")  # the statuses of an image a clinician may s
 SERVICE_LOCKS = ("front.lock", "worker.lock")
 # Every stored file a row still needs: images (and their views) not purged, results' heatmaps, outgoing objects.
 FILES_IN_USE = (
-    "SELECT sha256 FROM images WHERE purged_at IS NULL UNION SELECT sha256 FROM outbox "
+    "SELECT sha256 FROM images WHERE purged_at IS NULL UNION SELECT sha256 FROM outbox WHERE kind != 'documents' "
     "UNION SELECT view_sha256 FROM images WHERE view_sha256 IS NOT NULL AND purged_at IS NULL "
     "UNION SELECT sha256 FROM heatmaps"
 )
@@ -625,10 +625,24 @@ class Store:
         return DocumentsDue(int(image_id), str(sha256), header, str(patient or ""), tuple(int(r[0]) for r in rows))
 
     def documents_made(self, due: DocumentsDue, items: list[tuple[str, str, str]]) -> None:
-        """Queue what `due`'s documents send (destination, kind, sha256 of a stored DICOM file) and note them made,
-        in one transaction."""
+        """Queue what `due`'s documents send (destination, kind, sha256 of a stored DICOM file) and note them made
+        (for every destination: any of them given up as not made is no longer), in one transaction."""
         with self.transaction() as db:
             _enqueue(db, due.image_id, items)
+            done = [(r,) for r in due.result_ids]
+            db.executemany("DELETE FROM documents_due WHERE result_id = ?", done)
+            db.executemany("DELETE FROM outbox WHERE kind = 'documents' AND result_id = ?", done)
+
+    def documents_failed(self, due: DocumentsDue, destinations: list[str], reason: str) -> None:
+        """`due`'s documents could not be made: kept as failed `documents` items, one per result and destination,
+        with `reason` (the backlog, health and the pages show them); `retry_outputs` makes them again."""
+        now, at = _now(), time.time()
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO outbox (image_id, destination, kind, sha256, state, attempts, last_error, updated_at, "
+                "queued_at, result_id) VALUES (?, ?, 'documents', '', 'failed', 1, ?, ?, ?, ?)",
+                [(due.image_id, d, reason, now, at, r) for d in destinations for r in due.result_ids],
+            )
             db.executemany("DELETE FROM documents_due WHERE result_id = ?", [(r,) for r in due.result_ids])
 
     def due_outputs(self, hold_s: float, destination: str | None = None, limit: int = 1) -> list[OutboxItem]:
@@ -675,16 +689,27 @@ class Store:
 
     def retry_outputs(self, destinations: list[str], actor: str, destination: str | None = None) -> int:
         """Queue again the items given up (failed) for the configured `destinations` (or one of them), their
-        attempts counted anew; audited; return how many."""
+        attempts counted anew, and note again as due the documents that could not be made (`next_documents`);
+        audited; return how many."""
         wanted = [d for d in destinations if destination is None or d == destination]
         if not wanted:
             return 0
+        among = f"destination IN ({', '.join('?' * len(wanted))})"
         with self.transaction() as db:
-            count = db.execute(
-                "UPDATE outbox SET state = 'queued', attempts = 0, next_try = 0, updated_at = ? "
-                f"WHERE state = 'failed' AND destination IN ({', '.join('?' * len(wanted))})",
-                (_now(), *wanted),
-            ).rowcount
+            db.execute(
+                "INSERT OR IGNORE INTO documents_due (result_id, image_id) SELECT result_id, image_id FROM outbox "
+                f"WHERE kind = 'documents' AND state = 'failed' AND {among}",
+                wanted,
+            )
+            remade = db.execute(f"DELETE FROM outbox WHERE kind = 'documents' AND state = 'failed' AND {among}", wanted)
+            count = (
+                remade.rowcount
+                + db.execute(
+                    "UPDATE outbox SET state = 'queued', attempts = 0, next_try = 0, updated_at = ? "
+                    f"WHERE state = 'failed' AND {among}",
+                    (_now(), *wanted),
+                ).rowcount
+            )
         self.audit(actor, "outbox.retry", destination or "all destinations", f"{count} item(s) queued again")
         return int(count)
 

@@ -50,7 +50,7 @@ class Output:
     """One object queued for one destination."""
 
     destination: str
-    kind: str  # sr or sc
+    kind: str  # sr, sc, or documents (an SR and SC that could not be made: failed, with the reason)
     state: OutputState
     attempts: int
     last_error: str | None

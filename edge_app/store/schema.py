@@ -377,6 +377,12 @@ def _to_v15(db: sqlite3.Connection, now: str) -> None:
     db.execute("CREATE INDEX monitor_results_station ON monitor_results(bundle_sha256, station, result_id)")
 
 
+def _to_v16(db: sqlite3.Connection, now: str) -> None:
+    """Version 16: the result whose documents could not be made, on the outbox's failed `documents` items (one per
+    destination), so that re-sending them makes its documents again."""
+    db.execute("ALTER TABLE outbox ADD COLUMN result_id INTEGER REFERENCES results(id)")
+
+
 def _rebuild(db: sqlite3.Connection, table: str, old: str, new: str) -> None:
     """A table made anew with `old` replaced by `new` in its definition (SQLite cannot change a CHECK in place: its
     documented twelve steps, foreign keys off from `migrate`), rows, indexes and ids kept."""
@@ -418,6 +424,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection, str], None]] = [
     _to_v13,
     _to_v14,
     _to_v15,
+    _to_v16,
 ]
 VERSION = len(MIGRATIONS)
 
