@@ -24,7 +24,7 @@ from edge_app.config import Settings
 from edge_app.ops.secrets import init_tls
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
-from support.browser import ARGS, CHROMIUM, NEEDS_CHROMIUM, PASSWORD
+from support.browser import ARGS, CHROMIUM, NEEDS_CHROMIUM, PASSWORD, SMALL_TARGETS
 from support.data import ROOT
 from support.dicom import dicom_file
 from support.tools import EDGE_APP
@@ -280,7 +280,8 @@ def test_a_link_from_another_site_opens_the_tablet_logged_in(
 def test_a_busy_day_on_the_worklist_by_touch_at_three_sizes(tablet_server: Tablet, nih: Path) -> None:
     """220 studies: the oldest, an unreviewed positive CR, is reached by its patient's name, its filter and paging;
     the refresh announces a new study without changing the row under a finger until tapped; a tap anywhere on a
-    row opens its study; every control is at least 44x44 CSS px; nothing is wider than a 390-px phone."""
+    row opens its study; every control (the login page's too, and the news once shown) is at least 44x44 CSS px;
+    nothing is wider than a 390-px phone."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
     import pydicom
 
@@ -304,6 +305,8 @@ def test_a_busy_day_on_the_worklist_by_touch_at_three_sizes(tablet_server: Table
                 page = context.new_page()
                 page.on("pageerror", lambda e: errors.append(str(e)))
                 page.goto(base + "/login")
+                small = page.evaluate(SMALL_TARGETS)
+                assert not small, f"touch targets under 44x44 on the login page at {width}x{height}: {small}"
                 page.fill("#username", "dr-ade")
                 page.fill("#password", PASSWORD)
                 page.click("#login-form button[type=submit]")
@@ -347,6 +350,8 @@ def test_a_busy_day_on_the_worklist_by_touch_at_three_sizes(tablet_server: Table
                     time.sleep(0.5)
                 assert page.evaluate(under) == before, "the row under the finger did not change"
                 assert "1 new study" in page.inner_text("#news")
+                news = page.locator("#news").bounding_box()
+                assert news is not None and min(news["width"], news["height"]) >= 44, f"the news button: {news}"
                 page.tap("#news")
                 assert page.locator(f"[data-uid='{newer}']").count() == 1
                 page.screenshot(path=str(ARTIFACTS / f"worklist-{width}x{height}.png"), full_page=True)

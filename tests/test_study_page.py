@@ -23,7 +23,7 @@ import pytest
 
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
-from support.browser import ARGS, CHROMIUM, NEEDS_CHROMIUM, PASSWORD
+from support.browser import ARGS, CHROMIUM, NEEDS_CHROMIUM, PASSWORD, SMALL_TARGETS
 from support.dicom import dicom_bytes, dicom_file
 from support.processes import free_port
 from support.tools import EDGE_APP
@@ -236,7 +236,7 @@ def test_the_study_page_at_three_sizes_once_read(box: dict[str, Any]) -> None:
                     gaps = (canvas["left"], side["left"] - canvas["right"], width - side["right"])
                     assert max(gaps) <= 32, f"wide empty margins: {gaps}"
                 assert page.evaluate("document.documentElement.scrollWidth") <= width, "wider than the screen"
-                small = page.evaluate(_SMALL_TARGETS)
+                small = page.evaluate(SMALL_TARGETS)
                 assert not small, f"touch targets under 44x44 at {width}x{height}: {small}"
                 bars = page.eval_on_selector_all("td.bar svg", "es => es.map(e => e.getBoundingClientRect().width)")
                 assert bars and min(bars) >= 40, f"the findings' bars at {width}: {bars}"
@@ -323,22 +323,6 @@ def test_the_diagnostic_view_loads_only_when_asked(box: dict[str, Any]) -> None:
     assert not errors, errors
 
 
-# Every visible control of the page smaller than 44x44 CSS px: a label holding a radio or checkbox counts as the
-# target (it is what a finger taps), the input inside it does not.
-_SMALL_TARGETS = """() => {
-  const els = [...document.querySelectorAll(
-    "button, a, select, input, textarea, summary, label")];
-  return els.filter(e => {
-    if (e.matches("input[type=radio], input[type=checkbox]") && e.closest("label")) return false;
-    if (e.tagName === "LABEL" && !e.querySelector("input[type=radio], input[type=checkbox]")) return false;
-    const r = e.getBoundingClientRect();
-    if (!r.width || getComputedStyle(e).visibility === "hidden") return false;
-    return r.width < 44 || r.height < 44;
-  }).map(e => {
-    const r = e.getBoundingClientRect();
-    return `${e.tagName}.${e.className} ${e.textContent.trim().slice(0, 20)} ${r.width}x${r.height}`;
-  });
-}"""
 _CUT_PILLS = """() => [...document.querySelectorAll(".flag")].some(e => {
   const r = e.getBoundingClientRect();
   return e.scrollWidth > e.clientWidth + 1 || r.right > innerWidth;
@@ -374,7 +358,7 @@ def test_the_review_by_touch_agree_with_all_then_one_disagreement(box: dict[str,
                 if before:  # a review from the size before: the form is one tap away
                     page.tap("details.review-form > summary")
                 page.locator(".agree-all").scroll_into_view_if_needed()
-                small = page.evaluate(_SMALL_TARGETS)
+                small = page.evaluate(SMALL_TARGETS)
                 assert not small, f"touch targets under 44x44 at {width}x{height}: {small}"
                 page.tap(".agree-all")
                 page.wait_for_selector("text=Review saved.")
@@ -399,7 +383,7 @@ def test_the_review_by_touch_agree_with_all_then_one_disagreement(box: dict[str,
                 assert page.locator(".agree-all").is_hidden(), "a disagreement: Save, not Agree with all"
                 page.tap("form.review label:has(input[value=referred])")
                 page.fill("form.review textarea", "AP: not what the AI says; to the radiologist.")
-                small = page.evaluate(_SMALL_TARGETS)
+                small = page.evaluate(SMALL_TARGETS)
                 assert not small, f"touch targets under 44x44 at {width}x{height}: {small}"
                 page.screenshot(path=str(_artifacts() / f"review-{width}x{height}.png"))
                 page.tap("form.review .save")
