@@ -120,6 +120,38 @@ def test_finding_names_in_the_clinician_s_language_on_the_page_and_in_the_report
     assert "Cardiomégalie:" in text and "Cardiomegaly:" not in text
 
 
+def test_the_ai_summary_names_findings_in_the_clinician_s_language_for_the_study_and_its_priors(
+    app: Flask, auth: Any, browser: FlaskClient, nih: Path
+) -> None:
+    """Two studies of one patient, each with positive findings: a French clinician's study page says them in
+    French in the one-line summary of the image and in that of the patient's other study."""
+    svc = services.get_from(app)
+    png = (nih / "images" / "00000442_000.png").read_bytes()  # three positive findings
+    uids = []
+    for body in (png, png[:-1] + b"\x01"):  # two studies: the second's bytes differ in the end chunk's CRC
+        added = svc.ingest.submit(io.BytesIO(body), "chest.png", "api", patient_id="P-FR")
+        assert added is not None
+        svc.store.wait_for(added.image_id, 60)
+        uids.append(added.study_uid)
+    auth.user("dr-fr", "clinician", "fr")
+    auth.login(name="dr-fr")
+    page = browser.get(f"/studies/{uids[1]}").get_data(as_text=True)
+    summary = re.search(r'<p class="ai-summary[^"]*">(.*?)</p>', page, re.S)
+    prior = re.search(r'<section class="priors card">.*?<small>(.*?)</small>', page, re.S)
+    assert summary and prior, page
+    for uid, shown in ((uids[1], summary.group(1)), (uids[0], prior.group(1))):
+        result = svc.store.get_study(uid).images[0].latest_ok
+        assert result is not None
+        card = svc.lifecycle.manifest_of(result.bundle_sha256)
+        assert card is not None
+        positive = [f.label for f in result.findings if f.positive]
+        french = {label: card.label_name(label, "fr") for label in positive}
+        assert positive and any(label != name for label, name in french.items()), french
+        for label, name in french.items():
+            assert f"{name} " in shown, (name, shown)
+            assert label == name or f"{label} " not in shown, (label, shown)
+
+
 def test_an_administrator_alone_lands_on_the_admin_pages(auth: Any, browser: FlaskClient) -> None:
     login = auth.login("admin")
     assert login.status_code == 302 and login.headers["Location"].endswith("/admin/users")
