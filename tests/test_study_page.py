@@ -126,7 +126,8 @@ def _noise_png() -> bytes:
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Studies sent while the worker is stopped (pages looked at then), then read once it runs: a chest CR with
     its patient's context and an older study of the same patient, an ultrasound (no model reads it), noise (the
-    input guard refuses it) and a file that is no image."""
+    input guard refuses it), a file that is no image and a chest image of another patient naming the chest study (kept
+    apart: refused, no job)."""
     from pydicom.uid import generate_uid
 
     data = tmp_path_factory.mktemp("study-page") / "data"
@@ -138,10 +139,11 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     server = Box(data)
     try:
         older = server.post(_chest("P-77", generate_uid(), StudyDate="20240105"), "older.dcm")
+        chest_uid = generate_uid()
         chest = server.post(
             _chest(
                 "P-77",
-                generate_uid(),
+                chest_uid,
                 StudyDate="20261201",
                 PatientBirthDate="19800615",
                 PatientSex="F",
@@ -155,7 +157,8 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         pair = generate_uid()
         server.post(_chest("P-88", pair, ViewPosition="PA"), "pa.dcm")
         server.post(_chest("P-88", pair, ViewPosition="AP"), "ap.dcm")
-        uids = {"older": older, "chest": chest, "us": us, "noise": noise, "junk": junk, "pair": pair}
+        apart = server.post(_chest("P-99", chest_uid), "apart.dcm")  # another patient's study: kept apart
+        uids = {"older": older, "chest": chest, "us": us, "noise": noise, "junk": junk, "pair": pair, "apart": apart}
         yield {"box": server, "uids": uids}
     finally:
         server.stop()
@@ -277,6 +280,26 @@ def test_unread_studies_show_their_image_and_offer_no_report(box: dict[str, Any]
                 assert report.status == 409 and "No findings" not in report.text()
             page.goto(f"{server.base}/studies/{uids['junk']}")
             assert page.inner_text(".unviewable").startswith("This image cannot be shown: it could not be decoded.")
+        finally:
+            browser.close()
+    assert not errors, errors
+
+
+def test_an_image_kept_apart_for_its_identity_is_shown(box: dict[str, Any]) -> None:
+    """A chest image whose Study Instance UID names another patient's study is kept apart in a study of its own,
+    refused and given to no model: its page says why and draws its image all the same."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+    server, uids = box["box"], box["uids"]
+    assert uids["apart"] not in (uids["chest"], uids["older"]) and server.status(uids["apart"]) == "rejected"
+    with sync_api.sync_playwright() as p:
+        browser, page, errors = _browse(p, server.base, 800, 1280, True, False)
+        try:
+            page.goto(f"{server.base}/studies/{uids['apart']}")
+            assert page.inner_text(".study-head small") == "P-99"
+            assert page.locator(".refusal[data-reason-kind=identity]").count() == 1
+            page.wait_for_selector(".viewer[data-drawn]")
+            assert page.locator(".unviewable").count() == 0 and page.locator("#report").count() == 0
+            assert page.evaluate("document.querySelector('.viewer img.preview').naturalWidth") > 0
         finally:
             browser.close()
     assert not errors, errors

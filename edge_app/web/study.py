@@ -243,9 +243,14 @@ def report(uid: str) -> Response:
 
 def _make_views(study: Study) -> dict[int, str] | None:
     """Make the view of each image that has none yet and may decode (waiting while the worker is down, or read
-    by no model before views were made for such images); None where none was missing, else why each image that
-    does not decode cannot be shown. An image refused by the decoder is not tried again."""
-    missing = [i for i in study.images if not i.view_sha256 and not i.purged_at and i.status != "rejected"]
+    by no model before views were made for such images, or kept apart for its identity: refused, never decoded);
+    None where none was missing, else why each image that does not decode cannot be shown. An image refused by the
+    decoder is not tried again."""
+    missing = [
+        i
+        for i in study.images
+        if not i.view_sha256 and not i.purged_at and (i.status != "rejected" or i.reason_kind == "identity")
+    ]
     if not missing:
         return None
     unviewable = {}
