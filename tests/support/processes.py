@@ -27,9 +27,11 @@ def server_log(data_dir: Path, port: int) -> Path:
     return data_dir.parent / f"serve-{port}.log"
 
 
-def launch(data_dir: Path, port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """Start a real `edge-app serve` on a data directory and port (and extra environment variables); returns
-    once it answers /health."""
+def launch(
+    data_dir: Path, port: int, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+) -> subprocess.Popen[str]:
+    """Start a real `edge-app serve` on a data directory and port (and extra environment variables and arguments:
+    `--no-worker`); returns once it answers /health."""
     env = {
         **os.environ,
         "EDGE_APP_STORAGE_DATA_DIR": str(data_dir),
@@ -39,7 +41,7 @@ def launch(data_dir: Path, port: int, extra_env: dict[str, str] | None = None) -
     # Its output to a file, not a pipe no one reads while it runs: a full pipe would stop the server mid-log.
     log = server_log(data_dir, port)
     with log.open("a") as out:
-        proc = subprocess.Popen([*EDGE_APP, "serve"], env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen([*EDGE_APP, "serve", *args], env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
     while True:
         try:
