@@ -385,6 +385,7 @@ def test_the_review_by_touch_agree_with_all_then_one_disagreement(box: dict[str,
                 assert not small, f"touch targets under 44x44 at {width}x{height}: {small}"
                 page.tap(".agree-all")
                 page.wait_for_selector("text=Review saved.")
+                page.wait_for_selector(".viewer:not([data-drawn])", state="detached")  # each image shown
                 assert page.url.endswith("#review")
                 latest = _rect(page, ".past-review.latest")
                 assert latest["top"] >= 0 and latest["bottom"] <= page.evaluate("innerHeight"), "the review, in view"
@@ -411,6 +412,7 @@ def test_the_review_by_touch_agree_with_all_then_one_disagreement(box: dict[str,
                 page.screenshot(path=str(_artifacts() / f"review-{width}x{height}.png"))
                 page.tap("form.review .save")
                 page.wait_for_selector("text=Review saved.")
+                page.wait_for_selector(".viewer:not([data-drawn])", state="detached")
                 assert page.url.endswith("#review")
                 text = page.inner_text(".past-review.latest")
                 assert "Referred" in text, text
