@@ -1,11 +1,14 @@
 """axe-core (npm's package, see the `axe` fixture) on every page of a real `edge-app serve` in Chromium, as the
-role that uses it sees it: the first-run page, login, the worklist, a study with the model's result and studies whose
-image was refused, the devices page, every admin page and the model performance page, each at 800x1280, 1280x800
-and 390x844. Any violation fails."""
+role that uses it sees it: the first-run page, login, the worklist, a study with the model's result (its diagnostic
+view open too), a reviewed study with the patient's other study, studies whose image was refused, a queued study
+under the worker-down banner, the 403 and 404 pages, a study page in French, the devices page, every admin page and
+the model performance page, each at 800x1280, 1280x800 and 390x844. Any violation fails."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -18,8 +21,9 @@ import pytest
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
 from support.browser import ARGS, CHROMIUM, NEEDS_CHROMIUM, PASSWORD
-from support.dicom import dicom_file
+from support.dicom import dicom_bytes, dicom_file
 from support.processes import free_port, launch
+from support.tools import EDGE_APP
 from support.web import axe_violations, token_headers
 
 SIZES = [(800, 1280), (1280, 800), (390, 844)]  # the tablet upright and on its side, a phone
@@ -31,15 +35,30 @@ pytestmark = [
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[str]:
-    """A new appliance, no account yet, on localhost (where the first-run page answers); yields its base URL."""
-    port = free_port()
-    proc = launch(tmp_path / "data", port)
+def served(tmp_path: Path) -> Iterator[tuple[str, Callable[[bool], None]]]:
+    """A new appliance, no account yet, on localhost (where the first-run page answers), its front and its worker
+    apart (`serve --no-worker` and `worker`, as the units run them); yields its base URL and a function that starts
+    (True) or stops (False) the worker."""
+    data, port = tmp_path / "data", free_port()
+    front = launch(data, port, args=("--no-worker",))
+    env = {**os.environ, "EDGE_APP_STORAGE_DATA_DIR": str(data)}
+    worker: list[subprocess.Popen[Any]] = []
+
+    def run(on: bool) -> None:
+        if on:
+            worker.append(subprocess.Popen([*EDGE_APP, "worker"], env=env, stdout=subprocess.DEVNULL))
+        else:
+            stopped = worker.pop()
+            stopped.terminate()
+            stopped.wait(timeout=30)
+
     try:
-        yield f"http://127.0.0.1:{port}"
+        run(True)
+        yield f"http://127.0.0.1:{port}", run
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        for proc in [*worker, front]:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def _post(base: str, headers: dict[str, str], body: bytes, filename: str) -> str:
@@ -76,12 +95,14 @@ def test_axe_core_is_run_and_reports(axe: Path) -> None:
             browser.close()
 
 
-def test_axe_core_finds_no_violation_on_any_page(served: str, tmp_path: Path, axe: Path) -> None:
+def test_axe_core_finds_no_violation_on_any_page(
+    served: tuple[str, Callable[[bool], None]], tmp_path: Path, axe: Path
+) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
     import numpy as np
     from PIL import Image
 
-    base, data = served, tmp_path / "data"
+    (base, worker), data = served, tmp_path / "data"
     found: dict[str, list[str]] = {}
     errors: list[str] = []
     with sync_api.sync_playwright() as p:
@@ -94,11 +115,12 @@ def test_axe_core_finds_no_violation_on_any_page(served: str, tmp_path: Path, ax
                 page.on("pageerror", lambda e: errors.append(str(e)))
                 return page
 
-            def check(page: Any, path: str, ready: Callable[[], None] = lambda: None) -> None:
-                """The page loaded once, then axe-core at each size (the viewport resized: the page's layout is
-                the stylesheet's, for that width, on the same document)."""
+            def check(page: Any, path: str, ready: Callable[[], None] = lambda: None, status: int = 200) -> None:
+                """The page loaded once (answered with `status`), then axe-core at each size (the viewport
+                resized: the page's layout is the stylesheet's, for that width, on the same document)."""
                 page.set_viewport_size({"width": SIZES[0][0], "height": SIZES[0][1]})
-                page.goto(base + path)
+                answer = page.goto(base + path)
+                assert answer is not None and answer.status == status, (path, answer and answer.status)
                 ready()
                 for width, height in SIZES:
                     page.set_viewport_size({"width": width, "height": height})
@@ -133,12 +155,13 @@ def test_axe_core_finds_no_violation_on_any_page(served: str, tmp_path: Path, ax
                 store.close()
             headers = token_headers(data)
             chest = _post(base, headers, dicom_file("RG1_UNCR.dcm").read_bytes(), "chest.dcm")
+            again = _post(base, headers, _another_study(), "again.dcm")  # the same patient's other study
             noise = np.random.default_rng(3).integers(0, 256, (512, 512), dtype=np.uint8)
             png = tmp_path / "noise.png"
             Image.fromarray(noise).save(png)
             outside = _post(base, headers, png.read_bytes(), "noise.png")
             junk = _post(base, headers, b"\x00" * 300, "junk.bin")
-            for uid in (chest, outside):
+            for uid in (chest, again, outside):
                 _read(base, headers, uid)
 
             tech = person()
@@ -146,6 +169,7 @@ def test_axe_core_finds_no_violation_on_any_page(served: str, tmp_path: Path, ax
             sign_in(tech, "tech")
             check(tech, "/")
             check(tech, "/devices")
+            check(tech, f"/studies/{chest}", status=403)
 
             # The three people share 127.0.0.1, their contexts' kept-alive connections open (issue 23: they once
             # counted against the server's cap per address, and the clinician's viewer script was refused)
@@ -153,11 +177,61 @@ def test_axe_core_finds_no_violation_on_any_page(served: str, tmp_path: Path, ax
             sign_in(clinician, "dr-ade")
             check(clinician, "/")
             check(clinician, "/?positive=1&q=nobody")
+
+            def drawn() -> None:
+                clinician.wait_for_selector(".viewer[data-drawn]")
+
             for uid in (chest, outside):
-                check(clinician, f"/studies/{uid}", lambda: clinician.wait_for_selector(".viewer[data-drawn]"))
+                check(clinician, f"/studies/{uid}", drawn)
             check(clinician, f"/studies/{junk}")
+            check(clinician, "/studies/1.2.3.4.5.6.7.8.9", status=404)
+
+            def diagnostic() -> None:
+                drawn()
+                clinician.click(".full-depth")
+                clinician.wait_for_selector(".viewer[data-full]")
+
+            check(clinician, f"/studies/{chest}", diagnostic)
+
+            clinician.goto(f"{base}/studies/{again}")
+            clinician.click("form.review .agree-all")
+            clinician.wait_for_selector(".past-review.latest")
+
+            def reviewed() -> None:
+                drawn()
+                assert clinician.locator(".past-review.latest").count() == 1
+                assert clinician.locator(f".priors a[href='/studies/{chest}']").count() == 1, "the other study"
+
+            check(clinician, f"/studies/{again}", reviewed)
+
+            worker(False)
+            queued = _post(base, headers, _another_study(), "queued.dcm")
+
+            def waiting() -> None:
+                drawn()
+                assert clinician.inner_text("#worker-banner").startswith("The AI is not reading images")
+                assert clinician.inner_text(".ai-summary") == "AI: waiting for the model"
+
+            check(clinician, f"/studies/{queued}", waiting)
+
+            clinician.select_option("select.autosubmit", "fr")
+            clinician.wait_for_selector("html[lang=fr]")
+            check(clinician, f"/studies/{again}", reviewed)
+            assert clinician.locator("html[lang=fr]").count() == 1, "the page in French"
         finally:
             browser.close()
     violations = {page: v for page, v in found.items() if v}
     assert not violations, json.dumps(violations, indent=1)
-    assert not errors, errors
+    refused = "Failed to load resource: the server responded with a status of"
+    assert errors == [f"{refused} 403 (FORBIDDEN)", f"{refused} 404 (NOT FOUND)"], errors
+
+
+def _another_study() -> bytes:
+    """RG1_UNCR's patient in a study, series and image of new UIDs."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(dicom_file("RG1_UNCR.dcm"))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return dicom_bytes(ds)

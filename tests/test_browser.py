@@ -24,7 +24,7 @@ from edge_app.config import Settings
 from edge_app.ops.secrets import init_tls
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
-from support.browser import ARGS, CHROMIUM, NEEDS_CHROMIUM, PASSWORD
+from support.browser import ARGS, CHROMIUM, NEEDS_CHROMIUM, PASSWORD, SMALL_TARGETS
 from support.data import ROOT
 from support.dicom import dicom_file
 from support.tools import EDGE_APP
@@ -280,7 +280,8 @@ def test_a_link_from_another_site_opens_the_tablet_logged_in(
 def test_a_busy_day_on_the_worklist_by_touch_at_three_sizes(tablet_server: Tablet, nih: Path) -> None:
     """220 studies: the oldest, an unreviewed positive CR, is reached by its patient's name, its filter and paging;
     the refresh announces a new study without changing the row under a finger until tapped; a tap anywhere on a
-    row opens its study; every control is at least 44x44 CSS px; nothing is wider than a 390-px phone."""
+    row opens its study; every control (the login page's too, and the news once shown) is at least 44x44 CSS px;
+    nothing is wider than a 390-px phone."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
     import pydicom
 
@@ -304,11 +305,15 @@ def test_a_busy_day_on_the_worklist_by_touch_at_three_sizes(tablet_server: Table
                 page = context.new_page()
                 page.on("pageerror", lambda e: errors.append(str(e)))
                 page.goto(base + "/login")
+                small = page.evaluate(SMALL_TARGETS)
+                assert not small, f"touch targets under 44x44 on the login page at {width}x{height}: {small}"
                 page.fill("#username", "dr-ade")
                 page.fill("#password", PASSWORD)
                 page.click("#login-form button[type=submit]")
                 page.goto(base + "/?sort=newest")
                 assert f"1\u201320 of {total}" in page.inner_text(".count")
+                if width < 600:  # a phone: cards, not the wide table
+                    _assert_cards(page, width)
                 for _ in range(12):  # by paging: newest first, it is on the last page
                     if page.locator(f"[data-uid='{oldest}']").count():
                         break
@@ -347,6 +352,8 @@ def test_a_busy_day_on_the_worklist_by_touch_at_three_sizes(tablet_server: Table
                     time.sleep(0.5)
                 assert page.evaluate(under) == before, "the row under the finger did not change"
                 assert "1 new study" in page.inner_text("#news")
+                news = page.locator("#news").bounding_box()
+                assert news is not None and min(news["width"], news["height"]) >= 44, f"the news button: {news}"
                 page.tap("#news")
                 assert page.locator(f"[data-uid='{newer}']").count() == 1
                 page.screenshot(path=str(ARTIFACTS / f"worklist-{width}x{height}.png"), full_page=True)
@@ -359,6 +366,29 @@ def test_a_busy_day_on_the_worklist_by_touch_at_three_sizes(tablet_server: Table
         finally:
             browser.close()
     assert not errors, errors
+
+
+def _assert_cards(page: Any, width: int) -> None:
+    """The worklist on a phone: no table header, each row a card (a grid of its cells, within the screen), and the
+    header bar in at most two rows."""
+    assert page.eval_on_selector("table.worklist thead", "e => getComputedStyle(e).display") == "none"
+    cards = page.eval_on_selector_all(
+        "tbody tr[data-uid]", "rs => rs.map(r => [getComputedStyle(r).display, r.getBoundingClientRect().toJSON()])"
+    )
+    assert len(cards) == 20 and all(d == "grid" and 0 <= r["left"] < r["right"] <= width for d, r in cards), cards
+    # The bar's rows: its shown items in order of their tops, a new row where one starts below the row before.
+    rows = page.eval_on_selector(
+        ".bar",
+        """b => { let rows = 0, bottom = -Infinity;
+          const boxes = [...b.children].filter(e => e.getClientRects().length).map(e => e.getBoundingClientRect());
+          for (const r of boxes.sort((x, y) => x.top - y.top)) {
+            if (r.top >= bottom - 1) { rows++; bottom = r.bottom; } else bottom = Math.max(bottom, r.bottom); }
+          return rows; }""",
+    )
+    height = page.eval_on_selector(".bar", "e => e.getBoundingClientRect().height")
+    # Each row holds 44-px controls: two rows, the 8-px gap between them, the 4-px padding and the 1-px border make
+    # 105 px; a third row adds at least 52.
+    assert rows <= 2 and height <= 2 * 44 + 8 + 2 * 4 + 1, f"the header bar: {rows} rows, {height} px"
 
 
 def test_two_tablets_behind_one_address_open_the_study_page_at_once(tablet_server: Tablet) -> None:

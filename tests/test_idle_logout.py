@@ -83,6 +83,8 @@ def test_idle_logout_warns_keeps_the_note_and_leads_back(study: tuple[str, str])
             page.clock.fast_forward(4_000)
             assert banner.is_visible(), "a warning a minute before"
             assert banner.inner_text().startswith("You will be signed out in a minute")
+            stay = page.locator("#stay-signed-in").bounding_box()
+            assert stay is not None and min(stay["width"], stay["height"]) >= 44, f"a touch target: {stay}"
             with page.expect_response("**/session/alive") as alive:
                 page.click("#stay-signed-in")
             assert alive.value.status == 204, "the server's session kept"

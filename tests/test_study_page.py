@@ -23,7 +23,7 @@ import pytest
 
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
-from support.browser import ARGS, CHROMIUM, NEEDS_CHROMIUM, PASSWORD
+from support.browser import ARGS, CHROMIUM, NEEDS_CHROMIUM, PASSWORD, SMALL_TARGETS
 from support.dicom import dicom_bytes, dicom_file
 from support.processes import free_port
 from support.tools import EDGE_APP
@@ -126,7 +126,8 @@ def _noise_png() -> bytes:
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Studies sent while the worker is stopped (pages looked at then), then read once it runs: a chest CR with
     its patient's context and an older study of the same patient, an ultrasound (no model reads it), noise (the
-    input guard refuses it) and a file that is no image."""
+    input guard refuses it), a file that is no image and a chest image of another patient naming the chest study (kept
+    apart: refused, no job)."""
     from pydicom.uid import generate_uid
 
     data = tmp_path_factory.mktemp("study-page") / "data"
@@ -138,10 +139,11 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     server = Box(data)
     try:
         older = server.post(_chest("P-77", generate_uid(), StudyDate="20240105"), "older.dcm")
+        chest_uid = generate_uid()
         chest = server.post(
             _chest(
                 "P-77",
-                generate_uid(),
+                chest_uid,
                 StudyDate="20261201",
                 PatientBirthDate="19800615",
                 PatientSex="F",
@@ -155,7 +157,8 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         pair = generate_uid()
         server.post(_chest("P-88", pair, ViewPosition="PA"), "pa.dcm")
         server.post(_chest("P-88", pair, ViewPosition="AP"), "ap.dcm")
-        uids = {"older": older, "chest": chest, "us": us, "noise": noise, "junk": junk, "pair": pair}
+        apart = server.post(_chest("P-99", chest_uid), "apart.dcm")  # another patient's study: kept apart
+        uids = {"older": older, "chest": chest, "us": us, "noise": noise, "junk": junk, "pair": pair, "apart": apart}
         yield {"box": server, "uids": uids}
     finally:
         server.stop()
@@ -236,7 +239,7 @@ def test_the_study_page_at_three_sizes_once_read(box: dict[str, Any]) -> None:
                     gaps = (canvas["left"], side["left"] - canvas["right"], width - side["right"])
                     assert max(gaps) <= 32, f"wide empty margins: {gaps}"
                 assert page.evaluate("document.documentElement.scrollWidth") <= width, "wider than the screen"
-                small = page.evaluate(_SMALL_TARGETS)
+                small = page.evaluate(SMALL_TARGETS)
                 assert not small, f"touch targets under 44x44 at {width}x{height}: {small}"
                 bars = page.eval_on_selector_all("td.bar svg", "es => es.map(e => e.getBoundingClientRect().width)")
                 assert bars and min(bars) >= 40, f"the findings' bars at {width}: {bars}"
@@ -277,6 +280,26 @@ def test_unread_studies_show_their_image_and_offer_no_report(box: dict[str, Any]
                 assert report.status == 409 and "No findings" not in report.text()
             page.goto(f"{server.base}/studies/{uids['junk']}")
             assert page.inner_text(".unviewable").startswith("This image cannot be shown: it could not be decoded.")
+        finally:
+            browser.close()
+    assert not errors, errors
+
+
+def test_an_image_kept_apart_for_its_identity_is_shown(box: dict[str, Any]) -> None:
+    """A chest image whose Study Instance UID names another patient's study is kept apart in a study of its own,
+    refused and given to no model: its page says why and draws its image all the same."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+    server, uids = box["box"], box["uids"]
+    assert uids["apart"] not in (uids["chest"], uids["older"]) and server.status(uids["apart"]) == "rejected"
+    with sync_api.sync_playwright() as p:
+        browser, page, errors = _browse(p, server.base, 800, 1280, True, False)
+        try:
+            page.goto(f"{server.base}/studies/{uids['apart']}")
+            assert page.inner_text(".study-head small") == "P-99"
+            assert page.locator(".refusal[data-reason-kind=identity]").count() == 1
+            page.wait_for_selector(".viewer[data-drawn]")
+            assert page.locator(".unviewable").count() == 0 and page.locator("#report").count() == 0
+            assert page.evaluate("document.querySelector('.viewer img.preview').naturalWidth") > 0
         finally:
             browser.close()
     assert not errors, errors
@@ -323,22 +346,6 @@ def test_the_diagnostic_view_loads_only_when_asked(box: dict[str, Any]) -> None:
     assert not errors, errors
 
 
-# Every visible control of the page smaller than 44x44 CSS px: a label holding a radio or checkbox counts as the
-# target (it is what a finger taps), the input inside it does not.
-_SMALL_TARGETS = """() => {
-  const els = [...document.querySelectorAll(
-    "button, a, select, input, textarea, summary, label")];
-  return els.filter(e => {
-    if (e.matches("input[type=radio], input[type=checkbox]") && e.closest("label")) return false;
-    if (e.tagName === "LABEL" && !e.querySelector("input[type=radio], input[type=checkbox]")) return false;
-    const r = e.getBoundingClientRect();
-    if (!r.width || getComputedStyle(e).visibility === "hidden") return false;
-    return r.width < 44 || r.height < 44;
-  }).map(e => {
-    const r = e.getBoundingClientRect();
-    return `${e.tagName}.${e.className} ${e.textContent.trim().slice(0, 20)} ${r.width}x${r.height}`;
-  });
-}"""
 _CUT_PILLS = """() => [...document.querySelectorAll(".flag")].some(e => {
   const r = e.getBoundingClientRect();
   return e.scrollWidth > e.clientWidth + 1 || r.right > innerWidth;
@@ -374,10 +381,11 @@ def test_the_review_by_touch_agree_with_all_then_one_disagreement(box: dict[str,
                 if before:  # a review from the size before: the form is one tap away
                     page.tap("details.review-form > summary")
                 page.locator(".agree-all").scroll_into_view_if_needed()
-                small = page.evaluate(_SMALL_TARGETS)
+                small = page.evaluate(SMALL_TARGETS)
                 assert not small, f"touch targets under 44x44 at {width}x{height}: {small}"
                 page.tap(".agree-all")
                 page.wait_for_selector("text=Review saved.")
+                page.wait_for_selector(".viewer:not([data-drawn])", state="detached")  # each image shown
                 assert page.url.endswith("#review")
                 latest = _rect(page, ".past-review.latest")
                 assert latest["top"] >= 0 and latest["bottom"] <= page.evaluate("innerHeight"), "the review, in view"
@@ -399,11 +407,12 @@ def test_the_review_by_touch_agree_with_all_then_one_disagreement(box: dict[str,
                 assert page.locator(".agree-all").is_hidden(), "a disagreement: Save, not Agree with all"
                 page.tap("form.review label:has(input[value=referred])")
                 page.fill("form.review textarea", "AP: not what the AI says; to the radiologist.")
-                small = page.evaluate(_SMALL_TARGETS)
+                small = page.evaluate(SMALL_TARGETS)
                 assert not small, f"touch targets under 44x44 at {width}x{height}: {small}"
                 page.screenshot(path=str(_artifacts() / f"review-{width}x{height}.png"))
                 page.tap("form.review .save")
                 page.wait_for_selector("text=Review saved.")
+                page.wait_for_selector(".viewer:not([data-drawn])", state="detached")
                 assert page.url.endswith("#review")
                 text = page.inner_text(".past-review.latest")
                 assert "Referred" in text, text

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import io
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
 
@@ -15,9 +16,14 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from edge_app.bundles.findings import Finding
+from edge_app.config import Settings
 from edge_app.errors import ReasonKind
-from edge_app.web import services, words
+from edge_app.service import Service
+from edge_app.store import ModelResult, Outcome
+from edge_app.web import create_app, services, words
 from support.dicom import dicom_file
+from support.web import AuthActions
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +103,42 @@ def test_a_clinician_never_sees_where_an_image_came_from_by_address(
     assert "10.20.30.40" not in browser.get("/").get_data(as_text=True)
 
 
+def test_a_triton_hub_s_address_is_shown_to_administrators_only_and_never_printed(
+    service: Callable[..., Service], make_settings: Callable[..., Settings], nih_png: Path
+) -> None:
+    """A result read on a Triton hub records the hub's address: the study page names the model to a clinician
+    without it, shows it to an administrator who reads studies, and the printed report never has it."""
+    svc = service(make_settings(), "front")  # no worker: the result is recorded below, as a worker on a hub does
+    app = create_app(svc)
+    app.config.update(TESTING=True)
+    with nih_png.open("rb") as fh:
+        added = svc.ingest.submit(fh, "a.png", "api")
+    assert added is not None
+    job = svc.store.claim_job(lease_s=60, max_attempts=3)
+    assert job is not None and job.image_id == added.image_id
+    hub = "http://10.9.8.7:8000"
+    model = {"name": "cxr-reference", "version": "1.1.1", "precision": "fp32", "runner": "triton", "server": hub}
+    finding = Finding("Effusion", 0.8, 0.5).as_dict()
+    svc.store.finish_job(job, Outcome("done", results=[ModelResult("ok", model, "b" * 64, findings=[finding])]))
+    study = f"/studies/{added.study_uid}"
+    shown = {}
+    for roles in ("clinician", "clinician,admin"):
+        browser = app.test_client()
+        AuthActions(app, browser).login(roles)
+        page = browser.get(study).get_data(as_text=True)
+        line = re.search(r'<p class="model">(.*?)</p>', page, re.S)
+        assert line is not None, page
+        shown[roles] = (line.group(1), page)
+    assert shown["clinician"][0] == "Model: cxr-reference 1.1.1 · fp32 · triton"
+    assert "10.9.8.7" not in shown["clinician"][1]
+    assert shown["clinician,admin"][0] == f"Model: cxr-reference 1.1.1 · fp32 · triton ({hub})"
+    from pypdf import PdfReader
+
+    pdf = PdfReader(io.BytesIO(browser.get(f"{study}/report.pdf").data))
+    text = " ".join(pdf.pages[0].extract_text().split())
+    assert "Model: cxr-reference 1.1.1 (fp32, triton)" in text and "10.9.8.7" not in text
+
+
 def test_finding_names_in_the_clinician_s_language_on_the_page_and_in_the_report(
     app: Flask, auth: Any, browser: FlaskClient, client: FlaskClient
 ) -> None:
@@ -118,6 +160,38 @@ def test_finding_names_in_the_clinician_s_language_on_the_page_and_in_the_report
     pdf = PdfReader(io.BytesIO(browser.get(f"/studies/{study['uid']}/report.pdf").data))
     text = " ".join(pdf.pages[0].extract_text().split())
     assert "Cardiomégalie:" in text and "Cardiomegaly:" not in text
+
+
+def test_the_ai_summary_names_findings_in_the_clinician_s_language_for_the_study_and_its_priors(
+    app: Flask, auth: Any, browser: FlaskClient, nih: Path
+) -> None:
+    """Two studies of one patient, each with positive findings: a French clinician's study page says them in
+    French in the one-line summary of the image and in that of the patient's other study."""
+    svc = services.get_from(app)
+    png = (nih / "images" / "00000442_000.png").read_bytes()  # three positive findings
+    uids = []
+    for body in (png, png[:-1] + b"\x01"):  # two studies: the second's bytes differ in the end chunk's CRC
+        added = svc.ingest.submit(io.BytesIO(body), "chest.png", "api", patient_id="P-FR")
+        assert added is not None
+        svc.store.wait_for(added.image_id, 60)
+        uids.append(added.study_uid)
+    auth.user("dr-fr", "clinician", "fr")
+    auth.login(name="dr-fr")
+    page = browser.get(f"/studies/{uids[1]}").get_data(as_text=True)
+    summary = re.search(r'<p class="ai-summary[^"]*">(.*?)</p>', page, re.S)
+    prior = re.search(r'<section class="priors card">.*?<small>(.*?)</small>', page, re.S)
+    assert summary and prior, page
+    for uid, shown in ((uids[1], summary.group(1)), (uids[0], prior.group(1))):
+        result = svc.store.get_study(uid).images[0].latest_ok
+        assert result is not None
+        card = svc.lifecycle.manifest_of(result.bundle_sha256)
+        assert card is not None
+        positive = [f.label for f in result.findings if f.positive]
+        french = {label: card.label_name(label, "fr") for label in positive}
+        assert positive and any(label != name for label, name in french.items()), french
+        for label, name in french.items():
+            assert f"{name} " in shown, (name, shown)
+            assert label == name or f"{label} " not in shown, (label, shown)
 
 
 def test_an_administrator_alone_lands_on_the_admin_pages(auth: Any, browser: FlaskClient) -> None:

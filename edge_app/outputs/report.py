@@ -119,8 +119,7 @@ def study_report(
         model = result.model
         line(
             f"{t['model']}: {model.get('name', '')} {model.get('version', '')} "
-            f"({model.get('precision', '')}, {model.get('runner', '')}"
-            + (f" {model['server']})" if model.get("server") else ")"),
+            f"({model.get('precision', '')}, {model.get('runner', '')})",  # a Triton hub's address: not for print
             color=_GREY,
         )
         if result.guard is None:  # a bundle of before the input guard

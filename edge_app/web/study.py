@@ -16,6 +16,7 @@ from edge_app.store import Image, Result, Study
 from edge_app.store.reviews import ResultsChanged
 from edge_app.web import audit, security, services
 from edge_app.web.forms import ActionForm, ReviewForm
+from edge_app.web.words import label_of
 
 bp = Blueprint("study", __name__, url_prefix="/studies")
 
@@ -242,9 +243,14 @@ def report(uid: str) -> Response:
 
 def _make_views(study: Study) -> dict[int, str] | None:
     """Make the view of each image that has none yet and may decode (waiting while the worker is down, or read
-    by no model before views were made for such images); None where none was missing, else why each image that
-    does not decode cannot be shown. An image refused by the decoder is not tried again."""
-    missing = [i for i in study.images if not i.view_sha256 and not i.purged_at and i.status != "rejected"]
+    by no model before views were made for such images, or kept apart for its identity: refused, never decoded);
+    None where none was missing, else why each image that does not decode cannot be shown. An image refused by the
+    decoder is not tried again."""
+    missing = [
+        i
+        for i in study.images
+        if not i.view_sha256 and not i.purged_at and (i.status != "rejected" or i.reason_kind == "identity")
+    ]
     if not missing:
         return None
     unviewable = {}
@@ -268,14 +274,14 @@ def has_result(study: Study) -> bool:
 
 
 def ai_summary(image: Image) -> str:
-    """One line: what the AI made of the image (its positive findings, most probable first), or why it did not
-    read it."""
+    """One line: what the AI made of the image (its positive findings by their names in the page's language, most
+    probable first), or why it did not read it."""
     result = image.latest_ok
     if result is not None:
         positive = sorted((f for f in result.findings if f.positive), key=lambda f: -f.probability)
         if not positive:
             return str(_("AI: no finding above threshold"))
-        named = ", ".join(f"{f.label} {f.probability:.2f}" for f in positive)
+        named = ", ".join(f"{label_of(result.bundle_sha256, f.label)} {f.probability:.2f}" for f in positive)
         return str(
             ngettext(
                 "AI: %(num)d finding positive — %(findings)s",

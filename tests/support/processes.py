@@ -36,17 +36,19 @@ def own_environ(config: Path, environ: Mapping[str, str] = os.environ) -> dict[s
     return {**{k: v for k, v in environ.items() if not k.startswith(ENV_PREFIX)}, CONFIG_ENV: str(config)}
 
 
-def launch(data_dir: Path, port: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """Start a real `edge-app serve` on a data directory and port (and extra environment variables), reading a
-    configuration file of its own (beside the data directory) and none of the machine's; returns once it answers
-    /health."""
+def launch(
+    data_dir: Path, port: int, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+) -> subprocess.Popen[str]:
+    """Start a real `edge-app serve` on a data directory and port (and extra environment variables and arguments:
+    `--no-worker`), reading a configuration file of its own (beside the data directory) and none of the machine's;
+    returns once it answers /health."""
     config = data_dir.parent / f"edge-app-{port}.toml"
     config.write_text(f"[storage]\ndata_dir = {json.dumps(str(data_dir))}\n\n[server]\nport = {port}\n")
     env = {**own_environ(config), **(extra_env or {})}
     # Its output to a file, not a pipe no one reads while it runs: a full pipe would stop the server mid-log.
     log = server_log(data_dir, port)
     with log.open("a") as out:
-        proc = subprocess.Popen([*EDGE_APP, "serve"], env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen([*EDGE_APP, "serve", *args], env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
     while True:
         try:

@@ -224,7 +224,11 @@ async function setUp(box) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  for (const box of document.querySelectorAll(".viewer")) {
-    setUp(box).catch(() => { box.classList.add("broken"); });
-  }
+  const boxes = [...document.querySelectorAll(".viewer")];
+  Promise.all(boxes.map((box) => setUp(box).catch(() => { box.classList.add("broken"); }))).then(() => {
+    // The viewers sized: the part the address names (#review after a save) is put in view again, wherever the
+    // browser's own scroll to it left it while an image was still loading.
+    const target = location.hash && document.getElementById(location.hash.slice(1));
+    if (target) target.scrollIntoView();
+  });
 });
