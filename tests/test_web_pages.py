@@ -395,15 +395,18 @@ def test_the_models_page(auth: Any, browser: FlaskClient) -> None:
 
 
 def test_french_for_a_french_user_and_on_the_login_page(
-    app: Flask, auth: Any, browser: FlaskClient, studies: list[Any]
+    app: Flask, auth: Any, browser: FlaskClient, client: FlaskClient, studies: list[Any]
 ) -> None:
     _, study = studies
+    cr = _post(client, dicom_file("RG1_UNCR.dcm").read_bytes(), "rg1.dcm")
     services.get_from(app).accounts.add_user("dr-diallo", parse_roles("clinician"), auth.PASSWORD, "fr")
     auth.login("clinician", name="dr-diallo")
     page = browser.get("/").get_data(as_text=True)
     assert '<html lang="fr">' in page and "Liste de travail" in page and "IA positif" in page
     page = browser.get(f"/studies/{study['uid']}").get_data(as_text=True)
     assert "Résultat de l'IA : à confirmer par un clinicien" in page.replace("&#39;", "'")
+    page = browser.get(f"/studies/{cr['uid']}").get_data(as_text=True)
+    assert "Vue diagnostique (7,2 Mo)" in page, "a French decimal comma (1955 x 1841 x 2 bytes)"
     text = _pdf_text(browser.get(f"/studies/{study['uid']}/report.pdf").data)
     assert "Rapport de tri par IA" in text and "seuil" in text
     browser.post("/language?next=/", data={"csrf_token": auth.csrf("/"), "language": "en"})

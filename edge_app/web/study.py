@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
-from flask_babel import get_locale, ngettext
+from flask_babel import format_decimal, get_locale, ngettext
 from flask_babel import gettext as _
 
 from edge_app.errors import DecoderUnavailable, ImageRejected, NotFound, UserError
@@ -265,7 +265,10 @@ def _make_views(study: Study) -> dict[int, str] | None:
 
 
 def _weight(size: int) -> str:
-    return str(_("%(mb).1f MB", mb=size / 1e6) if size >= 1e6 else _("%(kb)d KB", kb=size // 1000))
+    """A download's size in the clinician's language (7.2 MB, 7,2 Mo)."""
+    if size >= 1e6:
+        return str(_("%(mb)s MB", mb=format_decimal(round(size / 1e6, 1), format="#,##0.0")))
+    return str(_("%(kb)s KB", kb=format_decimal(size // 1000)))
 
 
 def has_result(study: Study) -> bool:
