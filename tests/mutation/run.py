@@ -21,9 +21,12 @@ import json
 import os
 import random
 import shlex
+import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -667,6 +670,19 @@ def _skip(session: Path, uncounted: Callable[[tuple[int, int], str], bool], sinc
     return left_out
 
 
+def _listening(port: int, within_s: float = 60.0) -> None:
+    """Wait until a cosmic-ray http worker answers on `port`: one reached before it listens fails its mutant."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def run_module(
     module: str, clones: list[Path], data: Path, *, report_only: bool = False, since: str | None = None, sample: int = 0
 ) -> tuple[int, int, list[str]]:
@@ -718,6 +734,12 @@ def run_module(
             if len(clones) > 1
         ]
         try:
+            for port in ports if workers else ():
+                _listening(port)
+            db = sqlite3.connect(session)  # a worker not reached: that mutant runs again
+            with db:
+                db.execute("DELETE FROM work_results WHERE worker_outcome = 'ABNORMAL'")
+            db.close()
             subprocess.run([*cosmic, "exec", str(config), str(session)], cwd=clone, env=env, check=True)
         finally:
             for worker in workers:
