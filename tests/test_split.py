@@ -7,9 +7,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -132,3 +134,35 @@ def test_a_model_the_worker_cannot_load_is_reported_and_the_worker_lives(
     finally:
         worker.terminate()
         worker.wait(timeout=60)
+
+
+def test_a_stop_answers_a_post_waiting_for_its_result_at_once(
+    tmp_path: Path, service: Callable[..., Service], api_client: Callable[[Flask], FlaskClient]
+) -> None:
+    """The service stops while a POST waits for its image's result (the worker process frozen, its lock held):
+    the POST is answered 202 (kept, queued) at once, not after `result_wait_s`, so that the web server's stop is."""
+    data = tmp_path / "data"
+    svc = service({"storage": {"data_dir": str(data)}, "server": {"result_wait_s": 60.0}}, role="front")
+    client = api_client(create_app(svc))
+    worker = _start_worker(data)
+    try:
+        _until(lambda: client.get("/api/v1/health").get_json()["runner"] == "onnxruntime")
+        worker.send_signal(signal.SIGSTOP)
+        answers: list[Any] = []
+        image = sorted((NIH / "images").glob("*.png"))[0].read_bytes()
+        posting = threading.Thread(
+            target=lambda: answers.append(client.post("/api/v1/studies?filename=a.png", data=image))
+        )
+        posting.start()
+        _until(lambda: svc.store.query("SELECT count(*) FROM images")[0][0] == 1)
+        time.sleep(0.5)
+        assert not answers, "waiting for the frozen worker"
+        started = time.monotonic()
+        svc.stopping.set()
+        posting.join(10)
+        assert answers and answers[0].status_code == 202, "kept and queued"
+        assert time.monotonic() - started < 1.5, "answered at the stop, not after result_wait_s"
+    finally:
+        worker.send_signal(signal.SIGCONT)
+        worker.terminate()
+        worker.wait(60)

@@ -578,14 +578,15 @@ class Store:
         with self._changed:
             self._changed.notify_all()
 
-    def wait_for(self, image_id: int, timeout: float) -> tuple[str, str | None]:
-        """The image's status once it is no longer queued, or still queued after `timeout` seconds."""
+    def wait_for(self, image_id: int, timeout: float, until: threading.Event | None = None) -> tuple[str, str | None]:
+        """The image's status once it is no longer queued, or still queued after `timeout` seconds or once `until`
+        is set (the service stops)."""
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
                 status, reason = self.image_status(image_id)
                 left = deadline - time.monotonic()
-                if status != "queued" or left <= 0:
+                if status != "queued" or left <= 0 or (until is not None and until.is_set()):
                     return status, reason
                 self._changed.wait(min(left, 0.25))  # a worker in another process notifies no one
 

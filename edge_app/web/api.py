@@ -136,7 +136,7 @@ def create_study() -> Any:
     if added is None:
         return _bad_request("no image (the body is empty): send a multipart field 'file' or the raw bytes")
     wait = svc.settings.server.result_wait_s if svc.worker_running() else 0.0  # no worker: 202 at once
-    status, reason = svc.store.wait_for(added.image_id, wait)
+    status, reason = svc.store.wait_for(added.image_id, wait, until=svc.stopping)
     # An object kept with its study, never diagnosed (an SR, one of the box's own): a success, as the receiver says.
     code, error = (201, None) if added.kept else _ANSWERS[status]
     headers = {"Location": f"/api/v1/studies/{added.study_uid}"}
