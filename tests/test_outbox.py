@@ -237,7 +237,7 @@ def test_a_frozen_destination_delays_no_other(
         orthanc.freeze()
         for _ in range(4):
             _post(client, _image())  # answered once diagnosed: the documents follow at once
-        _until(lambda: len(pacs.received) == 8, 15, "the healthy destination waits for the frozen one")
+        _until(lambda: len(pacs.received) == 8, 40, "the healthy destination waits for the frozen one")
         assert orthanc.proc.poll() is None
         orthanc.thaw()
         _until(lambda: len(orthanc.instances("SR")) == 4, 60, "Orthanc gets them once it runs again")
@@ -441,3 +441,16 @@ def test_the_devices_page_shows_the_backlog_and_an_administrator_sends_again(
     assert answer.status_code == 302
     (entry,) = svc.store.audit_trail(1)
     assert (entry["actor"], entry["subject"], entry["detail"]) == ("admin", destination, "2 item(s) queued again")
+
+
+def test_why_documents_were_not_made_is_said_without_the_exception_s_text() -> None:
+    """The reason goes to /api/v1/health, which anyone may read: a timeout and a missing file in words, any other
+    failure by its kind alone, never its text (it may hold the patient's name; the log has it). A timeout as pebble
+    raises it."""
+    from edge_app.errors import NotFound
+    from edge_app.outputs.outbox import MAKE_TIMEOUT_S, not_made
+
+    assert not_made(TimeoutError("Task timeout", MAKE_TIMEOUT_S)) == f"documents not made: not made within {MAKE_TIMEOUT_S:g} s, see the log"
+    assert not_made(NotFound("file abc")) == "documents not made: a stored file they need is gone, see the log"
+    assert not_made(FileNotFoundError("x")) == "documents not made: a stored file they need is gone, see the log"
+    assert not_made(ValueError("Müller^Zoë: bad name")) == "documents not made: ValueError, see the log"

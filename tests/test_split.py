@@ -161,7 +161,7 @@ def test_a_stop_answers_a_post_waiting_for_its_result_at_once(
         svc.stopping.set()
         posting.join(10)
         assert answers and answers[0].status_code == 202, "kept and queued"
-        assert time.monotonic() - started < 1.5, "answered at the stop, not after result_wait_s"
+        assert time.monotonic() - started < 5.0, "answered at the stop, not after result_wait_s"
     finally:
         worker.send_signal(signal.SIGCONT)
         worker.terminate()

@@ -928,3 +928,35 @@ def test_a_page_of_studies_takes_as_many_statements_whatever_the_filters_and_pag
     }
     assert len(counts) == 1 and counts.pop() <= 7
     store.close()
+
+
+def test_documents_not_made_keep_their_image_from_retention_and_fail_again_without_duplicates(tmp_path: Path) -> None:
+    """An image whose documents are due, or were not made and are kept to be sent again, keeps its file through
+    retention (they are made from it); a destination sent again whose documents fail again has one failed item per
+    destination, not one more for the destination not sent again."""
+    store = Store(tmp_path)
+    added = _add(store, b"image", _header())
+    _diagnose_next(store, ModelResult("ok", MODEL, "b" * 64, findings=[FINDING]))
+    (result_id,) = [r[0] for r in store.query("SELECT id FROM results")]
+    image_file = store.file_path(hashlib.sha256(b"image").hexdigest())
+    later = "9999-01-01T00:00:00+00:00"
+    assert store.documents_due(added.image_id, [result_id]) == 1
+    assert store.purge_images(later) == 0 and image_file.exists(), "due: its documents are made from it"
+    due = store.next_documents()
+    assert due is not None
+    store.documents_failed(due, ["PACS", "MOD"], "documents not made: ValueError, see the log")
+    assert store.purge_images(later) == 0 and image_file.exists(), "not made: sent again, they are made from it"
+    assert store.retry_outputs(["PACS", "MOD"], "admin", "PACS") == 1
+    due = store.next_documents()
+    assert due is not None
+    store.documents_failed(due, ["PACS", "MOD"], "documents not made: ValueError, see the log")
+    assert sorted((o.destination, o.kind, o.state) for o in store.outputs(added.image_id)) == [
+        ("MOD", "documents", "failed"),
+        ("PACS", "documents", "failed"),
+    ]
+    assert store.retry_outputs(["PACS", "MOD"], "admin") == 2
+    due = store.next_documents()
+    assert due is not None
+    store.documents_made(due, [("PACS", "sr", store.put_file(b"sr"))])
+    assert store.purge_images(later) == 1 and not image_file.exists(), "made: the image goes by retention's rule"
+    store.close()

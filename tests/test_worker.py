@@ -543,3 +543,31 @@ def test_an_image_the_store_cannot_queue_again_is_left_to_its_lease_and_the_pass
     assert store.query("SELECT state FROM jobs WHERE image_id = ?", (slow,))[0][0] == "running"
     messages = [r.getMessage() for r in caplog.records if r.name == "edge_app.inference.worker"]
     assert f"worker: image {slow} could not be queued again" in messages
+
+
+def test_documents_failing_while_the_outbox_stops_are_left_due_for_the_restart(tmp_path: Path, store: Store) -> None:
+    """Documents that fail once the outbox is stopping (its process stopped under them, or a Ctrl-C reaching it)
+    are not kept as given up, which would need a person to send them again: they stay due, made after a restart."""
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    outputs = OutputSettings.model_validate({"destinations": [{"ae_title": "PACS", "host": "127.0.0.1"}]})
+    outbox = Outbox(store, outputs)
+    try:
+        image_id = _queue(store, "RG1_UNCR.dcm")
+        Worker(store, registry, on_recorded=outbox.queue).run_once()
+        heatmaps = [(sha, store.read_file(sha)) for (sha,) in store.query("SELECT sha256 FROM heatmaps")]
+        for sha, _ in heatmaps:
+            store.file_path(sha).unlink()
+        outbox.stop()
+        assert outbox.run_once() is None
+        assert store.query("SELECT image_id FROM documents_due")[0][0] == image_id
+        assert store.outputs(image_id) == [] and store.backlog() == []
+        for _, data in heatmaps:
+            store.put_file(data)
+        restarted = Outbox(store, outputs)
+        try:
+            assert restarted.run_once() == 2, "the SR and the SC, made after the restart"
+        finally:
+            restarted.stop()
+    finally:
+        outbox.stop()
+        registry.close()

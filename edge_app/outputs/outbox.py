@@ -28,7 +28,7 @@ from edge_app.system.background import Background
 log = logging.getLogger(__name__)
 
 IDLE_S = 30.0  # how long the loop sleeps when nothing is due and no one wakes it
-MAKE_TIMEOUT_S = 120.0  # one image's documents: a process that takes longer is replaced, the image's skipped
+MAKE_TIMEOUT_S = 120.0  # one image's documents: a process that takes longer is replaced, they are kept as not made
 
 
 class Outbox:
@@ -85,6 +85,8 @@ class Outbox:
         try:
             made = self._make(due)
         except Exception as exc:
+            if self._loop_thread.stopping.is_set():  # the documents process stopped under it: left due, for a restart
+                return None
             log.exception("outbox: the documents of image %d could not be made", due.image_id)
             destinations = [str(d) for d in self.settings.destinations if d.send]
             self.store.documents_failed(due, destinations, not_made(exc))

@@ -635,10 +635,14 @@ class Store:
             db.executemany("DELETE FROM outbox WHERE kind = 'documents' AND result_id = ?", done)
 
     def documents_failed(self, due: DocumentsDue, destinations: list[str], reason: str) -> None:
-        """`due`'s documents could not be made: kept as failed `documents` items, one per result and destination,
-        with `reason` (the backlog, health and the pages show them); `retry_outputs` makes them again."""
+        """`due`'s documents could not be made: kept as failed `documents` items, one per result and destination
+        (those of an earlier failure replaced), with `reason` (the backlog, health and the pages show them);
+        `retry_outputs` makes them again."""
         now, at = _now(), time.time()
         with self.transaction() as db:
+            db.executemany(
+                "DELETE FROM outbox WHERE kind = 'documents' AND result_id = ?", [(r,) for r in due.result_ids]
+            )
             db.executemany(
                 "INSERT INTO outbox (image_id, destination, kind, sha256, state, attempts, last_error, updated_at, "
                 "queued_at, result_id) VALUES (?, ?, 'documents', '', 'failed', 1, ?, ?, ?, ?)",
@@ -935,12 +939,15 @@ class Store:
 
     def purge_images(self, received_before: str) -> int:
         """Remove the files (the image and its view) of every finished image received before the ISO time
-        `received_before`; keep its row, results, heatmaps and reviews. Returns how many were removed."""
+        `received_before`, but those whose documents are still to be made (due, or not made and kept to be sent
+        again: they are made from the image); keep its row, results, heatmaps and reviews. Returns how many were
+        removed."""
         now = _now()
         with self.transaction() as db:
             rows = db.execute(
                 "SELECT id, sha256, view_sha256 FROM images WHERE created_at < ? AND purged_at IS NULL "
-                "AND status != 'queued'",
+                "AND status != 'queued' AND id NOT IN (SELECT image_id FROM documents_due) "
+                "AND id NOT IN (SELECT image_id FROM outbox WHERE kind = 'documents')",
                 (received_before,),
             ).fetchall()
             db.executemany("UPDATE images SET purged_at = ? WHERE id = ?", [(now, r[0]) for r in rows])
