@@ -450,7 +450,8 @@ def test_why_documents_were_not_made_is_said_without_the_exception_s_text() -> N
     from edge_app.errors import NotFound
     from edge_app.outputs.outbox import MAKE_TIMEOUT_S, not_made
 
-    assert not_made(TimeoutError("Task timeout", MAKE_TIMEOUT_S)) == f"documents not made: not made within {MAKE_TIMEOUT_S:g} s, see the log"
+    timed_out = not_made(TimeoutError("Task timeout", MAKE_TIMEOUT_S))
+    assert timed_out == f"documents not made: not made within {MAKE_TIMEOUT_S:g} s, see the log"
     assert not_made(NotFound("file abc")) == "documents not made: a stored file they need is gone, see the log"
     assert not_made(FileNotFoundError("x")) == "documents not made: a stored file they need is gone, see the log"
     assert not_made(ValueError("Müller^Zoë: bad name")) == "documents not made: ValueError, see the log"
