@@ -379,6 +379,30 @@ def test_a_view_made_while_waiting_is_kept_when_no_model_makes_one(tmp_path: Pat
         registry.close()
 
 
+def test_a_view_refused_is_said_again_without_decoding_the_image_again(tmp_path: Path, store: Store) -> None:
+    """An image whose view does not decode (kept apart before any model read it, its study page opened again and
+    again): refused once in the decoder process, then said again from memory, not decoded at each opening."""
+    from hostile import unknown_vr
+
+    from edge_app.config import ImagingSettings
+    from edge_app.errors import ImageRejected
+    from edge_app.inference.views import Views
+
+    views = Views(store, ImagingSettings())
+    try:
+        digest, size = store.put_stream(io.BytesIO(unknown_vr()))
+        store.add_image(digest, size, "vr.dcm", "test", read_header(store.file_path(digest), "vr.dcm"))
+        (image,) = store.get_study(store.query("SELECT uid FROM studies")[0][0]).images
+        with pytest.raises(ImageRejected) as first:
+            views.make(image)
+        store.file_path(digest).unlink()  # decoding it again would say something else
+        with pytest.raises(ImageRejected) as again:
+            views.make(image)
+        assert again.value is first.value and store.image_view(image.id) is None
+    finally:
+        views.close()
+
+
 def test_a_row_that_names_no_stored_file_fails_its_image_and_the_worker_goes_on(tmp_path: Path, store: Store) -> None:
     """A damaged database (a row whose file hash is not one): an internal error fails that image with the reason;
     the next image is diagnosed."""

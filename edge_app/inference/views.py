@@ -11,11 +11,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_app.config import ImagingSettings
+from edge_app.errors import ImageRejected
 from edge_app.imaging import DecodeLimits
 from edge_app.imaging.decode import FullDepth
 from edge_app.imaging.encode import jpeg
 from edge_app.imaging.sandbox import DecoderPool
 from edge_app.store import Image, Store
+
+_REFUSALS_KEPT = 1000  # views refused in this process, remembered: a few bytes each
 
 
 class Views:
@@ -28,14 +31,26 @@ class Views:
         self._decoder = decoder
         self._own: DecoderPool | None = None
         self._lock = threading.Lock()
+        self._refused: dict[int, ImageRejected] = {}  # by image id, the oldest first
 
     def pixels(self, path: Path, source: str) -> NDArray[np.uint8]:
         """The view of a stored file; `ImageRejected` where it does not decode."""
         return self._pool().view(path, source)
 
     def make(self, image: Image) -> bytes:
-        """The JPEG view of an image that has none, kept with it; `ImageRejected` where it does not decode."""
-        view = jpeg(self.pixels(self.store.file_path(image.sha256), f"image {image.id}"))
+        """The JPEG view of an image that has none, kept with it; `ImageRejected` where it does not decode, said
+        again without decoding it each time it is asked for (an image no model decoded: a study page opened again)."""
+        refused = self._refused.get(image.id)
+        if refused is not None:
+            raise refused
+        try:
+            view = jpeg(self.pixels(self.store.file_path(image.sha256), f"image {image.id}"))
+        except ImageRejected as exc:
+            with self._lock:
+                if len(self._refused) >= _REFUSALS_KEPT:
+                    self._refused.pop(next(iter(self._refused)))
+                self._refused[image.id] = exc
+            raise
         self.store.set_view(image.id, view)
         return view
 

@@ -245,7 +245,7 @@ def _make_views(study: Study) -> dict[int, str] | None:
     """Make the view of each image that has none yet and may decode (waiting while the worker is down, or read
     by no model before views were made for such images, or kept apart for its identity: refused, never decoded);
     None where none was missing, else why each image that does not decode cannot be shown. An image refused by the
-    decoder is not tried again."""
+    decoder is not tried again, nor one whose view was refused (`Views.make`)."""
     missing = [
         i
         for i in study.images
