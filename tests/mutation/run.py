@@ -650,6 +650,10 @@ def _skip(session: Path, uncounted: Callable[[tuple[int, int], str], bool], sinc
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
+    results = sqlite3.connect(session)  # marked anew: the list and the selection may have changed since a first run
+    with results:
+        results.execute("DELETE FROM work_results WHERE worker_outcome = 'SKIPPED'")
+    results.close()
     with use_db(str(session), WorkDB.Mode.open) as db:
         items = list(db.work_items)
         skipped = [i.job_id for i in items if uncounted(tuple(i.mutations[0].start_pos), i.mutations[0].operator_name)]
@@ -695,6 +699,8 @@ def run_module(
     config, session = clone / f"cr-{name}.toml", clone / f"cr-{name}.sqlite"
     env = {**os.environ, "PYTHONPATH": str(clone), "EDGE_SHARED_DATA": str(data)}
     cosmic = [sys.executable, "-m", "cosmic_ray.cli"]
+    for c in clones if not report_only else ():  # a run stopped mid-mutant leaves its module mutated
+        subprocess.run(["git", "checkout", "-q", "--", module], cwd=c, check=True)
     source = (clone / module).read_text()
     lines = source.splitlines()
     annotations = _annotations(source)
@@ -726,8 +732,6 @@ def run_module(
         if not session.exists():
             subprocess.run([*cosmic, "init", str(config), str(session)], cwd=clone, env=env, check=True)
         _skip(session, uncounted, selection)
-        for c in clones:  # a run stopped mid-mutant leaves its module mutated
-            subprocess.run(["git", "checkout", "-q", "--", module], cwd=c, check=True)
         workers = [
             subprocess.Popen([*cosmic, "http-worker", "--port", str(port)], cwd=c, env={**env, "PYTHONPATH": str(c)})
             for c, port in zip(clones, ports, strict=True)
