@@ -93,9 +93,10 @@ EQUIVALENT = {
         "-1 < id lets 0 through to a query that finds no row (rowids start at 1); the bounds' other numbers are "
         "killed by the test of the whole id range"
     ),
-    ('if status != "queued" or left <= 0:', "core/ReplaceComparisonOperator_LtE_Lt"): (
-        "time left exactly 0.0: the next pass finds it negative; no test can tell"
-    ),
+    (
+        'if status != "queued" or left <= 0 or (until is not None and until.is_set()):',
+        "core/ReplaceComparisonOperator_LtE_Lt",
+    ): ("time left exactly 0.0: the next pass finds it negative; no test can tell"),
     ('return self._db.execute(f"PRAGMA {name}").fetchone()[0]', "core/NumberReplacer"): "a one-column row",
     ("if attempts >= max_attempts:", "core/ReplaceComparisonOperator_GtE_Eq"): (
         "attempts rise one at a time from 0, so >= is first true at equality"
