@@ -7,7 +7,6 @@ the model performance page, each at 800x1280, 1280x800 and 390x844. Any violatio
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import urllib.error
@@ -22,7 +21,7 @@ from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
 from support.browser import ARGS, CHROMIUM, NEEDS_CHROMIUM, PASSWORD
 from support.dicom import dicom_bytes, dicom_file
-from support.processes import free_port, launch
+from support.processes import free_port, launch, launch_config, own_environ
 from support.tools import EDGE_APP
 from support.web import axe_violations, token_headers
 
@@ -41,7 +40,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Callable[[bool], None]]]:
     (True) or stops (False) the worker."""
     data, port = tmp_path / "data", free_port()
     front = launch(data, port, args=("--no-worker",))
-    env = {**os.environ, "EDGE_APP_STORAGE_DATA_DIR": str(data)}
+    env = own_environ(data, port, launch_config(data, port))  # the front's configuration
     worker: list[subprocess.Popen[Any]] = []
 
     def run(on: bool) -> None:

@@ -3,26 +3,21 @@ API token or a user made in its data directory (as `edge-app token create` / `us
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from edge_app.config import CONFIG_ENV, ENV_PREFIX
 from edge_app.store import Store
 from edge_app.store.accounts import Accounts, parse_roles
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: its support package
+from support.processes import free_port as free_port
+from support.processes import own_environ
+
 EDGE_APP = Path(sys.executable).parent / "edge-app"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def api_headers(data_dir: str | Path, roles: str = "clinician,technician") -> dict[str, str]:
@@ -43,14 +38,9 @@ def add_user(data_dir: str | Path, name: str, roles: str, password: str) -> None
 
 
 def environ(data_dir: str | Path, port: int, extra_env: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of an `edge-app` command on `data_dir` and `port` (and extra variables): it reads a
-    configuration file of its own, written in the data directory, and none of the machine's: neither
-    /etc/edge-app/edge-app.toml nor $EDGE_APP_CONFIG's file nor the shell's EDGE_APP_* settings."""
-    config = Path(data_dir) / "benchmark.toml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(f"[storage]\ndata_dir = {json.dumps(str(data_dir))}\n\n[server]\nport = {port}\n")
-    own = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-    return {**own, CONFIG_ENV: str(config), **(extra_env or {})}
+    """The environment of an `edge-app` command on `data_dir` and `port`: a configuration of its own, written in the
+    data directory, and none of the machine's (`support.processes.own_environ`)."""
+    return own_environ(Path(data_dir), port, Path(data_dir) / "benchmark.toml", extra_env)
 
 
 def serve(

@@ -30,10 +30,19 @@ def server_log(data_dir: Path, port: int) -> Path:
     return data_dir.parent / f"serve-{port}.log"
 
 
-def own_environ(config: Path, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """`environ` reading `config` and nothing of the machine's: no EDGE_APP_* setting of the shell, and neither
-    $EDGE_APP_CONFIG's file nor /etc/edge-app/edge-app.toml (a running appliance's)."""
-    return {**{k: v for k, v in environ.items() if not k.startswith(ENV_PREFIX)}, CONFIG_ENV: str(config)}
+def own_environ(data_dir: Path, port: int, config: Path, extra_env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of an `edge-app` command on `data_dir` and `port` (and extra variables): it reads `config`,
+    written here, and nothing of the machine's: no EDGE_APP_* setting of the shell, and neither $EDGE_APP_CONFIG's
+    file nor /etc/edge-app/edge-app.toml (a running appliance's)."""
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(f"[storage]\ndata_dir = {json.dumps(str(data_dir))}\n\n[server]\nport = {port}\n")
+    own = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    return {**own, CONFIG_ENV: str(config), **(extra_env or {})}
+
+
+def launch_config(data_dir: Path, port: int) -> Path:
+    """The configuration file `launch` writes for the server on `data_dir` and `port` (its worker reads it too)."""
+    return data_dir.parent / f"edge-app-{port}.toml"
 
 
 def launch(
@@ -42,9 +51,7 @@ def launch(
     """Start a real `edge-app serve` on a data directory and port (and extra environment variables and arguments:
     `--no-worker`), reading a configuration file of its own (beside the data directory) and none of the machine's;
     returns once it answers /health."""
-    config = data_dir.parent / f"edge-app-{port}.toml"
-    config.write_text(f"[storage]\ndata_dir = {json.dumps(str(data_dir))}\n\n[server]\nport = {port}\n")
-    env = {**own_environ(config), **(extra_env or {})}
+    env = own_environ(data_dir, port, launch_config(data_dir, port), extra_env)
     # Its output to a file, not a pipe no one reads while it runs: a full pipe would stop the server mid-log.
     log = server_log(data_dir, port)
     with log.open("a") as out:
