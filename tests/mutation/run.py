@@ -65,7 +65,13 @@ MODULES: dict[str, list[str]] = {
         "test_decode.py",
     ],
     "edge_app/imaging/preprocess.py": ["test_preprocess.py", "test_properties.py", "test_runtime.py"],
-    "edge_app/imaging/prepare.py": ["test_prepare.py", "test_reduced_decode.py", "test_runtime.py", "test_hostile.py"],
+    "edge_app/imaging/prepare.py": [
+        "test_prepare.py",
+        "test_reduced_decode.py",
+        "test_runtime.py",
+        "test_hostile.py",
+        "test_drift.py",
+    ],
     "edge_app/imaging/sandbox.py": ["test_hostile.py", "test_burst.py"],
     "edge_app/imaging/decode.py": [
         "test_decode.py",
