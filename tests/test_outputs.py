@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -24,12 +23,12 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 
-from edge_app.bundles.bundle import load_bundle, write_manifest
+from edge_app.bundles.bundle import load_bundle
 from edge_app.config import EMBEDDED_BUNDLE, Settings
 from edge_app.imaging.uids import is_ours
 from edge_app.service import Service
 from edge_app.web import create_app
-from support.bundles import bundle_for
+from support.bundles import bundle_for, bundle_named
 from support.dicom import dicom_bytes, dicom_file
 from support.tools import dciodvfy_errors, dcmtk
 
@@ -307,17 +306,6 @@ def test_each_image_read_makes_series_of_its_own(
     assert last.SeriesDescription == "AI findings cxr-reference 1.1.1, series 7 image 3"
 
 
-def _coded_for_one_label(tmp_path: Path) -> Path:
-    """The reference bundle as a model of another name whose manifest gives a code to its first label alone."""
-    folder = tmp_path / "bundle-private"
-    shutil.copytree(EMBEDDED_BUNDLE, folder)
-    manifest = load_bundle(folder).manifest
-    first = manifest.labels[0]
-    write_manifest(folder, manifest.model_copy(update={"name": "cxr-private", "codes": {first: manifest.codes[first]}}))
-    load_bundle(folder)
-    return folder
-
-
 def test_labels_without_a_standard_code_take_the_private_scheme_and_two_models_take_series_of_their_own(
     tmp_path: Path,
     pacs: Pacs,
@@ -329,7 +317,8 @@ def test_labels_without_a_standard_code_take_the_private_scheme_and_two_models_t
     private scheme 99EDGEAPP, identified in the SR's Coding Scheme Identification (the first model's SR, all coded,
     has none); the four objects are valid (dciodvfy: 0 errors) and each in a series of its own number."""
     settings = _settings(tmp_path, free_port).model_copy(deep=True)
-    settings.model.extra_bundles = [_coded_for_one_label(tmp_path)]
+    one_coded = lambda m: {"codes": {m.labels[0]: m.codes[m.labels[0]]}}  # noqa: E731
+    settings.model.extra_bundles = [bundle_named(tmp_path, "cxr-private", one_coded)]
     _post(api_client(create_app(service(settings))))
     srs, scs = _received(pacs, tmp_path, 4)
     assert sorted(ds.SeriesNumber for ds in srs + scs) == [9001, 9002, 9003, 9004]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from edge_app.bundles.bundle import load_bundle, sha256_file, write_manifest
-from edge_app.bundles.manifest import IntendedUse
+from edge_app.bundles.manifest import IntendedUse, Manifest
 from edge_app.config import EMBEDDED_BUNDLE
 
 
@@ -26,16 +27,21 @@ def bundle_variant(tmp_path: Path, version: str, change: Callable[[Path], None] 
     return folder
 
 
-def bundle_for(tmp_path: Path, name: str, modality: tuple[str, ...]) -> Path:
-    """The reference bundle as a model `name` made for other modalities (any body part, any view): its input guard,
-    fitted on chest X-rays, left off, so that what it is given is read."""
+def bundle_named(tmp_path: Path, name: str, update: Callable[[Manifest], dict[str, Any]]) -> Path:
+    """The reference bundle as a model `name`, the manifest's fields `update` gives (from the reference's) replaced."""
     folder = tmp_path / f"bundle-{name}"
     shutil.copytree(EMBEDDED_BUNDLE, folder)
     manifest = load_bundle(folder).manifest
-    use = IntendedUse(modality=modality, description=f"{name}: a demonstration on {', '.join(modality)} images")
-    write_manifest(folder, manifest.model_copy(update={"name": name, "intended_use": use, "guard": None}))
+    write_manifest(folder, manifest.model_copy(update={"name": name, **update(manifest)}))
     load_bundle(folder)
     return folder
+
+
+def bundle_for(tmp_path: Path, name: str, modality: tuple[str, ...]) -> Path:
+    """The reference bundle as a model `name` made for other modalities (any body part, any view): its input guard,
+    fitted on chest X-rays, left off, so that what it is given is read."""
+    use = IntendedUse(modality=modality, description=f"{name}: a demonstration on {', '.join(modality)} images")
+    return bundle_named(tmp_path, name, lambda _: {"intended_use": use, "guard": None})
 
 
 # A Keras export's spec (an Xception-style CXR classifier: NHWC 150x150x3, x/127.5 - 1, softmax of two classes).
