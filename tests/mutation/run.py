@@ -627,11 +627,13 @@ def _annotations(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
 
 @dataclass(frozen=True)
 class Selection:
-    """Only the mutants on `lines` (those changed since `commit`) and `sample` of the others, drawn at random."""
+    """The mutants on `lines` (those changed since `commit`), or `changed_sample` of them, and `sample` of the
+    others, each drawn at random."""
 
     commit: str
     lines: set[int]
     sample: int
+    changed_sample: int | None = None
 
 
 def changed_lines(clone: Path, module: str, since: str) -> set[int]:
@@ -666,17 +668,24 @@ def _skip(session: Path, uncounted: Callable[[tuple[int, int], str], bool], sinc
         skipped = [i.job_id for i in items if uncounted(tuple(i.mutations[0].start_pos), i.mutations[0].operator_name)]
         left_out: set[str] = set()
         if since is not None:
-            unchanged = sorted(
-                i.job_id for i in items if i.job_id not in skipped and i.mutations[0].start_pos[0] not in since.lines
-            )
-            kept = set(random.Random(session.name).sample(unchanged, min(since.sample, len(unchanged))))
-            left_out = set(unchanged) - kept
+            counted = [i for i in items if i.job_id not in skipped]
+            changed = sorted(i.job_id for i in counted if i.mutations[0].start_pos[0] in since.lines)
+            unchanged = sorted(i.job_id for i in counted if i.mutations[0].start_pos[0] not in since.lines)
+            draw = random.Random(session.name)
+            kept = set(draw.sample(unchanged, min(since.sample, len(unchanged))))
+            if since.changed_sample is not None:
+                kept |= set(draw.sample(changed, min(since.changed_sample, len(changed))))
+            else:
+                kept |= set(changed)
+            left_out = (set(unchanged) | set(changed)) - kept
         if skipped or left_out:
             db.set_multiple_results([*skipped, *left_out], WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
     print(f"{len(skipped)} mutants inside type annotations or listed as equivalent: skipped", flush=True)
     if since is not None:
         print(
-            f"{len(left_out)} mutants on lines unchanged since {since.commit}, beyond the sample: skipped", flush=True
+            f"{len(left_out)} mutants beyond the samples of the lines changed and unchanged since {since.commit}: "
+            "skipped",
+            flush=True,
         )
     return left_out
 
@@ -695,10 +704,18 @@ def _listening(port: int, within_s: float = 60.0) -> None:
 
 
 def run_module(
-    module: str, clones: list[Path], data: Path, *, report_only: bool = False, since: str | None = None, sample: int = 0
+    module: str,
+    clones: list[Path],
+    data: Path,
+    *,
+    report_only: bool = False,
+    since: str | None = None,
+    sample: int = 0,
+    changed_sample: int | None = None,
 ) -> tuple[int, int, list[str]]:
     """(mutants counted, killed, survivor descriptions) for one module; equivalent mutants are not counted, nor,
-    with `since`, those on lines unchanged since that commit beyond a `sample` of them. A session already in the
+    with `since`, those on lines unchanged since that commit beyond a `sample` of them (and, with `changed_sample`,
+    those on the lines changed beyond a sample of that many). A session already in the
     clone goes on where it stopped; more than one clone runs that many mutants at a time."""
     tests = [f"tests/{name}" for name in MODULES[module]]
     name = module.replace("/", "_").removesuffix(".py")
@@ -716,7 +733,7 @@ def run_module(
         line = lines[start[0] - 1].strip()
         return any(a <= start < b for a, b in annotations) or bool({(line, None), (line, operator)} & EQUIVALENT.keys())
 
-    selection = Selection(since, changed_lines(clone, module, since), sample) if since else None
+    selection = Selection(since, changed_lines(clone, module, since), sample, changed_sample) if since else None
     if not report_only:
         line_map = clone / f"cr-{name}.lines.json"
         if not line_map.exists():
@@ -857,6 +874,9 @@ def main() -> int:
     )
     parser.add_argument("--sample", type=int, default=30, help="with --since, mutants drawn from unchanged lines")
     parser.add_argument(
+        "--changed-sample", type=int, help="with --since, mutants drawn from the changed lines (default: all of them)"
+    )
+    parser.add_argument(
         "--check-list", action="store_true", help="only report MODULES that are no files and stale EQUIVALENT entries"
     )
     args = parser.parse_args()
@@ -886,7 +906,13 @@ def main() -> int:
         grand_total = grand_killed = 0
         for module in args.modules:
             total, killed, survivors = run_module(
-                module, clones, data, report_only=args.report_only, since=args.since, sample=args.sample
+                module,
+                clones,
+                data,
+                report_only=args.report_only,
+                since=args.since,
+                sample=args.sample,
+                changed_sample=args.changed_sample,
             )
             grand_total, grand_killed = grand_total + total, grand_killed + killed
             print(f"== {module}: {killed}/{total} killed ({killed / max(total, 1):.0%})", flush=True)
