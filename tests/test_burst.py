@@ -21,7 +21,14 @@ from edge_app.bundles.bundle import load_bundle
 from edge_app.config import EMBEDDED_BUNDLE, Settings, WorkerSettings
 from edge_app.imaging import DecodeLimits
 from edge_app.imaging.header import read_header
-from edge_app.imaging.sandbox import DecoderPool, auto_decoders, codec_threads
+from edge_app.imaging.sandbox import (
+    DecoderPool,
+    auto_decoders,
+    cgroup_limit_mb,
+    codec_threads,
+    decoders_for,
+    memory_mb,
+)
 from edge_app.inference.diagnoser import Diagnoser
 from edge_app.inference.registry import Registry
 from edge_app.inference.worker import Worker
@@ -437,6 +444,54 @@ def test_decoders_by_default_follow_the_cores_and_the_memory() -> None:
         assert pool.workers == max(1, min(16, cores - 1))
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize(
+    ("cores", "memory", "cgroup", "decoders"),
+    [
+        (6, 7600, None, 4),  # an Orin Nano: min(5, 1,900 // 420)
+        (6, 7600, 2500, 3),  # under the worker unit's MemoryMax=2500M: 1,476 // 420
+        (6, 7600, 1024 + 3 * 420, 3),  # the cgroup less 1 GB holds three exactly
+        (6, 7600, 1024 + 3 * 420 - 1, 2),  # ... and a megabyte less, two
+        (6, 4 * 3 * 420 + 3, None, 3),  # a quarter of the memory holds three
+        (6, 4 * 3 * 420 - 1, None, 2),
+        (64, 10**6, None, 16),  # at most 16
+        (2, 10**6, None, 1),  # one core but one
+        (6, 100, 100, 1),  # at least one
+    ],
+)
+def test_decoders_follow_the_cores_the_memory_and_the_cgroup(
+    cores: int, memory: int, cgroup: int | None, decoders: int
+) -> None:
+    assert decoders_for(320, cores, memory, cgroup) == decoders
+
+
+def test_the_machine_s_memory_and_cgroup_limit_are_read_from_the_kernel_s_files(tmp_path: Path) -> None:
+    """/proc/meminfo in kB; /proc/self/cgroup names the cgroup, whose memory.max and its parents' (bytes, or
+    "max") up to the hierarchy's root give the tightest limit."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemFree:         1000000 kB\nMemTotal:        7782400 kB\n")
+    assert memory_mb(meminfo) == 7600
+    meminfo.write_text("MemFree: 1 kB\n")
+    with pytest.raises(OSError, match="no MemTotal"):
+        memory_mb(meminfo)
+    assert memory_mb() == os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20, "this machine's"
+
+    root, proc = tmp_path / "cgroup", tmp_path / "proc-cgroup"
+    leaf = root / "system.slice" / "edge-app-worker.service"
+    leaf.mkdir(parents=True)
+    proc.write_text("0::/system.slice/edge-app-worker.service\n")
+    assert cgroup_limit_mb(proc, root) is None, "no memory.max anywhere"
+    (leaf / "memory.max").write_text("max\n")
+    (root / "system.slice" / "memory.max").write_text(f"{3000 * 2**20}\n")
+    (root / "memory.max").write_text(f"{8000 * 2**20}\n")
+    assert cgroup_limit_mb(proc, root) == 3000, "the slice's, the unit's being max"
+    (leaf / "memory.max").write_text(f"{2500 * 2**20}\n")
+    assert cgroup_limit_mb(proc, root) == 2500
+    (tmp_path / "memory.max").write_text(f"{100 * 2**20}\n")
+    assert cgroup_limit_mb(proc, root) == 2500, "nothing above the hierarchy's root is read"
+    proc.write_text("1:name=systemd:/\n")
+    assert cgroup_limit_mb(proc, root) is None, "cgroup v1 only: none"
 
 
 def test_openjpeg_s_threads_share_the_cores_among_the_decoders() -> None:

@@ -51,7 +51,7 @@ def manifest() -> Manifest:
 
 @pytest.fixture(scope="module")
 def pool() -> Iterator[DecoderPool]:
-    decoders = DecoderPool(DecodeLimits(), timeout_s=30)
+    decoders = DecoderPool(DecodeLimits(), workers=1, timeout_s=30)
     yield decoders
     decoders.close()
 
@@ -160,7 +160,7 @@ def test_the_decoder_process_has_a_memory_cap(manifest: Manifest) -> None:
     budget and the headroom (160 MB each here: 320 MB, where their bitwise or is 160 and their xor 0); its stderr
     is closed (/dev/null)."""
     before = set(_children())
-    decoders = DecoderPool(DecodeLimits(max_decode_mb=160), timeout_s=30)
+    decoders = DecoderPool(DecodeLimits(max_decode_mb=160), workers=1, timeout_s=30)
     try:
         with pytest.raises(ImageRejected):  # starts the child; the model is not for ultrasound
             decoders.prepare(dicom_file("US1_UNCR.dcm"), "us.dcm", manifest)
@@ -210,7 +210,7 @@ def test_an_image_over_its_time_is_stopped_and_the_next_one_decodes(
     """Decoded whole (the diagnostic view: no reduced resolution), 2500 px of JPEG 2000 noise takes a second."""
     slow = tmp_path / "slow.dcm"
     slow.write_bytes(noisy_j2k(2500))
-    decoders = DecoderPool(DecodeLimits(), timeout_s=0.3)
+    decoders = DecoderPool(DecodeLimits(), workers=1, timeout_s=0.3)
     try:
         decoders.prepare(nih_png, "warm.png", manifest)  # the child has started
         with pytest.raises(ImageRejected, match=r"decoding took longer than 0.3 s and was stopped"):
@@ -222,7 +222,7 @@ def test_an_image_over_its_time_is_stopped_and_the_next_one_decodes(
 
 def test_a_decoder_that_dies_costs_one_image(manifest: Manifest, nih_png: Path, tmp_path: Path) -> None:
     """A native crash, played by SIGKILL to the decoder process in the middle of a JPEG 2000 decode (whole)."""
-    decoders = DecoderPool(DecodeLimits(), timeout_s=30)
+    decoders = DecoderPool(DecodeLimits(), workers=1, timeout_s=30)
     slow = tmp_path / "slow.dcm"
     slow.write_bytes(noisy_j2k(2500))
     try:
@@ -284,7 +284,7 @@ from edge_app.errors import DecoderUnavailable
 from edge_app.imaging import DecodeLimits
 from edge_app.imaging.sandbox import DecoderPool
 
-pool = DecoderPool(DecodeLimits(), timeout_s=20)
+pool = DecoderPool(DecodeLimits(), workers=1, timeout_s=20)
 manifest = load_bundle(EMBEDDED_BUNDLE).manifest
 for _ in range(2):
     try:
@@ -329,7 +329,7 @@ def test_the_decoder_process_log_comes_back_at_debug_level(
     manifest: Manifest, caplog: pytest.LogCaptureFixture
 ) -> None:
     """pydicom's warning in the child about the extra frame, logged in the service at debug level with the file."""
-    decoders = DecoderPool(DecodeLimits(), timeout_s=30)
+    decoders = DecoderPool(DecodeLimits(), workers=1, timeout_s=30)
     try:
         with caplog.at_level(logging.DEBUG, logger="edge_app.imaging.sandbox"), pytest.raises(ImageRejected):
             decoders.prepare(two_frames_said_one(), "two.dcm", manifest)

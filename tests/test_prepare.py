@@ -12,7 +12,7 @@ import pytest
 from edge_app.bundles.bundle import load_bundle
 from edge_app.config import EMBEDDED_BUNDLE
 from edge_app.imaging import DecodeLimits
-from edge_app.imaging.prepare import PREVIEW_SIDE, prepare, preview
+from edge_app.imaging.prepare import PREVIEW_SIDE, image_kind, intensity_histogram, prepare, preview
 from support.dicom import noisy_j2k
 
 pytestmark = pytest.mark.unit
@@ -131,3 +131,43 @@ def test_intended_use_is_judged_once_whatever_the_case(said: tuple[str, str, str
     else:
         with pytest.raises(ImageRejected, match=refused.replace("(", r"\(").replace(")", r"\)")):
             check_intended_use(manifest, image)
+
+
+def test_the_intensity_histogram_is_each_step_s_share_of_the_pixels() -> None:
+    """Sixteen steps of [0, 1], white in the last (not a seventeenth), shares to four places, a colour pixel by the
+    mean of its channels."""
+    grey = np.array([[0.0, 0.5, 1.0]], np.float32)
+    assert intensity_histogram(grey) == [0.3333, 0, 0, 0, 0, 0, 0, 0, 0.3333, 0, 0, 0, 0, 0, 0, 0.3333]
+    bright = np.full((2, 2), 0.8, np.float32)
+    assert intensity_histogram(bright)[12] == 1.0, "0.8 of the way to white: the 13th step"
+    colour = np.array([[[1.0, 0.0, 0.5], [1.0, 1.0, 1.0]]], np.float32)
+    assert intensity_histogram(colour) == [0] * 8 + [0.5] + [0] * 6 + [0.5]
+
+
+@pytest.mark.parametrize(("side", "white"), [(511, 0.499), (512, 0.0)])
+def test_the_intensity_histogram_counts_about_256_pixels_a_side(side: int, white: float) -> None:
+    """Odd rows white: under 512 pixels a side every row is counted; from 512 every other one, the even rows."""
+    pixels = np.zeros((side, side), np.float32)
+    pixels[1::2] = 1.0
+    shares = intensity_histogram(pixels)
+    assert shares[-1] == white and shares[0] == round(1 - white, 4)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "kind"),
+    [
+        ({"mode": "L", "rows": 10, "columns": 20}, ("8", "MONOCHROME2", "20")),
+        ({"mode": "LA", "photometric": None}, ("8", "MONOCHROME2", "0")),
+        ({"mode": "1", "rows": 7}, ("1", "MONOCHROME2", "7")),
+        ({"mode": "I;16"}, ("16", "MONOCHROME2", "0")),
+        ({"mode": "I;16B"}, ("16", "MONOCHROME2", "0")),
+        ({"mode": "I;16L"}, ("16", "MONOCHROME2", "0")),
+        ({"mode": "I"}, ("32", "MONOCHROME2", "0")),
+        ({"mode": "RGB", "rows": 5, "columns": 3}, ("8", "RGB", "5")),
+        ({"mode": "L", "bits_stored": 12, "photometric": "MONOCHROME1", "rows": 2048}, ("12", "MONOCHROME1", "2048")),
+    ],
+)
+def test_an_image_s_kind_is_its_header_s_or_what_its_mode_means(
+    metadata: dict[str, object], kind: tuple[str, str, str]
+) -> None:
+    assert image_kind(metadata) == kind

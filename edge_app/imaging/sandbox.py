@@ -47,41 +47,44 @@ _notes: list[str] = []  # the child's log records for the image at hand
 
 
 def auto_decoders(max_decode_mb: int) -> int:
-    """The decoder processes `imaging.decoders = 0` starts.
+    """The decoder processes `imaging.decoders = 0` starts on this machine (`decoders_for` its cores and memory)."""
+    return decoders_for(max_decode_mb, len(os.sched_getaffinity(0)), memory_mb(), cgroup_limit_mb())
 
-    The rule: one per core but one (the receiver, the worker's inference and the web share it), and no more than
-    the memory allows at `max_decode_mb` + 100 MB each: a quarter of the machine's memory (a Jetson's is shared
-    with the GPU, the OS and the front), and within the worker's cgroup limit (systemd's MemoryMax, cgroup v2)
-    less 1 GB for the rest of the worker; at least one, at most 16. A 6-core 8 GB Orin Nano (about 7,600 MB
-    of MemTotal): min(5, 1,900 // 420) = 4; under the worker unit's MemoryMax=2500M: min(5, 1,476 // 420) = 3.
-    A 2-core machine: 1."""
-    cores = len(os.sched_getaffinity(0))
-    budget_mb = _memory_mb() // 4
-    cgroup_mb = _cgroup_limit_mb()
+
+def decoders_for(max_decode_mb: int, cores: int, memory_mb: int, cgroup_mb: int | None) -> int:
+    """One decoder process per core but one (the receiver, the worker's inference and the web share it), and no
+    more than the memory allows at `max_decode_mb` + 100 MB each: a quarter of the machine's memory (a Jetson's is
+    shared with the GPU, the OS and the front), and within the worker's cgroup limit (systemd's MemoryMax, cgroup
+    v2) less 1 GB for the rest of the worker; at least one, at most 16. A 6-core 8 GB Orin Nano (about 7,600 MB of
+    MemTotal): min(5, 1,900 // 420) = 4; under the worker unit's MemoryMax=2500M: min(5, 1,476 // 420) = 3. A
+    2-core machine: 1."""
+    budget_mb = memory_mb // 4
     if cgroup_mb is not None:
         budget_mb = min(budget_mb, cgroup_mb - _WORKER_MB)
     return max(1, min(16, cores - 1, budget_mb // (max_decode_mb + _RESIDENT_MB)))
 
 
-def _memory_mb() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
+def memory_mb(meminfo: Path = Path("/proc/meminfo")) -> int:
+    """The machine's memory (MemTotal) in MB."""
+    for line in meminfo.read_text().splitlines():
         if line.startswith("MemTotal:"):
             return int(line.split()[1]) // 1024
-    raise OSError("no MemTotal in /proc/meminfo")
+    raise OSError(f"no MemTotal in {meminfo}")
 
 
-def _cgroup_limit_mb() -> int | None:
-    """The tightest `memory.max` from this process's cgroup (v2) up to the root; None where none is set."""
-    lines = [line for line in Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::")]
+def cgroup_limit_mb(cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The tightest `memory.max` (in MB) from this process's cgroup (v2, named in `cgroup`) up to the hierarchy's
+    `root`; None where none is set."""
+    lines = [line for line in cgroup.read_text().splitlines() if line.startswith("0::")]
     if not lines:
         return None
-    here = Path("/sys/fs/cgroup") / lines[0][3:].lstrip("/")
+    here = root / lines[0][3:].lstrip("/")
     limits = []
     for folder in [here, *here.parents]:
         found = folder / "memory.max"
         if found.is_file() and (value := found.read_text().strip()) != "max":
             limits.append(int(value) // 2**20)
-        if folder == Path("/sys/fs/cgroup"):
+        if folder == root:
             break
     return min(limits, default=None)
 
@@ -101,7 +104,7 @@ class Later:
 class DecoderPool:
     """Prepares images in `workers` child processes (0: `auto_decoders`); safe to share between threads."""
 
-    def __init__(self, limits: DecodeLimits, *, workers: int = 1, timeout_s: float) -> None:
+    def __init__(self, limits: DecodeLimits, *, workers: int, timeout_s: float) -> None:
         self.limits = limits
         self.timeout_s = timeout_s
         self.workers = workers or auto_decoders(limits.max_decode_mb)

@@ -387,7 +387,7 @@ EQUIVALENT = {
         "sorts at or before MONOCHROME1"
     ),
     (
-        "def __init__(self, limits: DecodeLimits, *, workers: int = 1, timeout_s: float) -> None:",
+        "def __init__(self, limits: DecodeLimits, *, workers: int, timeout_s: float) -> None:",
         "core/ReplaceBinaryOperator_Mul_Div",
     ): "keyword-only made positional-or-keyword: every caller names workers and timeout_s",
     ("return int(line.split()[1]) * 1024", "core/NumberReplacer"): (
