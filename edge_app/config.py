@@ -517,22 +517,29 @@ class SiteSettings(_Section):
 class MonitoringSettings(_Section):
     """The model watched in the field: agreement by patient group against its validation; drift by station."""
 
-    adult_from_years: float = Field(18.0, gt=0, description="a patient of this age or more is an adult (else a child)")
-    older_from_years: float = Field(65.0, gt=0, description="a patient of this age or more is an older adult")
+    adult_from_years: float = Field(
+        18.0, strict=True, gt=0, description="a patient of this age or more is an adult (else a child)"
+    )
+    older_from_years: float = Field(
+        65.0, strict=True, gt=0, description="a patient of this age or more is an older adult"
+    )
     margin: float = Field(
         0.10,
+        strict=True,
         gt=0,
         le=1,
         description="a figure this much worse than the bundle's validation (a share, 0.10: 10 points) is flagged",
     )
-    min_reviews: int = Field(
+    min_reviews: StrictInt = Field(
         30, ge=1, description="reviewed findings a figure needs before it is compared (fewer: 'too few reviews')"
     )
-    min_group_size: int = Field(
+    min_group_size: StrictInt = Field(
         10, ge=1, description="a group of fewer images is shown without its figures (none singles out a patient)"
     )
-    every_s: float = Field(600.0, gt=0, description="how often the figures are counted and the flags settled")
-    drift_window: int = Field(
+    every_s: float = Field(
+        600.0, strict=True, gt=0, description="how often the figures are counted and the flags settled"
+    )
+    drift_window: StrictInt = Field(
         100,
         ge=10,
         description="drift: a station's latest this many images are compared with the bundle's fingerprint and with "
@@ -540,6 +547,7 @@ class MonitoringSettings(_Section):
     )
     drift_alpha: float = Field(
         0.001,
+        strict=True,
         gt=0,
         lt=1,
         description="drift: the significance of the one-sided two-sample Kolmogorov-Smirnov test of the window's "
@@ -547,6 +555,7 @@ class MonitoringSettings(_Section):
     )
     drift_intensity: float = Field(
         0.15,
+        strict=True,
         gt=0,
         le=1,
         description="drift: the window's mean intensity histogram this far from the fingerprint's (total variation) "
@@ -554,6 +563,7 @@ class MonitoringSettings(_Section):
     )
     drift_rise: float = Field(
         0.10,
+        strict=True,
         gt=0,
         le=1,
         description="drift: a window's share refused by the guard, or found positive, this much above the station's "

@@ -259,9 +259,19 @@ LIMITS = [  # (section, key, lowest accepted, highest accepted or None), whole n
     ("model", "engine_build_memory_mb", 512, 1_000_000),
     ("model", "engine_build_timeout_s", 60, 86400),
     ("model", "dla_core", 0, 7),
+    ("server", "audit_rows_per_window", 1, 100_000),
+    ("capture.dicom", "max_associations", 1, 1000),
+    ("capture.dicom", "max_associations_per_address", 1, 1000),
+    ("capture.dicom", "max_object_mb", 1, 65536),
+    ("capture.dicom", "max_refused_per_min", 0, 100_000),
+    ("outputs", "per_association", 1, 10000),
+    ("outputs", "backlog_count", 1, None),
+    ("monitoring", "min_reviews", 1, None),
+    ("monitoring", "min_group_size", 1, None),
+    ("monitoring", "drift_window", 10, None),
 ]
-# (section, key, bound, whether the bound itself is accepted, highest accepted), seconds
-SECONDS = [
+# (section, key, bound, whether the bound itself is accepted, highest accepted or None), seconds and shares
+REALS = [
     ("server", "result_wait_s", 0.0, True, 3600.0),
     ("server", "header_timeout_s", 0.0, False, 60.0),
     ("imaging", "decode_timeout_s", 0.0, False, 3600.0),
@@ -274,6 +284,17 @@ SECONDS = [
     ("outputs", "retry_s", 0.0, False, 86400.0),
     ("model.triton", "timeout_s", 0.0, False, 600.0),
     ("model.triton", "retry_s", 0.0, False, 3600.0),
+    ("server", "login_delay_s", 0.0, True, 60.0),
+    ("server", "audit_window_s", 0.0, False, 3600.0),
+    ("worker", "behind_s", 0.0, False, 86400.0),
+    ("capture.dicom", "timeout_s", 0.0, False, 3600.0),
+    ("outputs", "connect_timeout_s", 0.0, False, 600.0),
+    ("outputs", "answer_timeout_s", 0.0, False, 3600.0),
+    ("outputs", "backlog_age_s", 0.0, False, None),
+    ("monitoring", "margin", 0.0, False, 1.0),
+    ("monitoring", "every_s", 0.0, False, None),
+    ("monitoring", "drift_intensity", 0.0, False, 1.0),
+    ("monitoring", "drift_rise", 0.0, False, 1.0),
 ]
 
 
@@ -320,12 +341,14 @@ def test_whole_number_settings_at_their_limits(section: str, key: str, lo: int, 
         _setting(section, key, float(lo))
 
 
-@pytest.mark.parametrize(("section", "key", "lo", "closed", "hi"), SECONDS, ids=[f"{s}.{k}" for s, k, *_ in SECONDS])
-def test_seconds_settings_at_their_limits(section: str, key: str, lo: float, closed: bool, hi: float) -> None:
+@pytest.mark.parametrize(("section", "key", "lo", "closed", "hi"), REALS, ids=[f"{s}.{k}" for s, k, *_ in REALS])
+def test_real_number_settings_at_their_limits(
+    section: str, key: str, lo: float, closed: bool, hi: float | None
+) -> None:
     tiny = 1e-6
-    assert _setting(section, key, hi) == hi
+    assert _setting(section, key, hi or 1e9) == (hi or 1e9)
     assert _setting(section, key, lo + tiny) == lo + tiny
-    refused = [hi + tiny, lo - tiny] + ([] if closed else [lo])
+    refused = [lo - tiny] + ([] if closed else [lo]) + ([hi + tiny] if hi is not None else [])
     if closed:
         assert _setting(section, key, lo) == lo
     for value in refused:
@@ -333,6 +356,29 @@ def test_seconds_settings_at_their_limits(section: str, key: str, lo: float, clo
             _setting(section, key, value)
     with pytest.raises(ConfigError, match=rf"{section}\.{key}: Input should be a valid number"):
         _setting(section, key, "2.5")  # a string, even one that reads as a number: the TOML was written wrong
+
+
+def test_the_monitoring_s_age_bands_and_drift_significance_at_their_limits(tmp_path: Path) -> None:
+    """An adult from above 0 years, an older adult from above that; the drift test's alpha strictly in (0, 1)."""
+    cfg = tmp_path / "edge.toml"
+
+    def monitoring(**values: float) -> Any:
+        cfg.write_text("[monitoring]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+        return load_settings(cfg, environ={}).monitoring
+
+    assert monitoring(adult_from_years=1e-6, older_from_years=1e-5).adult_from_years == 1e-6
+    assert monitoring(adult_from_years=16, older_from_years=60).older_from_years == 60.0, "whole years too"
+    assert monitoring(drift_alpha=1e-9).drift_alpha == 1e-9 and monitoring(drift_alpha=0.999).drift_alpha == 0.999
+    for values, message in [
+        ({"adult_from_years": 0.0}, r"adult_from_years: Input should be greater than 0"),
+        ({"older_from_years": 0.0}, r"older_from_years: Input should be greater than 0"),
+        ({"adult_from_years": 18, "older_from_years": 18}, "older_from_years must be above adult_from_years"),
+        ({"adult_from_years": "18"}, r"adult_from_years: Input should be a valid number"),
+        ({"drift_alpha": 0.0}, r"drift_alpha: Input should be greater than 0"),
+        ({"drift_alpha": 1.0}, r"drift_alpha: Input should be less than 1"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            monitoring(**values)
 
 
 def test_ae_titles_at_their_limits() -> None:

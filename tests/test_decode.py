@@ -448,6 +448,11 @@ def test_the_full_depth_values_are_the_modality_lut_s_and_the_header_s_window(tm
     assert (full.center, full.width) == (float(ds.WindowCenter), float(ds.WindowWidth))
     assert full.inverted, "MONOCHROME1"
     assert full_depth_bytes(decode(path, limits=DecodeLimits()).metadata) == full.values.nbytes
+    del ds.WindowCenter, ds.WindowWidth
+    path.write_bytes(dicom_bytes(ds))
+    lo, hi = np.percentile(expected.astype(np.float32), (0.5, 99.5))
+    unwindowed = decode_full_depth(path, source="cr", limits=DecodeLimits())
+    assert (unwindowed.center, unwindowed.width) == pytest.approx(((lo + hi) / 2, hi - lo)), "without one: 0.5-99.5 %"
 
 
 @pytest.mark.parametrize("name", ["US1_UNCR.dcm", "png"])

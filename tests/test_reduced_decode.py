@@ -113,6 +113,21 @@ def test_pillows_values_are_pydicoms(name: str) -> None:
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("name", ["JPEG2000", "693_J2KR"])
+def test_a_signed_codestream_under_an_unsigned_header_is_read_as_pydicom_reads_it(name: str) -> None:
+    """The other disagreement (J2K_pixelrep_mismatch is an unsigned codestream under a signed header): the header
+    is made to say unsigned, and the codestream's negative samples come back as their unsigned bits."""
+    ds = pydicom.dcmread(dicom_file(f"{name}.dcm"))
+    ds.PixelRepresentation = 0
+    frame = get_frame(ds.PixelData, 0, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1))
+    levels = j2k_levels(frame)
+    assert levels.signed
+    expected = pydicom.pixels.utils.pixel_array(ds, index=0 if int(ds.get("NumberOfFrames", 1) or 1) > 1 else None)
+    got = j2k_values(frame, levels, 0, 0)
+    assert got.min() >= 0
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_the_chest_cr_is_decoded_at_half_its_size_with_its_own_size_said() -> None:
     image = decode(dicom_file("RG1_J2KR.dcm"), wanted=Wanted(PREVIEW_LEAST_SIDE, 64))
     assert image.pixels.shape == (978, 921)

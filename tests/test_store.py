@@ -887,7 +887,10 @@ def test_any_study_of_a_busy_day_is_found_counted_and_paged_by_sql(tmp_path: Pat
     assert find(positive=True, unreviewed=True) == ([oldest], 1)
     assert find(positive=True)[1] == 2 and find(unreviewed=True)[1] == 219
     assert find(state="refused") == ([uids["REFUSED ONE"]], 1) and find(state="queued") == ([uids["QUEUED ONE"]], 1)
+    asked = "".join(["que", "ued"])  # a form's value is a string of its own, never the literal: compared by value
+    assert find(state=asked) == ([uids["QUEUED ONE"]], 1)
     assert find(modality="cr")[1] == 110 and find(modality="PNG")[1] == 110
+    assert store.modalities() == ["CR", "PNG"], "the worklist filter's choices"
     assert find(order="triage", limit=1) == ([oldest], 220), "the unreviewed positive first, though the oldest"
     page, total = find(order="newest", offset=200, limit=20)
     assert total == 220 and page[-1] == oldest and len(page) == 20, "the last page holds the oldest"

@@ -587,6 +587,13 @@ EQUIVALENT = {
         "NOT equivalent, listed as beyond a test: 31 or 33 images may rank two nodes of nearly equal loss the other "
         "way round; the ranking itself is tested against numpy's (the fallback's test)"
     ),
+    (
+        "longer, shorter = (wanted.longer, wanted.shorter) if width >= height else (wanted.shorter, wanted.longer)",
+        "core/ReplaceComparisonOperator_GtE_Gt",
+    ): (
+        "a square image only: its draft size asked as (longer, shorter) or (shorter, longer), and Pillow's JPEG "
+        "draft takes the smaller of the two sides' scales, the same either way"
+    ),
 }
 
 
