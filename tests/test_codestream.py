@@ -148,6 +148,8 @@ def test_a_codestream_says_its_size_offset_precision_and_sign() -> None:
 def test_a_component_on_a_coarser_grid_is_subsampled(x: int, y: int) -> None:
     siz = _siz(components=[bytes([7, 1, 1]), bytes([7, x, y]), bytes([7, 1, 1])])
     assert j2k_levels(_j2k(_cod(5), siz=siz)).subsampled
+    on_one_grid = _siz(components=[bytes([7, 1, 1])] * 3)
+    assert not j2k_levels(_j2k(_cod(5), siz=on_one_grid)).subsampled, "each component's fields read where they are"
 
 
 def test_the_fewest_levels_of_every_tile_part_bound_the_codestream() -> None:
@@ -188,13 +190,14 @@ def test_a_tile_part_s_length_pointing_short_of_the_next_is_refused() -> None:
     [
         (_j2k(_cod(5), _tile_part(lsot=11)), r"^no tile-part header at byte 59$"),
         (_j2k(_cod(5), _tile_part(lsot=9)), r"^no tile-part header at byte 59$"),
+        (_j2k(_cod(5), b"\xff\x93" + _tile_part()[2:]), r"^no tile-part header at byte 59$"),
         (_j2k(b"", _tile_part()), r"^no COD marker$"),
         (_j2k(b"\x00\x52" + _cod(5)[2:]), r"^no marker segment at byte 45$"),
         (_j2k(b"\xff\x64\x00\x01"), r"^no marker segment at byte 45$"),
         (_j2k(b"\xff\x00\x00\x04\x00\x00" + _cod(5)), r"^no marker segment at byte 45$"),
         (_j2k(_cod(5), siz=_siz(components=[])), r"^SIZ marker of 38 bytes for 0 components$"),
     ],
-    ids=["lsot-over", "lsot-under", "no-cod", "not-a-marker", "length-under-2", "ff00", "no-components"],
+    ids=["lsot-over", "lsot-under", "sod-for-sot", "no-cod", "not-a-marker", "length-under-2", "ff00", "no-components"],
 )
 def test_a_damaged_codestream_header_is_refused_saying_where(frame: bytes, message: str) -> None:
     with pytest.raises(ValueError, match=message):
