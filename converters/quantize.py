@@ -242,7 +242,7 @@ def correct_biases(prepared: Path, input_name: str, calibration: NDArray[np.gene
             ]
         )
         delta = np.moveaxis(dequantized - moved, 0, axis)
-        shift = f"{node.name or node.output[0]}/int8_shift"
+        shift = f"{node.output[0]}/int8_shift"  # by output: unique, where a name may be another node's output
         model.graph.initializer.append(numpy_helper.from_array(delta.astype(np.float32), f"{shift}/delta_w"))
         inputs = [node.input[0], f"{shift}/delta_w"]
         model.graph.node.append(helper.make_node(node.op_type, inputs, [shift], name=shift, **attrs))
@@ -260,9 +260,9 @@ def correct_biases(prepared: Path, input_name: str, calibration: NDArray[np.gene
                 shifts[shift].append(np.moveaxis(y, channel, -1).reshape(-1, y.shape[channel]).mean(axis=0))
     model = onnx.load(str(prepared))
     weights = {init.name: init for init in model.graph.initializer}
-    by_name = {node.name or node.output[0]: node for node in model.graph.node}
+    by_output = {node.output[0]: node for node in model.graph.node}
     for original, shift, _ in layers:
-        node = by_name[original.name or original.output[0]]
+        node = by_output[original.output[0]]
         mean_shift = np.mean(shifts[shift], axis=0).astype(np.float32)
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         beta = float(attrs.get("beta", 1.0)) if node.op_type == "Gemm" else 1.0

@@ -433,6 +433,45 @@ def test_the_fallback_keeps_the_most_sensitive_nodes_in_fp32(nih_split: dict[str
     assert again == worst[1:3], "nodes already kept in FP32 are skipped"
 
 
+def test_a_tensor_quantized_twice_is_ranked_as_the_node_that_computed_it(tmp_path: Path) -> None:
+    """A QDQ graph where A's output goes through a fine Q/DQ pair, then a coarse one, before B: the coarse pair's
+    input is the first pair's DequantizeLinear output, and its loss (the worst) is A's, looked for through the
+    first pair; B's (between the two pairs') comes next."""
+    from converters import quantize
+
+    def pair(tensor: str, scale: float) -> tuple[list[Any], list[Any]]:
+        """`tensor`'s QuantizeLinear and DequantizeLinear (int8, zero point 0), named as onnxruntime names them."""
+        s = numpy_helper.from_array(np.float32(scale), f"{tensor}_scale")
+        z = helper.make_tensor(f"{tensor}_zero_point", TensorProto.INT8, [], [0])
+        q, dq = f"{tensor}_QuantizeLinear_Output", f"{tensor}_DequantizeLinear_Output"
+        nodes = [
+            helper.make_node("QuantizeLinear", [tensor, s.name, z.name], [q], name=f"{tensor}_Q"),
+            helper.make_node("DequantizeLinear", [q, s.name, z.name], [dq], name=f"{tensor}_DQ"),
+        ]
+        return nodes, [s, z]
+
+    twice = "a_DequantizeLinear_Output"
+    pairs = [pair("a", 1 / 127), pair(twice, 0.25), pair("b", 0.03)]  # about 48, 18 and 38 dB on U(-1, 1)
+    nodes = [
+        helper.make_node("Mul", ["x", "one"], ["a"], name="A"),
+        *pairs[0][0],
+        *pairs[1][0],
+        helper.make_node("Mul", [f"{twice}_DequantizeLinear_Output", "one"], ["b"], name="B"),
+        *pairs[2][0],
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "twice",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("b_DequantizeLinear_Output", TensorProto.FLOAT, ["n", 64])],
+        [numpy_helper.from_array(np.float32(1.0), "one"), *(init for _, inits in pairs for init in inits)],
+    )
+    qdq = tmp_path / "twice.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(qdq))
+    sample = np.random.default_rng(0).uniform(-1, 1, (4, 64)).astype(np.float32)
+    assert quantize.most_sensitive_nodes(qdq, "x", sample, 2, set()) == ["A", "B"]
+
+
 EXPORTER_NAMES = {
     # tf2onnx: scoped names with ":0" outputs; Keras 3 on torch through torch.onnx's dynamo exporter: short
     # generated names, one of them "float" (the name that crashed onnxruntime's matching); onnx.helper: plain.
@@ -1024,12 +1063,26 @@ def _offset_model(path: Path, images: dict[str, Path]) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
+def _fp32_logits(model: Path, folder: Path) -> np.ndarray:
+    """The logits of the offset `model` (its spec beside it) on the images of `folder`, with ONNX Runtime."""
+    import onnxruntime as ort
+
+    from converters.images import load_images
+
+    spec = load_spec(model.with_suffix(".toml"))
+    tensors = load_images(folder, spec.input, spec.preprocessing).tensors
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"input": tensors})[0]
+
+
 def test_the_fallback_keeps_first_the_node_whose_fp32_undoes_the_flipped_decisions(
     nih_few: dict[str, Path], tmp_path: Path
 ) -> None:
     """The ranking is the gate's criterion: with each candidate alone in FP32, the decisions that still flip on the
     validation images. INT8 flips decisions at the first try because of one Add, whose output keeps a good SQNR
-    (1000's signal); ranked first by flips, it is kept alone in FP32 at the second try and the bundle is built."""
+    (1000's signal); ranked first by flips, it is kept alone in FP32 at the second try and the bundle is built. The
+    first try's flipped images are counted (FP32's negatives, more than half: INT8 calls every image positive), and
+    every image is at risk (a margin to the threshold of at most 0.5, within the first try's difference)."""
     model = tmp_path / "offset.onnx"
     _offset_model(model, nih_few)
     spec_path = tmp_path / "spec.toml"
@@ -1043,7 +1096,10 @@ def test_the_fallback_keeps_first_the_node_whose_fp32_undoes_the_flipped_decisio
     assert _notes(steps, "fidelity gate, try 1")[0].startswith("FAILED: agreement 0."), "INT8 flips decisions"
     ranked = report["fallback"]["ranked"]
     assert report["nodes_kept_fp32"] == [ranked[0]["node"]] == ["Add_0"] and ranked[0]["flips"] == 0
-    assert report["fallback"]["images_flipped_first"] >= 1
+    fallback = report["fallback"]
+    negative = _fp32_logits(model, nih_few["test"]).max(axis=1) < 0
+    assert fallback["images_flipped_first"] == int(negative.sum()) > 6, "INT8 calls every image positive: those flip"
+    assert fallback["images_at_risk"] == 12, "each image's margin to a threshold is within the first try's difference"
     assert ranked[0]["sqnr_rank"] > 0, "the SQNR ranking did not put it first"
     assert all(entry["flips"] >= 1 for entry in ranked[1:]), "no other node undoes the flips"
     assert _notes(steps, "INT8 QDQ, try 2") == ["minmax, 1 node(s) kept in FP32"]

@@ -77,6 +77,9 @@ def test_per_tensor_calibration_takes_the_method_with_the_lower_error(tmp_path: 
     minmax = 400.0 / 127  # the symmetric INT8 scale minmax gives x
     noise = np.square(x - np.clip(np.round(x / minmax), -127, 127) * minmax).sum()
     assert chosen["x"]["sqnr_db"] > 10 * np.log10(np.square(x).sum() / noise) + 6
+    scale = max(abs(chosen["x"]["rmin"]), abs(chosen["x"]["rmax"])) / 127  # the range chosen, quantized as is
+    noise = np.square(x - np.clip(np.round(x / scale), -127, 127) * scale).sum()
+    assert chosen["x"]["sqnr_db"] == pytest.approx(10 * np.log10(np.square(x).sum() / noise), rel=1e-4)
     validation = rng.normal(0.0, 1.0, (8, 16, 8, 8)).astype(np.float32)
     reference = _conv_output(fp32, validation)
     error = {}
@@ -85,6 +88,44 @@ def test_per_tensor_calibration_takes_the_method_with_the_lower_error(tmp_path: 
         to_int8(fp32, out, "x", calibration, Calibration(method=method), [])
         error[method] = float(np.abs(_conv_output(out, validation) - reference).mean())
     assert error["per_tensor"] < 0.5 * error["minmax"]
+
+
+def test_bias_correction_corrects_each_layer_whatever_the_node_names(tmp_path: Path) -> None:
+    """A node's name and a tensor's are apart in ONNX: a Conv named as an unnamed node's output (the Relu's "out",
+    or the other Conv's "y1") gets the correction it gets under a name of its own, as does the other Conv (layers
+    are told apart by their outputs, never by names that may be other nodes' outputs)."""
+    from converters.quantize import correct_biases
+
+    rng = np.random.default_rng(4)
+    inits = [
+        numpy_helper.from_array(rng.normal(0.0, 1.0, (4, 4, 3, 3)).astype(np.float32), "w0"),
+        numpy_helper.from_array(np.zeros(4, np.float32), "b0"),
+        numpy_helper.from_array(rng.normal(0.0, 1.0, (4, 4, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(np.zeros(4, np.float32), "b1"),
+    ]
+    calibration = rng.normal(4.0, 0.5, (8, 4, 8, 8)).astype(np.float32)
+    biases = {}
+    for names in (("c0", "c1", "relu"), ("out", "c1", ""), ("y1", "", "")):
+        graph = helper.make_graph(
+            [
+                helper.make_node("Conv", ["x", "w0", "b0"], ["y0"], name=names[0], pads=[1, 1, 1, 1]),
+                helper.make_node("Conv", ["y0", "w1", "b1"], ["y1"], name=names[1], pads=[1, 1, 1, 1]),
+                helper.make_node("Relu", ["y1"], ["out"], name=names[2]),
+            ],
+            "two",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8, 8])],
+            [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 4, 8, 8])],
+            inits,
+        )
+        path = tmp_path / f"{names[0]}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        assert correct_biases(path, "x", calibration) == 2
+        corrected = {init.name: numpy_helper.to_array(init) for init in onnx.load(str(path)).graph.initializer}
+        biases[names[0]] = (corrected["b0"], corrected["b1"])
+    assert all(np.abs(b).min() > 0 for b in biases["c0"]), "each Conv's bias is corrected"
+    for shared in ("out", "y1"):
+        for own, corrected in zip(biases["c0"], biases[shared], strict=True):
+            np.testing.assert_array_equal(corrected, own)
 
 
 def _int8() -> object:
