@@ -594,6 +594,12 @@ EQUIVALENT = {
         "a square image only: its draft size asked as (longer, shorter) or (shorter, longer), and Pillow's JPEG "
         "draft takes the smaller of the two sides' scales, the same either way"
     ),
+    ('if report["passed"] or settings.max_fallback_rounds == 0:', "core/ReplaceComparisonOperator_Eq_LtE"): (
+        "Calibration.max_fallback_rounds is validated >= 0 on a frozen model: <= 0 is == 0"
+    ),
+    ("if len(node.input) > 2 and node.input[2] in weights:", "core/ReplaceComparisonOperator_Gt_NotEq"): (
+        "the layers corrected are Conv and Gemm nodes kept only with two inputs or more: != 2 is > 2"
+    ),
 }
 
 
