@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from PIL import Image
 from pydantic import ValidationError
 
-from converters.validation import OperatingPoint, ValidationRule, figures, threshold_at, validate
+from converters.validation import OperatingPoint, ValidationRule, auc_interval, figures, threshold_at, validate
 from edge_app.bundles.bundle import load_bundle
 from edge_app.config import EMBEDDED_BUNDLE
 from support.pdf import pdf_lines
@@ -66,6 +66,32 @@ def test_a_label_is_validated_only_where_its_figures_support_it() -> None:
     assert few.why == "too few validation images (40 positive, 60 negative)"
     unclaimed = figures("a", y, strong, 0.5, ValidationRule(claimed=("b",)), seed=0)
     assert unclaimed.why == "not claimed by its makers"
+
+
+def test_the_rule_is_frozen_and_its_auc_bound_anywhere_from_0_to_1() -> None:
+    point = OperatingPoint(specificity=0.8)
+    with pytest.raises(ValidationError, match="Instance is frozen"):
+        point.specificity = 0.5  # type: ignore[misc]
+    assert point.specificity == 0.8
+    strict = ValidationRule(min_auc_lower=0.95, min_positives=1)
+    assert strict.describe().startswith("AUC 95 % interval above 0.95")
+    assert ValidationRule(min_auc_lower=1.0).min_auc_lower == 1.0
+    for out_of_range in (-0.01, 1.01):
+        with pytest.raises(ValidationError, match="min_auc_lower"):
+            ValidationRule(min_auc_lower=out_of_range)
+
+
+def test_the_auc_interval_resamples_every_image_alike_and_only_two_class_draws() -> None:
+    """Two images, one of each class: the only resamples with both classes hold one positive and one negative, AUC 1;
+    the one-class resamples (their AUC undefined) are left out, not counted as NaN."""
+    assert auc_interval(np.array([0, 1]), np.array([0.2, 0.8]), seed=0, n_boot=100) == (1.0, (1.0, 1.0))
+    assert auc_interval(np.array([1, 0]), np.array([0.8, 0.2]), seed=0, n_boot=100) == (1.0, (1.0, 1.0))
+    # Ten negatives below ten positives but one, scored below them all: a resample's AUC falls with each copy of
+    # that one. Drawn as often as any other image, it leaves the interval at 0.667-1 (2000 resamples, the default;
+    # seeds 0-5, the image first or last alike); drawn twice as often, at about 0.55.
+    y = np.r_[np.zeros(10), np.ones(10)].astype(int)
+    p = np.r_[np.linspace(0.3, 0.5, 10), np.linspace(0.6, 0.9, 9), [0.0]]
+    assert auc_interval(y, p, seed=0) == (0.9, (0.667, 1.0))
 
 
 def test_validate_chooses_on_one_set_or_measures_only() -> None:
