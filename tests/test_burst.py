@@ -456,6 +456,7 @@ def test_decoders_by_default_follow_the_cores_and_the_memory() -> None:
         (6, 4 * 3 * 420 + 3, None, 3),  # a quarter of the memory holds three
         (6, 4 * 3 * 420 - 1, None, 2),
         (64, 10**6, None, 16),  # at most 16
+        (4, 10**6, None, 3),  # one core but one
         (2, 10**6, None, 1),  # one core but one
         (6, 100, 100, 1),  # at least one
     ],

@@ -298,6 +298,21 @@ pool.close()
     assert lines == ["unavailable: the image decoder process could not be started (All workers expired)"] * 2
 
 
+def test_a_pool_replaced_once_is_not_replaced_again_by_a_late_report() -> None:
+    """Two images failing on one broken pool each report it: the second finds it replaced already and leaves the
+    new pool alone (two threads cannot be made to fail on one pool at will: the reports are made here)."""
+    pool = DecoderPool(DecodeLimits(), workers=1, timeout_s=5)
+    try:
+        broken = pool._pool
+        pool._replace(broken)
+        fresh = pool._pool
+        assert fresh is not broken
+        pool._replace(broken)
+        assert pool._pool is fresh
+    finally:
+        pool.close()
+
+
 def test_a_decoder_process_out_of_memory_says_so() -> None:
     """What the child runs, in a process of its own whose address space has 20 MB to spare: a 1955 x 1841 16-bit
     image needs more, the MemoryError is the answer, said plainly, and the process goes on to print it."""

