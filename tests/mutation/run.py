@@ -49,6 +49,7 @@ MODULES: dict[str, list[str]] = {
         "test_retention.py",
         "test_outputs.py",
         "test_disk_guard.py",
+        "test_input_guard.py",
     ],
     "edge_app/store/schema.py": ["test_store.py"],
     "edge_app/inference/worker.py": ["test_worker.py", "test_burst.py", "test_store.py", "test_input_guard.py"],
@@ -610,6 +611,15 @@ EQUIVALENT = {
     ): (
         "NOT equivalent, listed as beyond a test: process 1's cores for this one's differ only where the service is "
         "pinned to fewer (CPUAffinity=), and on 2 cores either count gives one decoder"
+    ),
+    ("deadline = time.monotonic() + wait_s", "core/ReplaceBinaryOperator_Add_Pow"): (
+        "NOT equivalent, untested: SQLite's refusal to switch to WAL that this retries (the worker migrating a new "
+        "database as the front starts) is not made here by a lock held in another connection: the busy handler "
+        "waits that out (the other operators on this line likewise)"
+    ),
+    ("elif now - self._leased >= self.settings.lease_s / 2:", "core/ReplaceBinaryOperator_Sub_Mod"): (
+        "NOT equivalent, listed as beyond a test: the monotonic clock's remainder by the lease's start equals their "
+        "difference until a window lasts as long as the machine had been up when its lease was taken"
     ),
 }
 
