@@ -453,6 +453,21 @@ def test_the_full_depth_values_are_the_modality_lut_s_and_the_header_s_window(tm
     lo, hi = np.percentile(expected.astype(np.float32), (0.5, 99.5))
     unwindowed = decode_full_depth(path, source="cr", limits=DecodeLimits())
     assert (unwindowed.center, unwindowed.width) == pytest.approx(((lo + hi) / 2, hi - lo)), "without one: 0.5-99.5 %"
+    ds.PixelData = np.where(np.arange(ds.Columns) % 2, 101, 100).astype(np.uint16)[None].repeat(ds.Rows, 0).tobytes()
+    path.write_bytes(dicom_bytes(ds))
+    assert decode_full_depth(path, source="cr", limits=DecodeLimits()).width == 1.0, "two values a step apart: 1"
+
+
+def test_a_full_depth_view_of_a_large_image_takes_every_n_th_pixel() -> None:
+    """Over 4096 pixels a side, every n-th pixel of each row and column (n the smallest that fits), 2 bytes each:
+    what a stride of the image would hold."""
+    from edge_app.imaging.decode import full_depth_bytes
+
+    for rows, cols in [(5000, 3001), (4096, 4096), (4097, 9000), (300, 200)]:
+        every = -(-max(rows, cols) // 4096)
+        expected = np.zeros((rows, cols), np.uint16)[::every, ::every].nbytes
+        assert full_depth_bytes({"rows": rows, "columns": cols}) == expected, (rows, cols)
+    assert full_depth_bytes({"rows": 5000, "columns": 3001}) == 2500 * 1501 * 2
 
 
 @pytest.mark.parametrize("name", ["US1_UNCR.dcm", "png"])

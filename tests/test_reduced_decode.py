@@ -128,6 +128,24 @@ def test_a_signed_codestream_under_an_unsigned_header_is_read_as_pydicom_reads_i
     np.testing.assert_array_equal(got, expected)
 
 
+def test_a_codestream_pillow_cannot_finish_is_refused_as_the_full_decode_refuses_it() -> None:
+    """A JPEG 2000 frame cut after 1000 bytes: its header reads, Pillow's reduced decode fails, and the reason
+    given is the full decode's (pydicom's, every decoder it tried), not the reduced one's."""
+    from pydicom.encaps import encapsulate
+
+    from edge_app.errors import ImageRejected
+
+    ds = pydicom.dcmread(dicom_file("RG1_J2KR.dcm"))
+    ds.PixelData = encapsulate([get_frame(ds.PixelData, 0, number_of_frames=1)[:1000]])
+    data = dicom_bytes(ds)
+    reasons = []
+    for want in (Wanted(PREVIEW_LEAST_SIDE, 64), None):
+        with pytest.raises(ImageRejected, match="pixel data cannot be decoded") as refused:
+            decode(data, wanted=want)
+        reasons.append(str(refused.value))
+    assert reasons[0] == reasons[1]
+
+
 def test_the_chest_cr_is_decoded_at_half_its_size_with_its_own_size_said() -> None:
     image = decode(dicom_file("RG1_J2KR.dcm"), wanted=Wanted(PREVIEW_LEAST_SIDE, 64))
     assert image.pixels.shape == (978, 921)

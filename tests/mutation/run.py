@@ -621,6 +621,10 @@ EQUIVALENT = {
         "NOT equivalent, listed as beyond a test: the monotonic clock's remainder by the lease's start equals their "
         "difference until a window lasts as long as the machine had been up when its lease was taken"
     ),
+    ('if img.size != (cols, rows) or img.mode != "L":', "core/ReplaceOrWithAnd"): (
+        "a JPEG frame whose size or samples are not the header's is refused before (`frame_size`): the frame here "
+        "is the header's size and grey, so either test alone decides"
+    ),
 }
 
 
