@@ -325,6 +325,7 @@ def test_one_peer_is_left_fewer_connections_than_there_are_threads(tmp_path: Pat
         (257, 1, r"server\.threads: Input should be less than or equal to 256"),
         (2, 0, r"server\.max_connections_per_peer: Input should be greater than or equal to 1"),
         (8, 8, r"max_connections_per_peer \(8\) must be fewer than threads \(8\)"),
+        (4, 10, r"max_connections_per_peer \(10\) must be fewer than threads \(4\)"),
     ]:
         with pytest.raises(ConfigError, match=message):
             server(threads, per_peer)
