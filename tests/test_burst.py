@@ -476,7 +476,6 @@ def test_the_machine_s_memory_and_cgroup_limit_are_read_from_the_kernel_s_files(
     meminfo.write_text("MemFree: 1 kB\n")
     with pytest.raises(OSError, match="no MemTotal"):
         memory_mb(meminfo)
-    assert memory_mb() == os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20, "this machine's"
 
     root, proc = tmp_path / "cgroup", tmp_path / "proc-cgroup"
     leaf = root / "system.slice" / "edge-app-worker.service"

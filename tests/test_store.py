@@ -41,6 +41,28 @@ def _diagnose_next(store: Store, *results: ModelResult) -> None:
     store.finish_job(job, Outcome("done", results=list(results)))
 
 
+def test_the_switch_to_wal_waits_for_another_writer_up_to_its_limit(tmp_path: Path) -> None:
+    """Another connection writing (the worker migrating a new database as the front starts): SQLite refuses the
+    switch at once, busy handler or not; it is tried again until the writer is done, or refused after `wait_s`."""
+    import threading
+
+    from edge_app.store.db import _write_ahead_log
+
+    path = tmp_path / "edge-app.sqlite3"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")
+    db = sqlite3.connect(path, isolation_level=None, timeout=60)
+    t0 = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _write_ahead_log(db, wait_s=1.0)
+    assert 0.9 <= time.monotonic() - t0 < 5, "refused after its second, not at once nor never"
+    threading.Timer(0.3, lambda: writer.execute("COMMIT")).start()
+    _write_ahead_log(db, wait_s=2.0)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    writer.close()
+    db.close()
+
+
 def test_durability_settings(tmp_path: Path) -> None:
     """WAL, full sync, foreign keys enforced (on again after the migration turned them off), and the tables made
     anew by version 7 (images, results) with their indexes, the unique SOP Instance UID among them."""

@@ -55,6 +55,33 @@ def test_no_job_no_work(tmp_path: Path, store: Store) -> None:
         registry.close()
 
 
+def test_a_window_s_leases_are_renewed_once_half_their_time_has_passed(tmp_path: Path, store: Store) -> None:
+    """By the lease's age on the worker's clock, whatever the clock reads: here a machine 10 s after boot, a lease
+    of 60 s renewed at 40 s (30 s old), not at 39 s."""
+    registry = _registry(tmp_path, EMBEDDED_BUNDLE)
+    try:
+        _queue(store, "RG1_UNCR.dcm")
+        job = store.claim_job(lease_s=60, max_attempts=5)
+        assert job is not None
+        now = [10.0]
+        worker = Worker(store, registry, WorkerSettings(lease_s=60), clock=lambda: now[0])
+
+        def lease_until() -> float:
+            return float(store.query("SELECT lease_until FROM jobs")[0][0])
+
+        worker._renew([])  # a window's first look, nothing held yet: its leases taken now
+        taken = lease_until()
+        now[0] = 39.0
+        worker._renew([job])
+        assert lease_until() == taken, "29 s old: not yet"
+        now[0] = 40.0
+        time.sleep(0.01)
+        worker._renew([job])
+        assert lease_until() > taken, "30 s old: renewed"
+    finally:
+        registry.close()
+
+
 def test_one_model_that_fails_fails_the_image_with_its_reason(
     tmp_path: Path, store: Store, broken_bundle: Path
 ) -> None:

@@ -425,23 +425,12 @@ EQUIVALENT = {
         "NOT equivalent, listed as beyond a test: a megabyte of headroom more or less is within what decoding one "
         "small image moves the child's size (the cap itself is checked to 48 MB)"
     ),
-    ("elif now - self._leased >= self.settings.lease_s / 2:", "core/ReplaceBinaryOperator_Div_Mod"): (
-        "the leases renewed at every look rather than at half their time (the remainder of a whole lease by 2 is "
-        "0): more writes, the same leases"
-    ),
-    ("elif now - self._leased >= self.settings.lease_s / 2:", "core/ReplaceComparisonOperator_GtE_Gt"): (
-        "half the lease to the last bit of the clock: no test, and no window, can tell"
-    ),
     (
         "self._leased = 0.0  # when the leases of the window's jobs were last taken or renewed (the earliest)",
         "core/NumberReplacer",
     ): ("a window's first claim holds no job, and sets it to the clock before any renewal reads it"),
     ("while len(window) + len(begun) < self.settings.burst:", "core/ReplaceComparisonOperator_Lt_IsNot"): (
         "small ints are cached, and the count rises by one from below the burst: `is not` stops where `<` does"
-    ),
-    ("elif now - self._leased >= self.settings.lease_s / 2:", "core/ReplaceBinaryOperator_Div_Sub"): (
-        "the leases renewed 2 s before they run out rather than at half their time: still before (a window looks "
-        "every 50 ms), and at once for a lease of 2 s or less"
     ),
     ("if self._pool is broken and not self._closed:", "core/ReplaceComparisonOperator_Is_Eq"): (
         "a pebble pool has no __eq__: it compares equal only to itself"
@@ -610,20 +599,13 @@ EQUIVALENT = {
         "core/NumberReplacer",
     ): (
         "NOT equivalent, listed as beyond a test: process 1's cores for this one's differ only where the service is "
-        "pinned to fewer (CPUAffinity=), and on 2 cores either count gives one decoder"
-    ),
-    ("deadline = time.monotonic() + wait_s", "core/ReplaceBinaryOperator_Add_Pow"): (
-        "NOT equivalent, untested: SQLite's refusal to switch to WAL that this retries (the worker migrating a new "
-        "database as the front starts) is not made here by a lock held in another connection: the busy handler "
-        "waits that out (the other operators on this line likewise)"
-    ),
-    ("elif now - self._leased >= self.settings.lease_s / 2:", "core/ReplaceBinaryOperator_Sub_Mod"): (
-        "NOT equivalent, listed as beyond a test: the monotonic clock's remainder by the lease's start equals their "
-        "difference until a window lasts as long as the machine had been up when its lease was taken"
+        "pinned to fewer (CPUAffinity=), and on 2 cores either count gives one decoder (0 -> -1, which raises at "
+        "every start and is killed, falls under this key too)"
     ),
     ('if img.size != (cols, rows) or img.mode != "L":', "core/ReplaceOrWithAnd"): (
         "a JPEG frame whose size or samples are not the header's is refused before (`frame_size`): the frame here "
-        "is the header's size and grey, so either test alone decides"
+        "is the header's size and grey (libjpeg's reading of the header there and Pillow's here agree), so either "
+        "test alone decides"
     ),
 }
 
