@@ -224,6 +224,11 @@ def _conv_net(head: str, side: int = 16, channels: int = 1) -> onnx.ModelProto:
     else:
         inits.append(numpy_helper.from_array(rng.normal(0, 0.1, (6 * side * side, 2)).astype(np.float32), "wd"))
         nodes += [helper.make_node("Flatten", ["r2"], ["f"]), helper.make_node("MatMul", ["f", "wd"], ["logits"])]
+    return _model(nodes, inits, channels, side)
+
+
+def _model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], channels: int, side: int) -> onnx.ModelProto:
+    """The graph of `nodes` from input x (batch, channels, side, side) to two logits, opset 17."""
     g = helper.make_graph(
         nodes,
         "net",
@@ -269,14 +274,7 @@ def _conv_chain(convs: int, bias_add: bool = False) -> onnx.ModelProto:
         x = f"r{i}"
     inits.append(numpy_helper.from_array(rng.normal(0, 0.1, (4 * 16 * 16, 2)).astype(np.float32), "wd"))
     nodes += [helper.make_node("Flatten", [x], ["f"]), helper.make_node("MatMul", ["f", "wd"], ["logits"])]
-    g = helper.make_graph(
-        nodes,
-        "chain",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 16, 16])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
-        inits,
-    )
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return _model(nodes, inits, 1, 16)
 
 
 def test_the_feature_layers_are_the_first_middle_and_last_convolutions() -> None:
