@@ -51,14 +51,14 @@ def auto_decoders(max_decode_mb: int) -> int:
     return decoders_for(max_decode_mb, len(os.sched_getaffinity(0)), memory_mb(), cgroup_limit_mb())
 
 
-def decoders_for(max_decode_mb: int, cores: int, memory_mb: int, cgroup_mb: int | None) -> int:
+def decoders_for(max_decode_mb: int, cores: int, machine_mb: int, cgroup_mb: int | None) -> int:
     """One decoder process per core but one (the receiver, the worker's inference and the web share it), and no
     more than the memory allows at `max_decode_mb` + 100 MB each: a quarter of the machine's memory (a Jetson's is
     shared with the GPU, the OS and the front), and within the worker's cgroup limit (systemd's MemoryMax, cgroup
     v2) less 1 GB for the rest of the worker; at least one, at most 16. A 6-core 8 GB Orin Nano (about 7,600 MB of
     MemTotal): min(5, 1,900 // 420) = 4; under the worker unit's MemoryMax=2500M: min(5, 1,476 // 420) = 3. A
     2-core machine: 1."""
-    budget_mb = memory_mb // 4
+    budget_mb = machine_mb // 4
     if cgroup_mb is not None:
         budget_mb = min(budget_mb, cgroup_mb - _WORKER_MB)
     return max(1, min(16, cores - 1, budget_mb // (max_decode_mb + _RESIDENT_MB)))
